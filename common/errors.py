@@ -1,0 +1,17 @@
+"""One exception family for the whole product, so CLIs can turn any of them into one clear line."""
+
+
+class ResoneraError(Exception):
+    """Base of every error we raise on purpose; its message is meant for a person."""
+
+
+class ConfigError(ResoneraError):
+    """A settings file or environment variable is missing, malformed or out of range."""
+
+
+class ProtocolError(ResoneraError):
+    """A peer sent bytes or a message that breaks the protocol (the peer's fault, not ours)."""
+
+
+class ProgramError(ResoneraError):
+    """A program is malformed or outside the ranges that keep the person safe."""

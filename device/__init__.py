@@ -1,0 +1,1 @@
+"""The device agent: synthesis, safety chain, hardware monitor, local store, sync, CLI."""

@@ -1,0 +1,1 @@
+"""Audio synthesis and sinks."""

@@ -1,0 +1,1 @@
+"""The safety microcontroller: firmware logic and its simulator."""

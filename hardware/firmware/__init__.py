@@ -1,0 +1,1 @@
+"""Firmware logic, plain Python that runs on MicroPython and CPython alike."""

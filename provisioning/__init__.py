@@ -1,0 +1,1 @@
+"""Admin tooling: broker configuration now; keys, certificates, enrollment and revocation to come."""

@@ -1,0 +1,1 @@
+"""The clinical server: MQTT ingest, store, API."""
