@@ -10,6 +10,7 @@ import socket
 import ssl
 
 import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -30,7 +31,7 @@ def build_client(
     """A configured, not yet connected client. ``will`` is (topic, payload), published retained."""
     protocol = paho.MQTTv5 if settings.protocol == "5" else paho.MQTTv311
     client = paho.Client(
-        paho.CallbackAPIVersion.VERSION2,
+        CallbackAPIVersion.VERSION2,
         client_id=client_id,
         protocol=protocol,
         # MQTT 3.1.1 needs clean_session here; for MQTT 5 clean_start goes to connect().
@@ -55,6 +56,30 @@ def build_client(
     return client
 
 
+def _connect_args(
+    settings: MqttSettings, clean_start: bool, session_expiry_s: int
+) -> tuple[Properties | None, dict[str, object]]:
+    if settings.protocol != "5":
+        return None, {}
+    properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+    properties.SessionExpiryInterval = session_expiry_s
+    return properties, {"clean_start": clean_start}
+
+
+def connect_in_background(
+    client: paho.Client, settings: MqttSettings, *, clean_start: bool, session_expiry_s: int
+) -> None:
+    """Let paho's network loop connect, and keep reconnecting, on its own (call ``loop_start``)."""
+    properties, kwargs = _connect_args(settings, clean_start, session_expiry_s)
+    client.connect_async(
+        settings.host,
+        settings.port,
+        keepalive=settings.keepalive_s,
+        properties=properties,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
 def connect(
     client: paho.Client,
     settings: MqttSettings,
@@ -63,12 +88,7 @@ def connect(
     session_expiry_s: int,
 ) -> None:
     """Connect (blocking for the TCP/TLS part); raise ``BrokerUnavailable`` with one clear line."""
-    properties: Properties | None = None
-    kwargs: dict[str, object] = {}
-    if settings.protocol == "5":
-        properties = Properties(PacketTypes.CONNECT)
-        properties.SessionExpiryInterval = session_expiry_s
-        kwargs["clean_start"] = clean_start
+    properties, kwargs = _connect_args(settings, clean_start, session_expiry_s)
     try:
         client.connect(
             settings.host,

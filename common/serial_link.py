@@ -1,0 +1,526 @@
+"""The serial link between the device and the safety MCU: a sans-IO codec (architecture.md §3).
+
+This module is shared by the device, the firmware and the simulator, and is copied as-is onto the
+MCU as ``serial_link.py``. It therefore MUST stay MicroPython-compatible: no enum, no dataclasses,
+no pydantic, no ``typing`` at run time, only ``struct`` from the standard library. Annotations are
+fine: MicroPython's compiler discards them and CPython 3.11 evaluates them without ``typing``.
+f-strings are used without ``=`` and with simple format specs, which MicroPython >= 1.17 supports.
+
+COBS and CRC-16 are written by hand on purpose: MicroPython ships neither (no ``binascii.crc_hqx``
+on most ports, no ``cobs`` package), and two tiny audited functions are safer than vendoring a
+library into the firmware. Both are checked against published test vectors in the tests and in
+``hardware/PROTOCOL.md``.
+
+Wire format (see ``hardware/PROTOCOL.md``): each frame is ``COBS(type u8, seq u8, body, crc16 BE)``
+followed by one 0x00 delimiter. The CRC is CRC-16/CCITT-FALSE over type, seq and body.
+
+The codec does no I/O: ``encode_frame`` returns bytes; ``FrameDecoder.feed`` takes bytes and returns
+events (``Frame`` or ``FrameError``). It never raises on hostile input and its buffer is bounded.
+"""
+
+import struct
+
+try:
+    from resonera.common.errors import ProtocolError as _ErrorBase
+except ImportError:  # on the MCU there is no resonera package
+    _ErrorBase = ValueError  # type: ignore[misc,assignment]
+
+
+class LinkProtocolError(_ErrorBase):
+    """A message body breaks the protocol (wrong length, bad field). The peer's fault, not ours."""
+
+
+PROTOCOL_MAJOR = 1
+PROTOCOL_MINOR = 0
+
+#: Longest COBS-encoded frame, without its 0x00 delimiter. Longer input is discarded.
+MAX_ENCODED = 256
+#: Longest body: type + seq + body + crc (4 bytes overhead) stays under 254 bytes decoded, so COBS
+#: adds exactly one byte and the encoded frame fits ``MAX_ENCODED``.
+MAX_BODY = 250
+#: Longest string field (firmware version, board id, fault text) in bytes of UTF-8.
+MAX_TEXT = 64
+
+# Message types. MCU → device in 0x01..0x0F, device → MCU in 0x10..0x1F.
+MSG_HELLO = 0x01
+MSG_TELEMETRY = 0x02
+MSG_FAULT = 0x03
+MSG_STATE = 0x04
+MSG_HEARTBEAT = 0x10
+MSG_ARM = 0x11
+MSG_MUTE = 0x12
+MSG_HELLO_REQUEST = 0x13
+
+MESSAGE_NAMES = {
+    MSG_HELLO: "HELLO",
+    MSG_TELEMETRY: "TELEMETRY",
+    MSG_FAULT: "FAULT",
+    MSG_STATE: "STATE",
+    MSG_HEARTBEAT: "HEARTBEAT",
+    MSG_ARM: "ARM",
+    MSG_MUTE: "MUTE",
+    MSG_HELLO_REQUEST: "HELLO_REQUEST",
+}
+
+# Fault and mute-reason codes: one code space for FAULT, TELEMETRY.fault, STATE.reason and MUTE.
+FAULT_NONE = 0
+FAULT_OVER_TEMPERATURE = 1
+FAULT_OVER_CURRENT = 2
+FAULT_DC_OFFSET = 3
+FAULT_OVER_VOLTAGE = 4
+FAULT_HEARTBEAT_LOST = 5
+FAULT_HEADPHONES_UNPLUGGED = 6
+FAULT_LINK_GARBLED = 7
+FAULT_EAR_SPL = 8
+FAULT_CLIP_STORM = 9
+FAULT_DEVICE_REQUEST = 10
+FAULT_POWER_UP = 11
+
+FAULT_TEXT = {
+    FAULT_NONE: "no fault",
+    FAULT_OVER_TEMPERATURE: "amplifier over temperature",
+    FAULT_OVER_CURRENT: "supply over current",
+    FAULT_DC_OFFSET: "DC offset at output",
+    FAULT_OVER_VOLTAGE: "output voltage over limit",
+    FAULT_HEARTBEAT_LOST: "heartbeat lost",
+    FAULT_HEADPHONES_UNPLUGGED: "headphones unplugged",
+    FAULT_LINK_GARBLED: "link garbled",
+    FAULT_EAR_SPL: "sound level at the ear over limit",
+    FAULT_CLIP_STORM: "output clipping persistently",
+    FAULT_DEVICE_REQUEST: "muted on the device's request",
+    FAULT_POWER_UP: "muted at power-up, not armed yet",
+}
+
+
+def describe_fault(code: int) -> str:
+    """Human text for a fault or mute-reason code; unknown codes are named, never an error."""
+    text = FAULT_TEXT.get(code)
+    return text if text is not None else f"unknown fault code {code}"
+
+
+# Telemetry flags (TELEMETRY.flags).
+FLAG_MUTED = 0x01
+FLAG_ARMED = 0x02
+FLAG_CLIP = 0x04
+FLAG_HEADPHONES = 0x08
+
+#: The limits, declared once: (telemetry field, HELLO limit field, label, unit, fault code).
+#: DC offset is compared by magnitude; a limit of 0 means "no such sensor" and is not checked.
+LIMIT_CHECKS = (
+    ("output_vrms", "max_output_vrms", "output voltage", "Vrms", FAULT_OVER_VOLTAGE),
+    ("amp_temp_c", "max_amp_temp_c", "amplifier temperature", "°C", FAULT_OVER_TEMPERATURE),
+    ("supply_current_a", "max_supply_current_a", "supply current", "A", FAULT_OVER_CURRENT),
+    ("dc_offset_mv", "max_dc_offset_mv", "DC offset", "mV", FAULT_DC_OFFSET),
+    ("ear_spl_db", "max_ear_spl_db", "sound level at the ear", "dB SPL", FAULT_EAR_SPL),
+)
+
+
+def check_limits(telemetry: "Telemetry", limits: "Limits") -> "tuple[int, str]":
+    """First limit ``telemetry`` exceeds as ``(fault code, text)``, or ``(FAULT_NONE, "")``."""
+    for field, limit_field, label, unit, code in LIMIT_CHECKS:
+        limit = getattr(limits, limit_field)
+        if limit <= 0:
+            continue
+        value = getattr(telemetry, field)
+        if abs(value) > limit:
+            text = f"{label} {value:.1f} {unit} over limit {limit:.1f} {unit}"
+            return code, text
+    return FAULT_NONE, ""
+
+
+# ---------------------------------------------------------------------------------------------
+# CRC and COBS
+
+
+def crc16_ccitt_false(data: bytes, crc: int = 0xFFFF) -> int:
+    """CRC-16/CCITT-FALSE: poly 0x1021, init 0xFFFF, no reflection, no final xor.
+    Check value: ``crc16_ccitt_false(b"123456789") == 0x29B1``."""
+    for byte in data:
+        crc ^= byte << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x1021) & 0xFFFF if crc & 0x8000 else (crc << 1) & 0xFFFF
+    return crc
+
+
+def cobs_encode(data: bytes) -> bytes:
+    """Consistent Overhead Byte Stuffing: the result contains no 0x00 byte (delimiter not added)."""
+    out = bytearray(b"\x00")
+    code_index = 0
+    code = 1
+    for byte in data:
+        if byte == 0:
+            out[code_index] = code
+            code_index = len(out)
+            out.append(0)
+            code = 1
+        else:
+            out.append(byte)
+            code += 1
+            if code == 0xFF:
+                out[code_index] = code
+                code_index = len(out)
+                out.append(0)
+                code = 1
+    out[code_index] = code
+    return bytes(out)
+
+
+class CobsError(ValueError):
+    """Input is not valid COBS."""
+
+
+def cobs_decode(data: bytes) -> bytes:
+    """Inverse of ``cobs_encode`` (input without delimiter); raise ``CobsError`` if malformed."""
+    out = bytearray()
+    index = 0
+    length = len(data)
+    while index < length:
+        code = data[index]
+        if code == 0:
+            raise CobsError("zero byte inside a COBS frame")
+        end = index + code
+        if end > length:
+            raise CobsError("COBS block runs past the end of the frame")
+        chunk = data[index + 1 : end]
+        if 0 in chunk:
+            raise CobsError("zero byte inside a COBS frame")
+        out.extend(chunk)
+        index = end
+        if code < 0xFF and index < length:
+            out.append(0)
+    return bytes(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Frames
+
+
+class Frame:
+    """A frame whose COBS and CRC were valid. ``body`` is still to be unpacked by type."""
+
+    def __init__(self, type: int, seq: int, body: bytes) -> None:
+        self.type = type
+        self.seq = seq
+        self.body = body
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Frame) and (self.type, self.seq, self.body) == (
+            other.type,
+            other.seq,
+            other.body,
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.type, self.seq, self.body))
+
+    def __repr__(self) -> str:
+        name = MESSAGE_NAMES.get(self.type, f"type 0x{self.type:02x}")
+        return f"Frame({name}, seq={self.seq}, body={self.body!r})"
+
+
+class FrameError:
+    """Bytes between two delimiters that are not a valid frame. ``reason`` is for a person."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, FrameError) and self.reason == other.reason
+
+    def __hash__(self) -> int:
+        return hash(self.reason)
+
+    def __repr__(self) -> str:
+        return f"FrameError({self.reason!r})"
+
+
+def encode_frame(type: int, seq: int, body: bytes = b"") -> bytes:
+    """One complete frame on the wire, delimiter included. ``seq`` wraps at 256."""
+    if not 0 <= type <= 0xFF:
+        raise ValueError("frame type must fit in one byte")
+    if len(body) > MAX_BODY:
+        raise ValueError(f"frame body is {len(body)} bytes, at most {MAX_BODY} allowed")
+    raw = bytes((type, seq & 0xFF)) + bytes(body)
+    crc = crc16_ccitt_false(raw)
+    return cobs_encode(raw + bytes((crc >> 8, crc & 0xFF))) + b"\x00"
+
+
+class FrameDecoder:
+    """Turn a byte stream into ``Frame``/``FrameError`` events. Never raises on input bytes.
+
+    The buffer holds at most ``max_encoded`` bytes: a longer run without a delimiter yields one
+    ``FrameError("frame too long")`` and the rest is discarded up to the next 0x00.
+
+    With ``synced=False`` (a receiver joining a stream that is already running) everything before
+    the first 0x00 is dropped silently, because it is the tail of a frame sent before we listened.
+    """
+
+    def __init__(self, max_encoded: int = MAX_ENCODED, synced: bool = True) -> None:
+        self.max_encoded = max_encoded
+        self._buffer = bytearray()
+        self._discarding = not synced
+
+    @property
+    def buffered(self) -> int:
+        """Bytes waiting for their delimiter (always ``<= max_encoded``)."""
+        return len(self._buffer)
+
+    def feed(self, data: bytes) -> "list[Frame | FrameError]":
+        events: list[Frame | FrameError] = []
+        data = bytes(data)
+        start = 0
+        while True:
+            end = data.find(b"\x00", start)
+            if end < 0:
+                self._append(data[start:], events)
+                return events
+            self._append(data[start:end], events)
+            self._end_of_frame(events)
+            start = end + 1
+
+    def _append(self, chunk: bytes, events: "list[Frame | FrameError]") -> None:
+        if self._discarding or not chunk:
+            return
+        if len(self._buffer) + len(chunk) > self.max_encoded:
+            self._buffer = bytearray()
+            self._discarding = True
+            events.append(FrameError("frame too long"))
+            return
+        self._buffer.extend(chunk)
+
+    def _end_of_frame(self, events: "list[Frame | FrameError]") -> None:
+        if self._discarding:
+            self._discarding = False
+            return
+        encoded = bytes(self._buffer)
+        self._buffer = bytearray()
+        events.append(decode_frame(encoded))
+
+
+def decode_frame(encoded: bytes) -> "Frame | FrameError":
+    """Decode one frame's bytes (without the delimiter) into a ``Frame`` or a ``FrameError``."""
+    if not encoded:
+        return FrameError("empty frame")
+    try:
+        raw = cobs_decode(encoded)
+    except CobsError:
+        return FrameError("bad COBS encoding")
+    if len(raw) < 4:
+        return FrameError("frame too short")
+    crc = (raw[-2] << 8) | raw[-1]
+    if crc16_ccitt_false(raw[:-2]) != crc:
+        return FrameError("bad CRC")
+    return Frame(raw[0], raw[1], bytes(raw[2:-2]))
+
+
+# ---------------------------------------------------------------------------------------------
+# Message bodies (little-endian)
+
+_HELLO_HEAD = "<BB"
+_HELLO_LIMITS = "<5f"
+_TELEMETRY = "<5fBB"
+_STATE = "<BBB"
+_HEARTBEAT = "<I"
+
+
+def _check_length(name: str, body: bytes, expected: int) -> None:
+    if len(body) != expected:
+        raise LinkProtocolError(f"{name} body is {len(body)} bytes, expected {expected}")
+
+
+def _pack_text(text: str) -> bytes:
+    raw = text.encode("utf-8")[:MAX_TEXT]
+    return bytes((len(raw),)) + raw
+
+
+def _unpack_text(name: str, body: bytes, offset: int) -> "tuple[str, int]":
+    if offset >= len(body):
+        raise LinkProtocolError(f"{name} body ends before a text field")
+    length = body[offset]
+    end = offset + 1 + length
+    if end > len(body):
+        raise LinkProtocolError(f"{name} text field runs past the end of the body")
+    try:
+        return bytes(body[offset + 1 : end]).decode("utf-8"), end
+    except UnicodeError:
+        raise LinkProtocolError(f"{name} text field is not UTF-8") from None
+
+
+class Limits:
+    """The MCU's hard limits, as it reports them in HELLO. ``max_ear_spl_db == 0``: no sensor."""
+
+    def __init__(
+        self,
+        max_output_vrms: float,
+        max_amp_temp_c: float,
+        max_supply_current_a: float,
+        max_dc_offset_mv: float,
+        max_ear_spl_db: float = 0.0,
+    ) -> None:
+        self.max_output_vrms = max_output_vrms
+        self.max_amp_temp_c = max_amp_temp_c
+        self.max_supply_current_a = max_supply_current_a
+        self.max_dc_offset_mv = max_dc_offset_mv
+        self.max_ear_spl_db = max_ear_spl_db
+
+    def values(self) -> "tuple[float, float, float, float, float]":
+        return (
+            self.max_output_vrms,
+            self.max_amp_temp_c,
+            self.max_supply_current_a,
+            self.max_dc_offset_mv,
+            self.max_ear_spl_db,
+        )
+
+
+class Hello:
+    """MCU → device at start and on HELLO_REQUEST."""
+
+    def __init__(
+        self,
+        firmware_version: str,
+        board_id: str,
+        limits: Limits,
+        protocol_major: int = PROTOCOL_MAJOR,
+        protocol_minor: int = PROTOCOL_MINOR,
+    ) -> None:
+        self.protocol_major = protocol_major
+        self.protocol_minor = protocol_minor
+        self.firmware_version = firmware_version
+        self.board_id = board_id
+        self.limits = limits
+
+
+def pack_hello(hello: Hello) -> bytes:
+    return (
+        struct.pack(_HELLO_HEAD, hello.protocol_major, hello.protocol_minor)
+        + _pack_text(hello.firmware_version)
+        + _pack_text(hello.board_id)
+        + struct.pack(_HELLO_LIMITS, *hello.limits.values())
+    )
+
+
+def unpack_hello(body: bytes) -> Hello:
+    """Parse a HELLO body. Only the major version decides compatibility; the caller checks it."""
+    if len(body) < 2:
+        raise LinkProtocolError(f"HELLO body is {len(body)} bytes, too short")
+    major, minor = struct.unpack(_HELLO_HEAD, bytes(body[:2]))
+    firmware, offset = _unpack_text("HELLO", body, 2)
+    board, offset = _unpack_text("HELLO", body, offset)
+    _check_length("HELLO limits", body[offset:], struct.calcsize(_HELLO_LIMITS))
+    limits = Limits(*struct.unpack(_HELLO_LIMITS, bytes(body[offset:])))
+    return Hello(firmware, board, limits, major, minor)
+
+
+class Telemetry:
+    """MCU → device every telemetry period (50 ms by default)."""
+
+    def __init__(  # noqa: PLR0917 (the wire layout is positional)
+        self,
+        amp_temp_c: float,
+        supply_current_a: float,
+        output_vrms: float,
+        dc_offset_mv: float,
+        ear_spl_db: float,
+        flags: int,
+        fault: int,
+    ) -> None:
+        self.amp_temp_c = amp_temp_c
+        self.supply_current_a = supply_current_a
+        self.output_vrms = output_vrms
+        self.dc_offset_mv = dc_offset_mv
+        self.ear_spl_db = ear_spl_db
+        self.flags = flags
+        self.fault = fault
+
+    @property
+    def muted(self) -> bool:
+        return bool(self.flags & FLAG_MUTED)
+
+    @property
+    def armed(self) -> bool:
+        return bool(self.flags & FLAG_ARMED)
+
+    @property
+    def clip(self) -> bool:
+        return bool(self.flags & FLAG_CLIP)
+
+    @property
+    def headphones(self) -> bool:
+        return bool(self.flags & FLAG_HEADPHONES)
+
+
+def pack_telemetry(t: Telemetry) -> bytes:
+    return struct.pack(
+        _TELEMETRY,
+        t.amp_temp_c,
+        t.supply_current_a,
+        t.output_vrms,
+        t.dc_offset_mv,
+        t.ear_spl_db,
+        t.flags & 0xFF,
+        t.fault & 0xFF,
+    )
+
+
+def unpack_telemetry(body: bytes) -> Telemetry:
+    _check_length("TELEMETRY", body, struct.calcsize(_TELEMETRY))
+    return Telemetry(*struct.unpack(_TELEMETRY, bytes(body)))
+
+
+def pack_fault(code: int, text: str = "") -> bytes:
+    return bytes((code & 0xFF,)) + text.encode("utf-8")[: MAX_BODY - 1]
+
+
+def unpack_fault(body: bytes) -> "tuple[int, str]":
+    """``(code, text)``; undecodable text bytes are replaced, never an error (it is for a log)."""
+    if len(body) < 1:
+        raise LinkProtocolError("FAULT body is empty, expected a fault code")
+    try:
+        text = bytes(body[1:]).decode("utf-8")
+    except UnicodeError:
+        text = describe_fault(body[0])
+    return body[0], text
+
+
+class State:
+    """MCU → device whenever the mute line changes (and at start)."""
+
+    def __init__(self, muted: bool, armed: bool, reason: int) -> None:
+        self.muted = muted
+        self.armed = armed
+        self.reason = reason
+
+
+def pack_state(state: State) -> bytes:
+    return struct.pack(_STATE, 1 if state.muted else 0, 1 if state.armed else 0, state.reason)
+
+
+def unpack_state(body: bytes) -> State:
+    _check_length("STATE", body, struct.calcsize(_STATE))
+    muted, armed, reason = struct.unpack(_STATE, bytes(body))
+    return State(bool(muted), bool(armed), reason)
+
+
+def pack_heartbeat(ms: int) -> bytes:
+    return struct.pack(_HEARTBEAT, ms & 0xFFFFFFFF)
+
+
+def unpack_heartbeat(body: bytes) -> int:
+    _check_length("HEARTBEAT", body, struct.calcsize(_HEARTBEAT))
+    value: int = struct.unpack(_HEARTBEAT, bytes(body))[0]
+    return value
+
+
+def pack_mute(reason: int) -> bytes:
+    return bytes((reason & 0xFF,))
+
+
+def unpack_mute(body: bytes) -> int:
+    _check_length("MUTE", body, 1)
+    return body[0]
+
+
+def check_empty(name: str, body: bytes) -> None:
+    """ARM and HELLO_REQUEST carry no body."""
+    _check_length(name, body, 0)

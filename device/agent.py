@@ -1,0 +1,101 @@
+"""One session, end to end on the device: consent, playback, record, queue for sync.
+
+The agent plays only while the safety MCU consents, unless the device was started in simulation mode,
+which every record it makes says.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from contextlib import ExitStack
+from datetime import UTC, datetime
+from pathlib import Path
+
+from resonera.common.errors import ResoneraError
+from resonera.common.ids import new_id
+from resonera.common.program import Program
+from resonera.common.records import SessionRecord
+from resonera.device.audio.player import play
+from resonera.device.audio.sinks import AudioSink, NullSink, PyAudioSink, WavSink, open_default_sink
+from resonera.device.audio.synth import ProgramRenderer
+from resonera.device.hwmonitor import HardwareMonitor
+from resonera.device.settings import DeviceSettings
+from resonera.device.store import DeviceStore
+
+log = logging.getLogger(__name__)
+
+
+class NoSafetyMonitor(ResoneraError):
+    """Playing was asked for without a safety MCU and without simulation mode."""
+
+
+def open_sink(settings: DeviceSettings, wav_path: Path | None = None) -> AudioSink:
+    """The sink the settings ask for; ``auto`` is the sound card when there is one, else a WAV."""
+    wav = wav_path or settings.default_wav_path
+    if settings.sink == "pyaudio":
+        return PyAudioSink(output_device=settings.output_device)
+    if settings.sink == "wav":
+        return WavSink(wav)
+    if settings.sink == "null":
+        return NullSink()
+    return open_default_sink(wav)
+
+
+def play_session(
+    settings: DeviceSettings,
+    store: DeviceStore,
+    program: Program,
+    sink: AudioSink,
+    *,
+    stop: threading.Event | None = None,
+) -> SessionRecord:
+    """Play ``program`` to ``sink`` with the MCU's consent, then store the session and queue it."""
+    stop = stop or threading.Event()
+    with ExitStack() as stack:
+        monitor: HardwareMonitor | None = None
+        board = ""
+        if not settings.simulation:
+            if settings.serial_url is None:
+                raise NoSafetyMonitor(
+                    "no safety MCU configured (serial_url), so nothing will play; "
+                    "use --simulation for a bench run without hardware (marked on every record)"
+                )
+            monitor = stack.enter_context(HardwareMonitor(settings.serial_url))
+            hello = monitor.arm(settings.arm_timeout_s)
+            board = f"{hello.board_id} fw {hello.firmware_version}"
+            log.info("safety MCU %s armed; playing with its consent", board)
+        else:
+            log.warning("SIMULATION MODE: playing without the safety MCU's consent")
+
+        renderer = ProgramRenderer(program, settings.sample_rate)
+        started_at = datetime.now(UTC)
+        result = play(
+            renderer,
+            sink,
+            block_frames=settings.block_frames,
+            gate=(lambda: monitor.consent) if monitor is not None else None,
+            reason=(lambda: monitor.reason) if monitor is not None else (lambda: ""),
+            should_stop=stop.is_set,
+        )
+        ended_at = datetime.now(UTC)
+
+    record = SessionRecord(
+        session_id=new_id(),
+        program_name=program.name,
+        program_digest=program.digest(),
+        started_at=started_at,
+        ended_at=ended_at,
+        planned_s=program.duration_s,
+        played_s=result.played_s,
+        outcome=result.outcome,
+        reason=result.reason,
+        sink=sink.kind,
+        sample_rate=settings.sample_rate,
+        peak_dbfs=result.peak_dbfs,
+        rms_dbfs=result.rms_dbfs,
+        simulation=settings.simulation,
+        hardware_board=board,
+    )
+    store.record_session(settings.device_id, record)
+    return record

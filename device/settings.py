@@ -1,0 +1,63 @@
+"""The device agent's settings: a TOML file plus ``RESONERA_DEVICE_*`` environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_settings import SettingsConfigDict
+
+from resonera.common import topics
+from resonera.common.errors import ProtocolError
+from resonera.common.settings import MqttSettings, ResoneraSettings
+
+
+class SyncSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    #: An unacknowledged message is sent again after this long (the server acks duplicates too).
+    resend_after_s: float = Field(default=15.0, gt=0.0, le=3600.0)
+    #: Backlog drain rate bound, so a device that was offline for weeks does not flood the broker.
+    max_messages_per_s: float = Field(default=50.0, gt=0.0, le=10_000.0)
+    batch_size: int = Field(default=50, ge=1, le=1000)
+    #: Broker-side session kept while offline, so acks sent meanwhile still arrive.
+    session_expiry_s: int = Field(default=7 * 24 * 3600, ge=0)
+
+
+class DeviceSettings(ResoneraSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="RESONERA_DEVICE_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    device_id: str
+    data_dir: Path = Path("resonera-device-data")
+    mqtt: MqttSettings = MqttSettings()
+    sync: SyncSettings = SyncSettings()
+    #: pyserial URL or path of the safety MCU's port. Without it the device plays only in simulation.
+    serial_url: str | None = None
+    #: Play without the safety MCU's consent. Marked on every record; never the default.
+    simulation: bool = False
+    arm_timeout_s: float = Field(default=3.0, gt=0.0, le=60.0)
+    sink: Literal["auto", "pyaudio", "wav", "null"] = "auto"
+    #: Where the WAV sink writes (sink "wav", or "auto" when there is no sound card).
+    wav_path: Path | None = None
+    output_device: str | None = None
+    sample_rate: Literal[44100, 48000] = 48000
+    block_frames: int = Field(default=1024, ge=64, le=8192)
+
+    @field_validator("device_id")
+    @classmethod
+    def _device_id(cls, value: str) -> str:
+        try:
+            return topics.check_device_id(value)
+        except ProtocolError as exc:
+            raise ValueError(str(exc)) from None
+
+    @property
+    def store_path(self) -> Path:
+        return self.data_dir / "device.db"
+
+    @property
+    def default_wav_path(self) -> Path:
+        return self.wav_path or self.data_dir / "last-session.wav"

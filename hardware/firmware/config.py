@@ -1,0 +1,135 @@
+"""Board configuration: hard limits, timing and pins, with defaults, loadable from a JSON file.
+
+MicroPython-compatible (plain class, ``json`` only). On the MCU the file sits next to ``main.py`` as
+``board.json``; the simulator takes one with ``resonera-hwsim --config``. Unknown keys and values of
+the wrong type are errors, so a typo in a limit is never silently replaced by a default.
+
+The limits are the board's own (safety.md "The hardware side"): they are reported in HELLO and
+enforced by the firmware. The device may lower what it plays to, never raise these.
+"""
+
+import json
+
+try:
+    from resonera.common.errors import ConfigError as _ErrorBase
+except ImportError:  # on the MCU there is no resonera package
+    _ErrorBase = ValueError  # type: ignore[misc,assignment]
+
+
+class BoardConfigError(_ErrorBase):
+    """The board configuration is malformed or out of range."""
+
+
+DEFAULTS = {
+    "board_id": "resonera-sim-0001",
+    "firmware_version": "0.1.0",
+    # Hard limits reported in HELLO. max_ear_spl_db = 0 means no ear-cup microphone is fitted.
+    "max_output_vrms": 2.0,
+    "max_amp_temp_c": 85.0,
+    "max_supply_current_a": 1.5,
+    "max_dc_offset_mv": 50.0,
+    "max_ear_spl_db": 0.0,
+    # Timing.
+    "heartbeat_timeout_ms": 250,
+    "telemetry_period_ms": 50,
+    # Clipping in this many telemetry periods in a row is a fault.
+    "clip_storm_periods": 4,
+    "require_headphones": True,
+    # RP2040 wiring (used by main.py only).
+    "uart_id": 0,
+    "uart_tx_pin": 0,
+    "uart_rx_pin": 1,
+    "baudrate": 115200,
+    "mute_pin": 15,
+    "headphones_pin": 14,
+    "clip_pin": 13,
+    "adc_temp_pin": 26,
+    "adc_current_pin": 27,
+    "adc_vrms_pin": 28,
+}
+
+_POSITIVE = (
+    "max_output_vrms",
+    "max_amp_temp_c",
+    "max_supply_current_a",
+    "max_dc_offset_mv",
+    "heartbeat_timeout_ms",
+    "telemetry_period_ms",
+    "clip_storm_periods",
+)
+
+
+class BoardConfig:
+    """Every key of ``DEFAULTS`` as an attribute; build with keyword overrides or ``load(path)``."""
+
+    def __init__(self, **overrides: object) -> None:
+        values = dict(DEFAULTS)
+        for key, value in overrides.items():
+            if key not in DEFAULTS:
+                raise BoardConfigError(f"unknown board setting {key!r}")
+            default = DEFAULTS[key]
+            if isinstance(default, bool) or isinstance(value, bool):
+                ok = isinstance(value, bool) and isinstance(default, bool)
+            elif isinstance(default, float):
+                ok = isinstance(value, (int, float))
+                value = float(value) if ok else value  # type: ignore[arg-type]
+            else:
+                ok = type(value) is type(default)
+            if not ok:
+                kind = type(default).__name__
+                raise BoardConfigError(f"board setting {key!r} must be of type {kind}")
+            values[key] = value
+        for key in _POSITIVE:
+            value = values[key]
+            if not isinstance(value, (int, float)) or value <= 0:
+                raise BoardConfigError(f"board setting {key!r} must be greater than 0")
+        if not isinstance(values["max_ear_spl_db"], float) or values["max_ear_spl_db"] < 0:
+            raise BoardConfigError("board setting 'max_ear_spl_db' must be 0 (no sensor) or more")
+        self.board_id = str(values["board_id"])
+        self.firmware_version = str(values["firmware_version"])
+        self.max_output_vrms = _as_float(values["max_output_vrms"])
+        self.max_amp_temp_c = _as_float(values["max_amp_temp_c"])
+        self.max_supply_current_a = _as_float(values["max_supply_current_a"])
+        self.max_dc_offset_mv = _as_float(values["max_dc_offset_mv"])
+        self.max_ear_spl_db = _as_float(values["max_ear_spl_db"])
+        self.heartbeat_timeout_ms = _as_int(values["heartbeat_timeout_ms"])
+        self.telemetry_period_ms = _as_int(values["telemetry_period_ms"])
+        self.clip_storm_periods = _as_int(values["clip_storm_periods"])
+        self.require_headphones = bool(values["require_headphones"])
+        self.uart_id = _as_int(values["uart_id"])
+        self.uart_tx_pin = _as_int(values["uart_tx_pin"])
+        self.uart_rx_pin = _as_int(values["uart_rx_pin"])
+        self.baudrate = _as_int(values["baudrate"])
+        self.mute_pin = _as_int(values["mute_pin"])
+        self.headphones_pin = _as_int(values["headphones_pin"])
+        self.clip_pin = _as_int(values["clip_pin"])
+        self.adc_temp_pin = _as_int(values["adc_temp_pin"])
+        self.adc_current_pin = _as_int(values["adc_current_pin"])
+        self.adc_vrms_pin = _as_int(values["adc_vrms_pin"])
+
+
+def _as_float(value: object) -> float:
+    assert isinstance(value, (int, float))
+    return float(value)
+
+
+def _as_int(value: object) -> int:
+    assert isinstance(value, int)
+    return value
+
+
+def load(path: str) -> BoardConfig:
+    """Read a JSON object of overrides from ``path``; raise ``BoardConfigError`` naming the file."""
+    try:
+        with open(path) as fh:
+            data = json.load(fh)
+    except OSError as exc:
+        raise BoardConfigError(f"board config {path} cannot be read: {exc}") from None
+    except ValueError as exc:  # json.JSONDecodeError on CPython, ValueError on MicroPython
+        raise BoardConfigError(f"board config {path} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise BoardConfigError(f"board config {path} must hold a JSON object")
+    try:
+        return BoardConfig(**data)
+    except BoardConfigError as exc:
+        raise BoardConfigError(f"board config {path}: {exc}") from None

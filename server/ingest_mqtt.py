@@ -1,0 +1,278 @@
+"""The MQTT side of ingest: subscribe, batch, commit, then acknowledge.
+
+Why manual PUBACKs: paho normally sends PUBACK as soon as ``on_message`` returns, which only says
+the message reached our memory. With ``manual_ack_set(True)`` we send it after the batch is
+committed, so a consumer that dies mid-batch leaves the messages unacknowledged at the broker rather than lost
+silently, and the broker's in-flight window (``max_inflight_messages``) bounds how much we hold
+unacknowledged: while the database is slow, the broker stops sending, we do not buffer without end.
+The device still deletes a record only on our application ack (``resonera/v1/dev/{d}/ack``), which
+names the ids we committed, so loss is ruled out end to end either way.
+
+Threads: paho's network thread runs the callbacks, which only put messages on a bounded queue; one
+worker thread takes batches (up to ``batch_max`` messages or ``batch_wait_s``), stores them with
+``IngestProcessor`` and acknowledges. A PUBACK is only sent for messages received on the current
+connection: after a reconnect (a clean start), packet ids of the old connection mean nothing and may
+name other messages.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Final
+
+import paho.mqtt.client as paho
+from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
+from sqlalchemy.engine import Engine
+
+from resonera.common import topics
+from resonera.common.envelope import MAX_ACK_IDS, Ack
+from resonera.common.mqtt_client import BrokerUnavailable, build_client, connect
+from resonera.server.ingest import BatchResult, IngestProcessor, Received, StoreError
+from resonera.server.settings import ServerSettings
+
+log = logging.getLogger(__name__)
+
+SESSION_EXPIRY_S: Final = 60
+QUEUE_MAX: Final = 10_000
+BATCH_MAX: Final = 200
+BATCH_WAIT_S: Final = 0.05
+START_TIMEOUT_S: Final = 10.0
+RETRY_MIN_S: Final = 0.2
+RETRY_MAX_S: Final = 5.0
+
+
+@dataclass(frozen=True)
+class _Item:
+    generation: int
+    mid: int
+    qos: int
+    message: Received
+
+
+def take_batch(
+    source: queue.Queue[_Item], first: _Item, *, max_items: int, max_wait_s: float
+) -> list[_Item]:
+    """``first`` plus whatever arrives within ``max_wait_s``, at most ``max_items`` in all."""
+    batch = [first]
+    deadline = time.monotonic() + max_wait_s
+    while len(batch) < max_items:
+        remaining = deadline - time.monotonic()
+        try:
+            batch.append(source.get(timeout=remaining) if remaining > 0 else source.get_nowait())
+        except queue.Empty:
+            break
+    return batch
+
+
+class IngestConsumer:
+    """Reads every device's ``up`` messages from the broker into the store.
+
+    Call ``start()`` once (it returns when the subscription is granted, or raises
+    ``BrokerUnavailable``), then ``stop()``; ``stop()`` stores and acknowledges what was already
+    received. Reconnects and re-subscribes by itself after a lost connection.
+    """
+
+    def __init__(
+        self,
+        settings: ServerSettings,
+        engine: Engine,
+        *,
+        batch_max: int = BATCH_MAX,
+        batch_wait_s: float = BATCH_WAIT_S,
+        queue_max: int = QUEUE_MAX,
+    ) -> None:
+        self._settings = settings
+        self._processor = IngestProcessor(engine)
+        self._batch_max = batch_max
+        self._batch_wait_s = batch_wait_s
+        self._queue: queue.Queue[_Item] = queue.Queue(maxsize=queue_max)
+        self._topic = (
+            topics.INGEST_SHARED_SUBSCRIPTION
+            if settings.shared_subscription
+            else topics.UP_WILDCARD
+        )
+        self._client = self._build_client()
+        self._lock = threading.Lock()
+        self._generation = 0
+        self._subscribed = threading.Event()
+        self._refused: str | None = None
+        self._stopping = threading.Event()
+        self._worker = threading.Thread(target=self._work, name="resonera-ingest", daemon=True)
+        self._extra = {"overflow": 0, "store_errors": 0, "acks_sent": 0}
+
+    # -- public -------------------------------------------------------------------------------
+
+    @property
+    def topic(self) -> str:
+        return self._topic
+
+    @property
+    def counters(self) -> dict[str, int]:
+        """received, stored, duplicates, quarantined, overflow, store_errors, acks_sent."""
+        return {**self._processor.counters, **self._extra}
+
+    @property
+    def connected(self) -> bool:
+        return self._client.is_connected()
+
+    def start(self, timeout_s: float = START_TIMEOUT_S) -> None:
+        """Connect, subscribe, start the worker; raise ``BrokerUnavailable`` with one clear line."""
+        mqtt = self._settings.mqtt
+        connect(self._client, mqtt, clean_start=True, session_expiry_s=SESSION_EXPIRY_S)
+        self._client.loop_start()
+        if not self._subscribed.wait(timeout_s) or self._refused is not None:
+            self._client.disconnect()
+            self._client.loop_stop()
+            raise BrokerUnavailable(
+                self._refused
+                or f"MQTT broker at {mqtt.host}:{mqtt.port} did not confirm the ingest "
+                f"subscription within {timeout_s:.0f} s"
+            )
+        self._worker.start()
+        log.info(
+            "ingest consumer %s subscribed to %s", self._settings.ingest_client_id, self._topic
+        )
+
+    def stop(self) -> None:
+        """Stop taking messages, store and acknowledge those already received, disconnect."""
+        if self._stopping.is_set():
+            return
+        if self._client.is_connected():
+            self._client.unsubscribe(self._topic)
+        self._stopping.set()
+        if self._worker.is_alive():
+            self._worker.join()
+        # DISCONNECT is queued behind the ack publishes, so the broker gets those first.
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    # -- paho callbacks (network thread: never block here) -----------------------------------
+
+    def _build_client(self) -> paho.Client:
+        client = build_client(self._settings.mqtt, self._settings.ingest_client_id)
+        if self._settings.mqtt.protocol == "3.1.1":
+            # build_client keeps 3.1.1 sessions (right for devices); a consumer must not leave a
+            # persistent session queueing every device's messages after it is gone.
+            client._clean_session = True
+        client.manual_ack_set(True)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_subscribe = self._on_subscribe
+        client.on_message = self._on_message
+        return client
+
+    def _on_connect(
+        self, client: paho.Client, _userdata: Any, _flags: Any, reason: ReasonCode, _props: Any
+    ) -> None:
+        if reason.is_failure:
+            self._refused = (
+                f"MQTT broker at {self._settings.mqtt.host}:{self._settings.mqtt.port} "
+                f"refused the connection: {reason}"
+            )
+            log.error("%s", self._refused)
+            self._subscribed.set()
+            return
+        with self._lock:
+            self._generation += 1
+        if self._settings.mqtt.protocol == "5":
+            client.subscribe(self._topic, options=SubscribeOptions(qos=1))
+        else:
+            client.subscribe(self._topic, qos=1)
+        log.info("connected to the MQTT broker; subscribing %s", self._topic)
+
+    def _on_disconnect(
+        self, _client: paho.Client, _userdata: Any, _flags: Any, reason: ReasonCode, _props: Any
+    ) -> None:
+        if not self._stopping.is_set():
+            log.warning("lost the MQTT broker (%s); reconnecting", reason)
+
+    def _on_subscribe(
+        self,
+        _client: paho.Client,
+        _userdata: Any,
+        _mid: int,
+        reasons: list[ReasonCode],
+        _props: Any,
+    ) -> None:
+        failed = [r for r in reasons if r.is_failure]
+        if failed:
+            hint = (
+                " (a broker without shared subscriptions needs shared_subscription = false)"
+                if self._settings.shared_subscription
+                else ""
+            )
+            self._refused = (
+                f"the MQTT broker refused the subscription {self._topic}: {failed[0]}{hint}"
+            )
+            log.error("%s", self._refused)
+        self._subscribed.set()
+
+    def _on_message(self, _client: paho.Client, _userdata: Any, msg: paho.MQTTMessage) -> None:
+        with self._lock:
+            generation = self._generation
+        item = _Item(generation, msg.mid, msg.qos, Received(msg.topic, bytes(msg.payload)))
+        try:
+            self._queue.put_nowait(item)
+        except queue.Full:
+            # Not acknowledged, so not lost: the device resends what we never ack.
+            self._extra["overflow"] += 1
+            log.warning(
+                "ingest queue full (%d); dropped a message unacknowledged", self._queue.maxsize
+            )
+
+    # -- worker thread ------------------------------------------------------------------------
+
+    def _work(self) -> None:
+        while True:
+            try:
+                first = self._queue.get(timeout=0.1)
+            except queue.Empty:
+                if self._stopping.is_set():
+                    return
+                continue
+            batch = take_batch(
+                self._queue, first, max_items=self._batch_max, max_wait_s=self._batch_wait_s
+            )
+            try:
+                self._handle(batch)
+            except Exception:  # a bug must not stop ingest; the batch stays unacknowledged
+                log.exception("ingest worker failed on a batch of %d messages", len(batch))
+
+    def _handle(self, batch: list[_Item]) -> None:
+        result = self._store(batch)
+        if result is None:
+            return
+        self._send_acks(result)
+        with self._lock:
+            generation = self._generation
+        for item in batch:
+            if item.qos > 0 and item.generation == generation:
+                self._client.ack(item.mid, item.qos)
+
+    def _store(self, batch: list[_Item]) -> BatchResult | None:
+        """Commit ``batch``, retrying while the database fails; None if stopped meanwhile."""
+        delay = RETRY_MIN_S
+        while True:
+            try:
+                return self._processor.process(item.message for item in batch)
+            except StoreError as exc:
+                self._extra["store_errors"] += 1
+                log.error("%s; retrying in %.1f s", exc, delay)
+            if self._stopping.wait(delay):
+                log.warning(
+                    "stopping with %d messages not stored (devices will resend)", len(batch)
+                )
+                return None
+            delay = min(delay * 2, RETRY_MAX_S)
+
+    def _send_acks(self, result: BatchResult) -> None:
+        for device_id, ids in result.committed.items():
+            for start in range(0, len(ids), MAX_ACK_IDS):
+                payload = Ack.of(ids[start : start + MAX_ACK_IDS]).to_bytes()
+                self._client.publish(topics.ack(device_id), payload, qos=1)
+                self._extra["acks_sent"] += 1
