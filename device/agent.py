@@ -39,7 +39,9 @@ def open_sink(settings: DeviceSettings, wav_path: Path | None = None) -> AudioSi
         return WavSink(wav)
     if settings.sink == "null":
         return NullSink()
-    return open_default_sink(wav)
+    return open_default_sink(
+        wav, sample_rate=settings.sample_rate, output_device=settings.output_device
+    )
 
 
 def play_session(

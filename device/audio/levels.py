@@ -1,9 +1,9 @@
 """Peak and rms level of everything a meter has seen, block by block.
 
-Levels are digital (dBFS): ``20·log10(x)`` of the sample value, so a full-scale square wave is 0 dBFS
-and a full-scale sine has an rms of −3.01 dBFS (this is not the AES17 convention, which adds 3.01 dB
-to sines). The rms is over every sample of every channel. Silence reads ``SILENCE_DBFS`` (−200.0),
-never −inf, so the numbers can go into JSON and SQL as they are.
+Levels are digital (dBFS): ``20·log10(x)`` of the sample value, so a full-scale square wave is 0
+dBFS and a full-scale sine has an rms of −3.01 dBFS (this is not the AES17 convention, which adds
+3.01 dB to sines). The rms is over every sample of every channel. Silence reads ``SILENCE_DBFS``
+(−200.0), never −inf, so the numbers can go into JSON and SQL as they are.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ SILENCE_DBFS: Final = -200.0
 
 
 def to_dbfs(value: float) -> float:
-    """``20·log10(value)``, floored at ``SILENCE_DBFS`` (NaN stays NaN: it means a broken signal)."""
+    """``20·log10(value)``, floored at ``SILENCE_DBFS`` (NaN stays NaN: a broken signal)."""
     if math.isnan(value):
         return math.nan
     if value <= 0.0:
@@ -40,11 +40,11 @@ class LevelMeter:
     def update(self, block: NDArray[np.floating]) -> None:
         if block.size == 0:
             return
-        data = np.asarray(block, dtype=np.float64)
-        self.frames += data.shape[0]
-        self._samples += data.size
-        self._sum_squares += float(np.einsum("...,...->", data, data))
-        self._peak = max(self._peak, float(np.max(np.abs(data))))
+        flat = np.asarray(block, dtype=np.float64).ravel()
+        self.frames += block.shape[0]
+        self._samples += flat.size
+        self._sum_squares += float(np.dot(flat, flat))
+        self._peak = max(self._peak, float(np.max(np.abs(flat))))
 
     @property
     def peak(self) -> float:

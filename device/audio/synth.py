@@ -1,38 +1,41 @@
-"""Render a ``Program`` into stereo float32 blocks, block by block, sample-exact whatever the block size.
+"""Render a ``Program`` into stereo float32 blocks, sample-exact whatever the block size.
 
 Contracts:
 
 - ``ProgramRenderer.render(frames)`` returns exactly ``frames`` frames (shape ``(frames, 2)``,
-  float32). Frames past the end of the program are silence; ``done`` turns True once the last program
-  frame has been rendered. Callers MAY change the block size from call to call: the concatenated output
-  is the same (within float rounding, far below 1e-6) as one big block.
-- Every oscillator keeps its phase ACCUMULATED in float64 and wrapped to [0, 2π) after each chunk, so
-  a 3-hour session is as clean at its end as at its start and a later frequency slide (a per-sample
-  increment instead of a constant one) slots in without changing the model.
-- Output stays within [-1, 1] when the program keeps its gain rule (the layer gains of a step add up to
-  at most 1.0): every voice's per-ear amplitude is at most its gain, and crossfade and fade gains are
-  ≤ 1 and complementary (they add up to 1, never to more).
+  float32). Frames past the end of the program are silence; ``done`` turns True once the last
+  program frame has been rendered. Callers MAY change the block size from call to call: the
+  concatenated output is the same (within float rounding, far below 1e-6) as one big block.
+- Every oscillator keeps its phase ACCUMULATED in float64 and wrapped to [0, 2π) after each chunk,
+  so a 3-hour session is as clean at its end as at its start and a later frequency slide (a
+  per-sample increment instead of a constant one) slots in without changing the model.
+- Output stays within [-1, 1] when the program keeps its gain rule (the layer gains of a step add
+  up to at most 1.0): every voice's per-ear amplitude is at most its gain, and crossfade and fade
+  gains are ≤ 1 and complementary (they add up to 1, never to more).
 
 How a program sounds:
 
-- A ``ToneLayer`` is one sine; its pan uses the constant-power (−3 dB centre) law: left
-  ``gain·cos θ``, right ``gain·sin θ`` with ``θ = (pan + 1)·π/4``. A centred tone is therefore
-  ``gain/√2`` in each ear (and ``gain`` in one ear when panned hard).
-- A ``BinauralLayer`` is ``carrier − beat/2`` at ``gain`` in the left ear and ``carrier + beat/2`` at
-  ``gain`` in the right ear (safety.md, "Programs").
-- Step changes crossfade (``crossfade_s``, 50 ms by default, shortened for very short steps) from the
-  old layers to the new ones with complementary raised-cosine gains (sin² + cos² = 1, so correlated
-  layers never add up above full scale). A new layer in the same slot and of the same kind as the old
-  one starts from the old one's phase, so the two stay coherent through the crossfade.
-- The program's fade-in and fade-out are raised-cosine; the first and the last sample are exactly 0.
+- A ``ToneLayer`` is one sine; its pan uses the constant-power (−3 dB centre) law: left ``gain·cos
+  θ``, right ``gain·sin θ`` with ``θ = (pan + 1)·π/4``. A centred tone is therefore ``gain/√2`` in
+  each ear (and ``gain`` in one ear when panned hard).
+- A ``BinauralLayer`` is ``carrier − beat/2`` at ``gain`` in the left ear and ``carrier + beat/2``
+  at ``gain`` in the right ear (safety.md, "Programs").
+- Step changes crossfade (``crossfade_s``, 50 ms by default, shortened for very short steps) from
+  the old layers to the new ones with complementary raised-cosine gains (sin² + cos² = 1, so
+  correlated layers never add up above full scale). A new layer in the same slot and of the same
+  kind as the old one starts from the old one's phase, so the two stay coherent through the
+  crossfade.
+- The program's fade-in and fade-out are raised-cosine; the first and the last sample are exactly
+  0.
 
 Adding a layer kind (noise, isochronic, ...): write a ``Voice`` subclass and a ``case`` in
-``voice_for``; mypy's exhaustiveness check on the ``match`` names the spot when a new layer type is
-added to the program model.
+``voice_for``; mypy's exhaustiveness check on the ``match`` names the spot when a new layer type
+is added to the program model.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -84,7 +87,8 @@ class Voice(ABC):
 class SineBank(Voice):
     """A few sine oscillators, each with a fixed (left, right) amplitude.
 
-    Phases are accumulated in float64 and wrapped after every render, never computed from absolute time.
+    Phases are accumulated in float64 and wrapped after every render, never computed from absolute
+    time.
     """
 
     def __init__(
@@ -99,7 +103,8 @@ class SineBank(Voice):
         for f in frequencies_hz:
             if not 0.0 < f < nyquist:
                 raise ProgramError(
-                    f"{f:g} Hz cannot be rendered at {sample_rate} Hz (must be below {nyquist:g} Hz)"
+                    f"{f:g} Hz cannot be rendered at {sample_rate} Hz "
+                    f"(must be below {nyquist:g} Hz)"
                 )
         self._increment = np.array([TWO_PI * f / sample_rate for f in frequencies_hz], np.float64)
         self._phase = np.zeros(len(frequencies_hz), np.float64)
@@ -118,10 +123,13 @@ class SineBank(Voice):
         return out
 
     def take_over(self, previous: Voice) -> None:
-        # Same kind, same number of oscillators: continue their phases, so the crossfade is coherent.
-        if type(previous) is type(self) and isinstance(previous, SineBank):
-            if previous._phase.shape == self._phase.shape:
-                self._phase = previous._phase.copy()
+        # Same kind, same number of oscillators: continue their phases (a coherent crossfade).
+        if (
+            type(previous) is type(self)
+            and isinstance(previous, SineBank)
+            and previous._phase.shape == self._phase.shape
+        ):
+            self._phase = previous._phase.copy()
 
 
 class ToneVoice(SineBank):
@@ -154,7 +162,7 @@ def voice_for(layer: ToneLayer | BinauralLayer, sample_rate: int) -> Voice:
 
 @dataclass(frozen=True)
 class _Span:
-    """Where one step sounds, in frames: its own [start, end) plus a crossfade tail into the next."""
+    """Where one step sounds, in frames: its own [start, end) plus a crossfade into the next."""
 
     index: int
     start: int
@@ -167,7 +175,7 @@ class _Span:
         return self.end + self.xfade_out
 
     def gain(self, frames: NDArray[np.float64]) -> NDArray[np.float64]:
-        """Crossfade gain at absolute frame numbers ``frames`` (complementary with the neighbours)."""
+        """Crossfade gain at absolute frame numbers ``frames`` (complementary to the neighbours)."""
         gain = np.ones_like(frames)
         if self.xfade_in:
             x = (frames - self.start + 0.5) / self.xfade_in
@@ -199,7 +207,7 @@ class ProgramRenderer:
             raise ValueError("crossfade_s must be a finite number ≥ 0")
         self.program = program
         self.sample_rate = sample_rate
-        # Build every voice once up front: a frequency the rate cannot carry fails here, not mid-session.
+        # Build every voice once now: a frequency the rate cannot carry fails here, not mid-session.
         for step in program.steps:
             for layer in step.layers:
                 voice_for(layer, sample_rate)
@@ -225,7 +233,7 @@ class ProgramRenderer:
         # ever sound at once.
         fades = [
             min(crossfade, prev[2] - prev[1], nxt[2] - nxt[1])
-            for prev, nxt in zip(bounds, bounds[1:], strict=False)
+            for prev, nxt in itertools.pairwise(bounds)
         ]
         return [
             _Span(
@@ -256,12 +264,14 @@ class ProgramRenderer:
 
     @property
     def step_index(self) -> int | None:
-        """Index (in ``program.steps``) of the step sounding now; None before the start and when done."""
-        current = [span.index for span, _ in self._active if span.start <= self._position < span.end]
+        """Index in ``program.steps`` of the step sounding now (None before start or when done)."""
+        current = [
+            span.index for span, _ in self._active if span.start <= self._position < span.end
+        ]
         return current[-1] if current else None
 
     def render(self, frames: int) -> NDArray[np.float32]:
-        """The next ``frames`` frames, shape ``(frames, 2)``; silence past the end of the program."""
+        """The next ``frames`` frames, shape ``(frames, 2)``; silence past the program's end."""
         if frames < 0:
             raise ValueError("frames must be ≥ 0")
         out = np.zeros((frames, CHANNELS), np.float64)
@@ -281,7 +291,10 @@ class ProgramRenderer:
         self._active = [(span, voices) for span, voices in self._active if span.stop > pos]
         while self._next_span < len(self._spans) and self._spans[self._next_span].start == pos:
             span = self._spans[self._next_span]
-            voices = [voice_for(layer, self.sample_rate) for layer in self.program.steps[span.index].layers]
+            voices = [
+                voice_for(layer, self.sample_rate)
+                for layer in self.program.steps[span.index].layers
+            ]
             if self._active:
                 previous = self._active[-1][1]
                 for new, old in zip(voices, previous, strict=False):

@@ -1,0 +1,163 @@
+"""The playback loop: render a block, process it, ramp its gain, meter it, write it to the sink.
+
+::
+
+    renderer ─▶ processors (the safety chain's insertion point) ─▶ gain ramp ─▶ meter ─▶ sink
+
+- ``gate()`` is the safety monitor's consent, asked before EVERY block. When it says False the
+  next block ramps the output to zero within ``fault_ramp_s`` (a few ms; safety.md, "The limiter":
+  a fault mute is the one change allowed to be that fast), nothing more is written, and the
+  outcome is ``"fault"`` with the text of ``reason()``.
+- ``should_stop()`` True starts a fade-out over ``stop_fade_s`` (50 ms, across blocks if need be);
+  the outcome is ``"stopped"``.
+- Otherwise the program plays to its end (its own fade-out) and the outcome is ``"completed"``.
+
+The gain ramp is applied after the processors so that a fault mute takes effect at once, whatever
+latency a look-ahead limiter adds. ``gate``, ``should_stop``, ``reason`` and the processors MUST
+NOT block (read a flag, do arithmetic): the only wait in the loop is ``sink.write``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Final, Literal
+
+import numpy as np
+from numpy.typing import NDArray
+
+from resonera.device.audio.levels import LevelMeter
+from resonera.device.audio.sinks import AudioSink
+from resonera.device.audio.synth import CHANNELS, ProgramRenderer
+
+__all__ = [
+    "DEFAULT_BLOCK_FRAMES",
+    "BlockProcessor",
+    "GainRamp",
+    "Outcome",
+    "PlaybackResult",
+    "play",
+]
+
+Block = NDArray[np.float32]
+#: Takes a (frames, 2) float32 block and returns the processed block of the same shape.
+BlockProcessor = Callable[[Block], Block]
+Outcome = Literal["completed", "stopped", "fault"]
+
+DEFAULT_BLOCK_FRAMES: Final = 1024
+DEFAULT_STOP_FADE_S: Final = 0.05
+DEFAULT_FAULT_RAMP_S: Final = 0.005
+DEFAULT_FAULT_REASON: Final = "safety gate closed"
+
+
+@dataclass(frozen=True)
+class PlaybackResult:
+    frames_played: int
+    played_s: float
+    outcome: Outcome
+    reason: str | None
+    #: Levels of what was written to the sink (after processors and the gain ramp).
+    peak_dbfs: float
+    rms_dbfs: float
+
+
+class GainRamp:
+    """A gain that moves in a straight line toward a target, per sample, never jumping."""
+
+    def __init__(self, value: float = 1.0) -> None:
+        self.value = value
+        self.target = value
+        self._per_frame = 0.0
+
+    def ramp_to(self, target: float, frames: int) -> None:
+        """Reach ``target`` after ``frames`` more frames (at least one)."""
+        self.target = target
+        self._per_frame = abs(target - self.value) / max(1, frames)
+
+    def apply(self, block: Block) -> Block:
+        """``block`` times the gain, advancing the ramp by ``len(block)`` frames."""
+        if self.value == self.target:
+            return block if self.value == 1.0 else (block * np.float32(self.value))
+        direction = 1.0 if self.target > self.value else -1.0
+        steps = np.arange(1, len(block) + 1, dtype=np.float64)
+        gains = self.value + direction * self._per_frame * steps
+        gains = np.minimum(gains, self.target) if direction > 0 else np.maximum(gains, self.target)
+        if len(gains):
+            self.value = float(gains[-1])
+        return (block * gains[:, None]).astype(np.float32)
+
+    def frames_to_target(self) -> int:
+        """Frames until the target is reached (0 when there)."""
+        if self.value == self.target:
+            return 0
+        return int(np.ceil(abs(self.target - self.value) / self._per_frame - 1e-9))
+
+
+def play(
+    renderer: ProgramRenderer,
+    sink: AudioSink,
+    *,
+    block_frames: int = DEFAULT_BLOCK_FRAMES,
+    gate: Callable[[], bool] | None = None,
+    reason: Callable[[], str] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    processors: Sequence[BlockProcessor] = (),
+    stop_fade_s: float = DEFAULT_STOP_FADE_S,
+    fault_ramp_s: float = DEFAULT_FAULT_RAMP_S,
+) -> PlaybackResult:
+    """Play ``renderer`` into ``sink`` until the program ends, a stop is asked, or the gate closes.
+
+    The sink MUST NOT be open: ``play`` opens it (at the renderer's rate, 2 channels) and closes it
+    before returning. An exception (from the sink or a processor) propagates after the sink is
+    discarded. The returned ``reason`` is None unless the outcome is ``"fault"``.
+    """
+    if block_frames < 1:
+        raise ValueError("block_frames must be ≥ 1")
+    rate = renderer.sample_rate
+    stop_frames = max(1, round(stop_fade_s * rate))
+    fault_frames = max(1, round(fault_ramp_s * rate))
+    meter = LevelMeter()
+    ramp = GainRamp(1.0)
+    frames_played = 0
+    stopping = False
+    outcome: Outcome = "completed"
+    fault_reason: str | None = None
+
+    sink.open(rate, CHANNELS)
+    with sink:
+        while True:
+            faulted = gate is not None and not gate()
+            if faulted:
+                outcome = "fault"
+                fault_reason = reason() if reason is not None else DEFAULT_FAULT_REASON
+                if frames_played == 0 or renderer.done:
+                    break  # nothing is sounding: nothing to ramp
+            elif not stopping and should_stop is not None and should_stop():
+                stopping, outcome = True, "stopped"
+                ramp.ramp_to(0.0, stop_frames)
+            if renderer.done:
+                break
+            count = min(block_frames, renderer.remaining_frames)
+            block = renderer.render(count)
+            for process in processors:
+                block = process(block)
+            if faulted:
+                ramp.ramp_to(0.0, min(fault_frames, count))
+            muting = ramp.target == 0.0
+            if muting and ramp.frames_to_target() < count:
+                block = block[: ramp.frames_to_target()]  # the rest would be silence: leave it out
+            block = ramp.apply(block)
+            meter.update(block)
+            sink.write(block)
+            frames_played += len(block)
+            if faulted or (muting and ramp.value == 0.0):
+                break
+
+    return PlaybackResult(
+        frames_played=frames_played,
+        played_s=frames_played / rate,
+        outcome=outcome,
+        reason=fault_reason,
+        peak_dbfs=meter.peak_dbfs,
+        rms_dbfs=meter.rms_dbfs,
+    )

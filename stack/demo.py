@@ -1,0 +1,208 @@
+"""``resonera demo``: the whole path on one machine, on embedded defaults, all on 127.0.0.1.
+
+A broker (mosquitto if installed, else amqtt in-process), the server on SQLite, the safety MCU
+simulator on a pty, and a device agent that plays a short built-in program with the simulator's consent,
+records the session and syncs it. Then it asks the server's API what it received and prints it.
+Each part runs as its own process, exactly as it would be deployed, started by its own console script.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from resonera.common.errors import ResoneraError
+from resonera.stack.broker import RunningBroker, start_broker
+
+DEMO_DEVICE_ID = "demo-device-1"
+
+
+class DemoError(ResoneraError):
+    """A part of the demo stack failed to start or answer."""
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    workdir: Path
+    program: str = "demo-alpha"
+    broker: str = "auto"
+    keep_running: bool = False
+    sink: str = "auto"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _script(name: str) -> str:
+    """A console script of this installation (the same venv as the running interpreter)."""
+    candidate = Path(sys.executable).parent / name
+    found = str(candidate) if candidate.exists() else shutil.which(name)
+    if found is None:
+        raise DemoError(f"{name} is not installed; run `make demo` (it installs the project)")
+    return found
+
+
+def _write_toml(path: Path, data: dict[str, Any]) -> Path:
+    path.write_text(tomli_w.dumps(data))
+    return path
+
+
+class _Processes:
+    """Child processes, stopped in reverse order; their output goes to log files in the workdir."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.children: list[tuple[str, subprocess.Popen[bytes]]] = []
+
+    def start(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
+        log = (self.workdir / f"{name}.log").open("wb")
+        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+        self.children.append((name, process))
+        return process
+
+    def failed(self, name: str, process: subprocess.Popen[bytes]) -> DemoError:
+        lines = (self.workdir / f"{name}.log").read_text(errors="replace").strip().splitlines()
+        detail = lines[-1] if lines else f"exit code {process.returncode}"
+        return DemoError(f"{name} stopped: {detail} (log: {self.workdir / (name + '.log')})")
+
+    def stop_all(self) -> None:
+        for _name, process in reversed(self.children):
+            if process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+
+
+def _wait(what: str, ready: Any, process: subprocess.Popen[bytes], procs: _Processes, name: str,
+          timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise procs.failed(name, process)
+        if ready():
+            return
+        time.sleep(0.05)
+    raise DemoError(f"{what} did not become ready within {timeout_s:.0f} s")
+
+
+def _get_json(url: str, token: str | None = None) -> Any:
+    request = urllib.request.Request(url)
+    if token is not None:
+        request.add_header("Authorization", f"Bearer {token}")
+    with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310 - loopback only
+        return json.load(response)
+
+
+def _healthy(url: str) -> bool:
+    try:
+        return bool(_get_json(url).get("status") == "ok")
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def run_demo(options: DemoOptions, out: Any = sys.stdout) -> list[dict[str, Any]]:
+    """Run the demo; return the sessions the server's API lists at the end."""
+    workdir = options.workdir.resolve()
+    if workdir.exists():
+        shutil.rmtree(workdir)
+    workdir.mkdir(parents=True)
+
+    def say(text: str) -> None:
+        print(text, file=out, flush=True)
+
+    token = secrets.token_urlsafe(32)
+    http_port = free_port()
+    api = f"http://127.0.0.1:{http_port}"
+    with ExitStack() as stack:
+        broker: RunningBroker = start_broker(free_port(), workdir / "broker", options.broker)  # type: ignore[arg-type]
+        stack.callback(broker.stop)
+        say(f"[broker]   {broker.name} on 127.0.0.1:{broker.port} (MQTT {broker.protocol})")
+        mqtt = {"host": broker.host, "port": broker.port, "protocol": broker.protocol}
+
+        procs = _Processes(workdir)
+        stack.callback(procs.stop_all)
+
+        server_config = _write_toml(
+            workdir / "server.toml",
+            {
+                "database_url": f"sqlite:///{workdir / 'server.db'}",
+                "http_host": "127.0.0.1",
+                "http_port": http_port,
+                "api_token": token,
+                "demo": True,
+                "shared_subscription": broker.shared_subscriptions,
+                "mqtt": mqtt,
+            },
+        )
+        server = procs.start("server", [_script("resonera-server"), "run", "--config", str(server_config)])
+        _wait("the server", lambda: _healthy(f"{api}/healthz"), server, procs, "server")
+        say(f"[server]   API on {api}/api/v1, database {workdir / 'server.db'}")
+
+        link_file = workdir / "hwsim.link"
+        hwsim = procs.start("hwsim", [_script("resonera-hwsim"), "--link-file", str(link_file)])
+        _wait("the hardware simulator", link_file.exists, hwsim, procs, "hwsim")
+        port_path = link_file.read_text().strip()
+        say(f"[hardware] safety MCU simulator on {port_path}")
+
+        wav_path = workdir / "session.wav"
+        device_config = _write_toml(
+            workdir / "device.toml",
+            {
+                "device_id": DEMO_DEVICE_ID,
+                "data_dir": str(workdir / "device"),
+                "serial_url": port_path,
+                "sink": options.sink,
+                "wav_path": str(wav_path),
+                "mqtt": mqtt,
+            },
+        )
+        say(f"[device]   {DEMO_DEVICE_ID} plays {options.program!r} with the MCU's consent:")
+        played = subprocess.run(
+            [_script("resonera-device"), "play", "--config", str(device_config),
+             "--program", options.program, "--sync-timeout", "30"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        for line in played.stdout.strip().splitlines():
+            say(f"           {line}")
+        if played.returncode != 0:
+            detail = (played.stderr.strip().splitlines() or ["no output"])[-1]
+            raise DemoError(f"the device agent failed (exit {played.returncode}): {detail}")
+
+        sessions: list[dict[str, Any]] = _get_json(f"{api}/api/v1/sessions", token)
+        say(f"\nThe server holds {len(sessions)} session(s):")
+        for s in sessions:
+            say(
+                f"  {s['device_id']}  {s['program_name']}  {s['played_s']:.1f} s  {s['outcome']}"
+                f"  peak {s['peak_dbfs']:.1f} dBFS  (message {s['message_id']})"
+            )
+        say(f"\nAPI: {api}/api/v1/sessions  (header  Authorization: Bearer {token})")
+        say(f"     curl -H 'Authorization: Bearer {token}' {api}/api/v1/sessions")
+        if options.keep_running:
+            say("The stack stays up; press Ctrl-C to stop it.")
+            try:
+                while all(p.poll() is None for _n, p in procs.children):
+                    time.sleep(0.5)
+            except KeyboardInterrupt:
+                say("stopping")
+        return sessions
