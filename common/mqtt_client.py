@@ -27,15 +27,20 @@ def build_client(
     client_id: str,
     *,
     will: tuple[str, bytes] | None = None,
+    persistent_session: bool = True,
 ) -> paho.Client:
-    """A configured, not yet connected client. ``will`` is (topic, payload), published retained."""
+    """A configured, not yet connected client. ``will`` is (topic, payload), published retained.
+
+    ``persistent_session`` matters for MQTT 3.1.1 only (``clean_session``); under MQTT 5 the
+    equivalent is ``clean_start`` and the session expiry, given to ``connect``.
+    """
     protocol = paho.MQTTv5 if settings.protocol == "5" else paho.MQTTv311
     client = paho.Client(
         CallbackAPIVersion.VERSION2,
         client_id=client_id,
         protocol=protocol,
         # MQTT 3.1.1 needs clean_session here; for MQTT 5 clean_start goes to connect().
-        clean_session=None if protocol == paho.MQTTv5 else False,
+        clean_session=None if protocol == paho.MQTTv5 else not persistent_session,
     )
     if settings.tls:
         client.tls_set(

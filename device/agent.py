@@ -91,7 +91,7 @@ def play_session(
         planned_s=program.duration_s,
         played_s=result.played_s,
         outcome=result.outcome,
-        reason=result.reason,
+        reason=result.reason or "",
         sink=sink.kind,
         sample_rate=settings.sample_rate,
         peak_dbfs=result.peak_dbfs,

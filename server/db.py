@@ -12,10 +12,10 @@ from typing import Any
 from sqlalchemy import Connection, Table, event, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
 from sqlmodel import SQLModel, create_engine
 
-from resonera.common.errors import ConfigError
+from resonera.common.errors import ConfigError, ResoneraError
 from resonera.server import models  # noqa: F401  (registers the tables in SQLModel.metadata)
 
 SQLITE_BUSY_TIMEOUT_MS = 5000
@@ -49,9 +49,18 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
         cursor.close()
 
 
+class DatabaseUnavailableError(ResoneraError):
+    """The database cannot be opened or refused us."""
+
+
 def init_db(engine: Engine) -> None:
-    """Create missing tables (idempotent)."""
-    SQLModel.metadata.create_all(engine)
+    """Create missing tables (idempotent); raise ``DatabaseUnavailableError`` (one line)."""
+    try:
+        SQLModel.metadata.create_all(engine)
+    except SQLAlchemyError as exc:
+        where = engine.url.render_as_string(hide_password=True)
+        cause = exc.orig if isinstance(exc, DBAPIError) else exc
+        raise DatabaseUnavailableError(f"cannot use the database {where}: {cause}") from None
 
 
 def check_db(engine: Engine) -> None:

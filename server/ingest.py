@@ -3,8 +3,8 @@
 ``IngestProcessor.process`` takes (topic, payload) pairs, stores the whole batch in one transaction
 and says which message ids each device may now delete. It never raises for a bad message: a
 message that is not a valid envelope, names another device than its topic, or carries an invalid
-body goes to the quarantine table with a one-line reason. It does raise (``StoreError``) when the database itself
-fails; then nothing of the batch is committed and nothing may be acknowledged.
+body goes to the quarantine table with a one-line reason. It does raise (``StoreError``) when the
+database itself fails; then nothing of the batch is committed and nothing may be acknowledged.
 
 The MQTT side (subscribing, batching, acknowledging) is ``resonera.server.ingest_mqtt``.
 """

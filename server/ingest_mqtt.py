@@ -1,12 +1,14 @@
 """The MQTT side of ingest: subscribe, batch, commit, then acknowledge.
 
-Why manual PUBACKs: paho normally sends PUBACK as soon as ``on_message`` returns, which only says
-the message reached our memory. With ``manual_ack_set(True)`` we send it after the batch is
-committed, so a consumer that dies mid-batch leaves the messages unacknowledged at the broker rather than lost
-silently, and the broker's in-flight window (``max_inflight_messages``) bounds how much we hold
-unacknowledged: while the database is slow, the broker stops sending, we do not buffer without end.
+Why manual PUBACKs: paho normally sends PUBACK as soon as ``on_message`` returns, when the message
+is only in our memory. With ``manual_ack_set(True)`` we send it after the batch is committed, so:
+- the broker's in-flight window (``max_inflight_messages``) becomes our flow control: while the
+  database is slow or down, the broker stops sending to us and keeps the rest queued, instead of us
+  buffering without end or dropping;
+- what the broker believes delivered is what we have stored.
 The device still deletes a record only on our application ack (``resonera/v1/dev/{d}/ack``), which
-names the ids we committed, so loss is ruled out end to end either way.
+names the ids we committed; whatever is lost in between (a consumer that dies mid-batch, a clean
+start after a reconnect) is resent by the device, and storing it again is a no-op.
 
 Threads: paho's network thread runs the callbacks, which only put messages on a bounded queue; one
 worker thread takes batches (up to ``batch_max`` messages or ``batch_wait_s``), stores them with
@@ -47,7 +49,9 @@ RETRY_MAX_S: Final = 5.0
 
 
 @dataclass(frozen=True)
-class _Item:
+class Item:
+    """A received message with what its PUBACK needs (connection generation, packet id, QoS)."""
+
     generation: int
     mid: int
     qos: int
@@ -55,8 +59,8 @@ class _Item:
 
 
 def take_batch(
-    source: queue.Queue[_Item], first: _Item, *, max_items: int, max_wait_s: float
-) -> list[_Item]:
+    source: queue.Queue[Item], first: Item, *, max_items: int, max_wait_s: float
+) -> list[Item]:
     """``first`` plus whatever arrives within ``max_wait_s``, at most ``max_items`` in all."""
     batch = [first]
     deadline = time.monotonic() + max_wait_s
@@ -90,7 +94,7 @@ class IngestConsumer:
         self._processor = IngestProcessor(engine)
         self._batch_max = batch_max
         self._batch_wait_s = batch_wait_s
-        self._queue: queue.Queue[_Item] = queue.Queue(maxsize=queue_max)
+        self._queue: queue.Queue[Item] = queue.Queue(maxsize=queue_max)
         self._topic = (
             topics.INGEST_SHARED_SUBSCRIPTION
             if settings.shared_subscription
@@ -154,11 +158,10 @@ class IngestConsumer:
     # -- paho callbacks (network thread: never block here) -----------------------------------
 
     def _build_client(self) -> paho.Client:
-        client = build_client(self._settings.mqtt, self._settings.ingest_client_id)
-        if self._settings.mqtt.protocol == "3.1.1":
-            # build_client keeps 3.1.1 sessions (right for devices); a consumer must not leave a
-            # persistent session queueing every device's messages after it is gone.
-            client._clean_session = True
+        # A consumer must not leave a session queueing every device's messages after it is gone.
+        client = build_client(
+            self._settings.mqtt, self._settings.ingest_client_id, persistent_session=False
+        )
         client.manual_ack_set(True)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
@@ -215,7 +218,7 @@ class IngestConsumer:
     def _on_message(self, _client: paho.Client, _userdata: Any, msg: paho.MQTTMessage) -> None:
         with self._lock:
             generation = self._generation
-        item = _Item(generation, msg.mid, msg.qos, Received(msg.topic, bytes(msg.payload)))
+        item = Item(generation, msg.mid, msg.qos, Received(msg.topic, bytes(msg.payload)))
         try:
             self._queue.put_nowait(item)
         except queue.Full:
@@ -243,7 +246,7 @@ class IngestConsumer:
             except Exception:  # a bug must not stop ingest; the batch stays unacknowledged
                 log.exception("ingest worker failed on a batch of %d messages", len(batch))
 
-    def _handle(self, batch: list[_Item]) -> None:
+    def _handle(self, batch: list[Item]) -> None:
         result = self._store(batch)
         if result is None:
             return
@@ -254,7 +257,7 @@ class IngestConsumer:
             if item.qos > 0 and item.generation == generation:
                 self._client.ack(item.mid, item.qos)
 
-    def _store(self, batch: list[_Item]) -> BatchResult | None:
+    def _store(self, batch: list[Item]) -> BatchResult | None:
         """Commit ``batch``, retrying while the database fails; None if stopped meanwhile."""
         delay = RETRY_MIN_S
         while True:

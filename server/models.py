@@ -7,7 +7,7 @@ twice is a no-op (insert-or-ignore). Times are stored in UTC and come back time-
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any, ClassVar
+from typing import Any
 
 from sqlalchemy import DateTime, LargeBinary, Text, UniqueConstraint
 from sqlalchemy.engine import Dialect
@@ -70,7 +70,7 @@ class SessionBase(SQLModel):
 
 
 class SessionRow(SessionBase, table=True):
-    __tablename__: ClassVar[str] = "session_record"  # type: ignore[misc]
+    __tablename__ = "session_record"
     __table_args__ = (
         UniqueConstraint("device_id", "message_id", name="uq_session_record_device_message"),
     )
@@ -88,7 +88,7 @@ class MessageRow(SQLModel, table=True):
     """Valid messages of kinds without a table of their own yet (event, metrics, reported): kept
     whole, so a later migration can parse them and nothing valid is ever dropped."""
 
-    __tablename__: ClassVar[str] = "device_message"  # type: ignore[misc]
+    __tablename__ = "device_message"
     __table_args__ = (
         UniqueConstraint("device_id", "message_id", name="uq_device_message_device_message"),
     )
@@ -107,7 +107,7 @@ class MessageRow(SQLModel, table=True):
 class QuarantineRow(SQLModel, table=True):
     """A message ingest refused, and why; the payload is cut to ``QUARANTINE_PAYLOAD_MAX``."""
 
-    __tablename__: ClassVar[str] = "quarantine"  # type: ignore[misc]
+    __tablename__ = "quarantine"
 
     id: int | None = Field(default=None, primary_key=True)
     received_at: datetime = Field(sa_type=UTCDateTime, index=True)

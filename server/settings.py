@@ -1,4 +1,4 @@
-"""The server's settings: ``RESONERA_SERVER_*`` environment variables, then a TOML file; defaults last.
+"""Server settings: ``RESONERA_SERVER_*`` environment variables over a TOML file over defaults.
 
 Nested names use ``__`` (``RESONERA_SERVER_MQTT__PORT=1883``). Load with
 ``common.settings.load_settings(ServerSettings, path)``, then call ``checked_for_start()`` before

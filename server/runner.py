@@ -1,0 +1,179 @@
+"""Running the server in this process: API (uvicorn in a thread) and/or ingest consumer.
+
+The CLI, the demo and end-to-end tests all start the server through ``ServerProcess``, so what the
+tests run is what ships. The HTTP socket is bound before anything else starts, which turns a port in
+use into one clear error and lets ``http_port = 0`` pick a free port.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+import threading
+import time
+from typing import Final
+
+import uvicorn
+from sqlalchemy.engine import Engine
+
+from resonera.common.errors import ConfigError, ResoneraError
+from resonera.server.app import API_PREFIX, create_app
+from resonera.server.db import init_db, make_engine
+from resonera.server.ingest_mqtt import IngestConsumer
+from resonera.server.settings import ServerSettings
+
+log = logging.getLogger(__name__)
+
+START_TIMEOUT_S: Final = 15.0
+BACKLOG: Final = 2048
+
+
+class PortInUseError(ResoneraError):
+    """The HTTP port is taken by another process."""
+
+
+def bind_http(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on (host, port); ``PortInUseError`` or ``ConfigError`` if not."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as exc:
+        raise ConfigError(f"http_host {host!r} cannot be resolved: {exc.strerror}") from None
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(BACKLOG)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise PortInUseError(f"port {port} on {host} is already in use") from None
+        if exc.errno == errno.EACCES:
+            raise PortInUseError(
+                f"port {port} on {host} needs privileges (use a port above 1023)"
+            ) from None
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    return sock
+
+
+class ServerProcess:
+    """The server's parts running in this process; ``start()``, then ``stop()`` (idempotent), or
+    ``with ServerProcess(settings) as server:`` (starts unless started, stops at the end).
+
+    ``settings`` must pass ``checked_for_start`` when ``api`` is on (it is called here). ``engine``
+    may be given (tests share one); otherwise it is made from ``settings.database_url`` and
+    disposed of on ``stop()``.
+    """
+
+    def __init__(
+        self,
+        settings: ServerSettings,
+        *,
+        api: bool = True,
+        ingest: bool = True,
+        engine: Engine | None = None,
+    ) -> None:
+        self.settings = settings.checked_for_start() if api else settings
+        self._api = api
+        self._ingest = ingest
+        self._own_engine = engine is None
+        self._engine = engine
+        self._sock: socket.socket | None = None
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+        self.consumer: IngestConsumer | None = None
+        self.port: int | None = None
+        self._running = False
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            raise RuntimeError("ServerProcess is not started")
+        return self._engine
+
+    def __enter__(self) -> ServerProcess:
+        return self if self._running else self.start()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        """``http://host:port`` of the API (after ``start()``)."""
+        host = self.settings.http_host
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def api_url(self) -> str:
+        return self.url + API_PREFIX
+
+    def start(self, timeout_s: float = START_TIMEOUT_S) -> ServerProcess:
+        """Bind the port, open the database, start ingest, then the API; undo all on failure."""
+        try:
+            if self._api:
+                self._sock = bind_http(self.settings.http_host, self.settings.http_port)
+                self.port = int(self._sock.getsockname()[1])
+            if self._engine is None:
+                self._engine = make_engine(self.settings.database_url)
+            init_db(self._engine)
+            if self._ingest:
+                self.consumer = IngestConsumer(self.settings, self._engine)
+                self.consumer.start()
+            if self._api:
+                self._start_api(timeout_s)
+            self._running = True
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def alive(self) -> bool:
+        """True from a successful ``start()`` until ``stop()``, unless the API thread crashed."""
+        return self._running and (self._thread is None or self._thread.is_alive())
+
+    def stop(self) -> None:
+        self._running = False
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        if self.consumer is not None:
+            self.consumer.stop()
+        if self._own_engine and self._engine is not None:
+            self._engine.dispose()
+
+    def _start_api(self, timeout_s: float) -> None:
+        assert self._sock is not None
+        app = create_app(self.settings, self.engine)
+        config = uvicorn.Config(app, log_config=None, timeout_graceful_shutdown=5)
+        server = uvicorn.Server(config)
+        self._server = server
+        sock = self._sock
+        self._thread = threading.Thread(
+            target=server.run, kwargs={"sockets": [sock]}, name="resonera-api", daemon=True
+        )
+        self._thread.start()
+        deadline = time.monotonic() + timeout_s
+        while not server.started:
+            if not self._thread.is_alive():
+                raise ResoneraError("the HTTP server stopped while starting (see the log above)")
+            if time.monotonic() > deadline:
+                raise ResoneraError(f"the HTTP server did not start within {timeout_s:.0f} s")
+            time.sleep(0.01)
+
+
+def run_server_in_thread(
+    settings: ServerSettings,
+    *,
+    api: bool = True,
+    ingest: bool = True,
+    engine: Engine | None = None,
+) -> ServerProcess:
+    """Start the server in this process and return it running; call ``.stop()`` when done, or use
+    the result in a ``with`` block."""
+    return ServerProcess(settings, api=api, ingest=ingest, engine=engine).start()

@@ -1,0 +1,182 @@
+"""IngestConsumer against a real mosquitto: publish as a device would, expect rows and acks."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as paho
+import pytest
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, func, select
+from support import Mosquitto, free_port, wait_until
+
+from resonera.common import topics
+from resonera.common.envelope import Envelope, decode_ack
+from resonera.common.ids import new_id
+from resonera.common.mqtt_client import BrokerUnavailable, build_client, connect
+from resonera.common.settings import MqttSettings
+from resonera.server.db import init_db, make_engine
+from resonera.server.ingest import Received
+from resonera.server.ingest_mqtt import IngestConsumer, Item, take_batch
+from resonera.server.models import QuarantineRow, SessionRow
+from resonera.server.settings import ServerSettings
+
+MakeEnvelope = Callable[..., Envelope]
+
+
+class FakeDevice:
+    """A paho client on the device's side: publishes up-messages, collects acks."""
+
+    def __init__(self, mqtt: MqttSettings, device_id: str) -> None:
+        self.device_id = device_id
+        self.acked: list[list[str]] = []
+        self._subscribed = threading.Event()
+        self.client = build_client(mqtt, f"test-device-{device_id}-{new_id()[-8:]}")
+        self.client.on_message = self._on_message
+        self.client.on_subscribe = lambda *_args: self._subscribed.set()
+        connect(self.client, mqtt, clean_start=True, session_expiry_s=0)
+        self.client.loop_start()
+        self.client.subscribe(topics.ack(device_id), qos=1)
+        wait_until(self._subscribed.is_set, what=f"{device_id} subscribed to its ack topic")
+
+    def _on_message(self, _client: paho.Client, _userdata: Any, msg: paho.MQTTMessage) -> None:
+        self.acked.append(list(decode_ack(bytes(msg.payload)).ids))
+
+    def publish(self, payload: bytes, kind: str = "session") -> None:
+        info = self.client.publish(f"{topics.PREFIX}/{self.device_id}/up/{kind}", payload, qos=1)
+        info.wait_for_publish(timeout=10)
+        assert info.is_published()
+
+    def acked_ids(self) -> list[str]:
+        return [i for ack in self.acked for i in ack]
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def _settings(broker: Mosquitto, **overrides: Any) -> ServerSettings:
+    mqtt = MqttSettings(host=broker.host, port=broker.port, **overrides.pop("mqtt", {}))
+    return ServerSettings(mqtt=mqtt, **overrides)
+
+
+@pytest.fixture
+def consumer(mosquitto: Mosquitto, engine: Engine) -> Iterator[IngestConsumer]:
+    consumer = IngestConsumer(_settings(mosquitto), engine)
+    consumer.start()
+    yield consumer
+    consumer.stop()
+
+
+@pytest.fixture
+def device(mosquitto: Mosquitto) -> Iterator[FakeDevice]:
+    device = FakeDevice(MqttSettings(host=mosquitto.host, port=mosquitto.port), "dev-x")
+    yield device
+    device.close()
+
+
+def _count(engine: Engine, model: type[SessionRow] | type[QuarantineRow]) -> int:
+    with Session(engine) as session:
+        return session.exec(select(func.count()).select_from(model)).one()
+
+
+def test_session_is_stored_once_and_acked(
+    consumer: IngestConsumer, device: FakeDevice, engine: Engine, make_envelope: MakeEnvelope
+) -> None:
+    envelope = make_envelope("dev-x")
+    device.publish(envelope.to_bytes())
+    wait_until(lambda: envelope.id in device.acked_ids(), what="the ack for the session")
+    assert _count(engine, SessionRow) == 1
+    # The device did not see the ack (say): it resends; stored once, acked again.
+    device.publish(envelope.to_bytes())
+    wait_until(lambda: device.acked_ids().count(envelope.id) == 2, what="the second ack")
+    assert _count(engine, SessionRow) == 1
+    assert consumer.counters["duplicates"] == 1
+
+
+def test_malformed_payload_is_quarantined_and_ingest_goes_on(
+    consumer: IngestConsumer, device: FakeDevice, engine: Engine, make_envelope: MakeEnvelope
+) -> None:
+    device.publish(b"\x00not json at all")
+    wait_until(lambda: _count(engine, QuarantineRow) == 1, what="the quarantined message")
+    envelope = make_envelope("dev-x")
+    device.publish(envelope.to_bytes())
+    wait_until(lambda: envelope.id in device.acked_ids(), what="the ack after a bad message")
+    assert _count(engine, SessionRow) == 1
+    assert consumer.counters["quarantined"] == 1
+    assert device.acked_ids() == [envelope.id]
+
+
+def test_many_messages_are_batched_and_all_acked(
+    consumer: IngestConsumer, device: FakeDevice, engine: Engine, make_envelope: MakeEnvelope
+) -> None:
+    envelopes = [make_envelope("dev-x", seq=i) for i in range(300)]
+    for envelope in envelopes:
+        device.client.publish(topics.up("dev-x", "session"), envelope.to_bytes(), qos=1)
+    wanted = {e.id for e in envelopes}
+    wait_until(lambda: wanted <= set(device.acked_ids()), what="acks for 300 messages")
+    assert _count(engine, SessionRow) == 300
+
+
+def test_database_failure_is_retried_and_nothing_acked_before_commit(
+    mosquitto: Mosquitto, device: FakeDevice, tmp_path: Path, make_envelope: MakeEnvelope
+) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'late.db'}")  # tables not created yet
+    consumer = IngestConsumer(_settings(mosquitto), engine)
+    consumer.start()
+    try:
+        envelope = make_envelope("dev-x")
+        device.publish(envelope.to_bytes())
+        wait_until(lambda: consumer.counters["store_errors"] >= 1, what="a failed store")
+        assert device.acked == []
+        init_db(engine)
+        wait_until(lambda: envelope.id in device.acked_ids(), what="the ack after recovery")
+        assert _count(engine, SessionRow) == 1
+    finally:
+        consumer.stop()
+        engine.dispose()
+
+
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+def test_plain_subscription_for_brokers_without_share(
+    mosquitto: Mosquitto, engine: Engine, make_envelope: MakeEnvelope, protocol: str
+) -> None:
+    settings = _settings(mosquitto, shared_subscription=False, mqtt={"protocol": protocol})
+    consumer = IngestConsumer(settings, engine)
+    assert consumer.topic == topics.UP_WILDCARD
+    consumer.start()
+    device = FakeDevice(settings.mqtt, f"dev-plain-{protocol}")
+    try:
+        envelope = make_envelope(device.device_id)
+        device.publish(envelope.to_bytes())
+        wait_until(lambda: envelope.id in device.acked_ids(), what="the ack")
+    finally:
+        device.close()
+        consumer.stop()
+
+
+def test_broker_down_is_one_clear_error(engine: Engine) -> None:
+    settings = ServerSettings(mqtt=MqttSettings(port=free_port()))
+    consumer = IngestConsumer(settings, engine)
+    with pytest.raises(BrokerUnavailable, match=r"no MQTT broker at 127\.0\.0\.1"):
+        consumer.start()
+
+
+def test_stop_is_idempotent(consumer: IngestConsumer) -> None:
+    consumer.stop()
+    consumer.stop()
+    assert not consumer.connected
+
+
+def test_take_batch_stops_at_max_items_and_when_the_queue_is_empty() -> None:
+    source: queue.Queue[Item] = queue.Queue()
+    items = [Item(1, mid, 1, Received("t", b"")) for mid in range(5)]
+    for item in items[1:]:
+        source.put(item)
+    assert take_batch(source, items[0], max_items=3, max_wait_s=0) == items[:3]
+    assert take_batch(source, source.get(), max_items=10, max_wait_s=0) == items[3:]
+    assert source.empty()
