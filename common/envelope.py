@@ -117,7 +117,9 @@ def describe_validation_error(exc: ValidationError) -> str:
 
 def _decode(model: type[_M], payload: bytes, what: str) -> _M:
     if len(payload) > MAX_PAYLOAD_BYTES:
-        raise ProtocolError(f"{what} of {len(payload)} bytes exceeds the {MAX_PAYLOAD_BYTES}-byte limit")
+        raise ProtocolError(
+            f"{what} of {len(payload)} bytes exceeds the {MAX_PAYLOAD_BYTES}-byte limit"
+        )
     try:
         return model.model_validate_json(payload)
     except ValidationError as exc:
@@ -138,6 +140,8 @@ def check_topic_matches(topic: str, envelope: Envelope) -> None:
     """The topic's device and kind must be the envelope's own (a device cannot speak for another)."""
     device_id, kind = topics.parse_up(topic)
     if device_id != envelope.device:
-        raise ProtocolError(f"topic names device {device_id!r} but the envelope names {envelope.device!r}")
+        raise ProtocolError(
+            f"topic names device {device_id!r} but the envelope names {envelope.device!r}"
+        )
     if kind != envelope.kind:
         raise ProtocolError(f"topic names kind {kind!r} but the envelope names {envelope.kind!r}")

@@ -6,7 +6,6 @@ same on both sides. paho is imported here only: the codecs in ``common`` never t
 
 from __future__ import annotations
 
-import socket
 import ssl
 
 import paho.mqtt.client as paho
@@ -110,8 +109,10 @@ def connect(
         raise BrokerUnavailable(
             f"TLS with the MQTT broker at {settings.host}:{settings.port} failed: {exc.reason}"
         ) from None
-    except (TimeoutError, socket.timeout):
-        raise BrokerUnavailable(f"MQTT broker at {settings.host}:{settings.port} timed out") from None
+    except TimeoutError:
+        raise BrokerUnavailable(
+            f"MQTT broker at {settings.host}:{settings.port} timed out"
+        ) from None
     except OSError as exc:
         raise BrokerUnavailable(
             f"cannot reach MQTT broker at {settings.host}:{settings.port}: {exc.strerror or exc}"

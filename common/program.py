@@ -76,7 +76,9 @@ class Step(_Strict):
         # Layers are summed: their gains together must not ask for more than full scale.
         total = sum(layer.gain for layer in self.layers)
         if total > 1.0 + 1e-9:
-            raise ValueError(f"layer gains add up to {total:.3f}; together they must not exceed 1.0")
+            raise ValueError(
+                f"layer gains add up to {total:.3f}; together they must not exceed 1.0"
+            )
         return self
 
 
@@ -151,4 +153,6 @@ def builtin_program(name: str) -> Program:
         return BUILTIN_PROGRAMS[name]
     except KeyError:
         known = ", ".join(sorted(BUILTIN_PROGRAMS))
-        raise ProgramError(f"no built-in program named {name!r}; built-in programs: {known}") from None
+        raise ProgramError(
+            f"no built-in program named {name!r}; built-in programs: {known}"
+        ) from None

@@ -59,8 +59,12 @@ def parse_up(topic: str) -> tuple[str, UpKind]:
     """Split an ``up`` topic into (device id, kind); raise ``ProtocolError`` for anything else."""
     match = _UP_RE.match(topic)
     if match is None:
-        raise ProtocolError(f"topic {topic!r} is not a device up-topic ({PREFIX}/<device>/up/<kind>)")
+        raise ProtocolError(
+            f"topic {topic!r} is not a device up-topic ({PREFIX}/<device>/up/<kind>)"
+        )
     device_id, kind = match.group(1), match.group(2)
     if kind not in UP_KINDS:
-        raise ProtocolError(f"topic {topic!r} names unknown kind {kind!r}; known: {', '.join(UP_KINDS)}")
+        raise ProtocolError(
+            f"topic {topic!r} names unknown kind {kind!r}; known: {', '.join(UP_KINDS)}"
+        )
     return device_id, kind  # type: ignore[return-value]

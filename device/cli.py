@@ -65,7 +65,8 @@ def _play(args: argparse.Namespace) -> int:
         record = play_session(settings, store, program, sink, stop=stop)
     finally:
         signal.signal(signal.SIGINT, previous)
-    where = f"WAV file {sink.path}" if isinstance(getattr(sink, "path", None), Path) else sink.kind
+    wav_path = getattr(sink, "path", None)
+    where = f"WAV file {wav_path}" if isinstance(wav_path, Path) else sink.kind
     print(
         f"played {program.name!r} for {record.played_s:.1f} s of {record.planned_s:.1f} s "
         f"to {where}: {record.outcome}{' (' + record.reason + ')' if record.reason else ''}"

@@ -75,7 +75,9 @@ class DeviceStore:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise StoreError(f"cannot create data directory {path.parent}: {exc.strerror}") from None
+            raise StoreError(
+                f"cannot create data directory {path.parent}: {exc.strerror}"
+            ) from None
         self.engine: Engine = create_engine(
             f"sqlite:///{path}", connect_args={"check_same_thread": False}
         )
@@ -148,7 +150,9 @@ class DeviceStore:
         if not message_ids:
             return 0
         with Session(self.engine) as db:
-            result = db.exec(delete(OutboxEntry).where(col(OutboxEntry.message_id).in_(message_ids)))
+            result = db.exec(
+                delete(OutboxEntry).where(col(OutboxEntry.message_id).in_(message_ids))
+            )
             db.commit()
             return int(result.rowcount)
 

@@ -91,7 +91,9 @@ class DeviceSync:
         if self._worker is not None:
             self._worker.join(timeout=5)
         if self._connected.is_set():
-            info = self._client.publish(topics.status(self.device_id), b"offline", qos=1, retain=True)
+            info = self._client.publish(
+                topics.status(self.device_id), b"offline", qos=1, retain=True
+            )
             info.wait_for_publish(timeout=2)
         self._client.disconnect()
         self._client.loop_stop()

@@ -117,7 +117,9 @@ class AmqttBroker:
         self = cls(port)
         config = {
             "listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{port}"}},
-            "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
+            "plugins": {
+                "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}
+            },
         }
         self._thread.start()
 
@@ -130,13 +132,17 @@ class AmqttBroker:
             self._broker = asyncio.run_coroutine_threadsafe(_start(), self._loop).result(timeout=15)
         except Exception as exc:
             self._loop.call_soon_threadsafe(self._loop.stop)
-            raise BrokerStartError(f"amqtt broker did not start on 127.0.0.1:{port}: {exc}") from None
+            raise BrokerStartError(
+                f"amqtt broker did not start on 127.0.0.1:{port}: {exc}"
+            ) from None
         return self
 
     def stop(self) -> None:
         if self._broker is not None:
             try:
-                asyncio.run_coroutine_threadsafe(self._broker.shutdown(), self._loop).result(timeout=10)
+                asyncio.run_coroutine_threadsafe(self._broker.shutdown(), self._loop).result(
+                    timeout=10
+                )
             except Exception as exc:  # shutting down: report, never mask the caller's outcome
                 log.warning("amqtt shutdown: %s", exc)
             self._broker = None
@@ -144,7 +150,9 @@ class AmqttBroker:
         self._thread.join(timeout=5)
 
 
-def start_broker(port: int, workdir: Path, prefer: Literal["auto", "mosquitto", "amqtt"] = "auto") -> RunningBroker:
+def start_broker(
+    port: int, workdir: Path, prefer: Literal["auto", "mosquitto", "amqtt"] = "auto"
+) -> RunningBroker:
     """Start mosquitto if installed (or asked for), else amqtt in-process."""
     binary = find_mosquitto()
     if prefer == "mosquitto" and binary is None:

@@ -26,7 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="resonera", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="run broker, server, MCU simulator and a device; play and sync")
+    demo = sub.add_parser(
+        "demo", help="run broker, server, MCU simulator and a device; play and sync"
+    )
     demo.add_argument("--workdir", type=Path, default=Path("demo-output"))
     demo.add_argument("--program", default="demo-alpha")
     demo.add_argument("--broker", choices=["auto", "mosquitto", "amqtt"], default="auto")

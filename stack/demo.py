@@ -17,6 +17,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,6 +82,24 @@ class _Processes:
         detail = lines[-1] if lines else f"exit code {process.returncode}"
         return DemoError(f"{name} stopped: {detail} (log: {self.workdir / (name + '.log')})")
 
+    def wait_ready(
+        self,
+        name: str,
+        process: subprocess.Popen[bytes],
+        *,
+        what: str,
+        ready: Callable[[], bool],
+        timeout_s: float = 30.0,
+    ) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise self.failed(name, process)
+            if ready():
+                return
+            time.sleep(0.05)
+        raise DemoError(f"{what} did not become ready within {timeout_s:.0f} s")
+
     def stop_all(self) -> None:
         for _name, process in reversed(self.children):
             if process.poll() is None:
@@ -92,23 +111,11 @@ class _Processes:
                     process.wait()
 
 
-def _wait(what: str, ready: Any, process: subprocess.Popen[bytes], procs: _Processes, name: str,
-          timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise procs.failed(name, process)
-        if ready():
-            return
-        time.sleep(0.05)
-    raise DemoError(f"{what} did not become ready within {timeout_s:.0f} s")
-
-
 def _get_json(url: str, token: str | None = None) -> Any:
     request = urllib.request.Request(url)
     if token is not None:
         request.add_header("Authorization", f"Bearer {token}")
-    with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310 - loopback only
+    with urllib.request.urlopen(request, timeout=5) as response:
         return json.load(response)
 
 
@@ -153,13 +160,17 @@ def run_demo(options: DemoOptions, out: Any = sys.stdout) -> list[dict[str, Any]
                 "mqtt": mqtt,
             },
         )
-        server = procs.start("server", [_script("resonera-server"), "run", "--config", str(server_config)])
-        _wait("the server", lambda: _healthy(f"{api}/healthz"), server, procs, "server")
+        server = procs.start(
+            "server", [_script("resonera-server"), "run", "--config", str(server_config)]
+        )
+        procs.wait_ready(
+            "server", server, what="the server", ready=lambda: _healthy(f"{api}/healthz")
+        )
         say(f"[server]   API on {api}/api/v1, database {workdir / 'server.db'}")
 
         link_file = workdir / "hwsim.link"
         hwsim = procs.start("hwsim", [_script("resonera-hwsim"), "--link-file", str(link_file)])
-        _wait("the hardware simulator", link_file.exists, hwsim, procs, "hwsim")
+        procs.wait_ready("hwsim", hwsim, what="the hardware simulator", ready=link_file.exists)
         port_path = link_file.read_text().strip()
         say(f"[hardware] safety MCU simulator on {port_path}")
 
@@ -177,8 +188,16 @@ def run_demo(options: DemoOptions, out: Any = sys.stdout) -> list[dict[str, Any]
         )
         say(f"[device]   {DEMO_DEVICE_ID} plays {options.program!r} with the MCU's consent:")
         played = subprocess.run(
-            [_script("resonera-device"), "play", "--config", str(device_config),
-             "--program", options.program, "--sync-timeout", "30"],
+            [
+                _script("resonera-device"),
+                "play",
+                "--config",
+                str(device_config),
+                "--program",
+                options.program,
+                "--sync-timeout",
+                "30",
+            ],
             capture_output=True,
             text=True,
             check=False,

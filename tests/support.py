@@ -21,7 +21,9 @@ IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
 def require_tool(name: str) -> str:
     """Path of executable ``name``. Missing: skip locally, fail in CI (CI never skips)."""
-    path = shutil.which(name) or (f"/usr/sbin/{name}" if Path(f"/usr/sbin/{name}").exists() else None)
+    path = shutil.which(name) or (
+        f"/usr/sbin/{name}" if Path(f"/usr/sbin/{name}").exists() else None
+    )
     if path is None:
         message = f"{name} is not installed (run `make test`, which installs test dependencies)"
         if IN_CI:
@@ -36,7 +38,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
+def wait_until(
+    predicate: Callable[[], bool], timeout: float = 10.0, what: str = "condition"
+) -> None:
     """Poll ``predicate`` until true; fail the test with ``what`` when ``timeout`` passes."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import paho.mqtt.client as paho
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 from factories import make_record
+from paho.mqtt.enums import CallbackAPIVersion
 from support import Mosquitto, wait_until
 
 from resonera.common import topics

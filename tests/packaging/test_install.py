@@ -27,7 +27,10 @@ def copy_source(dest: Path) -> Path:
     """The tracked and new files of the checkout, without build products or the venv."""
     files = subprocess.run(
         ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-        cwd=ROOT, capture_output=True, text=True, check=True,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.split()
     for name in files:
         src = ROOT / name
@@ -42,7 +45,9 @@ def fresh_venv(path: Path) -> Path:
     python = path / "bin" / "python"
     site = subprocess.run(
         [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.strip()
     # Dependencies from the test venv; a path file does not run that venv's own .pth hooks, so the
     # test venv's editable install of resonera stays invisible here.
@@ -51,26 +56,39 @@ def fresh_venv(path: Path) -> Path:
 
 
 def run(argv: list[object], cwd: Path) -> str:
-    result = subprocess.run([str(a) for a in argv], cwd=cwd, capture_output=True, text=True)
+    result = subprocess.run(
+        [str(a) for a in argv], cwd=cwd, capture_output=True, text=True, check=False
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout
 
 
 def test_built_wheel_imports_in_a_fresh_venv(tmp_path: Path) -> None:
     src = copy_source(tmp_path / "src")
-    run([sys.executable, "-m", "build", "--wheel", "--outdir", tmp_path / "dist", src], cwd=tmp_path)
+    run(
+        [sys.executable, "-m", "build", "--wheel", "--outdir", tmp_path / "dist", src], cwd=tmp_path
+    )
     [wheel] = list((tmp_path / "dist").glob("resonera-*.whl"))
     python = fresh_venv(tmp_path / "venv")
     run([python, "-m", "pip", "install", "-q", "--no-deps", wheel], cwd=tmp_path)
     where = run([python, "-c", IMPORT_CHECK], cwd=tmp_path)
     assert str(tmp_path / "venv") in where
     # the console scripts are installed too
-    for script in ("resonera", "resonera-device", "resonera-server", "resonera-hwsim",
-                   "resonera-provision"):
+    for script in (
+        "resonera",
+        "resonera-device",
+        "resonera-server",
+        "resonera-hwsim",
+        "resonera-provision",
+    ):
         assert (tmp_path / "venv" / "bin" / script).exists(), script
     # no bare top-level packages that would collide in site-packages
-    site = Path(run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                    cwd=tmp_path).strip())
+    site = Path(
+        run(
+            [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            cwd=tmp_path,
+        ).strip()
+    )
     for bare in ("common", "device", "server", "hardware", "provisioning", "stack"):
         assert not (site / bare).exists(), f"bare package {bare} installed"
 
