@@ -116,15 +116,16 @@ LIMIT_CHECKS = (
 
 
 def check_limits(telemetry: "Telemetry", limits: "Limits") -> "tuple[int, str]":
-    """First limit ``telemetry`` exceeds as ``(fault code, text)``, or ``(FAULT_NONE, "")``."""
-    for field, limit_field, label, unit, code in LIMIT_CHECKS:
+    """First limit ``telemetry`` exceeds, as ``(fault code, detail)``, else ``(FAULT_NONE, "")``.
+
+    ``detail`` reads like "95.0 °C, limit 85.0 °C"; ``describe_fault(code)`` names the limit."""
+    for field, limit_field, _label, unit, code in LIMIT_CHECKS:
         limit = getattr(limits, limit_field)
         if limit <= 0:
             continue
         value = getattr(telemetry, field)
         if abs(value) > limit:
-            text = f"{label} {value:.1f} {unit} over limit {limit:.1f} {unit}"
-            return code, text
+            return code, f"{value:.1f} {unit}, limit {limit:.1f} {unit}"
     return FAULT_NONE, ""
 
 
@@ -251,14 +252,16 @@ class FrameDecoder:
     The buffer holds at most ``max_encoded`` bytes: a longer run without a delimiter yields one
     ``FrameError("frame too long")`` and the rest is discarded up to the next 0x00.
 
-    With ``synced=False`` (a receiver joining a stream that is already running) everything before
-    the first 0x00 is dropped silently, because it is the tail of a frame sent before we listened.
+    With ``synced=False`` (a receiver joining a stream that is already running) the bytes before
+    the first 0x00 are kept only if they form a valid frame; otherwise they are dropped silently,
+    because they are the tail of a frame sent before we listened, not a fault of the link.
     """
 
     def __init__(self, max_encoded: int = MAX_ENCODED, synced: bool = True) -> None:
         self.max_encoded = max_encoded
         self._buffer = bytearray()
-        self._discarding = not synced
+        self._discarding = False
+        self._synced = synced
 
     @property
     def buffered(self) -> int:
@@ -284,17 +287,21 @@ class FrameDecoder:
         if len(self._buffer) + len(chunk) > self.max_encoded:
             self._buffer = bytearray()
             self._discarding = True
-            events.append(FrameError("frame too long"))
+            if self._synced:
+                events.append(FrameError("frame too long"))
             return
         self._buffer.extend(chunk)
 
     def _end_of_frame(self, events: "list[Frame | FrameError]") -> None:
+        synced = self._synced
+        self._synced = True
         if self._discarding:
             self._discarding = False
             return
-        encoded = bytes(self._buffer)
+        event = decode_frame(bytes(self._buffer))
         self._buffer = bytearray()
-        events.append(decode_frame(encoded))
+        if synced or isinstance(event, Frame):
+            events.append(event)
 
 
 def decode_frame(encoded: bytes) -> "Frame | FrameError":

@@ -64,7 +64,8 @@ class BoardConfig:
 
     def __init__(self, **overrides: object) -> None:
         values = dict(DEFAULTS)
-        for key, value in overrides.items():
+        for key, given in overrides.items():
+            value = given
             if key not in DEFAULTS:
                 raise BoardConfigError(f"unknown board setting {key!r}")
             default = DEFAULTS[key]
@@ -72,7 +73,8 @@ class BoardConfig:
                 ok = isinstance(value, bool) and isinstance(default, bool)
             elif isinstance(default, float):
                 ok = isinstance(value, (int, float))
-                value = float(value) if ok else value  # type: ignore[arg-type]
+                if isinstance(value, (int, float)):
+                    value = float(value)
             else:
                 ok = type(value) is type(default)
             if not ok:

@@ -1,0 +1,224 @@
+"""The safety MCU's logic: plain Python that runs on MicroPython and, unchanged, in the simulator.
+
+All hardware access goes through ``Board`` (sensors, mute line, a millisecond clock, the UART), so
+the same ``Controller`` drives a real RP2040 (``main.py``) and the simulator
+(``resonera.hardware.sim``), and tests drive it with a fake board and a clock they control.
+
+Contract (architecture.md §3, hardware/PROTOCOL.md):
+- At power-up the amplifier is muted; the controller sends HELLO and STATE.
+- TELEMETRY every ``telemetry_period_ms``; HELLO again on HELLO_REQUEST.
+- While unmuted it mutes itself (mute line FIRST, then FAULT and STATE) when a reading crosses a
+  limit, headphones are unplugged (if required), the output clips persistently, or no HEARTBEAT
+  arrived for ``heartbeat_timeout_ms``. The fault is latched.
+- It unmutes ONLY on ARM, and only when the state is clean: no limit crossed, heartbeat fresh,
+  headphones present if required. A refused ARM is answered with FAULT and STATE (still muted).
+- MUTE from the device mutes at once and is answered with STATE.
+- Frames it cannot parse are counted and ignored: the device's heartbeat is what keeps it unmuted,
+  so a garbled link ends in a mute anyway.
+"""
+
+try:
+    from resonera.common import serial_link as sl
+    from resonera.hardware.firmware.config import BoardConfig
+except ImportError:  # on the MCU: flat files next to main.py
+    import serial_link as sl  # type: ignore[import-not-found,no-redef]
+    from config import BoardConfig  # type: ignore[import-not-found,no-redef]
+
+# Indexes into the tuple ``Board.read_sensors()`` returns.
+AMP_TEMP_C = 0
+SUPPLY_CURRENT_A = 1
+OUTPUT_VRMS = 2
+DC_OFFSET_MV = 3
+EAR_SPL_DB = 4
+CLIP = 5
+HEADPHONES = 6
+
+
+class Board:
+    """Hardware access the controller needs. Subclasses implement every method."""
+
+    def read_sensors(self) -> "tuple[float, float, float, float, float, bool, bool]":
+        """(amp temp °C, supply current A, output Vrms, DC offset mV, ear SPL dB or 0,
+        clip detected, headphones plugged in)."""
+        raise NotImplementedError
+
+    def set_mute(self, muted: bool) -> None:
+        """Drive the amplifier's mute line. MUST take effect before it returns."""
+        raise NotImplementedError
+
+    def ticks_ms(self) -> int:
+        """Milliseconds since an arbitrary start, never wrapping (unwrap ``time.ticks_ms``)."""
+        raise NotImplementedError
+
+    def serial_read(self) -> bytes:
+        """Whatever bytes have arrived, without blocking; ``b""`` if none."""
+        raise NotImplementedError
+
+    def serial_write(self, data: bytes) -> None:
+        """Send ``data`` (always one complete frame)."""
+        raise NotImplementedError
+
+
+class Controller:
+    """The MCU main loop, one ``step()`` at a time. Call ``start()`` once, then ``step()`` often
+    (every millisecond or so: the timing rules are only as fine as the step rate)."""
+
+    def __init__(self, board: Board, config: "BoardConfig | None" = None) -> None:
+        self.board = board
+        self.config = config if config is not None else BoardConfig()
+        c = self.config
+        self.limits = sl.Limits(
+            c.max_output_vrms,
+            c.max_amp_temp_c,
+            c.max_supply_current_a,
+            c.max_dc_offset_mv,
+            c.max_ear_spl_db,
+        )
+        self.muted = True
+        self.armed = False
+        #: Latched fault code (``sl.FAULT_NONE`` when clean); cleared only by an accepted ARM.
+        self.fault = sl.FAULT_NONE
+        #: Why the output is muted (a fault or mute-reason code), ``sl.FAULT_NONE`` when playing.
+        self.reason = sl.FAULT_POWER_UP
+        self.frames_rejected = 0
+        self._decoder = sl.FrameDecoder(synced=False)
+        self._seq = 0
+        self._last_heartbeat = -1
+        self._next_telemetry = 0
+        self._clip_in_period = False
+        self._clip_periods = 0
+        self._readings = (0.0, 0.0, 0.0, 0.0, 0.0, False, False)
+
+    # -- main loop -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.board.set_mute(True)
+        self._readings = self.board.read_sensors()
+        self._next_telemetry = self.board.ticks_ms()
+        self.send_hello()
+        self._send_state()
+
+    def step(self) -> None:
+        now = self.board.ticks_ms()
+        # Sensors before frames: an ARM is judged on readings of this step, never older ones.
+        self._readings = self.board.read_sensors()
+        if self._readings[CLIP]:
+            self._clip_in_period = True
+        data = self.board.serial_read()
+        if data:
+            for event in self._decoder.feed(data):
+                if isinstance(event, sl.Frame):
+                    self._handle(event, now)
+                else:
+                    self.frames_rejected += 1
+        telemetry_due = now >= self._next_telemetry
+        if telemetry_due:
+            self._clip_periods = self._clip_periods + 1 if self._clip_in_period else 0
+            self._clip_in_period = False
+        if not self.muted:
+            code, text = self.active_fault(now)
+            if code != sl.FAULT_NONE:
+                self._fault_mute(code, text)
+        if telemetry_due:
+            self._send(sl.MSG_TELEMETRY, sl.pack_telemetry(self.telemetry()))
+            period = self.config.telemetry_period_ms
+            self._next_telemetry += period
+            if self._next_telemetry <= now:  # fell behind: do not send a burst to catch up
+                self._next_telemetry = now + period
+
+    # -- decisions -------------------------------------------------------------------------------
+
+    def telemetry(self) -> "sl.Telemetry":
+        r = self._readings
+        flags = 0
+        if self.muted:
+            flags |= sl.FLAG_MUTED
+        if self.armed:
+            flags |= sl.FLAG_ARMED
+        if r[CLIP]:
+            flags |= sl.FLAG_CLIP
+        if r[HEADPHONES]:
+            flags |= sl.FLAG_HEADPHONES
+        return sl.Telemetry(
+            r[AMP_TEMP_C], r[SUPPLY_CURRENT_A], r[OUTPUT_VRMS], r[DC_OFFSET_MV], r[EAR_SPL_DB],
+            flags, self.fault,
+        )  # fmt: skip
+
+    def active_fault(self, now: int) -> "tuple[int, str]":
+        """The first reason the output must not play right now, or ``(FAULT_NONE, "")``."""
+        code, text = sl.check_limits(self.telemetry(), self.limits)
+        if code != sl.FAULT_NONE:
+            return code, sl.describe_fault(code) + " (" + text + ")"
+        if self.config.require_headphones and not self._readings[HEADPHONES]:
+            return sl.FAULT_HEADPHONES_UNPLUGGED, sl.describe_fault(sl.FAULT_HEADPHONES_UNPLUGGED)
+        if self._clip_periods >= self.config.clip_storm_periods:
+            return sl.FAULT_CLIP_STORM, sl.describe_fault(sl.FAULT_CLIP_STORM)
+        timeout = self.config.heartbeat_timeout_ms
+        if self._last_heartbeat < 0 or now - self._last_heartbeat > timeout:
+            text = f"{sl.describe_fault(sl.FAULT_HEARTBEAT_LOST)}: none for over {timeout} ms"
+            return sl.FAULT_HEARTBEAT_LOST, text
+        return sl.FAULT_NONE, ""
+
+    def _handle(self, frame: "sl.Frame", now: int) -> None:
+        try:
+            if frame.type == sl.MSG_HEARTBEAT:
+                sl.unpack_heartbeat(frame.body)
+                self._last_heartbeat = now
+            elif frame.type == sl.MSG_ARM:
+                sl.check_empty("ARM", frame.body)
+                self._arm(now)
+            elif frame.type == sl.MSG_MUTE:
+                self._mute(sl.unpack_mute(frame.body))
+            elif frame.type == sl.MSG_HELLO_REQUEST:
+                sl.check_empty("HELLO_REQUEST", frame.body)
+                self.send_hello()
+                self._send_state()
+            else:
+                self.frames_rejected += 1
+        except sl.LinkProtocolError:
+            self.frames_rejected += 1
+
+    def _arm(self, now: int) -> None:
+        code, text = self.active_fault(now)
+        if code != sl.FAULT_NONE:
+            self.fault = code
+            self.reason = code
+            self._send(sl.MSG_FAULT, sl.pack_fault(code, "arm refused: " + text))
+            self._send_state()
+            return
+        self.fault = sl.FAULT_NONE
+        self.reason = sl.FAULT_NONE
+        self.muted = False
+        self.armed = True
+        self.board.set_mute(False)
+        self._send_state()
+
+    def _mute(self, reason: int) -> None:
+        self.board.set_mute(True)
+        self.muted = True
+        self.armed = False
+        self.reason = reason
+        self._send_state()
+
+    def _fault_mute(self, code: int, text: str) -> None:
+        self.board.set_mute(True)  # the mute line first: messages can wait, sound cannot
+        self.muted = True
+        self.armed = False
+        self.fault = code
+        self.reason = code
+        self._send(sl.MSG_FAULT, sl.pack_fault(code, text))
+        self._send_state()
+
+    # -- sending ---------------------------------------------------------------------------------
+
+    def send_hello(self) -> None:
+        hello = sl.Hello(self.config.firmware_version, self.config.board_id, self.limits)
+        self._send(sl.MSG_HELLO, sl.pack_hello(hello))
+
+    def _send_state(self) -> None:
+        self._send(sl.MSG_STATE, sl.pack_state(sl.State(self.muted, self.armed, self.reason)))
+
+    def _send(self, msg_type: int, body: bytes) -> None:
+        frame = sl.encode_frame(msg_type, self._seq, body)
+        self._seq = (self._seq + 1) & 0xFF
+        self.board.serial_write(frame)

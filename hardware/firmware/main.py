@@ -1,0 +1,87 @@
+# mypy: ignore-errors
+"""MicroPython entry point on the RP2040 safety board. Never imported on CPython (needs machine).
+
+Copy onto the board, flat: ``main.py``, ``logic.py``, ``config.py``, ``common/serial_link.py`` as
+``serial_link.py`` and an optional ``board.json``. The mute line is driven high (muted) before
+anything else, and a hardware watchdog resets a hung loop, which powers up muted again.
+"""
+
+import time
+
+import config
+import machine
+from logic import Board, Controller
+
+_ADC_VOLTS = 3.3 / 65535
+# Front-end scaling per board revision (volts at the ADC pin → unit). Calibrate per board.
+_TEMP_V_AT_0C = 0.5  # e.g. MCP9700: 500 mV at 0 °C, 10 mV/°C
+_TEMP_V_PER_C = 0.010
+_CURRENT_A_PER_V = 1.0  # shunt amplifier: 1 A per volt
+_VRMS_PER_V = 1.0  # RMS detector: 1 Vrms per volt
+_DC_MV_PER_V = 100.0  # offset amplifier centred at 1.65 V: ±165 mV full scale
+_DC_MID_V = 1.65
+
+
+class RP2040Board(Board):
+    def __init__(self, cfg):
+        self._mute = machine.Pin(cfg.mute_pin, machine.Pin.OUT, value=1)  # high = muted
+        self._uart = machine.UART(
+            cfg.uart_id,
+            baudrate=cfg.baudrate,
+            tx=machine.Pin(cfg.uart_tx_pin),
+            rx=machine.Pin(cfg.uart_rx_pin),
+            timeout=0,
+            rxbuf=1024,
+        )
+        self._headphones = machine.Pin(cfg.headphones_pin, machine.Pin.IN, machine.Pin.PULL_UP)
+        self._clip = machine.Pin(cfg.clip_pin, machine.Pin.IN, machine.Pin.PULL_UP)
+        self._adc_temp = machine.ADC(machine.Pin(cfg.adc_temp_pin))
+        self._adc_current = machine.ADC(machine.Pin(cfg.adc_current_pin))
+        self._adc_vrms = machine.ADC(machine.Pin(cfg.adc_vrms_pin))
+        self._adc_dc = machine.ADC(machine.Pin(29))
+        self._last_ticks = time.ticks_ms()
+        self._ms = 0
+
+    def read_sensors(self):
+        temp = (self._adc_temp.read_u16() * _ADC_VOLTS - _TEMP_V_AT_0C) / _TEMP_V_PER_C
+        current = self._adc_current.read_u16() * _ADC_VOLTS * _CURRENT_A_PER_V
+        vrms = self._adc_vrms.read_u16() * _ADC_VOLTS * _VRMS_PER_V
+        dc = (self._adc_dc.read_u16() * _ADC_VOLTS - _DC_MID_V) * _DC_MV_PER_V
+        clip = self._clip.value() == 0  # open-drain, active low
+        headphones = self._headphones.value() == 0  # jack switch closes to ground
+        return (temp, current, vrms, dc, 0.0, clip, headphones)
+
+    def set_mute(self, muted):
+        self._mute.value(1 if muted else 0)
+
+    def ticks_ms(self):
+        now = time.ticks_ms()
+        self._ms += time.ticks_diff(now, self._last_ticks)
+        self._last_ticks = now
+        return self._ms
+
+    def serial_read(self):
+        waiting = self._uart.any()
+        return (self._uart.read(waiting) or b"") if waiting else b""
+
+    def serial_write(self, data):
+        self._uart.write(data)
+
+
+def main():
+    try:
+        cfg = config.load("board.json")
+    except config.BoardConfigError as exc:
+        print("board.json:", exc, "- using defaults")
+        cfg = config.BoardConfig()
+    board = RP2040Board(cfg)
+    watchdog = machine.WDT(timeout=500)
+    controller = Controller(board, cfg)
+    controller.start()
+    while True:
+        controller.step()
+        watchdog.feed()
+        time.sleep_ms(1)
+
+
+main()

@@ -1,0 +1,266 @@
+"""The firmware Controller on a fake board with a clock the test advances."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from resonera.common import serial_link as sl
+from resonera.hardware.firmware import config as board_config
+from resonera.hardware.firmware.logic import Board, Controller
+
+
+class FakeBoard(Board):
+    def __init__(self) -> None:
+        self.now = 0
+        self.readings = [40.0, 0.5, 1.0, 2.0, 0.0, False, True]
+        self.muted: bool | None = None
+        self.rx = bytearray()
+        self.sent: list[sl.Frame] = []
+        self._decoder = sl.FrameDecoder()
+
+    def read_sensors(self) -> tuple[float, float, float, float, float, bool, bool]:
+        r = self.readings
+        return (
+            float(r[0]), float(r[1]), float(r[2]), float(r[3]), float(r[4]),
+            bool(r[5]), bool(r[6]),
+        )  # fmt: skip
+
+    def set_mute(self, muted: bool) -> None:
+        self.muted = muted
+
+    def ticks_ms(self) -> int:
+        return self.now
+
+    def serial_read(self) -> bytes:
+        data = bytes(self.rx)
+        self.rx.clear()
+        return data
+
+    def serial_write(self, data: bytes) -> None:
+        for event in self._decoder.feed(data):
+            assert isinstance(event, sl.Frame), event
+            self.sent.append(event)
+
+    def take(self, msg_type: int | None = None) -> list[sl.Frame]:
+        frames = [f for f in self.sent if msg_type is None or f.type == msg_type]
+        self.sent.clear()
+        return frames
+
+
+class Rig:
+    """A controller, its fake board, and a device that sends frames and advances time."""
+
+    def __init__(self, **config: object) -> None:
+        self.board = FakeBoard()
+        self.controller = Controller(self.board, board_config.BoardConfig(**config))
+        self.controller.start()
+        self._seq = 0
+
+    def send(self, msg_type: int, body: bytes = b"") -> None:
+        self.board.rx += sl.encode_frame(msg_type, self._seq, body)
+        self._seq += 1
+        self.controller.step()
+
+    def heartbeat(self) -> None:
+        self.send(sl.MSG_HEARTBEAT, sl.pack_heartbeat(self.board.now))
+
+    def run(self, ms: int, *, heartbeats: bool = True) -> None:
+        """Advance ``ms`` in 10 ms steps, with a heartbeat every 100 ms if asked."""
+        for _ in range(ms // 10):
+            self.board.now += 10
+            if heartbeats and self.board.now % 100 == 0:
+                self.heartbeat()
+            else:
+                self.controller.step()
+
+    def arm(self) -> None:
+        self.heartbeat()
+        self.send(sl.MSG_ARM)
+
+    def states(self) -> list[sl.State]:
+        return [sl.unpack_state(f.body) for f in self.board.take(sl.MSG_STATE)]
+
+
+def test_power_up_muted_with_hello_and_state() -> None:
+    rig = Rig(board_id="b-9")
+    assert rig.board.muted is True
+    sent = rig.board.take()
+    assert [f.type for f in sent] == [sl.MSG_HELLO, sl.MSG_STATE]
+    hello = sl.unpack_hello(sent[0].body)
+    assert hello.board_id == "b-9"
+    assert hello.limits.max_amp_temp_c == 85.0
+    state = sl.unpack_state(sent[1].body)
+    assert (state.muted, state.armed, state.reason) == (True, False, sl.FAULT_POWER_UP)
+
+
+def test_hello_again_on_request_and_garbage_is_ignored() -> None:
+    rig = Rig()
+    rig.board.take()
+    rig.board.rx += b"\x00\x01\x02\x03\x00\xff\xfe\x00"
+    rig.controller.step()
+    assert rig.controller.frames_rejected == 2
+    rig.send(0x7E, b"unknown")  # a valid frame of a type it does not know
+    rig.send(sl.MSG_HELLO_REQUEST)
+    replies = [f.type for f in rig.board.take() if f.type != sl.MSG_TELEMETRY]
+    assert replies == [sl.MSG_HELLO, sl.MSG_STATE]
+    assert rig.controller.frames_rejected == 3
+
+
+def test_telemetry_every_50_ms() -> None:
+    rig = Rig()
+    rig.run(100, heartbeats=False)
+    rig.board.take()
+    rig.run(500, heartbeats=False)
+    telemetry = rig.board.take(sl.MSG_TELEMETRY)
+    assert len(telemetry) == 10
+    t = sl.unpack_telemetry(telemetry[-1].body)
+    assert (t.muted, t.armed, t.headphones, t.amp_temp_c) == (True, False, True, 40.0)
+
+
+def test_arm_accepted_when_clean() -> None:
+    rig = Rig()
+    rig.board.take()
+    rig.arm()
+    assert rig.board.muted is False
+    assert [(s.muted, s.armed, s.reason) for s in rig.states()] == [(False, True, 0)]
+    rig.run(1000)
+    assert rig.board.muted is False
+
+
+def test_arm_refused_without_a_fresh_heartbeat() -> None:
+    rig = Rig()
+    rig.board.take()
+    rig.send(sl.MSG_ARM)
+    assert rig.board.muted is True
+    faults = rig.board.take(sl.MSG_FAULT)
+    assert sl.unpack_fault(faults[0].body)[0] == sl.FAULT_HEARTBEAT_LOST
+
+
+def test_heartbeat_timeout_mutes() -> None:
+    rig = Rig()
+    rig.arm()
+    rig.board.take()
+    rig.run(250, heartbeats=False)
+    assert rig.board.muted is False  # exactly at the limit: still within it
+    rig.run(20, heartbeats=False)
+    assert rig.board.muted is True
+    code, text = sl.unpack_fault(rig.board.take(sl.MSG_FAULT)[0].body)
+    assert code == sl.FAULT_HEARTBEAT_LOST
+    assert "heartbeat lost" in text
+
+
+def test_over_temperature_mutes_and_sends_fault_then_state() -> None:
+    rig = Rig()
+    rig.arm()
+    rig.board.take()
+    rig.board.readings[0] = 95.0
+    rig.run(10)
+    assert rig.board.muted is True
+    sent = rig.board.take()
+    assert [f.type for f in sent[:2]] == [sl.MSG_FAULT, sl.MSG_STATE]
+    code, text = sl.unpack_fault(sent[0].body)
+    assert code == sl.FAULT_OVER_TEMPERATURE
+    assert text == "amplifier over temperature (95.0 °C, limit 85.0 °C)"
+    state = sl.unpack_state(sent[1].body)
+    assert (state.muted, state.armed, state.reason) == (True, False, sl.FAULT_OVER_TEMPERATURE)
+    rig.run(50)
+    t = sl.unpack_telemetry(rig.board.take(sl.MSG_TELEMETRY)[-1].body)
+    assert t.fault == sl.FAULT_OVER_TEMPERATURE  # latched
+
+
+def test_arm_refused_while_fault_active_then_accepted_once_clean() -> None:
+    rig = Rig()
+    rig.arm()
+    rig.board.readings[0] = 95.0
+    rig.run(10)
+    rig.board.take()
+    rig.arm()
+    assert rig.board.muted is True
+    code, text = sl.unpack_fault(rig.board.take(sl.MSG_FAULT)[0].body)
+    assert code == sl.FAULT_OVER_TEMPERATURE
+    assert text.startswith("arm refused: amplifier over temperature")
+    rig.board.readings[0] = 60.0
+    rig.arm()
+    assert rig.board.muted is False
+    assert rig.controller.fault == sl.FAULT_NONE
+
+
+@pytest.mark.parametrize(
+    ("index", "value", "code"),
+    [
+        (1, 2.0, sl.FAULT_OVER_CURRENT),
+        (2, 2.5, sl.FAULT_OVER_VOLTAGE),
+        (3, -75.0, sl.FAULT_DC_OFFSET),
+        (6, False, sl.FAULT_HEADPHONES_UNPLUGGED),
+    ],
+)
+def test_each_limit_mutes(index: int, value: float, code: int) -> None:
+    rig = Rig()
+    rig.arm()
+    rig.board.take()
+    rig.board.readings[index] = value
+    rig.run(10)
+    assert rig.board.muted is True
+    assert sl.unpack_fault(rig.board.take(sl.MSG_FAULT)[0].body)[0] == code
+
+
+def test_headphones_not_required_on_a_speaker_board() -> None:
+    rig = Rig(require_headphones=False)
+    rig.board.readings[6] = False
+    rig.arm()
+    assert rig.board.muted is False
+
+
+def test_ear_spl_checked_only_when_a_sensor_is_fitted() -> None:
+    rig = Rig()
+    rig.board.readings[4] = 120.0
+    rig.arm()
+    assert rig.board.muted is False
+    rig = Rig(max_ear_spl_db=90.0)
+    rig.board.readings[4] = 120.0
+    rig.arm()
+    assert rig.board.muted is True
+
+
+def test_clip_storm_mutes_but_one_clip_does_not() -> None:
+    rig = Rig()
+    rig.arm()
+    rig.board.readings[5] = True
+    rig.run(10)
+    rig.board.readings[5] = False
+    rig.run(300)
+    assert rig.board.muted is False
+    rig.board.readings[5] = True
+    rig.run(300)
+    assert rig.board.muted is True
+    assert rig.controller.fault == sl.FAULT_CLIP_STORM
+
+
+def test_mute_request_mutes_and_answers_with_state() -> None:
+    rig = Rig()
+    rig.arm()
+    rig.board.take()
+    rig.send(sl.MSG_MUTE, sl.pack_mute(sl.FAULT_DEVICE_REQUEST))
+    assert rig.board.muted is True
+    assert [(s.muted, s.reason) for s in rig.states()] == [(True, sl.FAULT_DEVICE_REQUEST)]
+
+
+def test_config_from_json_and_its_errors(tmp_path: Path) -> None:
+    path = tmp_path / "board.json"
+    path.write_text(json.dumps({"max_amp_temp_c": 70, "board_id": "x"}))
+    cfg = board_config.load(str(path))
+    assert (cfg.max_amp_temp_c, cfg.board_id, cfg.heartbeat_timeout_ms) == (70.0, "x", 250)
+    path.write_text(json.dumps({"max_amp_temp": 70}))
+    with pytest.raises(board_config.BoardConfigError, match="unknown board setting 'max_amp_temp'"):
+        board_config.load(str(path))
+    path.write_text(json.dumps({"heartbeat_timeout_ms": 0}))
+    with pytest.raises(board_config.BoardConfigError, match="greater than 0"):
+        board_config.load(str(path))
+    path.write_text("{not json")
+    with pytest.raises(board_config.BoardConfigError, match="not valid JSON"):
+        board_config.load(str(path))
+    with pytest.raises(board_config.BoardConfigError, match="cannot be read"):
+        board_config.load(str(tmp_path / "missing.json"))

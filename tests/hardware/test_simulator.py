@@ -1,0 +1,155 @@
+"""The simulator on a real pty, spoken to with plain pyserial and the codec; and resonera-hwsim."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import serial
+from support import wait_until
+
+from resonera.common import serial_link as sl
+from resonera.hardware.sim import Simulator
+
+HWSIM = str(Path(sys.executable).with_name("resonera-hwsim"))
+
+
+class Peer:
+    """A minimal device: pyserial, the codec, and a list of what arrived."""
+
+    def __init__(self, path: str) -> None:
+        self.port = serial.serial_for_url(path, baudrate=115200, timeout=0)
+        self.port.reset_input_buffer()
+        self.decoder = sl.FrameDecoder(synced=False)
+        self.received: list[sl.Frame | sl.FrameError] = []
+        self.seq = 0
+
+    def poll(self) -> list[sl.Frame | sl.FrameError]:
+        self.received += self.decoder.feed(self.port.read(4096))
+        return self.received
+
+    def send(self, msg_type: int, body: bytes = b"") -> None:
+        self.port.write(sl.encode_frame(msg_type, self.seq, body))
+        self.seq += 1
+
+    def frames(self, msg_type: int) -> list[sl.Frame]:
+        return [e for e in self.poll() if isinstance(e, sl.Frame) and e.type == msg_type]
+
+    def errors(self) -> list[sl.FrameError]:
+        return [e for e in self.poll() if isinstance(e, sl.FrameError)]
+
+
+@pytest.fixture
+def sim() -> Iterator[Simulator]:
+    with Simulator() as simulator:
+        yield simulator
+    assert simulator.error is None
+
+
+@pytest.fixture
+def peer(sim: Simulator) -> Iterator[Peer]:
+    p = Peer(sim.port_path)
+    yield p
+    p.port.close()
+
+
+def test_port_path_is_a_pty_and_telemetry_flows(sim: Simulator, peer: Peer) -> None:
+    assert sim.port_path.startswith("/dev/")
+    wait_until(lambda: len(peer.frames(sl.MSG_TELEMETRY)) >= 3, 5, "telemetry")
+    assert peer.errors() == []
+    assert sim.muted
+
+
+def test_hello_on_request(sim: Simulator, peer: Peer) -> None:
+    peer.send(sl.MSG_HELLO_REQUEST)
+    wait_until(lambda: bool(peer.frames(sl.MSG_HELLO)), 5, "HELLO")
+    hello = sl.unpack_hello(peer.frames(sl.MSG_HELLO)[0].body)
+    assert hello.board_id == sim.config.board_id
+
+
+def test_garbage_and_corrupt_crc_reach_the_device_as_errors(sim: Simulator, peer: Peer) -> None:
+    wait_until(lambda: bool(peer.frames(sl.MSG_TELEMETRY)), 5, "first telemetry")
+    sim.send_garbage(20)
+    wait_until(lambda: len(peer.errors()) >= 1, 5, "a garbled frame")
+    sim.corrupt_crc(2)
+    wait_until(lambda: any(e.reason == "bad CRC" for e in peer.errors()), 5, "a bad CRC")
+    count = len(peer.frames(sl.MSG_TELEMETRY))
+    wait_until(lambda: len(peer.frames(sl.MSG_TELEMETRY)) > count + 2, 5, "telemetry again")
+
+
+def test_go_silent_stops_output(sim: Simulator, peer: Peer) -> None:
+    wait_until(lambda: bool(peer.frames(sl.MSG_TELEMETRY)), 5, "first telemetry")
+    sim.go_silent()
+    dropped = sim.board.frames_dropped
+    wait_until(lambda: sim.board.frames_dropped > dropped + 3, 5, "frames dropped while silent")
+
+
+def test_arm_and_heartbeat_loss_over_the_pty(sim: Simulator, peer: Peer) -> None:
+    peer.send(sl.MSG_HEARTBEAT, sl.pack_heartbeat(0))
+    peer.send(sl.MSG_ARM)
+    wait_until(lambda: not sim.muted, 5, "the simulator to unmute")
+    # No more heartbeats: the firmware mutes on its own.
+    wait_until(lambda: sim.muted, 5, "the simulator to mute")
+    assert sim.fault == sl.FAULT_HEARTBEAT_LOST
+
+
+def test_hwsim_cli_serves_until_sigterm(tmp_path: Path) -> None:
+    link = tmp_path / "link"
+    board = tmp_path / "board.json"
+    board.write_text(json.dumps({"board_id": "cli-board"}))
+    process = subprocess.Popen(
+        [HWSIM, "--link-file", str(link), "--config", str(board)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_until(link.exists, 10, "the link file")
+        path = link.read_text().strip()
+        peer = Peer(path)
+        peer.send(sl.MSG_HELLO_REQUEST)
+        wait_until(lambda: bool(peer.frames(sl.MSG_HELLO)), 5, "HELLO from resonera-hwsim")
+        assert sl.unpack_hello(peer.frames(sl.MSG_HELLO)[0].body).board_id == "cli-board"
+        peer.port.close()
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=10)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 0, err
+    assert f"resonera-hwsim: serving on {path}" in out
+    assert not link.exists()
+
+
+def test_hwsim_cli_bad_config_is_one_line(tmp_path: Path) -> None:
+    board = tmp_path / "board.json"
+    board.write_text(json.dumps({"max_temp": 3}))
+    result = subprocess.run(
+        [HWSIM, "--config", str(board)], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"resonera-hwsim: error: board config {board}: unknown board setting 'max_temp'"
+    ]
+
+
+def test_sigint_also_exits_cleanly() -> None:
+    process = subprocess.Popen([HWSIM], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        assert line.startswith("resonera-hwsim: serving on /dev/")
+        os.kill(process.pid, signal.SIGINT)
+        process.communicate(timeout=10)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 0
