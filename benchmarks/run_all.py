@@ -1,0 +1,21 @@
+"""Run every benchmark and print its figures (``make bench``)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path[:0] = [str(Path(__file__).parent), str(Path(__file__).parents[1] / "tests")]
+
+import bench_ingest  # noqa: E402
+import bench_synth  # noqa: E402
+
+
+def main() -> None:
+    bench_synth.main()
+    print()
+    bench_ingest.main()
+
+
+if __name__ == "__main__":
+    main()
