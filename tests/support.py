@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -60,7 +61,7 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
 class Mosquitto:
     host: str
     port: int
-    config: BrokerConfig
+    config: BrokerConfig | None
     config_path: Path
     process: subprocess.Popen[bytes]
 
@@ -72,6 +73,10 @@ class Mosquitto:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+    def reload(self) -> None:
+        """SIGHUP: mosquitto re-reads its configuration, ACL and CRL without dropping clients."""
+        self.process.send_signal(signal.SIGHUP)
 
     def start(self) -> None:
         """(Re)start on the same port and persistence, as after a broker restart."""
@@ -94,6 +99,16 @@ def _spawn_mosquitto(config_path: Path, port: int) -> subprocess.Popen[bytes]:
 
 
 @contextmanager
+def run_mosquitto_config(config_path: Path, port: int) -> Iterator[Mosquitto]:
+    """mosquitto with a configuration file written elsewhere (e.g. by ``provision_broker``)."""
+    broker = Mosquitto("127.0.0.1", port, None, config_path, _spawn_mosquitto(config_path, port))
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+@contextmanager
 def run_mosquitto(workdir: Path, *, persistent: bool = False) -> Iterator[Mosquitto]:
     """A mosquitto on a random loopback port with the configuration we ship."""
     port = free_port()
@@ -105,3 +120,117 @@ def run_mosquitto(workdir: Path, *, persistent: bool = False) -> Iterator[Mosqui
         yield broker
     finally:
         broker.stop()
+
+
+@dataclass
+class Postgres:
+    """A throwaway PostgreSQL server on a loopback port (trust auth, user ``postgres``)."""
+
+    host: str
+    port: int
+    datadir: Path
+    pg_ctl: str
+    as_postgres: list[str]
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql+psycopg://postgres@{self.host}:{self.port}/{database}"
+
+    def execute(self, sql: str) -> None:
+        """Run one statement outside a transaction (CREATE/DROP DATABASE)."""
+        import psycopg
+
+        with psycopg.connect(
+            host=self.host, port=self.port, user="postgres", dbname="postgres", autocommit=True
+        ) as conn:
+            conn.execute(sql.encode())
+
+    def stop(self) -> None:
+        subprocess.run(
+            [*self.as_postgres, self.pg_ctl, "stop", "-D", str(self.datadir), "-m", "fast", "-w"],
+            check=False,
+            capture_output=True,
+            timeout=60,
+        )
+
+
+def _postgres_bin(name: str) -> str:
+    found = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"))
+    path = str(found[-1]) if found else shutil.which(name)
+    if path is None:
+        message = f"PostgreSQL ({name}) is not installed (run `make test`, which installs it)"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+@contextmanager
+def run_postgres() -> Iterator[Postgres]:
+    """initdb + pg_ctl start in a temporary folder on a free port; as root, as user ``postgres``
+    (PostgreSQL refuses to run as root). Stopped and removed at the end."""
+    import tempfile
+
+    initdb, pg_ctl = _postgres_bin("initdb"), _postgres_bin("pg_ctl")
+    as_postgres: list[str] = []
+    folder = Path(tempfile.mkdtemp(prefix="resonera-pg-"))
+    if os.geteuid() == 0:
+        as_postgres = ["runuser", "-u", "postgres", "--"]
+        shutil.chown(folder, "postgres")
+    datadir = folder / "data"
+    port = free_port()
+    try:
+        result = subprocess.run(
+            [
+                *as_postgres,
+                initdb,
+                "-D",
+                str(datadir),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        if result.returncode != 0:
+            pytest.fail(f"initdb failed: {result.stderr.strip()}")
+        options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off"
+        options += " -c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
+        result = subprocess.run(
+            [
+                *as_postgres,
+                pg_ctl,
+                "start",
+                "-D",
+                str(datadir),
+                "-w",
+                "-t",
+                "60",
+                "-o",
+                options,
+                "-l",
+                str(folder / "postgres.log"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=90,
+            check=False,
+        )
+        if result.returncode != 0:
+            log = (
+                (folder / "postgres.log").read_text(errors="replace")
+                if (folder / "postgres.log").exists()
+                else ""
+            )
+            pytest.fail(f"PostgreSQL did not start: {result.stderr.strip()} {log[-500:]}")
+        server = Postgres("127.0.0.1", port, datadir, pg_ctl, as_postgres)
+        try:
+            yield server
+        finally:
+            server.stop()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

@@ -1,0 +1,86 @@
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from resonera.device.safety.limiter import LookAheadLimiter
+
+RATE = 48_000
+
+
+def run(limiter: LookAheadLimiter, signal: np.ndarray, sizes: list[int]) -> np.ndarray:
+    out = []
+    pos = 0
+    i = 0
+    while pos < len(signal):
+        n = sizes[i % len(sizes)]
+        out.append(limiter.process(signal[pos : pos + n]))
+        pos += n
+        i += 1
+    return np.concatenate(out)
+
+
+def loud_signal(seed: int, seconds: float = 0.5) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    n = int(seconds * RATE)
+    t = np.arange(n) / RATE
+    env = np.repeat(rng.uniform(0.05, 2.0, size=n // 480 + 1), 480)[:n]
+    left = env * np.sin(2 * np.pi * 220 * t)
+    right = env * np.sin(2 * np.pi * 331 * t + 1.0)
+    return np.stack([left, right], axis=1).astype(np.float32)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    ceiling=st.floats(0.05, 1.0),
+    sizes=st.lists(st.integers(64, 8192), min_size=1, max_size=4),
+)
+def test_no_sample_exceeds_the_ceiling_and_the_gain_never_jumps(
+    seed: int, ceiling: float, sizes: list[int]
+) -> None:
+    signal = loud_signal(seed)
+    limiter = LookAheadLimiter(RATE, ceiling)
+    out = run(limiter, signal, sizes)
+    assert np.max(np.abs(out)) <= ceiling * (1 + 1e-6)
+    # the gain is the ratio of output to delayed input where the input is not tiny
+    delayed = signal[: len(signal) - limiter.latency_frames]
+    body = out[limiter.latency_frames :]
+    mask = np.abs(delayed[:, 0]) > 0.05
+    gain = body[mask, 0] / delayed[mask, 0]
+    idx = np.flatnonzero(mask)
+    consecutive = np.diff(idx) == 1
+    assert np.all(np.abs(np.diff(gain))[consecutive] <= 1.0 / limiter.window + 1e-4)
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 10_000), sizes=st.lists(st.integers(64, 8192), min_size=1, max_size=4))
+def test_output_does_not_depend_on_the_block_size(seed: int, sizes: list[int]) -> None:
+    signal = loud_signal(seed, 0.3)
+    reference = run(LookAheadLimiter(RATE, 0.5), signal, [1024])
+    other = run(LookAheadLimiter(RATE, 0.5), signal, sizes)
+    np.testing.assert_allclose(other, reference, atol=1e-6)
+
+
+def test_quiet_signal_passes_unchanged_after_the_latency() -> None:
+    t = np.arange(RATE // 4) / RATE
+    quiet = np.stack([0.3 * np.sin(2 * np.pi * 440 * t)] * 2, axis=1).astype(np.float32)
+    limiter = LookAheadLimiter(RATE, 0.5)
+    out = run(limiter, quiet, [512])
+    np.testing.assert_allclose(
+        out[limiter.latency_frames :], quiet[: -limiter.latency_frames], atol=1e-6
+    )
+    assert limiter.min_gain == 1.0
+
+
+def test_lowering_the_ceiling_ramps_instead_of_jumping() -> None:
+    t = np.arange(RATE) / RATE
+    tone = np.stack([0.8 * np.sin(2 * np.pi * 300 * t)] * 2, axis=1).astype(np.float32)
+    limiter = LookAheadLimiter(RATE, 1.0)
+    first = limiter.process(tone[: RATE // 2])
+    limiter.set_ceiling(0.2)
+    second = limiter.process(tone[RATE // 2 :])
+    out = np.concatenate([first, second])
+    assert np.max(np.abs(second[limiter.latency_frames :])) <= 0.2 * (1 + 1e-6)
+    assert np.max(np.abs(np.diff(out[:, 0]))) < 0.8 * 2 * np.pi * 300 / RATE * 1.5

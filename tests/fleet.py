@@ -1,0 +1,62 @@
+"""A fleet on loopback for tests: a fresh CA, a TLS mosquitto, devices provisioned like enrollment."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives.serialization import Encoding
+from support import Mosquitto, free_port, run_mosquitto_config
+
+from resonera.common.identity import generate_key, make_csr, write_private_key
+from resonera.common.settings import MqttSettings
+from resonera.provisioning.broker import SERVER_IDENTITY, provision_broker
+from resonera.provisioning.ca import FleetCA
+
+PASSPHRASE = b"correct horse battery staple"
+
+
+@dataclass
+class TlsBroker:
+    ca: FleetCA
+    broker: Mosquitto
+    workdir: Path
+
+    def device(self, device_id: str, **issue: object) -> MqttSettings:
+        """Provision a device the way enrollment does: key made here, CSR signed by the CA."""
+        key = generate_key()
+        folder = self.workdir / device_id
+        write_private_key(key, folder / "device.key")
+        csr = make_csr(key, device_id, f"SN-{device_id}")
+        cert = self.ca.sign_device_csr(csr, PASSPHRASE, **issue)  # type: ignore[arg-type]
+        (folder / "device.crt").write_bytes(cert.public_bytes(Encoding.PEM))
+        return self.settings(folder / "device.key", folder / "device.crt")
+
+    def server(self) -> MqttSettings:
+        folder = self.workdir / "server"
+        folder.mkdir(exist_ok=True)
+        self.ca.issue_service(
+            SERVER_IDENTITY, folder / "server.key", folder / "server.crt", PASSPHRASE
+        )
+        return self.settings(folder / "server.key", folder / "server.crt")
+
+    def settings(self, key: Path, cert: Path, ca: Path | None = None) -> MqttSettings:
+        return MqttSettings(
+            host="127.0.0.1",
+            port=self.broker.port,
+            ca_file=ca or self.ca.cert_path,
+            cert_file=cert,
+            key_file=key,
+        )
+
+
+@contextmanager
+def run_tls_broker(workdir: Path) -> Iterator[TlsBroker]:
+    """A fresh fleet CA and a mosquitto configured by ``provision_broker`` (mutual TLS, ACL, CRL)."""
+    ca = FleetCA.init(workdir / "ca", PASSPHRASE)
+    port = free_port()
+    config = provision_broker(ca, workdir / "broker", PASSPHRASE, port=port)
+    with run_mosquitto_config(config, port) as broker:
+        yield TlsBroker(ca, broker, workdir)
