@@ -1,0 +1,78 @@
+"""The desired state as the device takes it: verified, never older, applied safely.
+
+A document arrives retained on ``resonera/v1/dev/{d}/desired``, signed by the server's Ed25519 key that
+the device pinned at provisioning. It is refused, and the refusal reported, when the JSON is malformed,
+the signature is missing, by another key or wrong, the document names another device, or its version is
+not newer than the applied one (no replay, no rollback). Pure logic: the caller feeds payloads and the
+applied version, and stores what this returns.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from resonera.common.errors import ProtocolError
+from resonera.common.signing import SignatureError, verify_document_ed25519
+
+MAX_DOCUMENT_BYTES = 512 * 1024
+
+
+class DesiredStateRejected(ProtocolError):
+    """The document is not applied; the message says why (and is reported to the server)."""
+
+
+@dataclass(frozen=True)
+class DesiredDocument:
+    version: int
+    content: dict[str, Any]
+    raw: bytes
+
+    @property
+    def profile(self) -> dict[str, Any]:
+        value = self.content.get("profile", {})
+        return value if isinstance(value, dict) else {}
+
+    @property
+    def limits(self) -> dict[str, Any]:
+        value = self.content.get("limits", {})
+        return value if isinstance(value, dict) else {}
+
+    @property
+    def programs(self) -> list[Any]:
+        value = self.content.get("programs", [])
+        return value if isinstance(value, list) else []
+
+
+def verify_desired(
+    payload: bytes, *, device_id: str, pinned: Ed25519PublicKey, applied_version: int
+) -> DesiredDocument:
+    """The verified document, or ``DesiredStateRejected`` naming the reason."""
+    if len(payload) > MAX_DOCUMENT_BYTES:
+        raise DesiredStateRejected(f"desired state of {len(payload)} bytes exceeds the limit")
+    try:
+        document = json.loads(payload)
+    except (ValueError, UnicodeDecodeError):
+        raise DesiredStateRejected("desired state is not valid JSON") from None
+    if not isinstance(document, dict):
+        raise DesiredStateRejected("desired state is not a JSON object")
+    try:
+        content = verify_document_ed25519(document, pinned)
+    except SignatureError as exc:
+        raise DesiredStateRejected(f"desired state refused: {exc}") from None
+    if content.get("device") != device_id:
+        raise DesiredStateRejected(
+            f"desired state is for device {content.get('device')!r}, not {device_id!r}"
+        )
+    version = content.get("version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise DesiredStateRejected("desired state has no valid version")
+    if version <= applied_version:
+        raise DesiredStateRejected(
+            f"desired state version {version} is not newer than the applied version "
+            f"{applied_version} (replay or rollback refused)"
+        )
+    return DesiredDocument(version=version, content=content, raw=payload)
