@@ -4,12 +4,14 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from resonera.device.safety.limiter import LookAheadLimiter
+from resonera.device.safety.limiter import LevelCeiling, LookAheadLimiter
 
 RATE = 48_000
 
 
-def run(limiter: LookAheadLimiter, signal: np.ndarray, sizes: list[int]) -> np.ndarray:
+def run(
+    limiter: LookAheadLimiter | LevelCeiling, signal: np.ndarray, sizes: list[int]
+) -> np.ndarray:
     out = []
     pos = 0
     i = 0
@@ -84,3 +86,41 @@ def test_lowering_the_ceiling_ramps_instead_of_jumping() -> None:
     out = np.concatenate([first, second])
     assert np.max(np.abs(second[limiter.latency_frames :])) <= 0.2 * (1 + 1e-6)
     assert np.max(np.abs(np.diff(out[:, 0]))) < 0.8 * 2 * np.pi * 300 / RATE * 1.5
+
+
+def identity(block: np.ndarray) -> np.ndarray:
+    return block
+
+
+def window_mean_squares(out: np.ndarray, window: int) -> np.ndarray:
+    energy = out.astype(np.float64) ** 2
+    csum = np.concatenate((np.zeros((1, 2)), np.cumsum(energy, axis=0)))
+    return np.max((csum[window:] - csum[:-window]) / window, axis=1)
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    max_db=st.floats(-40.0, -6.0),
+    sizes=st.lists(st.integers(64, 8192), min_size=1, max_size=4),
+)
+def test_level_ceiling_holds_every_window_and_every_second(
+    seed: int, max_db: float, sizes: list[int]
+) -> None:
+    signal = loud_signal(seed, seconds=2.5)
+    max_ms = 10 ** (max_db / 10)
+    ceiling = LevelCeiling(RATE, max_ms, identity)
+    out = run(ceiling, signal, sizes)
+    assert window_mean_squares(out, ceiling.window).max() <= max_ms * (1 + 1e-6)
+    # a one-second window holds at most one partial short window beyond its whole ones
+    bound = max_ms * (1 + ceiling.window / RATE)
+    assert window_mean_squares(out, RATE).max() <= bound
+
+
+def test_level_ceiling_leaves_quiet_sound_alone() -> None:
+    t = np.arange(RATE) / RATE
+    quiet = np.stack([0.1 * np.sin(2 * np.pi * 440 * t)] * 2, axis=1).astype(np.float32)
+    ceiling = LevelCeiling(RATE, 0.1, identity)
+    out = run(ceiling, quiet, [1024])
+    lat = ceiling.latency_frames
+    np.testing.assert_allclose(out[lat:], quiet[:-lat], atol=1e-6)
