@@ -95,7 +95,8 @@ def identity(block: np.ndarray) -> np.ndarray:
 def window_mean_squares(out: np.ndarray, window: int) -> np.ndarray:
     energy = out.astype(np.float64) ** 2
     csum = np.concatenate((np.zeros((1, 2)), np.cumsum(energy, axis=0)))
-    return np.max((csum[window:] - csum[:-window]) / window, axis=1)
+    means: np.ndarray = np.max((csum[window:] - csum[:-window]) / window, axis=1)
+    return means
 
 
 @settings(max_examples=20, deadline=None)
