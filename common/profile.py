@@ -1,0 +1,85 @@
+"""A person's hearing profile: the limits a clinician sets, shared by server (which validates and signs
+them into the desired state) and device (which enforces them).
+
+Defaults and bounds come from ``shared/docs/safety.md``: 85 dBA ceiling on headphones (clinician may set
+60–90), dose mode 1 for adults, fallback 75 dBA at 100 % of the weekly allowance, sessions at most 3 h,
+and ranges that only narrow the global program ranges, never widen them.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from resonera.common.dose import DoseMode
+from resonera.common.envelope import describe_validation_error
+from resonera.common.errors import ConfigError
+from resonera.common.program import BEAT_HZ, CARRIER_HZ, MAX_SESSION_S, TONE_HZ
+
+OutputKind = Literal["headphones", "speaker"]
+
+
+class FrequencyRange(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    low: float = Field(gt=0.0)
+    high: float = Field(gt=0.0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> FrequencyRange:
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low}) is above high ({self.high})")
+        return self
+
+    def within(self, bounds: tuple[float, float]) -> bool:
+        return bounds[0] <= self.low and self.high <= bounds[1]
+
+    def contains(self, value: float) -> bool:
+        return self.low <= value <= self.high
+
+
+class HearingProfile(BaseModel):
+    """What the device enforces for one person on one output."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    output: OutputKind = "headphones"
+    max_level_dba: float = Field(default=85.0, ge=60.0, le=90.0)
+    dose_mode: DoseMode = 1
+    on_dose_reached: Literal["attenuate", "stop"] = "attenuate"
+    fallback_level_dba: float = Field(default=75.0, ge=40.0, le=90.0)
+    #: Refuse a session whose expected dose would pass 100 % of the allowance.
+    refuse_over_allowance: bool = True
+    max_session_s: float = Field(default=MAX_SESSION_S, gt=0.0, le=MAX_SESSION_S)
+    carrier_hz: FrequencyRange = FrequencyRange(low=CARRIER_HZ[0], high=CARRIER_HZ[1])
+    beat_hz: FrequencyRange = FrequencyRange(low=BEAT_HZ[0], high=BEAT_HZ[1])
+    tone_hz: FrequencyRange = FrequencyRange(low=TONE_HZ[0], high=TONE_HZ[1])
+    #: Binaural beats need headphones: on a speaker, refuse them or render them another way.
+    binaural_on_speaker: Literal["refuse", "monaural", "isochronic"] = "refuse"
+
+    @model_validator(mode="after")
+    def _consistent(self) -> HearingProfile:
+        if self.fallback_level_dba > self.max_level_dba:
+            raise ValueError(
+                f"fallback_level_dba ({self.fallback_level_dba}) is above max_level_dba "
+                f"({self.max_level_dba})"
+            )
+        for name, bounds in (
+            ("carrier_hz", CARRIER_HZ),
+            ("beat_hz", BEAT_HZ),
+            ("tone_hz", TONE_HZ),
+        ):
+            rng: FrequencyRange = getattr(self, name)
+            if not rng.within(bounds):
+                raise ValueError(
+                    f"{name} may only narrow the safe range {bounds[0]:g}–{bounds[1]:g} Hz"
+                )
+        return self
+
+
+def parse_profile(data: object, source: str = "profile") -> HearingProfile:
+    try:
+        return HearingProfile.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: {describe_validation_error(exc)}") from None
