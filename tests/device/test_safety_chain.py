@@ -1,0 +1,136 @@
+"""The safety chain on synthetic signals, with a flat weighting so levels are known exactly (the real
+A-weighting filter has its own accuracy tests)."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from resonera.common.dose import dose_fraction
+from resonera.common.profile import HearingProfile
+from resonera.device.safety.chain import ChainLimits, DoseEvent, SafetyChain
+from resonera.device.safety.dose_ledger import DoseLedger
+
+RATE = 48_000
+T0 = 1_800_000_000.0
+#: A flat "calibration": RMS 1.0 at the ear is 100 dB SPL.
+LIMITS = ChainLimits(spl_at_unit_rms=100.0, peak_ceiling=0.9)
+
+
+def flat(_rate: int) -> object:
+    return lambda block: block
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def tone(level_db: float, seconds: float) -> np.ndarray:
+    """A stereo sine whose RMS is ``level_db`` below/above the 100 dB reference."""
+    amplitude = np.sqrt(2) * 10 ** ((level_db - 100.0) / 20)
+    t = np.arange(int(seconds * RATE)) / RATE
+    x = amplitude * np.sin(2 * np.pi * 500 * t)
+    return np.stack([x, x], axis=1).astype(np.float32)
+
+
+def run(chain: SafetyChain, signal: np.ndarray, clock: Clock, block: int = 1024) -> np.ndarray:
+    out = []
+    for start in range(0, len(signal), block):
+        clock.now = T0 + start / RATE
+        out.append(chain(signal[start : start + block]))
+    return np.concatenate(out)
+
+
+def chain_for(
+    tmp_path: Path, clock: Clock, events: list[DoseEvent], **profile: object
+) -> SafetyChain:
+    return SafetyChain(
+        sample_rate=RATE,
+        limits=LIMITS,
+        profile=HearingProfile.model_validate(profile),
+        weighting=flat,  # type: ignore[arg-type]
+        ledger=DoseLedger(tmp_path / "dose.db"),
+        wall_clock=clock,
+        on_dose_event=events.append,
+    )
+
+
+def test_a_program_louder_than_the_maximum_is_held_below_it(tmp_path: Path) -> None:
+    clock, events = Clock(), []
+    chain = chain_for(tmp_path, clock, events, max_level_dba=80.0)
+    run(chain, tone(88.0, 4.0), clock)
+    assert chain.mels  # one per second
+    assert max(chain.mels) <= 80.0
+    assert max(chain.mels[1:]) > 79.0  # held at the ceiling, not far below it
+
+
+def test_quiet_programs_pass_and_their_dose_is_ledgered(tmp_path: Path) -> None:
+    clock, events = Clock(), []
+    chain = chain_for(tmp_path, clock, events)
+    out = run(chain, tone(70.0, 3.2), clock)
+    assert len(chain.mels) == 3
+    assert chain.mels[1] == pytest.approx(70.0, abs=0.05)
+    assert np.max(np.abs(out)) <= LIMITS.peak_ceiling
+    ledger = DoseLedger(tmp_path / "dose.db")
+    assert ledger.status(clock.now).fraction == pytest.approx(chain.session_dose, rel=1e-9)
+    assert chain.session_dose == pytest.approx(sum(dose_fraction(m) for m in chain.mels))
+
+
+def fill_week(path: Path, fraction: float) -> None:
+    ledger = DoseLedger(path)
+    ledger.add_energy(T0 - 3600, pa2s=fraction * 5760.0, seconds=3600)
+    ledger.close()
+
+
+def test_at_100_percent_the_person_is_told_and_the_level_drops_to_the_fallback(
+    tmp_path: Path,
+) -> None:
+    fill_week(tmp_path / "dose.db", 0.99999)
+    clock, events = Clock(), []
+    chain = chain_for(tmp_path, clock, events, max_level_dba=85.0, fallback_level_dba=75.0)
+    run(chain, tone(84.0, 6.0), clock)
+    assert [e.kind for e in events] == ["dose_reached"]
+    assert events[0].percent == 100
+    assert "100 %" in events[0].message
+    assert chain.mels[0] > 83.0
+    assert max(chain.mels[-2:]) <= 75.0  # after the ramp, at the fallback
+    assert not chain.stop_requested
+
+
+def test_a_profile_that_says_stop_asks_the_player_to_stop(tmp_path: Path) -> None:
+    fill_week(tmp_path / "dose.db", 0.99999)
+    clock, events = Clock(), []
+    chain = chain_for(tmp_path, clock, events, on_dose_reached="stop")
+    run(chain, tone(80.0, 2.0), clock)
+    assert [e.kind for e in events] == ["dose_stop"]
+    assert chain.stop_requested
+
+
+def test_a_corrupted_ledger_starts_at_the_fallback_level(tmp_path: Path) -> None:
+    fill_week(tmp_path / "dose.db", 0.1)
+    with sqlite3.connect(tmp_path / "dose.db") as conn:
+        conn.execute("update dose_minute set seconds = seconds + 1")
+    clock, events = Clock(), []
+    chain = chain_for(tmp_path, clock, events, max_level_dba=85.0, fallback_level_dba=70.0)
+    run(chain, tone(84.0, 3.0), clock)
+    assert max(chain.mels) <= 70.0
+
+
+def test_attenuation_ramps_without_a_jump(tmp_path: Path) -> None:
+    clock, events = Clock(), []
+    chain = chain_for(tmp_path, clock, events)
+    signal = tone(70.0, 3.0)
+    first = run(chain, signal[:RATE], clock)
+    chain.set_gain_db(-12.0, ramp_s=0.5)
+    second = run(chain, signal[RATE:], clock)
+    out = np.concatenate([first, second])
+    steepest_signal = np.max(np.abs(np.diff(signal[:, 0])))
+    assert np.max(np.abs(np.diff(out[:, 0]))) <= steepest_signal * 1.01
+    assert chain.mels[-1] == pytest.approx(58.0, abs=0.1)
