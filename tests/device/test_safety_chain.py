@@ -63,7 +63,7 @@ def chain_for(
 
 
 def test_a_program_louder_than_the_maximum_is_held_below_it(tmp_path: Path) -> None:
-    clock, events = Clock(), []
+    clock, events = Clock(), list[DoseEvent]()
     chain = chain_for(tmp_path, clock, events, max_level_dba=80.0)
     run(chain, tone(88.0, 4.0), clock)
     assert chain.mels  # one per second
@@ -72,7 +72,7 @@ def test_a_program_louder_than_the_maximum_is_held_below_it(tmp_path: Path) -> N
 
 
 def test_quiet_programs_pass_and_their_dose_is_ledgered(tmp_path: Path) -> None:
-    clock, events = Clock(), []
+    clock, events = Clock(), list[DoseEvent]()
     chain = chain_for(tmp_path, clock, events)
     out = run(chain, tone(70.0, 3.2), clock)
     assert len(chain.mels) == 3
@@ -93,7 +93,7 @@ def test_at_100_percent_the_person_is_told_and_the_level_drops_to_the_fallback(
     tmp_path: Path,
 ) -> None:
     fill_week(tmp_path / "dose.db", 0.99999)
-    clock, events = Clock(), []
+    clock, events = Clock(), list[DoseEvent]()
     chain = chain_for(tmp_path, clock, events, max_level_dba=85.0, fallback_level_dba=75.0)
     run(chain, tone(84.0, 6.0), clock)
     assert [e.kind for e in events] == ["dose_reached"]
@@ -106,7 +106,7 @@ def test_at_100_percent_the_person_is_told_and_the_level_drops_to_the_fallback(
 
 def test_a_profile_that_says_stop_asks_the_player_to_stop(tmp_path: Path) -> None:
     fill_week(tmp_path / "dose.db", 0.99999)
-    clock, events = Clock(), []
+    clock, events = Clock(), list[DoseEvent]()
     chain = chain_for(tmp_path, clock, events, on_dose_reached="stop")
     run(chain, tone(80.0, 2.0), clock)
     assert [e.kind for e in events] == ["dose_stop"]
@@ -117,14 +117,14 @@ def test_a_corrupted_ledger_starts_at_the_fallback_level(tmp_path: Path) -> None
     fill_week(tmp_path / "dose.db", 0.1)
     with sqlite3.connect(tmp_path / "dose.db") as conn:
         conn.execute("update dose_minute set seconds = seconds + 1")
-    clock, events = Clock(), []
+    clock, events = Clock(), list[DoseEvent]()
     chain = chain_for(tmp_path, clock, events, max_level_dba=85.0, fallback_level_dba=70.0)
     run(chain, tone(84.0, 3.0), clock)
     assert max(chain.mels) <= 70.0
 
 
 def test_attenuation_ramps_without_a_jump(tmp_path: Path) -> None:
-    clock, events = Clock(), []
+    clock, events = Clock(), list[DoseEvent]()
     chain = chain_for(tmp_path, clock, events)
     signal = tone(70.0, 3.0)
     first = run(chain, signal[:RATE], clock)
