@@ -8,9 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from resonera.common.dose import dose_fraction
 from resonera.common.profile import HearingProfile
+from resonera.device.safety.aweighting import AWeightingFilter
 from resonera.device.safety.chain import ChainLimits, DoseEvent, SafetyChain
 from resonera.device.safety.dose_ledger import DoseLedger
 
@@ -134,3 +137,34 @@ def test_attenuation_ramps_without_a_jump(tmp_path: Path) -> None:
     steepest_signal = np.max(np.abs(np.diff(signal[:, 0])))
     assert np.max(np.abs(np.diff(out[:, 0]))) <= steepest_signal * 1.01
     assert chain.mels[-1] == pytest.approx(58.0, abs=0.1)
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    max_level=st.floats(60.0, 90.0),
+    block=st.sampled_from([64, 256, 1024, 4096, 8192]),
+)
+def test_with_real_a_weighting_no_second_exceeds_the_maximum_and_no_sample_the_ceiling(
+    tmp_path_factory: pytest.TempPathFactory, seed: int, max_level: float, block: int
+) -> None:
+    rng = np.random.default_rng(seed)
+    seconds = 3.0
+    t = np.arange(int(seconds * RATE)) / RATE
+    freqs = rng.uniform(60, 12_000, size=3)
+    gains = rng.uniform(0.05, 0.6, size=3)
+    swell = 0.5 + 0.5 * np.sin(2 * np.pi * rng.uniform(0.2, 2.0) * t)
+    x = swell * sum(g * np.sin(2 * np.pi * f * t) for f, g in zip(freqs, gains, strict=True))
+    signal = np.stack([x, 0.7 * x], axis=1).astype(np.float32)
+    clock = Clock()
+    chain = SafetyChain(
+        sample_rate=RATE,
+        limits=LIMITS,
+        profile=HearingProfile(max_level_dba=max_level, fallback_level_dba=min(75.0, max_level)),
+        weighting=AWeightingFilter,
+        ledger=DoseLedger(tmp_path_factory.mktemp("dose") / "dose.db"),
+        wall_clock=clock,
+    )
+    out = run(chain, signal, clock, block=block)
+    assert np.max(np.abs(out)) <= LIMITS.peak_ceiling * (1 + 1e-6)
+    assert max(chain.mels) <= max_level

@@ -1,0 +1,93 @@
+"""The A-weighting filter and exposure meter against the IEC 61672-1 formula, not against themselves."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from resonera.device.safety.aweighting import AWeightingFilter, a_weighting_db
+from resonera.device.safety.chain import ExposureMeter
+
+NOMINAL = {  # IEC 61672-1 nominal A-weightings (safety.md)
+    31.5: -39.4, 63: -26.2, 100: -19.1, 250: -8.6, 500: -3.2, 1000: 0.0,
+    2000: 1.2, 4000: 1.0, 8000: -1.1, 10000: -2.5, 16000: -6.6,
+}  # fmt: skip
+
+
+def test_the_formula_gives_the_nominal_values() -> None:
+    for nominal, expected in NOMINAL.items():
+        # nominal band frequencies stand for exact base-10 ones: 31.5 Hz is 10^1.5 Hz
+        exact = 1000.0 * 10 ** (round(10 * np.log10(nominal / 1000.0)) / 10)
+        assert float(a_weighting_db(exact)) == pytest.approx(expected, abs=0.1), nominal
+
+
+def measured_gain_db(rate: int, frequency: float) -> float:
+    """Steady-state gain of the filter for one sine, by least-squares fit of its amplitude."""
+    seconds = max(1.0, 40.0 / frequency)
+    t = np.arange(int(seconds * rate)) / rate
+    x = np.sin(2 * np.pi * frequency * t)
+    y = AWeightingFilter(rate, channels=1).process(x[:, None].astype(np.float32))[:, 0]
+    tail = slice(len(t) // 2, None)
+    basis = np.stack(
+        [np.sin(2 * np.pi * frequency * t[tail]), np.cos(2 * np.pi * frequency * t[tail])]
+    )
+    coef, *_ = np.linalg.lstsq(basis.T, y[tail].astype(np.float64), rcond=None)
+    return float(20 * np.log10(np.hypot(*coef)))
+
+
+@pytest.mark.parametrize("rate", [44_100, 48_000])
+def test_filter_follows_the_formula_from_20_hz_to_16_khz(rate: int) -> None:
+    frequencies = np.geomspace(20.0, 16_000.0, 36)
+    errors = {float(f): measured_gain_db(rate, f) - float(a_weighting_db(f)) for f in frequencies}
+    up_to_10k = [abs(e) for f, e in errors.items() if f <= 10_000]
+    assert max(up_to_10k) <= 0.5, errors
+    assert max(abs(e) for e in errors.values()) <= 1.0, errors
+
+
+def test_block_boundaries_do_not_change_the_output() -> None:
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((20_000, 2)).astype(np.float32)
+    whole = AWeightingFilter(48_000).process(x)
+    f = AWeightingFilter(48_000)
+    pieces = np.concatenate([f.process(x[i : i + 777]) for i in range(0, len(x), 777)])
+    np.testing.assert_allclose(pieces, whole, atol=1e-6)
+
+
+def test_mel_of_a_calibrated_1khz_sine_is_within_0_2_db() -> None:
+    rate, level = 48_000, 78.0
+    t = np.arange(3 * rate) / rate
+    rms = 10 ** ((level - 100.0) / 20)
+    x = np.sqrt(2) * rms * np.sin(2 * np.pi * 1000 * t)
+    meter = ExposureMeter(rate, AWeightingFilter(rate), spl_at_unit_rms=100.0)
+    mels = meter.feed(np.stack([x, x], axis=1).astype(np.float32))
+    assert len(mels) == 3
+    assert mels[1] == pytest.approx(level, abs=0.2)
+
+
+def pink_noise(rate: int, seconds: float, seed: int) -> np.ndarray:
+    n = int(rate * seconds)
+    spectrum = np.fft.rfft(np.random.default_rng(seed).standard_normal(n))
+    f = np.fft.rfftfreq(n, 1 / rate)
+    spectrum[1:] /= np.sqrt(f[1:])
+    spectrum[0] = 0
+    x = np.fft.irfft(spectrum, n)
+    scaled: np.ndarray = x / np.sqrt(np.mean(x**2)) * 0.05
+    return scaled
+
+
+@pytest.mark.parametrize("rate", [44_100, 48_000])
+def test_pink_noise_meters_within_0_5_db_of_its_level_by_the_formula(rate: int) -> None:
+    x = pink_noise(rate, 4.0, seed=7)
+    # the reference: apply A(f) to the noise's own spectrum (Parseval), no filter involved
+    spectrum = np.fft.rfft(x)
+    f = np.fft.rfftfreq(len(x), 1 / rate).astype(np.float64)
+    weights = np.zeros_like(f)
+    weights[1:] = 10 ** (a_weighting_db(f[1:]) / 10)
+    power = np.abs(spectrum) ** 2 * weights
+    power[1:-1] *= 2
+    mean_square = power.sum() / len(x) ** 2
+    expected = 100.0 + 10 * np.log10(mean_square)
+    meter = ExposureMeter(rate, AWeightingFilter(rate), spl_at_unit_rms=100.0)
+    mels = meter.feed(np.stack([x, x], axis=1).astype(np.float32))
+    laeq = 10 * np.log10(np.mean([10 ** (m / 10) for m in mels[1:]]))
+    assert laeq == pytest.approx(expected, abs=0.5)
