@@ -90,6 +90,14 @@ class ExposureMeter:
                 self._sum, self._frames = None, 0
         return levels
 
+    def flush(self) -> tuple[float, float] | None:
+        """The level and length in seconds of an incomplete last second, if any (then reset)."""
+        if self._sum is None or self._frames == 0:
+            return None
+        result = (self._level(self._sum / self._frames), self._frames / self.sample_rate)
+        self._sum, self._frames = None, 0
+        return result
+
     def _level(self, mean_square: NDArray[np.float64]) -> float:
         loudest = float(np.max(mean_square))
         return -100.0 if loudest <= 0.0 else self.spl_at_unit_rms + 10.0 * math.log10(loudest)
