@@ -47,6 +47,11 @@ class ForwardMin:
     def __init__(self, window: int) -> None:
         self.window = window
         self._tail = np.ones(window - 1, dtype=np.float64)
+        self._unity = True
+
+    def at_unity(self) -> bool:
+        """All of the look-ahead holds 1: the next outputs are ones while inputs are."""
+        return self._unity
 
     def process(self, g: Samples) -> Samples:
         frames = g.shape[0]
@@ -54,6 +59,7 @@ class ForwardMin:
         half = self.window // 2
         out: Samples = minimum_filter1d(joined, self.window, mode="nearest")[half : half + frames]
         self._tail = joined[frames:]
+        self._unity = bool(self._tail.min() >= 1.0)
         return out
 
 
@@ -67,18 +73,35 @@ class GainSmoother:
         self._forward_min = ForwardMin(window)
         self._r_last = 1.0
         self._r_hist = np.ones(window - 1, dtype=np.float64)
+        self._unity = True
+
+    def at_unity(self) -> bool:
+        """No reduction pending anywhere in the state (the common case for quiet programs)."""
+        return self._unity
 
     def process(self, required: Samples) -> Samples:
         frames = required.shape[0]
+        # Fast path: nothing to reduce now or in the look-ahead; the slow path would return ones
+        # and leave the state as it is, so both paths give identical output.
+        if self._unity and float(required.min()) >= 1.0:
+            return np.ones(frames, dtype=np.float64)
         m = self._forward_min.process(required)
         steps = np.arange(frames, dtype=np.float64) * self.release_step
         floor = np.minimum.accumulate(m - steps)
         r = np.minimum(np.minimum(self._r_last + self.release_step, floor) + steps, m)
+        # Rounding in the closed form leaves 1 - 1e-16 where the gain is fully released; snapping
+        # it to 1 lets the fast path take over again.
+        r[r > 1.0 - 1e-12] = 1.0
         self._r_last = float(r[-1])
         joined = np.concatenate((self._r_hist, r))
         csum = np.concatenate(([0.0], np.cumsum(joined)))
         self._r_hist = joined[frames:]
         smoothed: Samples = (csum[self.window :] - csum[:frames]) / self.window
+        self._unity = (
+            self._r_last == 1.0
+            and float(self._r_hist.min()) >= 1.0
+            and self._forward_min.at_unity()
+        )
         return smoothed
 
 
@@ -125,15 +148,28 @@ class LookAheadLimiter:
         if block.shape[0] == 0:
             return block
         x = block.astype(np.float64, copy=False)
-        peak = np.max(np.abs(x), axis=1)
+        block_peak = max(float(x.max()), -float(x.min()))
+        if block_peak <= self.ceiling and self._smoother.at_unity():
+            return self._delay.process(x).astype(np.float32)  # nothing to limit, now or pending
+        peak = _loudest(np.abs(x))
         with np.errstate(divide="ignore"):
             required = np.minimum(1.0, self.ceiling / peak)
         gain = self._smoother.process(required)
         self.min_gain = min(self.min_gain, float(gain.min()))
-        out = self._delay.process(x) * gain[:, None]
+        out = self._delay.process(x)
+        if float(gain.min()) < 1.0:
+            out = out * gain[:, None]
         # Rounding can only ever leave a few ULPs over the ceiling; this clip never shapes sound.
         np.clip(out, -self.ceiling, self.ceiling, out=out)
         return out.astype(np.float32)
+
+
+def _loudest(per_channel: Samples) -> Samples:
+    """Row-wise maximum over channels (faster than ``max(axis=1)`` for two or so channels)."""
+    out: Samples = per_channel[:, 0].copy()
+    for c in range(1, per_channel.shape[1]):
+        np.maximum(out, per_channel[:, c], out=out)
+    return out
 
 
 class LevelCeiling:
@@ -175,10 +211,18 @@ class LevelCeiling:
         x = block.astype(np.float64, copy=False)
         weighted = np.asarray(self.weighting(block), dtype=np.float64)
         energy = np.concatenate((self._energy_tail, weighted * weighted))
+        self._energy_tail = energy[frames:]
+        # Every window lies inside tail + block, so if even their whole energy fits in one window's
+        # allowance, no window can exceed it: skip the per-sample work.
+        if (
+            float(energy.sum(axis=0).max()) <= self.max_mean_square * self.window
+            and self._window_min.at_unity()
+            and self._smoother.at_unity()
+        ):
+            return self._delay.process(x).astype(np.float32)
         csum = np.concatenate((np.zeros((1, energy.shape[1])), np.cumsum(energy, axis=0)))
         mean_square = (csum[self.window :] - csum[:frames]) / self.window
-        self._energy_tail = energy[frames:]
-        loudest = np.max(mean_square, axis=1)
+        loudest = _loudest(mean_square)
         with np.errstate(divide="ignore"):
             required = np.minimum(1.0, np.sqrt(self.max_mean_square / loudest))
         # Each trailing window ending at n covers [n-W+1, n]: every one of those samples must carry

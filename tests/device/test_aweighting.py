@@ -91,3 +91,15 @@ def test_pink_noise_meters_within_0_5_db_of_its_level_by_the_formula(rate: int) 
     mels = meter.feed(np.stack([x, x], axis=1).astype(np.float32))
     laeq = 10 * np.log10(np.mean([10 ** (m / 10) for m in mels[1:]]))
     assert laeq == pytest.approx(expected, abs=0.5)
+
+
+def test_the_compiled_and_public_filter_paths_agree(monkeypatch: pytest.MonkeyPatch) -> None:
+    import resonera.device.safety.aweighting as aw
+
+    x = np.random.default_rng(3).standard_normal((5000, 2)).astype(np.float32)
+    fast = AWeightingFilter(44_100)
+    fast_out = np.concatenate([fast.process(x[:1234]), fast.process(x[1234:])])
+    monkeypatch.setattr(aw, "_compiled_sosfilt", None)
+    slow = AWeightingFilter(44_100)
+    slow_out = np.concatenate([slow.process(x[:1234]), slow.process(x[1234:])])
+    np.testing.assert_allclose(fast_out, slow_out, atol=1e-6)
