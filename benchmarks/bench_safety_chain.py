@@ -36,7 +36,6 @@ def time_chain(frames: int, folder: Path, rms: float) -> float:
         sample_rate=RATE,
         limits=ChainLimits(spl_at_unit_rms=100.0, peak_ceiling=0.9),
         profile=HearingProfile(),
-        weighting=AWeightingFilter,
         ledger=DoseLedger(folder / f"dose-{frames}.db"),
         wall_clock=lambda: now[0],
     )

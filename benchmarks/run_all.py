@@ -8,13 +8,22 @@ from pathlib import Path
 sys.path[:0] = [str(Path(__file__).parent), str(Path(__file__).parents[1] / "tests")]
 
 import bench_ingest  # noqa: E402
+import bench_render  # noqa: E402
+import bench_server_api  # noqa: E402
+import bench_server_ingest  # noqa: E402
 import bench_synth  # noqa: E402
 
 
 def main() -> None:
     bench_synth.main()
     print()
+    bench_render.main()
+    print()
     bench_ingest.main()
+    print()
+    bench_server_ingest.main()
+    print()
+    bench_server_api.main()
 
 
 if __name__ == "__main__":

@@ -8,14 +8,19 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from contextlib import ExitStack
 from datetime import UTC, datetime
 from pathlib import Path
+
+import numpy as np
+from numpy.typing import NDArray
 
 from resonera.common.errors import ResoneraError
 from resonera.common.ids import new_id
 from resonera.common.program import Program
 from resonera.common.records import SessionRecord
+from resonera.device.audio.chain import session_processors
 from resonera.device.audio.player import play
 from resonera.device.audio.sinks import AudioSink, NullSink, PyAudioSink, WavSink, open_default_sink
 from resonera.device.audio.synth import ProgramRenderer
@@ -51,8 +56,13 @@ def play_session(
     sink: AudioSink,
     *,
     stop: threading.Event | None = None,
+    on_block: Callable[[NDArray[np.float32], ProgramRenderer], None] | None = None,
 ) -> SessionRecord:
-    """Play ``program`` to ``sink`` with the MCU's consent, then store the session and queue it."""
+    """Play ``program`` to ``sink`` with the MCU's consent, then store the session and queue it.
+
+    ``on_block`` sees every block played (a progress display). A sound device lost mid-session
+    ends the session as a ``fault`` whose reason says so; the record is stored all the same.
+    """
     stop = stop or threading.Event()
     with ExitStack() as stack:
         monitor: HardwareMonitor | None = None
@@ -79,6 +89,8 @@ def play_session(
             gate=(lambda: monitor.consent) if monitor is not None else None,
             reason=(lambda: monitor.reason) if monitor is not None else (lambda: ""),
             should_stop=stop.is_set,
+            processors=session_processors(settings, renderer.sample_rate),
+            on_block=on_block,
         )
         ended_at = datetime.now(UTC)
 

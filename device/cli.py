@@ -1,36 +1,79 @@
-"""``resonera-device``: play a program, sync, and see what the device holds."""
+"""``resonera-device``: play or render a program, list presets, sync, and see what the device holds.
+
+``PROGRAM`` is a preset name (``resonera-device programs`` lists them) or the path of a ``.toml``
+program or an SBaGen ``.sbg`` schedule.
+"""
 
 from __future__ import annotations
 
 import argparse
 import signal
 import threading
+import time
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from numpy.typing import NDArray
 
 from resonera.common.cli import run_cli
-from resonera.common.program import BUILTIN_PROGRAMS, Program, builtin_program, load_program_toml
+from resonera.common.errors import ConfigError
+from resonera.common.program import (
+    BUILTIN_PROGRAMS,
+    Program,
+    builtin_program,
+    load_program_file,
+)
 from resonera.common.settings import load_settings
-from resonera.device.agent import open_sink, play_session
+from resonera.device.audio.calibration import Calibration, load_calibration_file
+from resonera.device.audio.chain import session_processors
+from resonera.device.audio.player import play
+from resonera.device.audio.progress import Progress, clock
+from resonera.device.audio.sinks import AudioSink, PyAudioSink, WavSink
+from resonera.device.audio.synth import ProgramRenderer
 from resonera.device.settings import DeviceSettings
-from resonera.device.store import DeviceStore
-from resonera.device.sync import DeviceSync
+
+if TYPE_CHECKING:
+    from resonera.device.audio.meter import MelMeter
+    from resonera.device.store import DeviceStore
+
+# The store (SQL), the sync (MQTT), the agent and the meter (scipy.signal) are imported by the
+# commands that use them: ``render`` and ``programs`` start without them.
+
+PROGRAM_SUFFIXES = (".toml", ".sbg")
 
 
 def _settings(args: argparse.Namespace, **overrides: Any) -> DeviceSettings:
     return load_settings(DeviceSettings, args.config, **overrides)
 
 
+def resolve_program(spec: str) -> Program:
+    """A preset by name, or a ``.toml``/``.sbg`` file by path (checked before any sample)."""
+    path = Path(spec)
+    if path.suffix.lower() in PROGRAM_SUFFIXES or path.exists():
+        return load_program_file(path)
+    return builtin_program(spec)
+
+
 def _program(args: argparse.Namespace) -> Program:
+    given = [value for value in (args.program, args.program_option, args.program_file) if value]
+    if len(given) > 1:
+        raise ConfigError("give the program once (PROGRAM, --program or --program-file)")
     if args.program_file is not None:
-        path: Path = args.program_file
-        return load_program_toml(path.read_text(encoding="utf-8"), source=str(path))
-    return builtin_program(args.program)
+        return load_program_file(args.program_file)
+    return resolve_program(str(given[0]) if given else "demo-alpha")
+
+
+def _calibration(args: argparse.Namespace) -> Calibration | None:
+    path: Path | None = getattr(args, "calibration", None)
+    return load_calibration_file(path) if path is not None else None
 
 
 def _sync(settings: DeviceSettings, store: DeviceStore, timeout_s: float) -> bool:
     """Try to empty the outbox within ``timeout_s``; print what happened."""
+    from resonera.device.sync import DeviceSync
+
     with DeviceSync(settings, store) as sync:
         drained = sync.drain(timeout_s)
         depth = store.outbox_depth()
@@ -42,7 +85,55 @@ def _sync(settings: DeviceSettings, store: DeviceStore, timeout_s: float) -> boo
     return drained
 
 
+class _Display:
+    """Progress plus the level of what was played (dB(A) SPL with a calibration, else dBFS(A))."""
+
+    def __init__(
+        self, program: Program, rate: int, calibration: Calibration | None, *, verb: str
+    ) -> None:
+        self.program = program
+        self.meter: MelMeter | None = None
+        if verb == "playing":
+            from resonera.device.audio.meter import MelMeter
+
+            self.meter = MelMeter(rate, calibration)
+        self.progress = Progress(
+            program.duration_s,
+            steps=len(program.steps),
+            verb=verb,
+            line_every_s=10.0 if verb == "playing" else max(10.0, program.duration_s / 10),
+        )
+
+    def level(self) -> str | None:
+        if self.meter is None or self.meter.block_level is None:
+            return None
+        return f"{self.meter.block_level:5.1f} {self.meter.unit}"
+
+    def __call__(self, block: NDArray[np.float32], renderer: ProgramRenderer) -> None:
+        if self.meter is not None:
+            self.meter.update(block)
+        step = renderer.step_index
+        label = self.program.steps[step].label if step is not None else ""
+        self.progress.update(renderer.position_s, step, label, self.level())
+
+    def finish(self, position_s: float) -> None:
+        self.progress.finish(position_s, self.level())
+
+
+def _play_sink(args: argparse.Namespace, settings: DeviceSettings) -> AudioSink:
+    if args.out is not None:
+        return WavSink(args.out, sample_format=args.format)
+    if args.device is not None:
+        return PyAudioSink(output_device=args.device)
+    from resonera.device.agent import open_sink
+
+    return open_sink(settings, args.wav)
+
+
 def _play(args: argparse.Namespace) -> int:
+    from resonera.device.agent import play_session
+    from resonera.device.store import DeviceStore
+
     overrides: dict[str, Any] = {}
     if args.simulation:
         overrides["simulation"] = True
@@ -52,6 +143,7 @@ def _play(args: argparse.Namespace) -> int:
         overrides["serial_url"] = args.serial
     settings = _settings(args, **overrides)
     program = _program(args)
+    calibration = _calibration(args)
     store = DeviceStore(settings.store_path)
     stop = threading.Event()
 
@@ -60,17 +152,22 @@ def _play(args: argparse.Namespace) -> int:
 
     previous = signal.signal(signal.SIGINT, _request_stop)
     signal.signal(signal.SIGTERM, _request_stop)
+    display = _Display(program, settings.sample_rate, calibration, verb="playing")
     try:
-        sink = open_sink(settings, args.wav)
-        record = play_session(settings, store, program, sink, stop=stop)
+        sink = _play_sink(args, settings)
+        record = play_session(settings, store, program, sink, stop=stop, on_block=display)
     finally:
         signal.signal(signal.SIGINT, previous)
+    display.finish(record.played_s)
     wav_path = getattr(sink, "path", None)
     where = f"WAV file {wav_path}" if isinstance(wav_path, Path) else sink.kind
     print(
         f"played {program.name!r} for {record.played_s:.1f} s of {record.planned_s:.1f} s "
         f"to {where}: {record.outcome}{' (' + record.reason + ')' if record.reason else ''}"
     )
+    underruns = int(getattr(sink, "underruns", 0))
+    if underruns:
+        print(f"the sound device ran dry {underruns} time(s) (silence was played meanwhile)")
     if record.simulation:
         print("simulation mode: played without the safety MCU; the record says so")
     print(f"session {record.session_id} stored; {store.outbox_depth()} record(s) in the outbox")
@@ -79,13 +176,45 @@ def _play(args: argparse.Namespace) -> int:
     return 0 if record.outcome != "fault" else 3
 
 
+def _render(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
+    program = resolve_program(args.program)
+    settings = _settings(args) if args.config is not None else None
+    rate: int = args.rate or (settings.sample_rate if settings is not None else 44100)
+    renderer = ProgramRenderer(program, rate)
+    # An export: the operating system flushes it to disk (no fsync), as audio tools do; a writer
+    # thread encodes and writes while the next blocks are synthesised.
+    sink = WavSink(args.out, sample_format=args.format, durable=False, background=True)
+    display = _Display(program, rate, None, verb="rendering")
+    result = play(
+        renderer,
+        sink,
+        block_frames=args.block,
+        processors=session_processors(settings, rate),
+        on_block=display,
+    )
+    display.finish(result.played_s)
+    elapsed = time.perf_counter() - started
+    speed = result.played_s / elapsed if elapsed > 0 else float("inf")
+    print(
+        f"rendered {program.name!r}: {clock(result.played_s)} of audio at {rate} Hz "
+        f"({args.format}) to {args.out} in {elapsed:.2f} s ({speed:.0f}x real time); "
+        f"peak {result.peak_dbfs:.1f} dBFS, rms {result.rms_dbfs:.1f} dBFS"
+    )
+    return 0 if result.outcome == "completed" else 3
+
+
 def _sync_cmd(args: argparse.Namespace) -> int:
+    from resonera.device.store import DeviceStore
+
     settings = _settings(args)
     store = DeviceStore(settings.store_path)
     return 0 if _sync(settings, store, args.timeout) else 1
 
 
 def _status(args: argparse.Namespace) -> int:
+    from resonera.device.store import DeviceStore
+
     settings = _settings(args)
     store = DeviceStore(settings.store_path)
     print(f"device {settings.device_id}, data in {settings.data_dir}")
@@ -100,7 +229,10 @@ def _status(args: argparse.Namespace) -> int:
 
 def _programs(_args: argparse.Namespace) -> int:
     for name, program in sorted(BUILTIN_PROGRAMS.items()):
-        print(f"{name:<14} {program.duration_s:7.1f} s  {program.description}")
+        kinds = sorted({layer.type for step in program.steps for layer in step.layers})
+        phones = "  [headphones]" if program.needs_headphones else ""
+        print(f"{name:<17} {clock(program.duration_s):>8}  {', '.join(kinds):<22}{phones}")
+        print(f"{'':<17} {program.description}")
     return 0
 
 
@@ -113,17 +245,38 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--config", type=Path, default=None, help="TOML settings file")
         return p
 
-    play = with_config(sub.add_parser("play", help="play a program, record it, sync it"))
-    source = play.add_mutually_exclusive_group()
-    source.add_argument("--program", default="demo-alpha", help="built-in program name")
-    source.add_argument("--program-file", type=Path, default=None, help="TOML program file")
-    play.add_argument("--simulation", action="store_true", help="play without the safety MCU")
-    play.add_argument("--serial", default=None, help="safety MCU port (path or pyserial URL)")
-    play.add_argument("--sink", choices=["auto", "pyaudio", "wav", "null"], default=None)
-    play.add_argument("--wav", type=Path, default=None, help="WAV file for the wav sink")
-    play.add_argument("--no-sync", action="store_true", help="leave the record in the outbox")
-    play.add_argument("--sync-timeout", type=float, default=15.0)
-    play.set_defaults(func=_play)
+    def with_format(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--format", choices=["16", "24", "float"], default="16", help="WAV sample format"
+        )
+
+    play_p = with_config(sub.add_parser("play", help="play a program, record it, sync it"))
+    play_p.add_argument("program", nargs="?", default=None, help="preset name or program file")
+    play_p.add_argument(
+        "--program", dest="program_option", default=None, help="preset name (alias of PROGRAM)"
+    )
+    play_p.add_argument("--program-file", type=Path, default=None, help="program file (alias)")
+    play_p.add_argument("--out", type=Path, default=None, help="play into this WAV file")
+    with_format(play_p)
+    play_p.add_argument("--device", default=None, help="sound output by name (or part of it)")
+    play_p.add_argument("--calibration", type=Path, default=None, help="calibration profile")
+    play_p.add_argument("--simulation", action="store_true", help="play without the safety MCU")
+    play_p.add_argument("--serial", default=None, help="safety MCU port (path or pyserial URL)")
+    play_p.add_argument("--sink", choices=["auto", "pyaudio", "wav", "null"], default=None)
+    play_p.add_argument("--wav", type=Path, default=None, help="WAV file for the wav sink")
+    play_p.add_argument("--no-sync", action="store_true", help="leave the record in the outbox")
+    play_p.add_argument("--sync-timeout", type=float, default=15.0)
+    play_p.set_defaults(func=_play)
+
+    render = with_config(
+        sub.add_parser("render", help="render a program to a WAV file, faster than real time")
+    )
+    render.add_argument("program", help="preset name or program file (.toml, .sbg)")
+    render.add_argument("out", type=Path, help="WAV file to write")
+    with_format(render)
+    render.add_argument("--rate", type=int, choices=[44100, 48000], default=None)
+    render.add_argument("--block", type=int, default=8192, help="frames per block (64-8192)")
+    render.set_defaults(func=_render)
 
     sync = with_config(sub.add_parser("sync", help="send what waits in the outbox"))
     sync.add_argument("--timeout", type=float, default=30.0)
@@ -133,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--limit", type=int, default=10)
     status.set_defaults(func=_status)
 
-    programs = sub.add_parser("programs", help="list built-in programs")
+    programs = sub.add_parser("programs", help="list the preset programs")
     programs.set_defaults(func=_programs)
     return parser
 

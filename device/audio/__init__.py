@@ -1,9 +1,11 @@
-"""Audio synthesis and sinks: program → blocks (``synth``) → player loop (``player``) → sink
-(``sinks``).
+"""Audio synthesis and sinks: program → blocks (``synth``, ``voices``) → player loop (``player``,
+with the ``chain`` of processors) → sink (``sinks``); calibration and metering beside them.
 
 The public names are re-exported here; see ``device/audio/README.md``.
 """
 
+from resonera.device.audio.calibration import Calibration, load_calibration_toml
+from resonera.device.audio.chain import session_processors
 from resonera.device.audio.levels import SILENCE_DBFS, LevelMeter
 from resonera.device.audio.player import (
     BlockProcessor,
@@ -18,6 +20,7 @@ from resonera.device.audio.sinks import (
     NullSink,
     PyAudioSink,
     SinkKind,
+    WavFormat,
     WavSink,
     find_output_device,
     open_default_sink,
@@ -29,6 +32,7 @@ __all__ = [
     "AudioDeviceError",
     "AudioSink",
     "BlockProcessor",
+    "Calibration",
     "GainRamp",
     "LevelMeter",
     "NullSink",
@@ -38,9 +42,12 @@ __all__ = [
     "PyAudioSink",
     "SinkKind",
     "Voice",
+    "WavFormat",
     "WavSink",
     "find_output_device",
+    "load_calibration_toml",
     "open_default_sink",
     "play",
+    "session_processors",
     "voice_for",
 ]

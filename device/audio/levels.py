@@ -40,11 +40,13 @@ class LevelMeter:
     def update(self, block: NDArray[np.floating]) -> None:
         if block.size == 0:
             return
-        flat = np.asarray(block, dtype=np.float64).ravel()
+        # Per block in the block's own precision (BLAS dot: a few µs for 8192 stereo frames), summed
+        # across blocks in float64: fast enough to meter every block of a 2,500x render.
+        data = np.ascontiguousarray(block)
         self.frames += block.shape[0]
-        self._samples += flat.size
-        self._sum_squares += float(np.dot(flat, flat))
-        self._peak = max(self._peak, float(np.max(np.abs(flat))))
+        self._samples += data.size
+        self._sum_squares += float(np.vdot(data, data))
+        self._peak = max(self._peak, float(data.max()), -float(data.min()))
 
     @property
     def peak(self) -> float:

@@ -11,6 +11,11 @@
 - ``should_stop()`` True starts a fade-out over ``stop_fade_s`` (50 ms, across blocks if need be);
   the outcome is ``"stopped"``.
 - Otherwise the program plays to its end (its own fade-out) and the outcome is ``"completed"``.
+- A sink that fails mid-session (``AudioDeviceError``: the sound device disappeared, the disk is
+  full) ends the session at once, cleanly: the sink is discarded, the outcome is ``"fault"`` and
+  the reason says which output failed and why. Other exceptions (a processor's) propagate.
+- ``on_block(block, renderer)`` (optional) sees every block after it was written: progress displays
+  and meters hang here. It MUST be quick (it runs in the playback loop).
 
 The gain ramp is applied after the processors so that a fault mute takes effect at once, whatever
 latency a look-ahead limiter adds. ``gate``, ``should_stop``, ``reason`` and the processors MUST
@@ -27,7 +32,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from resonera.device.audio.levels import LevelMeter
-from resonera.device.audio.sinks import AudioSink
+from resonera.device.audio.sinks import AudioDeviceError, AudioSink
 from resonera.device.audio.synth import CHANNELS, ProgramRenderer
 
 __all__ = [
@@ -59,6 +64,9 @@ class PlaybackResult:
     #: Levels of what was written to the sink (after processors and the gain ramp).
     peak_dbfs: float
     rms_dbfs: float
+    #: Times the sound device had to play silence because no block was ready (PyAudio sink).
+    underruns: int = 0
+    underrun_frames: int = 0
 
 
 class GainRamp:
@@ -104,6 +112,7 @@ def play(
     processors: Sequence[BlockProcessor] = (),
     stop_fade_s: float = DEFAULT_STOP_FADE_S,
     fault_ramp_s: float = DEFAULT_FAULT_RAMP_S,
+    on_block: Callable[[Block, ProgramRenderer], None] | None = None,
 ) -> PlaybackResult:
     """Play ``renderer`` into ``sink`` until the program ends, a stop is asked, or the gate closes.
 
@@ -117,42 +126,25 @@ def play(
     stop_frames = max(1, round(stop_fade_s * rate))
     fault_frames = max(1, round(fault_ramp_s * rate))
     meter = LevelMeter()
-    ramp = GainRamp(1.0)
-    frames_played = 0
-    stopping = False
-    outcome: Outcome = "completed"
-    fault_reason: str | None = None
-
     sink.open(rate, CHANNELS)
-    with sink:
-        while True:
-            faulted = gate is not None and not gate()
-            if faulted:
-                outcome = "fault"
-                fault_reason = reason() if reason is not None else DEFAULT_FAULT_REASON
-                if frames_played == 0 or renderer.done:
-                    break  # nothing is sounding: nothing to ramp
-            elif not stopping and should_stop is not None and should_stop():
-                stopping, outcome = True, "stopped"
-                ramp.ramp_to(0.0, stop_frames)
-            if renderer.done:
-                break
-            count = min(block_frames, renderer.remaining_frames)
-            block = renderer.render(count)
-            for process in processors:
-                block = process(block)
-            if faulted:
-                ramp.ramp_to(0.0, min(fault_frames, count))
-            muting = ramp.target == 0.0
-            if muting and ramp.frames_to_target() < count:
-                block = block[: ramp.frames_to_target()]  # the rest would be silence: leave it out
-            block = ramp.apply(block)
-            meter.update(block)
-            sink.write(block)
-            frames_played += len(block)
-            if faulted or (muting and ramp.value == 0.0):
-                break
-
+    try:
+        with sink:
+            frames_played, outcome, fault_reason = _loop(
+                renderer,
+                sink,
+                meter,
+                block_frames=block_frames,
+                gate=gate,
+                reason=reason,
+                should_stop=should_stop,
+                processors=processors,
+                stop_frames=stop_frames,
+                fault_frames=fault_frames,
+                on_block=on_block,
+            )
+    except AudioDeviceError as exc:
+        # The sink discarded itself on leaving the ``with``; what reached it is in the meter.
+        frames_played, outcome, fault_reason = meter.frames, "fault", f"audio output failed: {exc}"
     return PlaybackResult(
         frames_played=frames_played,
         played_s=frames_played / rate,
@@ -160,4 +152,57 @@ def play(
         reason=fault_reason,
         peak_dbfs=meter.peak_dbfs,
         rms_dbfs=meter.rms_dbfs,
+        underruns=int(getattr(sink, "underruns", 0)),
+        underrun_frames=int(getattr(sink, "underrun_frames", 0)),
     )
+
+
+def _loop(
+    renderer: ProgramRenderer,
+    sink: AudioSink,
+    meter: LevelMeter,
+    *,
+    block_frames: int,
+    gate: Callable[[], bool] | None,
+    reason: Callable[[], str] | None,
+    should_stop: Callable[[], bool] | None,
+    processors: Sequence[BlockProcessor],
+    stop_frames: int,
+    fault_frames: int,
+    on_block: Callable[[Block, ProgramRenderer], None] | None,
+) -> tuple[int, Outcome, str | None]:
+    ramp = GainRamp(1.0)
+    frames_played = 0
+    stopping = False
+    outcome: Outcome = "completed"
+    fault_reason: str | None = None
+    while True:
+        faulted = gate is not None and not gate()
+        if faulted:
+            outcome = "fault"
+            fault_reason = reason() if reason is not None else DEFAULT_FAULT_REASON
+            if frames_played == 0 or renderer.done:
+                break  # nothing is sounding: nothing to ramp
+        elif not stopping and should_stop is not None and should_stop():
+            stopping, outcome = True, "stopped"
+            ramp.ramp_to(0.0, stop_frames)
+        if renderer.done:
+            break
+        count = min(block_frames, renderer.remaining_frames)
+        block = renderer.render(count)
+        for process in processors:
+            block = process(block)
+        if faulted:
+            ramp.ramp_to(0.0, min(fault_frames, count))
+        muting = ramp.target == 0.0
+        if muting and ramp.frames_to_target() < count:
+            block = block[: ramp.frames_to_target()]  # the rest would be silence: leave it out
+        block = ramp.apply(block)
+        sink.write(block)
+        meter.update(block)
+        frames_played += len(block)
+        if on_block is not None:
+            on_block(block, renderer)
+        if faulted or (muting and ramp.value == 0.0):
+            break
+    return frames_played, outcome, fault_reason

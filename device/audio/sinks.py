@@ -14,11 +14,15 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import queue
+import struct
 import tempfile
-import wave
+import threading
+import time
+from collections import deque
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, Literal, Protocol, Self, runtime_checkable
+from typing import IO, Any, Final, Literal, Protocol, Self, runtime_checkable
 
 import numpy as np
 from numpy.typing import NDArray
@@ -31,6 +35,7 @@ __all__ = [
     "NullSink",
     "PyAudioSink",
     "SinkKind",
+    "WavFormat",
     "WavSink",
     "find_output_device",
     "open_default_sink",
@@ -132,82 +137,206 @@ class NullSink(_Sink):
         self.frames_written += len(self._checked(block))
 
 
-class WavSink(_Sink):
-    """16-bit PCM WAV, written to a temporary file beside ``path`` and renamed onto it by ``close``.
+WavFormat = Literal["16", "24", "float"]
+_WAV_FORMATS: dict[str, tuple[int, int]] = {"16": (1, 2), "24": (1, 3), "float": (3, 4)}
+#: TPDF dither values (±1 LSB) are read from a seeded table of this prime length, cycling: at −96 dB
+#: (16-bit) a period of 1.4 s is inaudible, and it costs a slice instead of two random draws.
+DITHER_TABLE: Final = 65537
+MAX_WAV_BYTES: Final = 2**32 - 1024
+BACKGROUND_BLOCKS: Final = 8
 
-    Samples are clipped to [-1, 1] and quantised with TPDF dither (±1 LSB, from a generator seeded
-    with ``seed`` so a render is reproducible) or, with ``dither=False``, plain rounding. Nothing at
-    ``path`` is ever half-written: an error, or leaving a ``with`` on an exception, removes the
-    temporary file.
+
+class WavSink(_Sink):
+    """A WAV file: 16-bit or 24-bit PCM, or 32-bit float (``sample_format`` "16", "24", "float").
+
+    Written to a temporary file beside ``path`` and renamed onto it by ``close``. PCM samples are
+    clipped to [-1, 1] and quantised with TPDF dither (±1 LSB, from a table seeded with ``seed``, so
+    a render is reproducible) or, with ``dither=False``, plain rounding; float samples are written
+    as they are. Nothing at ``path`` is ever half-written: an error, or leaving a ``with`` on an
+    exception, removes the temporary file. ``durable`` (the default) flushes the file to disk
+    (``fsync``) before the rename; an export MAY skip that (``durable=False``) and leave it to the
+    operating system, as audio tools do. With ``background=True`` a writer thread encodes and
+    writes (numpy and file writes release the GIL, so a render overlaps synthesis with I/O);
+    ``write`` then queues a copy (at most ``BACKGROUND_BLOCKS`` ahead) and a write error surfaces
+    on a later ``write`` or on ``close``.
     """
 
     kind: SinkKind = "wav"
 
-    def __init__(self, path: Path | str, *, dither: bool = True, seed: int = 0) -> None:
+    def __init__(
+        self,
+        path: Path | str,
+        *,
+        dither: bool = True,
+        seed: int = 0,
+        sample_format: WavFormat = "16",
+        durable: bool = True,
+        background: bool = False,
+    ) -> None:
         super().__init__()
+        self.durable = durable
+        self.background = background
+        self._pending: queue.Queue[NDArray[np.float32] | None] | None = None
+        self._writer: threading.Thread | None = None
+        self._error: AudioDeviceError | None = None
+        if sample_format not in _WAV_FORMATS:
+            raise ValueError(f"sample_format must be one of {', '.join(_WAV_FORMATS)}")
         self.path = Path(path)
         self.dither = dither
         self.seed = seed
+        self.sample_format: WavFormat = sample_format
         self._file: IO[bytes] | None = None
-        self._wave: wave.Wave_write | None = None
-        self._rng = np.random.default_rng(seed)
+        self._dither_table = np.zeros(0, np.float32)
+        self._dither_pos = 0
+        self._data_bytes = 0
 
     @property
     def temp_path(self) -> Path | None:
         return Path(self._file.name) if self._file is not None else None
 
+    def _header(self) -> bytes:
+        tag, width = _WAV_FORMATS[self.sample_format]
+        block_align = self.channels * width
+        fmt = struct.pack(
+            "<HHIIHH",
+            tag,
+            self.channels,
+            self.sample_rate,
+            self.sample_rate * block_align,
+            block_align,
+            8 * width,
+        )
+        chunks = b"fmt " + struct.pack("<I", len(fmt)) + fmt
+        if tag == 3:  # non-PCM: cbSize and a fact chunk (frames per channel)
+            fmt += struct.pack("<H", 0)
+            chunks = b"fmt " + struct.pack("<I", len(fmt)) + fmt
+            chunks += b"fact" + struct.pack("<I", 4) + struct.pack("<I", self.frames_written)
+        chunks += b"data" + struct.pack("<I", self._data_bytes)
+        return b"RIFF" + struct.pack("<I", 4 + len(chunks) + self._data_bytes) + b"WAVE" + chunks
+
     def open(self, sample_rate: int, channels: int) -> None:
         self._start(sample_rate, channels)
-        self._rng = np.random.default_rng(self.seed)
+        self._data_bytes = 0
+        if self.dither and self.sample_format != "float":
+            rng = np.random.default_rng(self.seed)
+            size = DITHER_TABLE * channels
+            self._dither_table = (rng.random(size) - rng.random(size)).astype(np.float32)
+            self._dither_pos = 0
         try:
-            # Both stay open across writes: close() finishes them and renames the file.
+            # Stays open across writes: close() finishes the header and renames the file.
             self._file = tempfile.NamedTemporaryFile(  # noqa: SIM115
                 dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp", delete=False
             )
-            self._wave = wave.open(self._file, "wb")  # noqa: SIM115
-            self._wave.setnchannels(channels)
-            self._wave.setsampwidth(2)
-            self._wave.setframerate(sample_rate)
+            self._file.write(self._header())
         except OSError as exc:
             self._discard()
             raise AudioDeviceError(f"cannot write {self.path}: {exc.strerror or exc}") from exc
+        self._error = None
+        if self.background:
+            self._pending = queue.Queue(maxsize=BACKGROUND_BLOCKS)
+            self._writer = threading.Thread(target=self._drain, name="wav-writer", daemon=True)
+            self._writer.start()
         self._open = True
+
+    def _dither(self, count: int) -> NDArray[np.float32]:
+        table = self._dither_table
+        start = self._dither_pos
+        self._dither_pos = (start + count) % len(table)
+        if start + count <= len(table):
+            return table[start : start + count]
+        reps = np.concatenate((table[start:], np.tile(table, count // len(table) + 1)))
+        return reps[:count]
+
+    def _encode(self, data: NDArray[np.float32]) -> NDArray[np.generic]:
+        """The block as the file's sample bytes (an array whose buffer is written as it is)."""
+        if self.sample_format == "float":
+            return data.astype("<f4", copy=False)
+        full = np.float32(32767.0 if self.sample_format == "16" else 8388607.0)
+        scaled = data * full  # float32; clipping once after rounding covers samples beyond ±1
+        if self.dither:
+            scaled += self._dither(scaled.size).reshape(scaled.shape)
+        np.rint(scaled, out=scaled)
+        np.minimum(scaled, full, out=scaled)
+        np.maximum(scaled, -full, out=scaled)
+        if self.sample_format == "16":
+            return scaled.astype("<i2")
+        as_int = scaled.astype("<i4")
+        return np.ascontiguousarray(as_int.view(np.uint8).reshape(-1, 4)[:, :3])
 
     def write(self, block: NDArray[np.float32]) -> None:
         data = self._checked(block)
-        scaled = np.clip(data.astype(np.float64), -1.0, 1.0) * 32767.0
-        if self.dither:
-            scaled += self._rng.random(scaled.shape) - self._rng.random(scaled.shape)
-        pcm = np.clip(np.rint(scaled), -32768, 32767).astype("<i2")
-        assert self._wave is not None
-        try:
-            self._wave.writeframes(pcm.tobytes())
-        except OSError as exc:
+        if self._error is not None:
+            error, self._error = self._error, None
             self._discard()
+            raise error
+        nbytes = data.size * _WAV_FORMATS[self.sample_format][1]
+        if self._data_bytes + nbytes > MAX_WAV_BYTES:
+            self._discard()
+            raise AudioDeviceError(f"cannot write {self.path}: a WAV file holds at most 4 GiB")
+        self._data_bytes += nbytes
+        self.frames_written += len(data)
+        if self._pending is not None:
+            self._pending.put(data.copy())  # the caller may reuse its block
+            return
+        try:
+            self._store(data)
+        except AudioDeviceError:
+            self._discard()
+            raise
+
+    def _store(self, data: NDArray[np.float32]) -> None:
+        payload = self._encode(data)
+        assert self._file is not None
+        try:
+            self._file.write(payload.data.cast("B"))
+        except OSError as exc:
             raise AudioDeviceError(f"cannot write {self.path}: {exc.strerror or exc}") from exc
-        self.frames_written += len(pcm)
+
+    def _drain(self) -> None:
+        """The background writer: encode and write queued blocks until the None sentinel."""
+        pending = self._pending
+        assert pending is not None
+        while (data := pending.get()) is not None:
+            if self._error is None:
+                try:
+                    self._store(data)
+                except AudioDeviceError as exc:
+                    self._error = exc
+
+    def _stop_writer(self) -> None:
+        if self._pending is not None and self._writer is not None:
+            self._pending.put(None)
+            self._writer.join()
+        self._pending = self._writer = None
 
     def close(self) -> None:
         """Finish the header, flush to disk and rename onto ``path``. Idempotent."""
         if self._file is None:
             self._open = False
             return
+        self._stop_writer()
+        if self._error is not None:
+            error, self._error = self._error, None
+            self._discard()
+            raise error
         try:
-            if self._wave is not None:
-                self._wave.close()  # writes the final sizes into the header
+            self._file.seek(0)
+            self._file.write(self._header())
             self._file.flush()
-            os.fsync(self._file.fileno())
+            if self.durable:
+                os.fsync(self._file.fileno())
             self._file.close()
             os.replace(self._file.name, self.path)
         except OSError as exc:
             self._discard()
             raise AudioDeviceError(f"cannot write {self.path}: {exc.strerror or exc}") from exc
-        self._file = self._wave = None
+        self._file = None
         self._open = False
 
     def _discard(self) -> None:
         """Drop the temporary file; nothing appears at ``path``."""
-        file, self._file, self._wave = self._file, None, None
+        self._stop_writer()
+        file, self._file = self._file, None
         self._open = False
         if file is not None:
             with contextlib.suppress(OSError):
@@ -250,8 +379,19 @@ def _resolve_device(pa: Any, wanted: int | str | None) -> int | None:
 
 
 class PyAudioSink(_Sink):
-    """A blocking PortAudio float32 output stream (``write`` returns when PortAudio took the block).
+    """A PortAudio float32 output in callback mode, fed through a bounded queue.
 
+    ``write`` (the synthesis thread) converts the block to bytes and appends it to a bounded
+    ``deque`` of ``queue_blocks`` blocks (the added latency: what is queued plays before a later
+    block, a fault ramp included, so keep it small), waiting (polling every few ms, never holding a lock)
+    while the queue is full. PortAudio's callback only pops ready blocks from the deque (an
+    atomic operation in CPython: no lock is shared with slow code), copies them into its buffer,
+    and plays silence for what is missing rather than wait: each callback that had to do so is an
+    underrun (``underruns``, ``underrun_frames``). The stream starts once the queue is full (or at
+    ``close``), so the start itself is not an underrun; ``close`` lets the queue play out first.
+
+    A device that disappears (the stream stops, or takes no audio for ``stall_timeout_s``) makes
+    ``write`` raise ``AudioDeviceError``; the player turns that into a ``fault`` with the reason.
     ``output_device`` is a PortAudio index, a name or part of one (``"pulse"``), or None for the
     system's default output. Opening errors raise ``AudioDeviceError`` with a one-line message.
     """
@@ -259,19 +399,45 @@ class PyAudioSink(_Sink):
     kind: SinkKind = "pyaudio"
 
     def __init__(
-        self, output_device: int | str | None = None, frames_per_buffer: int = 1024
+        self,
+        output_device: int | str | None = None,
+        frames_per_buffer: int = 1024,
+        *,
+        queue_blocks: int = 4,
+        stall_timeout_s: float = 2.0,
     ) -> None:
         super().__init__()
+        if queue_blocks < 1:
+            raise ValueError("queue_blocks must be ≥ 1")
         self.output_device = output_device
         self.frames_per_buffer = frames_per_buffer
+        self.queue_blocks = queue_blocks
+        self.stall_timeout_s = stall_timeout_s
         self.device_index: int | None = None
         self.device_name: str | None = None
+        self.underruns = 0
+        self.underrun_frames = 0
+        self.frames_played = 0
         self._pa: Any = None
         self._stream: Any = None
+        self._continue = 0
+        self._queue: deque[bytes] = deque()
+        self._current = b""
+        self._offset = 0
+        self._started = False
+        self._closing = False
+        self._last_callback = 0.0
+        self._frame_bytes = 0
 
     def open(self, sample_rate: int, channels: int) -> None:
         self._start(sample_rate, channels)
         pyaudio = _pyaudio()
+        self._queue.clear()
+        self._current, self._offset = b"", 0
+        self._started = self._closing = False
+        self.underruns = self.underrun_frames = self.frames_played = 0
+        self._frame_bytes = 4 * channels
+        self._continue = pyaudio.paContinue
         try:
             self._pa = pyaudio.PyAudio()
             index = _resolve_device(self._pa, self.output_device)
@@ -288,6 +454,8 @@ class PyAudioSink(_Sink):
                 output=True,
                 output_device_index=self.device_index,
                 frames_per_buffer=self.frames_per_buffer,
+                stream_callback=self._callback,
+                start=False,
             )
         except (OSError, ValueError) as exc:
             self._release()
@@ -301,25 +469,102 @@ class PyAudioSink(_Sink):
             raise
         self._open = True
 
+    def _callback(
+        self, _in_data: bytes | None, frame_count: int, _time_info: Any, _status: int
+    ) -> tuple[bytes, int]:
+        """PortAudio's thread: take ready blocks, never wait; silence (counted) when short."""
+        self._last_callback = time.monotonic()
+        need = frame_count * self._frame_bytes
+        current, offset = self._current, self._offset
+        if len(current) - offset >= need:  # the common case: one slice of the current block
+            self._offset = offset + need
+            self.frames_played += frame_count
+            return current[offset : offset + need], self._continue
+        pieces = [current[offset:]] if offset < len(current) else []
+        filled = len(current) - offset if offset < len(current) else 0
+        current, offset = b"", 0
+        while filled < need:
+            try:
+                current = self._queue.popleft()
+            except IndexError:
+                current = b""
+                break
+            take = min(need - filled, len(current))
+            pieces.append(current[:take])
+            filled += take
+            offset = take
+        self._current, self._offset = current, offset
+        self.frames_played += filled // self._frame_bytes
+        if filled < need:
+            if not self._closing:
+                self.underruns += 1
+                self.underrun_frames += (need - filled) // self._frame_bytes
+            pieces.append(bytes(need - filled))
+        return b"".join(pieces), self._continue
+
+    def _buffered(self) -> bool:
+        return bool(self._queue) or self._offset < len(self._current)
+
+    def _check_alive(self, since: float) -> None:
+        """Raise ``AudioDeviceError`` when the started stream stopped or stalled."""
+        if not self._started:
+            return
+        stream_ok = True
+        with contextlib.suppress(OSError):
+            stream_ok = bool(self._stream.is_active())
+        stalled = time.monotonic() - max(self._last_callback, since) > self.stall_timeout_s
+        if not stream_ok or stalled:
+            why = (
+                "the stream stopped"
+                if not stream_ok
+                else (f"it took no audio for {self.stall_timeout_s:g} s")
+            )
+            self._discard()
+            raise AudioDeviceError(f"audio output {self.device_name} was lost: {why}")
+
+    def _begin(self) -> None:
+        if not self._started:
+            self._last_callback = time.monotonic()
+            try:
+                self._stream.start_stream()
+            except OSError as exc:
+                self._discard()
+                raise AudioDeviceError(
+                    f"audio output {self.device_name} failed to start: {_reason(exc)}"
+                ) from exc
+            self._started = True
+
     def write(self, block: NDArray[np.float32]) -> None:
-        data = self._checked(block)
-        try:
-            self._stream.write(data.tobytes(), num_frames=len(data))
-        except OSError as exc:
-            self._release()
-            raise AudioDeviceError(
-                f"audio output {self.device_name} failed: {_reason(exc)}"
-            ) from exc
-        self.frames_written += len(data)
+        data = self._checked(block).tobytes()
+        since = time.monotonic()
+        poll = max(0.001, min(0.02, self.frames_per_buffer / max(1, self.sample_rate) / 4))
+        while len(self._queue) >= self.queue_blocks:
+            self._begin()
+            self._check_alive(since)
+            time.sleep(poll)
+        self._queue.append(data)
+        self.frames_written += len(block)
+        if len(self._queue) >= self.queue_blocks:
+            self._begin()
 
     def close(self) -> None:
-        """Let PortAudio play out what it holds, then release the device. Idempotent."""
-        if self._stream is not None:
+        """Play out what is queued, then release the device. Idempotent."""
+        if self._stream is not None and self._open:
+            self._closing = True
+            since = time.monotonic()
+            if self._buffered():
+                self._begin()
+            poll = max(0.001, min(0.02, self.frames_per_buffer / max(1, self.sample_rate) / 4))
+            while self._buffered():
+                self._check_alive(since)
+                time.sleep(poll)
+            # Let PortAudio play out its own buffers too.
             with contextlib.suppress(OSError):
                 self._stream.stop_stream()
         self._release()
 
     def _discard(self) -> None:
+        self._closing = True
         if self._stream is not None:
             with contextlib.suppress(OSError):
                 self._stream.abort_stream()  # drop buffered audio instead of playing it out
@@ -328,6 +573,8 @@ class PyAudioSink(_Sink):
     def _release(self) -> None:
         stream, pa, self._stream, self._pa = self._stream, self._pa, None, None
         self._open = False
+        self._queue.clear()
+        self._current, self._offset = b"", 0
         if stream is not None:
             with contextlib.suppress(OSError):
                 stream.close()

@@ -6,55 +6,52 @@ Contracts:
   float32). Frames past the end of the program are silence; ``done`` turns True once the last
   program frame has been rendered. Callers MAY change the block size from call to call: the
   concatenated output is the same (within float rounding, far below 1e-6) as one big block.
-- Every oscillator keeps its phase ACCUMULATED in float64 and wrapped to [0, 2π) after each chunk,
-  so a 3-hour session is as clean at its end as at its start and a later frequency slide (a
-  per-sample increment instead of a constant one) slots in without changing the model.
+- Everything that can fail (a frequency above Nyquist, a missing or unreadable background file)
+  fails in the constructor, before a sample exists. Noise tables and background files are
+  prepared there too, so no block later waits on them.
 - Output stays within [-1, 1] when the program keeps its gain rule (the layer gains of a step add
-  up to at most 1.0): every voice's per-ear amplitude is at most its gain, and crossfade and fade
-  gains are ≤ 1 and complementary (they add up to 1, never to more).
+  up to at most 1.0, slides included): every voice's per-ear amplitude is at most its gain, and
+  crossfade and fade gains are ≤ 1 and complementary.
 
-How a program sounds:
-
-- A ``ToneLayer`` is one sine; its pan uses the constant-power (−3 dB centre) law: left ``gain·cos
-  θ``, right ``gain·sin θ`` with ``θ = (pan + 1)·π/4``. A centred tone is therefore ``gain/√2`` in
-  each ear (and ``gain`` in one ear when panned hard).
-- A ``BinauralLayer`` is ``carrier − beat/2`` at ``gain`` in the left ear and ``carrier + beat/2``
-  at ``gain`` in the right ear (safety.md, "Programs").
-- Step changes crossfade (``crossfade_s``, 50 ms by default, shortened for very short steps) from
-  the old layers to the new ones with complementary raised-cosine gains (sin² + cos² = 1, so
-  correlated layers never add up above full scale). A new layer in the same slot and of the same
-  kind as the old one starts from the old one's phase, so the two stay coherent through the
-  crossfade.
-- The program's fade-in and fade-out are raised-cosine; the first and the last sample are exactly
-  0.
-
-Adding a layer kind (noise, isochronic, ...): write a ``Voice`` subclass and a ``case`` in
-``voice_for``; mypy's exhaustiveness check on the ``match`` names the spot when a new layer type
-is added to the program model.
+How a program sounds: see ``voices.py`` for each layer kind and ``docs/programs.md`` for the
+format. Step changes crossfade (the step's ``crossfade_s``, else the program's, else 50 ms;
+shortened for very short steps) with complementary raised-cosine gains (sin² + cos² = 1). A new
+layer in the same slot and of the same kind as the old one starts from the old one's state
+(oscillator phases, noise table positions, pulse phase, file position), so a layer that slides
+into the next step, or simply continues, goes on without a seam. The program's fade-in and
+fade-out are raised-cosine; the first and the last sample are exactly 0.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Final, assert_never
+from typing import Final
 
 import numpy as np
 from numpy.typing import NDArray
 
-from resonera.common.errors import ProgramError
-from resonera.common.program import BinauralLayer, Program, ToneLayer
+from resonera.common.program import LayerModel, NoiseLayer, Program, slide_target
+from resonera.device.audio.background import load_background
+from resonera.device.audio.noise import NoiseTables
+from resonera.device.audio.voices import (
+    MAX_CHUNK,
+    Oscillator,
+    Span,
+    Voice,
+    VoiceContext,
+    _check_audible,
+    voice_for,
+)
 
 __all__ = [
     "CHANNELS",
     "DEFAULT_CROSSFADE_S",
-    "BinauralVoice",
+    "MAX_CHUNK",
     "ProgramRenderer",
     "SineBank",
-    "ToneVoice",
     "Voice",
     "voice_for",
 ]
@@ -66,29 +63,10 @@ TWO_PI: Final = 2.0 * math.pi
 Stereo64 = NDArray[np.float64]
 
 
-class Voice(ABC):
-    """One layer turned into sound: a stateful generator of stereo float64 frames.
+class SineBank:
+    """A few sine oscillators with fixed (left, right) amplitudes: ``render(frames)`` → (frames, 2).
 
-    ``render(frames)`` MUST return shape ``(frames, 2)`` and advance the voice's state by exactly
-    ``frames``; rendering ``a`` then ``b`` frames MUST equal rendering ``a + b`` (within rounding).
-    Per-ear amplitude MUST stay within the layer's gain.
-    """
-
-    @abstractmethod
-    def render(self, frames: int) -> Stereo64: ...
-
-    def take_over(self, previous: Voice) -> None:  # noqa: B027 - optional hook, default no-op
-        """Continue from ``previous`` (the voice in the same slot of the step before), if it can.
-
-        Called once, before the first ``render``, at the exact frame where this voice starts.
-        """
-
-
-class SineBank(Voice):
-    """A few sine oscillators, each with a fixed (left, right) amplitude.
-
-    Phases are accumulated in float64 and wrapped after every render, never computed from absolute
-    time.
+    A small stand-alone helper (tests, previews); phases are accumulated in float64 and wrapped.
     """
 
     def __init__(
@@ -99,65 +77,22 @@ class SineBank(Voice):
     ) -> None:
         if len(frequencies_hz) != len(ear_gains):
             raise ValueError("one (left, right) gain pair per frequency")
-        nyquist = sample_rate / 2.0
         for f in frequencies_hz:
-            if not 0.0 < f < nyquist:
-                raise ProgramError(
-                    f"{f:g} Hz cannot be rendered at {sample_rate} Hz "
-                    f"(must be below {nyquist:g} Hz)"
-                )
-        self._increment = np.array([TWO_PI * f / sample_rate for f in frequencies_hz], np.float64)
-        self._phase = np.zeros(len(frequencies_hz), np.float64)
+            _check_audible(f, sample_rate)
+        self._omega = [TWO_PI * f / sample_rate for f in frequencies_hz]
+        self._oscillators = [Oscillator() for _ in frequencies_hz]
         self._gains = np.array(ear_gains, np.float64).reshape(len(frequencies_hz), CHANNELS)
 
     @property
     def phases(self) -> NDArray[np.float64]:
         """Current phase of each oscillator in radians, in [0, 2π) (a copy)."""
-        return self._phase.copy()
+        return np.array([osc.phase for osc in self._oscillators], np.float64)
 
     def render(self, frames: int) -> Stereo64:
-        steps = np.arange(frames, dtype=np.float64)[:, None]
-        phase = self._phase[None, :] + steps * self._increment[None, :]
-        out: Stereo64 = np.sin(phase) @ self._gains
-        self._phase = np.mod(self._phase + frames * self._increment, TWO_PI)
+        out = np.zeros((frames, CHANNELS), np.float64)
+        for osc, omega, gains in zip(self._oscillators, self._omega, self._gains, strict=True):
+            out += osc.constant(frames, omega)[:, None] * gains[None, :]
         return out
-
-    def take_over(self, previous: Voice) -> None:
-        # Same kind, same number of oscillators: continue their phases (a coherent crossfade).
-        if (
-            type(previous) is type(self)
-            and isinstance(previous, SineBank)
-            and previous._phase.shape == self._phase.shape
-        ):
-            self._phase = previous._phase.copy()
-
-
-class ToneVoice(SineBank):
-    def __init__(self, layer: ToneLayer, sample_rate: int) -> None:
-        theta = (layer.pan + 1.0) * math.pi / 4.0
-        gains = (layer.gain * math.cos(theta), layer.gain * math.sin(theta))
-        super().__init__([layer.frequency_hz], [gains], sample_rate)
-
-
-class BinauralVoice(SineBank):
-    def __init__(self, layer: BinauralLayer, sample_rate: int) -> None:
-        half = layer.beat_hz / 2.0
-        super().__init__(
-            [layer.carrier_hz - half, layer.carrier_hz + half],
-            [(layer.gain, 0.0), (0.0, layer.gain)],
-            sample_rate,
-        )
-
-
-def voice_for(layer: ToneLayer | BinauralLayer, sample_rate: int) -> Voice:
-    """The voice that renders ``layer``. New layer kinds add a case here."""
-    match layer:
-        case ToneLayer():
-            return ToneVoice(layer, sample_rate)
-        case BinauralLayer():
-            return BinauralVoice(layer, sample_rate)
-        case _:
-            assert_never(layer)
 
 
 @dataclass(frozen=True)
@@ -173,6 +108,10 @@ class _Span:
     @property
     def stop(self) -> int:
         return self.end + self.xfade_out
+
+    def full(self, start: int, stop: int) -> bool:
+        """True when the crossfade gain is 1 over frames [start, stop)."""
+        return start >= self.start + self.xfade_in and stop <= self.end
 
     def gain(self, frames: NDArray[np.float64]) -> NDArray[np.float64]:
         """Crossfade gain at absolute frame numbers ``frames`` (complementary to the neighbours)."""
@@ -195,32 +134,49 @@ def _raised_cosine(x: NDArray[np.float64]) -> NDArray[np.float64]:
 class ProgramRenderer:
     """Turns a validated ``Program`` into stereo float32 blocks (see the module docstring).
 
-    Not thread-safe: one caller renders, block after block.
+    ``crossfade_s`` (when given) overrides every step's crossfade. Not thread-safe: one caller
+    renders, block after block.
     """
 
     def __init__(
-        self, program: Program, sample_rate: int, *, crossfade_s: float = DEFAULT_CROSSFADE_S
+        self, program: Program, sample_rate: int, *, crossfade_s: float | None = None
     ) -> None:
         if sample_rate <= 0:
             raise ValueError("sample_rate must be positive")
-        if not (math.isfinite(crossfade_s) and crossfade_s >= 0.0):
+        if crossfade_s is not None and not (math.isfinite(crossfade_s) and crossfade_s >= 0.0):
             raise ValueError("crossfade_s must be a finite number ≥ 0")
         self.program = program
         self.sample_rate = sample_rate
-        # Build every voice once now: a frequency the rate cannot carry fails here, not mid-session.
-        for step in program.steps:
-            for layer in step.layers:
-                voice_for(layer, sample_rate)
-        self._spans = self._plan(program, sample_rate, round(crossfade_s * sample_rate))
+        noise = NoiseTables(sample_rate, program.seed)
+        backgrounds = {
+            path: load_background(path, sample_rate, field)
+            for field, path in program.background_paths()
+        }
+        self._ctx = VoiceContext(sample_rate, program.seed, noise, backgrounds)
+        # Build every voice once now: a frequency the rate cannot carry fails here, not
+        # mid-session; noise tables are made now, not when a later step first needs them.
+        for index, step in enumerate(program.steps):
+            for slot, layer in enumerate(step.layers):
+                voice_for(layer, self._ctx, target=self._target(index, slot), key=(index, slot))
+                if isinstance(layer, NoiseLayer):
+                    for colour, weight in enumerate(layer.weights()):
+                        if weight > 0.0:
+                            noise.prepare(colour)
+        self._spans = self._plan(program, sample_rate, crossfade_s)
         self.total_frames: int = self._spans[-1].end if self._spans else 0
         self._fade_in = min(round(program.fade_in_s * sample_rate), self.total_frames)
         self._fade_out = min(round(program.fade_out_s * sample_rate), self.total_frames)
         self._position = 0
         self._next_span = 0
         self._active: list[tuple[_Span, list[Voice]]] = []
+        self._scratch = np.empty((CHANNELS, MAX_CHUNK), np.float32)
+
+    def _target(self, index: int, slot: int) -> LayerModel | None:
+        following = self.program.steps[index + 1] if index + 1 < len(self.program.steps) else None
+        return slide_target(following, slot)
 
     @staticmethod
-    def _plan(program: Program, sample_rate: int, crossfade: int) -> list[_Span]:
+    def _plan(program: Program, sample_rate: int, override: float | None) -> list[_Span]:
         bounds: list[tuple[int, int, int]] = []  # (step index, start, end); empty steps dropped
         elapsed = 0.0
         for index, step in enumerate(program.steps):
@@ -229,10 +185,18 @@ class ProgramRenderer:
             end = round(elapsed * sample_rate)
             if end > start:
                 bounds.append((index, start, end))
+
+        def crossfade(index: int) -> int:
+            seconds = override
+            if seconds is None:
+                own = program.steps[index].crossfade_s
+                seconds = own if own is not None else program.crossfade_s
+            return round(seconds * sample_rate)
+
         # The crossfade at a boundary never exceeds either neighbouring step, so at most two steps
         # ever sound at once.
         fades = [
-            min(crossfade, prev[2] - prev[1], nxt[2] - nxt[1])
+            min(crossfade(prev[0]), prev[2] - prev[1], nxt[2] - nxt[1])
             for prev, nxt in itertools.pairwise(bounds)
         ]
         return [
@@ -270,57 +234,92 @@ class ProgramRenderer:
         ]
         return current[-1] if current else None
 
+    def step_at(self, seconds: float) -> int | None:
+        """Index of the step that sounds at ``seconds`` into the program (None outside it)."""
+        frame = round(seconds * self.sample_rate)
+        for span in self._spans:
+            if span.start <= frame < span.end:
+                return span.index
+        return None
+
     def render(self, frames: int) -> NDArray[np.float32]:
         """The next ``frames`` frames, shape ``(frames, 2)``; silence past the program's end."""
         if frames < 0:
             raise ValueError("frames must be ≥ 0")
-        out = np.zeros((frames, CHANNELS), np.float64)
+        acc = np.zeros((CHANNELS, frames), np.float32)
         wanted = min(frames, self.total_frames - self._position)
         filled = 0
         while filled < wanted:
-            chunk = self._render_chunk(wanted - filled)
-            out[filled : filled + len(chunk)] = chunk
-            filled += len(chunk)
+            filled += self._render_chunk(acc, filled, wanted - filled)
         if wanted > 0:
-            out[:wanted] *= self._envelope(self._position - wanted, wanted)[:, None]
-        return out.astype(np.float32)
+            self._envelope(acc[:, :wanted], self._position - wanted)
+        out = np.empty((frames, CHANNELS), np.float32)
+        out[:, 0] = acc[0]  # two strided copies: far cheaper than a transposing copy
+        out[:, 1] = acc[1]
+        return out
 
-    def _render_chunk(self, limit: int) -> Stereo64:
-        """Render up to ``limit`` frames, stopping at the next step start or end of a crossfade."""
+    def _render_chunk(self, acc: NDArray[np.float32], offset: int, limit: int) -> int:
+        """Render up to ``limit`` frames into ``acc[:, offset:]``, up to the next timeline edge."""
         pos = self._position
-        self._active = [(span, voices) for span, voices in self._active if span.stop > pos]
+        if self._active and self._active[0][0].stop <= pos:
+            self._active = [(span, voices) for span, voices in self._active if span.stop > pos]
         while self._next_span < len(self._spans) and self._spans[self._next_span].start == pos:
-            span = self._spans[self._next_span]
-            voices = [
-                voice_for(layer, self.sample_rate)
-                for layer in self.program.steps[span.index].layers
-            ]
-            if self._active:
-                previous = self._active[-1][1]
-                for new, old in zip(voices, previous, strict=False):
-                    new.take_over(old)
-            self._active.append((span, voices))
+            self._start_span(self._spans[self._next_span])
             self._next_span += 1
-        edges = [pos + limit] + [span.stop for span, _ in self._active]
+        stop = pos + min(limit, MAX_CHUNK)
+        for span, _ in self._active:
+            for edge in (span.start + span.xfade_in, span.end, span.stop):
+                if pos < edge < stop:
+                    stop = edge
         if self._next_span < len(self._spans):
-            edges.append(self._spans[self._next_span].start)
-        frames = min(edge for edge in edges if edge > pos)
-        count = frames - pos
-        index = np.arange(pos, frames, dtype=np.float64)
-        chunk = np.zeros((count, CHANNELS), np.float64)
+            stop = min(stop, self._spans[self._next_span].start)
+        count = stop - pos
+        chunk = acc[:, offset : offset + count]
         for span, voices in self._active:
-            mix = np.zeros((count, CHANNELS), np.float64)
-            for voice in voices:
-                mix += voice.render(count)
-            chunk += mix * span.gain(index)[:, None]
-        self._position = frames
-        return chunk
+            if span.full(pos, stop):
+                for voice in voices:
+                    voice.add_to(chunk, pos, self._scratch)
+            else:
+                mix = np.zeros((CHANNELS, count), np.float32)
+                for voice in voices:
+                    voice.add_to(mix, pos, self._scratch)
+                chunk += mix * span.gain(np.arange(pos, stop, dtype=np.float64))
+        self._position = stop
+        return count
 
-    def _envelope(self, start: int, count: int) -> NDArray[np.float64]:
+    def _start_span(self, span: _Span) -> None:
+        step = self.program.steps[span.index]
+        voices = [
+            voice_for(
+                layer,
+                self._ctx,
+                target=slide_target(
+                    self.program.steps[span.index + 1]
+                    if span.index + 1 < len(self.program.steps)
+                    else None,
+                    slot,
+                ),
+                span=Span(span.start, span.end),
+                key=(span.index, slot),
+            )
+            for slot, layer in enumerate(step.layers)
+        ]
+        if self._active:
+            previous = self._active[-1][1]
+            for new, old in zip(voices, previous, strict=False):
+                new.take_over(old)
+        self._active.append((span, voices))
+
+    def _envelope(self, acc: NDArray[np.float32], start: int) -> None:
+        count = acc.shape[1]
+        in_fade_in = self._fade_in and start < self._fade_in
+        in_fade_out = self._fade_out and start + count > self.total_frames - self._fade_out
+        if not (in_fade_in or in_fade_out):
+            return
         index = np.arange(start, start + count, dtype=np.float64)
         env = np.ones(count, np.float64)
-        if self._fade_in:
+        if in_fade_in:
             env *= _raised_cosine(index / self._fade_in)
-        if self._fade_out:
+        if in_fade_out:
             env *= _raised_cosine((self.total_frames - 1 - index) / self._fade_out)
-        return env
+        acc *= env.astype(np.float32)

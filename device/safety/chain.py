@@ -19,27 +19,24 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final, Literal, Protocol
+from typing import Final, Literal
 
 import numpy as np
 from numpy.typing import NDArray
 
 from resonera.common.dose import crossed_hundreds, dose_fraction
 from resonera.common.profile import HearingProfile
+from resonera.device.audio.meter import MelMeter
 from resonera.device.audio.player import GainRamp
+from resonera.device.safety.aweighting import AWeightingFilter
 from resonera.device.safety.dose_ledger import DoseLedger
 from resonera.device.safety.limiter import LevelCeiling, LookAheadLimiter
 
 Block = NDArray[np.float32]
-Weighting = Callable[[Block], Block]
 
 #: Held below the maximum so a 1-s window (made of 50 ms windows) cannot exceed it either.
 LEVEL_MARGIN_DB: Final = 0.3
 ATTENUATION_RAMP_S: Final = 2.0
-
-
-class WeightingFactory(Protocol):
-    def __call__(self, sample_rate: int) -> Weighting: ...
 
 
 @dataclass(frozen=True)
@@ -64,45 +61,6 @@ class ChainLimits:
         return float(10.0 ** ((level_dba - LEVEL_MARGIN_DB - self.spl_at_unit_rms) / 10.0))
 
 
-class ExposureMeter:
-    """One MEL (A-weighted dB SPL over one second, louder ear) per completed second of output."""
-
-    def __init__(self, sample_rate: int, weighting: Weighting, spl_at_unit_rms: float) -> None:
-        self.sample_rate = sample_rate
-        self.weighting = weighting
-        self.spl_at_unit_rms = spl_at_unit_rms
-        self._sum: NDArray[np.float64] | None = None
-        self._frames = 0
-
-    def feed(self, block: Block) -> list[float]:
-        weighted = np.asarray(self.weighting(block), dtype=np.float64)
-        energy = weighted * weighted
-        levels: list[float] = []
-        start = 0
-        while start < energy.shape[0]:
-            take = min(self.sample_rate - self._frames, energy.shape[0] - start)
-            part = energy[start : start + take].sum(axis=0)
-            self._sum = part if self._sum is None else self._sum + part
-            self._frames += take
-            start += take
-            if self._frames == self.sample_rate:
-                levels.append(self._level(self._sum / self.sample_rate))
-                self._sum, self._frames = None, 0
-        return levels
-
-    def flush(self) -> tuple[float, float] | None:
-        """The level and length in seconds of an incomplete last second, if any (then reset)."""
-        if self._sum is None or self._frames == 0:
-            return None
-        result = (self._level(self._sum / self._frames), self._frames / self.sample_rate)
-        self._sum, self._frames = None, 0
-        return result
-
-    def _level(self, mean_square: NDArray[np.float64]) -> float:
-        loudest = float(np.max(mean_square))
-        return -100.0 if loudest <= 0.0 else self.spl_at_unit_rms + 10.0 * math.log10(loudest)
-
-
 class SafetyChain:
     """Call it with each block (it is the player's processor); read ``stop_requested``."""
 
@@ -112,7 +70,6 @@ class SafetyChain:
         sample_rate: int,
         limits: ChainLimits,
         profile: HearingProfile,
-        weighting: WeightingFactory,
         ledger: DoseLedger | None,
         wall_clock: Callable[[], float],
         on_dose_event: Callable[[DoseEvent], None] = lambda _event: None,
@@ -129,13 +86,14 @@ class SafetyChain:
         self.level = LevelCeiling(
             sample_rate,
             limits.mean_square_for(self.level_dba),
-            weighting(sample_rate),
+            AWeightingFilter(sample_rate, channels),
             channels=channels,
         )
         self.limiter = LookAheadLimiter(sample_rate, limits.peak_ceiling, channels=channels)
-        self.meter = ExposureMeter(sample_rate, weighting(sample_rate), limits.spl_at_unit_rms)
+        self.meter = MelMeter(
+            sample_rate, channels=channels, spl_at_unit_rms=limits.spl_at_unit_rms
+        )
         self.latency_frames = self.level.latency_frames + self.limiter.latency_frames
-        self.mels: list[float] = []
         self.session_dose = 0.0
         self.stop_requested = False
         now = wall_clock()
@@ -147,7 +105,7 @@ class SafetyChain:
 
     def __call__(self, block: Block) -> Block:
         out = self.limiter.process(self.level.process(self.gain.apply(block)))
-        for mel in self.meter.feed(out):
+        for mel in self.meter.update(out):
             self._second(mel)
         return out
 
@@ -165,7 +123,6 @@ class SafetyChain:
 
     def _second(self, mel: float) -> None:
         now = self.wall_clock()
-        self.mels.append(mel)
         added = dose_fraction(mel, 1.0, self.profile.dose_mode)
         before = self.week_fraction
         self.week_fraction += added
@@ -192,6 +149,11 @@ class SafetyChain:
                     f"{action}",
                 )
             )
+
+    @property
+    def mels(self) -> list[float]:
+        """The MEL of every completed second so far."""
+        return self.meter.mels
 
     @property
     def laeq_dba(self) -> float:

@@ -17,8 +17,7 @@ import soundfile
 
 from resonera.common.dose import dose_fraction
 from resonera.common.errors import ResoneraError
-from resonera.device.safety.aweighting import AWeightingFilter
-from resonera.device.safety.chain import ExposureMeter
+from resonera.device.audio.meter import MelMeter
 
 BLOCK_FRAMES = 65_536
 
@@ -55,15 +54,13 @@ def measure_file(path: Path, spl_at_unit_rms: float) -> Measurement:
         raise MeasureError(f"{path}: not a readable audio file ({exc})") from None
     if info.samplerate < 32_000:
         raise MeasureError(f"{path}: sample rate {info.samplerate} Hz is too low for A-weighting")
-    meter = ExposureMeter(
-        info.samplerate, AWeightingFilter(info.samplerate, info.channels), spl_at_unit_rms
-    )
+    meter = MelMeter(info.samplerate, channels=info.channels, spl_at_unit_rms=spl_at_unit_rms)
     seconds: list[tuple[float, float]] = []  # (MEL, length in seconds)
     frames = 0
     blocks = soundfile.blocks(str(path), blocksize=BLOCK_FRAMES, dtype="float32", always_2d=True)
     for block in blocks:
         frames += block.shape[0]
-        seconds.extend((mel, 1.0) for mel in meter.feed(block))
+        seconds.extend((mel, 1.0) for mel in meter.update(block))
     partial = meter.flush()
     if partial is not None:
         seconds.append(partial)

@@ -7,13 +7,15 @@ import subprocess
 import threading
 import wave
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+import soundfile
 from numpy.typing import NDArray
 from support import require_tool, wait_until
 
-from resonera.common.program import BinauralLayer, Program, Step, ToneLayer
+from resonera.common.program import BinauralLayer, NoiseLayer, Program, Step, ToneLayer
 from resonera.device.audio import sinks
 from resonera.device.audio.player import play
 from resonera.device.audio.sinks import (
@@ -21,6 +23,7 @@ from resonera.device.audio.sinks import (
     AudioSink,
     NullSink,
     PyAudioSink,
+    WavFormat,
     WavSink,
     find_output_device,
     open_default_sink,
@@ -318,3 +321,236 @@ def test_a_binaural_program_comes_back_with_its_two_ear_frequencies(pulse_null_s
         assert rms_db(steady[:, channel]) == pytest.approx(
             20 * math.log10(gain / math.sqrt(2)), abs=0.5
         )
+
+
+# --- WAV formats --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("sample_format", "subtype", "tolerance"),
+    [("16", "PCM_16", 1.5 / 32767), ("24", "PCM_24", 1.5 / 8388607), ("float", "FLOAT", 1e-9)],
+)
+def test_wav_sink_writes_16_bit_24_bit_and_float(
+    tmp_path: Path, sample_format: WavFormat, subtype: str, tolerance: float
+) -> None:
+    target = tmp_path / f"{sample_format}.wav"
+    sink = WavSink(target, sample_format=sample_format)
+    block = sine_block(RATE, amplitude=0.7)
+    sink.open(RATE, 2)
+    with sink:
+        for start in range(0, RATE, 777):
+            sink.write(block[start : start + 777])
+    info = soundfile.info(str(target))
+    assert (info.samplerate, info.channels, info.frames, info.subtype) == (RATE, 2, RATE, subtype)
+    data, _ = soundfile.read(str(target), dtype="float64")
+    full = {"16": 32767, "24": 8388607}.get(sample_format)
+    scale = (32768 if sample_format == "16" else 8388608) / full if full else 1.0
+    assert np.abs(data * scale - block).max() <= tolerance + 1e-7
+
+
+# --- PyAudio callback mode (driven without a sound server) --------------------------------------
+
+
+class FakeStream:
+    def __init__(self, callback: Any) -> None:
+        self.callback = callback
+        self.active = False
+        self.alive = True
+        self.calls: list[str] = []
+
+    def start_stream(self) -> None:
+        self.calls.append("start")
+        self.active = True
+
+    def is_active(self) -> bool:
+        return self.active and self.alive
+
+    def stop_stream(self) -> None:
+        self.calls.append("stop")
+        self.active = False
+
+    def abort_stream(self) -> None:
+        self.calls.append("abort")
+        self.active = False
+
+    def close(self) -> None:
+        self.calls.append("close")
+
+    def pull(self, frames: int) -> NDArray[np.float32]:
+        data, flag = self.callback(None, frames, {}, 0)
+        assert flag == 0
+        return np.frombuffer(data, "<f4").reshape(-1, 2)
+
+
+class FakePyAudio:
+    """Stands in for the ``pyaudio`` module: one output named ``fake``; keeps the stream opened."""
+
+    paFloat32 = 1  # noqa: N815 - pyaudio's names
+    paContinue = 0  # noqa: N815
+    stream: FakeStream | None = None
+
+    def PyAudio(self) -> FakePyAudio:  # noqa: N802 - mirrors pyaudio.PyAudio
+        return self
+
+    def get_device_count(self) -> int:
+        return 1
+
+    def get_device_info_by_index(self, index: int) -> dict[str, Any]:
+        return {"index": 0, "name": "fake", "maxOutputChannels": 2}
+
+    def get_default_output_device_info(self) -> dict[str, Any]:
+        return self.get_device_info_by_index(0)
+
+    def open(self, **kwargs: Any) -> FakeStream:
+        assert kwargs["start"] is False
+        FakePyAudio.stream = FakeStream(kwargs["stream_callback"])
+        return FakePyAudio.stream
+
+    def terminate(self) -> None:
+        pass
+
+
+@pytest.fixture
+def fake_pyaudio(monkeypatch: pytest.MonkeyPatch) -> FakePyAudio:
+    fake = FakePyAudio()
+    monkeypatch.setattr(sinks, "_pyaudio", lambda: fake)
+    return fake
+
+
+def test_callback_takes_queued_blocks_and_plays_counted_silence_when_short(
+    fake_pyaudio: FakePyAudio,
+) -> None:
+    sink = PyAudioSink("fake", queue_blocks=3, frames_per_buffer=256)
+    sink.open(RATE, 2)
+    stream = FakePyAudio.stream
+    assert stream is not None
+    block = sine_block(300)
+    sink.write(block[:100])
+    sink.write(block[100:300])
+    assert stream.calls == []  # not started before the queue is full
+    sink.write(block[:50])
+    assert stream.calls == ["start"]
+    # One callback spans the blocks' edges exactly.
+    np.testing.assert_array_equal(stream.pull(250), block[:250])
+    np.testing.assert_array_equal(stream.pull(50), block[250:300])
+    assert sink.underruns == 0
+    # 50 frames left, 128 asked for: those 50, then silence, counted.
+    out = stream.pull(128)
+    np.testing.assert_array_equal(out[:50], block[:50])
+    assert not out[50:].any()
+    assert (sink.underruns, sink.underrun_frames) == (1, 78)
+    sink.close()
+    assert stream.calls[-2:] == ["stop", "close"]
+    assert sink.frames_played == 350
+
+
+def test_close_plays_out_the_queue_and_silence_then_is_no_underrun(
+    fake_pyaudio: FakePyAudio,
+) -> None:
+    sink = PyAudioSink("fake", queue_blocks=4)
+    sink.open(RATE, 2)
+    sink.write(sine_block(100))
+    stream = FakePyAudio.stream
+    assert stream is not None
+    consumer = threading.Thread(target=lambda: [stream.pull(64) for _ in range(3)])
+    # close() starts the stream and waits until the callback took everything.
+    closer = threading.Thread(target=sink.close)
+    closer.start()
+    wait_until(lambda: "start" in stream.calls, what="the stream to start")
+    consumer.start()
+    consumer.join(timeout=10)
+    closer.join(timeout=10)
+    assert not closer.is_alive()
+    assert sink.underruns == 0
+
+
+def test_a_device_that_disappears_ends_the_session_as_a_fault(fake_pyaudio: FakePyAudio) -> None:
+    prog = Program(
+        name="t",
+        fade_in_s=0.0,
+        fade_out_s=0.0,
+        steps=[Step(duration_s=2.0, layers=[ToneLayer(frequency_hz=440.0, gain=0.5)])],
+    )
+    sink = PyAudioSink("fake", queue_blocks=2, stall_timeout_s=5.0)
+    writes = 0
+    real_write = sink.write
+
+    def write(block: NDArray[np.float32]) -> None:
+        nonlocal writes
+        writes += 1
+        if writes == 3 and FakePyAudio.stream is not None:
+            FakePyAudio.stream.alive = False  # unplugged
+        real_write(block)
+
+    sink.write = write  # type: ignore[method-assign]
+    result = play(ProgramRenderer(prog, RATE), sink, block_frames=1024)
+    assert result.outcome == "fault"
+    assert result.reason is not None
+    assert "audio output failed" in result.reason and "fake was lost" in result.reason
+    assert result.frames_played == 2048
+    assert FakePyAudio.stream is not None and "abort" in FakePyAudio.stream.calls
+    assert not sink.is_open
+
+
+def test_a_device_that_stops_taking_audio_is_lost_after_the_stall_timeout(
+    fake_pyaudio: FakePyAudio,
+) -> None:
+    sink = PyAudioSink("fake", queue_blocks=1, stall_timeout_s=0.05)
+    sink.open(RATE, 2)
+    sink.write(sine_block(64))  # fills the queue: the stream starts, and never pulls
+    with pytest.raises(AudioDeviceError, match=r"took no audio for 0\.05 s"):
+        sink.write(sine_block(64))
+    assert not sink.is_open
+
+
+def test_a_noise_and_binaural_program_comes_back_with_its_ears_and_level(
+    pulse_null_sink: str,
+) -> None:
+    beat_gain, noise_gain = 0.3, 0.5
+    program = Program(
+        name="noise+binaural",
+        fade_in_s=0.1,
+        fade_out_s=0.1,
+        steps=[
+            Step(
+                duration_s=2.0,
+                layers=[
+                    NoiseLayer(colour="pink", gain=noise_gain),
+                    BinauralLayer(carrier_hz=300.0, beat_hz=10.0, gain=beat_gain),
+                ],
+            )
+        ],
+    )
+    steady = record_program(pulse_null_sink, program)
+    assert dominant_hz(steady[:, 0]) == pytest.approx(295.0, abs=2.0)
+    assert dominant_hz(steady[:, 1]) == pytest.approx(305.0, abs=2.0)
+    expected = math.sqrt(beat_gain**2 / 2 + (0.2 * noise_gain) ** 2)
+    for channel in (0, 1):
+        assert rms_db(steady[:, channel]) == pytest.approx(20 * math.log10(expected), abs=0.5)
+
+
+def test_background_wav_writer_writes_the_same_bytes(tmp_path: Path) -> None:
+    block = sine_block(10_000, amplitude=0.6)
+    for name, background in (("fg.wav", False), ("bg.wav", True)):
+        sink = WavSink(tmp_path / name, background=background, durable=False)
+        sink.open(RATE, 2)
+        with sink:
+            for start in range(0, len(block), 999):
+                sink.write(block[start : start + 999])
+    assert (tmp_path / "fg.wav").read_bytes() == (tmp_path / "bg.wav").read_bytes()
+
+
+def test_background_wav_writer_errors_surface_and_leave_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sink = WavSink(tmp_path / "out.wav", background=True)
+
+    def full(_data: NDArray[np.float32]) -> None:
+        raise AudioDeviceError("cannot write out.wav: No space left on device")
+
+    monkeypatch.setattr(sink, "_store", full)
+    sink.open(RATE, 2)
+    sink.write(sine_block(100))
+    with pytest.raises(AudioDeviceError, match="No space left"):
+        sink.close()
+    assert list(tmp_path.iterdir()) == []

@@ -4,12 +4,22 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from numpy.typing import NDArray
+from pydantic import ValidationError
 
 from resonera.common.errors import ProgramError
-from resonera.common.program import BUILTIN_PROGRAMS, BinauralLayer, Program, Step, ToneLayer
+from resonera.common.program import (
+    BUILTIN_PROGRAMS,
+    BinauralLayer,
+    IsochronicLayer,
+    MonauralLayer,
+    NoiseLayer,
+    Program,
+    Step,
+    ToneLayer,
+)
 from resonera.device.audio.levels import SILENCE_DBFS, LevelMeter
 from resonera.device.audio.synth import ProgramRenderer, SineBank
 
@@ -245,3 +255,107 @@ def test_level_meter_accumulates_over_blocks() -> None:
     assert meter.frames == RATE
     assert meter.peak_dbfs == pytest.approx(0.0, abs=1e-4)
     assert meter.rms_dbfs == pytest.approx(-3.0103, abs=1e-3)
+
+
+# --- Every layer kind, with slides: still block-size independent and within full scale ----------
+
+v2_layers = st.one_of(
+    layers,
+    st.builds(
+        MonauralLayer,
+        carrier_hz=st.floats(40.0, 1500.0),
+        beat_hz=st.floats(0.5, 45.0),
+        gain=st.floats(0.0, 0.3),
+        pan=st.floats(-1.0, 1.0),
+    ),
+    st.builds(
+        IsochronicLayer,
+        carrier_hz=st.floats(20.0, 16000.0),
+        pulse_hz=st.floats(0.5, 45.0),
+        gain=st.floats(0.0, 0.3),
+        duty=st.floats(0.3, 0.9),
+        edge=st.floats(0.02, 0.15),
+    ),
+    st.builds(
+        NoiseLayer,
+        colour=st.sampled_from(["white", "pink", "brown"]),
+        gain=st.floats(0.0, 0.3),
+        pan=st.floats(-1.0, 1.0),
+    ),
+)
+
+
+@st.composite
+def sliding_programs(draw: st.DrawFn) -> Program:
+    count = draw(st.integers(1, 4))
+    kinds = draw(st.lists(v2_layers, min_size=1, max_size=3))
+    curve = draw(st.sampled_from(["linear", "ease", "exponential"]))
+    steps = []
+    for index in range(count):
+        step_layers = []
+        for layer in kinds:
+            # The same kinds in every step (new values), so any slot may slide to the next step.
+            changed = draw(st.builds(type(layer), **_fields_for(layer)))
+            if index + 1 < count and draw(st.booleans()):
+                changed = changed.model_copy(update={"slide": curve})
+            step_layers.append(changed)
+        steps.append(Step(duration_s=draw(st.floats(0.002, 0.12)), layers=step_layers))
+    seed = draw(st.integers(0, 2**32))
+    try:
+        return Program.model_validate(
+            {
+                "name": "p",
+                "fade_in_s": 0.0,
+                "fade_out_s": 0.0,
+                "seed": seed,
+                "steps": [s.model_dump() for s in steps],
+            }
+        )
+    except ValidationError:
+        assume(False)
+        raise
+
+
+def _fields_for(layer: object) -> dict[str, st.SearchStrategy[object]]:
+    gain = st.floats(0.0, 0.3)
+    match layer:
+        case ToneLayer():
+            return {"frequency_hz": st.floats(20.0, 16000.0), "gain": gain}
+        case BinauralLayer() | MonauralLayer():
+            return {
+                "carrier_hz": st.floats(40.0, 1500.0),
+                "beat_hz": st.floats(0.5, 45.0),
+                "gain": gain,
+            }
+        case IsochronicLayer():
+            return {
+                "carrier_hz": st.floats(20.0, 16000.0),
+                "pulse_hz": st.floats(0.5, 45.0),
+                "gain": gain,
+            }
+        case NoiseLayer():
+            return {"colour": st.sampled_from(["white", "pink", "brown"]), "gain": gain}
+    raise AssertionError(layer)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    prog=sliding_programs(),
+    rate=st.sampled_from([44100, 48000]),
+    blocks=st.lists(st.integers(64, 8192), min_size=1, max_size=12),
+)
+def test_every_layer_kind_with_slides_is_block_size_independent(
+    prog: Program, rate: int, blocks: list[int]
+) -> None:
+    reference = ProgramRenderer(prog, rate)
+    whole = reference.render(reference.total_frames)
+    renderer = ProgramRenderer(prog, rate)
+    parts = []
+    i = 0
+    while not renderer.done:
+        parts.append(renderer.render(blocks[i % len(blocks)]))
+        i += 1
+    pieces = np.concatenate(parts)
+    np.testing.assert_allclose(pieces[: len(whole)], whole, atol=1e-6, rtol=0)
+    assert np.abs(whole).max(initial=0.0) <= 1.0
+    assert np.isfinite(whole).all()

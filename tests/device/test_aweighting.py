@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from resonera.device.audio.meter import MelMeter
 from resonera.device.safety.aweighting import AWeightingFilter, a_weighting_db
-from resonera.device.safety.chain import ExposureMeter
 
 NOMINAL = {  # IEC 61672-1 nominal A-weightings (safety.md)
     31.5: -39.4, 63: -26.2, 100: -19.1, 250: -8.6, 500: -3.2, 1000: 0.0,
@@ -58,8 +58,8 @@ def test_mel_of_a_calibrated_1khz_sine_is_within_0_2_db() -> None:
     t = np.arange(3 * rate) / rate
     rms = 10 ** ((level - 100.0) / 20)
     x = np.sqrt(2) * rms * np.sin(2 * np.pi * 1000 * t)
-    meter = ExposureMeter(rate, AWeightingFilter(rate), spl_at_unit_rms=100.0)
-    mels = meter.feed(np.stack([x, x], axis=1).astype(np.float32))
+    meter = MelMeter(rate, spl_at_unit_rms=100.0)
+    mels = meter.update(np.stack([x, x], axis=1).astype(np.float32))
     assert len(mels) == 3
     assert mels[1] == pytest.approx(level, abs=0.2)
 
@@ -87,8 +87,8 @@ def test_pink_noise_meters_within_0_5_db_of_its_level_by_the_formula(rate: int) 
     power[1:-1] *= 2
     mean_square = power.sum() / len(x) ** 2
     expected = 100.0 + 10 * np.log10(mean_square)
-    meter = ExposureMeter(rate, AWeightingFilter(rate), spl_at_unit_rms=100.0)
-    mels = meter.feed(np.stack([x, x], axis=1).astype(np.float32))
+    meter = MelMeter(rate, spl_at_unit_rms=100.0)
+    mels = meter.update(np.stack([x, x], axis=1).astype(np.float32))
     laeq = 10 * np.log10(np.mean([10 ** (m / 10) for m in mels[1:]]))
     assert laeq == pytest.approx(expected, abs=0.5)
 

@@ -1,0 +1,282 @@
+"""API latency with a big database: p95 of a clinician's session list and of the 7-day dose query,
+with N sessions stored (default 1,000,000; ``RESONERA_BENCH_API_N`` for quick runs), on SQLite and
+on PostgreSQL (when installed).
+
+Sessions are bulk-loaded beneath the ORM (sqlite3 ``executemany``, PostgreSQL ``COPY``), spread
+over ``PATIENTS`` patients and a year; the dose table is filled to match. Requests go through the
+whole app (routing, auth against the database, audit row per read) in-process, so the figure is
+the server's own time without the network.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import sqlite3
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from fastapi.testclient import TestClient
+from pydantic import SecretStr
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+from support import run_postgres
+
+from resonera.common.ids import new_id
+from resonera.server.app import create_app
+from resonera.server.crypto import FieldCipher, HmacSigner, new_key_line, parse_keys
+from resonera.server.db import make_engine, migrate
+from resonera.server.desired import MemoryPublisher
+from resonera.server.models import (
+    AssignmentRow,
+    ClinicianPatientRow,
+    DeviceRow,
+    PatientRow,
+    SessionRow,
+    UserRow,
+    table_of,
+)
+from resonera.server.security import issue_access_token
+from resonera.server.settings import ServerSettings
+
+N = int(os.environ.get("RESONERA_BENCH_API_N", "1000000"))
+PATIENTS = 1000
+CLINICIAN_PATIENTS = 20
+REQUESTS = 200
+TARGET_MS = 50.0
+TODAY = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+SQLITE_TIME = "%Y-%m-%d %H:%M:%S.%f"
+
+
+def _patients() -> list[str]:
+    return [new_id() for _ in range(PATIENTS)]
+
+
+def _session_rows(patients: list[str]) -> Iterator[tuple[Any, ...]]:
+    """Rows in ``SessionRow`` column order (without id), newest data within the last year."""
+    rng = random.Random(7)
+    digest = "0" * 64
+    for i in range(N):
+        patient = i % PATIENTS
+        start = TODAY - timedelta(seconds=rng.randrange(365 * 86400))
+        yield (
+            f"dev-{patient}",
+            f"m{i:035d}",
+            i // PATIENTS,
+            start,
+            start,
+            patients[patient],
+            f"s{i:035d}",
+            "calm-40hz" if i % 3 else "deep-sleep",
+            digest,
+            start,
+            start + timedelta(minutes=20),
+            1200.0,
+            1200.0,
+            "completed",
+            "",
+            "null",
+            48000,
+            -6.0,
+            -20.0,
+            False,
+            "",
+            0.01,
+            "unsigned",
+        )
+
+
+COLUMNS = [c.name for c in table_of(SessionRow).columns if c.name != "id"]
+
+
+def _people(engine: Engine, patients: list[str]) -> tuple[UserRow, list[str]]:
+    cipher = FieldCipher(*parse_keys(new_key_line("b"), "bench"))
+    now = datetime.now(UTC)
+    with Session(engine) as session:
+        clinician = UserRow(email="c@bench", password_hash="x", role="clinician", created_at=now)
+        session.add(clinician)
+        session.flush()
+        assert clinician.id is not None
+        for number, pid in enumerate(patients):
+            enc = {
+                f: cipher.encrypt("x", patient_id=pid, field=f)
+                for f in ("name", "birth_date", "notes")
+            }
+            session.add(
+                PatientRow(
+                    id=pid,
+                    name_enc=enc["name"],
+                    birth_date_enc=enc["birth_date"],
+                    notes_enc=enc["notes"],
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
+            session.add(DeviceRow(id=f"dev-{number}", created_at=now))
+        session.flush()
+        for number, pid in enumerate(patients):
+            session.add(
+                AssignmentRow(
+                    device_id=f"dev-{number}",
+                    patient_id=pid,
+                    valid_from=TODAY - timedelta(days=400),
+                    created_at=now,
+                )
+            )
+            if number < CLINICIAN_PATIENTS:
+                session.add(
+                    ClinicianPatientRow(user_id=clinician.id, patient_id=pid, created_at=now)
+                )
+        session.commit()
+        session.refresh(clinician)
+        return clinician, patients[:CLINICIAN_PATIENTS]
+
+
+def _dose_rows(patients: list[str]) -> list[tuple[str, date, float, int, float]]:
+    return [
+        (pid, (TODAY - timedelta(days=d)).date(), 0.03, 3, 3600.0)
+        for pid in patients
+        for d in range(365)
+    ]
+
+
+def load_sqlite(path: Path, patients: list[str]) -> None:
+    conn = sqlite3.connect(path)
+    marks = ",".join("?" * len(COLUMNS))
+    sql = f"INSERT INTO session_record ({','.join(COLUMNS)}) VALUES ({marks})"
+
+    def text(row: tuple[Any, ...]) -> tuple[Any, ...]:
+        return tuple(
+            v.astimezone(UTC).replace(tzinfo=None).strftime(SQLITE_TIME)
+            if isinstance(v, datetime)
+            else v
+            for v in row
+        )
+
+    rows = _session_rows(patients)
+    while chunk := [text(r) for _, r in zip(range(50_000), rows, strict=False)]:
+        conn.executemany(sql, chunk)
+    conn.executemany(
+        "INSERT INTO dose_daily (patient_id, day, dose_fraction, sessions, played_s) "
+        "VALUES (?, ?, ?, ?, ?)",
+        [(p, d.isoformat(), f, s, t) for p, d, f, s, t in _dose_rows(patients)],
+    )
+    conn.commit()
+    conn.execute("ANALYZE")
+    conn.close()
+
+
+def load_postgres(url: str, patients: list[str]) -> None:
+    import psycopg
+
+    conninfo = url.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(conninfo) as conn:
+        with conn.cursor() as cur:
+            with cur.copy(f"COPY session_record ({','.join(COLUMNS)}) FROM STDIN") as copy:
+                for row in _session_rows(patients):
+                    copy.write_row(row)
+            with cur.copy(
+                "COPY dose_daily (patient_id, day, dose_fraction, sessions, played_s) FROM STDIN"
+            ) as copy:
+                for dose_row in _dose_rows(patients):
+                    copy.write_row(dose_row)
+        conn.commit()
+        conn.execute("ANALYZE")
+
+
+def _p95(call: Callable[[], Any]) -> tuple[float, float]:
+    for _ in range(10):
+        call()
+    times = []
+    for _ in range(REQUESTS):
+        start = time.perf_counter()
+        call()
+        times.append((time.perf_counter() - start) * 1000)
+    times.sort()
+    return times[int(0.95 * len(times)) - 1], statistics.median(times)
+
+
+def measure(label: str, engine: Engine, clinician: UserRow, mine: list[str]) -> None:
+    settings = ServerSettings(jwt_secret=SecretStr("b" * 40), demo=False).checked_for_start()
+    app = create_app(
+        settings,
+        engine,
+        cipher=FieldCipher(*parse_keys(new_key_line("b"), "bench")),
+        publisher=MemoryPublisher(),
+        signer=HmacSigner(b"bench"),
+    )
+    headers = {
+        "Authorization": f"Bearer {issue_access_token(settings, clinician, datetime.now(UTC))}"
+    }
+    rng = random.Random(1)
+    with TestClient(app) as client:
+
+        def get(url: str, **params: Any) -> None:
+            response = client.get(url, params=params, headers=headers)
+            assert response.status_code == 200, response.text
+
+        def patient_sessions() -> None:
+            get(f"/api/v1/patients/{rng.choice(mine)}/sessions", limit=100)
+
+        def window() -> None:
+            since = (TODAY - timedelta(days=rng.randrange(30, 300))).isoformat()
+            get(f"/api/v1/patients/{rng.choice(mine)}/sessions", limit=100, **{"from": since})
+
+        def all_sessions() -> None:
+            get("/api/v1/sessions", limit=100)
+
+        def dose() -> None:
+            get(f"/api/v1/patients/{rng.choice(mine)}/dose", days=7)
+
+        for name, call in (
+            ("patient's sessions, newest 100", patient_sessions),
+            ("patient's sessions from a date", window),
+            ("all my patients' sessions, 100", all_sessions),
+            ("7-day dose", dose),
+        ):
+            p95, median = _p95(call)
+            verdict = "ok" if p95 <= TARGET_MS else f"over the {TARGET_MS:.0f} ms target"
+            print(f"  {label:10s} {name:32s} p95 {p95:6.1f} ms  median {median:6.1f} ms  {verdict}")
+
+
+def main() -> None:
+    print(
+        f"server API latency: {N:,} sessions over {PATIENTS} patients, clinician with "
+        f"{CLINICIAN_PATIENTS} (RESONERA_BENCH_API_N to change), {REQUESTS} requests each"
+    )
+    patients = _patients()
+    with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
+        path = Path(tmp) / "api.db"
+        engine = make_engine(f"sqlite:///{path}")
+        migrate(engine)
+        clinician, mine = _people(engine, patients)
+        start = time.perf_counter()
+        load_sqlite(path, patients)
+        print(f"  SQLite loaded in {time.perf_counter() - start:.1f} s")
+        measure("SQLite", engine, clinician, mine)
+        engine.dispose()
+        try:
+            postgres = stack.enter_context(run_postgres())
+        except BaseException as exc:  # pytest's skip/fail outcomes when PostgreSQL is missing
+            print(f"  PostgreSQL skipped: {exc}")
+            return
+        postgres.execute("CREATE DATABASE bench_api")
+        url = postgres.url("bench_api")
+        engine = make_engine(url)
+        migrate(engine)
+        clinician, mine = _people(engine, patients)
+        start = time.perf_counter()
+        load_postgres(url, patients)
+        print(f"  PostgreSQL loaded in {time.perf_counter() - start:.1f} s")
+        measure("PostgreSQL", engine, clinician, mine)
+        engine.dispose()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+"""A-weighted level per block and MEL (momentary exposure level) per completed second.
+
+MEL is the A-weighted level over 1-second windows (IEC 62368-1, ``shared/docs/safety.md``), here of
+the louder ear. With a ``Calibration`` the levels are dB(A) SPL at the ear; without one they are
+dB(A) relative to full scale (dBFS(A), the ``levels.py`` convention: rms of one channel). The
+A-weighting filter is ``resonera.device.safety.aweighting.AWeightingFilter`` (IEC 61672-1 poles,
+bilinear transform plus a fitted high-frequency section; checked against the formula in
+``tests/device/test_aweighting.py``): one filter design for the safety chain and the display.
+Its state carries across blocks, so the levels do not depend on the block size.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numpy.typing import NDArray
+
+from resonera.device.audio.calibration import Calibration
+from resonera.device.audio.levels import SILENCE_DBFS
+from resonera.device.safety.aweighting import AWeightingFilter
+
+__all__ = ["AWeightingFilter", "MelMeter"]
+
+
+def _db(mean_square: float) -> float:
+    return SILENCE_DBFS if mean_square <= 0.0 else max(SILENCE_DBFS, 10.0 * math.log10(mean_square))
+
+
+class MelMeter:
+    """Feed it every block (``update``); it returns the MELs of the seconds each block completed.
+
+    ``block_level`` is the A-weighted level of the last block (louder ear), ``mels`` every MEL so
+    far. Not thread-safe; cheap enough to run on every block (one 3-biquad filter per channel).
+    """
+
+    def __init__(
+        self,
+        sample_rate: int,
+        calibration: Calibration | None = None,
+        channels: int = 2,
+        *,
+        spl_at_unit_rms: float | None = None,
+    ) -> None:
+        """Levels in dB(A) SPL with a ``calibration`` or a bare ``spl_at_unit_rms`` (the dB SPL of
+        an A-weighted RMS of 1.0), else in dBFS(A)."""
+        self.sample_rate = sample_rate
+        self.calibration = calibration
+        if spl_at_unit_rms is not None:
+            self.offset_db = spl_at_unit_rms
+        else:
+            self.offset_db = calibration.spl_at_unit_rms if calibration is not None else 0.0
+        self.calibrated = calibration is not None or spl_at_unit_rms is not None
+        self._filter = AWeightingFilter(sample_rate, channels)
+        self._sum = np.zeros(channels, np.float64)
+        self._frames = 0
+        self.block_level: float | None = None
+        self.mels: list[float] = []
+
+    @property
+    def unit(self) -> str:
+        return "dB(A) SPL" if self.calibrated else "dBFS(A)"
+
+    @property
+    def last_mel(self) -> float | None:
+        return self.mels[-1] if self.mels else None
+
+    def update(self, block: NDArray[np.float32]) -> list[float]:
+        if len(block) == 0:
+            return []
+        weighted = np.asarray(self._filter.process(block), np.float64)
+        energy = weighted * weighted
+        self.block_level = self.offset_db + _db(float(np.max(energy.mean(axis=0))))
+        completed: list[float] = []
+        start = 0
+        while start < len(energy):
+            take = min(self.sample_rate - self._frames, len(energy) - start)
+            self._sum += energy[start : start + take].sum(axis=0)
+            self._frames += take
+            start += take
+            if self._frames == self.sample_rate:
+                completed.append(self.offset_db + _db(float(np.max(self._sum)) / self.sample_rate))
+                self._sum[:] = 0.0
+                self._frames = 0
+        self.mels.extend(completed)
+        return completed
+
+    def flush(self) -> tuple[float, float] | None:
+        """The level and length in seconds of an incomplete last second, if any (then reset)."""
+        if self._frames == 0:
+            return None
+        level = self.offset_db + _db(float(np.max(self._sum)) / self._frames)
+        length = self._frames / self.sample_rate
+        self._sum[:] = 0.0
+        self._frames = 0
+        return level, length

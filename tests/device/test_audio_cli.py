@@ -1,0 +1,124 @@
+"""``resonera-device render``, ``play PROGRAM --out`` and ``programs``, run as a person runs them."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import soundfile
+from support import free_port
+
+BIN = Path(sys.executable).parent / "resonera-device"
+
+SHORT = """
+name = "short"
+fade_in_s = 0.1
+fade_out_s = 0.1
+[[steps]]
+duration_s = 1.0
+label = "first"
+[[steps.layers]]
+type = "noise"
+colour = "pink"
+gain = 0.4
+[[steps.layers]]
+type = "binaural"
+carrier_hz = 200
+beat_hz = 10
+gain = 0.3
+slide = "exponential"
+[[steps]]
+duration_s = 1.0
+label = "second"
+[[steps.layers]]
+type = "noise"
+colour = "pink"
+gain = 0.4
+[[steps.layers]]
+type = "binaural"
+carrier_hz = 200
+beat_hz = 4
+gain = 0.3
+"""
+
+
+def run(*args: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BIN), *map(str, args)], capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def test_programs_lists_every_preset() -> None:
+    result = run("programs")
+    assert result.returncode == 0, result.stderr
+    for name in ("demo-alpha", "calm-tone", "alpha-relax", "theta-descent", "focus-isochronic"):
+        assert name in result.stdout
+
+
+def test_render_writes_each_format_with_plain_progress_lines(tmp_path: Path) -> None:
+    program = tmp_path / "short.toml"
+    program.write_text(SHORT)
+    for fmt, subtype in (("16", "PCM_16"), ("24", "PCM_24"), ("float", "FLOAT")):
+        out = tmp_path / f"short-{fmt}.wav"
+        result = run("render", program, out, "--format", fmt, "--rate", "48000", "--block", "1000")
+        assert result.returncode == 0, result.stderr
+        info = soundfile.info(str(out))
+        assert (info.subtype, info.samplerate, info.frames) == (subtype, 48000, 96000)
+        assert "x real time" in result.stdout
+        # Not a terminal: plain lines (no carriage returns), naming the steps.
+        assert "\r" not in result.stdout
+        assert "rendering:" in result.stdout and "step 2/2 second" in result.stdout
+    pcm, _ = soundfile.read(str(tmp_path / "short-float.wav"))
+    assert np.abs(pcm).max() <= 1.0
+    assert list(tmp_path.glob(".*tmp")) == []
+
+
+def test_render_of_an_sbg_schedule(tmp_path: Path) -> None:
+    sbg = tmp_path / "drift.sbg"
+    sbg.write_text(
+        "a: pink/30 200+10/20\nb: pink/30 200+6/20\nNOW == a ->\n+00:00:02 == b\n+00:00:03 b\n"
+    )
+    out = tmp_path / "drift.wav"
+    result = run("render", sbg, out)
+    assert result.returncode == 0, result.stderr
+    assert soundfile.info(str(out)).frames == 3 * 44100
+    assert "marks the end" in result.stderr  # the importer's note, not dropped
+
+
+def test_render_refuses_a_bad_program_before_writing_anything(tmp_path: Path) -> None:
+    program = tmp_path / "bad.toml"
+    program.write_text(SHORT.replace("beat_hz = 4", "beat_hz = 99"))
+    result = run("render", program, tmp_path / "x.wav")
+    assert result.returncode == 1
+    [line] = result.stderr.strip().splitlines()
+    assert "bad.toml" in line and "beat_hz" in line
+    assert not (tmp_path / "x.wav").exists()
+    result = run("render", "no-such-preset", tmp_path / "x.wav")
+    assert result.returncode == 1 and "built-in programs" in result.stderr
+
+
+def test_play_takes_the_program_as_an_argument_and_plays_into_out(tmp_path: Path) -> None:
+    config = tmp_path / "device.toml"
+    config.write_text(
+        f'device_id = "cli-dev"\ndata_dir = "{tmp_path / "data"}"\n[mqtt]\nport = {free_port()}\n'
+    )
+    calibration = tmp_path / "cal.toml"
+    calibration.write_text(
+        'name = "t"\noutput = "headphones"\ndac_full_scale_vrms = 1.0\n'
+        "sensitivity_db_spl_per_v = 100.0\n"
+    )
+    program = tmp_path / "short.toml"
+    program.write_text(SHORT)
+    out = tmp_path / "played.wav"
+    result = run(
+        "play", program, "--config", config, "--simulation", "--no-sync",
+        "--out", out, "--format", "24", "--calibration", calibration,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "played 'short' for 2.0 s" in result.stdout
+    assert "dB(A) SPL" in result.stdout  # the level, from the calibration
+    assert soundfile.info(str(out)).subtype == "PCM_24"
+    both = run("play", "demo-alpha", "--program", "calm-tone", "--config", config)
+    assert both.returncode == 1 and "give the program once" in both.stderr
