@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -119,6 +120,12 @@ class _Display:
     def finish(self, position_s: float) -> None:
         self.progress.finish(position_s, self.level())
 
+    def say(self, message: str) -> None:
+        """A line for the person (dose, warnings), above the progress line on a terminal."""
+        if sys.stdout.isatty():
+            sys.stdout.write("\r\033[K")
+        print(message, flush=True)
+
 
 def _play_sink(args: argparse.Namespace, settings: DeviceSettings) -> AudioSink:
     if args.out is not None:
@@ -132,6 +139,7 @@ def _play_sink(args: argparse.Namespace, settings: DeviceSettings) -> AudioSink:
 
 def _play(args: argparse.Namespace) -> int:
     from resonera.device.agent import play_session
+    from resonera.device.safety.session import load_session_calibration
     from resonera.device.store import DeviceStore
 
     overrides: dict[str, Any] = {}
@@ -141,9 +149,11 @@ def _play(args: argparse.Namespace) -> int:
         overrides["sink"] = args.sink
     if args.serial is not None:
         overrides["serial_url"] = args.serial
+    if args.calibration is not None:
+        overrides["calibration_file"] = args.calibration
     settings = _settings(args, **overrides)
     program = _program(args)
-    calibration = _calibration(args)
+    calibration = load_session_calibration(settings.calibration_file)
     store = DeviceStore(settings.store_path)
     stop = threading.Event()
 
@@ -155,7 +165,9 @@ def _play(args: argparse.Namespace) -> int:
     display = _Display(program, settings.sample_rate, calibration, verb="playing")
     try:
         sink = _play_sink(args, settings)
-        record = play_session(settings, store, program, sink, stop=stop, on_block=display)
+        record = play_session(
+            settings, store, program, sink, stop=stop, on_block=display, notify=display.say
+        )
     finally:
         signal.signal(signal.SIGINT, previous)
     display.finish(record.played_s)
@@ -185,12 +197,16 @@ def _render(args: argparse.Namespace) -> int:
     # An export: the operating system flushes it to disk (no fsync), as audio tools do; a writer
     # thread encodes and writes while the next blocks are synthesised.
     sink = WavSink(args.out, sample_format=args.format, durable=False, background=True)
-    display = _Display(program, rate, None, verb="rendering")
+    calibration = _calibration(args)
+    processors = session_processors(settings, rate, calibration)
+    if not processors:
+        print("no calibration given: rendered without the safety chain's level limits")
+    display = _Display(program, rate, calibration, verb="rendering")
     result = play(
         renderer,
         sink,
         block_frames=args.block,
-        processors=session_processors(settings, rate),
+        processors=processors,
         on_block=display,
     )
     display.finish(result.played_s)
@@ -276,6 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     with_format(render)
     render.add_argument("--rate", type=int, choices=[44100, 48000], default=None)
     render.add_argument("--block", type=int, default=8192, help="frames per block (64-8192)")
+    render.add_argument("--calibration", type=Path, default=None, help="calibration profile")
     render.set_defaults(func=_render)
 
     sync = with_config(sub.add_parser("sync", help="send what waits in the outbox"))

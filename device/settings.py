@@ -10,6 +10,7 @@ from pydantic_settings import SettingsConfigDict
 
 from resonera.common import topics
 from resonera.common.errors import ProtocolError
+from resonera.common.profile import HearingProfile
 from resonera.common.settings import MqttSettings, ResoneraSettings
 
 
@@ -43,6 +44,10 @@ class DeviceSettings(ResoneraSettings):
     #: Where the WAV sink writes (sink "wav", or "auto" when there is no sound card).
     wav_path: Path | None = None
     output_device: str | None = None
+    #: The output chain's calibration (TOML); without it the device does not play.
+    calibration_file: Path | None = None
+    #: The person's limits until the server's signed desired state brings them.
+    profile: HearingProfile = HearingProfile()
     sample_rate: Literal[44100, 48000] = 48000
     block_frames: int = Field(default=1024, ge=64, le=8192)
 
@@ -57,6 +62,10 @@ class DeviceSettings(ResoneraSettings):
     @property
     def store_path(self) -> Path:
         return self.data_dir / "device.db"
+
+    @property
+    def dose_ledger_path(self) -> Path:
+        return self.data_dir / "dose.db"
 
     @property
     def default_wav_path(self) -> Path:

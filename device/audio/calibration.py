@@ -123,3 +123,13 @@ def load_calibration_file(path: Path) -> Calibration:
     except OSError as exc:
         raise ConfigError(f"cannot read calibration file {path}: {exc.strerror or exc}") from None
     return load_calibration_toml(text, str(path))
+
+
+def packaged_calibration(name: str = "reference-headphones") -> Path:
+    """Path of a calibration shipped with the package (the demo's and the tests' reference)."""
+    from importlib.resources import files
+
+    path = Path(str(files("resonera.device").joinpath("calibrations", f"{name}.toml")))
+    if not path.exists():
+        raise ConfigError(f"no packaged calibration named {name!r}")
+    return path

@@ -8,6 +8,8 @@ from pathlib import Path
 
 from support import free_port
 
+from resonera.device.audio.calibration import packaged_calibration
+
 BIN = Path(sys.executable).parent / "resonera-device"
 
 
@@ -21,7 +23,8 @@ def config(tmp_path: Path, extra: str = "") -> Path:
     path = tmp_path / "device.toml"
     path.write_text(
         f'device_id = "cli-dev"\ndata_dir = "{tmp_path / "data"}"\nsink = "wav"\n'
-        f'wav_path = "{tmp_path / "out.wav"}"\n[mqtt]\nport = {free_port()}\n{extra}'
+        f'wav_path = "{tmp_path / "out.wav"}"\ncalibration_file = "{packaged_calibration()}"\n'
+        f"[mqtt]\nport = {free_port()}\n{extra}"
     )
     return path
 

@@ -17,15 +17,18 @@ from support import Mosquitto
 from resonera.common.program import builtin_program
 from resonera.common.settings import MqttSettings
 from resonera.device.agent import play_session
+from resonera.device.audio.calibration import packaged_calibration
 from resonera.device.audio.sinks import WavSink
 from resonera.device.settings import DeviceSettings
 from resonera.device.store import DeviceStore
 from resonera.device.sync import DeviceSync
 from resonera.hardware.sim import Simulator
-from resonera.server.cli import run_server_in_thread
+from resonera.server.bootstrap import demo_setup
+from resonera.server.crypto import new_key_line
+from resonera.server.runner import run_server_in_thread
 from resonera.server.settings import ServerSettings
 
-TOKEN = "e2e-token-" + "x" * 32
+PASSWORD = "e2e clinician password"
 BIN = Path(sys.executable).parent
 
 
@@ -37,16 +40,26 @@ def test_a_played_session_reaches_the_clinician_api_exactly_once(
         database_url=f"sqlite:///{tmp_path / 'server.db'}",
         http_port=0,
         mqtt=mqtt,
-        api_token=TOKEN,
+        demo=True,  # throwaway JWT secret and signing key; migrates the database
+        patient_keys=new_key_line("e2e"),
     )
     program = builtin_program("demo-alpha")
     with Simulator() as sim, run_server_in_thread(server_settings) as server:
+        # the device is registered and assigned to a patient of this clinician
+        demo_setup(
+            server.engine,
+            server_settings,
+            device_id="e2e-device-1",
+            email="clinician@e2e.test",
+            password=PASSWORD,
+        )
         device = DeviceSettings(
             device_id="e2e-device-1",
             data_dir=tmp_path / "device",
             mqtt=mqtt,
             serial_url=sim.port_path,
             sink="wav",
+            calibration_file=packaged_calibration(),
         )
         store = DeviceStore(device.store_path)
         wav_path = tmp_path / "session.wav"
@@ -57,10 +70,15 @@ def test_a_played_session_reaches_the_clinician_api_exactly_once(
             assert sync.drain(timeout_s=30), sync.last_error
         assert store.outbox_depth() == 0
 
+        login = httpx.post(
+            f"{server.api_url}/auth/login",
+            json={"email": "clinician@e2e.test", "password": PASSWORD},
+        )
+        token = login.json()["access_token"]
         response = httpx.get(
             f"{server.url}/api/v1/sessions",
             params={"device_id": "e2e-device-1"},
-            headers={"Authorization": f"Bearer {TOKEN}"},
+            headers={"Authorization": f"Bearer {token}"},
         )
         assert response.status_code == 200
         [stored] = response.json()

@@ -1,0 +1,118 @@
+"""The safety chain as a session uses it: calibration required, pre-flight dose, MCU limits."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from resonera.common.dose import dose_fraction
+from resonera.common.profile import HearingProfile
+from resonera.common.program import load_program_toml
+from resonera.common.safety_link import HardLimits
+from resonera.device.agent import SessionRefused, play_session
+from resonera.device.audio.calibration import load_calibration_file, packaged_calibration
+from resonera.device.audio.sinks import NullSink, WavSink
+from resonera.device.safety.dose_ledger import DoseLedger
+from resonera.device.safety.session import (
+    CalibrationMissing,
+    chain_limits,
+    effective_profile,
+    preflight,
+)
+from resonera.device.settings import DeviceSettings
+from resonera.device.store import DeviceStore
+
+TONE_1K = """
+name = "tone"
+fade_in_s = 0.5
+fade_out_s = 0.5
+[[steps]]
+duration_s = 8
+[[steps.layers]]
+type = "tone"
+frequency_hz = 1000
+gain = 0.5
+"""
+
+
+def settings(tmp_path: Path, **changes: object) -> DeviceSettings:
+    values: dict[str, object] = {
+        "device_id": "safety-dev",
+        "data_dir": tmp_path,
+        "simulation": True,
+        "calibration_file": packaged_calibration(),
+    }
+    values.update(changes)
+    return DeviceSettings.model_validate(values)
+
+
+def test_without_a_calibration_nothing_plays(tmp_path: Path) -> None:
+    s = settings(tmp_path, calibration_file=None)
+    with pytest.raises(CalibrationMissing, match="does not play"):
+        play_session(
+            s, DeviceStore(s.store_path), load_program_toml(TONE_1K), WavSink(tmp_path / "x.wav")
+        )
+    assert not (tmp_path / "x.wav").exists()
+
+
+def test_preflight_predicts_the_dose_from_the_calibrated_level(tmp_path: Path) -> None:
+    calibration = load_calibration_file(packaged_calibration())
+    program = load_program_toml(TONE_1K)
+    week = DoseLedger(tmp_path / "dose.db").status(time.time())
+    check = preflight(
+        program, sample_rate=48_000, calibration=calibration, profile=HearingProfile(), week=week
+    )
+    # a centred tone at gain 0.5 is 0.5/√2 per ear: rms 0.354 → -9.03 dBFS → 74 dB SPL at 1 kHz
+    expected_level = calibration.spl_at_dbfs(20 * __import__("math").log10(0.5 / 2**0.5 / 2**0.5))
+    assert check.expected_laeq_dba == pytest.approx(expected_level, abs=0.5)
+    assert check.expected_fraction == pytest.approx(dose_fraction(expected_level, 8.0), rel=0.15)
+    assert "expected to use" in check.message and not check.refused
+
+
+def test_a_session_that_would_pass_the_allowance_is_refused_before_it_starts(
+    tmp_path: Path,
+) -> None:
+    ledger = DoseLedger(tmp_path / "dose.db")
+    ledger.add_energy(time.time() - 60, pa2s=0.999999 * 5760.0, seconds=3600)
+    ledger.close()
+    s = settings(tmp_path)
+    messages: list[str] = []
+    with pytest.raises(SessionRefused, match="would pass 100 %"):
+        play_session(s, DeviceStore(s.store_path), load_program_toml(TONE_1K), NullSink(),
+                     notify=messages.append)  # fmt: skip
+    assert DeviceStore(s.store_path).sessions() == []
+
+
+def test_at_100_percent_during_a_session_the_person_is_told(tmp_path: Path) -> None:
+    ledger = DoseLedger(tmp_path / "dose.db")
+    ledger.add_energy(time.time() - 60, pa2s=0.999999 * 5760.0, seconds=3600)
+    ledger.close()
+    profile = HearingProfile(refuse_over_allowance=False)
+    s = settings(tmp_path, profile=profile)
+    messages: list[str] = []
+    record = play_session(s, DeviceStore(s.store_path), load_program_toml(TONE_1K), NullSink(),
+                          notify=messages.append)  # fmt: skip
+    assert record.outcome == "completed"
+    assert any("100 % of this week's safe listening allowance" in m for m in messages)
+    assert DoseLedger(tmp_path / "dose.db").status(time.time()).fraction > 1.0
+
+
+def test_the_mcu_limits_lower_the_chain_never_raise_it() -> None:
+    calibration = load_calibration_file(packaged_calibration())
+    hard = HardLimits(
+        max_output_vrms=0.05, max_amp_temp_c=85, max_supply_current_a=1.0,
+        max_dc_offset_mv=50, max_ear_spl_db=80.0,
+    )  # fmt: skip
+    profile = effective_profile(HearingProfile(max_level_dba=85.0), hard)
+    assert profile.max_level_dba == 80.0 and profile.fallback_level_dba == 75.0
+    assert (
+        effective_profile(
+            HearingProfile(max_level_dba=70.0, fallback_level_dba=65.0), hard
+        ).max_level_dba
+        == 70.0
+    )
+    # 0.05 V allowed; full scale is 1 V RMS (1.414 V peak) after a -20 dB stage: 0.1414 V peak
+    assert chain_limits(calibration, hard).peak_ceiling == pytest.approx(0.05 / 0.14142, rel=1e-3)
+    assert chain_limits(calibration, None).peak_ceiling == 1.0
