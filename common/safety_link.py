@@ -7,30 +7,52 @@ seconds from any monotonic clock the caller owns, so tests drive every timeout w
 The one output that matters is ``consent``: the device may play only while it is true. Contract:
 
 - No consent until a HELLO with protocol major ``PROTOCOL_MAJOR`` arrived (another major: never,
-  and ``reason`` says which versions disagree).
+  ``reason`` says which versions disagree, and no ARM is ever sent).
 - Consent needs the device's intent (``request_arm()``) and then a STATE or TELEMETRY, received
   after that request, showing the MCU armed and not muted.
-- Consent is withdrawn, with ``reason`` set, on FAULT, on telemetry over any HELLO limit, on a
-  garbled frame, on the MCU reporting itself muted, and when no valid frame arrived for
-  ``silence_timeout_s``. Withdrawal is latched: consent returns only after ``request_arm()`` again
-  and a fresh armed report. When consent is withdrawn while the MCU is armed, a MUTE is queued so
-  the MCU mutes too (defence in depth, architecture.md §3).
+- Consent is withdrawn, with ``reason`` set, on: a FAULT; telemetry over any limit (the MCU's, or
+  a lower one the device asked for); the MCU reporting its mute line active; a burst of garbled
+  frames (``crc_burst_count`` within ``crc_burst_window_s``; one stray bad frame is counted, not
+  fatal); a frame that passes its CRC but breaks the protocol (the peer is wrong, not the line);
+  no TELEMETRY for ``silence_timeout_s`` (100 ms: two telemetry periods); an unexpected HELLO (the
+  MCU restarted, so it is muted and has forgotten any lowered limit). Withdrawal is latched:
+  consent returns only after ``request_arm()`` and a fresh armed report. When consent is withdrawn
+  while the MCU is armed, a MUTE is queued so the MCU mutes too (defence in depth, §3).
+- Warnings: a reading within its ``WarningPolicy`` margin of a limit is not a fault; it sets
+  ``warning`` and ``attenuation_db`` (0 at the margin, down to ``max_attenuation_db`` at the limit)
+  so the player can ramp the level down smoothly. Consent is not affected.
+- Limits: ``request_lower_limits`` asks the MCU to lower its limits (LOWER_LIMITS, answered with
+  LIMITS). The device enforces the lower of what it asked and what the MCU reports, at once, and
+  asks again after a restart. It never asks for more than the MCU reported.
 - ``outgoing`` yields HEARTBEAT every ``heartbeat_period_s`` (always, so the MCU can arm),
-  HELLO_REQUEST while no HELLO is known, and the queued ARM/MUTE requests (ARM once HELLO is known).
+  HELLO_REQUEST while no HELLO is known, and the queued ARM/MUTE/LOWER_LIMITS (once HELLO is known).
+- Everything that happens is also an entry of ``take_events()`` (a ``LinkEvent``), for the log,
+  the store and the outbox.
 """
 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 
 from resonera.common import serial_link as sl
 
-SILENCE_TIMEOUT_S = 0.3
+#: No TELEMETRY for this long withdraws consent (the MCU sends it every 50 ms).
+SILENCE_TIMEOUT_S = 0.1
 HEARTBEAT_PERIOD_S = 0.1
 HELLO_REQUEST_PERIOD_S = 0.25
+#: This many garbled frames within the window withdraw consent.
+CRC_BURST_COUNT = 3
+CRC_BURST_WINDOW_S = 1.0
+#: A HELLO this soon after our HELLO_REQUEST is its answer; later ones mean the MCU restarted.
+HELLO_ANSWER_WINDOW_S = 1.0
 #: Message types from 0x10 up travel device → MCU; the device never counts them as the MCU's.
 _FIRST_DEVICE_TYPE = 0x10
+
+#: Telemetry fields with a limit, in ``HardLimits`` order.
+LIMIT_FIELDS = tuple(check[0] for check in sl.LIMIT_CHECKS)
 
 
 class LinkState(enum.StrEnum):
@@ -49,10 +71,35 @@ class HardLimits:
     max_dc_offset_mv: float
     max_ear_spl_db: float
 
+    def values(self) -> tuple[float, float, float, float, float]:
+        return (
+            self.max_output_vrms,
+            self.max_amp_temp_c,
+            self.max_supply_current_a,
+            self.max_dc_offset_mv,
+            self.max_ear_spl_db,
+        )
+
+    def to_wire(self) -> sl.Limits:
+        return sl.Limits(*self.values())
+
+    @classmethod
+    def from_wire(cls, limits: sl.Limits) -> HardLimits:
+        return cls(*limits.values())
+
+    def lowered_to(self, other: HardLimits) -> HardLimits:
+        """Each limit the lower of the two; a limit of 0 (no sensor) stays 0."""
+        return HardLimits(
+            *(
+                mine if mine <= 0 else (min(mine, theirs) if theirs > 0 else mine)
+                for mine, theirs in zip(self.values(), other.values(), strict=True)
+            )
+        )
+
 
 @dataclass(frozen=True)
 class HelloInfo:
-    """What the MCU said about itself in HELLO."""
+    """What the MCU said about itself in HELLO (``limits`` updated by an accepted LIMITS)."""
 
     protocol_major: int
     protocol_minor: int
@@ -67,8 +114,59 @@ class HelloInfo:
             hello.protocol_minor,
             hello.firmware_version,
             hello.board_id,
-            HardLimits(*hello.limits.values()),
+            HardLimits.from_wire(hello.limits),
         )
+
+
+@dataclass(frozen=True)
+class WarningPolicy:
+    """When a reading nears its limit: within ``margins[field]`` (absolute, in the field's unit) or,
+    for fields not named there, within ``fraction`` of the limit. The default warns 10 °C below the
+    temperature limit and at 90 % of the others. The attenuation grows linearly from 0 dB at the
+    start of the margin to ``max_attenuation_db`` at the limit; a warning clears once the reading
+    is ``hysteresis`` (a fraction of the margin) back below the start of the margin."""
+
+    margins: Mapping[str, float] = field(default_factory=lambda: {"amp_temp_c": 10.0})
+    fraction: float = 0.1
+    max_attenuation_db: float = 12.0
+    hysteresis: float = 0.2
+
+    def __post_init__(self) -> None:
+        unknown = set(self.margins) - set(LIMIT_FIELDS)
+        if unknown:
+            raise ValueError(f"no such limit field: {', '.join(sorted(unknown))}")
+        if not 0.0 <= self.fraction < 1.0 or self.max_attenuation_db < 0 or self.hysteresis < 0:
+            raise ValueError("fraction must be in [0, 1), attenuation and hysteresis ≥ 0")
+
+    def margin(self, name: str, limit: float) -> float:
+        return self.margins.get(name, limit * self.fraction)
+
+
+@dataclass(frozen=True)
+class LinkEvent:
+    """Something the device should record. ``kind`` is one of ``EVENT_KINDS``."""
+
+    kind: str
+    cause: str
+    code: int = sl.FAULT_NONE
+
+
+EVENT_KINDS = (
+    "link_up",
+    "link_down",
+    "mcu_restarted",
+    "incompatible",
+    "consent_granted",
+    "consent_withdrawn",
+    "fault",
+    "warning",
+    "warning_cleared",
+    "limits_lowered",
+    "limits_refused",
+)
+
+#: Events kept for ``take_events`` (a caller that never takes them loses the oldest, never memory).
+MAX_EVENTS = 256
 
 
 class SafetyLink:
@@ -80,10 +178,18 @@ class SafetyLink:
         silence_timeout_s: float = SILENCE_TIMEOUT_S,
         heartbeat_period_s: float = HEARTBEAT_PERIOD_S,
         hello_request_period_s: float = HELLO_REQUEST_PERIOD_S,
+        crc_burst_count: int = CRC_BURST_COUNT,
+        crc_burst_window_s: float = CRC_BURST_WINDOW_S,
+        warning_policy: WarningPolicy | None = None,
     ) -> None:
+        if crc_burst_count < 1:
+            raise ValueError("crc_burst_count must be ≥ 1")
         self.silence_timeout_s = silence_timeout_s
         self.heartbeat_period_s = heartbeat_period_s
         self.hello_request_period_s = hello_request_period_s
+        self.crc_burst_count = crc_burst_count
+        self.crc_burst_window_s = crc_burst_window_s
+        self.warning_policy = warning_policy if warning_policy is not None else WarningPolicy()
         self.hello: HelloInfo | None = None
         self.telemetry: sl.Telemetry | None = None
         #: Count of FAULT frames received, and the last one as (code, text).
@@ -91,18 +197,31 @@ class SafetyLink:
         self.last_fault: tuple[int, str] | None = None
         #: Count of garbled frames received.
         self.errors_seen = 0
-        self._limits: sl.Limits | None = None
+        #: Text of the active warnings ("" when none) and the attenuation they ask for (≤ 0 dB).
+        self.warning = ""
+        self.attenuation_db = 0.0
+        self._warning_fields: set[str] = set()
+        self._desired_limits: HardLimits | None = None
         self._incompatible: str | None = None
         self._last_frame: float | None = None
+        self._last_telemetry: float | None = None
+        #: When our unanswered HELLO_REQUESTs went out (each HELLO answers the oldest one).
+        self._hello_requests: deque[float] = deque(maxlen=16)
+        #: The last HELLO ever received (kept when the link is lost, for event records).
+        self.last_hello: HelloInfo | None = None
+        self._error_times: deque[float] = deque(maxlen=crc_burst_count)
         self._intent = False
         self._mute_reason = "arm not requested yet"
         self._problem: str | None = None
+        self._problem_code = sl.FAULT_NONE
         self._fresh_armed = False
         self._mcu_armed = False
         self._pending: list[tuple[int, bytes]] = []
         self._seq = 0
         self._next_heartbeat: float | None = None
         self._next_hello_request: float | None = None
+        self._events: deque[LinkEvent] = deque(maxlen=MAX_EVENTS)
+        self._consent_was = False
 
     # -- what the device reads -------------------------------------------------------------------
 
@@ -132,6 +251,11 @@ class SafetyLink:
         return ""
 
     @property
+    def reason_code(self) -> int:
+        """The fault code behind ``problem`` (``FAULT_NONE`` when none applies)."""
+        return self._problem_code if self._problem is not None else sl.FAULT_NONE
+
+    @property
     def state(self) -> LinkState:
         if self.hello is None:
             return LinkState.DISCONNECTED
@@ -151,6 +275,31 @@ class SafetyLink:
         """True once any valid MCU → device frame arrived."""
         return self._last_frame is not None
 
+    @property
+    def limits(self) -> HardLimits | None:
+        """The ceiling for the software chain: the MCU's limits, lowered by what the device asked."""
+        if self.hello is None:
+            return None
+        if self._desired_limits is None:
+            return self.hello.limits
+        return self.hello.limits.lowered_to(self._desired_limits)
+
+    @property
+    def last_limits(self) -> HardLimits | None:
+        """``limits`` as of the last HELLO, kept when the link is lost (for event records)."""
+        hello = self.last_hello
+        if hello is None:
+            return None
+        if self._desired_limits is None:
+            return hello.limits
+        return hello.limits.lowered_to(self._desired_limits)
+
+    def take_events(self) -> list[LinkEvent]:
+        """Events since the last call, oldest first."""
+        events = list(self._events)
+        self._events.clear()
+        return events
+
     # -- what the device asks --------------------------------------------------------------------
 
     def request_arm(self) -> None:
@@ -158,6 +307,7 @@ class SafetyLink:
         self._intent = True
         self._problem = None
         self._fresh_armed = False
+        self._error_times.clear()
         if (sl.MSG_ARM, b"") not in self._pending:
             self._pending.append((sl.MSG_ARM, b""))
 
@@ -168,39 +318,55 @@ class SafetyLink:
         self._mute_reason = f"muted on request: {sl.describe_fault(reason)}"
         self._pending = [p for p in self._pending if p[0] != sl.MSG_ARM]
         self._pending.append((sl.MSG_MUTE, sl.pack_mute(reason)))
+        self._note_consent(self._mute_reason, reason)
+
+    def request_lower_limits(self, limits: HardLimits) -> None:
+        """Lower the limits to ``limits`` (never above what the MCU reports; 0 = leave as is).
+
+        Enforced in software at once; sent as LOWER_LIMITS once HELLO is known, and again after
+        every restart of the MCU."""
+        self._desired_limits = (
+            limits if self._desired_limits is None else self._desired_limits.lowered_to(limits)
+        )
+        self._queue_lower_limits()
 
     def link_lost(self, reason: str) -> None:
         """The transport failed (port closed, I/O error): withdraw and forget the HELLO."""
+        had_hello = self.hello is not None
         self._withdraw(reason, sl.FAULT_LINK_GARBLED)
-        self.hello = None
+        self._forget_hello()
+        if had_hello:
+            self._event("link_down", reason, sl.FAULT_LINK_GARBLED)
+        self._note_consent(reason, sl.FAULT_LINK_GARBLED)
 
     # -- events and time -------------------------------------------------------------------------
 
     def receive(self, event: sl.Frame | sl.FrameError, now: float) -> None:
         if isinstance(event, sl.FrameError):
-            self.errors_seen += 1
-            self._withdraw(f"link garbled: {event.reason}", sl.FAULT_LINK_GARBLED)
-            return
-        if event.type >= _FIRST_DEVICE_TYPE:
-            # Our own kind of message coming back (a loopback, TX wired to RX) is not the MCU.
-            return
-        self._last_frame = now
-        try:
-            self._handle(event)
-        except sl.LinkProtocolError as exc:
-            self.errors_seen += 1
-            self._withdraw(f"link garbled: {exc}", sl.FAULT_LINK_GARBLED)
+            self._garbled(event.reason, now)
+        elif event.type < _FIRST_DEVICE_TYPE:
+            # (Our own kind of message coming back, a loopback with TX wired to RX, is not the MCU.)
+            self._last_frame = now
+            try:
+                self._handle(event, now)
+            except sl.LinkProtocolError as exc:
+                # The CRC was right, so this is what the MCU meant to send: its bug, not noise.
+                self.errors_seen += 1
+                self._withdraw(f"link garbled: {exc}", sl.FAULT_LINK_GARBLED)
+        self._note_consent(self.reason, self.reason_code)
 
     def tick(self, now: float) -> None:
-        """Check the silence timeout. Call at least every few tens of milliseconds."""
-        if self._last_frame is None or self.hello is None:
+        """Check the telemetry timeout. Call at least every few milliseconds."""
+        if self.hello is None or self._last_telemetry is None:
             return
-        if now - self._last_frame > self.silence_timeout_s:
-            self._withdraw(
-                f"no frames from the safety MCU for over {self.silence_timeout_s:.1f} s",
-                sl.FAULT_LINK_GARBLED,
+        if now - self._last_telemetry > self.silence_timeout_s:
+            cause = (
+                f"no TELEMETRY from the safety MCU for over {self.silence_timeout_s * 1000:.0f} ms"
             )
-            self.hello = None  # it may have rebooted: ask who it is again
+            self._withdraw(cause, sl.FAULT_LINK_GARBLED)
+            self._forget_hello()  # it may have rebooted: ask who it is again
+            self._event("link_down", cause, sl.FAULT_LINK_GARBLED)
+            self._note_consent(cause, sl.FAULT_LINK_GARBLED)
 
     def outgoing(self, now: float) -> list[bytes]:
         """Frames to write now. Call at least every ``heartbeat_period_s / 2``."""
@@ -212,10 +378,11 @@ class SafetyLink:
         if asking and (self._next_hello_request is None or now >= self._next_hello_request):
             frames.append(self._frame(sl.MSG_HELLO_REQUEST, b""))
             self._next_hello_request = now + self.hello_request_period_s
+            self._hello_requests.append(now)
         ready = self.hello is not None
         kept: list[tuple[int, bytes]] = []
         for msg_type, body in self._pending:
-            if msg_type == sl.MSG_ARM and not ready:
+            if msg_type in (sl.MSG_ARM, sl.MSG_LOWER_LIMITS) and not ready:
                 kept.append((msg_type, body))
             else:
                 frames.append(self._frame(msg_type, body))
@@ -224,11 +391,14 @@ class SafetyLink:
 
     # -- internals -------------------------------------------------------------------------------
 
-    def _handle(self, frame: sl.Frame) -> None:
+    def _handle(self, frame: sl.Frame, now: float) -> None:
         if frame.type == sl.MSG_HELLO:
-            self._on_hello(sl.unpack_hello(frame.body))
+            self._on_hello(sl.unpack_hello(frame.body), now)
         elif frame.type == sl.MSG_TELEMETRY:
-            self._on_telemetry(sl.unpack_telemetry(frame.body))
+            telemetry = sl.unpack_telemetry(frame.body)
+            if self.hello is not None:
+                self._last_telemetry = now
+            self._on_telemetry(telemetry)
         elif frame.type == sl.MSG_STATE:
             state = sl.unpack_state(frame.body)
             self._on_mcu_state(state.muted, state.armed, state.reason)
@@ -236,33 +406,126 @@ class SafetyLink:
             code, text = sl.unpack_fault(frame.body)
             self.faults_seen += 1
             self.last_fault = (code, text)
-            self._withdraw(f"MCU fault: {text or sl.describe_fault(code)}", code)
+            cause = f"MCU fault: {text or sl.describe_fault(code)}"
+            self._event("fault", cause, code)
+            self._withdraw(cause, code)
+        elif frame.type == sl.MSG_LIMITS:
+            self._on_limits(*sl.unpack_limits(frame.body))
         # Other types: a newer minor version may add messages; the frame was valid, ignore it.
 
-    def _on_hello(self, hello: sl.Hello) -> None:
+    def _garbled(self, why: str, now: float) -> None:
+        self.errors_seen += 1
+        times = self._error_times
+        times.append(now)
+        while times and now - times[0] > self.crc_burst_window_s:
+            times.popleft()
+        if len(times) >= self.crc_burst_count:
+            self._withdraw(
+                f"link garbled: {len(times)} bad frames within "
+                f"{self.crc_burst_window_s:.1f} s (last: {why})",
+                sl.FAULT_LINK_GARBLED,
+            )
+
+    def _on_hello(self, hello: sl.Hello, now: float) -> None:
         if hello.protocol_major != sl.PROTOCOL_MAJOR:
-            self._incompatible = (
+            cause = (
                 f"firmware speaks protocol v{hello.protocol_major}, "
                 f"this device speaks v{sl.PROTOCOL_MAJOR}"
             )
-            self.hello = None
+            if self._incompatible is None:
+                self._event("incompatible", cause)
+            self._incompatible = cause
+            self._forget_hello()
+            self._pending = [p for p in self._pending if p[0] != sl.MSG_ARM]
             return
+        info = HelloInfo.from_message(hello)
+        requests = self._hello_requests
+        while requests and now - requests[0] > HELLO_ANSWER_WINDOW_S:
+            requests.popleft()  # never answered (lost): no excuse for a later HELLO
+        answer = bool(requests)
+        if answer:
+            requests.popleft()
+        if self.hello is not None and not answer:
+            cause = f"safety MCU {info.board_id} restarted (unexpected HELLO): it is muted"
+            self._event("mcu_restarted", cause, sl.FAULT_POWER_UP)
+            self._withdraw(cause, sl.FAULT_POWER_UP)
+            self._mcu_armed = False
+        elif self.hello is None:
+            self._event(
+                "link_up",
+                f"safety MCU {info.board_id} firmware {info.firmware_version} "
+                f"protocol v{info.protocol_major}.{info.protocol_minor}",
+            )
         self._incompatible = None
-        self.hello = HelloInfo.from_message(hello)
-        self._limits = hello.limits
+        self.hello = self.last_hello = info
+        self._last_telemetry = now
+        self._queue_lower_limits()
+
+    def _on_limits(self, status: int, limits: sl.Limits) -> None:
+        if self.hello is None:
+            return
+        reported = HardLimits.from_wire(limits)
+        self.hello = self.last_hello = replace(self.hello, limits=reported)
+        text = sl.LIMITS_STATUS_TEXT.get(status, f"unknown status {status}")
+        summary = ", ".join(f"{v:g}" for v in reported.values())
+        kind = "limits_lowered" if status == sl.LIMITS_ACCEPTED else "limits_refused"
+        self._event(kind, f"LOWER_LIMITS {text}; limits in force: {summary}")
+
+    def _queue_lower_limits(self) -> None:
+        desired = self._desired_limits
+        if desired is None:
+            return
+        self._pending = [p for p in self._pending if p[0] != sl.MSG_LOWER_LIMITS]
+        if self.hello is not None:
+            target = self.hello.limits.lowered_to(desired)
+            if target == self.hello.limits:
+                return  # already in force
+            body = sl.pack_lower_limits(target.to_wire())
+        else:
+            body = sl.pack_lower_limits(desired.to_wire())  # recomputed when HELLO arrives
+        self._pending.append((sl.MSG_LOWER_LIMITS, body))
 
     def _on_telemetry(self, telemetry: sl.Telemetry) -> None:
         self.telemetry = telemetry
-        if self.hello is not None and self._limits is not None:
-            code, detail = sl.check_limits(telemetry, self._limits)
+        limits = self.limits
+        if limits is not None:
+            wire = limits.to_wire()
+            code, detail = sl.check_limits(telemetry, wire)
+            self._update_warnings(telemetry, limits)
             if code != sl.FAULT_NONE:
-                self._withdraw(
-                    f"telemetry over limit: {sl.describe_fault(code)} ({detail})",
-                    code,
-                )
+                self._withdraw(f"telemetry over limit: {sl.describe_fault(code)} ({detail})", code)
                 return
         reason = telemetry.fault if telemetry.fault != sl.FAULT_NONE else sl.FAULT_POWER_UP
         self._on_mcu_state(telemetry.muted, telemetry.armed, reason)
+
+    def _update_warnings(self, telemetry: sl.Telemetry, limits: HardLimits) -> None:
+        policy = self.warning_policy
+        active: set[str] = set()
+        texts: list[str] = []
+        depth = 0.0
+        for (name, _limit_field, label, unit, _code), limit in zip(
+            sl.LIMIT_CHECKS, limits.values(), strict=True
+        ):
+            if limit <= 0:
+                continue
+            margin = policy.margin(name, limit)
+            if margin <= 0:
+                continue
+            start = limit - margin
+            value = abs(getattr(telemetry, name))
+            was = name in self._warning_fields
+            if value > start or (was and value > start - policy.hysteresis * margin):
+                active.add(name)
+                texts.append(f"{label} {value:.1f} {unit} nearing limit {limit:.1f} {unit}")
+                depth = max(depth, min(1.0, max(0.0, (value - start) / margin)))
+        text = "; ".join(texts)
+        if active - self._warning_fields:  # a new reading nears its limit
+            self._event("warning", text)
+        elif self._warning_fields and not active:
+            self._event("warning_cleared", f"readings back within margins (was: {self.warning})")
+        self._warning_fields = active
+        self.warning = text
+        self.attenuation_db = -policy.max_attenuation_db * depth
 
     def _on_mcu_state(self, muted: bool, armed: bool, reason: int) -> None:
         self._mcu_armed = armed and not muted
@@ -278,11 +541,32 @@ class SafetyLink:
         """Latch ``reason`` (the first one wins until ``request_arm``); ask the MCU to mute too."""
         if self._problem is None:
             self._problem = reason
+            self._problem_code = code
         self._fresh_armed = False
         if self._mcu_armed and not any(p[0] == sl.MSG_MUTE for p in self._pending):
             self._pending = [p for p in self._pending if p[0] != sl.MSG_ARM]
             self._pending.append((sl.MSG_MUTE, sl.pack_mute(code)))
             self._mcu_armed = False
+
+    def _forget_hello(self) -> None:
+        self.hello = None
+        self._last_telemetry = None
+        self._warning_fields = set()
+        self.warning = ""
+        self.attenuation_db = 0.0
+
+    def _note_consent(self, cause: str, code: int) -> None:
+        consent = self.consent
+        if consent == self._consent_was:
+            return
+        self._consent_was = consent
+        if consent:
+            self._event("consent_granted", "the safety MCU reports armed and unmuted")
+        else:
+            self._event("consent_withdrawn", cause, code)
+
+    def _event(self, kind: str, cause: str, code: int = sl.FAULT_NONE) -> None:
+        self._events.append(LinkEvent(kind, cause, code))
 
     def _frame(self, msg_type: int, body: bytes) -> bytes:
         frame = sl.encode_frame(msg_type, self._seq, body)

@@ -31,7 +31,8 @@ class LinkProtocolError(_ErrorBase):
 
 
 PROTOCOL_MAJOR = 1
-PROTOCOL_MINOR = 0
+#: Minor 1 added LIMITS and LOWER_LIMITS; a minor-0 peer ignores them (valid frames of unknown type).
+PROTOCOL_MINOR = 1
 
 #: Longest COBS-encoded frame, without its 0x00 delimiter. Longer input is discarded.
 MAX_ENCODED = 256
@@ -46,20 +47,24 @@ MSG_HELLO = 0x01
 MSG_TELEMETRY = 0x02
 MSG_FAULT = 0x03
 MSG_STATE = 0x04
+MSG_LIMITS = 0x05
 MSG_HEARTBEAT = 0x10
 MSG_ARM = 0x11
 MSG_MUTE = 0x12
 MSG_HELLO_REQUEST = 0x13
+MSG_LOWER_LIMITS = 0x14
 
 MESSAGE_NAMES = {
     MSG_HELLO: "HELLO",
     MSG_TELEMETRY: "TELEMETRY",
     MSG_FAULT: "FAULT",
     MSG_STATE: "STATE",
+    MSG_LIMITS: "LIMITS",
     MSG_HEARTBEAT: "HEARTBEAT",
     MSG_ARM: "ARM",
     MSG_MUTE: "MUTE",
     MSG_HELLO_REQUEST: "HELLO_REQUEST",
+    MSG_LOWER_LIMITS: "LOWER_LIMITS",
 }
 
 # Fault and mute-reason codes: one code space for FAULT, TELEMETRY.fault, STATE.reason and MUTE.
@@ -531,3 +536,62 @@ def unpack_mute(body: bytes) -> int:
 def check_empty(name: str, body: bytes) -> None:
     """ARM and HELLO_REQUEST carry no body."""
     _check_length(name, body, 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Lowering limits (protocol v1.1): the device may lower the MCU's limits, never raise them.
+
+LIMITS_ACCEPTED = 0
+LIMITS_REFUSED_RAISE = 1
+LIMITS_REFUSED_INVALID = 2
+
+LIMITS_STATUS_TEXT = {
+    LIMITS_ACCEPTED: "accepted",
+    LIMITS_REFUSED_RAISE: "refused: a limit would be raised",
+    LIMITS_REFUSED_INVALID: "refused: a limit is not a usable number",
+}
+
+_LIMITS = "<B5f"
+_LOWER_LIMITS = "<5f"
+
+
+def pack_lower_limits(limits: Limits) -> bytes:
+    return struct.pack(_LOWER_LIMITS, *limits.values())
+
+
+def unpack_lower_limits(body: bytes) -> Limits:
+    _check_length("LOWER_LIMITS", body, struct.calcsize(_LOWER_LIMITS))
+    return Limits(*struct.unpack(_LOWER_LIMITS, bytes(body)))
+
+
+def pack_limits(status: int, limits: Limits) -> bytes:
+    """LIMITS, MCU → device: the answer to LOWER_LIMITS and the limits in force after it."""
+    return struct.pack(_LIMITS, status & 0xFF, *limits.values())
+
+
+def unpack_limits(body: bytes) -> "tuple[int, Limits]":
+    _check_length("LIMITS", body, struct.calcsize(_LIMITS))
+    values = struct.unpack(_LIMITS, bytes(body))
+    return values[0], Limits(*values[1:])
+
+
+def lowering_refusal(current: Limits, requested: Limits) -> "tuple[int, str]":
+    """Whether ``requested`` may replace ``current``: ``(LIMITS_ACCEPTED, "")`` or a refusal.
+
+    Every requested limit must be a finite number no higher than the current one. A limit of 0 means
+    "no such sensor": it stays 0, and a fitted sensor's limit may not become 0 (that would switch
+    the check off, which is raising it to infinity)."""
+    new_values, old_values = requested.values(), current.values()
+    for index in range(len(LIMIT_CHECKS)):
+        new, old = new_values[index], old_values[index]
+        name = LIMIT_CHECKS[index][2]
+        if new - new != 0 or new < 0:  # NaN and ±inf: x - x is NaN (no math.isfinite on all ports)
+            return LIMITS_REFUSED_INVALID, name + " is not a usable number"
+        if old <= 0:
+            if new != 0:
+                return LIMITS_REFUSED_RAISE, name + " has no sensor on this board"
+        elif new <= 0:
+            return LIMITS_REFUSED_RAISE, name + " cannot be switched off"
+        elif new > old:
+            return LIMITS_REFUSED_RAISE, name + " would be raised"
+    return LIMITS_ACCEPTED, ""

@@ -1,18 +1,34 @@
 """The device's link to the safety MCU: a serial port, one I/O thread, and ``consent``.
 
 ``HardwareMonitor`` opens the port by URL (``serial.serial_for_url``: a device path such as
-``/dev/ttyACM0`` or the simulator's pty, or any pyserial URL), and runs one thread that reads bytes
-into the sans-IO ``FrameDecoder`` → ``SafetyLink`` state machine and writes what it wants to send
-(heartbeats, ARM/MUTE). One thread does both, every few milliseconds, so the state machine needs no
-lock of its own against itself; the lock only guards it against ``arm()``/``request_mute()``.
+``/dev/ttyACM0``, the simulator's pty or a stable symlink to it, or any pyserial URL), and runs one
+thread that reads bytes into the sans-IO ``FrameDecoder`` → ``SafetyLink`` state machine and writes
+what it wants to send (heartbeats, ARM/MUTE/LOWER_LIMITS). One thread does both, so the state
+machine needs no lock against itself; the lock only guards it against the public methods.
 
-The audio loop reads ``consent`` every block: it is a plain attribute, so the read is cheap and
-never waits on the I/O thread. Listeners hear about consent changes from the I/O thread; they MUST
-NOT block (set a flag, ramp down), and a listener that raises is logged, not fatal (style.md).
+Latency: the thread waits in the port's ``read`` for at most ``IO_WAIT_S`` and wakes as soon as a
+byte arrives, so a FAULT frame reaches ``consent`` within a fraction of a millisecond of reaching
+the port; the audio loop reads ``consent`` (a plain attribute: cheap, never waits on the I/O
+thread) before every block, so output mutes within one block (``device/audio/player.py``).
+
+When the port fails (unplugged, the simulator's pty closed) consent is withdrawn at once and the
+thread tries to open the same URL again every ``reconnect_interval_s``; once it is back, the MCU is
+asked who it is (HELLO) and the device must arm again.
+
+Events (consent changes, warnings, faults, link up/down, restarts, limits) go, with the readings
+and limits of that moment, to ``events`` (a ``SafetyEventSink``, normally a
+``SafetyEventRecorder``: store + outbox, written off this thread) and to event listeners (the
+safety state machine). Listeners run on the I/O thread; they MUST NOT block, and a listener that
+raises is logged, not fatal (style.md).
+
+Warnings (a reading nearing its limit) do not withdraw consent: ``attenuation_db`` (≤ 0) says how
+far to turn the level down, and ``WarningAttenuator`` is a ready-made block processor that ramps to
+it smoothly.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import threading
@@ -20,19 +36,34 @@ import time
 from collections.abc import Callable
 from types import TracebackType
 
+import numpy as np
 import serial
+from numpy.typing import NDArray
 
 from resonera.common import serial_link as sl
 from resonera.common.errors import ResoneraError
-from resonera.common.safety_link import HelloInfo, SafetyLink
+from resonera.common.safety_link import (
+    CRC_BURST_COUNT,
+    CRC_BURST_WINDOW_S,
+    SILENCE_TIMEOUT_S,
+    HardLimits,
+    HelloInfo,
+    LinkEvent,
+    SafetyLink,
+    WarningPolicy,
+)
+from resonera.device.safety_events import SafetyEventSink, limits_record, readings_from_telemetry
 
 log = logging.getLogger(__name__)
 
 BAUDRATE = 115200
-#: How long the I/O thread sleeps when there was nothing to read.
-POLL_INTERVAL_S = 0.005
+#: Longest wait for bytes in one I/O-thread iteration (the thread wakes at once when bytes come).
+IO_WAIT_S = 0.002
+RECONNECT_INTERVAL_S = 0.2
 
 ConsentListener = Callable[[bool, str], None]
+WarningListener = Callable[[float, str], None]
+EventListener = Callable[[LinkEvent], None]
 
 
 class HardwareNotReady(ResoneraError):
@@ -47,20 +78,38 @@ class HardwareMonitor:
         url: str,
         clock: Callable[[], float] = time.monotonic,
         *,
-        silence_timeout_s: float = 0.3,
+        silence_timeout_s: float = SILENCE_TIMEOUT_S,
+        events: SafetyEventSink | None = None,
+        warning_policy: WarningPolicy | None = None,
+        reconnect_interval_s: float = RECONNECT_INTERVAL_S,
+        crc_burst_count: int = CRC_BURST_COUNT,
+        crc_burst_window_s: float = CRC_BURST_WINDOW_S,
     ) -> None:
         self.url = url
         self._clock = clock
-        self._link = SafetyLink(silence_timeout_s=silence_timeout_s)
+        self._link = SafetyLink(
+            silence_timeout_s=silence_timeout_s,
+            warning_policy=warning_policy,
+            crc_burst_count=crc_burst_count,
+            crc_burst_window_s=crc_burst_window_s,
+        )
+        self._events = events
+        self.reconnect_interval_s = reconnect_interval_s
         self._decoder = sl.FrameDecoder(synced=False)
         self._cond = threading.Condition()
         self._listeners: list[ConsentListener] = []
+        self._warning_listeners: list[WarningListener] = []
+        self._event_listeners: list[EventListener] = []
         self._port: serial.SerialBase | None = None
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self._consent = False
         self._reason = "monitor not started"
+        self._attenuation_db = 0.0
+        self._warning = ""
         self._flush_on_exit = False
+        #: How many times the port was reopened after a failure.
+        self.reconnects = 0
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -68,14 +117,7 @@ class HardwareMonitor:
         """Open the port and start the I/O thread. Raise ``HardwareNotReady`` if it cannot open."""
         if self._thread is not None:
             raise RuntimeError("monitor already started")
-        try:
-            port = serial.serial_for_url(self.url, baudrate=BAUDRATE, timeout=0)
-        except (serial.SerialException, OSError, ValueError) as exc:
-            raise HardwareNotReady(
-                f"cannot open the safety MCU's serial port {self.url}: {_why(exc)}"
-            ) from None
-        port.reset_input_buffer()  # stale frames from before we listened mean nothing now
-        self._port = port
+        self._port = self._open()
         self._stopping.clear()
         with self._cond:
             self._publish_locked()
@@ -101,8 +143,9 @@ class HardwareMonitor:
             self._port = None
         with self._cond:
             self._link.link_lost("monitor stopped")
+            events = self._take_locked()
             notify = self._publish_locked()
-        self._notify(notify)
+        self._notify(notify, events)
 
     def __enter__(self) -> HardwareMonitor:
         self.start()
@@ -129,9 +172,35 @@ class HardwareMonitor:
         return self._reason
 
     @property
+    def attenuation_db(self) -> float:
+        """How far warnings ask to turn the level down (0 without a warning, ≤ 0 dB)."""
+        return self._attenuation_db
+
+    @property
+    def warning(self) -> str:
+        """The active warnings as text ("" when none)."""
+        return self._warning
+
+    @property
+    def silence_timeout_s(self) -> float:
+        """No TELEMETRY for this long withdraws consent."""
+        return self._link.silence_timeout_s
+
+    @property
+    def connected(self) -> bool:
+        """True while the port is open and the MCU has said HELLO."""
+        return self._port is not None and self._link.hello is not None
+
+    @property
     def hello(self) -> HelloInfo | None:
         """Board id, firmware version and hard limits, once the MCU said HELLO."""
         return self._link.hello
+
+    @property
+    def limits(self) -> HardLimits | None:
+        """The ceiling for the software chain: the MCU's limits, lowered by ``lower_limits``."""
+        with self._cond:
+            return self._link.limits
 
     @property
     def telemetry(self) -> sl.Telemetry | None:
@@ -143,10 +212,26 @@ class HardwareMonitor:
         """The last FAULT the MCU sent, as (code, text), for logs and events."""
         return self._link.last_fault
 
+    @property
+    def board(self) -> str:
+        """``"<board id> fw <version>"`` once HELLO is known, else ""."""
+        hello = self._link.hello
+        return f"{hello.board_id} fw {hello.firmware_version}" if hello is not None else ""
+
     def add_listener(self, callback: ConsentListener) -> None:
         """``callback(consent, reason)`` on every consent change, from the I/O thread."""
         with self._cond:
             self._listeners.append(callback)
+
+    def add_warning_listener(self, callback: WarningListener) -> None:
+        """``callback(attenuation_db, warning_text)`` whenever either changes, from the I/O thread."""
+        with self._cond:
+            self._warning_listeners.append(callback)
+
+    def add_event_listener(self, callback: EventListener) -> None:
+        """``callback(LinkEvent)`` for every event of the link, from the I/O thread."""
+        with self._cond:
+            self._event_listeners.append(callback)
 
     # -- what the player asks --------------------------------------------------------------------
 
@@ -161,7 +246,7 @@ class HardwareMonitor:
         with self._cond:
             self._link.request_arm()
             notify = self._publish_locked()
-        self._notify(notify)
+        self._notify(notify, [])
         with self._cond:
             while True:
                 hello = self._link.hello
@@ -183,46 +268,122 @@ class HardwareMonitor:
             )
 
     def request_mute(self, reason: int = sl.FAULT_DEVICE_REQUEST) -> None:
-        """Withdraw consent now and ask the MCU to mute (sent within one poll interval)."""
+        """Withdraw consent now and ask the MCU to mute (sent within one I/O iteration)."""
         with self._cond:
             self._link.request_mute(reason)
+            events = self._take_locked()
             notify = self._publish_locked()
-        self._notify(notify)
+        self._notify(notify, events)
+
+    def lower_limits(self, limits: HardLimits, timeout_s: float = 2.0) -> HardLimits:
+        """Lower the MCU's limits (never raise: each is capped at what the MCU reports; 0 keeps a
+        limit as it is). Enforced in software at once; return the limits the MCU then reports.
+
+        Raise ``HardwareNotReady`` if the MCU refuses or does not answer within ``timeout_s``."""
+        if self._thread is None:
+            raise HardwareNotReady(f"the hardware monitor for {self.url} is not started")
+        deadline = time.monotonic() + timeout_s
+        answer: list[LinkEvent] = []
+
+        def on_event(event: LinkEvent) -> None:
+            if event.kind in ("limits_lowered", "limits_refused"):
+                answer.append(event)
+
+        with self._cond:
+            self._event_listeners.append(on_event)
+            self._link.request_lower_limits(limits)
+        try:
+            with self._cond:
+                while True:
+                    wanted = self._link.limits
+                    hello = self._link.hello
+                    if answer:
+                        if answer[-1].kind == "limits_refused":
+                            raise HardwareNotReady(f"the safety MCU {answer[-1].cause}")
+                        if hello is not None:
+                            return hello.limits
+                    if hello is not None and wanted == hello.limits:
+                        return hello.limits  # nothing to lower: already in force
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise HardwareNotReady(
+                            f"the safety MCU on {self.url} did not answer LOWER_LIMITS "
+                            f"within {timeout_s:.1f} s"
+                        )
+                    self._cond.wait(min(remaining, 0.05))
+        finally:
+            with self._cond:
+                self._event_listeners.remove(on_event)
 
     # -- the I/O thread --------------------------------------------------------------------------
 
-    def _run(self) -> None:
-        port = self._port
-        assert port is not None
+    def _open(self) -> serial.SerialBase:
         try:
-            while not self._stopping.is_set():
-                data = port.read(4096)
-                now = self._clock()
+            port = serial.serial_for_url(self.url, baudrate=BAUDRATE, timeout=IO_WAIT_S)
+        except (serial.SerialException, OSError, ValueError) as exc:
+            raise HardwareNotReady(
+                f"cannot open the safety MCU's serial port {self.url}: {_why(exc)}"
+            ) from None
+        port.reset_input_buffer()  # stale frames from before we listened mean nothing now
+        return port
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            port = self._port
+            if port is None:
+                self._reconnect()
+                continue
+            try:
+                self._serve(port)
+            except (serial.SerialException, OSError) as exc:
+                log.error("safety MCU link on %s failed: %s", self.url, exc)
                 with self._cond:
-                    for event in self._decoder.feed(data):
-                        self._link.receive(event, now)
-                    self._link.tick(now)
-                    frames = self._link.outgoing(now)
+                    self._link.link_lost(f"serial port {self.url} failed: {_why(exc)}")
+                    events = self._take_locked()
                     notify = self._publish_locked()
                     self._cond.notify_all()
-                for frame in frames:
-                    port.write(frame)
-                self._notify(notify)
-                if not data:
-                    self._stopping.wait(POLL_INTERVAL_S)
-            if self._flush_on_exit:
-                with self._cond:
-                    frames = self._link.outgoing(self._clock())
-                for frame in frames:
-                    port.write(frame)
-                port.flush()
-        except (serial.SerialException, OSError) as exc:
-            log.error("safety MCU link on %s failed: %s", self.url, exc)
+                self._notify(notify, events)
+                with contextlib.suppress(serial.SerialException, OSError):
+                    port.close()
+                self._port = None
+
+    def _serve(self, port: serial.SerialBase) -> None:
+        """Pump bytes both ways until stopped; raise when the port fails."""
+        while not self._stopping.is_set():
+            data = port.read(max(1, _waiting(port)))  # wakes on the first byte, or IO_WAIT_S
+            waiting = _waiting(port)
+            if waiting:
+                data += port.read(waiting)
+            now = self._clock()
             with self._cond:
-                self._link.link_lost(f"serial port {self.url} failed: {_why(exc)}")
+                for event in self._decoder.feed(data):
+                    self._link.receive(event, now)
+                self._link.tick(now)
+                frames = self._link.outgoing(now)
+                events = self._take_locked()
                 notify = self._publish_locked()
                 self._cond.notify_all()
-            self._notify(notify)
+            for frame in frames:
+                port.write(frame)
+            self._notify(notify, events)
+        if self._flush_on_exit:
+            with self._cond:
+                frames = self._link.outgoing(self._clock())
+            for frame in frames:
+                port.write(frame)
+            port.flush()
+
+    def _reconnect(self) -> None:
+        if self._stopping.wait(self.reconnect_interval_s):
+            return
+        try:
+            port = self._open()
+        except HardwareNotReady:
+            return
+        self._decoder = sl.FrameDecoder(synced=False)
+        self._port = port
+        self.reconnects += 1
+        log.info("safety MCU port %s is back; asking for HELLO", self.url)
 
     def _publish_locked(self) -> tuple[bool, str, list[ConsentListener]] | None:
         """Copy the link's verdict to the cheap attributes; say whom to tell if consent changed."""
@@ -236,16 +397,103 @@ class HardwareMonitor:
             return consent, reason, list(self._listeners)
         return None
 
-    @staticmethod
-    def _notify(notify: tuple[bool, str, list[ConsentListener]] | None) -> None:
-        if notify is None:
-            return
-        consent, reason, listeners = notify
-        for listener in listeners:
+    def _take_locked(self) -> list[LinkEvent]:
+        """Take the link's new events and hand them to ``events`` with the readings, limits and
+        board of this moment. Under the lock, before consent is published: whoever sees consent
+        withdrawn can be sure its event is already queued for the store."""
+        events = self._link.take_events()
+        if not events or self._events is None:
+            return events
+        hello = self._link.last_hello  # kept when the link is lost: the board it was
+        board = f"{hello.board_id} fw {hello.firmware_version}" if hello is not None else ""
+        readings = readings_from_telemetry(self._link.telemetry)
+        limits = limits_record(self._link.last_limits)
+        for event in events:
             try:
-                listener(consent, reason)
+                self._events.event(
+                    event.kind,  # type: ignore[arg-type]  # EVENT_KINDS ⊂ SafetyEventType
+                    event.cause,
+                    code=event.code,
+                    readings=readings,
+                    limits=limits,
+                    attenuation_db=self._link.attenuation_db,
+                    hardware_board=board,
+                )
             except Exception:
-                log.exception("consent listener %r failed", listener)
+                log.exception("safety event %s could not be recorded", event.kind)
+        return events
+
+    def _notify(
+        self, notify: tuple[bool, str, list[ConsentListener]] | None, events: list[LinkEvent]
+    ) -> None:
+        if notify is not None:
+            consent, reason, listeners = notify
+            for listener in listeners:
+                _call(listener, consent, reason)
+        attenuation, warning = self._link.attenuation_db, self._link.warning
+        if abs(attenuation - self._attenuation_db) >= 0.05 or warning != self._warning:
+            self._attenuation_db, self._warning = attenuation, warning
+            with self._cond:
+                warning_listeners = list(self._warning_listeners)
+            for warning_listener in warning_listeners:
+                _call(warning_listener, attenuation, warning)
+        if not events:
+            return
+        with self._cond:
+            event_listeners = list(self._event_listeners)
+        for event in events:
+            level = (
+                logging.WARNING if event.kind in ("fault", "consent_withdrawn") else logging.INFO
+            )
+            log.log(level, "safety event %s: %s", event.kind, event.cause)
+            for event_listener in event_listeners:
+                _call(event_listener, event)
+
+
+def _waiting(port: serial.SerialBase) -> int:
+    """Bytes ready to read (every pyserial transport has ``in_waiting``; the stubs' base lacks it)."""
+    return int(getattr(port, "in_waiting", 0))
+
+
+def _call(listener: Callable[..., None], *args: object) -> None:
+    try:
+        listener(*args)
+    except Exception:
+        log.exception("listener %r failed", listener)
+
+
+class WarningAttenuator:
+    """A block processor (``play(..., processors=[...])``) that follows ``attenuation_db()``
+    smoothly: the gain moves at most ``ramp_db_per_s`` per second, per sample, never jumps.
+
+    ``attenuation_db`` is a callable (usually ``lambda: monitor.attenuation_db``) read once per
+    block; it MUST NOT block."""
+
+    def __init__(
+        self, attenuation_db: Callable[[], float], sample_rate: int, ramp_db_per_s: float = 20.0
+    ) -> None:
+        if ramp_db_per_s <= 0:
+            raise ValueError("ramp_db_per_s must be > 0")
+        self._source = attenuation_db
+        self._rate = sample_rate
+        self._step_db = ramp_db_per_s / sample_rate
+        self.current_db = 0.0
+
+    def __call__(self, block: NDArray[np.float32]) -> NDArray[np.float32]:
+        target = min(0.0, self._source())
+        frames = len(block)
+        if frames == 0:
+            return block
+        if target == self.current_db == 0.0:
+            return block
+        steps = np.arange(1, frames + 1, dtype=np.float64) * self._step_db
+        if target < self.current_db:
+            db = np.maximum(self.current_db - steps, target)
+        else:
+            db = np.minimum(self.current_db + steps, target)
+        self.current_db = float(db[-1])
+        gains = np.power(10.0, db / 20.0)
+        return (block * gains[:, None]).astype(np.float32)
 
 
 def _why(exc: BaseException) -> str:

@@ -1,9 +1,10 @@
-"""The device's local store: sessions and the outbox, in SQLite (WAL), one transaction per record.
+"""The device's local store: sessions, safety events and the outbox, in SQLite (WAL), one
+transaction per record.
 
-A session record and its outbox message are written in the same transaction, so a crash leaves either
-both or neither. The per-device sequence number lives in the same database and is taken in that
-transaction too, so it never repeats across restarts. Outbox rows are deleted only when the server's
-application ack names them.
+A session (or safety event) record and its outbox message are written in the same transaction, so
+a crash leaves either both or neither. The per-device sequence number lives in the same database
+and is taken in that transaction too, so it never repeats across restarts. Outbox
+rows are deleted only when the server's application ack names them.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from sqlmodel import Field, Session, SQLModel, col, create_engine, delete, selec
 from resonera.common import topics
 from resonera.common.envelope import Envelope
 from resonera.common.errors import ResoneraError
-from resonera.common.records import SessionRecord
+from resonera.common.records import SafetyEventRecord, SessionRecord
 
 
 class StoreError(ResoneraError):
@@ -36,6 +37,15 @@ class SessionEntry(DeviceModel, table=True):
 
     session_id: str = Field(primary_key=True)
     started_at: datetime = Field(index=True)
+    record_json: str
+
+
+class SafetyEventEntry(DeviceModel, table=True):
+    __tablename__ = "safety_events"
+
+    event_id: str = Field(primary_key=True)
+    at: datetime = Field(index=True)
+    type: str = Field(index=True)
     record_json: str
 
 
@@ -112,6 +122,31 @@ class DeviceStore:
             )
             db.commit()
         return envelope
+
+    def record_event(self, device_id: str, record: SafetyEventRecord) -> Envelope:
+        """Store a safety event and queue its ``event`` message, atomically (like sessions)."""
+        with Session(self.engine) as db:
+            envelope = self._queue(db, device_id, "event", record.model_dump(mode="json"))
+            db.add(
+                SafetyEventEntry(
+                    event_id=record.event_id,
+                    at=record.at,
+                    type=record.type,
+                    record_json=record.model_dump_json(),
+                )
+            )
+            db.commit()
+        return envelope
+
+    def events(self, limit: int = 100) -> list[SafetyEventRecord]:
+        """Safety events, most recent first."""
+        with Session(self.engine) as db:
+            rows = db.exec(
+                select(SafetyEventEntry)
+                .order_by(col(SafetyEventEntry.at).desc(), col(SafetyEventEntry.event_id).desc())
+                .limit(limit)
+            ).all()
+            return [SafetyEventRecord.model_validate_json(row.record_json) for row in rows]
 
     def queue_message(self, device_id: str, kind: topics.UpKind, body: dict[str, Any]) -> Envelope:
         """Queue one message of ``kind`` on its own."""

@@ -2,14 +2,22 @@
 
 The device (or a person with a serial tool) opens the printed path as it would the real UART.
 ``--link-file`` writes that path to a file once the simulator is ready (atomically, so a reader
-never sees half a path) and removes it at exit.
+never sees half a path) and removes it at exit. ``--symlink`` keeps a symlink to the pty, which a
+restarted simulator points at its new pty: the device's URL stays the same across restarts.
+
+Faults while it runs: ``--scenario FILE`` plays a timed script (``hardware/scenario.py``);
+``--control SOCKET`` accepts control commands on a UNIX socket, one per line, one answer line each
+(``ok ...`` or ``error: ...``); ``--stdin`` reads the same commands from standard input.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import os
 import signal
+import socket
 import sys
 import threading
 from pathlib import Path
@@ -17,9 +25,11 @@ from types import FrameType
 
 from resonera.common.cli import run_cli
 from resonera.hardware.firmware import config as board_config
+from resonera.hardware.scenario import CommandError, Scenario, execute
 from resonera.hardware.sim import Simulator
 
 PROG = "resonera-hwsim"
+log = logging.getLogger(__name__)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,7 +42,15 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="write the pty path to this file once ready (removed at exit)",
     )
+    parser.add_argument(
+        "--symlink", type=Path, help="keep a symlink to the pty at this path (removed at exit)"
+    )
     parser.add_argument("--config", type=Path, help="board configuration (JSON)")
+    parser.add_argument("--scenario", type=Path, help="timed sensor curves and faults (JSON/TOML)")
+    parser.add_argument("--control", type=Path, help="accept control commands on this UNIX socket")
+    parser.add_argument(
+        "--stdin", action="store_true", help="read control commands from standard input"
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.set_defaults(func=serve)
     return parser
@@ -48,6 +66,7 @@ def serve(args: argparse.Namespace) -> int:
         if args.config is not None
         else board_config.BoardConfig()
     )
+    scenario = Scenario.load(args.scenario) if args.scenario is not None else None
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -55,11 +74,21 @@ def serve(args: argparse.Namespace) -> int:
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     link_file: Path | None = args.link_file
+    control: Path | None = args.control
     try:
-        with Simulator(config) as sim:
+        with Simulator(config, link_path=args.symlink) as sim:
+            if control is not None:
+                server = _control_socket(control)
+                threading.Thread(
+                    target=_serve_socket, args=(server, sim, stop), daemon=True
+                ).start()
+            if scenario is not None:
+                sim.run_scenario(scenario)
             if link_file is not None:
                 _write_atomically(link_file, sim.port_path + "\n")
             print(f"{PROG}: serving on {sim.port_path}", flush=True)
+            if args.stdin:
+                threading.Thread(target=_serve_stdin, args=(sim, stop), daemon=True).start()
             while not stop.wait(0.2):
                 if sim.error is not None:
                     print(f"{PROG}: error: simulator stopped: {sim.error}", file=sys.stderr)
@@ -69,8 +98,58 @@ def serve(args: argparse.Namespace) -> int:
             signal.signal(sig, handler)
         if link_file is not None:
             link_file.unlink(missing_ok=True)
+        if control is not None:
+            control.unlink(missing_ok=True)
     print(f"{PROG}: stopped", flush=True)
     return 0
+
+
+def answer(sim: Simulator, line: str) -> str:
+    """One command line → one answer line."""
+    try:
+        return execute(sim, line)
+    except CommandError as exc:
+        return f"error: {exc}"
+
+
+def _control_socket(path: Path) -> socket.socket:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen(4)
+    server.settimeout(0.2)
+    return server
+
+
+def _serve_socket(server: socket.socket, sim: Simulator, stop: threading.Event) -> None:
+    with server:
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            threading.Thread(target=_serve_conn, args=(conn, sim), daemon=True).start()
+
+
+def _serve_conn(conn: socket.socket, sim: Simulator) -> None:
+    with conn, conn.makefile("rwb", buffering=0) as stream:
+        for raw in stream:
+            line = raw.decode("utf-8", "replace").strip()
+            if line:
+                stream.write((answer(sim, line) + "\n").encode())
+
+
+def _serve_stdin(sim: Simulator, stop: threading.Event) -> None:
+    for raw in sys.stdin:
+        line = raw.strip()
+        if line in ("quit", "exit"):
+            break
+        if line:
+            print(answer(sim, line), flush=True)
+    stop.set()  # end of input (or quit) ends the simulator
 
 
 def _write_atomically(path: Path, text: str) -> None:

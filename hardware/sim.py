@@ -11,6 +11,7 @@ methods only set attributes or queue bytes, so they are safe to call from any th
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
@@ -18,17 +19,22 @@ import select
 import threading
 import time
 import tty
+from collections.abc import Callable
+from pathlib import Path
 from types import TracebackType
 
 from resonera.common import serial_link as sl
 from resonera.hardware.firmware.config import BoardConfig
 from resonera.hardware.firmware.logic import Board, Controller
+from resonera.hardware.scenario import READINGS, Scenario, ScenarioRunner
 
 log = logging.getLogger(__name__)
 
 #: Bytes we hold for a reader that is not reading; beyond this, whole frames are dropped (as a UART
 #: with nobody listening would lose them), never cut in half.
 _TX_BACKLOG = 4096
+#: Injected chunks waiting to be sent (e.g. while the MCU is silent); more are dropped.
+_MAX_INJECTED = 256
 
 NOMINAL = {
     "amp_temp_c": 40.0,
@@ -51,6 +57,10 @@ class SimBoard(Board):
         self._injected: list[bytes] = []
         self._corrupt_next = 0
         self._silent = False
+        self._stalled_until: float | None = None
+        #: Called as ``frame_listener(message type, time.perf_counter())`` right after each frame
+        #: the firmware sends reaches the pty (benchmarks time reactions from it). Sim thread.
+        self.frame_listener: Callable[[int, float], None] | None = None
         #: The amplifier's mute line as the firmware drives it (True at power-up).
         self.muted = True
         self.mute_changes = 0
@@ -72,6 +82,17 @@ class SimBoard(Board):
         with self._lock:
             self._corrupt_next = 0
             self._silent = False
+            self._stalled_until = None
+
+    #: Readings ``set_reading`` (and scenarios) may script, with their types.
+    READINGS = READINGS
+
+    def set_reading(self, name: str, value: float | bool) -> None:
+        """Set one reading by name (see ``READINGS``); raise ``ValueError`` for an unknown one."""
+        kind = self.READINGS.get(name)
+        if kind is None:
+            raise ValueError(f"no such reading {name!r} (one of {', '.join(self.READINGS)})")
+        setattr(self, name, kind(value))
 
     def set_temperature(self, celsius: float) -> None:
         self.amp_temp_c = celsius
@@ -105,20 +126,41 @@ class SimBoard(Board):
     def dc_offset(self) -> None:
         self.dc_offset_mv = self._config.max_dc_offset_mv * 2.0
 
+    def over_voltage(self) -> None:
+        self.output_vrms = self._config.max_output_vrms * 1.5
+
+    def ear_spl_over(self) -> None:
+        """Over the ear-cup limit (a fault only on a board with the sensor, max_ear_spl_db > 0)."""
+        self.ear_spl_db = (self._config.max_ear_spl_db or 100.0) + 10.0
+
     def clip_storm(self) -> None:
         self.clip = True
 
     def unplug_headphones(self) -> None:
         self.headphones = False
 
-    def send_garbage(self, n: int = 32) -> None:
-        """Queue ``n`` random non-zero bytes and a delimiter: one garbled frame at the device."""
-        rng = random.Random(n)
-        junk = bytes(rng.randrange(1, 256) for _ in range(n)) + b"\x00"
-        with self._lock:
-            self._injected.append(junk)
+    def send_garbage(self, frames: int = 3, n: int = 32) -> None:
+        """Queue ``frames`` runs of ``n`` random non-zero bytes, each with a delimiter: that many
+        garbled frames at the device (3, the default, is a burst that withdraws consent)."""
+        rng = random.Random(n * 1000 + frames)
+        for _ in range(frames):
+            junk = bytes(rng.randrange(1, 256) for _ in range(n)) + b"\x00"
+            self._inject(junk)
 
-    def corrupt_crc(self, next_n: int = 1) -> None:
+    def crc_errors(self, frames: int = 3) -> None:
+        """Queue ``frames`` well-formed frames with a bad CRC now (3, the default, is a burst)."""
+        good = sl.encode_frame(sl.MSG_HEARTBEAT, 0, sl.pack_heartbeat(0))
+        for _ in range(frames):
+            self._inject(_flip_crc(good))
+
+    def _inject(self, chunk: bytes) -> None:
+        with self._lock:
+            if len(self._injected) >= _MAX_INJECTED:  # bounded, like every buffer here
+                self.frames_dropped += 1
+                return
+            self._injected.append(chunk)
+
+    def corrupt_crc(self, next_n: int = 3) -> None:
         """Flip a CRC bit in the next ``next_n`` frames the firmware sends."""
         with self._lock:
             self._corrupt_next += next_n
@@ -131,6 +173,25 @@ class SimBoard(Board):
     def speak_again(self) -> None:
         with self._lock:
             self._silent = False
+
+    def stall(self, seconds: float | None = None) -> None:
+        """The link stops moving both ways (for ``seconds``, or until ``unstall``): what the
+        device sends waits in the pty, what the firmware sends waits in its buffer (frames beyond
+        the buffer are lost). The firmware keeps running, so it mutes when heartbeats stop."""
+        with self._lock:
+            self._stalled_until = float("inf") if seconds is None else time.monotonic() + seconds
+
+    def unstall(self) -> None:
+        with self._lock:
+            self._stalled_until = None
+
+    @property
+    def stalled(self) -> bool:
+        with self._lock:
+            until = self._stalled_until
+            if until is not None and time.monotonic() >= until:
+                self._stalled_until = until = None
+        return until is not None
 
     # -- Board ------------------------------------------------------------------------------------
 
@@ -154,6 +215,8 @@ class SimBoard(Board):
         return int((time.monotonic() - self._start) * 1000)
 
     def serial_read(self) -> bytes:
+        if self.stalled:
+            return b""
         try:
             return os.read(self._fd, 4096)
         except (BlockingIOError, InterruptedError):
@@ -176,9 +239,14 @@ class SimBoard(Board):
             self._tx.extend(chunk)
             self.frames_sent += 1
         self.flush()
+        listener = self.frame_listener
+        if listener is not None and not self._tx:
+            listener(data[1] if data[0] > 1 else -1, time.perf_counter())
 
     def flush(self) -> None:
         """Write what the pty takes now; keep the rest for later (called by every step)."""
+        if self.stalled:
+            return
         with self._lock:
             if self._injected and not self._silent:
                 for chunk in self._injected:
@@ -202,15 +270,23 @@ def _flip_crc(frame: bytes) -> bytes:
 class Simulator:
     """The firmware on a pty, in a background thread. Use as a context manager.
 
-    ``port_path`` is the device-side path once started. Sensor scripting and fault injection are
-    delegated to ``board`` (a ``SimBoard``); the common ones are repeated here for brevity.
+    ``port_path`` is the device-side path once started. With ``link_path`` a symlink at that path
+    points to the pty while the simulator runs (like ``/dev/serial/by-id/...``): a restarted
+    simulator gets a new pty but the same ``link_path``, which is how a device finds it again.
+    Sensor scripting and fault injection are delegated to ``board`` (a ``SimBoard``); every fault
+    is repeated here, and ``run_scenario`` plays a scripted ``Scenario`` on the sim's clock.
     """
 
     def __init__(
-        self, config: BoardConfig | None = None, *, step_interval_s: float = 0.001
+        self,
+        config: BoardConfig | None = None,
+        *,
+        step_interval_s: float = 0.001,
+        link_path: Path | str | None = None,
     ) -> None:
         self.config = config if config is not None else BoardConfig()
         self._step_interval_s = step_interval_s
+        self.link_path = Path(link_path) if link_path is not None else None
         self._master: int | None = None
         self._slave: int | None = None
         self._thread: threading.Thread | None = None
@@ -218,6 +294,12 @@ class Simulator:
         self._board: SimBoard | None = None
         self._controller: Controller | None = None
         self._port_path: str | None = None
+        self._lock = threading.Lock()
+        self._reboot_after_ms: int | None = None
+        self._booting_until: float | None = None
+        self._scenario: ScenarioRunner | None = None
+        #: How many times the firmware was restarted by ``reboot()``.
+        self.reboots = 0
         self.error: BaseException | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -234,16 +316,26 @@ class Simulator:
         self._board = SimBoard(master, self.config)
         self._controller = Controller(self._board, self.config)
         self._controller.start()
+        if self.link_path is not None:
+            tmp = self.link_path.with_name(f".{self.link_path.name}.{os.getpid()}.tmp")
+            tmp.unlink(missing_ok=True)
+            os.symlink(self._port_path, tmp)
+            os.replace(tmp, self.link_path)
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="resonera-hwsim", daemon=True)
         self._thread.start()
         log.info("simulated safety MCU %s on %s", self.config.board_id, self._port_path)
 
     def stop(self) -> None:
+        """Stop the firmware and close the pty (a device on it sees its port fail)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
+        if self.link_path is not None and self._port_path is not None:
+            with contextlib.suppress(OSError):
+                if os.readlink(self.link_path) == self._port_path:
+                    self.link_path.unlink()
         for fd in (self._master, self._slave):
             if fd is not None:
                 os.close(fd)
@@ -262,17 +354,41 @@ class Simulator:
         self.stop()
 
     def _run(self) -> None:
-        board, controller, master = self.board, self.controller, self._master
+        board, master = self.board, self._master
         assert master is not None
         try:
             while not self._stop.is_set():
                 select.select([master], [], [], self._step_interval_s)
-                controller.step()
+                self._maybe_reboot()
+                with self._lock:
+                    scenario = self._scenario
+                if scenario is not None:
+                    scenario.advance(time.monotonic())
+                if self._booting_until is not None:
+                    if time.monotonic() < self._booting_until:
+                        continue
+                    self._booting_until = None
+                    self.controller.start()
+                self.controller.step()
                 board.flush()
         except BaseException as exc:  # a crash must be visible to the test, not vanish
             self.error = exc
             log.exception("simulator thread crashed")
             board.set_mute(True)
+
+    def _maybe_reboot(self) -> None:
+        with self._lock:
+            boot_ms, self._reboot_after_ms = self._reboot_after_ms, None
+        if boot_ms is None:
+            return
+        board = self.board
+        board.set_mute(True)  # power gone: the mute line's pull-up mutes the amplifier
+        self._controller = Controller(board, self.config)  # RAM lost: lowered limits, faults
+        self.reboots += 1
+        log.info("simulated safety MCU rebooting (%d ms)", boot_ms)
+        self._booting_until = time.monotonic() + boot_ms / 1000
+        with contextlib.suppress(BlockingIOError, InterruptedError, OSError):
+            os.read(self._master or -1, 65536)  # what the UART received before the reset is gone
 
     # -- what tests look at ----------------------------------------------------------------------
 
@@ -312,8 +428,14 @@ class Simulator:
     def over_current(self) -> None:
         self.board.over_current()
 
+    def over_voltage(self) -> None:
+        self.board.over_voltage()
+
     def dc_offset(self) -> None:
         self.board.dc_offset()
+
+    def ear_spl_over(self) -> None:
+        self.board.ear_spl_over()
 
     def clip_storm(self) -> None:
         self.board.clip_storm()
@@ -321,15 +443,40 @@ class Simulator:
     def unplug_headphones(self) -> None:
         self.board.unplug_headphones()
 
-    def send_garbage(self, n: int = 32) -> None:
-        self.board.send_garbage(n)
+    def send_garbage(self, frames: int = 3, n: int = 32) -> None:
+        self.board.send_garbage(frames, n)
 
-    def corrupt_crc(self, next_n: int = 1) -> None:
+    def crc_errors(self, frames: int = 3) -> None:
+        self.board.crc_errors(frames)
+
+    def corrupt_crc(self, next_n: int = 3) -> None:
         self.board.corrupt_crc(next_n)
 
     def go_silent(self) -> None:
         self.board.go_silent()
 
+    def speak_again(self) -> None:
+        self.board.speak_again()
+
+    def stall(self, seconds: float | None = None) -> None:
+        self.board.stall(seconds)
+
+    def unstall(self) -> None:
+        self.board.unstall()
+
+    def reboot(self, boot_ms: int = 20) -> None:
+        """Restart the firmware mid-session: mute line high at once, ``boot_ms`` of nothing, then
+        a fresh ``Controller`` (muted, fault cleared, lowered limits forgotten) says HELLO again."""
+        with self._lock:
+            self._reboot_after_ms = max(0, boot_ms)
+
     def reset(self) -> None:
         """Back to nominal readings and a healthy link (latched faults stay until ARM)."""
         self.board.reset()
+
+    def run_scenario(self, scenario: Scenario) -> ScenarioRunner:
+        """Play ``scenario`` from now on the simulator's thread; returns its runner."""
+        runner = ScenarioRunner(scenario, self, time.monotonic())
+        with self._lock:
+            self._scenario = runner
+        return runner

@@ -46,6 +46,9 @@ DEFAULTS = {
     "adc_temp_pin": 26,
     "adc_current_pin": 27,
     "adc_vrms_pin": 28,
+    "adc_dc_pin": 29,
+    # The ear-cup microphone's level detector, if fitted (with max_ear_spl_db > 0); -1 = none.
+    "adc_ear_spl_pin": -1,
 }
 
 _POSITIVE = (
@@ -108,6 +111,8 @@ class BoardConfig:
         self.adc_temp_pin = _as_int(values["adc_temp_pin"])
         self.adc_current_pin = _as_int(values["adc_current_pin"])
         self.adc_vrms_pin = _as_int(values["adc_vrms_pin"])
+        self.adc_dc_pin = _as_int(values["adc_dc_pin"])
+        self.adc_ear_spl_pin = _as_int(values["adc_ear_spl_pin"])
 
 
 def _as_float(value: object) -> float:

@@ -13,6 +13,8 @@ Contract (architecture.md §3, hardware/PROTOCOL.md):
 - It unmutes ONLY on ARM, and only when the state is clean: no limit crossed, heartbeat fresh,
   headphones present if required. A refused ARM is answered with FAULT and STATE (still muted).
 - MUTE from the device mutes at once and is answered with STATE.
+- LOWER_LIMITS lowers limits until the next power-up, never raises one; it is answered with LIMITS
+  (accepted, or refused and unchanged). HELLO reports the limits in force.
 - Frames it cannot parse are counted and ignored: the device's heartbeat is what keeps it unmuted,
   so a garbled link ends in a mute anyway.
 """
@@ -67,13 +69,17 @@ class Controller:
         self.board = board
         self.config = config if config is not None else BoardConfig()
         c = self.config
-        self.limits = sl.Limits(
+        board_limits = sl.Limits(
             c.max_output_vrms,
             c.max_amp_temp_c,
             c.max_supply_current_a,
             c.max_dc_offset_mv,
             c.max_ear_spl_db,
         )
+        # The limits in force, as the wire carries them (float32), so that the device asking for
+        # exactly what HELLO reported is never mistaken for a raise. LOWER_LIMITS may lower them
+        # until the next power-up; nothing raises them above the board's configuration.
+        self.limits = sl.unpack_lower_limits(sl.pack_lower_limits(board_limits))
         self.muted = True
         self.armed = False
         #: Latched fault code (``sl.FAULT_NONE`` when clean); cleared only by an accepted ARM.
@@ -169,6 +175,8 @@ class Controller:
                 self._arm(now)
             elif frame.type == sl.MSG_MUTE:
                 self._mute(sl.unpack_mute(frame.body))
+            elif frame.type == sl.MSG_LOWER_LIMITS:
+                self._lower_limits(sl.unpack_lower_limits(frame.body))
             elif frame.type == sl.MSG_HELLO_REQUEST:
                 sl.check_empty("HELLO_REQUEST", frame.body)
                 self.send_hello()
@@ -192,6 +200,12 @@ class Controller:
         self.armed = True
         self.board.set_mute(False)
         self._send_state()
+
+    def _lower_limits(self, requested: "sl.Limits") -> None:
+        status, _text = sl.lowering_refusal(self.limits, requested)
+        if status == sl.LIMITS_ACCEPTED:
+            self.limits = requested
+        self._send(sl.MSG_LIMITS, sl.pack_limits(status, self.limits))
 
     def _mute(self, reason: int) -> None:
         self.board.set_mute(True)

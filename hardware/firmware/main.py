@@ -20,6 +20,8 @@ _CURRENT_A_PER_V = 1.0  # shunt amplifier: 1 A per volt
 _VRMS_PER_V = 1.0  # RMS detector: 1 Vrms per volt
 _DC_MV_PER_V = 100.0  # offset amplifier centred at 1.65 V: ±165 mV full scale
 _DC_MID_V = 1.65
+_SPL_DB_AT_0V = 40.0  # ear-cup microphone log detector: 40 dB SPL at 0 V, 30 dB per volt
+_SPL_DB_PER_V = 30.0
 
 
 class RP2040Board(Board):
@@ -38,7 +40,10 @@ class RP2040Board(Board):
         self._adc_temp = machine.ADC(machine.Pin(cfg.adc_temp_pin))
         self._adc_current = machine.ADC(machine.Pin(cfg.adc_current_pin))
         self._adc_vrms = machine.ADC(machine.Pin(cfg.adc_vrms_pin))
-        self._adc_dc = machine.ADC(machine.Pin(29))
+        self._adc_dc = machine.ADC(machine.Pin(cfg.adc_dc_pin))
+        self._adc_spl = None
+        if cfg.adc_ear_spl_pin >= 0 and cfg.max_ear_spl_db > 0:
+            self._adc_spl = machine.ADC(machine.Pin(cfg.adc_ear_spl_pin))
         self._last_ticks = time.ticks_ms()
         self._ms = 0
 
@@ -49,7 +54,10 @@ class RP2040Board(Board):
         dc = (self._adc_dc.read_u16() * _ADC_VOLTS - _DC_MID_V) * _DC_MV_PER_V
         clip = self._clip.value() == 0  # open-drain, active low
         headphones = self._headphones.value() == 0  # jack switch closes to ground
-        return (temp, current, vrms, dc, 0.0, clip, headphones)
+        spl = 0.0
+        if self._adc_spl is not None:  # log detector: dB SPL linear in volts
+            spl = _SPL_DB_AT_0V + self._adc_spl.read_u16() * _ADC_VOLTS * _SPL_DB_PER_V
+        return (temp, current, vrms, dc, spl, clip, headphones)
 
     def set_mute(self, muted):
         self._mute.value(1 if muted else 0)

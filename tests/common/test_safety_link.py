@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from resonera.common import serial_link as sl
-from resonera.common.safety_link import LinkState, SafetyLink
+from resonera.common.safety_link import HardLimits, LinkState, SafetyLink, WarningPolicy
 
 LIMITS = sl.Limits(2.0, 85.0, 1.5, 50.0, 0.0)
 CLEAN = (40.0, 0.5, 1.0, 2.0, 0.0)
@@ -74,15 +78,19 @@ def test_unknown_major_is_refused_for_good() -> None:
     assert sl.MSG_ARM not in sent_types(link.outgoing(0.02))
 
 
-def test_silence_withdraws_consent_and_forgets_hello() -> None:
+def test_telemetry_silence_over_100_ms_withdraws_consent_and_forgets_hello() -> None:
     link = armed_link()
-    link.tick(0.3)
-    assert link.consent  # 0.29 s since the last frame
-    link.tick(0.32)
+    link.receive(telemetry(), 0.05)
+    link.receive(state(muted=False, armed=True), 0.14)  # other frames do not count as telemetry
+    link.tick(0.15)
+    assert link.consent  # 100 ms since the last TELEMETRY: still within
+    link.tick(0.151)
     assert not link.consent
-    assert "no frames" in link.reason
+    assert link.reason == "no TELEMETRY from the safety MCU for over 100 ms"
     assert link.state is LinkState.DISCONNECTED
-    assert sl.MSG_HELLO_REQUEST in sent_types(link.outgoing(0.33))
+    assert sl.MSG_HELLO_REQUEST in sent_types(link.outgoing(0.16))
+    kinds = [e.kind for e in link.take_events()]
+    assert kinds[-2:] == ["link_down", "consent_withdrawn"]
 
 
 def test_fault_withdraws_and_latches_until_arm_requested_again() -> None:
@@ -116,12 +124,21 @@ def test_dc_offset_is_checked_by_magnitude() -> None:
     assert "DC offset" in link.reason
 
 
-def test_garbage_withdraws_consent() -> None:
+def test_one_garbled_frame_is_counted_a_burst_withdraws_consent() -> None:
     link = armed_link()
-    for event in sl.FrameDecoder().feed(b"\x13\x37\x42\x00"):
+    decoder = sl.FrameDecoder()
+    for event in decoder.feed(b"\x13\x37\x42\x00"):
         link.receive(event, 0.02)
+    assert link.consent  # one stray bad frame: line noise, counted
+    assert link.errors_seen == 1
+    for event in decoder.feed(b"\x13\x37\x42\x00"):
+        link.receive(event, 1.5)  # the first one is out of the 1 s window by now
+    link.receive(telemetry(), 1.5)
+    assert link.consent
+    for event in decoder.feed(b"\x01\x00\x05\x11\x00"):
+        link.receive(event, 1.6)
     assert not link.consent
-    assert link.reason.startswith("link garbled")
+    assert link.reason == "link garbled: 3 bad frames within 1.0 s (last: bad COBS encoding)"
 
 
 def test_body_of_wrong_length_counts_as_garbled() -> None:
@@ -167,3 +184,153 @@ def test_own_frames_looped_back_do_not_count_as_the_mcu() -> None:
             link.receive(event, 0.0)
     assert not link.heard
     assert link.state is LinkState.DISCONNECTED
+
+
+def test_unexpected_hello_means_the_mcu_restarted() -> None:
+    link = armed_link()
+    link.take_events()
+    link.receive(hello(), 5.0)  # nobody asked: it rebooted
+    assert not link.consent
+    assert link.reason == "safety MCU b-1 restarted (unexpected HELLO): it is muted"
+    assert [e.kind for e in link.take_events()] == ["mcu_restarted", "consent_withdrawn"]
+
+
+def test_hello_answering_our_request_is_not_a_restart() -> None:
+    link = SafetyLink()
+    link.outgoing(0.0)  # HELLO_REQUEST
+    link.outgoing(0.25)  # and another: the MCU is slow to answer
+    link.receive(hello(), 0.3)
+    link.receive(hello(), 0.31)  # the answer to the second request
+    assert link.problem is None
+    assert [e.kind for e in link.take_events()] == ["link_up"]
+
+
+def test_lowered_limits_are_enforced_in_software_at_once() -> None:
+    link = armed_link()
+    link.request_lower_limits(HardLimits(2.0, 70.0, 9.0, 50.0, 0.0))
+    assert link.limits == HardLimits(2.0, 70.0, 1.5, 50.0, 0.0)  # never above the MCU's 1.5 A
+    sent = [
+        sl.unpack_lower_limits(e.body)
+        for f in link.outgoing(0.02)
+        for e in sl.FrameDecoder().feed(f)
+        if isinstance(e, sl.Frame) and e.type == sl.MSG_LOWER_LIMITS
+    ]
+    assert [s.values() for s in sent] == [(2.0, 70.0, 1.5, 50.0, 0.0)]
+    link.receive(telemetry((75.0, 0.5, 1.0, 2.0, 0.0)), 0.03)  # fine for the MCU, not for us
+    assert not link.consent
+    assert "75.0 °C, limit 70.0 °C" in link.reason
+
+
+def test_limits_refused_are_an_event_and_change_nothing() -> None:
+    link = armed_link()
+    link.take_events()
+    body = sl.pack_limits(sl.LIMITS_REFUSED_RAISE, LIMITS)
+    link.receive(sl.Frame(sl.MSG_LIMITS, 0, body), 0.02)
+    [event] = link.take_events()
+    assert event.kind == "limits_refused"
+    assert event.cause.startswith("LOWER_LIMITS refused: a limit would be raised")
+    assert link.consent
+
+
+def test_warning_policy_margins_and_attenuation() -> None:
+    policy = WarningPolicy(margins={"amp_temp_c": 5.0}, fraction=0.2, max_attenuation_db=10.0)
+    link = SafetyLink(warning_policy=policy)
+    link.receive(hello(), 0.0)
+    link.receive(telemetry((82.5, 1.35, 1.0, 2.0, 0.0), armed=False), 0.01)
+    # temperature: halfway into its 5 °C margin (-5 dB); current: 1.35 A of 1.5 A with a 0.3 A
+    # margin, halfway too; the deepest one decides.
+    assert link.attenuation_db == pytest.approx(-5.0, abs=0.01)
+    assert "amplifier temperature" in link.warning
+    assert "supply current" in link.warning
+    with pytest.raises(ValueError, match="no such limit field"):
+        WarningPolicy(margins={"temperature": 1.0})
+
+
+def test_consent_events_carry_the_cause_and_code() -> None:
+    link = armed_link()
+    events = link.take_events()
+    assert [e.kind for e in events] == ["link_up", "consent_granted"]
+    link.receive(telemetry((40.0, 2.0, 1.0, 2.0, 0.0)), 0.02)
+    [withdrawn] = [e for e in link.take_events() if e.kind == "consent_withdrawn"]
+    assert withdrawn.code == sl.FAULT_OVER_CURRENT
+    assert withdrawn.cause.startswith("telemetry over limit: supply over current")
+
+
+# -- fuzz: hostile bytes ----------------------------------------------------------------------
+
+
+def _armed_reports(data: bytes) -> int:
+    """How many valid armed-and-unmuted reports (STATE or TELEMETRY) ``data`` holds."""
+    count = 0
+    for event in sl.FrameDecoder(synced=False).feed(data):
+        if not isinstance(event, sl.Frame):
+            continue
+        try:
+            if event.type == sl.MSG_STATE:
+                s = sl.unpack_state(event.body)
+                count += s.armed and not s.muted
+            elif event.type == sl.MSG_TELEMETRY:
+                t = sl.unpack_telemetry(event.body)
+                count += t.armed and not t.muted
+        except sl.LinkProtocolError:
+            pass
+    return count
+
+
+START_STATES = ["fresh", "hello", "arm_requested", "consent", "withdrawn"]
+
+
+def _link_in(start: str) -> SafetyLink:
+    link = SafetyLink()
+    if start == "fresh":
+        return link
+    if start in ("consent", "withdrawn"):
+        link = armed_link()
+        if start == "withdrawn":
+            link.receive(sl.Frame(sl.MSG_FAULT, 0, sl.pack_fault(1, "hot")), 0.02)
+        return link
+    link.receive(hello(), 0.0)
+    if start == "arm_requested":
+        link.request_arm()
+    return link
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sampled_from(START_STATES),
+    st.lists(st.binary(max_size=300), max_size=8),
+    st.lists(st.floats(0.0, 0.2), min_size=8, max_size=8),
+)
+def test_garbage_never_raises_and_never_unmutes(
+    start: str, chunks: list[bytes], gaps: list[float]
+) -> None:
+    link = _link_in(start)
+    decoder = sl.FrameDecoder(synced=False)
+    now = 0.05
+    for chunk, gap in zip(chunks, gaps, strict=False):
+        before = link.consent
+        now += gap
+        for event in decoder.feed(chunk):
+            link.receive(event, now)
+        link.tick(now)
+        link.outgoing(now)
+        assert decoder.buffered <= sl.MAX_ENCODED
+        if not before and link.consent:
+            # Consent may only come from a genuine armed report after an arm request.
+            assert start == "arm_requested"
+            assert _armed_reports(chunk) > 0
+    if start == "withdrawn":
+        assert not link.consent  # latched: no bytes whatsoever bring it back without an arm
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=600), st.integers(1, 64))
+def test_garbage_between_valid_frames_is_survived(junk: bytes, chunk: int) -> None:
+    link = armed_link()
+    wire = junk + b"\x00" + sl.encode_frame(sl.MSG_TELEMETRY, 1, telemetry().body)
+    decoder = sl.FrameDecoder()
+    for offset in range(0, len(wire), chunk):
+        for event in decoder.feed(wire[offset : offset + chunk]):
+            link.receive(event, 0.05)
+    assert isinstance(link.consent, bool)
+    assert link.telemetry is not None

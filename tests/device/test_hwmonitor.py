@@ -25,7 +25,10 @@ def sim() -> Iterator[Simulator]:
 
 @pytest.fixture
 def monitor(sim: Simulator) -> Iterator[HardwareMonitor]:
-    with HardwareMonitor(sim.port_path) as mon:
+    # Tolerant telemetry timeout: these tests are about other causes; a loaded machine starving
+    # the simulator's thread must not turn them into "no TELEMETRY". The 100 ms default is
+    # tested by test_silent_mcu_withdraws_consent and tests/device/test_hwmonitor_faults.py.
+    with HardwareMonitor(sim.port_path, silence_timeout_s=0.5) as mon:
         yield mon
 
 
@@ -88,21 +91,29 @@ def test_monitor_stop_asks_for_mute(sim: Simulator) -> None:
     assert sim.controller.reason == sl.FAULT_DEVICE_REQUEST
 
 
-@pytest.mark.parametrize("fault", ["send_garbage", "corrupt_crc"])
+@pytest.mark.parametrize("fault", ["send_garbage", "crc_errors"])
 def test_garbled_link_withdraws_consent(
     sim: Simulator, monitor: HardwareMonitor, fault: str
 ) -> None:
     monitor.arm(timeout_s=5.0)
     getattr(sim, fault)()
     wait_until(lambda: not monitor.consent, 2, "consent withdrawn")
-    assert monitor.reason.startswith("link garbled")
+    assert monitor.reason.startswith("link garbled: 3 bad frames")
 
 
-def test_silent_mcu_withdraws_consent(sim: Simulator, monitor: HardwareMonitor) -> None:
+def test_corrupted_telemetry_withdraws_consent(sim: Simulator, monitor: HardwareMonitor) -> None:
     monitor.arm(timeout_s=5.0)
-    sim.go_silent()
+    sim.corrupt_crc(3)  # three TELEMETRY in a row lost: a burst, and 150 ms without telemetry
     wait_until(lambda: not monitor.consent, 2, "consent withdrawn")
-    assert "no frames" in monitor.reason
+    assert monitor.reason.startswith(("link garbled", "no TELEMETRY"))
+
+
+def test_silent_mcu_withdraws_consent(sim: Simulator) -> None:
+    with HardwareMonitor(sim.port_path) as monitor:  # the production 100 ms telemetry timeout
+        monitor.arm(timeout_s=5.0)
+        sim.go_silent()
+        wait_until(lambda: not monitor.consent, 2, "consent withdrawn")
+        assert monitor.reason == "no TELEMETRY from the safety MCU for over 100 ms"
 
 
 def test_unplugged_headphones_withdraw_consent(sim: Simulator, monitor: HardwareMonitor) -> None:

@@ -40,7 +40,16 @@ FRAME_VECTORS = sorted(name for name, fields in VECTORS.items() if "frame" in fi
 
 
 def test_the_document_has_the_vectors_we_promise() -> None:
-    assert {"CRC check", "HELLO", "HEARTBEAT ms=1000", "ARM seq 3", "TELEMETRY"} <= set(VECTORS)
+    assert {
+        "CRC check",
+        "HELLO",
+        "HEARTBEAT ms=1000",
+        "ARM seq 3",
+        "TELEMETRY",
+        "STATE",
+        "LOWER_LIMITS",
+        "LIMITS refused",
+    } <= set(VECTORS)
 
 
 def test_crc_vector() -> None:
@@ -82,3 +91,9 @@ def test_vector_field_values() -> None:
 
     state = sl.unpack_state(_body("STATE"))
     assert (state.muted, state.armed, state.reason) == (True, False, sl.FAULT_OVER_TEMPERATURE)
+
+    lower = sl.unpack_lower_limits(_body("LOWER_LIMITS"))
+    assert lower.values() == (1.0, 70.0, 1.0, 30.0, 0.0)
+    status, limits = sl.unpack_limits(_body("LIMITS refused"))
+    assert status == sl.LIMITS_REFUSED_RAISE
+    assert limits.values() == (2.0, 85.0, 1.5, 50.0, 0.0)
