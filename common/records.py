@@ -52,6 +52,9 @@ SafetyEventType = Literal[
     "limits_refused",
     "no_monitor",
     "transition",
+    "dose_reached",
+    "dose_stop",
+    "session_refused",
 ]
 
 

@@ -22,13 +22,16 @@ from resonera.common.ids import new_id
 from resonera.common.program import Program
 from resonera.common.records import SessionRecord
 from resonera.common.safety_link import HardLimits
-from resonera.device.audio.player import play
+from resonera.device.audio.player import BlockProcessor, play
 from resonera.device.audio.sinks import AudioSink, NullSink, PyAudioSink, WavSink, open_default_sink
 from resonera.device.audio.synth import ProgramRenderer
-from resonera.device.hwmonitor import HardwareMonitor
+from resonera.device.hwmonitor import HardwareMonitor, WarningAttenuator
 from resonera.device.safety.chain import DoseEvent
 from resonera.device.safety.dose_ledger import DoseLedger
 from resonera.device.safety.session import build_chain, load_session_calibration, preflight
+from resonera.device.safety.state import Event
+from resonera.device.safety.supervisor import SessionSupervisor
+from resonera.device.safety_events import SafetyEventRecorder
 from resonera.device.settings import DeviceSettings
 from resonera.device.store import DeviceStore
 
@@ -80,42 +83,37 @@ def play_session(
     stop = stop or threading.Event()
     calibration = load_session_calibration(settings.calibration_file)
     profile = settings.profile
-    ledger = DoseLedger(settings.dose_ledger_path)
-    check = preflight(
-        program,
-        sample_rate=settings.sample_rate,
-        calibration=calibration,
-        profile=profile,
-        week=ledger.status(wall_clock(), profile.dose_mode),
-    )
-    notify(check.message)
-    if check.refused:
-        ledger.close()
-        raise SessionRefused(check.message)
-    dose_events: list[DoseEvent] = []
-
-    def on_dose_event(event: DoseEvent) -> None:
-        dose_events.append(event)
-        notify(event.message)
-
+    session_id = new_id()
     with ExitStack() as stack:
+        recorder = SafetyEventRecorder(store, settings.device_id, simulation=settings.simulation)
+        stack.callback(recorder.close)  # last out: every event is written before we return
+        ledger = DoseLedger(settings.dose_ledger_path)
         stack.callback(ledger.close)
-        monitor: HardwareMonitor | None = None
-        hard: HardLimits | None = None
-        board = ""
-        if not settings.simulation:
-            if settings.serial_url is None:
-                raise NoSafetyMonitor(
-                    "no safety MCU configured (serial_url), so nothing will play; "
-                    "use --simulation for a bench run without hardware (marked on every record)"
-                )
-            monitor = stack.enter_context(HardwareMonitor(settings.serial_url))
-            hello = monitor.arm(settings.arm_timeout_s)
-            hard = hello.limits
-            board = f"{hello.board_id} fw {hello.firmware_version}"
-            log.info("safety MCU %s armed; playing with its consent", board)
-        else:
-            log.warning("SIMULATION MODE: playing without the safety MCU's consent")
+        check = preflight(
+            program,
+            sample_rate=settings.sample_rate,
+            calibration=calibration,
+            profile=profile,
+            week=ledger.status(wall_clock(), profile.dose_mode),
+        )
+        notify(check.message)
+        if check.refused:
+            recorder.event("session_refused", check.message, session_id=session_id)
+            raise SessionRefused(check.message)
+
+        supervisor = SessionSupervisor(
+            recorder, simulation=settings.simulation, session_id=session_id
+        )
+        supervisor.handle(Event.START, f"play {program.name!r}")
+        monitor, hard, board = _arm(settings, stack, recorder, supervisor)
+        dose_events: list[DoseEvent] = []
+
+        def on_dose_event(event: DoseEvent) -> None:
+            dose_events.append(event)
+            notify(event.message)
+            recorder.event(event.kind, event.message, session_id=session_id, hardware_board=board)
+            kind = Event.DOSE_STOP if event.kind == "dose_stop" else Event.DOSE_REACHED
+            supervisor.handle(kind, event.message)
 
         renderer = ProgramRenderer(program, settings.sample_rate)
         chain = build_chain(
@@ -127,6 +125,13 @@ def play_session(
             wall_clock=wall_clock,
             on_dose_event=on_dose_event,
         )
+        processors: list[BlockProcessor] = [chain]
+        if monitor is not None:
+            # hardware warnings (e.g. a warm amplifier) ramp the level down before the chain
+            live = monitor
+            processors.insert(
+                0, WarningAttenuator(lambda: live.attenuation_db, renderer.sample_rate)
+            )
         started_at = datetime.now(UTC)
         result = play(
             renderer,
@@ -135,13 +140,20 @@ def play_session(
             gate=(lambda: monitor.consent) if monitor is not None else None,
             reason=(lambda: monitor.reason) if monitor is not None else (lambda: ""),
             should_stop=lambda: stop.is_set() or chain.stop_requested,
-            processors=[chain],
+            processors=processors,
             on_block=on_block,
         )
         ended_at = datetime.now(UTC)
+        reason = result.reason or (dose_events[-1].message if chain.stop_requested else "")
+        if result.outcome == "fault":
+            supervisor.handle(Event.FAULT, reason)
+        elif result.outcome == "stopped":
+            supervisor.handle(Event.STOP, reason or "stopped by the person")
+        else:
+            supervisor.handle(Event.SESSION_END, "program completed")
 
     record = SessionRecord(
-        session_id=new_id(),
+        session_id=session_id,
         program_name=program.name,
         program_digest=program.digest(),
         started_at=started_at,
@@ -149,7 +161,7 @@ def play_session(
         planned_s=program.duration_s,
         played_s=result.played_s,
         outcome=result.outcome,
-        reason=result.reason or (dose_events[-1].message if chain.stop_requested else ""),
+        reason=reason,
         sink=sink.kind,
         sample_rate=settings.sample_rate,
         peak_dbfs=result.peak_dbfs,
@@ -159,3 +171,46 @@ def play_session(
     )
     store.record_session(settings.device_id, record)
     return record
+
+
+def _arm(
+    settings: DeviceSettings,
+    stack: ExitStack,
+    recorder: SafetyEventRecorder,
+    supervisor: SessionSupervisor,
+) -> tuple[HardwareMonitor | None, HardLimits | None, str]:
+    """Open the safety MCU and get its consent (or, in simulation mode, say loudly that there is
+    none). Returns the monitor, the MCU's hard limits and the board's name."""
+    if settings.simulation:
+        cause = "simulation mode: playing without the safety MCU's consent"
+        log.warning("SIMULATION MODE: playing without the safety MCU's consent")
+        recorder.event("no_monitor", cause, session_id=supervisor.session_id)
+        supervisor.handle(Event.ARMED, cause)
+        return None, None, ""
+    if settings.serial_url is None:
+        supervisor.handle(Event.ARM_FAILED, "no safety MCU configured")
+        raise NoSafetyMonitor(
+            "no safety MCU configured (serial_url), so nothing will play; "
+            "use --simulation for a bench run without hardware (marked on every record)"
+        )
+    monitor = stack.enter_context(HardwareMonitor(settings.serial_url, events=recorder))
+    try:
+        hello = monitor.arm(settings.arm_timeout_s)
+    except ResoneraError as exc:
+        supervisor.handle(Event.ARM_FAILED, str(exc))
+        raise
+    board = f"{hello.board_id} fw {hello.firmware_version}"
+
+    def on_consent(consent: bool, why: str) -> None:
+        if not consent:
+            supervisor.handle(Event.FAULT, why)
+
+    def on_warning(attenuation_db: float, _text: str) -> None:
+        warning = Event.WARNING if attenuation_db < 0 else Event.WARNING_CLEARED
+        supervisor.handle(warning, "hardware warning")
+
+    monitor.add_listener(on_consent)
+    monitor.add_warning_listener(on_warning)
+    supervisor.handle(Event.ARMED, f"safety MCU {board} armed")
+    log.info("safety MCU %s armed; playing with its consent", board)
+    return monitor, hello.limits, board

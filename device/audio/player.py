@@ -51,7 +51,7 @@ Outcome = Literal["completed", "stopped", "fault"]
 
 DEFAULT_BLOCK_FRAMES: Final = 1024
 DEFAULT_STOP_FADE_S: Final = 0.05
-DEFAULT_FAULT_RAMP_S: Final = 0.005
+DEFAULT_FAULT_RAMP_S: Final = 0.003
 DEFAULT_FAULT_REASON: Final = "safety gate closed"
 
 

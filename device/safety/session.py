@@ -120,9 +120,9 @@ def preflight(
     after = week.fraction + expected
     refused = profile.refuse_over_allowance and after > 1.0
     status = (
-        f"this session is expected to use {expected * 100:.2g} % of the weekly sound allowance "
+        f"this session is expected to use {_percent(expected)} of the weekly sound allowance "
         f"(about {laeq:.0f} dBA for {_duration(program.duration_s)}); "
-        f"{week.fraction * 100:.1f} % is used already"
+        f"{_percent(week.fraction)} is used already"
     )
     if week.corrupted:
         status += " (the dose record is damaged: counted as fully used until a clinician resets it)"
@@ -133,3 +133,8 @@ def preflight(
 
 def _duration(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
+
+
+def _percent(fraction: float) -> str:
+    percent = fraction * 100
+    return "under 0.01 %" if 0 < percent < 0.01 else f"{percent:.2f} %"

@@ -11,7 +11,7 @@ from numpy.typing import NDArray
 
 from resonera.common.program import Program, Step, ToneLayer
 from resonera.device.audio.levels import LevelMeter
-from resonera.device.audio.player import GainRamp, play
+from resonera.device.audio.player import DEFAULT_FAULT_RAMP_S, GainRamp, play
 from resonera.device.audio.sinks import AudioSink, NullSink, SinkKind, WavSink
 from resonera.device.audio.synth import ProgramRenderer
 
@@ -122,8 +122,10 @@ def test_gate_closing_mid_playback_ramps_to_zero_within_one_block() -> None:
     assert before < len(audio) <= before + 512
     assert np.all(audio[-1] == 0.0)
     assert np.abs(np.diff(audio.astype(np.float64), axis=0)).max() <= MAX_STEP
-    assert len(audio) == before + int(0.005 * RATE)  # the fault ramp lasts 5 ms
-    expected = reference()[before : len(audio)] * (1 - np.arange(1, 241) / 240)[:, None]
+    ramp = round(DEFAULT_FAULT_RAMP_S * RATE)
+    assert DEFAULT_FAULT_RAMP_S <= 0.005  # "a few ms" (safety.md), well inside one block
+    assert len(audio) == before + ramp
+    expected = reference()[before : len(audio)] * (1 - np.arange(1, ramp + 1) / ramp)[:, None]
     np.testing.assert_allclose(audio[before:], expected, atol=1e-6)
     assert result.frames_played == len(audio)
     assert sink.calls[-1] == "close"

@@ -61,9 +61,11 @@ def test_plays_offline_and_keeps_the_record_for_later(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "simulation mode" in result.stdout
     assert "not synced yet" in result.stdout
-    assert "1 record(s) wait in the outbox" in result.stdout
+    # the session and its safety events (simulation mode, state transitions) all wait
+    assert "record(s) wait in the outbox" in result.stdout
+    assert "expected to use" in result.stdout
     assert (tmp_path / "out.wav").stat().st_size > 1000
     status = run("status", "--config", cfg)
-    assert "outbox: 1 record(s)" in status.stdout
+    assert "outbox: 0 record(s)" not in status.stdout
     assert "demo-alpha" in status.stdout
     assert "[simulation]" in status.stdout

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from resonera.common.dose import dose_fraction
@@ -23,6 +24,7 @@ from resonera.device.safety.session import (
 )
 from resonera.device.settings import DeviceSettings
 from resonera.device.store import DeviceStore
+from resonera.hardware.sim import Simulator
 
 TONE_1K = """
 name = "tone"
@@ -116,3 +118,47 @@ def test_the_mcu_limits_lower_the_chain_never_raise_it() -> None:
     # 0.05 V allowed; full scale is 1 V RMS (1.414 V peak) after a -20 dB stage: 0.1414 V peak
     assert chain_limits(calibration, hard).peak_ceiling == pytest.approx(0.05 / 0.14142, rel=1e-3)
     assert chain_limits(calibration, None).peak_ceiling == 1.0
+
+
+def transitions(store: DeviceStore, session_id: str) -> list[tuple[str | None, str | None]]:
+    events = sorted(store.events(limit=1000), key=lambda e: (e.at, e.event_id))
+    return [
+        (e.from_state, e.to_state)
+        for e in events
+        if e.type == "transition" and e.session_id == session_id
+    ]
+
+
+def test_every_state_transition_of_a_session_is_recorded_with_the_session(tmp_path: Path) -> None:
+    s = settings(tmp_path)
+    store = DeviceStore(s.store_path)
+    record = play_session(s, store, load_program_toml(TONE_1K), NullSink())
+    assert transitions(store, record.session_id) == [
+        ("idle", "arming"),
+        ("arming", "playing"),
+        ("playing", "idle"),
+    ]
+    kinds = {e.type for e in store.events(limit=1000)}
+    assert "no_monitor" in kinds  # simulation mode says so in the record of events
+    assert all(e.simulation for e in store.events(limit=1000))
+
+
+def test_an_mcu_fault_mid_session_silences_it_and_latches_the_fault_state(tmp_path: Path) -> None:
+    with Simulator() as sim:
+        s = settings(tmp_path, simulation=False, serial_url=sim.port_path)
+        store = DeviceStore(s.store_path)
+        blocks: list[np.ndarray] = []
+
+        def on_block(block: np.ndarray, _renderer: object) -> None:
+            blocks.append(block.copy())
+            if len(blocks) == 40:
+                sim.over_temperature()
+
+        record = play_session(s, store, load_program_toml(TONE_1K), NullSink(), on_block=on_block)
+    assert record.outcome == "fault"
+    assert "temperature" in record.reason
+    assert record.played_s < 8.0
+    assert not record.simulation and record.hardware_board
+    assert transitions(store, record.session_id)[-1] == ("playing", "fault")
+    faults = [e for e in store.events(limit=1000) if e.type in ("fault", "consent_withdrawn")]
+    assert faults and any("temperature" in e.cause for e in faults)
