@@ -34,7 +34,7 @@ SILENCE_DB: Final = -100.0
 
 def pressure_squared(level_db: float) -> float:
     """Mean-square sound pressure in Pa² of a level in dB SPL (re 20 µPa)."""
-    return P_REF_PA**2 * 10.0 ** (max(level_db, SILENCE_DB) / 10.0)
+    return float(P_REF_PA**2 * 10.0 ** (max(level_db, SILENCE_DB) / 10.0))
 
 
 def level_db(pressure_squared_pa2: float) -> float:
