@@ -7,6 +7,7 @@ program or an SBaGen ``.sbg`` schedule.
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import sys
 import threading
@@ -243,6 +244,52 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _measure(args: argparse.Namespace) -> int:
+    from resonera.device.safety.measure import measure_file, spl_at_unit_rms_from_full_scale
+
+    if (args.calibration is None) == (args.spl_at_full_scale is None):
+        raise ConfigError("give exactly one of --calibration FILE or --spl-at-full-scale DB")
+    if args.calibration is not None:
+        spl_at_unit_rms = load_calibration_file(args.calibration).spl_at_unit_rms
+    else:
+        spl_at_unit_rms = spl_at_unit_rms_from_full_scale(args.spl_at_full_scale)
+    result = measure_file(args.file, spl_at_unit_rms)
+    if args.json:
+        print(json.dumps(result.as_json()))
+        return 0
+    chosen = result.dose_mode1 if args.mode == 1 else result.dose_mode2
+    print(f"{result.file}: {clock(result.duration_s)} at {result.sample_rate} Hz")
+    print(f"  LAeq           {result.laeq_dba:6.1f} dBA")
+    print(f"  highest MEL    {result.max_mel_dba:6.1f} dBA (1-second A-weighted level)")
+    print(f"  dose, mode 1   {result.dose_mode1 * 100:8.3f} % of the weekly allowance (1.6 Pa²h)")
+    print(f"  dose, mode 2   {result.dose_mode2 * 100:8.3f} % of the weekly allowance (0.51 Pa²h)")
+    print(f"  (mode {args.mode} chosen: this file alone uses {chosen * 100:.3f} % of a week)")
+    return 0
+
+
+def _dose(args: argparse.Namespace) -> int:
+    from resonera.common.dose import allowance_pa2s
+    from resonera.device.safety.dose_ledger import DoseLedger
+
+    settings = _settings(args)
+    mode = settings.profile.dose_mode
+    ledger = DoseLedger(settings.dose_ledger_path)
+    now = time.time()
+    status = ledger.status(now, mode)
+    print(
+        f"rolling 7 days: {status.measured_fraction * 100:.2f} % of the weekly sound allowance "
+        f"(mode {mode}), {status.seconds / 3600:.1f} h of sound"
+    )
+    if status.corrupted:
+        print("the dose record is damaged: counted as fully used until a clinician resets it")
+    allowance = allowance_pa2s(mode)
+    for day, pa2s in ledger.daily(now, days=args.days):
+        percent = pa2s / allowance * 100
+        bar = "#" * min(50, round(percent / 2))
+        print(f"  {day:%a %d %b}  {percent:6.2f} %  {bar}")
+    return 0
+
+
 def _programs(_args: argparse.Namespace) -> int:
     for name, program in sorted(BUILTIN_PROGRAMS.items()):
         kinds = sorted({layer.type for step in program.steps for layer in step.layers})
@@ -302,6 +349,21 @@ def build_parser() -> argparse.ArgumentParser:
     status = with_config(sub.add_parser("status", help="outbox depth and recent sessions"))
     status.add_argument("--limit", type=int, default=10)
     status.set_defaults(func=_status)
+
+    measure = sub.add_parser("measure", help="LAeq, highest MEL and dose of a WAV/FLAC file")
+    measure.add_argument("file", type=Path)
+    measure.add_argument("--calibration", type=Path, default=None, help="calibration profile")
+    measure.add_argument(
+        "--spl-at-full-scale", type=float, default=None, metavar="DB",
+        help="dB SPL of a full-scale 1 kHz sine (peak 1.0)",
+    )  # fmt: skip
+    measure.add_argument("--mode", type=int, choices=[1, 2], default=1)
+    measure.add_argument("--json", action="store_true", help="one JSON object")
+    measure.set_defaults(func=_measure)
+
+    dose = with_config(sub.add_parser("dose", help="this week's sound dose, day by day"))
+    dose.add_argument("--days", type=int, default=7)
+    dose.set_defaults(func=_dose)
 
     programs = sub.add_parser("programs", help="list the preset programs")
     programs.set_defaults(func=_programs)

@@ -69,3 +69,7 @@ def test_plays_offline_and_keeps_the_record_for_later(tmp_path: Path) -> None:
     assert "outbox: 0 record(s)" not in status.stdout
     assert "demo-alpha" in status.stdout
     assert "[simulation]" in status.stdout
+    dose = run("dose", "--config", cfg)
+    assert dose.returncode == 0
+    assert "rolling 7 days:" in dose.stdout
+    assert "h of sound" in dose.stdout

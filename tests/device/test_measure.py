@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +15,8 @@ from resonera.device.safety.measure import (
     measure_file,
     spl_at_unit_rms_from_full_scale,
 )
+
+BIN = Path(sys.executable).parent / "resonera-device"
 
 
 def write_sine(
@@ -43,3 +48,24 @@ def test_not_audio_is_a_clear_error(tmp_path: Path) -> None:
     bad.write_text("not audio")
     with pytest.raises(MeasureError, match="not a readable audio file"):
         measure_file(bad, 100.0)
+
+
+def test_measure_command_prints_json_with_the_documented_keys(tmp_path: Path) -> None:
+    wav = write_sine(tmp_path / "tone.wav", peak=0.1, seconds=3.0)
+    result = subprocess.run(
+        [str(BIN), "measure", str(wav), "--spl-at-full-scale", "100", "--json"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["laeq_dba"] == pytest.approx(80.0, abs=0.2)
+    assert {"laeq_dba", "max_mel_dba", "dose_mode1", "dose_mode2", "duration_s"} <= set(data)
+
+
+def test_measure_command_needs_exactly_one_calibration(tmp_path: Path) -> None:
+    wav = write_sine(tmp_path / "tone.wav", peak=0.1, seconds=1.0)
+    result = subprocess.run(
+        [str(BIN), "measure", str(wav)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 1
+    assert "exactly one of --calibration FILE or --spl-at-full-scale DB" in result.stderr
