@@ -20,6 +20,7 @@ from numpy.typing import NDArray
 from resonera.common.errors import ResoneraError
 from resonera.common.ids import new_id
 from resonera.common.program import Program
+from resonera.common.program_check import check_program_for
 from resonera.common.records import SessionRecord
 from resonera.common.safety_link import HardLimits
 from resonera.device.audio.player import BlockProcessor, play
@@ -83,6 +84,7 @@ def play_session(
     stop = stop or threading.Event()
     calibration = load_session_calibration(settings.calibration_file)
     profile = settings.profile
+    program = check_program_for(program, profile, calibration.output)
     session_id = new_id()
     with ExitStack() as stack:
         recorder = SafetyEventRecorder(store, settings.device_id, simulation=settings.simulation)

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from resonera.common.dose import dose_fraction
-from resonera.common.profile import HearingProfile
+from resonera.common.errors import ProgramError
+from resonera.common.profile import FrequencyRange, HearingProfile
 from resonera.common.program import load_program_toml
 from resonera.common.safety_link import HardLimits
 from resonera.device.agent import SessionRefused, play_session
@@ -162,3 +163,13 @@ def test_an_mcu_fault_mid_session_silences_it_and_latches_the_fault_state(tmp_pa
     assert transitions(store, record.session_id)[-1] == ("playing", "fault")
     faults = [e for e in store.events(limit=1000) if e.type in ("fault", "consent_withdrawn")]
     assert faults and any("temperature" in e.cause for e in faults)
+
+
+def test_a_program_outside_the_persons_ranges_is_refused_before_a_sample(tmp_path: Path) -> None:
+    profile = HearingProfile(tone_hz=FrequencyRange(low=100, high=800))
+    s = settings(tmp_path, profile=profile)
+    with pytest.raises(ProgramError, match="frequency_hz 1000 Hz is outside"):
+        play_session(
+            s, DeviceStore(s.store_path), load_program_toml(TONE_1K), WavSink(tmp_path / "x.wav")
+        )
+    assert not (tmp_path / "x.wav").exists()
