@@ -80,6 +80,7 @@ FAULT_EAR_SPL = 8
 FAULT_CLIP_STORM = 9
 FAULT_DEVICE_REQUEST = 10
 FAULT_POWER_UP = 11
+FAULT_CALIBRATION = 12
 
 FAULT_TEXT = {
     FAULT_NONE: "no fault",
@@ -94,6 +95,7 @@ FAULT_TEXT = {
     FAULT_CLIP_STORM: "output clipping persistently",
     FAULT_DEVICE_REQUEST: "muted on the device's request",
     FAULT_POWER_UP: "muted at power-up, not armed yet",
+    FAULT_CALIBRATION: "the ear-cup level disagrees with the calibration",
 }
 
 

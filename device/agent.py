@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
+from resonera.common import serial_link
 from resonera.common.errors import ResoneraError
 from resonera.common.ids import new_id
 from resonera.common.program import Program
@@ -29,6 +30,7 @@ from resonera.device.audio.synth import ProgramRenderer
 from resonera.device.hwmonitor import HardwareMonitor, WarningAttenuator
 from resonera.device.safety.chain import DoseEvent
 from resonera.device.safety.dose_ledger import DoseLedger
+from resonera.device.safety.earcup import EarCupCheck
 from resonera.device.safety.session import build_chain, load_session_calibration, preflight
 from resonera.device.safety.state import Event
 from resonera.device.safety.supervisor import SessionSupervisor
@@ -118,6 +120,7 @@ def play_session(
             supervisor.handle(kind, event.message)
 
         renderer = ProgramRenderer(program, settings.sample_rate)
+        on_second = _ear_cup_check(monitor, hard, recorder, session_id, board)
         chain = build_chain(
             sample_rate=settings.sample_rate,
             calibration=calibration,
@@ -126,6 +129,7 @@ def play_session(
             ledger=ledger,
             wall_clock=wall_clock,
             on_dose_event=on_dose_event,
+            on_second=on_second,
         )
         processors: list[BlockProcessor] = [chain]
         if monitor is not None:
@@ -173,6 +177,32 @@ def play_session(
     )
     store.record_session(settings.device_id, record)
     return record
+
+
+def _ear_cup_check(
+    monitor: HardwareMonitor | None,
+    hard: HardLimits | None,
+    recorder: SafetyEventRecorder,
+    session_id: str,
+    board: str,
+) -> Callable[[float], None]:
+    """Each second, the predicted level against the ear-cup microphone, where the board has one;
+    a sustained disagreement mutes (the calibration cannot be trusted)."""
+    if monitor is None or hard is None or hard.max_ear_spl_db <= 0:
+        return lambda _mel: None
+    check = EarCupCheck()
+    live = monitor
+
+    def on_second(predicted_dba: float) -> None:
+        telemetry = live.telemetry
+        reason = check.second(predicted_dba, telemetry.ear_spl_db if telemetry else None)
+        if reason is not None:
+            log.error("%s", reason)
+            code = serial_link.FAULT_CALIBRATION
+            recorder.event("fault", reason, code=code, session_id=session_id, hardware_board=board)
+            live.request_mute(code)
+
+    return on_second
 
 
 def _arm(

@@ -73,6 +73,7 @@ class SafetyChain:
         ledger: DoseLedger | None,
         wall_clock: Callable[[], float],
         on_dose_event: Callable[[DoseEvent], None] = lambda _event: None,
+        on_second: Callable[[float], None] = lambda _mel: None,
         channels: int = 2,
     ) -> None:
         self.sample_rate = sample_rate
@@ -81,6 +82,8 @@ class SafetyChain:
         self.ledger = ledger
         self.wall_clock = wall_clock
         self.on_dose_event = on_dose_event
+        #: Called with each second's MEL (the level the calibration predicts at the ear).
+        self.on_second = on_second
         self.level_dba = profile.max_level_dba
         self.gain = GainRamp(1.0)
         self.level = LevelCeiling(
@@ -129,6 +132,7 @@ class SafetyChain:
         self.session_dose += added
         if self.ledger is not None:
             self.ledger.add_second(now, mel)
+        self.on_second(mel)
         for hundred in crossed_hundreds(before, self.week_fraction):
             percent = hundred * 100
             if self.profile.on_dose_reached == "stop":

@@ -72,6 +72,7 @@ def build_chain(
     ledger: DoseLedger | None,
     wall_clock: Callable[[], float],
     on_dose_event: Callable[[DoseEvent], None] = lambda _e: None,
+    on_second: Callable[[float], None] = lambda _mel: None,
 ) -> SafetyChain:
     return SafetyChain(
         sample_rate=sample_rate,
@@ -80,6 +81,7 @@ def build_chain(
         ledger=ledger,
         wall_clock=wall_clock,
         on_dose_event=on_dose_event,
+        on_second=on_second,
     )
 
 

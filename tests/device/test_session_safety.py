@@ -25,6 +25,7 @@ from resonera.device.safety.session import (
 )
 from resonera.device.settings import DeviceSettings
 from resonera.device.store import DeviceStore
+from resonera.hardware.firmware.config import BoardConfig
 from resonera.hardware.sim import Simulator
 
 TONE_1K = """
@@ -173,3 +174,25 @@ def test_a_program_outside_the_persons_ranges_is_refused_before_a_sample(tmp_pat
             s, DeviceStore(s.store_path), load_program_toml(TONE_1K), WavSink(tmp_path / "x.wav")
         )
     assert not (tmp_path / "x.wav").exists()
+
+
+def test_an_ear_cup_level_far_from_the_calibrations_prediction_mutes(tmp_path: Path) -> None:
+    with Simulator(BoardConfig(max_ear_spl_db=100.0)) as sim:
+        s = settings(tmp_path, simulation=False, serial_url=sim.port_path)
+        store = DeviceStore(s.store_path)
+        calm = play_session(s, store, load_program_toml(TONE_1K), NullSink())
+        assert calm.outcome == "completed"  # the microphone agrees with the calibration (~70 dBA)
+
+        blocks = 0
+
+        def on_block(_block: np.ndarray, _renderer: object) -> None:
+            nonlocal blocks
+            blocks += 1
+            if blocks == 20:
+                sim.board.set_ear_spl(86.0)  # 15 dB louder than predicted: a wrong calibration
+
+        record = play_session(s, store, load_program_toml(TONE_1K), NullSink(), on_block=on_block)
+    assert record.outcome == "fault"
+    assert "ear-cup" in record.reason
+    assert 3.0 <= record.played_s < 8.0
+    assert any(e.type == "fault" and "calibration" in e.cause for e in store.events(limit=1000))
