@@ -141,7 +141,6 @@ def _play_sink(args: argparse.Namespace, settings: DeviceSettings) -> AudioSink:
 def _play(args: argparse.Namespace) -> int:
     from resonera.device.agent import play_session
     from resonera.device.safety.session import load_session_calibration
-    from resonera.device.store import DeviceStore
 
     overrides: dict[str, Any] = {}
     if args.simulation:
@@ -155,7 +154,7 @@ def _play(args: argparse.Namespace) -> int:
     settings = _settings(args, **overrides)
     program = _program(args)
     calibration = load_session_calibration(settings.calibration_file)
-    store = DeviceStore(settings.store_path)
+    store = settings.open_store()
     stop = threading.Event()
 
     def _request_stop(_signum: int, _frame: FrameType | None) -> None:
@@ -222,18 +221,16 @@ def _render(args: argparse.Namespace) -> int:
 
 
 def _sync_cmd(args: argparse.Namespace) -> int:
-    from resonera.device.store import DeviceStore
 
     settings = _settings(args)
-    store = DeviceStore(settings.store_path)
+    store = settings.open_store()
     return 0 if _sync(settings, store, args.timeout) else 1
 
 
 def _status(args: argparse.Namespace) -> int:
-    from resonera.device.store import DeviceStore
 
     settings = _settings(args)
-    store = DeviceStore(settings.store_path)
+    store = settings.open_store()
     print(f"device {settings.device_id}, data in {settings.data_dir}")
     print(f"outbox: {store.outbox_depth()} record(s) waiting for the server")
     for record in store.sessions(limit=args.limit):

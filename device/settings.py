@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import SettingsConfigDict
@@ -12,6 +12,9 @@ from resonera.common import topics
 from resonera.common.errors import ProtocolError
 from resonera.common.profile import HearingProfile
 from resonera.common.settings import MqttSettings, ResoneraSettings
+
+if TYPE_CHECKING:
+    from resonera.device.store import DeviceStore
 
 
 class SyncSettings(BaseModel):
@@ -44,6 +47,8 @@ class DeviceSettings(ResoneraSettings):
     #: Where the WAV sink writes (sink "wav", or "auto" when there is no sound card).
     wav_path: Path | None = None
     output_device: str | None = None
+    #: The device's private key (PEM, that of its certificate); messages are signed with it.
+    key_file: Path | None = None
     #: The output chain's calibration (TOML); without it the device does not play.
     calibration_file: Path | None = None
     #: The person's limits until the server's signed desired state brings them.
@@ -62,6 +67,14 @@ class DeviceSettings(ResoneraSettings):
     @property
     def store_path(self) -> Path:
         return self.data_dir / "device.db"
+
+    def open_store(self) -> DeviceStore:
+        """The local store, signing queued messages with the device key when there is one."""
+        from resonera.common.identity import load_private_key
+        from resonera.device.store import DeviceStore
+
+        key = load_private_key(self.key_file) if self.key_file is not None else None
+        return DeviceStore(self.store_path, signing_key=key)
 
     @property
     def dose_ledger_path(self) -> Path:

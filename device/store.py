@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy import Engine, event, func
 from sqlalchemy.orm import registry
 from sqlmodel import Field, Session, SQLModel, col, create_engine, delete, select
@@ -22,6 +23,7 @@ from resonera.common import topics
 from resonera.common.envelope import Envelope
 from resonera.common.errors import ResoneraError
 from resonera.common.records import SafetyEventRecord, SessionRecord
+from resonera.common.signing import sign_envelope
 
 
 class StoreError(ResoneraError):
@@ -80,8 +82,11 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 class DeviceStore:
     """Thread-safe: each call opens its own short transaction."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, signing_key: ec.EllipticCurvePrivateKey | None = None) -> None:
+        """``signing_key``: the device's own key (that of its certificate); every queued message is
+        then signed with it, so the server can tell it came from this device and was not altered."""
         self.path = path
+        self.signing_key = signing_key
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -159,6 +164,8 @@ class DeviceStore:
         self, db: Session, device_id: str, kind: topics.UpKind, body: dict[str, Any]
     ) -> Envelope:
         envelope = Envelope.create(device=device_id, seq=self._next_seq(db), kind=kind, body=body)
+        if self.signing_key is not None:
+            envelope = sign_envelope(envelope, self.signing_key)
         db.add(
             OutboxEntry(
                 message_id=envelope.id,

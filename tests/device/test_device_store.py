@@ -5,8 +5,10 @@ from pathlib import Path
 from factories import make_record
 
 from resonera.common.envelope import decode_envelope
+from resonera.common.identity import generate_key
 from resonera.common.ids import new_id
 from resonera.common.records import SessionRecord
+from resonera.common.signing import verify_envelope
 from resonera.device.store import DeviceStore
 
 
@@ -52,3 +54,11 @@ def test_unwritable_data_directory_is_a_clear_error(tmp_path: Path) -> None:
         assert "cannot create data directory" in str(exc)
     else:
         raise AssertionError("expected an error")
+
+
+def test_with_a_device_key_every_queued_message_is_signed(tmp_path: Path) -> None:
+    key = generate_key()
+    store = DeviceStore(tmp_path / "device.db", signing_key=key)
+    store.record_session("dev-a", make_record())
+    [entry] = store.pending()
+    verify_envelope(decode_envelope(entry.payload), key.public_key())
