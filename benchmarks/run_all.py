@@ -7,8 +7,10 @@ from pathlib import Path
 
 sys.path[:0] = [str(Path(__file__).parent), str(Path(__file__).parents[1] / "tests")]
 
+import bench_fault_reaction  # noqa: E402
 import bench_ingest  # noqa: E402
 import bench_render  # noqa: E402
+import bench_safety_chain  # noqa: E402
 import bench_server_api  # noqa: E402
 import bench_server_ingest  # noqa: E402
 import bench_synth  # noqa: E402
@@ -18,6 +20,10 @@ def main() -> None:
     bench_synth.main()
     print()
     bench_render.main()
+    print()
+    bench_safety_chain.main()
+    print()
+    bench_fault_reaction.main()
     print()
     bench_ingest.main()
     print()
