@@ -77,7 +77,7 @@ def _publish(port: int, messages: list[tuple[str, bytes]], prefix: str) -> None:
 
 
 def _publisher(port: int, messages: list[tuple[str, bytes]], prefix: str = "") -> Any:
-    process = multiprocessing.get_context("fork").Process(
+    process = multiprocessing.get_context("spawn").Process(
         target=_publish, args=(port, messages, prefix), daemon=True
     )
     process.start()

@@ -61,12 +61,17 @@ def build_client(
 
 
 def _connect_args(
-    settings: MqttSettings, clean_start: bool, session_expiry_s: int
+    settings: MqttSettings,
+    clean_start: bool,
+    session_expiry_s: int,
+    receive_maximum: int | None = None,
 ) -> tuple[Properties | None, dict[str, object]]:
     if settings.protocol != "5":
         return None, {}
     properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
     properties.SessionExpiryInterval = session_expiry_s
+    if receive_maximum is not None:
+        properties.ReceiveMaximum = receive_maximum
     return properties, {"clean_start": clean_start}
 
 
@@ -90,9 +95,14 @@ def connect(
     *,
     clean_start: bool,
     session_expiry_s: int,
+    receive_maximum: int | None = None,
 ) -> None:
-    """Connect (blocking for the TCP/TLS part); raise ``BrokerUnavailable`` with one clear line."""
-    properties, kwargs = _connect_args(settings, clean_start, session_expiry_s)
+    """Connect (blocking for the TCP/TLS part); raise ``BrokerUnavailable`` with one clear line.
+
+    ``receive_maximum`` (MQTT 5) caps the QoS 1 messages the broker sends before we acknowledge
+    them: with manual acks, that is the receiver's flow control (MQTT 3.1.1: the broker's own
+    ``max_inflight_messages``)."""
+    properties, kwargs = _connect_args(settings, clean_start, session_expiry_s, receive_maximum)
     try:
         client.connect(
             settings.host,

@@ -1,19 +1,45 @@
-"""The HTTP API: ``create_app(settings, engine)`` wires routes, dependencies and error handling."""
+"""The HTTP API: ``create_app(settings, engine, ...)`` wires routes, collaborators and errors.
+
+``settings`` must have passed ``checked_for_start`` (a JWT secret is needed). Collaborators not
+given are built from the settings: the patient-data cipher (key file or environment), the desired
+state signer (key file) and publisher (MQTT).
+"""
 
 from __future__ import annotations
 
-import logging
+from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI
 from sqlalchemy.engine import Engine
 
-from resonera.server import routes_health, routes_sessions
+from resonera.server.api.deps import AppState
+from resonera.server.api.errors import BodyLimit, document_errors, install_error_handlers
+from resonera.server.api.routes import (
+    assignments,
+    audit,
+    auth,
+    devices,
+    health,
+    patients,
+    sessions,
+    users,
+)
+from resonera.server.crypto import DesiredStateSigner, FieldCipher, load_signer
+from resonera.server.desired import DesiredPublisher, DesiredService, MemoryPublisher
+from resonera.server.metrics import registry_for
+from resonera.server.schemas import ErrorResponse
 from resonera.server.settings import ServerSettings
 
-log = logging.getLogger(__name__)
 API_PREFIX = "/api/v1"
+DESCRIPTION = """The Resonera clinical server.
+
+Log in with `POST /api/v1/auth/login` and send the access token as `Authorization: Bearer <token>`.
+Roles: `admin` (users, devices, assignments, patients), `clinician` (their own patients' data and
+desired state), `auditor` (the audit log). Every error has the shape
+`{"error": {"code", "message", "details"}}`.
+"""
 
 
 def _version() -> str:
@@ -23,19 +49,59 @@ def _version() -> str:
         return "0+unknown"
 
 
-def create_app(settings: ServerSettings, engine: Engine) -> FastAPI:
-    """The API for ``settings`` (which must carry an api_token: see ``checked_for_start``)."""
-    app = FastAPI(title="Resonera server", version=_version())
-    app.state.engine = engine
-    app.state.api_token = settings.api_token_value().encode()
-    app.include_router(routes_health.router)
-    app.include_router(routes_sessions.router, prefix=API_PREFIX)
-    app.add_exception_handler(Exception, _internal_error)
+def create_app(
+    settings: ServerSettings,
+    engine: Engine,
+    *,
+    cipher: FieldCipher | None = None,
+    publisher: DesiredPublisher | None = None,
+    signer: DesiredStateSigner | None = None,
+    broker_ok: Callable[[], bool] | None = None,
+) -> FastAPI:
+    """The API. Without ``publisher`` documents are kept in memory (no broker): tests."""
+    settings.jwt_secret_value()  # fail now, not at the first login
+    publisher = publisher if publisher is not None else MemoryPublisher()
+    state = AppState(
+        settings=settings,
+        engine=engine,
+        cipher=cipher
+        or FieldCipher.from_settings(
+            settings.patient_key_file,
+            settings.patient_keys.get_secret_value() if settings.patient_keys else None,
+            demo=settings.demo,
+        ),
+        desired=DesiredService(
+            signer or load_signer(settings.desired_signing_key_file, demo=settings.demo),
+            publisher,
+        ),
+        broker_ok=broker_ok or publisher.connected,
+        metrics_registry=registry_for(engine),
+    )
+    app = FastAPI(title="Resonera server", version=_version(), description=DESCRIPTION)
+    app.state.resonera = state
+    app.include_router(health.router)
+    for module in (auth, users, devices, patients, assignments, sessions, audit):
+        app.include_router(module.router, prefix=API_PREFIX)
+    install_error_handlers(app)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            from fastapi.openapi.utils import get_openapi
+
+            schema = get_openapi(
+                title=app.title,
+                version=app.version,
+                description=app.description,
+                routes=app.routes,
+            )
+            schema.setdefault("components", {}).setdefault("schemas", {})["ErrorResponse"] = (
+                ErrorResponse.model_json_schema(ref_template="#/components/schemas/{model}")
+            )
+            defs = schema["components"]["schemas"]["ErrorResponse"].pop("$defs", {})
+            schema["components"]["schemas"].update(defs)
+            app.openapi_schema = document_errors(schema)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app
-
-
-async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
-    # Never a traceback to the caller. Starlette re-raises after this handler, so the ASGI server
-    # (uvicorn) logs the traceback; one line here ties it to the request.
-    log.error("unhandled %s on %s %s", type(exc).__name__, request.method, request.url.path)
-    return JSONResponse({"detail": "internal error"}, status_code=500)

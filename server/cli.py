@@ -1,27 +1,47 @@
-"""``resonera-server``: run the server (API + ingest), or one part of it, or prepare the database.
+"""``resonera-server``: run the server (API + ingest) or one part of it, migrate the database,
+create users, make keys, set up the demo.
 
 Every error is one line on stderr and exit status 1 (``common.cli.run_cli``). SIGTERM and Ctrl-C
 stop the server cleanly: ingest stores and acknowledges what it already received, then exits 0.
+Passwords are never arguments: they come from ``RESONERA_PASSWORD`` or a prompt.
 """
 
 from __future__ import annotations
 
 import argparse
+import getpass
+import logging
+import os
 import signal
+import sys
 import threading
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING, Any, Final
 
 from resonera.common.cli import run_cli
-from resonera.common.errors import ResoneraError
+from resonera.common.errors import ConfigError, ResoneraError
 from resonera.common.settings import load_settings
-from resonera.server.db import init_db, make_engine
-from resonera.server.runner import ServerProcess, run_server_in_thread
 from resonera.server.settings import ServerSettings
 
-PROG = "resonera-server"
+if TYPE_CHECKING:
+    from resonera.server.runner import ServerProcess, run_server_in_thread
+
+# The web stack, the ORM and Alembic are imported by the commands that need them, so the quick
+# commands (keys, user creation errors) answer without loading them.
+PROG: Final = "resonera-server"
+PASSWORD_ENV: Final = "RESONERA_PASSWORD"
+PASSWORD_MIN: Final = 12
 
 __all__ = ["ServerProcess", "build_parser", "main", "run_server_in_thread"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("ServerProcess", "run_server_in_thread"):
+        from resonera.server import runner
+
+        return getattr(runner, name)
+    raise AttributeError(name)
 
 
 def _load(args: argparse.Namespace) -> ServerSettings:
@@ -35,20 +55,17 @@ def _source(args: argparse.Namespace) -> str:
 
 def _serve(args: argparse.Namespace, *, api: bool, ingest: bool) -> int:
     settings = _load(args)
-    shown_token = False
     if api:
-        shown_token = settings.api_token is None and settings.demo
         settings = settings.checked_for_start(_source(args))
+    from resonera.server.runner import ServerProcess
+
     server = ServerProcess(settings, api=api, ingest=ingest)
     stop = _stop_on_signals()
     server.start()
     try:
         parts = []
         if api:
-            line = f"{PROG}: API at {server.api_url}"
-            if shown_token:
-                line += f" (demo token: {server.settings.api_token_value()})"
-            parts.append(line)
+            parts.append(f"{PROG}: API at {server.api_url} (OpenAPI: {server.url}/docs)")
         if server.consumer is not None:
             mqtt = settings.mqtt
             parts.append(f"{PROG}: ingest from {mqtt.host}:{mqtt.port} ({server.consumer.topic})")
@@ -84,14 +101,87 @@ def _ingest(args: argparse.Namespace) -> int:
     return _serve(args, api=False, ingest=True)
 
 
-def _init_db(args: argparse.Namespace) -> int:
+def _migrate(args: argparse.Namespace) -> int:
+    from resonera.server.db import make_engine, migrate, where
+
     settings = _load(args)
     engine = make_engine(settings.database_url)
     try:
-        init_db(engine)
+        before, after = migrate(engine)
     finally:
         engine.dispose()
-    print(f"{PROG}: database ready at {engine.url.render_as_string(hide_password=True)}")
+    if before == after:
+        print(f"{PROG}: database {where(engine)} is at revision {after} (nothing to do)")
+    else:
+        print(f"{PROG}: migrated {where(engine)} from {before or 'empty'} to revision {after}")
+    return 0
+
+
+def _password() -> str:
+    password = os.environ.get(PASSWORD_ENV)
+    if password is None:
+        if not sys.stdin.isatty():
+            raise ConfigError(f"set {PASSWORD_ENV} or run in a terminal to type the password")
+        password = getpass.getpass("password: ")
+        if getpass.getpass("again: ") != password:
+            raise ConfigError("the two passwords differ")
+    if len(password) < PASSWORD_MIN:
+        raise ConfigError(f"the password needs at least {PASSWORD_MIN} characters")
+    return password
+
+
+def _create_user(args: argparse.Namespace) -> int:
+    settings = _load(args)
+    password = _password()
+    from resonera.server import bootstrap
+    from resonera.server.db import make_engine, require_current_schema
+
+    engine = make_engine(settings.database_url)
+    try:
+        require_current_schema(engine)
+        user_id = bootstrap.create_user(engine, args.email, password, args.role)
+    finally:
+        engine.dispose()
+    print(f"{PROG}: created {args.role} {args.email.lower()} (id {user_id})")
+    return 0
+
+
+def _demo_setup(args: argparse.Namespace) -> int:
+    settings = _load(args)
+    password = _password()
+    from resonera.server import bootstrap
+    from resonera.server.db import make_engine, require_current_schema
+
+    engine = make_engine(settings.database_url)
+    try:
+        require_current_schema(engine)
+        result = bootstrap.demo_setup(
+            engine, settings, device_id=args.device, email=args.email, password=password
+        )
+    finally:
+        engine.dispose()
+    print(
+        f"{PROG}: clinician {args.email.lower()} (id {result.user_id}), patient "
+        f"{result.patient_id}, device {args.device} assigned"
+    )
+    return 0
+
+
+def _new_key(args: argparse.Namespace) -> int:
+    from resonera.server.crypto import new_key_line
+
+    print(new_key_line(args.key_id))
+    return 0
+
+
+def _new_signing_key(args: argparse.Namespace) -> int:
+    from resonera.server.crypto import write_signing_key
+
+    try:
+        public = write_signing_key(args.file)
+    except FileExistsError:
+        raise ConfigError(f"{args.file} exists; not overwriting a key") from None
+    print(f"{PROG}: wrote {args.file}; public key (pin it on devices): {public}")
     return 0
 
 
@@ -101,12 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Resonera clinical server: MQTT ingest, store, HTTP API.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, func, help_text in (
-        ("run", _run, "API and ingest consumer in one process (the default deployment)"),
-        ("api", _api, "HTTP API only (add processes behind a load balancer)"),
-        ("ingest", _ingest, "ingest consumer only (add processes to share the load)"),
-        ("init-db", _init_db, "create the database tables, then exit"),
-    ):
+
+    def command(name: str, func: object, help_text: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=help_text)
         sub.add_argument(
             "--config",
@@ -116,8 +202,37 @@ def build_parser() -> argparse.ArgumentParser:
         )
         sub.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
         sub.set_defaults(func=func)
+        return sub
+
+    command("run", _run, "API and ingest consumer in one process (the default deployment)")
+    command("api", _api, "HTTP API only (add processes behind a load balancer)")
+    command("ingest", _ingest, "ingest consumer only (add processes to share the load)")
+    command("migrate", _migrate, "bring the database schema to this version, then exit")
+    command("init-db", _migrate, "the same as migrate (kept for existing scripts)")
+    user = command(
+        "create-user",
+        _create_user,
+        f"add a user; the password comes from ${PASSWORD_ENV} or a prompt",
+    )
+    user.add_argument("--email", required=True)
+    user.add_argument("--role", required=True, choices=("admin", "clinician", "auditor"))
+    demo = command(
+        "demo-setup",
+        _demo_setup,
+        "demo: a clinician, a patient, a registered device assigned to them (idempotent)",
+    )
+    demo.add_argument("--device", required=True)
+    demo.add_argument("--email", required=True)
+    key = command("new-key", _new_key, "print a new patient-data key line for patient_key_file")
+    key.add_argument("--key-id", default="k1")
+    signing = command(
+        "new-signing-key", _new_signing_key, "write a new Ed25519 desired-state signing key"
+    )
+    signing.add_argument("file", type=Path)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Alembic logs each connection (and its plugins, on import) at INFO; migrate prints a summary.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     return run_cli(build_parser(), argv)

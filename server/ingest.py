@@ -1,10 +1,19 @@
 """Turning batches of received MQTT messages into stored rows, without any MQTT.
 
 ``IngestProcessor.process`` takes (topic, payload) pairs, stores the whole batch in one transaction
-and says which message ids each device may now delete. It never raises for a bad message: a
-message that is not a valid envelope, names another device than its topic, or carries an invalid
-body goes to the quarantine table with a one-line reason. It does raise (``StoreError``) when the
-database itself fails; then nothing of the batch is committed and nothing may be acknowledged.
+and says which message ids each device may now delete. Checks on every message, in order:
+
+1. the envelope parses (schema, sizes, ids) and the topic's device and kind are the envelope's own;
+2. the device is registered and not revoked;
+3. if the device has a registered public key, ``sig`` verifies with it (otherwise the row is stored
+   with ``sig_status = "unsigned"``: devices do not sign yet);
+4. the body is valid for its kind.
+
+A message failing any check goes to the quarantine table with a one-line reason and is counted; the
+rest of its batch is stored. ``process`` never raises for a bad message. It does raise
+(``StoreError``) when the database itself fails; then nothing of the batch is committed and nothing
+may be acknowledged. Presence messages (``.../status``, ``online``/``offline``) update
+``device_state.online``; they are not acknowledged.
 
 The MQTT side (subscribing, batching, acknowledging) is ``resonera.server.ingest_mqtt``.
 """
@@ -13,16 +22,19 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any
+from datetime import UTC, date, datetime
+from typing import Any, Final
 
 from pydantic import ValidationError
-from sqlalchemy import Table
+from sqlalchemy import Connection, and_, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from resonera.common import topics
 from resonera.common.envelope import (
     Envelope,
     check_topic_matches,
@@ -31,14 +43,24 @@ from resonera.common.envelope import (
 )
 from resonera.common.errors import ProtocolError, ResoneraError
 from resonera.common.records import SessionRecord
-from resonera.server.db import insert_ignore
+from resonera.server import metrics
+from resonera.server.crypto import verify_device_signature
+from resonera.server.db import insert_ignore, lock_for_write, upsert
 from resonera.server.models import (
     QUARANTINE_PAYLOAD_MAX,
     QUARANTINE_REASON_MAX,
     QUARANTINE_TOPIC_MAX,
+    SIG_UNSIGNED,
+    SIG_VERIFIED,
+    AssignmentRow,
+    DeviceRow,
+    DeviceStateRow,
+    DoseDailyRow,
     MessageRow,
     QuarantineRow,
+    SafetyEventRow,
     SessionRow,
+    table_of,
 )
 
 log = logging.getLogger(__name__)
@@ -46,6 +68,9 @@ log = logging.getLogger(__name__)
 _KEY = ("device_id", "message_id")
 #: Counter names, always present in ``IngestProcessor.counters``.
 COUNTERS = ("received", "stored", "duplicates", "quarantined")
+_STATUS_RE: Final = re.compile(rf"^{topics.PREFIX}/({topics.DEVICE_ID_PATTERN})/status$")
+_SESSION_COLUMNS: Final = frozenset(table_of(SessionRow).c.keys())
+_DOSE_ONLY_FIELDS: Final = frozenset({"dose_fraction"}) - set(SessionRecord.model_fields)
 
 
 class StoreError(ResoneraError):
@@ -72,15 +97,29 @@ class BatchResult:
     quarantined: int = 0
 
 
+@dataclass(frozen=True)
+class _Device:
+    revoked: bool
+    public_key: str | None
+
+
+@dataclass
+class _Valid:
+    envelope: Envelope
+    sig_status: str
+    #: Parsed body: a SessionRecord for sessions, else the raw dict.
+    record: SessionRecord | None = None
+
+
 @dataclass
 class _Plan:
     """A batch sorted into rows, before it touches the database."""
 
-    rows: dict[Table, list[dict[str, Any]]] = field(default_factory=dict)
+    valid: list[_Valid] = field(default_factory=list)
     quarantine: list[dict[str, Any]] = field(default_factory=list)
-    #: (device, message id) of every valid message, first occurrence first.
-    valid: list[tuple[str, str]] = field(default_factory=list)
-    keys: set[tuple[str, str]] = field(default_factory=set)
+    status: dict[str, tuple[bool, datetime]] = field(default_factory=dict)
+    #: Presence messages in the batch (not device records: not counted as received).
+    presence: int = 0
 
 
 def _now() -> datetime:
@@ -98,72 +137,171 @@ class IngestProcessor:
     def process(self, batch: Iterable[Received]) -> BatchResult:
         """Store ``batch`` in one transaction; raise ``StoreError`` if the database fails."""
         now = self._clock()
-        plan = _Plan()
-        count = 0
-        for message in batch:
-            count += 1
-            self._sort(message, now, plan)
-        inserted = self._commit(plan)
+        messages = list(batch)
+        try:
+            with self._engine.begin() as conn:
+                lock_for_write(conn)
+                plan = self._plan(conn, messages, now)
+                inserted = self._store(conn, plan, now)
+        except SQLAlchemyError as exc:
+            raise StoreError(f"storing a batch failed: {type(exc).__name__}: {exc}") from exc
         result = BatchResult(quarantined=len(plan.quarantine))
         seen: set[tuple[str, str]] = set()
-        for key in plan.valid:
+        for item in plan.valid:
+            key = (item.envelope.device, item.envelope.id)
             if key in seen:
                 result.duplicates += 1
                 continue
             seen.add(key)
             if key in inserted:
                 result.stored += 1
+                metrics.INGEST_LAG.observe(max(0.0, (now - item.envelope.time).total_seconds()))
             else:
                 result.duplicates += 1
             result.committed.setdefault(key[0], []).append(key[1])
-        self.counters["received"] += count
+        received = len(messages) - plan.presence
+        self.counters["received"] += received
         self.counters["stored"] += result.stored
         self.counters["duplicates"] += result.duplicates
         self.counters["quarantined"] += result.quarantined
+        metrics.INGEST_RECEIVED.inc(received)
+        metrics.INGEST_STORED.inc(result.stored)
+        metrics.INGEST_DUPLICATES.inc(result.duplicates)
+        metrics.INGEST_QUARANTINED.inc(result.quarantined)
         return result
 
-    def _sort(self, message: Received, now: datetime, plan: _Plan) -> None:
-        try:
-            envelope = decode_envelope(message.payload)
-            check_topic_matches(message.topic, envelope)
-            table, row = _row_for(envelope, now)
-        except ProtocolError as exc:
-            reason = str(exc)
-            log.warning("quarantined a message on %r: %s", message.topic[:200], reason)
-            plan.quarantine.append(
-                {
-                    "received_at": now,
-                    "topic": message.topic[:QUARANTINE_TOPIC_MAX],
-                    "payload": message.payload[:QUARANTINE_PAYLOAD_MAX],
-                    "reason": reason[:QUARANTINE_REASON_MAX],
-                }
-            )
-            return
-        key = (envelope.device, envelope.id)
-        if key not in plan.keys:  # the same message twice in one batch: one row, acked once
-            plan.keys.add(key)
-            plan.rows.setdefault(table, []).append(row)
-        plan.valid.append(key)
+    # -- sorting ------------------------------------------------------------------------------
 
-    def _commit(self, plan: _Plan) -> set[tuple[str, str]]:
+    def _plan(self, conn: Connection, messages: list[Received], now: datetime) -> _Plan:
+        plan = _Plan()
+        parsed: list[tuple[Received, Envelope | str]] = []
+        for message in messages:
+            status = _STATUS_RE.match(message.topic)
+            if status is not None:
+                online = message.payload.strip().lower() == b"online"
+                plan.status[status.group(1)] = (online, now)
+                plan.presence += 1
+                continue
+            try:
+                envelope = decode_envelope(message.payload)
+                check_topic_matches(message.topic, envelope)
+            except ProtocolError as exc:
+                parsed.append((message, str(exc)))
+                continue
+            parsed.append((message, envelope))
+        names = {e.device for _m, e in parsed if isinstance(e, Envelope)} | set(plan.status)
+        devices = _load_devices(conn, names)
+        for device_id in [d for d in plan.status if d not in devices]:
+            del plan.status[device_id]  # presence of unknown devices is not worth a row
+        for message, outcome in parsed:
+            if isinstance(outcome, str):
+                _quarantine(plan, message, now, outcome, None)
+                continue
+            reason = _check(outcome, devices.get(outcome.device))
+            if reason is not None:
+                _quarantine(plan, message, now, reason, outcome.device)
+                continue
+            device = devices[outcome.device]
+            sig_status = SIG_UNSIGNED if device.public_key is None else SIG_VERIFIED
+            try:
+                record = _parse_body(outcome)
+            except ProtocolError as exc:
+                _quarantine(plan, message, now, str(exc), outcome.device)
+                continue
+            plan.valid.append(_Valid(outcome, sig_status, record))
+        return plan
+
+    # -- storing ------------------------------------------------------------------------------
+
+    def _store(self, conn: Connection, plan: _Plan, now: datetime) -> set[tuple[str, str]]:
+        rows: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        keys: set[tuple[str, str]] = set()
+        for item in plan.valid:
+            key = (item.envelope.device, item.envelope.id)
+            if key not in keys:  # the same message twice in one batch: one row, acked once
+                keys.add(key)
+                rows[item.envelope.kind].append(_row(item, now))
+        attribution = _Attribution(conn, {d for d, _ in keys})
+        for kind in ("session", "event"):
+            for row in rows[kind]:
+                at = row["started_at"] if kind == "session" else row["device_time"]
+                row["patient_id"] = attribution.patient(row["device_id"], at)
         inserted: set[tuple[str, str]] = set()
-        try:
-            with self._engine.begin() as conn:
-                for table, rows in plan.rows.items():
-                    for device_id, message_id in insert_ignore(
-                        conn, table, rows, key=_KEY, returning=_KEY
-                    ):
-                        inserted.add((device_id, message_id))
-                if plan.quarantine:
-                    conn.execute(_table(QuarantineRow).insert(), plan.quarantine)
-        except SQLAlchemyError as exc:
-            raise StoreError(f"storing a batch failed: {type(exc).__name__}: {exc}") from exc
+        tables = {
+            "session": table_of(SessionRow),
+            "event": table_of(SafetyEventRow),
+            "metrics": table_of(MessageRow),
+            "reported": table_of(MessageRow),
+        }
+        new_sessions: list[dict[str, Any]] = []
+        for kind, kind_rows in rows.items():
+            done = {
+                (d, m)
+                for d, m in insert_ignore(conn, tables[kind], kind_rows, key=_KEY, returning=_KEY)
+            }
+            inserted |= done
+            if kind == "session":
+                new_sessions = [r for r in kind_rows if (r["device_id"], r["message_id"]) in done]
+        _add_dose(conn, new_sessions)
+        _update_state(conn, plan, now)
+        if plan.quarantine:
+            conn.execute(table_of(QuarantineRow).insert(), plan.quarantine)
         return inserted
 
 
-def _table(model: type[Any]) -> Table:
-    table: Table = model.__table__
-    return table
+def _quarantine(
+    plan: _Plan, message: Received, now: datetime, reason: str, device_id: str | None
+) -> None:
+    log.warning("quarantined a message on %r: %s", message.topic[:200], reason)
+    plan.quarantine.append(
+        {
+            "received_at": now,
+            "topic": message.topic[:QUARANTINE_TOPIC_MAX],
+            "device_id": device_id,
+            "payload": message.payload[:QUARANTINE_PAYLOAD_MAX],
+            "reason": reason[:QUARANTINE_REASON_MAX],
+        }
+    )
+
+
+def _load_devices(conn: Connection, names: set[str]) -> dict[str, _Device]:
+    if not names:
+        return {}
+    table = table_of(DeviceRow)
+    query = select(table.c.id, table.c.revoked, table.c.public_key).where(table.c.id.in_(names))
+    return {row.id: _Device(bool(row.revoked), row.public_key) for row in conn.execute(query)}
+
+
+def _check(envelope: Envelope, device: _Device | None) -> str | None:
+    """Why the registry or the signature refuses ``envelope``; None when it passes."""
+    if device is None:
+        return f"device {envelope.device!r} is not registered"
+    if device.revoked:
+        return f"device {envelope.device!r} is revoked"
+    if device.public_key is not None:
+        return verify_device_signature(envelope, device.public_key)
+    return None
+
+
+def _parse_body(envelope: Envelope) -> SessionRecord | None:
+    if envelope.kind == "session":
+        # Dose fields the server understands before SessionRecord carries them (read by
+        # ``session_dose`` from the body); everything else is validated strictly.
+        body = {k: v for k, v in envelope.body.items() if k not in _DOSE_ONLY_FIELDS}
+        try:
+            # Strict, through JSON: "48000" is not an int, but an ISO time string is a datetime.
+            return SessionRecord.model_validate_json(json.dumps(body), strict=True)
+        except ValidationError as exc:
+            raise ProtocolError(f"invalid session body: {describe_validation_error(exc)}") from None
+    if envelope.kind == "event":
+        kind = envelope.body.get("type")
+        if not isinstance(kind, str) or not 0 < len(kind) <= 64:
+            raise ProtocolError("invalid event body: 'type' must be a string of 1-64 characters")
+    if envelope.kind == "reported":
+        version = envelope.body.get("version")
+        if isinstance(version, bool) or not isinstance(version, int) or version < 0:
+            raise ProtocolError("invalid reported body: 'version' must be an integer ≥ 0")
+    return None
 
 
 def _envelope_fields(envelope: Envelope, now: datetime) -> dict[str, Any]:
@@ -176,18 +314,205 @@ def _envelope_fields(envelope: Envelope, now: datetime) -> dict[str, Any]:
     }
 
 
-def _row_for(envelope: Envelope, now: datetime) -> tuple[Table, dict[str, Any]]:
-    """The table and row for a valid envelope; raise ``ProtocolError`` for an invalid body."""
-    if envelope.kind == "session":
-        try:
-            # Strict, through JSON: "48000" is not an int, but an ISO time string is a datetime.
-            record = SessionRecord.model_validate_json(json.dumps(envelope.body), strict=True)
-        except ValidationError as exc:
-            raise ProtocolError(f"invalid session body: {describe_validation_error(exc)}") from None
-        return _table(SessionRow), {**_envelope_fields(envelope, now), **record.model_dump()}
+def session_dose(record: SessionRecord, body: dict[str, Any]) -> float:
+    """The dose fraction a session used, as the device reported it (0 until devices report it)."""
+    value = getattr(record, "dose_fraction", None)
+    if value is None:
+        value = body.get("dose_fraction")
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+        return 0.0
+    return float(value)
+
+
+def _row(item: _Valid, now: datetime) -> dict[str, Any]:
+    envelope = item.envelope
+    base = {**_envelope_fields(envelope, now), "sig_status": item.sig_status}
+    if item.record is not None:
+        fields = {k: v for k, v in item.record.model_dump().items() if k in _SESSION_COLUMNS}
+        return {
+            **base,
+            **fields,
+            "patient_id": None,
+            "dose_fraction": session_dose(item.record, envelope.body),
+        }
+    if envelope.kind == "event":
+        return {
+            **base,
+            "patient_id": None,
+            "event_type": envelope.body["type"],
+            "body": envelope.body,
+        }
     body = json.dumps(envelope.body, separators=(",", ":"), ensure_ascii=False)
-    return _table(MessageRow), {
-        **_envelope_fields(envelope, now),
-        "kind": envelope.kind,
-        "body": body,
-    }
+    return {**base, "kind": envelope.kind, "body": body}
+
+
+class _Attribution:
+    """Which patient used a device at a time, from the assignments of the batch's devices."""
+
+    def __init__(self, conn: Connection, devices: set[str]) -> None:
+        self._by_device: dict[str, list[tuple[datetime, datetime | None, str]]] = defaultdict(list)
+        if not devices:
+            return
+        table = table_of(AssignmentRow)
+        query = select(table.c.device_id, table.c.valid_from, table.c.valid_to, table.c.patient_id)
+        for row in conn.execute(query.where(table.c.device_id.in_(devices))):
+            self._by_device[row.device_id].append((row.valid_from, row.valid_to, row.patient_id))
+
+    def patient(self, device_id: str, at: datetime) -> str | None:
+        for start, end, patient_id in self._by_device.get(device_id, ()):
+            if start <= at and (end is None or at < end):
+                return patient_id
+        return None
+
+
+def _add_dose(conn: Connection, sessions: list[dict[str, Any]]) -> None:
+    totals: dict[tuple[str, date], list[float]] = {}
+    for row in sessions:
+        if row["patient_id"] is None:
+            continue
+        key = (row["patient_id"], row["started_at"].astimezone(UTC).date())
+        total = totals.setdefault(key, [0.0, 0.0, 0.0])
+        total[0] += row["dose_fraction"]
+        total[1] += 1
+        total[2] += row["played_s"]
+    if not totals:
+        return
+    table = table_of(DoseDailyRow)
+    upsert(
+        conn,
+        table,
+        [
+            {
+                "patient_id": p,
+                "day": d,
+                "dose_fraction": t[0],
+                "sessions": int(t[1]),
+                "played_s": t[2],
+            }
+            for (p, d), t in sorted(totals.items())
+        ],
+        key=("patient_id", "day"),
+        update={
+            "dose_fraction": lambda ex: table.c.dose_fraction + ex.dose_fraction,
+            "sessions": lambda ex: table.c.sessions + ex.sessions,
+            "played_s": lambda ex: table.c.played_s + ex.played_s,
+        },
+    )
+
+
+def _update_state(conn: Connection, plan: _Plan, now: datetime) -> None:
+    """``device_state``: the highest seq wins, whatever order messages arrived in."""
+    table = table_of(DeviceStateRow)
+    latest: dict[str, Envelope] = {}
+    reported: dict[str, Envelope] = {}
+    for item in plan.valid:
+        env = item.envelope
+        if env.device not in latest or env.seq > latest[env.device].seq:
+            latest[env.device] = env
+        if env.kind == "reported" and (
+            env.device not in reported or env.seq > reported[env.device].seq
+        ):
+            reported[env.device] = env
+    if latest:
+        upsert(
+            conn,
+            table,
+            [
+                {
+                    "device_id": d,
+                    "last_seq": e.seq,
+                    "last_message_id": e.id,
+                    "last_kind": e.kind,
+                    "last_device_time": e.time,
+                    "last_received_at": now,
+                }
+                for d, e in sorted(latest.items())
+            ],
+            key=("device_id",),
+            update={
+                name: (lambda ex, name=name: ex[name])
+                for name in ("last_seq", "last_message_id", "last_kind", "last_device_time")
+            }
+            | {"last_received_at": lambda ex: ex.last_received_at},
+            where=lambda ex: table.c.last_seq < ex.last_seq,
+        )
+    if reported:
+        upsert(
+            conn,
+            table,
+            [
+                {"device_id": d, "reported_seq": e.seq, "reported_version": e.body["version"]}
+                for d, e in sorted(reported.items())
+            ],
+            key=("device_id",),
+            update={
+                "reported_seq": lambda ex: ex.reported_seq,
+                "reported_version": lambda ex: ex.reported_version,
+            },
+            where=lambda ex: table.c.reported_seq < ex.reported_seq,
+        )
+    if plan.status:
+        upsert(
+            conn,
+            table,
+            [
+                {"device_id": d, "online": o, "status_at": t}
+                for d, (o, t) in sorted(plan.status.items())
+            ],
+            key=("device_id",),
+            update={"online": lambda ex: ex.online, "status_at": lambda ex: ex.status_at},
+        )
+
+
+def rebuild_dose(conn: Connection, patient_id: str) -> None:
+    """Recompute ``dose_daily`` of one patient from their sessions (after re-attribution)."""
+    dose = table_of(DoseDailyRow)
+    sessions = table_of(SessionRow)
+    conn.execute(dose.delete().where(dose.c.patient_id == patient_id))
+    totals: dict[date, list[float]] = {}
+    query = select(sessions.c.started_at, sessions.c.dose_fraction, sessions.c.played_s).where(
+        sessions.c.patient_id == patient_id
+    )
+    for row in conn.execute(query):
+        total = totals.setdefault(row.started_at.astimezone(UTC).date(), [0.0, 0.0, 0.0])
+        total[0] += row.dose_fraction
+        total[1] += 1
+        total[2] += row.played_s
+    if totals:
+        conn.execute(
+            dose.insert(),
+            [
+                {
+                    "patient_id": patient_id,
+                    "day": d,
+                    "dose_fraction": t[0],
+                    "sessions": int(t[1]),
+                    "played_s": t[2],
+                }
+                for d, t in sorted(totals.items())
+            ],
+        )
+
+
+def attribute_sessions(conn: Connection, assignment: AssignmentRow) -> int:
+    """Give the sessions and events of the assignment's device in its period, not yet attributed,
+    to its patient; rebuild the patient's dose. Returns the number of sessions attributed."""
+    sessions = table_of(SessionRow)
+    events = table_of(SafetyEventRow)
+    count = 0
+    for table, column in ((sessions, sessions.c.started_at), (events, events.c.device_time)):
+        in_period = and_(
+            table.c.device_id == assignment.device_id,
+            table.c.patient_id.is_(None),
+            column >= assignment.valid_from,
+        )
+        if assignment.valid_to is not None:
+            in_period = and_(in_period, column < assignment.valid_to)
+        result = conn.execute(
+            table.update().where(in_period).values(patient_id=assignment.patient_id)
+        )
+        if table is sessions:
+            count = int(result.rowcount or 0)
+    if count:
+        rebuild_dose(conn, assignment.patient_id)
+    return count

@@ -34,6 +34,7 @@ from sqlalchemy.engine import Engine
 from resonera.common import topics
 from resonera.common.envelope import MAX_ACK_IDS, Ack
 from resonera.common.mqtt_client import BrokerUnavailable, build_client, connect
+from resonera.server import metrics
 from resonera.server.ingest import BatchResult, IngestProcessor, Received, StoreError
 from resonera.server.settings import ServerSettings
 
@@ -46,6 +47,13 @@ BATCH_WAIT_S: Final = 0.05
 START_TIMEOUT_S: Final = 10.0
 RETRY_MIN_S: Final = 0.2
 RETRY_MAX_S: Final = 5.0
+STATUS_WILDCARD: Final = f"{topics.PREFIX}/+/status"
+#: Unacknowledged messages the broker may send us (MQTT 5): with PUBACK after commit, this is what
+#: stops the broker from outrunning the database; it must not exceed the queue, or the queue
+#: overflows under load (seen: 20,000 messages published fast filled a 10,000 queue).
+RECEIVE_MAXIMUM: Final = 2000
+#: How long the network thread waits for room in a full queue before dropping (unacknowledged).
+QUEUE_WAIT_S: Final = 5.0
 
 
 @dataclass(frozen=True)
@@ -127,7 +135,13 @@ class IngestConsumer:
     def start(self, timeout_s: float = START_TIMEOUT_S) -> None:
         """Connect, subscribe, start the worker; raise ``BrokerUnavailable`` with one clear line."""
         mqtt = self._settings.mqtt
-        connect(self._client, mqtt, clean_start=True, session_expiry_s=SESSION_EXPIRY_S)
+        connect(
+            self._client,
+            mqtt,
+            clean_start=True,
+            session_expiry_s=SESSION_EXPIRY_S,
+            receive_maximum=min(RECEIVE_MAXIMUM, self._queue.maxsize),
+        )
         self._client.loop_start()
         if not self._subscribed.wait(timeout_s) or self._refused is not None:
             self._client.disconnect()
@@ -182,10 +196,11 @@ class IngestConsumer:
             return
         with self._lock:
             self._generation += 1
+        # Presence is retained and not shared: every consumer keeps device_state.online current.
         if self._settings.mqtt.protocol == "5":
-            client.subscribe(self._topic, options=SubscribeOptions(qos=1))
+            client.subscribe([(t, SubscribeOptions(qos=1)) for t in (self._topic, STATUS_WILDCARD)])
         else:
-            client.subscribe(self._topic, qos=1)
+            client.subscribe([(self._topic, 1), (STATUS_WILDCARD, 1)])
         log.info("connected to the MQTT broker; subscribing %s", self._topic)
 
     def _on_disconnect(
@@ -220,7 +235,9 @@ class IngestConsumer:
             generation = self._generation
         item = Item(generation, msg.mid, msg.qos, Received(msg.topic, bytes(msg.payload)))
         try:
-            self._queue.put_nowait(item)
+            # Waiting here stops paho reading the socket: TCP pushes back on the broker. The
+            # broker should never get that far ahead (receive maximum), but was seen to.
+            self._queue.put(item, timeout=0 if self._stopping.is_set() else QUEUE_WAIT_S)
         except queue.Full:
             # Not acknowledged, so not lost: the device resends what we never ack.
             self._extra["overflow"] += 1
@@ -265,6 +282,7 @@ class IngestConsumer:
                 return self._processor.process(item.message for item in batch)
             except StoreError as exc:
                 self._extra["store_errors"] += 1
+                metrics.INGEST_STORE_ERRORS.inc()
                 log.error("%s; retrying in %.1f s", exc, delay)
             if self._stopping.wait(delay):
                 log.warning(

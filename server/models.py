@@ -1,25 +1,45 @@
-"""Tables and API shapes, one family per entity (``...Base``, ``...Row`` (table), ``...Public``).
+"""Tables (``...Row``). API shapes live in ``resonera.server.schemas``.
 
 Every device message is keyed by (device_id, message_id), never by time: storing the same message
-twice is a no-op (insert-or-ignore). Times are stored in UTC and come back time-zone aware.
+twice is a no-op (insert-or-ignore). Times are stored in UTC and come back time-zone aware. The
+schema is owned by Alembic (``resonera.server.migrations``); a change here needs a migration, and
+``tests/server/test_server_migrations.py`` fails until the two agree.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
-from sqlalchemy import DateTime, LargeBinary, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    Column,
+    Date,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
 
 DEVICE_ID_MAX = 64
 MESSAGE_ID_MAX = 36
+PATIENT_ID_MAX = 36
+EMAIL_MAX = 254
 #: Quarantined payloads are kept up to this size (enough to see what was wrong).
 QUARANTINE_PAYLOAD_MAX = 64 * 1024
 QUARANTINE_TOPIC_MAX = 1024
 QUARANTINE_REASON_MAX = 2000
+
+ROLES = ("admin", "clinician", "auditor")
+SIG_UNSIGNED = "unsigned"
+SIG_VERIFIED = "verified"
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -44,18 +64,183 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-class SessionBase(SQLModel):
-    """A session record as the device reported it, with the envelope fields that identify it."""
+def _fk(target: str, *, length: int = 0, index: bool = False) -> Any:
+    """A required foreign-key column (``RESTRICT``: nothing referenced is deleted under a row)."""
+    kind: Any = String(length) if length else Integer()
+    return Field(
+        sa_column=Column(kind, ForeignKey(target, ondelete="RESTRICT"), nullable=False, index=index)
+    )
 
-    device_id: str = Field(max_length=DEVICE_ID_MAX, index=True)
+
+# -- people ----------------------------------------------------------------------------------
+
+
+class UserRow(SQLModel, table=True):
+    __tablename__ = "app_user"
+
+    id: int | None = Field(default=None, primary_key=True)
+    email: str = Field(max_length=EMAIL_MAX, unique=True)
+    password_hash: str = Field(max_length=200)
+    role: str = Field(max_length=16)
+    active: bool = True
+    failed_logins: int = 0
+    locked_until: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    created_at: datetime = Field(sa_type=UTCDateTime)
+
+
+class RefreshTokenRow(SQLModel, table=True):
+    """A refresh token, by its SHA-256 only; revoked on use (rotation), logout or by an admin."""
+
+    __tablename__ = "refresh_token"
+
+    id: int | None = Field(default=None, primary_key=True)
+    user_id: int = _fk("app_user.id", index=True)
+    token_hash: str = Field(max_length=64, unique=True)
+    created_at: datetime = Field(sa_type=UTCDateTime)
+    expires_at: datetime = Field(sa_type=UTCDateTime)
+    revoked_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class PatientRow(SQLModel, table=True):
+    """Identifying fields are ciphertext (``crypto.FieldCipher``): ``<key id>:<base64>``."""
+
+    __tablename__ = "patient"
+
+    id: str = Field(primary_key=True, max_length=PATIENT_ID_MAX)
+    name_enc: str = Field(sa_type=Text)
+    birth_date_enc: str = Field(sa_type=Text)
+    notes_enc: str = Field(sa_type=Text)
+    created_at: datetime = Field(sa_type=UTCDateTime)
+    updated_at: datetime = Field(sa_type=UTCDateTime)
+
+
+class ClinicianPatientRow(SQLModel, table=True):
+    """Which clinician may see and change which patient."""
+
+    __tablename__ = "clinician_patient"
+
+    user_id: int = Field(
+        sa_column=Column(ForeignKey("app_user.id", ondelete="RESTRICT"), primary_key=True)
+    )
+    patient_id: str = Field(
+        sa_column=Column(
+            String(PATIENT_ID_MAX),
+            ForeignKey("patient.id", ondelete="RESTRICT"),
+            primary_key=True,
+            index=True,
+        )
+    )
+    created_at: datetime = Field(sa_type=UTCDateTime)
+
+
+# -- devices ---------------------------------------------------------------------------------
+
+
+class DeviceRow(SQLModel, table=True):
+    """The registry: only registered, unrevoked devices are ingested. ``public_key`` (base64 raw
+    Ed25519) turns on signature checks for the device; set at provisioning."""
+
+    __tablename__ = "device"
+
+    id: str = Field(primary_key=True, max_length=DEVICE_ID_MAX)
+    cert_fingerprint: str = Field(default="", max_length=128)
+    public_key: str | None = Field(default=None, max_length=128)
+    revoked: bool = False
+    note: str = Field(default="", max_length=500)
+    created_at: datetime = Field(sa_type=UTCDateTime)
+
+
+class AssignmentRow(SQLModel, table=True):
+    """A patient uses a device from ``valid_from`` until ``valid_to`` (open: still in use)."""
+
+    __tablename__ = "assignment"
+    __table_args__ = (Index("ix_assignment_device_from", "device_id", "valid_from"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    device_id: str = _fk("device.id", length=DEVICE_ID_MAX)
+    patient_id: str = _fk("patient.id", index=True, length=PATIENT_ID_MAX)
+    valid_from: datetime = Field(sa_type=UTCDateTime)
+    valid_to: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    created_at: datetime = Field(sa_type=UTCDateTime)
+
+
+class PatientConfigRow(SQLModel, table=True):
+    """One version of a patient's profile, limits and programs; rows are never updated."""
+
+    __tablename__ = "patient_config"
+    __table_args__ = (UniqueConstraint("patient_id", "version", name="uq_patient_config_version"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    patient_id: str = _fk("patient.id", length=PATIENT_ID_MAX)
+    version: int
+    profile: dict[str, Any] = Field(sa_type=JSON)
+    limits: dict[str, Any] = Field(sa_type=JSON)
+    programs: list[dict[str, Any]] = Field(sa_type=JSON)
+    sessions_per_week: int = 0
+    created_by: int = _fk("app_user.id")
+    created_at: datetime = Field(sa_type=UTCDateTime)
+
+
+class DeviceDesiredRow(SQLModel, table=True):
+    """The signed document last published (retained) on ``topics.desired(device)``; its version
+    grows per device, so a device never sees a lower one, whichever patient it serves."""
+
+    __tablename__ = "device_desired"
+
+    device_id: str = Field(
+        sa_column=Column(
+            String(DEVICE_ID_MAX), ForeignKey("device.id", ondelete="RESTRICT"), primary_key=True
+        )
+    )
+    version: int
+    patient_id: str | None = Field(default=None, max_length=PATIENT_ID_MAX)
+    patient_version: int | None = None
+    document: str = Field(sa_type=Text)
+    updated_at: datetime = Field(sa_type=UTCDateTime)
+
+
+class DeviceStateRow(SQLModel, table=True):
+    """Latest per device, by sequence number (never arrival order), and presence."""
+
+    __tablename__ = "device_state"
+
+    device_id: str = Field(primary_key=True, max_length=DEVICE_ID_MAX)
+    last_seq: int = -1
+    last_message_id: str = Field(default="", max_length=MESSAGE_ID_MAX)
+    last_kind: str = Field(default="", max_length=16)
+    last_device_time: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    last_received_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    reported_seq: int = -1
+    reported_version: int | None = None
+    online: bool | None = None
+    status_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+# -- what devices send -----------------------------------------------------------------------
+
+
+class SessionRow(SQLModel, table=True):
+    """A session record as the device reported it, with the envelope fields that identify it.
+    ``patient_id`` is the patient the device was assigned to when the session started."""
+
+    __tablename__ = "session_record"
+    __table_args__ = (
+        UniqueConstraint("device_id", "message_id", name="uq_session_record_device_message"),
+        Index("ix_session_record_patient_started", "patient_id", "started_at"),
+        Index("ix_session_record_device_started", "device_id", "started_at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    device_id: str = Field(max_length=DEVICE_ID_MAX)
     message_id: str = Field(max_length=MESSAGE_ID_MAX)
     seq: int
     device_time: datetime = Field(sa_type=UTCDateTime)
     received_at: datetime = Field(sa_type=UTCDateTime)
+    patient_id: str | None = Field(default=None, max_length=PATIENT_ID_MAX)
     session_id: str = Field(max_length=MESSAGE_ID_MAX)
     program_name: str = Field(max_length=120)
     program_digest: str = Field(max_length=64)
-    started_at: datetime = Field(sa_type=UTCDateTime, index=True)
+    started_at: datetime = Field(sa_type=UTCDateTime)
     ended_at: datetime = Field(sa_type=UTCDateTime)
     planned_s: float
     played_s: float
@@ -67,26 +252,32 @@ class SessionBase(SQLModel):
     rms_dbfs: float
     simulation: bool
     hardware_board: str = Field(default="", max_length=120)
+    #: Fraction of the weekly sound allowance (mode 1) the session used, as the device reported.
+    dose_fraction: float = 0.0
+    sig_status: str = Field(default=SIG_UNSIGNED, max_length=16)
 
 
-class SessionRow(SessionBase, table=True):
-    __tablename__ = "session_record"
+class SafetyEventRow(SQLModel, table=True):
+    __tablename__ = "safety_event"
     __table_args__ = (
-        UniqueConstraint("device_id", "message_id", name="uq_session_record_device_message"),
+        UniqueConstraint("device_id", "message_id", name="uq_safety_event_device_message"),
+        Index("ix_safety_event_patient_time", "patient_id", "device_time"),
     )
 
     id: int | None = Field(default=None, primary_key=True)
-
-
-class SessionPublic(SessionBase):
-    """What the API returns for a session."""
-
-    id: int
+    device_id: str = Field(max_length=DEVICE_ID_MAX, index=True)
+    message_id: str = Field(max_length=MESSAGE_ID_MAX)
+    seq: int
+    device_time: datetime = Field(sa_type=UTCDateTime)
+    received_at: datetime = Field(sa_type=UTCDateTime)
+    patient_id: str | None = Field(default=None, max_length=PATIENT_ID_MAX)
+    event_type: str = Field(default="", max_length=64)
+    body: dict[str, Any] = Field(sa_type=JSON)
+    sig_status: str = Field(default=SIG_UNSIGNED, max_length=16)
 
 
 class MessageRow(SQLModel, table=True):
-    """Valid messages of kinds without a table of their own yet (event, metrics, reported): kept
-    whole, so a later migration can parse them and nothing valid is ever dropped."""
+    """``metrics`` and ``reported`` messages, kept whole (the body as JSON text)."""
 
     __tablename__ = "device_message"
     __table_args__ = (
@@ -100,8 +291,22 @@ class MessageRow(SQLModel, table=True):
     seq: int
     device_time: datetime = Field(sa_type=UTCDateTime)
     received_at: datetime = Field(sa_type=UTCDateTime)
-    #: The envelope's body as JSON text.
     body: str = Field(sa_type=Text)
+    sig_status: str = Field(default=SIG_UNSIGNED, max_length=16)
+
+
+class DoseDailyRow(SQLModel, table=True):
+    """Per patient and UTC day: the summed dose fraction of the sessions that started that day.
+    Kept up to date by ingest (new sessions only, so resending adds nothing) and rebuilt for a
+    patient when an assignment attributes older sessions."""
+
+    __tablename__ = "dose_daily"
+
+    patient_id: str = Field(primary_key=True, max_length=PATIENT_ID_MAX)
+    day: date = Field(sa_column=Column(Date(), primary_key=True))
+    dose_fraction: float = 0.0
+    sessions: int = 0
+    played_s: float = 0.0
 
 
 class QuarantineRow(SQLModel, table=True):
@@ -112,5 +317,31 @@ class QuarantineRow(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     received_at: datetime = Field(sa_type=UTCDateTime, index=True)
     topic: str = Field(max_length=QUARANTINE_TOPIC_MAX)
+    device_id: str | None = Field(default=None, max_length=DEVICE_ID_MAX)
     payload: bytes = Field(sa_type=LargeBinary)
     reason: str = Field(max_length=QUARANTINE_REASON_MAX)
+
+
+class AuditRow(SQLModel, table=True):
+    """Who did what to which patient's data, when, from where. Append-only: no API edits it."""
+
+    __tablename__ = "audit_log"
+    __table_args__ = (Index("ix_audit_log_patient_at", "patient_id", "at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    at: datetime = Field(sa_type=UTCDateTime, index=True)
+    actor_id: int | None = None
+    actor_email: str = Field(default="", max_length=EMAIL_MAX)
+    actor_role: str = Field(default="", max_length=16)
+    action: str = Field(max_length=64)
+    resource: str = Field(max_length=64)
+    resource_id: str = Field(default="", max_length=128)
+    patient_id: str | None = Field(default=None, max_length=PATIENT_ID_MAX)
+    method: str = Field(default="", max_length=8)
+    path: str = Field(default="", max_length=500)
+    client: str = Field(default="", max_length=100)
+
+
+def table_of(model: type[SQLModel]) -> Any:
+    """The ``sqlalchemy.Table`` of a table model."""
+    return model.__table__  # type: ignore[attr-defined]

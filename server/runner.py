@@ -19,7 +19,8 @@ from sqlalchemy.engine import Engine
 
 from resonera.common.errors import ConfigError, ResoneraError
 from resonera.server.app import API_PREFIX, create_app
-from resonera.server.db import init_db, make_engine
+from resonera.server.db import make_engine, migrate, require_current_schema
+from resonera.server.desired import DesiredPublisher, MqttPublisher
 from resonera.server.ingest_mqtt import IngestConsumer
 from resonera.server.settings import ServerSettings
 
@@ -62,7 +63,8 @@ class ServerProcess:
 
     ``settings`` must pass ``checked_for_start`` when ``api`` is on (it is called here). ``engine``
     may be given (tests share one); otherwise it is made from ``settings.database_url`` and
-    disposed of on ``stop()``.
+    disposed of on ``stop()``. The database must be at the newest schema revision
+    (``SchemaBehindError`` otherwise) unless ``migrate`` is true; by default, demo mode migrates.
     """
 
     def __init__(
@@ -72,10 +74,15 @@ class ServerProcess:
         api: bool = True,
         ingest: bool = True,
         engine: Engine | None = None,
+        migrate: bool | None = None,
+        publisher: DesiredPublisher | None = None,
     ) -> None:
         self.settings = settings.checked_for_start() if api else settings
         self._api = api
         self._ingest = ingest
+        self._migrate = settings.demo if migrate is None else migrate
+        self._publisher = publisher
+        self._own_publisher = False
         self._own_engine = engine is None
         self._engine = engine
         self._sock: socket.socket | None = None
@@ -116,7 +123,10 @@ class ServerProcess:
                 self.port = int(self._sock.getsockname()[1])
             if self._engine is None:
                 self._engine = make_engine(self.settings.database_url)
-            init_db(self._engine)
+            if self._migrate:
+                migrate(self._engine)
+            else:
+                require_current_schema(self._engine)
             if self._ingest:
                 self.consumer = IngestConsumer(self.settings, self._engine)
                 self.consumer.start()
@@ -144,12 +154,20 @@ class ServerProcess:
             self._sock = None
         if self.consumer is not None:
             self.consumer.stop()
+        if self._own_publisher and self._publisher is not None:
+            self._publisher.close()
+            self._publisher = None
         if self._own_engine and self._engine is not None:
             self._engine.dispose()
 
     def _start_api(self, timeout_s: float) -> None:
         assert self._sock is not None
-        app = create_app(self.settings, self.engine)
+        if self._publisher is None:
+            self._publisher = MqttPublisher(self.settings)
+            self._own_publisher = True
+        app = create_app(self.settings, self.engine, publisher=self._publisher)
+        republished = app.state.resonera.desired.republish_all(self.engine)
+        log.info("republished the desired state of %d device(s)", republished)
         config = uvicorn.Config(app, log_config=None, timeout_graceful_shutdown=5)
         server = uvicorn.Server(config)
         self._server = server
@@ -173,7 +191,12 @@ def run_server_in_thread(
     api: bool = True,
     ingest: bool = True,
     engine: Engine | None = None,
+    migrate: bool | None = None,
+    publisher: DesiredPublisher | None = None,
 ) -> ServerProcess:
     """Start the server in this process and return it running; call ``.stop()`` when done, or use
     the result in a ``with`` block."""
-    return ServerProcess(settings, api=api, ingest=ingest, engine=engine).start()
+    server = ServerProcess(
+        settings, api=api, ingest=ingest, engine=engine, migrate=migrate, publisher=publisher
+    )
+    return server.start()

@@ -9,6 +9,7 @@ Each part runs as its own process, exactly as it would be deployed, started by i
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import shutil
 import socket
@@ -26,9 +27,11 @@ from typing import Any
 import tomli_w
 
 from resonera.common.errors import ResoneraError
+from resonera.device.audio.calibration import packaged_calibration
 from resonera.stack.broker import RunningBroker, start_broker
 
 DEMO_DEVICE_ID = "demo-device-1"
+DEMO_CLINICIAN = "clinician@demo.resonera"
 
 
 class DemoError(ResoneraError):
@@ -119,6 +122,31 @@ def _get_json(url: str, token: str | None = None) -> Any:
         return json.load(response)
 
 
+def _login(api: str, email: str, password: str) -> str:
+    """An access token for the clinician (``POST /api/v1/auth/login``)."""
+    body = json.dumps({"email": email, "password": password}).encode()
+    request = urllib.request.Request(
+        f"{api}/api/v1/auth/login", data=body, headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return str(json.load(response)["access_token"])
+
+
+def _server_command(args: list[str], env: dict[str, str] | None = None) -> str:
+    """Run a ``resonera-server`` command to completion; its stdout, or ``DemoError``."""
+    done = subprocess.run(
+        [_script("resonera-server"), *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, **(env or {})},
+    )
+    if done.returncode != 0:
+        detail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise DemoError(f"resonera-server {args[0]} failed: {detail}")
+    return done.stdout
+
+
 def _healthy(url: str) -> bool:
     try:
         return bool(_get_json(url).get("status") == "ok")
@@ -136,7 +164,7 @@ def run_demo(options: DemoOptions, out: Any = sys.stdout) -> list[dict[str, Any]
     def say(text: str) -> None:
         print(text, file=out, flush=True)
 
-    token = secrets.token_urlsafe(32)
+    password = secrets.token_urlsafe(18)
     http_port = free_port()
     api = f"http://127.0.0.1:{http_port}"
     with ExitStack() as stack:
@@ -148,17 +176,28 @@ def run_demo(options: DemoOptions, out: Any = sys.stdout) -> list[dict[str, Any]
         procs = _Processes(workdir)
         stack.callback(procs.stop_all)
 
+        # Patient data is encrypted at rest: the demo's key lives in its workdir (never the DB).
+        key_file = workdir / "patient-keys.txt"
+        key_file.write_text(_server_command(["new-key", "--key-id", "demo"]))
+        key_file.chmod(0o600)
         server_config = _write_toml(
             workdir / "server.toml",
             {
                 "database_url": f"sqlite:///{workdir / 'server.db'}",
                 "http_host": "127.0.0.1",
                 "http_port": http_port,
-                "api_token": token,
                 "demo": True,
+                "patient_key_file": str(key_file),
                 "shared_subscription": broker.shared_subscriptions,
                 "mqtt": mqtt,
             },
+        )
+        config_args = ["--config", str(server_config)]
+        _server_command(["migrate", *config_args])
+        # A clinician, their patient, and the demo device registered and assigned to the patient.
+        _server_command(
+            ["demo-setup", *config_args, "--device", DEMO_DEVICE_ID, "--email", DEMO_CLINICIAN],
+            env={"RESONERA_PASSWORD": password},
         )
         server = procs.start(
             "server", [_script("resonera-server"), "run", "--config", str(server_config)]
@@ -183,6 +222,7 @@ def run_demo(options: DemoOptions, out: Any = sys.stdout) -> list[dict[str, Any]
                 "serial_url": port_path,
                 "sink": options.sink,
                 "wav_path": str(wav_path),
+                "calibration_file": str(packaged_calibration()),
                 "mqtt": mqtt,
             },
         )
@@ -208,6 +248,7 @@ def run_demo(options: DemoOptions, out: Any = sys.stdout) -> list[dict[str, Any]
             detail = (played.stderr.strip().splitlines() or ["no output"])[-1]
             raise DemoError(f"the device agent failed (exit {played.returncode}): {detail}")
 
+        token = _login(api, DEMO_CLINICIAN, password)
         sessions: list[dict[str, Any]] = _get_json(f"{api}/api/v1/sessions", token)
         say(f"\nThe server holds {len(sessions)} session(s):")
         for s in sessions:
@@ -215,8 +256,15 @@ def run_demo(options: DemoOptions, out: Any = sys.stdout) -> list[dict[str, Any]
                 f"  {s['device_id']}  {s['program_name']}  {s['played_s']:.1f} s  {s['outcome']}"
                 f"  peak {s['peak_dbfs']:.1f} dBFS  (message {s['message_id']})"
             )
-        say(f"\nAPI: {api}/api/v1/sessions  (header  Authorization: Bearer {token})")
-        say(f"     curl -H 'Authorization: Bearer {token}' {api}/api/v1/sessions")
+        say(f"\nAPI: {api}/api/v1/sessions  (OpenAPI: {api}/docs)")
+        say(f"     clinician {DEMO_CLINICIAN}, password {password}")
+        say(
+            f"     TOKEN=$(curl -s -H 'Content-Type: application/json' -d "
+            f'\'{{"email": "{DEMO_CLINICIAN}", "password": "{password}"}}\' '
+            f"{api}/api/v1/auth/login | python3 -c 'import json,sys; "
+            f'print(json.load(sys.stdin)["access_token"])\')'
+        )
+        say(f'     curl -H "Authorization: Bearer $TOKEN" {api}/api/v1/sessions')
         if options.keep_running:
             say("The stack stays up; press Ctrl-C to stop it.")
             try:

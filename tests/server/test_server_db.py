@@ -27,7 +27,8 @@ def _row(message_id: str, when: datetime) -> dict[str, object]:
     }
 
 
-def test_sqlite_pragmas(engine: Engine) -> None:
+def test_sqlite_pragmas(sqlite_engine: Engine) -> None:
+    engine = sqlite_engine
     with engine.connect() as conn:
         assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
         assert conn.execute(text("PRAGMA foreign_keys")).scalar() == 1

@@ -1,4 +1,4 @@
-"""IngestProcessor on a throwaway SQLite store: no broker involved."""
+"""IngestProcessor on a throwaway store (SQLite and PostgreSQL): no broker involved."""
 
 from __future__ import annotations
 
@@ -16,11 +16,23 @@ from resonera.common import topics
 from resonera.common.envelope import Envelope
 from resonera.server.db import make_engine
 from resonera.server.ingest import IngestProcessor, Received, StoreError
-from resonera.server.models import QUARANTINE_PAYLOAD_MAX, MessageRow, QuarantineRow, SessionRow
+from resonera.server.models import (
+    QUARANTINE_PAYLOAD_MAX,
+    MessageRow,
+    QuarantineRow,
+    SafetyEventRow,
+    SessionRow,
+)
 
 MakeBody = Callable[..., dict[str, Any]]
 MakeEnvelope = Callable[..., Envelope]
 NOW = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture(autouse=True)
+def _devices(registered: Callable[..., str]) -> None:
+    registered("dev-a")
+    registered("dev-b")
 
 
 def _processor(engine: Engine) -> IngestProcessor:
@@ -79,14 +91,26 @@ def test_duplicate_within_one_batch_is_acked_once(
     assert len(_sessions(engine)) == 1
 
 
-def test_other_kinds_are_kept_whole(engine: Engine, make_envelope: MakeEnvelope) -> None:
-    event = make_envelope("dev-b", kind="event", body={"state": "fault", "cause": "dc offset"})
-    result = _processor(engine).process([Received(topics.up("dev-b", "event"), event.to_bytes())])
-    assert result.committed == {"dev-b": [event.id]}
+def test_events_and_other_kinds_get_their_tables(
+    engine: Engine, make_envelope: MakeEnvelope
+) -> None:
+    event = make_envelope("dev-b", kind="event", body={"type": "fault", "cause": "dc offset"})
+    metric = make_envelope("dev-b", kind="metrics", body={"outbox_depth": 3}, seq=1)
+    result = _processor(engine).process(
+        [
+            Received(topics.up("dev-b", "event"), event.to_bytes()),
+            Received(topics.up("dev-b", "metrics"), metric.to_bytes()),
+        ]
+    )
+    assert result.committed == {"dev-b": [event.id, metric.id]}
     with Session(engine) as session:
+        (stored_event,) = session.exec(select(SafetyEventRow)).all()
         (row,) = session.exec(select(MessageRow)).all()
-    assert (row.kind, row.message_id) == ("event", event.id)
-    assert json.loads(row.body) == {"state": "fault", "cause": "dc offset"}
+    assert (stored_event.event_type, stored_event.message_id) == ("fault", event.id)
+    assert stored_event.body == {"type": "fault", "cause": "dc offset"}
+    assert stored_event.sig_status == "unsigned"
+    assert (row.kind, row.message_id) == ("metrics", metric.id)
+    assert json.loads(row.body) == {"outbox_depth": 3}
 
 
 def test_acks_are_grouped_per_device_in_arrival_order(
@@ -157,7 +181,7 @@ def test_huge_payload_is_quarantined_truncated(engine: Engine) -> None:
 
 
 def test_database_failure_raises_and_commits_nothing(make_envelope: MakeEnvelope) -> None:
-    bare = make_engine("sqlite://")  # no tables: every insert fails
+    bare = make_engine("sqlite://")  # no tables: every query fails
     envelope = make_envelope("dev-a")
     processor = IngestProcessor(bare)
     with pytest.raises(StoreError, match="storing a batch failed"):

@@ -1,10 +1,12 @@
-"""IngestConsumer against a real mosquitto: publish as a device would, expect rows and acks."""
+"""IngestConsumer against a real mosquitto (stores on SQLite and PostgreSQL): publish as a device
+would, expect rows and acks; two consumers share the load, each message stored once."""
 
 from __future__ import annotations
 
 import queue
 import threading
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,7 @@ from resonera.common.settings import MqttSettings
 from resonera.server.db import init_db, make_engine
 from resonera.server.ingest import Received
 from resonera.server.ingest_mqtt import IngestConsumer, Item, take_batch
-from resonera.server.models import QuarantineRow, SessionRow
+from resonera.server.models import DeviceRow, QuarantineRow, SessionRow
 from resonera.server.settings import ServerSettings
 
 MakeEnvelope = Callable[..., Envelope]
@@ -57,6 +59,18 @@ class FakeDevice:
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
+
+
+@pytest.fixture(autouse=True)
+def _devices(registered: Callable[..., str]) -> None:
+    for device_id in ("dev-x", "dev-y", "dev-plain-5", "dev-plain-3.1.1"):
+        registered(device_id)
+
+
+def _register(engine: Engine, device_id: str) -> None:
+    with Session(engine) as session:
+        session.add(DeviceRow(id=device_id, created_at=datetime.now(UTC)))
+        session.commit()
 
 
 def _settings(broker: Mosquitto, **overrides: Any) -> ServerSettings:
@@ -134,6 +148,7 @@ def test_database_failure_is_retried_and_nothing_acked_before_commit(
         wait_until(lambda: consumer.counters["store_errors"] >= 1, what="a failed store")
         assert device.acked == []
         init_db(engine)
+        _register(engine, "dev-x")
         wait_until(lambda: envelope.id in device.acked_ids(), what="the ack after recovery")
         assert _count(engine, SessionRow) == 1
     finally:
@@ -157,6 +172,46 @@ def test_plain_subscription_for_brokers_without_share(
     finally:
         device.close()
         consumer.stop()
+
+
+def test_two_consumers_share_the_load_and_store_each_message_once(
+    mosquitto: Mosquitto, engine: Engine, make_envelope: MakeEnvelope
+) -> None:
+    consumers = [IngestConsumer(_settings(mosquitto), engine, batch_max=20) for _ in range(2)]
+    devices = [
+        FakeDevice(MqttSettings(host=mosquitto.host, port=mosquitto.port), d)
+        for d in ("dev-x", "dev-y")
+    ]
+    try:
+        for consumer in consumers:
+            consumer.start()
+        sent: dict[str, list[str]] = {d.device_id: [] for d in devices}
+        for seq in range(200):
+            for device in devices:
+                envelope = make_envelope(device.device_id, seq=seq)
+                device.client.publish(
+                    topics.up(device.device_id, "session"), envelope.to_bytes(), qos=1
+                )
+                sent[device.device_id].append(envelope.id)
+        for device in devices:
+            wanted = set(sent[device.device_id])
+
+            def all_acked(device: FakeDevice = device, wanted: set[str] = wanted) -> bool:
+                return wanted <= set(device.acked_ids())
+
+            wait_until(all_acked, timeout=30, what=f"acks for every message of {device.device_id}")
+    finally:
+        for device in devices:
+            device.close()
+        for consumer in consumers:
+            consumer.stop()
+    assert _count(engine, SessionRow) == 400
+    counters = [c.counters for c in consumers]
+    assert sum(c["stored"] for c in counters) == 400
+    assert sum(c["duplicates"] for c in counters) == 0
+    assert all(c["received"] > 0 for c in counters), counters  # the broker split the load
+    for device in devices:
+        assert sorted(device.acked_ids()) == sorted(sent[device.device_id])  # each acked once
 
 
 def test_broker_down_is_one_clear_error(engine: Engine) -> None:

@@ -7,7 +7,7 @@ from pydantic import SecretStr
 
 from resonera.common.errors import ConfigError
 from resonera.common.settings import load_settings
-from resonera.server.settings import MIN_TOKEN_CHARS, ServerSettings
+from resonera.server.settings import MIN_SECRET_CHARS, ServerSettings
 
 
 def test_defaults() -> None:
@@ -16,7 +16,7 @@ def test_defaults() -> None:
     assert (settings.http_host, settings.http_port) == ("127.0.0.1", 8080)
     assert settings.mqtt.port == 1883
     assert settings.shared_subscription is True
-    assert settings.api_token is None
+    assert settings.jwt_secret is None
     assert settings.demo is False
     assert settings.ingest_client_id.startswith("resonera-ingest-")
 
@@ -28,7 +28,7 @@ def test_client_ids_are_unique_per_instance() -> None:
 def test_file_then_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "server.toml"
     path.write_text(
-        'http_port = 9000\napi_token = "from-file"\n[mqtt]\nhost = "broker"\nport = 1884\n'
+        'http_port = 9000\njwt_secret = "from-file"\n[mqtt]\nhost = "broker"\nport = 1884\n'
     )
     monkeypatch.setenv("RESONERA_SERVER_MQTT__PORT", "8883")
     monkeypatch.setenv("RESONERA_SERVER_SHARED_SUBSCRIPTION", "false")
@@ -37,8 +37,8 @@ def test_file_then_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     assert settings.mqtt.host == "broker"
     assert settings.mqtt.port == 8883
     assert settings.shared_subscription is False
-    assert settings.api_token is not None
-    assert settings.api_token.get_secret_value() == "from-file"
+    assert settings.jwt_secret is not None
+    assert settings.jwt_secret.get_secret_value() == "from-file"
 
 
 def test_unknown_key_is_an_error(tmp_path: Path) -> None:
@@ -48,34 +48,34 @@ def test_unknown_key_is_an_error(tmp_path: Path) -> None:
         load_settings(ServerSettings, path)
 
 
-def test_token_required_outside_demo() -> None:
-    with pytest.raises(ConfigError, match=r"api_token must be set.*secrets\.token_urlsafe"):
+def test_jwt_secret_required_outside_demo() -> None:
+    with pytest.raises(ConfigError, match=r"jwt_secret must be set.*secrets\.token_urlsafe"):
         ServerSettings().checked_for_start()
 
 
-def test_short_token_refused_outside_demo() -> None:
-    settings = ServerSettings(api_token=SecretStr("x" * (MIN_TOKEN_CHARS - 1)))
-    with pytest.raises(ConfigError, match=f"at least {MIN_TOKEN_CHARS}"):
+def test_short_jwt_secret_refused_outside_demo() -> None:
+    settings = ServerSettings(jwt_secret=SecretStr("x" * (MIN_SECRET_CHARS - 1)))
+    with pytest.raises(ConfigError, match=f"at least {MIN_SECRET_CHARS}"):
         settings.checked_for_start()
 
 
-def test_long_enough_token_accepted() -> None:
-    settings = ServerSettings(api_token=SecretStr("x" * MIN_TOKEN_CHARS))
-    assert settings.checked_for_start().api_token_value() == "x" * MIN_TOKEN_CHARS
+def test_long_enough_jwt_secret_accepted() -> None:
+    settings = ServerSettings(jwt_secret=SecretStr("x" * MIN_SECRET_CHARS))
+    assert settings.checked_for_start().jwt_secret_value() == "x" * MIN_SECRET_CHARS
 
 
-def test_demo_generates_a_token_when_missing() -> None:
-    first = ServerSettings(demo=True).checked_for_start().api_token_value()
-    second = ServerSettings(demo=True).checked_for_start().api_token_value()
-    assert len(first) >= MIN_TOKEN_CHARS
+def test_demo_generates_a_jwt_secret_when_missing() -> None:
+    first = ServerSettings(demo=True).checked_for_start().jwt_secret_value()
+    second = ServerSettings(demo=True).checked_for_start().jwt_secret_value()
+    assert len(first) >= MIN_SECRET_CHARS
     assert first != second
 
 
-def test_demo_keeps_a_given_token() -> None:
-    settings = ServerSettings(demo=True, api_token=SecretStr("short")).checked_for_start()
-    assert settings.api_token_value() == "short"
+def test_demo_keeps_a_given_jwt_secret() -> None:
+    settings = ServerSettings(demo=True, jwt_secret=SecretStr("short")).checked_for_start()
+    assert settings.jwt_secret_value() == "short"
 
 
-def test_token_value_without_token_is_a_config_error() -> None:
+def test_jwt_secret_value_without_one_is_a_config_error() -> None:
     with pytest.raises(ConfigError):
-        ServerSettings().api_token_value()
+        ServerSettings().jwt_secret_value()

@@ -1,0 +1,142 @@
+"""Route needs as ``Annotated`` aliases: a database session, the caller, their role, the audit.
+
+The app keeps its collaborators in ``app.state`` (``AppState``), set once by ``create_app``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import CollectorRegistry
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, select
+
+from resonera.server.api.errors import ApiError
+from resonera.server.crypto import FieldCipher
+from resonera.server.desired import DesiredService
+from resonera.server.models import AuditRow, ClinicianPatientRow, PatientRow, UserRow
+from resonera.server.security import TokenError, decode_access_token, now_utc
+from resonera.server.settings import ServerSettings
+
+_bearer = HTTPBearer(auto_error=False, description="An access token from POST /api/v1/auth/login")
+
+
+@dataclass
+class AppState:
+    settings: ServerSettings
+    engine: Engine
+    cipher: FieldCipher
+    desired: DesiredService
+    broker_ok: Callable[[], bool]
+    metrics_registry: CollectorRegistry
+
+
+def get_state(request: Request) -> AppState:
+    state: AppState = request.app.state.resonera
+    return state
+
+
+StateDep = Annotated[AppState, Depends(get_state)]
+
+
+def get_session(state: StateDep) -> Iterator[Session]:
+    # Rows stay readable after commit (reads commit their audit row before answering).
+    with Session(state.engine, expire_on_commit=False) as session:
+        yield session
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+
+
+def _unauthorized(message: str) -> ApiError:
+    return ApiError(401, message, headers={"WWW-Authenticate": "Bearer"})
+
+
+def current_user(
+    state: StateDep,
+    session: SessionDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> UserRow:
+    """The active user the bearer token names, as the database knows them now."""
+    if credentials is None:
+        raise _unauthorized("an access token is needed (Authorization: Bearer <token>)")
+    try:
+        claims = decode_access_token(state.settings, credentials.credentials)
+    except TokenError as exc:
+        raise _unauthorized(f"the access token is not valid: {exc}") from None
+    user = session.get(UserRow, claims.user_id)
+    if user is None or not user.active or user.role != claims.role:
+        raise _unauthorized("the access token's user is no longer active with that role")
+    return user
+
+
+CurrentUser = Annotated[UserRow, Depends(current_user)]
+
+
+def require(*roles: str) -> Callable[[UserRow], UserRow]:
+    def check(user: CurrentUser) -> UserRow:
+        if user.role not in roles:
+            raise ApiError(403, f"this needs the role {' or '.join(roles)}")
+        return user
+
+    return check
+
+
+AdminUser = Annotated[UserRow, Depends(require("admin"))]
+ClinicianUser = Annotated[UserRow, Depends(require("clinician"))]
+AuditorUser = Annotated[UserRow, Depends(require("auditor"))]
+AdminOrClinician = Annotated[UserRow, Depends(require("admin", "clinician"))]
+
+
+def client_of(request: Request) -> str:
+    return request.client.host if request.client is not None else ""
+
+
+def audit(
+    session: Session,
+    request: Request,
+    user: UserRow,
+    action: str,
+    resource: str,
+    *,
+    resource_id: str = "",
+    patient_id: str | None = None,
+) -> None:
+    """Add an audit row to ``session``: it commits with the change it records (or with the read)."""
+    session.add(
+        AuditRow(
+            at=now_utc(),
+            actor_id=user.id,
+            actor_email=user.email,
+            actor_role=user.role,
+            action=action,
+            resource=resource,
+            resource_id=resource_id[:128],
+            patient_id=patient_id,
+            method=request.method,
+            path=request.url.path[:500],
+            client=client_of(request)[:100],
+        )
+    )
+
+
+def own_patient(session: Session, user: UserRow, patient_id: str) -> PatientRow:
+    """The patient, if ``user`` may see them: a linked clinician, or an admin. Otherwise 404
+    (whether the patient exists is itself patient data)."""
+    patient = session.get(PatientRow, patient_id)
+    if patient is not None and user.role == "admin":
+        return patient
+    if patient is not None and user.role == "clinician":
+        link = session.exec(
+            select(ClinicianPatientRow).where(
+                ClinicianPatientRow.user_id == user.id,
+                ClinicianPatientRow.patient_id == patient_id,
+            )
+        ).first()
+        if link is not None:
+            return patient
+    raise ApiError(404, f"no patient {patient_id} among yours")

@@ -1,0 +1,134 @@
+"""``/assignments`` (admins): which device a patient uses, from when to when."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query, Request, status
+from sqlalchemy import or_
+from sqlmodel import col, select
+
+from resonera.server.api.deps import AdminUser, SessionDep, StateDep, audit
+from resonera.server.api.errors import ApiError
+from resonera.server.ingest import attribute_sessions
+from resonera.server.models import AssignmentRow, DeviceRow, PatientRow
+from resonera.server.schemas import (
+    INT32_MAX,
+    AssignmentCreate,
+    AssignmentPublic,
+    AssignmentUpdate,
+    DeviceIdStr,
+    PatientIdStr,
+)
+from resonera.server.security import now_utc
+
+router = APIRouter(prefix="/assignments", tags=["assignments"])
+AssignmentId = Annotated[int, Path(ge=1, le=INT32_MAX)]
+
+
+def _public(row: AssignmentRow, attributed: int = 0) -> AssignmentPublic:
+    out = AssignmentPublic.model_validate(row, from_attributes=True)
+    out.attributed_sessions = attributed
+    return out
+
+
+@router.get("", response_model=list[AssignmentPublic])
+def list_assignments(
+    *,
+    admin: AdminUser,
+    session: SessionDep,
+    device_id: Annotated[DeviceIdStr | None, Query()] = None,
+    patient_id: Annotated[PatientIdStr | None, Query()] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
+) -> list[AssignmentPublic]:
+    query = select(AssignmentRow)
+    if device_id is not None:
+        query = query.where(AssignmentRow.device_id == device_id)
+    if patient_id is not None:
+        query = query.where(AssignmentRow.patient_id == patient_id)
+    query = query.order_by(col(AssignmentRow.id).desc()).offset(offset).limit(limit)
+    return [_public(r) for r in session.exec(query).all()]
+
+
+@router.post("", response_model=AssignmentPublic, status_code=status.HTTP_201_CREATED)
+def create_assignment(
+    *,
+    body: AssignmentCreate,
+    admin: AdminUser,
+    state: StateDep,
+    session: SessionDep,
+    request: Request,
+) -> AssignmentPublic:
+    """Assign a device to a patient. Refused (409) if the device is assigned to anyone in an
+    overlapping period. Sessions and events of the device in the period that nobody owned yet
+    become the patient's, and the patient's desired state is published to the device."""
+    if body.valid_to is not None and body.valid_to <= body.valid_from:
+        raise ApiError(422, "valid_to must be after valid_from")
+    if session.get(DeviceRow, body.device_id) is None:
+        raise ApiError(404, f"no device {body.device_id}")
+    if session.get(PatientRow, body.patient_id) is None:
+        raise ApiError(404, f"no patient {body.patient_id}")
+    overlap = select(AssignmentRow).where(
+        AssignmentRow.device_id == body.device_id,
+        or_(col(AssignmentRow.valid_to).is_(None), col(AssignmentRow.valid_to) > body.valid_from),
+    )
+    if body.valid_to is not None:
+        overlap = overlap.where(col(AssignmentRow.valid_from) < body.valid_to)
+    if session.exec(overlap).first() is not None:
+        raise ApiError(409, f"device {body.device_id} is assigned in an overlapping period")
+    now = now_utc()
+    row = AssignmentRow(**body.model_dump(), created_at=now)
+    session.add(row)
+    session.flush()
+    attributed = attribute_sessions(session.connection(), row)
+    outgoing = []
+    if row.valid_from <= now and (row.valid_to is None or row.valid_to > now):
+        document = state.desired.for_device(session, row.device_id, row.patient_id, now)
+        outgoing = [document] if document is not None else []
+    audit(
+        session,
+        request,
+        admin,
+        "create",
+        "assignment",
+        resource_id=str(row.id),
+        patient_id=row.patient_id,
+    )
+    session.commit()
+    state.desired.publish(outgoing)
+    session.refresh(row)
+    return _public(row, attributed)
+
+
+@router.patch("/{assignment_id}", response_model=AssignmentPublic)
+def end_assignment(
+    *,
+    assignment_id: AssignmentId,
+    body: AssignmentUpdate,
+    admin: AdminUser,
+    session: SessionDep,
+    request: Request,
+) -> AssignmentPublic:
+    """Set when the device stopped being the patient's (only to end or shorten a period)."""
+    row = session.get(AssignmentRow, assignment_id)
+    if row is None:
+        raise ApiError(404, f"no assignment {assignment_id}")
+    if body.valid_to <= row.valid_from:
+        raise ApiError(422, "valid_to must be after valid_from")
+    if row.valid_to is not None and body.valid_to > row.valid_to:
+        raise ApiError(409, "an assignment can be ended or shortened, not extended")
+    row.valid_to = body.valid_to
+    session.add(row)
+    audit(
+        session,
+        request,
+        admin,
+        "update",
+        "assignment",
+        resource_id=str(assignment_id),
+        patient_id=row.patient_id,
+    )
+    session.commit()
+    session.refresh(row)
+    return _public(row)

@@ -1,0 +1,423 @@
+"""``/patients``: identity (encrypted at rest), clinician links, and a clinician's view of their
+own patients: sessions, safety events, dose, adherence, and the desired state they set.
+
+Access: a clinician sees and changes only patients linked to them; an admin creates patients,
+links clinicians and may read identity; auditors see none of it (they read ``/audit``). An
+unlinked patient is a 404, not a 403: whether a patient exists is patient data. Every read and
+write here adds an audit row in the same transaction.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Path, Query, Request, Response, status
+from pydantic import AwareDatetime
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import col, select
+
+from resonera.common.ids import new_id
+from resonera.server import crud
+from resonera.server.api.deps import (
+    AdminOrClinician,
+    AdminUser,
+    ClinicianUser,
+    SessionDep,
+    StateDep,
+    audit,
+    own_patient,
+)
+from resonera.server.api.errors import ApiError
+from resonera.server.desired import VersionConflict, config_document
+from resonera.server.models import ClinicianPatientRow, PatientRow, UserRow
+from resonera.server.schemas import (
+    INT32_MAX,
+    AdherenceReport,
+    DesiredIn,
+    DesiredPublic,
+    DoseReport,
+    Limits,
+    LinkIn,
+    PatientCreate,
+    PatientPublic,
+    PatientUpdate,
+    SafetyEventPublic,
+    SessionPublic,
+    Text,
+)
+from resonera.server.security import now_utc
+
+router = APIRouter(prefix="/patients", tags=["patients"])
+PatientId = Annotated[str, Path(min_length=1, max_length=36, pattern=r"^[0-9a-f-]{1,36}$")]
+Limit = Annotated[int, Query(ge=1, le=1000)]
+Offset = Annotated[int, Query(ge=0, le=10**9)]
+Since = Annotated[AwareDatetime | None, Query(alias="from", description="inclusive")]
+Until = Annotated[AwareDatetime | None, Query(alias="to", description="exclusive")]
+
+
+def _set_identity(state: StateDep, patient: PatientRow, name: str, birth: str, notes: str) -> None:
+    cipher = state.cipher
+    patient.name_enc = cipher.encrypt(name, patient_id=patient.id, field="name")
+    patient.birth_date_enc = cipher.encrypt(birth, patient_id=patient.id, field="birth_date")
+    patient.notes_enc = cipher.encrypt(notes, patient_id=patient.id, field="notes")
+
+
+@router.post("", response_model=PatientPublic, status_code=status.HTTP_201_CREATED)
+def create_patient(
+    *,
+    body: PatientCreate,
+    user: AdminOrClinician,
+    state: StateDep,
+    session: SessionDep,
+    request: Request,
+) -> PatientPublic:
+    """A new patient; a clinician who creates one is linked to them."""
+    now = now_utc()
+    patient = PatientRow(
+        id=new_id(), name_enc="", birth_date_enc="", notes_enc="", created_at=now, updated_at=now
+    )
+    _set_identity(state, patient, body.name, body.birth_date.isoformat(), body.notes)
+    session.add(patient)
+    if user.role == "clinician":
+        assert user.id is not None
+        session.flush()
+        session.add(ClinicianPatientRow(user_id=user.id, patient_id=patient.id, created_at=now))
+    audit(
+        session, request, user, "create", "patient", resource_id=patient.id, patient_id=patient.id
+    )
+    session.commit()
+    return crud.patient_public(session, state.cipher, patient)
+
+
+@router.get("", response_model=list[PatientPublic])
+def list_patients(
+    *,
+    user: AdminOrClinician,
+    state: StateDep,
+    session: SessionDep,
+    request: Request,
+    limit: Limit = 100,
+    offset: Offset = 0,
+) -> list[PatientPublic]:
+    """A clinician's own patients; all patients for an admin."""
+    query = select(PatientRow)
+    if user.role == "clinician":
+        assert user.id is not None
+        query = query.where(col(PatientRow.id).in_(crud.clinician_patient_ids(session, user.id)))
+    rows = session.exec(query.order_by(col(PatientRow.id)).offset(offset).limit(limit)).all()
+    out = [crud.patient_public(session, state.cipher, p) for p in rows]
+    for patient in rows:
+        audit(
+            session, request, user, "read", "patient", resource_id=patient.id, patient_id=patient.id
+        )
+    session.commit()
+    return out
+
+
+@router.get("/{patient_id}", response_model=PatientPublic)
+def get_patient(
+    *,
+    patient_id: PatientId,
+    user: AdminOrClinician,
+    state: StateDep,
+    session: SessionDep,
+    request: Request,
+) -> PatientPublic:
+    patient = own_patient(session, user, patient_id)
+    out = crud.patient_public(session, state.cipher, patient)
+    audit(session, request, user, "read", "patient", resource_id=patient_id, patient_id=patient_id)
+    session.commit()
+    return out
+
+
+@router.patch("/{patient_id}", response_model=PatientPublic)
+def update_patient(
+    *,
+    patient_id: PatientId,
+    body: PatientUpdate,
+    user: AdminOrClinician,
+    state: StateDep,
+    session: SessionDep,
+    request: Request,
+) -> PatientPublic:
+    patient = own_patient(session, user, patient_id)
+    current = crud.patient_public(session, state.cipher, patient)
+    _set_identity(
+        state,
+        patient,
+        body.name if body.name is not None else current.name,
+        (body.birth_date or current.birth_date).isoformat(),
+        body.notes if body.notes is not None else current.notes,
+    )
+    patient.updated_at = now_utc()
+    session.add(patient)
+    audit(
+        session, request, user, "update", "patient", resource_id=patient_id, patient_id=patient_id
+    )
+    session.commit()
+    return crud.patient_public(session, state.cipher, patient)
+
+
+@router.post("/{patient_id}/clinicians", status_code=status.HTTP_204_NO_CONTENT)
+def link_clinician(
+    *, patient_id: PatientId, body: LinkIn, admin: AdminUser, session: SessionDep, request: Request
+) -> None:
+    """Let a clinician see and change this patient (idempotent)."""
+    if session.get(PatientRow, patient_id) is None:
+        raise ApiError(404, f"no patient {patient_id}")
+    clinician = session.get(UserRow, body.user_id)
+    if clinician is None or clinician.role != "clinician":
+        raise ApiError(404, f"no clinician {body.user_id}")
+    if session.get(ClinicianPatientRow, (body.user_id, patient_id)) is None:
+        session.add(
+            ClinicianPatientRow(user_id=body.user_id, patient_id=patient_id, created_at=now_utc())
+        )
+    audit(
+        session,
+        request,
+        admin,
+        "link",
+        "clinician_patient",
+        resource_id=str(body.user_id),
+        patient_id=patient_id,
+    )
+    session.commit()
+
+
+@router.delete("/{patient_id}/clinicians/{user_id}", status_code=status.HTTP_204_NO_CONTENT)
+def unlink_clinician(
+    *,
+    patient_id: PatientId,
+    user_id: Annotated[int, Path(ge=1, le=INT32_MAX)],
+    admin: AdminUser,
+    session: SessionDep,
+    request: Request,
+) -> None:
+    link = session.get(ClinicianPatientRow, (user_id, patient_id))
+    if link is None:
+        raise ApiError(404, f"clinician {user_id} is not linked to patient {patient_id}")
+    session.delete(link)
+    audit(
+        session,
+        request,
+        admin,
+        "unlink",
+        "clinician_patient",
+        resource_id=str(user_id),
+        patient_id=patient_id,
+    )
+    session.commit()
+
+
+# -- a clinician's clinical view -------------------------------------------------------------
+
+
+@router.get("/{patient_id}/sessions", response_model=list[SessionPublic])
+def patient_sessions(
+    *,
+    patient_id: PatientId,
+    user: ClinicianUser,
+    session: SessionDep,
+    request: Request,
+    since: Since = None,
+    until: Until = None,
+    program: Annotated[Text | None, Query(max_length=120)] = None,
+    limit: Limit = 100,
+    offset: Offset = 0,
+) -> Any:
+    """The patient's sessions, newest first; filter by start time (``from``, ``to``) and program."""
+    own_patient(session, user, patient_id)
+    rows = crud.list_sessions(
+        session,
+        patient_ids=[patient_id],
+        program=program,
+        since=since,
+        until=until,
+        limit=limit,
+        offset=offset,
+    )
+    audit(session, request, user, "read", "sessions", patient_id=patient_id)
+    session.commit()
+    return rows  # FastAPI validates them into SessionPublic once (response_model)
+
+
+@router.get("/{patient_id}/safety-events", response_model=list[SafetyEventPublic])
+def patient_safety_events(
+    *,
+    patient_id: PatientId,
+    user: ClinicianUser,
+    session: SessionDep,
+    request: Request,
+    since: Since = None,
+    until: Until = None,
+    event_type: Annotated[Text | None, Query(alias="type", max_length=64)] = None,
+    limit: Limit = 100,
+    offset: Offset = 0,
+) -> Any:
+    own_patient(session, user, patient_id)
+    rows = crud.list_events(
+        session,
+        patient_id=patient_id,
+        event_type=event_type,
+        since=since,
+        until=until,
+        limit=limit,
+        offset=offset,
+    )
+    audit(session, request, user, "read", "safety_events", patient_id=patient_id)
+    session.commit()
+    return rows
+
+
+@router.get("/{patient_id}/dose", response_model=DoseReport)
+def patient_dose(
+    *,
+    patient_id: PatientId,
+    user: ClinicianUser,
+    session: SessionDep,
+    request: Request,
+    days: Annotated[int, Query(ge=1, le=366)] = 7,
+) -> DoseReport:
+    """Daily dose (fraction of the weekly allowance, mode 1: 80 dBA for 40 h = 1.0) for the last
+    ``days`` UTC days, each with its rolling 7-day sum, and what remains of the allowance."""
+    own_patient(session, user, patient_id)
+    report = crud.dose_report(
+        session, patient_id=patient_id, today=crud.utc_today(now_utc()), days=days
+    )
+    audit(session, request, user, "read", "dose", patient_id=patient_id)
+    session.commit()
+    return report
+
+
+@router.get("/{patient_id}/adherence", response_model=AdherenceReport)
+def patient_adherence(
+    *,
+    patient_id: PatientId,
+    user: ClinicianUser,
+    state: StateDep,
+    session: SessionDep,
+    request: Request,
+    weeks: Annotated[int, Query(ge=1, le=52)] = 4,
+) -> AdherenceReport:
+    """Sessions done per week (Monday first, UTC) against the prescribed ``sessions_per_week``."""
+    own_patient(session, user, patient_id)
+    current = state.desired.current(session, patient_id)
+    report = crud.adherence_report(
+        session,
+        patient_id=patient_id,
+        today=crud.utc_today(now_utc()),
+        weeks=weeks,
+        per_week=current.sessions_per_week if current is not None else 0,
+    )
+    audit(session, request, user, "read", "adherence", patient_id=patient_id)
+    session.commit()
+    return report
+
+
+def _desired_public(
+    state: StateDep, session: SessionDep, patient_id: str, response: Response
+) -> DesiredPublic:
+    from resonera.server.models import DeviceDesiredRow
+
+    current = state.desired.current(session, patient_id)
+    version = current.version if current is not None else 0
+    devices = session.exec(
+        select(DeviceDesiredRow).where(DeviceDesiredRow.patient_id == patient_id)
+    ).all()
+    response.headers["ETag"] = f'"{version}"'
+    doc = config_document(current)
+    return DesiredPublic(
+        patient_id=patient_id,
+        version=version,
+        profile=doc["profile"],
+        limits=Limits.model_validate(doc["limits"]),
+        programs=doc["programs"],
+        sessions_per_week=doc["sessions_per_week"],
+        created_by=current.created_by if current is not None else None,
+        created_at=current.created_at if current is not None else None,
+        devices={d.device_id: d.version for d in devices},
+    )
+
+
+@router.get("/{patient_id}/desired", response_model=DesiredPublic)
+def get_desired(
+    *,
+    patient_id: PatientId,
+    user: ClinicianUser,
+    state: StateDep,
+    session: SessionDep,
+    request: Request,
+    response: Response,
+) -> DesiredPublic:
+    """The patient's profile, limits and programs; ``ETag`` is the version to send in If-Match."""
+    own_patient(session, user, patient_id)
+    out = _desired_public(state, session, patient_id, response)
+    audit(session, request, user, "read", "desired_state", patient_id=patient_id)
+    session.commit()
+    return out
+
+
+def _if_match_version(value: str | None) -> int:
+    if value is None:
+        raise ApiError(428, 'send If-Match with the ETag from GET (e.g. If-Match: "3")')
+    text = value.strip().removeprefix("W/").strip('"')
+    if not text.isdigit() or len(text) > 9:
+        raise ApiError(409, f"If-Match {value!r} names no version of this patient's state")
+    return int(text)
+
+
+@router.put("/{patient_id}/desired", response_model=DesiredPublic)
+def set_desired(
+    *,
+    patient_id: PatientId,
+    body: DesiredIn,
+    user: ClinicianUser,
+    state: StateDep,
+    session: SessionDep,
+    request: Request,
+    response: Response,
+    if_match: Annotated[str | None, Header(max_length=64)] = None,
+) -> DesiredPublic:
+    """A new version of the patient's profile, limits and programs; signed and published
+    (retained) to each device the patient uses now. ``If-Match`` must carry the current version
+    (428 without it, 409 when someone else changed it first)."""
+    expected = _if_match_version(if_match)
+    own_patient(session, user, patient_id)
+    assert user.id is not None
+    now = now_utc()
+    values = {
+        "profile": body.profile,
+        "limits": body.limits.model_dump(),
+        "programs": body.programs,
+        "sessions_per_week": body.sessions_per_week,
+    }
+    try:
+        row, outgoing = state.desired.set(
+            session,
+            patient_id=patient_id,
+            expected_version=expected,
+            values=values,
+            user_id=user.id,
+            now=now,
+        )
+        audit(
+            session,
+            request,
+            user,
+            "update",
+            "desired_state",
+            resource_id=str(row.version),
+            patient_id=patient_id,
+        )
+        session.commit()
+    except VersionConflict as exc:
+        raise ApiError(
+            409,
+            f"the desired state changed meanwhile (now version {exc.current}); reload it",
+            details={"current_version": exc.current},
+        ) from None
+    except IntegrityError:
+        session.rollback()
+        raise ApiError(409, "the desired state changed meanwhile; reload it") from None
+    state.desired.publish(outgoing)
+    return _desired_public(state, session, patient_id, response)

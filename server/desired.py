@@ -1,0 +1,222 @@
+"""The desired state: a patient's profile, limits and programs, versioned, signed, and published
+retained on ``topics.desired(device)`` for each device the patient currently uses.
+
+Two version numbers, on purpose:
+- the patient's config version (``patient_config.version``, the API's ETag): one row per change,
+  never updated; a unique (patient, version) constraint makes concurrent edits lose with 409;
+- the device's desired version (``device_desired.version``): grows by one for every document
+  published to that device, whichever patient it serves, so a device that refuses lower or equal
+  versions (no replay, no rollback) accepts every legitimate change.
+
+Documents are signed by a pluggable ``DesiredStateSigner`` (``crypto.py``) over canonical JSON and
+published after the database commit (a document is never out before its row). Publishing is
+retained and QoS 1; ``republish_all`` at start repairs anything a broker outage lost.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Final, Protocol
+
+import paho.mqtt.client as paho
+from sqlalchemy import or_
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
+
+from resonera.common import topics
+from resonera.common.mqtt_client import build_client, connect_in_background
+from resonera.server.crypto import DesiredStateSigner, sign_document
+from resonera.server.models import AssignmentRow, DeviceDesiredRow, PatientConfigRow
+from resonera.server.settings import ServerSettings
+
+log = logging.getLogger(__name__)
+
+DOCUMENT_VERSION: Final = 1
+
+
+class DesiredPublisher(Protocol):
+    """Puts a document on the broker (retained). Must not block for long; may queue."""
+
+    def publish(self, device_id: str, payload: bytes) -> None: ...
+
+    def connected(self) -> bool: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class MemoryPublisher:
+    """Keeps the last document per device (tests; an API without a broker)."""
+
+    documents: dict[str, bytes] = field(default_factory=dict)
+    up: bool = True
+
+    def publish(self, device_id: str, payload: bytes) -> None:
+        self.documents[device_id] = payload
+
+    def connected(self) -> bool:
+        return self.up
+
+    def close(self) -> None:
+        pass
+
+
+class MqttPublisher:
+    """A paho client of the API process, connecting (and reconnecting) in the background; paho
+    queues QoS 1 publishes while it is disconnected."""
+
+    def __init__(self, settings: ServerSettings) -> None:
+        client_id = settings.ingest_client_id.replace("ingest", "api", 1)[:128]
+        self._client = build_client(settings.mqtt, client_id, persistent_session=False)
+        self._lock = threading.Lock()
+        connect_in_background(self._client, settings.mqtt, clean_start=True, session_expiry_s=0)
+        self._client.loop_start()
+
+    def publish(self, device_id: str, payload: bytes) -> None:
+        with self._lock:
+            info = self._client.publish(topics.desired(device_id), payload, qos=1, retain=True)
+        if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
+            log.warning("publishing the desired state of %s failed: rc=%s", device_id, info.rc)
+
+    def connected(self) -> bool:
+        return self._client.is_connected()
+
+    def close(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
+
+
+class VersionConflict(Exception):
+    """The If-Match version is not the current one."""
+
+    def __init__(self, current: int) -> None:
+        super().__init__(f"the current version is {current}")
+        self.current = current
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    device_id: str
+    payload: bytes
+
+
+def config_document(row: PatientConfigRow | None) -> dict[str, Any]:
+    if row is None:
+        return {"profile": {}, "limits": {}, "programs": [], "sessions_per_week": 0}
+    return {
+        "profile": row.profile,
+        "limits": row.limits,
+        "programs": row.programs,
+        "sessions_per_week": row.sessions_per_week,
+    }
+
+
+class DesiredService:
+    def __init__(self, signer: DesiredStateSigner, publisher: DesiredPublisher) -> None:
+        self.signer = signer
+        self.publisher = publisher
+
+    @staticmethod
+    def current(session: Session, patient_id: str) -> PatientConfigRow | None:
+        return session.exec(
+            select(PatientConfigRow)
+            .where(PatientConfigRow.patient_id == patient_id)
+            .order_by(col(PatientConfigRow.version).desc())
+        ).first()
+
+    @staticmethod
+    def devices_of(session: Session, patient_id: str, now: datetime) -> list[str]:
+        rows = session.exec(
+            select(AssignmentRow.device_id).where(
+                AssignmentRow.patient_id == patient_id,
+                col(AssignmentRow.valid_from) <= now,
+                or_(col(AssignmentRow.valid_to).is_(None), col(AssignmentRow.valid_to) > now),
+            )
+        ).all()
+        return sorted(set(rows))
+
+    def set(
+        self,
+        session: Session,
+        *,
+        patient_id: str,
+        expected_version: int,
+        values: dict[str, Any],
+        user_id: int,
+        now: datetime,
+    ) -> tuple[PatientConfigRow, list[Outgoing]]:
+        """Add version ``expected_version + 1`` (``VersionConflict`` if that is not next) and the
+        signed documents of the patient's devices; the caller commits, then ``publish``es. A
+        concurrent writer that got there first makes the commit fail (unique version)."""
+        current = self.current(session, patient_id)
+        current_version = current.version if current is not None else 0
+        if current_version != expected_version:
+            raise VersionConflict(current_version)
+        row = PatientConfigRow(
+            patient_id=patient_id,
+            version=current_version + 1,
+            created_by=user_id,
+            created_at=now,
+            **values,
+        )
+        session.add(row)
+        outgoing = [
+            self._document_for(session, device_id, row, now)
+            for device_id in self.devices_of(session, patient_id, now)
+        ]
+        return row, outgoing
+
+    def for_device(
+        self, session: Session, device_id: str, patient_id: str, now: datetime
+    ) -> Outgoing | None:
+        """The document for a device newly assigned to ``patient_id`` (None: nothing set yet)."""
+        current = self.current(session, patient_id)
+        if current is None:
+            return None
+        return self._document_for(session, device_id, current, now)
+
+    def _document_for(
+        self, session: Session, device_id: str, config: PatientConfigRow, now: datetime
+    ) -> Outgoing:
+        state = session.get(DeviceDesiredRow, device_id)
+        version = (state.version if state is not None else 0) + 1
+        document = sign_document(
+            self.signer,
+            {
+                "v": DOCUMENT_VERSION,
+                "device": device_id,
+                "version": version,
+                "issued_at": now.isoformat(),
+                "patient_config_version": config.version,
+                **config_document(config),
+            },
+        )
+        text = json.dumps(document, sort_keys=True, separators=(",", ":"))
+        if state is None:
+            state = DeviceDesiredRow(
+                device_id=device_id, version=version, document=text, updated_at=now
+            )
+        state.version = version
+        state.patient_id = config.patient_id
+        state.patient_version = config.version
+        state.document = text
+        state.updated_at = now
+        session.add(state)
+        return Outgoing(device_id, text.encode())
+
+    def publish(self, outgoing: Iterable[Outgoing]) -> None:
+        for item in outgoing:
+            self.publisher.publish(item.device_id, item.payload)
+
+    def republish_all(self, engine: Engine) -> int:
+        """Publish every device's last document again (retained: idempotent for devices)."""
+        with Session(engine) as session:
+            rows = session.exec(select(DeviceDesiredRow)).all()
+            for row in rows:
+                self.publisher.publish(row.device_id, row.document.encode())
+        return len(rows)

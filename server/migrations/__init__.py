@@ -1,0 +1,1 @@
+"""Alembic migrations of the server's database, run with ``resonera-server migrate`` (see ``db.py``)."""

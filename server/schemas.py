@@ -1,0 +1,343 @@
+"""API shapes, one family per resource (``...Create``, ``...Update``, ``...Public``).
+
+Inputs refuse what the database would choke on, so a bad request is a 422, never a 500: strings
+are length-bounded and free of NUL, floats finite, integers in range, times time-zone aware, and
+free-form JSON (profiles, programs) bounded in size and depth.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import date, datetime
+from typing import Annotated, Any, Final, Literal
+
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
+
+from resonera.common.topics import DEVICE_ID_PATTERN
+from resonera.server.models import EMAIL_MAX
+
+Role = Literal["admin", "clinician", "auditor"]
+MAX_JSON_BYTES: Final = 64 * 1024
+MAX_JSON_DEPTH: Final = 8
+INT32_MAX: Final = 2**31 - 1
+PASSWORD_MIN: Final = 12  # also in cli.py, which must not import this module
+#: base64 of a P-256 SubjectPublicKeyInfo (124 characters) or a raw Ed25519 key (44).
+PUBLIC_KEY_PATTERN: Final = r"^[A-Za-z0-9+/]{43}=$|^[A-Za-z0-9+/]{124}$"
+
+
+def _no_nul(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    return value
+
+
+def _check_json(value: Any, depth: int = 0) -> None:
+    if depth > MAX_JSON_DEPTH:
+        raise ValueError(f"is nested deeper than {MAX_JSON_DEPTH} levels")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("must not contain NaN or infinite numbers")
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 2**53:
+        raise ValueError("holds an integer too large to keep exactly")
+    if isinstance(value, str):
+        _no_nul(value)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _no_nul(key)
+            _check_json(item, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            _check_json(item, depth + 1)
+
+
+def _bounded_json(value: Any) -> Any:
+    _check_json(value)
+    if len(json.dumps(value)) > MAX_JSON_BYTES:
+        raise ValueError(f"is larger than {MAX_JSON_BYTES} bytes as JSON")
+    return value
+
+
+Text = Annotated[str, AfterValidator(_no_nul)]
+Email = Annotated[
+    str,
+    Field(min_length=3, max_length=EMAIL_MAX, pattern=r"^[^@\s]+@[^@\s]+$"),
+    AfterValidator(lambda v: _no_nul(v).lower()),
+]
+Password = Annotated[str, Field(min_length=PASSWORD_MIN, max_length=128), AfterValidator(_no_nul)]
+DeviceIdStr = Annotated[str, Field(pattern=f"^{DEVICE_ID_PATTERN}$", max_length=64)]
+PatientIdStr = Annotated[str, Field(min_length=1, max_length=36, pattern=r"^[0-9a-f-]{1,36}$")]
+JsonObject = Annotated[dict[str, Any], AfterValidator(_bounded_json)]
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+# -- errors ----------------------------------------------------------------------------------
+
+
+class ErrorBody(BaseModel):
+    code: str = Field(description="machine-readable, e.g. not_found, validation_error")
+    message: str = Field(description="one sentence for a person")
+    details: Any = Field(default=None, description="e.g. the invalid fields")
+
+
+class ErrorResponse(BaseModel):
+    """Every error the API answers, whatever the status."""
+
+    error: ErrorBody
+
+
+# -- auth ------------------------------------------------------------------------------------
+
+
+class LoginIn(_In):
+    email: Email
+    password: Annotated[str, Field(min_length=1, max_length=128), AfterValidator(_no_nul)]
+
+
+class RefreshIn(_In):
+    refresh_token: Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_no_nul)]
+
+
+class TokenPair(BaseModel):
+    access_token: str
+    refresh_token: str
+    token_type: Literal["bearer"] = "bearer"
+    expires_in: int = Field(description="seconds the access token is valid")
+
+
+# -- users -----------------------------------------------------------------------------------
+
+
+class UserCreate(_In):
+    email: Email
+    password: Password
+    role: Role
+
+
+class UserUpdate(_In):
+    role: Role | None = None
+    active: bool | None = None
+    password: Password | None = None
+    unlock: bool = Field(default=False, description="clear a lockout after failed logins")
+
+
+class UserPublic(BaseModel):
+    id: int
+    email: str
+    role: Role
+    active: bool
+    locked_until: datetime | None
+    created_at: datetime
+
+
+# -- devices ---------------------------------------------------------------------------------
+
+
+class DeviceCreate(_In):
+    id: DeviceIdStr
+    cert_fingerprint: Annotated[Text, Field(max_length=128)] = ""
+    public_key: Annotated[
+        str | None,
+        Field(
+            default=None,
+            pattern=PUBLIC_KEY_PATTERN,
+            description="base64 DER of the device certificate's P-256 public key (or a raw "
+            "Ed25519 key); signatures are then required",
+        ),
+    ] = None
+    note: Annotated[Text, Field(max_length=500)] = ""
+
+
+class DeviceUpdate(_In):
+    cert_fingerprint: Annotated[Text, Field(max_length=128)] | None = None
+    public_key: Annotated[str, Field(pattern=PUBLIC_KEY_PATTERN)] | None = None
+    revoked: bool | None = None
+    note: Annotated[Text, Field(max_length=500)] | None = None
+
+
+class DevicePublic(BaseModel):
+    id: str
+    cert_fingerprint: str
+    public_key: str | None
+    revoked: bool
+    note: str
+    created_at: datetime
+    last_seq: int | None = None
+    last_received_at: datetime | None = None
+    online: bool | None = None
+    desired_version: int | None = None
+    reported_version: int | None = None
+
+
+# -- patients --------------------------------------------------------------------------------
+
+
+class PatientCreate(_In):
+    name: Annotated[Text, Field(min_length=1, max_length=200)]
+    birth_date: date
+    notes: Annotated[Text, Field(max_length=10_000)] = ""
+
+
+class PatientUpdate(_In):
+    name: Annotated[Text, Field(min_length=1, max_length=200)] | None = None
+    birth_date: date | None = None
+    notes: Annotated[Text, Field(max_length=10_000)] | None = None
+
+
+class PatientPublic(BaseModel):
+    id: str
+    name: str
+    birth_date: date
+    notes: str
+    created_at: datetime
+    updated_at: datetime
+    clinician_ids: list[int]
+
+
+class LinkIn(_In):
+    user_id: Annotated[int, Field(ge=1, le=INT32_MAX)]
+
+
+# -- assignments -----------------------------------------------------------------------------
+
+
+class AssignmentCreate(_In):
+    device_id: DeviceIdStr
+    patient_id: PatientIdStr
+    valid_from: AwareDatetime
+    valid_to: AwareDatetime | None = None
+
+
+class AssignmentUpdate(_In):
+    valid_to: AwareDatetime
+
+
+class AssignmentPublic(BaseModel):
+    id: int
+    device_id: str
+    patient_id: str
+    valid_from: datetime
+    valid_to: datetime | None
+    created_at: datetime
+    attributed_sessions: int = 0
+
+
+# -- desired state ---------------------------------------------------------------------------
+
+
+class Limits(_In):
+    """What the device must never exceed for this patient (it may only lower its own limits)."""
+
+    max_level_dba: Annotated[float, Field(ge=30.0, le=85.0)] = 75.0
+    max_session_minutes: Annotated[int, Field(ge=1, le=240)] = 60
+    max_sessions_per_day: Annotated[int, Field(ge=1, le=12)] = 3
+    weekly_dose_fraction: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
+
+
+class DesiredIn(_In):
+    profile: JsonObject = Field(default_factory=dict)
+    limits: Limits = Field(default_factory=Limits)
+    programs: Annotated[list[JsonObject], Field(max_length=32)] = Field(default_factory=list)
+    sessions_per_week: Annotated[int, Field(ge=0, le=28)] = 0
+
+
+class DesiredPublic(BaseModel):
+    patient_id: str
+    version: int = Field(description="0 before the first change; the ETag")
+    profile: dict[str, Any]
+    limits: Limits
+    programs: list[dict[str, Any]]
+    sessions_per_week: int
+    created_by: int | None
+    created_at: datetime | None
+    devices: dict[str, int] = Field(description="device id → desired-state version published")
+
+
+# -- what devices reported -------------------------------------------------------------------
+
+
+class SessionPublic(BaseModel):
+    id: int
+    device_id: str
+    patient_id: str | None
+    message_id: str
+    seq: int
+    device_time: datetime
+    received_at: datetime
+    session_id: str
+    program_name: str
+    program_digest: str
+    started_at: datetime
+    ended_at: datetime
+    planned_s: float
+    played_s: float
+    outcome: str
+    reason: str
+    sink: str
+    sample_rate: int
+    peak_dbfs: float
+    rms_dbfs: float
+    simulation: bool
+    hardware_board: str
+    dose_fraction: float
+    sig_status: str
+
+
+class SafetyEventPublic(BaseModel):
+    id: int
+    device_id: str
+    patient_id: str | None
+    message_id: str
+    seq: int
+    device_time: datetime
+    received_at: datetime
+    event_type: str
+    body: dict[str, Any]
+    sig_status: str
+
+
+class DoseDay(BaseModel):
+    day: date
+    dose_fraction: float = Field(description="fraction of the weekly allowance used that day")
+    sessions: int
+    played_s: float
+    rolling_7d: float = Field(description="sum over this day and the 6 before it")
+
+
+class DoseReport(BaseModel):
+    patient_id: str
+    mode: Literal[1] = 1
+    allowance_fraction: float = Field(description="the weekly allowance: 1.0 = 80 dBA for 40 h")
+    rolling_7d: float = Field(description="dose of the last 7 days up to and including today")
+    remaining_fraction: float
+    days: list[DoseDay]
+
+
+class AdherenceWeek(BaseModel):
+    week_start: date
+    done: int
+    prescribed: int
+    ratio: float | None
+
+
+class AdherenceReport(BaseModel):
+    patient_id: str
+    sessions_per_week: int
+    weeks: list[AdherenceWeek]
+
+
+class AuditPublic(BaseModel):
+    id: int
+    at: datetime
+    actor_id: int | None
+    actor_email: str
+    actor_role: str
+    action: str
+    resource: str
+    resource_id: str
+    patient_id: str | None
+    method: str
+    path: str
+    client: str
