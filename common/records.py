@@ -34,6 +34,12 @@ class SessionRecord(BaseModel):
     #: True when sound played without the safety MCU's consent (explicit simulation mode only).
     simulation: bool
     hardware_board: str = Field(default="", max_length=120)
+    #: The session's exposure, metered at the ear through the calibration: its share of the mode-1
+    #: weekly allowance (1.6 Pa²·h; convert with ``common.dose.mode_fraction``), its LAeq and its
+    #: loudest one-second A-weighted level.
+    dose_fraction: float = Field(default=0.0, ge=0.0)
+    laeq_dba: float = Field(default=-100.0, ge=-100.0, le=200.0)
+    max_mel_dba: float = Field(default=-100.0, ge=-100.0, le=200.0)
 
 
 #: What a safety event is about. The monitor writes the link's events (see
