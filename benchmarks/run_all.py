@@ -7,6 +7,7 @@ from pathlib import Path
 
 sys.path[:0] = [str(Path(__file__).parent), str(Path(__file__).parents[1] / "tests")]
 
+import bench_agent  # noqa: E402
 import bench_fault_reaction  # noqa: E402
 import bench_ingest  # noqa: E402
 import bench_render  # noqa: E402
@@ -24,6 +25,8 @@ def main() -> None:
     bench_safety_chain.main()
     print()
     bench_fault_reaction.main()
+    print()
+    bench_agent.main()
     print()
     bench_ingest.main()
     print()

@@ -18,6 +18,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from resonera.common import serial_link
+from resonera.common.dose import mode_fraction
 from resonera.common.errors import ResoneraError
 from resonera.common.ids import new_id
 from resonera.common.program import Program
@@ -85,7 +86,8 @@ def play_session(
     """
     stop = stop or threading.Event()
     calibration = load_session_calibration(settings.calibration_file)
-    profile = settings.profile
+    # the applied desired state (signed by the server, limits folded in) overrides the settings
+    profile = store.applied_profile() or settings.profile
     program = check_program_for(program, profile, calibration.output)
     session_id = new_id()
     with ExitStack() as stack:
@@ -174,6 +176,9 @@ def play_session(
         rms_dbfs=result.rms_dbfs,
         simulation=settings.simulation,
         hardware_board=board,
+        dose_fraction=mode_fraction(chain.session_dose, profile.dose_mode, 1),
+        laeq_dba=max(-100.0, chain.laeq_dba),
+        max_mel_dba=max([-100.0, *chain.mels]),
     )
     store.record_session(settings.device_id, record)
     return record

@@ -12,6 +12,7 @@ import signal
 import sys
 import threading
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -139,6 +140,8 @@ def _play_sink(args: argparse.Namespace, settings: DeviceSettings) -> AudioSink:
 
 
 def _play(args: argparse.Namespace) -> int:
+    if args.via_service:
+        return _play_via_service(args)
     from resonera.device.agent import play_session
     from resonera.device.safety.session import load_session_calibration
 
@@ -221,24 +224,201 @@ def _render(args: argparse.Namespace) -> int:
 
 
 def _sync_cmd(args: argparse.Namespace) -> int:
-
     settings = _settings(args)
     store = settings.open_store()
     return 0 if _sync(settings, store, args.timeout) else 1
 
 
+def _ago(when: datetime | None, now: datetime) -> str:
+    if when is None:
+        return "never"
+    seconds = max(0.0, (now - when).total_seconds())
+    if seconds < 90:
+        span = f"{seconds:.0f} s"
+    elif seconds < 90 * 60:
+        span = f"{seconds / 60:.0f} min"
+    elif seconds < 48 * 3600:
+        span = f"{seconds / 3600:.1f} h"
+    else:
+        span = f"{seconds / 86400:.1f} days"
+    return f"{when.astimezone():%Y-%m-%d %H:%M} ({span} ago)"
+
+
+def _table(rows: list[tuple[str, str]]) -> None:
+    width = max(len(label) for label, _ in rows)
+    for label, value in rows:
+        print(f"  {label:<{width}}  {value}")
+
+
+def _service_status(settings: DeviceSettings) -> dict[str, Any] | None:
+    from resonera.device.service import ServiceUnavailable, send_command
+
+    try:
+        reply = send_command(settings.control_socket_path, "status", timeout_s=2.0)
+    except (ServiceUnavailable, OSError):
+        return None
+    try:
+        value = json.loads(reply)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
 def _status(args: argparse.Namespace) -> int:
+    from resonera.device.safety.dose_ledger import DoseLedger
 
     settings = _settings(args)
     store = settings.open_store()
+    now = datetime.now(UTC)
+    live = _service_status(settings)
+    stats = store.outbox_stats()
+    applied = store.applied_desired()
+    pending = store.pending_desired()
+    profile = store.applied_profile() or settings.profile
+    ledger = DoseLedger(settings.dose_ledger_path)
+    try:
+        week = ledger.status(time.time(), profile.dose_mode)
+    finally:
+        ledger.close()
+    transitions = [e for e in store.events(limit=200) if e.type == "transition"]
+    last_ack = store.meta("last_ack_at")
+
+    if live is None:
+        link = "service not running (resonera-device run)"
+    else:
+        link = str(live["link"])
+        if live.get("link_error") and live["link"] != "connected":
+            link += f": {live['link_error']}"
+        if live.get("playing"):
+            link += f"; playing {live['playing']!r} for {live['playing_for_s']:.0f} s"
+        if live.get("safety_link") is not None:
+            link += f"; safety MCU link {live['safety_link']}"
+    if transitions:
+        last = transitions[0]
+        safety = f"{last.to_state} since {_ago(last.at, now)}: {last.cause}"
+    else:
+        safety = "idle (no session yet)"
+    dose = (
+        f"{week.measured_fraction * 100:.1f} % of the weekly allowance (mode {profile.dose_mode})"
+    )
+    if week.corrupted:
+        dose += " - the dose record is damaged: counted as fully used"
+    kinds = ", ".join(f"{count} {kind}" for kind, count in sorted(stats.by_kind.items()))
+    outbox = f"{stats.depth} record(s), {stats.bytes / 1024:.1f} KiB" + (
+        f" ({kinds})" if kinds else ""
+    )
+    if stats.oldest is not None:
+        outbox += f", oldest {_ago(stats.oldest, now)}"
+    if stats.metrics_thinned:
+        outbox += f"; {stats.metrics_thinned} metrics thinned to stay in bounds"
+    desired = (
+        f"version {applied.version}, applied {_ago(applied.applied_at, now)}"
+        if applied
+        else ("none yet (the provisioned profile applies)")
+    )
+    if pending is not None:
+        desired += f"; version {pending.version} waits for the session to end"
     print(f"device {settings.device_id}, data in {settings.data_dir}")
-    print(f"outbox: {store.outbox_depth()} record(s) waiting for the server")
-    for record in store.sessions(limit=args.limit):
+    _table(
+        [
+            ("link", link),
+            ("safety state", safety),
+            ("dose this week", dose),
+            ("outbox", outbox),
+            ("last sync", _ago(datetime.fromisoformat(last_ack), now) if last_ack else "never"),
+            ("desired state", desired),
+            ("max level", f"{profile.max_level_dba:g} dBA ({profile.output})"),
+        ]
+    )
+    sessions = store.sessions(limit=args.limit)
+    if sessions:
+        print("recent sessions:")
+        for record in sessions:
+            print(
+                f"  {record.started_at.astimezone():%Y-%m-%d %H:%M:%S} {record.program_name:<20} "
+                f"{record.played_s:7.1f} s  {record.outcome}"
+                f"{'  [simulation]' if record.simulation else ''}"
+            )
+    return 0
+
+
+def _history(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    store = settings.open_store()
+    sessions = store.sessions(limit=args.limit)
+    if not sessions:
+        print("no session yet")
+        return 0
+    print(
+        f"{'started':<16}  {'program':<18} {'played / planned':>17}  {'':<20} "
+        f"{'LAeq':>9} {'dose':>7}  outcome"
+    )
+    for record in sessions:
+        share = record.played_s / record.planned_s if record.planned_s else 1.0
+        bar = ("#" * round(min(share, 1.0) * 20)).ljust(20, ".")
+        laeq = f"{record.laeq_dba:5.1f} dBA" if record.laeq_dba > -100.0 else f"{'-':>9}"
         print(
-            f"  {record.started_at:%Y-%m-%d %H:%M:%S} {record.program_name:<20} "
-            f"{record.played_s:7.1f} s  {record.outcome}{'  [simulation]' if record.simulation else ''}"
+            f"{record.started_at.astimezone():%Y-%m-%d %H:%M}  {record.program_name[:18]:<18} "
+            f"{clock(record.played_s):>7} / {clock(record.planned_s):<7}  {bar} "
+            f"{laeq} {record.dose_fraction * 100:6.2f}%  {record.outcome}"
+            f"{' (' + record.reason + ')' if record.reason else ''}"
+            f"{'  [simulation]' if record.simulation else ''}"
+        )
+    stopped = sum(1 for r in sessions if r.outcome != "completed")
+    played = sum(r.played_s for r in sessions)
+    print(f"{len(sessions)} session(s), {clock(played)} played, {stopped} interrupted")
+    return 0
+
+
+def _logs(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    store = settings.open_store()
+    events = store.events(limit=args.limit)
+    if not events:
+        print("no safety event recorded")
+        return 0
+    for record in reversed(events):
+        change = f" {record.from_state} -> {record.to_state}" if record.type == "transition" else ""
+        sim = "  [simulation]" if record.simulation else ""
+        print(
+            f"{record.at.astimezone():%Y-%m-%d %H:%M:%S}  {record.type:<17}{change}  "
+            f"{record.cause}{sim}"
         )
     return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from resonera.device.service import DeviceService
+
+    overrides: dict[str, Any] = {}
+    if args.simulation:
+        overrides["simulation"] = True
+    if args.sink is not None:
+        overrides["sink"] = args.sink
+    settings = _settings(args, **overrides)
+    return DeviceService(settings, resolve_program).run()
+
+
+def _play_via_service(args: argparse.Namespace) -> int:
+    from resonera.device.service import send_command
+
+    settings = _settings(args)
+    spec = (
+        args.program
+        or args.program_option
+        or (str(args.program_file) if args.program_file else None)
+    )
+    reply = send_command(settings.control_socket_path, f"play {spec or 'demo-alpha'}")
+    print(reply.removeprefix("ok ").removeprefix("error "))
+    return 0 if reply.startswith("ok") else 1
+
+
+def _stop(args: argparse.Namespace) -> int:
+    from resonera.device.service import send_command
+
+    reply = send_command(_settings(args).control_socket_path, "stop")
+    print(reply.removeprefix("ok ").removeprefix("error "))
+    return 0 if reply.startswith("ok") else 1
 
 
 def _measure(args: argparse.Namespace) -> int:
@@ -326,6 +506,9 @@ def build_parser() -> argparse.ArgumentParser:
     play_p.add_argument("--wav", type=Path, default=None, help="WAV file for the wav sink")
     play_p.add_argument("--no-sync", action="store_true", help="leave the record in the outbox")
     play_p.add_argument("--sync-timeout", type=float, default=15.0)
+    play_p.add_argument(
+        "--via-service", action="store_true", help="ask the running service to play it"
+    )
     play_p.set_defaults(func=_play)
 
     render = with_config(
@@ -341,11 +524,32 @@ def build_parser() -> argparse.ArgumentParser:
 
     sync = with_config(sub.add_parser("sync", help="send what waits in the outbox"))
     sync.add_argument("--timeout", type=float, default=30.0)
+    sync.add_argument("--now", action="store_true", help="(the default) sync at once")
     sync.set_defaults(func=_sync_cmd)
 
-    status = with_config(sub.add_parser("status", help="outbox depth and recent sessions"))
-    status.add_argument("--limit", type=int, default=10)
+    status = with_config(
+        sub.add_parser("status", help="link, safety state, dose, outbox, last sync, desired state")
+    )
+    status.add_argument("--limit", type=int, default=5, help="recent sessions shown")
     status.set_defaults(func=_status)
+
+    run = with_config(
+        sub.add_parser("run", help="the long-running service: sync, monitor, control socket")
+    )
+    run.add_argument("--simulation", action="store_true", help="play without the safety MCU")
+    run.add_argument("--sink", choices=["auto", "pyaudio", "wav", "null"], default=None)
+    run.set_defaults(func=_run)
+
+    stop = with_config(sub.add_parser("stop", help="ask the running service to stop playing"))
+    stop.set_defaults(func=_stop)
+
+    history = with_config(sub.add_parser("history", help="sessions: planned vs played, why"))
+    history.add_argument("--limit", type=int, default=20)
+    history.set_defaults(func=_history)
+
+    logs = with_config(sub.add_parser("logs", help="recent safety events"))
+    logs.add_argument("--limit", type=int, default=30)
+    logs.set_defaults(func=_logs)
 
     measure = sub.add_parser("measure", help="LAeq, highest MEL and dose of a WAV/FLAC file")
     measure.add_argument("file", type=Path)

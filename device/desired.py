@@ -15,10 +15,13 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from resonera.common.errors import ProtocolError
+from resonera.common.errors import ConfigError, ProtocolError
+from resonera.common.profile import HearingProfile, parse_profile
 from resonera.common.signing import SignatureError, verify_document_ed25519
 
 MAX_DOCUMENT_BYTES = 512 * 1024
+#: ``HearingProfile.max_level_dba`` cannot go lower: a lower limit is refused, not raised to this.
+MIN_ENFORCEABLE_LEVEL_DBA = 60.0
 
 
 class DesiredStateRejected(ProtocolError):
@@ -76,3 +79,49 @@ def verify_desired(
             f"{applied_version} (replay or rollback refused)"
         )
     return DesiredDocument(version=version, content=content, raw=payload)
+
+
+def effective_profile(document: DesiredDocument, base: HearingProfile) -> HearingProfile:
+    """The profile the device enforces under ``document``: its ``profile`` over ``base`` (the
+    provisioned one), then narrowed by its ``limits`` (a limit can only lower a value). A profile
+    the device cannot enforce is ``DesiredStateRejected``, so the refusal is reported."""
+    merged = {**base.model_dump(), **document.profile}
+    limits = document.limits
+    try:
+        level = limits.get("max_level_dba")
+        if level is not None:
+            level = float(level)
+            if level < MIN_ENFORCEABLE_LEVEL_DBA:
+                raise DesiredStateRejected(
+                    f"limits.max_level_dba {level:g} dBA is below the lowest level this device "
+                    f"can enforce ({MIN_ENFORCEABLE_LEVEL_DBA:g} dBA)"
+                )
+            merged["max_level_dba"] = min(float(merged["max_level_dba"]), level)
+            merged["fallback_level_dba"] = min(
+                float(merged["fallback_level_dba"]), merged["max_level_dba"]
+            )
+        minutes = limits.get("max_session_minutes")
+        if minutes is not None:
+            merged["max_session_s"] = min(float(merged["max_session_s"]), float(minutes) * 60.0)
+        return parse_profile(merged, source="desired state profile")
+    except (ConfigError, TypeError, ValueError) as exc:
+        raise DesiredStateRejected(str(exc)) from None
+
+
+def lowers_only(old: HearingProfile, new: HearingProfile) -> bool:
+    """True when ``new`` permits nothing ``old`` did not (levels, session length, frequency ranges,
+    dose mode): such a change may take effect at once, even during a session."""
+    return (
+        new.max_level_dba <= old.max_level_dba
+        and new.fallback_level_dba <= old.fallback_level_dba
+        and new.max_session_s <= old.max_session_s
+        and new.dose_mode >= old.dose_mode
+        and (new.on_dose_reached in (old.on_dose_reached, "stop"))
+        and (new.refuse_over_allowance or not old.refuse_over_allowance)
+        and new.output == old.output
+        and new.binaural_on_speaker == old.binaural_on_speaker
+        and all(
+            getattr(new, name).within((getattr(old, name).low, getattr(old, name).high))
+            for name in ("carrier_hz", "beat_hz", "tone_hz")
+        )
+    )

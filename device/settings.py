@@ -14,6 +14,8 @@ from resonera.common.profile import HearingProfile
 from resonera.common.settings import MqttSettings, ResoneraSettings
 
 if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     from resonera.device.store import DeviceStore
 
 
@@ -27,6 +29,22 @@ class SyncSettings(BaseModel):
     batch_size: int = Field(default=50, ge=1, le=1000)
     #: Broker-side session kept while offline, so acks sent meanwhile still arrive.
     session_expiry_s: int = Field(default=7 * 24 * 3600, ge=0)
+    #: After a reconnect, resends wait a random 0..this long, so a fleet does not stampede the
+    #: broker that just came back; unacked messages then back off (doubling, with jitter).
+    reconnect_jitter_s: float = Field(default=1.0, ge=0.0, le=300.0)
+    max_resend_after_s: float = Field(default=300.0, gt=0.0, le=24 * 3600.0)
+    #: ``resonera-device run`` queues a ``metrics`` message (outbox depth, link, versions) this often.
+    telemetry_interval_s: float = Field(default=300.0, ge=1.0, le=24 * 3600.0)
+
+
+class OutboxLimits(BaseModel):
+    """How big and how old the outbox may grow before ``metrics`` are thinned (oldest first);
+    sessions, safety events and reports are never dropped."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_bytes: int = Field(default=64 * 1024 * 1024, ge=64 * 1024)
+    max_age_s: float = Field(default=30 * 24 * 3600.0, gt=0.0)
 
 
 class DeviceSettings(ResoneraSettings):
@@ -51,6 +69,12 @@ class DeviceSettings(ResoneraSettings):
     key_file: Path | None = None
     #: The output chain's calibration (TOML); without it the device does not play.
     calibration_file: Path | None = None
+    #: The server's Ed25519 public key (base64 of the raw 32 bytes), pinned at provisioning: only
+    #: desired states it signed are applied. Without it every desired state is refused.
+    server_public_key: str | None = None
+    #: The AES-GCM key that seals health data at rest (default ``data_dir/keys/data.key``).
+    data_key_file: Path | None = None
+    outbox: OutboxLimits = OutboxLimits()
     #: The person's limits until the server's signed desired state brings them.
     profile: HearingProfile = HearingProfile()
     sample_rate: Literal[44100, 48000] = 48000
@@ -74,7 +98,29 @@ class DeviceSettings(ResoneraSettings):
         from resonera.device.store import DeviceStore
 
         key = load_private_key(self.key_file) if self.key_file is not None else None
-        return DeviceStore(self.store_path, signing_key=key)
+        return DeviceStore(
+            self.store_path,
+            signing_key=key,
+            data_key_path=self.data_key_path,
+            outbox_limits=self.outbox,
+        )
+
+    @property
+    def data_key_path(self) -> Path:
+        return self.data_key_file or self.data_dir / "keys" / "data.key"
+
+    @property
+    def control_socket_path(self) -> Path:
+        """Where ``resonera-device run`` listens for ``play``, ``stop`` and ``status``."""
+        return self.data_dir / "run.sock"
+
+    def pinned_server_key(self) -> Ed25519PublicKey | None:
+        """The pinned server key, or None when none is configured (``SignatureError`` if bad)."""
+        from resonera.common.signing import ed25519_public_key_from_b64
+
+        if self.server_public_key is None:
+            return None
+        return ed25519_public_key_from_b64(self.server_public_key)
 
     @property
     def dose_ledger_path(self) -> Path:

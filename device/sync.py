@@ -1,14 +1,18 @@
 """Offline-first sync of the outbox over MQTT (paho-mqtt 2.x).
 
 The device publishes queued envelopes at QoS 1 and deletes them only when the server's application ack
-(on its ``ack`` topic) names them. A broker that is away is not an error for the device: records wait
-in the outbox and paho keeps reconnecting. Callbacks from paho's thread only touch the store (its own
-short transactions) and the scheduler under a lock; nothing here runs in the audio path.
+(on its ``ack`` topic) names them. After every (re)connect it subscribes again to the exact ``ack`` and
+``desired`` topics, so the retained desired state is taken afresh even from a broker that lost the
+session; each document goes to the ``DesiredStateApplier`` (verify, apply or defer, report). A broker
+that is away is not an error for the device: records wait in the outbox and paho keeps reconnecting.
+Callbacks from paho's thread only touch the store (its own short transactions) and the scheduler
+under a lock; nothing here runs in the audio path.
 """
 
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 from collections.abc import Callable
@@ -26,11 +30,15 @@ from resonera.common.mqtt_client import (
     connect,
     connect_in_background,
 )
+from resonera.device.desired_state import DesiredStateApplier
 from resonera.device.outbox import OutboxScheduler
 from resonera.device.settings import DeviceSettings
 from resonera.device.store import DeviceStore
 
 log = logging.getLogger(__name__)
+
+#: With nothing in flight, the outbox is looked at this often (records queued by other processes).
+IDLE_POLL_S = 5.0
 
 
 class DeviceSync:
@@ -41,16 +49,28 @@ class DeviceSync:
         settings: DeviceSettings,
         store: DeviceStore,
         clock: Callable[[], float] = time.monotonic,
+        *,
+        desired: DesiredStateApplier | None = None,
     ) -> None:
+        """``desired``: who takes desired-state documents; by default one that applies them at
+        once (no session runs while only syncing)."""
         self.settings = settings
         self.store = store
         self.clock = clock
         self.device_id = settings.device_id
         self.last_error: str | None = None
+        #: Wall-clock time of the last application ack (None: none since start).
+        self.last_ack: float | None = None
+        self.desired = desired or DesiredStateApplier(
+            store, settings.device_id, settings.pinned_server_key(), settings.profile
+        )
         self._scheduler = OutboxScheduler(
             resend_after_s=settings.sync.resend_after_s,
             max_messages_per_s=settings.sync.max_messages_per_s,
             burst=settings.sync.batch_size,
+            max_resend_after_s=settings.sync.max_resend_after_s,
+            reconnect_jitter_s=settings.sync.reconnect_jitter_s,
+            rng=random.random,
         )
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -58,6 +78,9 @@ class DeviceSync:
         self._connected = threading.Event()
         self._acked = threading.Condition()
         self._worker: threading.Thread | None = None
+        #: Highest seq published since the last connect; reset (by the worker) after a reconnect.
+        self._cursor = -1
+        self._cursor_reset = False
         self._client = build_client(
             settings.mqtt,
             client_id=self.device_id,
@@ -67,6 +90,7 @@ class DeviceSync:
         self._client.on_disconnect = self._on_disconnect
         self._client.on_connect_fail = self._on_connect_fail
         self._client.message_callback_add(topics.ack(self.device_id), self._on_ack)
+        self._client.message_callback_add(topics.desired(self.device_id), self._on_desired)
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -132,10 +156,13 @@ class DeviceSync:
             return
         self.last_error = None
         # Subscribing again on every connect is harmless and covers a broker that lost our session.
-        client.subscribe(topics.ack(self.device_id), qos=1)
+        # The exact desired topic (never a wildcard), every time: the broker then sends its
+        # retained copy again, so the device never relies on having seen every change.
+        client.subscribe([(topics.ack(self.device_id), 1), (topics.desired(self.device_id), 1)])
         client.publish(topics.status(self.device_id), b"online", qos=1, retain=True)
         with self._lock:
-            self._scheduler.connection_lost()
+            self._scheduler.connection_lost(self.clock())
+            self._cursor_reset = True
         self._connected.set()
         self._wake.set()
         log.info("connected to MQTT broker %s:%s", self.settings.mqtt.host, self.settings.mqtt.port)
@@ -159,6 +186,7 @@ class DeviceSync:
             log.warning("ignoring ack on %s: %s", message.topic, exc)
             return
         deleted = self.store.acknowledge(ack.ids)
+        self.last_ack = time.time()
         with self._lock:
             self._scheduler.acknowledged(ack.ids)
         log.debug("server committed %d message(s), %d deleted from outbox", len(ack.ids), deleted)
@@ -166,11 +194,32 @@ class DeviceSync:
             self._acked.notify_all()
         self._wake.set()
 
+    def _on_desired(self, _client: paho.Client, _userdata: Any, message: paho.MQTTMessage) -> None:
+        payload = bytes(message.payload)
+        if not payload:
+            return  # a cleared retained message: nothing to take
+        try:
+            result = self.desired.handle(payload)
+        except Exception:  # never let a document kill the network thread
+            log.exception("handling the desired state failed")
+            return
+        log.info("desired state %s: %s %s", result.version, result.outcome, result.reason)
+        self._wake.set()  # the report waits in the outbox
+
     # --- publishing (worker thread) --------------------------------------------------------------
+
+    def kick(self) -> None:
+        """Something was queued: look at the outbox now rather than at the next poll."""
+        self._wake.set()
 
     def _publish_loop(self) -> None:
         while not self._stopping.is_set():
-            self._wake.wait(timeout=0.2)
+            with self._lock:
+                next_due = self._scheduler.next_due_in(self.clock())
+            # Idle, the loop sleeps until a resend is due, something is queued (kick), an ack
+            # or a connection arrives, or the poll comes round (records queued by another process).
+            timeout = IDLE_POLL_S if next_due is None else min(max(next_due, 0.02), IDLE_POLL_S)
+            self._wake.wait(timeout=timeout)
             self._wake.clear()
             if self._stopping.is_set() or not self._connected.is_set():
                 continue
@@ -178,16 +227,35 @@ class DeviceSync:
                 self._publish_due()
             except Exception:  # the loop must survive anything; the outbox keeps the records
                 log.exception("outbox publishing failed; will retry")
-                time.sleep(1.0)
+                self._stopping.wait(1.0)
 
     def _publish_due(self) -> None:
-        pending = self.store.pending(limit=self.settings.sync.batch_size * 4)
-        by_id = {entry.message_id: entry for entry in pending}
+        """One batch: overdue resends first, then messages not sent since the connect (by seq)."""
+        now = self.clock()
+        batch = self.settings.sync.batch_size
         with self._lock:
-            due = self._scheduler.due([entry.message_id for entry in pending], self.clock())
-        for message_id in due:
-            entry = by_id[message_id]
-            self._client.publish(entry.topic, entry.payload, qos=1)
-        if due:
-            self._wake.set()  # more may be due once the rate limiter refills
-            time.sleep(1.0 / self.settings.sync.max_messages_per_s)
+            if self._cursor_reset:
+                self._cursor, self._cursor_reset = -1, False
+            overdue = self._scheduler.overdue(now, limit=batch)
+        fresh = self.store.pending(limit=batch, after_seq=self._cursor)
+        with self._lock:
+            due = self._scheduler.due(overdue + [m.message_id for m in fresh], now)
+        if not due:
+            return
+        chosen = set(due)
+        messages = [m for m in fresh if m.message_id in chosen]
+        known = {m.message_id for m in messages}
+        resend = [i for i in due if i not in known]
+        if resend:
+            found = self.store.messages(resend)
+            gone = set(resend) - {m.message_id for m in found}
+            if gone:  # acked meanwhile, or thinned: forget them
+                with self._lock:
+                    self._scheduler.acknowledged(gone)
+            messages.extend(found)
+        for message in sorted(messages, key=lambda m: m.seq):
+            self._client.publish(message.topic, message.payload, qos=1)
+        if fresh:
+            self._cursor = max(self._cursor, *(m.seq for m in fresh if m.message_id in chosen))
+        self._wake.set()  # more may be due once the rate limiter refills
+        self._stopping.wait(len(due) / self.settings.sync.max_messages_per_s)

@@ -196,3 +196,12 @@ def test_an_ear_cup_level_far_from_the_calibrations_prediction_mutes(tmp_path: P
     assert "ear-cup" in record.reason
     assert 3.0 <= record.played_s < 8.0
     assert any(e.type == "fault" and "calibration" in e.cause for e in store.events(limit=1000))
+
+
+def test_the_session_record_carries_its_exposure(tmp_path: Path) -> None:
+    s = settings(tmp_path)
+    record = play_session(s, DeviceStore(s.store_path), load_program_toml(TONE_1K), NullSink())
+    assert record.laeq_dba == pytest.approx(70.6, abs=1.0)
+    assert record.max_mel_dba == pytest.approx(71.0, abs=1.0)
+    ledger = DoseLedger(tmp_path / "dose.db").status(time.time())
+    assert record.dose_fraction == pytest.approx(ledger.fraction, rel=1e-6)

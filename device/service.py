@@ -1,0 +1,350 @@
+"""``resonera-device run``: the agent as one long-running, supervised process.
+
+Inside it:
+- sync (``DeviceSync``): connected to the broker, draining the outbox, taking the desired state
+  through a ``DesiredStateApplier`` that knows whether a session is playing;
+- the player: one session at a time (``agent.play_session``) in a thread of its own, started and
+  stopped through the control socket; ``SIGTERM`` fades it out (its stop event), records it, then
+  closes everything;
+- the safety monitor between sessions when a ``serial_url`` is set (link and MCU events are
+  recorded while idle too; a session opens the port itself, so the idle monitor steps aside);
+- telemetry: a ``metrics`` message with the outbox depth every ``sync.telemetry_interval_s``;
+- the control socket ``run.sock`` in the data directory (mode 0600): one line in, one line out.
+  ``play PROGRAM`` → ``ok …`` or ``error …``; ``stop`` → ``ok …``; ``status`` → one JSON object.
+
+Nothing here is needed to stay safe: the outbox, the dose ledger and the stores are durable, so a
+SIGKILL at any point loses at most the session that was playing (never a stored record).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import socketserver
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from resonera.common.errors import ResoneraError
+from resonera.common.program import Program
+from resonera.common.records import SessionRecord
+from resonera.device.desired_state import DesiredStateApplier
+from resonera.device.settings import DeviceSettings
+from resonera.device.store import DeviceStore
+from resonera.device.sync import DeviceSync
+
+log = logging.getLogger(__name__)
+
+MAX_COMMAND_BYTES = 1024
+
+
+class ServiceUnavailable(ResoneraError):
+    """No ``resonera-device run`` answers on the control socket."""
+
+
+@dataclass
+class _Playing:
+    program: str
+    started_at: float
+    stop: threading.Event
+    thread: threading.Thread
+
+
+class DeviceService:
+    """Build, then ``run()`` (blocks until ``shutdown()`` or SIGTERM/SIGINT)."""
+
+    def __init__(
+        self,
+        settings: DeviceSettings,
+        resolve_program: Callable[[str], Program],
+        *,
+        store: DeviceStore | None = None,
+    ) -> None:
+        self.settings = settings
+        self.resolve_program = resolve_program
+        self.store = store or settings.open_store()
+        self.applier = DesiredStateApplier(
+            self.store,
+            settings.device_id,
+            settings.pinned_server_key(),
+            settings.profile,
+            on_lowered=self._limits_lowered,
+        )
+        self.sync = DeviceSync(settings, self.store, desired=self.applier)
+        self.started = time.time()
+        self.last_session: SessionRecord | None = None
+        self.last_error = ""
+        self._lock = threading.Lock()
+        self._playing: _Playing | None = None
+        self._shutdown = threading.Event()
+        self._server: socketserver.ThreadingUnixStreamServer | None = None
+        self._monitor: Any = None  # HardwareMonitor between sessions, when serial_url is set
+        self._recorder: Any = None
+
+    # --- lifecycle -------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Serve until SIGTERM/SIGINT or ``shutdown()``; 0 after a clean shutdown."""
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda _s, _f: self._shutdown.set())
+        self.start()
+        try:
+            interval = self.settings.sync.telemetry_interval_s
+            while not self._shutdown.wait(timeout=interval):
+                self.queue_telemetry()
+        finally:
+            self.close()
+        return 0
+
+    def start(self) -> None:
+        self.sync.start()
+        self._open_socket()
+        self._start_idle_monitor()
+        self.queue_telemetry()
+        log.info(
+            "resonera-device run: device %s, control socket %s",
+            self.settings.device_id,
+            self.settings.control_socket_path,
+        )
+
+    def shutdown(self) -> None:
+        self._shutdown.set()
+
+    def close(self) -> None:
+        """Fade out and record a playing session, stop the monitor, flush, disconnect."""
+        log.info("shutting down")
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            with contextlib.suppress(FileNotFoundError):
+                self.settings.control_socket_path.unlink()
+        playing = self._playing
+        if playing is not None:
+            playing.stop.set()
+            playing.thread.join(timeout=30)
+        self._stop_idle_monitor()
+        self.queue_telemetry()
+        self.sync.drain(timeout_s=2.0)  # a best effort: what is not acked stays in the outbox
+        self.sync.stop()
+        self.store.close()
+
+    # --- playing ---------------------------------------------------------------------------------
+
+    def play(self, spec: str) -> str:
+        """Start ``spec`` (preset or file) in the background; the reply line for the socket."""
+        program = self.resolve_program(spec)
+        limits = self._limits()
+        per_day = limits.get("max_sessions_per_day")
+        if isinstance(per_day, int):
+            midnight = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+            if self.store.sessions_since(midnight) >= per_day:
+                raise ResoneraError(
+                    f"{per_day} session(s) a day is the limit your clinician set; "
+                    "none is left today"
+                )
+        with self._lock:
+            if self._playing is not None:
+                raise ResoneraError(f"already playing {self._playing.program!r}; stop it first")
+            stop = threading.Event()
+            thread = threading.Thread(
+                target=self._play_session, args=(program, stop), name="player", daemon=True
+            )
+            self._playing = _Playing(program.name, time.time(), stop, thread)
+            self.applier.session_started()
+        thread.start()
+        return f"ok playing {program.name!r} ({program.duration_s:.0f} s)"
+
+    def stop_playing(self) -> str:
+        playing = self._playing
+        if playing is None:
+            return "ok nothing is playing"
+        playing.stop.set()
+        return f"ok stopping {playing.program!r} (fading out)"
+
+    def _play_session(self, program: Program, stop: threading.Event) -> None:
+        from resonera.device.agent import open_sink, play_session
+
+        self._stop_idle_monitor()  # the session opens the MCU's port itself
+        try:
+            sink = open_sink(self.settings)
+            record = play_session(
+                self.settings,
+                self.store,
+                program,
+                sink,
+                stop=stop,
+                notify=lambda message: log.info("%s", message),
+            )
+            self.last_session = record
+            self.last_error = ""
+            log.info("session %s: %s %s", record.session_id, record.outcome, record.reason)
+        except Exception as exc:  # refused, no MCU, sound device: reported, the service lives on
+            self.last_error = str(exc)
+            log.error("session of %r did not play: %s", program.name, exc)
+        finally:
+            with self._lock:
+                self._playing = None
+            self.applier.session_ended()
+            self.sync.kick()
+            if not self._shutdown.is_set():
+                self._start_idle_monitor()
+
+    def _limits_lowered(self, _profile: object) -> None:
+        """A desired state lowered the limits during a session: the session stops (fading), so
+        the lower limits hold from the next session on; it could not be changed mid-chain."""
+        playing = self._playing
+        if playing is not None:
+            log.warning("limits lowered by the clinician during a session: stopping it")
+            playing.stop.set()
+
+    def _limits(self) -> dict[str, Any]:
+        applied = self.store.applied_desired()
+        limits = applied.content.get("limits") if applied is not None else None
+        return limits if isinstance(limits, dict) else {}
+
+    # --- safety monitor between sessions ---------------------------------------------------------
+
+    def _start_idle_monitor(self) -> None:
+        if self.settings.serial_url is None or self._monitor is not None:
+            return
+        from resonera.device.hwmonitor import HardwareMonitor
+        from resonera.device.safety_events import SafetyEventRecorder
+
+        recorder = SafetyEventRecorder(
+            self.store, self.settings.device_id, simulation=self.settings.simulation
+        )
+        monitor = HardwareMonitor(self.settings.serial_url, events=recorder)
+        try:
+            monitor.start()
+        except ResoneraError as exc:
+            log.warning("safety MCU not reachable while idle: %s", exc)
+            recorder.close()
+            return
+        self._monitor, self._recorder = monitor, recorder
+
+    def _stop_idle_monitor(self) -> None:
+        monitor, recorder = self._monitor, self._recorder
+        self._monitor = self._recorder = None
+        if monitor is not None:
+            monitor.stop()
+        if recorder is not None:
+            recorder.close()  # flushes every event to the store
+
+    # --- telemetry and status --------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        stats = self.store.outbox_stats()
+        applied = self.store.applied_desired()
+        pending = self.store.pending_desired()
+        playing = self._playing
+        monitor = self._monitor
+        return {
+            "device": self.settings.device_id,
+            "link": "connected" if self.sync.connected else "disconnected",
+            "link_error": self.sync.last_error,
+            "playing": playing.program if playing is not None else None,
+            "playing_for_s": round(time.time() - playing.started_at, 1) if playing else None,
+            "outbox_depth": stats.depth,
+            "outbox_bytes": stats.bytes,
+            "outbox_by_kind": stats.by_kind,
+            "metrics_thinned": stats.metrics_thinned,
+            "last_ack_at": self.store.meta("last_ack_at"),
+            "desired_version": applied.version if applied is not None else 0,
+            "desired_pending": pending.version if pending is not None else None,
+            "safety_link": (None if monitor is None else ("up" if monitor.connected else "down")),
+            "last_error": self.last_error,
+            "uptime_s": round(time.time() - self.started, 1),
+        }
+
+    def queue_telemetry(self) -> None:
+        """A ``metrics`` message: outbox depth and the rest of ``status`` (thinned first when the
+        outbox is over its bound)."""
+        try:
+            self.store.thin_outbox()
+            body = self.status()
+            body["outbox_depth"] += 1  # this message too
+            self.store.queue_message(self.settings.device_id, "metrics", {"telemetry": body})
+            self.sync.kick()
+        except Exception:
+            log.exception("queueing telemetry failed")
+
+    # --- control socket --------------------------------------------------------------------------
+
+    def _open_socket(self) -> None:
+        path = self.settings.control_socket_path
+        if path.exists():
+            if _answers(path):
+                raise ResoneraError(f"another resonera-device run already serves {path}")
+            path.unlink()  # left by a process that was killed
+        service = self
+
+        class Handler(socketserver.StreamRequestHandler):
+            def handle(self) -> None:
+                line = self.rfile.readline(MAX_COMMAND_BYTES).decode(errors="replace").strip()
+                reply = service.command(line)
+                self.wfile.write(reply.encode() + b"\n")
+
+        old_umask = os.umask(0o177)  # the socket is created 0600: only the device's user
+        try:
+            server = socketserver.ThreadingUnixStreamServer(str(path), Handler)
+        finally:
+            os.umask(old_umask)
+        server.daemon_threads = True
+        self._server = server
+        threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 1.0}, name="control", daemon=True
+        ).start()
+
+    def command(self, line: str) -> str:
+        verb, _, arg = line.partition(" ")
+        try:
+            if verb == "play" and arg.strip():
+                return self.play(arg.strip())
+            if verb == "stop":
+                return self.stop_playing()
+            if verb == "status":
+                return json.dumps(self.status())
+            return "error commands: play PROGRAM | stop | status"
+        except ResoneraError as exc:
+            return f"error {exc}"
+        except Exception as exc:
+            log.exception("control command %r failed", line)
+            return f"error {exc}"
+
+
+def _answers(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(1.0)
+        try:
+            sock.connect(str(path))
+        except OSError:
+            return False
+    return True
+
+
+def send_command(path: Path, line: str, timeout_s: float = 5.0) -> str:
+    """One command to a running service; its one-line reply. ``ServiceUnavailable`` if none."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout_s)
+        try:
+            sock.connect(str(path))
+        except OSError:
+            raise ServiceUnavailable(
+                f"no resonera-device run answers on {path} (start it, or the systemd unit)"
+            ) from None
+        sock.sendall(line.encode() + b"\n")
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    return data.decode(errors="replace").strip()
