@@ -74,13 +74,15 @@ def play_session(
     on_block: Callable[[NDArray[np.float32], ProgramRenderer], None] | None = None,
     notify: Callable[[str], None] = lambda _message: None,
     wall_clock: Callable[[], float] = time.time,
+    stop_reason: Callable[[], str] = lambda: "",
 ) -> SessionRecord:
     """Play ``program`` to ``sink`` with the MCU's consent, through the safety chain, then store
     the session and queue it.
 
     Before anything plays: the calibration must be there, and the session's expected dose is told
     (``notify``) and, if the profile says so, a session that would pass 100 % of the weekly
-    allowance is refused (``SessionRefused``). ``on_block`` sees every block played (a progress
+    allowance is refused (``SessionRefused``). ``stop_reason`` says why ``stop`` was set, for the
+    record (default: the person stopped it). ``on_block`` sees every block played (a progress
     display). A sound device lost mid-session ends the session as a ``fault`` whose reason says so;
     the record is stored all the same.
     """
@@ -153,6 +155,8 @@ def play_session(
         )
         ended_at = datetime.now(UTC)
         reason = result.reason or (dose_events[-1].message if chain.stop_requested else "")
+        if result.outcome == "stopped" and not reason:
+            reason = stop_reason()  # who set ``stop``, and why (the person, the clinician, ...)
         if result.outcome == "fault":
             supervisor.handle(Event.FAULT, reason)
         elif result.outcome == "stopped":

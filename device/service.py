@@ -84,6 +84,8 @@ class DeviceService:
         self.last_error = ""
         self._lock = threading.Lock()
         self._playing: _Playing | None = None
+        #: Why the playing session's stop event is set (written before it is set).
+        self._stop_reason = "stopped by the person"
         self._shutdown = threading.Event()
         self._server: socketserver.ThreadingUnixStreamServer | None = None
         self._monitor: Any = None  # HardwareMonitor between sessions, when serial_url is set
@@ -128,6 +130,7 @@ class DeviceService:
                 self.settings.control_socket_path.unlink()
         playing = self._playing
         if playing is not None:
+            self._stop_reason = "the device service was shut down"
             playing.stop.set()
             playing.thread.join(timeout=30)
         self._stop_idle_monitor()
@@ -154,6 +157,7 @@ class DeviceService:
             if self._playing is not None:
                 raise ResoneraError(f"already playing {self._playing.program!r}; stop it first")
             stop = threading.Event()
+            self._stop_reason = "stopped by the person"
             thread = threading.Thread(
                 target=self._play_session, args=(program, stop), name="player", daemon=True
             )
@@ -181,6 +185,7 @@ class DeviceService:
                 program,
                 sink,
                 stop=stop,
+                stop_reason=lambda: self._stop_reason,
                 notify=lambda message: log.info("%s", message),
             )
             self.last_session = record
@@ -203,6 +208,7 @@ class DeviceService:
         playing = self._playing
         if playing is not None:
             log.warning("limits lowered by the clinician during a session: stopping it")
+            self._stop_reason = "the clinician lowered the limits; they hold from the next session"
             playing.stop.set()
 
     def _limits(self) -> dict[str, Any]:

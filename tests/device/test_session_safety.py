@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -205,3 +206,18 @@ def test_the_session_record_carries_its_exposure(tmp_path: Path) -> None:
     assert record.max_mel_dba == pytest.approx(71.0, abs=1.0)
     ledger = DoseLedger(tmp_path / "dose.db").status(time.time())
     assert record.dose_fraction == pytest.approx(ledger.fraction, rel=1e-6)
+
+
+def test_a_stopped_session_records_who_stopped_it_and_why(tmp_path: Path) -> None:
+    s = settings(tmp_path)
+    stop = threading.Event()
+
+    def on_block(_block: np.ndarray, _renderer: object) -> None:
+        stop.set()
+
+    record = play_session(
+        s, DeviceStore(s.store_path), load_program_toml(TONE_1K), NullSink(), stop=stop,
+        on_block=on_block, stop_reason=lambda: "the clinician lowered the limits",
+    )  # fmt: skip
+    assert record.outcome == "stopped"
+    assert record.reason == "the clinician lowered the limits"
