@@ -102,6 +102,11 @@ def envelope_signing_payload(envelope: Envelope) -> dict[str, Any]:
     return payload
 
 
+def envelope_signing_bytes(envelope: Envelope) -> bytes:
+    """The exact bytes a device signs (any algorithm)."""
+    return canonical_json(envelope_signing_payload(envelope))
+
+
 def sign_envelope(envelope: Envelope, key: ec.EllipticCurvePrivateKey) -> Envelope:
     return envelope.model_copy(update={"sig": sign_ecdsa(key, envelope_signing_payload(envelope))})
 

@@ -29,7 +29,7 @@ from resonera.device.audio.player import BlockProcessor, play
 from resonera.device.audio.sinks import AudioSink, NullSink, PyAudioSink, WavSink, open_default_sink
 from resonera.device.audio.synth import ProgramRenderer
 from resonera.device.hwmonitor import HardwareMonitor, WarningAttenuator
-from resonera.device.safety.chain import DoseEvent
+from resonera.device.safety.chain import DoseEvent, SafetyChain
 from resonera.device.safety.dose_ledger import DoseLedger
 from resonera.device.safety.earcup import EarCupCheck
 from resonera.device.safety.session import build_chain, load_session_calibration, preflight
@@ -75,6 +75,7 @@ def play_session(
     notify: Callable[[str], None] = lambda _message: None,
     wall_clock: Callable[[], float] = time.time,
     stop_reason: Callable[[], str] = lambda: "",
+    on_level: Callable[[float], None] | None = None,
 ) -> SessionRecord:
     """Play ``program`` to ``sink`` with the MCU's consent, through the safety chain, then store
     the session and queue it.
@@ -82,9 +83,10 @@ def play_session(
     Before anything plays: the calibration must be there, and the session's expected dose is told
     (``notify``) and, if the profile says so, a session that would pass 100 % of the weekly
     allowance is refused (``SessionRefused``). ``stop_reason`` says why ``stop`` was set, for the
-    record (default: the person stopped it). ``on_block`` sees every block played (a progress
-    display). A sound device lost mid-session ends the session as a ``fault`` whose reason says so;
-    the record is stored all the same.
+    record (default: the person stopped it). ``on_level`` gets the chain's A-weighted level of each
+    block at the ear (for a display; the chain's own meter, so nothing is metered twice).
+    ``on_block`` sees every block played (a progress display). A sound device lost mid-session
+    ends the session as a ``fault`` whose reason says so; the record is stored all the same.
     """
     stop = stop or threading.Event()
     calibration = load_session_calibration(settings.calibration_file)
@@ -151,7 +153,7 @@ def play_session(
             reason=(lambda: monitor.reason) if monitor is not None else (lambda: ""),
             should_stop=lambda: stop.is_set() or chain.stop_requested,
             processors=processors,
-            on_block=on_block,
+            on_block=_with_level(on_block, chain, on_level),
         )
         ended_at = datetime.now(UTC)
         reason = result.reason or (dose_events[-1].message if chain.stop_requested else "")
@@ -186,6 +188,25 @@ def play_session(
     )
     store.record_session(settings.device_id, record)
     return record
+
+
+def _with_level(
+    on_block: Callable[[NDArray[np.float32], ProgramRenderer], None] | None,
+    chain: SafetyChain,
+    on_level: Callable[[float], None] | None,
+) -> Callable[[NDArray[np.float32], ProgramRenderer], None] | None:
+    """``on_block``, preceded by handing on the chain meter's level of the block."""
+    if on_level is None:
+        return on_block
+
+    def hook(block: NDArray[np.float32], renderer: ProgramRenderer) -> None:
+        level = chain.meter.block_level
+        if level is not None:
+            on_level(level)
+        if on_block is not None:
+            on_block(block, renderer)
+
+    return hook
 
 
 def _ear_cup_check(

@@ -38,7 +38,6 @@ from resonera.device.audio.synth import ProgramRenderer
 from resonera.device.settings import DeviceSettings
 
 if TYPE_CHECKING:
-    from resonera.device.audio.meter import MelMeter
     from resonera.device.store import DeviceStore
 
 # The store (SQL), the sync (MQTT), the agent and the meter (scipy.signal) are imported by the
@@ -89,17 +88,11 @@ def _sync(settings: DeviceSettings, store: DeviceStore, timeout_s: float) -> boo
 
 
 class _Display:
-    """Progress plus the level of what was played (dB(A) SPL with a calibration, else dBFS(A))."""
+    """Progress plus, while playing, the level at the ear as the safety chain metered it."""
 
-    def __init__(
-        self, program: Program, rate: int, calibration: Calibration | None, *, verb: str
-    ) -> None:
+    def __init__(self, program: Program, *, verb: str) -> None:
         self.program = program
-        self.meter: MelMeter | None = None
-        if verb == "playing":
-            from resonera.device.audio.meter import MelMeter
-
-            self.meter = MelMeter(rate, calibration)
+        self.level_dba: float | None = None
         self.progress = Progress(
             program.duration_s,
             steps=len(program.steps),
@@ -108,13 +101,13 @@ class _Display:
         )
 
     def level(self) -> str | None:
-        if self.meter is None or self.meter.block_level is None:
-            return None
-        return f"{self.meter.block_level:5.1f} {self.meter.unit}"
+        return None if self.level_dba is None else f"{self.level_dba:5.1f} dB(A) SPL"
+
+    def set_level(self, level_dba: float) -> None:
+        """The chain's A-weighted level of the last block (its meter: nothing is metered twice)."""
+        self.level_dba = level_dba
 
     def __call__(self, block: NDArray[np.float32], renderer: ProgramRenderer) -> None:
-        if self.meter is not None:
-            self.meter.update(block)
         step = renderer.step_index
         label = self.program.steps[step].label if step is not None else ""
         self.progress.update(renderer.position_s, step, label, self.level())
@@ -143,7 +136,6 @@ def _play(args: argparse.Namespace) -> int:
     if args.via_service:
         return _play_via_service(args)
     from resonera.device.agent import play_session
-    from resonera.device.safety.session import load_session_calibration
 
     overrides: dict[str, Any] = {}
     if args.simulation:
@@ -156,7 +148,6 @@ def _play(args: argparse.Namespace) -> int:
         overrides["calibration_file"] = args.calibration
     settings = _settings(args, **overrides)
     program = _program(args)
-    calibration = load_session_calibration(settings.calibration_file)
     store = settings.open_store()
     stop = threading.Event()
 
@@ -165,11 +156,18 @@ def _play(args: argparse.Namespace) -> int:
 
     previous = signal.signal(signal.SIGINT, _request_stop)
     signal.signal(signal.SIGTERM, _request_stop)
-    display = _Display(program, settings.sample_rate, calibration, verb="playing")
+    display = _Display(program, verb="playing")
     try:
         sink = _play_sink(args, settings)
         record = play_session(
-            settings, store, program, sink, stop=stop, on_block=display, notify=display.say
+            settings,
+            store,
+            program,
+            sink,
+            stop=stop,
+            on_block=display,
+            notify=display.say,
+            on_level=display.set_level,
         )
     finally:
         signal.signal(signal.SIGINT, previous)
@@ -204,7 +202,7 @@ def _render(args: argparse.Namespace) -> int:
     processors = session_processors(settings, rate, calibration)
     if not processors:
         print("no calibration given: rendered without the safety chain's level limits")
-    display = _Display(program, rate, calibration, verb="rendering")
+    display = _Display(program, verb="rendering")
     result = play(
         renderer,
         sink,

@@ -18,7 +18,6 @@ import base64
 import binascii
 import hashlib
 import hmac
-import json
 import logging
 import os
 import re
@@ -35,7 +34,12 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from resonera.common.envelope import Envelope
 from resonera.common.errors import ConfigError, ResoneraError
-from resonera.common.signing import SignatureError, verify_envelope
+from resonera.common.signing import (
+    SignatureError,
+    canonical_json,
+    envelope_signing_bytes,
+    verify_envelope,
+)
 
 log = logging.getLogger(__name__)
 
@@ -141,11 +145,6 @@ def _aad(patient_id: str, field: str) -> bytes:
 # -- the desired state -----------------------------------------------------------------------
 
 
-def canonical_json(value: Any) -> bytes:
-    """The bytes that are signed: sorted keys, no spaces, UTF-8."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-
-
 class DesiredStateSigner(Protocol):
     """Signs desired-state documents. ``algorithm`` and ``key_id`` travel with the signature."""
 
@@ -228,11 +227,6 @@ def sign_document(signer: DesiredStateSigner, document: dict[str, Any]) -> dict[
 
 
 # -- device messages -------------------------------------------------------------------------
-
-
-def envelope_signing_bytes(envelope: Envelope) -> bytes:
-    """What a device signs: the envelope without ``sig``, as canonical JSON (``time`` in UTC)."""
-    return canonical_json(envelope.model_dump(mode="json", exclude={"sig"}))
 
 
 def verify_device_signature(envelope: Envelope, public_key_b64: str) -> str | None:

@@ -10,12 +10,12 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from resonera.common.errors import ConfigError
+from resonera.common.signing import canonical_json
 from resonera.server.crypto import (
     DecryptionError,
     Ed25519Signer,
     FieldCipher,
     HmacSigner,
-    canonical_json,
     load_signer,
     new_key_line,
     parse_keys,

@@ -16,8 +16,8 @@ from sqlmodel import Session, select
 
 from resonera.common import topics
 from resonera.common.envelope import Envelope
+from resonera.common.signing import envelope_signing_bytes
 from resonera.server import metrics
-from resonera.server.crypto import envelope_signing_bytes
 from resonera.server.ingest import IngestProcessor, Received
 from resonera.server.models import (
     DeviceStateRow,
