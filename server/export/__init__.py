@@ -1,0 +1,1 @@
+"""Patient data exports: FHIR R4 JSON and CSV, and program audio previews."""

@@ -1,0 +1,1 @@
+"""Clinician web dashboard: server-rendered pages (Jinja2) over the same services as the API."""
