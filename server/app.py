@@ -21,6 +21,9 @@ from resonera.server.api.routes import (
     audit,
     auth,
     devices,
+    dose_ledger,
+    enrollment,
+    exports,
     health,
     patients,
     sessions,
@@ -31,6 +34,7 @@ from resonera.server.desired import DesiredPublisher, DesiredService, MemoryPubl
 from resonera.server.metrics import registry_for
 from resonera.server.schemas import ErrorResponse
 from resonera.server.settings import ServerSettings
+from resonera.server.web import routes as web_routes
 
 API_PREFIX = "/api/v1"
 DESCRIPTION = """The Resonera clinical server.
@@ -80,8 +84,20 @@ def create_app(
     app = FastAPI(title="Resonera server", version=_version(), description=DESCRIPTION)
     app.state.resonera = state
     app.include_router(health.router)
-    for module in (auth, users, devices, patients, assignments, sessions, audit):
+    for module in (
+        auth,
+        users,
+        devices,
+        patients,
+        assignments,
+        sessions,
+        audit,
+        dose_ledger,
+        enrollment,
+        exports,
+    ):
         app.include_router(module.router, prefix=API_PREFIX)
+    app.include_router(web_routes.router)
     install_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
 
