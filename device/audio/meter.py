@@ -4,7 +4,7 @@ MEL is the A-weighted level over 1-second windows (IEC 62368-1, ``shared/docs/sa
 the louder ear. With a ``Calibration`` the levels are dB(A) SPL at the ear; without one they are
 dB(A) relative to full scale (dBFS(A), the ``levels.py`` convention: rms of one channel). The
 A-weighting filter is ``resonera.device.safety.aweighting.AWeightingFilter`` (IEC 61672-1 poles,
-bilinear transform plus a fitted high-frequency section; checked against the formula in
+bilinear transform plus a matched high-frequency section; checked against the formula in
 ``tests/device/test_aweighting.py``): one filter design for the safety chain and the display.
 Its state carries across blocks, so the levels do not depend on the block size.
 """
@@ -25,6 +25,12 @@ __all__ = ["AWeightingFilter", "MelMeter"]
 
 def _db(mean_square: float) -> float:
     return SILENCE_DBFS if mean_square <= 0.0 else max(SILENCE_DBFS, 10.0 * math.log10(mean_square))
+
+
+def _energies(channels: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Sum of squares of each row, without a squared copy."""
+    sums: NDArray[np.float64] = np.einsum("ij,ij->i", channels, channels)
+    return sums
 
 
 class MelMeter:
@@ -68,14 +74,16 @@ class MelMeter:
     def update(self, block: NDArray[np.float32]) -> list[float]:
         if len(block) == 0:
             return []
-        weighted = np.asarray(self._filter.process(block), np.float64)
-        energy = weighted * weighted
-        self.block_level = self.offset_db + _db(float(np.max(energy.mean(axis=0))))
+        weighted = self._filter.filter_channels(block)  # (channels, frames)
+        frames = weighted.shape[1]
+        whole = _energies(weighted)
+        self.block_level = self.offset_db + _db(float(whole.max()) / frames)
         completed: list[float] = []
         start = 0
-        while start < len(energy):
-            take = min(self.sample_rate - self._frames, len(energy) - start)
-            self._sum += energy[start : start + take].sum(axis=0)
+        while start < frames:
+            take = min(self.sample_rate - self._frames, frames - start)
+            part = weighted[:, start : start + take]
+            self._sum += whole if take == frames else _energies(part)
             self._frames += take
             start += take
             if self._frames == self.sample_rate:

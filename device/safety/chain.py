@@ -89,7 +89,7 @@ class SafetyChain:
         self.level = LevelCeiling(
             sample_rate,
             limits.mean_square_for(self.level_dba),
-            AWeightingFilter(sample_rate, channels),
+            AWeightingFilter(sample_rate, channels).filter_channels,
             channels=channels,
         )
         self.limiter = LookAheadLimiter(sample_rate, limits.peak_ceiling, channels=channels)

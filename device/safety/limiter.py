@@ -11,6 +11,8 @@ jumps (``GainSmoother``):
 Every ``r[j]`` averaged into ``s[n]`` comes from a window that contains ``n``, so ``s[n] ≤ g[n]``
 exactly, and the gain changes by at most ``1/L`` per sample. Step 2 is evaluated in closed form (a
 running minimum), so everything is vectorised and the output does not depend on the block size.
+Steps 1 and 3 carry their state across blocks (``ForwardMin``, ``WindowSums``), so a block costs a
+few passes over its own samples however long ``L`` is, and nothing here needs scipy.
 
 - ``LookAheadLimiter``: ``g = ceiling / |peak|``: no output sample above the ceiling.
 - ``LevelCeiling``: ``g = sqrt(P_max / P)`` where ``P`` is the weighted mean-square over the trailing
@@ -26,7 +28,6 @@ from typing import Final
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy.ndimage import minimum_filter1d
 
 DEFAULT_LOOKAHEAD_S: Final = 0.010
 DEFAULT_RELEASE_S: Final = 0.150
@@ -35,86 +36,228 @@ DEFAULT_LEVEL_WINDOW_S: Final = 0.050
 Block = NDArray[np.float32]
 Samples = NDArray[np.float64]
 
+#: Quieter than this fraction of the limit counts as silence (a required gain far above 1, so 1).
+_FLOOR: Final = 1e-30
+
 
 def _odd_window(seconds: float, sample_rate: int) -> int:
     length = max(3, round(seconds * sample_rate))
-    return length if length % 2 else length + 1  # odd: a centred filter maps exactly
+    return length if length % 2 else length + 1  # odd, as ever: keeps every latency as it was
+
+
+class _Scratch:
+    """A float64 work array reused across blocks (grown when a longer block comes)."""
+
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        self._array = np.empty(shape, dtype=np.float64)
+
+    def get(self, length: int) -> Samples:
+        """At least ``length`` long along the last axis; growing keeps the contents."""
+        if self._array.shape[-1] < length:
+            grown = np.empty((*self._array.shape[:-1], length), dtype=np.float64)
+            grown[..., : self._array.shape[-1]] = self._array
+            self._array = grown
+        return self._array
+
+
+class WindowSums:
+    """Sums of a non-negative stream over the trailing ``window`` samples, per row (last axis is time).
+
+    Keeps running cumulative sums: each block costs one cumulative sum of the block alone, not of
+    the window again. Cumulative sums of non-negative terms never decrease in floating point, so the
+    window sums are never negative. When the buffer fills, the live part moves to its front rebased
+    (the newest made 0), which keeps the sums' magnitude, and so their rounding, to a few windows'
+    worth.
+    """
+
+    def __init__(self, window: int, rows: tuple[int, ...] = ()) -> None:
+        self.window = window
+        self._buffer = np.zeros((*rows, 4 * window + 4096), dtype=np.float64)
+        self._start = 0  # the cumulative sums at the last ``window`` positions start here
+
+    def reset(self, cumulative: Samples) -> None:
+        """Set the cumulative sums of the last ``window`` positions (the newest last)."""
+        self._buffer[..., self._start : self._start + self.window] = cumulative
+
+    def process(self, values: Samples) -> Samples:
+        frames, window = values.shape[-1], self.window
+        if self._start + window + frames > self._buffer.shape[-1]:
+            live = self._buffer[..., self._start : self._start + window]
+            newest = live[..., -1:]
+            if self._buffer.shape[-1] < 2 * (window + frames):
+                moved = np.empty((*live.shape[:-1], 4 * (window + frames)), dtype=np.float64)
+            else:  # the live part lies beyond ``window``: moving it to the front cannot overlap
+                moved = self._buffer
+            np.subtract(live, newest, out=moved[..., :window])
+            self._buffer, self._start = moved, 0
+        at = self._start + window
+        new = self._buffer[..., at : at + frames]
+        np.cumsum(values, axis=-1, out=new)
+        new += self._buffer[..., at - 1 : at]
+        sums: Samples = new - self._buffer[..., self._start : self._start + frames]
+        self._start += frames
+        return sums
 
 
 class ForwardMin:
-    """``out[k] = min(g[k .. k+L-1])`` over a stream; output lags input by ``L - 1`` samples."""
+    """``out[k] = min(g[k .. k+L-1])`` over a stream; output lags input by ``L - 1`` samples.
+
+    van Herk / Gil-Werman: the stream (after ``L - 1`` priming ones) is cut into chunks of ``L``
+    samples. The window starting at ``k`` reaches from ``k`` to the end of its chunk and on into the
+    next one up to ``k+L-1``, so its minimum is ``min(suffix[k], prefix[k+L-1])``, the running minima
+    from the chunk's end and from its start. Each sample's prefix and suffix minimum is computed
+    once, so a block costs the same whatever ``L``, and nothing is recomputed for the look-ahead.
+    """
 
     def __init__(self, window: int) -> None:
         self.window = window
-        self._tail = np.ones(window - 1, dtype=np.float64)
-        self._unity = True
+        keep = window - 1
+        # The last ``L - 1`` samples (no output window starts at them yet), then the new block:
+        # raw values while their chunk is incomplete, its suffix minima once it is complete.
+        self._pending = _Scratch((keep + 1024,))
+        self._pending.get(keep)[:keep] = 1.0
+        self._received = keep  # stream position of the next input sample
+        self._prefix = 1.0  # minimum of the current chunk so far (inf when it is empty)
 
     def at_unity(self) -> bool:
         """All of the look-ahead holds 1: the next outputs are ones while inputs are."""
-        return self._unity
+        # The pending samples are the end of one complete chunk (the first one's suffix minimum is
+        # the least of them) followed by the current chunk (its prefix minimum).
+        keep = self.window - 1
+        complete = self._received % self.window < keep
+        return self._prefix >= 1.0 and (not complete or float(self._pending.get(keep)[0]) >= 1.0)
 
     def process(self, g: Samples) -> Samples:
         frames = g.shape[0]
-        joined = np.concatenate((self._tail, g))
-        half = self.window // 2
-        out: Samples = minimum_filter1d(joined, self.window, mode="nearest")[half : half + frames]
-        self._tail = joined[frames:]
-        self._unity = bool(self._tail.min() >= 1.0)
+        window, keep = self.window, self.window - 1
+        pending = self._pending.get(keep + frames)
+        pending[keep : keep + frames] = g
+        out = np.empty(frames, dtype=np.float64)
+        # prefix minima of the new samples, restarting at each chunk boundary
+        start, position = 0, self._received
+        while start < frames:
+            stop = min(frames, start + window - position % window)
+            piece = out[start:stop]
+            np.minimum.accumulate(g[start:stop], out=piece)
+            if position % window:
+                np.minimum(piece, self._prefix, out=piece)
+            position += stop - start
+            self._prefix = float(piece[-1]) if position % window else np.inf
+            start = stop
+        # suffix minima of the chunks this block completed, from the first pending sample on
+        first = self._received - keep  # stream position of pending[0]
+        end = self._received + frames
+        chunk_end = (self._received // window + 1) * window
+        while chunk_end <= end:
+            chunk = pending[max(chunk_end - window, first) - first : chunk_end - first][::-1]
+            np.minimum.accumulate(chunk, out=chunk)
+            chunk_end += window
+        # the window starting at pending[j]: suffix minimum there, prefix minimum at its last sample
+        np.minimum(out, pending[:frames], out=out)
+        pending[:keep] = pending[frames : frames + keep]
+        self._received = end
         return out
 
 
 class GainSmoother:
-    """Required gain in, applied gain out (``≤`` required, ramped); lags by ``latency`` samples."""
+    """Required gain in, applied gain out (``≤`` required, ramped); lags by ``latency`` samples.
 
-    def __init__(self, window: int, release_step: float) -> None:
+    ``lookahead`` (default ``window``) is the forward-minimum window of step 1; a caller whose
+    required gain needs its own forward minimum first passes the two windows' sum minus one (two
+    forward minima in a row are one over the joined window) and saves a pass.
+    """
+
+    def __init__(self, window: int, release_step: float, lookahead: int | None = None) -> None:
         self.window = window
-        self.latency = window - 1
+        self._forward_min = ForwardMin(lookahead or window)
+        self.latency = self._forward_min.window - 1
         self.release_step = release_step
-        self._forward_min = ForwardMin(window)
+        self._steps = _Scratch((1024,))
+        self._steps_ready = 0
         self._r_last = 1.0
-        self._r_hist = np.ones(window - 1, dtype=np.float64)
+        self._ones_run = window - 1  # trailing samples of r that are exactly 1
+        # r all ones: the exact cumulative sums the box average returns to at unity, so that the
+        # fast path and the slow path agree to the last bit
+        self._unit_csum = np.arange(-(window - 1), 1.0)
+        self._box = WindowSums(window)
+        self._box.reset(self._unit_csum)
         self._unity = True
 
     def at_unity(self) -> bool:
         """No reduction pending anywhere in the state (the common case for quiet programs)."""
         return self._unity
 
+    def _release_steps(self, frames: int) -> Samples:
+        steps = self._steps.get(frames)
+        if self._steps_ready < frames:
+            np.multiply(np.arange(frames, dtype=np.float64), self.release_step, out=steps[:frames])
+            self._steps_ready = frames
+        return steps[:frames]
+
     def process(self, required: Samples) -> Samples:
         frames = required.shape[0]
         # Fast path: nothing to reduce now or in the look-ahead; the slow path would return ones
         # and leave the state as it is, so both paths give identical output.
-        if self._unity and float(required.min()) >= 1.0:
+        if self._unity and float(np.minimum.reduce(required)) >= 1.0:
             return np.ones(frames, dtype=np.float64)
         m = self._forward_min.process(required)
-        steps = np.arange(frames, dtype=np.float64) * self.release_step
-        floor = np.minimum.accumulate(m - steps)
-        r = np.minimum(np.minimum(self._r_last + self.release_step, floor) + steps, m)
+        steps = self._release_steps(frames)
+        r = np.subtract(m, steps)
+        np.minimum.accumulate(r, out=r)
+        np.minimum(r, self._r_last + self.release_step, out=r)
+        r += steps
+        np.minimum(r, m, out=r)
         # Rounding in the closed form leaves 1 - 1e-16 where the gain is fully released; snapping
         # it to 1 lets the fast path take over again.
-        r[r > 1.0 - 1e-12] = 1.0
+        released = r > 1.0 - 1e-12
+        r[released] = 1.0
         self._r_last = float(r[-1])
-        joined = np.concatenate((self._r_hist, r))
-        csum = np.concatenate(([0.0], np.cumsum(joined)))
-        self._r_hist = joined[frames:]
-        smoothed: Samples = (csum[self.window :] - csum[:frames]) / self.window
+        if self._r_last < 1.0:
+            self._ones_run = 0
+        else:  # the last reduced sample is the first False from the end
+            last_reduced = int(released[::-1].argmin())
+            all_ones = bool(released[frames - 1 - last_reduced])
+            self._ones_run = self._ones_run + frames if all_ones else last_reduced
+        smoothed = self._box.process(r)
+        smoothed /= self.window
         self._unity = (
             self._r_last == 1.0
-            and float(self._r_hist.min()) >= 1.0
+            and self._ones_run >= self.window - 1
             and self._forward_min.at_unity()
         )
+        if self._unity:
+            self._box.reset(self._unit_csum)
         return smoothed
 
 
 class DelayLine:
-    """Delays a multichannel stream by ``frames`` (primed with silence)."""
+    """Delays a multichannel float32 stream by ``frames`` (primed with silence), optionally scaling
+    what comes out by a per-frame gain."""
 
     def __init__(self, frames: int, channels: int) -> None:
-        self._pending = np.zeros((frames, channels), dtype=np.float64)
+        self.frames = frames
+        self._ring = np.zeros((frames, channels), dtype=np.float32)
+        self._at = 0  # the oldest frame, where the next one is written
 
-    def process(self, block: Samples) -> Samples:
-        joined = np.concatenate((self._pending, block))
-        out = joined[: block.shape[0]]
-        self._pending = joined[block.shape[0] :]
+    def process(self, block: Block, gain: Samples | None = None) -> Block:
+        frames, length = block.shape[0], self.frames
+        out = np.empty(block.shape, dtype=np.float32)
+        if frames >= length:
+            out[: length - self._at] = self._ring[self._at :]
+            out[length - self._at : length] = self._ring[: self._at]
+            out[length:] = block[: frames - length]
+            self._ring[:] = block[frames - length :]
+            self._at = 0
+        else:
+            first = min(frames, length - self._at)
+            out[:first] = self._ring[self._at : self._at + first]
+            out[first:] = self._ring[: frames - first]
+            self._ring[self._at : self._at + first] = block[:first]
+            self._ring[: frames - first] = block[first:]
+            self._at = (self._at + frames) % length
+        if gain is not None:
+            # float64 product rounded once to float32, as multiplying in float64 and converting
+            np.multiply(out, gain[:, None], out=out, casting="same_kind")
         return out
 
 
@@ -147,28 +290,31 @@ class LookAheadLimiter:
     def process(self, block: Block) -> Block:
         if block.shape[0] == 0:
             return block
-        x = block.astype(np.float64, copy=False)
-        block_peak = max(float(x.max()), -float(x.min()))
+        # ufunc reductions: the array methods add a Python layer that costs more than the work
+        block_peak = max(
+            float(np.maximum.reduce(block, axis=None)), -float(np.minimum.reduce(block, axis=None))
+        )
         if block_peak <= self.ceiling and self._smoother.at_unity():
-            return self._delay.process(x).astype(np.float32)  # nothing to limit, now or pending
-        peak = _loudest(np.abs(x))
-        with np.errstate(divide="ignore"):
-            required = np.minimum(1.0, self.ceiling / peak)
+            return self._delay.process(block)  # nothing to limit, now or pending
+        peak = _loudest(block)
+        np.maximum(peak, self.ceiling * _FLOOR, out=peak)  # silence: as in ``LevelCeiling``
+        required = np.divide(self.ceiling, peak, out=peak)
+        np.minimum(required, 1.0, out=required)
         gain = self._smoother.process(required)
-        self.min_gain = min(self.min_gain, float(gain.min()))
-        out = self._delay.process(x)
-        if float(gain.min()) < 1.0:
-            out = out * gain[:, None]
+        lowest = float(np.minimum.reduce(gain))
+        self.min_gain = min(self.min_gain, lowest)
+        out = self._delay.process(block, gain if lowest < 1.0 else None)
         # Rounding can only ever leave a few ULPs over the ceiling; this clip never shapes sound.
         np.clip(out, -self.ceiling, self.ceiling, out=out)
-        return out.astype(np.float32)
+        return out
 
 
-def _loudest(per_channel: Samples) -> Samples:
-    """Row-wise maximum over channels (faster than ``max(axis=1)`` for two or so channels)."""
-    out: Samples = per_channel[:, 0].copy()
-    for c in range(1, per_channel.shape[1]):
-        np.maximum(out, per_channel[:, c], out=out)
+def _loudest(block: NDArray[np.floating]) -> Samples:
+    """Row-wise maximum of ``|block|`` in float64 (faster than ``max(axis=1)`` for two or so
+    channels)."""
+    out: Samples = np.abs(block[:, 0], dtype=np.float64)
+    for c in range(1, block.shape[1]):
+        np.maximum(out, np.abs(block[:, c]), out=out)
     return out
 
 
@@ -176,14 +322,16 @@ class LevelCeiling:
     """Keeps the weighted mean-square of the output at or below ``max_mean_square`` in every window.
 
     ``weighting`` is a stateful filter applied to the input (for the safety chain: A-weighting), so the
-    level that is held is the one the exposure meter measures. Latency: two windows.
+    level that is held is the one the exposure meter measures; it returns the weighted block channel by
+    channel, ``(channels, frames)`` float64, as a new array (it is squared in place). Latency: two
+    windows.
     """
 
     def __init__(
         self,
         sample_rate: int,
         max_mean_square: float,
-        weighting: Callable[[Block], Block],
+        weighting: Callable[[Block], Samples],
         *,
         window_s: float = DEFAULT_LEVEL_WINDOW_S,
         release_s: float = 1.0,
@@ -192,10 +340,15 @@ class LevelCeiling:
         self.set_max_mean_square(max_mean_square)
         self.weighting = weighting
         self.window = _odd_window(window_s, sample_rate)
-        self._energy_tail = np.zeros((self.window - 1, channels), dtype=np.float64)
-        self._window_min = ForwardMin(self.window)
-        self._smoother = GainSmoother(self.window, 1.0 / max(1.0, release_s * sample_rate))
-        self.latency_frames = (self.window - 1) + self._smoother.latency
+        self._energy = WindowSums(self.window, (channels,))  # primed with silence
+        # A sample's gain limit is the minimum of ``required`` over the windows that hold it (one
+        # forward minimum), which the smoother takes a forward minimum of again: one pass over both.
+        self._smoother = GainSmoother(
+            self.window,
+            1.0 / max(1.0, release_s * sample_rate),
+            lookahead=2 * self.window - 1,
+        )
+        self.latency_frames = self._smoother.latency
         self._delay = DelayLine(self.latency_frames, channels)
         self.min_gain = 1.0
 
@@ -208,27 +361,22 @@ class LevelCeiling:
         frames = block.shape[0]
         if frames == 0:
             return block
-        x = block.astype(np.float64, copy=False)
-        weighted = np.asarray(self.weighting(block), dtype=np.float64)
-        energy = np.concatenate((self._energy_tail, weighted * weighted))
-        self._energy_tail = energy[frames:]
-        # Every window lies inside tail + block, so if even their whole energy fits in one window's
-        # allowance, no window can exceed it: skip the per-sample work.
-        if (
-            float(energy.sum(axis=0).max()) <= self.max_mean_square * self.window
-            and self._window_min.at_unity()
-            and self._smoother.at_unity()
-        ):
-            return self._delay.process(x).astype(np.float32)
-        csum = np.concatenate((np.zeros((1, energy.shape[1])), np.cumsum(energy, axis=0)))
-        mean_square = (csum[self.window :] - csum[:frames]) / self.window
-        loudest = _loudest(mean_square)
-        with np.errstate(divide="ignore"):
-            required = np.minimum(1.0, np.sqrt(self.max_mean_square / loudest))
-        # Each trailing window ending at n covers [n-W+1, n]: every one of those samples must carry
-        # a gain ≤ required[n], i.e. a sample's limit is the minimum over the windows that hold it.
-        per_sample = self._window_min.process(required)
-        gain = self._smoother.process(per_sample)
-        self.min_gain = min(self.min_gain, float(gain.min()))
-        out: Block = (self._delay.process(x) * gain[:, None]).astype(np.float32)
-        return out
+        weighted = self.weighting(block)
+        energy = self._energy.process(np.square(weighted, out=weighted))
+        loudest = energy[0]
+        for row in energy[1:]:
+            np.maximum(loudest, row, out=loudest)
+        loudest /= self.window  # the mean square of the loudest channel's trailing window
+        # No window over the maximum and none pending: the gain would be exactly 1 throughout.
+        if float(np.maximum.reduce(loudest)) <= self.max_mean_square and self._smoother.at_unity():
+            return self._delay.process(block)
+        required = loudest  # min(1, sqrt(max / mean square)), in place
+        # Silence would divide by zero; any floor far below the maximum gives the same 1 (and
+        # costs less than switching the warning off).
+        np.maximum(loudest, self.max_mean_square * _FLOOR, out=loudest)
+        np.divide(self.max_mean_square, loudest, out=required)
+        np.sqrt(required, out=required)
+        np.minimum(required, 1.0, out=required)
+        gain = self._smoother.process(required)
+        self.min_gain = min(self.min_gain, float(np.minimum.reduce(gain)))
+        return self._delay.process(block, gain)

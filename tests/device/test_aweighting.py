@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+
 import numpy as np
 import pytest
+from scipy import signal
 
+import resonera.device.safety.aweighting as aw
 from resonera.device.audio.meter import MelMeter
 from resonera.device.safety.aweighting import AWeightingFilter, a_weighting_db
 
@@ -93,13 +98,64 @@ def test_pink_noise_meters_within_0_5_db_of_its_level_by_the_formula(rate: int) 
     assert laeq == pytest.approx(expected, abs=0.5)
 
 
-def test_the_compiled_and_public_filter_paths_agree(monkeypatch: pytest.MonkeyPatch) -> None:
-    import resonera.device.safety.aweighting as aw
-
+def test_the_compiled_and_public_filter_paths_agree() -> None:
     x = np.random.default_rng(3).standard_normal((5000, 2)).astype(np.float32)
     fast = AWeightingFilter(44_100)
     fast_out = np.concatenate([fast.process(x[:1234]), fast.process(x[1234:])])
-    monkeypatch.setattr(aw, "_compiled_sosfilt", None)
     slow = AWeightingFilter(44_100)
+    slow._sosfilt = aw._public_sosfilt
     slow_out = np.concatenate([slow.process(x[:1234]), slow.process(x[1234:])])
     np.testing.assert_allclose(fast_out, slow_out, atol=1e-6)
+
+
+# The design is numpy alone; scipy.signal (a development dependency) checks it.
+
+
+@pytest.mark.parametrize("rate", [32_000, 44_100, 48_000, 96_000])
+def test_low_sections_are_scipys_bilinear_transform_of_the_iec_poles(rate: int) -> None:
+    poles = -2 * np.pi * np.array([aw.F_LOW[0], aw.F_LOW[0], aw.F_LOW[1], aw.F_LOW[2]])
+    zeros, expected_poles, _ = signal.bilinear_zpk(np.zeros(4), poles, 1.0, rate)
+    sos = aw.design_a_weighting(rate)
+    low_zeros = np.concatenate([np.roots(section[:3]) for section in sos[:2]])
+    low_poles = np.concatenate([np.roots(section[3:]) for section in sos[:2]])
+    np.testing.assert_allclose(np.sort(low_zeros.real), np.sort(zeros.real), atol=1e-6)
+    np.testing.assert_allclose(np.sort(low_poles.real), np.sort(expected_poles.real), rtol=1e-7)
+
+
+@pytest.mark.parametrize("rate", [32_000, 44_100, 48_000, 96_000])
+def test_high_section_matches_the_analogue_pole_pair_at_0_hz_and_at_the_pole(rate: int) -> None:
+    section = aw.design_a_weighting(rate)[2]
+    f = np.array([1e-3, aw.F_HIGH])
+    _, h = signal.freqz(section[:3], section[3:], worN=f, fs=rate)
+    analogue = 1.0 / (1.0 + (f / aw.F_HIGH) ** 2)
+    np.testing.assert_allclose(np.abs(h), analogue, rtol=1e-9)
+    np.testing.assert_allclose(np.abs(np.roots(section[3:])), np.exp(-2 * np.pi * aw.F_HIGH / rate))
+
+
+@pytest.mark.parametrize("rate", [44_100, 48_000])
+def test_response_and_streaming_output_agree_with_scipy_signal(rate: int) -> None:
+    sos = aw.design_a_weighting(rate)
+    f = np.geomspace(10.0, 0.49 * rate, 200)
+    _, expected = signal.sosfreqz(sos, worN=f, fs=rate)
+    np.testing.assert_allclose(aw.sos_response(sos, f, rate), expected, rtol=1e-7)
+    x = np.random.default_rng(4).standard_normal((9000, 2)).astype(np.float32)
+    reference = signal.sosfilt(sos, x.astype(np.float64), axis=0)
+    stream = AWeightingFilter(rate)
+    out = np.concatenate([stream.process(x[i : i + 1000]) for i in range(0, len(x), 1000)])
+    np.testing.assert_allclose(out, reference, atol=1e-5)
+
+
+def test_a_rate_below_32_khz_is_refused_with_the_rate_named() -> None:
+    with pytest.raises(ValueError, match="at least 32 kHz, got 22050"):
+        AWeightingFilter(22_050)
+
+
+def test_without_scipy_the_filter_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(importlib.util, "find_spec", lambda _name: None)
+    monkeypatch.delitem(sys.modules, "scipy.signal._sosfilt", raising=False)
+    aw._compiled_sosfilt.cache_clear()
+    try:
+        with pytest.raises(aw.FilterUnavailableError, match="install scipy"):
+            AWeightingFilter(48_000)
+    finally:
+        aw._compiled_sosfilt.cache_clear()

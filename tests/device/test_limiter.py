@@ -4,7 +4,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from resonera.device.safety.limiter import LevelCeiling, LookAheadLimiter
+from resonera.device.safety.limiter import ForwardMin, LevelCeiling, LookAheadLimiter, WindowSums
 
 RATE = 48_000
 
@@ -89,7 +89,9 @@ def test_lowering_the_ceiling_ramps_instead_of_jumping() -> None:
 
 
 def identity(block: np.ndarray) -> np.ndarray:
-    return block
+    """No weighting, in the channel-major layout ``LevelCeiling`` takes."""
+    channels: np.ndarray = block.T.astype(np.float64)
+    return channels
 
 
 def window_mean_squares(out: np.ndarray, window: int) -> np.ndarray:
@@ -125,3 +127,63 @@ def test_level_ceiling_leaves_quiet_sound_alone() -> None:
     out = run(ceiling, quiet, [1024])
     lat = ceiling.latency_frames
     np.testing.assert_allclose(out[lat:], quiet[:-lat], atol=1e-6)
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    max_db=st.floats(-30.0, -6.0),
+    sizes=st.lists(st.integers(64, 8192), min_size=1, max_size=4),
+)
+def test_level_ceiling_output_does_not_depend_on_the_block_size(
+    seed: int, max_db: float, sizes: list[int]
+) -> None:
+    signal = loud_signal(seed, 0.6)
+    reference = run(LevelCeiling(RATE, 10 ** (max_db / 10), identity), signal, [1024])
+    other = run(LevelCeiling(RATE, 10 ** (max_db / 10), identity), signal, sizes)
+    np.testing.assert_allclose(other, reference, atol=1e-6)
+
+
+def stream(sizes: list[int], total: int) -> list[slice]:
+    """Consecutive slices of ``total`` samples, cycling through ``sizes``."""
+    out, at, i = [], 0, 0
+    while at < total:
+        out.append(slice(at, at + sizes[i % len(sizes)]))
+        at += sizes[i % len(sizes)]
+        i += 1
+    return out
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    window=st.integers(3, 700),
+    sizes=st.lists(st.integers(1, 1500), min_size=1, max_size=4),
+)
+def test_forward_minimum_is_the_minimum_of_each_window_whatever_the_blocks(
+    seed: int, window: int, sizes: list[int]
+) -> None:
+    g = np.random.default_rng(seed).uniform(0.0, 1.2, 3000)
+    forward = ForwardMin(window)
+    out = np.concatenate([forward.process(g[s]) for s in stream(sizes, len(g))])
+    primed = np.concatenate([np.ones(window - 1), g])
+    expected = np.array([primed[k : k + window].min() for k in range(len(g))])
+    np.testing.assert_array_equal(out, expected)
+    assert forward.at_unity() == bool(g[len(g) - window + 1 :].min() >= 1.0)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    window=st.integers(1, 3000),
+    sizes=st.lists(st.integers(1, 9000), min_size=1, max_size=4),
+)
+def test_window_sums_are_the_sums_of_each_trailing_window(
+    seed: int, window: int, sizes: list[int]
+) -> None:
+    x = np.random.default_rng(seed).uniform(0.0, 2.0, (2, 20_000))
+    sums = WindowSums(window, (2,))
+    out = np.concatenate([sums.process(x[:, s]) for s in stream(sizes, x.shape[1])], axis=1)
+    csum = np.concatenate((np.zeros((2, window)), np.cumsum(x, axis=1)), axis=1)
+    np.testing.assert_allclose(out, csum[:, window:] - csum[:, :-window], rtol=1e-9, atol=1e-9)
+    assert out.min() >= 0.0

@@ -4,6 +4,9 @@ levels are known exactly (the A-weighting filter has its own accuracy tests)."""
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -161,3 +164,33 @@ def test_with_real_a_weighting_no_second_exceeds_the_maximum_and_no_sample_the_c
     out = run(chain, signal, clock, block=block)
     assert np.max(np.abs(out)) <= LIMITS.peak_ceiling * (1 + 1e-6)
     assert max(chain.mels) <= max_level
+
+
+PLAY_THROUGH_THE_CHAIN = textwrap.dedent(
+    """
+    import sys
+    import numpy as np
+    import resonera.device.audio.player
+    from resonera.common.profile import HearingProfile
+    from resonera.device.safety.chain import ChainLimits, SafetyChain
+
+    chain = SafetyChain(
+        sample_rate=48_000,
+        limits=ChainLimits(spl_at_unit_rms=100.0, peak_ceiling=0.9),
+        profile=HearingProfile(),
+        ledger=None,
+        wall_clock=lambda: 1_800_000_000.0,
+    )
+    for _ in range(60):  # loud enough for the level ceiling and the limiter to work
+        chain(np.full((1024, 2), 0.95, np.float32))
+    print(len(chain.mels), [m for m in ("scipy.signal", "scipy.ndimage") if m in sys.modules])
+    """
+)
+
+
+def test_playing_through_the_chain_loads_neither_scipy_signal_nor_ndimage() -> None:
+    """Each costs a playing device some 75-85 MB of memory."""
+    done = subprocess.run(
+        [sys.executable, "-c", PLAY_THROUGH_THE_CHAIN], capture_output=True, text=True, check=True
+    )
+    assert done.stdout.strip() == "1 []"  # one second metered, neither module loaded
