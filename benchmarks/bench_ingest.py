@@ -2,7 +2,8 @@
 
 The baseline, measured in the same run, is ``sqlite3.executemany`` of the same number of rows into an
 equivalent table with no validation: the ratio is the price of envelope checks, body validation and
-insert-or-ignore.
+insert-or-ignore. Measured into an empty store, again (all duplicates), and into a store already
+holding ``FILLED`` sessions: a batch's cost must not grow with the history.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from resonera.server.models import DeviceRow
 
 MESSAGES = 5_000
 BATCH = 200
+FILLED = 300_000
 
 
 def messages() -> list[Received]:
@@ -37,7 +39,21 @@ def messages() -> list[Received]:
     return out
 
 
-def time_ingest(batch: list[Received], folder: Path) -> float:
+def _fill(path: Path, count: int) -> None:
+    """``count`` more sessions, copies of a stored one under other message ids."""
+    conn = sqlite3.connect(path)
+    columns = [r[1] for r in conn.execute("PRAGMA table_info(session_record)") if r[1] != "id"]
+    values = ["'fill-' || i" if c == "message_id" else f"s.{c}" for c in columns]
+    conn.execute(
+        f"INSERT INTO session_record ({', '.join(columns)}) "
+        f"WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {count}) "
+        f"SELECT {', '.join(values)} FROM n, (SELECT * FROM session_record LIMIT 1) AS s"
+    )
+    conn.commit()
+    conn.close()
+
+
+def time_ingest(batch: list[Received], folder: Path, *, filled: int = 0) -> float:
     engine = make_engine(f"sqlite:///{folder / 'ingest.db'}")
     init_db(engine)
     with Session(engine) as session:  # ingest stores registered devices only
@@ -46,6 +62,9 @@ def time_ingest(batch: list[Received], folder: Path) -> float:
                 session.add(DeviceRow(id=name, created_at=datetime.now(UTC)))
         session.commit()
     processor = IngestProcessor(engine)
+    if filled:
+        processor.process(batch[:1])
+        _fill(folder / "ingest.db", filled)
     start = time.perf_counter()
     for i in range(0, len(batch), BATCH):
         processor.process(batch[i : i + BATCH])
@@ -73,10 +92,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         ingest_s = time_ingest(batch, Path(tmp))
         again_s = time_ingest(batch, Path(tmp))  # same messages again: all duplicates
+        (Path(tmp) / "ingest.db").unlink()
+        filled_s = time_ingest(batch, Path(tmp), filled=FILLED)
         raw_s = time_raw(batch, Path(tmp))
     print(f"ingest: {MESSAGES} session envelopes in batches of {BATCH}, SQLite")
     print(f"  validated + stored   {MESSAGES / ingest_s:9.0f} msg/s")
     print(f"  all duplicates       {MESSAGES / again_s:9.0f} msg/s")
+    print(f"  into {FILLED:,} stored {MESSAGES / filled_s:9.0f} msg/s")
     print(f"  raw executemany      {MESSAGES / raw_s:9.0f} msg/s (baseline)")
     print(f"  ingest / raw cost ratio: {ingest_s / raw_s:.1f}")
 

@@ -9,6 +9,9 @@ one, so the two do not share one interpreter lock.
   one transaction per batch, application ack per device) → the acks back at the publisher; the
   clock stops when every message has been acknowledged, i.e. is committed.
 
+Beside each rate, the CPU time the receiving process spent per message (all its threads): on a
+shared machine the rates follow the load of other processes, the CPU cost per message much less.
+
 ``RESONERA_BENCH_INGEST_N`` sets the number of messages (default 20,000). PostgreSQL is measured
 when it is installed (the same throwaway server the tests use).
 """
@@ -22,6 +25,7 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -92,7 +96,29 @@ def _wait(done: Callable[[], bool], what: str) -> None:
         time.sleep(0.005)
 
 
-def raw_rate(port: int, messages: list[tuple[str, bytes]]) -> float:
+@dataclass(frozen=True)
+class Rate:
+    per_s: float
+    #: CPU time of this (the receiving) process per message, in microseconds.
+    cpu_us: float
+
+    def show(self, raw: Rate | None = None) -> str:
+        text = f"{self.per_s:9.0f} msg/s  CPU {self.cpu_us:4.0f} µs/msg"
+        if raw is not None:
+            text += (
+                f"  ({self.per_s / raw.per_s:.0%} of raw rate, {self.cpu_us / raw.cpu_us:.1f}x CPU)"
+            )
+        return text
+
+
+def _measured(count: int, run: Callable[[], None]) -> Rate:
+    cpu, start = time.process_time(), time.perf_counter()
+    run()
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
+    return Rate(count / elapsed, cpu / count * 1e6)
+
+
+def raw_rate(port: int, messages: list[tuple[str, bytes]]) -> Rate:
     received = [0]
     subscribed = threading.Event()
     subscriber = _client(port, "bench-raw-sub")
@@ -104,17 +130,19 @@ def raw_rate(port: int, messages: list[tuple[str, bytes]]) -> float:
     subscriber.on_subscribe = lambda *_args: subscribed.set()
     subscriber.subscribe("bench-raw/#", qos=1)
     subscribed.wait(10)
-    start = time.perf_counter()
-    publisher = _publisher(port, messages, "bench-raw/")
-    _wait(lambda: received[0] >= len(messages), "raw delivery")
-    elapsed = time.perf_counter() - start
-    publisher.join()
+
+    def run() -> None:
+        publisher = _publisher(port, messages, "bench-raw/")
+        _wait(lambda: received[0] >= len(messages), "raw delivery")
+        publisher.join()
+
+    rate = _measured(len(messages), run)
     subscriber.disconnect()
     subscriber.loop_stop()
-    return len(messages) / elapsed
+    return rate
 
 
-def ingest_rate(port: int, engine: Engine, messages: list[tuple[str, bytes]]) -> float:
+def ingest_rate(port: int, engine: Engine, messages: list[tuple[str, bytes]]) -> Rate:
     with Session(engine) as session:
         for i in range(DEVICES):
             session.add(DeviceRow(id=f"bench-{i}", created_at=datetime.now(UTC)))
@@ -136,18 +164,20 @@ def ingest_rate(port: int, engine: Engine, messages: list[tuple[str, bytes]]) ->
     device_side.on_subscribe = lambda *_args: subscribed.set()
     device_side.subscribe(f"{topics.PREFIX}/+/ack", qos=1)
     subscribed.wait(10)
-    start = time.perf_counter()
-    publisher = _publisher(port, messages)
-    _wait(lambda: len(acked) >= len(messages), "ingest with acks")
-    elapsed = time.perf_counter() - start
-    publisher.join()
+
+    def run() -> None:
+        publisher = _publisher(port, messages)
+        _wait(lambda: len(acked) >= len(messages), "ingest with acks")
+        publisher.join()
+
+    rate = _measured(len(messages), run)
     stored = consumer.counters["stored"]
     consumer.stop()
     device_side.disconnect()
     device_side.loop_stop()
     if stored != len(messages):
         raise RuntimeError(f"stored {stored} of {len(messages)} messages")
-    return len(messages) / elapsed
+    return rate
 
 
 def main() -> None:
@@ -158,12 +188,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
         broker = stack.enter_context(run_mosquitto(Path(tmp) / "broker"))
         raw = raw_rate(broker.port, messages)
-        print(f"  raw paho → mosquitto → paho   {raw:9.0f} msg/s (baseline, same run)")
+        print(f"  raw paho → mosquitto → paho   {raw.show()} (baseline, same run)")
         sqlite = make_engine(f"sqlite:///{Path(tmp) / 'bench.db'}")
         migrate(sqlite)
         rate = ingest_rate(broker.port, sqlite, messages)
         sqlite.dispose()
-        print(f"  ingest → SQLite, acked        {rate:9.0f} msg/s  ({rate / raw:.0%} of raw)")
+        print(f"  ingest → SQLite, acked        {rate.show(raw)}")
         try:
             postgres = stack.enter_context(run_postgres())
         except BaseException as exc:  # pytest's skip/fail outcomes when PostgreSQL is missing
@@ -174,7 +204,7 @@ def main() -> None:
         migrate(pg)
         rate = ingest_rate(broker.port, pg, messages)
         pg.dispose()
-        print(f"  ingest → PostgreSQL, acked    {rate:9.0f} msg/s  ({rate / raw:.0%} of raw)")
+        print(f"  ingest → PostgreSQL, acked    {rate.show(raw)}")
 
 
 if __name__ == "__main__":

@@ -18,6 +18,11 @@ from resonera.common.errors import ConfigError
 from resonera.common.program import BEAT_HZ, CARRIER_HZ, MAX_SESSION_S, TONE_HZ
 
 OutputKind = Literal["headphones", "speaker"]
+CheckInPhase = Literal["before", "after"]
+#: A clinician asks at most this many check-in questions: each costs the person a button press or
+#: a spoken answer at every session.
+MAX_CHECKIN_QUESTIONS = 5
+CHECKIN_ID_PATTERN = r"^[a-z][a-z0-9_-]{0,31}$"
 
 
 class FrequencyRange(BaseModel):
@@ -39,6 +44,25 @@ class FrequencyRange(BaseModel):
         return self.low <= value <= self.high
 
 
+class CheckInQuestion(BaseModel):
+    """A 0–10 question asked before and/or after each session (e.g. relaxation, tinnitus
+    loudness). ``better`` says which end is an improvement, so analytics can sign the change."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    #: Stable across profile versions: answers are grouped by it.
+    id: str = Field(pattern=CHECKIN_ID_PATTERN)
+    text: str = Field(min_length=1, max_length=200)
+    #: What 0 and 10 mean, spoken and shown with the question.
+    low_label: str = Field(min_length=1, max_length=60)
+    high_label: str = Field(min_length=1, max_length=60)
+    when: Literal["before", "after", "both"] = "both"
+    better: Literal["higher", "lower"] = "higher"
+
+    def asked(self, phase: CheckInPhase) -> bool:
+        return self.when in (phase, "both")
+
+
 class HearingProfile(BaseModel):
     """What the device enforces for one person on one output."""
 
@@ -57,6 +81,8 @@ class HearingProfile(BaseModel):
     tone_hz: FrequencyRange = FrequencyRange(low=TONE_HZ[0], high=TONE_HZ[1])
     #: Binaural beats need headphones: on a speaker, refuse them or render them another way.
     binaural_on_speaker: Literal["refuse", "monaural", "isochronic"] = "refuse"
+    #: The check-in the clinician set: asked around every session, answered or skipped.
+    checkins: tuple[CheckInQuestion, ...] = Field(default=(), max_length=MAX_CHECKIN_QUESTIONS)
 
     @model_validator(mode="after")
     def _consistent(self) -> HearingProfile:
@@ -75,7 +101,20 @@ class HearingProfile(BaseModel):
                 raise ValueError(
                     f"{name} may only narrow the safe range {bounds[0]:g}–{bounds[1]:g} Hz"
                 )
+        ids = [question.id for question in self.checkins]
+        repeated = sorted({i for i in ids if ids.count(i) > 1})
+        if repeated:
+            raise ValueError(f"checkins: question id {', '.join(repeated)} is used twice")
         return self
+
+
+def parse_checkins(data: object) -> tuple[CheckInQuestion, ...]:
+    """A profile's ``checkins`` alone (the server keeps the rest of a profile free-form); a
+    ``ValueError`` naming the field, e.g. ``checkins.0.when: ...``."""
+    try:
+        return HearingProfile.model_validate({"checkins": data}).checkins
+    except ValidationError as exc:
+        raise ValueError(describe_validation_error(exc)) from None
 
 
 def parse_profile(data: object, source: str = "profile") -> HearingProfile:

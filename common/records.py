@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from resonera.common.envelope import AwareDatetime, MessageId
+from resonera.common.profile import CHECKIN_ID_PATTERN, CheckInPhase
 
 SessionOutcome = Literal["completed", "stopped", "fault"]
 SinkKind = Literal["pyaudio", "wav", "null"]
@@ -40,6 +41,9 @@ class SessionRecord(BaseModel):
     dose_fraction: float = Field(default=0.0, ge=0.0)
     laeq_dba: float = Field(default=-100.0, ge=-100.0, le=200.0)
     max_mel_dba: float = Field(default=-100.0, ge=-100.0, le=200.0)
+    #: Times the sound device ran dry and played silence meanwhile (PyAudio callback underruns):
+    #: a gap the person heard, not a safety fault.
+    underruns: int = Field(default=0, ge=0)
 
 
 #: What a safety event is about. The monitor writes the link's events (see
@@ -61,6 +65,8 @@ SafetyEventType = Literal[
     "dose_reached",
     "dose_stop",
     "session_refused",
+    "dose_ledger_corrupted",
+    "dose_ledger_reset",
 ]
 
 
@@ -95,6 +101,58 @@ class HardwareLimits(BaseModel):
     max_ear_spl_db: float = Field(ge=0.0)
 
 
+class DoseLedgerReset(BaseModel):
+    """A clinician's reset of a corrupted dose ledger as the device carried it out (or refused it),
+    with what the ledger held before: the evidence of a safety-relevant change."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    #: The id the server gave the request (in the signed desired state).
+    reset_id: MessageId
+    applied: bool
+    reason: str = Field(max_length=500)
+    requested_by: str = Field(default="", max_length=254)
+    #: Minute rows that failed their seal and were removed (0 when refused).
+    removed_rows: int = Field(default=0, ge=0)
+    corrupted_before: bool
+    #: The rolling week before the reset: what the intact rows held, and the fraction of the
+    #: (mode 1) allowance the safety chain acted on (≥ 1 while corrupted).
+    week_pa2s_before: float = Field(ge=0.0)
+    week_fraction_before: float = Field(ge=0.0)
+    week_fraction_after: float = Field(ge=0.0)
+
+
+class LedgerResetReport(BaseModel):
+    """The device's answer to one clinician reset request of the dose ledger."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(min_length=1, max_length=64)
+    status: Literal["applied", "refused"]
+    reason: str | None = Field(default=None, max_length=500)
+
+
+class DesiredReport(BaseModel):
+    """Body of a ``reported`` message: what the device did with a desired-state version.
+
+    Only ``applied`` means the device now runs that version; ``deferred`` waits for the session
+    to end (raised limits), ``refused`` names why (bad signature, rollback, cannot enforce)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    #: None when the refused document was too broken to name its version.
+    desired_version: int | None = Field(default=None, ge=0)
+    status: Literal["applied", "deferred", "refused"]
+    reason: str | None = Field(default=None, max_length=500)
+    dose_ledger_reset: LedgerResetReport | None = None
+
+    @model_validator(mode="after")
+    def _applied_names_its_version(self) -> DesiredReport:
+        if self.status != "refused" and self.desired_version is None:
+            raise ValueError(f"desired_version is required when the status is {self.status}")
+        return self
+
+
 class SafetyEventRecord(BaseModel):
     """One safety event: a consent change, a warning, a fault, a state transition. Synced as an
     ``event`` message; ``simulation`` is True when the device runs without the safety MCU."""
@@ -118,3 +176,33 @@ class SafetyEventRecord(BaseModel):
     from_state: str | None = Field(default=None, max_length=32)
     to_state: str | None = Field(default=None, max_length=32)
     session_id: MessageId | None = None
+    #: For ``dose_ledger_reset``: what was reset, by whose request, and the ledger before.
+    dose_reset: DoseLedgerReset | None = None
+
+
+class CheckInRecord(BaseModel):
+    """One answer to one check-in question (``profile.CheckInQuestion``) before or after a
+    session, or its skipping. Synced as a ``checkin`` message; the server keeps it once per
+    (device, ``id``). ``better`` is copied from the question as asked, so a later profile change
+    cannot turn an improvement into a worsening."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    id: MessageId
+    session_id: MessageId
+    device_id: str = Field(min_length=1, max_length=64)
+    question_id: str = Field(pattern=CHECKIN_ID_PATTERN)
+    phase: CheckInPhase
+    #: The 0–10 answer; None exactly when the person skipped the question.
+    value: int | None = Field(default=None, ge=0, le=10)
+    skipped: bool = False
+    answered_at: AwareDatetime
+    better: Literal["higher", "lower"] = "higher"
+
+    @model_validator(mode="after")
+    def _answered_or_skipped(self) -> CheckInRecord:
+        if self.skipped and self.value is not None:
+            raise ValueError("a skipped check-in has no value")
+        if not self.skipped and self.value is None:
+            raise ValueError("value (0–10) is required unless skipped is true")
+        return self

@@ -131,10 +131,16 @@ def provision_broker(
     server_names: tuple[str, ...] = ("127.0.0.1", "localhost"),
     persistence_dir: Path | None = None,
     log_file: Path | None = None,
+    issuing: FleetCA | None = None,
 ) -> Path:
     """Write everything a TLS mosquitto needs into ``directory``: its key and certificate from the
-    fleet CA, the CA certificate, the current CRL, the ACL and the configuration; return the config."""
+    fleet CA, the CA certificate, the current CRL, the ACL and the configuration; return the config.
+
+    With an ``issuing`` CA (two tiers) the broker trusts its chain and reads its CRL: mosquitto checks
+    the CRL of a client certificate's own issuer only, so every client (devices and the server's
+    identity) must then have a certificate from that issuing CA."""
     directory.mkdir(parents=True, exist_ok=True)
+    clients = issuing or ca
     ca.issue_service(
         "resonera-broker",
         directory / "broker.key",
@@ -151,10 +157,10 @@ def provision_broker(
         persistence_dir=persistence_dir,
         log_file=log_file,
         tls=BrokerTls(
-            ca_file=ca.cert_path,
+            ca_file=clients.chain_path,
             cert_file=directory / "broker.crt",
             key_file=directory / "broker.key",
-            crl_file=ca.crl_path,
+            crl_file=clients.crl_path,
             acl_file=acl,
         ),
     )

@@ -7,6 +7,11 @@ Layout of a CA folder::
     revoked.json    serials revoked so far, with device id, time and reason
     crl.pem         the certificate revocation list the broker enforces (re-signed on every revoke)
     issued/         every certificate issued, by serial (an audit trail of the CA)
+    chain.pem       only in an issuing CA's folder: its certificate, then the root's
+
+Two tiers: the root (``ca init``) stays offline and signs only issuing CAs (``ca issuing``); an
+issuing CA lives on the server, signs device certificates at enrollment and keeps the CRL the broker
+reads. A root used directly (one tier) still works: tests and small fleets.
 
 Device certificates: CN = device id, clientAuth only, signed from a CSR whose key was made on the device.
 """
@@ -34,6 +39,7 @@ from resonera.common.identity import (
 )
 
 CA_DAYS: Final = 3650
+ISSUING_DAYS: Final = 1825
 DEVICE_DAYS: Final = 365
 SERVICE_DAYS: Final = 825
 #: Certificates start this long before "now", so a device whose clock is slightly behind accepts them.
@@ -61,6 +67,19 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 def _pem(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
+
+
+_CA_USAGE: Final = x509.KeyUsage(
+    digital_signature=False,
+    content_commitment=False,
+    key_encipherment=False,
+    data_encipherment=False,
+    key_agreement=False,
+    key_cert_sign=True,
+    crl_sign=True,
+    encipher_only=False,
+    decipher_only=False,
+)
 
 
 class FleetCA:
@@ -96,21 +115,9 @@ class FleetCA:
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - BACKDATE)
             .not_valid_after(now + timedelta(days=CA_DAYS))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=False,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=True,
-                    crl_sign=True,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
+            # path length 1: the root may sign issuing CAs, which sign only end entities
+            .add_extension(x509.BasicConstraints(ca=True, path_length=1), critical=True)
+            .add_extension(_CA_USAGE, critical=True)
             .add_extension(
                 x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False
             )
@@ -122,9 +129,76 @@ class FleetCA:
         ca.write_crl(passphrase)
         return ca
 
+    def issue_intermediate(
+        self,
+        passphrase: bytes,
+        directory: Path,
+        issuing_passphrase: bytes,
+        *,
+        name: str = "Resonera Issuing CA",
+        days: int = ISSUING_DAYS,
+    ) -> FleetCA:
+        """Make an issuing CA in ``directory`` signed by this (root) CA: its own key (encrypted
+        with ``issuing_passphrase``), ``chain.pem``, an empty CRL. Refuse to overwrite one."""
+        if (directory / "ca.crt").exists() or (directory / "ca.key").exists():
+            raise CAError(f"a CA already exists in {directory}; refusing to overwrite it")
+        if len(issuing_passphrase) < MIN_PASSPHRASE:
+            raise CAError(f"the CA passphrase must have at least {MIN_PASSPHRASE} characters")
+        if self.is_intermediate:
+            raise CAError(f"{self.directory} is an issuing CA; issuing CAs are made by the root")
+        root_key = self._key(passphrase)
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "issued").mkdir(exist_ok=True)
+        key = generate_key()
+        now = datetime.now(UTC)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+            .issuer_name(self.cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - BACKDATE)
+            .not_valid_after(min(now + timedelta(days=days), self.cert.not_valid_after_utc))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(_CA_USAGE, critical=True)
+            .add_extension(
+                x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False
+            )
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(self.cert.public_key()),  # type: ignore[arg-type]
+                critical=False,
+            )
+            .sign(root_key, hashes.SHA256())
+        )
+        _write_atomic(self.directory / "issued" / f"{cert.serial_number:x}.crt", _pem(cert))
+        write_private_key(key, directory / "ca.key", issuing_passphrase)
+        _write_atomic(directory / "ca.crt", _pem(cert))
+        _write_atomic(directory / "chain.pem", _pem(cert) + _pem(self.cert))
+        ca = FleetCA(directory)
+        ca.write_crl(issuing_passphrase)
+        return ca
+
+    @property
+    def chain_path(self) -> Path:
+        """The certificates a verifier needs from this CA up to the root (``ca.crt`` for a root)."""
+        chain = self.directory / "chain.pem"
+        return chain if chain.exists() else self.cert_path
+
+    @property
+    def is_intermediate(self) -> bool:
+        return self.cert.issuer != self.cert.subject
+
+    def chain(self) -> list[x509.Certificate]:
+        """This CA's certificate first, the root last."""
+        return x509.load_pem_x509_certificates(self.chain_path.read_bytes())
+
+    @property
+    def root(self) -> x509.Certificate:
+        return self.chain()[-1]
+
     def _key(self, passphrase: bytes) -> ec.EllipticCurvePrivateKey:
         try:
-            return load_private_key(self.key_path, passphrase)
+            return load_private_key(self.key_path, passphrase or None)
         except IdentityError as exc:
             raise CAError(f"cannot unlock the CA key: {exc}") from None
 
@@ -190,6 +264,10 @@ class FleetCA:
         return self._issue(
             passphrase, public_key, csr.subject, days=days, client=True, not_before=not_before
         )
+
+    def sign_bytes(self, passphrase: bytes, data: bytes) -> bytes:
+        """DER ECDSA-SHA256 of ``data`` by the CA key (bundle manifests)."""
+        return self._key(passphrase).sign(data, ec.ECDSA(hashes.SHA256()))
 
     def issue_service(
         self,

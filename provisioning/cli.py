@@ -1,7 +1,12 @@
 """``resonera-provision``: the fleet CA, broker configuration, device certificates and revocation.
 
 The CA passphrase comes from ``--passphrase-file``, the ``RESONERA_CA_PASSPHRASE`` environment variable
-or, on a terminal, a prompt. It has no default.
+or, on a terminal, a prompt. It has no default. A new issuing CA's own passphrase comes from
+``--issuing-passphrase-file`` or ``RESONERA_ISSUING_PASSPHRASE``.
+
+Commands that touch the server's database (``device add``, ``device bundle``, ``device revoke``)
+reach it exactly as ``resonera-server`` does: ``--server-config FILE`` (the server's TOML) and the
+``RESONERA_SERVER_*`` environment variables over it.
 """
 
 from __future__ import annotations
@@ -9,17 +14,30 @@ from __future__ import annotations
 import argparse
 import getpass
 import os
+import re
 import sys
+from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from resonera.common.cli import run_cli
+from resonera.common.errors import ConfigError
 from resonera.common.identity import common_name, fingerprint, load_certificate
 from resonera.provisioning.broker import SERVER_IDENTITY, BrokerConfig, provision_broker
 from resonera.provisioning.ca import CAError, FleetCA
 
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
+
+    from resonera.server.settings import ServerSettings
+
 PASSPHRASE_ENV = "RESONERA_CA_PASSPHRASE"
+ISSUING_PASSPHRASE_ENV = "RESONERA_ISSUING_PASSPHRASE"
+SERVER_DB_ENV = "RESONERA_SERVER_DATABASE_URL"
+_DURATION = re.compile(r"^(\d{1,6})([smhd])$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 
 
 def _passphrase(args: argparse.Namespace, *, confirm: bool = False) -> bytes:
@@ -43,6 +61,34 @@ def _ca_init(args: argparse.Namespace) -> int:
     return 0
 
 
+def _issuing_passphrase(args: argparse.Namespace) -> bytes:
+    if args.issuing_passphrase_file is not None:
+        return Path(args.issuing_passphrase_file).read_bytes().rstrip(b"\r\n")
+    if os.environ.get(ISSUING_PASSPHRASE_ENV):
+        return os.environ[ISSUING_PASSPHRASE_ENV].encode()
+    if not sys.stdin.isatty():
+        raise CAError(
+            "the issuing CA's own passphrase is needed: use --issuing-passphrase-file or "
+            f"{ISSUING_PASSPHRASE_ENV}"
+        )
+    first = getpass.getpass("issuing CA passphrase: ")
+    if getpass.getpass("again: ") != first:
+        raise CAError("the two passphrases differ")
+    return first.encode()
+
+
+def _ca_issuing(args: argparse.Namespace) -> int:
+    root = FleetCA(args.ca)
+    ca = root.issue_intermediate(
+        _passphrase(args), args.out, _issuing_passphrase(args), name=args.name
+    )
+    print(f"created issuing CA {common_name(ca.cert)!r} in {args.out}, signed by the root")
+    print(f"  chain {ca.chain_path} (the broker and devices trust it)")
+    print("  give the server this folder (enrollment.issuing_ca_dir) and its passphrase")
+    print(f"  (enrollment.issuing_passphrase); keep the root in {args.ca} offline")
+    return 0
+
+
 def _ca_show(args: argparse.Namespace) -> int:
     ca = FleetCA(args.ca)
     print(f"{common_name(ca.cert)}  valid until {ca.cert.not_valid_after_utc:%Y-%m-%d}")
@@ -63,6 +109,7 @@ def _broker_config(args: argparse.Namespace) -> int:
             port=args.port,
             bind=args.bind,
             persistence_dir=args.persistence_dir,
+            issuing=FleetCA(args.issuing) if args.issuing is not None else None,
         )
         print(
             f"wrote a mutual-TLS mosquitto configuration to {path} (ACL, key, certificate beside it)"
@@ -104,6 +151,117 @@ def _device_revoke(args: argparse.Namespace) -> int:
     ca.revoke(cert, common_name(cert), args.reason, _passphrase(args))
     print(f"revoked {common_name(cert)!r}; CRL written to {ca.crl_path}")
     print("reload the broker so it takes the new CRL (e.g. systemctl reload mosquitto)")
+    if args.server_config is None and not os.environ.get(SERVER_DB_ENV):
+        print("the server's registry was not changed (give --server-config to mark it revoked)")
+        return 0
+    from resonera.server.enrollment import revoke_certificate
+
+    engine = _server_engine(args)
+    try:
+        found = revoke_certificate(engine, cert)
+    finally:
+        engine.dispose()
+    if found is None:
+        print(f"the server does not know {common_name(cert)!r}; nothing to mark there")
+    else:
+        print(f"marked {found!r} revoked on the server: its messages now go to quarantine")
+    return 0
+
+
+def _server_settings(args: argparse.Namespace) -> ServerSettings:
+    from resonera.common.settings import load_settings
+    from resonera.server.settings import ServerSettings
+
+    if args.server_config is None and not os.environ.get(SERVER_DB_ENV):
+        raise ConfigError(
+            "which server? give --server-config FILE (the resonera-server config) "
+            f"or set {SERVER_DB_ENV}"
+        )
+    return load_settings(ServerSettings, args.server_config)
+
+
+def _server_engine(args: argparse.Namespace) -> Engine:
+    from resonera.server.db import make_engine, require_current_schema
+
+    engine = make_engine(_server_settings(args).database_url)
+    try:
+        require_current_schema(engine)
+    except BaseException:
+        engine.dispose()
+        raise
+    return engine
+
+
+def _duration(text: str) -> timedelta:
+    match = _DURATION.match(text.strip())
+    if match is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 30m, 24h or 7d")
+    return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+
+
+def _device_add(args: argparse.Namespace) -> int:
+    from resonera.server.enrollment import register_code
+
+    engine = _server_engine(args)
+    try:
+        code, expires = register_code(
+            engine, args.serial, ttl=args.expires, device_id=args.device_id
+        )
+    finally:
+        engine.dispose()
+    print(f"registered serial {args.serial!r}; one-time enrollment code (shown only now):")
+    print(f"  {code}")
+    print(f"valid until {expires:%Y-%m-%d %H:%M} UTC; on the device run:")
+    print(f"  resonera-device enroll --server https://SERVER --code {code} --serial {args.serial}")
+    return 0
+
+
+def _device_bundle(args: argparse.Namespace) -> int:
+    from resonera.provisioning.bundle import write_bundle
+
+    settings = None
+    if args.server_config is not None or os.environ.get(SERVER_DB_ENV):
+        settings = _server_settings(args)
+    key = args.server_public_key
+    if key is None and settings is not None:
+        from resonera.server.crypto import load_signer
+        from resonera.server.enrollment import server_public_key
+
+        key = server_public_key(load_signer(settings.desired_signing_key_file, demo=False))
+    if key is None:
+        raise ConfigError(
+            "the server's signing key is needed: --server-public-key or --server-config"
+        )
+    host = args.broker_host or (settings.enrollment.broker_host if settings else None)
+    port = args.broker_port or (settings.enrollment.broker_port if settings else None)
+    if host is None or port is None:
+        raise ConfigError(
+            "the broker address is needed: --broker-host/--broker-port or --server-config"
+        )
+    cert = write_bundle(
+        FleetCA(args.ca),
+        _passphrase(args),
+        args.out,
+        device_id=args.device_id,
+        serial=args.serial,
+        server_public_key=key,
+        broker_host=host,
+        broker_port=port,
+        days=args.days,
+        server_url=args.server_url,
+    )
+    print(f"wrote a signed bundle for {args.device_id!r} (serial {args.serial!r}) to {args.out}")
+    if settings is None:
+        print("the server's registry was not changed (give --server-config to register it)")
+        return 0
+    from resonera.server.enrollment import register_bundle
+
+    engine = _server_engine(args)
+    try:
+        register_bundle(engine, args.serial, cert)
+    finally:
+        engine.dispose()
+    print(f"registered {args.device_id!r} on the server")
     return 0
 
 
@@ -111,6 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="resonera-provision", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
     parser.add_argument("--passphrase-file", type=Path, default=None)
+    parser.add_argument("--issuing-passphrase-file", type=Path, default=None)
     sub = parser.add_subparsers(dest="command", required=True)
 
     ca = sub.add_parser("ca", help="the fleet certificate authority")
@@ -119,6 +278,13 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--ca", type=Path, required=True, help="CA folder")
     init.add_argument("--name", default="Resonera Fleet CA")
     init.set_defaults(func=_ca_init)
+    issuing = ca_sub.add_parser(
+        "issuing", help="make the online issuing CA (signed by the root) the server signs with"
+    )
+    issuing.add_argument("--ca", type=Path, required=True, help="the root CA folder")
+    issuing.add_argument("--out", type=Path, required=True, help="folder for the issuing CA")
+    issuing.add_argument("--name", default="Resonera Issuing CA")
+    issuing.set_defaults(func=_ca_issuing)
     show = ca_sub.add_parser("show", help="the CA and its revocations")
     show.add_argument("--ca", type=Path, required=True)
     show.set_defaults(func=_ca_show)
@@ -131,6 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
     broker.add_argument("--tls", action="store_true", help="mutual TLS with the fleet CA")
     broker.add_argument("--ca", type=Path, default=None)
     broker.add_argument("--out-dir", type=Path, default=None)
+    broker.add_argument(
+        "--issuing", type=Path, default=None, help="issuing CA folder whose devices it admits"
+    )
     broker.set_defaults(func=_broker_config)
 
     service = sub.add_parser("service-cert", help="key and certificate for one of our services")
@@ -151,7 +320,26 @@ def build_parser() -> argparse.ArgumentParser:
     revoke.add_argument("--ca", type=Path, required=True)
     revoke.add_argument("--cert", type=Path, required=True)
     revoke.add_argument("--reason", default="unspecified")
+    revoke.add_argument("--server-config", type=Path, default=None, help="mark it on the server")
     revoke.set_defaults(func=_device_revoke)
+    add = device_sub.add_parser("add", help="register a serial; print a one-time enrollment code")
+    add.add_argument("serial")
+    add.add_argument("--expires", type=_duration, default=timedelta(hours=24), help="e.g. 24h")
+    add.add_argument("--device-id", default=None, help="the device id it must enroll as")
+    add.add_argument("--server-config", type=Path, default=None, help="resonera-server's config")
+    add.set_defaults(func=_device_add)
+    bundle = device_sub.add_parser("bundle", help="write a signed identity bundle (factory)")
+    bundle.add_argument("serial")
+    bundle.add_argument("--out", type=Path, required=True, help="folder for the SD-card image")
+    bundle.add_argument("--ca", type=Path, required=True, help="the issuing CA folder")
+    bundle.add_argument("--device-id", required=True)
+    bundle.add_argument("--days", type=int, default=365)
+    bundle.add_argument("--server-config", type=Path, default=None, help="register it there")
+    bundle.add_argument("--server-public-key", default=None, help="base64 Ed25519 (pinned)")
+    bundle.add_argument("--broker-host", default=None)
+    bundle.add_argument("--broker-port", type=int, default=None)
+    bundle.add_argument("--server-url", default=None, help="https://... the device renews with")
+    bundle.set_defaults(func=_device_bundle)
     return parser
 
 

@@ -25,7 +25,9 @@ from resonera.server.api.routes import (
     enrollment,
     exports,
     health,
+    outcomes,
     patients,
+    programs,
     sessions,
     users,
 )
@@ -95,10 +97,12 @@ def create_app(
         dose_ledger,
         enrollment,
         exports,
+        programs,
+        outcomes,
     ):
         app.include_router(module.router, prefix=API_PREFIX)
-    app.include_router(web_routes.router)
     install_error_handlers(app)
+    web_routes.install(app)  # after the API's error handlers: its error pages wrap them
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
 
     def openapi() -> dict[str, Any]:

@@ -185,6 +185,55 @@ def _new_signing_key(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rotate_patient_key(args: argparse.Namespace) -> int:
+    from resonera.server.crypto import FieldCipher
+    from resonera.server.db import make_engine, require_current_schema
+    from resonera.server.key_rotation import RotationReport, rotate_patient_key
+
+    settings = _load(args)
+    secret = settings.patient_keys.get_secret_value() if settings.patient_keys else None
+    # Never a throwaway demo key here: that would make every stored field unreadable.
+    cipher = FieldCipher.from_settings(settings.patient_key_file, secret, demo=False)
+    if args.key_id is not None and args.key_id != cipher.current:
+        raise ConfigError(
+            f"the newest patient key is {cipher.current!r}, not {args.key_id!r}: put the new key "
+            "on the last line of the key file"
+        )
+
+    def progress(report: RotationReport) -> None:
+        print(f"{PROG}: re-encrypted {report.patients} patients so far", flush=True)
+
+    engine = make_engine(settings.database_url)
+    try:
+        require_current_schema(engine)
+        report = rotate_patient_key(
+            engine,
+            cipher,
+            batch_size=args.batch_size,
+            pause_s=args.pause,
+            progress=progress if args.verbose else None,
+        )
+    finally:
+        engine.dispose()
+    resumed = " (resumed an interrupted run)" if report.resumed else ""
+    print(
+        f"{PROG}: re-encrypted {report.fields} fields of {report.patients} patients under key "
+        f"{report.key_id!r}{resumed}; every patient field is now under it, so the other keys "
+        "may be removed from the key file"
+    )
+    return 0
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number ≥ 1")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
@@ -225,6 +274,25 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--email", required=True)
     key = command("new-key", _new_key, "print a new patient-data key line for patient_key_file")
     key.add_argument("--key-id", default="k1")
+    rotate = command(
+        "rotate-patient-key",
+        _rotate_patient_key,
+        "re-encrypt every patient field under the newest patient key (the last line of the key "
+        "file; keep the old lines until this is done); resumes where a killed run stopped",
+    )
+    rotate.add_argument(
+        "--key-id", help="refuse unless this is the newest key (a check against typos)"
+    )
+    rotate.add_argument(
+        "--batch-size", type=_positive_int, default=200, help="patients per transaction"
+    )
+    rotate.add_argument(
+        "--pause",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="wait between batches, to leave the database to a live server",
+    )
     signing = command(
         "new-signing-key", _new_signing_key, "write a new Ed25519 desired-state signing key"
     )

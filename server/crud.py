@@ -102,15 +102,25 @@ def list_sessions(
         query = query.where(col(SessionRow.patient_id).in_(patient_ids))
     else:
         per_patient = [
-            filtered(select(col(SessionRow.id)))
+            filtered(select(col(SessionRow.started_at), col(SessionRow.id)))
             .where(SessionRow.patient_id == patient_id)
             .order_by(*newest_first)
             .limit(offset + limit)
             .subquery()
             for patient_id in patient_ids
         ]
-        candidates = union_all(*(select(sub.c.id) for sub in per_patient)).subquery()
-        query = select(SessionRow).where(col(SessionRow.id).in_(select(candidates.c.id)))
+        candidates = union_all(
+            *(select(sub.c.started_at, sub.c.id) for sub in per_patient)
+        ).subquery()
+        # The page is chosen among the candidates from the index alone; only its rows are read.
+        page = (
+            select(candidates.c.id)
+            .order_by(candidates.c.started_at.desc(), candidates.c.id.desc())
+            .offset(offset)
+            .limit(limit)
+        )
+        query = select(SessionRow).where(col(SessionRow.id).in_(page))
+        return session.exec(query.order_by(*newest_first)).all()
     query = query.order_by(*newest_first)
     rows: Sequence[SessionRow] = session.exec(query.offset(offset).limit(limit)).all()
     return rows
@@ -215,12 +225,15 @@ def list_audit(
     until: datetime | None,
     limit: int,
     offset: int,
+    action: str | None = None,
 ) -> Sequence[AuditRow]:
     query = select(AuditRow)
     if patient_id is not None:
         query = query.where(AuditRow.patient_id == patient_id)
     if actor_id is not None:
         query = query.where(AuditRow.actor_id == actor_id)
+    if action is not None:
+        query = query.where(AuditRow.action == action)
     if since is not None:
         query = query.where(col(AuditRow.at) >= since)
     if until is not None:

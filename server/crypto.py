@@ -137,6 +137,18 @@ class FieldCipher:
                 f"patient {patient_id} field {field} cannot be decrypted"
             ) from None
 
+    def reencrypt(self, stored: str, *, patient_id: str, field: str) -> str | None:
+        """``stored`` under the current key; None when it already is (``DecryptionError``)."""
+        if key_id_of(stored) == self.current:
+            return None
+        plaintext = self.decrypt(stored, patient_id=patient_id, field=field)
+        return self.encrypt(plaintext, patient_id=patient_id, field=field)
+
+
+def key_id_of(stored: str) -> str:
+    """The id of the key a stored field was encrypted with."""
+    return stored.partition(":")[0]
+
 
 def _aad(patient_id: str, field: str) -> bytes:
     return f"resonera/patient/{patient_id}/{field}".encode()

@@ -8,6 +8,10 @@ Two version numbers, on purpose:
   published to that device, whichever patient it serves, so a device that refuses lower or equal
   versions (no replay, no rollback) accepts every legitimate change.
 
+A clinician's dose-ledger reset requests (``DoseLedgerResetRow``) ride in every document of their
+device until the device's ``dose_ledger_reset`` safety event answers them (``pending_resets``); the
+device carries each out once, by id.
+
 Documents are signed by a pluggable ``DesiredStateSigner`` (``crypto.py``) over canonical JSON and
 published after the database commit (a document is never out before its row). Publishing is
 retained and QoS 1; ``republish_all`` at start repairs anything a broker outage lost.
@@ -31,12 +35,21 @@ from sqlmodel import Session, col, select
 from resonera.common import topics
 from resonera.common.mqtt_client import build_client, connect_in_background
 from resonera.server.crypto import DesiredStateSigner, sign_document
-from resonera.server.models import AssignmentRow, DeviceDesiredRow, PatientConfigRow
+from resonera.server.models import (
+    AssignmentRow,
+    DeviceDesiredRow,
+    DoseLedgerResetRow,
+    PatientConfigRow,
+    SafetyEventRow,
+)
 from resonera.server.settings import ServerSettings
 
 log = logging.getLogger(__name__)
 
 DOCUMENT_VERSION: Final = 1
+#: The document's list of clinician requests to reset a corrupted dose ledger (the device's
+#: ``resonera.device.desired.LEDGER_RESETS_KEY``).
+LEDGER_RESETS_KEY: Final = "dose_ledger_reset"
 
 
 class DesiredPublisher(Protocol):
@@ -103,6 +116,47 @@ class VersionConflict(Exception):
 class Outgoing:
     device_id: str
     payload: bytes
+
+
+def reset_outcomes(
+    session: Session, device_ids: Iterable[str]
+) -> dict[tuple[str, str], SafetyEventRow]:
+    """The devices' ``dose_ledger_reset`` safety events, by (device, the request they answer): a
+    device answers only for its own ledger."""
+    rows = session.exec(
+        select(SafetyEventRow)
+        .where(
+            col(SafetyEventRow.device_id).in_(sorted(set(device_ids))),
+            SafetyEventRow.event_type == "dose_ledger_reset",
+        )
+        .order_by(col(SafetyEventRow.device_time))
+    ).all()
+    out: dict[tuple[str, str], SafetyEventRow] = {}
+    for row in rows:
+        detail = row.body.get("dose_reset")
+        if isinstance(detail, dict) and isinstance(detail.get("reset_id"), str):
+            # the first answer is the one carried out
+            out.setdefault((row.device_id, detail["reset_id"]), row)
+    return out
+
+
+def pending_resets(session: Session, device_id: str, patient_id: str) -> list[dict[str, Any]]:
+    """The reset requests for the device's ledger, made for the patient it serves, that the
+    device has not answered yet: carried in every document until it does (once by id)."""
+    rows = session.exec(
+        select(DoseLedgerResetRow)
+        .where(
+            DoseLedgerResetRow.device_id == device_id,
+            DoseLedgerResetRow.patient_id == patient_id,
+        )
+        .order_by(col(DoseLedgerResetRow.requested_at), col(DoseLedgerResetRow.id))
+    ).all()
+    answered = reset_outcomes(session, [device_id]) if rows else {}
+    return [
+        {"id": row.id, "reason": row.reason, "requested_by": row.requested_by_email}
+        for row in rows
+        if (device_id, row.id) not in answered
+    ]
 
 
 def config_document(row: PatientConfigRow | None) -> dict[str, Any]:
@@ -180,30 +234,50 @@ class DesiredService:
             return None
         return self._document_for(session, device_id, current, now)
 
+    def reissue(
+        self, session: Session, patient_id: str, device_ids: Iterable[str], now: datetime
+    ) -> list[Outgoing]:
+        """New documents for some of the patient's devices with the current config (or none yet)
+        and the pending dose-ledger resets; the caller commits, then ``publish``es."""
+        current = self.current(session, patient_id)
+        return [
+            self._document_for(session, device_id, current, now, patient_id=patient_id)
+            for device_id in device_ids
+        ]
+
     def _document_for(
-        self, session: Session, device_id: str, config: PatientConfigRow, now: datetime
+        self,
+        session: Session,
+        device_id: str,
+        config: PatientConfigRow | None,
+        now: datetime,
+        *,
+        patient_id: str | None = None,
     ) -> Outgoing:
         state = session.get(DeviceDesiredRow, device_id)
         version = (state.version if state is not None else 0) + 1
-        document = sign_document(
-            self.signer,
-            {
-                "v": DOCUMENT_VERSION,
-                "device": device_id,
-                "version": version,
-                "issued_at": now.isoformat(),
-                "patient_config_version": config.version,
-                **config_document(config),
-            },
-        )
+        patient = config.patient_id if config is not None else patient_id
+        assert patient is not None
+        content: dict[str, Any] = {
+            "v": DOCUMENT_VERSION,
+            "device": device_id,
+            "version": version,
+            "issued_at": now.isoformat(),
+            "patient_config_version": config.version if config is not None else 0,
+            **config_document(config),
+        }
+        resets = pending_resets(session, device_id, patient)
+        if resets:  # absent otherwise: documents of devices that never needed one stay as they were
+            content[LEDGER_RESETS_KEY] = resets
+        document = sign_document(self.signer, content)
         text = json.dumps(document, sort_keys=True, separators=(",", ":"))
         if state is None:
             state = DeviceDesiredRow(
                 device_id=device_id, version=version, document=text, updated_at=now
             )
         state.version = version
-        state.patient_id = config.patient_id
-        state.patient_version = config.version
+        state.patient_id = patient
+        state.patient_version = config.version if config is not None else None
         state.document = text
         state.updated_at = now
         session.add(state)

@@ -7,13 +7,17 @@ and says which message ids each device may now delete. Checks on every message, 
 2. the device is registered and not revoked;
 3. if the device has a registered public key, ``sig`` verifies with it (otherwise the row is stored
    with ``sig_status = "unsigned"``: devices do not sign yet);
-4. the body is valid for its kind.
+4. the body is valid for its kind: ``SessionRecord`` and ``SafetyEventRecord`` (``common.records``,
+   what the device wrote), strictly through JSON.
 
 A message failing any check goes to the quarantine table with a one-line reason and is counted; the
-rest of its batch is stored. ``process`` never raises for a bad message. It does raise
-(``StoreError``) when the database itself fails; then nothing of the batch is committed and nothing
-may be acknowledged. Presence messages (``.../status``, ``online``/``offline``) update
-``device_state.online``; they are not acknowledged.
+rest of its batch is stored. One that fails only check 4 came from its device, unaltered, and will
+never become valid by resending: it is acknowledged (in ``BatchResult.committed``) so the device
+drops it from its outbox instead of resending it forever; the quarantine row keeps it.
+``process`` never raises for a bad message. It does raise (``StoreError``) when the database
+itself fails; then nothing of the batch is committed and nothing may be acknowledged. Presence
+messages (``.../status``, ``online``/``offline``) update ``device_state.online``; they are not
+acknowledged.
 
 The MQTT side (subscribing, batching, acknowledging) is ``resonera.server.ingest_mqtt``.
 """
@@ -26,10 +30,10 @@ import re
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
-from typing import Any, Final
+from datetime import UTC, date, datetime, timedelta
+from typing import Any, Final, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from sqlalchemy import Connection, and_, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
@@ -42,7 +46,12 @@ from resonera.common.envelope import (
     describe_validation_error,
 )
 from resonera.common.errors import ProtocolError, ResoneraError
-from resonera.common.records import SessionRecord
+from resonera.common.records import (
+    CheckInRecord,
+    DesiredReport,
+    SafetyEventRecord,
+    SessionRecord,
+)
 from resonera.server import metrics
 from resonera.server.crypto import verify_device_signature
 from resonera.server.db import insert_ignore, lock_for_write, upsert
@@ -53,6 +62,7 @@ from resonera.server.models import (
     SIG_UNSIGNED,
     SIG_VERIFIED,
     AssignmentRow,
+    DeviceCertificateRow,
     DeviceRow,
     DeviceStateRow,
     DoseDailyRow,
@@ -62,6 +72,7 @@ from resonera.server.models import (
     SessionRow,
     table_of,
 )
+from resonera.server.outcomes import parse_checkin, store_checkins
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +82,7 @@ COUNTERS = ("received", "stored", "duplicates", "quarantined")
 _STATUS_RE: Final = re.compile(rf"^{topics.PREFIX}/({topics.DEVICE_ID_PATTERN})/status$")
 _SESSION_COLUMNS: Final = frozenset(table_of(SessionRow).c.keys())
 _DOSE_ONLY_FIELDS: Final = frozenset({"dose_fraction"}) - set(SessionRecord.model_fields)
+_Record = TypeVar("_Record", bound=BaseModel)
 
 
 class StoreError(ResoneraError):
@@ -89,8 +101,8 @@ class Received:
 class BatchResult:
     """What a committed batch means for the devices."""
 
-    #: Per device, the message ids now in the store (new and already stored), in arrival order.
-    #: The device may delete exactly these from its outbox.
+    #: Per device, the message ids now in the store (new and already stored), in arrival order,
+    #: then those quarantined for an invalid body. The device may delete exactly these.
     committed: dict[str, list[str]] = field(default_factory=dict)
     stored: int = 0
     duplicates: int = 0
@@ -101,14 +113,24 @@ class BatchResult:
 class _Device:
     revoked: bool
     public_key: str | None
+    #: (key, superseded at) of the device's earlier, unrevoked certificates: what it queued before
+    #: a renewal is signed with the key it had then.
+    earlier_keys: tuple[tuple[str, datetime], ...] = ()
+
+
+#: A device's clock may run this far behind the server's when it renews.
+RENEWAL_SKEW = timedelta(minutes=10)
+
+
+#: What a body parses into, by kind (metrics carry none).
+_Body = SessionRecord | SafetyEventRecord | DesiredReport | CheckInRecord
 
 
 @dataclass
 class _Valid:
     envelope: Envelope
     sig_status: str
-    #: Parsed body: a SessionRecord for sessions, else the raw dict.
-    record: SessionRecord | None = None
+    record: _Body | None = None
 
 
 @dataclass
@@ -117,6 +139,8 @@ class _Plan:
 
     valid: list[_Valid] = field(default_factory=list)
     quarantine: list[dict[str, Any]] = field(default_factory=list)
+    #: (device, message id) of authentic messages quarantined for their body: acknowledged.
+    refused: list[tuple[str, str]] = field(default_factory=list)
     status: dict[str, tuple[bool, datetime]] = field(default_factory=dict)
     #: Presence messages in the batch (not device records: not counted as received).
     presence: int = 0
@@ -159,6 +183,10 @@ class IngestProcessor:
             else:
                 result.duplicates += 1
             result.committed.setdefault(key[0], []).append(key[1])
+        for key in plan.refused:
+            if key not in seen:
+                seen.add(key)
+                result.committed.setdefault(key[0], []).append(key[1])
         received = len(messages) - plan.presence
         self.counters["received"] += received
         self.counters["stored"] += result.stored
@@ -207,6 +235,7 @@ class IngestProcessor:
                 record = _parse_body(outcome)
             except ProtocolError as exc:
                 _quarantine(plan, message, now, str(exc), outcome.device)
+                plan.refused.append((outcome.device, outcome.id))
                 continue
             plan.valid.append(_Valid(outcome, sig_status, record))
         return plan
@@ -232,6 +261,7 @@ class IngestProcessor:
             "event": table_of(SafetyEventRow),
             "metrics": table_of(MessageRow),
             "reported": table_of(MessageRow),
+            "checkin": table_of(MessageRow),
         }
         new_sessions: list[dict[str, Any]] = []
         for kind, kind_rows in rows.items():
@@ -242,6 +272,11 @@ class IngestProcessor:
             inserted |= done
             if kind == "session":
                 new_sessions = [r for r in kind_rows if (r["device_id"], r["message_id"]) in done]
+        for item in plan.valid:
+            key = (item.envelope.device, item.envelope.id)
+            if isinstance(item.record, CheckInRecord) and key in inserted:
+                patient = attribution.patient(key[0], item.record.answered_at)
+                store_checkins(conn, key[0], patient, [item.record], now=now)
         _add_dose(conn, new_sessions)
         _update_state(conn, plan, now)
         if plan.quarantine:
@@ -268,8 +303,20 @@ def _load_devices(conn: Connection, names: set[str]) -> dict[str, _Device]:
     if not names:
         return {}
     table = table_of(DeviceRow)
+    certs = table_of(DeviceCertificateRow)
+    earlier: dict[str, list[tuple[str, datetime]]] = defaultdict(list)
+    superseded = select(certs.c.device_id, certs.c.public_key, certs.c.superseded_at).where(
+        certs.c.device_id.in_(names),
+        certs.c.superseded_at.is_not(None),
+        certs.c.revoked_at.is_(None),
+    )
+    for cert in conn.execute(superseded):
+        earlier[cert.device_id].append((cert.public_key, cert.superseded_at))
     query = select(table.c.id, table.c.revoked, table.c.public_key).where(table.c.id.in_(names))
-    return {row.id: _Device(bool(row.revoked), row.public_key) for row in conn.execute(query)}
+    return {
+        row.id: _Device(bool(row.revoked), row.public_key, tuple(earlier.get(row.id, ())))
+        for row in conn.execute(query)
+    }
 
 
 def _check(envelope: Envelope, device: _Device | None) -> str | None:
@@ -278,30 +325,39 @@ def _check(envelope: Envelope, device: _Device | None) -> str | None:
         return f"device {envelope.device!r} is not registered"
     if device.revoked:
         return f"device {envelope.device!r} is revoked"
-    if device.public_key is not None:
-        return verify_device_signature(envelope, device.public_key)
-    return None
+    if device.public_key is None:
+        return None
+    refused = verify_device_signature(envelope, device.public_key)
+    if refused is None:
+        return None
+    for key, superseded_at in device.earlier_keys:
+        in_time = envelope.time <= superseded_at + RENEWAL_SKEW
+        if in_time and verify_device_signature(envelope, key) is None:
+            return None
+    return refused
 
 
-def _parse_body(envelope: Envelope) -> SessionRecord | None:
+def _parse_body(envelope: Envelope) -> _Body | None:
+    if envelope.kind == "checkin":
+        return parse_checkin(envelope.body, envelope.device)
     if envelope.kind == "session":
         # Dose fields the server understands before SessionRecord carries them (read by
         # ``session_dose`` from the body); everything else is validated strictly.
         body = {k: v for k, v in envelope.body.items() if k not in _DOSE_ONLY_FIELDS}
-        try:
-            # Strict, through JSON: "48000" is not an int, but an ISO time string is a datetime.
-            return SessionRecord.model_validate_json(json.dumps(body), strict=True)
-        except ValidationError as exc:
-            raise ProtocolError(f"invalid session body: {describe_validation_error(exc)}") from None
+        return _strict(SessionRecord, body, "session")
     if envelope.kind == "event":
-        kind = envelope.body.get("type")
-        if not isinstance(kind, str) or not 0 < len(kind) <= 64:
-            raise ProtocolError("invalid event body: 'type' must be a string of 1-64 characters")
+        return _strict(SafetyEventRecord, envelope.body, "event")
     if envelope.kind == "reported":
-        version = envelope.body.get("version")
-        if isinstance(version, bool) or not isinstance(version, int) or version < 0:
-            raise ProtocolError("invalid reported body: 'version' must be an integer ≥ 0")
+        return _strict(DesiredReport, envelope.body, "reported")
     return None
+
+
+def _strict(model: type[_Record], body: dict[str, Any], kind: str) -> _Record:
+    try:
+        # Strict, through JSON: "48000" is not an int, but an ISO time string is a datetime.
+        return model.model_validate_json(json.dumps(body), strict=True)
+    except ValidationError as exc:
+        raise ProtocolError(f"invalid {kind} body: {describe_validation_error(exc)}") from None
 
 
 def _envelope_fields(envelope: Envelope, now: datetime) -> dict[str, Any]:
@@ -327,19 +383,20 @@ def session_dose(record: SessionRecord, body: dict[str, Any]) -> float:
 def _row(item: _Valid, now: datetime) -> dict[str, Any]:
     envelope = item.envelope
     base = {**_envelope_fields(envelope, now), "sig_status": item.sig_status}
-    if item.record is not None:
-        fields = {k: v for k, v in item.record.model_dump().items() if k in _SESSION_COLUMNS}
+    if isinstance(item.record, SessionRecord):
+        # The flat model's own values: no copy as model_dump makes, no per-field generator.
+        fields = {k: v for k, v in vars(item.record).items() if k in _SESSION_COLUMNS}
         return {
             **base,
             **fields,
             "patient_id": None,
             "dose_fraction": session_dose(item.record, envelope.body),
         }
-    if envelope.kind == "event":
+    if isinstance(item.record, SafetyEventRecord):
         return {
             **base,
             "patient_id": None,
-            "event_type": envelope.body["type"],
+            "event_type": item.record.type,
             "body": envelope.body,
         }
     body = json.dumps(envelope.body, separators=(",", ":"), ensure_ascii=False)
@@ -404,15 +461,20 @@ def _update_state(conn: Connection, plan: _Plan, now: datetime) -> None:
     """``device_state``: the highest seq wins, whatever order messages arrived in."""
     table = table_of(DeviceStateRow)
     latest: dict[str, Envelope] = {}
-    reported: dict[str, Envelope] = {}
+    # Only "applied" moves the reported version: deferred and refused versions are not running.
+    reported: dict[str, tuple[Envelope, int]] = {}
     for item in plan.valid:
         env = item.envelope
         if env.device not in latest or env.seq > latest[env.device].seq:
             latest[env.device] = env
-        if env.kind == "reported" and (
-            env.device not in reported or env.seq > reported[env.device].seq
+        report = item.record
+        if (
+            isinstance(report, DesiredReport)
+            and report.status == "applied"
+            and report.desired_version is not None
+            and (env.device not in reported or env.seq > reported[env.device][0].seq)
         ):
-            reported[env.device] = env
+            reported[env.device] = (env, report.desired_version)
     if latest:
         upsert(
             conn,
@@ -441,8 +503,8 @@ def _update_state(conn: Connection, plan: _Plan, now: datetime) -> None:
             conn,
             table,
             [
-                {"device_id": d, "reported_seq": e.seq, "reported_version": e.body["version"]}
-                for d, e in sorted(reported.items())
+                {"device_id": d, "reported_seq": e.seq, "reported_version": version}
+                for d, (e, version) in sorted(reported.items())
             ],
             key=("device_id",),
             update={

@@ -216,6 +216,53 @@ class DeviceStateRow(SQLModel, table=True):
     status_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
 
 
+# -- enrollment ------------------------------------------------------------------------------
+
+
+class EnrollmentRow(SQLModel, table=True):
+    """A board's serial an admin registered, with its one-time code (SHA-256 only), its expiry
+    and when it was used; ``device_id`` is bound at registration or at the first enrollment."""
+
+    __tablename__ = "enrollment"
+
+    serial: str = Field(primary_key=True, max_length=64)
+    device_id: str | None = Field(default=None, max_length=DEVICE_ID_MAX)
+    code_hash: str = Field(max_length=64)
+    expires_at: datetime = Field(sa_type=UTCDateTime)
+    used_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    created_at: datetime = Field(sa_type=UTCDateTime)
+
+
+class EnrollmentAttemptRow(SQLModel, table=True):
+    """A failed code attempt, counted per serial and per client address (rate limit)."""
+
+    __tablename__ = "enrollment_attempt"
+
+    id: int | None = Field(default=None, primary_key=True)
+    at: datetime = Field(sa_type=UTCDateTime, index=True)
+    serial: str = Field(max_length=64, index=True)
+    client: str = Field(max_length=100, index=True)
+
+
+class DeviceCertificateRow(SQLModel, table=True):
+    """Every certificate issued to a device (enrollment, renewal, factory bundle): renewal is
+    allowed only from the newest unrevoked one."""
+
+    __tablename__ = "device_certificate"
+
+    fingerprint: str = Field(primary_key=True, max_length=64)
+    device_id: str = Field(max_length=DEVICE_ID_MAX, index=True)
+    serial_number: str = Field(max_length=40)
+    #: base64 DER of the certificate's key: messages a device queued before a renewal carry
+    #: signatures by its previous key.
+    public_key: str = Field(max_length=128)
+    how: str = Field(max_length=16)
+    not_after: datetime = Field(sa_type=UTCDateTime)
+    issued_at: datetime = Field(sa_type=UTCDateTime)
+    superseded_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    revoked_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
 # -- what devices send -----------------------------------------------------------------------
 
 
@@ -255,6 +302,8 @@ class SessionRow(SQLModel, table=True):
     #: Fraction of the weekly sound allowance (mode 1) the session used, as the device reported.
     dose_fraction: float = 0.0
     sig_status: str = Field(default=SIG_UNSIGNED, max_length=16)
+    #: Times the sound device ran dry (silence played meanwhile), as the device reported.
+    underruns: int = 0
 
 
 class SafetyEventRow(SQLModel, table=True):
@@ -322,6 +371,23 @@ class QuarantineRow(SQLModel, table=True):
     reason: str = Field(max_length=QUARANTINE_REASON_MAX)
 
 
+class DoseLedgerResetRow(SQLModel, table=True):
+    """A clinician's request to reset a device's corrupted dose ledger. It travels in the device's
+    signed desired state until the device's ``dose_ledger_reset`` safety event (naming ``id``)
+    says it was applied or refused; rows are never updated."""
+
+    __tablename__ = "dose_ledger_reset"
+    __table_args__ = (Index("ix_dose_ledger_reset_device_at", "device_id", "requested_at"),)
+
+    id: str = Field(primary_key=True, max_length=MESSAGE_ID_MAX)
+    patient_id: str = _fk("patient.id", index=True, length=PATIENT_ID_MAX)
+    device_id: str = _fk("device.id", length=DEVICE_ID_MAX)
+    reason: str = Field(max_length=500)
+    requested_by: int = _fk("app_user.id")
+    requested_by_email: str = Field(default="", max_length=EMAIL_MAX)
+    requested_at: datetime = Field(sa_type=UTCDateTime)
+
+
 class AuditRow(SQLModel, table=True):
     """Who did what to which patient's data, when, from where. Append-only: no API edits it."""
 
@@ -340,6 +406,84 @@ class AuditRow(SQLModel, table=True):
     method: str = Field(default="", max_length=8)
     path: str = Field(default="", max_length=500)
     client: str = Field(default="", max_length=100)
+
+
+# -- program library -------------------------------------------------------------------------
+
+
+class ProgramLibraryRow(SQLModel, table=True):
+    """A program as a clinician wrote it (TOML or YAML text), checked as the device checks it.
+    ``version`` grows by one per change (the API's ETag); ``content_hash`` is the program's
+    digest (``Program.digest()``), so reformatting the text alone keeps cached previews."""
+
+    __tablename__ = "program_library"
+
+    id: str = Field(primary_key=True, max_length=36)
+    name: str = Field(max_length=120, unique=True)
+    version: int = 1
+    document: str = Field(sa_type=Text)
+    format: str = Field(max_length=8)
+    content_hash: str = Field(max_length=64)
+    created_by: int = _fk("app_user.id")
+    created_at: datetime = Field(sa_type=UTCDateTime)
+    updated_by: int = _fk("app_user.id")
+    updated_at: datetime = Field(sa_type=UTCDateTime)
+
+
+class KeyRotationRow(SQLModel, table=True):
+    """A run of ``resonera-server rotate-patient-key``: re-encrypting every patient field under
+    ``key_id``, in batches of patients in id order. ``after_patient_id`` is the last patient of the
+    last committed batch, so a killed run resumes there; ``finished_at`` is set when no field is
+    left under another key."""
+
+    __tablename__ = "key_rotation"
+
+    id: int | None = Field(default=None, primary_key=True)
+    key_id: str = Field(max_length=32, index=True)
+    started_at: datetime = Field(sa_type=UTCDateTime)
+    updated_at: datetime = Field(sa_type=UTCDateTime)
+    finished_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    after_patient_id: str = Field(default="", max_length=PATIENT_ID_MAX)
+    patients: int = 0
+    fields: int = 0
+    started_by: str = Field(default="", max_length=EMAIL_MAX)
+
+
+class CheckInRow(SQLModel, table=True):
+    """One check-in answer (``common.records.CheckInRecord``), kept once per (device, record
+    id). ``value`` is None when the person skipped; ``higher_is_better`` is the question's
+    direction as asked. ``patient_id`` is the patient the device served when it was answered."""
+
+    __tablename__ = "checkin"
+    __table_args__ = (
+        UniqueConstraint("device_id", "record_id", name="uq_checkin_device_record"),
+        # Covering: the outcome views read answers from the index alone, not the scattered rows.
+        Index(
+            "ix_checkin_patient_answered",
+            "patient_id",
+            "answered_at",
+            "session_id",
+            "question_id",
+            "phase",
+            "value",
+            "higher_is_better",
+            "skipped",
+        ),
+        Index("ix_checkin_session", "session_id"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    device_id: str = Field(max_length=DEVICE_ID_MAX)
+    record_id: str = Field(max_length=MESSAGE_ID_MAX)
+    session_id: str = Field(max_length=MESSAGE_ID_MAX)
+    patient_id: str | None = Field(default=None, max_length=PATIENT_ID_MAX)
+    question_id: str = Field(max_length=32)
+    phase: str = Field(max_length=8)
+    value: int | None = None
+    skipped: bool = False
+    higher_is_better: bool = True
+    answered_at: datetime = Field(sa_type=UTCDateTime)
+    received_at: datetime = Field(sa_type=UTCDateTime)
 
 
 def table_of(model: type[SQLModel]) -> Any:

@@ -106,10 +106,11 @@ class ServerProcess:
 
     @property
     def url(self) -> str:
-        """``http://host:port`` of the API (after ``start()``)."""
+        """``http(s)://host:port`` of the API (after ``start()``)."""
         host = self.settings.http_host
         host = f"[{host}]" if ":" in host else host
-        return f"http://{host}:{self.port}"
+        scheme = "https" if self.settings.tls_cert_file is not None else "http"
+        return f"{scheme}://{host}:{self.port}"
 
     @property
     def api_url(self) -> str:
@@ -168,7 +169,14 @@ class ServerProcess:
         app = create_app(self.settings, self.engine, publisher=self._publisher)
         republished = app.state.resonera.desired.republish_all(self.engine)
         log.info("republished the desired state of %d device(s)", republished)
-        config = uvicorn.Config(app, log_config=None, timeout_graceful_shutdown=5)
+        tls = self.settings
+        config = uvicorn.Config(
+            app,
+            log_config=None,
+            timeout_graceful_shutdown=5,
+            ssl_certfile=str(tls.tls_cert_file) if tls.tls_cert_file else None,
+            ssl_keyfile=str(tls.tls_key_file) if tls.tls_key_file else None,
+        )
         server = uvicorn.Server(config)
         self._server = server
         sock = self._sock

@@ -12,8 +12,9 @@ import math
 from datetime import date, datetime
 from typing import Annotated, Any, Final, Literal
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
+from resonera.common.profile import parse_checkins
 from resonera.common.topics import DEVICE_ID_PATTERN
 from resonera.server.models import EMAIL_MAX
 
@@ -242,6 +243,14 @@ class DesiredIn(_In):
     programs: Annotated[list[JsonObject], Field(max_length=32)] = Field(default_factory=list)
     sessions_per_week: Annotated[int, Field(ge=0, le=28)] = 0
 
+    @field_validator("profile")
+    @classmethod
+    def _checkins_valid(cls, value: dict[str, Any]) -> dict[str, Any]:
+        # The device refuses a profile with a bad check-in; say so now, not at the device.
+        if "checkins" in value:
+            parse_checkins(value["checkins"])
+        return value
+
 
 class DesiredPublic(BaseModel):
     patient_id: str
@@ -283,6 +292,8 @@ class SessionPublic(BaseModel):
     hardware_board: str
     dose_fraction: float
     sig_status: str
+    #: Times the sound device ran dry during the session (silence played meanwhile).
+    underruns: int = 0
 
 
 class SafetyEventPublic(BaseModel):
@@ -296,6 +307,46 @@ class SafetyEventPublic(BaseModel):
     event_type: str
     body: dict[str, Any]
     sig_status: str
+
+
+class DoseLedgerResetIn(_In):
+    """A clinician's reset of a device's corrupted dose ledger; the reason is kept and audited."""
+
+    reason: Annotated[Text, Field(max_length=500)] = Field(
+        description="why the ledger is reset (e.g. what the review of the corruption found)"
+    )
+    device_id: DeviceIdStr | None = Field(
+        default=None, description="one of the patient's current devices; default: all of them"
+    )
+
+    @field_validator("reason")
+    @classmethod
+    def _reason_said(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must say why the ledger is reset")
+        return value.strip()
+
+
+DoseLedgerResetStatus = Literal["pending", "applied", "refused"]
+
+
+class DoseLedgerResetPublic(BaseModel):
+    id: str
+    patient_id: str
+    device_id: str
+    reason: str
+    requested_by: int
+    requested_by_email: str
+    requested_at: datetime
+    #: ``pending`` until the device's ``dose_ledger_reset`` safety event arrives.
+    status: DoseLedgerResetStatus
+    #: From the device's event: when it acted, what it removed, the week before and after
+    #: (fractions of the mode-1 allowance; before is ≥ 1 while the ledger was corrupted).
+    done_at: datetime | None = None
+    removed_rows: int | None = None
+    week_fraction_before: float | None = None
+    week_fraction_after: float | None = None
+    device_note: str = ""
 
 
 class DoseDay(BaseModel):
@@ -341,3 +392,148 @@ class AuditPublic(BaseModel):
     method: str
     path: str
     client: str
+
+
+# -- enrollment ------------------------------------------------------------------------------
+
+#: Upper bound of a PEM certificate request or certificate in an enrollment request.
+PEM_MAX: Final = 8192
+
+
+class EnrollIn(_In):
+    serial: Annotated[Text, Field(min_length=1, max_length=64)]
+    code: Annotated[Text, Field(min_length=1, max_length=64)]
+    csr: Annotated[Text, Field(min_length=1, max_length=PEM_MAX, description="PEM CSR")]
+    time: Annotated[
+        Text | None,
+        Field(default=None, max_length=40, description="the device's clock, ISO 8601 with zone"),
+    ] = None
+
+
+class RenewIn(_In):
+    certificate: Annotated[Text, Field(min_length=1, max_length=PEM_MAX)]
+    csr: Annotated[Text, Field(min_length=1, max_length=PEM_MAX)]
+    time: Annotated[Text, Field(min_length=1, max_length=40, description="ISO 8601, with zone")]
+    signature: Annotated[
+        Text,
+        Field(
+            min_length=1,
+            max_length=200,
+            description="base64 ECDSA-SHA256 by the current key over the canonical JSON of "
+            "{certificate, csr, time}",
+        ),
+    ]
+
+
+class EnrolledPublic(BaseModel):
+    device_id: str
+    certificate: str
+    chain: str
+    server_public_key: str
+    broker_host: str
+    broker_port: int
+    desired_version: int
+    not_after: datetime
+
+
+# -- program library -------------------------------------------------------------------------
+
+
+class ProgramIn(_In):
+    """A program as text: TOML (``docs/programs.md``) or the same structure in YAML."""
+
+    document: Annotated[str, Field(min_length=1, max_length=64 * 1024), AfterValidator(_no_nul)]
+    format: Literal["toml", "yaml"] = "toml"
+
+
+class ProgramPublic(BaseModel):
+    id: str
+    name: str
+    version: int = Field(description="grows by one per change; the ETag to send in If-Match")
+    format: str
+    document: str
+    content_hash: str = Field(description="SHA-256 of the program's canonical form")
+    duration_s: float
+    program: dict[str, Any] = Field(
+        description="the checked program as JSON: an entry for PUT /patients/{id}/desired programs"
+    )
+    created_by: int
+    created_at: datetime
+    updated_by: int
+    updated_at: datetime
+
+
+# -- outcomes (check-ins, adherence, exposure) -----------------------------------------------
+
+
+class TrendDay(BaseModel):
+    day: date
+    n: int = Field(description="answers that day (skipped ones not counted)")
+    mean: float | None
+    skipped: int
+    rolling_7d_mean: float | None = Field(
+        description="mean of every answer in this day and the 6 before it"
+    )
+    rolling_7d_n: int
+
+
+class QuestionTrend(BaseModel):
+    question_id: str
+    phase: Literal["before", "after"]
+    text: str = Field(description="the question as the current profile asks it; '' if removed")
+    days: list[TrendDay] = Field(description="days with an answer or a skip, oldest first")
+
+
+class Change(BaseModel):
+    """A before → after change, signed so that a positive mean is an improvement."""
+
+    n: int = Field(description="sessions with both a before and an after answer")
+    mean: float | None
+    ci95_low: float | None = Field(description="95 % confidence interval (t), only when n ≥ 5")
+    ci95_high: float | None
+    too_few: bool = Field(description="n < 5: too few observations to read meaning into")
+    note: str = ""
+
+
+class ProgramChange(Change):
+    program_name: str
+    question_id: str
+
+
+class ExposureDay(BaseModel):
+    day: date
+    sessions: int
+    completed: int
+    played_s: float
+    dose_fraction: float = Field(description="fraction of the weekly allowance used that day")
+    mean_rms_dbfs: float | None = Field(description="mean signal RMS level of the day's sessions")
+    max_peak_dbfs: float | None
+
+
+class PatientOutcomes(BaseModel):
+    patient_id: str
+    days: int
+    first_day: date
+    last_day: date
+    questions: list[dict[str, Any]] = Field(description="the current profile's check-in questions")
+    adherence: AdherenceReport
+    trends: list[QuestionTrend]
+    programs: list[ProgramChange]
+    exposure: list[ExposureDay] = Field(description="days with a session, oldest first")
+
+
+class CohortProgram(BaseModel):
+    program_name: str
+    patients: int
+    sessions: int
+    completed: int
+    completion_rate: float
+    improvement: Change
+
+
+class CohortOutcomes(BaseModel):
+    days: int
+    first_day: date
+    last_day: date
+    patients: int = Field(description="patients in the cohort (a clinician's own; all for admin)")
+    programs: list[CohortProgram]

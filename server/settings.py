@@ -14,7 +14,7 @@ import socket
 from pathlib import Path
 from typing import Final
 
-from pydantic import Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from resonera.common.errors import ConfigError
@@ -32,6 +32,28 @@ def default_ingest_client_id() -> str:
     return f"resonera-ingest-{host}-{os.getpid()}-{secrets.token_hex(2)}"
 
 
+class EnrollmentSettings(BaseModel):
+    """Enrollment over HTTPS (``/api/v1/enroll``): the online issuing CA and what devices are told.
+    Without ``issuing_ca_dir`` enrollment answers 503 (devices then come with factory bundles)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    #: Folder of the issuing CA (``resonera-provision ca issuing``); its key is encrypted with
+    #: ``issuing_passphrase`` (or ``RESONERA_SERVER_ENROLLMENT__ISSUING_PASSPHRASE``).
+    issuing_ca_dir: Path | None = None
+    issuing_passphrase: SecretStr | None = None
+    #: The broker address handed to enrolled devices (its mutual-TLS listener).
+    broker_host: str = Field(default="127.0.0.1", min_length=1, max_length=253)
+    broker_port: int = Field(default=8883, ge=1, le=65535)
+    cert_days: int = Field(default=90, ge=1, le=825)
+    #: Failed code attempts per serial and per client address within ``window_s`` before 429.
+    max_failures_per_serial: int = Field(default=5, ge=1, le=1000)
+    max_failures_per_client: int = Field(default=20, ge=1, le=10000)
+    window_s: int = Field(default=900, ge=1, le=24 * 3600)
+    #: How far a renewal request's time may be from the server's clock.
+    max_clock_skew_s: int = Field(default=300, ge=1, le=3600)
+
+
 class ServerSettings(ResoneraSettings):
     """What one server process needs: where to store, where to listen, which broker to read."""
 
@@ -44,6 +66,10 @@ class ServerSettings(ResoneraSettings):
     http_host: str = "127.0.0.1"
     #: 0 picks a free port (tests); the address actually bound is reported at start.
     http_port: int = Field(default=8080, ge=0, le=65535)
+    #: Serve HTTPS with this certificate chain and key (PEM). Devices enroll over HTTPS only; plain
+    #: http is for loopback behind a TLS-terminating proxy.
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
     mqtt: MqttSettings = Field(default_factory=MqttSettings)
     ingest_client_id: str = Field(
         default_factory=default_ingest_client_id, min_length=1, max_length=128
@@ -70,10 +96,30 @@ class ServerSettings(ResoneraSettings):
     patient_keys: SecretStr | None = None
     #: Ed25519 private key (PEM, PKCS#8) that signs the desired state; demo: a throwaway key.
     desired_signing_key_file: Path | None = None
+    enrollment: EnrollmentSettings = Field(default_factory=EnrollmentSettings)
+    #: Files the server makes (cached program previews under ``previews/``); safe to empty.
+    data_dir: Path = Path("./resonera-data")
+    #: Previews render at most this many seconds of a program (a 1-hour program previews fast).
+    preview_max_s: float = Field(default=60.0, gt=0.0, le=600.0)
+    #: Dashboard: a browser session ends after this long without a request, and this long after
+    #: sign-in whatever happens.
+    web_idle_timeout_s: int = Field(default=1800, ge=60, le=24 * 3600)
+    web_session_max_s: int = Field(default=12 * 3600, ge=300, le=7 * 24 * 3600)
+    #: The dashboard cookies' Secure flag. None: Secure when the request came over HTTPS (behind
+    #: a proxy: uvicorn's forwarded headers); false only for plain http on loopback.
+    web_cookie_secure: bool | None = None
 
     def checked_for_start(self, source: str = "settings") -> ServerSettings:
         """These settings, ready to serve: raise ``ConfigError`` for a missing or short JWT secret
         or missing patient keys outside demo mode; in demo mode fill in a random JWT secret."""
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ConfigError(f"{source}: tls_cert_file and tls_key_file must be set together")
+        for name, tls_path in (
+            ("tls_cert_file", self.tls_cert_file),
+            ("tls_key_file", self.tls_key_file),
+        ):
+            if tls_path is not None and not tls_path.is_file():
+                raise ConfigError(f"{source}: {name} {tls_path} is not a readable file")
         secret = self.jwt_secret
         if secret is None:
             if not self.demo:

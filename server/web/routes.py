@@ -1,7 +1,326 @@
-"""Dashboard pages (server-rendered, cookie sessions with CSRF protection)."""
+"""Dashboard pages (server-rendered, cookie sessions with CSRF protection).
+
+``install(app)`` adds the pages, the static files (``/static``: our CSS and script, the vendored
+uPlot) and the HTML error pages. Clinicians see their own patients; every read of patient data adds
+an audit row, as in the API; another clinician's patient is the 403 page (and so is an unknown
+patient id: whether a patient exists is itself patient data).
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import json
+from typing import Annotated, Final, Literal
+
+from fastapi import APIRouter, FastAPI, Form, Path, Query, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from pydantic import ValidationError
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session
+
+from resonera.common.profile import MAX_CHECKIN_QUESTIONS, parse_checkins
+from resonera.server import crud, programs
+from resonera.server.api.deps import SessionDep, StateDep, audit
+from resonera.server.desired import VersionConflict, config_document
+from resonera.server.models import PatientRow
+from resonera.server.schemas import DesiredIn
+from resonera.server.security import now_utc
+from resonera.server.web import admin
+from resonera.server.web import auth as web_auth
+from resonera.server.web import outcomes as web_outcomes
+from resonera.server.web import programs as web_programs
+from resonera.server.web.auth import ClinicianPage, WebUser, check_csrf, own_patient_page
+from resonera.server.web.render import (
+    PAGE_HEADERS,
+    STATIC_DIR,
+    install_page_errors,
+    render,
+)
+from resonera.server.web.views import (
+    PERIODS,
+    SORT_KEYS,
+    SortKey,
+    patient_lines,
+    patient_view,
+    posted_questions,
+    question_error,
+)
 
 router = APIRouter(include_in_schema=False)
+PatientId = Annotated[str, Path(min_length=1, max_length=36, pattern=r"^[0-9a-f-]{1,36}$")]
+_LIMIT_FIELDS: Final = (
+    "max_level_dba",
+    "max_session_minutes",
+    "max_sessions_per_day",
+    "weekly_dose_fraction",
+)
+
+
+@router.get("/patients")
+def patients_page(
+    *,
+    request: Request,
+    web: ClinicianPage,
+    state: StateDep,
+    session: SessionDep,
+    q: Annotated[str, Query(max_length=200)] = "",
+    sort: Annotated[SortKey, Query()] = "name",
+    order: Annotated[Literal["asc", "desc"], Query(alias="dir")] = "asc",
+) -> HTMLResponse:
+    assert web.user.id is not None
+    lines = patient_lines(
+        session,
+        state.cipher,
+        crud.clinician_patient_ids(session, web.user.id),
+        now_utc(),
+        search=q,
+        sort=sort,
+        descending=order == "desc",
+    )
+    for line in lines:
+        audit(
+            session, request, web.user, "read", "patient", resource_id=line.id, patient_id=line.id
+        )
+    session.commit()
+    return render(
+        "patients.html",
+        {
+            "web": web,
+            "title": "Patients",
+            "lines": lines,
+            "q": q,
+            "sort": sort,
+            "order": order,
+            "sort_keys": SORT_KEYS,
+        },
+    )
+
+
+def _patient_page(
+    *,
+    request: Request,
+    web: WebUser,
+    state: StateDep,
+    session: Session,
+    patient: PatientRow,
+    days: int,
+    status: int = 200,
+    errors: dict[str, str] | None = None,
+    form: dict[str, str] | None = None,
+    notice: str = "",
+    preview: str = "",
+    questions: list[dict[str, str]] | None = None,
+) -> HTMLResponse:
+    view = patient_view(session, state.cipher, patient, now_utc(), days)
+    library = programs.list_programs(session)
+    chosen = next((row for row in library if row.id == preview), None)
+    for resource in ("patient", "sessions", "safety_events", "dose", "desired_state"):
+        audit(
+            session,
+            request,
+            web.user,
+            "read",
+            resource,
+            resource_id=patient.id if resource == "patient" else "",
+            patient_id=patient.id,
+        )
+    session.commit()
+    values = {name: str(getattr(view.limits, name)) for name in _LIMIT_FIELDS}
+    values["sessions_per_week"] = str(view.sessions_per_week)
+    values["profile"] = view.profile_json_without_checkins
+    return render(
+        "patient.html",
+        {
+            "web": web,
+            "title": view.patient.name,
+            "view": view,
+            "periods": PERIODS,
+            "errors": errors or {},
+            "form": {**values, **(form or {})},
+            "notice": notice,
+            "library": library,
+            "chosen": chosen,
+            "questions": questions if questions is not None else view.question_slots,
+        },
+        status=status,
+    )
+
+
+@router.get("/patients/{patient_id}")
+def patient_page(
+    *,
+    request: Request,
+    patient_id: PatientId,
+    web: ClinicianPage,
+    state: StateDep,
+    session: SessionDep,
+    days: Annotated[Literal["7", "30", "90"], Query()] = "30",
+    saved: Annotated[int | None, Query(ge=1, le=2**31 - 1)] = None,
+    preview: Annotated[str, Query(max_length=36)] = "",
+) -> HTMLResponse:
+    patient = own_patient_page(session, web, patient_id)
+    notice = f"Saved as version {saved}." if saved is not None else ""
+    return _patient_page(
+        request=request,
+        web=web,
+        state=state,
+        session=session,
+        patient=patient,
+        days=int(days),
+        notice=notice,
+        preview=preview,
+    )
+
+
+@router.post("/patients/{patient_id}/limits", response_model=None)
+def save_limits(
+    *,
+    request: Request,
+    patient_id: PatientId,
+    web: ClinicianPage,
+    state: StateDep,
+    session: SessionDep,
+    csrf_token: Annotated[str, Form(max_length=200)] = "",
+    version: Annotated[int, Form(ge=0, le=2**31 - 1)] = 0,
+    max_level_dba: Annotated[str, Form(max_length=40)] = "",
+    max_session_minutes: Annotated[str, Form(max_length=40)] = "",
+    max_sessions_per_day: Annotated[str, Form(max_length=40)] = "",
+    weekly_dose_fraction: Annotated[str, Form(max_length=40)] = "",
+    sessions_per_week: Annotated[str, Form(max_length=40)] = "",
+    profile: Annotated[str, Form(max_length=64 * 1024)] = "{}",
+    checkins_form: Annotated[str, Form(max_length=1)] = "",
+    checkin_id: Annotated[list[str] | None, Form(max_length=MAX_CHECKIN_QUESTIONS)] = None,
+    checkin_text: Annotated[list[str] | None, Form(max_length=MAX_CHECKIN_QUESTIONS)] = None,
+    checkin_low_label: Annotated[list[str] | None, Form(max_length=MAX_CHECKIN_QUESTIONS)] = None,
+    checkin_high_label: Annotated[list[str] | None, Form(max_length=MAX_CHECKIN_QUESTIONS)] = None,
+    checkin_when: Annotated[list[str] | None, Form(max_length=MAX_CHECKIN_QUESTIONS)] = None,
+    checkin_better: Annotated[list[str] | None, Form(max_length=MAX_CHECKIN_QUESTIONS)] = None,
+    checkin_remove: Annotated[list[str] | None, Form(max_length=MAX_CHECKIN_QUESTIONS)] = None,
+) -> Response:
+    """A new version of the patient's desired state, through the same service as the API's PUT
+    (validated by the same models, signed, published); the version field is the If-Match. The
+    check-in questions have fields of their own (``checkins_form``): they replace the profile's
+    ``checkins``, validated as the device validates them."""
+    check_csrf(web, csrf_token)
+    patient = own_patient_page(session, web, patient_id)
+    form = {
+        "max_level_dba": max_level_dba,
+        "max_session_minutes": max_session_minutes,
+        "max_sessions_per_day": max_sessions_per_day,
+        "weekly_dose_fraction": weekly_dose_fraction,
+        "sessions_per_week": sessions_per_week,
+        "profile": profile,
+    }
+    errors: dict[str, str] = {}
+    try:
+        profile_value = json.loads(profile or "{}")
+    except json.JSONDecodeError as exc:
+        errors["profile"] = f"not valid JSON ({exc.msg} at line {exc.lineno})"
+        profile_value = {}
+    questions = None
+    if checkins_form:
+        columns = {
+            "id": checkin_id or [],
+            "text": checkin_text or [],
+            "low_label": checkin_low_label or [],
+            "high_label": checkin_high_label or [],
+            "when": checkin_when or [],
+            "better": checkin_better or [],
+        }
+        questions, kept, where = posted_questions(columns, set(checkin_remove or ()))
+        if isinstance(profile_value, dict):
+            if "checkins" in profile_value:
+                errors["profile"] = (
+                    "leave 'checkins' out: the check-in questions have their own fields"
+                )
+            else:
+                try:
+                    parse_checkins(kept)
+                except ValueError as exc:
+                    errors["checkins"] = question_error(str(exc), where)
+                else:
+                    if kept:
+                        profile_value["checkins"] = kept
+    current = state.desired.current(session, patient.id)
+    try:
+        body = DesiredIn.model_validate(
+            {
+                "profile": profile_value,
+                "limits": {name: form[name] for name in _LIMIT_FIELDS},
+                "programs": config_document(current)["programs"],
+                "sessions_per_week": sessions_per_week,
+            }
+        )
+    except ValidationError as exc:
+        for err in exc.errors():
+            loc = [str(part) for part in err["loc"]]
+            field = loc[-1] if loc[0] == "limits" and len(loc) > 1 else loc[0]
+            errors.setdefault(field, str(err["msg"]))
+        body = None
+    if errors or body is None:
+        return _patient_page(
+            request=request,
+            web=web,
+            state=state,
+            session=session,
+            patient=patient,
+            days=30,
+            status=400,
+            errors=errors,
+            form=form,
+            questions=questions,
+        )
+    assert web.user.id is not None
+    try:
+        row, outgoing = state.desired.set(
+            session,
+            patient_id=patient.id,
+            expected_version=version,
+            values={
+                "profile": body.profile,
+                "limits": body.limits.model_dump(),
+                "programs": body.programs,
+                "sessions_per_week": body.sessions_per_week,
+            },
+            user_id=web.user.id,
+            now=now_utc(),
+        )
+        audit(
+            session,
+            request,
+            web.user,
+            "update",
+            "desired_state",
+            resource_id=str(row.version),
+            patient_id=patient.id,
+        )
+        session.commit()
+    except (VersionConflict, IntegrityError):
+        session.rollback()
+        return _patient_page(
+            request=request,
+            web=web,
+            state=state,
+            session=session,
+            patient=patient,
+            days=30,
+            status=409,
+            errors={"version": "someone else changed these settings meanwhile; this is the latest"},
+        )
+    state.desired.publish(outgoing)
+    return RedirectResponse(
+        f"/patients/{patient.id}?saved={row.version}#limits",
+        status_code=303,
+        headers=dict(PAGE_HEADERS),
+    )
+
+
+def install(app: FastAPI) -> None:
+    """The dashboard: call after ``install_error_handlers`` (its error pages wrap the API's)."""
+    app.include_router(web_auth.router)
+    app.include_router(router)
+    app.include_router(admin.router)
+    app.include_router(web_programs.router)
+    app.include_router(web_outcomes.router)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    install_page_errors(app)

@@ -134,3 +134,51 @@ def test_cli_without_a_passphrase_or_with_a_missing_ca_says_so(tmp_path: Path) -
     assert missing.returncode == 1
     [line] = missing.stderr.strip().splitlines()
     assert "no fleet CA" in line
+
+
+def test_cli_makes_an_issuing_ca_under_the_root_and_a_broker_that_trusts_it(
+    tmp_path: Path,
+) -> None:
+    root_dir, issuing_dir = tmp_path / "root", tmp_path / "issuing"
+    assert run("ca", "init", "--ca", root_dir).returncode == 0
+    env_issuing = {"RESONERA_ISSUING_PASSPHRASE": "issuing passphrase 123"}
+    made = run_env(env_issuing, "ca", "issuing", "--ca", root_dir, "--out", issuing_dir)
+    assert made.returncode == 0, made.stderr
+    root, issuing = FleetCA(root_dir), FleetCA(issuing_dir)
+    assert issuing.is_intermediate and issuing.root == root.cert
+    constraints = issuing.cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+    assert constraints.ca and constraints.path_length == 0
+    issuing.cert.verify_directly_issued_by(root.cert)
+    # the issuing CA signs devices with its own passphrase; the root's does not open it
+    csr = make_csr(generate_key(), "dev-i", "SN-i")
+    with pytest.raises(CAError, match="wrong passphrase"):
+        issuing.sign_device_csr(csr, PASSPHRASE)
+    issuing.sign_device_csr(csr, b"issuing passphrase 123").verify_directly_issued_by(issuing.cert)
+    # an issuing CA does not make issuing CAs
+    again = run_env(env_issuing, "ca", "issuing", "--ca", issuing_dir, "--out", tmp_path / "x")
+    assert again.returncode == 1 and "made by the root" in again.stderr
+    no_pass = run("ca", "issuing", "--ca", root_dir, "--out", tmp_path / "y")
+    assert no_pass.returncode == 1 and "RESONERA_ISSUING_PASSPHRASE" in no_pass.stderr
+    broker = run(
+        "broker-config",
+        "--tls",
+        "--ca",
+        root_dir,
+        "--issuing",
+        issuing_dir,
+        "--out-dir",
+        tmp_path / "broker",
+        "--port",
+        "8883",
+    )
+    assert broker.returncode == 0, broker.stderr
+    conf = (tmp_path / "broker" / "mosquitto.conf").read_text()
+    assert f"cafile {issuing_dir / 'chain.pem'}" in conf
+    assert f"crlfile {issuing_dir / 'crl.pem'}" in conf
+
+
+def run_env(extra: dict[str, str], *args: object) -> subprocess.CompletedProcess[str]:
+    env = {"PATH": "/usr/bin:/bin", "RESONERA_CA_PASSPHRASE": PASSPHRASE.decode(), **extra}
+    return subprocess.run(
+        [str(BIN), *map(str, args)], capture_output=True, text=True, env=env, check=False
+    )

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from factories import event_body
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
@@ -147,6 +148,7 @@ def server_settings(tmp_path: Path) -> ServerSettings:
         jwt_secret=SecretStr(JWT_SECRET),
         patient_keys=SecretStr(new_key_line("t1")),
         mqtt=MqttSettings(),
+        data_dir=tmp_path / "data",
     )
 
 
@@ -349,9 +351,9 @@ def default_body(kind: topics.UpKind) -> dict[str, Any]:
     if kind == "session":
         return session_body()
     if kind == "event":
-        return {"type": "fault", "cause": "amp too hot"}
+        return event_body()
     if kind == "reported":
-        return {"version": 1}
+        return {"desired_version": 1, "status": "applied"}
     return {"note": "hello"}
 
 

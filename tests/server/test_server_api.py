@@ -9,6 +9,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import pytest
+from factories import event_body
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import text
@@ -350,7 +351,7 @@ def test_safety_events(client: TestClient, world: Any, engine: Engine) -> None:
             device="dev-a",
             seq=i,
             kind="event",
-            body={"type": t, "cause": "x"},
+            body=event_body(type=t, cause="x"),
             time=T0 + timedelta(minutes=i),
         )
         for i, t in enumerate(["fault", "warning", "fault"])

@@ -9,8 +9,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from factories import event_body
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from resonera.common import topics
 from resonera.common.envelope import Envelope
@@ -94,7 +95,8 @@ def test_duplicate_within_one_batch_is_acked_once(
 def test_events_and_other_kinds_get_their_tables(
     engine: Engine, make_envelope: MakeEnvelope
 ) -> None:
-    event = make_envelope("dev-b", kind="event", body={"type": "fault", "cause": "dc offset"})
+    body = event_body(cause="dc offset")
+    event = make_envelope("dev-b", kind="event", body=body)
     metric = make_envelope("dev-b", kind="metrics", body={"outbox_depth": 3}, seq=1)
     result = _processor(engine).process(
         [
@@ -107,7 +109,7 @@ def test_events_and_other_kinds_get_their_tables(
         (stored_event,) = session.exec(select(SafetyEventRow)).all()
         (row,) = session.exec(select(MessageRow)).all()
     assert (stored_event.event_type, stored_event.message_id) == ("fault", event.id)
-    assert stored_event.body == {"type": "fault", "cause": "dc offset"}
+    assert stored_event.body == body
     assert stored_event.sig_status == "unsigned"
     assert (row.kind, row.message_id) == ("metrics", metric.id)
     assert json.loads(row.body) == {"outbox_depth": 3}
@@ -159,7 +161,9 @@ def test_bad_messages_are_quarantined_and_the_rest_stored(
     ]
     with caplog.at_level(logging.WARNING, logger="resonera.server.ingest"):
         result = _processor(engine).process(batch)
-    assert result.committed == {"dev-a": [good_before.id, good_after.id]}
+    # A body the device's own schema refuses will never validate: acked so it is not resent.
+    refused = [json.loads(payload[1])["id"]] if "body" in case else []
+    assert result.committed == {"dev-a": [good_before.id, good_after.id, *refused]}
     assert result.quarantined == 1
     (quarantined,) = _quarantine(engine)
     assert reason in quarantined.reason
@@ -187,3 +191,18 @@ def test_database_failure_raises_and_commits_nothing(make_envelope: MakeEnvelope
     with pytest.raises(StoreError, match="storing a batch failed"):
         processor.process([Received(topics.up("dev-a", "session"), envelope.to_bytes())])
     assert processor.counters["stored"] == 0
+
+
+def test_stored_times_compare_with_query_times_to_the_microsecond(
+    engine: Engine, make_envelope: MakeEnvelope, make_body: MakeBody
+) -> None:
+    start = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)  # a whole second: no microseconds to write
+    envelope = make_envelope("dev-a", body=make_body(start=start))
+    _processor(engine).process([Received(topics.up("dev-a", "session"), envelope.to_bytes())])
+    with Session(engine) as session:
+        found = session.exec(
+            select(SessionRow.message_id).where(
+                col(SessionRow.started_at) >= start, col(SessionRow.started_at) <= start
+            )
+        ).all()
+    assert found == [envelope.id]

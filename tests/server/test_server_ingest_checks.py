@@ -11,18 +11,24 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from factories import event_body
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from resonera.common import topics
 from resonera.common.envelope import Envelope
+from resonera.common.ids import new_id
+from resonera.common.records import HardwareLimits, HardwareReadings, SafetyEventRecord
 from resonera.common.signing import envelope_signing_bytes
 from resonera.server import metrics
 from resonera.server.ingest import IngestProcessor, Received
 from resonera.server.models import (
+    CheckInRow,
+    DeviceCertificateRow,
     DeviceStateRow,
     DoseDailyRow,
     QuarantineRow,
+    SafetyEventRow,
     SessionRow,
 )
 
@@ -104,6 +110,41 @@ def test_signatures_are_enforced_for_a_device_with_a_key(
     assert row.sig_status == "verified"
 
 
+def test_messages_queued_before_a_renewal_verify_with_the_earlier_key(
+    engine: Engine, make_envelope: MakeEnvelope, registered: Callable[..., str]
+) -> None:
+    old, new, stolen = (Ed25519PrivateKey.generate() for _ in range(3))
+    renewed_at = datetime.now(UTC) - timedelta(hours=1)
+    registered("dev-renewed", public_key=_public(new))
+    with Session(engine) as session:
+        for number, (key, revoked) in enumerate(((old, None), (stolen, renewed_at))):
+            session.add(
+                DeviceCertificateRow(
+                    fingerprint=f"{number:064x}",
+                    device_id="dev-renewed",
+                    serial_number=str(number),
+                    public_key=_public(key),
+                    how="enroll",
+                    not_after=renewed_at + timedelta(days=300),
+                    issued_at=renewed_at - timedelta(days=60),
+                    superseded_at=renewed_at,
+                    revoked_at=revoked,
+                )
+            )
+        session.commit()
+
+    def at(key: Ed25519PrivateKey, seq: int, time: datetime) -> Envelope:
+        return _signed(key, make_envelope("dev-renewed", seq=seq).model_copy(update={"time": time}))
+
+    queued_before = at(old, 1, renewed_at - timedelta(minutes=5))
+    after_renewal = at(old, 2, renewed_at + timedelta(minutes=30))
+    revoked_key = at(stolen, 3, renewed_at - timedelta(minutes=5))
+    current = at(new, 4, renewed_at + timedelta(minutes=30))
+    result = _process(engine, queued_before, after_renewal, revoked_key, current)
+    assert sorted(result.committed["dev-renewed"]) == sorted([queued_before.id, current.id])
+    assert len(_quarantine(engine)) == 2
+
+
 def test_devices_without_a_key_are_stored_as_unsigned(
     engine: Engine, make_envelope: MakeEnvelope, registered: Callable[..., str]
 ) -> None:
@@ -131,18 +172,33 @@ def test_reported_version_follows_seq(
     engine: Engine, make_envelope: MakeEnvelope, registered: Callable[..., str]
 ) -> None:
     registered("dev-r")
-    _process(engine, make_envelope("dev-r", kind="reported", body={"version": 4}, seq=10))
-    _process(engine, make_envelope("dev-r", kind="reported", body={"version": 3}, seq=8))
+    for version, seq in ((4, 10), (3, 8)):
+        body = {"desired_version": version, "status": "applied"}
+        _process(engine, make_envelope("dev-r", kind="reported", body=body, seq=seq))
     assert _state(engine, "dev-r").reported_version == 4
 
 
-def test_reported_without_a_version_is_quarantined(
+def test_only_an_applied_version_counts_as_running(
     engine: Engine, make_envelope: MakeEnvelope, registered: Callable[..., str]
 ) -> None:
     registered("dev-r")
-    _process(engine, make_envelope("dev-r", kind="reported", body={"version": "4"}))
+    applied = {"desired_version": 4, "status": "applied"}
+    _process(engine, make_envelope("dev-r", kind="reported", body=applied, seq=10))
+    for seq, status in ((11, "deferred"), (12, "refused")):
+        body = {"desired_version": 5, "status": status, "reason": "raised limits wait"}
+        _process(engine, make_envelope("dev-r", kind="reported", body=body, seq=seq))
+    assert _state(engine, "dev-r").reported_version == 4
+    assert _quarantine(engine) == []
+
+
+def test_reported_without_a_valid_version_is_quarantined(
+    engine: Engine, make_envelope: MakeEnvelope, registered: Callable[..., str]
+) -> None:
+    registered("dev-r")
+    body = {"desired_version": "4", "status": "applied"}
+    _process(engine, make_envelope("dev-r", kind="reported", body=body))
     (row,) = _quarantine(engine)
-    assert "'version' must be an integer" in row.reason
+    assert row.reason.startswith("invalid reported body: desired_version")
 
 
 def test_presence_from_the_status_topic(engine: Engine, registered: Callable[..., str]) -> None:
@@ -220,3 +276,126 @@ def test_ecdsa_signed_messages_as_devices_sign_them(
     assert result.committed == {"dev-ecdsa": [good.id]}
     (row,) = _quarantine(engine)
     assert row.reason == "signature does not verify with the device's registered key"
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({"type": "meltdown"}, "invalid event body: type:"),
+        ({"at": "yesterday"}, "invalid event body: at:"),
+        ({"code": 300}, "invalid event body: code:"),
+        ({"readings": {"amp_temp_c": 40.0}}, "invalid event body: readings.supply_current_a:"),
+        ({"volume": 11}, "invalid event body: volume:"),
+        ({"simulation": "true"}, "invalid event body: simulation:"),
+    ],
+)
+def test_safety_event_bodies_are_checked_with_the_devices_own_schema(
+    engine: Engine,
+    make_envelope: MakeEnvelope,
+    registered: Callable[..., str],
+    changes: dict[str, Any],
+    reason: str,
+) -> None:
+    registered("dev-e")
+    before = metrics.INGEST_QUARANTINED._value.get()
+    good = make_envelope("dev-e", kind="event", body=event_body(type="warning"))
+    bad = make_envelope("dev-e", kind="event", body=event_body(**changes), seq=1)
+    result = _process(engine, good, bad)
+    # The bad one is acknowledged too: resending cannot make it valid, and it is kept here.
+    assert result.committed == {"dev-e": [good.id, bad.id]}
+    assert (result.stored, result.quarantined) == (1, 1)
+    (row,) = _quarantine(engine)
+    assert reason in row.reason
+    assert (row.device_id, row.payload) == ("dev-e", bad.to_bytes())
+    assert metrics.INGEST_QUARANTINED._value.get() == before + 1
+    with Session(engine) as session:
+        (stored,) = session.exec(select(SafetyEventRow)).all()
+    assert (stored.message_id, stored.event_type) == (good.id, "warning")
+
+
+def test_invalid_body_from_an_unregistered_device_is_not_acknowledged(
+    engine: Engine, make_envelope: MakeEnvelope
+) -> None:
+    bad = make_envelope("dev-nobody", kind="event", body={"type": "fault"})
+    result = _process(engine, bad)
+    assert result.committed == {}
+    (row,) = _quarantine(engine)
+    assert row.reason == "device 'dev-nobody' is not registered"
+
+
+def test_a_safety_event_as_the_device_writes_it_is_stored(
+    engine: Engine, make_envelope: MakeEnvelope, registered: Callable[..., str]
+) -> None:
+    registered("dev-e")
+    record = SafetyEventRecord(
+        event_id=new_id(),
+        at=T0,
+        type="transition",
+        cause="amplifier hot",
+        code=3,
+        readings=HardwareReadings(
+            amp_temp_c=71.5,
+            supply_current_a=0.4,
+            output_vrms=0.2,
+            dc_offset_mv=1.0,
+            ear_spl_db=0.0,
+            clip=False,
+            headphones=True,
+            muted=True,
+            armed=False,
+            fault_code=3,
+        ),
+        limits=HardwareLimits(
+            max_output_vrms=1.0,
+            max_amp_temp_c=70.0,
+            max_supply_current_a=1.0,
+            max_dc_offset_mv=50.0,
+            max_ear_spl_db=85.0,
+        ),
+        attenuation_db=-6.0,
+        simulation=False,
+        from_state="playing",
+        to_state="fault",
+    )
+    # What the device's outbox queues (``device.store``): the record as JSON types.
+    envelope = make_envelope("dev-e", kind="event", body=record.model_dump(mode="json"))
+    result = _process(engine, envelope)
+    assert (result.stored, result.quarantined) == (1, 0)
+    with Session(engine) as session:
+        (stored,) = session.exec(select(SafetyEventRow)).all()
+    assert stored.event_type == "transition"
+    assert SafetyEventRecord.model_validate(stored.body) == record
+
+
+def test_check_ins_are_stored_once_and_bad_ones_quarantined(
+    engine: Engine, make_envelope: MakeEnvelope, registered: Callable[..., str]
+) -> None:
+    registered("dev-c")
+    answer = {
+        "id": new_id(),
+        "session_id": new_id(),
+        "device_id": "dev-c",
+        "question_id": "relaxation",
+        "phase": "after",
+        "value": 7,
+        "answered_at": NOW.isoformat(),
+    }
+    first = make_envelope("dev-c", kind="checkin", body=answer, seq=1)
+    resent = first.model_copy()
+    skipped = make_envelope(
+        "dev-c",
+        kind="checkin",
+        body={**answer, "id": new_id(), "value": None, "skipped": True},
+        seq=2,
+    )
+    impossible = make_envelope("dev-c", kind="checkin", body={**answer, "value": 11}, seq=3)
+    _process(engine, first, skipped, impossible)
+    _process(engine, resent)
+    with Session(engine) as session:
+        rows = session.exec(select(CheckInRow)).all()
+    assert sorted((r.value is None, r.question_id) for r in rows) == [
+        (False, "relaxation"),
+        (True, "relaxation"),
+    ]
+    (row,) = _quarantine(engine)
+    assert row.reason.startswith("invalid checkin body: value")

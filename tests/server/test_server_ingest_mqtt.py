@@ -12,6 +12,7 @@ from typing import Any
 
 import paho.mqtt.client as paho
 import pytest
+from factories import event_body
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, func, select
 from support import Mosquitto, free_port, wait_until
@@ -24,7 +25,7 @@ from resonera.common.settings import MqttSettings
 from resonera.server.db import init_db, make_engine
 from resonera.server.ingest import Received
 from resonera.server.ingest_mqtt import IngestConsumer, Item, take_batch
-from resonera.server.models import DeviceRow, QuarantineRow, SessionRow
+from resonera.server.models import DeviceRow, QuarantineRow, SafetyEventRow, SessionRow
 from resonera.server.settings import ServerSettings
 
 MakeEnvelope = Callable[..., Envelope]
@@ -235,3 +236,20 @@ def test_take_batch_stops_at_max_items_and_when_the_queue_is_empty() -> None:
     assert take_batch(source, items[0], max_items=3, max_wait_s=0) == items[:3]
     assert take_batch(source, source.get(), max_items=10, max_wait_s=0) == items[3:]
     assert source.empty()
+
+
+def test_invalid_safety_event_is_quarantined_acked_and_not_resent_forever(
+    consumer: IngestConsumer, device: FakeDevice, engine: Engine, make_envelope: MakeEnvelope
+) -> None:
+    bad = make_envelope("dev-x", kind="event", body=event_body(type="meltdown"))
+    good = make_envelope("dev-x", kind="event", body=event_body(), seq=1)
+    device.publish(bad.to_bytes(), kind="event")
+    device.publish(good.to_bytes(), kind="event")
+    wait_until(lambda: {bad.id, good.id} <= set(device.acked_ids()), what="acks for both events")
+    with Session(engine) as session:
+        (row,) = session.exec(select(QuarantineRow)).all()
+        stored = session.exec(select(SafetyEventRow.message_id)).all()
+    assert row.device_id == "dev-x"
+    assert "invalid event body: type:" in row.reason
+    assert stored == [good.id]
+    assert consumer.counters["quarantined"] == 1

@@ -17,6 +17,7 @@ from sqlalchemy import func
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
+from resonera.server import programs
 from resonera.server.models import AssignmentRow, AuditRow, DeviceRow
 
 API = "/api/v1"
@@ -44,6 +45,15 @@ class Case:
         return f"{self.method} {self.path}"
 
 
+PROGRAM = """\
+name = "{name}"
+[[steps]]
+duration_s = 30
+[[steps.layers]]
+type = "tone"
+frequency_hz = 440
+gain = 0.2
+"""
 ALL = {"admin": 200, "clinician": 200, "other_clinician": 200, "auditor": 200}
 ADMIN = {"admin": 200}
 ADMIN_CREATES = {"admin": 201}
@@ -95,11 +105,47 @@ CASES = [
         body={"sessions_per_week": 3},
         headers={"If-Match": '"0"'},
     ),
+    Case(
+        "POST",
+        "/patients/{patient}/dose-ledger/reset",
+        {"admin": 202, "clinician": 202, "other_clinician": 404},
+        body={"reason": "ledger corrupted after a power cut"},
+    ),
+    Case("GET", "/patients/{patient}/dose-ledger/reset", {"admin": 200, **OWN}),
     Case("GET", "/sessions", {"clinician": 200, "other_clinician": 200}),
     Case("GET", "/audit", {"auditor": 200}),
+    Case("GET", "/programs", ALL),
+    # Roles run in a fixed order: the first writer takes the name (the others get 409) or moves
+    # the program to version 2 (the others' If-Match "1" is then stale: 412).
+    Case(
+        "POST",
+        "/programs",
+        {"other_clinician": 201, "admin": 409, "clinician": 409},
+        body={"document": PROGRAM.format(name="new")},
+    ),
+    Case("GET", "/programs/{program}", ALL),
+    Case(
+        "PUT",
+        "/programs/{program}",
+        {"other_clinician": 200, "admin": 412, "clinician": 412},
+        body={"document": PROGRAM.format(name="edited")},
+        headers={"If-Match": '"1"'},
+    ),
+    Case("GET", "/programs/{program}/preview.wav", ALL),
+    Case("GET", "/patients/{patient}/export/fhir", {"admin": 200, **OWN}),
+    Case("GET", "/patients/{patient}/export/sessions.csv", {"admin": 200, **OWN}),
+    Case("GET", "/patients/{patient}/outcomes", {"admin": 200, **OWN}),
+    Case("GET", "/patients/{patient}/export/checkins.csv", {"admin": 200, **OWN}),
+    Case("GET", "/cohort/outcomes", {"admin": 200, "clinician": 200, "other_clinician": 200}),
 ]
 #: Reachable without a token, on purpose.
-PUBLIC = {("POST", "/auth/login"), ("POST", "/auth/refresh")}
+#: No user token: sign-in, and devices enrolling (one-time code) or renewing (their current key).
+PUBLIC = {
+    ("POST", "/auth/login"),
+    ("POST", "/auth/refresh"),
+    ("POST", "/enroll"),
+    ("POST", "/enroll/renew"),
+}
 
 
 def _fill(value: Any, names: dict[str, Any]) -> Any:
@@ -125,6 +171,10 @@ def test_role_matrix(case: Case, client: TestClient, world: Any, engine: Engine)
         assignment = session.exec(
             select(AssignmentRow).where(AssignmentRow.device_id == world.device)
         ).one()
+    with Session(engine) as session:
+        program = programs.create_program(
+            session, actor_user_id=world.admin.id, document=PROGRAM.format(name="lib"), fmt="toml"
+        )
     names = {
         "patient": world.patient,
         "device": world.device,
@@ -132,6 +182,7 @@ def test_role_matrix(case: Case, client: TestClient, world: Any, engine: Engine)
         "auditor_id": world.auditor.id,
         "other_id": world.other_clinician.id,
         "assignment_id": assignment.id,
+        "program": program.id,
     }
     path = API + _fill(case.path, names)
     body = _fill(case.body, names)
@@ -162,6 +213,7 @@ def test_the_matrix_covers_every_route(client: TestClient) -> None:
         "{auditor_id}": "{user_id}",
         "{device}": "{device_id}",
         "{patient}": "{patient_id}",
+        "{program}": "{program_id}",
     }
     for old, new in normalise.items():
         covered = {(m, p.replace(old, new)) for m, p in covered}

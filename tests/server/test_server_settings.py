@@ -79,3 +79,13 @@ def test_demo_keeps_a_given_jwt_secret() -> None:
 def test_jwt_secret_value_without_one_is_a_config_error() -> None:
     with pytest.raises(ConfigError):
         ServerSettings().jwt_secret_value()
+
+
+def test_https_needs_both_the_certificate_and_its_key(tmp_path: Path) -> None:
+    cert = tmp_path / "https.crt"
+    cert.write_text("-----BEGIN CERTIFICATE-----\n")
+    with pytest.raises(ConfigError, match="tls_cert_file and tls_key_file must be set together"):
+        ServerSettings(demo=True, tls_cert_file=cert).checked_for_start()
+    missing = tmp_path / "https.key"
+    with pytest.raises(ConfigError, match=f"tls_key_file {missing} is not a readable file"):
+        ServerSettings(demo=True, tls_cert_file=cert, tls_key_file=missing).checked_for_start()

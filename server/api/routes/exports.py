@@ -1,7 +1,170 @@
-"""Patient exports (FHIR R4 JSON, CSV) and program audio previews."""
+"""Patient exports: ``/patients/{id}/export/fhir`` (a FHIR R4 Bundle, ``server/export/fhir.py``)
+and ``/patients/{id}/export/sessions.csv`` (``server/export/sessions_csv.py``), for a period
+(``from`` inclusive, ``to`` exclusive, both optional).
+
+Who: a clinician for their own patients, an admin for any (404 otherwise, as for every patient
+route); auditors read the audit log instead. Every export is an audit row (action ``export``).
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from datetime import datetime
+from typing import Annotated, Any
 
-router = APIRouter(tags=["exports"])
+from fastapi import APIRouter, Path, Query, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import AwareDatetime
+from sqlalchemy import or_
+from sqlmodel import Session, col, select
+
+from resonera.server import crud
+from resonera.server.api.deps import AdminOrClinician, SessionDep, StateDep, audit, own_patient
+from resonera.server.api.errors import ApiError
+from resonera.server.export.fhir import PatientIdentity, build_bundle
+from resonera.server.export.sessions_csv import session_csv_chunks
+from resonera.server.models import (
+    AssignmentRow,
+    AuditRow,
+    CheckInRow,
+    DeviceRow,
+    SafetyEventRow,
+    SessionRow,
+)
+from resonera.server.security import now_utc
+
+router = APIRouter(prefix="/patients", tags=["exports"])
+PatientId = Annotated[str, Path(min_length=1, max_length=36, pattern=r"^[0-9a-f-]{1,36}$")]
+Since = Annotated[AwareDatetime | None, Query(alias="from", description="inclusive")]
+Until = Annotated[AwareDatetime | None, Query(alias="to", description="exclusive")]
+FHIR_JSON = "application/fhir+json"
+
+
+def _period(since: datetime | None, until: datetime | None) -> None:
+    if since is not None and until is not None and until <= since:
+        raise ApiError(422, "the period is empty: 'to' must be after 'from'")
+
+
+def _in_period(column: Any, since: datetime | None, until: datetime | None) -> list[Any]:
+    conditions = []
+    if since is not None:
+        conditions.append(col(column) >= since)
+    if until is not None:
+        conditions.append(col(column) < until)
+    return conditions
+
+
+def _devices(
+    session: Session,
+    patient_id: str,
+    used: set[str],
+    since: datetime | None,
+    until: datetime | None,
+) -> list[DeviceRow]:
+    """Devices assigned to the patient during the period, and any their records name."""
+    query = select(AssignmentRow.device_id).where(AssignmentRow.patient_id == patient_id)
+    if until is not None:
+        query = query.where(col(AssignmentRow.valid_from) < until)
+    if since is not None:
+        query = query.where(
+            or_(col(AssignmentRow.valid_to).is_(None), col(AssignmentRow.valid_to) > since)
+        )
+    ids = used | set(session.exec(query).all())
+    if not ids:
+        return []
+    return list(
+        session.exec(
+            select(DeviceRow).where(col(DeviceRow.id).in_(ids)).order_by(col(DeviceRow.id))
+        )
+    )
+
+
+@router.get(
+    "/{patient_id}/export/fhir",
+    response_class=JSONResponse,
+    responses={200: {"content": {FHIR_JSON: {}}, "description": "a FHIR R4 Bundle (collection)"}},
+)
+def export_fhir(
+    *,
+    patient_id: PatientId,
+    user: AdminOrClinician,
+    state: StateDep,
+    session: SessionDep,
+    request: Request,
+    since: Since = None,
+    until: Until = None,
+) -> JSONResponse:
+    """The patient, their devices, sessions (with level and dose), safety events and audit trail
+    in the period, as one FHIR R4 Bundle of type ``collection``."""
+    _period(since, until)
+    patient = own_patient(session, user, patient_id)
+    identity = crud.patient_public(session, state.cipher, patient)
+    sessions = session.exec(
+        select(SessionRow)
+        .where(
+            SessionRow.patient_id == patient_id, *_in_period(SessionRow.started_at, since, until)
+        )
+        .order_by(col(SessionRow.started_at), col(SessionRow.id))
+    ).all()
+    events = session.exec(
+        select(SafetyEventRow)
+        .where(
+            SafetyEventRow.patient_id == patient_id,
+            *_in_period(SafetyEventRow.device_time, since, until),
+        )
+        .order_by(col(SafetyEventRow.device_time), col(SafetyEventRow.id))
+    ).all()
+    trail = session.exec(
+        select(AuditRow)
+        .where(AuditRow.patient_id == patient_id, *_in_period(AuditRow.at, since, until))
+        .order_by(col(AuditRow.id))
+    ).all()
+    checkins = session.exec(
+        select(CheckInRow)
+        .where(
+            CheckInRow.patient_id == patient_id, *_in_period(CheckInRow.answered_at, since, until)
+        )
+        .order_by(col(CheckInRow.answered_at), col(CheckInRow.id))
+    ).all()
+    used = {row.device_id for row in sessions} | {row.device_id for row in events}
+    bundle = build_bundle(
+        patient=PatientIdentity(identity.id, identity.name, identity.birth_date),
+        devices=_devices(session, patient_id, used, since, until),
+        sessions=sessions,
+        events=events,
+        audit=trail,
+        now=now_utc(),
+        checkins=checkins,
+    )
+    audit(session, request, user, "export", "fhir", patient_id=patient_id)
+    session.commit()
+    return JSONResponse(bundle, media_type=FHIR_JSON)
+
+
+@router.get(
+    "/{patient_id}/export/sessions.csv",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/csv": {}}, "description": "one row per session"}},
+)
+def export_sessions_csv(
+    *,
+    patient_id: PatientId,
+    user: AdminOrClinician,
+    state: StateDep,
+    session: SessionDep,
+    request: Request,
+    since: Since = None,
+    until: Until = None,
+) -> StreamingResponse:
+    """The patient's sessions in the period, oldest first, with the session API's columns."""
+    _period(since, until)
+    own_patient(session, user, patient_id)
+    audit(session, request, user, "export", "sessions_csv", patient_id=patient_id)
+    session.commit()
+    return StreamingResponse(
+        session_csv_chunks(state.engine, patient_id, since, until),
+        media_type="text/csv; charset=utf-8",
+        headers={
+            "Content-Disposition": f'attachment; filename="sessions-{patient_id}.csv"',
+            "Cache-Control": "no-store",
+        },
+    )

@@ -1,0 +1,110 @@
+"""Session effectiveness (``server/analytics.py``): a patient's outcome view, a clinician's cohort
+view, and the check-ins as CSV.
+
+Who: a clinician for their own patients, an admin for any (an unlinked patient is a 404, as on
+every patient route); auditors read the audit log instead. The cohort is a clinician's own
+patients, every patient for an admin. Every read is an audit row.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query, Request
+from fastapi.responses import StreamingResponse
+from pydantic import AwareDatetime
+
+from resonera.server import analytics, crud
+from resonera.server.api.deps import AdminOrClinician, SessionDep, StateDep, audit, own_patient
+from resonera.server.api.errors import ApiError
+from resonera.server.export.checkins_csv import checkin_csv_chunks
+from resonera.server.schemas import CohortOutcomes, PatientOutcomes
+from resonera.server.security import now_utc
+
+router = APIRouter(tags=["outcomes"])
+PatientId = Annotated[str, Path(min_length=1, max_length=36, pattern=r"^[0-9a-f-]{1,36}$")]
+Days = Annotated[
+    int, Query(ge=1, le=366, description="UTC days up to and including today (default 90)")
+]
+
+
+@router.get("/patients/{patient_id}/outcomes", response_model=PatientOutcomes)
+def patient_outcomes(
+    *,
+    patient_id: PatientId,
+    user: AdminOrClinician,
+    state: StateDep,
+    session: SessionDep,
+    request: Request,
+    days: Days = 90,
+) -> PatientOutcomes:
+    """Adherence per ISO week against the prescribed sessions per week, check-in trends per
+    question (daily means, rolling 7-day means), the before → after change per program and
+    question (a 95 % interval only from 5 pairs on; fewer are flagged ``too_few``), and per day
+    the sessions, dose and signal level."""
+    own_patient(session, user, patient_id)
+    current = state.desired.current(session, patient_id)
+    report = analytics.patient_outcomes(
+        session,
+        patient_id=patient_id,
+        today=crud.utc_today(now_utc()),
+        days=days,
+        sessions_per_week=current.sessions_per_week if current is not None else 0,
+        profile=current.profile if current is not None else None,
+    )
+    audit(session, request, user, "read", "outcomes", patient_id=patient_id)
+    session.commit()
+    return report
+
+
+@router.get("/cohort/outcomes", response_model=CohortOutcomes)
+def cohort_outcomes(
+    *,
+    user: AdminOrClinician,
+    session: SessionDep,
+    request: Request,
+    days: Days = 90,
+) -> CohortOutcomes:
+    """Per program over the cohort (a clinician's patients; every patient for an admin): the
+    patients using it, sessions, completion rate and the mean before → after improvement with
+    its number of pairs."""
+    report = analytics.cohort_outcomes(
+        session,
+        clinician_id=user.id if user.role == "clinician" else None,
+        today=crud.utc_today(now_utc()),
+        days=days,
+    )
+    audit(session, request, user, "read", "cohort_outcomes")
+    session.commit()
+    return report
+
+
+@router.get(
+    "/patients/{patient_id}/export/checkins.csv",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/csv": {}}, "description": "one row per check-in answer"}},
+)
+def export_checkins_csv(
+    *,
+    patient_id: PatientId,
+    user: AdminOrClinician,
+    state: StateDep,
+    session: SessionDep,
+    request: Request,
+    since: Annotated[AwareDatetime | None, Query(alias="from", description="inclusive")] = None,
+    until: Annotated[AwareDatetime | None, Query(alias="to", description="exclusive")] = None,
+) -> StreamingResponse:
+    """The patient's check-in answers (and skips) in the period, oldest first."""
+    if since is not None and until is not None and until <= since:
+        raise ApiError(422, "the period is empty: 'to' must be after 'from'")
+    own_patient(session, user, patient_id)
+    audit(session, request, user, "export", "checkins_csv", patient_id=patient_id)
+    session.commit()
+    return StreamingResponse(
+        checkin_csv_chunks(state.engine, patient_id, since, until),
+        media_type="text/csv; charset=utf-8",
+        headers={
+            "Content-Disposition": f'attachment; filename="checkins-{patient_id}.csv"',
+            "Cache-Control": "no-store",
+        },
+    )

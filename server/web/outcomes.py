@@ -1,0 +1,209 @@
+"""Dashboard pages for session effectiveness: a patient's outcomes (adherence, check-in trends,
+before → after change per program, exposure), the cohort per program, and the patient's CSV
+downloads for the cookie session.
+
+The numbers are ``server/analytics.py``'s, as the API's ``/outcomes`` routes return them; the CSV
+downloads are the API's own export routes, called after the page's ownership check. Every chart
+is drawn (``static/outcomes.js``) from a table on the page, which is what screen readers and
+tests read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Annotated, Final, Literal
+
+from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi.responses import HTMLResponse, StreamingResponse
+from sqlmodel import Session
+
+from resonera.server import analytics, crud
+from resonera.server.api.deps import SessionDep, StateDep, audit
+from resonera.server.api.routes import exports as api_exports
+from resonera.server.api.routes import outcomes as api_outcomes
+from resonera.server.crypto import FieldCipher
+from resonera.server.desired import DesiredService
+from resonera.server.models import PatientRow
+from resonera.server.schemas import CohortOutcomes, PatientOutcomes, PatientPublic, TrendDay
+from resonera.server.security import now_utc
+from resonera.server.web.auth import ClinicianPage, WebUser, own_patient_page, require_page
+from resonera.server.web.render import render
+
+router = APIRouter(include_in_schema=False)
+PatientId = Annotated[str, Path(min_length=1, max_length=36, pattern=r"^[0-9a-f-]{1,36}$")]
+Period = Annotated[Literal["30", "90"], Query()]
+OUTCOME_PERIODS: Final = (30, 90)
+CohortPage = Annotated[WebUser, Depends(require_page("clinician", "admin"))]
+
+
+@dataclass(frozen=True)
+class TrendRow:
+    """One day of a question: the before and the after answers (None: none that day)."""
+
+    day: date
+    before: TrendDay | None
+    after: TrendDay | None
+
+    @property
+    def skipped(self) -> int:
+        return sum(point.skipped for point in (self.before, self.after) if point is not None)
+
+
+@dataclass(frozen=True)
+class QuestionView:
+    id: str
+    #: '' for a question no longer in the profile (its answers still count).
+    text: str
+    low_label: str
+    high_label: str
+    better: str
+    rows: tuple[TrendRow, ...]
+
+
+@dataclass(frozen=True)
+class OutcomesView:
+    patient: PatientPublic
+    report: PatientOutcomes
+    questions: tuple[QuestionView, ...]
+
+    def question_text(self, question_id: str) -> str:
+        found = next((q for q in self.questions if q.id == question_id), None)
+        return found.text if found is not None and found.text else question_id
+
+
+def question_views(report: PatientOutcomes) -> tuple[QuestionView, ...]:
+    """The profile's questions in its order, then any other question answered in the period."""
+    by_series = {(t.question_id, t.phase): t for t in report.trends}
+    asked = {str(q["id"]): q for q in report.questions}
+    ids = list(asked) + sorted({q for q, _ in by_series} - set(asked))
+    out = []
+    for question_id in ids:
+        before = {p.day: p for p in getattr(by_series.get((question_id, "before")), "days", [])}
+        after = {p.day: p for p in getattr(by_series.get((question_id, "after")), "days", [])}
+        rows = tuple(
+            TrendRow(day, before.get(day), after.get(day)) for day in sorted({*before, *after})
+        )
+        profile = asked.get(question_id, {})
+        out.append(
+            QuestionView(
+                id=question_id,
+                text=str(profile.get("text", "")),
+                low_label=str(profile.get("low_label", "")),
+                high_label=str(profile.get("high_label", "")),
+                better=str(profile.get("better", "higher")),
+                rows=rows,
+            )
+        )
+    return tuple(out)
+
+
+def outcomes_view(
+    session: Session, cipher: FieldCipher, patient: PatientRow, now: datetime, days: int
+) -> OutcomesView:
+    current = DesiredService.current(session, patient.id)
+    report = analytics.patient_outcomes(
+        session,
+        patient_id=patient.id,
+        today=crud.utc_today(now),
+        days=days,
+        sessions_per_week=current.sessions_per_week if current is not None else 0,
+        profile=current.profile if current is not None else None,
+    )
+    return OutcomesView(
+        patient=crud.patient_public(session, cipher, patient),
+        report=report,
+        questions=question_views(report),
+    )
+
+
+@router.get("/patients/{patient_id}/outcomes")
+def outcomes_page(
+    *,
+    request: Request,
+    patient_id: PatientId,
+    web: ClinicianPage,
+    state: StateDep,
+    session: SessionDep,
+    days: Period = "30",
+) -> HTMLResponse:
+    patient = own_patient_page(session, web, patient_id)
+    view = outcomes_view(session, state.cipher, patient, now_utc(), int(days))
+    audit(session, request, web.user, "read", "outcomes", patient_id=patient.id)
+    session.commit()
+    return render(
+        "outcomes.html",
+        {
+            "web": web,
+            "title": f"Outcomes · {view.patient.name}",
+            "view": view,
+            "periods": OUTCOME_PERIODS,
+            "min_n": analytics.MIN_OBSERVATIONS,
+        },
+    )
+
+
+def cohort_report(session: Session, web: WebUser, now: datetime, days: int) -> CohortOutcomes:
+    """A clinician's own patients; every patient for an admin (as the API's cohort route)."""
+    return analytics.cohort_outcomes(
+        session,
+        clinician_id=web.user.id if web.role == "clinician" else None,
+        today=crud.utc_today(now),
+        days=days,
+    )
+
+
+@router.get("/cohort")
+def cohort_page(
+    *,
+    request: Request,
+    web: CohortPage,
+    session: SessionDep,
+    days: Period = "90",
+) -> HTMLResponse:
+    report = cohort_report(session, web, now_utc(), int(days))
+    audit(session, request, web.user, "read", "cohort_outcomes")
+    session.commit()
+    return render(
+        "cohort.html",
+        {
+            "web": web,
+            "title": "Cohort",
+            "report": report,
+            "periods": OUTCOME_PERIODS,
+            "min_n": analytics.MIN_OBSERVATIONS,
+        },
+    )
+
+
+# -- CSV downloads -----------------------------------------------------------------------------
+
+
+@router.get("/patients/{patient_id}/checkins.csv")
+def checkins_csv(
+    *,
+    request: Request,
+    patient_id: PatientId,
+    web: ClinicianPage,
+    state: StateDep,
+    session: SessionDep,
+) -> StreamingResponse:
+    own_patient_page(session, web, patient_id)
+    return api_outcomes.export_checkins_csv(
+        patient_id=patient_id, user=web.user, state=state, session=session, request=request
+    )
+
+
+@router.get("/patients/{patient_id}/sessions.csv")
+def sessions_csv(
+    *,
+    request: Request,
+    patient_id: PatientId,
+    web: ClinicianPage,
+    state: StateDep,
+    session: SessionDep,
+) -> StreamingResponse:
+    own_patient_page(session, web, patient_id)
+    return api_exports.export_sessions_csv(
+        patient_id=patient_id, user=web.user, state=state, session=session, request=request
+    )

@@ -1,0 +1,428 @@
+"""What the dashboard pages show, built from ``crud`` and ``desired`` (no queries of their own where
+those have one). Plain data, so pages, tests and the benchmark share it."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Final, Literal
+
+from sqlmodel import Session, col, select
+
+from resonera.common.profile import MAX_CHECKIN_QUESTIONS
+from resonera.server import crud
+from resonera.server.crypto import FieldCipher
+from resonera.server.desired import DesiredService, config_document
+from resonera.server.models import (
+    AssignmentRow,
+    DeviceDesiredRow,
+    DeviceRow,
+    DeviceStateRow,
+    MessageRow,
+    PatientConfigRow,
+    PatientRow,
+    SafetyEventRow,
+    SessionRow,
+)
+from resonera.server.schemas import DoseReport, Limits, PatientPublic
+
+#: Event types that need a clinician's look; "open" = one of these in the last 7 days.
+ATTENTION_EVENTS: Final = frozenset(
+    {
+        "fault",
+        "warning",
+        "dose_reached",
+        "dose_stop",
+        "limits_refused",
+        "incompatible",
+        "no_monitor",
+        "session_refused",
+        "mcu_restarted",
+    }
+)
+OPEN_WINDOW: Final = timedelta(days=7)
+PERIODS: Final = (7, 30, 90)
+SortKey = Literal["name", "device", "last_sync", "sessions", "dose", "events"]
+SORT_KEYS: Final[tuple[SortKey, ...]] = (
+    "name",
+    "device",
+    "last_sync",
+    "sessions",
+    "dose",
+    "events",
+)
+#: At most this many sessions and events of one patient on a page (90 days of several a day).
+TIMELINE_MAX: Final = 500
+
+
+# -- the patients list ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PatientLine:
+    id: str
+    name: str
+    devices: tuple[str, ...]
+    last_sync: datetime | None
+    sessions_done: int
+    sessions_prescribed: int
+    dose_7d: float
+    open_events: int
+
+    @property
+    def dose_percent(self) -> float:
+        return self.dose_7d * 100.0
+
+
+def _last_sync(session: Session, devices: Sequence[str]) -> datetime | None:
+    times = [
+        state.last_received_at
+        for device_id in devices
+        if (state := session.get(DeviceStateRow, device_id)) is not None
+        and state.last_received_at is not None
+    ]
+    return max(times, default=None)
+
+
+def open_event_count(session: Session, patient_id: str, now: datetime) -> int:
+    rows = crud.list_events(
+        session,
+        patient_id=patient_id,
+        event_type=None,
+        since=now - OPEN_WINDOW,
+        until=None,
+        limit=1000,
+        offset=0,
+    )
+    return sum(1 for row in rows if row.event_type in ATTENTION_EVENTS)
+
+
+def patient_line(
+    session: Session, cipher: FieldCipher, patient: PatientRow, now: datetime
+) -> PatientLine:
+    today = crud.utc_today(now)
+    current = DesiredService.current(session, patient.id)
+    per_week = current.sessions_per_week if current is not None else 0
+    devices = tuple(DesiredService.devices_of(session, patient.id, now))
+    week = crud.adherence_report(
+        session, patient_id=patient.id, today=today, weeks=1, per_week=per_week
+    ).weeks[0]
+    dose = crud.dose_report(session, patient_id=patient.id, today=today, days=1)
+    return PatientLine(
+        id=patient.id,
+        name=crud.patient_public(session, cipher, patient).name,
+        devices=devices,
+        last_sync=_last_sync(session, devices),
+        sessions_done=week.done,
+        sessions_prescribed=week.prescribed,
+        dose_7d=dose.rolling_7d,
+        open_events=open_event_count(session, patient.id, now),
+    )
+
+
+def _sort_value(line: PatientLine, key: SortKey) -> Any:
+    if key == "name":
+        return line.name.casefold()
+    if key == "device":
+        return ",".join(line.devices)
+    if key == "last_sync":
+        return line.last_sync.timestamp() if line.last_sync is not None else float("-inf")
+    if key == "sessions":
+        return (line.sessions_done / line.sessions_prescribed) if line.sessions_prescribed else -1
+    if key == "dose":
+        return line.dose_7d
+    return line.open_events
+
+
+def patient_lines(
+    session: Session,
+    cipher: FieldCipher,
+    patient_ids: Sequence[str],
+    now: datetime,
+    *,
+    search: str = "",
+    sort: SortKey = "name",
+    descending: bool = False,
+) -> list[PatientLine]:
+    """The patients' lines, filtered by a case-insensitive part of the name or id, and sorted.
+    Names are ciphertext at rest, so the search runs here, after decryption."""
+    if not patient_ids:
+        return []
+    rows = session.exec(select(PatientRow).where(col(PatientRow.id).in_(patient_ids))).all()
+    lines = [patient_line(session, cipher, row, now) for row in rows]
+    needle = search.strip().casefold()
+    if needle:
+        lines = [line for line in lines if needle in line.name.casefold() or needle in line.id]
+    lines.sort(key=lambda line: (_sort_value(line, sort), line.name.casefold(), line.id))
+    if descending:
+        lines.reverse()
+    return lines
+
+
+# -- one patient ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DeviceSync:
+    """Whether a device of the patient runs the patient's current configuration."""
+
+    device_id: str
+    #: The device's desired-state version carrying the current config, None if not sent yet.
+    desired_version: int | None
+    reported_version: int | None
+
+    @property
+    def applied(self) -> bool:
+        return (
+            self.desired_version is not None
+            and self.reported_version is not None
+            and self.reported_version >= self.desired_version
+        )
+
+
+@dataclass(frozen=True)
+class PatientView:
+    patient: PatientPublic
+    days: int
+    dose: DoseReport
+    sessions: Sequence[SessionRow]
+    events: Sequence[SafetyEventRow]
+    config_version: int
+    profile: dict[str, Any]
+    limits: Limits
+    sessions_per_week: int
+    devices: tuple[DeviceSync, ...]
+
+    @property
+    def pending(self) -> tuple[str, ...]:
+        """Devices that have not reported the current version applied (nothing set: none)."""
+        if self.config_version == 0:
+            return ()
+        return tuple(d.device_id for d in self.devices if not d.applied)
+
+    @property
+    def profile_json(self) -> str:
+        return json.dumps(self.profile, indent=2, sort_keys=True)
+
+    @property
+    def profile_json_without_checkins(self) -> str:
+        """The profile for its JSON field: the check-in questions have fields of their own."""
+        rest = {key: value for key, value in self.profile.items() if key != "checkins"}
+        return json.dumps(rest, indent=2, sort_keys=True)
+
+    @property
+    def question_slots(self) -> list[dict[str, str]]:
+        raw = self.profile.get("checkins")
+        return question_slots(raw if isinstance(raw, list) else [])
+
+
+# -- check-in questions in the profile form -------------------------------------------------------
+
+#: A question's fields (``common.profile.CheckInQuestion``) and their defaults on an empty row.
+CHECKIN_FIELDS: Final = {
+    "id": "",
+    "text": "",
+    "low_label": "",
+    "high_label": "",
+    "when": "both",
+    "better": "higher",
+}
+_WHERE: Final = re.compile(r"\bcheckins\.(\d+)\.(\w+)")
+
+
+def question_slots(questions: Sequence[Any]) -> list[dict[str, str]]:
+    """Form rows for check-in questions: the given ones, then empty rows up to the most allowed
+    (adding a question is filling a row; removing one is ticking its box)."""
+    rows = [
+        {name: str(q.get(name, default)) for name, default in CHECKIN_FIELDS.items()}
+        for q in questions
+        if isinstance(q, Mapping)
+    ]
+    blank = {**CHECKIN_FIELDS, "remove": ""}
+    return [{**row, "remove": ""} for row in rows] + [
+        dict(blank) for _ in range(MAX_CHECKIN_QUESTIONS - len(rows))
+    ]
+
+
+def _nth(values: Sequence[str], index: int, default: str) -> str:
+    return values[index].strip() if index < len(values) else default
+
+
+def posted_questions(
+    columns: Mapping[str, Sequence[str]], removed: Collection[str]
+) -> tuple[list[dict[str, str]], list[dict[str, str]], list[int]]:
+    """From the form's columns (one value per row, by field): every row as posted (to show it
+    again), the questions to keep (not removed, not blank), and the row index of each."""
+    count = max((len(values) for values in columns.values()), default=0)
+    rows, kept, where = [], [], []
+    for index in range(count):
+        row = {
+            name: _nth(columns.get(name, ()), index, default)
+            for name, default in CHECKIN_FIELDS.items()
+        }
+        rows.append({**row, "remove": "1" if str(index) in removed else ""})
+        blank = not any(row[name] for name in ("id", "text", "low_label", "high_label"))
+        if str(index) not in removed and not blank:
+            kept.append(row)
+            where.append(index)
+    return rows, kept, where
+
+
+def question_error(message: str, where: Sequence[int]) -> str:
+    """``checkins.0.when: ...`` as the form shows it: "question 2, when: ..." (its row)."""
+
+    def row(found: re.Match[str]) -> str:
+        index = int(found.group(1))
+        number = where[index] + 1 if index < len(where) else index + 1
+        return f"question {number}, {found.group(2)}"
+
+    return _WHERE.sub(row, message)
+
+
+def device_sync(
+    session: Session, config: PatientConfigRow | None, devices: Sequence[str]
+) -> tuple[DeviceSync, ...]:
+    out = []
+    for device_id in devices:
+        desired = session.get(DeviceDesiredRow, device_id)
+        state = session.get(DeviceStateRow, device_id)
+        carries = (
+            desired is not None
+            and config is not None
+            and desired.patient_id == config.patient_id
+            and desired.patient_version == config.version
+        )
+        out.append(
+            DeviceSync(
+                device_id=device_id,
+                desired_version=desired.version if carries and desired is not None else None,
+                reported_version=state.reported_version if state is not None else None,
+            )
+        )
+    return tuple(out)
+
+
+def patient_view(
+    session: Session, cipher: FieldCipher, patient: PatientRow, now: datetime, days: int
+) -> PatientView:
+    today = crud.utc_today(now)
+    since = datetime.combine(today - timedelta(days=days - 1), datetime.min.time(), now.tzinfo)
+    current = DesiredService.current(session, patient.id)
+    document = config_document(current)
+    return PatientView(
+        patient=crud.patient_public(session, cipher, patient),
+        days=days,
+        dose=crud.dose_report(session, patient_id=patient.id, today=today, days=days),
+        sessions=crud.list_sessions(
+            session, patient_ids=[patient.id], since=since, limit=TIMELINE_MAX
+        ),
+        events=crud.list_events(
+            session,
+            patient_id=patient.id,
+            event_type=None,
+            since=since,
+            until=None,
+            limit=TIMELINE_MAX,
+            offset=0,
+        ),
+        config_version=current.version if current is not None else 0,
+        profile=document["profile"],
+        limits=Limits.model_validate(document["limits"]),
+        sessions_per_week=document["sessions_per_week"],
+        devices=device_sync(session, current, DesiredService.devices_of(session, patient.id, now)),
+    )
+
+
+# -- devices (admins) ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DeviceLine:
+    id: str
+    revoked: bool
+    online: bool | None
+    last_seen: datetime | None
+    firmware: str
+    agent_version: str
+    patient_id: str | None
+    amp_temp_c: float | None
+    outbox_depth: int | None
+    telemetry_at: datetime | None
+
+
+def _find_number(body: Any, names: frozenset[str]) -> float | None:
+    """The first number under one of ``names`` anywhere in a telemetry body (formats vary)."""
+    if isinstance(body, dict):
+        for key, value in body.items():
+            if key in names and isinstance(value, int | float) and not isinstance(value, bool):
+                return float(value)
+        for value in body.values():
+            found = _find_number(value, names)
+            if found is not None:
+                return found
+    return None
+
+
+def _find_text(body: Any, names: frozenset[str]) -> str:
+    if isinstance(body, dict):
+        for key, value in body.items():
+            if key in names and isinstance(value, str):
+                return value
+        for value in body.values():
+            found = _find_text(value, names)
+            if found:
+                return found
+    return ""
+
+
+def device_line(session: Session, device: DeviceRow, now: datetime) -> DeviceLine:
+    state = session.get(DeviceStateRow, device.id)
+    metrics = session.exec(
+        select(MessageRow)
+        .where(MessageRow.device_id == device.id, MessageRow.kind == "metrics")
+        .order_by(col(MessageRow.seq).desc())
+        .limit(1)
+    ).first()
+    try:
+        body: Any = json.loads(metrics.body) if metrics is not None else {}
+    except ValueError:
+        body = {}
+    board = session.exec(
+        select(SessionRow.hardware_board)
+        .where(SessionRow.device_id == device.id, SessionRow.hardware_board != "")
+        .order_by(col(SessionRow.started_at).desc())
+        .limit(1)
+    ).first()
+    assignment = session.exec(
+        select(AssignmentRow)
+        .where(AssignmentRow.device_id == device.id, col(AssignmentRow.valid_from) <= now)
+        .order_by(col(AssignmentRow.valid_from).desc())
+        .limit(1)
+    ).first()
+    current = (
+        assignment
+        if assignment is not None and (assignment.valid_to is None or assignment.valid_to > now)
+        else None
+    )
+    depth = _find_number(body, frozenset({"outbox_depth"}))
+    return DeviceLine(
+        id=device.id,
+        revoked=device.revoked,
+        online=state.online if state is not None else None,
+        last_seen=state.last_received_at if state is not None else None,
+        firmware=_find_text(body, frozenset({"firmware", "firmware_version", "hardware_board"}))
+        or (board or ""),
+        agent_version=_find_text(body, frozenset({"agent_version", "software_version"})),
+        patient_id=current.patient_id if current is not None else None,
+        amp_temp_c=_find_number(body, frozenset({"amp_temp_c", "amplifier_temp_c"})),
+        outbox_depth=int(depth) if depth is not None else None,
+        telemetry_at=metrics.device_time if metrics is not None else None,
+    )
+
+
+def device_lines(session: Session, now: datetime) -> list[DeviceLine]:
+    rows = session.exec(select(DeviceRow).order_by(col(DeviceRow.id))).all()
+    return [device_line(session, row, now) for row in rows]

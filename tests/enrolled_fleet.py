@@ -1,0 +1,149 @@
+"""A fleet with enrollment on, for tests: a two-tier CA, a mutual-TLS mosquitto admitting the issuing
+CA's devices, and the server's API over HTTPS (uvicorn with a certificate from the fleet root)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import tomli_w
+from fleet import PASSPHRASE
+from pydantic import SecretStr
+from sqlalchemy.engine import Engine
+from support import Mosquitto, free_port, run_mosquitto_config
+
+from resonera.common.mqtt_client import BrokerUnavailable, build_client, connect
+from resonera.common.settings import MqttSettings
+from resonera.provisioning.broker import SERVER_IDENTITY, provision_broker
+from resonera.provisioning.ca import FleetCA
+from resonera.server.crypto import new_key_line, write_signing_key
+from resonera.server.db import make_engine
+from resonera.server.desired import MemoryPublisher
+from resonera.server.runner import run_server_in_thread
+from resonera.server.settings import EnrollmentSettings, ServerSettings
+
+#: The issuing CA's own passphrase (the root's is fleet.PASSPHRASE).
+ISSUING_PASSPHRASE = b"issuing ca passphrase 42"
+JWT_SECRET = "enrollment-test-jwt-secret-0123456789abcdef"
+
+
+@dataclass
+class Fleet:
+    """Two-tier CA, a mutual-TLS mosquitto that admits the issuing CA's devices, and the server
+    (API over HTTPS with enrollment on) on one migrated SQLite database."""
+
+    workdir: Path
+    root: FleetCA
+    issuing: FleetCA
+    broker: Mosquitto
+    engine: Engine
+    settings: ServerSettings
+    config_path: Path
+    https_ca: Path
+    url: str
+
+    def mqtt(self, key: Path, cert: Path) -> MqttSettings:
+        return MqttSettings(
+            host="127.0.0.1",
+            port=self.broker.port,
+            ca_file=self.issuing.chain_path,
+            cert_file=cert,
+            key_file=key,
+        )
+
+    def server_mqtt(self) -> MqttSettings:
+        folder = self.workdir / "server-identity"
+        folder.mkdir(exist_ok=True)
+        self.issuing.issue_service(
+            SERVER_IDENTITY, folder / "server.key", folder / "server.crt", ISSUING_PASSPHRASE
+        )
+        return self.mqtt(folder / "server.key", folder / "server.crt")
+
+
+def broker_admits(settings: MqttSettings, client_id: str) -> bool:
+    """True when the broker lets this identity in (TLS handshake and CONNACK)."""
+    answered = threading.Event()
+    accepted = threading.Event()
+
+    def on_connect(_c: object, _u: object, _f: object, reason: object, _p: object) -> None:
+        if not getattr(reason, "is_failure", True):
+            accepted.set()
+        answered.set()
+
+    client = build_client(settings, client_id)
+    client.on_connect = on_connect
+    client.on_disconnect = lambda *_a: answered.set()
+    try:
+        connect(client, settings, clean_start=True, session_expiry_s=0)
+    except BrokerUnavailable:
+        return False
+    client.loop_start()
+    try:
+        answered.wait(timeout=10)
+        return accepted.is_set()
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+@contextmanager
+def run_fleet(tmp_path: Path) -> Iterator[Fleet]:
+    root = FleetCA.init(tmp_path / "root", PASSPHRASE)
+    issuing = root.issue_intermediate(PASSPHRASE, tmp_path / "issuing", ISSUING_PASSPHRASE)
+    port = free_port()
+    config = provision_broker(root, tmp_path / "broker", PASSPHRASE, port=port, issuing=issuing)
+    https = tmp_path / "https"
+    https.mkdir()
+    root.issue_service(
+        "resonera-https",
+        https / "https.key",
+        https / "https.crt",
+        PASSPHRASE,
+        server_names=["127.0.0.1", "localhost"],
+        client=False,
+    )
+    signing_key = tmp_path / "signing.key"
+    write_signing_key(signing_key)
+    database_url = f"sqlite:///{tmp_path / 'server.db'}"
+    settings = ServerSettings(
+        database_url=database_url,
+        http_port=0,
+        jwt_secret=SecretStr(JWT_SECRET),
+        patient_keys=SecretStr(new_key_line("t1")),
+        desired_signing_key_file=signing_key,
+        tls_cert_file=https / "https.crt",
+        tls_key_file=https / "https.key",
+        enrollment=EnrollmentSettings(
+            issuing_ca_dir=issuing.directory,
+            issuing_passphrase=SecretStr(ISSUING_PASSPHRASE.decode()),
+            broker_port=port,
+            max_failures_per_serial=3,
+            max_failures_per_client=6,
+        ),
+    )
+    config_path = tmp_path / "server.toml"
+    config_path.write_text(
+        tomli_w.dumps(
+            {
+                "database_url": database_url,
+                "desired_signing_key_file": str(signing_key),
+                "enrollment": {"broker_port": port},
+            }
+        )
+    )
+    engine = make_engine(database_url)
+    server = run_server_in_thread(
+        settings, ingest=False, engine=engine, migrate=True, publisher=MemoryPublisher()
+    )
+    url = server.url
+    try:
+        with run_mosquitto_config(config, port) as broker:
+            yield Fleet(
+                tmp_path, root, issuing, broker, engine, settings, config_path, root.cert_path, url
+            )
+    finally:
+        server.stop()
+        engine.dispose()

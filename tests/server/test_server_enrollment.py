@@ -1,0 +1,174 @@
+"""The enrollment rules on both databases (SQLite and PostgreSQL): a code is spent once, failures are
+counted per serial and per address, revocation reaches the registry and stops enrollment, renewal and
+ingest. Over HTTPS with a device and a broker: tests/provisioning/test_enrollment.py."""
+
+from __future__ import annotations
+
+import base64
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from fleet import PASSPHRASE
+from pydantic import SecretStr
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from resonera.common.identity import generate_key, make_csr
+from resonera.provisioning.ca import FleetCA
+from resonera.provisioning.enrollment import renewal_payload
+from resonera.server.enrollment import (
+    Enroller,
+    EnrollmentError,
+    register_bundle,
+    register_code,
+    revoke_certificate,
+)
+from resonera.server.models import DeviceCertificateRow, DeviceRow, EnrollmentRow
+from resonera.server.settings import EnrollmentSettings
+
+T = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
+SERVER_KEY = base64.b64encode(b"k" * 32).decode()
+
+
+@pytest.fixture
+def enroller(tmp_path: Path) -> Enroller:
+    root = FleetCA.init(tmp_path / "root", PASSPHRASE)
+    root.issue_intermediate(PASSPHRASE, tmp_path / "issuing", PASSPHRASE)
+    settings = EnrollmentSettings(
+        issuing_ca_dir=tmp_path / "issuing",
+        issuing_passphrase=SecretStr(PASSPHRASE.decode()),
+        max_failures_per_serial=2,
+        max_failures_per_client=3,
+        window_s=600,
+    )
+    return Enroller(settings, SERVER_KEY)
+
+
+def _enroll(
+    enroller: Enroller,
+    engine: Engine,
+    serial: str,
+    code: str,
+    *,
+    device_id: str = "dev-1",
+    client: str = "10.0.0.1",
+    now: datetime = T,
+    key: ec.EllipticCurvePrivateKey | None = None,
+) -> x509.Certificate:
+    csr = make_csr(key or generate_key(), device_id, serial)
+    with Session(engine) as session:
+        issued = enroller.enroll(
+            session, serial=serial, code=code, csr_pem=csr, client=client, now=now
+        )
+    return x509.load_pem_x509_certificate(issued.certificate_pem.encode())
+
+
+def test_a_code_is_spent_once_and_registers_the_device(enroller: Enroller, engine: Engine) -> None:
+    code, expires = register_code(engine, "SN-1", ttl=timedelta(hours=1), now=T)
+    assert expires == T + timedelta(hours=1)
+    cert = _enroll(enroller, engine, "SN-1", code.lower())  # case and dashes do not matter
+    with Session(engine) as session:
+        device = session.get(DeviceRow, "dev-1")
+        assert device is not None and device.public_key and not device.revoked
+        row = session.get(EnrollmentRow, "SN-1")
+        assert row is not None and row.used_at == T and row.device_id == "dev-1"
+        assert session.get(DeviceCertificateRow, device.cert_fingerprint) is not None
+        assert code not in row.code_hash
+    assert cert.not_valid_after_utc > T
+    with pytest.raises(EnrollmentError, match="already used") as caught:
+        _enroll(enroller, engine, "SN-1", code)
+    assert caught.value.status == 403
+
+
+def test_failures_are_limited_per_serial_then_per_address(
+    enroller: Enroller, engine: Engine
+) -> None:
+    code, _ = register_code(engine, "SN-2", now=T)
+    for n in range(2):
+        with pytest.raises(EnrollmentError, match="not valid for serial") as caught:
+            _enroll(enroller, engine, "SN-2", "WRONG", now=T + timedelta(seconds=n))
+        assert caught.value.status == 403
+    with pytest.raises(EnrollmentError, match="for this serial") as limited:
+        _enroll(enroller, engine, "SN-2", code, now=T + timedelta(seconds=10))
+    assert limited.value.status == 429
+    assert limited.value.retry_after_s == 591  # the oldest failure leaves the window then
+    with pytest.raises(EnrollmentError, match="not valid"):
+        _enroll(enroller, engine, "SN-other", "WRONG", now=T + timedelta(seconds=11))
+    with pytest.raises(EnrollmentError, match="for this address"):
+        _enroll(enroller, engine, "SN-3", "WRONG", now=T + timedelta(seconds=12))
+    # once the window has passed, the right code works
+    _enroll(enroller, engine, "SN-2", code, now=T + timedelta(seconds=700))
+
+
+def test_a_device_id_cannot_be_taken_by_another_serial(enroller: Enroller, engine: Engine) -> None:
+    register_code(engine, "SN-4", device_id="dev-4", now=T)
+    code, _ = register_code(engine, "SN-5", now=T)
+    with pytest.raises(EnrollmentError, match="belongs to the board with serial 'SN-4'"):
+        _enroll(enroller, engine, "SN-5", code, device_id="dev-4")
+    with pytest.raises(EnrollmentError, match="belongs to the board"):
+        register_code(engine, "SN-5", device_id="dev-4", now=T)
+
+
+def test_revocation_marks_the_registry_and_stops_enrollment_and_renewal(
+    enroller: Enroller, engine: Engine
+) -> None:
+    code, _ = register_code(engine, "SN-6", now=T)
+    key = generate_key()
+    now = datetime.now(UTC)
+    cert = _enroll(enroller, engine, "SN-6", code, device_id="dev-6", key=key, now=now)
+    assert revoke_certificate(engine, cert) == "dev-6"
+    with Session(engine) as session:
+        device = session.get(DeviceRow, "dev-6")
+        assert device is not None and device.revoked
+    again, _ = register_code(engine, "SN-6", now=now)
+    with pytest.raises(EnrollmentError, match="dev-6' is revoked"):
+        _enroll(enroller, engine, "SN-6", again, device_id="dev-6", now=now)
+    cert_pem = cert.public_bytes(serialization.Encoding.PEM)
+    csr = make_csr(generate_key(), "dev-6", "SN-6")
+    when = now.isoformat()
+    signature = key.sign(renewal_payload(cert_pem, csr, when), ec.ECDSA(hashes.SHA256()))
+    with Session(engine) as session, pytest.raises(EnrollmentError, match="revoked") as caught:
+        enroller.renew(
+            session,
+            certificate_pem=cert_pem,
+            csr_pem=csr,
+            time=when,
+            signature=base64.b64encode(signature).decode(),
+            now=now,
+        )
+    assert caught.value.status == 403
+
+
+def test_a_bundle_registers_its_device(enroller: Enroller, engine: Engine) -> None:
+    ca = FleetCA(enroller.settings.issuing_ca_dir or Path())
+    cert = ca.sign_device_csr(make_csr(generate_key(), "dev-7", "SN-7"), PASSPHRASE)
+    register_bundle(engine, "SN-7", cert, now=T)
+    with Session(engine) as session:
+        device = session.get(DeviceRow, "dev-7")
+        assert device is not None and device.public_key
+        row = session.get(EnrollmentRow, "SN-7")
+        assert row is not None and row.used_at == T
+
+
+def test_without_an_issuing_ca_enrollment_is_off(engine: Engine) -> None:
+    off = Enroller(EnrollmentSettings(), SERVER_KEY)
+    with pytest.raises(EnrollmentError, match="not set up") as caught:
+        _enroll(off, engine, "SN-8", "X")
+    assert caught.value.status == 404
+
+
+def test_a_device_clock_far_off_is_told_before_the_code_is_spent(
+    enroller: Enroller, engine: Engine
+) -> None:
+    code, _ = register_code(engine, "SN-9", now=T)
+    csr = make_csr(generate_key(), "dev-9", "SN-9")
+    late = (T - timedelta(hours=2)).isoformat()
+    with Session(engine) as session, pytest.raises(EnrollmentError, match="clock is 7200 s"):
+        enroller.enroll(
+            session, serial="SN-9", code=code, csr_pem=csr, client="c", device_time=late, now=T
+        )
+    _enroll(enroller, engine, "SN-9", code, device_id="dev-9")
