@@ -26,6 +26,10 @@ The one output that matters is ``consent``: the device may play only while it is
   asks again after a restart. It never asks for more than the MCU reported.
 - ``outgoing`` yields HEARTBEAT every ``heartbeat_period_s`` (always, so the MCU can arm),
   HELLO_REQUEST while no HELLO is known, and the queued ARM/MUTE/LOWER_LIMITS (once HELLO is known).
+- Buttons and the status light (v1.2): BUTTON presses queue for ``take_buttons()`` (they never
+  touch consent); ``set_light`` sends LIGHT once HELLO is known, and again after a restart of the
+  MCU and every ``LIGHT_RESEND_S`` until LIGHT_SHOWN says the light shows it; playing and
+  attenuated only while there is consent (so it never overrides the MCU's own fault light).
 - Everything that happens is also an entry of ``take_events()`` (a ``LinkEvent``), for the log,
   the store and the outbox.
 """
@@ -48,6 +52,10 @@ CRC_BURST_COUNT = 3
 CRC_BURST_WINDOW_S = 1.0
 #: A HELLO this soon after our HELLO_REQUEST is its answer; later ones mean the MCU restarted.
 HELLO_ANSWER_WINDOW_S = 1.0
+#: LIGHT is sent again this often until LIGHT_SHOWN confirms it (a lost frame, an older MCU).
+LIGHT_RESEND_S = 1.0
+#: Button presses kept for ``take_buttons`` (a caller that does not take them loses the oldest).
+MAX_BUTTONS = 32
 #: Message types from 0x10 up travel device → MCU; the device never counts them as the MCU's.
 _FIRST_DEVICE_TYPE = 0x10
 
@@ -222,6 +230,14 @@ class SafetyLink:
         self._next_hello_request: float | None = None
         self._events: deque[LinkEvent] = deque(maxlen=MAX_EVENTS)
         self._consent_was = False
+        #: What the MCU says its status light shows (``sl.LIGHT_*``; None: not heard yet).
+        self.light_shown: int | None = None
+        #: Presses the MCU numbered but we never got (lost to line noise).
+        self.buttons_lost = 0
+        self._light_wanted: int | None = None
+        self._light_next: float | None = None
+        self._buttons: deque[sl.ButtonPress] = deque(maxlen=MAX_BUTTONS)
+        self._last_press: int | None = None
 
     # -- what the device reads -------------------------------------------------------------------
 
@@ -294,6 +310,12 @@ class SafetyLink:
             return hello.limits
         return hello.limits.lowered_to(self._desired_limits)
 
+    def take_buttons(self) -> list[sl.ButtonPress]:
+        """Button presses since the last call, oldest first."""
+        presses = list(self._buttons)
+        self._buttons.clear()
+        return presses
+
     def take_events(self) -> list[LinkEvent]:
         """Events since the last call, oldest first."""
         events = list(self._events)
@@ -329,6 +351,18 @@ class SafetyLink:
             limits if self._desired_limits is None else self._desired_limits.lowered_to(limits)
         )
         self._queue_lower_limits()
+
+    def set_light(self, state: int) -> None:
+        """Show ``state`` (``sl.LIGHT_*``) on the status light: sent at once if it changed."""
+        if state not in sl.LIGHT_NAMES:
+            raise ValueError(f"no such light state {state}")
+        if state != self._light_wanted:
+            self._light_wanted = state
+            self._light_next = None
+
+    @property
+    def light_wanted(self) -> int | None:
+        return self._light_wanted
 
     def link_lost(self, reason: str) -> None:
         """The transport failed (port closed, I/O error): withdraw and forget the HELLO."""
@@ -387,6 +421,14 @@ class SafetyLink:
             else:
                 frames.append(self._frame(msg_type, body))
         self._pending = kept
+        wanted = self._light_wanted
+        due = self._light_next is None or now >= self._light_next
+        # Never claim "playing" without consent: the MCU's own fault light stays until we have it.
+        sounding = wanted in (sl.LIGHT_PLAYING, sl.LIGHT_ATTENUATED)
+        allowed = self.consent or not sounding
+        if ready and wanted is not None and self.light_shown != wanted and due and allowed:
+            frames.append(self._frame(sl.MSG_LIGHT, sl.pack_light(wanted)))
+            self._light_next = now + LIGHT_RESEND_S
         return frames
 
     # -- internals -------------------------------------------------------------------------------
@@ -411,6 +453,10 @@ class SafetyLink:
             self._withdraw(cause, code)
         elif frame.type == sl.MSG_LIMITS:
             self._on_limits(*sl.unpack_limits(frame.body))
+        elif frame.type == sl.MSG_BUTTON:
+            self._on_button(sl.unpack_button(frame.body))
+        elif frame.type == sl.MSG_LIGHT_SHOWN:
+            self.light_shown = sl.unpack_light("LIGHT_SHOWN", frame.body)
         # Other types: a newer minor version may add messages; the frame was valid, ignore it.
 
     def _garbled(self, why: str, now: float) -> None:
@@ -450,6 +496,7 @@ class SafetyLink:
             self._event("mcu_restarted", cause, sl.FAULT_POWER_UP)
             self._withdraw(cause, sl.FAULT_POWER_UP)
             self._mcu_armed = False
+            self._restarted()
         elif self.hello is None:
             self._event(
                 "link_up",
@@ -460,6 +507,19 @@ class SafetyLink:
         self.hello = self.last_hello = info
         self._last_telemetry = now
         self._queue_lower_limits()
+
+    def _restarted(self) -> None:
+        """The MCU forgot what its light shows and restarted its press numbers."""
+        self.light_shown = None
+        self._light_next = None
+        self._last_press = None
+
+    def _on_button(self, press: sl.ButtonPress) -> None:
+        last = self._last_press
+        if last is not None:
+            self.buttons_lost += (press.number - last - 1) & 0xFF
+        self._last_press = press.number
+        self._buttons.append(press)
 
     def _on_limits(self, status: int, limits: sl.Limits) -> None:
         if self.hello is None:
@@ -550,6 +610,7 @@ class SafetyLink:
 
     def _forget_hello(self) -> None:
         self.hello = None
+        self._restarted()  # it may have: when it is back, say again what to show
         self._last_telemetry = None
         self._warning_fields = set()
         self.warning = ""

@@ -32,7 +32,8 @@ class LinkProtocolError(_ErrorBase):
 
 PROTOCOL_MAJOR = 1
 #: Minor 1 added LIMITS and LOWER_LIMITS; a minor-0 peer ignores them (valid frames of unknown type).
-PROTOCOL_MINOR = 1
+#: Minor 2 added BUTTON, LIGHT_SHOWN and LIGHT (buttons and the status light).
+PROTOCOL_MINOR = 2
 
 #: Longest COBS-encoded frame, without its 0x00 delimiter. Longer input is discarded.
 MAX_ENCODED = 256
@@ -48,11 +49,14 @@ MSG_TELEMETRY = 0x02
 MSG_FAULT = 0x03
 MSG_STATE = 0x04
 MSG_LIMITS = 0x05
+MSG_BUTTON = 0x06
+MSG_LIGHT_SHOWN = 0x07
 MSG_HEARTBEAT = 0x10
 MSG_ARM = 0x11
 MSG_MUTE = 0x12
 MSG_HELLO_REQUEST = 0x13
 MSG_LOWER_LIMITS = 0x14
+MSG_LIGHT = 0x15
 
 MESSAGE_NAMES = {
     MSG_HELLO: "HELLO",
@@ -60,11 +64,14 @@ MESSAGE_NAMES = {
     MSG_FAULT: "FAULT",
     MSG_STATE: "STATE",
     MSG_LIMITS: "LIMITS",
+    MSG_BUTTON: "BUTTON",
+    MSG_LIGHT_SHOWN: "LIGHT_SHOWN",
     MSG_HEARTBEAT: "HEARTBEAT",
     MSG_ARM: "ARM",
     MSG_MUTE: "MUTE",
     MSG_HELLO_REQUEST: "HELLO_REQUEST",
     MSG_LOWER_LIMITS: "LOWER_LIMITS",
+    MSG_LIGHT: "LIGHT",
 }
 
 # Fault and mute-reason codes: one code space for FAULT, TELEMETRY.fault, STATE.reason and MUTE.
@@ -597,3 +604,101 @@ def lowering_refusal(current: Limits, requested: Limits) -> "tuple[int, str]":
         elif new > old:
             return LIMITS_REFUSED_RAISE, name + " would be raised"
     return LIMITS_ACCEPTED, ""
+
+
+# ---------------------------------------------------------------------------------------------
+# Buttons and the status light (protocol v1.2). A v1.1 peer ignores these frames: a device that
+# gets no LIGHT_SHOWN knows the board shows nothing, and a board without buttons sends no BUTTON.
+
+BUTTON_PLAY_PAUSE = 1
+BUTTON_STOP = 2
+BUTTON_VOLUME_UP = 3
+BUTTON_VOLUME_DOWN = 4
+
+BUTTON_NAMES = {
+    BUTTON_PLAY_PAUSE: "play_pause",
+    BUTTON_STOP: "stop",
+    BUTTON_VOLUME_UP: "vol_up",
+    BUTTON_VOLUME_DOWN: "vol_down",
+}
+
+PRESS_SHORT = 0
+PRESS_LONG = 1
+
+PRESS_NAMES = {PRESS_SHORT: "short", PRESS_LONG: "long"}
+
+LIGHT_IDLE = 0
+LIGHT_PLAYING = 1
+LIGHT_ATTENUATED = 2
+LIGHT_FAULT = 3
+LIGHT_SYNCING = 4
+LIGHT_DOSE_REACHED = 5
+
+LIGHT_NAMES = {
+    LIGHT_IDLE: "idle",
+    LIGHT_PLAYING: "playing",
+    LIGHT_ATTENUATED: "attenuated",
+    LIGHT_FAULT: "fault",
+    LIGHT_SYNCING: "syncing",
+    LIGHT_DOSE_REACHED: "dose_reached",
+}
+
+_BUTTON = "<BBB"
+
+
+class ButtonPress:
+    """MCU → device: a debounced press of ``button`` (``BUTTON_*``), ``kind`` ``PRESS_SHORT`` or
+    ``PRESS_LONG``. ``number`` counts presses (wraps 255 → 0), so the device sees a lost one."""
+
+    def __init__(self, button: int, kind: int, number: int) -> None:
+        self.button = button
+        self.kind = kind
+        self.number = number
+
+    @property
+    def name(self) -> str:
+        return BUTTON_NAMES.get(self.button, "button " + str(self.button))
+
+    @property
+    def long(self) -> bool:
+        return self.kind == PRESS_LONG
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ButtonPress) and (self.button, self.kind, self.number) == (
+            other.button,
+            other.kind,
+            other.number,
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.button, self.kind, self.number))
+
+    def __repr__(self) -> str:
+        return "ButtonPress(" + self.name + ", " + PRESS_NAMES.get(self.kind, "?") + ")"
+
+
+def pack_button(press: ButtonPress) -> bytes:
+    return struct.pack(_BUTTON, press.button & 0xFF, press.kind & 0xFF, press.number & 0xFF)
+
+
+def unpack_button(body: bytes) -> ButtonPress:
+    _check_length("BUTTON", body, struct.calcsize(_BUTTON))
+    button, kind, number = struct.unpack(_BUTTON, bytes(body))
+    if button not in BUTTON_NAMES:
+        raise LinkProtocolError("BUTTON names button " + str(button) + ", not one of 1 to 4")
+    if kind not in PRESS_NAMES:
+        raise LinkProtocolError("BUTTON press kind is " + str(kind) + ", not 0 (short) or 1 (long)")
+    return ButtonPress(button, kind, number)
+
+
+def pack_light(state: int) -> bytes:
+    """LIGHT (device → MCU, the state to show) and LIGHT_SHOWN (MCU → device, the state shown)."""
+    return bytes((state & 0xFF,))
+
+
+def unpack_light(name: str, body: bytes) -> int:
+    """The light state of a LIGHT or LIGHT_SHOWN body (``name`` says which, for the error)."""
+    _check_length(name, body, 1)
+    if body[0] not in LIGHT_NAMES:
+        raise LinkProtocolError(name + " light state is " + str(body[0]) + ", not one of 0 to 5")
+    return body[0]

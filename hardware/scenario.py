@@ -7,6 +7,9 @@ returns its one-line answer (``ok ...``), or raises ``CommandError``::
     over-temperature | over-current | over-voltage | dc-offset | ear-spl | clip-storm
     headphones-out | headphones-in | garbage [FRAMES] | crc [FRAMES] | silent | speak
     stall [SECONDS] | unstall | reboot [BOOT_MS] | reset | set READING VALUE | status | help
+    press BUTTON [long] | light?
+
+(``BUTTON`` is play_pause, stop, vol_up or vol_down; ``light?`` answers ``ok light=STATE``.)
 
 A scenario is a list of steps on the simulator's clock, from JSON or TOML::
 
@@ -126,13 +129,31 @@ def _set(sim: Simulator, args: list[str]) -> str:
     return f"ok {name} = {text}"
 
 
+def _press(sim: Simulator, args: list[str]) -> str:
+    names = {name: button for button, name in sl.BUTTON_NAMES.items()}
+    if not 1 <= len(args) <= 2 or (len(args) == 2 and args[1].lower() != "long"):
+        raise CommandError("usage: press BUTTON [long]")
+    button = names.get(args[0].lower().replace("-", "_"))
+    if button is None:
+        raise CommandError(f"no such button {args[0]!r} (one of {', '.join(names)})")
+    long = len(args) == 2
+    sim.press(button, long=long)
+    return f"ok pressing {sl.BUTTON_NAMES[button]}" + (" (long)" if long else "")
+
+
+def _light(sim: Simulator, args: list[str]) -> str:
+    if args:
+        raise CommandError("this command takes no arguments")
+    return f"ok light={sl.LIGHT_NAMES.get(sim.light, str(sim.light))}"
+
+
 def _status(sim: Simulator, args: list[str]) -> str:
     c, b = sim.controller, sim.board
     return (
         f"ok muted={b.muted} armed={c.armed} fault={sl.describe_fault(c.fault)!r} "
         f"temp={b.amp_temp_c:.1f} current={b.supply_current_a:.2f} vrms={b.output_vrms:.2f} "
         f"dc={b.dc_offset_mv:.1f} spl={b.ear_spl_db:.1f} clip={b.clip} headphones={b.headphones} "
-        f"stalled={b.stalled} reboots={sim.reboots}"
+        f"stalled={b.stalled} reboots={sim.reboots} light={sl.LIGHT_NAMES.get(b.light, '?')}"
     )
 
 
@@ -159,6 +180,8 @@ COMMANDS: dict[str, Callable[[Simulator, list[str]], str]] = {
     "reset": _no_args(lambda sim: sim.reset()),
     "set": _set,
     "status": _status,
+    "press": _press,
+    "light?": _light,
     "help": _help,
 }
 

@@ -66,6 +66,9 @@ class SimBoard(Board):
         self.mute_changes = 0
         self.frames_sent = 0
         self.frames_dropped = 0
+        #: What the status light shows, as the firmware drives it (``serial_link.LIGHT_*``).
+        self.light = sl.LIGHT_IDLE
+        self._release_at: dict[int, float] = {}
         self.reset()
 
     # -- scripting sensors -----------------------------------------------------------------------
@@ -136,6 +139,11 @@ class SimBoard(Board):
     def clip_storm(self) -> None:
         self.clip = True
 
+    def press(self, button: int, hold_s: float) -> None:
+        """Hold ``button`` (``serial_link.BUTTON_*``) down for ``hold_s`` seconds from now."""
+        with self._lock:
+            self._release_at[button] = time.monotonic() + hold_s
+
     def unplug_headphones(self) -> None:
         self.headphones = False
 
@@ -205,6 +213,20 @@ class SimBoard(Board):
             self.clip,
             self.headphones,
         )
+
+    def read_buttons(self) -> int:
+        now = time.monotonic()
+        levels = 0
+        with self._lock:
+            for button, release_at in list(self._release_at.items()):
+                if now >= release_at:
+                    del self._release_at[button]
+                else:
+                    levels |= 1 << (button - 1)
+        return levels
+
+    def set_light(self, state: int) -> None:
+        self.light = state
 
     def set_mute(self, muted: bool) -> None:
         if muted != self.muted:
@@ -419,6 +441,17 @@ class Simulator:
     def fault(self) -> int:
         """The firmware's latched fault code (``serial_link.FAULT_*``)."""
         return self.controller.fault
+
+    @property
+    def light(self) -> int:
+        """What the status light shows (``serial_link.LIGHT_*``)."""
+        return self.board.light
+
+    def press(self, button: int, *, long: bool = False) -> None:
+        """Press ``button`` (``serial_link.BUTTON_*``) as a person would: a short press is held
+        100 ms, a long one 200 ms past the board's long-press time. Returns at once."""
+        hold_ms = self.config.long_press_ms + 200 if long else 100
+        self.board.press(button, hold_ms / 1000)
 
     # -- fault injection, delegated to the board --------------------------------------------------
 

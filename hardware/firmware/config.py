@@ -35,6 +35,9 @@ DEFAULTS = {
     # Clipping in this many telemetry periods in a row is a fault.
     "clip_storm_periods": 4,
     "require_headphones": True,
+    # Buttons (protocol v1.2): a level must hold this long to count; held this long is a long press.
+    "button_debounce_ms": 20,
+    "long_press_ms": 800,
     # RP2040 wiring (used by main.py only).
     "uart_id": 0,
     "uart_tx_pin": 0,
@@ -49,6 +52,14 @@ DEFAULTS = {
     "adc_dc_pin": 29,
     # The ear-cup microphone's level detector, if fitted (with max_ear_spl_db > 0); -1 = none.
     "adc_ear_spl_pin": -1,
+    # Buttons to ground (pull-ups on), -1 = not fitted; the status light, an RGB LED (-1 = none).
+    "button_play_pause_pin": 9,
+    "button_stop_pin": 10,
+    "button_vol_up_pin": 11,
+    "button_vol_down_pin": 12,
+    "light_red_pin": 16,
+    "light_green_pin": 17,
+    "light_blue_pin": 18,
 }
 
 _POSITIVE = (
@@ -59,6 +70,8 @@ _POSITIVE = (
     "heartbeat_timeout_ms",
     "telemetry_period_ms",
     "clip_storm_periods",
+    "button_debounce_ms",
+    "long_press_ms",
 )
 
 
@@ -101,6 +114,8 @@ class BoardConfig:
         self.telemetry_period_ms = _as_int(values["telemetry_period_ms"])
         self.clip_storm_periods = _as_int(values["clip_storm_periods"])
         self.require_headphones = bool(values["require_headphones"])
+        self.button_debounce_ms = _as_int(values["button_debounce_ms"])
+        self.long_press_ms = _as_int(values["long_press_ms"])
         self.uart_id = _as_int(values["uart_id"])
         self.uart_tx_pin = _as_int(values["uart_tx_pin"])
         self.uart_rx_pin = _as_int(values["uart_rx_pin"])
@@ -113,6 +128,13 @@ class BoardConfig:
         self.adc_vrms_pin = _as_int(values["adc_vrms_pin"])
         self.adc_dc_pin = _as_int(values["adc_dc_pin"])
         self.adc_ear_spl_pin = _as_int(values["adc_ear_spl_pin"])
+        self.button_play_pause_pin = _as_int(values["button_play_pause_pin"])
+        self.button_stop_pin = _as_int(values["button_stop_pin"])
+        self.button_vol_up_pin = _as_int(values["button_vol_up_pin"])
+        self.button_vol_down_pin = _as_int(values["button_vol_down_pin"])
+        self.light_red_pin = _as_int(values["light_red_pin"])
+        self.light_green_pin = _as_int(values["light_green_pin"])
+        self.light_blue_pin = _as_int(values["light_blue_pin"])
 
 
 def _as_float(value: object) -> float:

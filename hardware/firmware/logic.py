@@ -17,6 +17,9 @@ Contract (architecture.md §3, hardware/PROTOCOL.md):
   (accepted, or refused and unchanged). HELLO reports the limits in force.
 - Frames it cannot parse are counted and ignored: the device's heartbeat is what keeps it unmuted,
   so a garbled link ends in a mute anyway.
+- Buttons (v1.2) are debounced here and sent as BUTTON (short on release, long once held for
+  ``long_press_ms``); one button at a time. The status light shows what LIGHT asks (answered with
+  LIGHT_SHOWN), except that a fault mute turns it to fault at once, on the MCU's own authority.
 """
 
 try:
@@ -60,6 +63,14 @@ class Board:
         """Send ``data`` (always one complete frame)."""
         raise NotImplementedError
 
+    def read_buttons(self) -> int:
+        """The raw (bouncing) button levels: bit ``n - 1`` set while button ``n`` (``sl.BUTTON_*``)
+        is down. A board without buttons keeps this default."""
+        return 0
+
+    def set_light(self, state: int) -> None:
+        """Show ``state`` (``sl.LIGHT_*``) on the status light. A board without one keeps this."""
+
 
 class Controller:
     """The MCU main loop, one ``step()`` at a time. Call ``start()`` once, then ``step()`` often
@@ -94,6 +105,17 @@ class Controller:
         self._clip_in_period = False
         self._clip_periods = 0
         self._readings = (0.0, 0.0, 0.0, 0.0, 0.0, False, False)
+        #: What the status light shows (``sl.LIGHT_*``).
+        self.light = sl.LIGHT_IDLE
+        #: BUTTON frames sent since power-up (the press number on the wire wraps at 256).
+        self.presses = 0
+        self._raw_buttons = 0
+        self._raw_since = 0
+        self._stable_buttons = 0
+        self._held = 0  # the button being tracked (0: none)
+        self._held_since = 0
+        self._long_sent = False
+        self._debounce_ms = self.config.button_debounce_ms
 
     # -- main loop -------------------------------------------------------------------------------
 
@@ -101,6 +123,8 @@ class Controller:
         self.board.set_mute(True)
         self._readings = self.board.read_sensors()
         self._next_telemetry = self.board.ticks_ms()
+        self._raw_since = self._next_telemetry
+        self.board.set_light(self.light)
         self.send_hello()
         self._send_state()
 
@@ -110,6 +134,7 @@ class Controller:
         self._readings = self.board.read_sensors()
         if self._readings[CLIP]:
             self._clip_in_period = True
+        self._scan_buttons(now)
         data = self.board.serial_read()
         if data:
             for event in self._decoder.feed(data):
@@ -177,6 +202,8 @@ class Controller:
                 self._mute(sl.unpack_mute(frame.body))
             elif frame.type == sl.MSG_LOWER_LIMITS:
                 self._lower_limits(sl.unpack_lower_limits(frame.body))
+            elif frame.type == sl.MSG_LIGHT:
+                self._show_light(sl.unpack_light("LIGHT", frame.body))
             elif frame.type == sl.MSG_HELLO_REQUEST:
                 sl.check_empty("HELLO_REQUEST", frame.body)
                 self.send_hello()
@@ -222,6 +249,47 @@ class Controller:
         self.reason = code
         self._send(sl.MSG_FAULT, sl.pack_fault(code, text))
         self._send_state()
+        self._show_light(sl.LIGHT_FAULT)
+
+    # -- buttons and the light --------------------------------------------------------------------
+
+    def _scan_buttons(self, now: int) -> None:
+        raw = self.board.read_buttons()
+        if raw != self._raw_buttons:
+            self._raw_buttons = raw
+            self._raw_since = now  # a bounce restarts the wait
+        elif raw != self._stable_buttons and now - self._raw_since >= self._debounce_ms:
+            self._buttons_changed(raw)
+        held = self._held
+        if held and not self._long_sent and now - self._held_since >= self.config.long_press_ms:
+            self._long_sent = True  # sent while still held: the person hears the result at once
+            self._send_press(held, sl.PRESS_LONG)
+
+    def _buttons_changed(self, levels: int) -> None:
+        pressed = levels & ~self._stable_buttons
+        self._stable_buttons = levels
+        held = self._held
+        if held:
+            if not levels & (1 << (held - 1)):
+                self._held = 0
+                if not self._long_sent:
+                    self._send_press(held, sl.PRESS_SHORT)
+            return  # another button pressed meanwhile is ignored, even after this release
+        for button in sl.BUTTON_NAMES:
+            if pressed & (1 << (button - 1)):
+                self._held = button
+                self._held_since = self._raw_since  # from the first edge, not the debounce end
+                self._long_sent = False
+                return
+
+    def _send_press(self, button: int, kind: int) -> None:
+        self._send(sl.MSG_BUTTON, sl.pack_button(sl.ButtonPress(button, kind, self.presses)))
+        self.presses += 1
+
+    def _show_light(self, state: int) -> None:
+        self.light = state
+        self.board.set_light(state)
+        self._send(sl.MSG_LIGHT_SHOWN, sl.pack_light(state))
 
     # -- sending ---------------------------------------------------------------------------------
 

@@ -22,6 +22,10 @@ _DC_MV_PER_V = 100.0  # offset amplifier centred at 1.65 V: ±165 mV full scale
 _DC_MID_V = 1.65
 _SPL_DB_AT_0V = 40.0  # ear-cup microphone log detector: 40 dB SPL at 0 V, 30 dB per volt
 _SPL_DB_PER_V = 30.0
+# Status light colours (red, green, blue) by light state: idle cyan, playing green, attenuated
+# yellow, fault red, syncing blue, dose reached magenta (PROTOCOL.md). A person who cannot tell
+# the colours apart has the spoken prompts (device/prompts.py).
+_LIGHT_RGB = ((0, 1, 1), (0, 1, 0), (1, 1, 0), (1, 0, 0), (0, 0, 1), (1, 0, 1))
 
 
 class RP2040Board(Board):
@@ -44,6 +48,20 @@ class RP2040Board(Board):
         self._adc_spl = None
         if cfg.adc_ear_spl_pin >= 0 and cfg.max_ear_spl_db > 0:
             self._adc_spl = machine.ADC(machine.Pin(cfg.adc_ear_spl_pin))
+        self._buttons = []
+        for pin in (
+            cfg.button_play_pause_pin,
+            cfg.button_stop_pin,
+            cfg.button_vol_up_pin,
+            cfg.button_vol_down_pin,
+        ):
+            fitted = pin >= 0
+            self._buttons.append(
+                machine.Pin(pin, machine.Pin.IN, machine.Pin.PULL_UP) if fitted else None
+            )
+        self._light = []
+        for pin in (cfg.light_red_pin, cfg.light_green_pin, cfg.light_blue_pin):
+            self._light.append(machine.Pin(pin, machine.Pin.OUT, value=0) if pin >= 0 else None)
         self._last_ticks = time.ticks_ms()
         self._ms = 0
 
@@ -58,6 +76,19 @@ class RP2040Board(Board):
         if self._adc_spl is not None:  # log detector: dB SPL linear in volts
             spl = _SPL_DB_AT_0V + self._adc_spl.read_u16() * _ADC_VOLTS * _SPL_DB_PER_V
         return (temp, current, vrms, dc, spl, clip, headphones)
+
+    def read_buttons(self):
+        levels = 0
+        for index, pin in enumerate(self._buttons):
+            if pin is not None and pin.value() == 0:  # button closes to ground
+                levels |= 1 << index
+        return levels
+
+    def set_light(self, state):
+        colour = _LIGHT_RGB[state] if 0 <= state < len(_LIGHT_RGB) else (1, 0, 0)
+        for index, pin in enumerate(self._light):  # zip(strict=) is CPython-only
+            if pin is not None:
+                pin.value(colour[index])
 
     def set_mute(self, muted):
         self._mute.value(1 if muted else 0)

@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from resonera.common import serial_link as sl
 from resonera.hardware.firmware import config as board_config
@@ -20,6 +22,8 @@ class FakeBoard(Board):
         self.rx = bytearray()
         self.sent: list[sl.Frame] = []
         self._decoder = sl.FrameDecoder()
+        self.buttons = 0
+        self.light: int | None = None
 
     def read_sensors(self) -> tuple[float, float, float, float, float, bool, bool]:
         r = self.readings
@@ -43,6 +47,12 @@ class FakeBoard(Board):
         for event in self._decoder.feed(data):
             assert isinstance(event, sl.Frame), event
             self.sent.append(event)
+
+    def read_buttons(self) -> int:
+        return self.buttons
+
+    def set_light(self, state: int) -> None:
+        self.light = state
 
     def take(self, msg_type: int | None = None) -> list[sl.Frame]:
         frames = [f for f in self.sent if msg_type is None or f.type == msg_type]
@@ -264,3 +274,125 @@ def test_config_from_json_and_its_errors(tmp_path: Path) -> None:
         board_config.load(str(path))
     with pytest.raises(board_config.BoardConfigError, match="cannot be read"):
         board_config.load(str(tmp_path / "missing.json"))
+
+
+# -- buttons and the status light (protocol v1.2) -------------------------------------------------
+
+
+def _presses(rig: Rig) -> list[tuple[str, str, int]]:
+    return [
+        (press.name, sl.PRESS_NAMES[press.kind], press.number)
+        for press in (sl.unpack_button(f.body) for f in rig.board.take(sl.MSG_BUTTON))
+    ]
+
+
+def _hold(rig: Rig, button: int, ms: int) -> None:
+    rig.board.buttons |= 1 << (button - 1)
+    rig.run(ms, heartbeats=False)
+    rig.board.buttons &= ~(1 << (button - 1))
+
+
+def test_a_short_press_is_sent_on_release_and_a_long_one_while_held() -> None:
+    rig = Rig()
+    _hold(rig, sl.BUTTON_VOLUME_UP, 200)
+    assert _presses(rig) == []  # nothing while a short press is still down
+    rig.run(50, heartbeats=False)
+    assert _presses(rig) == [("vol_up", "short", 0)]
+    rig.board.buttons = 1 << (sl.BUTTON_PLAY_PAUSE - 1)
+    rig.run(790, heartbeats=False)
+    assert _presses(rig) == []
+    rig.run(20, heartbeats=False)  # 800 ms held: sent at once, the button still down
+    assert _presses(rig) == [("play_pause", "long", 1)]
+    rig.run(2000, heartbeats=False)
+    rig.board.buttons = 0
+    rig.run(100, heartbeats=False)
+    assert _presses(rig) == []  # nothing more on release, nor while held
+
+
+def test_contact_bounce_makes_one_press_and_a_glitch_none() -> None:
+    rig = Rig()
+    stop = 1 << (sl.BUTTON_STOP - 1)
+    for level in (stop, 0, stop, 0, stop):  # a bouncing contact, 10 ms a level
+        rig.board.buttons = level
+        rig.run(10, heartbeats=False)
+    rig.run(100, heartbeats=False)
+    for level in (0, stop, 0, stop, 0):
+        rig.board.buttons = level
+        rig.run(10, heartbeats=False)
+    rig.run(100, heartbeats=False)
+    assert _presses(rig) == [("stop", "short", 0)]
+    rig.board.buttons = stop  # 10 ms of noise is not a press
+    rig.run(10, heartbeats=False)
+    rig.board.buttons = 0
+    rig.run(100, heartbeats=False)
+    assert _presses(rig) == []
+
+
+def test_a_second_button_while_one_is_held_is_ignored() -> None:
+    rig = Rig()
+    up, down = 1 << (sl.BUTTON_VOLUME_UP - 1), 1 << (sl.BUTTON_VOLUME_DOWN - 1)
+    rig.board.buttons = up
+    rig.run(100, heartbeats=False)
+    rig.board.buttons = up | down
+    rig.run(100, heartbeats=False)
+    rig.board.buttons = down  # up released first: still no press of down, it came too late
+    rig.run(100, heartbeats=False)
+    rig.board.buttons = 0
+    rig.run(100, heartbeats=False)
+    assert _presses(rig) == [("vol_up", "short", 0)]
+
+
+def test_the_light_shows_what_the_device_asks_and_fault_on_a_fault_mute() -> None:
+    rig = Rig()
+    assert rig.board.light == sl.LIGHT_IDLE
+    rig.board.take()
+    rig.arm()
+    rig.send(sl.MSG_LIGHT, sl.pack_light(sl.LIGHT_PLAYING))
+    shown = rig.board.take(sl.MSG_LIGHT_SHOWN)
+    assert [sl.unpack_light("LIGHT_SHOWN", f.body) for f in shown] == [sl.LIGHT_PLAYING]
+    assert rig.board.light == rig.controller.light == sl.LIGHT_PLAYING
+    rig.run(1000, heartbeats=False)  # the device is gone: heartbeat lost, a fault mute
+    assert rig.board.muted is True
+    shown = rig.board.take(sl.MSG_LIGHT_SHOWN)
+    assert [sl.unpack_light("LIGHT_SHOWN", f.body) for f in shown] == [sl.LIGHT_FAULT]
+    assert rig.board.light == sl.LIGHT_FAULT
+
+
+def test_a_bad_light_frame_is_rejected_and_changes_nothing() -> None:
+    rig = Rig()
+    rig.board.take()
+    rig.send(sl.MSG_LIGHT, bytes((9,)))
+    rig.send(sl.MSG_LIGHT, b"")
+    assert rig.controller.frames_rejected == 2
+    assert rig.board.light == sl.LIGHT_IDLE
+    assert rig.board.take(sl.MSG_LIGHT_SHOWN) == []
+
+
+def test_button_timing_is_configurable_and_checked() -> None:
+    rig = Rig(long_press_ms=300, button_debounce_ms=5)
+    _hold(rig, sl.BUTTON_STOP, 320)
+    assert _presses(rig) == [("stop", "long", 0)]
+    with pytest.raises(board_config.BoardConfigError, match="long_press_ms"):
+        board_config.BoardConfig(long_press_ms=0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 15), st.integers(1, 400)), min_size=1, max_size=20))
+def test_bouncing_buttons_never_make_more_presses_than_real_ones(
+    levels: list[tuple[int, int]],
+) -> None:
+    rig = Rig()
+    debounce = rig.controller.config.button_debounce_ms
+    presses_made = 0  # a button goes down and stays so long enough to count (generously)
+    stable = 0
+    for buttons, ms in [*levels, (0, 100)]:
+        if ms >= debounce - 1:
+            presses_made += bool(buttons & ~stable)
+            stable = buttons
+        rig.board.buttons = buttons
+        for _ in range(ms):
+            rig.board.now += 1
+            rig.controller.step()
+    numbers = [number for _name, _kind, number in _presses(rig)]
+    assert numbers == list(range(len(numbers)))  # numbered in order, none skipped
+    assert len(numbers) <= presses_made

@@ -49,6 +49,9 @@ def test_the_document_has_the_vectors_we_promise() -> None:
         "STATE",
         "LOWER_LIMITS",
         "LIMITS refused",
+        "BUTTON play/pause long",
+        "LIGHT playing",
+        "LIGHT_SHOWN fault",
     } <= set(VECTORS)
 
 
@@ -97,3 +100,31 @@ def test_vector_field_values() -> None:
     status, limits = sl.unpack_limits(_body("LIMITS refused"))
     assert status == sl.LIMITS_REFUSED_RAISE
     assert limits.values() == (2.0, 85.0, 1.5, 50.0, 0.0)
+
+
+def test_button_and_light_vector_values() -> None:
+    press = sl.unpack_button(_body("BUTTON play/pause long"))
+    assert (press.button, press.kind, press.number) == (sl.BUTTON_PLAY_PAUSE, sl.PRESS_LONG, 5)
+    assert (press.name, press.long) == ("play_pause", True)
+    assert sl.unpack_light("LIGHT", _body("LIGHT playing")) == sl.LIGHT_PLAYING
+    assert sl.unpack_light("LIGHT_SHOWN", _body("LIGHT_SHOWN fault")) == sl.LIGHT_FAULT
+
+
+@pytest.mark.parametrize(
+    ("body", "error"),
+    [
+        (b"\x01\x00", "BUTTON body is 2 bytes, expected 3"),
+        (b"\x07\x00\x00", "BUTTON names button 7, not one of 1 to 4"),
+        (b"\x01\x02\x00", "BUTTON press kind is 2, not 0 \\(short\\) or 1 \\(long\\)"),
+    ],
+)
+def test_bad_button_bodies_are_clear_protocol_errors(body: bytes, error: str) -> None:
+    with pytest.raises(sl.LinkProtocolError, match=error):
+        sl.unpack_button(body)
+
+
+def test_bad_light_bodies_are_clear_protocol_errors() -> None:
+    with pytest.raises(sl.LinkProtocolError, match="LIGHT light state is 6, not one of 0 to 5"):
+        sl.unpack_light("LIGHT", b"\x06")
+    with pytest.raises(sl.LinkProtocolError, match="LIGHT_SHOWN body is 2 bytes, expected 1"):
+        sl.unpack_light("LIGHT_SHOWN", b"\x01\x01")
