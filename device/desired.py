@@ -16,6 +16,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from resonera.common.errors import ConfigError, ProtocolError
+from resonera.common.ids import is_time_ordered_id
 from resonera.common.profile import HearingProfile, parse_profile
 from resonera.common.signing import SignatureError, verify_document_ed25519
 
@@ -48,6 +49,42 @@ class DesiredDocument:
     def programs(self) -> list[Any]:
         value = self.content.get("programs", [])
         return value if isinstance(value, list) else []
+
+
+#: The desired state's list of clinician requests to reset a corrupted dose ledger.
+LEDGER_RESETS_KEY = "dose_ledger_reset"
+
+
+@dataclass(frozen=True)
+class LedgerResetRequest:
+    """One request, by its server id: carried out once whatever how many documents repeat it."""
+
+    reset_id: str
+    reason: str
+    requested_by: str
+
+
+def ledger_resets(content: dict[str, Any]) -> list[LedgerResetRequest]:
+    """The reset requests of a verified document's content (``DesiredStateRejected`` when the list
+    is malformed, so the refusal is reported rather than a request silently dropped)."""
+    items = content.get(LEDGER_RESETS_KEY, [])
+    if not isinstance(items, list):
+        raise DesiredStateRejected(f"{LEDGER_RESETS_KEY} must be a list")
+    out = []
+    for index, item in enumerate(items):
+        where = f"{LEDGER_RESETS_KEY}[{index}]"
+        if not isinstance(item, dict):
+            raise DesiredStateRejected(f"{where} must be an object")
+        reset_id, reason = item.get("id"), item.get("reason")
+        requested_by = item.get("requested_by", "")
+        if not isinstance(reset_id, str) or not is_time_ordered_id(reset_id):
+            raise DesiredStateRejected(f"{where}.id must be a UUIDv7")
+        if not isinstance(reason, str) or not reason.strip() or len(reason) > 500:
+            raise DesiredStateRejected(f"{where}.reason must be 1-500 characters")
+        if not isinstance(requested_by, str) or len(requested_by) > 254:
+            raise DesiredStateRejected(f"{where}.requested_by must be a string of ≤ 254")
+        out.append(LedgerResetRequest(reset_id, reason.strip(), requested_by))
+    return out
 
 
 def verify_desired(

@@ -10,6 +10,14 @@ it, and report the outcome to the server as a ``reported`` message in the outbox
   applied by ``session_ended`` (``status: "applied"``).
 - The very document already taken, delivered again (the retained copy after every reconnect): nothing
   is done or reported.
+
+A document may carry a clinician's requests to reset a corrupted dose ledger (``dose_ledger_reset``,
+each with an id). They are carried out from the *applied* document only, between sessions (at once, or
+when the session ends), each once by its id (``DoseLedger.reset``): a replayed, older or repeated
+document resets nothing again. Each outcome (applied, or refused because the ledger is intact) is a
+``dose_ledger_reset`` safety event with the ledger's week before, synced to the server, and a
+``reported`` message ``{"dose_ledger_reset": ID, "status", "version"}``. A crash between the reset and
+its event writes the event on the next look.
 """
 
 from __future__ import annotations
@@ -18,19 +26,29 @@ import hashlib
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from resonera.common.ids import new_id
 from resonera.common.profile import HearingProfile
+from resonera.common.records import (
+    DesiredReport,
+    DoseLedgerReset,
+    LedgerResetReport,
+    SafetyEventRecord,
+)
 from resonera.device.desired import (
     DesiredStateRejected,
     effective_profile,
+    ledger_resets,
     lowers_only,
     verify_desired,
 )
+from resonera.device.safety.dose_ledger import DoseLedger, LedgerReset
 from resonera.device.store import DeviceStore
 
 log = logging.getLogger(__name__)
@@ -66,12 +84,20 @@ class DesiredStateApplier:
         base_profile: HearingProfile,
         *,
         on_lowered: Callable[[HearingProfile], None] = lambda _profile: None,
+        open_ledger: Callable[[], DoseLedger] | None = None,
+        simulation: bool = False,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
+        """``open_ledger``: the device's dose ledger, for clinician resets (without it, requests
+        wait in the applied document until an applier with a ledger, the service, takes it)."""
         self.store = store
         self.device_id = device_id
         self.pinned = pinned
         self.base_profile = base_profile
         self.on_lowered = on_lowered
+        self.open_ledger = open_ledger
+        self.simulation = simulation
+        self.wall_clock = wall_clock
         self._lock = threading.Lock()
         self._session_active = False
         self._last_refused: bytes | None = None
@@ -90,6 +116,7 @@ class DesiredStateApplier:
                 self._last_refused = digest
         if result.outcome != "unchanged":
             self._report(result)
+        self.apply_ledger_resets()
         return result
 
     def _handle(self, payload: bytes) -> DesiredResult:
@@ -105,6 +132,7 @@ class DesiredStateApplier:
                 payload, device_id=self.device_id, pinned=self.pinned, applied_version=accepted
             )
             profile = effective_profile(document, self.base_profile)
+            ledger_resets(document.content)
         except DesiredStateRejected as exc:
             if self._is_redelivery(payload, accepted):
                 return DesiredResult("unchanged", accepted)
@@ -149,18 +177,110 @@ class DesiredStateApplier:
         with self._lock:
             self._session_active = False
             applied = self.store.apply_pending_desired()
-        if applied is None:
-            return None
-        result = DesiredResult("applied", applied.version)
-        self._report(result)
+        result = None
+        if applied is not None:
+            result = DesiredResult("applied", applied.version)
+            self._report(result)
+        self.apply_ledger_resets()
         return result
+
+    def apply_ledger_resets(self) -> list[LedgerReset]:
+        """Between sessions: carry out the applied document's reset requests not done yet, record
+        and report each; the outcomes newly recorded."""
+        with self._lock:
+            if self._session_active or self.open_ledger is None:
+                return []
+            applied = self.store.applied_desired()
+            if applied is None:
+                return []
+            try:
+                requests = ledger_resets(applied.content)
+            except DesiredStateRejected:  # checked before it was applied; a stored one is good
+                return []
+            if not requests:
+                return []
+            recorded: list[LedgerReset] = []
+            try:
+                ledger = self.open_ledger()
+            except Exception:  # e.g. its key is lost: said by the error; the MQTT thread lives on
+                log.exception("the dose ledger cannot be opened for a clinician's reset")
+                return recorded
+            try:
+                for request in requests:
+                    outcome = ledger.reset(
+                        request.reset_id,
+                        self.wall_clock(),
+                        reason=request.reason,
+                        requested_by=request.requested_by,
+                    )
+                    if outcome.event_recorded:
+                        continue  # done and recorded before
+                    self._record_reset(outcome, applied.version)
+                    ledger.mark_recorded(request.reset_id)
+                    recorded.append(outcome)
+            except Exception:  # tried again with the next document or at the session's end
+                log.exception("a clinician's dose ledger reset could not be carried out")
+            finally:
+                ledger.close()
+            return recorded
+
+    def _record_reset(self, outcome: LedgerReset, version: int) -> None:
+        assert outcome.reset_id is not None
+        if outcome.applied:
+            cause = (
+                f"dose ledger reset by the clinician ({outcome.requested_by or 'server'}): "
+                f"{outcome.removed_rows} damaged minute(s) removed; the week was counted as "
+                f"{outcome.week_fraction_before:.0%} used, now {outcome.week_fraction_after:.0%}"
+            )
+        else:
+            cause = (
+                "dose ledger reset refused: the ledger is not corrupted, so the week's "
+                f"{outcome.week_fraction_before:.0%} stands"
+            )
+        record = SafetyEventRecord(
+            event_id=new_id(),
+            at=outcome.at,
+            type="dose_ledger_reset",
+            cause=f"{cause} (reason: {outcome.reason})"[:500],
+            simulation=self.simulation,
+            dose_reset=DoseLedgerReset(
+                reset_id=outcome.reset_id,
+                applied=outcome.applied,
+                reason=outcome.reason[:500],
+                requested_by=outcome.requested_by[:254],
+                removed_rows=outcome.removed_rows,
+                corrupted_before=outcome.corrupted_before,
+                week_pa2s_before=outcome.week_pa2s_before,
+                week_fraction_before=outcome.week_fraction_before,
+                week_fraction_after=outcome.week_fraction_after,
+            ),
+        )
+        self.store.record_event(self.device_id, record)
+        report = DesiredReport(
+            desired_version=version,
+            status="applied",
+            dose_ledger_reset=LedgerResetReport(
+                id=outcome.reset_id,
+                status="applied" if outcome.applied else "refused",
+                reason=None if outcome.applied else "the dose ledger is not corrupted",
+            ),
+        )
+        self.store.queue_message(
+            self.device_id, "reported", report.model_dump(mode="json", exclude_none=True)
+        )
 
     def _report(self, result: DesiredResult) -> None:
         if result.outcome == "refused":
             log.warning("desired state %s refused: %s", result.version, result.reason)
-        body: dict[str, object] = {"desired_version": result.version, "status": result.outcome}
-        if result.reason:
-            body["reason"] = result.reason
+        status = result.outcome
+        if status == "unchanged":  # nothing new to say
+            return
+        report = DesiredReport(
+            desired_version=result.version,
+            status=status,
+            reason=result.reason[:500] if result.reason else None,
+        )
+        body = report.model_dump(mode="json", exclude_none=True)
         try:
             self.store.queue_message(self.device_id, "reported", body)
         except Exception:  # the MQTT thread must survive; the next delivery reports again

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from resonera.common import topics
@@ -79,6 +79,9 @@ class DeviceSettings(ResoneraSettings):
     profile: HearingProfile = HearingProfile()
     sample_rate: Literal[44100, 48000] = 48000
     block_frames: int = Field(default=1024, ge=64, le=8192)
+    #: CA certificate(s) that the enrollment server's HTTPS certificate must verify against
+    #: (``resonera-device enroll``; default: the system's CAs).
+    enroll_ca_file: Path | None = None
 
     @field_validator("device_id")
     @classmethod
@@ -87,6 +90,20 @@ class DeviceSettings(ResoneraSettings):
             return topics.check_device_id(value)
         except ProtocolError as exc:
             raise ValueError(str(exc)) from None
+
+    @model_validator(mode="after")
+    def _enrolled_identity(self) -> DeviceSettings:
+        # An enrolled device's key, certificate, chain, pinned key and broker address (in
+        # data_dir/identity) fill what the file leaves unset, so `run` needs nothing more.
+        from resonera.device.enroll import EnrollError, settings_from_identity
+
+        try:
+            updates = settings_from_identity(self)
+        except EnrollError as exc:
+            raise ValueError(str(exc)) from None
+        for name, value in updates.items():
+            setattr(self, name, value)
+        return self
 
     @property
     def store_path(self) -> Path:

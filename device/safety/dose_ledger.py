@@ -1,24 +1,39 @@
-"""The rolling 7-day sound dose, persisted on the device (works offline, survives power loss).
+"""The rolling 7-day sound dose, persisted on the device (works offline, survives power loss), sealed
+at rest.
 
 Energy (Pa²·s of A-weighted pressure) is kept in one row per minute; each second's MEL is added in its
 own committed transaction (SQLite WAL, ``synchronous=FULL``), so killing the process at any moment loses
 at most the second in progress. Fractions of the allowance are derived per mode from the energy, so a
 clinician switching a person from mode 1 to mode 2 takes effect on the whole week at once.
 
-Every row carries a checksum. A row that fails it (disk corruption, a torn write, tampering with the
-file) makes the ledger *corrupted*: it is reported, and until a clinician resets it the ledger answers
-conservatively that the whole allowance is used (safety.md: "treated conservatively").
+Each minute's energy is sealed with AES-GCM under the device data key (``crypto_store``, the key that
+seals the store: ``keys/data.key`` next to the ledger by default), bound to its minute and its seconds
+(the associated data), so the seal is also the row's integrity check. The minute and its seconds stay
+in clear, like a session's start time in the store: when sound played, not how loud. A ledger from
+before sealing (plaintext rows with a checksum) is sealed on open; a row that failed its checksum stays
+bad after that. A lost key is ``DataKeyMissing`` and a wrong one ``DataKeyMismatch``: never replaced
+while sealed rows exist.
+
+A row that does not open (disk corruption, a torn write, tampering with the file) makes the ledger
+*corrupted*: it is reported, and until a clinician resets it the ledger answers conservatively that
+the whole allowance is used (safety.md: "treated conservatively"). A clinician's reset removes only the
+rows that do not open: the week's intact rows keep counting, so a reset never gives back allowance the
+person really used. A reset of a ledger that is not corrupted is refused (nothing to repair, and
+zeroing real exposure is not a clinician's remote action). Each reset request is carried out once, by
+its id, in the same transaction that records it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
-from collections.abc import Sequence
+import sqlite3
+import struct
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 from sqlalchemy import Engine, event
 from sqlalchemy.orm import registry
@@ -26,11 +41,26 @@ from sqlmodel import Field, Session, SQLModel, col, create_engine, delete, selec
 
 from resonera.common.dose import WINDOW_S, DoseMode, allowance_pa2s, pressure_squared
 from resonera.common.errors import ResoneraError
+from resonera.device.crypto_store import (
+    DataKey,
+    DataKeyMismatch,
+    DataKeyMissing,
+    SealedDataCorrupt,
+    create_key_file,
+    missing_key_message,
+    read_key_file,
+)
+
+if TYPE_CHECKING:
+    from resonera.device.settings import DeviceSettings
 
 log = logging.getLogger(__name__)
 
 #: Minute rows older than this are pruned; daily reports reach back this far.
 KEEP_DAYS = 35
+#: 1: plaintext rows with a checksum (first release); 2: sealed rows.
+LEDGER_SCHEMA: Final = 2
+_ENERGY: Final = struct.Struct("<d")
 
 
 class DoseLedgerError(ResoneraError):
@@ -38,37 +68,87 @@ class DoseLedgerError(ResoneraError):
 
 
 class _LedgerModel(SQLModel, registry=registry()):
-    pass
+    """Tables are created by ``_open_and_migrate``, not by ``create_all``."""
 
 
 class DoseMinute(_LedgerModel, table=True):
     __tablename__ = "dose_minute"
 
     minute: int = Field(primary_key=True)  # Unix time // 60
-    pa2s: float
     seconds: int
-    checksum: str
+    #: The minute's Pa²·s (a little-endian double), sealed; b"" for a row that was already bad
+    #: when the ledger was sealed.
+    sealed: bytes
 
 
 class DoseReset(_LedgerModel, table=True):
     __tablename__ = "dose_reset"
 
     id: int | None = Field(default=None, primary_key=True)
+    #: The server's request id (None for a reset made on the device itself).
+    reset_id: str | None = Field(default=None, unique=True)
     at: datetime
-    removed_rows: int
-    note: str
+    #: The ``dose_ledger_reset`` safety event was written to the store (after a crash between the
+    #: reset and its event, the event is written on the next look).
+    event_recorded: bool = False
+    #: JSON of ``LedgerReset``'s facts and the clinician's reason, sealed.
+    sealed: bytes
+
+
+class LedgerMeta(_LedgerModel, table=True):
+    __tablename__ = "ledger_meta"
+
+    name: str = Field(primary_key=True)
+    value: str
+
+
+_SCHEMA_DDL: Final = (
+    "CREATE TABLE dose_minute (minute INTEGER NOT NULL PRIMARY KEY, seconds INTEGER NOT NULL, "
+    "sealed BLOB NOT NULL)",
+    "CREATE TABLE dose_reset (id INTEGER NOT NULL PRIMARY KEY, reset_id VARCHAR UNIQUE, "
+    "at DATETIME NOT NULL, event_recorded BOOLEAN NOT NULL, sealed BLOB NOT NULL)",
+    "CREATE TABLE ledger_meta (name VARCHAR NOT NULL PRIMARY KEY, value VARCHAR NOT NULL)",
+)
 
 
 def _checksum(minute: int, pa2s: float, seconds: int) -> str:
+    """The first release's row checksum (only read when sealing such a ledger)."""
     return hashlib.sha256(f"{minute}:{pa2s!r}:{seconds}".encode()).hexdigest()[:16]
 
 
+def _minute_context(minute: int, seconds: int) -> str:
+    return f"dose_minute:{minute}:{seconds}"
+
+
+def _reset_context(reset_id: str | None, at: datetime) -> str:
+    # SQLite gives the time back without its zone: bind to the naive UTC value both ways
+    naive = at.astimezone(UTC).replace(tzinfo=None) if at.tzinfo is not None else at
+    return f"dose_reset:{reset_id or naive.isoformat()}"
+
+
 def _pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # Transactions are begun by us (``_begin_*``): a read-then-write must not interleave with
+    # another process's writer.
+    dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=FULL")
     cursor.execute("PRAGMA busy_timeout=5000")
     cursor.close()
+
+
+def _begin(conn: Any) -> None:
+    conn.exec_driver_sql("BEGIN")
+
+
+def _begin_immediate(conn: Any) -> None:
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+class _Minute(NamedTuple):
+    minute: int
+    seconds: int
+    sealed: bytes
 
 
 @dataclass(frozen=True)
@@ -90,23 +170,161 @@ class DoseStatus:
         return max(1.0, self.measured_fraction) if self.corrupted else self.measured_fraction
 
 
+@dataclass(frozen=True)
+class LedgerReset:
+    """A reset request as the ledger carried it out (``applied``) or refused it, with the rolling
+    week (mode 1) before and after. ``repeated``: the request was already handled before."""
+
+    reset_id: str | None
+    applied: bool
+    reason: str
+    requested_by: str
+    removed_rows: int
+    corrupted_before: bool
+    week_pa2s_before: float
+    week_fraction_before: float
+    week_fraction_after: float
+    at: datetime
+    event_recorded: bool
+    repeated: bool = False
+
+    def facts(self) -> dict[str, Any]:
+        return {
+            "applied": self.applied,
+            "reason": self.reason,
+            "requested_by": self.requested_by,
+            "removed_rows": self.removed_rows,
+            "corrupted_before": self.corrupted_before,
+            "week_pa2s_before": self.week_pa2s_before,
+            "week_fraction_before": self.week_fraction_before,
+            "week_fraction_after": self.week_fraction_after,
+        }
+
+
 class DoseLedger:
     """Thread-safe; one short transaction per call."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, key_path: Path | None = None) -> None:
+        """``key_path``: the device data key (default ``keys/data.key`` next to the ledger, as the
+        store's). Created with a new ledger; ``DataKeyMissing`` when sealed rows exist without it,
+        ``DataKeyMismatch`` when it is another key."""
         self.path = path
+        self.key_path = key_path or path.parent / "keys" / "data.key"
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DoseLedgerError(f"cannot open the dose ledger {path}: {exc.strerror}") from None
+        self.key = self._open_and_migrate()
+        try:
             self.engine: Engine = create_engine(
                 f"sqlite:///{path}", connect_args={"check_same_thread": False}
             )
             event.listen(self.engine, "connect", _pragmas)
-            _LedgerModel.metadata.create_all(self.engine)
+            event.listen(self.engine, "begin", _begin)
+            self.write_engine: Engine = create_engine(
+                f"sqlite:///{path}", connect_args={"check_same_thread": False}
+            )
+            event.listen(self.write_engine, "connect", _pragmas)
+            event.listen(self.write_engine, "begin", _begin_immediate)
         except Exception as exc:
             raise DoseLedgerError(f"cannot open the dose ledger {path}: {exc}") from None
 
+    @classmethod
+    def for_settings(cls, settings: DeviceSettings) -> DoseLedger:
+        """The ledger of a ``DeviceSettings``, sealed under its data key."""
+        return cls(settings.dose_ledger_path, key_path=settings.data_key_path)
+
     def close(self) -> None:
         self.engine.dispose()
+        self.write_engine.dispose()
+
+    # --- opening ---------------------------------------------------------------------------------
+
+    def _open_and_migrate(self) -> DataKey:
+        """Find (or, for a ledger without sealed rows, create) the key; create or seal the layout;
+        one ``BEGIN IMMEDIATE`` transaction, so two processes opening at once migrate once."""
+        try:
+            conn = sqlite3.connect(self.path, isolation_level=None, timeout=10.0)
+        except sqlite3.Error as exc:
+            raise DoseLedgerError(f"cannot open the dose ledger {self.path}: {exc}") from None
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            # the plaintext rows of a first-release ledger are overwritten, not just freed
+            conn.execute("PRAGMA secure_delete=ON")
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                version = _schema_version(conn)
+                key = self._data_key(conn, version)
+                if version == 0:
+                    for ddl in _SCHEMA_DDL:
+                        conn.execute(ddl)
+                elif version == 1:
+                    _seal_first_release(conn, key)
+                elif version > LEDGER_SCHEMA:
+                    raise DoseLedgerError(
+                        f"the dose ledger {self.path} is at schema {version}, newer than this "
+                        f"software ({LEDGER_SCHEMA}); install the newer release again"
+                    )
+                conn.execute(
+                    "INSERT OR REPLACE INTO ledger_meta VALUES ('schema', ?), ('data_key_id', ?)",
+                    (str(LEDGER_SCHEMA), key.key_id),
+                )
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            if version == 1:
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                log.info("dose ledger %s sealed at rest", self.path)
+            return key
+        except sqlite3.DatabaseError as exc:
+            raise DoseLedgerError(f"cannot open the dose ledger {self.path}: {exc}") from None
+        finally:
+            conn.close()
+
+    def _data_key(self, conn: sqlite3.Connection, version: int) -> DataKey:
+        recorded: str | None = None
+        sealed = 0
+        if version >= 2:
+            row = conn.execute(
+                "SELECT value FROM ledger_meta WHERE name = 'data_key_id'"
+            ).fetchone()
+            recorded = row[0] if row else None
+            sealed = sum(
+                int(conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
+                for table in ("dose_minute", "dose_reset")
+            )
+        if self.key_path.exists():
+            key = read_key_file(self.key_path)
+            if recorded is not None and recorded != key.key_id:
+                raise DataKeyMismatch(
+                    f"the data key {self.key_path} (id {key.key_id}) is not the key the dose "
+                    f"ledger {self.path} was sealed with (id {recorded}); restore the right key "
+                    "file"
+                )
+            return key
+        if sealed:
+            raise DataKeyMissing(missing_key_message(self.key_path, sealed))
+        try:
+            return create_key_file(self.key_path)
+        except FileExistsError:  # the store (another process) created it meanwhile
+            return read_key_file(self.key_path)
+
+    # --- sealing ---------------------------------------------------------------------------------
+
+    def _seal_minute(self, minute: int, seconds: int, pa2s: float) -> bytes:
+        return self.key.seal(_ENERGY.pack(pa2s), _minute_context(minute, seconds))
+
+    def _energy(self, row: _Minute | DoseMinute) -> float | None:
+        """The row's Pa²·s, or None when it does not open (a corrupted row)."""
+        try:
+            plain = self.key.open(row.sealed, _minute_context(row.minute, row.seconds))
+        except SealedDataCorrupt:
+            return None
+        return _ENERGY.unpack(plain)[0] if len(plain) == _ENERGY.size else None
+
+    # --- the dose --------------------------------------------------------------------------------
 
     def add_second(self, at: float, level_dba: float) -> None:
         """Add one second at ``level_dba`` (A-weighted dB SPL) ending at Unix time ``at``."""
@@ -115,31 +333,36 @@ class DoseLedger:
     def add_energy(self, at: float, pa2s: float, seconds: int = 1) -> None:
         """Add ``pa2s`` Pa²·s measured over ``seconds`` seconds ending at Unix time ``at``."""
         minute = int(at // 60)
-        with Session(self.engine) as db:
+        with Session(self.write_engine) as db:
             row = db.get(DoseMinute, minute)
             if row is None:
-                row = DoseMinute(minute=minute, pa2s=0.0, seconds=0, checksum="")
-            elif row.checksum != _checksum(row.minute, row.pa2s, row.seconds):
-                # Never "repair" a bad row by adding to it: keep it bad, so it stays reported.
-                log.error("dose ledger row for minute %d fails its checksum", minute)
-                return
-            row.pa2s += pa2s
+                row, energy = DoseMinute(minute=minute, seconds=0, sealed=b""), 0.0
+            else:
+                opened = self._energy(row)
+                if opened is None:
+                    # Never "repair" a bad row by adding to it: keep it bad, so it stays reported.
+                    log.error("dose ledger row for minute %d does not open (corrupted)", minute)
+                    return
+                energy = opened
             row.seconds += seconds
-            row.checksum = _checksum(row.minute, row.pa2s, row.seconds)
+            row.sealed = self._seal_minute(minute, row.seconds, energy + pa2s)
             db.add(row)
             db.commit()
 
     def status(self, now: float, mode: DoseMode = 1) -> DoseStatus:
         """The last 7 days up to ``now``. The oldest minute counts whole: a conservative edge."""
-        first = int((now - WINDOW_S) // 60)
-        rows = self._rows_from(first)
-        good = [r for r in rows if r.checksum == _checksum(r.minute, r.pa2s, r.seconds)]
-        return DoseStatus(
-            pa2s=sum(r.pa2s for r in good),
-            seconds=sum(r.seconds for r in good),
-            corrupted=len(good) != len(rows),
-            mode=mode,
-        )
+        return self._status(self._rows_from(int((now - WINDOW_S) // 60)), mode)
+
+    def _status(self, rows: list[_Minute], mode: DoseMode) -> DoseStatus:
+        pa2s, seconds, bad = 0.0, 0, 0
+        for row in rows:
+            energy = self._energy(row)
+            if energy is None:
+                bad += 1
+            else:
+                pa2s += energy
+                seconds += row.seconds
+        return DoseStatus(pa2s=pa2s, seconds=seconds, corrupted=bad > 0, mode=mode)
 
     def daily(self, now: float, days: int = 7) -> list[tuple[date, float]]:
         """(UTC day, Pa²·s) for the last ``days`` days, oldest first, days without sound included."""
@@ -150,31 +373,153 @@ class DoseLedger:
         )
         totals = {date.fromordinal(first_day.toordinal() + i): 0.0 for i in range(days)}
         for row in self._rows_from(first // 60):
-            if row.checksum == _checksum(row.minute, row.pa2s, row.seconds):
+            energy = self._energy(row)
+            if energy is not None:
                 day = datetime.fromtimestamp(row.minute * 60, UTC).date()
                 if day in totals:
-                    totals[day] += row.pa2s
+                    totals[day] += energy
         return sorted(totals.items())
 
     def prune(self, now: float) -> int:
         cutoff = int((now - KEEP_DAYS * 86400) // 60)
-        with Session(self.engine) as db:
+        with Session(self.write_engine) as db:
             result = db.exec(delete(DoseMinute).where(col(DoseMinute.minute) < cutoff))
             db.commit()
             return int(result.rowcount)
 
-    def reset_corrupted(self, now: float, note: str) -> int:
-        """Remove rows that fail their checksum (a clinician's decision, recorded); return how many."""
-        with Session(self.engine) as db:
-            rows: Sequence[DoseMinute] = db.exec(select(DoseMinute)).all()
-            bad = [r for r in rows if r.checksum != _checksum(r.minute, r.pa2s, r.seconds)]
-            for row in bad:
-                db.delete(row)
-            db.add(DoseReset(at=datetime.fromtimestamp(now, UTC), removed_rows=len(bad), note=note))
-            db.commit()
-            return len(bad)
+    # --- resets ----------------------------------------------------------------------------------
 
-    def _rows_from(self, first_minute: int) -> list[DoseMinute]:
-        with Session(self.engine) as db:
-            query = select(DoseMinute).where(col(DoseMinute.minute) >= first_minute)
-            return list(db.exec(query).all())
+    def reset_corrupted(self, now: float, note: str) -> int:
+        """Remove rows that do not open (a decision made on the device, recorded); how many."""
+        return self.reset(None, now, reason=note, force=True).removed_rows
+
+    def reset(
+        self,
+        reset_id: str | None,
+        now: float,
+        *,
+        reason: str,
+        requested_by: str = "",
+        force: bool = False,
+    ) -> LedgerReset:
+        """Carry out a clinician's reset request once: a request already handled (applied or
+        refused) returns what was done then, with ``repeated``. Without ``force`` a ledger that is
+        not corrupted is left as it is and the request is refused (recorded all the same)."""
+        at = datetime.fromtimestamp(now, UTC)
+        with Session(self.write_engine) as db:
+            if reset_id is not None:
+                done = db.exec(select(DoseReset).where(DoseReset.reset_id == reset_id)).first()
+                if done is not None:
+                    return self._reset_of(done, repeated=True)
+            rows = self._rows_from(None, db)
+            first = int((now - WINDOW_S) // 60)
+            before = self._status([r for r in rows if r.minute >= first], 1)
+            bad = [r.minute for r in rows if self._energy(r) is None]
+            applied = force or before.corrupted
+            if applied and bad:
+                db.exec(delete(DoseMinute).where(col(DoseMinute.minute).in_(bad)))
+            outcome = LedgerReset(
+                reset_id=reset_id,
+                applied=applied,
+                reason=reason,
+                requested_by=requested_by,
+                removed_rows=len(bad) if applied else 0,
+                corrupted_before=before.corrupted,
+                week_pa2s_before=before.pa2s,
+                week_fraction_before=before.fraction,
+                week_fraction_after=before.measured_fraction if applied else before.fraction,
+                at=at,
+                event_recorded=reset_id is None,
+            )
+            db.add(
+                DoseReset(
+                    reset_id=reset_id,
+                    at=at,
+                    event_recorded=outcome.event_recorded,
+                    sealed=self.key.seal(
+                        json.dumps(outcome.facts()).encode(), _reset_context(reset_id, at)
+                    ),
+                )
+            )
+            db.commit()
+        if applied:
+            log.warning(
+                "dose ledger reset (%s): %d corrupted row(s) removed; the week was %.1f %% "
+                "(counted as used), now %.1f %%",
+                reason,
+                outcome.removed_rows,
+                outcome.week_fraction_before * 100,
+                outcome.week_fraction_after * 100,
+            )
+        else:
+            log.warning("dose ledger reset %s refused: the ledger is not corrupted", reset_id)
+        return outcome
+
+    def mark_recorded(self, reset_id: str) -> None:
+        with Session(self.write_engine) as db:
+            row = db.exec(select(DoseReset).where(DoseReset.reset_id == reset_id)).first()
+            if row is not None:
+                row.event_recorded = True
+                db.add(row)
+                db.commit()
+
+    def _reset_of(self, row: DoseReset, *, repeated: bool = False) -> LedgerReset:
+        at = row.at if row.at.tzinfo is not None else row.at.replace(tzinfo=UTC)
+        facts = json.loads(self.key.open(row.sealed, _reset_context(row.reset_id, row.at)))
+        return LedgerReset(
+            reset_id=row.reset_id,
+            applied=bool(facts.get("applied", True)),
+            reason=str(facts.get("reason", "")),
+            requested_by=str(facts.get("requested_by", "")),
+            removed_rows=int(facts.get("removed_rows", 0)),
+            corrupted_before=bool(facts.get("corrupted_before", True)),
+            week_pa2s_before=float(facts.get("week_pa2s_before", 0.0)),
+            week_fraction_before=float(facts.get("week_fraction_before", 0.0)),
+            week_fraction_after=float(facts.get("week_fraction_after", 0.0)),
+            at=at,
+            event_recorded=row.event_recorded,
+            repeated=repeated,
+        )
+
+    def _rows_from(self, first_minute: int | None, db: Session | None = None) -> list[_Minute]:
+        """Plain tuples, not ORM objects: a week can be 10,080 rows, read at every session start."""
+        query = select(DoseMinute.minute, DoseMinute.seconds, DoseMinute.sealed)
+        if first_minute is not None:
+            query = query.where(col(DoseMinute.minute) >= first_minute)
+        if db is not None:
+            return [_Minute(*row) for row in db.exec(query).all()]
+        with Session(self.engine) as read:
+            return [_Minute(*row) for row in read.exec(query).all()]
+
+
+def _schema_version(conn: sqlite3.Connection) -> int:
+    tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    if "ledger_meta" in tables:
+        row = conn.execute("SELECT value FROM ledger_meta WHERE name = 'schema'").fetchone()
+        return int(row[0]) if row else LEDGER_SCHEMA
+    return 1 if "dose_minute" in tables else 0
+
+
+def _seal_first_release(conn: sqlite3.Connection, key: DataKey) -> None:
+    """Seal a plaintext ledger in place. A row that failed its checksum is kept bad (an empty seal),
+    so the ledger stays corrupted until a clinician resets it."""
+    for ddl in _SCHEMA_DDL:
+        conn.execute(ddl.replace("CREATE TABLE dose_", "CREATE TABLE new_dose_", 1))
+    for minute, pa2s, seconds, checksum in conn.execute(
+        "SELECT minute, pa2s, seconds, checksum FROM dose_minute"
+    ).fetchall():
+        intact = checksum == _checksum(minute, pa2s, seconds)
+        sealed = key.seal(_ENERGY.pack(pa2s), _minute_context(minute, seconds)) if intact else b""
+        conn.execute("INSERT INTO new_dose_minute VALUES (?, ?, ?)", (minute, seconds, sealed))
+    for at, removed, note in conn.execute(
+        "SELECT at, removed_rows, note FROM dose_reset"
+    ).fetchall():
+        when = datetime.fromisoformat(at)
+        facts = {"applied": True, "reason": note, "removed_rows": removed}
+        conn.execute(
+            "INSERT INTO new_dose_reset (reset_id, at, event_recorded, sealed) VALUES (NULL, ?, 1, ?)",
+            (at, key.seal(json.dumps(facts).encode(), _reset_context(None, when))),
+        )
+    for table in ("dose_minute", "dose_reset"):
+        conn.execute(f"DROP TABLE {table}")
+        conn.execute(f"ALTER TABLE new_{table} RENAME TO {table}")
