@@ -210,10 +210,13 @@ def bench_service(broker: Mosquitto, folder: Path) -> None:
         peer.close()
     print(f"resonera-device run (simulation, NullSink), pid {process.pid}")
     print(f"  RSS at start {rss_start / 1024:.1f} MB; 20-min program rendered in {played_in:.1f} s")
+    peak = max(hwm, peak_sampled)
     print(
-        f"  peak RSS while playing {max(hwm, peak_sampled) / 1024:.1f} MB (target ≤ 100 MB); "
+        f"  peak RSS while playing {peak / 1024:.1f} MB (target ≤ 100 MB); "
         f"idle {rss_idle / 1024:.1f} MB"
     )
+    # what the session itself (pre-flight, renderer, noise tables, chain) adds to the service
+    print(f"  playing added {(peak - rss_start) / 1024:.1f} MB to the RSS at start")
     print(
         f"  CPU idle, connected ({status['link']}, outbox {status['outbox_depth']}): "
         f"{idle:.2f} % of a core (target ≤ 1 %)"

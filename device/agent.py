@@ -26,9 +26,10 @@ from resonera.common.program_check import check_program_for
 from resonera.common.records import SessionRecord
 from resonera.common.safety_link import HardLimits
 from resonera.device.audio.player import BlockProcessor, play
+from resonera.device.audio.prompt_mixer import PromptMixer
 from resonera.device.audio.sinks import AudioSink, NullSink, PyAudioSink, WavSink, open_default_sink
 from resonera.device.audio.synth import ProgramRenderer
-from resonera.device.hwmonitor import HardwareMonitor, WarningAttenuator
+from resonera.device.hwmonitor import ControlPanel, HardwareMonitor, WarningAttenuator
 from resonera.device.safety.chain import DoseEvent, SafetyChain
 from resonera.device.safety.dose_ledger import DoseLedger
 from resonera.device.safety.earcup import EarCupCheck
@@ -76,6 +77,8 @@ def play_session(
     wall_clock: Callable[[], float] = time.time,
     stop_reason: Callable[[], str] = lambda: "",
     on_level: Callable[[float], None] | None = None,
+    mixer: PromptMixer | None = None,
+    panel: ControlPanel | None = None,
 ) -> SessionRecord:
     """Play ``program`` to ``sink`` with the MCU's consent, through the safety chain, then store
     the session and queue it.
@@ -87,6 +90,9 @@ def play_session(
     block at the ear (for a display; the chain's own meter, so nothing is metered twice).
     ``on_block`` sees every block played (a progress display). A sound device lost mid-session
     ends the session as a ``fault`` whose reason says so; the record is stored all the same.
+    ``mixer`` (the device's ``PromptMixer``) is the first stage of the audio path, before the
+    chain: prompts, the person's volume and pause. ``panel`` (the device's buttons and light) is
+    served by the session's safety monitor while it holds the MCU's port.
     """
     stop = stop or threading.Event()
     calibration = load_session_calibration(settings.calibration_file)
@@ -97,14 +103,18 @@ def play_session(
     with ExitStack() as stack:
         recorder = SafetyEventRecorder(store, settings.device_id, simulation=settings.simulation)
         stack.callback(recorder.close)  # last out: every event is written before we return
-        ledger = DoseLedger(settings.dose_ledger_path)
+        ledger = DoseLedger.for_settings(settings)  # sealed under the settings' data key
         stack.callback(ledger.close)
+        week = ledger.status(wall_clock(), profile.dose_mode)
+        if week.corrupted:  # the server's clinician is the one who can reset it: tell them
+            cause = "the dose ledger is damaged: the week counts as fully used until a reset"
+            recorder.event("dose_ledger_corrupted", cause, session_id=session_id)
         check = preflight(
             program,
             sample_rate=settings.sample_rate,
             calibration=calibration,
             profile=profile,
-            week=ledger.status(wall_clock(), profile.dose_mode),
+            week=week,
         )
         notify(check.message)
         if check.refused:
@@ -115,7 +125,7 @@ def play_session(
             recorder, simulation=settings.simulation, session_id=session_id
         )
         supervisor.handle(Event.START, f"play {program.name!r}")
-        monitor, hard, board = _arm(settings, stack, recorder, supervisor)
+        monitor, hard, board = _arm(settings, stack, recorder, supervisor, panel)
         dose_events: list[DoseEvent] = []
 
         def on_dose_event(event: DoseEvent) -> None:
@@ -154,6 +164,7 @@ def play_session(
             should_stop=lambda: stop.is_set() or chain.stop_requested,
             processors=processors,
             on_block=_with_level(on_block, chain, on_level),
+            mixer=mixer,
         )
         ended_at = datetime.now(UTC)
         reason = result.reason or (dose_events[-1].message if chain.stop_requested else "")
@@ -185,6 +196,7 @@ def play_session(
         dose_fraction=mode_fraction(chain.session_dose, profile.dose_mode, 1),
         laeq_dba=max(-100.0, chain.laeq_dba),
         max_mel_dba=max([-100.0, *chain.mels]),
+        underruns=result.underruns,
     )
     store.record_session(settings.device_id, record)
     return record
@@ -240,6 +252,7 @@ def _arm(
     stack: ExitStack,
     recorder: SafetyEventRecorder,
     supervisor: SessionSupervisor,
+    panel: ControlPanel | None,
 ) -> tuple[HardwareMonitor | None, HardLimits | None, str]:
     """Open the safety MCU and get its consent (or, in simulation mode, say loudly that there is
     none). Returns the monitor, the MCU's hard limits and the board's name."""
@@ -255,7 +268,9 @@ def _arm(
             "no safety MCU configured (serial_url), so nothing will play; "
             "use --simulation for a bench run without hardware (marked on every record)"
         )
-    monitor = stack.enter_context(HardwareMonitor(settings.serial_url, events=recorder))
+    monitor = stack.enter_context(
+        HardwareMonitor(settings.serial_url, events=recorder, panel=panel)
+    )
     try:
         hello = monitor.arm(settings.arm_timeout_s)
     except ResoneraError as exc:

@@ -21,6 +21,13 @@ and limits of that moment, to ``events`` (a ``SafetyEventSink``, normally a
 safety state machine). Listeners run on the I/O thread; they MUST NOT block, and a listener that
 raises is logged, not fatal (style.md).
 
+Buttons and the status light (protocol v1.2): presses the MCU reports go to button listeners (on
+the I/O thread, in order; ``device/controls.py`` decides what they mean), and ``set_light`` says
+what the status light should show (re-sent after an MCU restart, confirmed by LIGHT_SHOWN). A
+monitor built with ``panel`` (the device's ``ControlPanel``, ``device/panel.py``) also hands it every
+press and link event and shows the light it asks for; the device service gives its panel to the
+monitor it keeps between sessions and to each session's own, so the buttons work in both.
+
 Warnings (a reading nearing its limit) do not withdraw consent: ``attenuation_db`` (≤ 0) says how
 far to turn the level down, and ``WarningAttenuator`` is a ready-made block processor that ramps to
 it smoothly.
@@ -35,6 +42,7 @@ import threading
 import time
 from collections.abc import Callable
 from types import TracebackType
+from typing import Protocol
 
 import numpy as np
 import serial
@@ -64,6 +72,20 @@ RECONNECT_INTERVAL_S = 0.2
 ConsentListener = Callable[[bool, str], None]
 WarningListener = Callable[[float, str], None]
 EventListener = Callable[[LinkEvent], None]
+ButtonListener = Callable[[sl.ButtonPress], None]
+
+
+class ControlPanel(Protocol):
+    """The buttons' and light's owner (``device.panel.Panel``). Called on the I/O thread:
+    every method MUST return at once (queue the work, return a cached value)."""
+
+    def on_press(self, press: sl.ButtonPress) -> None: ...
+
+    def on_event(self, event: LinkEvent) -> None: ...
+
+    def light(self, consent: bool, attenuated: bool) -> int | None:
+        """The light to show now (``serial_link.LIGHT_*``), or None to leave it."""
+        ...
 
 
 class HardwareNotReady(ResoneraError):
@@ -84,8 +106,10 @@ class HardwareMonitor:
         reconnect_interval_s: float = RECONNECT_INTERVAL_S,
         crc_burst_count: int = CRC_BURST_COUNT,
         crc_burst_window_s: float = CRC_BURST_WINDOW_S,
+        panel: ControlPanel | None = None,
     ) -> None:
         self.url = url
+        self.panel = panel
         self._clock = clock
         self._link = SafetyLink(
             silence_timeout_s=silence_timeout_s,
@@ -100,6 +124,7 @@ class HardwareMonitor:
         self._listeners: list[ConsentListener] = []
         self._warning_listeners: list[WarningListener] = []
         self._event_listeners: list[EventListener] = []
+        self._button_listeners: list[ButtonListener] = []
         self._port: serial.SerialBase | None = None
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
@@ -233,6 +258,22 @@ class HardwareMonitor:
         with self._cond:
             self._event_listeners.append(callback)
 
+    def add_button_listener(self, callback: ButtonListener) -> None:
+        """``callback(ButtonPress)`` for every button press the MCU reports, from the I/O thread."""
+        with self._cond:
+            self._button_listeners.append(callback)
+
+    def set_light(self, state: int) -> None:
+        """Ask the status light to show ``state`` (``serial_link.LIGHT_*``); sent within one I/O
+        iteration once the MCU said HELLO. ``ValueError`` for a state that does not exist."""
+        with self._cond:
+            self._link.set_light(state)
+
+    @property
+    def light_shown(self) -> int | None:
+        """What the MCU says its status light shows (None until it said so)."""
+        return self._link.light_shown
+
     # -- what the player asks --------------------------------------------------------------------
 
     def arm(self, timeout_s: float = 2.0) -> HelloInfo:
@@ -359,19 +400,41 @@ class HardwareMonitor:
                 for event in self._decoder.feed(data):
                     self._link.receive(event, now)
                 self._link.tick(now)
+                panel = self.panel
+                if panel is not None:
+                    self._show_panel_light(panel)
                 frames = self._link.outgoing(now)
                 events = self._take_locked()
                 notify = self._publish_locked()
+                presses = self._link.take_buttons()
+                button_listeners = list(self._button_listeners) if presses else []
                 self._cond.notify_all()
             for frame in frames:
                 port.write(frame)
             self._notify(notify, events)
+            for press in presses:
+                log.info("button %s (%s press)", press.name, "long" if press.long else "short")
+                for button_listener in button_listeners:
+                    _call(button_listener, press)
+                if panel is not None:
+                    _call(panel.on_press, press)
+            if panel is not None:
+                for link_event in events:
+                    _call(panel.on_event, link_event)
         if self._flush_on_exit:
             with self._cond:
                 frames = self._link.outgoing(self._clock())
             for frame in frames:
                 port.write(frame)
             port.flush()
+
+    def _show_panel_light(self, panel: ControlPanel) -> None:
+        try:
+            light = panel.light(self._link.consent, self._link.attenuation_db < 0)
+            if light is not None:
+                self._link.set_light(light)
+        except Exception:  # the panel's bug must not take the safety link down
+            log.exception("control panel %r failed to give its light", panel)
 
     def _reconnect(self) -> None:
         if self._stopping.wait(self.reconnect_interval_s):

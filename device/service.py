@@ -8,6 +8,9 @@ Inside it:
   closes everything;
 - the safety monitor between sessions when a ``serial_url`` is set (link and MCU events are
   recorded while idle too; a session opens the port itself, so the idle monitor steps aside);
+- the control panel (``device/panel.py``: buttons, status light, spoken prompts), owned here: each
+  safety monitor opened (idle or a session's) serves it, and each session plays through its
+  prompt mixer;
 - telemetry: a ``metrics`` message with the outbox depth every ``sync.telemetry_interval_s``;
 - the control socket ``run.sock`` in the data directory (mode 0600): one line in, one line out.
   ``play PROGRAM`` → ``ok …`` or ``error …``; ``stop`` → ``ok …``; ``status`` → one JSON object.
@@ -37,6 +40,7 @@ from resonera.common.errors import ResoneraError
 from resonera.common.program import Program
 from resonera.common.records import SessionRecord
 from resonera.device.desired_state import DesiredStateApplier
+from resonera.device.safety.dose_ledger import DoseLedger
 from resonera.device.settings import DeviceSettings
 from resonera.device.store import DeviceStore
 from resonera.device.sync import DeviceSync
@@ -77,6 +81,8 @@ class DeviceService:
             settings.pinned_server_key(),
             settings.profile,
             on_lowered=self._limits_lowered,
+            open_ledger=lambda: DoseLedger.for_settings(settings),
+            simulation=settings.simulation,
         )
         self.sync = DeviceSync(settings, self.store, desired=self.applier)
         self.started = time.time()
@@ -90,6 +96,24 @@ class DeviceService:
         self._server: socketserver.ThreadingUnixStreamServer | None = None
         self._monitor: Any = None  # HardwareMonitor between sessions, when serial_url is set
         self._recorder: Any = None
+        from resonera.device.controls import assigned_programs
+        from resonera.device.panel import panel_for
+
+        # the buttons, status light and spoken prompts (device/panel.py): every safety monitor
+        # opened here serves the panel, and every session plays through its prompt mixer
+        self.panel = panel_for(
+            settings,
+            start=self.play,
+            stop=self.stop_playing,
+            playing=lambda: self._playing.program if self._playing is not None else None,
+            assigned=lambda: assigned_programs(
+                getattr(self.store.applied_desired(), "content", {})
+            ),
+            duration=lambda name: self.resolve_program(name).duration_s,
+            syncing=lambda: time.time() - (getattr(self.sync, "last_ack", None) or 0.0) < 2.0,
+            idle_monitor=lambda: self._monitor,
+            profile=lambda: self.store.applied_profile() or settings.profile,
+        )
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -109,13 +133,30 @@ class DeviceService:
     def start(self) -> None:
         self.sync.start()
         self._open_socket()
+        self.panel.start()
         self._start_idle_monitor()
         self.queue_telemetry()
+        self._start_renewal()
         log.info(
             "resonera-device run: device %s, control socket %s",
             self.settings.device_id,
             self.settings.control_socket_path,
         )
+
+    def _start_renewal(self) -> None:
+        """Renew the enrolled certificate now and daily when it nears its end (device/enroll.py)."""
+        from resonera.device.enroll import renew_daily
+
+        def renewed(key: Any) -> None:
+            self.store.signing_key = key  # what is queued from now on is signed with the new key
+
+        threading.Thread(
+            target=renew_daily,
+            args=(self.settings, self._shutdown, renewed),
+            kwargs={"ready": lambda: self.store.outbox_depth() == 0},
+            name="renewal",
+            daemon=True,
+        ).start()
 
     def shutdown(self) -> None:
         self._shutdown.set()
@@ -134,6 +175,7 @@ class DeviceService:
             playing.stop.set()
             playing.thread.join(timeout=30)
         self._stop_idle_monitor()
+        self.panel.close()
         self.queue_telemetry()
         self.sync.drain(timeout_s=2.0)  # a best effort: what is not acked stays in the outbox
         self.sync.stop()
@@ -187,6 +229,8 @@ class DeviceService:
                 stop=stop,
                 stop_reason=lambda: self._stop_reason,
                 notify=lambda message: log.info("%s", message),
+                mixer=self.panel.mixer,
+                panel=self.panel,
             )
             self.last_session = record
             self.last_error = ""
@@ -227,7 +271,7 @@ class DeviceService:
         recorder = SafetyEventRecorder(
             self.store, self.settings.device_id, simulation=self.settings.simulation
         )
-        monitor = HardwareMonitor(self.settings.serial_url, events=recorder)
+        monitor = HardwareMonitor(self.settings.serial_url, events=recorder, panel=self.panel)
         try:
             monitor.start()
         except ResoneraError as exc:
@@ -266,6 +310,7 @@ class DeviceService:
             "desired_version": applied.version if applied is not None else 0,
             "desired_pending": pending.version if pending is not None else None,
             "safety_link": (None if monitor is None else ("up" if monitor.connected else "down")),
+            "controls": self.panel.describe(),
             "last_error": self.last_error,
             "uptime_s": round(time.time() - self.started, 1),
         }

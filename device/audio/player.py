@@ -2,7 +2,13 @@
 
 ::
 
-    renderer ─▶ processors (the safety chain's insertion point) ─▶ gain ramp ─▶ meter ─▶ sink
+    renderer ─▶ [prompt mixer] ─▶ processors (the safety chain's insertion point) ─▶ gain ramp
+            ─▶ meter ─▶ sink
+
+- ``mixer`` (optional, a ``PromptMixer``: ``prompt_mixer.py``) is the first stage, BEFORE the
+  processors: spoken prompts, the person's volume and pause, so nothing it adds or asks for can
+  pass the safety chain. Without one (or with one built for another sample rate, which is logged)
+  the renderer's blocks go to the processors as they are.
 
 - ``gate()`` is the safety monitor's consent, asked before EVERY block. When it says False the
   next block ramps the output to zero within ``fault_ramp_s`` (a few ms; safety.md, "The limiter":
@@ -32,6 +38,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from resonera.device.audio.levels import LevelMeter
+from resonera.device.audio.prompt_mixer import PromptMixer
 from resonera.device.audio.sinks import AudioDeviceError, AudioSink
 from resonera.device.audio.synth import CHANNELS, ProgramRenderer
 
@@ -113,6 +120,7 @@ def play(
     stop_fade_s: float = DEFAULT_STOP_FADE_S,
     fault_ramp_s: float = DEFAULT_FAULT_RAMP_S,
     on_block: Callable[[Block, ProgramRenderer], None] | None = None,
+    mixer: PromptMixer | None = None,
 ) -> PlaybackResult:
     """Play ``renderer`` into ``sink`` until the program ends, a stop is asked, or the gate closes.
 
@@ -141,6 +149,7 @@ def play(
                 stop_frames=stop_frames,
                 fault_frames=fault_frames,
                 on_block=on_block,
+                mixer=mixer if mixer is not None and mixer.accepts(rate) else None,
             )
     except AudioDeviceError as exc:
         # The sink discarded itself on leaving the ``with``; what reached it is in the meter.
@@ -170,6 +179,7 @@ def _loop(
     stop_frames: int,
     fault_frames: int,
     on_block: Callable[[Block, ProgramRenderer], None] | None,
+    mixer: PromptMixer | None,
 ) -> tuple[int, Outcome, str | None]:
     ramp = GainRamp(1.0)
     frames_played = 0
@@ -189,7 +199,7 @@ def _loop(
         if renderer.done:
             break
         count = min(block_frames, renderer.remaining_frames)
-        block = renderer.render(count)
+        block = renderer.render(count) if mixer is None else mixer.render(renderer, count)
         for process in processors:
             block = process(block)
         if faulted:

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -245,3 +247,39 @@ def test_gain_ramp_moves_in_a_straight_line() -> None:
     assert ramp.value == 0.0
     ramp.ramp_to(1.0, 2)
     np.testing.assert_allclose(ramp.apply(ones[:3])[:, 1], [0.5, 1.0, 1.0])
+
+
+SESSION_PATH = """
+import sys
+import numpy as np
+import soundfile
+import resonera.device.agent  # what a session imports: player, renderer, sinks, safety chain
+from resonera.common.program import BackgroundLayer, BinauralLayer, NoiseLayer, Program, Step
+from resonera.device.audio.player import play
+from resonera.device.audio.sinks import NullSink
+from resonera.device.audio.synth import ProgramRenderer
+
+path = sys.argv[1]
+soundfile.write(path, np.zeros((4800, 2), np.float32), 48000)  # the rate it plays at: no resampling
+layers = [
+    NoiseLayer(colour="pink", gain=0.3),
+    BinauralLayer(carrier_hz=200.0, beat_hz=10.0, gain=0.3),
+    BackgroundLayer(path=path, gain=0.2),
+]
+program = Program(name="p", fade_in_s=0.1, fade_out_s=0.1, steps=[Step(duration_s=2.0, layers=layers)])
+play(ProgramRenderer(program, 48000), NullSink())
+print([name for name in ("scipy.signal", "scipy.ndimage") if name in sys.modules])
+"""
+
+
+def test_a_session_loads_no_scipy_signal(tmp_path: Path) -> None:
+    """scipy.signal costs a playing device some 75 MB: only a background file that needs
+    resampling imports it (lazily)."""
+    done = subprocess.run(
+        [sys.executable, "-c", SESSION_PATH, str(tmp_path / "bed.wav")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]"

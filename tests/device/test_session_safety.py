@@ -186,11 +186,15 @@ def test_an_ear_cup_level_far_from_the_calibrations_prediction_mutes(tmp_path: P
 
         blocks = 0
 
-        def on_block(_block: np.ndarray, _renderer: object) -> None:
+        def on_block(block: np.ndarray, _renderer: object) -> None:
             nonlocal blocks
             blocks += 1
             if blocks == 20:
                 sim.board.set_ear_spl(86.0)  # 15 dB louder than predicted: a wrong calibration
+            if blocks >= 20:
+                # paced like a sound card from here on: the MCU's ear-cup readings arrive in real
+                # time, and an unpaced null sink would finish the program before they do
+                time.sleep(len(block) / s.sample_rate)
 
         record = play_session(s, store, load_program_toml(TONE_1K), NullSink(), on_block=on_block)
     assert record.outcome == "fault"

@@ -1,0 +1,253 @@
+"""Operating the device without a screen: what a button press means, what the light shows, and
+which spoken prompt a change of state calls for. Pure: no I/O, no threads; time comes from ``clock``.
+
+The safety MCU debounces the buttons and reports presses (``serial_link.ButtonPress``, protocol
+v1.2); ``Controls.press(press, state)`` turns one into actions for the agent, given a snapshot of
+the agent's state (``AgentState``). The meaning of each button:
+
+============  ============================================  =====================================
+button        short press                                   long press (≥ 800 ms, the MCU's)
+============  ============================================  =====================================
+play/pause    idle: play the first assigned program;        skip to the next assigned program
+              playing: pause; paused: resume                (after the one playing or last played)
+stop          stop (fading out); idle with a fault shown:   the same
+              acknowledge it (the light goes back to idle)
+volume up     +``step_db`` (ramped), at most the ceiling;   say the time left in the session
+              at the ceiling: say "maximum volume"
+volume down   −``step_db`` (ramped), at least the floor     say the time left in the session
+============  ============================================  =====================================
+
+The volume is an offset in dB on the program, from ``floor_db`` up to ``ceiling_db`` (0 dB: the
+level the clinician set, which the profile and the safety chain already cap). Nothing here can
+raise the level past the person's limits: the chain after the volume stage enforces them whatever
+this says, and this never asks for more than 0 dB.
+
+``Controls.changed(before, after)`` gives the prompts a change of state calls for: session start
+and end, why sound stopped after a fault, 80 % and 100 % of the weekly allowance (ITU-T H.870
+asks devices to tell the person at these points; see ``device/prompts.py`` for the wording).
+``light_for(state)`` is what the status light shows.
+
+``device/panel.py`` binds this to a running device: its ``Panel`` feeds presses and the agent's
+state in, carries out the actions (the prompt mixer, the service's start/stop) and keeps the light.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from resonera.common import serial_link as sl
+
+__all__ = [
+    "DOSE_PROMPTS",
+    "FAULT_PROMPTS",
+    "Action",
+    "AgentState",
+    "ClearFault",
+    "Controls",
+    "Pause",
+    "Prompt",
+    "Resume",
+    "SetVolume",
+    "Start",
+    "Stop",
+    "assigned_programs",
+    "light_for",
+]
+
+#: Fault codes whose cause a person can act on get a prompt of their own (``device/prompts.py``).
+FAULT_PROMPTS = {
+    sl.FAULT_OVER_TEMPERATURE: "fault_amplifier_hot",
+    sl.FAULT_HEADPHONES_UNPLUGGED: "fault_headphones_unplugged",
+}
+#: Weekly-allowance thresholds that are announced, with their prompt.
+DOSE_PROMPTS = ((0.8, "dose_80"), (1.0, "dose_100"))
+
+
+@dataclass(frozen=True)
+class AgentState:
+    """What the controls need to know about the agent, at one moment."""
+
+    #: The program playing or paused (None when idle).
+    program: str | None = None
+    paused: bool = False
+    #: Monotonic time (``clock``'s) at which the playing program ends, if known.
+    ends_at: float | None = None
+    #: The programs assigned to the person (the desired state), in order.
+    assigned: tuple[str, ...] = ()
+    #: The last program started (where "next" continues from when idle).
+    last_program: str | None = None
+    #: Why sound stopped (a fault code, ``FAULT_NONE`` when none is shown).
+    fault: int = sl.FAULT_NONE
+    #: A hardware warning turns the level down.
+    attenuated: bool = False
+    #: The weekly allowance used, as a fraction (1.0 = 100 %).
+    dose_fraction: float = 0.0
+    #: Syncing with the server (the outbox is being sent, a desired state being applied).
+    syncing: bool = False
+
+    @property
+    def playing(self) -> bool:
+        return self.program is not None and not self.paused
+
+
+@dataclass(frozen=True)
+class Start:
+    program: str
+
+
+@dataclass(frozen=True)
+class Pause:
+    pass
+
+
+@dataclass(frozen=True)
+class Resume:
+    pass
+
+
+@dataclass(frozen=True)
+class Stop:
+    pass
+
+
+@dataclass(frozen=True)
+class ClearFault:
+    pass
+
+
+@dataclass(frozen=True)
+class SetVolume:
+    """Move the volume offset to ``db`` (≤ 0) over ``ramp_s``: never a jump."""
+
+    db: float
+    ramp_s: float
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """Say the catalogue's ``key`` (``device/prompts.py``); ``minutes`` for ``time_left``."""
+
+    key: str
+    minutes: int | None = None
+
+
+Action = Start | Pause | Resume | Stop | ClearFault | SetVolume | Prompt
+
+
+def light_for(state: AgentState) -> int:
+    """The status light for ``state`` (``serial_link.LIGHT_*``): a fault first (the person must
+    know why it is silent), then a used-up allowance, then playing (attenuated or not), then
+    syncing, else idle. Paused counts as idle: nothing is sounding."""
+    if state.fault != sl.FAULT_NONE:
+        return sl.LIGHT_FAULT
+    if state.dose_fraction >= 1.0:
+        return sl.LIGHT_DOSE_REACHED
+    if state.playing:
+        return sl.LIGHT_ATTENUATED if state.attenuated else sl.LIGHT_PLAYING
+    if state.syncing:
+        return sl.LIGHT_SYNCING
+    return sl.LIGHT_IDLE
+
+
+@dataclass
+class Controls:
+    """Button presses and state changes → actions. Holds the volume; everything else is passed in."""
+
+    step_db: float = 3.0
+    floor_db: float = -30.0
+    ceiling_db: float = 0.0
+    #: How long a volume step takes (safety.md: gain changes ramp over tens of milliseconds).
+    ramp_s: float = 0.25
+    clock: Callable[[], float] = time.monotonic
+    volume_db: float = 0.0
+    #: The highest weekly-allowance threshold already announced (so each is said once).
+    _announced: float = field(default=0.0, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.floor_db < self.ceiling_db <= 0.0 or self.step_db <= 0 or self.ramp_s <= 0:
+            raise ValueError("need floor_db < ceiling_db ≤ 0 dB, step_db > 0 and ramp_s > 0")
+        self.volume_db = min(max(self.volume_db, self.floor_db), self.ceiling_db)
+
+    def press(self, press: sl.ButtonPress, state: AgentState) -> list[Action]:
+        """What ``press`` means in ``state``."""
+        if press.button == sl.BUTTON_PLAY_PAUSE:
+            return self._next(state) if press.long else self._play_pause(state)
+        if press.button == sl.BUTTON_STOP:
+            if state.program is not None:
+                return [Stop()]
+            return [ClearFault()] if state.fault != sl.FAULT_NONE else []
+        if press.long:  # either volume button, held: how long is left?
+            return self._time_left(state)
+        up = press.button == sl.BUTTON_VOLUME_UP
+        return self._volume(self.step_db if up else -self.step_db)
+
+    def changed(self, before: AgentState, after: AgentState) -> list[Action]:
+        """The prompts a change from ``before`` to ``after`` calls for, in the order to say them."""
+        actions: list[Action] = []
+        if after.fault != before.fault and after.fault in FAULT_PROMPTS:
+            actions.append(Prompt(FAULT_PROMPTS[after.fault]))
+        if after.program is not None and after.program != before.program:
+            actions.append(Prompt("session_start"))
+        elif before.program is not None and after.program is None and after.fault == sl.FAULT_NONE:
+            actions.append(Prompt("session_end"))
+        for threshold, key in DOSE_PROMPTS:
+            if after.dose_fraction >= threshold > self._announced:
+                self._announced = threshold
+                actions.append(Prompt(key))
+        if after.dose_fraction < DOSE_PROMPTS[0][0]:
+            self._announced = 0.0  # a new week: announce again when it comes to that
+        return actions
+
+    # -- internals -------------------------------------------------------------------------------
+
+    def _play_pause(self, state: AgentState) -> list[Action]:
+        if state.program is not None:
+            return [Resume()] if state.paused else [Pause()]
+        if not state.assigned:
+            return [Prompt("no_program")]
+        return [Start(state.assigned[0])]
+
+    def _next(self, state: AgentState) -> list[Action]:
+        if not state.assigned:
+            return [Prompt("no_program")]
+        current = state.program or state.last_program
+        following = _after(state.assigned, current)
+        stop: list[Action] = [Stop()] if state.program is not None else []
+        return [*stop, Start(following)]
+
+    def _volume(self, delta_db: float) -> list[Action]:
+        target = min(max(self.volume_db + delta_db, self.floor_db), self.ceiling_db)
+        if delta_db > 0 and self.volume_db >= self.ceiling_db:
+            return [Prompt("max_volume")]
+        if target == self.volume_db:
+            return []  # at the floor: nothing to turn down
+        self.volume_db = target
+        return [SetVolume(target, self.ramp_s)]
+
+    def _time_left(self, state: AgentState) -> list[Action]:
+        if state.program is None or state.ends_at is None:
+            return []
+        seconds = max(0.0, state.ends_at - self.clock())
+        return [Prompt("time_left", minutes=math.ceil(seconds / 60.0))]
+
+
+def _after(programs: Sequence[str], current: str | None) -> str:
+    """The program after ``current`` in ``programs`` (wrapping); the first if ``current`` is not
+    there (a new assignment replaced the list)."""
+    if current in programs:
+        return programs[(programs.index(current) + 1) % len(programs)]
+    return programs[0]
+
+
+def assigned_programs(content: Mapping[str, Any] | None) -> tuple[str, ...]:
+    """The program names of a desired state's ``programs`` (names, or objects with a ``name``)."""
+    names: list[str] = []
+    for entry in (content or {}).get("programs") or []:
+        name = entry.get("name") if isinstance(entry, dict) else entry
+        if isinstance(name, str) and name.strip():
+            names.append(name.strip())
+    return tuple(names)

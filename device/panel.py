@@ -1,0 +1,430 @@
+"""The device's buttons, status light and spoken prompts at work: ``Panel`` binds the pure
+``Controls`` (``device/controls.py``: what a press means, what the light shows, which prompt a
+change calls for) to a running agent.
+
+The device service (``device/service.py``) builds one with ``panel_for`` and owns it: it hands the
+panel to every safety monitor it opens (its monitor between sessions and each session's own:
+``HardwareMonitor(panel=)``), so presses and link events arrive from whichever monitor has the
+port, and it hands the panel's ``PromptMixer`` to every session it plays (``play_session(mixer=)``),
+the first stage of the audio path, before the safety chain. The panel does its work on a thread of
+its own (never on the monitor's I/O thread) and keeps the light's state ready for the monitor.
+
+Prompts are mixed into a session's audio path. One asked for while idle ("maximum volume", "no
+program", "session finished", a fault's reason) is spoken at once by ``speak_while_idle``: the MCU
+is armed for the length of the prompt and the prompt plays over silence through the same safety
+chain as a session (and into the dose ledger). If the MCU refuses (the fault is still there) it
+waits ``MAX_WAIT_S`` for a session, except a fault's reason and the first-use notice, which are
+kept for the start of the next session (their wording fits that).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+from resonera.common import serial_link as sl
+from resonera.common.errors import ResoneraError
+from resonera.common.safety_link import LinkEvent
+from resonera.device.audio.prompt_mixer import Clip, PromptMixer
+from resonera.device.controls import (
+    FAULT_PROMPTS,
+    Action,
+    AgentState,
+    ClearFault,
+    Controls,
+    Pause,
+    Resume,
+    SetVolume,
+    Start,
+    Stop,
+    light_for,
+)
+
+if TYPE_CHECKING:
+    from resonera.common.profile import HearingProfile
+    from resonera.device.hwmonitor import HardwareMonitor
+    from resonera.device.settings import DeviceSettings
+
+__all__ = ["MAX_PAUSE_S", "Panel", "panel_for", "speak_while_idle"]
+
+log = logging.getLogger(__name__)
+
+
+class _Library(Protocol):
+    """What the panel needs of ``PromptLibrary``."""
+
+    def clips(self, *keys: str) -> list[Clip]: ...
+
+    def time_left(self, minutes: int) -> list[Clip]: ...
+
+
+#: Prompts kept for the next session when no session plays to carry them now.
+KEPT_PROMPTS = frozenset({"first_use", *FAULT_PROMPTS.values()})
+#: How often the panel looks at the agent's state when nothing happens.
+REFRESH_S = 0.25
+#: How often the weekly dose is read again (it changes by the second only while playing).
+DOSE_REFRESH_S = 10.0
+#: How often the assigned programs are read again when no button is pressed (a press reads them).
+ASSIGNED_REFRESH_S = 5.0
+#: How long a skip waits for the session it stopped to end before starting the next.
+SKIP_WAIT_S = 5.0
+#: A session paused this long is stopped: the amplifier should not stay armed over silence for
+#: hours because someone forgot it (the person starts again with play).
+MAX_PAUSE_S = 15 * 60.0
+
+
+class Panel:
+    """The buttons, the light and the prompts of one device, bound to its agent by callables.
+
+    ``start(name)`` starts a program (raising ``ResoneraError`` when refused), ``stop()`` stops the
+    one playing (fading), ``playing()`` names it (None when idle), ``assigned()`` lists the
+    person's programs, ``duration(name)`` is a program's length in seconds, ``dose_fraction()``
+    the week's used allowance, ``syncing()`` whether records are going to the server now.
+    ``speak_idle(mixer)`` plays what the mixer holds when no session plays (None: prompts wait).
+    ``library`` (``PromptLibrary``) may be None: no prompts were built,
+    so the panel works silently. ``notice_marker`` is a file whose existence says the first-use
+    notice was given (created when it is queued).
+    """
+
+    def __init__(
+        self,
+        controls: Controls,
+        mixer: PromptMixer,
+        library: _Library | None,
+        *,
+        start: Callable[[str], object],
+        stop: Callable[[], object],
+        playing: Callable[[], str | None],
+        assigned: Callable[[], tuple[str, ...]],
+        duration: Callable[[str], float | None] = lambda _name: None,
+        dose_fraction: Callable[[], float] = lambda: 0.0,
+        syncing: Callable[[], bool] = lambda: False,
+        speak_idle: Callable[[PromptMixer], None] | None = None,
+        notice_marker: Path | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.controls = controls
+        self.mixer = mixer
+        self.library = library
+        self._start, self._stop, self._playing = start, stop, playing
+        self._assigned, self._duration, self._dose = assigned, duration, dose_fraction
+        self._syncing = syncing
+        self._speak_idle = speak_idle
+        self._notice_marker = notice_marker
+        self._clock = clock
+        self._presses: queue.Queue[sl.ButtonPress | None] = queue.Queue(maxsize=64)
+        self._thread: threading.Thread | None = None
+        self._state = AgentState()
+        self._light = sl.LIGHT_IDLE
+        self._fault = sl.FAULT_NONE
+        self._last_program: str | None = None
+        self._ends_at: float | None = None
+        self._paused_at: float | None = None
+        self._dose_fraction = 0.0
+        self._dose_read_at: float | None = None
+        self._programs: tuple[str, ...] = ()
+        self._programs_read_at: float | None = None
+        self._closed = False
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the panel's thread (presses are queued for it from then on)."""
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="panel", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        """Stop the panel's thread; from now on nothing is spoken between sessions."""
+        self._closed = True
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            self._presses.put(None)
+            thread.join(timeout=10)
+
+    # -- hwmonitor.ControlPanel (the monitor's I/O thread: return at once) ------------------------
+
+    def on_press(self, press: sl.ButtonPress) -> None:
+        try:
+            self._presses.put_nowait(press)
+        except queue.Full:
+            log.warning("button %s dropped: the panel is not keeping up", press.name)
+
+    def on_event(self, event: LinkEvent) -> None:
+        if event.kind == "fault" and event.code != sl.FAULT_NONE:
+            self._fault = event.code
+
+    def light(self, consent: bool, attenuated: bool) -> int | None:
+        light = self._light
+        if light == sl.LIGHT_PLAYING and attenuated:
+            return sl.LIGHT_ATTENUATED
+        return light
+
+    @property
+    def state(self) -> AgentState:
+        """The agent's state as the panel last saw it."""
+        return self._state
+
+    def describe(self) -> dict[str, object]:
+        """For ``status``: the light, pause, volume and whether prompts were built."""
+        return {
+            "light": sl.LIGHT_NAMES.get(self._light, str(self._light)),
+            "paused": self._state.paused,
+            "volume_db": self.mixer.volume_db,
+            "prompts": self.library is not None,
+        }
+
+    # -- the panel's thread ----------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            try:
+                press = self._presses.get(timeout=REFRESH_S)
+            except queue.Empty:
+                press = None
+            else:
+                if press is None:
+                    return
+            try:
+                self.handle(press)
+            except Exception:  # a failing press must not end the panel (style.md: logged)
+                log.exception("the control panel failed on %r", press)
+
+    def handle(self, press: sl.ButtonPress | None) -> None:
+        """Carry out ``press`` (if any), then ``refresh``. The panel's thread calls this."""
+        if press is not None:
+            self._programs_read_at = None  # what is assigned now, not a few seconds ago
+            for action in self.controls.press(press, self._snapshot()):
+                self._perform(action)
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Look at the agent: speak what its changes call for, and set the light."""
+        paused_at = self._paused_at
+        if paused_at is not None and self._clock() - paused_at >= MAX_PAUSE_S:
+            log.info("paused for %.0f min: stopping the session", MAX_PAUSE_S / 60)
+            self._paused_at = None
+            self._stop()
+        before, after = self._state, self._snapshot()
+        if after.program is not None and after.program != before.program:
+            self._started(after.program)
+        if after.program is None and before.program is not None:
+            self.mixer.resume()  # a paused session that ended: the next one must not start paused
+            self._paused_at = self._ends_at = None
+        self._state = after = self._snapshot()
+        for action in self.controls.changed(before, after):
+            self._perform(action)
+        self._light = light_for(after)
+
+    def _started(self, program: str) -> None:
+        self._last_program = program
+        self._fault = sl.FAULT_NONE
+        length = self._duration(program)
+        self._ends_at = self._clock() + length if length is not None else None
+        marker = self._notice_marker
+        if marker is not None and not marker.exists():
+            self._say("first_use")
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.touch()
+
+    def _snapshot(self) -> AgentState:
+        now = self._clock()
+        if self._dose_read_at is None or now - self._dose_read_at >= DOSE_REFRESH_S:
+            try:
+                self._dose_fraction = self._dose()
+            except Exception:
+                log.exception("the weekly dose could not be read")
+            self._dose_read_at = now
+        if self._programs_read_at is None or now - self._programs_read_at >= ASSIGNED_REFRESH_S:
+            self._programs = self._assigned()  # the store: a read, not on every refresh
+            self._programs_read_at = now
+        program = self._playing()
+        ends_at = self._ends_at
+        if ends_at is not None and self._paused_at is not None:
+            ends_at += now - self._paused_at  # the clock stops while paused
+        return AgentState(
+            program=program,
+            paused=program is not None and self.mixer.paused,
+            ends_at=ends_at,
+            assigned=self._programs,
+            last_program=self._last_program,
+            fault=self._fault if program is None else sl.FAULT_NONE,
+            dose_fraction=self._dose_fraction,
+            syncing=self._syncing(),
+        )
+
+    def _perform(self, action: Action) -> None:
+        log.info("control: %s", action)
+        if isinstance(action, Start):
+            self._start_when_idle(action.program)
+        elif isinstance(action, Stop):
+            self._stop()
+        elif isinstance(action, Pause):
+            self.mixer.pause()
+            self._paused_at = self._clock()
+        elif isinstance(action, Resume):
+            if self._paused_at is not None and self._ends_at is not None:
+                self._ends_at += self._clock() - self._paused_at
+            self._paused_at = None
+            self.mixer.resume()
+        elif isinstance(action, ClearFault):
+            self._fault = sl.FAULT_NONE
+        elif isinstance(action, SetVolume):
+            self.mixer.set_volume(action.db, action.ramp_s)
+        elif action.key == "time_left":
+            self._say_clips(self.library.time_left(action.minutes or 0) if self.library else [])
+        else:
+            self._say(action.key)
+
+    def _start_when_idle(self, program: str) -> None:
+        deadline = self._clock() + SKIP_WAIT_S
+        while self._playing() is not None and self._clock() < deadline:
+            time.sleep(0.05)  # a skip: the stopped session is fading out
+        self.mixer.resume()
+        try:
+            self._start(program)
+        except ResoneraError as exc:
+            log.warning("the play button could not start %r: %s", program, exc)
+            self._last_program = program  # a next press moves on, not back to this one
+
+    def _say(self, key: str) -> None:
+        if self.library is not None:
+            self._say_clips(self.library.clips(key), keep=key in KEPT_PROMPTS)
+
+    def _say_clips(self, clips: list[Clip], keep: bool = False) -> None:
+        if not clips:
+            return
+        self.mixer.say(*clips, keep=keep)
+        if self._speak_idle is not None and not self._closed and self._playing() is None:
+            try:
+                self._speak_idle(self.mixer)  # on this thread: presses wait the prompt out
+            except ResoneraError as exc:
+                log.info("prompt not spoken now (%s): it waits for a session", exc)
+
+
+def panel_for(
+    settings: DeviceSettings,
+    *,
+    start: Callable[[str], object],
+    stop: Callable[[], object],
+    playing: Callable[[], str | None],
+    assigned: Callable[[], tuple[str, ...]],
+    duration: Callable[[str], float | None] = lambda _name: None,
+    syncing: Callable[[], bool] = lambda: False,
+    idle_monitor: Callable[[], HardwareMonitor | None] | None = None,
+    profile: Callable[[], HearingProfile] | None = None,
+) -> Panel:
+    """The device's panel: its controls, a mixer at the device's rate, the prompts built for it
+    (``resonera-device prompts build``; without them the panel works silently, which is logged),
+    the week's dose from the ledger, and the first-use marker in the data folder. With
+    ``idle_monitor`` (the service's monitor between sessions) prompts are also spoken between
+    sessions, under ``profile()`` (the person's profile in force)."""
+    from resonera.device.prompts import PromptLibrary, PromptsError, prompts_dir
+    from resonera.device.safety.dose_ledger import DoseLedger
+
+    library: PromptLibrary | None = None
+    try:
+        library = PromptLibrary(prompts_dir(settings.data_dir), settings.sample_rate)
+    except PromptsError as exc:
+        log.warning("spoken prompts off: %s", exc)
+
+    def dose_fraction() -> float:
+        if not settings.dose_ledger_path.exists():
+            return 0.0  # nothing played yet: opening would create a ledger
+        ledger = DoseLedger.for_settings(settings)
+        try:
+            return ledger.status(time.time(), settings.profile.dose_mode).fraction
+        finally:
+            ledger.close()
+
+    return Panel(
+        Controls(),
+        PromptMixer(settings.sample_rate),
+        library,
+        start=start,
+        stop=stop,
+        playing=playing,
+        assigned=assigned,
+        duration=duration,
+        dose_fraction=dose_fraction,
+        syncing=syncing,
+        speak_idle=(
+            None
+            if idle_monitor is None
+            else lambda mixer: speak_while_idle(
+                settings, idle_monitor, profile() if profile else settings.profile, mixer
+            )
+        ),
+        notice_marker=settings.data_dir / "first-use-notice-given",
+    )
+
+
+#: How long speaking between sessions waits for the service's idle monitor (just after a session).
+IDLE_MONITOR_WAIT_S = 3.0
+#: Silence around a prompt spoken between sessions: the duck ramp before, a little after.
+IDLE_PROMPT_MARGIN_S = 0.5
+
+
+def speak_while_idle(
+    settings: DeviceSettings,
+    monitor: Callable[[], HardwareMonitor | None],
+    profile: HearingProfile,
+    mixer: PromptMixer,
+) -> None:
+    """Play what ``mixer`` holds now, between sessions: arm the MCU through the idle ``monitor``
+    (waited for a little: it restarts after each session), play silence with the prompts mixed in
+    through the session's safety chain (its level ceiling, limiter and the dose ledger) to the
+    device's sink, then ask the MCU to mute again. In simulation mode without an MCU it plays
+    without consent, as sessions do there. ``ResoneraError`` (``HardwareNotReady``: the MCU
+    refuses, e.g. the fault is still there) leaves the prompts queued."""
+    from resonera.common.program import Program, Step
+    from resonera.device.agent import open_sink
+    from resonera.device.audio.player import play
+    from resonera.device.audio.synth import ProgramRenderer
+    from resonera.device.hwmonitor import HardwareNotReady
+    from resonera.device.safety.dose_ledger import DoseLedger
+    from resonera.device.safety.session import build_chain, load_session_calibration
+
+    deadline = time.monotonic() + IDLE_MONITOR_WAIT_S
+    live = monitor()
+    while (live is None or not live.connected) and time.monotonic() < deadline:
+        time.sleep(0.05)
+        live = monitor()
+    if live is None and not settings.simulation:
+        raise HardwareNotReady("no safety monitor between sessions")
+    calibration = load_session_calibration(settings.calibration_file)
+    seconds = min(120.0, mixer.pending_s + 2 * IDLE_PROMPT_MARGIN_S)
+    silence = Program(
+        name="prompt", fade_in_s=0.0, fade_out_s=0.0, steps=[Step(duration_s=seconds)]
+    )
+    hard = live.arm(settings.arm_timeout_s).limits if live is not None else None
+    ledger = DoseLedger.for_settings(settings)
+    try:
+        chain = build_chain(
+            sample_rate=settings.sample_rate,
+            calibration=calibration,
+            profile=profile,
+            hard=hard,
+            ledger=ledger,
+            wall_clock=time.time,
+        )
+        result = play(
+            ProgramRenderer(silence, settings.sample_rate),
+            open_sink(settings),
+            block_frames=settings.block_frames,
+            gate=(lambda: live.consent) if live is not None else None,
+            reason=(lambda: live.reason) if live is not None else None,
+            should_stop=lambda: not mixer.speaking,
+            processors=[chain],
+            mixer=mixer,
+        )
+        log.info("prompt spoken between sessions: %s %s", result.outcome, result.reason or "")
+    finally:
+        ledger.close()
+        if live is not None:
+            live.request_mute()

@@ -1,0 +1,71 @@
+"""The agent's memory (issue 6: RSS ≤ 100 MB while playing): importing ``scipy.signal`` costs some
+70 MB, so the agent must not import it at start, nor while it plays with its prompts loaded. Only
+building the prompts (install time) may. Checked in a fresh interpreter, where nothing else has
+imported it yet."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from support import require_tool
+
+from resonera.device.audio.calibration import load_calibration_file, packaged_calibration
+from resonera.device.prompts import build_prompts, prompts_dir
+
+#: The agent as ``resonera-device run`` has it: the service (its panel loads the cached prompts),
+#: then a short session played through the panel's prompt mixer and the safety chain.
+AGENT = """
+import sys
+from pathlib import Path
+
+from resonera.common.program import Program, Step, ToneLayer
+from resonera.device.agent import play_session
+from resonera.device.audio.sinks import NullSink
+from resonera.device.service import DeviceService
+from resonera.device.settings import DeviceSettings
+
+assert "scipy.signal" not in sys.modules, "imported at start"
+settings = DeviceSettings(
+    device_id="footprint",
+    data_dir=Path(sys.argv[1]),
+    simulation=True,
+    sink="null",
+    calibration_file=Path(sys.argv[2]),
+    sample_rate=44100,
+)
+tone = ToneLayer(frequency_hz=440.0, gain=0.1)
+program = Program(name="tone", fade_in_s=0.5, fade_out_s=0.5, steps=[Step(duration_s=3, layers=[tone])])
+service = DeviceService(settings, lambda _name: program)
+assert service.panel.library is not None, "the prompts were not loaded"
+service.panel.mixer.say(*service.panel.library.clips("session_start"))
+record = play_session(
+    settings, service.store, program, NullSink(), mixer=service.panel.mixer, panel=service.panel
+)
+assert record.outcome == "completed", record
+assert list(service.panel.mixer.spoken) == ["session_start"]
+service.store.close()
+print("scipy.signal" in sys.modules)
+"""
+
+
+def test_the_agent_plays_with_its_prompts_without_importing_scipy_signal(tmp_path: Path) -> None:
+    require_tool("espeak-ng")
+    data = tmp_path / "data"
+    calibration = packaged_calibration()
+    build_prompts(
+        prompts_dir(data),
+        load_calibration_file(calibration),
+        sample_rate=44100,
+        keys=["session_start"],
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", AGENT, str(data), str(calibration)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"

@@ -1,0 +1,368 @@
+"""The controls state machine (``device/controls.py``): button presses and state changes →
+actions, with a clock the test controls (no device, no threads); then the ``Panel``
+(``device/panel.py``) carrying them out with a real mixer and real prompts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from support import require_tool
+
+from resonera.common import serial_link as sl
+from resonera.common.errors import ResoneraError
+from resonera.common.safety_link import LinkEvent
+from resonera.device.audio.calibration import load_calibration_file, packaged_calibration
+from resonera.device.audio.prompt_mixer import PromptMixer
+from resonera.device.controls import (
+    AgentState,
+    ClearFault,
+    Controls,
+    Pause,
+    Prompt,
+    Resume,
+    SetVolume,
+    Start,
+    Stop,
+    assigned_programs,
+    light_for,
+)
+from resonera.device.panel import MAX_PAUSE_S, Panel
+from resonera.device.prompts import PromptLibrary, build_prompts
+
+ASSIGNED = ("calm-alpha", "deep-theta", "focus-beta")
+RATE = 44100
+
+
+def press(button: int, long: bool = False) -> sl.ButtonPress:
+    return sl.ButtonPress(button, sl.PRESS_LONG if long else sl.PRESS_SHORT, 0)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_play_pause_starts_the_first_assigned_program_then_pauses_and_resumes() -> None:
+    controls = Controls()
+    idle = AgentState(assigned=ASSIGNED)
+    assert controls.press(press(sl.BUTTON_PLAY_PAUSE), idle) == [Start("calm-alpha")]
+    playing = AgentState(program="calm-alpha", assigned=ASSIGNED)
+    assert controls.press(press(sl.BUTTON_PLAY_PAUSE), playing) == [Pause()]
+    paused = AgentState(program="calm-alpha", paused=True, assigned=ASSIGNED)
+    assert controls.press(press(sl.BUTTON_PLAY_PAUSE), paused) == [Resume()]
+
+
+def test_nothing_assigned_is_said_not_silently_ignored() -> None:
+    controls = Controls()
+    for long in (False, True):
+        assert controls.press(press(sl.BUTTON_PLAY_PAUSE, long), AgentState()) == [
+            Prompt("no_program")
+        ]
+
+
+def test_a_long_press_skips_to_the_next_assigned_program_and_wraps() -> None:
+    controls = Controls()
+    skip = press(sl.BUTTON_PLAY_PAUSE, long=True)
+    playing = AgentState(program="deep-theta", assigned=ASSIGNED)
+    assert controls.press(skip, playing) == [Stop(), Start("focus-beta")]
+    last = AgentState(program="focus-beta", assigned=ASSIGNED)
+    assert controls.press(skip, last) == [Stop(), Start("calm-alpha")]
+    idle_after = AgentState(assigned=ASSIGNED, last_program="calm-alpha")
+    assert controls.press(skip, idle_after) == [Start("deep-theta")]
+    reassigned = AgentState(program="old-program", assigned=ASSIGNED)
+    assert controls.press(skip, reassigned) == [Stop(), Start("calm-alpha")]
+
+
+def test_stop_stops_and_when_idle_acknowledges_a_fault() -> None:
+    controls = Controls()
+    paused = AgentState(program="calm-alpha", paused=True)
+    assert controls.press(press(sl.BUTTON_STOP), paused) == [Stop()]
+    faulted = AgentState(fault=sl.FAULT_OVER_TEMPERATURE)
+    assert controls.press(press(sl.BUTTON_STOP, long=True), faulted) == [ClearFault()]
+    assert controls.press(press(sl.BUTTON_STOP), AgentState()) == []
+
+
+def test_volume_steps_ramp_inside_the_limits_and_the_ceiling_is_said() -> None:
+    controls = Controls(step_db=3.0, floor_db=-9.0, volume_db=-6.0, ramp_s=0.25)
+    state = AgentState(program="calm-alpha")
+    up, down = press(sl.BUTTON_VOLUME_UP), press(sl.BUTTON_VOLUME_DOWN)
+    assert controls.press(up, state) == [SetVolume(-3.0, 0.25)]
+    assert controls.press(up, state) == [SetVolume(0.0, 0.25)]
+    assert controls.press(up, state) == [Prompt("max_volume")]  # never past 0 dB
+    assert controls.volume_db == 0.0
+    assert [controls.press(down, state) for _ in range(4)] == [
+        [SetVolume(-3.0, 0.25)],
+        [SetVolume(-6.0, 0.25)],
+        [SetVolume(-9.0, 0.25)],
+        [],  # at the floor: nothing more to turn down, and no silence by accident
+    ]
+    assert Controls(step_db=5.0, floor_db=-20.0, volume_db=-2.0).press(up, state) == [
+        SetVolume(0.0, 0.25)  # a step that would pass the ceiling stops at it
+    ]
+
+
+def test_bad_volume_settings_are_refused() -> None:
+    with pytest.raises(ValueError, match="ceiling_db ≤ 0 dB"):
+        Controls(ceiling_db=3.0)
+    with pytest.raises(ValueError, match="step_db > 0"):
+        Controls(step_db=0.0)
+    assert Controls(volume_db=12.0).volume_db == 0.0
+
+
+def test_holding_a_volume_button_says_the_time_left() -> None:
+    clock = Clock()
+    controls = Controls(clock=clock)
+    state = AgentState(program="calm-alpha", ends_at=clock.now + 605.0)
+    held = press(sl.BUTTON_VOLUME_DOWN, long=True)
+    assert controls.press(held, state) == [Prompt("time_left", minutes=11)]
+    clock.now += 600.0
+    assert controls.press(press(sl.BUTTON_VOLUME_UP, long=True), state) == [
+        Prompt("time_left", minutes=1)
+    ]
+    clock.now += 60.0
+    assert controls.press(held, state) == [Prompt("time_left", minutes=0)]
+    assert controls.press(held, AgentState()) == []
+    assert controls.volume_db == 0.0  # a held volume button does not change the volume
+
+
+def test_prompts_for_session_start_end_and_a_fault_the_person_can_fix() -> None:
+    controls = Controls()
+    idle, playing = AgentState(), AgentState(program="calm-alpha")
+    assert controls.changed(idle, playing) == [Prompt("session_start")]
+    assert controls.changed(playing, AgentState(program="calm-alpha", paused=True)) == []
+    assert controls.changed(playing, idle) == [Prompt("session_end")]
+    hot = AgentState(fault=sl.FAULT_OVER_TEMPERATURE)
+    assert controls.changed(playing, hot) == [Prompt("fault_amplifier_hot")]
+    unplugged = AgentState(fault=sl.FAULT_HEADPHONES_UNPLUGGED)
+    assert controls.changed(playing, unplugged) == [Prompt("fault_headphones_unplugged")]
+    assert controls.changed(playing, AgentState(fault=sl.FAULT_LINK_GARBLED)) == []
+    skipped = AgentState(program="deep-theta")
+    assert controls.changed(playing, skipped) == [Prompt("session_start")]
+
+
+def test_80_and_100_percent_of_the_allowance_are_each_said_once_per_week() -> None:
+    controls = Controls()
+
+    def at(fraction: float) -> AgentState:
+        return AgentState(program="calm-alpha", dose_fraction=fraction)
+
+    assert controls.changed(at(0.5), at(0.79)) == []
+    assert controls.changed(at(0.79), at(0.8)) == [Prompt("dose_80")]
+    assert controls.changed(at(0.8), at(0.95)) == []
+    assert controls.changed(at(0.95), at(1.02)) == [Prompt("dose_100")]
+    assert controls.changed(at(1.02), at(1.5)) == []
+    assert controls.changed(at(1.5), at(0.3)) == []  # the window rolled on
+    assert controls.changed(at(0.3), at(1.1)) == [Prompt("dose_80"), Prompt("dose_100")]
+
+
+def test_assigned_programs_come_from_the_desired_state() -> None:
+    content = {"programs": [{"name": "calm-alpha"}, "deep-theta", {"n": "x"}, {"name": " "}, 3]}
+    assert assigned_programs(content) == ("calm-alpha", "deep-theta")
+    assert assigned_programs(None) == ()
+
+
+def test_the_light_follows_the_state() -> None:
+    assert light_for(AgentState()) == sl.LIGHT_IDLE
+    assert light_for(AgentState(syncing=True)) == sl.LIGHT_SYNCING
+    assert light_for(AgentState(program="p", syncing=True)) == sl.LIGHT_PLAYING
+    assert light_for(AgentState(program="p", attenuated=True)) == sl.LIGHT_ATTENUATED
+    assert light_for(AgentState(program="p", paused=True)) == sl.LIGHT_IDLE
+    assert light_for(AgentState(program="p", dose_fraction=1.0)) == sl.LIGHT_DOSE_REACHED
+    faulted = AgentState(fault=sl.FAULT_HEADPHONES_UNPLUGGED, dose_fraction=1.0)
+    assert light_for(faulted) == sl.LIGHT_FAULT
+
+
+# -- the Panel: the controls bound to an agent, a real mixer and real prompts -----------------------
+
+
+class Agent:
+    """The agent as the panel sees it: start, stop, what plays."""
+
+    def __init__(self) -> None:
+        self.program: str | None = None
+        self.calls: list[str] = []
+
+    def start(self, name: str) -> None:
+        self.calls.append(f"start {name}")
+        self.program = name
+
+    def stop(self) -> None:
+        self.calls.append("stop")
+        self.program = None
+
+
+@pytest.fixture(scope="module")
+def library(tmp_path_factory: pytest.TempPathFactory) -> PromptLibrary:
+    require_tool("espeak-ng")
+    directory = tmp_path_factory.mktemp("prompts")
+    keys = [
+        "first_use", "session_start", "max_volume", "fault_amplifier_hot", "dose_80",
+        "time_left", "n2", "minutes",
+    ]  # fmt: skip
+    build_prompts(directory, load_calibration_file(packaged_calibration()), sample_rate=RATE,
+                  keys=keys)  # fmt: skip
+    return PromptLibrary(directory, RATE)
+
+
+def spoken(mixer: PromptMixer) -> list[str]:
+    """Play the mixer until it has said everything queued; what it said."""
+    while mixer.speaking:
+        mixer.process(np.zeros((RATE // 10, 2), np.float32))
+    return list(mixer.spoken)
+
+
+def make_panel(
+    library: PromptLibrary, tmp_path: Path, agent: Agent, clock: Clock, dose: list[float]
+) -> Panel:
+    return Panel(
+        Controls(clock=clock),
+        PromptMixer(RATE, clock=clock),
+        library,
+        start=agent.start,
+        stop=agent.stop,
+        playing=lambda: agent.program,
+        assigned=lambda: ASSIGNED,
+        duration=lambda _name: 150.0,
+        dose_fraction=lambda: dose[0],
+        notice_marker=tmp_path / "notice-given",
+        clock=clock,
+    )
+
+
+def test_the_panel_starts_speaks_and_shows_the_light(
+    library: PromptLibrary, tmp_path: Path
+) -> None:
+    agent, clock, dose = Agent(), Clock(), [0.1]
+    panel = make_panel(library, tmp_path, agent, clock, dose)
+    panel.handle(press(sl.BUTTON_PLAY_PAUSE))
+    assert agent.calls == ["start calm-alpha"]
+    assert panel.light(consent=True, attenuated=False) == sl.LIGHT_PLAYING
+    assert panel.light(consent=True, attenuated=True) == sl.LIGHT_ATTENUATED
+    assert spoken(panel.mixer) == ["first_use", "session_start"]
+    assert (tmp_path / "notice-given").exists()  # said once, ever
+    panel.handle(press(sl.BUTTON_VOLUME_UP))
+    assert spoken(panel.mixer)[2:] == ["max_volume"]
+    clock.now += 30.0
+    panel.handle(press(sl.BUTTON_VOLUME_DOWN, long=True))
+    assert spoken(panel.mixer)[3:] == ["time_left+n2+minutes"]  # 150 s program, 30 s in
+    panel.handle(press(sl.BUTTON_PLAY_PAUSE))
+    assert panel.mixer.paused and panel.state.paused
+    assert panel.light(consent=True, attenuated=False) == sl.LIGHT_IDLE
+    assert panel.describe() == {"light": "idle", "paused": True, "volume_db": 0.0, "prompts": True}
+    panel.handle(press(sl.BUTTON_STOP))
+    assert agent.calls[-1] == "stop"
+    assert not panel.mixer.paused  # the next session does not start paused
+
+
+def test_a_fault_shows_on_the_light_and_its_reason_waits_for_the_next_session(
+    library: PromptLibrary, tmp_path: Path
+) -> None:
+    agent, clock, dose = Agent(), Clock(), [0.1]
+    (tmp_path / "notice-given").touch()
+    panel = make_panel(library, tmp_path, agent, clock, dose)
+    panel.handle(press(sl.BUTTON_PLAY_PAUSE))
+    panel.on_event(LinkEvent("fault", "MCU fault: amplifier over temperature", 1))
+    agent.program = None  # the session ended on the fault
+    panel.refresh()
+    assert panel.light(consent=False, attenuated=False) == sl.LIGHT_FAULT
+    clock.now += 3600.0  # long after: the reason is kept, not expired
+    panel.handle(press(sl.BUTTON_PLAY_PAUSE, long=True))
+    assert agent.calls == ["start calm-alpha", "start deep-theta"]
+    assert panel.light(consent=True, attenuated=False) == sl.LIGHT_PLAYING
+    # the first "session starting" waited an hour for a session to carry it: dropped
+    assert spoken(panel.mixer) == ["fault_amplifier_hot", "session_start"]
+
+
+def test_the_panel_tells_80_percent_of_the_allowance(
+    library: PromptLibrary, tmp_path: Path
+) -> None:
+    agent, clock, dose = Agent(), Clock(), [0.5]
+    (tmp_path / "notice-given").touch()
+    panel = make_panel(library, tmp_path, agent, clock, dose)
+    panel.handle(press(sl.BUTTON_PLAY_PAUSE))
+    dose[0] = 0.82
+    panel.refresh()
+    assert "dose_80" not in spoken(panel.mixer)  # read again only every 10 s
+    clock.now += 10.0
+    panel.refresh()
+    assert spoken(panel.mixer)[-1] == "dose_80"
+
+
+def test_a_session_paused_too_long_is_stopped(library: PromptLibrary, tmp_path: Path) -> None:
+    agent, clock, dose = Agent(), Clock(), [0.0]
+    panel = make_panel(library, tmp_path, agent, clock, dose)
+    panel.handle(press(sl.BUTTON_PLAY_PAUSE))
+    panel.handle(press(sl.BUTTON_PLAY_PAUSE))
+    clock.now += MAX_PAUSE_S - 1
+    panel.refresh()
+    assert agent.calls == ["start calm-alpha"]
+    clock.now += 1
+    panel.refresh()
+    assert agent.calls == ["start calm-alpha", "stop"]
+    assert not panel.mixer.paused and panel.state.program is None
+
+
+def test_between_sessions_a_prompt_is_spoken_at_once_or_waits_if_the_mcu_refuses(
+    library: PromptLibrary, tmp_path: Path
+) -> None:
+    agent, clock = Agent(), Clock()
+    (tmp_path / "notice-given").touch()
+    heard: list[list[str]] = []
+    refuse = [False]
+
+    def speak_idle(mixer: PromptMixer) -> None:
+        if refuse[0]:
+            raise ResoneraError("arm refused: amplifier over temperature")
+        heard.append(spoken(mixer))
+
+    panel = Panel(
+        Controls(clock=clock),
+        PromptMixer(RATE, clock=clock),
+        library,
+        start=agent.start,
+        stop=agent.stop,
+        playing=lambda: agent.program,
+        assigned=lambda: (),
+        speak_idle=speak_idle,
+        notice_marker=tmp_path / "notice-given",
+        clock=clock,
+    )
+    panel.handle(press(sl.BUTTON_VOLUME_UP))  # idle, at the ceiling
+    assert heard == [["max_volume"]]
+    refuse[0] = True
+    panel.on_event(LinkEvent("fault", "arm refused: amplifier over temperature", 1))
+    panel.refresh()
+    assert heard == [["max_volume"]]
+    assert panel.mixer.speaking  # kept for the next session
+    agent.program = "calm-alpha"  # a session: no idle speaking while one plays
+    refuse[0] = False
+    panel.refresh()
+    assert heard == [["max_volume"]]
+
+
+def test_a_closed_panel_speaks_nothing_between_sessions(
+    library: PromptLibrary, tmp_path: Path
+) -> None:
+    heard: list[list[str]] = []
+    agent = Agent()
+    panel = Panel(
+        Controls(),
+        PromptMixer(RATE),
+        library,
+        start=agent.start,
+        stop=agent.stop,
+        playing=lambda: agent.program,
+        assigned=lambda: (),
+        speak_idle=lambda mixer: heard.append(spoken(mixer)),
+        notice_marker=tmp_path / "notice-given",
+    )
+    panel.start()
+    panel.close()  # the service is shutting down: its monitor and sink are going away
+    panel.handle(press(sl.BUTTON_VOLUME_UP))
+    assert heard == []
+    assert panel.mixer.speaking  # queued, for no one: it expires with the mixer
