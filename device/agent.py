@@ -48,7 +48,8 @@ class NoSafetyMonitor(ResoneraError):
 
 
 class SessionRefused(ResoneraError):
-    """The session would pass the weekly sound allowance and the profile says to refuse it."""
+    """The session would pass the weekly sound allowance and the profile says to refuse it, or
+    the day's sessions are used up."""
 
 
 def open_sink(settings: DeviceSettings, wav_path: Path | None = None) -> AudioSink:
@@ -63,6 +64,21 @@ def open_sink(settings: DeviceSettings, wav_path: Path | None = None) -> AudioSi
     return open_default_sink(
         wav, sample_rate=settings.sample_rate, output_device=settings.output_device
     )
+
+
+def daily_limit_refusal(store: DeviceStore, now: float) -> str | None:
+    """Why a new session may not start today under the clinician's ``max_sessions_per_day`` (the
+    person's local day), or None."""
+    applied = store.applied_desired()
+    limits = applied.content.get("limits") if applied is not None else None
+    per_day = limits.get("max_sessions_per_day") if isinstance(limits, dict) else None
+    if not isinstance(per_day, int) or isinstance(per_day, bool):
+        return None
+    local = datetime.fromtimestamp(now).astimezone()
+    midnight = local.replace(hour=0, minute=0, second=0, microsecond=0).astimezone(UTC)
+    if store.sessions_since(midnight) < per_day:
+        return None
+    return f"{per_day} session(s) a day is the limit your clinician set; none is left today"
 
 
 def play_session(
@@ -109,6 +125,10 @@ def play_session(
         if week.corrupted:  # the server's clinician is the one who can reset it: tell them
             cause = "the dose ledger is damaged: the week counts as fully used until a reset"
             recorder.event("dose_ledger_corrupted", cause, session_id=session_id)
+        daily = daily_limit_refusal(store, wall_clock())
+        if daily is not None:
+            recorder.event("session_refused", daily, session_id=session_id)
+            raise SessionRefused(daily)
         check = preflight(
             program,
             sample_rate=settings.sample_rate,

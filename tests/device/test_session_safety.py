@@ -225,3 +225,15 @@ def test_a_stopped_session_records_who_stopped_it_and_why(tmp_path: Path) -> Non
     )  # fmt: skip
     assert record.outcome == "stopped"
     assert record.reason == "the clinician lowered the limits"
+
+
+def test_the_clinicians_sessions_per_day_hold_for_every_way_of_playing(tmp_path: Path) -> None:
+    s = settings(tmp_path)
+    store = DeviceStore(s.store_path)
+    store.save_desired(1, {"limits": {"max_sessions_per_day": 1}}, None, "applied")
+    first = play_session(s, store, load_program_toml(TONE_1K), NullSink())
+    assert first.outcome == "completed"
+    with pytest.raises(SessionRefused, match="1 session\\(s\\) a day is the limit"):
+        play_session(s, store, load_program_toml(TONE_1K), NullSink())
+    assert [e.type for e in store.events(limit=100)].count("session_refused") == 1
+    assert len(store.sessions(limit=10)) == 1
