@@ -8,8 +8,12 @@ from pathlib import Path
 sys.path[:0] = [str(Path(__file__).parent), str(Path(__file__).parents[1] / "tests")]
 
 import bench_agent  # noqa: E402
+import bench_dashboard  # noqa: E402
 import bench_fault_reaction  # noqa: E402
 import bench_ingest  # noqa: E402
+import bench_outcomes  # noqa: E402
+import bench_preview  # noqa: E402
+import bench_prompt_mixer  # noqa: E402
 import bench_render  # noqa: E402
 import bench_safety_chain  # noqa: E402
 import bench_server_api  # noqa: E402
@@ -24,6 +28,8 @@ def main() -> None:
     print()
     bench_safety_chain.main()
     print()
+    bench_prompt_mixer.main()
+    print()
     bench_fault_reaction.main()
     print()
     bench_agent.main()
@@ -33,6 +39,12 @@ def main() -> None:
     bench_server_ingest.main()
     print()
     bench_server_api.main()
+    print()
+    bench_dashboard.main()
+    print()
+    bench_outcomes.main()
+    print()
+    bench_preview.main()
 
 
 if __name__ == "__main__":

@@ -28,25 +28,32 @@ from resonera.common.program import (
     builtin_program,
     load_program_file,
 )
-from resonera.common.settings import load_settings
 from resonera.device.audio.calibration import Calibration, load_calibration_file
-from resonera.device.audio.chain import session_processors
+from resonera.device.audio.chain import (
+    DEFAULT_CALIBRATION,
+    render_calibration,
+    session_processors,
+)
 from resonera.device.audio.player import play
 from resonera.device.audio.progress import Progress, clock
 from resonera.device.audio.sinks import AudioSink, PyAudioSink, WavSink
 from resonera.device.audio.synth import ProgramRenderer
-from resonera.device.settings import DeviceSettings
 
 if TYPE_CHECKING:
+    from resonera.device.settings import DeviceSettings
     from resonera.device.store import DeviceStore
 
-# The store (SQL), the sync (MQTT), the agent and the meter (scipy.signal) are imported by the
-# commands that use them: ``render`` and ``programs`` start without them.
+# The settings (pydantic-settings), the store (SQL), the sync (MQTT) and the agent are imported by
+# the commands that use them: ``render`` (without --config) and ``programs`` start without them; a
+# render loads the safety chain (with scipy's compiled filter cascade alone), never the ledger's SQL.
 
 PROGRAM_SUFFIXES = (".toml", ".sbg")
 
 
 def _settings(args: argparse.Namespace, **overrides: Any) -> DeviceSettings:
+    from resonera.common.settings import load_settings
+    from resonera.device.settings import DeviceSettings
+
     return load_settings(DeviceSettings, args.config, **overrides)
 
 
@@ -198,10 +205,14 @@ def _render(args: argparse.Namespace) -> int:
     # An export: the operating system flushes it to disk (no fsync), as audio tools do; a writer
     # thread encodes and writes while the next blocks are synthesised.
     sink = WavSink(args.out, sample_format=args.format, durable=False, background=True)
-    calibration = _calibration(args)
+    # Every render goes through the safety chain, held to some calibration's levels at the ear.
+    calibration, default = render_calibration(settings, _calibration(args))
     processors = session_processors(settings, rate, calibration)
-    if not processors:
-        print("no calibration given: rendered without the safety chain's level limits")
+    if default:
+        print(
+            f"no calibration given: levels held as for the packaged {DEFAULT_CALIBRATION!r} "
+            "calibration (--calibration FILE for your output)"
+        )
     display = _Display(program, verb="rendering")
     result = play(
         renderer,
@@ -273,7 +284,7 @@ def _status(args: argparse.Namespace) -> int:
     applied = store.applied_desired()
     pending = store.pending_desired()
     profile = store.applied_profile() or settings.profile
-    ledger = DoseLedger(settings.dose_ledger_path)
+    ledger = DoseLedger.for_settings(settings)
     try:
         week = ledger.status(time.time(), profile.dose_mode)
     finally:
@@ -385,6 +396,24 @@ def _logs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _enroll(args: argparse.Namespace) -> int:
+    from resonera.device.enroll import enroll_command
+
+    settings = _settings(args)
+    print(
+        enroll_command(
+            settings,
+            server=args.server,
+            code=args.code,
+            serial=args.serial,
+            ca_file=args.ca_file or settings.enroll_ca_file,
+            bundle=args.bundle,
+            fleet_ca=args.fleet_ca,
+        )
+    )
+    return 0
+
+
 def _run(args: argparse.Namespace) -> int:
     from resonera.device.service import DeviceService
 
@@ -448,7 +477,7 @@ def _dose(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     mode = settings.profile.dose_mode
-    ledger = DoseLedger(settings.dose_ledger_path)
+    ledger = DoseLedger.for_settings(settings)
     now = time.time()
     status = ledger.status(now, mode)
     print(
@@ -472,6 +501,40 @@ def _programs(_args: argparse.Namespace) -> int:
         print(f"{name:<17} {clock(program.duration_s):>8}  {', '.join(kinds):<22}{phones}")
         print(f"{'':<17} {program.description}")
     return 0
+
+
+def _prompts_build(args: argparse.Namespace) -> int:
+    from resonera.device.prompts import build_prompts, prompts_dir
+
+    directory, calibration_path, rate = args.dir, args.calibration, args.rate
+    if directory is None or calibration_path is None or rate is None:
+        settings = _settings(args)
+        directory = directory or prompts_dir(settings.data_dir)
+        calibration_path = calibration_path or settings.calibration_file
+        rate = rate or settings.sample_rate
+    if calibration_path is None:
+        raise ConfigError("prompts need the output calibration: --calibration FILE")
+    report = build_prompts(
+        directory,
+        load_calibration_file(calibration_path),
+        language=args.lang,
+        sample_rate=rate,
+        level_dba=args.level_dba,
+    )
+    print(report.summary())
+    return 0
+
+
+def _block_frames(text: str) -> int:
+    """``render --block``: frames per block, 64-65536 (big blocks make a render fast: each block
+    costs the safety chain, the meters and the WAV encoder some Python overhead)."""
+    try:
+        frames = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of frames") from None
+    if not 64 <= frames <= 65536:
+        raise argparse.ArgumentTypeError(f"{frames} frames is outside 64-65536")
+    return frames
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -516,7 +579,9 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("out", type=Path, help="WAV file to write")
     with_format(render)
     render.add_argument("--rate", type=int, choices=[44100, 48000], default=None)
-    render.add_argument("--block", type=int, default=8192, help="frames per block (64-8192)")
+    render.add_argument(
+        "--block", type=_block_frames, default=65536, help="frames per block (64-65536)"
+    )
     render.add_argument("--calibration", type=Path, default=None, help="calibration profile")
     render.set_defaults(func=_render)
 
@@ -537,6 +602,29 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--simulation", action="store_true", help="play without the safety MCU")
     run.add_argument("--sink", choices=["auto", "pyaudio", "wav", "null"], default=None)
     run.set_defaults(func=_run)
+
+    enroll = with_config(
+        sub.add_parser("enroll", help="get this device's identity: from the server, or a bundle")
+    )
+    enroll.add_argument("--server", default=None, help="https://host:port of the server")
+    enroll.add_argument("--code", default=None, help="the one-time enrollment code")
+    enroll.add_argument("--serial", default=None, help="default: the board's serial number")
+    enroll.add_argument("--ca-file", type=Path, default=None, help="CA of the server's HTTPS")
+    enroll.add_argument("--bundle", type=Path, default=None, help="a factory bundle folder")
+    enroll.add_argument("--fleet-ca", type=Path, default=None, help="fleet root (for --bundle)")
+    enroll.set_defaults(func=_enroll)
+
+    prompts = sub.add_parser("prompts", help="spoken prompts (buttons-only use)")
+    prompts_sub = prompts.add_subparsers(dest="prompts_command", required=True)
+    prompts_build = with_config(
+        prompts_sub.add_parser("build", help="speak the prompts with espeak-ng and cache them")
+    )
+    prompts_build.add_argument("--lang", default="en", help="the person's language (e.g. de)")
+    prompts_build.add_argument("--dir", type=Path, default=None, help="default: DATA_DIR/prompts")
+    prompts_build.add_argument("--calibration", type=Path, default=None, help="output calibration")
+    prompts_build.add_argument("--rate", type=int, choices=[44100, 48000], default=None)
+    prompts_build.add_argument("--level-dba", type=float, default=60.0, help="at the ear (45-75)")
+    prompts_build.set_defaults(func=_prompts_build)
 
     stop = with_config(sub.add_parser("stop", help="ask the running service to stop playing"))
     stop.set_defaults(func=_stop)

@@ -74,8 +74,15 @@ class MelMeter:
     def update(self, block: NDArray[np.float32]) -> list[float]:
         if len(block) == 0:
             return []
-        weighted = self._filter.filter_channels(block)  # (channels, frames)
+        return self.update_weighted(self._filter.filter_channels(block))
+
+    def update_weighted(self, weighted: NDArray[np.float64]) -> list[float]:
+        """``update`` for a block already A-weighted elsewhere, ``(channels, frames)``: the safety
+        chain's ceiling weights the same signal a few ms earlier. The filter is left as it was:
+        ``warm`` brings it up to date before ``update`` is called again."""
         frames = weighted.shape[1]
+        if frames == 0:
+            return []
         whole = _energies(weighted)
         self.block_level = self.offset_db + _db(float(whole.max()) / frames)
         completed: list[float] = []
@@ -92,6 +99,14 @@ class MelMeter:
                 self._frames = 0
         self.mels.extend(completed)
         return completed
+
+    def warm(self, recent: NDArray[np.float32]) -> None:
+        """Set the filter's state from the ``recent`` frames of the stream (the ones just before the
+        next ``update``), filtered from silence: exact to within the filter's memory, which
+        ``recent`` should span (``aweighting.memory_frames``)."""
+        self._filter.reset()
+        if len(recent):
+            self._filter.filter_channels(recent)
 
     def flush(self) -> tuple[float, float] | None:
         """The level and length in seconds of an incomplete last second, if any (then reset)."""

@@ -143,7 +143,13 @@ _WAV_FORMATS: dict[str, tuple[int, int]] = {"16": (1, 2), "24": (1, 3), "float":
 #: (16-bit) a period of 1.4 s is inaudible, and it costs a slice instead of two random draws.
 DITHER_TABLE: Final = 65537
 MAX_WAV_BYTES: Final = 2**32 - 1024
-BACKGROUND_BLOCKS: Final = 8
+#: The background writer gets the file's bytes in chunks of this size: few large writes, each
+#: releasing the GIL for its whole length, so the writer hardly competes with the synthesis.
+BACKGROUND_CHUNK_BYTES: Final = 1 << 20
+#: Chunks in flight at most (being filled, queued, being written): a render's memory stays flat.
+BACKGROUND_CHUNKS: Final = 3
+
+Bytes = NDArray[np.uint8]
 
 
 class WavSink(_Sink):
@@ -155,10 +161,14 @@ class WavSink(_Sink):
     as they are. Nothing at ``path`` is ever half-written: an error, or leaving a ``with`` on an
     exception, removes the temporary file. ``durable`` (the default) flushes the file to disk
     (``fsync``) before the rename; an export MAY skip that (``durable=False``) and leave it to the
-    operating system, as audio tools do. With ``background=True`` a writer thread encodes and
-    writes (numpy and file writes release the GIL, so a render overlaps synthesis with I/O);
-    ``write`` then queues a copy (at most ``BACKGROUND_BLOCKS`` ahead) and a write error surfaces
-    on a later ``write`` or on ``close``.
+    operating system, as audio tools do.
+
+    ``write`` encodes the block at once (into preallocated buffers). Without ``background`` it also
+    writes it to the file; with ``background=True`` (a render) it gathers the bytes into chunks of
+    ``BACKGROUND_CHUNK_BYTES`` that a writer thread writes while the next blocks are synthesised
+    (at most ``BACKGROUND_CHUNKS`` chunks exist, so a full disk queue slows ``write`` down rather
+    than growing memory); a write error then surfaces on a later ``write`` or on ``close``. The
+    bytes written are the same either way.
     """
 
     kind: SinkKind = "wav"
@@ -174,21 +184,28 @@ class WavSink(_Sink):
         background: bool = False,
     ) -> None:
         super().__init__()
-        self.durable = durable
-        self.background = background
-        self._pending: queue.Queue[NDArray[np.float32] | None] | None = None
-        self._writer: threading.Thread | None = None
-        self._error: AudioDeviceError | None = None
         if sample_format not in _WAV_FORMATS:
             raise ValueError(f"sample_format must be one of {', '.join(_WAV_FORMATS)}")
         self.path = Path(path)
         self.dither = dither
         self.seed = seed
         self.sample_format: WavFormat = sample_format
+        self.durable = durable
+        self.background = background
         self._file: IO[bytes] | None = None
         self._dither_table = np.zeros(0, np.float32)
         self._dither_pos = 0
         self._data_bytes = 0
+        self._scaled = np.empty(0, np.float32)  # PCM scaling scratch, grown to the largest block
+        self._chunk: Bytes = np.empty(0, np.uint8)  # encoded bytes not yet handed on
+        self._fill = 0
+        self._chunks = 0
+        # The background writer: full chunks go to it through ``_pending`` (None: finish) and come
+        # back through ``_free`` to be filled again.
+        self._pending: queue.Queue[tuple[Bytes, int] | None] | None = None
+        self._free: queue.Queue[Bytes] = queue.Queue()
+        self._writer: threading.Thread | None = None
+        self._error: AudioDeviceError | None = None
 
     @property
     def temp_path(self) -> Path | None:
@@ -232,36 +249,46 @@ class WavSink(_Sink):
             self._discard()
             raise AudioDeviceError(f"cannot write {self.path}: {exc.strerror or exc}") from exc
         self._error = None
+        self._fill = 0
         if self.background:
-            self._pending = queue.Queue(maxsize=BACKGROUND_BLOCKS)
+            self._chunks = 0
+            self._chunk = self._take_chunk(BACKGROUND_CHUNK_BYTES)
+            self._pending = queue.Queue()
             self._writer = threading.Thread(target=self._drain, name="wav-writer", daemon=True)
             self._writer.start()
         self._open = True
 
-    def _dither(self, count: int) -> NDArray[np.float32]:
+    def _add_dither(self, samples: NDArray[np.float32]) -> None:
+        """Add the next ``samples.size`` dither values (``samples`` is contiguous), cycling."""
+        flat = samples.reshape(-1)
         table = self._dither_table
-        start = self._dither_pos
-        self._dither_pos = (start + count) % len(table)
-        if start + count <= len(table):
-            return table[start : start + count]
-        reps = np.concatenate((table[start:], np.tile(table, count // len(table) + 1)))
-        return reps[:count]
+        done = 0
+        while done < flat.size:
+            start = self._dither_pos
+            take = min(flat.size - done, len(table) - start)
+            flat[done : done + take] += table[start : start + take]
+            self._dither_pos = (start + take) % len(table)
+            done += take
 
-    def _encode(self, data: NDArray[np.float32]) -> NDArray[np.generic]:
-        """The block as the file's sample bytes (an array whose buffer is written as it is)."""
+    def _encode(self, data: NDArray[np.float32], out: Bytes) -> None:
+        """Write the block's sample bytes into ``out`` (exactly ``data.size`` samples long)."""
         if self.sample_format == "float":
-            return data.astype("<f4", copy=False)
+            np.copyto(out.view("<f4").reshape(data.shape), data)
+            return
+        if self._scaled.size < data.size:
+            self._scaled = np.empty(data.size, np.float32)
+        scaled = self._scaled[: data.size].reshape(data.shape)
         full = np.float32(32767.0 if self.sample_format == "16" else 8388607.0)
-        scaled = data * full  # float32; clipping once after rounding covers samples beyond ±1
+        np.multiply(data, full, out=scaled)
         if self.dither:
-            scaled += self._dither(scaled.size).reshape(scaled.shape)
+            self._add_dither(scaled)
+        np.clip(scaled, -full, full, out=scaled)
         np.rint(scaled, out=scaled)
-        np.minimum(scaled, full, out=scaled)
-        np.maximum(scaled, -full, out=scaled)
         if self.sample_format == "16":
-            return scaled.astype("<i2")
+            np.copyto(out.view("<i2").reshape(data.shape), scaled, casting="unsafe")
+            return
         as_int = scaled.astype("<i4")
-        return np.ascontiguousarray(as_int.view(np.uint8).reshape(-1, 4)[:, :3])
+        np.copyto(out.reshape(-1, 3), as_int.view(np.uint8).reshape(-1, 4)[:, :3])
 
     def write(self, block: NDArray[np.float32]) -> None:
         data = self._checked(block)
@@ -275,45 +302,80 @@ class WavSink(_Sink):
             raise AudioDeviceError(f"cannot write {self.path}: a WAV file holds at most 4 GiB")
         self._data_bytes += nbytes
         self.frames_written += len(data)
-        if self._pending is not None:
-            self._pending.put(data.copy())  # the caller may reuse its block
-            return
-        try:
-            self._store(data)
-        except AudioDeviceError:
-            self._discard()
-            raise
+        if self._fill + nbytes > len(self._chunk):
+            self._hand_on()
+            if nbytes > len(self._chunk):
+                self._chunk = np.empty(max(nbytes, len(self._chunk)), np.uint8)
+        self._encode(data, self._chunk[self._fill : self._fill + nbytes])
+        self._fill += nbytes
+        if self._pending is None:
+            self._hand_on()
 
-    def _store(self, data: NDArray[np.float32]) -> None:
-        payload = self._encode(data)
+    def _hand_on(self) -> None:
+        """Write the encoded bytes (foreground), or queue them for the writer (background)."""
+        count, self._fill = self._fill, 0
+        if count == 0:
+            return
+        if self._pending is None:
+            try:
+                self._store(self._chunk[:count])
+            except AudioDeviceError:
+                self._discard()
+                raise
+            return
+        self._pending.put((self._chunk, count))
+        self._chunk = self._take_chunk(len(self._chunk))
+
+    def _take_chunk(self, size: int) -> Bytes:
+        """A chunk to fill: a free one, a new one while fewer than ``BACKGROUND_CHUNKS`` exist,
+        else the next one the writer is done with (waiting for it)."""
+        try:
+            chunk = self._free.get_nowait()
+        except queue.Empty:
+            if self._chunks < BACKGROUND_CHUNKS:
+                self._chunks += 1
+                return np.empty(size, np.uint8)
+            chunk = self._free.get()
+        return chunk if len(chunk) >= size else np.empty(size, np.uint8)
+
+    def _store(self, payload: Bytes) -> None:
         assert self._file is not None
         try:
-            self._file.write(payload.data.cast("B"))
+            self._file.write(payload.data)
         except OSError as exc:
             raise AudioDeviceError(f"cannot write {self.path}: {exc.strerror or exc}") from exc
 
     def _drain(self) -> None:
-        """The background writer: encode and write queued blocks until the None sentinel."""
+        """The background writer: write queued chunks until the None sentinel."""
         pending = self._pending
         assert pending is not None
-        while (data := pending.get()) is not None:
-            if self._error is None:
-                try:
-                    self._store(data)
-                except AudioDeviceError as exc:
-                    self._error = exc
+        while (item := pending.get()) is not None:
+            chunk, count = item
+            try:
+                if self._error is None:
+                    self._store(chunk[:count])
+            except Exception as exc:  # surfaced on the caller's thread: never lost
+                self._error = (
+                    exc
+                    if isinstance(exc, AudioDeviceError)
+                    else AudioDeviceError(f"cannot write {self.path}: {exc}")
+                )
+            finally:
+                self._free.put(chunk)  # always: ``write`` may be waiting for a free chunk
 
     def _stop_writer(self) -> None:
         if self._pending is not None and self._writer is not None:
             self._pending.put(None)
             self._writer.join()
         self._pending = self._writer = None
+        self._free = queue.Queue()
 
     def close(self) -> None:
         """Finish the header, flush to disk and rename onto ``path``. Idempotent."""
         if self._file is None:
             self._open = False
             return
+        self._hand_on()
         self._stop_writer()
         if self._error is not None:
             error, self._error = self._error, None
@@ -332,12 +394,15 @@ class WavSink(_Sink):
             raise AudioDeviceError(f"cannot write {self.path}: {exc.strerror or exc}") from exc
         self._file = None
         self._open = False
+        self._chunk = np.empty(0, np.uint8)
 
     def _discard(self) -> None:
         """Drop the temporary file; nothing appears at ``path``."""
         self._stop_writer()
         file, self._file = self._file, None
         self._open = False
+        self._fill = 0
+        self._chunk = np.empty(0, np.uint8)
         if file is not None:
             with contextlib.suppress(OSError):
                 file.close()

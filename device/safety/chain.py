@@ -10,6 +10,17 @@ Per block, in this order:
    crossing 100 % (and each further 100 %) of the weekly allowance raises a ``DoseEvent`` and, as the
    profile says, lowers the level to the fallback or asks the player to stop.
 
+The meter does not always weight the output itself. Where the ceiling and the limiter left the signal
+alone, the output is the ceiling's input delayed by the chain's latency, and A-weighting, a linear
+time-invariant filter, commutes with the delay: its A-weighted output is the ceiling's weighted input,
+delayed. That holds for a sample once the output has been the delayed input for the whole memory of
+the filter before it (``aweighting.memory_frames``: its impulse response's tail sums below 1e-12), so
+the meter runs its own filter over each block from the first one either stage changed until that
+memory has passed, and reuses the ceiling's weighting otherwise (one A-weighting filter per block
+instead of two, nearly always). When it takes over again its filter starts from the output's last
+memory-long stretch, so it is exact again to 1e-12 of full scale (tested against the meter on its
+own within 0.01 dB per second).
+
 The fault mute is not here: the player ramps to silence within one block after every processor, so a
 fault never waits for this chain's look-ahead.
 """
@@ -19,7 +30,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import TYPE_CHECKING, Final, Literal
 
 import numpy as np
 from numpy.typing import NDArray
@@ -28,11 +39,14 @@ from resonera.common.dose import crossed_hundreds, dose_fraction
 from resonera.common.profile import HearingProfile
 from resonera.device.audio.meter import MelMeter
 from resonera.device.audio.player import GainRamp
-from resonera.device.safety.aweighting import AWeightingFilter
-from resonera.device.safety.dose_ledger import DoseLedger
+from resonera.device.safety.aweighting import AWeightingFilter, memory_frames
 from resonera.device.safety.limiter import LevelCeiling, LookAheadLimiter
 
+if TYPE_CHECKING:
+    from resonera.device.safety.dose_ledger import DoseLedger
+
 Block = NDArray[np.float32]
+Samples = NDArray[np.float64]
 
 #: Held below the maximum so a 1-s window (made of 50 ms windows) cannot exceed it either.
 LEVEL_MARGIN_DB: Final = 0.3
@@ -75,7 +89,10 @@ class SafetyChain:
         on_dose_event: Callable[[DoseEvent], None] = lambda _event: None,
         on_second: Callable[[float], None] = lambda _mel: None,
         channels: int = 2,
+        meter_shortcut: bool = True,
     ) -> None:
+        """``meter_shortcut=False`` makes the meter weight every block itself (see the module
+        docstring; for tests and measurements)."""
         self.sample_rate = sample_rate
         self.limits = limits
         self.profile = profile
@@ -97,6 +114,15 @@ class SafetyChain:
             sample_rate, channels=channels, spl_at_unit_rms=limits.spl_at_unit_rms
         )
         self.latency_frames = self.level.latency_frames + self.limiter.latency_frames
+        self.meter_shortcut = meter_shortcut
+        self._memory = memory_frames(sample_rate)
+        self._weighted = _Delay(self.latency_frames, channels)
+        self._recent = np.zeros((self._memory, channels), dtype=np.float32)
+        self._position = 0  # output frames so far
+        self._exact_until = 0  # the meter weights the output itself before this output frame
+        self._filter_current = True  # the meter's own filter has seen every output frame
+        #: Output frames the meter weighted with its own filter (the rest: the ceiling's weighting).
+        self.meter_filtered_frames = 0
         self.session_dose = 0.0
         self.stop_requested = False
         now = wall_clock()
@@ -108,9 +134,30 @@ class SafetyChain:
 
     def __call__(self, block: Block) -> Block:
         out = self.limiter.process(self.level.process(self.gain.apply(block)))
-        for mel in self.meter.update(out):
-            self._second(mel)
+        if len(out):
+            for mel in self._metered(out):
+                self._second(mel)
         return out
+
+    def _metered(self, out: Block) -> list[float]:
+        start = self._position
+        self._position += len(out)
+        delayed = self._weighted.process(self.level.weighted)
+        if not (self.meter_shortcut and self.level.passed and self.limiter.passed):
+            self._exact_until = self._position + self._memory
+        if start < self._exact_until:
+            if not self._filter_current:
+                self.meter.warm(self._recent)
+                self._filter_current = True
+            mels = self.meter.update(out)
+            self.meter_filtered_frames += len(out)
+        else:
+            self._filter_current = False
+            mels = self.meter.update_weighted(delayed)
+        keep = min(len(out), self._memory)
+        self._recent[: self._memory - keep] = self._recent[keep:]
+        self._recent[self._memory - keep :] = out[len(out) - keep :]
+        return mels
 
     def set_gain_db(self, gain_db: float, ramp_s: float = ATTENUATION_RAMP_S) -> None:
         """Attenuate (or restore) smoothly, e.g. on a hardware warning."""
@@ -166,3 +213,16 @@ class SafetyChain:
             return -100.0
         energies = [10.0 ** (mel / 10.0) for mel in self.mels]
         return 10.0 * math.log10(sum(energies) / len(energies))
+
+
+class _Delay:
+    """Delays a ``(channels, frames)`` float64 stream by ``frames`` (primed with zeros)."""
+
+    def __init__(self, frames: int, channels: int) -> None:
+        self._pending: Samples = np.zeros((channels, frames), dtype=np.float64)
+
+    def process(self, block: Samples) -> Samples:
+        joined = np.concatenate((self._pending, block), axis=1)
+        frames = block.shape[1]
+        self._pending = joined[:, frames:]
+        return joined[:, :frames]

@@ -75,6 +75,13 @@ class WindowSums:
         self._buffer = np.zeros((*rows, 4 * window + 4096), dtype=np.float64)
         self._start = 0  # the cumulative sums at the last ``window`` positions start here
 
+    def trailing(self) -> Samples:
+        """Per row, the sum of the last ``window - 1`` values (what a window ending at the next
+        value holds besides it)."""
+        start = self._start
+        result: Samples = self._buffer[..., start + self.window - 1] - self._buffer[..., start]
+        return result
+
     def reset(self, cumulative: Samples) -> None:
         """Set the cumulative sums of the last ``window`` positions (the newest last)."""
         self._buffer[..., self._start : self._start + self.window] = cumulative
@@ -280,6 +287,8 @@ class LookAheadLimiter:
         self.latency_frames = self._smoother.latency
         self._delay = DelayLine(self.latency_frames, channels)
         self.min_gain = 1.0
+        #: The last block came out exactly as it went in, only delayed (no gain, nothing clipped).
+        self.passed = True
 
     def set_ceiling(self, ceiling: float) -> None:
         """Change the ceiling; the look-ahead turns the change into a ramp like any other."""
@@ -295,6 +304,7 @@ class LookAheadLimiter:
             float(np.maximum.reduce(block, axis=None)), -float(np.minimum.reduce(block, axis=None))
         )
         if block_peak <= self.ceiling and self._smoother.at_unity():
+            self.passed = True
             return self._delay.process(block)  # nothing to limit, now or pending
         peak = _loudest(block)
         np.maximum(peak, self.ceiling * _FLOOR, out=peak)  # silence: as in ``LevelCeiling``
@@ -303,6 +313,9 @@ class LookAheadLimiter:
         gain = self._smoother.process(required)
         lowest = float(np.minimum.reduce(gain))
         self.min_gain = min(self.min_gain, lowest)
+        # A gain of 1 throughout is ``≤`` every sample's required gain: nothing is over the
+        # ceiling, so the clip below leaves the delayed input as it is.
+        self.passed = lowest >= 1.0
         out = self._delay.process(block, gain if lowest < 1.0 else None)
         # Rounding can only ever leave a few ULPs over the ceiling; this clip never shapes sound.
         np.clip(out, -self.ceiling, self.ceiling, out=out)
@@ -323,8 +336,9 @@ class LevelCeiling:
 
     ``weighting`` is a stateful filter applied to the input (for the safety chain: A-weighting), so the
     level that is held is the one the exposure meter measures; it returns the weighted block channel by
-    channel, ``(channels, frames)`` float64, as a new array (it is squared in place). Latency: two
-    windows.
+    channel, ``(channels, frames)`` float64, as a new array, which is kept as ``weighted`` (the chain's
+    meter reuses it). ``passed`` says whether the last block came out as it went in, only delayed.
+    Latency: two windows.
     """
 
     def __init__(
@@ -351,6 +365,8 @@ class LevelCeiling:
         self.latency_frames = self._smoother.latency
         self._delay = DelayLine(self.latency_frames, channels)
         self.min_gain = 1.0
+        self.weighted: Samples = np.zeros((channels, 0), dtype=np.float64)
+        self.passed = True
 
     def set_max_mean_square(self, value: float) -> None:
         if not value > 0.0:
@@ -361,12 +377,19 @@ class LevelCeiling:
         frames = block.shape[0]
         if frames == 0:
             return block
-        weighted = self.weighting(block)
-        energy = self._energy.process(np.square(weighted, out=weighted))
+        self.weighted = weighted = self.weighting(block)
+        self.passed = True
+        window = self.window
+        if self._smoother.at_unity() and self._every_window_under(weighted):
+            # Only the last window's values matter to the sums of the windows still to come.
+            tail = weighted[:, -window:]
+            self._energy.process(np.square(tail))
+            return self._delay.process(block)
+        energy = self._energy.process(np.square(weighted))
         loudest = energy[0]
         for row in energy[1:]:
             np.maximum(loudest, row, out=loudest)
-        loudest /= self.window  # the mean square of the loudest channel's trailing window
+        loudest /= window  # the mean square of the loudest channel's trailing window
         # No window over the maximum and none pending: the gain would be exactly 1 throughout.
         if float(np.maximum.reduce(loudest)) <= self.max_mean_square and self._smoother.at_unity():
             return self._delay.process(block)
@@ -378,5 +401,25 @@ class LevelCeiling:
         np.sqrt(required, out=required)
         np.minimum(required, 1.0, out=required)
         gain = self._smoother.process(required)
-        self.min_gain = min(self.min_gain, float(np.minimum.reduce(gain)))
+        lowest = float(np.minimum.reduce(gain))
+        self.min_gain = min(self.min_gain, lowest)
+        self.passed = lowest >= 1.0  # times exactly 1.0, rounded to float32: the input unchanged
         return self._delay.process(block, gain)
+
+    def _every_window_under(self, weighted: Samples) -> bool:
+        """A cheap sufficient test that no trailing window ending in this block is over the maximum:
+        cut the block into window-long chunks; a window ending in one chunk lies within it and the
+        chunk before (the first chunk: the ``window - 1`` values before the block), so the sum of
+        two neighbours bounds it. One pass instead of cumulative sums; at most 3 dB pessimistic,
+        and the exact test follows whenever it fails."""
+        window = self.window
+        channels, frames = weighted.shape
+        whole = frames // window
+        chunks = np.empty((channels, whole + 2), dtype=np.float64)
+        chunks[:, 0] = self._energy.trailing()
+        body = weighted[:, : whole * window].reshape(channels, whole, window)
+        chunks[:, 1 : whole + 1] = np.einsum("ckw,ckw->ck", body, body)
+        rest = weighted[:, whole * window :]
+        chunks[:, -1] = np.einsum("cw,cw->c", rest, rest)
+        pairs = chunks[:, :-1] + chunks[:, 1:]
+        return float(np.maximum.reduce(pairs, axis=None)) <= window * self.max_mean_square

@@ -10,6 +10,10 @@ import numpy as np
 import soundfile
 from support import free_port
 
+from resonera.device.audio.calibration import packaged_calibration
+from resonera.device.audio.chain import session_processors
+from resonera.device.safety.chain import SafetyChain
+
 BIN = Path(sys.executable).parent / "resonera-device"
 
 SHORT = """
@@ -97,6 +101,11 @@ def test_render_refuses_a_bad_program_before_writing_anything(tmp_path: Path) ->
     assert not (tmp_path / "x.wav").exists()
     result = run("render", "no-such-preset", tmp_path / "x.wav")
     assert result.returncode == 1 and "built-in programs" in result.stderr
+    for block in ("0", "100000", "big"):
+        result = run("render", "demo-alpha", tmp_path / "x.wav", "--block", block)
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        assert "argument --block" in result.stderr.splitlines()[-1]
+    assert list(tmp_path.iterdir()) == [program]
 
 
 def test_play_takes_the_program_as_an_argument_and_plays_into_out(tmp_path: Path) -> None:
@@ -122,3 +131,72 @@ def test_play_takes_the_program_as_an_argument_and_plays_into_out(tmp_path: Path
     assert soundfile.info(str(out)).subtype == "PCM_24"
     both = run("play", "demo-alpha", "--program", "calm-tone", "--config", config)
     assert both.returncode == 1 and "give the program once" in both.stderr
+
+
+RENDER_IN_PROCESS = """
+import sys
+from pathlib import Path
+from resonera.device.cli import main
+code = main(sys.argv[1:])
+status = Path("/proc/self/status").read_text()
+peak = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:"))
+heavy = ("scipy.signal", "scipy.ndimage", "sqlmodel", "sqlalchemy", "paho", "pydantic_settings",
+         "cryptography")
+print("RESULT", code, peak, ",".join(name for name in heavy if name in sys.modules))
+"""
+
+
+def render_in_process(*args: object) -> tuple[int, int, list[str]]:
+    """Exit code, peak RSS (KiB, this process's own) and heavy packages imported by a render."""
+    result = subprocess.run(
+        [sys.executable, "-c", RENDER_IN_PROCESS, "render", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    [line] = [line for line in result.stdout.splitlines() if line.startswith("RESULT")]
+    _, code, peak, heavy = line.split(" ")
+    return int(code), int(peak), [name for name in heavy.split(",") if name]
+
+
+def test_render_streams_in_flat_memory_and_starts_without_the_agent(tmp_path: Path) -> None:
+    """Ten times the program needs no more memory (the render streams), and a render loads
+    neither the store, the sync, the settings machinery nor scipy's signal package (the safety
+    chain's A-weighting needs only its compiled filter cascade)."""
+    peaks = []
+    for minutes in (1, 10):
+        program = tmp_path / f"noise-{minutes}.toml"
+        program.write_text(SHORT.replace("duration_s = 1.0", f"duration_s = {minutes * 30}.0"))
+        out = tmp_path / f"noise-{minutes}.wav"
+        code, peak_kib, heavy = render_in_process(program, out, "--rate", "44100")
+        assert code == 0 and heavy == []
+        assert soundfile.info(str(out)).frames == minutes * 60 * 44100
+        peaks.append(peak_kib)
+    assert peaks[1] - peaks[0] < 4 * 1024, peaks
+
+
+def test_a_render_without_a_calibration_goes_through_the_safety_chain(tmp_path: Path) -> None:
+    """Nothing reaches a file around the safety chain: without --calibration the render is held to
+    the packaged reference headphones, the same bytes as naming that calibration, and it carries
+    the chain's look-ahead (its first frames are silence)."""
+    program = tmp_path / "short.toml"
+    program.write_text(SHORT)
+    bare, named = tmp_path / "bare.wav", tmp_path / "named.wav"
+    result = run("render", program, bare, "--rate", "44100")
+    assert result.returncode == 0, result.stderr
+    assert "no calibration given: levels held as for the packaged 'reference-headphones'" in (
+        result.stdout
+    )
+    calibration = packaged_calibration()
+    result = run("render", program, named, "--rate", "44100", "--calibration", calibration)
+    assert result.returncode == 0, result.stderr
+    assert "no calibration given" not in result.stdout
+    assert bare.read_bytes() == named.read_bytes()
+    audio, _ = soundfile.read(str(bare), dtype="float32")
+    [chain] = session_processors(None, 44100)
+    assert isinstance(chain, SafetyChain)
+    # the chain's look-ahead (silence: the dither's least significant bit at most), then the program
+    assert np.max(np.abs(audio[: chain.latency_frames])) <= 1 / 32768
+    assert np.sqrt(np.mean(audio[chain.latency_frames :] ** 2)) > 0.05

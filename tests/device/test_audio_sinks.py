@@ -529,15 +529,40 @@ def test_a_noise_and_binaural_program_comes_back_with_its_ears_and_level(
         assert rms_db(steady[:, channel]) == pytest.approx(20 * math.log10(expected), abs=0.5)
 
 
-def test_background_wav_writer_writes_the_same_bytes(tmp_path: Path) -> None:
-    block = sine_block(10_000, amplitude=0.6)
-    for name, background in (("fg.wav", False), ("bg.wav", True)):
-        sink = WavSink(tmp_path / name, background=background, durable=False)
+@pytest.mark.parametrize("sample_format", ["16", "24", "float"])
+def test_wav_bytes_do_not_depend_on_block_sizes_or_the_writer_thread(
+    tmp_path: Path, sample_format: WavFormat
+) -> None:
+    # 300,000 stereo frames: more than one writer chunk (1 MiB) in every format, and the dither
+    # table (65,537 frames) cycles several times, across block edges.
+    signal = sine_block(300_000, amplitude=0.7)
+    writers = {"fg-999": (False, 999), "bg-999": (True, 999), "bg-whole": (True, 300_000)}
+    writers["fg-prime"] = (False, 65_537)
+    for name, (background, block) in writers.items():
+        sink = WavSink(
+            tmp_path / f"{name}.wav",
+            sample_format=sample_format,
+            background=background,
+            durable=False,
+        )
         sink.open(RATE, 2)
         with sink:
-            for start in range(0, len(block), 999):
-                sink.write(block[start : start + 999])
-    assert (tmp_path / "fg.wav").read_bytes() == (tmp_path / "bg.wav").read_bytes()
+            for start in range(0, len(signal), block):
+                sink.write(signal[start : start + block])
+    first = (tmp_path / "fg-999.wav").read_bytes()
+    for name in writers:
+        assert (tmp_path / f"{name}.wav").read_bytes() == first, name
+    if sample_format == "float":
+        decoded, rate = soundfile.read(str(tmp_path / "bg-whole.wav"), dtype="float32")
+        assert rate == RATE and np.array_equal(decoded, signal)
+        return
+    # soundfile reads PCM left-aligned in int32; our full scale is 32767 (8388607) steps.
+    pcm, rate = soundfile.read(str(tmp_path / "bg-whole.wav"), dtype="int32")
+    steps = 32767 if sample_format == "16" else 8388607
+    shift = 16 if sample_format == "16" else 8
+    assert rate == RATE and pcm.shape == signal.shape
+    error = np.abs((pcm >> shift) / steps - signal)
+    assert error.max() <= 1.5 / steps + 1e-7  # TPDF dither: within 1.5 LSB
 
 
 def test_background_wav_writer_errors_surface_and_leave_nothing(

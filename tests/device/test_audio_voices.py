@@ -24,6 +24,7 @@ from resonera.common.program import (
     Step,
     ToneLayer,
 )
+from resonera.device.audio.noise import TABLE_LENGTHS
 from resonera.device.audio.synth import ProgramRenderer
 from resonera.device.audio.voices import isochronic_envelope
 
@@ -162,6 +163,24 @@ def test_noise_colours_have_their_spectral_slope_and_level(colour: str, slope: f
     assert np.abs(audio).max() <= gain
     correlation = np.corrcoef(audio[:, 0], audio[:, 1])[0, 1]
     assert abs(correlation) < 0.05  # the ears are independent
+
+
+@pytest.mark.parametrize("colour", ["white", "pink", "brown"])
+def test_noise_does_not_loop_where_its_tables_do(colour: str) -> None:
+    """The noise tables are short loops (to keep the device small); what an ear hears never
+    repeats at a table's period: at most the half of it that one table gives is repeated."""
+    rate = 44100
+    audio = render(
+        program(Step(duration_s=13.0, layers=[NoiseLayer(colour=colour, gain=0.5)])),
+        rate,
+        block=8192,
+    )
+    span = rate  # one second compared with the same second a period later
+    for period in TABLE_LENGTHS:
+        for channel in (0, 1):
+            now = audio[:span, channel]
+            later = audio[period : period + span, channel]
+            assert np.corrcoef(now, later)[0, 1] < 0.7, (period, channel)
 
 
 def test_seeded_noise_is_reproducible_and_the_seed_matters() -> None:

@@ -187,3 +187,6 @@ def test_window_sums_are_the_sums_of_each_trailing_window(
     csum = np.concatenate((np.zeros((2, window)), np.cumsum(x, axis=1)), axis=1)
     np.testing.assert_allclose(out, csum[:, window:] - csum[:, :-window], rtol=1e-9, atol=1e-9)
     assert out.min() >= 0.0
+    # what the level ceiling's quick test adds to the next window: the last ``window - 1`` values
+    last = x[:, x.shape[1] - (window - 1) :].sum(axis=1)
+    np.testing.assert_allclose(sums.trailing(), last, rtol=1e-9, atol=1e-9)
