@@ -2,8 +2,9 @@
 before → after change per program, exposure), the cohort per program, and the patient's CSV
 downloads for the cookie session.
 
-The numbers are ``server/analytics.py``'s, as the API's ``/outcomes`` routes return them; the CSV
-downloads are the API's own export routes, called after the page's ownership check. Every chart
+The reports and the CSV downloads are the API's own routes (``api/routes/outcomes.py``,
+``api/routes/exports.py``: ``server/analytics.py``'s numbers, their audit rows), called as they are
+after the page's role and ownership checks. Every chart
 is drawn (``static/outcomes.js``) from a table on the page, which is what screen readers and
 tests read.
 """
@@ -11,22 +12,17 @@ tests read.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date
 from typing import Annotated, Final, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import HTMLResponse, StreamingResponse
-from sqlmodel import Session
 
 from resonera.server import analytics, crud
 from resonera.server.api.deps import SessionDep, StateDep, audit
 from resonera.server.api.routes import exports as api_exports
 from resonera.server.api.routes import outcomes as api_outcomes
-from resonera.server.crypto import FieldCipher
-from resonera.server.desired import DesiredService
-from resonera.server.models import PatientRow
-from resonera.server.schemas import CohortOutcomes, PatientOutcomes, PatientPublic, TrendDay
-from resonera.server.security import now_utc
+from resonera.server.schemas import PatientOutcomes, PatientPublic, TrendDay
 from resonera.server.web.auth import ClinicianPage, WebUser, own_patient_page, require_page
 from resonera.server.web.render import render
 
@@ -74,13 +70,15 @@ class OutcomesView:
 
 def question_views(report: PatientOutcomes) -> tuple[QuestionView, ...]:
     """The profile's questions in its order, then any other question answered in the period."""
-    by_series = {(t.question_id, t.phase): t for t in report.trends}
+    points: dict[tuple[str, str], dict[date, TrendDay]] = {
+        (t.question_id, t.phase): {point.day: point for point in t.days} for t in report.trends
+    }
     asked = {str(q["id"]): q for q in report.questions}
-    ids = list(asked) + sorted({q for q, _ in by_series} - set(asked))
+    ids = list(asked) + sorted({q for q, _ in points} - set(asked))
     out = []
     for question_id in ids:
-        before = {p.day: p for p in getattr(by_series.get((question_id, "before")), "days", [])}
-        after = {p.day: p for p in getattr(by_series.get((question_id, "after")), "days", [])}
+        before = points.get((question_id, "before"), {})
+        after = points.get((question_id, "after"), {})
         rows = tuple(
             TrendRow(day, before.get(day), after.get(day)) for day in sorted({*before, *after})
         )
@@ -98,25 +96,6 @@ def question_views(report: PatientOutcomes) -> tuple[QuestionView, ...]:
     return tuple(out)
 
 
-def outcomes_view(
-    session: Session, cipher: FieldCipher, patient: PatientRow, now: datetime, days: int
-) -> OutcomesView:
-    current = DesiredService.current(session, patient.id)
-    report = analytics.patient_outcomes(
-        session,
-        patient_id=patient.id,
-        today=crud.utc_today(now),
-        days=days,
-        sessions_per_week=current.sessions_per_week if current is not None else 0,
-        profile=current.profile if current is not None else None,
-    )
-    return OutcomesView(
-        patient=crud.patient_public(session, cipher, patient),
-        report=report,
-        questions=question_views(report),
-    )
-
-
 @router.get("/patients/{patient_id}/outcomes")
 def outcomes_page(
     *,
@@ -128,8 +107,24 @@ def outcomes_page(
     days: Period = "30",
 ) -> HTMLResponse:
     patient = own_patient_page(session, web, patient_id)
-    view = outcomes_view(session, state.cipher, patient, now_utc(), int(days))
-    audit(session, request, web.user, "read", "outcomes", patient_id=patient.id)
+    # The API's route as it is (the report, its audit row); the page checked ownership first.
+    report = api_outcomes.patient_outcomes(
+        patient_id=patient.id,
+        user=web.user,
+        state=state,
+        session=session,
+        request=request,
+        days=int(days),
+    )
+    view = OutcomesView(
+        patient=crud.patient_public(session, state.cipher, patient),
+        report=report,
+        questions=question_views(report),
+    )
+    # The page shows who it is about: a read of the patient too, as on the patient page.
+    audit(
+        session, request, web.user, "read", "patient", resource_id=patient.id, patient_id=patient.id
+    )
     session.commit()
     return render(
         "outcomes.html",
@@ -143,16 +138,6 @@ def outcomes_page(
     )
 
 
-def cohort_report(session: Session, web: WebUser, now: datetime, days: int) -> CohortOutcomes:
-    """A clinician's own patients; every patient for an admin (as the API's cohort route)."""
-    return analytics.cohort_outcomes(
-        session,
-        clinician_id=web.user.id if web.role == "clinician" else None,
-        today=crud.utc_today(now),
-        days=days,
-    )
-
-
 @router.get("/cohort")
 def cohort_page(
     *,
@@ -161,9 +146,9 @@ def cohort_page(
     session: SessionDep,
     days: Period = "90",
 ) -> HTMLResponse:
-    report = cohort_report(session, web, now_utc(), int(days))
-    audit(session, request, web.user, "read", "cohort_outcomes")
-    session.commit()
+    report = api_outcomes.cohort_outcomes(
+        user=web.user, session=session, request=request, days=int(days)
+    )
     return render(
         "cohort.html",
         {

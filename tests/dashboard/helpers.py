@@ -16,6 +16,7 @@ from types import ModuleType
 from typing import Any
 
 from factories import OUTCOME_QUESTIONS, OutcomePlan, event_body, outcome_plan
+from fastapi.testclient import TestClient
 from playwright.sync_api import Page, Response
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
@@ -235,6 +236,16 @@ def form_token(html: str) -> str:
     found = CSRF.search(html)
     assert found, "the page has no form with a CSRF token"
     return found.group(1)
+
+
+def sign_in_as(client: TestClient, email: str) -> None:
+    """Sign ``email`` in on a browser-like TestClient (another person's cookie dropped first)."""
+    client.cookies.clear()
+    token = form_token(client.get("/login").text)
+    response = client.post(
+        "/login", data={"email": email, "password": PASSWORD, "csrf_token": token}
+    )
+    assert response.status_code == 303, response.text
 
 
 def table_cells(html: str, table_id: str) -> list[list[str]]:

@@ -5,17 +5,18 @@ check-ins; the check-in questions and records refuse what they should, saying wh
 from __future__ import annotations
 
 import csv
-import importlib.util
 import io
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
+from factories import OUTCOME_QUESTIONS as QUESTIONS
+from factories import checkin, outcome_plan
 from fastapi.testclient import TestClient
+from fhir_checks import check_fhir
 from sqlalchemy import func
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
@@ -25,7 +26,6 @@ from resonera.common.envelope import Envelope
 from resonera.common.errors import ConfigError, ProtocolError
 from resonera.common.ids import new_id
 from resonera.common.profile import parse_profile
-from resonera.common.records import CheckInRecord
 from resonera.server.analytics import change_summary
 from resonera.server.export.checkins_csv import CHECKIN_COLUMNS
 from resonera.server.ingest import IngestProcessor, Received
@@ -33,56 +33,6 @@ from resonera.server.models import CheckInRow
 from resonera.server.outcomes import parse_checkin, store_checkins
 
 API = "/api/v1"
-QUESTIONS = [
-    {
-        "id": "relax",
-        "text": "How relaxed do you feel?",
-        "low_label": "not at all",
-        "high_label": "completely",
-    },
-    {
-        "id": "tinnitus",
-        "text": "How loud is your tinnitus?",
-        "low_label": "silent",
-        "high_label": "unbearable",
-        "better": "lower",
-    },
-]
-
-
-def _check_fhir(bundle: dict[str, Any]) -> None:
-    """The export tests' check (the R4 schema and the required codes), not a copy of it."""
-    spec = importlib.util.spec_from_file_location(
-        "fhir_checks", Path(__file__).with_name("test_exports.py")
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    module._check_fhir(bundle)
-
-
-def checkin(  # noqa: PLR0917 - one answer reads best as one positional call
-    device: str,
-    session_id: str,
-    question: str,
-    phase: str,
-    value: int | None,
-    at: datetime,
-    better: str = "higher",
-) -> CheckInRecord:
-    return CheckInRecord.model_validate(
-        {
-            "id": new_id(),
-            "session_id": session_id,
-            "device_id": device,
-            "question_id": question,
-            "phase": phase,
-            "value": value,
-            "skipped": value is None,
-            "answered_at": at,
-            "better": better,
-        }
-    )
 
 
 @dataclass
@@ -118,28 +68,8 @@ def seeded(
     )
     assert set_profile.status_code == 200, set_profile.text
     today = datetime.now(UTC).date()
-    this_monday = today - timedelta(days=today.weekday())
-    mondays = [this_monday - timedelta(weeks=3 - k) for k in range(3)]
-    bodies, records = [], []
-    for week, monday in enumerate(mondays):
-        for offset, program in ((0, "calm"), (2, "calm"), (4, "sleep")):
-            start = datetime.combine(monday + timedelta(days=offset), datetime.min.time(), UTC)
-            start += timedelta(hours=9)
-            body = make_body(start=start, minutes=20, program_name=program, dose_fraction=0.01)
-            bodies.append(body)
-            sid = body["session_id"]
-            before, after = start - timedelta(minutes=1), start + timedelta(minutes=21)
-            records += [
-                checkin("dev-a", sid, "relax", "before", 2 + week, before),
-                checkin("dev-a", sid, "relax", "after", 4 + week, after),
-                checkin("dev-a", sid, "tinnitus", "before", 8 - week, before, "lower"),
-            ]
-            skipped = week == 0 and program == "sleep"
-            records.append(
-                checkin(
-                    "dev-a", sid, "tinnitus", "after", None if skipped else 7 - week, after, "lower"
-                )
-            )
+    plan = outcome_plan("dev-a", today, make_body)
+    mondays, bodies, records = plan.mondays, plan.bodies, plan.records
     _ingest_sessions(engine, "dev-a", bodies)
     other = make_body(
         start=datetime.combine(mondays[-1], datetime.min.time(), UTC), program_name="calm"
@@ -326,7 +256,7 @@ def test_checkins_csv_and_fhir_export(client: TestClient, world: Any, seeded: Se
     bundle = client.get(
         f"{API}/patients/{world.patient}/export/fhir", headers=world.clinician.headers
     ).json()
-    _check_fhir(bundle)
+    check_fhir(bundle)
     responses = [
         e["resource"]
         for e in bundle["entry"]
