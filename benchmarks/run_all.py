@@ -10,6 +10,7 @@ sys.path[:0] = [str(Path(__file__).parent), str(Path(__file__).parents[1] / "tes
 import bench_agent  # noqa: E402
 import bench_dashboard  # noqa: E402
 import bench_fault_reaction  # noqa: E402
+import bench_fleet  # noqa: E402
 import bench_ingest  # noqa: E402
 import bench_outcomes  # noqa: E402
 import bench_preview  # noqa: E402
@@ -37,6 +38,8 @@ def main() -> None:
     bench_ingest.main()
     print()
     bench_server_ingest.main()
+    print()
+    bench_fleet.main()
     print()
     bench_server_api.main()
     print()

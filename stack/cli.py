@@ -22,6 +22,25 @@ def _demo(args: argparse.Namespace) -> int:
     return 0 if sessions else 1
 
 
+def _fleet_sim(args: argparse.Namespace) -> int:
+    from resonera.stack.fleet_sim import FleetSimOptions, run_fleet_sim
+
+    run_fleet_sim(
+        FleetSimOptions(
+            devices=args.devices,
+            sessions=args.sessions,
+            consumers=args.consumers,
+            interval_s=args.interval,
+            workdir=args.workdir,
+            timeout_s=args.timeout,
+            broker=args.broker,
+            ca=args.ca,
+            database_url=args.database_url,
+        )
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="resonera", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -35,6 +54,26 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--sink", choices=["auto", "pyaudio", "wav", "null"], default="auto")
     demo.add_argument("--keep-running", action="store_true", help="keep the stack up afterwards")
     demo.set_defaults(func=_demo)
+    sim = sub.add_parser(
+        "fleet-sim",
+        help="many simulated devices (real device sync, certificates, TLS) against a local stack",
+    )
+    sim.add_argument("--devices", type=int, default=100)
+    sim.add_argument("--sessions", type=int, default=5, help="sessions each device records")
+    sim.add_argument("--consumers", type=int, default=1, help="ingest processes (shared)")
+    sim.add_argument(
+        "--interval", type=float, default=0.0, help="seconds between a device's sessions"
+    )
+    sim.add_argument("--workdir", type=Path, help="keep CA, broker, database here (new folder)")
+    sim.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for acks")
+    sim.add_argument(
+        "--broker", metavar="HOST:PORT", help="a running broker instead of the local stack"
+    )
+    sim.add_argument("--ca", type=Path, help="with --broker: the fleet CA folder it trusts")
+    sim.add_argument(
+        "--database-url", help="with --broker: the server database to register devices in"
+    )
+    sim.set_defaults(func=_fleet_sim)
     return parser
 
 

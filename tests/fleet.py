@@ -7,13 +7,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography.hazmat.primitives.serialization import Encoding
 from support import Mosquitto, free_port, run_mosquitto_config
 
-from resonera.common.identity import generate_key, make_csr, write_private_key
 from resonera.common.settings import MqttSettings
 from resonera.provisioning.broker import SERVER_IDENTITY, provision_broker
 from resonera.provisioning.ca import FleetCA
+from resonera.stack.fleet_sim import issue_device
 
 PASSPHRASE = b"correct horse battery staple"
 
@@ -26,13 +25,8 @@ class TlsBroker:
 
     def device(self, device_id: str, **issue: object) -> MqttSettings:
         """Provision a device the way enrollment does: key made here, CSR signed by the CA."""
-        key = generate_key()
-        folder = self.workdir / device_id
-        write_private_key(key, folder / "device.key")
-        csr = make_csr(key, device_id, f"SN-{device_id}")
-        cert = self.ca.sign_device_csr(csr, PASSPHRASE, **issue)  # type: ignore[arg-type]
-        (folder / "device.crt").write_bytes(cert.public_bytes(Encoding.PEM))
-        return self.settings(folder / "device.key", folder / "device.crt")
+        made = issue_device(self.ca, PASSPHRASE, device_id, self.workdir / device_id, **issue)
+        return self.settings(made.key_file, made.cert_file)
 
     def server(self) -> MqttSettings:
         folder = self.workdir / "server"

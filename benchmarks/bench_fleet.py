@@ -1,0 +1,186 @@
+"""A fleet of simulated devices (``resonera.stack.fleet_sim``: the real device store, outbox and
+sync code, one certificate and one mutual-TLS connection each) against mosquitto and
+``resonera-server ingest`` processes on SQLite, beside the raw broker rate and the server's own
+ingest rate measured in the same run (``bench_server_ingest``: one fast publisher, plain MQTT).
+
+Printed: devices held; backlog drain rate (records queued while offline, then every device
+connects: stored and acknowledged per second) and its ack latencies; ack latency under a steady
+load; time back to full rate after a broker restart and after the ingest consumer is killed and
+restarted; drain rate with 1, 2 and 4 consumers on the shared subscription.
+
+All of it shares one 2-core machine: the devices' own work (SQLite store per record, ECDSA
+signature, AES-GCM sealing, one store write per ack) runs in this one Python process, so the fleet
+figures are bounded by the simulator, not only by the server; the server-only rate shows the
+other side. ``RESONERA_BENCH_FLEET_DEVICES`` (default 1000) and ``RESONERA_BENCH_FLEET_SESSIONS``
+(default 20) set the size.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from bench_server_ingest import _payloads, ingest_rate, raw_rate
+from support import run_mosquitto
+
+from resonera.server.db import make_engine, migrate
+from resonera.stack.fleet_sim import Fleet, LocalStack, build_fleet, local_stack
+
+DEVICES = int(os.environ.get("RESONERA_BENCH_FLEET_DEVICES", "1000"))
+SESSIONS = int(os.environ.get("RESONERA_BENCH_FLEET_SESSIONS", "20"))
+TIMEOUT_S = 900.0
+#: "Back to full rate": the first second after the fault that acknowledges this much of the
+#: rate seen before it.
+FULL_RATE = 0.8
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:.0f} ms"
+
+
+def _latencies(fleet: Fleet) -> str:
+    stats = fleet.stats
+    return (
+        f"p50 {_ms(stats.percentile(50))}  p95 {_ms(stats.percentile(95))}  "
+        f"p99 {_ms(stats.percentile(99))}"
+    )
+
+
+def _backlog_drain(fleet: Fleet, sessions: int) -> tuple[int, float]:
+    """Queue ``sessions`` per device while offline, connect all, time until all are acked."""
+    fleet.disconnect_all()
+    before = sum(len(d.produced) for d in fleet.devices)
+    fleet.produce(sessions)
+    count = sum(len(d.produced) for d in fleet.devices) - before
+    fleet.stats.reset()
+    for device in fleet.devices:
+        device.restart_latency_clock()  # latency from the moment the backlog may go
+    start = time.perf_counter()
+    fleet.connect_all()
+    if not fleet.drain(TIMEOUT_S):
+        raise RuntimeError(f"{fleet.pending} messages unacknowledged after {TIMEOUT_S:.0f} s")
+    return count, time.perf_counter() - start
+
+
+def _recovery(fleet: Fleet, fault: Callable[[], None]) -> tuple[float, float]:
+    """Under continuous production: (ack rate before, seconds after ``fault`` until a 1-s window
+    acknowledges ``FULL_RATE`` of it)."""
+    stop = threading.Event()
+
+    def produce() -> None:
+        while not stop.is_set():
+            fleet.produce(1)
+
+    producer = threading.Thread(target=produce, daemon=True)
+    producer.start()
+    try:
+        time.sleep(3.0)  # reach a steady state
+        first = fleet.stats.acked_count
+        time.sleep(5.0)
+        before = (fleet.stats.acked_count - first) / 5.0
+        start = time.perf_counter()
+        fault()
+        samples: list[tuple[float, int]] = [(time.perf_counter(), fleet.stats.acked_count)]
+        while time.perf_counter() - start < TIMEOUT_S:
+            time.sleep(0.25)
+            now = (time.perf_counter(), fleet.stats.acked_count)
+            samples.append(now)
+            window = [s for s in samples if s[0] >= now[0] - 1.0]
+            if len(window) >= 4 and (now[1] - window[0][1]) / (now[0] - window[0][0]) >= (
+                FULL_RATE * before
+            ):
+                return before, now[0] - start
+        return before, float("inf")
+    finally:
+        stop.set()
+        producer.join()
+        fleet.drain(TIMEOUT_S)
+
+
+def _restart_consumers(stack: LocalStack) -> None:
+    count = len(stack.consumers)
+    stack.kill_consumers()
+    for _ in range(count):
+        stack.start_consumer()
+
+
+def _use_consumers(stack: LocalStack, count: int) -> None:
+    stack.stop_consumers()
+    for _ in range(count):
+        stack.start_consumer()
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.ERROR)
+    print(f"fleet: {DEVICES} simulated devices, {SESSIONS} sessions each (+ safety events and")
+    print("  metrics), real device store/outbox/sync, mutual TLS, SQLite with acks")
+    with tempfile.TemporaryDirectory(dir="/dev/shm" if Path("/dev/shm").is_dir() else None) as tmp:
+        base = Path(tmp)
+        messages = _payloads()
+        with run_mosquitto(base / "plain") as broker:
+            raw = raw_rate(broker.port, messages)
+            engine = make_engine(f"sqlite:///{base / 'server-only.db'}")
+            migrate(engine)
+            server = ingest_rate(broker.port, engine, messages)
+            engine.dispose()
+        print(f"  raw paho → mosquitto → paho       {raw.per_s:8.0f} msg/s (baseline, same run)")
+        print(
+            f"  server ingest alone → SQLite      {server.per_s:8.0f} msg/s "
+            f"({server.per_s / raw.per_s:.0%} of raw; one fast publisher, 50 devices)"
+        )
+        with local_stack(base / "fleet", consumers=1) as stack:
+            fleet = build_fleet(stack, DEVICES)
+            try:
+                start = time.perf_counter()
+                held = fleet.connect_all()
+                print(
+                    f"  devices held                      {held:8d} (connected in "
+                    f"{time.perf_counter() - start:.1f} s)"
+                )
+                count, seconds = _backlog_drain(fleet, SESSIONS)
+                print(
+                    f"  fleet backlog drain → SQLite      {count / seconds:8.0f} msg/s "
+                    f"({count} messages in {seconds:.1f} s; {count / seconds / raw.per_s:.0%} "
+                    "of raw)"
+                )
+                print(f"    ack latency (backlog, from connect) {_latencies(fleet)}")
+                fleet.stats.reset()
+                fleet.produce(2, interval_s=2.0)
+                fleet.drain(TIMEOUT_S)
+                print(f"    ack latency (steady, light)     {_latencies(fleet)}")
+                before, back = _recovery(fleet, stack.restart_broker)
+                print(
+                    f"  broker restart: back to full rate {back:8.1f} s "
+                    f"(≥{FULL_RATE:.0%} of {before:.0f} msg/s)"
+                )
+                before, back = _recovery(fleet, lambda: _restart_consumers(stack))
+                print(
+                    f"  consumer killed + restarted:      {back:8.1f} s "
+                    f"(≥{FULL_RATE:.0%} of {before:.0f} msg/s)"
+                )
+                scaling = []
+                for consumers in (1, 2, 4):
+                    _use_consumers(stack, consumers)
+                    count, seconds = _backlog_drain(fleet, max(1, SESSIONS // 4))
+                    scaling.append(count / seconds)
+                    print(
+                        f"  {consumers} consumer(s), backlog drain    {count / seconds:8.0f} msg/s "
+                        f"({count / seconds / scaling[0]:.2f}x of 1)"
+                    )
+                ids = stack.stored_ids()
+                produced = sum(len(d.produced) for d in fleet.devices)
+                print(
+                    f"  exactly once: {produced} produced, {len(set(ids))} stored, "
+                    f"{len(ids) - len(set(ids))} duplicates, {fleet.pending} unacknowledged"
+                )
+            finally:
+                fleet.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1072 @@
+"""``resonera fleet-sim``: many simulated devices in one process, each with the real device store,
+outbox scheduler, signing and sync code, its own certificate and its own MQTT/TLS connection.
+
+Why the devices are not run with ``DeviceSync.start()``: that starts paho's network thread, which
+waits in ``select()``, and ``select()`` cannot watch a descriptor numbered 1024 or more. A process
+holding a few hundred device stores and sockets passes that (seen: at 300 devices all but the first
+two dozen connections dropped, mosquitto logging "protocol error"), and 2,000 threads for 1,000
+devices cost more than the devices. So each device is a ``DeviceSync`` (its callbacks, outbox
+scheduler, resend and cursor logic, untouched) whose paho client is driven through paho's
+external-loop API by one epoll thread (``MqttLoop``); its publishing step (``_publish_due``, what
+its own worker thread would run) and its ack handling run on a small worker pool.
+
+Without ``--broker`` the simulator brings its own stack: a fleet CA made for the run, a mutual-TLS
+mosquitto configured by ``provision_broker``, a migrated SQLite database with the devices
+registered (their public keys: signatures are verified) and ``resonera-server ingest`` processes
+(``--consumers``) on the shared subscription.
+"""
+
+from __future__ import annotations
+
+import base64
+import heapq
+import itertools
+import logging
+import os
+import random
+import selectors
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager, suppress
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from functools import partial
+from pathlib import Path
+from typing import Any, Final, TextIO
+
+import paho.mqtt.client as paho
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from paho.mqtt.reasoncodes import ReasonCode
+from sqlalchemy import func, select
+from sqlalchemy.engine import Engine
+
+from resonera.common import topics
+from resonera.common.envelope import decode_ack
+from resonera.common.errors import ConfigError, ProtocolError, ResoneraError
+from resonera.common.identity import generate_key, make_csr, write_private_key
+from resonera.common.ids import new_id
+from resonera.common.mqtt_client import BrokerUnavailable, connect
+from resonera.common.records import SafetyEventRecord, SessionRecord
+from resonera.common.settings import MqttSettings
+from resonera.device.settings import DeviceSettings, SyncSettings
+from resonera.device.store import DeviceStore
+from resonera.device.sync import DeviceSync
+from resonera.provisioning.broker import SERVER_IDENTITY, provision_broker
+from resonera.provisioning.ca import FleetCA
+from resonera.stack.broker import find_mosquitto
+
+log = logging.getLogger(__name__)
+
+PASSPHRASE_ENV: Final = "RESONERA_CA_PASSPHRASE"
+#: The CA made for a self-contained run lives and dies with its work folder.
+RUN_PASSPHRASE: Final = b"fleet-sim throwaway CA passphrase"
+RECONNECT_MIN_S: Final = 1.0
+RECONNECT_MAX_S: Final = 30.0
+MISC_EVERY_S: Final = 1.0
+#: The outbox is looked at again this long after a device's last publishing step set its wake.
+PUMP_EVERY_S: Final = 0.02
+#: Simulated devices drain faster than the 50/s a real one is bounded to: the point is the fleet.
+SIM_SYNC: Final = SyncSettings(
+    resend_after_s=15.0, max_messages_per_s=2000.0, batch_size=50, reconnect_jitter_s=1.0
+)
+
+
+# --- identities ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DeviceIdentity:
+    """A device's key and certificate, made the way enrollment makes them."""
+
+    device_id: str
+    key: ec.EllipticCurvePrivateKey
+    key_file: Path
+    cert_file: Path
+
+    def public_key_b64(self) -> str:
+        """What the server registry holds to verify the device's signatures (DER SPKI, base64)."""
+        der = self.key.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        return base64.b64encode(der).decode()
+
+
+def issue_device(
+    ca: FleetCA, passphrase: bytes, device_id: str, folder: Path, **issue: Any
+) -> DeviceIdentity:
+    """Key made here (never leaves ``folder``), CSR signed by the fleet CA, as enrollment does."""
+    key = generate_key()
+    key_file = write_private_key(key, folder / "device.key")
+    cert = ca.sign_device_csr(make_csr(key, device_id, f"SN-{device_id}"), passphrase, **issue)
+    cert_file = folder / "device.crt"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return DeviceIdentity(device_id, key, key_file, cert_file)
+
+
+def register_devices(engine: Engine, identities: Iterable[DeviceIdentity]) -> None:
+    """Put devices in the server registry with their public keys (what provisioning does)."""
+    from sqlmodel import Session
+
+    from resonera.server.models import DeviceRow
+
+    now = datetime.now(UTC)
+    with Session(engine) as session:
+        for identity in identities:
+            if session.get(DeviceRow, identity.device_id) is None:
+                session.add(
+                    DeviceRow(
+                        id=identity.device_id,
+                        public_key=identity.public_key_b64(),
+                        created_at=now,
+                        note="fleet-sim",
+                    )
+                )
+        session.commit()
+
+
+# --- one epoll loop for every paho client ----------------------------------------------------
+
+
+class MqttLoop:
+    """Drives many paho clients through paho's external-loop API on one selector thread.
+
+    paho calls the socket callbacks from whichever thread opens, writes or closes; selector
+    registrations are thread-safe under epoll, and a packet queued while the loop was clearing
+    its write interest is picked up by the periodic ``want_write`` sweep."""
+
+    def __init__(self) -> None:
+        self._selector = selectors.DefaultSelector()
+        self._clients: list[paho.Client] = []
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._timers: list[tuple[float, int, Callable[[], None]]] = []
+        self._timer_ids = itertools.count()
+        self._thread = threading.Thread(target=self._run, name="fleet-mqtt", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._thread.join(timeout=10)
+        self._selector.close()
+
+    def attach(self, client: paho.Client) -> None:
+        client.on_socket_open = self._on_open
+        client.on_socket_close = self._on_close
+        client.on_socket_register_write = self._on_register_write
+        client.on_socket_unregister_write = self._on_unregister_write
+        with self._lock:
+            self._clients.append(client)
+
+    def call_later(self, delay_s: float, action: Callable[[], None]) -> None:
+        """Run ``action`` on the loop thread after ``delay_s`` (it must not block)."""
+        with self._lock:
+            heapq.heappush(
+                self._timers, (time.monotonic() + delay_s, next(self._timer_ids), action)
+            )
+
+    # paho socket callbacks (any thread)
+
+    def _on_open(self, client: paho.Client, _userdata: Any, sock: Any) -> None:
+        self._selector.register(sock, selectors.EVENT_READ, client)
+
+    def _on_close(self, _client: paho.Client, _userdata: Any, sock: Any) -> None:
+        with suppress(KeyError, ValueError):  # never registered, or the selector is closed
+            self._selector.unregister(sock)
+
+    def _on_register_write(self, client: paho.Client, _userdata: Any, sock: Any) -> None:
+        with suppress(KeyError, ValueError):  # closed meanwhile: the reconnect sends the queue
+            self._selector.modify(sock, selectors.EVENT_READ | selectors.EVENT_WRITE, client)
+
+    def _on_unregister_write(self, client: paho.Client, _userdata: Any, sock: Any) -> None:
+        with suppress(KeyError, ValueError):
+            self._selector.modify(sock, selectors.EVENT_READ, client)
+
+    # the loop thread
+
+    def _run(self) -> None:
+        next_misc = time.monotonic() + MISC_EVERY_S
+        while not self._stopping.is_set():
+            try:
+                events = self._selector.select(timeout=0.05)
+            except (OSError, ValueError):
+                events = []  # a socket closed under us; the next round has a clean set
+            for key, mask in events:
+                client: paho.Client = key.data
+                if mask & selectors.EVENT_READ:
+                    self._read(client)
+                if mask & selectors.EVENT_WRITE:
+                    client.loop_write()
+            now = time.monotonic()
+            self._run_timers(now)
+            if now >= next_misc:
+                next_misc = now + MISC_EVERY_S
+                with self._lock:
+                    clients = list(self._clients)
+                for client in clients:
+                    client.loop_misc()  # keepalive pings and timeouts
+                    if client.want_write():
+                        client.loop_write()
+
+    @staticmethod
+    def _read(client: paho.Client) -> None:
+        # TLS decrypts whole records: bytes already taken off the socket make no epoll event, so
+        # read until the TLS layer holds nothing more (paho's own loop checks ``pending()`` too).
+        while client.loop_read(max_packets=10) == paho.MQTT_ERR_SUCCESS:
+            sock = client.socket()
+            if not isinstance(sock, ssl.SSLSocket) or sock.pending() == 0:
+                return
+
+    def _run_timers(self, now: float) -> None:
+        due: list[Callable[[], None]] = []
+        with self._lock:
+            while self._timers and self._timers[0][0] <= now:
+                due.append(heapq.heappop(self._timers)[2])
+        for action in due:
+            try:
+                action()
+            except Exception:  # one device's timer must not stop the fleet's loop
+                log.exception("fleet loop timer failed")
+
+
+# --- a simulated device ----------------------------------------------------------------------
+
+
+class _Wake(threading.Event):
+    """``DeviceSync``'s wake event that also tells the pump: its worker thread would wake."""
+
+    def __init__(self, on_set: Callable[[], None]) -> None:
+        super().__init__()
+        self._on_set = on_set
+
+    def set(self) -> None:
+        super().set()
+        self._on_set()
+
+
+class SimDevice:
+    """One device: its own store (sealed, signed outbox), ``DeviceSync`` and MQTT connection."""
+
+    def __init__(
+        self,
+        identity: DeviceIdentity,
+        mqtt: MqttSettings,
+        data_dir: Path,
+        fleet: Fleet,
+        sync: SyncSettings = SIM_SYNC,
+    ) -> None:
+        self.device_id = identity.device_id
+        self.settings = DeviceSettings(
+            device_id=identity.device_id,
+            data_dir=data_dir,
+            mqtt=mqtt,
+            sync=sync,
+            key_file=identity.key_file,
+            simulation=True,
+        )
+        self.store: DeviceStore = self.settings.open_store()
+        self.sync = DeviceSync(self.settings, self.store)
+        self.fleet = fleet
+        self.produced: list[str] = []
+        self._queued_at: dict[str, float] = {}
+        self._busy = False
+        self._backoff = RECONNECT_MIN_S
+        self._attempted = False
+        self.stopping = False
+        self.sync._wake = _Wake(lambda: fleet.mark(self))
+        client = self.sync._client
+        fleet.loop.attach(client)
+        # Acks are handled off the network thread (the store write would stall every device).
+        client.message_callback_add(topics.ack(self.device_id), self._on_ack)
+        client.on_disconnect = self._on_disconnect
+
+    @property
+    def client(self) -> paho.Client:
+        return self.sync._client
+
+    # connection
+
+    def connect(self) -> None:
+        """One attempt (blocking TCP/TLS); on failure the next is scheduled with backoff."""
+        if self.stopping:
+            return
+        expiry = self.settings.sync.session_expiry_s
+        try:
+            if self._attempted:
+                # the address, TLS and CONNECT properties of the first attempt, as paho keeps them
+                self.client.reconnect()
+            else:
+                self._attempted = True
+                connect(self.client, self.settings.mqtt, clean_start=False, session_expiry_s=expiry)
+            self._backoff = RECONNECT_MIN_S
+        except (BrokerUnavailable, OSError, ssl.SSLError) as exc:
+            self.sync.last_error = str(exc)
+            self._schedule_reconnect()
+
+    def _schedule_reconnect(self) -> None:
+        if self.stopping:
+            return
+        delay = self._backoff * (0.5 + random.random())
+        self._backoff = min(self._backoff * 2, RECONNECT_MAX_S)
+        self.fleet.loop.call_later(delay, self._submit_connect)
+
+    def _submit_connect(self) -> None:
+        self.fleet.submit(self.connect)
+
+    def _on_disconnect(
+        self, client: paho.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Any
+    ) -> None:
+        self.sync._on_disconnect(client, userdata, flags, reason, props)
+        self._schedule_reconnect()
+
+    def drop(self) -> None:
+        """Lose the connection abruptly (no DISCONNECT): what a network cut looks like."""
+        sock = self.client.socket()
+        if sock is not None:
+            with suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)  # type: ignore[attr-defined]
+
+    # records
+
+    def produce(self, index: int, events_every: int, metrics_every: int) -> None:
+        """Record session ``index`` (and on schedule a safety event, a metrics message)."""
+        start = datetime.now(UTC) - timedelta(seconds=3)
+        record = SessionRecord(
+            session_id=new_id(),
+            program_name="fleet-sim",
+            program_digest="0" * 64,
+            started_at=start,
+            ended_at=start + timedelta(seconds=3),
+            planned_s=3.0,
+            played_s=3.0,
+            outcome="completed",
+            sink="null",
+            sample_rate=48000,
+            peak_dbfs=-12.0,
+            rms_dbfs=-15.0,
+            simulation=True,
+        )
+        self._queued(self.store.record_session(self.device_id, record).id)
+        if events_every and index % events_every == events_every - 1:
+            event = SafetyEventRecord(
+                event_id=new_id(),
+                at=datetime.now(UTC),
+                type="warning",
+                cause="fleet-sim: simulated amplifier temperature warning",
+                simulation=True,
+            )
+            self._queued(self.store.record_event(self.device_id, event).id)
+        if metrics_every and index % metrics_every == metrics_every - 1:
+            body = {"outbox_depth": len(self._queued_at), "sessions": index + 1}
+            self._queued(self.store.queue_message(self.device_id, "metrics", body).id)
+        self.sync.kick()
+
+    def _queued(self, message_id: str) -> None:
+        self.produced.append(message_id)
+        self._queued_at[message_id] = time.monotonic()
+
+    def _on_ack(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
+        self.fleet.submit(lambda: self._handle_ack(client, userdata, message))
+
+    def _handle_ack(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
+        try:
+            ids = decode_ack(bytes(message.payload)).ids
+        except ProtocolError:
+            ids = []  # DeviceSync logs it
+        now = time.monotonic()
+        latencies = [now - t for t in (self._queued_at.pop(i, None) for i in ids) if t is not None]
+        self.sync._on_ack(client, userdata, message)
+        self.fleet.stats.acked(latencies)
+
+    # publishing, as the device's worker thread would
+
+    def pump(self) -> None:
+        """Run one ``_publish_due`` step if due; called from the pool, never twice at once."""
+        sync = self.sync
+        try:
+            sync._wake.clear()
+            if sync.connected and not self.stopping:
+                sync._publish_due()
+        except Exception:  # as the device's own loop: the outbox keeps the records
+            log.exception("%s: outbox publishing failed; will retry", self.device_id)
+        finally:
+            self._busy = False
+
+    def resend_due(self) -> bool:
+        with self.sync._lock:
+            due = self.sync._scheduler.next_due_in(self.sync.clock())
+        return due is not None and due <= 0
+
+    def restart_latency_clock(self) -> None:
+        """Count latency of what is queued from now (a backlog from the moment it may go)."""
+        now = time.monotonic()
+        self._queued_at = dict.fromkeys(self._queued_at, now)
+
+    @property
+    def pending(self) -> int:
+        """Messages produced and not yet acknowledged (the outbox depth, without a query)."""
+        return len(self._queued_at)
+
+    def close(self) -> None:
+        self.stopping = True
+        self.sync._stopping.set()  # a clean goodbye, not a lost connection to warn about
+        try:
+            if self.client.is_connected():
+                self.client.disconnect()
+        finally:
+            self.store.close()
+
+
+# --- the fleet -------------------------------------------------------------------------------
+
+
+@dataclass
+class Stats:
+    """Acks and their latency (queued in the outbox → application ack back at the device)."""
+
+    latencies: list[float] = field(default_factory=list)
+    acked_count: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def acked(self, latencies: Sequence[float]) -> None:
+        with self._lock:
+            self.latencies.extend(latencies)
+            self.acked_count += len(latencies)
+
+    def percentile(self, q: float) -> float:
+        with self._lock:
+            ordered = sorted(self.latencies)
+        if not ordered:
+            return float("nan")
+        return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+    def reset(self) -> None:
+        with self._lock:
+            self.latencies.clear()
+            self.acked_count = 0
+
+
+class Fleet:
+    """N ``SimDevice`` on one ``MqttLoop`` and one worker pool."""
+
+    def __init__(self, workers: int = 16) -> None:
+        self.loop = MqttLoop()
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fleet")
+        # Recording runs on its own pool: a burst of records must not queue acks behind it.
+        self.recorders = ThreadPoolExecutor(max_workers=4, thread_name_prefix="fleet-record")
+        self.devices: list[SimDevice] = []
+        self.stats = Stats()
+        self._dirty: set[SimDevice] = set()
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._pump_thread = threading.Thread(target=self._pump, name="fleet-pump", daemon=True)
+        self.loop.start()
+        self._pump_thread.start()
+
+    def submit(self, action: Callable[[], None]) -> Future[None]:
+        return self.pool.submit(action)
+
+    def mark(self, device: SimDevice) -> None:
+        with self._lock:
+            self._dirty.add(device)
+
+    def add(self, device: SimDevice) -> None:
+        self.devices.append(device)
+
+    def connect_all(self, timeout_s: float = 120.0) -> int:
+        """Connect every device (TLS handshakes on the pool); return how many are connected."""
+        for future in [self.submit(d.connect) for d in self.devices]:
+            future.result()
+        self.wait(lambda: self.connected == len(self.devices), timeout_s)
+        return self.connected
+
+    @property
+    def connected(self) -> int:
+        return sum(1 for d in self.devices if d.sync.connected)
+
+    @property
+    def pending(self) -> int:
+        return sum(d.pending for d in self.devices)
+
+    def produced(self) -> dict[str, list[str]]:
+        return {d.device_id: list(d.produced) for d in self.devices}
+
+    def outbox_depths(self) -> tuple[int, int]:
+        """(total, largest) outbox depth, as the stores count them."""
+        depths = [d.store.outbox_depth() for d in self.devices]
+        return sum(depths), max(depths, default=0)
+
+    def produce(
+        self,
+        sessions: int,
+        *,
+        events_every: int = 5,
+        metrics_every: int = 10,
+        interval_s: float = 0,
+    ) -> None:
+        """Each device records ``sessions`` sessions, one every ``interval_s`` (0: back to back),
+        with a safety event and a metrics message on schedule; returns when all are queued."""
+        for index in range(sessions):
+            started = time.monotonic()
+            futures = [
+                self.recorders.submit(partial(d.produce, index, events_every, metrics_every))
+                for d in self.devices
+            ]
+            for future in futures:
+                future.result()
+            rest = interval_s - (time.monotonic() - started)
+            if rest > 0:
+                time.sleep(rest)
+
+    def wait(
+        self, done: Callable[[], bool], timeout_s: float, tick: Callable[[], None] | None = None
+    ) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while not done():
+            if time.monotonic() > deadline:
+                return False
+            if tick is not None:
+                tick()
+            time.sleep(0.1)
+        return True
+
+    def drain(self, timeout_s: float, tick: Callable[[], None] | None = None) -> bool:
+        """Wait until every produced message is acknowledged."""
+        return self.wait(lambda: self.pending == 0, timeout_s, tick)
+
+    def disconnect_all(self, timeout_s: float = 30.0) -> None:
+        """Take every device offline cleanly (records then wait in the outboxes);
+        ``connect_all`` brings them back."""
+        for device in self.devices:
+            device.stopping = True
+            if device.client.is_connected():
+                device.client.disconnect()
+        self.wait(lambda: self.connected == 0, timeout_s)
+        time.sleep(0.5)  # the last disconnect callbacks see ``stopping`` and schedule nothing
+        for device in self.devices:
+            device.stopping = False
+
+    def drop_all(self) -> None:
+        """Every device loses its connection at once (then reconnects with backoff)."""
+        for device in self.devices:
+            device.drop()
+
+    def _pump(self) -> None:
+        next_resend_check = time.monotonic()
+        while not self._stopping.wait(PUMP_EVERY_S):
+            with self._lock:
+                dirty, self._dirty = self._dirty, set()
+            now = time.monotonic()
+            if now >= next_resend_check:
+                next_resend_check = now + 0.5
+                dirty |= {d for d in self.devices if d.pending and d.resend_due()}
+            busy = set()
+            for device in dirty:
+                if device._busy:
+                    busy.add(device)  # woken while publishing: look again next round
+                elif device.sync.connected:
+                    device._busy = True
+                    self.pool.submit(device.pump)
+            if busy:
+                with self._lock:
+                    self._dirty |= busy
+
+    def close(self) -> None:
+        self._stopping.set()
+        self._pump_thread.join(timeout=5)
+        for device in self.devices:
+            device.stopping = True
+        for future in [self.submit(d.close) for d in self.devices]:
+            try:
+                future.result(timeout=10)
+            except Exception:  # closing the rest matters more
+                log.exception("closing a simulated device failed")
+        self.loop.stop()
+        self.recorders.shutdown(wait=True)
+        self.pool.shutdown(wait=True)
+
+
+# --- a local stack: fleet CA, TLS mosquitto, SQLite, ingest processes --------------------------
+
+
+def _script(name: str) -> str:
+    candidate = Path(sys.executable).parent / name
+    found = str(candidate) if candidate.exists() else shutil.which(name)
+    if found is None:
+        raise ConfigError(f"{name} is not installed (install the resonera package)")
+    return found
+
+
+def _wait_port(port: int, timeout_s: float, alive: Callable[[], bool]) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and alive():
+        with socket.socket() as sock:
+            sock.settimeout(0.2)
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return True
+        time.sleep(0.05)
+    return False
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class FleetTarget:
+    """Where a fleet connects and registers: a broker address, the fleet CA that issues the
+    devices' certificates (the one the broker trusts), and the server's database."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        ca: FleetCA,
+        passphrase: bytes,
+        *,
+        host: str,
+        port: int,
+        database_url: str,
+        migrate_db: bool = False,
+    ) -> None:
+        from resonera.server.db import make_engine, migrate
+
+        self.workdir = workdir
+        self.ca = ca
+        self.passphrase = passphrase
+        self.host = host
+        self.port = port
+        self.database_url = database_url
+        self.engine = make_engine(database_url)
+        if migrate_db:
+            migrate(self.engine)
+
+    def mqtt(self, key: Path, cert: Path) -> MqttSettings:
+        return MqttSettings(
+            host=self.host, port=self.port, ca_file=self.ca.chain_path, cert_file=cert, key_file=key
+        )
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def stored(self, device_prefix: str = "") -> dict[str, int]:
+        """Rows per table (session_record, safety_event, device_message) of matching devices."""
+        from resonera.server.models import MessageRow, SafetyEventRow, SessionRow, table_of
+
+        counts: dict[str, int] = {}
+        with self.engine.connect() as conn:
+            for model in (SessionRow, SafetyEventRow, MessageRow):
+                table = table_of(model)
+                query = select(func.count()).select_from(table)
+                if device_prefix:
+                    query = query.where(table.c.device_id.startswith(device_prefix))
+                counts[table.name] = int(conn.execute(query).scalar_one())
+        return counts
+
+    def stored_ids(self, device_prefix: str = "") -> list[tuple[str, str]]:
+        """(device id, message id) of every stored record of matching devices (with repeats,
+        if there were any)."""
+        from resonera.server.models import MessageRow, SafetyEventRow, SessionRow, table_of
+
+        rows: list[tuple[str, str]] = []
+        with self.engine.connect() as conn:
+            for model in (SessionRow, SafetyEventRow, MessageRow):
+                table = table_of(model)
+                query = select(table.c.device_id, table.c.message_id)
+                if device_prefix:
+                    query = query.where(table.c.device_id.startswith(device_prefix))
+                rows.extend((r.device_id, r.message_id) for r in conn.execute(query))
+        return rows
+
+
+class LocalStack(FleetTarget):
+    """What a fleet talks to on one machine: a fleet CA made for the run, mosquitto with mutual
+    TLS (``provision_broker``), a migrated SQLite database, ``resonera-server ingest`` processes."""
+
+    def __init__(self, workdir: Path, *, database_url: str | None = None) -> None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        ca = FleetCA.init(workdir / "ca", RUN_PASSPHRASE)
+        super().__init__(
+            workdir,
+            ca,
+            RUN_PASSPHRASE,
+            host="127.0.0.1",
+            port=free_port(),
+            database_url=database_url or f"sqlite:///{workdir / 'server.db'}",
+            migrate_db=True,
+        )
+        self.broker_config = provision_broker(
+            self.ca, workdir / "broker", self.passphrase, port=self.port
+        )
+        self.broker: subprocess.Popen[bytes] | None = None
+        server = workdir / "server"
+        server.mkdir(exist_ok=True)
+        self.ca.issue_service(
+            SERVER_IDENTITY, server / "server.key", server / "server.crt", self.passphrase
+        )
+        self.server_key, self.server_cert = server / "server.key", server / "server.crt"
+        self.consumers: list[subprocess.Popen[bytes]] = []
+        self._consumer_ids = itertools.count(1)
+
+    def start_broker(self) -> None:
+        binary = find_mosquitto()
+        if binary is None:
+            raise ConfigError("mosquitto is not installed (apt-get install mosquitto)")
+        log_file = (self.workdir / "mosquitto.log").open("ab")
+        self.broker = subprocess.Popen(
+            [binary, "-c", str(self.broker_config)], stdout=log_file, stderr=log_file
+        )
+        broker = self.broker
+        if not _wait_port(self.port, 10.0, lambda: broker.poll() is None):
+            raise ResoneraError(
+                f"mosquitto did not start on 127.0.0.1:{self.port} "
+                f"(log: {self.workdir / 'mosquitto.log'})"
+            )
+
+    def stop_broker(self) -> None:
+        if self.broker is not None and self.broker.poll() is None:
+            self.broker.terminate()
+            try:
+                self.broker.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.broker.kill()
+                self.broker.wait()
+
+    def restart_broker(self) -> None:
+        self.stop_broker()
+        self.start_broker()
+
+    def start_consumer(self) -> subprocess.Popen[bytes]:
+        """One more ``resonera-server ingest`` on the shared subscription; returns once it is
+        subscribed (it prints its topic then)."""
+        number = next(self._consumer_ids)
+        env = {
+            **os.environ,
+            "RESONERA_SERVER_DATABASE_URL": self.database_url,
+            "RESONERA_SERVER_INGEST_CLIENT_ID": f"fleet-sim-ingest-{os.getpid()}-{number}",
+            "RESONERA_SERVER_MQTT__HOST": "127.0.0.1",
+            "RESONERA_SERVER_MQTT__PORT": str(self.port),
+            "RESONERA_SERVER_MQTT__CA_FILE": str(self.ca.cert_path),
+            "RESONERA_SERVER_MQTT__CERT_FILE": str(self.server_cert),
+            "RESONERA_SERVER_MQTT__KEY_FILE": str(self.server_key),
+        }
+        log_path = self.workdir / f"ingest-{number}.log"
+        process = subprocess.Popen(
+            [_script("resonera-server"), "ingest"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=log_path.open("ab"),
+        )
+        assert process.stdout is not None
+        line = process.stdout.readline()  # "resonera-server: ingest from ..." once subscribed
+        if process.poll() is not None or b"ingest from" not in line:
+            process.kill()
+            raise ResoneraError(f"the ingest consumer did not start (log: {log_path})")
+        self.consumers.append(process)
+        return process
+
+    def kill_consumers(self) -> None:
+        """SIGKILL every consumer: a crash, nothing flushed."""
+        for process in self.consumers:
+            if process.poll() is None:
+                process.send_signal(signal.SIGKILL)
+                process.wait()
+        self.consumers.clear()
+
+    def stop_consumers(self) -> None:
+        for process in self.consumers:
+            if process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+        self.consumers.clear()
+
+    def close(self) -> None:
+        self.stop_consumers()
+        self.stop_broker()
+        super().close()
+
+
+def build_fleet(stack: FleetTarget, count: int, *, prefix: str = "sim", workers: int = 16) -> Fleet:
+    """``count`` devices with certificates from the stack's CA, registered on its server."""
+    fleet = Fleet(workers=workers)
+    identities = [
+        issue_device(
+            stack.ca,
+            stack.passphrase,
+            f"{prefix}-{n:05d}",
+            stack.workdir / "devices" / f"{prefix}-{n:05d}" / "identity",
+        )
+        for n in range(count)
+    ]
+    register_devices(stack.engine, identities)
+    for identity in identities:
+        folder = stack.workdir / "devices" / identity.device_id
+        mqtt = stack.mqtt(identity.key_file, identity.cert_file)
+        fleet.add(SimDevice(identity, mqtt, folder, fleet))
+    return fleet
+
+
+@contextmanager
+def local_stack(workdir: Path, consumers: int = 1) -> Iterator[LocalStack]:
+    stack = LocalStack(workdir)
+    try:
+        stack.start_broker()
+        for _ in range(consumers):
+            stack.start_consumer()
+        yield stack
+    finally:
+        stack.close()
+
+
+# --- the command -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FleetSimOptions:
+    devices: int = 100
+    sessions: int = 5
+    consumers: int = 1
+    interval_s: float = 0.0
+    events_every: int = 5
+    metrics_every: int = 10
+    workdir: Path | None = None
+    timeout_s: float = 600.0
+    #: A running deployment instead of the local stack: broker host:port, its fleet CA folder
+    #: (passphrase in $RESONERA_CA_PASSPHRASE) and the server database to register devices in.
+    broker: str | None = None
+    ca: Path | None = None
+    database_url: str | None = None
+
+
+@dataclass(frozen=True)
+class FleetSimResult:
+    devices: int
+    connected: int
+    produced: int
+    acked: int
+    stored: int
+    duplicates: int
+    seconds: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    outbox_total: int
+    outbox_max: int
+
+    @property
+    def rate(self) -> float:
+        return self.acked / self.seconds if self.seconds > 0 else 0.0
+
+
+class ProgressLine:
+    """A redrawn line on a terminal, a plain line every few seconds otherwise (logs, CI)."""
+
+    def __init__(self, out: TextIO, every_s: float = 5.0) -> None:
+        self.out = out
+        self.tty = out.isatty()
+        self.every_s = 0.2 if self.tty else every_s
+        self._last = 0.0
+
+    def show(self, text: str, fraction: float) -> None:
+        now = time.monotonic()
+        if now - self._last < self.every_s:
+            return
+        self._last = now
+        if self.tty:
+            filled = round(max(0.0, min(1.0, fraction)) * 24)
+            self.out.write(f"\r{'█' * filled}{'░' * (24 - filled)} {fraction:4.0%}  {text}\033[K")
+        else:
+            self.out.write(f"fleet-sim: {fraction:4.0%}  {text}\n")
+        self.out.flush()
+
+    def end(self) -> None:
+        if self.tty:
+            self.out.write("\n")
+
+
+def _ms(seconds: float) -> float:
+    return seconds * 1000.0
+
+
+def run_fleet_sim(options: FleetSimOptions, out: TextIO = sys.stdout) -> FleetSimResult:
+    """Bring up the local stack and the fleet, produce, wait for every ack, report."""
+    if options.devices < 1 or options.sessions < 1 or options.consumers < 1:
+        raise ConfigError("--devices, --sessions and --consumers must be at least 1")
+    _raise_fd_limit(options.devices)
+    if not logging.getLogger().isEnabledFor(logging.DEBUG):
+        # a thousand devices each saying "connected" drown the figures; warnings still show
+        logging.getLogger("resonera.device").setLevel(logging.WARNING)
+    with ExitStack() as exits:
+        if options.workdir is None:
+            import tempfile
+
+            workdir = Path(exits.enter_context(tempfile.TemporaryDirectory(prefix="fleet-sim-")))
+        else:
+            workdir = options.workdir
+            if workdir.exists() and any(workdir.iterdir()):
+                raise ConfigError(f"work folder {workdir} is not empty; give a new or empty one")
+        started = time.monotonic()
+        stack: FleetTarget
+        if options.broker is None:
+            stack = exits.enter_context(local_stack(workdir, options.consumers))
+            prefix = "sim"
+            out.write(
+                f"fleet-sim: mosquitto (mutual TLS) on 127.0.0.1:{stack.port}, "
+                f"{options.consumers} ingest consumer(s), SQLite in {workdir}\n"
+            )
+        else:
+            stack = _external_target(options, workdir)
+            exits.callback(stack.close)
+            # a fresh prefix per run: ids registered by an earlier run carry other keys
+            prefix = f"sim-{new_id()[-8:].lower()}"
+            out.write(
+                f"fleet-sim: broker {stack.host}:{stack.port}, devices {prefix}-*, "
+                f"registered in {_where(stack.database_url)}\n"
+            )
+        fleet = build_fleet(stack, options.devices, prefix=prefix)
+        exits.callback(fleet.close)
+        out.write(
+            f"fleet-sim: {options.devices} devices provisioned in "
+            f"{time.monotonic() - started:.1f} s; connecting\n"
+        )
+        connected = fleet.connect_all()
+        out.write(f"fleet-sim: {connected}/{options.devices} devices connected\n")
+        expected = options.devices * sum(
+            1
+            + int(
+                bool(options.events_every) and i % options.events_every == options.events_every - 1
+            )
+            + int(
+                bool(options.metrics_every)
+                and i % options.metrics_every == options.metrics_every - 1
+            )
+            for i in range(options.sessions)
+        )
+        progress = ProgressLine(out)
+        begin = time.monotonic()
+
+        def tick() -> None:
+            acked = fleet.stats.acked_count
+            elapsed = max(time.monotonic() - begin, 1e-9)
+            progress.show(
+                f"{acked} acked  {acked / elapsed:7.0f} msg/s  in outboxes {fleet.pending}  "
+                f"connected {fleet.connected}",
+                acked / expected,
+            )
+
+        producer = threading.Thread(
+            target=fleet.produce,
+            args=(options.sessions,),
+            kwargs={
+                "events_every": options.events_every,
+                "metrics_every": options.metrics_every,
+                "interval_s": options.interval_s,
+            },
+            daemon=True,
+        )
+        producer.start()
+        while producer.is_alive():
+            tick()
+            producer.join(timeout=0.2)
+        drained = fleet.drain(options.timeout_s, tick)
+        seconds = time.monotonic() - begin
+        progress.end()
+        produced = sum(len(d.produced) for d in fleet.devices)
+        ids = stack.stored_ids(f"{prefix}-")
+        outbox_total, outbox_max = fleet.outbox_depths()
+        result = FleetSimResult(
+            devices=options.devices,
+            connected=fleet.connected,
+            produced=produced,
+            acked=fleet.stats.acked_count,
+            stored=len(set(ids)),
+            duplicates=len(ids) - len(set(ids)),
+            seconds=seconds,
+            p50_ms=_ms(fleet.stats.percentile(50)),
+            p95_ms=_ms(fleet.stats.percentile(95)),
+            p99_ms=_ms(fleet.stats.percentile(99)),
+            outbox_total=outbox_total,
+            outbox_max=outbox_max,
+        )
+        _report(result, options.devices * options.sessions, out)
+        if not drained:
+            raise ResoneraError(
+                f"{fleet.pending} message(s) still unacknowledged after {options.timeout_s:.0f} s"
+            )
+        return result
+
+
+def _where(database_url: str) -> str:
+    """The database URL without its password."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(database_url).render_as_string(hide_password=True)
+
+
+def _external_target(options: FleetSimOptions, workdir: Path) -> FleetTarget:
+    """The broker, CA and database of a running deployment (``--broker``)."""
+    assert options.broker is not None
+    host, _, port_text = options.broker.rpartition(":")
+    if not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ConfigError(f"--broker {options.broker!r} is not host:port")
+    if options.ca is None or options.database_url is None:
+        raise ConfigError(
+            "--broker needs --ca (the fleet CA folder the broker trusts) and --database-url "
+            "(the server database the devices are registered in)"
+        )
+    passphrase = os.environ.get(PASSPHRASE_ENV)
+    if not passphrase:
+        raise ConfigError(f"--broker needs the CA passphrase in ${PASSPHRASE_ENV}")
+    if not (options.ca / "ca.crt").is_file():
+        raise ConfigError(f"--ca {options.ca}: no fleet CA there (ca.crt missing)")
+    return FleetTarget(
+        workdir,
+        FleetCA(options.ca),
+        passphrase.encode(),
+        host=host,
+        port=int(port_text),
+        database_url=options.database_url,
+    )
+
+
+def _report(result: FleetSimResult, sessions: int, out: TextIO) -> None:
+    out.write(
+        f"fleet-sim: {result.devices} devices ({result.connected} connected), {sessions} sessions, "
+        f"{result.produced} messages (sessions, safety events, metrics)\n"
+        f"  throughput   {result.rate:8.0f} msg/s acknowledged ({result.acked} in "
+        f"{result.seconds:.1f} s)\n"
+        f"  ack latency  p50 {result.p50_ms:.0f} ms  p95 {result.p95_ms:.0f} ms  "
+        f"p99 {result.p99_ms:.0f} ms (queued in the outbox → server's ack back)\n"
+        f"  stored       {result.stored} records, {result.duplicates} duplicates\n"
+        f"  outboxes     {result.outbox_total} left in all, largest {result.outbox_max}\n"
+    )
+    out.flush()
+
+
+def _raise_fd_limit(devices: int) -> None:
+    """Each device holds a socket, a socket pair and its store's files: lift the soft limit."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = min(hard, max(soft, devices * 12 + 256))
+    if wanted > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    if devices * 12 > wanted:
+        raise ConfigError(
+            f"{devices} devices need about {devices * 12} open files; the limit is {wanted} "
+            "(raise it with ulimit -n)"
+        )
