@@ -1,6 +1,7 @@
 """The device's identity: enrollment over HTTPS, a factory bundle, renewal before expiry.
 
-Everything lives in ``data_dir/identity/``::
+Everything lives in ``data_dir/identity/``: ``current.json`` names the version folder in force,
+``v-<certificate serial>/``, which holds::
 
     device.key        the device's P-256 key, made here (0600); it never leaves the device
     device.crt        its certificate (CN = device id), from the server's issuing CA
@@ -14,8 +15,12 @@ from there for every setting left unset, so ``resonera-device run`` needs nothin
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
+import os
+import re
+import shutil
 import ssl
 import threading
 import urllib.error
@@ -44,11 +49,20 @@ from resonera.provisioning.bundle import verify_bundle, verify_chain
 from resonera.provisioning.enrollment import renewal_payload
 
 if TYPE_CHECKING:
+    from resonera.common.settings import MqttSettings
     from resonera.device.settings import DeviceSettings
 
 log = logging.getLogger(__name__)
 
 IDENTITY_DIR: Final = "identity"
+#: In the identity folder: names the version folder in force.
+POINTER: Final = "current.json"
+VERSION_NAME: Final = re.compile(r"v-[0-9a-f]{1,40}")
+#: Removed once a new version is in force: the files of the layout before version folders, and
+#: the pending key of the renewal just installed.
+STALE_FILES: Final = frozenset(
+    {"device.key", "device.crt", "chain.pem", "enrollment.json", "renewal.key"}
+)
 API_PATH: Final = "/api/v1"
 TIMEOUT_S: Final = 30.0
 #: Renew once less than this share of the certificate's lifetime is left.
@@ -62,7 +76,13 @@ class EnrollError(ResoneraError):
 
 @dataclass(frozen=True)
 class Identity:
-    """Where an enrolled device keeps its identity, and what ``enrollment.json`` says."""
+    """Where an enrolled device keeps its identity, and what ``enrollment.json`` says.
+
+    The four files live in a version folder ``folder/v-<certificate serial>/`` that
+    ``folder/current.json`` names; installing writes a new version folder completely, then
+    replaces ``current.json`` in one ``os.replace``: a crash at any point leaves either the old
+    or the new identity in force, never a key of one with the certificate of the other. (Files
+    directly in ``folder`` are the layout before versions; they stay readable.)"""
 
     folder: Path
 
@@ -71,20 +91,48 @@ class Identity:
         return cls(data_dir / IDENTITY_DIR)
 
     @property
+    def pointer_path(self) -> Path:
+        return self.folder / POINTER
+
+    @property
+    def current(self) -> Path:
+        """The version folder in force (``folder`` itself without a pointer)."""
+        try:
+            name = json.loads(self.pointer_path.read_text())["version"]
+        except FileNotFoundError:
+            return self.folder
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise EnrollError(f"{self.pointer_path} cannot be read: {exc}") from None
+        if not isinstance(name, str) or not VERSION_NAME.fullmatch(name):
+            raise EnrollError(f"{self.pointer_path} names no identity version: {name!r}")
+        return self.folder / name
+
+    def pinned(self) -> Identity:
+        """This identity's version in force now, as an identity of its own: its paths stay those
+        of one key and certificate even if a renewal switches versions meanwhile."""
+        current = self.current
+        return self if current == self.folder else Identity(current)
+
+    @property
+    def pending_key_path(self) -> Path:
+        """A renewal's new key until its certificate is installed."""
+        return self.folder / "renewal.key"
+
+    @property
     def key_path(self) -> Path:
-        return self.folder / "device.key"
+        return self.current / "device.key"
 
     @property
     def cert_path(self) -> Path:
-        return self.folder / "device.crt"
+        return self.current / "device.crt"
 
     @property
     def chain_path(self) -> Path:
-        return self.folder / "chain.pem"
+        return self.current / "chain.pem"
 
     @property
     def info_path(self) -> Path:
-        return self.folder / "enrollment.json"
+        return self.current / "enrollment.json"
 
     def exists(self) -> bool:
         return self.info_path.exists()
@@ -111,19 +159,61 @@ class Identity:
         chain_pem: bytes,
         info: dict[str, Any],
     ) -> None:
-        """Write the identity; the key last-but-one and the JSON last, so a half-written identity
-        is never taken for a complete one."""
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self.folder.chmod(0o700)
-        _write(self.chain_path, chain_pem)
-        _write(self.cert_path, cert_pem)
-        write_private_key(key, self.key_path)
-        _write(self.info_path, json.dumps(info, indent=2, sort_keys=True).encode())
+        """Write a new version folder in full (each file synced), then switch ``current.json`` to
+        it atomically; the versions no longer in force are removed last (a crash before that
+        leaves only litter, cleared by the next install)."""
+        version = self.folder / f"v-{x509.load_pem_x509_certificate(cert_pem).serial_number:x}"
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self.folder.chmod(0o700)
+            if version.exists() and version != self.current:
+                shutil.rmtree(version)  # litter of an install that crashed before its switch
+            version.mkdir(mode=0o700, exist_ok=True)
+            _write(version / "chain.pem", chain_pem)
+            _write(version / "device.crt", cert_pem)
+            write_private_key(key, version / "device.key")
+            _fsync(version / "device.key")
+            info_json = json.dumps(info, indent=2, sort_keys=True).encode()
+            _write(version / "enrollment.json", info_json)
+            _fsync(version)
+            _write(self.pointer_path, json.dumps({"version": version.name}).encode())
+        except OSError as exc:
+            raise EnrollError(f"cannot write the identity into {version}: {exc}") from None
+        # From here the new identity is in force: what fails now only leaves litter behind.
+        with contextlib.suppress(OSError):
+            _fsync(self.folder)
+        self._remove_all_but(version)
+
+    def _remove_all_but(self, version: Path) -> None:
+        try:
+            entries = list(self.folder.iterdir())
+        except OSError:
+            return
+        for entry in entries:
+            if entry in (version, self.pointer_path):
+                continue
+            if entry.is_dir() and VERSION_NAME.fullmatch(entry.name):
+                shutil.rmtree(entry, ignore_errors=True)
+            elif entry.name in STALE_FILES or entry.name.endswith(".tmp"):
+                with contextlib.suppress(OSError):
+                    entry.unlink()
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _write(path: Path, data: bytes) -> None:
+    """Replace ``path`` atomically with ``data``, synced to disk before the rename."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
+    with tmp.open("wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
     tmp.replace(path)
 
 
@@ -131,7 +221,7 @@ def settings_from_identity(settings: DeviceSettings) -> dict[str, Any]:
     """Values for the settings left unset, from an enrolled identity in ``settings.data_dir``
     (nothing when the device is not enrolled). Raise ``EnrollError`` when the identity names
     another device than ``settings.device_id``."""
-    identity = Identity.of(settings.data_dir)
+    identity = Identity.of(settings.data_dir).pinned()
     if not identity.exists():
         return {}
     info = identity.info()
@@ -157,6 +247,23 @@ def settings_from_identity(settings: DeviceSettings) -> dict[str, Any]:
             }
         )
     return updates
+
+
+def renewed_mqtt(settings: DeviceSettings) -> MqttSettings | None:
+    """``settings.mqtt`` with the TLS files of the identity now in force, when the connection
+    takes them from the identity (None when its TLS files are configured elsewhere)."""
+    identity = Identity.of(settings.data_dir)
+    cert_file = settings.mqtt.cert_file
+    if cert_file is None or not cert_file.is_relative_to(identity.folder):
+        return None
+    current = identity.pinned()
+    return settings.mqtt.model_copy(
+        update={
+            "ca_file": current.chain_path,
+            "cert_file": current.cert_path,
+            "key_file": current.key_path,
+        }
+    )
 
 
 # --- enrollment over HTTPS -----------------------------------------------------------------------
@@ -299,15 +406,16 @@ def renewal_due(cert: x509.Certificate, now: datetime, fraction: float = RENEW_F
 def renew(settings: DeviceSettings, *, now: datetime | None = None) -> Identity:
     """A new key and certificate, signed for with the current key (which the server checks)."""
     identity = Identity.of(settings.data_dir)
-    if not identity.exists():
+    current = identity.pinned()
+    if not current.exists():
         raise EnrollError("this device is not enrolled (resonera-device enroll)")
-    info = identity.info()
+    info = current.info()
     server = info.get("server")
     if not server:
         raise EnrollError("this device was installed from a bundle and has no server to renew with")
-    current_key = load_private_key(identity.key_path)
-    cert_pem = identity.cert_path.read_bytes()
-    key = generate_key()
+    current_key = load_private_key(current.key_path)
+    cert_pem = current.cert_path.read_bytes()
+    key = _pending_key(identity, current_key)
     csr = make_csr(key, settings.device_id, str(info["serial"]))
     when = (now or datetime.now(UTC)).astimezone(UTC).isoformat()
     payload = renewal_payload(cert_pem, csr, when)
@@ -327,6 +435,31 @@ def renew(settings: DeviceSettings, *, now: datetime | None = None) -> Identity:
     info.update(fresh, how="renew", at=when)
     identity.install(key, new_cert, chain_pem, info)
     return identity
+
+
+def _pending_key(
+    identity: Identity, current: ec.EllipticCurvePrivateKey
+) -> ec.EllipticCurvePrivateKey:
+    """The new key of this renewal, kept on disk until installed: if the answer is lost (a crash
+    after the server signed), the retry asks with the same key and the server sends the same
+    certificate again instead of refusing a superseded one."""
+    path = identity.pending_key_path
+    if path.exists():
+        try:
+            pending = load_private_key(path)
+        except IdentityError as exc:
+            log.warning("discarding the unreadable pending renewal key: %s", exc)
+        else:
+            # the same as the current key: its install finished, but not the cleanup after it
+            if pending.public_key() != current.public_key():
+                return pending
+    key = generate_key()
+    try:
+        write_private_key(key, path)
+        _fsync(path)
+    except OSError as exc:
+        raise EnrollError(f"cannot write {path}: {exc}") from None
+    return key
 
 
 def renew_if_due(settings: DeviceSettings, *, now: datetime | None = None) -> bool:
@@ -457,8 +590,8 @@ def renew_daily(
     interval_s: float = RENEW_CHECK_S,
 ) -> None:
     """Check at once, then every ``interval_s`` until ``stop``: renew when due and hand the new
-    key to ``on_renewed`` (the store signs with it from then on; the broker connection keeps the
-    old, still valid certificate until the agent reconnects or restarts).
+    key to ``on_renewed`` (the agent signs with it from then on and reconnects to the broker with
+    the new certificate: ``renewed_mqtt``, ``DeviceSync.reconnect``).
 
     The server checks a device's messages against its newest key only, so renewal waits until
     ``ready()`` (the agent: the outbox is empty): nothing signed with the old key is then in flight."""

@@ -30,6 +30,7 @@ from resonera.common.mqtt_client import (
     connect,
     connect_in_background,
 )
+from resonera.common.settings import MqttSettings
 from resonera.device.desired_state import DesiredStateApplier
 from resonera.device.outbox import OutboxScheduler
 from resonera.device.settings import DeviceSettings
@@ -81,21 +82,31 @@ class DeviceSync:
         #: Highest seq published since the last connect; reset (by the worker) after a reconnect.
         self._cursor = -1
         self._cursor_reset = False
-        self._client = build_client(
-            settings.mqtt,
-            client_id=self.device_id,
-            will=(topics.status(self.device_id), b"offline"),
+        #: True while ``reconnect`` drops the connection on purpose.
+        self._switching = False
+        self._reconnecting = threading.Lock()
+        self._client = self._new_client(settings.mqtt)
+
+    def _new_client(self, mqtt: MqttSettings) -> paho.Client:
+        client = build_client(
+            mqtt, client_id=self.device_id, will=(topics.status(self.device_id), b"offline")
         )
-        self._client.on_connect = self._on_connect
-        self._client.on_disconnect = self._on_disconnect
-        self._client.on_connect_fail = self._on_connect_fail
-        self._client.message_callback_add(topics.ack(self.device_id), self._on_ack)
-        self._client.message_callback_add(topics.desired(self.device_id), self._on_desired)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_connect_fail = self._on_connect_fail
+        client.message_callback_add(topics.ack(self.device_id), self._on_ack)
+        client.message_callback_add(topics.desired(self.device_id), self._on_desired)
+        return client
 
     # --- lifecycle -------------------------------------------------------------------------------
 
     def start(self) -> None:
         """Connect if the broker is there; otherwise keep trying in the background."""
+        self._connect()
+        self._worker = threading.Thread(target=self._publish_loop, name="outbox", daemon=True)
+        self._worker.start()
+
+    def _connect(self) -> None:
         expiry = self.settings.sync.session_expiry_s
         try:
             connect(self._client, self.settings.mqtt, clean_start=False, session_expiry_s=expiry)
@@ -106,8 +117,26 @@ class DeviceSync:
                 self._client, self.settings.mqtt, clean_start=False, session_expiry_s=expiry
             )
         self._client.loop_start()
-        self._worker = threading.Thread(target=self._publish_loop, name="outbox", daemon=True)
-        self._worker.start()
+
+    def reconnect(self, mqtt: MqttSettings) -> None:
+        """Connect again with ``mqtt`` (a renewed certificate): a clean disconnect (no will, so
+        the device is not shown offline), then a new client resuming the persistent session, so
+        the broker keeps what it queued for us. What was published but not acknowledged stays in
+        the outbox and is sent again; the server drops the duplicates by message id. Meant for
+        a quiet moment (renewal waits for an empty outbox)."""
+        with self._reconnecting:
+            old = self._client
+            self._connected.clear()
+            self._switching = True
+            try:
+                old.disconnect()
+                old.loop_stop()
+            finally:
+                self._switching = False
+            self.settings = self.settings.model_copy(update={"mqtt": mqtt})
+            self._client = self._new_client(mqtt)
+            self._connect()
+        log.info("reconnecting to the MQTT broker with the renewed certificate")
 
     def stop(self) -> None:
         self._stopping.set()
@@ -119,8 +148,9 @@ class DeviceSync:
                 topics.status(self.device_id), b"offline", qos=1, retain=True
             )
             info.wait_for_publish(timeout=2)
-        self._client.disconnect()
-        self._client.loop_stop()
+        with self._reconnecting:
+            self._client.disconnect()
+            self._client.loop_stop()
 
     def __enter__(self) -> DeviceSync:
         self.start()
@@ -171,7 +201,7 @@ class DeviceSync:
         self, _client: paho.Client, _userdata: Any, _flags: Any, reason: ReasonCode, _props: Any
     ) -> None:
         self._connected.clear()
-        if not self._stopping.is_set():
+        if not self._stopping.is_set() and not self._switching:
             log.warning("disconnected from MQTT broker (%s); will reconnect", reason)
 
     def _on_connect_fail(self, _client: paho.Client, _userdata: Any) -> None:

@@ -296,6 +296,15 @@ class FleetCA:
         _write_atomic(cert_path, _pem(cert))
         return cert
 
+    def issued(self, serial: int) -> x509.Certificate | None:
+        """A certificate this CA issued, by serial number (None if it did not, or it was lost)."""
+        try:
+            return x509.load_pem_x509_certificate(
+                (self.directory / "issued" / f"{serial:x}.crt").read_bytes()
+            )
+        except (OSError, ValueError):
+            return None
+
     def revocations(self) -> list[Revocation]:
         if not self.revoked_path.exists():
             return []
@@ -305,15 +314,23 @@ class FleetCA:
         self, cert: x509.Certificate, device_id: str, reason: str, passphrase: bytes
     ) -> None:
         """Add ``cert`` to the revocation list and re-sign the CRL."""
+        self.revoke_all([cert], device_id, reason, passphrase)
+
+    def revoke_all(
+        self, certs: list[x509.Certificate], device_id: str, reason: str, passphrase: bytes
+    ) -> list[x509.Certificate]:
+        """Add ``certs`` to the revocation list and re-sign the CRL once; those newly added."""
         self._key(passphrase)  # check the passphrase before changing anything
         known = self.revocations()
-        if any(r.serial == cert.serial_number for r in known):
-            return
-        known.append(
-            Revocation(cert.serial_number, device_id, datetime.now(UTC).isoformat(), reason)
-        )
+        listed = {r.serial for r in known}
+        added = [c for c in certs if c.serial_number not in listed]
+        if not added:
+            return []
+        at = datetime.now(UTC).isoformat()
+        known.extend(Revocation(c.serial_number, device_id, at, reason) for c in added)
         _write_atomic(self.revoked_path, json.dumps([r.__dict__ for r in known], indent=2).encode())
         self.write_crl(passphrase)
+        return added
 
     def write_crl(self, passphrase: bytes, days: int = 30) -> Path:
         key = self._key(passphrase)

@@ -17,7 +17,9 @@ import base64
 import binascii
 import hashlib
 import hmac
+import logging
 import secrets
+import subprocess
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -46,6 +48,8 @@ from resonera.server.models import (
     EnrollmentRow,
 )
 from resonera.server.settings import EnrollmentSettings
+
+log = logging.getLogger(__name__)
 
 #: No 0/O, 1/I/L or U: a code is read off a screen and typed on a device.
 CODE_ALPHABET: Final = "ABCDEFGHJKMNPQRSTVWXYZ23456789"
@@ -432,10 +436,6 @@ class Enroller:
             raise EnrollmentError(401, f"the certificate of {device_id!r} is not registered")
         if row.revoked_at is not None or device.revoked or ca.is_revoked(current):
             raise EnrollmentError(403, f"device {device_id!r} is revoked")
-        if row.superseded_at is not None:
-            raise EnrollmentError(
-                409, f"a newer certificate was already issued to {device_id!r}; renew with it"
-            )
         self._check_clock(time, now)
         key = current.public_key()
         assert isinstance(key, ec.EllipticCurvePublicKey)  # we issue P-256 only
@@ -457,10 +457,32 @@ class Enroller:
             raise EnrollmentError(400, f"the request names {csr_device!r}, not {device_id!r}")
         if csr.public_key() == key:
             raise EnrollmentError(400, "renewal needs a new key pair, not the current key")
+        if row.superseded_at is not None:
+            return self._reissued(session, ca, device_id, csr)
         serial = _subject_serial(current)
         cert = self._sign(ca, passphrase, csr_pem, serial)
         record_certificate(session, cert, how="renew", now=now)
         session.commit()
+        return self._issued(session, ca, cert)
+
+    def _reissued(
+        self, session: Session, ca: FleetCA, device_id: str, csr: x509.CertificateSigningRequest
+    ) -> Issued:
+        """A renewal retried with the key it was already answered for: the device lost the answer
+        (it crashed before installing it) and keeps its pending key, so it gets the same
+        certificate again. Any other request from a superseded certificate is refused."""
+        newest = session.exec(
+            select(DeviceCertificateRow).where(
+                col(DeviceCertificateRow.device_id) == device_id,
+                col(DeviceCertificateRow.superseded_at).is_(None),
+                col(DeviceCertificateRow.revoked_at).is_(None),
+            )
+        ).first()
+        cert = ca.issued(int(newest.serial_number, 16)) if newest is not None else None
+        if cert is None or cert.public_key() != csr.public_key():
+            raise EnrollmentError(
+                409, f"a newer certificate was already issued to {device_id!r}; renew with it"
+            )
         return self._issued(session, ca, cert)
 
 
@@ -489,3 +511,135 @@ def register_bundle(
         session.add(row)
         record_certificate(session, cert, how="bundle", now=now)
         session.commit()
+
+
+# --- revocation from the server ------------------------------------------------------------------
+
+#: What the person is told to do when the server cannot revoke the certificate itself.
+MANUAL_REVOCATION: Final = (
+    "revoke its certificate on the CA with `resonera-provision device revoke --ca DIR --cert FILE` "
+    "and reload the broker"
+)
+
+
+#: How a revocation ended, for the dashboard (which shows fixed texts, never request input).
+REVOCATION_OUTCOMES: Final = {
+    "blocked": "the broker was reloaded and refuses it from now on.",
+    "reload_failed": (
+        "its certificates are on the CRL, but the broker reload command failed (the audit log "
+        "and the server log say more): reload the broker by hand."
+    ),
+    "reload_needed": (
+        "its certificates are on the CRL: reload the broker so it reads it "
+        "(no broker_reload_command is set)."
+    ),
+    "manual": f"this server could not revoke all its certificates: {MANUAL_REVOCATION}.",
+}
+
+
+@dataclass(frozen=True)
+class DeviceRevocation:
+    """What revoking a device did beyond marking it revoked (the caller audits and commits)."""
+
+    device_id: str
+    #: A key of ``REVOCATION_OUTCOMES``.
+    outcome: str
+    #: Serial numbers (hex) put on the issuing CA's CRL now.
+    listed: list[str]
+    #: None: no reload command configured (or nothing to reload); else whether it succeeded.
+    broker_reloaded: bool | None
+    #: What went wrong or is left to a person; None when the broker now refuses the device.
+    problem: str | None
+
+    def summary(self) -> str:
+        done = f"Device {self.device_id} is revoked: its messages are quarantined from now on"
+        if self.listed:
+            done += f"; {len(self.listed)} certificate(s) added to the CRL"
+        if self.broker_reloaded:
+            done += "; the broker was reloaded and refuses it"
+        return f"{done}. {self.problem}" if self.problem else done + "."
+
+
+def revoke_device(
+    session: Session, settings: EnrollmentSettings, device: DeviceRow, *, now: datetime
+) -> DeviceRevocation:
+    """Mark ``device`` and all its certificates revoked; ingest quarantines its messages from now
+    on and what it sent stays. With the issuing CA on this server, also put every certificate
+    that CA issued to the device on its CRL and run ``broker_reload_command``, so the broker
+    refuses it. Never raises for the CA or the command: what failed is in ``problem``."""
+    device.revoked = True
+    session.add(device)
+    rows = session.exec(
+        select(DeviceCertificateRow).where(col(DeviceCertificateRow.device_id) == device.id)
+    ).all()
+    for row in rows:
+        if row.revoked_at is None:
+            row.revoked_at = now
+            session.add(row)
+    if settings.issuing_ca_dir is None:
+        return DeviceRevocation(
+            device.id, "manual", [], None, f"This server holds no issuing CA: {MANUAL_REVOCATION}."
+        )
+    try:
+        ca = FleetCA(settings.issuing_ca_dir)
+        found = [ca.issued(int(r.serial_number, 16)) for r in rows]
+        certs = [c for c in found if c is not None]
+        passphrase = settings.issuing_passphrase
+        secret = passphrase.get_secret_value().encode() if passphrase else b""
+        added = ca.revoke_all(certs, device.id, "revoked on the server", secret)
+    except (CAError, ValueError) as exc:
+        log.warning("revoking %s on the issuing CA failed: %s", device.id, exc)
+        return DeviceRevocation(
+            device.id,
+            "manual",
+            [],
+            None,
+            f"The issuing CA could not revoke it ({exc}): {MANUAL_REVOCATION}.",
+        )
+    listed = [f"{c.serial_number:x}" for c in added]
+    foreign = len(found) - len(certs)
+    note = (
+        f"{foreign} certificate(s) were not issued by this server's CA: {MANUAL_REVOCATION}."
+        if foreign
+        else None
+    )
+    if not certs:
+        return DeviceRevocation(device.id, "manual", listed, None, note)
+    reloaded, failure = run_broker_reload(settings)
+    problem = " ".join(p for p in (failure, note) if p) or None
+    if foreign:
+        outcome = "manual"
+    else:
+        outcome = {None: "reload_needed", True: "blocked", False: "reload_failed"}[reloaded]
+    return DeviceRevocation(device.id, outcome, listed, reloaded, problem)
+
+
+def run_broker_reload(settings: EnrollmentSettings) -> tuple[bool | None, str | None]:
+    """Run ``broker_reload_command`` (no shell, with a timeout): (None, advice) without one,
+    (True, None) on success, (False, why) on failure."""
+    argv = settings.broker_reload_command
+    if argv is None:
+        return None, "Reload the broker so it reads the new CRL (no broker_reload_command is set)."
+    shown = " ".join(argv)
+    try:
+        done = subprocess.run(
+            argv,
+            capture_output=True,
+            text=True,
+            timeout=settings.broker_reload_timeout_s,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        why = f"did not finish within {settings.broker_reload_timeout_s:g} s"
+    except OSError as exc:
+        why = f"could not be started: {exc.strerror or exc}"
+    else:
+        if done.returncode == 0:
+            return True, None
+        output = (done.stderr or done.stdout).strip().splitlines()
+        why = f"exited with {done.returncode}" + (f": {output[-1][:200]}" if output else "")
+    log.warning("the broker reload command %r %s", shown, why)
+    return False, (
+        f"The broker reload command `{shown}` {why}; "
+        "reload the broker by hand so it reads the new CRL."
+    )

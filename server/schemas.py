@@ -170,6 +170,8 @@ class DevicePublic(BaseModel):
     online: bool | None = None
     desired_version: int | None = None
     reported_version: int | None = None
+    #: After a revocation: what was done (CRL, broker reload) and what is left to a person.
+    revocation: str | None = None
 
 
 # -- patients --------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import os
 import secrets
 import socket
 from pathlib import Path
-from typing import Final
+from typing import Annotated, Final
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import SettingsConfigDict
@@ -52,6 +52,12 @@ class EnrollmentSettings(BaseModel):
     window_s: int = Field(default=900, ge=1, le=24 * 3600)
     #: How far a renewal request's time may be from the server's clock.
     max_clock_skew_s: int = Field(default=300, ge=1, le=3600)
+    #: Run after revoking a device on the issuing CA's CRL, so the broker reads the new CRL:
+    #: an argument list, no shell (e.g. ``["systemctl", "reload", "mosquitto"]``).
+    broker_reload_command: list[Annotated[str, Field(min_length=1)]] | None = Field(
+        default=None, min_length=1
+    )
+    broker_reload_timeout_s: float = Field(default=30.0, gt=0, le=600)
 
 
 class ServerSettings(ResoneraSettings):

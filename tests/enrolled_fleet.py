@@ -3,26 +3,39 @@ CA's devices, and the server's API over HTTPS (uvicorn with a certificate from t
 
 from __future__ import annotations
 
+import secrets
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import tomli_w
+from fastapi import FastAPI
 from fleet import PASSPHRASE
 from pydantic import SecretStr
 from sqlalchemy.engine import Engine
-from support import Mosquitto, free_port, run_mosquitto_config
+from sqlmodel import Session
+from support import Mosquitto, free_port, require_tool, run_mosquitto_config
 
 from resonera.common.mqtt_client import BrokerUnavailable, build_client, connect
 from resonera.common.settings import MqttSettings
 from resonera.provisioning.broker import SERVER_IDENTITY, provision_broker
 from resonera.provisioning.ca import FleetCA
-from resonera.server.crypto import new_key_line, write_signing_key
+from resonera.server.app import create_app
+from resonera.server.crypto import (
+    FieldCipher,
+    HmacSigner,
+    new_key_line,
+    parse_keys,
+    write_signing_key,
+)
 from resonera.server.db import make_engine
 from resonera.server.desired import MemoryPublisher
+from resonera.server.models import UserRow
 from resonera.server.runner import run_server_in_thread
+from resonera.server.security import hash_password, issue_access_token
 from resonera.server.settings import EnrollmentSettings, ServerSettings
 
 #: The issuing CA's own passphrase (the root's is fleet.PASSPHRASE).
@@ -61,6 +74,43 @@ class Fleet:
             SERVER_IDENTITY, folder / "server.key", folder / "server.crt", ISSUING_PASSPHRASE
         )
         return self.mqtt(folder / "server.key", folder / "server.crt")
+
+
+def fleet_app(fleet: Fleet, broker_reload_command: list[str] | None) -> FastAPI:
+    """The fleet's API app (for a TestClient) on its database and issuing CA, with this
+    ``enrollment.broker_reload_command``."""
+    enrollment = fleet.settings.enrollment.model_copy(
+        update={"broker_reload_command": broker_reload_command}
+    )
+    settings = fleet.settings.model_copy(update={"enrollment": enrollment}).checked_for_start()
+    assert settings.patient_keys is not None
+    cipher = FieldCipher(*parse_keys(settings.patient_keys.get_secret_value(), "test"))
+    return create_app(
+        settings, fleet.engine, cipher=cipher, publisher=MemoryPublisher(), signer=HmacSigner(b"t")
+    )
+
+
+def add_admin(fleet: Fleet, password: str) -> tuple[str, str]:
+    """An admin who signs in with ``password``: (email, API access token)."""
+    email = f"admin-{secrets.token_hex(4)}@example.org"
+    with Session(fleet.engine) as session:
+        user = UserRow(
+            email=email,
+            password_hash=hash_password(password),
+            role="admin",
+            created_at=datetime.now(UTC),
+        )
+        session.add(user)
+        session.commit()
+        session.refresh(user)
+        return email, issue_access_token(
+            fleet.settings.checked_for_start(), user, datetime.now(UTC)
+        )
+
+
+def sighup_command(broker: Mosquitto) -> list[str]:
+    """A broker reload command for the test mosquitto (``systemctl reload`` on a real one)."""
+    return [require_tool("kill"), "-HUP", str(broker.process.pid)]
 
 
 def broker_admits(settings: MqttSettings, client_id: str) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Annotated, Final
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Form, Path, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
@@ -11,7 +12,9 @@ from sqlmodel import select
 
 from resonera.common.topics import DEVICE_ID_PATTERN
 from resonera.server import crud
-from resonera.server.api.deps import SessionDep, audit
+from resonera.server.api.deps import SessionDep, StateDep
+from resonera.server.api.routes.devices import revoke_and_audit
+from resonera.server.enrollment import REVOCATION_OUTCOMES
 from resonera.server.models import DeviceRow, UserRow
 from resonera.server.security import now_utc
 from resonera.server.web.auth import AdminPage, AuditPage, check_csrf
@@ -22,34 +25,56 @@ router = APIRouter(include_in_schema=False)
 AUDIT_PAGE_SIZE: Final = 100
 
 
+DeviceId = Annotated[str, Path(pattern=f"^{DEVICE_ID_PATTERN}$", max_length=64)]
+
+
 @router.get("/devices")
-def devices_page(web: AdminPage, session: SessionDep) -> HTMLResponse:
+def devices_page(
+    web: AdminPage,
+    session: SessionDep,
+    revoked: Annotated[str, Query(pattern=f"^(|{DEVICE_ID_PATTERN})$", max_length=64)] = "",
+    outcome: Annotated[str, Query(max_length=32)] = "",
+) -> HTMLResponse:
+    """``revoked`` and ``outcome``: where the Revoke button sends the admin back to (the notice
+    is one of the fixed texts, never text from the request)."""
+    said = REVOCATION_OUTCOMES.get(outcome)
+    notice = (
+        f"Device {revoked} is revoked: its messages are quarantined; {said}"
+        if revoked and said
+        else ""
+    )
     return render(
         "devices.html",
-        {"web": web, "title": "Devices", "lines": device_lines(session, now_utc())},
+        {
+            "web": web,
+            "title": "Devices",
+            "lines": device_lines(session, now_utc()),
+            "notice": notice,
+        },
     )
 
 
 @router.post("/devices/{device_id}/revoke")
 def revoke_device(
+    *,
     request: Request,
-    device_id: Annotated[str, Path(pattern=f"^{DEVICE_ID_PATTERN}$", max_length=64)],
+    device_id: DeviceId,
     web: AdminPage,
     session: SessionDep,
+    state: StateDep,
     csrf_token: Annotated[str, Form(max_length=200)] = "",
 ) -> RedirectResponse:
-    """Mark the device revoked, as ``PATCH /api/v1/devices/{id} {"revoked": true}`` does: ingest
-    quarantines its messages from now on. (Its certificate is revoked on the CA with
-    ``resonera-provision``; the server holds no CA key.)"""
+    """Revoke the device as ``POST /api/v1/devices/{id}/revoke`` does: ingest quarantines its
+    messages; with the issuing CA on this server its certificates go on the CRL and the broker
+    is reloaded. The page then says how that went."""
     check_csrf(web, csrf_token)
     device = session.get(DeviceRow, device_id)
     if device is None:
         raise PageError(404, f"There is no device {device_id}.")
-    device.revoked = True
-    session.add(device)
-    audit(session, request, web.user, "update", "device", resource_id=device_id)
+    done = revoke_and_audit(session, request, web.user, state.settings.enrollment, device)
     session.commit()
-    return RedirectResponse("/devices", status_code=303, headers=dict(PAGE_HEADERS))
+    query = urlencode({"revoked": device_id, "outcome": done.outcome})
+    return RedirectResponse(f"/devices?{query}", status_code=303, headers=dict(PAGE_HEADERS))
 
 
 def _day(text: str, name: str) -> date | None:

@@ -15,9 +15,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from fleet import PASSPHRASE
 from pydantic import SecretStr
 from sqlalchemy.engine import Engine
-from sqlmodel import Session
+from sqlmodel import Session, select
 
-from resonera.common.identity import generate_key, make_csr
+from resonera.common.identity import common_name, generate_key, make_csr
 from resonera.provisioning.ca import FleetCA
 from resonera.provisioning.enrollment import renewal_payload
 from resonera.server.enrollment import (
@@ -26,6 +26,7 @@ from resonera.server.enrollment import (
     register_bundle,
     register_code,
     revoke_certificate,
+    revoke_device,
 )
 from resonera.server.models import DeviceCertificateRow, DeviceRow, EnrollmentRow
 from resonera.server.settings import EnrollmentSettings
@@ -172,3 +173,74 @@ def test_a_device_clock_far_off_is_told_before_the_code_is_spent(
             session, serial="SN-9", code=code, csr_pem=csr, client="c", device_time=late, now=T
         )
     _enroll(enroller, engine, "SN-9", code, device_id="dev-9")
+
+
+def _renew(
+    enroller: Enroller,
+    engine: Engine,
+    cert: x509.Certificate,
+    key: ec.EllipticCurvePrivateKey,
+    new_key: ec.EllipticCurvePrivateKey,
+    *,
+    now: datetime,
+) -> x509.Certificate:
+    cert_pem = cert.public_bytes(serialization.Encoding.PEM)
+    csr = make_csr(new_key, common_name(cert), "SN-10")
+    when = now.isoformat()
+    signature = key.sign(renewal_payload(cert_pem, csr, when), ec.ECDSA(hashes.SHA256()))
+    with Session(engine) as session:
+        issued = enroller.renew(
+            session,
+            certificate_pem=cert_pem,
+            csr_pem=csr,
+            time=when,
+            signature=base64.b64encode(signature).decode(),
+            now=now,
+        )
+    return x509.load_pem_x509_certificate(issued.certificate_pem.encode())
+
+
+def test_a_renewal_retried_with_the_same_key_gets_the_same_certificate(
+    enroller: Enroller, engine: Engine
+) -> None:
+    code, _ = register_code(engine, "SN-10", now=T)
+    key, new_key = generate_key(), generate_key()
+    now = datetime.now(UTC)
+    cert = _enroll(enroller, engine, "SN-10", code, device_id="dev-10", key=key, now=now)
+    renewed = _renew(enroller, engine, cert, key, new_key, now=now)
+    # the device lost that answer: asking again from the old certificate, with the same new key
+    assert _renew(enroller, engine, cert, key, new_key, now=now) == renewed
+    with pytest.raises(EnrollmentError, match="a newer certificate was already issued") as caught:
+        _renew(enroller, engine, cert, key, generate_key(), now=now)
+    assert caught.value.status == 409
+
+
+def test_revoking_a_device_lists_all_its_certificates_on_the_crl(
+    enroller: Enroller, engine: Engine
+) -> None:
+    code, _ = register_code(engine, "SN-10", now=T)
+    key, new_key = generate_key(), generate_key()
+    now = datetime.now(UTC)
+    cert = _enroll(enroller, engine, "SN-10", code, device_id="dev-10", key=key, now=now)
+    renewed = _renew(enroller, engine, cert, key, new_key, now=now)
+    with Session(engine) as session:
+        device = session.get(DeviceRow, "dev-10")
+        assert device is not None
+        done = revoke_device(session, enroller.settings, device, now=now)
+        session.commit()
+    assert sorted(done.listed) == sorted(f"{c.serial_number:x}" for c in (cert, renewed))
+    assert done.outcome == "reload_needed" and done.broker_reloaded is None
+    assert "no broker_reload_command is set" in done.summary()
+    ca = FleetCA(enroller.settings.issuing_ca_dir or Path())
+    assert ca.is_revoked(cert) and ca.is_revoked(renewed)
+    with Session(engine) as session:
+        device = session.get(DeviceRow, "dev-10")
+        assert device is not None and device.revoked
+        rows = session.exec(select(DeviceCertificateRow)).all()
+        assert len(rows) == 2 and all(r.revoked_at is not None for r in rows)
+    # without the issuing CA: marked revoked, and told how to revoke the certificate
+    with Session(engine) as session:
+        device = session.get(DeviceRow, "dev-10")
+        assert device is not None
+        manual = revoke_device(session, EnrollmentSettings(), device, now=now)
+    assert manual.outcome == "manual" and "resonera-provision device revoke" in manual.summary()

@@ -74,6 +74,7 @@ CASES = [
     Case("POST", "/devices", ADMIN_CREATES, body={"id": "dev-new"}),
     Case("GET", "/devices/{device}", ADMIN),
     Case("PATCH", "/devices/{device}", ADMIN, body={"note": "checked"}),
+    Case("POST", "/devices/{device}/revoke", ADMIN),
     Case("GET", "/assignments", ADMIN),
     Case(
         "POST",

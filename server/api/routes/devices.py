@@ -8,11 +8,13 @@ from fastapi import APIRouter, Path, Query, Request, status
 from sqlmodel import Session, col, select
 
 from resonera.common.topics import DEVICE_ID_PATTERN
-from resonera.server.api.deps import AdminUser, SessionDep, audit
+from resonera.server.api.deps import AdminUser, AppState, SessionDep, StateDep, audit
 from resonera.server.api.errors import ApiError
-from resonera.server.models import DeviceDesiredRow, DeviceRow, DeviceStateRow
+from resonera.server.enrollment import DeviceRevocation, revoke_device
+from resonera.server.models import DeviceDesiredRow, DeviceRow, DeviceStateRow, UserRow
 from resonera.server.schemas import DeviceCreate, DevicePublic, DeviceUpdate
 from resonera.server.security import now_utc
+from resonera.server.settings import EnrollmentSettings
 
 router = APIRouter(prefix="/devices", tags=["devices"])
 DeviceId = Annotated[str, Path(pattern=f"^{DEVICE_ID_PATTERN}$", max_length=64)]
@@ -74,17 +76,65 @@ def update_device(
     body: DeviceUpdate,
     admin: AdminUser,
     session: SessionDep,
+    state: StateDep,
     request: Request,
 ) -> DevicePublic:
-    """Revoke (its messages go to quarantine), un-revoke, set its key or fingerprint."""
+    """Revoke (as ``POST /devices/{id}/revoke``), un-revoke, set its key or fingerprint."""
     device = session.get(DeviceRow, device_id)
     if device is None:
         raise ApiError(404, f"no device {device_id}")
-    for name, value in body.model_dump(exclude_unset=True).items():
+    changes = body.model_dump(exclude_unset=True)
+    for name, value in changes.items():
         if value is not None:
             setattr(device, name, value)
     session.add(device)
+    if changes.get("revoked") is True:
+        return _revoke(session, request, admin, state, device)
     audit(session, request, admin, "update", "device", resource_id=device_id)
     session.commit()
     session.refresh(device)
     return _public(session, device)
+
+
+@router.post("/{device_id}/revoke", response_model=DevicePublic)
+def revoke(
+    *, device_id: DeviceId, admin: AdminUser, session: SessionDep, state: StateDep, request: Request
+) -> DevicePublic:
+    """Revoke the device: ingest quarantines its messages, its data stays. With the issuing CA on
+    this server, its certificates also go on the CRL and ``enrollment.broker_reload_command``
+    runs; ``revocation`` says what was done and what is left to do by hand."""
+    device = session.get(DeviceRow, device_id)
+    if device is None:
+        raise ApiError(404, f"no device {device_id}")
+    return _revoke(session, request, admin, state, device)
+
+
+def _revoke(
+    session: Session, request: Request, admin: UserRow, state: AppState, device: DeviceRow
+) -> DevicePublic:
+    done = revoke_and_audit(session, request, admin, state.settings.enrollment, device)
+    session.commit()
+    session.refresh(device)
+    out = _public(session, device)
+    out.revocation = done.summary()
+    return out
+
+
+def revoke_and_audit(
+    session: Session,
+    request: Request,
+    user: UserRow,
+    settings: EnrollmentSettings,
+    device: DeviceRow,
+) -> DeviceRevocation:
+    """``revoke_device`` with its audit rows (the API and the dashboard share it); the caller
+    commits."""
+    done = revoke_device(session, settings, device, now=now_utc())
+    # "update" on the device, as every change of the registry is audited
+    audit(session, request, user, "update", "device", resource_id=device.id)
+    for serial in done.listed:
+        audit(session, request, user, "revoke", "device_certificate", resource_id=serial)
+    if done.broker_reloaded is not None:
+        action = "broker_reload" if done.broker_reloaded else "broker_reload_failed"
+        audit(session, request, user, action, "broker", resource_id=device.id)
+    return done
