@@ -95,6 +95,7 @@ def play_session(
     on_level: Callable[[float], None] | None = None,
     mixer: PromptMixer | None = None,
     panel: ControlPanel | None = None,
+    session_id: str | None = None,
 ) -> SessionRecord:
     """Play ``program`` to ``sink`` with the MCU's consent, through the safety chain, then store
     the session and queue it.
@@ -108,14 +109,15 @@ def play_session(
     ends the session as a ``fault`` whose reason says so; the record is stored all the same.
     ``mixer`` (the device's ``PromptMixer``) is the first stage of the audio path, before the
     chain: prompts, the person's volume and pause. ``panel`` (the device's buttons and light) is
-    served by the session's safety monitor while it holds the MCU's port.
+    served by the session's safety monitor while it holds the MCU's port. ``session_id``: the id
+    its "before" check-in answers were already stored under (default: a new one).
     """
     stop = stop or threading.Event()
     calibration = load_session_calibration(settings.calibration_file)
     # the applied desired state (signed by the server, limits folded in) overrides the settings
     profile = store.applied_profile() or settings.profile
     program = check_program_for(program, profile, calibration.output)
-    session_id = new_id()
+    session_id = session_id or new_id()
     with ExitStack() as stack:
         recorder = SafetyEventRecorder(store, settings.device_id, simulation=settings.simulation)
         stack.callback(recorder.close)  # last out: every event is written before we return

@@ -40,6 +40,7 @@ from resonera.device.audio.sinks import AudioSink, PyAudioSink, WavSink
 from resonera.device.audio.synth import ProgramRenderer
 
 if TYPE_CHECKING:
+    from resonera.common.records import CheckInRecord
     from resonera.device.settings import DeviceSettings
     from resonera.device.store import DeviceStore
 
@@ -376,7 +377,23 @@ def _history(args: argparse.Namespace) -> int:
     stopped = sum(1 for r in sessions if r.outcome != "completed")
     played = sum(r.played_s for r in sessions)
     print(f"{len(sessions)} session(s), {clock(played)} played, {stopped} interrupted")
+    _print_checkins(store.checkins(limit=args.limit))
     return 0
+
+
+def _print_checkins(checkins: list[tuple[CheckInRecord, str]]) -> None:
+    """The check-in answers (issue 12) under the sessions, most recent first."""
+    if not checkins:
+        return
+    print(f"\n{'answered':<16}  {'question':<20} {'phase':<6}  answer")
+    for record, reason in checkins:
+        answer = (
+            f"{record.value}/10" if not record.skipped else f"skipped ({reason or 'no reason'})"
+        )
+        print(
+            f"{record.answered_at.astimezone():%Y-%m-%d %H:%M}  {record.question_id[:20]:<20} "
+            f"{record.phase:<6}  {answer}"
+        )
 
 
 def _logs(args: argparse.Namespace) -> int:

@@ -27,6 +27,21 @@ and end, why sound stopped after a fault, 80 % and 100 % of the weekly allowance
 asks devices to tell the person at these points; see ``device/prompts.py`` for the wording).
 ``light_for(state)`` is what the status light shows.
 
+Check-ins (issue 12). When the person's profile has questions for a phase, ``begin_checkin`` puts
+the controls in a check-in: each question is asked (``Ask``: its text and what 0 and 10 mean), the
+value starts at ``CHECKIN_START`` and the buttons change their meaning until it ends:
+
+============  ======================================================================
+volume up     value + 1 (at most 10), the number said (``SayNumber``)
+volume down   value − 1 (at least 0), the number said
+play/pause    confirm the value (``Answered``); the next question
+stop          skip the question (``Answered`` with ``value=None``); the next question
+long press    (any button) say the question again
+============  ======================================================================
+
+No press for ``checkin_timeout_s`` skips the question (``tick``). The "before" check-in holds the
+program's ``Start``; it is returned when the last question is done, so the program waits.
+
 ``device/panel.py`` binds this to a running device: its ``Panel`` feeds presses and the agent's
 state in, carries out the actions (the prompt mixer, the service's start/stop) and keeps the light.
 """
@@ -40,17 +55,23 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from resonera.common import serial_link as sl
+from resonera.common.profile import CheckInPhase, CheckInQuestion
 
 __all__ = [
+    "CHECKIN_START",
     "DOSE_PROMPTS",
     "FAULT_PROMPTS",
     "Action",
     "AgentState",
+    "Answered",
+    "Ask",
+    "CheckIn",
     "ClearFault",
     "Controls",
     "Pause",
     "Prompt",
     "Resume",
+    "SayNumber",
     "SetVolume",
     "Start",
     "Stop",
@@ -135,7 +156,57 @@ class Prompt:
     minutes: int | None = None
 
 
-Action = Start | Pause | Resume | Stop | ClearFault | SetVolume | Prompt
+@dataclass(frozen=True)
+class Ask:
+    """Ask ``question`` in its check-in ``phase``: its text, its anchors, then ``value``."""
+
+    question: CheckInQuestion
+    phase: CheckInPhase
+    value: int
+    #: The check-in's first question: say what it is and how to answer first.
+    first: bool = False
+
+
+@dataclass(frozen=True)
+class SayNumber:
+    value: int
+
+
+@dataclass(frozen=True)
+class Answered:
+    """The person's answer to ``question`` (``value`` None: skipped, ``reason`` says why)."""
+
+    question: CheckInQuestion
+    phase: CheckInPhase
+    value: int | None
+    reason: str = ""
+
+
+Action = (
+    Start | Pause | Resume | Stop | ClearFault | SetVolume | Prompt | Ask | SayNumber | Answered
+)
+
+#: Where a check-in's value starts: the middle, so neither end is suggested.
+CHECKIN_START = 5
+CHECKIN_MAX = 10
+SKIPPED_BY_PERSON = "skipped by the person"
+SKIPPED_TIMEOUT = "no answer in time"
+
+
+@dataclass
+class CheckIn:
+    """A check-in under way: the questions left, the value being set, when it times out."""
+
+    phase: CheckInPhase
+    questions: list[CheckInQuestion]
+    deadline: float
+    value: int = CHECKIN_START
+    #: What to do when the check-in is over (the program the "before" check-in holds).
+    then: list[Action] = field(default_factory=list)
+
+    @property
+    def question(self) -> CheckInQuestion:
+        return self.questions[0]
 
 
 def light_for(state: AgentState) -> int:
@@ -164,6 +235,10 @@ class Controls:
     ramp_s: float = 0.25
     clock: Callable[[], float] = time.monotonic
     volume_db: float = 0.0
+    #: No press for this long skips a check-in question.
+    checkin_timeout_s: float = 60.0
+    #: The check-in under way, if any (the buttons then answer it).
+    checkin: CheckIn | None = None
     #: The highest weekly-allowance threshold already announced (so each is said once).
     _announced: float = field(default=0.0, init=False, repr=False)
 
@@ -174,6 +249,8 @@ class Controls:
 
     def press(self, press: sl.ButtonPress, state: AgentState) -> list[Action]:
         """What ``press`` means in ``state``."""
+        if self.checkin is not None:
+            return self._answer(press, self.checkin)
         if press.button == sl.BUTTON_PLAY_PAUSE:
             return self._next(state) if press.long else self._play_pause(state)
         if press.button == sl.BUTTON_STOP:
@@ -202,7 +279,62 @@ class Controls:
             self._announced = 0.0  # a new week: announce again when it comes to that
         return actions
 
+    def begin_checkin(
+        self,
+        phase: CheckInPhase,
+        questions: Sequence[CheckInQuestion],
+        *,
+        unavailable: Mapping[str, str] | None = None,
+        then: Sequence[Action] = (),
+    ) -> list[Action]:
+        """Start the check-in of ``phase`` with the profile's ``questions`` (those asked in it);
+        ``unavailable`` (question id → why) are recorded skipped at once (no prompt to ask them
+        with). ``then`` is returned when it is over (at once when nothing is asked); a check-in
+        already under way is not interrupted: this one is not asked."""
+        if self.checkin is not None:
+            return []
+        missing = unavailable or {}
+        asked = [q for q in questions if q.asked(phase)]
+        actions: list[Action] = [
+            Answered(q, phase, None, missing[q.id]) for q in asked if q.id in missing
+        ]
+        pending = [q for q in asked if q.id not in missing]
+        if not pending:
+            return [*actions, *then]
+        self.checkin = CheckIn(phase, pending, self.clock() + self.checkin_timeout_s)
+        self.checkin.then = list(then)
+        return [*actions, Ask(pending[0], phase, CHECKIN_START, first=True)]
+
+    def tick(self) -> list[Action]:
+        """A question unanswered for ``checkin_timeout_s`` is skipped (the panel calls this)."""
+        checkin = self.checkin
+        if checkin is None or self.clock() < checkin.deadline:
+            return []
+        return self._next_question(checkin, None, SKIPPED_TIMEOUT)
+
     # -- internals -------------------------------------------------------------------------------
+
+    def _answer(self, press: sl.ButtonPress, checkin: CheckIn) -> list[Action]:
+        checkin.deadline = self.clock() + self.checkin_timeout_s
+        if press.long:
+            return [Ask(checkin.question, checkin.phase, checkin.value)]
+        if press.button == sl.BUTTON_PLAY_PAUSE:
+            return self._next_question(checkin, checkin.value, "")
+        if press.button == sl.BUTTON_STOP:
+            return self._next_question(checkin, None, SKIPPED_BY_PERSON)
+        step = 1 if press.button == sl.BUTTON_VOLUME_UP else -1
+        checkin.value = min(max(checkin.value + step, 0), CHECKIN_MAX)
+        return [SayNumber(checkin.value)]  # at an end too: the person hears where it stays
+
+    def _next_question(self, checkin: CheckIn, value: int | None, reason: str) -> list[Action]:
+        actions: list[Action] = [Answered(checkin.question, checkin.phase, value, reason)]
+        checkin.questions.pop(0)
+        if not checkin.questions:
+            self.checkin = None
+            return [*actions, *checkin.then]
+        checkin.value = CHECKIN_START
+        checkin.deadline = self.clock() + self.checkin_timeout_s
+        return [*actions, Ask(checkin.question, checkin.phase, CHECKIN_START)]
 
     def _play_pause(self, state: AgentState) -> list[Action]:
         if state.program is not None:

@@ -84,6 +84,7 @@ class DesiredStateApplier:
         base_profile: HearingProfile,
         *,
         on_lowered: Callable[[HearingProfile], None] = lambda _profile: None,
+        on_applied: Callable[[HearingProfile], None] = lambda _profile: None,
         open_ledger: Callable[[], DoseLedger] | None = None,
         simulation: bool = False,
         wall_clock: Callable[[], float] = time.time,
@@ -95,6 +96,9 @@ class DesiredStateApplier:
         self.pinned = pinned
         self.base_profile = base_profile
         self.on_lowered = on_lowered
+        #: Told of each profile applied (outside the lock): the panel speaks its check-in
+        #: questions into the prompt cache then, never on the audio path.
+        self.on_applied = on_applied
         self.open_ledger = open_ledger
         self.simulation = simulation
         self.wall_clock = wall_clock
@@ -116,8 +120,16 @@ class DesiredStateApplier:
                 self._last_refused = digest
         if result.outcome != "unchanged":
             self._report(result)
+        if result.outcome == "applied":
+            self._applied(self.current_profile())
         self.apply_ledger_resets()
         return result
+
+    def _applied(self, profile: HearingProfile) -> None:
+        try:
+            self.on_applied(profile)
+        except Exception:  # a hook's failure must not undo or block the applied document
+            log.exception("after applying the desired state")
 
     def _handle(self, payload: bytes) -> DesiredResult:
         if self.pinned is None:
@@ -181,6 +193,7 @@ class DesiredStateApplier:
         if applied is not None:
             result = DesiredResult("applied", applied.version)
             self._report(result)
+            self._applied(applied.profile or self.base_profile)
         self.apply_ledger_resets()
         return result
 

@@ -116,8 +116,24 @@ def _v2_sealed_health_data(conn: sqlite3.Connection, key: DataKey) -> None:
         conn.execute(ddl)
 
 
+def _v3_checkins(conn: sqlite3.Connection, _key: DataKey) -> None:
+    """Check-in answers (issue 12), sealed like sessions; ``reason`` says why one was skipped
+    (device-side only: the synced record says just that it was)."""
+    for ddl in (
+        "CREATE TABLE checkins (record_id VARCHAR NOT NULL PRIMARY KEY, "
+        "session_id VARCHAR NOT NULL, answered_at DATETIME NOT NULL, "
+        "reason VARCHAR NOT NULL DEFAULT '', sealed BLOB NOT NULL)",
+        "CREATE INDEX ix_checkins_answered_at ON checkins (answered_at)",
+    ):
+        conn.execute(ddl)
+
+
 #: In order; index + 1 is the version a migration brings the store to. Append only.
-MIGRATIONS: Final[tuple[Migration, ...]] = (_v1_first_release, _v2_sealed_health_data)
+MIGRATIONS: Final[tuple[Migration, ...]] = (
+    _v1_first_release,
+    _v2_sealed_health_data,
+    _v3_checkins,
+)
 LATEST: Final = len(MIGRATIONS)
 
 
@@ -131,10 +147,12 @@ def current_version(conn: sqlite3.Connection) -> int:
 
 def sealed_record_count(conn: sqlite3.Connection) -> int:
     """Rows that need the data key to be read (0 before migration 2)."""
-    if current_version(conn) < 2:
+    version = current_version(conn)
+    if version < 2:
         return 0
     total = 0
-    for table in ("sessions", "safety_events", "outbox", "desired_state"):
+    tables = ("sessions", "safety_events", "outbox", "desired_state")
+    for table in (*tables, "checkins") if version >= 3 else tables:
         total += int(conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0] or 0)
     return total
 

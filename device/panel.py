@@ -15,6 +15,13 @@ is armed for the length of the prompt and the prompt plays over silence through 
 chain as a session (and into the dose ledger). If the MCU refuses (the fault is still there) it
 waits ``MAX_WAIT_S`` for a session, except a fault's reason and the first-use notice, which are
 kept for the start of the next session (their wording fits that).
+
+Check-ins (issue 12): a ``Start`` asked for by a button first runs the "before" check-in of the
+profile in force (``checkins()``), and a session that ends (with no fault) is followed by the
+"after" one; the questions are spoken as any prompt (over silence when idle), each answer or skip
+goes to ``answered`` (the service stores it). The question prompts are spoken into the cache when
+a profile is applied (``prepare_checkins``, on the sync thread: espeak-ng takes seconds); a
+question without its prompt (espeak-ng missing, no cache) is recorded skipped with the reason.
 """
 
 from __future__ import annotations
@@ -23,7 +30,8 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -35,10 +43,13 @@ from resonera.device.controls import (
     FAULT_PROMPTS,
     Action,
     AgentState,
+    Answered,
+    Ask,
     ClearFault,
     Controls,
     Pause,
     Resume,
+    SayNumber,
     SetVolume,
     Start,
     Stop,
@@ -46,7 +57,7 @@ from resonera.device.controls import (
 )
 
 if TYPE_CHECKING:
-    from resonera.common.profile import HearingProfile
+    from resonera.common.profile import CheckInPhase, CheckInQuestion, HearingProfile
     from resonera.device.hwmonitor import HardwareMonitor
     from resonera.device.settings import DeviceSettings
 
@@ -61,6 +72,10 @@ class _Library(Protocol):
     def clips(self, *keys: str) -> list[Clip]: ...
 
     def time_left(self, minutes: int) -> list[Clip]: ...
+
+    def has(self, key: str) -> bool: ...
+
+    def question_key(self, question: CheckInQuestion) -> str: ...
 
 
 #: Prompts kept for the next session when no session plays to carry them now.
@@ -88,7 +103,9 @@ class Panel:
     ``speak_idle(mixer)`` plays what the mixer holds when no session plays (None: prompts wait).
     ``library`` (``PromptLibrary``) may be None: no prompts were built,
     so the panel works silently. ``notice_marker`` is a file whose existence says the first-use
-    notice was given (created when it is queued).
+    notice was given (created when it is queued). ``checkins()`` are the questions of the profile
+    in force, ``answered(answer, at)`` records one, ``render_checkins(questions)`` speaks them
+    into the cache and returns the library reopened (``PromptsError`` when it cannot).
     """
 
     def __init__(
@@ -106,6 +123,9 @@ class Panel:
         syncing: Callable[[], bool] = lambda: False,
         speak_idle: Callable[[PromptMixer], None] | None = None,
         notice_marker: Path | None = None,
+        checkins: Callable[[], Sequence[CheckInQuestion]] = lambda: (),
+        answered: Callable[[Answered, datetime], None] = lambda _answer, _at: None,
+        render_checkins: Callable[[Sequence[CheckInQuestion]], _Library] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.controls = controls
@@ -117,6 +137,12 @@ class Panel:
         self._speak_idle = speak_idle
         self._notice_marker = notice_marker
         self._clock = clock
+        self._checkins, self._answered, self._render = checkins, answered, render_checkins
+        #: Why the last profile's questions have no prompts ("" when they have).
+        self.checkin_problem = ""
+        self._asking = False
+        #: One build of the prompt cache at a time (service start and a profile applied may race).
+        self._render_lock = threading.Lock()
         self._presses: queue.Queue[sl.ButtonPress | None] = queue.Queue(maxsize=64)
         self._thread: threading.Thread | None = None
         self._state = AgentState()
@@ -177,7 +203,27 @@ class Panel:
             "paused": self._state.paused,
             "volume_db": self.mixer.volume_db,
             "prompts": self.library is not None,
+            **({"checkin": self.checkin_problem} if self.checkin_problem else {}),
         }
+
+    def prepare_checkins(self, questions: Sequence[CheckInQuestion]) -> None:
+        """Speak ``questions`` into the prompt cache (a new profile applied; the sync thread).
+        Failing (no espeak-ng, no cache) is logged and kept: those questions are then recorded
+        skipped with the reason, and everything else works as before."""
+        if not questions:
+            self.checkin_problem = ""
+            return
+        if self._render is None:
+            self.checkin_problem = "no spoken prompts on this device"
+            return
+        try:
+            with self._render_lock:
+                self.library = self._render(questions)
+        except Exception as exc:  # espeak-ng failing in any way: reported, never the agent's end
+            self.checkin_problem = f"the check-in questions could not be spoken: {exc}"
+            log.warning("%s", self.checkin_problem)
+        else:
+            self.checkin_problem = ""
 
     # -- the panel's thread ----------------------------------------------------------------------
 
@@ -199,9 +245,39 @@ class Panel:
         """Carry out ``press`` (if any), then ``refresh``. The panel's thread calls this."""
         if press is not None:
             self._programs_read_at = None  # what is assigned now, not a few seconds ago
-            for action in self.controls.press(press, self._snapshot()):
-                self._perform(action)
+            asking = self.controls.checkin is not None
+            self._carry_out(self.controls.press(press, self._snapshot()), released=asking)
+        self._carry_out(self.controls.tick(), released=True)
         self.refresh()
+
+    def _carry_out(self, actions: list[Action], *, released: bool) -> None:
+        """Perform ``actions``; a ``Start`` goes through the "before" check-in first unless the
+        check-in is what ``released`` it."""
+        for action in actions:
+            if isinstance(action, Start) and not released:
+                self._carry_out(self._begin_checkin("before", [action]), released=True)
+            else:
+                self._perform(action)
+
+    def _begin_checkin(
+        self, phase: CheckInPhase, then: list[Action], why_not: str = ""
+    ) -> list[Action]:
+        questions = self._checkins()
+        if not any(question.asked(phase) for question in questions):
+            return then
+        if phase == "before":
+            self._wait_idle()  # a skip: asked once the stopped session is silent
+        if why_not:
+            unavailable = {question.id: why_not for question in questions}
+        else:
+            library = self.library
+            why_not = self.checkin_problem or "no spoken prompt for it (prompts not built)"
+            unavailable = {
+                question.id: why_not
+                for question in questions
+                if library is None or not library.has(library.question_key(question))
+            }
+        return self.controls.begin_checkin(phase, questions, unavailable=unavailable, then=then)
 
     def refresh(self) -> None:
         """Look at the agent: speak what its changes call for, and set the light."""
@@ -219,6 +295,12 @@ class Panel:
         self._state = after = self._snapshot()
         for action in self.controls.changed(before, after):
             self._perform(action)
+        if after.program is None and before.program is not None:
+            fault = sl.FAULT_TEXT.get(after.fault, str(after.fault))
+            why_not = (
+                "" if after.fault == sl.FAULT_NONE else f"the session ended by a fault ({fault})"
+            )
+            self._carry_out(self._begin_checkin("after", [], why_not), released=True)
         self._light = light_for(after)
 
     def _started(self, program: str) -> None:
@@ -276,21 +358,39 @@ class Panel:
             self._fault = sl.FAULT_NONE
         elif isinstance(action, SetVolume):
             self.mixer.set_volume(action.db, action.ramp_s)
+        elif isinstance(action, Ask):
+            self._asking = True
+            keys = [f"checkin_{action.phase}", "checkin_how"] if action.first else []
+            if self.library is not None:
+                question = self.library.question_key(action.question)
+                self._say_clips(self.library.clips(*keys, question, f"n{action.value}"))
+        elif isinstance(action, SayNumber):
+            self._say_clips(self.library.clips(f"n{action.value}") if self.library else [])
+        elif isinstance(action, Answered):
+            self._answered(action, datetime.now(UTC))
+            if self.controls.checkin is None and self._asking:
+                self._asking = False
+                self._say("checkin_done")
         elif action.key == "time_left":
             self._say_clips(self.library.time_left(action.minutes or 0) if self.library else [])
         else:
             self._say(action.key)
 
     def _start_when_idle(self, program: str) -> None:
-        deadline = self._clock() + SKIP_WAIT_S
-        while self._playing() is not None and self._clock() < deadline:
-            time.sleep(0.05)  # a skip: the stopped session is fading out
+        if self._closed:
+            return  # a check-in that timed out as the service shut down: nothing to start
+        self._wait_idle()
         self.mixer.resume()
         try:
             self._start(program)
         except ResoneraError as exc:
             log.warning("the play button could not start %r: %s", program, exc)
             self._last_program = program  # a next press moves on, not back to this one
+
+    def _wait_idle(self) -> None:
+        deadline = self._clock() + SKIP_WAIT_S
+        while self._playing() is not None and self._clock() < deadline:
+            time.sleep(0.05)  # a skip: the stopped session is fading out
 
     def _say(self, key: str) -> None:
         if self.library is not None:
@@ -318,13 +418,20 @@ def panel_for(
     syncing: Callable[[], bool] = lambda: False,
     idle_monitor: Callable[[], HardwareMonitor | None] | None = None,
     profile: Callable[[], HearingProfile] | None = None,
+    answered: Callable[[Answered, datetime], None] = lambda _answer, _at: None,
 ) -> Panel:
     """The device's panel: its controls, a mixer at the device's rate, the prompts built for it
     (``resonera-device prompts build``; without them the panel works silently, which is logged),
     the week's dose from the ledger, and the first-use marker in the data folder. With
     ``idle_monitor`` (the service's monitor between sessions) prompts are also spoken between
-    sessions, under ``profile()`` (the person's profile in force)."""
-    from resonera.device.prompts import PromptLibrary, PromptsError, prompts_dir
+    sessions, under ``profile()`` (the person's profile in force), whose check-in questions are
+    asked around sessions (``answered`` records each answer)."""
+    from resonera.device.prompts import (
+        PromptLibrary,
+        PromptsError,
+        build_checkin_prompts,
+        prompts_dir,
+    )
     from resonera.device.safety.dose_ledger import DoseLedger
 
     library: PromptLibrary | None = None
@@ -342,6 +449,16 @@ def panel_for(
         finally:
             ledger.close()
 
+    def render_checkins(questions: Sequence[CheckInQuestion]) -> PromptLibrary:
+        from resonera.device.safety.session import load_session_calibration
+
+        directory = prompts_dir(settings.data_dir)
+        calibration = load_session_calibration(settings.calibration_file)
+        report = build_checkin_prompts(directory, calibration, questions)
+        log.info("check-in prompts: %d spoken, %d unchanged", report.built, report.reused)
+        return PromptLibrary(directory, settings.sample_rate)
+
+    in_force = profile or (lambda: settings.profile)
     return Panel(
         Controls(),
         PromptMixer(settings.sample_rate),
@@ -356,11 +473,12 @@ def panel_for(
         speak_idle=(
             None
             if idle_monitor is None
-            else lambda mixer: speak_while_idle(
-                settings, idle_monitor, profile() if profile else settings.profile, mixer
-            )
+            else lambda mixer: speak_while_idle(settings, idle_monitor, in_force(), mixer)
         ),
         notice_marker=settings.data_dir / "first-use-notice-given",
+        checkins=lambda: in_force().checkins,
+        answered=answered,
+        render_checkins=render_checkins,
     )
 
 

@@ -27,6 +27,12 @@ Wording. The allowance messages follow ITU-T H.870 (2022) clause 11 and the WHO-
 listening devices and systems" (2019) examples: tell the person plainly how much of the weekly
 allowance is used, at 80 % and at 100 %, and what listening at a lower level buys them. The texts
 are ours (short enough to be understood over a ducked program), not quotations.
+
+Check-ins (issue 12). The clinician writes the questions, so they cannot be in the catalogue: when
+a profile is applied, ``build_checkin_prompts`` speaks each question with its anchors ("0 means
+…, 10 means …", ``CHECKIN_ANCHORS``) into the same cache, in the cache's language and level, under
+a key made of the text's hash (``checkin_key``); the voice is in the digest, so a new voice speaks
+it again. The fixed phrases (how to answer) and the numbers 0–10 are in the catalogue.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ import shutil
 import subprocess
 import tempfile
 import wave
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +54,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from resonera.common.errors import ConfigError, ResoneraError
+from resonera.common.profile import CheckInQuestion
 from resonera.device.audio.calibration import Calibration
 from resonera.device.audio.prompt_mixer import Clip
 from resonera.device.safety.aweighting import AWeightingFilter
@@ -56,7 +64,10 @@ __all__ = [
     "BuildReport",
     "PromptLibrary",
     "PromptsError",
+    "build_checkin_prompts",
     "build_prompts",
+    "checkin_key",
+    "checkin_text",
     "time_left_keys",
 ]
 
@@ -110,6 +121,12 @@ CATALOGUE: dict[str, dict[str, str]] = {
         ),
         "max_volume": "Maximum volume.",
         "no_program": "No program has been assigned to you yet.",
+        "checkin_before": "Before the session, a short check-in.",
+        "checkin_after": "The session is over. A short check-in.",
+        "checkin_how": (
+            "Choose a number with the volume buttons. Press play to confirm, or stop to skip."
+        ),
+        "checkin_done": "Thank you.",
     },
     "de": {
         "session_start": "Die Sitzung beginnt.",
@@ -143,7 +160,19 @@ CATALOGUE: dict[str, dict[str, str]] = {
         ),
         "max_volume": "Maximale Lautstärke.",
         "no_program": "Ihnen wurde noch kein Programm zugewiesen.",
+        "checkin_before": "Vor der Sitzung eine kurze Abfrage.",
+        "checkin_after": "Die Sitzung ist beendet. Eine kurze Abfrage.",
+        "checkin_how": (
+            "Wählen Sie eine Zahl mit den Lautstärketasten. Drücken Sie Wiedergabe zum "
+            "Bestätigen oder Stopp zum Überspringen."
+        ),
+        "checkin_done": "Danke.",
     },
+}
+#: How a check-in question's ends are said after it, per catalogue language.
+CHECKIN_ANCHORS = {
+    "en": "0 means {low}. 10 means {high}.",
+    "de": "0 bedeutet {low}. 10 bedeutet {high}.",
 }
 
 
@@ -307,10 +336,12 @@ def build_prompts(
     sample_rate: int = 48000,
     level_dba: float = DEFAULT_LEVEL_DBA,
     keys: list[str] | None = None,
+    extra: dict[str, str] | None = None,
 ) -> BuildReport:
     """Speak the catalogue into ``directory`` (created; unchanged prompts are kept). ``keys``
     limits the build to those prompts (tests); a full build also removes prompts no longer
-    in the catalogue. ``PromptsError`` names what went wrong; ``ConfigError`` for a bad level."""
+    in the catalogue. ``extra`` adds texts to the catalogue (key → text: check-in questions).
+    ``PromptsError`` names what went wrong; ``ConfigError`` for a bad level."""
     if not MIN_LEVEL_DBA <= level_dba <= MAX_LEVEL_DBA:
         raise ConfigError(
             f"prompt level {level_dba:g} dBA is outside {MIN_LEVEL_DBA:g}…{MAX_LEVEL_DBA:g} dBA"
@@ -328,7 +359,7 @@ def build_prompts(
     chosen, fallback = choose_language(language, espeak_languages(espeak))
     if fallback:
         log.warning("prompts: %s", fallback)
-    catalogue = texts(chosen)
+    catalogue = texts(chosen) | (extra or {})
     unknown = sorted(set(keys or ()) - set(catalogue))
     if unknown:
         raise PromptsError(f"no such prompt(s): {', '.join(unknown)}")
@@ -405,6 +436,40 @@ def _read_manifest(directory: Path) -> dict[str, Any] | None:
     return data
 
 
+def checkin_text(question: CheckInQuestion, language: str) -> str:
+    """What is said to ask ``question``: its text, then what its ends mean."""
+    anchors = CHECKIN_ANCHORS.get(language, CHECKIN_ANCHORS["en"])
+    ends = anchors.format(low=question.low_label.strip(), high=question.high_label.strip())
+    return f"{question.text.strip()} {ends}"
+
+
+def checkin_key(question: CheckInQuestion, language: str) -> str:
+    """The cache key of ``question``'s prompt: its spoken text's hash."""
+    return "q-" + hashlib.sha256(checkin_text(question, language).encode()).hexdigest()[:24]
+
+
+def build_checkin_prompts(
+    directory: Path, calibration: Calibration, questions: Sequence[CheckInQuestion]
+) -> BuildReport:
+    """Speak ``questions`` into the prompt cache in ``directory`` (built already: its language,
+    rate and level are kept); those spoken before are reused. When a profile is applied, never on
+    the audio path. ``PromptsError`` when there is no cache or espeak-ng is missing."""
+    manifest = _read_manifest(directory)
+    if manifest is None:
+        raise PromptsError(f"no prompts in {directory}: run 'resonera-device prompts build' first")
+    language = str(manifest.get("language", "en"))
+    extra = {checkin_key(q, language): checkin_text(q, language) for q in questions}
+    return build_prompts(
+        directory,
+        calibration,
+        language=language,
+        sample_rate=int(manifest.get("sample_rate", 48000)),
+        level_dba=float(manifest.get("level_dba", DEFAULT_LEVEL_DBA)),
+        keys=sorted(extra),
+        extra=extra,
+    )
+
+
 # -- reading (run time: never synthesises) ----------------------------------------------------------
 
 
@@ -478,3 +543,9 @@ class PromptLibrary:
 
     def time_left(self, minutes: int) -> list[Clip]:
         return self.clips(*time_left_keys(minutes))
+
+    def has(self, key: str) -> bool:
+        return key in self._files
+
+    def question_key(self, question: CheckInQuestion) -> str:
+        return checkin_key(question, self.language)

@@ -11,6 +11,9 @@ Inside it:
 - the control panel (``device/panel.py``: buttons, status light, spoken prompts), owned here: each
   safety monitor opened (idle or a session's) serves it, and each session plays through its
   prompt mixer;
+- check-ins (issue 12): the panel asks the profile's questions around each session; each answer
+  is stored sealed and queued as a ``checkin`` message here at once, under the session's id (the
+  "before" answers fix the id the session then plays under);
 - telemetry: a ``metrics`` message with the outbox depth every ``sync.telemetry_interval_s``;
 - the control socket ``run.sock`` in the data directory (mode 0600): one line in, one line out.
   ``play PROGRAM`` → ``ok …`` or ``error …``; ``stop`` → ``ok …``; ``status`` → one JSON object.
@@ -32,13 +35,15 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from resonera.common.errors import ResoneraError
+from resonera.common.ids import new_id
 from resonera.common.program import Program
-from resonera.common.records import SessionRecord
+from resonera.common.records import CheckInRecord, SessionRecord
+from resonera.device.controls import Answered
 from resonera.device.desired_state import DesiredStateApplier
 from resonera.device.safety.dose_ledger import DoseLedger
 from resonera.device.settings import DeviceSettings
@@ -81,6 +86,7 @@ class DeviceService:
             settings.pinned_server_key(),
             settings.profile,
             on_lowered=self._limits_lowered,
+            on_applied=lambda profile: self.panel.prepare_checkins(profile.checkins),
             open_ledger=lambda: DoseLedger.for_settings(settings),
             simulation=settings.simulation,
         )
@@ -92,6 +98,11 @@ class DeviceService:
         self._playing: _Playing | None = None
         #: Why the playing session's stop event is set (written before it is set).
         self._stop_reason = "stopped by the person"
+        #: "Before" check-in answers waiting for their session's id, and the last session's id.
+        #: The id the next session will have, fixed by its first "before" check-in answer (stored
+        #: at once under it, so a crash mid-session loses none).
+        self._next_session: str | None = None
+        self._ended_session: str | None = None
         self._shutdown = threading.Event()
         self._server: socketserver.ThreadingUnixStreamServer | None = None
         self._monitor: Any = None  # HardwareMonitor between sessions, when serial_url is set
@@ -103,7 +114,7 @@ class DeviceService:
         # opened here serves the panel, and every session plays through its prompt mixer
         self.panel = panel_for(
             settings,
-            start=self.play,
+            start=self._play_from_panel,
             stop=self.stop_playing,
             playing=lambda: self._playing.program if self._playing is not None else None,
             assigned=lambda: assigned_programs(
@@ -113,6 +124,7 @@ class DeviceService:
             syncing=lambda: time.time() - (getattr(self.sync, "last_ack", None) or 0.0) < 2.0,
             idle_monitor=lambda: self._monitor,
             profile=lambda: self.store.applied_profile() or settings.profile,
+            answered=self._checkin_answered,
         )
 
     # --- lifecycle -------------------------------------------------------------------------------
@@ -134,6 +146,14 @@ class DeviceService:
         self.sync.start()
         self._open_socket()
         self.panel.start()
+        questions = self.applier.current_profile().checkins
+        if questions:  # spoken again if a prompt build since the profile was applied dropped them
+            threading.Thread(
+                target=self.panel.prepare_checkins,
+                args=(questions,),
+                name="checkin-prompts",
+                daemon=True,
+            ).start()
         self._start_idle_monitor()
         self.queue_telemetry()
         self._start_renewal()
@@ -145,10 +165,13 @@ class DeviceService:
 
     def _start_renewal(self) -> None:
         """Renew the enrolled certificate now and daily when it nears its end (device/enroll.py)."""
-        from resonera.device.enroll import renew_daily
+        from resonera.device.enroll import renew_daily, renewed_mqtt
 
         def renewed(key: Any) -> None:
             self.store.signing_key = key  # what is queued from now on is signed with the new key
+            mqtt = renewed_mqtt(self.settings)
+            if mqtt is not None:  # the broker is to see the new certificate, not the old
+                self.sync.reconnect(mqtt)
 
         threading.Thread(
             target=renew_daily,
@@ -186,22 +209,23 @@ class DeviceService:
     def play(self, spec: str) -> str:
         """Start ``spec`` (preset or file) in the background; the reply line for the socket."""
         program = self.resolve_program(spec)
-        limits = self._limits()
-        per_day = limits.get("max_sessions_per_day")
-        if isinstance(per_day, int):
-            midnight = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-            if self.store.sessions_since(midnight) >= per_day:
-                raise ResoneraError(
-                    f"{per_day} session(s) a day is the limit your clinician set; "
-                    "none is left today"
-                )
+        from resonera.device.agent import daily_limit_refusal
+
+        # refused before the thread starts, so the person hears why (play_session checks again)
+        refused = daily_limit_refusal(self.store, time.time())
+        if refused is not None:
+            raise ResoneraError(refused)
         with self._lock:
             if self._playing is not None:
                 raise ResoneraError(f"already playing {self._playing.program!r}; stop it first")
             stop = threading.Event()
             self._stop_reason = "stopped by the person"
+            session_id, self._next_session = self._next_session or new_id(), None
             thread = threading.Thread(
-                target=self._play_session, args=(program, stop), name="player", daemon=True
+                target=self._play_session,
+                args=(program, stop, session_id),
+                name="player",
+                daemon=True,
             )
             self._playing = _Playing(program.name, time.time(), stop, thread)
             self.applier.session_started()
@@ -215,10 +239,11 @@ class DeviceService:
         playing.stop.set()
         return f"ok stopping {playing.program!r} (fading out)"
 
-    def _play_session(self, program: Program, stop: threading.Event) -> None:
+    def _play_session(self, program: Program, stop: threading.Event, session_id: str) -> None:
         from resonera.device.agent import open_sink, play_session
 
         self._stop_idle_monitor()  # the session opens the MCU's port itself
+        record: SessionRecord | None = None
         try:
             sink = open_sink(self.settings)
             record = play_session(
@@ -227,6 +252,7 @@ class DeviceService:
                 program,
                 sink,
                 stop=stop,
+                session_id=session_id,
                 stop_reason=lambda: self._stop_reason,
                 notify=lambda message: log.info("%s", message),
                 mixer=self.panel.mixer,
@@ -239,12 +265,52 @@ class DeviceService:
             self.last_error = str(exc)
             log.error("session of %r did not play: %s", program.name, exc)
         finally:
+            self._ended_session = session_id
             with self._lock:
                 self._playing = None
             self.applier.session_ended()
             self.sync.kick()
             if not self._shutdown.is_set():
                 self._start_idle_monitor()
+
+    # --- check-ins ---------------------------------------------------------------------------------
+
+    def _play_from_panel(self, spec: str) -> str:
+        """``play`` for the buttons: if it is refused, the check-in answers given before it stay
+        stored under the id the session would have had; the next session gets a new one."""
+        try:
+            return self.play(spec)
+        except ResoneraError:
+            with self._lock:
+                self._next_session = None
+            raise
+
+    def _checkin_answered(self, answer: Answered, at: datetime) -> None:
+        if answer.phase == "before":
+            with self._lock:
+                self._next_session = session_id = self._next_session or new_id()
+        else:
+            session_id = self._ended_session or new_id()
+        self._store_checkin(answer, at, session_id)
+
+    def _store_checkin(self, answer: Answered, at: datetime, session_id: str) -> None:
+        record = CheckInRecord(
+            id=new_id(),
+            session_id=session_id,
+            device_id=self.settings.device_id,
+            question_id=answer.question.id,
+            phase=answer.phase,
+            value=answer.value,
+            skipped=answer.value is None,
+            answered_at=at,
+            better=answer.question.better,
+        )
+        try:
+            self.store.record_checkin(self.settings.device_id, record, answer.reason)
+        except Exception:  # the store failing must not end the panel's thread
+            log.exception("check-in answer %s could not be stored", record.question_id)
+            return
+        self.sync.kick()
 
     def _limits_lowered(self, _profile: object) -> None:
         """A desired state lowered the limits during a session: the session stops (fading), so
@@ -254,11 +320,6 @@ class DeviceService:
             log.warning("limits lowered by the clinician during a session: stopping it")
             self._stop_reason = "the clinician lowered the limits; they hold from the next session"
             playing.stop.set()
-
-    def _limits(self) -> dict[str, Any]:
-        applied = self.store.applied_desired()
-        limits = applied.content.get("limits") if applied is not None else None
-        return limits if isinstance(limits, dict) else {}
 
     # --- safety monitor between sessions ---------------------------------------------------------
 

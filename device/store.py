@@ -7,9 +7,10 @@ and is taken in that transaction too, so it never repeats across restarts. Outbo
 only when the server's application ack names them, or, for ``metrics`` only, when the outbox passes
 its size or age bound (oldest first): sessions, safety events and reports are never dropped.
 
-Sessions, safety events, outbox payloads and desired-state documents are sealed with AES-GCM under the
-device data key (``crypto_store``), which lives in a file apart from the database. The layout is
-versioned (``migrations``): opening an older store upgrades it in place, keeping its data.
+Sessions, safety events, check-in answers, outbox payloads and desired-state documents are sealed
+with AES-GCM under the device data key (``crypto_store``), which lives in a file apart from the
+database. The layout is versioned (``migrations``): opening an older store upgrades it in place,
+keeping its data.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from resonera.common import topics
 from resonera.common.envelope import Envelope
 from resonera.common.errors import ResoneraError
 from resonera.common.profile import HearingProfile
-from resonera.common.records import SafetyEventRecord, SessionRecord
+from resonera.common.records import CheckInRecord, SafetyEventRecord, SessionRecord
 from resonera.common.signing import sign_envelope
 from resonera.device import migrations
 from resonera.device.crypto_store import (
@@ -73,6 +74,16 @@ class SafetyEventEntry(DeviceModel, table=True):
     event_id: str = Field(primary_key=True)
     at: datetime = Field(index=True)
     type: str = Field(index=True)
+    sealed: bytes
+
+
+class CheckInEntry(DeviceModel, table=True):
+    __tablename__ = "checkins"
+
+    record_id: str = Field(primary_key=True)
+    session_id: str
+    answered_at: datetime = Field(index=True)
+    reason: str = ""
     sealed: bytes
 
 
@@ -335,6 +346,41 @@ class DeviceStore:
             )
             db.commit()
         return envelope
+
+    def record_checkin(self, device_id: str, record: CheckInRecord, reason: str = "") -> Envelope:
+        """Store a check-in answer and queue its ``checkin`` message, atomically (like sessions:
+        never thinned). ``reason`` (why it was skipped) stays on the device."""
+        with Session(self.write_engine) as db:
+            envelope = self._queue(db, device_id, "checkin", record.model_dump(mode="json"))
+            db.add(
+                CheckInEntry(
+                    record_id=record.id,
+                    session_id=record.session_id,
+                    answered_at=record.answered_at,
+                    reason=reason,
+                    sealed=self._seal("checkins", record.id, record.model_dump_json().encode()),
+                )
+            )
+            db.commit()
+        return envelope
+
+    def checkins(self, limit: int = 100) -> list[tuple[CheckInRecord, str]]:
+        """Check-in answers with why each skipped one was (""), most recent first."""
+        with Session(self.engine) as db:
+            rows = db.exec(
+                select(CheckInEntry)
+                .order_by(col(CheckInEntry.answered_at).desc(), col(CheckInEntry.record_id))
+                .limit(limit)
+            ).all()
+            return [
+                (
+                    CheckInRecord.model_validate_json(
+                        self._open("checkins", row.record_id, row.sealed)
+                    ),
+                    row.reason,
+                )
+                for row in rows
+            ]
 
     def events(self, limit: int = 100) -> list[SafetyEventRecord]:
         """Safety events, most recent first."""

@@ -5,6 +5,7 @@ actions, with a clock the test controls (no device, no threads); then the ``Pane
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -217,20 +218,31 @@ def spoken(mixer: PromptMixer) -> list[str]:
 
 
 def make_panel(
-    library: PromptLibrary, tmp_path: Path, agent: Agent, clock: Clock, dose: list[float]
+    library: PromptLibrary,
+    tmp_path: Path,
+    agent: Agent,
+    clock: Clock,
+    dose: list[float] | None = None,
+    *,
+    notice_given: bool = False,
+    **changes: Any,
 ) -> Panel:
+    """A panel on ``agent``'s two assigned programs of 150 s, ``dose[0]`` of the week used; with
+    ``notice_given`` the first-use notice was said before; ``changes`` replace Panel's arguments."""
+    if notice_given:
+        (tmp_path / "notice-given").touch()
+    options: dict[str, Any] = {
+        "start": agent.start,
+        "stop": agent.stop,
+        "playing": lambda: agent.program,
+        "assigned": lambda: ASSIGNED,
+        "duration": lambda _name: 150.0,
+        "dose_fraction": lambda: dose[0] if dose else 0.0,
+        "notice_marker": tmp_path / "notice-given",
+        "clock": clock,
+    }
     return Panel(
-        Controls(clock=clock),
-        PromptMixer(RATE, clock=clock),
-        library,
-        start=agent.start,
-        stop=agent.stop,
-        playing=lambda: agent.program,
-        assigned=lambda: ASSIGNED,
-        duration=lambda _name: 150.0,
-        dose_fraction=lambda: dose[0],
-        notice_marker=tmp_path / "notice-given",
-        clock=clock,
+        Controls(clock=clock), PromptMixer(RATE, clock=clock), library, **(options | changes)
     )
 
 
@@ -263,8 +275,7 @@ def test_a_fault_shows_on_the_light_and_its_reason_waits_for_the_next_session(
     library: PromptLibrary, tmp_path: Path
 ) -> None:
     agent, clock, dose = Agent(), Clock(), [0.1]
-    (tmp_path / "notice-given").touch()
-    panel = make_panel(library, tmp_path, agent, clock, dose)
+    panel = make_panel(library, tmp_path, agent, clock, dose, notice_given=True)
     panel.handle(press(sl.BUTTON_PLAY_PAUSE))
     panel.on_event(LinkEvent("fault", "MCU fault: amplifier over temperature", 1))
     agent.program = None  # the session ended on the fault
@@ -282,8 +293,7 @@ def test_the_panel_tells_80_percent_of_the_allowance(
     library: PromptLibrary, tmp_path: Path
 ) -> None:
     agent, clock, dose = Agent(), Clock(), [0.5]
-    (tmp_path / "notice-given").touch()
-    panel = make_panel(library, tmp_path, agent, clock, dose)
+    panel = make_panel(library, tmp_path, agent, clock, dose, notice_given=True)
     panel.handle(press(sl.BUTTON_PLAY_PAUSE))
     dose[0] = 0.82
     panel.refresh()
@@ -311,7 +321,6 @@ def test_between_sessions_a_prompt_is_spoken_at_once_or_waits_if_the_mcu_refuses
     library: PromptLibrary, tmp_path: Path
 ) -> None:
     agent, clock = Agent(), Clock()
-    (tmp_path / "notice-given").touch()
     heard: list[list[str]] = []
     refuse = [False]
 
@@ -320,17 +329,14 @@ def test_between_sessions_a_prompt_is_spoken_at_once_or_waits_if_the_mcu_refuses
             raise ResoneraError("arm refused: amplifier over temperature")
         heard.append(spoken(mixer))
 
-    panel = Panel(
-        Controls(clock=clock),
-        PromptMixer(RATE, clock=clock),
+    panel = make_panel(
         library,
-        start=agent.start,
-        stop=agent.stop,
-        playing=lambda: agent.program,
+        tmp_path,
+        agent,
+        clock,
+        notice_given=True,
         assigned=lambda: (),
         speak_idle=speak_idle,
-        notice_marker=tmp_path / "notice-given",
-        clock=clock,
     )
     panel.handle(press(sl.BUTTON_VOLUME_UP))  # idle, at the ceiling
     assert heard == [["max_volume"]]

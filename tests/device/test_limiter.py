@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -7,6 +9,11 @@ from hypothesis import strategies as st
 from resonera.device.safety.limiter import ForwardMin, LevelCeiling, LookAheadLimiter, WindowSums
 
 RATE = 48_000
+
+
+SEEDS = st.integers(0, 10_000)
+#: The blocks a sound card or a render asks for, a few of them in a row.
+BLOCK_SIZES = st.lists(st.integers(64, 8192), min_size=1, max_size=4)
 
 
 def run(
@@ -23,6 +30,14 @@ def run(
     return np.concatenate(out)
 
 
+def same_whatever_the_blocks(
+    make: Callable[[], LookAheadLimiter | LevelCeiling], signal: np.ndarray, sizes: list[int]
+) -> None:
+    """Fed in blocks of ``sizes``, a fresh ``make()`` puts out what it does in 1024-frame blocks."""
+    reference = run(make(), signal, [1024])
+    np.testing.assert_allclose(run(make(), signal, sizes), reference, atol=1e-6)
+
+
 def loud_signal(seed: int, seconds: float = 0.5) -> np.ndarray:
     rng = np.random.default_rng(seed)
     n = int(seconds * RATE)
@@ -34,11 +49,7 @@ def loud_signal(seed: int, seconds: float = 0.5) -> np.ndarray:
 
 
 @settings(max_examples=25, deadline=None)
-@given(
-    seed=st.integers(0, 10_000),
-    ceiling=st.floats(0.05, 1.0),
-    sizes=st.lists(st.integers(64, 8192), min_size=1, max_size=4),
-)
+@given(seed=SEEDS, ceiling=st.floats(0.05, 1.0), sizes=BLOCK_SIZES)
 def test_no_sample_exceeds_the_ceiling_and_the_gain_never_jumps(
     seed: int, ceiling: float, sizes: list[int]
 ) -> None:
@@ -57,12 +68,9 @@ def test_no_sample_exceeds_the_ceiling_and_the_gain_never_jumps(
 
 
 @settings(max_examples=15, deadline=None)
-@given(seed=st.integers(0, 10_000), sizes=st.lists(st.integers(64, 8192), min_size=1, max_size=4))
+@given(seed=SEEDS, sizes=BLOCK_SIZES)
 def test_output_does_not_depend_on_the_block_size(seed: int, sizes: list[int]) -> None:
-    signal = loud_signal(seed, 0.3)
-    reference = run(LookAheadLimiter(RATE, 0.5), signal, [1024])
-    other = run(LookAheadLimiter(RATE, 0.5), signal, sizes)
-    np.testing.assert_allclose(other, reference, atol=1e-6)
+    same_whatever_the_blocks(lambda: LookAheadLimiter(RATE, 0.5), loud_signal(seed, 0.3), sizes)
 
 
 def test_quiet_signal_passes_unchanged_after_the_latency() -> None:
@@ -102,11 +110,7 @@ def window_mean_squares(out: np.ndarray, window: int) -> np.ndarray:
 
 
 @settings(max_examples=20, deadline=None)
-@given(
-    seed=st.integers(0, 10_000),
-    max_db=st.floats(-40.0, -6.0),
-    sizes=st.lists(st.integers(64, 8192), min_size=1, max_size=4),
-)
+@given(seed=SEEDS, max_db=st.floats(-40.0, -6.0), sizes=BLOCK_SIZES)
 def test_level_ceiling_holds_every_window_and_every_second(
     seed: int, max_db: float, sizes: list[int]
 ) -> None:
@@ -130,18 +134,14 @@ def test_level_ceiling_leaves_quiet_sound_alone() -> None:
 
 
 @settings(max_examples=15, deadline=None)
-@given(
-    seed=st.integers(0, 10_000),
-    max_db=st.floats(-30.0, -6.0),
-    sizes=st.lists(st.integers(64, 8192), min_size=1, max_size=4),
-)
+@given(seed=SEEDS, max_db=st.floats(-30.0, -6.0), sizes=BLOCK_SIZES)
 def test_level_ceiling_output_does_not_depend_on_the_block_size(
     seed: int, max_db: float, sizes: list[int]
 ) -> None:
-    signal = loud_signal(seed, 0.6)
-    reference = run(LevelCeiling(RATE, 10 ** (max_db / 10), identity), signal, [1024])
-    other = run(LevelCeiling(RATE, 10 ** (max_db / 10), identity), signal, sizes)
-    np.testing.assert_allclose(other, reference, atol=1e-6)
+    ceiling = 10 ** (max_db / 10)
+    same_whatever_the_blocks(
+        lambda: LevelCeiling(RATE, ceiling, identity), loud_signal(seed, 0.6), sizes
+    )
 
 
 def stream(sizes: list[int], total: int) -> list[slice]:
@@ -156,7 +156,7 @@ def stream(sizes: list[int], total: int) -> list[slice]:
 
 @settings(max_examples=40, deadline=None)
 @given(
-    seed=st.integers(0, 10_000),
+    seed=SEEDS,
     window=st.integers(3, 700),
     sizes=st.lists(st.integers(1, 1500), min_size=1, max_size=4),
 )
@@ -174,7 +174,7 @@ def test_forward_minimum_is_the_minimum_of_each_window_whatever_the_blocks(
 
 @settings(max_examples=30, deadline=None)
 @given(
-    seed=st.integers(0, 10_000),
+    seed=SEEDS,
     window=st.integers(1, 3000),
     sizes=st.lists(st.integers(1, 9000), min_size=1, max_size=4),
 )

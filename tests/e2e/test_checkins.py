@@ -1,0 +1,174 @@
+"""A check-in from the clinician's question to the server's ``checkin`` table, every hop real:
+REST API (the patient's profile with a question) → signed desired state retained on mosquitto →
+device service (the question spoken into the prompt cache with espeak-ng) → the buttons answer it
+before and after a session → sealed in the device store, queued → mosquitto → server ingest. A
+redelivery of the same messages adds nothing: each answer is stored once."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import httpx
+from device_peer import Peer
+from support import Mosquitto, require_tool, wait_until
+
+from resonera.common import serial_link as sl
+from resonera.common import topics
+from resonera.common.profile import CheckInQuestion
+from resonera.common.settings import MqttSettings
+from resonera.device.audio.calibration import load_calibration_file, packaged_calibration
+from resonera.device.cli import resolve_program
+from resonera.device.prompts import build_prompts, prompts_dir
+from resonera.device.service import DeviceService
+from resonera.device.settings import DeviceSettings
+from resonera.server.bootstrap import demo_setup
+from resonera.server.crypto import new_key_line, write_signing_key
+from resonera.server.runner import run_server_in_thread
+from resonera.server.settings import ServerSettings
+
+PASSWORD = "e2e clinician password"
+DEVICE = "e2e-checkin-1"
+PROGRAM = "calm-tone"
+QUESTION = {
+    "id": "distress",
+    "text": "How distressing is your tinnitus now?",
+    "low_label": "not at all",
+    "high_label": "unbearable",
+    "better": "lower",
+}
+
+DISTRESS = CheckInQuestion.model_validate(QUESTION)
+
+
+def press(button: int) -> sl.ButtonPress:
+    return sl.ButtonPress(button, sl.PRESS_SHORT, 0)
+
+
+def test_check_ins_answered_on_the_device_reach_the_server_once(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    require_tool("espeak-ng")
+    mqtt = MqttSettings(host=mosquitto.host, port=mosquitto.port)
+    signing_key = tmp_path / "signing.pem"
+    server_public_key = write_signing_key(signing_key)
+    server_settings = ServerSettings(
+        database_url=f"sqlite:///{tmp_path / 'server.db'}",
+        http_port=0,
+        mqtt=mqtt,
+        demo=True,
+        patient_keys=new_key_line("e2e"),
+        desired_signing_key_file=signing_key,
+    )
+    device = DeviceSettings(
+        device_id=DEVICE,
+        data_dir=tmp_path / "device",
+        mqtt=mqtt,
+        simulation=True,  # no MCU: the null sink plays without consent, as the flag says
+        sink="null",
+        calibration_file=packaged_calibration(),
+        server_public_key=server_public_key,
+        sync={"reconnect_jitter_s": 0.0, "resend_after_s": 2.0},
+    )
+    build_prompts(
+        prompts_dir(device.data_dir),
+        load_calibration_file(packaged_calibration()),
+        sample_rate=device.sample_rate,
+        keys=["checkin_before", "checkin_after", "checkin_how", "checkin_done", "n5", "n6", "n8"],
+    )
+    peer = Peer(mosquitto, ack=False)  # sees what the device sends, to send it again
+    service: DeviceService | None = None
+    with run_server_in_thread(server_settings) as server:
+        setup = demo_setup(
+            server.engine, server_settings, device_id=DEVICE, email="dr@e2e.test", password=PASSWORD
+        )
+        token = httpx.post(
+            f"{server.api_url}/auth/login", json={"email": "dr@e2e.test", "password": PASSWORD}
+        ).json()["access_token"]
+        api = httpx.Client(
+            base_url=f"{server.api_url}/patients/{setup.patient_id}",
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        etag = api.get("/desired").headers.get("ETag", '"0"')
+        put = api.put(
+            "/desired",
+            json={"profile": {"checkins": [QUESTION]}, "programs": [{"name": PROGRAM}]},
+            headers={"If-Match": etag},
+        )
+        assert put.status_code == 200, put.text
+
+        def rows() -> list[tuple[str, str, int | None, bool, str]]:
+            with sqlite3.connect(tmp_path / "server.db") as db:
+                return list(
+                    db.execute(
+                        "SELECT record_id, phase, value, skipped, patient_id FROM checkin "
+                        "ORDER BY answered_at"
+                    )
+                )
+
+        try:
+            service = DeviceService(device, resolve_program)
+            service.start()
+            panel = service.panel
+
+            def asking(phase: str) -> bool:
+                return panel.controls.checkin is not None and panel.controls.checkin.phase == phase
+
+            wait_until(
+                lambda: (
+                    panel.library is not None
+                    and panel.library.has(panel.library.question_key(DISTRESS))
+                ),
+                60,
+                "the question spoken into the cache",
+            )
+            # the buttons, as the safety monitor hands their presses to the panel
+            panel.on_press(press(sl.BUTTON_PLAY_PAUSE))
+            wait_until(lambda: asking("before"), 30, "the 'before' question")
+            panel.on_press(press(sl.BUTTON_VOLUME_UP))
+            panel.on_press(press(sl.BUTTON_PLAY_PAUSE))  # 6
+            wait_until(lambda: service.status()["playing"] == PROGRAM, 30, "the program")
+            panel.on_press(press(sl.BUTTON_STOP))
+            wait_until(lambda: asking("after"), 30, "the 'after' question")
+            for _ in range(3):
+                panel.on_press(press(sl.BUTTON_VOLUME_UP))
+            panel.on_press(press(sl.BUTTON_PLAY_PAUSE))  # 8
+            wait_until(lambda: len(rows()) == 2, 30, "the answers at the server")
+        finally:
+            if service is not None:
+                service.close()
+
+        store = device.open_store()
+        [session] = store.sessions()
+        first = rows()
+        assert [(phase, value, bool(skipped)) for _, phase, value, skipped, _ in first] == [
+            ("before", 6, False),
+            ("after", 8, False),
+        ]
+        assert {patient for *_, patient in first} == {setup.patient_id}
+        with sqlite3.connect(tmp_path / "server.db") as db:
+            sessions = {s for (s,) in db.execute("SELECT DISTINCT session_id FROM checkin")}
+        assert sessions == {session.session_id}
+
+        # the same messages delivered again (a lost acknowledgement): nothing more is stored
+        sent = peer.of_kind("checkin")
+        assert len(sent) == 2
+        for envelope in sent:
+            info = peer.client.publish(topics.up(DEVICE, "checkin"), envelope.to_bytes(), qos=1)
+            info.wait_for_publish(timeout=5)
+        # a message after them, from the same client: once it is in, they were handled
+        marker_envelope = store.queue_message(DEVICE, "metrics", {"telemetry": {}})
+        store.close()
+        info = peer.client.publish(topics.up(DEVICE, "metrics"), marker_envelope.to_bytes(), qos=1)
+        info.wait_for_publish(timeout=5)
+
+        def has_marker() -> bool:
+            with sqlite3.connect(tmp_path / "server.db") as db:
+                found = db.execute(
+                    "SELECT 1 FROM device_message WHERE message_id = ?", (marker_envelope.id,)
+                ).fetchone()
+            return found is not None
+
+        wait_until(has_marker, 30, "the message after the redelivery")
+        assert rows() == first
+    peer.close()
