@@ -40,7 +40,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 from pydantic import SecretStr  # noqa: E402
 from sqlalchemy.engine import Engine  # noqa: E402
 from sqlmodel import Session, select  # noqa: E402
-from support import run_postgres  # noqa: E402
+from support import bench_postgres  # noqa: E402
 
 from resonera.server.app import create_app  # noqa: E402
 from resonera.server.crypto import FieldCipher, HmacSigner, new_key_line, parse_keys  # noqa: E402
@@ -192,13 +192,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="resonera-bench-dashboard-") as folder:
         report("SQLite", *measure(f"sqlite:///{Path(folder) / 'server.db'}", Path(folder) / "data"))
         with ExitStack() as stack:
-            try:
-                postgres = stack.enter_context(run_postgres())
-            except BaseException as exc:  # pytest's skip/fail outcomes when PostgreSQL is missing
-                print(f"  PostgreSQL skipped: {exc}")
-                return
-            postgres.execute("CREATE DATABASE bench_dashboard")
-            report("PostgreSQL", *measure(postgres.url("bench_dashboard"), Path(folder) / "data"))
+            url = bench_postgres(stack, "bench_dashboard")
+            if url is not None:
+                report("PostgreSQL", *measure(url, Path(folder) / "data"))
 
 
 if __name__ == "__main__":

@@ -11,29 +11,18 @@ from __future__ import annotations
 
 import random
 import sqlite3
-import statistics
-import tempfile
-import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import bench_server_api as api
 from fastapi.testclient import TestClient
-from pydantic import SecretStr
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
-from support import run_postgres
 
-from resonera.server.app import create_app
-from resonera.server.crypto import FieldCipher, HmacSigner, new_key_line, parse_keys
-from resonera.server.db import make_engine, migrate
-from resonera.server.desired import MemoryPublisher
 from resonera.server.models import PatientConfigRow, UserRow
 from resonera.server.security import issue_access_token
-from resonera.server.settings import ServerSettings
 
 TARGET_MS = 100.0
 REQUESTS = 200
@@ -89,20 +78,7 @@ def _checkin_rows(patients: list[str]) -> Iterator[tuple[Any, ...]]:
 def load_sqlite(path: Path, patients: list[str]) -> None:
     api.load_sqlite(path, patients)
     conn = sqlite3.connect(path)
-    marks = ",".join("?" * len(CHECKIN_COLUMNS))
-    sql = f"INSERT INTO checkin ({','.join(CHECKIN_COLUMNS)}) VALUES ({marks})"
-
-    def text(row: tuple[Any, ...]) -> tuple[Any, ...]:
-        return tuple(
-            v.astimezone(UTC).replace(tzinfo=None).strftime(api.SQLITE_TIME)
-            if isinstance(v, datetime)
-            else v
-            for v in row
-        )
-
-    rows = _checkin_rows(patients)
-    while chunk := [text(r) for _, r in zip(range(50_000), rows, strict=False)]:
-        conn.executemany(sql, chunk)
+    api.sqlite_insert(conn, "checkin", CHECKIN_COLUMNS, _checkin_rows(patients))
     conn.commit()
     conn.execute("ANALYZE")
     conn.close()
@@ -114,12 +90,8 @@ def load_postgres(url: str, patients: list[str]) -> None:
     api.load_postgres(url, patients)
     conninfo = url.replace("postgresql+psycopg://", "postgresql://")
     with psycopg.connect(conninfo) as conn:
-        with (
-            conn.cursor() as cur,
-            cur.copy(f"COPY checkin ({','.join(CHECKIN_COLUMNS)}) FROM STDIN") as copy,
-        ):
-            for row in _checkin_rows(patients):
-                copy.write_row(row)
+        with conn.cursor() as cur:
+            api.postgres_copy(cur, "checkin", CHECKIN_COLUMNS, _checkin_rows(patients))
         conn.commit()
         conn.execute("ANALYZE")
 
@@ -149,27 +121,8 @@ def _prescribe(engine: Engine, clinician: UserRow, mine: list[str]) -> None:
         session.commit()
 
 
-def _times(call: Callable[[], Any], requests: int) -> tuple[float, float]:
-    for _ in range(5):
-        call()
-    times = []
-    for _ in range(requests):
-        start = time.perf_counter()
-        call()
-        times.append((time.perf_counter() - start) * 1000)
-    times.sort()
-    return statistics.median(times), times[max(0, int(0.95 * len(times)) - 1)]
-
-
 def measure(label: str, engine: Engine, clinician: UserRow, mine: list[str]) -> None:
-    settings = ServerSettings(jwt_secret=SecretStr("b" * 40), demo=False).checked_for_start()
-    app = create_app(
-        settings,
-        engine,
-        cipher=FieldCipher(*parse_keys(new_key_line("b"), "bench")),
-        publisher=MemoryPublisher(),
-        signer=HmacSigner(b"bench"),
-    )
+    settings, app = api.bench_app(engine)
     now = datetime.now(UTC)
     with Session(engine) as session:
         admin = UserRow(email="a@bench", password_hash="x", role="admin", created_at=now)
@@ -205,7 +158,7 @@ def measure(label: str, engine: Engine, clinician: UserRow, mine: list[str]) -> 
         ]
         baseline = 0.0
         for name, call, requests in cases:
-            median, p95 = _times(call, requests)
+            median, p95 = api.timed(call, requests, warmup=5)
             if not baseline:
                 baseline = median
             verdict = ""
@@ -223,34 +176,13 @@ def main() -> None:
         f"{2 * api.N:,} check-ins, clinician with {api.CLINICIAN_PATIENTS} "
         "(RESONERA_BENCH_API_N to change)"
     )
-    patients = api._patients()
-    with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
-        path = Path(tmp) / "outcomes.db"
-        engine = make_engine(f"sqlite:///{path}")
-        migrate(engine)
-        clinician, mine = api._people(engine, patients)
-        _prescribe(engine, clinician, mine)
-        start = time.perf_counter()
-        load_sqlite(path, patients)
-        print(f"  SQLite loaded in {time.perf_counter() - start:.1f} s")
-        measure("SQLite", engine, clinician, mine)
-        engine.dispose()
-        try:
-            postgres = stack.enter_context(run_postgres())
-        except BaseException as exc:  # pytest's skip/fail outcomes when PostgreSQL is missing
-            print(f"  PostgreSQL skipped: {exc}")
-            return
-        postgres.execute("CREATE DATABASE bench_outcomes")
-        url = postgres.url("bench_outcomes")
-        engine = make_engine(url)
-        migrate(engine)
-        clinician, mine = api._people(engine, patients)
-        _prescribe(engine, clinician, mine)
-        start = time.perf_counter()
-        load_postgres(url, patients)
-        print(f"  PostgreSQL loaded in {time.perf_counter() - start:.1f} s")
-        measure("PostgreSQL", engine, clinician, mine)
-        engine.dispose()
+    api.on_each_database("outcomes", _people, load_sqlite, load_postgres, measure)
+
+
+def _people(engine: Engine, patients: list[str]) -> tuple[UserRow, list[str]]:
+    clinician, mine = api._people(engine, patients)
+    _prescribe(engine, clinician, mine)
+    return clinician, mine
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from bench_render import PROGRAM_A
 from pydantic import SecretStr
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
@@ -24,32 +25,22 @@ from resonera.server.db import make_engine, migrate
 from resonera.server.models import UserRow
 from resonera.server.settings import ServerSettings
 
-HOUR_PROGRAM = """
-name = "reference-a hour {seed}"
-seed = {seed}
-fade_in_s = 5.0
-fade_out_s = 5.0
-[[steps]]
-duration_s = 3600
-[[steps.layers]]
-type = "noise"
-colour = "pink"
-gain = 0.5
-[[steps.layers]]
-type = "binaural"
-carrier_hz = 200
-beat_hz = 10
-gain = 0.4
-"""
 COLD_RUNS = 3
 CACHED_RUNS = 200
 CONCURRENT = 4
 
 
+def _hour_program(seed: int) -> str:
+    """An hour of ``bench_render``'s program A; the seed makes each cold run a new cache entry."""
+    return PROGRAM_A.format(seconds=3600).replace(
+        'name = "reference-a"', f'name = "reference-a hour {seed}"\nseed = {seed}'
+    )
+
+
 def _program(engine: Engine, user_id: int, seed: int) -> str:
     with Session(engine) as session:
         row = programs.create_program(
-            session, actor_user_id=user_id, document=HOUR_PROGRAM.format(seed=seed), fmt="toml"
+            session, actor_user_id=user_id, document=_hour_program(seed), fmt="toml"
         )
         return row.id
 

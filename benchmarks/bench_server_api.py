@@ -16,17 +16,18 @@ import sqlite3
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
-from support import run_postgres
+from support import bench_postgres
 
 from resonera.common.ids import new_id
 from resonera.server.app import create_app
@@ -44,6 +45,9 @@ from resonera.server.models import (
 )
 from resonera.server.security import issue_access_token
 from resonera.server.settings import ServerSettings
+
+if TYPE_CHECKING:
+    import psycopg
 
 N = int(os.environ.get("RESONERA_BENCH_API_N", "1000000"))
 PATIENTS = 1000
@@ -142,6 +146,9 @@ def _people(engine: Engine, patients: list[str]) -> tuple[UserRow, list[str]]:
         return clinician, patients[:CLINICIAN_PATIENTS]
 
 
+DOSE_COLUMNS = ("patient_id", "day", "dose_fraction", "sessions", "played_s")
+
+
 def _dose_rows(patients: list[str]) -> list[tuple[str, date, float, int, float]]:
     return [
         (pid, (TODAY - timedelta(days=d)).date(), 0.03, 3, 3600.0)
@@ -150,27 +157,35 @@ def _dose_rows(patients: list[str]) -> list[tuple[str, date, float, int, float]]
     ]
 
 
+def sqlite_insert(
+    conn: sqlite3.Connection, table: str, columns: Sequence[str], rows: Iterable[tuple[Any, ...]]
+) -> None:
+    """Bulk insert in chunks, times as the naive UTC text SQLAlchemy stores on SQLite."""
+    marks = ",".join("?" * len(columns))
+    sql = f"INSERT INTO {table} ({','.join(columns)}) VALUES ({marks})"
+
+    def text(value: Any) -> Any:
+        if isinstance(value, datetime):
+            return value.astimezone(UTC).replace(tzinfo=None).strftime(SQLITE_TIME)
+        return value.isoformat() if isinstance(value, date) else value
+
+    rows = iter(rows)
+    while chunk := [tuple(map(text, r)) for _, r in zip(range(50_000), rows, strict=False)]:
+        conn.executemany(sql, chunk)
+
+
+def postgres_copy(
+    cur: psycopg.Cursor[Any], table: str, columns: Sequence[str], rows: Iterable[tuple[Any, ...]]
+) -> None:
+    with cur.copy(f"COPY {table} ({','.join(columns)}) FROM STDIN") as copy:
+        for row in rows:
+            copy.write_row(row)
+
+
 def load_sqlite(path: Path, patients: list[str]) -> None:
     conn = sqlite3.connect(path)
-    marks = ",".join("?" * len(COLUMNS))
-    sql = f"INSERT INTO session_record ({','.join(COLUMNS)}) VALUES ({marks})"
-
-    def text(row: tuple[Any, ...]) -> tuple[Any, ...]:
-        return tuple(
-            v.astimezone(UTC).replace(tzinfo=None).strftime(SQLITE_TIME)
-            if isinstance(v, datetime)
-            else v
-            for v in row
-        )
-
-    rows = _session_rows(patients)
-    while chunk := [text(r) for _, r in zip(range(50_000), rows, strict=False)]:
-        conn.executemany(sql, chunk)
-    conn.executemany(
-        "INSERT INTO dose_daily (patient_id, day, dose_fraction, sessions, played_s) "
-        "VALUES (?, ?, ?, ?, ?)",
-        [(p, d.isoformat(), f, s, t) for p, d, f, s, t in _dose_rows(patients)],
-    )
+    sqlite_insert(conn, "session_record", COLUMNS, _session_rows(patients))
+    sqlite_insert(conn, "dose_daily", DOSE_COLUMNS, _dose_rows(patients))
     conn.commit()
     conn.execute("ANALYZE")
     conn.close()
@@ -182,31 +197,26 @@ def load_postgres(url: str, patients: list[str]) -> None:
     conninfo = url.replace("postgresql+psycopg://", "postgresql://")
     with psycopg.connect(conninfo) as conn:
         with conn.cursor() as cur:
-            with cur.copy(f"COPY session_record ({','.join(COLUMNS)}) FROM STDIN") as copy:
-                for row in _session_rows(patients):
-                    copy.write_row(row)
-            with cur.copy(
-                "COPY dose_daily (patient_id, day, dose_fraction, sessions, played_s) FROM STDIN"
-            ) as copy:
-                for dose_row in _dose_rows(patients):
-                    copy.write_row(dose_row)
+            postgres_copy(cur, "session_record", COLUMNS, _session_rows(patients))
+            postgres_copy(cur, "dose_daily", DOSE_COLUMNS, _dose_rows(patients))
         conn.commit()
         conn.execute("ANALYZE")
 
 
-def _p95(call: Callable[[], Any]) -> tuple[float, float]:
-    for _ in range(10):
+def timed(call: Callable[[], Any], requests: int, warmup: int) -> tuple[float, float]:
+    """Median and p95 in milliseconds of ``requests`` calls after ``warmup`` unmeasured ones."""
+    for _ in range(warmup):
         call()
     times = []
-    for _ in range(REQUESTS):
+    for _ in range(requests):
         start = time.perf_counter()
         call()
         times.append((time.perf_counter() - start) * 1000)
     times.sort()
-    return times[int(0.95 * len(times)) - 1], statistics.median(times)
+    return statistics.median(times), times[max(0, int(0.95 * len(times)) - 1)]
 
 
-def measure(label: str, engine: Engine, clinician: UserRow, mine: list[str]) -> None:
+def bench_app(engine: Engine) -> tuple[ServerSettings, FastAPI]:
     settings = ServerSettings(jwt_secret=SecretStr("b" * 40), demo=False).checked_for_start()
     app = create_app(
         settings,
@@ -215,6 +225,11 @@ def measure(label: str, engine: Engine, clinician: UserRow, mine: list[str]) -> 
         publisher=MemoryPublisher(),
         signer=HmacSigner(b"bench"),
     )
+    return settings, app
+
+
+def measure(label: str, engine: Engine, clinician: UserRow, mine: list[str]) -> None:
+    settings, app = bench_app(engine)
     headers = {
         "Authorization": f"Bearer {issue_access_token(settings, clinician, datetime.now(UTC))}"
     }
@@ -244,9 +259,44 @@ def measure(label: str, engine: Engine, clinician: UserRow, mine: list[str]) -> 
             ("all my patients' sessions, 100", all_sessions),
             ("7-day dose", dose),
         ):
-            p95, median = _p95(call)
+            median, p95 = timed(call, REQUESTS, warmup=10)
             verdict = "ok" if p95 <= TARGET_MS else f"over the {TARGET_MS:.0f} ms target"
             print(f"  {label:10s} {name:32s} p50 {median:6.1f} ms  p95 {p95:6.1f} ms  {verdict}")
+
+
+Measure = Callable[[str, Engine, UserRow, list[str]], None]
+
+
+def on_each_database(
+    database: str,
+    people: Callable[[Engine, list[str]], tuple[UserRow, list[str]]],
+    load_sqlite: Callable[[Path, list[str]], None],
+    load_postgres: Callable[[str, list[str]], None],
+    measure: Measure,
+) -> None:
+    """Set up, bulk-load and measure on SQLite, then on PostgreSQL where it is installed."""
+    patients = _patients()
+    with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
+        path = Path(tmp) / f"{database}.db"
+        engine = make_engine(f"sqlite:///{path}")
+        migrate(engine)
+        clinician, mine = people(engine, patients)
+        start = time.perf_counter()
+        load_sqlite(path, patients)
+        print(f"  SQLite loaded in {time.perf_counter() - start:.1f} s")
+        measure("SQLite", engine, clinician, mine)
+        engine.dispose()
+        url = bench_postgres(stack, f"bench_{database}")
+        if url is None:
+            return
+        engine = make_engine(url)
+        migrate(engine)
+        clinician, mine = people(engine, patients)
+        start = time.perf_counter()
+        load_postgres(url, patients)
+        print(f"  PostgreSQL loaded in {time.perf_counter() - start:.1f} s")
+        measure("PostgreSQL", engine, clinician, mine)
+        engine.dispose()
 
 
 def main() -> None:
@@ -254,32 +304,7 @@ def main() -> None:
         f"server API latency: {N:,} sessions over {PATIENTS} patients, clinician with "
         f"{CLINICIAN_PATIENTS} (RESONERA_BENCH_API_N to change), {REQUESTS} requests each"
     )
-    patients = _patients()
-    with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
-        path = Path(tmp) / "api.db"
-        engine = make_engine(f"sqlite:///{path}")
-        migrate(engine)
-        clinician, mine = _people(engine, patients)
-        start = time.perf_counter()
-        load_sqlite(path, patients)
-        print(f"  SQLite loaded in {time.perf_counter() - start:.1f} s")
-        measure("SQLite", engine, clinician, mine)
-        engine.dispose()
-        try:
-            postgres = stack.enter_context(run_postgres())
-        except BaseException as exc:  # pytest's skip/fail outcomes when PostgreSQL is missing
-            print(f"  PostgreSQL skipped: {exc}")
-            return
-        postgres.execute("CREATE DATABASE bench_api")
-        url = postgres.url("bench_api")
-        engine = make_engine(url)
-        migrate(engine)
-        clinician, mine = _people(engine, patients)
-        start = time.perf_counter()
-        load_postgres(url, patients)
-        print(f"  PostgreSQL loaded in {time.perf_counter() - start:.1f} s")
-        measure("PostgreSQL", engine, clinician, mine)
-        engine.dispose()
+    on_each_database("api", _people, load_sqlite, load_postgres, measure)
 
 
 if __name__ == "__main__":

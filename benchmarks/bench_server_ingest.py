@@ -35,7 +35,7 @@ from factories import make_record
 from paho.mqtt.enums import CallbackAPIVersion
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
-from support import run_mosquitto, run_postgres
+from support import bench_postgres, run_mosquitto
 
 from resonera.common import topics
 from resonera.common.envelope import Envelope, decode_ack
@@ -194,13 +194,10 @@ def main() -> None:
         rate = ingest_rate(broker.port, sqlite, messages)
         sqlite.dispose()
         print(f"  ingest → SQLite, acked        {rate.show(raw)}")
-        try:
-            postgres = stack.enter_context(run_postgres())
-        except BaseException as exc:  # pytest's skip/fail outcomes when PostgreSQL is missing
-            print(f"  ingest → PostgreSQL           skipped: {exc}")
+        url = bench_postgres(stack, "bench", "  ingest → PostgreSQL          ")
+        if url is None:
             return
-        postgres.execute("CREATE DATABASE bench")
-        pg = make_engine(postgres.url("bench"))
+        pg = make_engine(url)
         migrate(pg)
         rate = ingest_rate(broker.port, pg, messages)
         pg.dispose()

@@ -42,7 +42,7 @@ from resonera.common.ids import new_id
 from resonera.common.profile import HearingProfile
 from resonera.common.program import Program
 from resonera.common.program_check import check_program_for
-from resonera.server.models import AuditRow, PatientRow, ProgramLibraryRow, UserRow
+from resonera.server.models import PatientRow, ProgramLibraryRow, UserRow
 from resonera.server.security import now_utc
 from resonera.server.settings import ServerSettings
 
@@ -172,23 +172,30 @@ def get_program(session: Session, program_id: str) -> ProgramLibraryRow | None:
 def _audit(
     session: Session, user: UserRow, action: str, program_id: str, request: Request | None
 ) -> None:
-    if request is not None:
-        from resonera.server.api.deps import audit
+    from resonera.server.api.deps import audit
 
-        audit(session, request, user, action, "program", resource_id=program_id)
+    audit(session, request, user, action, "program", resource_id=program_id)
+
+
+def audit_preview(
+    session: Session, request: Request, user: UserRow, program_id: str, patient_id: str | None
+) -> None:
+    """A preview for a patient is a read of their data: audited, and committed. One for the
+    default profile is not patient data and is not."""
+    if patient_id is None:
         return
-    # Called outside an HTTP request (a script): who and what, without a method or path.
-    session.add(
-        AuditRow(
-            at=now_utc(),
-            actor_id=user.id,
-            actor_email=user.email,
-            actor_role=user.role,
-            action=action,
-            resource="program",
-            resource_id=program_id,
-        )
+    from resonera.server.api.deps import audit
+
+    audit(
+        session,
+        request,
+        user,
+        "read",
+        "program_preview",
+        resource_id=program_id,
+        patient_id=patient_id,
     )
+    session.commit()
 
 
 def _actor(session: Session, user_id: int) -> UserRow:

@@ -10,6 +10,20 @@ from typing import Any
 from resonera.common.ids import new_id
 from resonera.common.records import CheckInRecord, SessionRecord
 
+#: A valid library program (ten minutes of a 10 Hz binaural beat) for the program tests.
+ALPHA_TOML = """\
+name = "Alpha drift"
+description = "ten minutes of alpha"
+
+[[steps]]
+duration_s = 600
+[[steps.layers]]
+type = "binaural"
+carrier_hz = 200
+beat_hz = 10
+gain = 0.3
+"""
+
 
 def make_record(**changes: object) -> SessionRecord:
     start = datetime(2026, 11, 1, 9, 0, tzinfo=UTC)

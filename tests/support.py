@@ -9,7 +9,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -234,3 +234,15 @@ def run_postgres() -> Iterator[Postgres]:
             server.stop()
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def bench_postgres(stack: ExitStack, database: str, label: str = "  PostgreSQL") -> str | None:
+    """For a benchmark: the URL of a new ``database`` on a throwaway server that ``stack`` stops;
+    None, said after ``label`` on stdout, where PostgreSQL is not installed."""
+    try:
+        postgres = stack.enter_context(run_postgres())
+    except BaseException as exc:  # pytest's skip/fail outcomes when PostgreSQL is missing
+        print(f"{label} skipped: {exc}")
+        return None
+    postgres.execute(f"CREATE DATABASE {database}")
+    return postgres.url(database)

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CollectorRegistry
+from pydantic import AwareDatetime
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
@@ -21,6 +23,13 @@ from resonera.server.desired import DesiredService
 from resonera.server.models import AuditRow, ClinicianPatientRow, PatientRow, UserRow
 from resonera.server.security import TokenError, decode_access_token, now_utc
 from resonera.server.settings import ServerSettings
+
+#: A row id in a path (patients, programs: UUID text), checked before any query.
+RowId = Annotated[str, Path(min_length=1, max_length=36, pattern=r"^[0-9a-f-]{1,36}$")]
+PatientId = RowId
+#: A period's bounds as query parameters ``from`` and ``to``.
+Since = Annotated[AwareDatetime | None, Query(alias="from", description="inclusive")]
+Until = Annotated[AwareDatetime | None, Query(alias="to", description="exclusive")]
 
 _bearer = HTTPBearer(auto_error=False, description="An access token from POST /api/v1/auth/login")
 
@@ -98,7 +107,7 @@ def client_of(request: Request) -> str:
 
 def audit(
     session: Session,
-    request: Request,
+    request: Request | None,
     user: UserRow,
     action: str,
     resource: str,
@@ -106,7 +115,8 @@ def audit(
     resource_id: str = "",
     patient_id: str | None = None,
 ) -> None:
-    """Add an audit row to ``session``: it commits with the change it records (or with the read)."""
+    """Add an audit row to ``session``: it commits with the change it records (or with the read).
+    Without a ``request`` (a script, not HTTP) the row has who and what, no method or path."""
     session.add(
         AuditRow(
             at=now_utc(),
@@ -117,9 +127,9 @@ def audit(
             resource=resource,
             resource_id=resource_id[:128],
             patient_id=patient_id,
-            method=request.method,
-            path=request.url.path[:500],
-            client=client_of(request)[:100],
+            method=request.method if request is not None else "",
+            path=request.url.path[:500] if request is not None else "",
+            client=client_of(request)[:100] if request is not None else "",
         )
     )
 
@@ -140,3 +150,8 @@ def own_patient(session: Session, user: UserRow, patient_id: str) -> PatientRow:
         if link is not None:
             return patient
     raise ApiError(404, f"no patient {patient_id} among yours")
+
+
+def check_period(since: datetime | None, until: datetime | None) -> None:
+    if since is not None and until is not None and until <= since:
+        raise ApiError(422, "the period is empty: 'to' must be after 'from'")

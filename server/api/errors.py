@@ -102,15 +102,15 @@ async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
     return error_response(422, f"the request is not valid: {where}", details=details)
 
 
-async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
-    # Never a traceback to the caller; the log gets it, tied to the request.
-    log.error(
-        "unhandled %s on %s %s",
-        type(exc).__name__,
-        request.method,
-        request.url.path,
-        exc_info=exc,
+def log_unhandled(logger: logging.Logger, request: Request, exc: Exception) -> None:
+    """The traceback of an unexpected error to the log, tied to the request (never to the caller)."""
+    logger.error(
+        "unhandled %s on %s %s", type(exc).__name__, request.method, request.url.path, exc_info=exc
     )
+
+
+async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
+    log_unhandled(log, request, exc)
     return error_response(500, "internal error (logged on the server)")
 
 

@@ -10,7 +10,7 @@ from typing import Final
 from sqlalchemy.engine import Engine
 from sqlmodel import col, select
 
-from resonera.server.export.sessions_csv import csv_chunks
+from resonera.server.export.sessions_csv import csv_chunks, in_period
 from resonera.server.models import CheckInRow
 
 __all__ = ["CHECKIN_COLUMNS", "checkin_csv_chunks"]
@@ -33,10 +33,11 @@ def checkin_csv_chunks(
     engine: Engine, patient_id: str, since: datetime | None, until: datetime | None
 ) -> Iterator[str]:
     """The header, then chunks of rows (answer time in ``[since, until)``)."""
-    query = select(CheckInRow).where(CheckInRow.patient_id == patient_id)
-    if since is not None:
-        query = query.where(col(CheckInRow.answered_at) >= since)
-    if until is not None:
-        query = query.where(col(CheckInRow.answered_at) < until)
-    query = query.order_by(col(CheckInRow.answered_at), col(CheckInRow.id))
+    query = (
+        select(CheckInRow)
+        .where(
+            CheckInRow.patient_id == patient_id, *in_period(CheckInRow.answered_at, since, until)
+        )
+        .order_by(col(CheckInRow.answered_at), col(CheckInRow.id))
+    )
     return csv_chunks(engine, query, CHECKIN_COLUMNS)

@@ -44,13 +44,22 @@ def session_csv_chunks(
 ) -> Iterator[str]:
     """The header, then chunks of rows; opens its own database session (it runs while the
     response streams, after the request's session has closed)."""
-    query = select(SessionRow).where(SessionRow.patient_id == patient_id)
-    if since is not None:
-        query = query.where(col(SessionRow.started_at) >= since)
-    if until is not None:
-        query = query.where(col(SessionRow.started_at) < until)
-    query = query.order_by(col(SessionRow.started_at), col(SessionRow.id))
+    query = (
+        select(SessionRow)
+        .where(SessionRow.patient_id == patient_id, *in_period(SessionRow.started_at, since, until))
+        .order_by(col(SessionRow.started_at), col(SessionRow.id))
+    )
     return csv_chunks(engine, query, COLUMNS)
+
+
+def in_period(column: Any, since: datetime | None, until: datetime | None) -> list[Any]:
+    """Conditions keeping ``column`` in ``[since, until)``; a missing bound is open."""
+    conditions = []
+    if since is not None:
+        conditions.append(col(column) >= since)
+    if until is not None:
+        conditions.append(col(column) < until)
+    return conditions
 
 
 def csv_chunks(engine: Engine, query: Any, columns: Sequence[str]) -> Iterator[str]:

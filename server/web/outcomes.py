@@ -11,15 +11,16 @@ tests read.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
 from typing import Annotated, Final, Literal
 
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse, StreamingResponse
 
 from resonera.server import analytics, crud
-from resonera.server.api.deps import SessionDep, StateDep, audit
+from resonera.server.api.deps import PatientId, SessionDep, StateDep, audit
 from resonera.server.api.routes import exports as api_exports
 from resonera.server.api.routes import outcomes as api_outcomes
 from resonera.server.schemas import PatientOutcomes, PatientPublic, TrendDay
@@ -27,7 +28,6 @@ from resonera.server.web.auth import ClinicianPage, WebUser, own_patient_page, r
 from resonera.server.web.render import render
 
 router = APIRouter(include_in_schema=False)
-PatientId = Annotated[str, Path(min_length=1, max_length=36, pattern=r"^[0-9a-f-]{1,36}$")]
 Period = Annotated[Literal["30", "90"], Query()]
 OUTCOME_PERIODS: Final = (30, 90)
 CohortPage = Annotated[WebUser, Depends(require_page("clinician", "admin"))]
@@ -164,31 +164,24 @@ def cohort_page(
 # -- CSV downloads -----------------------------------------------------------------------------
 
 
-@router.get("/patients/{patient_id}/checkins.csv")
-def checkins_csv(
-    *,
-    request: Request,
-    patient_id: PatientId,
-    web: ClinicianPage,
-    state: StateDep,
-    session: SessionDep,
-) -> StreamingResponse:
-    own_patient_page(session, web, patient_id)
-    return api_outcomes.export_checkins_csv(
-        patient_id=patient_id, user=web.user, state=state, session=session, request=request
-    )
+def _download(export: Callable[..., StreamingResponse]) -> Callable[..., StreamingResponse]:
+    """The API's CSV export ``export`` as a dashboard download (cookie session, the 403 page)."""
+
+    def download(
+        *,
+        request: Request,
+        patient_id: PatientId,
+        web: ClinicianPage,
+        state: StateDep,
+        session: SessionDep,
+    ) -> StreamingResponse:
+        own_patient_page(session, web, patient_id)
+        return export(
+            patient_id=patient_id, user=web.user, state=state, session=session, request=request
+        )
+
+    return download
 
 
-@router.get("/patients/{patient_id}/sessions.csv")
-def sessions_csv(
-    *,
-    request: Request,
-    patient_id: PatientId,
-    web: ClinicianPage,
-    state: StateDep,
-    session: SessionDep,
-) -> StreamingResponse:
-    own_patient_page(session, web, patient_id)
-    return api_exports.export_sessions_csv(
-        patient_id=patient_id, user=web.user, state=state, session=session, request=request
-    )
+router.get("/patients/{patient_id}/checkins.csv")(_download(api_outcomes.export_checkins_csv))
+router.get("/patients/{patient_id}/sessions.csv")(_download(api_exports.export_sessions_csv))

@@ -7,19 +7,19 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Final, Literal
 
-from fastapi import APIRouter, Form, Path, Query, Request
+from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from sqlmodel import Session
 
 from resonera.server import programs
-from resonera.server.api.deps import SessionDep, StateDep, audit
+from resonera.server.api.deps import RowId as ProgramId
+from resonera.server.api.deps import SessionDep, StateDep
 from resonera.server.models import ProgramLibraryRow
 from resonera.server.schemas import PatientIdStr
 from resonera.server.web.auth import WebUser, WebUserDep, check_csrf, own_patient_page
 from resonera.server.web.render import PAGE_HEADERS, PageError, render
 
 router = APIRouter(include_in_schema=False)
-ProgramId = Annotated[str, Path(min_length=1, max_length=36, pattern=r"^[0-9a-f-]{1,36}$")]
 Document = Annotated[str, Form(max_length=programs.MAX_DOCUMENT_CHARS)]
 WRITERS: Final = ("clinician", "admin")
 EXAMPLE: Final = """\
@@ -229,17 +229,7 @@ def preview(
         raise PageError(404, f"There is no library program {program_id}.") from None
     except OSError as exc:
         raise PageError(503, f"The preview could not be stored: {exc}") from None
-    if patient is not None:
-        audit(
-            session,
-            request,
-            web.user,
-            "read",
-            "program_preview",
-            resource_id=program_id,
-            patient_id=patient,
-        )
-        session.commit()
+    programs.audit_preview(session, request, web.user, program_id, patient)
     return FileResponse(
         path,
         media_type="audio/wav",

@@ -19,6 +19,8 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from resonera.server.api.errors import log_unhandled
+
 log = logging.getLogger(__name__)
 
 #: Resolved: in an editable install the module is a link into the source tree, where the
@@ -140,13 +142,7 @@ def _html_for_browsers(original: Handler | None, status_of: Callable[[Exception]
         if wants_page(request) or original is None:
             status = status_of(exc)
             if status >= 500:
-                log.error(
-                    "unhandled %s on %s %s",
-                    type(exc).__name__,
-                    request.method,
-                    request.url.path,
-                    exc_info=exc,
-                )
+                log_unhandled(log, request, exc)
                 return error_page(request, 500, "An internal error was logged on the server.")
             message = exc.detail if isinstance(exc, StarletteHTTPException) else ""
             if isinstance(exc, RequestValidationError):

@@ -9,9 +9,10 @@ patient id: whether a patient exists is itself patient data).
 from __future__ import annotations
 
 import json
+from functools import partial
 from typing import Annotated, Final, Literal
 
-from fastapi import APIRouter, FastAPI, Form, Path, Query, Request
+from fastapi import APIRouter, FastAPI, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import ValidationError
@@ -20,7 +21,7 @@ from sqlmodel import Session
 
 from resonera.common.profile import MAX_CHECKIN_QUESTIONS, parse_checkins
 from resonera.server import crud, programs
-from resonera.server.api.deps import SessionDep, StateDep, audit
+from resonera.server.api.deps import PatientId, SessionDep, StateDep, audit
 from resonera.server.desired import VersionConflict, config_document
 from resonera.server.models import PatientRow
 from resonera.server.schemas import DesiredIn
@@ -47,7 +48,6 @@ from resonera.server.web.views import (
 )
 
 router = APIRouter(include_in_schema=False)
-PatientId = Annotated[str, Path(min_length=1, max_length=36, pattern=r"^[0-9a-f-]{1,36}$")]
 _LIMIT_FIELDS: Final = (
     "max_level_dba",
     "max_session_minutes",
@@ -241,6 +241,16 @@ def save_limits(
                 else:
                     if kept:
                         profile_value["checkins"] = kept
+    # Both refusals show the page again, as it was posted, with the errors by their fields.
+    again = partial(
+        _patient_page,
+        request=request,
+        web=web,
+        state=state,
+        session=session,
+        patient=patient,
+        days=30,
+    )
     current = state.desired.current(session, patient.id)
     try:
         body = DesiredIn.model_validate(
@@ -258,13 +268,7 @@ def save_limits(
             errors.setdefault(field, str(err["msg"]))
         body = None
     if errors or body is None:
-        return _patient_page(
-            request=request,
-            web=web,
-            state=state,
-            session=session,
-            patient=patient,
-            days=30,
+        return again(
             status=400,
             errors=errors,
             form=form,
@@ -297,13 +301,7 @@ def save_limits(
         session.commit()
     except (VersionConflict, IntegrityError):
         session.rollback()
-        return _patient_page(
-            request=request,
-            web=web,
-            state=state,
-            session=session,
-            patient=patient,
-            days=30,
+        return again(
             status=409,
             errors={"version": "someone else changed these settings meanwhile; this is the latest"},
         )

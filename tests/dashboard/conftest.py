@@ -14,12 +14,13 @@ from pathlib import Path
 
 import pytest
 from dashboard.helpers import (
-    PASSWORD,
     Browsing,
     Seeded,
     form_token,
+    html_client,
     seed_world,
     server_helpers,
+    sign_in_as,
 )
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
@@ -28,8 +29,7 @@ from pydantic import SecretStr
 from sqlalchemy.engine import Engine
 from support import require_tool
 
-from resonera.server.app import create_app
-from resonera.server.crypto import FieldCipher, HmacSigner, new_key_line, write_signing_key
+from resonera.server.crypto import FieldCipher, new_key_line, write_signing_key
 from resonera.server.db import make_engine
 from resonera.server.desired import MemoryPublisher
 from resonera.server.runner import ServerProcess, run_server_in_thread
@@ -43,6 +43,8 @@ sqlite_url = _helpers.sqlite_url
 cipher = _helpers.cipher
 postgres = _helpers.postgres
 pg_database = _helpers.pg_database
+engine = _helpers.sqlite_engine  # the dashboard's tests run on SQLite
+publisher = _helpers.publisher
 
 CHROMIUM_ARGS = [
     "--headless",
@@ -72,13 +74,6 @@ def server_settings(tmp_path: Path) -> ServerSettings:
 
 
 @pytest.fixture
-def engine(sqlite_url: str) -> Iterator[Engine]:
-    engine = make_engine(sqlite_url)
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture
 def pg_engine(pg_database: str) -> Iterator[Engine]:
     """The server suite's PostgreSQL database, emptied (skipped locally, failed in CI, without
     PostgreSQL)."""
@@ -94,11 +89,6 @@ def seeded(engine: Engine, cipher: FieldCipher) -> Seeded:
 
 
 @pytest.fixture
-def publisher() -> MemoryPublisher:
-    return MemoryPublisher()
-
-
-@pytest.fixture
 def app(
     server_settings: ServerSettings,
     engine: Engine,
@@ -106,21 +96,22 @@ def app(
     publisher: MemoryPublisher,
     seeded: Seeded,
 ) -> FastAPI:
-    return create_app(
-        server_settings.checked_for_start(),
-        engine,
-        cipher=cipher,
-        publisher=publisher,
-        signer=HmacSigner(b"test-secret"),
+    app: FastAPI = _helpers.make_app(server_settings.checked_for_start(), engine, cipher, publisher)
+    return app
+
+
+@pytest.fixture
+def pg_app(server_settings: ServerSettings, pg_engine: Engine, cipher: FieldCipher) -> FastAPI:
+    """The app on PostgreSQL (``pg_engine``, empty: the test seeds it)."""
+    app: FastAPI = _helpers.make_app(
+        server_settings.checked_for_start(), pg_engine, cipher, MemoryPublisher()
     )
+    return app
 
 
 @pytest.fixture
 def client(app: FastAPI) -> Iterator[TestClient]:
-    """A browser-like client: asks for HTML, keeps cookies, does not follow redirects."""
-    with TestClient(
-        app, raise_server_exceptions=False, follow_redirects=False, headers={"Accept": "text/html"}
-    ) as client:
+    with html_client(app) as client:
         yield client
 
 
@@ -129,12 +120,7 @@ def sign_in(client: TestClient) -> Callable[[str], str]:
     """Sign ``email`` in through the form; returns the CSRF token of the page it lands on."""
 
     def do(email: str) -> str:
-        token = form_token(client.get("/login").text)
-        response = client.post(
-            "/login", data={"email": email, "password": PASSWORD, "csrf_token": token}
-        )
-        assert response.status_code == 303, response.text
-        landing = client.get(response.headers["location"])
+        landing = client.get(sign_in_as(client, email))
         assert landing.status_code == 200, landing.text
         return form_token(landing.text)
 

@@ -15,7 +15,9 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import httpx
 from factories import OUTCOME_QUESTIONS, OutcomePlan, event_body, outcome_plan
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from playwright.sync_api import Page, Response
 from sqlalchemy.engine import Engine
@@ -238,14 +240,33 @@ def form_token(html: str) -> str:
     return found.group(1)
 
 
-def sign_in_as(client: TestClient, email: str) -> None:
-    """Sign ``email`` in on a browser-like TestClient (another person's cookie dropped first)."""
-    client.cookies.clear()
-    token = form_token(client.get("/login").text)
-    response = client.post(
-        "/login", data={"email": email, "password": PASSWORD, "csrf_token": token}
+def html_client(app: FastAPI) -> TestClient:
+    """A browser-like client: asks for HTML, keeps cookies, does not follow redirects."""
+    return TestClient(
+        app, raise_server_exceptions=False, follow_redirects=False, headers={"Accept": "text/html"}
     )
+
+
+def post_login(
+    client: TestClient, email: str, page: str | None, *, password: str = PASSWORD, **more: str
+) -> httpx.Response:
+    """Post the sign-in form as a browser does from ``page``, the login page's HTML (None: without
+    its CSRF token); ``more`` are further fields (``next``)."""
+    data = {"email": email, "password": password, **more}
+    if page is not None:
+        data["csrf_token"] = form_token(page)
+    response: httpx.Response = client.post("/login", data=data)
+    return response
+
+
+def sign_in_as(client: TestClient, email: str) -> str:
+    """Sign ``email`` in on a browser-like TestClient (another person's cookie dropped first);
+    returns where the sign-in sends them."""
+    client.cookies.clear()
+    response = post_login(client, email, client.get("/login").text)
     assert response.status_code == 303, response.text
+    location: str = response.headers["location"]
+    return location
 
 
 def table_cells(html: str, table_id: str) -> list[list[str]]:

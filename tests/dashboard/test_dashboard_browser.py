@@ -8,7 +8,8 @@ import re
 from datetime import date
 
 from dashboard.helpers import Browsing, Seeded, report_applied
-from dashboard.test_dashboard_programs import ALPHA, channel_peaks
+from dashboard.test_dashboard_programs import channel_peaks
+from factories import ALPHA_TOML as ALPHA
 from playwright.sync_api import expect
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select

@@ -15,22 +15,21 @@ from dashboard.helpers import (
     Browsing,
     Seeded,
     form_token,
+    html_client,
     seed_outcomes,
     seed_world,
     sign_in_as,
     table_cells,
 )
 from factories import OUTCOME_QUESTIONS, OutcomePlan
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from playwright.sync_api import expect
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from resonera.server.app import create_app
-from resonera.server.crypto import FieldCipher, HmacSigner
-from resonera.server.desired import MemoryPublisher
+from resonera.server.crypto import FieldCipher
 from resonera.server.models import AuditRow, PatientConfigRow
-from resonera.server.settings import ServerSettings
 
 SignIn = Callable[[str], str]
 
@@ -290,21 +289,12 @@ def test_csv_downloads_for_the_cookie_session(
 
 
 def test_outcome_pages_on_postgresql(
-    pg_engine: Engine, cipher: FieldCipher, server_settings: ServerSettings
+    pg_app: FastAPI, pg_engine: Engine, cipher: FieldCipher
 ) -> None:
     """The same numbers from PostgreSQL (UTC days from ``timestamptz``, the same SQL)."""
     seeded = seed_world(pg_engine, cipher, days=1)
     plan = seed_outcomes(pg_engine, seeded, datetime.now(UTC).date())
-    app = create_app(
-        server_settings.checked_for_start(),
-        pg_engine,
-        cipher=cipher,
-        publisher=MemoryPublisher(),
-        signer=HmacSigner(b"test-secret"),
-    )
-    with TestClient(
-        app, raise_server_exceptions=False, follow_redirects=False, headers={"Accept": "text/html"}
-    ) as client:
+    with html_client(pg_app) as client:
         sign_in_as(client, seeded.clinician)
         page = client.get(f"/patients/{seeded.patient}/outcomes")
         assert page.status_code == 200, page.text

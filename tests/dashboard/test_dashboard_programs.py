@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 import numpy as np
 from dashboard.helpers import Seeded, form_token, table_cells
+from factories import ALPHA_TOML as ALPHA
 from fastapi.testclient import TestClient
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
@@ -17,19 +18,6 @@ from sqlmodel import Session, select
 from resonera.server.models import AuditRow
 
 SignIn = Callable[[str], str]
-
-ALPHA = """\
-name = "Alpha drift"
-description = "ten minutes of alpha"
-
-[[steps]]
-duration_s = 600
-[[steps.layers]]
-type = "binaural"
-carrier_hz = 200
-beat_hz = 10
-gain = 0.3
-"""
 
 
 def create(client: TestClient, csrf: str, document: str = ALPHA, fmt: str = "toml") -> str:

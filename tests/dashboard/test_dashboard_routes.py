@@ -12,9 +12,12 @@ from dashboard.helpers import (
     PASSWORD,
     Seeded,
     form_token,
+    html_client,
+    post_login,
     report_applied,
     seed_world,
     server_helpers,
+    sign_in_as,
     table_cells,
 )
 from fastapi import FastAPI
@@ -22,8 +25,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from resonera.server.app import create_app
-from resonera.server.crypto import FieldCipher, HmacSigner
+from resonera.server.crypto import FieldCipher
 from resonera.server.desired import MemoryPublisher
 from resonera.server.models import (
     AuditRow,
@@ -33,7 +35,6 @@ from resonera.server.models import (
     UserRow,
 )
 from resonera.server.security import now_utc
-from resonera.server.settings import ServerSettings
 
 SignIn = Callable[[str], str]
 
@@ -56,10 +57,7 @@ def test_sign_in_sets_a_strict_httponly_session_cookie(client: TestClient, seede
     page = client.get("/login")
     assert page.status_code == 200
     assert 'type="password"' in page.text
-    response = client.post(
-        "/login",
-        data={"email": seeded.clinician, "password": PASSWORD, "csrf_token": form_token(page.text)},
-    )
+    response = post_login(client, seeded.clinician, page.text)
     assert response.status_code == 303
     assert response.headers["location"] == "/patients"
     header = next(
@@ -78,14 +76,7 @@ def test_cookies_are_secure_over_https_or_when_configured(app: FastAPI, seeded: 
     with TestClient(app, base_url="https://testserver", follow_redirects=False) as tls:
         page = tls.get("/login", headers={"Accept": "text/html"})
         assert "; secure" in page.headers["set-cookie"].lower()
-        response = tls.post(
-            "/login",
-            data={
-                "email": seeded.clinician,
-                "password": PASSWORD,
-                "csrf_token": form_token(page.text),
-            },
-        )
+        response = post_login(tls, seeded.clinician, page.text)
         assert response.status_code == 303
         assert "; secure" in response.headers["set-cookie"].lower()
     settings = app.state.resonera.settings
@@ -97,15 +88,12 @@ def test_cookies_are_secure_over_https_or_when_configured(app: FastAPI, seeded: 
 def test_wrong_password_and_missing_login_token_are_refused(
     client: TestClient, seeded: Seeded, engine: Engine
 ) -> None:
-    token = form_token(client.get("/login").text)
-    wrong = client.post(
-        "/login", data={"email": seeded.clinician, "password": "nope", "csrf_token": token}
-    )
+    wrong = post_login(client, seeded.clinician, client.get("/login").text, password="nope")
     assert wrong.status_code == 401
     assert "Wrong email or password." in wrong.text
     assert "resonera_session" not in wrong.headers.get("set-cookie", "")
     client.cookies.clear()
-    no_token = client.post("/login", data={"email": seeded.clinician, "password": PASSWORD})
+    no_token = post_login(client, seeded.clinician, None)
     assert no_token.status_code == 403
     assert "expired or did not come from this site" in no_token.text
     with Session(engine) as session:  # the API's lockout counted the wrong password
@@ -117,12 +105,8 @@ def test_repeated_wrong_passwords_lock_the_account_as_in_the_api(
     app: FastAPI, client: TestClient, seeded: Seeded
 ) -> None:
     for _ in range(app.state.resonera.settings.lockout_failures):
-        token = form_token(client.get("/login").text)
-        client.post("/login", data={"email": seeded.admin, "password": "nope", "csrf_token": token})
-    token = form_token(client.get("/login").text)
-    locked = client.post(
-        "/login", data={"email": seeded.admin, "password": PASSWORD, "csrf_token": token}
-    )
+        post_login(client, seeded.admin, client.get("/login").text, password="nope")
+    locked = post_login(client, seeded.admin, client.get("/login").text)
     assert locked.status_code == 423
     assert "The account is locked after repeated failed logins" in locked.text
 
@@ -136,30 +120,15 @@ def test_pages_need_a_session_and_come_back_after_sign_in(
     assert location.startswith("/login?next=")
     page = client.get(location)
     assert f'value="/patients/{seeded.patient}?days=7"' in page.text
-    signed_in = client.post(
-        "/login",
-        data={
-            "email": seeded.clinician,
-            "password": PASSWORD,
-            "csrf_token": form_token(page.text),
-            "next": f"/patients/{seeded.patient}?days=7",
-        },
+    signed_in = post_login(
+        client, seeded.clinician, page.text, next=f"/patients/{seeded.patient}?days=7"
     )
     assert signed_in.headers["location"] == f"/patients/{seeded.patient}?days=7"
 
 
 def test_next_cannot_leave_the_site(client: TestClient, seeded: Seeded) -> None:
     for target in ("https://evil.example/", "//evil.example/x", "/\\evil.example"):
-        page = client.get("/login")
-        response = client.post(
-            "/login",
-            data={
-                "email": seeded.clinician,
-                "password": PASSWORD,
-                "csrf_token": form_token(page.text),
-                "next": target,
-            },
-        )
+        response = post_login(client, seeded.clinician, client.get("/login").text, next=target)
         assert response.headers["location"] == "/patients", target
 
 
@@ -552,29 +521,11 @@ def test_pages_load_nothing_from_outside(
 
 
 def test_every_page_works_on_postgresql(
-    pg_engine: Engine, cipher: FieldCipher, server_settings: ServerSettings
+    pg_app: FastAPI, pg_engine: Engine, cipher: FieldCipher
 ) -> None:
     seeded = seed_world(pg_engine, cipher, days=30)
-    app = create_app(
-        server_settings.checked_for_start(),
-        pg_engine,
-        cipher=cipher,
-        publisher=MemoryPublisher(),
-        signer=HmacSigner(b"test-secret"),
-    )
-    with TestClient(
-        app, raise_server_exceptions=False, follow_redirects=False, headers={"Accept": "text/html"}
-    ) as client:
-
-        def sign_in(email: str) -> None:
-            client.cookies.clear()
-            token = form_token(client.get("/login").text)
-            response = client.post(
-                "/login", data={"email": email, "password": PASSWORD, "csrf_token": token}
-            )
-            assert response.status_code == 303
-
-        sign_in(seeded.clinician)
+    with html_client(pg_app) as client:
+        sign_in_as(client, seeded.clinician)
         assert client.get("/patients?sort=dose&dir=desc").status_code == 200
         url = f"/patients/{seeded.patient}"
         page = client.get(f"{url}?days=90")
@@ -583,7 +534,7 @@ def test_every_page_works_on_postgresql(
         saved = client.post(f"{url}/limits", data=_limits_form(page.text, max_level_dba="66"))
         assert saved.status_code == 303
         assert "pending on device" in client.get(saved.headers["location"]).text
-        sign_in(seeded.admin)
+        sign_in_as(client, seeded.admin)
         for path in ("/devices", "/audit?action=update", "/programs"):
             response = client.get(path)
             assert response.status_code == 200, (path, response.text[:300])

@@ -170,13 +170,15 @@ def app(
     cipher: FieldCipher,
     publisher: MemoryPublisher,
 ) -> FastAPI:
+    return make_app(server_settings, engine, cipher, publisher)
+
+
+def make_app(
+    settings: ServerSettings, engine: Engine, cipher: FieldCipher, publisher: MemoryPublisher
+) -> FastAPI:
     # HMAC signing keeps the tests independent of key files; Ed25519 has tests of its own.
     return create_app(
-        server_settings,
-        engine,
-        cipher=cipher,
-        publisher=publisher,
-        signer=HmacSigner(b"test-secret"),
+        settings, engine, cipher=cipher, publisher=publisher, signer=HmacSigner(b"test-secret")
     )
 
 

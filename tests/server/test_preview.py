@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from factories import ALPHA_TOML
 from fastapi.testclient import TestClient
 from numpy.typing import NDArray
 from sqlalchemy.engine import Engine
@@ -23,18 +24,6 @@ from resonera.server.settings import ServerSettings
 
 API = "/api/v1"
 RATE = programs.PREVIEW_SAMPLE_RATE
-
-BINAURAL = """\
-name = "Alpha ten minutes"
-
-[[steps]]
-duration_s = 600
-[[steps.layers]]
-type = "binaural"
-carrier_hz = 200
-beat_hz = 10
-gain = 0.3
-"""
 
 TONE = """\
 name = "Loud kilohertz"
@@ -87,7 +76,7 @@ def _previews(settings: ServerSettings) -> list[Path]:
 def test_preview_is_the_program_as_played_cut_to_the_limit_and_cached(
     client: TestClient, world: Any, server_settings: ServerSettings
 ) -> None:
-    program_id = _create(client, world, BINAURAL)
+    program_id = _create(client, world, ALPHA_TOML)
     url = f"{API}/programs/{program_id}/preview.wav"
     first = client.get(url, headers=world.auditor.headers)
     assert first.status_code == 200, first.text
@@ -117,7 +106,7 @@ def test_preview_is_the_program_as_played_cut_to_the_limit_and_cached(
 
     put = client.put(
         f"{API}/programs/{program_id}",
-        json={"document": BINAURAL.replace("beat_hz = 10", "beat_hz = 8")},
+        json={"document": ALPHA_TOML.replace("beat_hz = 10", "beat_hz = 8")},
         headers={**world.clinician.headers, "If-Match": '"1"'},
     )
     assert put.status_code == 200, put.text
@@ -133,12 +122,12 @@ def test_preview_is_the_program_as_played_cut_to_the_limit_and_cached(
 def test_reformatting_the_text_keeps_the_cached_preview(
     client: TestClient, world: Any, server_settings: ServerSettings
 ) -> None:
-    program_id = _create(client, world, BINAURAL)
+    program_id = _create(client, world, ALPHA_TOML)
     url = f"{API}/programs/{program_id}/preview.wav"
     etag = client.get(url, headers=world.clinician.headers).headers["etag"]
     put = client.put(
         f"{API}/programs/{program_id}",
-        json={"document": "# same sound, new comment\n" + BINAURAL},
+        json={"document": "# same sound, new comment\n" + ALPHA_TOML},
         headers={**world.clinician.headers, "If-Match": '"1"'},
     )
     assert put.json()["version"] == 2
@@ -181,7 +170,7 @@ def test_a_patients_preview_goes_through_their_limits(
 def test_a_program_the_patient_may_not_hear_is_refused_with_the_reason(
     client: TestClient, world: Any
 ) -> None:
-    program_id = _create(client, world, BINAURAL)
+    program_id = _create(client, world, ALPHA_TOML)
     put = client.put(
         f"{API}/patients/{world.patient}/desired",
         json={"profile": {"beat_hz": {"low": 4, "high": 8}}},

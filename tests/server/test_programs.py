@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 import pytest
+from factories import ALPHA_TOML as ALPHA
 from fastapi.testclient import TestClient
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
@@ -16,19 +17,6 @@ from resonera.server.desired import MemoryPublisher
 from resonera.server.models import AuditRow, ProgramLibraryRow
 
 API = "/api/v1"
-
-ALPHA = """\
-name = "Alpha drift"
-description = "ten minutes of alpha"
-
-[[steps]]
-duration_s = 600
-[[steps.layers]]
-type = "binaural"
-carrier_hz = 200
-beat_hz = 10
-gain = 0.3
-"""
 
 ALPHA_YAML = """\
 name: Theta steps

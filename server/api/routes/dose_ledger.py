@@ -12,13 +12,18 @@ document of the device carries the request again (harmless: once by id).
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Path, Request, status
+from fastapi import APIRouter, Request, status
 from sqlmodel import col, select
 
 from resonera.common.ids import new_id
-from resonera.server.api.deps import AdminOrClinician, SessionDep, StateDep, audit, own_patient
+from resonera.server.api.deps import (
+    AdminOrClinician,
+    PatientId,
+    SessionDep,
+    StateDep,
+    audit,
+    own_patient,
+)
 from resonera.server.api.errors import ApiError
 from resonera.server.desired import DesiredService, reset_outcomes
 from resonera.server.models import DoseLedgerResetRow, SafetyEventRow
@@ -26,7 +31,6 @@ from resonera.server.schemas import DoseLedgerResetIn, DoseLedgerResetPublic
 from resonera.server.security import now_utc
 
 router = APIRouter(prefix="/patients", tags=["dose"])
-PatientId = Annotated[str, Path(min_length=1, max_length=36, pattern=r"^[0-9a-f-]{1,36}$")]
 
 
 def _public(row: DoseLedgerResetRow, answer: SafetyEventRow | None) -> DoseLedgerResetPublic:

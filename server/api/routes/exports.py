@@ -8,20 +8,29 @@ route); auditors read the audit log instead. Every export is an audit row (actio
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from datetime import datetime
-from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import AwareDatetime
 from sqlalchemy import or_
+from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from resonera.server import crud
-from resonera.server.api.deps import AdminOrClinician, SessionDep, StateDep, audit, own_patient
-from resonera.server.api.errors import ApiError
+from resonera.server.api.deps import (
+    AdminOrClinician,
+    PatientId,
+    SessionDep,
+    Since,
+    StateDep,
+    Until,
+    audit,
+    check_period,
+    own_patient,
+)
 from resonera.server.export.fhir import PatientIdentity, build_bundle
-from resonera.server.export.sessions_csv import session_csv_chunks
+from resonera.server.export.sessions_csv import in_period, session_csv_chunks
 from resonera.server.models import (
     AssignmentRow,
     AuditRow,
@@ -33,24 +42,53 @@ from resonera.server.models import (
 from resonera.server.security import now_utc
 
 router = APIRouter(prefix="/patients", tags=["exports"])
-PatientId = Annotated[str, Path(min_length=1, max_length=36, pattern=r"^[0-9a-f-]{1,36}$")]
-Since = Annotated[AwareDatetime | None, Query(alias="from", description="inclusive")]
-Until = Annotated[AwareDatetime | None, Query(alias="to", description="exclusive")]
 FHIR_JSON = "application/fhir+json"
 
 
-def _period(since: datetime | None, until: datetime | None) -> None:
-    if since is not None and until is not None and until <= since:
-        raise ApiError(422, "the period is empty: 'to' must be after 'from'")
+#: A patient's rows in ``[since, until)`` as CSV text chunks, read as the response streams.
+CsvChunks = Callable[[Engine, str, datetime | None, datetime | None], Iterator[str]]
 
 
-def _in_period(column: Any, since: datetime | None, until: datetime | None) -> list[Any]:
-    conditions = []
-    if since is not None:
-        conditions.append(col(column) >= since)
-    if until is not None:
-        conditions.append(col(column) < until)
-    return conditions
+def add_patient_csv(
+    router: APIRouter, path: str, *, what: str, chunks: CsvChunks, rows: str, doc: str
+) -> Callable[..., StreamingResponse]:
+    """Add ``GET path`` to ``router``: the patient's ``what`` in a period (``from``, ``to``) as a
+    CSV download, ``export_{what}_csv``; its period and the caller's access checked, audited.
+    ``rows`` says what a row is in the OpenAPI document, ``doc`` what the route answers."""
+
+    def export(
+        *,
+        patient_id: PatientId,
+        user: AdminOrClinician,
+        state: StateDep,
+        session: SessionDep,
+        request: Request,
+        since: Since = None,
+        until: Until = None,
+    ) -> StreamingResponse:
+        check_period(since, until)
+        own_patient(session, user, patient_id)
+        audit(session, request, user, "export", f"{what}_csv", patient_id=patient_id)
+        session.commit()
+        return StreamingResponse(
+            chunks(state.engine, patient_id, since, until),
+            media_type="text/csv; charset=utf-8",
+            headers={
+                "Content-Disposition": f'attachment; filename="{what}-{patient_id}.csv"',
+                # patient data: no cache keeps it
+                "Cache-Control": "no-store",
+            },
+        )
+
+    # The name is the OpenAPI operation id and summary, as for a route written out.
+    export.__name__ = export.__qualname__ = f"export_{what}_csv"
+    export.__doc__ = doc
+    router.get(
+        path,
+        response_class=StreamingResponse,
+        responses={200: {"content": {"text/csv": {}}, "description": rows}},
+    )(export)
+    return export
 
 
 def _devices(
@@ -95,33 +133,31 @@ def export_fhir(
 ) -> JSONResponse:
     """The patient, their devices, sessions (with level and dose), safety events and audit trail
     in the period, as one FHIR R4 Bundle of type ``collection``."""
-    _period(since, until)
+    check_period(since, until)
     patient = own_patient(session, user, patient_id)
     identity = crud.patient_public(session, state.cipher, patient)
     sessions = session.exec(
         select(SessionRow)
-        .where(
-            SessionRow.patient_id == patient_id, *_in_period(SessionRow.started_at, since, until)
-        )
+        .where(SessionRow.patient_id == patient_id, *in_period(SessionRow.started_at, since, until))
         .order_by(col(SessionRow.started_at), col(SessionRow.id))
     ).all()
     events = session.exec(
         select(SafetyEventRow)
         .where(
             SafetyEventRow.patient_id == patient_id,
-            *_in_period(SafetyEventRow.device_time, since, until),
+            *in_period(SafetyEventRow.device_time, since, until),
         )
         .order_by(col(SafetyEventRow.device_time), col(SafetyEventRow.id))
     ).all()
     trail = session.exec(
         select(AuditRow)
-        .where(AuditRow.patient_id == patient_id, *_in_period(AuditRow.at, since, until))
+        .where(AuditRow.patient_id == patient_id, *in_period(AuditRow.at, since, until))
         .order_by(col(AuditRow.id))
     ).all()
     checkins = session.exec(
         select(CheckInRow)
         .where(
-            CheckInRow.patient_id == patient_id, *_in_period(CheckInRow.answered_at, since, until)
+            CheckInRow.patient_id == patient_id, *in_period(CheckInRow.answered_at, since, until)
         )
         .order_by(col(CheckInRow.answered_at), col(CheckInRow.id))
     ).all()
@@ -140,31 +176,11 @@ def export_fhir(
     return JSONResponse(bundle, media_type=FHIR_JSON)
 
 
-@router.get(
+export_sessions_csv = add_patient_csv(
+    router,
     "/{patient_id}/export/sessions.csv",
-    response_class=StreamingResponse,
-    responses={200: {"content": {"text/csv": {}}, "description": "one row per session"}},
+    what="sessions",
+    chunks=session_csv_chunks,
+    rows="one row per session",
+    doc="The patient's sessions in the period, oldest first, with the session API's columns.",
 )
-def export_sessions_csv(
-    *,
-    patient_id: PatientId,
-    user: AdminOrClinician,
-    state: StateDep,
-    session: SessionDep,
-    request: Request,
-    since: Since = None,
-    until: Until = None,
-) -> StreamingResponse:
-    """The patient's sessions in the period, oldest first, with the session API's columns."""
-    _period(since, until)
-    own_patient(session, user, patient_id)
-    audit(session, request, user, "export", "sessions_csv", patient_id=patient_id)
-    session.commit()
-    return StreamingResponse(
-        session_csv_chunks(state.engine, patient_id, since, until),
-        media_type="text/csv; charset=utf-8",
-        headers={
-            "Content-Disposition": f'attachment; filename="sessions-{patient_id}.csv"',
-            "Cache-Control": "no-store",
-        },
-    )

@@ -10,19 +10,23 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, Request
-from fastapi.responses import StreamingResponse
-from pydantic import AwareDatetime
+from fastapi import APIRouter, Query, Request
 
 from resonera.server import analytics, crud
-from resonera.server.api.deps import AdminOrClinician, SessionDep, StateDep, audit, own_patient
-from resonera.server.api.errors import ApiError
+from resonera.server.api.deps import (
+    AdminOrClinician,
+    PatientId,
+    SessionDep,
+    StateDep,
+    audit,
+    own_patient,
+)
+from resonera.server.api.routes.exports import add_patient_csv
 from resonera.server.export.checkins_csv import checkin_csv_chunks
 from resonera.server.schemas import CohortOutcomes, PatientOutcomes
 from resonera.server.security import now_utc
 
 router = APIRouter(tags=["outcomes"])
-PatientId = Annotated[str, Path(min_length=1, max_length=36, pattern=r"^[0-9a-f-]{1,36}$")]
 Days = Annotated[
     int, Query(ge=1, le=366, description="UTC days up to and including today (default 90)")
 ]
@@ -79,32 +83,11 @@ def cohort_outcomes(
     return report
 
 
-@router.get(
+export_checkins_csv = add_patient_csv(
+    router,
     "/patients/{patient_id}/export/checkins.csv",
-    response_class=StreamingResponse,
-    responses={200: {"content": {"text/csv": {}}, "description": "one row per check-in answer"}},
+    what="checkins",
+    chunks=checkin_csv_chunks,
+    rows="one row per check-in answer",
+    doc="The patient's check-in answers (and skips) in the period, oldest first.",
 )
-def export_checkins_csv(
-    *,
-    patient_id: PatientId,
-    user: AdminOrClinician,
-    state: StateDep,
-    session: SessionDep,
-    request: Request,
-    since: Annotated[AwareDatetime | None, Query(alias="from", description="inclusive")] = None,
-    until: Annotated[AwareDatetime | None, Query(alias="to", description="exclusive")] = None,
-) -> StreamingResponse:
-    """The patient's check-in answers (and skips) in the period, oldest first."""
-    if since is not None and until is not None and until <= since:
-        raise ApiError(422, "the period is empty: 'to' must be after 'from'")
-    own_patient(session, user, patient_id)
-    audit(session, request, user, "export", "checkins_csv", patient_id=patient_id)
-    session.commit()
-    return StreamingResponse(
-        checkin_csv_chunks(state.engine, patient_id, since, until),
-        media_type="text/csv; charset=utf-8",
-        headers={
-            "Content-Disposition": f'attachment; filename="checkins-{patient_id}.csv"',
-            "Cache-Control": "no-store",
-        },
-    )

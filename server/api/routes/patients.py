@@ -12,7 +12,6 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Path, Query, Request, Response, status
-from pydantic import AwareDatetime
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
@@ -22,8 +21,11 @@ from resonera.server.api.deps import (
     AdminOrClinician,
     AdminUser,
     ClinicianUser,
+    PatientId,
     SessionDep,
+    Since,
     StateDep,
+    Until,
     audit,
     own_patient,
 )
@@ -48,11 +50,8 @@ from resonera.server.schemas import (
 from resonera.server.security import now_utc
 
 router = APIRouter(prefix="/patients", tags=["patients"])
-PatientId = Annotated[str, Path(min_length=1, max_length=36, pattern=r"^[0-9a-f-]{1,36}$")]
 Limit = Annotated[int, Query(ge=1, le=1000)]
 Offset = Annotated[int, Query(ge=0, le=10**9)]
-Since = Annotated[AwareDatetime | None, Query(alias="from", description="inclusive")]
-Until = Annotated[AwareDatetime | None, Query(alias="to", description="exclusive")]
 
 
 def _set_identity(state: StateDep, patient: PatientRow, name: str, birth: str, notes: str) -> None:

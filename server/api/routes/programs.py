@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Path, Query, Request, Response, status
+from fastapi import APIRouter, Header, Query, Request, Response, status
 from fastapi.responses import FileResponse
 
 from resonera.server import programs
@@ -24,15 +24,16 @@ from resonera.server.api.deps import (
     CurrentUser,
     SessionDep,
     StateDep,
-    audit,
     own_patient,
+)
+from resonera.server.api.deps import (
+    RowId as ProgramId,
 )
 from resonera.server.api.errors import ApiError
 from resonera.server.models import ProgramLibraryRow
 from resonera.server.schemas import PatientIdStr, ProgramIn, ProgramPublic
 
 router = APIRouter(prefix="/programs", tags=["programs"])
-ProgramId = Annotated[str, Path(min_length=1, max_length=36, pattern=r"^[0-9a-f-]{1,36}$")]
 
 
 def _etag(row: ProgramLibraryRow) -> str:
@@ -190,17 +191,7 @@ def preview(
         raise ApiError(404, f"not found: {exc}") from None
     except OSError as exc:
         raise ApiError(503, f"the preview could not be stored: {exc}") from None
-    if patient is not None:
-        audit(
-            session,
-            request,
-            user,
-            "read",
-            "program_preview",
-            resource_id=program_id,
-            patient_id=patient,
-        )
-        session.commit()
+    programs.audit_preview(session, request, user, program_id, patient)
     etag = f'"{result.path.stem}"'
     headers = {
         "ETag": etag,
