@@ -8,7 +8,8 @@
 2. ``resonera-device run`` as a subprocess: peak RSS while it plays a 20-minute program to a NullSink
    (unpaced, so the synthesis runs flat out: a worst case for CPU, a fair one for memory), then CPU
    while idle and connected, both from ``/proc`` of the process. Targets: RSS ≤ 100 MB, idle CPU ≤ 1 %
-   of a core.
+   of a core. Measured twice: without spoken prompts, then with the catalogue built
+   (``resonera-device prompts build``, as a device is provisioned: the product runs so).
 
 Figures are printed; nothing is asserted.
 """
@@ -160,22 +161,30 @@ def _proc(pid: int) -> tuple[int, int, int]:
     return ticks, int(status["VmRSS"].split()[0]), int(status["VmHWM"].split()[0])
 
 
-def bench_service(broker: Mosquitto, folder: Path) -> None:
+def bench_service(broker: Mosquitto, folder: Path, *, prompts: bool) -> None:
     import tomli_w
 
     from resonera.device.audio.calibration import packaged_calibration
 
-    data = folder / "service"
+    name = "service-prompts" if prompts else "service"
+    data = folder / name
     config = {
-        "device_id": "bench-service",
+        "device_id": f"bench-{name}",
         "data_dir": str(data),
         "simulation": True,
         "sink": "null",
         "calibration_file": str(packaged_calibration()),
         "mqtt": {"host": broker.host, "port": broker.port},
     }
-    cfg = folder / "service.toml"
+    cfg = folder / f"{name}.toml"
     cfg.write_text(tomli_w.dumps(config))
+    if prompts:
+        subprocess.run(
+            [str(BIN), "prompts", "build", "--config", str(cfg)],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            timeout=600,
+        )
     socket_path = data / "run.sock"
     peer = BatchAckingPeer(broker)
     process = subprocess.Popen(
@@ -208,7 +217,8 @@ def bench_service(broker: Mosquitto, folder: Path) -> None:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=30)
         peer.close()
-    print(f"resonera-device run (simulation, NullSink), pid {process.pid}")
+    with_prompts = "with spoken prompts built" if prompts else "without spoken prompts"
+    print(f"resonera-device run (simulation, NullSink, {with_prompts}), pid {process.pid}")
     print(f"  RSS at start {rss_start / 1024:.1f} MB; 20-min program rendered in {played_in:.1f} s")
     peak = max(hwm, peak_sampled)
     print(
@@ -228,7 +238,8 @@ def main() -> None:
         folder = Path(tmp)
         with run_mosquitto(folder / "broker") as broker:
             bench_backlog(broker, folder)
-            bench_service(broker, folder)
+            bench_service(broker, folder, prompts=False)
+            bench_service(broker, folder, prompts=True)
 
 
 if __name__ == "__main__":

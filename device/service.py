@@ -14,7 +14,9 @@ Inside it:
 - check-ins (issue 12): the panel asks the profile's questions around each session; each answer
   is stored sealed and queued as a ``checkin`` message here at once, under the session's id (the
   "before" answers fix the id the session then plays under);
-- telemetry: a ``metrics`` message with the outbox depth every ``sync.telemetry_interval_s``;
+- telemetry: a ``metrics`` message with the outbox depth every ``sync.telemetry_interval_s``,
+  the agent's version and the safety MCU's firmware version (its last HELLO; the dashboard's
+  devices page shows both);
 - the control socket ``run.sock`` in the data directory (mode 0600): one line in, one line out.
   ``play PROGRAM`` → ``ok …`` or ``error …``; ``stop`` → ``ok …``; ``status`` → one JSON object.
 
@@ -36,6 +38,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cache
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +111,9 @@ class DeviceService:
         self._server: socketserver.ThreadingUnixStreamServer | None = None
         self._monitor: Any = None  # HardwareMonitor between sessions, when serial_url is set
         self._recorder: Any = None
+        #: The MCU's firmware version from the last HELLO seen (kept while a session holds the
+        #: port and after the link is lost: telemetry reports the board it was).
+        self._firmware: str | None = None
         from resonera.device.controls import assigned_programs
         from resonera.device.panel import panel_for
 
@@ -344,6 +351,7 @@ class DeviceService:
     def _stop_idle_monitor(self) -> None:
         monitor, recorder = self._monitor, self._recorder
         self._monitor = self._recorder = None
+        self._note_firmware(monitor)
         if monitor is not None:
             monitor.stop()
         if recorder is not None:
@@ -357,8 +365,11 @@ class DeviceService:
         pending = self.store.pending_desired()
         playing = self._playing
         monitor = self._monitor
+        self._note_firmware(monitor)
         return {
             "device": self.settings.device_id,
+            "agent_version": agent_version(),
+            "firmware_version": self._firmware,
             "link": "connected" if self.sync.connected else "disconnected",
             "link_error": self.sync.last_error,
             "playing": playing.program if playing is not None else None,
@@ -375,6 +386,11 @@ class DeviceService:
             "last_error": self.last_error,
             "uptime_s": round(time.time() - self.started, 1),
         }
+
+    def _note_firmware(self, monitor: Any) -> None:
+        hello = monitor.hello if monitor is not None else None
+        if hello is not None:
+            self._firmware = str(hello.firmware_version)
 
     def queue_telemetry(self) -> None:
         """A ``metrics`` message: outbox depth and the rest of ``status`` (thinned first when the
@@ -430,6 +446,15 @@ class DeviceService:
         except Exception as exc:
             log.exception("control command %r failed", line)
             return f"error {exc}"
+
+
+@cache
+def agent_version() -> str:
+    """The installed package's version (what the dashboard shows as the agent's)."""
+    try:
+        return version("resonera")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "0+unknown"
 
 
 def _answers(path: Path) -> bool:

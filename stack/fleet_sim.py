@@ -746,6 +746,16 @@ class LocalStack(FleetTarget):
         self.stop_broker()
         self.start_broker()
 
+    def broker_rss(self) -> int:
+        """The broker's resident memory in bytes (0 when it is not running)."""
+        if self.broker is None or self.broker.poll() is not None:
+            return 0
+        with suppress(OSError):
+            for line in Path(f"/proc/{self.broker.pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        return 0
+
     def start_consumer(self) -> subprocess.Popen[bytes]:
         """One more ``resonera-server ingest`` on the shared subscription; returns once it is
         subscribed (it prints its topic then)."""
@@ -782,6 +792,15 @@ class LocalStack(FleetTarget):
                 process.send_signal(signal.SIGKILL)
                 process.wait()
         self.consumers.clear()
+
+    def pause_consumers(self) -> None:
+        """SIGSTOP every consumer: connected but reading nothing, the slowest consumer there is."""
+        for process in self.consumers:
+            process.send_signal(signal.SIGSTOP)
+
+    def resume_consumers(self) -> None:
+        for process in self.consumers:
+            process.send_signal(signal.SIGCONT)
 
     def stop_consumers(self) -> None:
         for process in self.consumers:

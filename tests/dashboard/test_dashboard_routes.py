@@ -459,6 +459,28 @@ def test_devices_page_shows_telemetry_and_revokes(
     assert missing.status_code == 404
 
 
+def test_devices_page_shows_the_versions_the_device_reports(
+    client: TestClient, sign_in: SignIn, seeded: Seeded, engine: Engine
+) -> None:
+    from resonera.common import topics
+    from resonera.common.envelope import Envelope
+    from resonera.device.service import agent_version
+    from resonera.server.ingest import IngestProcessor, Received
+
+    sign_in(seeded.admin)
+    before = {row[0]: row for row in table_cells(client.get("/devices").text, "devices")}
+    assert before[seeded.device][4] == "—"  # the seeded telemetry names no agent version
+    # the keys of the device service's telemetry (tests/device/test_telemetry_versions.py)
+    body = {"telemetry": {"agent_version": agent_version(), "firmware_version": "2.7.1"}}
+    envelope = Envelope.create(device=seeded.device, seq=10**6, kind="metrics", body=body)
+    received = Received(topics.up(seeded.device, "metrics"), envelope.to_bytes())
+    IngestProcessor(engine).process([received])
+    rows = {row[0]: row for row in table_cells(client.get("/devices").text, "devices")}
+    assert rows[seeded.device][3] == "2.7.1"
+    assert rows[seeded.device][4] == agent_version() != "0+unknown"
+    assert rows[seeded.other_device][4] == "—"  # it sent no telemetry
+
+
 def test_audit_log_filters(client: TestClient, sign_in: SignIn, seeded: Seeded) -> None:
     sign_in(seeded.clinician)
     client.get(f"/patients/{seeded.patient}")
