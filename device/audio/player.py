@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Final, Literal, Protocol, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -40,11 +40,12 @@ from numpy.typing import NDArray
 from resonera.device.audio.levels import LevelMeter
 from resonera.device.audio.prompt_mixer import PromptMixer
 from resonera.device.audio.sinks import AudioDeviceError, AudioSink
-from resonera.device.audio.synth import CHANNELS, ProgramRenderer
+from resonera.device.audio.synth import CHANNELS
 
 __all__ = [
     "DEFAULT_BLOCK_FRAMES",
     "BlockProcessor",
+    "BlockSource",
     "GainRamp",
     "Outcome",
     "PlaybackResult",
@@ -55,6 +56,22 @@ Block = NDArray[np.float32]
 #: Takes a (frames, 2) float32 block and returns the processed block of the same shape.
 BlockProcessor = Callable[[Block], Block]
 Outcome = Literal["completed", "stopped", "fault"]
+
+
+class BlockSource(Protocol):
+    """What the player needs of a ``ProgramRenderer`` (or a ``ReadAheadRenderer`` around one)."""
+
+    @property
+    def sample_rate(self) -> int: ...
+    @property
+    def done(self) -> bool: ...
+    @property
+    def remaining_frames(self) -> int: ...
+    def render(self, frames: int) -> Block: ...
+
+
+#: The source played, as ``on_block`` sees it (progress displays read its position and step).
+Source = TypeVar("Source", bound=BlockSource)
 
 DEFAULT_BLOCK_FRAMES: Final = 1024
 DEFAULT_STOP_FADE_S: Final = 0.05
@@ -109,7 +126,7 @@ class GainRamp:
 
 
 def play(
-    renderer: ProgramRenderer,
+    renderer: Source,
     sink: AudioSink,
     *,
     block_frames: int = DEFAULT_BLOCK_FRAMES,
@@ -119,7 +136,7 @@ def play(
     processors: Sequence[BlockProcessor] = (),
     stop_fade_s: float = DEFAULT_STOP_FADE_S,
     fault_ramp_s: float = DEFAULT_FAULT_RAMP_S,
-    on_block: Callable[[Block, ProgramRenderer], None] | None = None,
+    on_block: Callable[[Block, Source], None] | None = None,
     mixer: PromptMixer | None = None,
 ) -> PlaybackResult:
     """Play ``renderer`` into ``sink`` until the program ends, a stop is asked, or the gate closes.
@@ -167,7 +184,7 @@ def play(
 
 
 def _loop(
-    renderer: ProgramRenderer,
+    renderer: Source,
     sink: AudioSink,
     meter: LevelMeter,
     *,
@@ -178,7 +195,7 @@ def _loop(
     processors: Sequence[BlockProcessor],
     stop_frames: int,
     fault_frames: int,
-    on_block: Callable[[Block, ProgramRenderer], None] | None,
+    on_block: Callable[[Block, Source], None] | None,
     mixer: PromptMixer | None,
 ) -> tuple[int, Outcome, str | None]:
     ramp = GainRamp(1.0)

@@ -143,11 +143,12 @@ _WAV_FORMATS: dict[str, tuple[int, int]] = {"16": (1, 2), "24": (1, 3), "float":
 #: (16-bit) a period of 1.4 s is inaudible, and it costs a slice instead of two random draws.
 DITHER_TABLE: Final = 65537
 MAX_WAV_BYTES: Final = 2**32 - 1024
-#: The background writer gets the file's bytes in chunks of this size: few large writes, each
-#: releasing the GIL for its whole length, so the writer hardly competes with the synthesis.
+#: The file's bytes are gathered into chunks of this size: few large writes, each releasing the GIL
+#: for its whole length.
 BACKGROUND_CHUNK_BYTES: Final = 1 << 20
-#: Chunks in flight at most (being filled, queued, being written): a render's memory stays flat.
-BACKGROUND_CHUNKS: Final = 3
+#: Blocks in flight to the background writer at most (queued, being encoded): a render's memory stays
+#: flat, and a slow disk slows ``write`` down instead of growing it.
+BACKGROUND_BLOCKS: Final = 3
 
 Bytes = NDArray[np.uint8]
 
@@ -163,12 +164,12 @@ class WavSink(_Sink):
     (``fsync``) before the rename; an export MAY skip that (``durable=False``) and leave it to the
     operating system, as audio tools do.
 
-    ``write`` encodes the block at once (into preallocated buffers). Without ``background`` it also
-    writes it to the file; with ``background=True`` (a render) it gathers the bytes into chunks of
-    ``BACKGROUND_CHUNK_BYTES`` that a writer thread writes while the next blocks are synthesised
-    (at most ``BACKGROUND_CHUNKS`` chunks exist, so a full disk queue slows ``write`` down rather
-    than growing memory); a write error then surfaces on a later ``write`` or on ``close``. The
-    bytes written are the same either way.
+    Without ``background``, ``write`` encodes the block (into preallocated buffers) and writes it
+    to the file. With ``background=True`` (a render) it copies the block into one of at most
+    ``BACKGROUND_BLOCKS`` buffers and returns; a writer thread encodes it into chunks of
+    ``BACKGROUND_CHUNK_BYTES`` and writes them, on another core than the synthesis and the safety
+    chain. A write error then surfaces on a later ``write`` or on ``close``. The bytes written are
+    the same either way.
     """
 
     kind: SinkKind = "wav"
@@ -197,13 +198,13 @@ class WavSink(_Sink):
         self._dither_pos = 0
         self._data_bytes = 0
         self._scaled = np.empty(0, np.float32)  # PCM scaling scratch, grown to the largest block
-        self._chunk: Bytes = np.empty(0, np.uint8)  # encoded bytes not yet handed on
+        self._chunk: Bytes = np.empty(0, np.uint8)  # encoded bytes not yet written
         self._fill = 0
-        self._chunks = 0
-        # The background writer: full chunks go to it through ``_pending`` (None: finish) and come
-        # back through ``_free`` to be filled again.
-        self._pending: queue.Queue[tuple[Bytes, int] | None] | None = None
-        self._free: queue.Queue[Bytes] = queue.Queue()
+        self._blocks = 0
+        # The background writer: copies of blocks go to it through ``_pending`` (None: finish) as
+        # (flat buffer, frames), and the buffers come back through ``_free`` to be filled again.
+        self._pending: queue.Queue[tuple[NDArray[np.float32], int] | None] | None = None
+        self._free: queue.Queue[NDArray[np.float32]] = queue.Queue()
         self._writer: threading.Thread | None = None
         self._error: AudioDeviceError | None = None
 
@@ -250,9 +251,9 @@ class WavSink(_Sink):
             raise AudioDeviceError(f"cannot write {self.path}: {exc.strerror or exc}") from exc
         self._error = None
         self._fill = 0
+        self._chunk = np.empty(BACKGROUND_CHUNK_BYTES if self.background else 0, np.uint8)
         if self.background:
-            self._chunks = 0
-            self._chunk = self._take_chunk(BACKGROUND_CHUNK_BYTES)
+            self._blocks = 0
             self._pending = queue.Queue()
             self._writer = threading.Thread(target=self._drain, name="wav-writer", daemon=True)
             self._writer.start()
@@ -302,41 +303,44 @@ class WavSink(_Sink):
             raise AudioDeviceError(f"cannot write {self.path}: a WAV file holds at most 4 GiB")
         self._data_bytes += nbytes
         self.frames_written += len(data)
+        if self._pending is not None:
+            buffer = self._take_buffer(data.size)
+            np.copyto(buffer[: data.size].reshape(data.shape), data)
+            self._pending.put((buffer, len(data)))
+            return
+        try:
+            self._append(data)
+            self._flush()
+        except AudioDeviceError:
+            self._discard()
+            raise
+
+    def _append(self, data: NDArray[np.float32]) -> None:
+        """Encode ``data`` after the bytes gathered so far, writing them first if it won't fit."""
+        nbytes = data.size * _WAV_FORMATS[self.sample_format][1]
         if self._fill + nbytes > len(self._chunk):
-            self._hand_on()
+            self._flush()
             if nbytes > len(self._chunk):
-                self._chunk = np.empty(max(nbytes, len(self._chunk)), np.uint8)
+                self._chunk = np.empty(nbytes, np.uint8)
         self._encode(data, self._chunk[self._fill : self._fill + nbytes])
         self._fill += nbytes
-        if self._pending is None:
-            self._hand_on()
 
-    def _hand_on(self) -> None:
-        """Write the encoded bytes (foreground), or queue them for the writer (background)."""
+    def _flush(self) -> None:
         count, self._fill = self._fill, 0
-        if count == 0:
-            return
-        if self._pending is None:
-            try:
-                self._store(self._chunk[:count])
-            except AudioDeviceError:
-                self._discard()
-                raise
-            return
-        self._pending.put((self._chunk, count))
-        self._chunk = self._take_chunk(len(self._chunk))
+        if count:
+            self._store(self._chunk[:count])
 
-    def _take_chunk(self, size: int) -> Bytes:
-        """A chunk to fill: a free one, a new one while fewer than ``BACKGROUND_CHUNKS`` exist,
-        else the next one the writer is done with (waiting for it)."""
+    def _take_buffer(self, size: int) -> NDArray[np.float32]:
+        """A flat buffer of at least ``size`` samples: a free one, a new one while fewer than
+        ``BACKGROUND_BLOCKS`` exist, else the next one the writer is done with (waiting for it)."""
         try:
-            chunk = self._free.get_nowait()
+            buffer = self._free.get_nowait()
         except queue.Empty:
-            if self._chunks < BACKGROUND_CHUNKS:
-                self._chunks += 1
-                return np.empty(size, np.uint8)
-            chunk = self._free.get()
-        return chunk if len(chunk) >= size else np.empty(size, np.uint8)
+            if self._blocks < BACKGROUND_BLOCKS:
+                self._blocks += 1
+                return np.empty(size, np.float32)
+            buffer = self._free.get()
+        return buffer if len(buffer) >= size else np.empty(size, np.float32)
 
     def _store(self, payload: Bytes) -> None:
         assert self._file is not None
@@ -346,22 +350,28 @@ class WavSink(_Sink):
             raise AudioDeviceError(f"cannot write {self.path}: {exc.strerror or exc}") from exc
 
     def _drain(self) -> None:
-        """The background writer: write queued chunks until the None sentinel."""
+        """The background writer: encode and write queued blocks until the None sentinel, then
+        what is left gathered."""
         pending = self._pending
         assert pending is not None
-        while (item := pending.get()) is not None:
-            chunk, count = item
+        while True:
+            item = pending.get()
             try:
                 if self._error is None:
-                    self._store(chunk[:count])
+                    if item is None:
+                        self._flush()
+                    else:
+                        buffer, frames = item
+                        self._append(buffer[: frames * self.channels].reshape(frames, -1))
             except Exception as exc:  # surfaced on the caller's thread: never lost
                 self._error = (
                     exc
                     if isinstance(exc, AudioDeviceError)
                     else AudioDeviceError(f"cannot write {self.path}: {exc}")
                 )
-            finally:
-                self._free.put(chunk)  # always: ``write`` may be waiting for a free chunk
+            if item is None:
+                return
+            self._free.put(item[0])  # always: ``write`` may be waiting for a free buffer
 
     def _stop_writer(self) -> None:
         if self._pending is not None and self._writer is not None:
@@ -375,8 +385,7 @@ class WavSink(_Sink):
         if self._file is None:
             self._open = False
             return
-        self._hand_on()
-        self._stop_writer()
+        self._stop_writer()  # the writer writes what it gathered before it ends
         if self._error is not None:
             error, self._error = self._error, None
             self._discard()

@@ -28,12 +28,15 @@ import sys
 from collections.abc import Callable
 from functools import cache, lru_cache
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 from numpy.typing import NDArray
 
 from resonera.common.errors import ResoneraError
+
+if TYPE_CHECKING:
+    from concurrent.futures import ThreadPoolExecutor
 
 F_LOW: Final = (20.598997, 107.65265, 737.86223)
 F_HIGH: Final = 12194.217
@@ -162,6 +165,12 @@ def memory_frames(sample_rate: int, tolerance: float = 1e-12) -> int:
     return int(np.argmax(tail < tolerance))
 
 
+#: Blocks at least this long have their channels filtered side by side, on two cores: the cascade
+#: runs without the interpreter lock, and at render block sizes it is the largest single cost. Shorter
+#: (playback) blocks stay on the calling thread, where handing work over would cost more than it saves.
+PARALLEL_MIN_FRAMES: Final = 16384
+
+
 class AWeightingFilter:
     """Streaming: the filter state carries across blocks, so the output ignores block boundaries."""
 
@@ -170,6 +179,7 @@ class AWeightingFilter:
         self.channels = channels
         self._zi = np.zeros((channels, self.sos.shape[0], 2), dtype=np.float64)
         self._sosfilt = _compiled_sosfilt()
+        self._helper: ThreadPoolExecutor | None = None
 
     def reset(self) -> None:
         """Forget all input (the state of a filter that has only seen silence)."""
@@ -179,7 +189,16 @@ class AWeightingFilter:
         """The weighted ``(frames, channels)`` block as ``(channels, frames)`` float64 (no copy back)."""
         # C-contiguous (channels, frames) float64: the layout the compiled cascade filters in place
         y = np.array(block.T, dtype=np.float64, order="C")
-        self._sosfilt(self.sos, y, self._zi)
+        if len(block) < PARALLEL_MIN_FRAMES or self.channels < 2:
+            self._sosfilt(self.sos, y, self._zi)
+            return y
+        if self._helper is None:
+            from concurrent.futures import ThreadPoolExecutor  # renders only: not at every start
+
+            self._helper = ThreadPoolExecutor(1, thread_name_prefix="resonera-aweighting")
+        first = self._helper.submit(self._sosfilt, self.sos, y[:1], self._zi[:1])
+        self._sosfilt(self.sos, y[1:], self._zi[1:])
+        first.result()
         return y
 
     def process(self, block: Block) -> Block:

@@ -159,3 +159,16 @@ def test_without_scipy_the_filter_says_what_to_install(monkeypatch: pytest.Monke
             AWeightingFilter(48_000)
     finally:
         aw._compiled_sosfilt.cache_clear()
+
+
+def test_long_blocks_filtered_channel_by_channel_on_two_threads_match_short_ones() -> None:
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((3 * aw.PARALLEL_MIN_FRAMES + 123, 2)).astype(np.float32)
+    short = AWeightingFilter(44_100)
+    expected = np.concatenate([short.process(x[i : i + 1000]) for i in range(0, len(x), 1000)])
+    long = AWeightingFilter(44_100)
+    step = aw.PARALLEL_MIN_FRAMES + 17  # the filter state carries across the parallel blocks too
+    got = np.concatenate([long.process(x[i : i + step]) for i in range(0, len(x), step)])
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+    assert long._helper is not None  # the long blocks did go to the helper thread
+    assert short._helper is None
