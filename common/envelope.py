@@ -14,7 +14,7 @@ from typing import Annotated, Any, Final, Literal, TypeVar
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from resonera.common import topics
-from resonera.common.errors import ProtocolError
+from resonera.common.errors import ProtocolError, describe_validation_error
 from resonera.common.ids import is_time_ordered_id, new_id
 
 SCHEMA_VERSION: Final = 1
@@ -104,15 +104,6 @@ class Ack(BaseModel):
 
     def to_bytes(self) -> bytes:
         return self.model_dump_json().encode()
-
-
-def describe_validation_error(exc: ValidationError) -> str:
-    """One line naming each bad field and what is wrong with it."""
-    parts = []
-    for err in exc.errors():
-        where = ".".join(str(p) for p in err["loc"]) or "(message)"
-        parts.append(f"{where}: {err['msg']}")
-    return "; ".join(parts)
 
 
 def _decode(model: type[_M], payload: bytes, what: str) -> _M:

@@ -1,5 +1,12 @@
 """One exception family for the whole product, so CLIs can turn any of them into one clear line."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+
 
 class ResoneraError(Exception):
     """Base of every error we raise on purpose; its message is meant for a person."""
@@ -15,3 +22,12 @@ class ProtocolError(ResoneraError):
 
 class ProgramError(ResoneraError):
     """A program is malformed or outside the ranges that keep the person safe."""
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One line naming each bad field and what is wrong with it."""
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "(message)"
+        parts.append(f"{where}: {err['msg']}")
+    return "; ".join(parts)

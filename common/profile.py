@@ -13,8 +13,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from resonera.common.dose import DoseMode
-from resonera.common.envelope import describe_validation_error
-from resonera.common.errors import ConfigError
+from resonera.common.errors import ConfigError, describe_validation_error
 from resonera.common.program import BEAT_HZ, CARRIER_HZ, MAX_SESSION_S, TONE_HZ
 
 OutputKind = Literal["headphones", "speaker"]

@@ -40,8 +40,7 @@ from typing import Annotated, ClassVar, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from resonera.common.envelope import describe_validation_error
-from resonera.common.errors import ProgramError
+from resonera.common.errors import ProgramError, describe_validation_error
 
 log = logging.getLogger(__name__)
 

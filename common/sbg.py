@@ -30,8 +30,7 @@ from typing import Final
 
 from pydantic import ValidationError
 
-from resonera.common.envelope import describe_validation_error
-from resonera.common.errors import ProgramError
+from resonera.common.errors import ProgramError, describe_validation_error
 from resonera.common.program import (
     BackgroundLayer,
     BinauralLayer,

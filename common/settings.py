@@ -14,8 +14,7 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
-from resonera.common.envelope import describe_validation_error
-from resonera.common.errors import ConfigError
+from resonera.common.errors import ConfigError, describe_validation_error
 
 
 class MqttSettings(BaseModel):

@@ -10,8 +10,7 @@ from pydantic import BaseModel, ValidationError
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from resonera.common.envelope import describe_validation_error
-from resonera.common.errors import ConfigError
+from resonera.common.errors import ConfigError, describe_validation_error
 from resonera.common.ids import new_id
 from resonera.server.crypto import FieldCipher
 from resonera.server.models import (

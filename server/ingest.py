@@ -39,13 +39,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from resonera.common import topics
-from resonera.common.envelope import (
-    Envelope,
-    check_topic_matches,
-    decode_envelope,
-    describe_validation_error,
-)
-from resonera.common.errors import ProtocolError, ResoneraError
+from resonera.common.envelope import Envelope, check_topic_matches, decode_envelope
+from resonera.common.errors import ProtocolError, ResoneraError, describe_validation_error
 from resonera.common.records import (
     CheckInRecord,
     DesiredReport,

@@ -16,8 +16,7 @@ from pydantic import ValidationError
 from sqlalchemy import Connection
 from sqlmodel import Session
 
-from resonera.common.envelope import describe_validation_error
-from resonera.common.errors import ProtocolError
+from resonera.common.errors import ProtocolError, describe_validation_error
 from resonera.common.records import CheckInRecord
 from resonera.server.db import insert_ignore
 from resonera.server.models import CheckInRow, table_of

@@ -36,8 +36,7 @@ from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
-from resonera.common.envelope import describe_validation_error
-from resonera.common.errors import ProgramError
+from resonera.common.errors import ProgramError, describe_validation_error
 from resonera.common.ids import new_id
 from resonera.common.profile import HearingProfile
 from resonera.common.program import Program

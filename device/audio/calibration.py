@@ -32,8 +32,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from resonera.common.envelope import describe_validation_error
-from resonera.common.errors import ConfigError
+from resonera.common.errors import ConfigError, describe_validation_error
 
 __all__ = ["Calibration", "load_calibration_file", "load_calibration_toml"]
 
