@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 import threading
 from collections import Counter
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import paho.mqtt.client as paho
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -19,6 +21,11 @@ from resonera.common.envelope import Ack, Envelope, decode_envelope
 from resonera.common.settings import MqttSettings
 from resonera.common.signing import sign_document_ed25519
 from resonera.device.settings import DeviceSettings
+
+if TYPE_CHECKING:
+    from resonera.device.service import DeviceService
+    from resonera.hardware.firmware.config import BoardConfig
+    from resonera.hardware.sim import Simulator
 
 
 class Peer:
@@ -122,3 +129,42 @@ def config_file(settings: DeviceSettings, path: Path) -> Path:
 
     path.write_text(tomli_w.dumps(settings.model_dump(mode="json", exclude_none=True)))
     return path
+
+
+@contextmanager
+def service_on_mcu(
+    broker: Mosquitto,
+    tmp_path: Path,
+    device_id: str,
+    board: BoardConfig,
+    *,
+    prompt_keys: Sequence[str] = (),
+    **changes: Any,
+) -> Iterator[tuple[Simulator, DeviceSettings, DeviceService]]:
+    """A started device service watched by the simulated safety MCU over its real pty, with the
+    spoken prompts of ``prompt_keys`` built first; closed on leaving, and the simulator must have
+    seen no protocol error."""
+    from resonera.device.audio.calibration import load_calibration_file, packaged_calibration
+    from resonera.device.cli import resolve_program
+    from resonera.device.prompts import build_prompts, prompts_dir
+    from resonera.device.service import DeviceService
+    from resonera.hardware.sim import Simulator
+
+    with Simulator(board) as sim:
+        settings = device_settings(
+            broker, tmp_path, device_id, simulation=False, serial_url=sim.port_path, **changes
+        )
+        if prompt_keys:
+            build_prompts(
+                prompts_dir(settings.data_dir),
+                load_calibration_file(packaged_calibration()),
+                sample_rate=settings.sample_rate,
+                keys=list(prompt_keys),
+            )
+        service = DeviceService(settings, resolve_program)
+        service.start()
+        try:
+            yield sim, settings, service
+        finally:
+            service.close()
+        assert sim.error is None

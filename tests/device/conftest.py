@@ -4,7 +4,8 @@ import subprocess
 from collections.abc import Iterator
 
 import pytest
-from support import require_tool, wait_until
+from device_peer import Peer
+from support import Mosquitto, require_tool, wait_until
 
 PULSE_TEST_SINK = "resonera_test"
 
@@ -61,3 +62,11 @@ def pulse_null_sink(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             yield PULSE_TEST_SINK
         finally:
             subprocess.run([pulseaudio, "--kill"], capture_output=True, timeout=10, check=False)
+
+
+@pytest.fixture
+def peer(mosquitto: Mosquitto) -> Iterator[Peer]:
+    """The server's side of sync on the test's broker: acks every envelope, keeps one per id."""
+    p = Peer(mosquitto)
+    yield p
+    p.close()

@@ -7,24 +7,15 @@ import json
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-from device_peer import Peer, ServerKey, config_file, device_settings
+from device_peer import Peer, ServerKey, config_file, device_settings, service_on_mcu
 from support import Mosquitto, wait_until
 
 from resonera.device.service import ServiceUnavailable, send_command
 from resonera.device.settings import DeviceSettings
 
 BIN = Path(sys.executable).parent / "resonera-device"
-
-
-@pytest.fixture
-def peer(mosquitto: Mosquitto) -> Iterator[Peer]:
-    p = Peer(mosquitto)
-    yield p
-    p.close()
 
 
 def _start(cfg: Path, log: Path) -> subprocess.Popen[bytes]:
@@ -151,28 +142,18 @@ def test_play_via_service_without_a_service_is_a_clear_error(tmp_path: Path) -> 
 def test_with_a_safety_mcu_the_service_watches_it_between_sessions_and_plays_with_consent(
     mosquitto: Mosquitto, tmp_path: Path
 ) -> None:
-    from resonera.device.cli import resolve_program
-    from resonera.device.service import DeviceService
     from resonera.hardware.firmware.config import BoardConfig
-    from resonera.hardware.sim import Simulator
 
-    with Simulator(BoardConfig(board_id="svc-board", firmware_version="1.2.3")) as sim:
-        settings = device_settings(
-            mosquitto,
-            tmp_path,
-            f"svc-mcu-{tmp_path.name[-6:]}",
-            simulation=False,
-            serial_url=sim.port_path,
-        )
-        service = DeviceService(settings, resolve_program)
-        service.start()
-        try:
-            wait_until(lambda: service.status()["safety_link"] == "up", what="the MCU link")
-            assert service.command("play demo-alpha").startswith("ok")
-            wait_until(lambda: service.status()["playing"] is None, timeout=20, what="the end")
-            wait_until(lambda: service.status()["safety_link"] == "up", what="the idle monitor")
-        finally:
-            service.close()
+    with service_on_mcu(
+        mosquitto,
+        tmp_path,
+        f"svc-mcu-{tmp_path.name[-6:]}",
+        BoardConfig(board_id="svc-board", firmware_version="1.2.3"),
+    ) as (_sim, settings, service):
+        wait_until(lambda: service.status()["safety_link"] == "up", what="the MCU link")
+        assert service.command("play demo-alpha").startswith("ok")
+        wait_until(lambda: service.status()["playing"] is None, timeout=20, what="the end")
+        wait_until(lambda: service.status()["safety_link"] == "up", what="the idle monitor")
     store = settings.open_store()
     [session] = store.sessions()
     assert session.outcome == "completed", session.reason

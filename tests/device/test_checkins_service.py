@@ -8,22 +8,15 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-from device_peer import Peer, ServerKey, config_file, device_settings
+from device_peer import Peer, ServerKey, config_file, service_on_mcu
 from support import Mosquitto, require_tool, wait_until
 
 from resonera.common.profile import CheckInQuestion
 from resonera.common.records import CheckInRecord
-from resonera.device.audio.calibration import load_calibration_file, packaged_calibration
-from resonera.device.cli import resolve_program
-from resonera.device.prompts import build_prompts, prompts_dir
-from resonera.device.service import DeviceService
 from resonera.hardware.firmware.config import BoardConfig
 from resonera.hardware.scenario import execute
-from resonera.hardware.sim import Simulator
 
 BIN = Path(sys.executable).parent / "resonera-device"
 PROGRAM = "calm-tone"
@@ -55,37 +48,21 @@ FIXED = [
 ]
 
 
-@pytest.fixture
-def peer(mosquitto: Mosquitto) -> Iterator[Peer]:
-    p = Peer(mosquitto)
-    yield p
-    p.close()
-
-
 def test_one_question_before_and_one_after_are_answered_with_buttons_and_stored(
     mosquitto: Mosquitto, peer: Peer, pulse_null_sink: str, tmp_path: Path
 ) -> None:
     require_tool("espeak-ng")
     key = ServerKey()
     device = f"checkin-{tmp_path.name[-6:]}"
-    with Simulator(BoardConfig(board_id="checkin-board")) as sim:
-        settings = device_settings(
-            mosquitto,
-            tmp_path,
-            device,
-            simulation=False,
-            serial_url=sim.port_path,
-            sink="pyaudio",
-            server_public_key=key.public_b64,
-        )
-        build_prompts(
-            prompts_dir(settings.data_dir),
-            load_calibration_file(packaged_calibration()),
-            sample_rate=settings.sample_rate,
-            keys=[*FIXED, *(f"n{n}" for n in range(11))],
-        )
-        service = DeviceService(settings, resolve_program)
-        service.start()
+    with service_on_mcu(
+        mosquitto,
+        tmp_path,
+        device,
+        BoardConfig(board_id="checkin-board"),
+        prompt_keys=[*FIXED, *(f"n{n}" for n in range(11))],
+        sink="pyaudio",
+        server_public_key=key.public_b64,
+    ) as (sim, settings, service):
         mixer, panel = service.panel.mixer, service.panel
 
         def spoken(key: str) -> int:  # an utterance's keys are joined with "+"
@@ -102,58 +79,53 @@ def test_one_question_before_and_one_after_are_answered_with_buttons_and_stored(
         def playing() -> object:
             return service.status()["playing"]
 
-        try:
-            peer.publish_desired(
+        peer.publish_desired(
+            device,
+            key.payload(
                 device,
-                key.payload(
-                    device,
-                    1,
-                    programs=[{"name": PROGRAM}],
-                    profile={"max_level_dba": 80.0, "checkins": QUESTIONS},
-                ),
-            )
-            # the clinician's texts are spoken into the cache when the profile is applied
-            wait_until(
-                lambda: (
-                    panel.library is not None
-                    and all(
-                        panel.library.has(panel.library.question_key(q))
-                        for q in (RELAXED, LOUDNESS)
-                    )
-                ),
-                60,
-                "the questions' prompts",
-            )
-            wait_until(lambda: service.status()["safety_link"] == "up", 10, "the MCU link")
-            relaxed_key = panel.library.question_key(RELAXED) if panel.library else ""
+                1,
+                programs=[{"name": PROGRAM}],
+                profile={"max_level_dba": 80.0, "checkins": QUESTIONS},
+            ),
+        )
+        # the clinician's texts are spoken into the cache when the profile is applied
+        wait_until(
+            lambda: (
+                panel.library is not None
+                and all(
+                    panel.library.has(panel.library.question_key(q)) for q in (RELAXED, LOUDNESS)
+                )
+            ),
+            60,
+            "the questions' prompts",
+        )
+        wait_until(lambda: service.status()["safety_link"] == "up", 10, "the MCU link")
+        relaxed_key = panel.library.question_key(RELAXED) if panel.library else ""
 
-            execute(sim, "press play_pause")
-            # questions and numbers are said over silence between sessions, presses waiting their
-            # turn on the panel's thread; a busy machine can drop the MCU link mid-prompt (the
-            # rest is said with the next prompt), so the steps wait on the panel's state and what
-            # was said is checked at the end
-            wait_until(lambda: asking("before"), 60, "the question")
-            assert value() == 5 and playing() is None  # the program waits for the check-in
-            execute(sim, "press vol_up")
-            wait_until(lambda: value() == 6, 30, "6 chosen")
-            execute(sim, "press vol_up")
-            wait_until(lambda: value() == 7, 30, "7 chosen")
-            execute(sim, "press play_pause")  # 7 confirmed: the program starts
-            wait_until(lambda: playing() == PROGRAM, 30, "the program to start")
-            wait_until(lambda: sim.controller.armed, 20, "the session to arm")
+        execute(sim, "press play_pause")
+        # questions and numbers are said over silence between sessions, presses waiting their
+        # turn on the panel's thread; a busy machine can drop the MCU link mid-prompt (the
+        # rest is said with the next prompt), so the steps wait on the panel's state and what
+        # was said is checked at the end
+        wait_until(lambda: asking("before"), 60, "the question")
+        assert value() == 5 and playing() is None  # the program waits for the check-in
+        execute(sim, "press vol_up")
+        wait_until(lambda: value() == 6, 30, "6 chosen")
+        execute(sim, "press vol_up")
+        wait_until(lambda: value() == 7, 30, "7 chosen")
+        execute(sim, "press play_pause")  # 7 confirmed: the program starts
+        wait_until(lambda: playing() == PROGRAM, 30, "the program to start")
+        wait_until(lambda: sim.controller.armed, 20, "the session to arm")
 
-            execute(sim, "press stop")
-            wait_until(lambda: playing() is None, 30, "the stop")
-            wait_until(lambda: asking("after"), 60, "the 'after' question")
-            execute(sim, "press vol_down")
-            wait_until(lambda: value() == 4, 30, "4 chosen")
-            execute(sim, "press play_pause")
-            wait_until(lambda: len(peer.of_kind("checkin")) == 2, 30, "the answers sent")
-            # the questions' own prompts reached the sink (if not at once, with a later prompt)
-            wait_until(lambda: spoken(relaxed_key) >= 1, 30, "the 'before' question said")
-        finally:
-            service.close()
-        assert sim.error is None
+        execute(sim, "press stop")
+        wait_until(lambda: playing() is None, 30, "the stop")
+        wait_until(lambda: asking("after"), 60, "the 'after' question")
+        execute(sim, "press vol_down")
+        wait_until(lambda: value() == 4, 30, "4 chosen")
+        execute(sim, "press play_pause")
+        wait_until(lambda: len(peer.of_kind("checkin")) == 2, 30, "the answers sent")
+        # the questions' own prompts reached the sink (if not at once, with a later prompt)
+        wait_until(lambda: spoken(relaxed_key) >= 1, 30, "the 'before' question said")
 
     store = settings.open_store()
     [session] = store.sessions()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,13 +17,6 @@ from resonera.device.desired_state import DesiredStateApplier
 from resonera.device.sync import DeviceSync
 
 _ids = itertools.count()
-
-
-@pytest.fixture
-def peer(mosquitto: Mosquitto) -> Iterator[Peer]:
-    p = Peer(mosquitto)
-    yield p
-    p.close()
 
 
 @pytest.fixture

@@ -11,10 +11,8 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from device_peer import Peer, config_file, device_settings
 from factories import make_record
 from support import Mosquitto, wait_until
@@ -28,13 +26,6 @@ from resonera.device.sync import DeviceSync
 BIN = Path(sys.executable).parent / "resonera-device"
 #: How many times the syncing device is SIGKILLed at a random point (about a second each).
 KILLS = 50
-
-
-@pytest.fixture
-def peer(mosquitto: Mosquitto) -> Iterator[Peer]:
-    p = Peer(mosquitto)
-    yield p
-    p.close()
 
 
 def test_broker_down_during_a_session_it_plays_and_every_record_arrives_once_later(

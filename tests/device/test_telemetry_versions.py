@@ -4,21 +4,12 @@ the MCU's port, so the dashboard's devices page can show them."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-import pytest
-from device_peer import Peer, device_settings
+from device_peer import Peer, device_settings, service_on_mcu
 from support import Mosquitto, wait_until
-
-
-@pytest.fixture
-def peer(mosquitto: Mosquitto) -> Iterator[Peer]:
-    p = Peer(mosquitto)
-    yield p
-    p.close()
 
 
 def _telemetry(peer: Peer) -> list[dict[str, Any]]:
@@ -28,36 +19,26 @@ def _telemetry(peer: Peer) -> list[dict[str, Any]]:
 def test_metrics_carry_the_agent_version_and_the_mcu_firmware_version(
     mosquitto: Mosquitto, peer: Peer, tmp_path: Path
 ) -> None:
-    from resonera.device.cli import resolve_program
-    from resonera.device.service import DeviceService
     from resonera.hardware.firmware.config import BoardConfig
-    from resonera.hardware.sim import Simulator
 
-    with Simulator(BoardConfig(board_id="tel-board", firmware_version="2.7.1")) as sim:
-        settings = device_settings(
-            mosquitto,
-            tmp_path,
-            f"tel-mcu-{tmp_path.name[-6:]}",
-            simulation=False,
-            serial_url=sim.port_path,
+    with service_on_mcu(
+        mosquitto,
+        tmp_path,
+        f"tel-mcu-{tmp_path.name[-6:]}",
+        BoardConfig(board_id="tel-board", firmware_version="2.7.1"),
+    ) as (_sim, _settings, service):
+        wait_until(lambda: service.status()["safety_link"] == "up", what="the MCU link")
+        service.queue_telemetry()
+        wait_until(
+            lambda: any(t["firmware_version"] == "2.7.1" for t in _telemetry(peer)),
+            what="telemetry with the firmware version",
         )
-        service = DeviceService(settings, resolve_program)
-        service.start()
-        try:
-            wait_until(lambda: service.status()["safety_link"] == "up", what="the MCU link")
-            service.queue_telemetry()
-            wait_until(
-                lambda: any(t["firmware_version"] == "2.7.1" for t in _telemetry(peer)),
-                what="telemetry with the firmware version",
-            )
-            # a session opens the port itself: the version stays known while it plays
-            assert service.command("play demo-alpha").startswith("ok")
-            service.queue_telemetry()
-            wait_until(lambda: service.status()["playing"] is None, timeout=20, what="the end")
-            service.queue_telemetry()
-            wait_until(lambda: len(_telemetry(peer)) >= 4, what="the later telemetry")
-        finally:
-            service.close()
+        # a session opens the port itself: the version stays known while it plays
+        assert service.command("play demo-alpha").startswith("ok")
+        service.queue_telemetry()
+        wait_until(lambda: service.status()["playing"] is None, timeout=20, what="the end")
+        service.queue_telemetry()
+        wait_until(lambda: len(_telemetry(peer)) >= 4, what="the later telemetry")
     telemetry = _telemetry(peer)
     assert all(t["agent_version"] == version("resonera") for t in telemetry)
     assert all(t["firmware_version"] == "2.7.1" for t in telemetry[-3:])

@@ -9,25 +9,18 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-import httpx
-from device_peer import Peer
+from clinic import clinic, signing_key
+from device_peer import Peer, device_settings
 from support import Mosquitto, require_tool, wait_until
 
 from resonera.common import serial_link as sl
 from resonera.common import topics
 from resonera.common.profile import CheckInQuestion
-from resonera.common.settings import MqttSettings
 from resonera.device.audio.calibration import load_calibration_file, packaged_calibration
 from resonera.device.cli import resolve_program
 from resonera.device.prompts import build_prompts, prompts_dir
 from resonera.device.service import DeviceService
-from resonera.device.settings import DeviceSettings
-from resonera.server.bootstrap import demo_setup
-from resonera.server.crypto import new_key_line, write_signing_key
-from resonera.server.runner import run_server_in_thread
-from resonera.server.settings import ServerSettings
 
-PASSWORD = "e2e clinician password"
 DEVICE = "e2e-checkin-1"
 PROGRAM = "calm-tone"
 QUESTION = {
@@ -49,27 +42,9 @@ def test_check_ins_answered_on_the_device_reach_the_server_once(
     mosquitto: Mosquitto, tmp_path: Path
 ) -> None:
     require_tool("espeak-ng")
-    mqtt = MqttSettings(host=mosquitto.host, port=mosquitto.port)
-    signing_key = tmp_path / "signing.pem"
-    server_public_key = write_signing_key(signing_key)
-    server_settings = ServerSettings(
-        database_url=f"sqlite:///{tmp_path / 'server.db'}",
-        http_port=0,
-        mqtt=mqtt,
-        demo=True,
-        patient_keys=new_key_line("e2e"),
-        desired_signing_key_file=signing_key,
-    )
-    device = DeviceSettings(
-        device_id=DEVICE,
-        data_dir=tmp_path / "device",
-        mqtt=mqtt,
-        simulation=True,  # no MCU: the null sink plays without consent, as the flag says
-        sink="null",
-        calibration_file=packaged_calibration(),
-        server_public_key=server_public_key,
-        sync={"reconnect_jitter_s": 0.0, "resend_after_s": 2.0},
-    )
+    key_file, server_public_key = signing_key(tmp_path)
+    device = device_settings(mosquitto, tmp_path, DEVICE, server_public_key=server_public_key)
+    # no MCU (simulation): the null sink plays without consent, as the flag says
     build_prompts(
         prompts_dir(device.data_dir),
         load_calibration_file(packaged_calibration()),
@@ -78,17 +53,8 @@ def test_check_ins_answered_on_the_device_reach_the_server_once(
     )
     peer = Peer(mosquitto, ack=False)  # sees what the device sends, to send it again
     service: DeviceService | None = None
-    with run_server_in_thread(server_settings) as server:
-        setup = demo_setup(
-            server.engine, server_settings, device_id=DEVICE, email="dr@e2e.test", password=PASSWORD
-        )
-        token = httpx.post(
-            f"{server.api_url}/auth/login", json={"email": "dr@e2e.test", "password": PASSWORD}
-        ).json()["access_token"]
-        api = httpx.Client(
-            base_url=f"{server.api_url}/patients/{setup.patient_id}",
-            headers={"Authorization": f"Bearer {token}"},
-        )
+    with clinic(mosquitto, tmp_path, DEVICE, key_file) as site:
+        api = site.api
         etag = api.get("/desired").headers.get("ETag", '"0"')
         put = api.put(
             "/desired",
@@ -98,7 +64,7 @@ def test_check_ins_answered_on_the_device_reach_the_server_once(
         assert put.status_code == 200, put.text
 
         def rows() -> list[tuple[str, str, int | None, bool, str]]:
-            with sqlite3.connect(tmp_path / "server.db") as db:
+            with sqlite3.connect(site.database) as db:
                 return list(
                     db.execute(
                         "SELECT record_id, phase, value, skipped, patient_id FROM checkin "
@@ -145,8 +111,8 @@ def test_check_ins_answered_on_the_device_reach_the_server_once(
             ("before", 6, False),
             ("after", 8, False),
         ]
-        assert {patient for *_, patient in first} == {setup.patient_id}
-        with sqlite3.connect(tmp_path / "server.db") as db:
+        assert {patient for *_, patient in first} == {site.patient_id}
+        with sqlite3.connect(site.database) as db:
             sessions = {s for (s,) in db.execute("SELECT DISTINCT session_id FROM checkin")}
         assert sessions == {session.session_id}
 
@@ -163,7 +129,7 @@ def test_check_ins_answered_on_the_device_reach_the_server_once(
         info.wait_for_publish(timeout=5)
 
         def has_marker() -> bool:
-            with sqlite3.connect(tmp_path / "server.db") as db:
+            with sqlite3.connect(site.database) as db:
                 found = db.execute(
                     "SELECT 1 FROM device_message WHERE message_id = ?", (marker_envelope.id,)
                 ).fetchone()

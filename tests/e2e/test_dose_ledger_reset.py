@@ -10,20 +10,15 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-import httpx
+from clinic import clinic, signing_key
+from device_peer import device_settings
 from support import Mosquitto, wait_until
 
-from resonera.common.settings import MqttSettings
 from resonera.device.desired_state import DesiredStateApplier
 from resonera.device.safety.dose_ledger import DoseLedger
 from resonera.device.settings import DeviceSettings
 from resonera.device.sync import DeviceSync
-from resonera.server.bootstrap import demo_setup
-from resonera.server.crypto import new_key_line, write_signing_key
-from resonera.server.runner import run_server_in_thread
-from resonera.server.settings import ServerSettings
 
-PASSWORD = "e2e clinician password"
 DEVICE = "e2e-reset-1"
 
 
@@ -56,26 +51,8 @@ def _sync(device: DeviceSettings, store: Any) -> DeviceSync:
 def test_a_clinician_reset_reaches_the_device_once_and_comes_back_applied(
     mosquitto: Mosquitto, tmp_path: Path
 ) -> None:
-    mqtt = MqttSettings(host=mosquitto.host, port=mosquitto.port)
-    signing_key = tmp_path / "signing.pem"
-    server_public_key = write_signing_key(signing_key)
-    server_settings = ServerSettings(
-        database_url=f"sqlite:///{tmp_path / 'server.db'}",
-        http_port=0,
-        mqtt=mqtt,
-        demo=True,
-        patient_keys=new_key_line("e2e"),
-        desired_signing_key_file=signing_key,
-    )
-    device = DeviceSettings(
-        device_id=DEVICE,
-        data_dir=tmp_path / "device",
-        mqtt=mqtt,
-        simulation=True,
-        sink="null",
-        server_public_key=server_public_key,
-        sync={"reconnect_jitter_s": 0.0, "resend_after_s": 2.0},
-    )
+    key_file, server_public_key = signing_key(tmp_path)
+    device = device_settings(mosquitto, tmp_path, DEVICE, server_public_key=server_public_key)
     store = device.open_store()
     ledger = DoseLedger.for_settings(device)  # sealed under the store's data key
     ledger.add_energy(1_800_000_000.0, pa2s=0.25 * 5760.0, seconds=60)
@@ -83,17 +60,8 @@ def test_a_clinician_reset_reaches_the_device_once_and_comes_back_applied(
     _damage(device.dose_ledger_path)
     assert _week(device) == (1.0, True)
 
-    with run_server_in_thread(server_settings) as server:
-        setup = demo_setup(
-            server.engine, server_settings, device_id=DEVICE, email="dr@e2e.test", password=PASSWORD
-        )
-        token = httpx.post(
-            f"{server.api_url}/auth/login", json={"email": "dr@e2e.test", "password": PASSWORD}
-        ).json()["access_token"]
-        api = httpx.Client(
-            base_url=f"{server.api_url}/patients/{setup.patient_id}",
-            headers={"Authorization": f"Bearer {token}"},
-        )
+    with clinic(mosquitto, tmp_path, DEVICE, key_file) as site:
+        api = site.api
         posted = api.post("/dose-ledger/reset", json={"reason": "ledger damaged, log reviewed"})
         assert posted.status_code == 202, posted.text
         [request] = posted.json()
@@ -128,7 +96,7 @@ def test_a_clinician_reset_reaches_the_device_once_and_comes_back_applied(
         assert _week(device)[1]  # still corrupted: a new reset needs a new request
         assert [e.type for e in store.events()] == ["dose_ledger_reset"]
         assert len(api.get("/safety-events", params={"type": "dose_ledger_reset"}).json()) == 1
-        with sqlite3.connect(tmp_path / "server.db") as db:
+        with sqlite3.connect(site.database) as db:
             reports = [
                 json.loads(body)
                 for (body,) in db.execute("SELECT body FROM device_message WHERE kind = 'reported'")
@@ -138,7 +106,7 @@ def test_a_clinician_reset_reaches_the_device_once_and_comes_back_applied(
             "status": "applied",
             "dose_ledger_reset": {"id": request["id"], "status": "applied"},
         } in reports
-        with sqlite3.connect(tmp_path / "server.db") as db:
+        with sqlite3.connect(site.database) as db:
             # the server took the report (not quarantined): the device runs version 1
             (applied,) = db.execute(
                 "SELECT reported_version FROM device_state WHERE device_id = ?", (DEVICE,)
