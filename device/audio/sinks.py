@@ -397,6 +397,9 @@ class WavSink(_Sink):
             if self.durable:
                 os.fsync(self._file.fileno())
             self._file.close()
+            # The temporary file was made private (0600); the finished file gets the permissions
+            # any new file of this user would have.
+            os.chmod(self._file.name, 0o666 & ~_umask())
             os.replace(self._file.name, self.path)
         except OSError as exc:
             self._discard()
@@ -417,6 +420,12 @@ class WavSink(_Sink):
                 file.close()
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(file.name)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading it means setting it: put it straight back
+    os.umask(mask)
+    return mask
 
 
 def _pyaudio() -> Any:

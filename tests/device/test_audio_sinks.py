@@ -3,6 +3,8 @@ from __future__ import annotations
 import io
 import logging
 import math
+import os
+import stat
 import subprocess
 import threading
 import wave
@@ -56,6 +58,10 @@ def test_wav_sink_writes_a_readable_wav_and_leaves_no_temp(tmp_path: Path, dithe
         for start in range(0, RATE, 1000):
             sink.write(block[start : start + 1000])
     assert list(tmp_path.iterdir()) == [target]
+    umask = os.umask(0o022)
+    os.umask(umask)
+    # readable as any file the user makes (the private temporary file's 0600 is not kept)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~umask
     with wave.open(str(target), "rb") as wav:
         assert wav.getnchannels() == 2
         assert wav.getframerate() == RATE
