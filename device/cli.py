@@ -36,6 +36,7 @@ from resonera.device.audio.chain import (
 )
 from resonera.device.audio.player import play
 from resonera.device.audio.progress import Progress, clock
+from resonera.device.audio.readahead import ReadAheadRenderer
 from resonera.device.audio.sinks import AudioSink, PyAudioSink, WavSink
 from resonera.device.audio.synth import ProgramRenderer
 
@@ -115,7 +116,9 @@ class _Display:
         """The chain's A-weighted level of the last block (its meter: nothing is metered twice)."""
         self.level_dba = level_dba
 
-    def __call__(self, block: NDArray[np.float32], renderer: ProgramRenderer) -> None:
+    def __call__(
+        self, block: NDArray[np.float32], renderer: ProgramRenderer | ReadAheadRenderer
+    ) -> None:
         step = renderer.step_index
         label = self.program.steps[step].label if step is not None else ""
         self.progress.update(renderer.position_s, step, label, self.level())
@@ -215,13 +218,14 @@ def _render(args: argparse.Namespace) -> int:
             "calibration (--calibration FILE for your output)"
         )
     display = _Display(program, verb="rendering")
-    result = play(
-        renderer,
-        sink,
-        block_frames=args.block,
-        processors=processors,
-        on_block=display,
-    )
+    with ReadAheadRenderer(renderer, args.block) as ahead:
+        result = play(
+            ahead,
+            sink,
+            block_frames=args.block,
+            processors=processors,
+            on_block=display,
+        )
     display.finish(result.played_s)
     elapsed = time.perf_counter() - started
     speed = result.played_s / elapsed if elapsed > 0 else float("inf")
