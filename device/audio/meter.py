@@ -83,20 +83,21 @@ class MelMeter:
         frames = weighted.shape[1]
         if frames == 0:
             return []
-        whole = _energies(weighted)
-        self.block_level = self.offset_db + _db(float(whole.max()) / frames)
+        whole = np.zeros(len(self._sum), np.float64)  # the block's, from its parts' sums
         completed: list[float] = []
         start = 0
         while start < frames:
             take = min(self.sample_rate - self._frames, frames - start)
-            part = weighted[:, start : start + take]
-            self._sum += whole if take == frames else _energies(part)
+            part = _energies(weighted[:, start : start + take])
+            whole += part
+            self._sum += part
             self._frames += take
             start += take
             if self._frames == self.sample_rate:
                 completed.append(self.offset_db + _db(float(np.max(self._sum)) / self.sample_rate))
                 self._sum[:] = 0.0
                 self._frames = 0
+        self.block_level = self.offset_db + _db(float(whole.max()) / frames)
         self.mels.extend(completed)
         return completed
 

@@ -188,18 +188,24 @@ class AWeightingFilter:
     def filter_channels(self, block: Block) -> Samples:
         """The weighted ``(frames, channels)`` block as ``(channels, frames)`` float64 (no copy back)."""
         # C-contiguous (channels, frames) float64: the layout the compiled cascade filters in place
-        y = np.array(block.T, dtype=np.float64, order="C")
         if len(block) < PARALLEL_MIN_FRAMES or self.channels < 2:
+            y = np.array(block.T, dtype=np.float64, order="C")
             self._sosfilt(self.sos, y, self._zi)
             return y
         if self._helper is None:
             from concurrent.futures import ThreadPoolExecutor  # renders only: not at every start
 
             self._helper = ThreadPoolExecutor(1, thread_name_prefix="resonera-aweighting")
-        first = self._helper.submit(self._sosfilt, self.sos, y[:1], self._zi[:1])
-        self._sosfilt(self.sos, y[1:], self._zi[1:])
+        y = np.empty((self.channels, len(block)), dtype=np.float64)
+        first = self._helper.submit(self._filter_rows, block, y, 0, 1)
+        self._filter_rows(block, y, 1, self.channels)
         first.result()
         return y
+
+    def _filter_rows(self, block: Block, y: Samples, start: int, stop: int) -> None:
+        """Channels ``start:stop`` of ``block``, weighted into those rows of ``y``."""
+        y[start:stop] = block[:, start:stop].T
+        self._sosfilt(self.sos, y[start:stop], self._zi[start:stop])
 
     def process(self, block: Block) -> Block:
         result: Block = self.filter_channels(block).T.astype(np.float32)
