@@ -7,8 +7,9 @@
    purpose.
 2. ``resonera-device run`` as a subprocess: peak RSS while it plays a 20-minute program to a NullSink
    (unpaced, so the synthesis runs flat out: a worst case for CPU, a fair one for memory), then CPU
-   while idle and connected, both from ``/proc`` of the process. Targets: RSS ≤ 100 MB, idle CPU ≤ 1 %
-   of a core. Measured twice: without spoken prompts, then with the catalogue built
+   while idle and connected, both from ``/proc`` of the process. Targets: RSS ≤ 100 MB, idle CPU
+   ≤ 1 % of a core. The service runs as on a device: plain ``sqlite3`` store and ledger, glibc heap
+   settings (``device/memory.py``). Measured twice: without spoken prompts, then with the catalogue built
    (``resonera-device prompts build``, as a device is provisioned: the product runs so).
 
 Figures are printed; nothing is asserted.
@@ -151,14 +152,22 @@ def bench_backlog(broker: Mosquitto, folder: Path) -> None:
     )
 
 
+def _status(pid: int) -> dict[str, int]:
+    """The kB figures of ``/proc/PID/status`` (VmRSS, VmHWM, RssAnon, RssFile, ...)."""
+    lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return {
+        name: int(value.split()[0])
+        for name, value in (line.split(":", 1) for line in lines)
+        if value.strip().endswith("kB")
+    }
+
+
 def _proc(pid: int) -> tuple[int, int, int]:
     """(cpu ticks, current RSS kB, peak RSS kB) of ``pid``."""
     stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     ticks = int(stat[11]) + int(stat[12])
-    status = dict(
-        line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
-    )
-    return ticks, int(status["VmRSS"].split()[0]), int(status["VmHWM"].split()[0])
+    status = _status(pid)
+    return ticks, status["VmRSS"], status["VmHWM"]
 
 
 def bench_service(broker: Mosquitto, folder: Path, *, prompts: bool) -> None:
@@ -197,6 +206,7 @@ def bench_service(broker: Mosquitto, folder: Path, *, prompts: bool) -> None:
         while not socket_path.exists() and time.monotonic() < deadline:
             time.sleep(0.05)
         _, rss_start, _ = _proc(process.pid)
+        at_start = _status(process.pid)
         start = time.perf_counter()
         print(send_command(socket_path, "play alpha-relax").replace("ok ", "  service: "))
         peak_sampled = 0
@@ -220,6 +230,11 @@ def bench_service(broker: Mosquitto, folder: Path, *, prompts: bool) -> None:
     with_prompts = "with spoken prompts built" if prompts else "without spoken prompts"
     print(f"resonera-device run (simulation, NullSink, {with_prompts}), pid {process.pid}")
     print(f"  RSS at start {rss_start / 1024:.1f} MB; 20-min program rendered in {played_in:.1f} s")
+    # heap and Python objects vs the pages of mapped code (numpy, cryptography, pydantic-core, ...)
+    print(
+        f"  of which anonymous {at_start['RssAnon'] / 1024:.1f} MB, "
+        f"mapped files {at_start['RssFile'] / 1024:.1f} MB"
+    )
     peak = max(hwm, peak_sampled)
     print(
         f"  peak RSS while playing {peak / 1024:.1f} MB (target ≤ 100 MB); "

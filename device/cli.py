@@ -436,6 +436,9 @@ def _enroll(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from resonera.device.memory import limit_native_heap
+
+    limit_native_heap()  # before the service's threads start: each would get a malloc arena
     from resonera.device.service import DeviceService
 
     overrides: dict[str, Any] = {}

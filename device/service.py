@@ -49,6 +49,7 @@ from resonera.common.program import Program
 from resonera.common.records import CheckInRecord, SessionRecord
 from resonera.device.controls import Answered
 from resonera.device.desired_state import DesiredStateApplier
+from resonera.device.memory import release_free_memory
 from resonera.device.safety.dose_ledger import DoseLedger
 from resonera.device.settings import DeviceSettings
 from resonera.device.store import DeviceStore
@@ -141,6 +142,7 @@ class DeviceService:
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda _s, _f: self._shutdown.set())
         self.start()
+        release_free_memory()  # what start-up (imports, migrations, prompts) freed
         try:
             interval = self.settings.sync.telemetry_interval_s
             while not self._shutdown.wait(timeout=interval):
@@ -277,6 +279,7 @@ class DeviceService:
                 self._playing = None
             self.applier.session_ended()
             self.sync.kick()
+            release_free_memory()  # the session's renderer, chain and buffers
             if not self._shutdown.is_set():
                 self._start_idle_monitor()
 

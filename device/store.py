@@ -22,12 +22,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from cryptography.hazmat.primitives.asymmetric import ec
-from sqlalchemy import Engine, event, func
-from sqlalchemy.orm import registry
-from sqlmodel import Field, Session, SQLModel, col, create_engine, delete, select
 
 from resonera.common import topics
 from resonera.common.envelope import Envelope
@@ -44,6 +41,7 @@ from resonera.device.crypto_store import (
     missing_key_message,
     read_key_file,
 )
+from resonera.device.localdb import LocalDB, from_db_time, to_db_time
 from resonera.device.settings import OutboxLimits
 
 log = logging.getLogger(__name__)
@@ -53,74 +51,6 @@ DesiredStatus = Literal["applied", "pending", "superseded"]
 
 class StoreError(ResoneraError):
     """The local store cannot be opened or written."""
-
-
-class DeviceModel(SQLModel, registry=registry()):
-    """The device's tables live in a metadata of their own, apart from the server's. The tables
-    are created by ``migrations``, not by ``create_all``."""
-
-
-class SessionEntry(DeviceModel, table=True):
-    __tablename__ = "sessions"
-
-    session_id: str = Field(primary_key=True)
-    started_at: datetime = Field(index=True)
-    sealed: bytes
-
-
-class SafetyEventEntry(DeviceModel, table=True):
-    __tablename__ = "safety_events"
-
-    event_id: str = Field(primary_key=True)
-    at: datetime = Field(index=True)
-    type: str = Field(index=True)
-    sealed: bytes
-
-
-class CheckInEntry(DeviceModel, table=True):
-    __tablename__ = "checkins"
-
-    record_id: str = Field(primary_key=True)
-    session_id: str
-    answered_at: datetime = Field(index=True)
-    reason: str = ""
-    sealed: bytes
-
-
-class OutboxEntry(DeviceModel, table=True):
-    __tablename__ = "outbox"
-
-    message_id: str = Field(primary_key=True)
-    seq: int = Field(unique=True)
-    kind: str
-    topic: str
-    sealed: bytes
-    size: int
-    created_at: datetime
-
-
-class CounterEntry(DeviceModel, table=True):
-    __tablename__ = "counters"
-
-    name: str = Field(primary_key=True)
-    value: int
-
-
-class DesiredStateEntry(DeviceModel, table=True):
-    __tablename__ = "desired_state"
-
-    version: int = Field(primary_key=True)
-    status: str
-    sealed: bytes
-    received_at: datetime
-    applied_at: datetime | None = None
-
-
-class MetaEntry(DeviceModel, table=True):
-    __tablename__ = "meta"
-
-    name: str = Field(primary_key=True)
-    value: str
 
 
 @dataclass(frozen=True)
@@ -152,34 +82,6 @@ class StoredDesired:
     profile: HearingProfile | None
     received_at: datetime
     applied_at: datetime | None
-
-
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    # Transactions are begun by us (``_begin``/``_begin_immediate``), not by the driver, which
-    # would begin one only at the first write: a read-then-write (the sequence counter) could
-    # then interleave with another writer's.
-    dbapi_connection.isolation_level = None
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    # FULL: a committed session survives a power cut, which is the point of the outbox.
-    cursor.execute("PRAGMA synchronous=FULL")
-    cursor.execute("PRAGMA busy_timeout=10000")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.close()
-
-
-def _begin(conn: Any) -> None:
-    conn.exec_driver_sql("BEGIN")
-
-
-def _begin_immediate(conn: Any) -> None:
-    """Writers take the write lock at once (waiting up to ``busy_timeout``), so two threads or
-    processes queueing at the same moment never read the same sequence number."""
-    conn.exec_driver_sql("BEGIN IMMEDIATE")
-
-
-def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 def default_key_path(store_path: Path) -> Path:
@@ -214,18 +116,7 @@ class DeviceStore:
                 f"cannot create data directory {path.parent}: {exc.strerror}"
             ) from None
         self.key = self._open_and_migrate()
-        #: Reads (deferred transactions: a consistent snapshot that blocks no writer).
-        self.engine: Engine = create_engine(
-            f"sqlite:///{path}", connect_args={"check_same_thread": False}
-        )
-        event.listen(self.engine, "connect", _sqlite_pragmas)
-        event.listen(self.engine, "begin", _begin)
-        #: Writes (``BEGIN IMMEDIATE``).
-        self.write_engine: Engine = create_engine(
-            f"sqlite:///{path}", connect_args={"check_same_thread": False}
-        )
-        event.listen(self.write_engine, "connect", _sqlite_pragmas)
-        event.listen(self.write_engine, "begin", _begin_immediate)
+        self._db = LocalDB(path, busy_timeout_ms=10_000, foreign_keys=True)
 
     # --- opening ---------------------------------------------------------------------------------
 
@@ -287,8 +178,7 @@ class DeviceStore:
         return create_key_file(self.data_key_path)
 
     def close(self) -> None:
-        self.engine.dispose()
-        self.write_engine.dispose()
+        self._db.close()
 
     # --- sealing ---------------------------------------------------------------------------------
 
@@ -300,150 +190,129 @@ class DeviceStore:
 
     # --- records ---------------------------------------------------------------------------------
 
-    def _next_seq(self, db: Session) -> int:
+    def _next_seq(self, db: sqlite3.Connection) -> int:
         return self._bump(db, "seq") - 1
 
-    def _bump(self, db: Session, name: str, by: int = 1) -> int:
-        counter = db.get(CounterEntry, name) or CounterEntry(name=name, value=0)
-        counter.value += by
-        db.add(counter)
-        return counter.value
+    def _bump(self, db: sqlite3.Connection, name: str, by: int = 1) -> int:
+        row = db.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()
+        value = (int(row[0]) if row else 0) + by
+        db.execute("INSERT OR REPLACE INTO counters (name, value) VALUES (?, ?)", (name, value))
+        return value
 
     def counter(self, name: str) -> int:
-        with Session(self.engine) as db:
-            counter = db.get(CounterEntry, name)
-            return counter.value if counter is not None else 0
+        with self._db.read() as db:
+            row = db.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()
+        return int(row[0]) if row else 0
 
     def record_session(self, device_id: str, record: SessionRecord) -> Envelope:
         """Store the session and queue its message, atomically; return the queued envelope."""
-        with Session(self.write_engine) as db:
+        sealed = self._seal("sessions", record.session_id, record.model_dump_json().encode())
+        with self._db.write() as db:
             envelope = self._queue(db, device_id, "session", record.model_dump(mode="json"))
-            db.add(
-                SessionEntry(
-                    session_id=record.session_id,
-                    started_at=record.started_at,
-                    sealed=self._seal(
-                        "sessions", record.session_id, record.model_dump_json().encode()
-                    ),
-                )
+            db.execute(
+                "INSERT INTO sessions (session_id, started_at, sealed) VALUES (?, ?, ?)",
+                (record.session_id, to_db_time(record.started_at), sealed),
             )
-            db.commit()
         return envelope
 
     def record_event(self, device_id: str, record: SafetyEventRecord) -> Envelope:
         """Store a safety event and queue its ``event`` message, atomically (like sessions)."""
-        with Session(self.write_engine) as db:
+        sealed = self._seal("safety_events", record.event_id, record.model_dump_json().encode())
+        with self._db.write() as db:
             envelope = self._queue(db, device_id, "event", record.model_dump(mode="json"))
-            db.add(
-                SafetyEventEntry(
-                    event_id=record.event_id,
-                    at=record.at,
-                    type=record.type,
-                    sealed=self._seal(
-                        "safety_events", record.event_id, record.model_dump_json().encode()
-                    ),
-                )
+            db.execute(
+                "INSERT INTO safety_events (event_id, at, type, sealed) VALUES (?, ?, ?, ?)",
+                (record.event_id, to_db_time(record.at), record.type, sealed),
             )
-            db.commit()
         return envelope
 
     def record_checkin(self, device_id: str, record: CheckInRecord, reason: str = "") -> Envelope:
         """Store a check-in answer and queue its ``checkin`` message, atomically (like sessions:
         never thinned). ``reason`` (why it was skipped) stays on the device."""
-        with Session(self.write_engine) as db:
+        sealed = self._seal("checkins", record.id, record.model_dump_json().encode())
+        with self._db.write() as db:
             envelope = self._queue(db, device_id, "checkin", record.model_dump(mode="json"))
-            db.add(
-                CheckInEntry(
-                    record_id=record.id,
-                    session_id=record.session_id,
-                    answered_at=record.answered_at,
-                    reason=reason,
-                    sealed=self._seal("checkins", record.id, record.model_dump_json().encode()),
-                )
+            db.execute(
+                "INSERT INTO checkins (record_id, session_id, answered_at, reason, sealed) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (record.id, record.session_id, to_db_time(record.answered_at), reason, sealed),
             )
-            db.commit()
         return envelope
 
     def checkins(self, limit: int = 100) -> list[tuple[CheckInRecord, str]]:
         """Check-in answers with why each skipped one was (""), most recent first."""
-        with Session(self.engine) as db:
-            rows = db.exec(
-                select(CheckInEntry)
-                .order_by(col(CheckInEntry.answered_at).desc(), col(CheckInEntry.record_id))
-                .limit(limit)
-            ).all()
-            return [
-                (
-                    CheckInRecord.model_validate_json(
-                        self._open("checkins", row.record_id, row.sealed)
-                    ),
-                    row.reason,
-                )
-                for row in rows
-            ]
+        with self._db.read() as db:
+            rows = db.execute(
+                "SELECT record_id, reason, sealed FROM checkins "
+                "ORDER BY answered_at DESC, record_id LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return [
+            (CheckInRecord.model_validate_json(self._open("checkins", row_id, sealed)), reason)
+            for row_id, reason, sealed in rows
+        ]
 
     def events(self, limit: int = 100) -> list[SafetyEventRecord]:
         """Safety events, most recent first."""
-        with Session(self.engine) as db:
-            rows = db.exec(
-                select(SafetyEventEntry)
-                .order_by(col(SafetyEventEntry.at).desc(), col(SafetyEventEntry.event_id).desc())
-                .limit(limit)
-            ).all()
-            return [
-                SafetyEventRecord.model_validate_json(
-                    self._open("safety_events", row.event_id, row.sealed)
-                )
-                for row in rows
-            ]
+        with self._db.read() as db:
+            rows = db.execute(
+                "SELECT event_id, sealed FROM safety_events "
+                "ORDER BY at DESC, event_id DESC LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return [
+            SafetyEventRecord.model_validate_json(self._open("safety_events", event_id, sealed))
+            for event_id, sealed in rows
+        ]
 
     def sessions(self, limit: int = 100) -> list[SessionRecord]:
         """Most recent first."""
-        with Session(self.engine) as db:
-            rows = db.exec(
-                select(SessionEntry).order_by(col(SessionEntry.started_at).desc()).limit(limit)
-            ).all()
-            return [
-                SessionRecord.model_validate_json(
-                    self._open("sessions", row.session_id, row.sealed)
-                )
-                for row in rows
-            ]
+        with self._db.read() as db:
+            rows = db.execute(
+                "SELECT session_id, sealed FROM sessions ORDER BY started_at DESC LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return [
+            SessionRecord.model_validate_json(self._open("sessions", session_id, sealed))
+            for session_id, sealed in rows
+        ]
 
     def sessions_since(self, since: datetime) -> int:
-        with Session(self.engine) as db:
-            query = select(func.count()).select_from(SessionEntry)
-            query = query.where(col(SessionEntry.started_at) >= since)
-            return int(db.exec(query).one())
+        with self._db.read() as db:
+            row = db.execute(
+                "SELECT COUNT(*) FROM sessions WHERE started_at >= ?", (to_db_time(since),)
+            ).fetchone()
+        return int(row[0])
 
     # --- outbox ----------------------------------------------------------------------------------
 
     def queue_message(self, device_id: str, kind: topics.UpKind, body: dict[str, Any]) -> Envelope:
         """Queue one message of ``kind`` on its own; a ``metrics`` message may thin older ones."""
-        with Session(self.write_engine) as db:
+        with self._db.write() as db:
             envelope = self._queue(db, device_id, kind, body)
             if kind == "metrics":
                 self._thin(db, datetime.now(UTC))
-            db.commit()
         return envelope
 
     def _queue(
-        self, db: Session, device_id: str, kind: topics.UpKind, body: dict[str, Any]
+        self, db: sqlite3.Connection, device_id: str, kind: topics.UpKind, body: dict[str, Any]
     ) -> Envelope:
         envelope = Envelope.create(device=device_id, seq=self._next_seq(db), kind=kind, body=body)
         if self.signing_key is not None:
             envelope = sign_envelope(envelope, self.signing_key)
         payload = envelope.to_bytes()
-        db.add(
-            OutboxEntry(
-                message_id=envelope.id,
-                seq=envelope.seq,
-                kind=kind,
-                topic=topics.up(device_id, kind),
-                sealed=self._seal("outbox", envelope.id, payload),
-                size=len(payload),
-                created_at=datetime.now(UTC),
-            )
+        db.execute(
+            "INSERT INTO outbox (message_id, seq, kind, topic, sealed, size, created_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                envelope.id,
+                envelope.seq,
+                kind,
+                topics.up(device_id, kind),
+                self._seal("outbox", envelope.id, payload),
+                len(payload),
+                to_db_time(datetime.now(UTC)),
+            ),
         )
         return envelope
 
@@ -452,93 +321,96 @@ class DeviceStore:
     ) -> list[OutboxMessage]:
         """Oldest unacknowledged messages first, payloads opened."""
         excluded = list(exclude)
-        with Session(self.engine) as db:
-            query = select(OutboxEntry).order_by(col(OutboxEntry.seq)).limit(limit)
-            if excluded:
-                query = query.where(col(OutboxEntry.message_id).not_in(excluded))
-            if after_seq is not None:
-                query = query.where(col(OutboxEntry.seq) > after_seq)
-            return [self._message(row) for row in db.exec(query).all()]
+        where: list[str] = []
+        params: list[Any] = []
+        if excluded:
+            where.append(f"message_id NOT IN ({_marks(excluded)})")
+            params.extend(excluded)
+        if after_seq is not None:
+            where.append("seq > ?")
+            params.append(after_seq)
+        clause = f"WHERE {' AND '.join(where)} " if where else ""
+        with self._db.read() as db:
+            rows = db.execute(
+                f"SELECT {_OUTBOX_COLUMNS} FROM outbox {clause}ORDER BY seq LIMIT ?",
+                (*params, limit),
+            ).fetchall()
+        return [self._message(row) for row in rows]
 
     def messages(self, message_ids: Sequence[str]) -> list[OutboxMessage]:
         """The queued messages among ``message_ids`` (those acknowledged meanwhile are absent)."""
         if not message_ids:
             return []
-        with Session(self.engine) as db:
-            rows = db.exec(
-                select(OutboxEntry).where(col(OutboxEntry.message_id).in_(list(message_ids)))
-            ).all()
-            return [self._message(row) for row in rows]
+        ids = list(message_ids)
+        with self._db.read() as db:
+            rows = db.execute(
+                f"SELECT {_OUTBOX_COLUMNS} FROM outbox WHERE message_id IN ({_marks(ids)})", ids
+            ).fetchall()
+        return [self._message(row) for row in rows]
 
-    def _message(self, row: OutboxEntry) -> OutboxMessage:
+    def _message(self, row: tuple[Any, ...]) -> OutboxMessage:
+        message_id, seq, kind, topic, sealed, created_at = row
         return OutboxMessage(
-            message_id=row.message_id,
-            seq=row.seq,
-            kind=row.kind,
-            topic=row.topic,
-            payload=self._open("outbox", row.message_id, row.sealed),
-            created_at=_aware(row.created_at),
+            message_id=message_id,
+            seq=int(seq),
+            kind=kind,
+            topic=topic,
+            payload=self._open("outbox", message_id, sealed),
+            created_at=from_db_time(created_at),
         )
 
     def acknowledge(self, message_ids: Sequence[str]) -> int:
         """Delete acknowledged messages; unknown ids (already deleted) are ignored."""
         if not message_ids:
             return 0
-        with Session(self.write_engine) as db:
-            result = db.exec(
-                delete(OutboxEntry).where(col(OutboxEntry.message_id).in_(message_ids))
-            )
-            if result.rowcount:
-                db.merge(MetaEntry(name="last_ack_at", value=datetime.now(UTC).isoformat()))
-            db.commit()
-            return int(result.rowcount)
+        ids = list(message_ids)
+        with self._db.write() as db:
+            deleted = db.execute(
+                f"DELETE FROM outbox WHERE message_id IN ({_marks(ids)})", ids
+            ).rowcount
+            if deleted:
+                _set_meta(db, "last_ack_at", datetime.now(UTC).isoformat())
+        return int(deleted)
 
     def outbox_depth(self) -> int:
-        with Session(self.engine) as db:
-            return int(db.exec(select(func.count()).select_from(OutboxEntry)).one())
+        with self._db.read() as db:
+            return int(db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
 
     def outbox_stats(self) -> OutboxStats:
-        with Session(self.engine) as db:
-            rows = db.exec(
-                select(OutboxEntry.kind, func.count(), func.sum(OutboxEntry.size)).group_by(
-                    OutboxEntry.kind
-                )
-            ).all()
-            oldest = db.exec(select(func.min(OutboxEntry.created_at))).one()
+        with self._db.read() as db:
+            rows = db.execute(
+                "SELECT kind, COUNT(*), SUM(size) FROM outbox GROUP BY kind"
+            ).fetchall()
+            oldest = db.execute("SELECT MIN(created_at) FROM outbox").fetchone()[0]
         by_kind = {str(kind): int(count) for kind, count, _ in rows}
         return OutboxStats(
             depth=sum(by_kind.values()),
             bytes=sum(int(size or 0) for _, _, size in rows),
             by_kind=by_kind,
-            oldest=_aware(oldest) if oldest is not None else None,
+            oldest=from_db_time(oldest) if oldest is not None else None,
             metrics_thinned=self.counter("metrics_thinned"),
         )
 
     def thin_outbox(self, now: datetime | None = None) -> int:
         """Apply the size and age bounds now; the number of ``metrics`` messages dropped."""
-        with Session(self.write_engine) as db:
-            dropped = self._thin(db, now or datetime.now(UTC))
-            db.commit()
-            return dropped
+        with self._db.write() as db:
+            return self._thin(db, now or datetime.now(UTC))
 
-    def _thin(self, db: Session, now: datetime) -> int:
+    def _thin(self, db: sqlite3.Connection, now: datetime) -> int:
         """Drop ``metrics`` older than the age bound, then the oldest ``metrics`` while the outbox
         is over its size bound. Nothing else is ever dropped."""
         cutoff = datetime.fromtimestamp(now.timestamp() - self.limits.max_age_s, UTC)
-        aged = db.exec(
-            delete(OutboxEntry).where(
-                col(OutboxEntry.kind) == "metrics", col(OutboxEntry.created_at) < cutoff
-            )
+        dropped = int(
+            db.execute(
+                "DELETE FROM outbox WHERE kind = 'metrics' AND created_at < ?",
+                (to_db_time(cutoff),),
+            ).rowcount
         )
-        dropped = int(aged.rowcount)
-        total = int(db.exec(select(func.coalesce(func.sum(OutboxEntry.size), 0))).one())
+        total = int(db.execute("SELECT COALESCE(SUM(size), 0) FROM outbox").fetchone()[0])
         while total > self.limits.max_bytes:
-            oldest = db.exec(
-                select(OutboxEntry.message_id, OutboxEntry.size)
-                .where(col(OutboxEntry.kind) == "metrics")
-                .order_by(col(OutboxEntry.seq))
-                .limit(100)
-            ).all()
+            oldest = db.execute(
+                "SELECT message_id, size FROM outbox WHERE kind = 'metrics' ORDER BY seq LIMIT 100"
+            ).fetchall()
             if not oldest:
                 log.warning(
                     "the outbox holds %d bytes, over its %d-byte bound, with no metrics left to "
@@ -553,7 +425,7 @@ class DeviceStore:
                     break
                 chosen.append(message_id)
                 total -= size
-            db.exec(delete(OutboxEntry).where(col(OutboxEntry.message_id).in_(chosen)))
+            db.execute(f"DELETE FROM outbox WHERE message_id IN ({_marks(chosen)})", chosen)
             dropped += len(chosen)
         if dropped:
             self._bump(db, "metrics_thinned", dropped)
@@ -565,9 +437,9 @@ class DeviceStore:
     def desired_version(self) -> int:
         """The newest version accepted (applied or waiting for the session to end): a document
         must be newer than this to be taken."""
-        with Session(self.engine) as db:
-            value = db.exec(select(func.max(DesiredStateEntry.version))).one()
-            return int(value or 0)
+        with self._db.read() as db:
+            value = db.execute("SELECT MAX(version) FROM desired_state").fetchone()[0]
+        return int(value or 0)
 
     def save_desired(
         self,
@@ -577,44 +449,38 @@ class DeviceStore:
         status: DesiredStatus,
     ) -> None:
         """Keep an accepted document; ``applied`` supersedes any one still pending."""
-        now = datetime.now(UTC)
+        now = to_db_time(datetime.now(UTC))
         body = json.dumps(
             {"document": content, "profile": profile.model_dump() if profile else None}
         ).encode()
-        with Session(self.write_engine) as db:
+        sealed = self._seal("desired_state", str(version), body)
+        with self._db.write() as db:
             if status == "applied":
-                for row in db.exec(
-                    select(DesiredStateEntry).where(col(DesiredStateEntry.status) == "pending")
-                ).all():
-                    row.status = "superseded"
-                    db.add(row)
-            db.add(
-                DesiredStateEntry(
-                    version=version,
-                    status=status,
-                    sealed=self._seal("desired_state", str(version), body),
-                    received_at=now,
-                    applied_at=now if status == "applied" else None,
+                db.execute(
+                    "UPDATE desired_state SET status = 'superseded' WHERE status = 'pending'"
                 )
+            db.execute(
+                "INSERT INTO desired_state (version, status, sealed, received_at, applied_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (version, status, sealed, now, now if status == "applied" else None),
             )
-            db.commit()
 
     def apply_pending_desired(self) -> StoredDesired | None:
         """Between sessions: the newest pending document becomes the applied one."""
-        with Session(self.write_engine) as db:
-            row = db.exec(
-                select(DesiredStateEntry)
-                .where(col(DesiredStateEntry.status) == "pending")
-                .order_by(col(DesiredStateEntry.version).desc())
-            ).first()
+        with self._db.write() as db:
+            row = db.execute(
+                f"SELECT {_DESIRED_COLUMNS} FROM desired_state WHERE status = 'pending' "
+                "ORDER BY version DESC LIMIT 1"
+            ).fetchone()
             if row is None:
                 return None
-            row.status = "applied"
-            row.applied_at = datetime.now(UTC)
-            db.add(row)
-            db.commit()
-            db.refresh(row)
-            return self._stored(row)
+            applied_at = to_db_time(datetime.now(UTC))
+            db.execute(
+                "UPDATE desired_state SET status = 'applied', applied_at = ? WHERE version = ?",
+                (applied_at, row[0]),
+            )
+        version, _status, sealed, received_at, _applied_at = row
+        return self._stored((version, "applied", sealed, received_at, applied_at))
 
     def applied_desired(self) -> StoredDesired | None:
         return self._latest("applied")
@@ -623,24 +489,25 @@ class DeviceStore:
         return self._latest("pending")
 
     def _latest(self, status: str) -> StoredDesired | None:
-        with Session(self.engine) as db:
-            row = db.exec(
-                select(DesiredStateEntry)
-                .where(col(DesiredStateEntry.status) == status)
-                .order_by(col(DesiredStateEntry.version).desc())
-            ).first()
-            return self._stored(row) if row is not None else None
+        with self._db.read() as db:
+            row = db.execute(
+                f"SELECT {_DESIRED_COLUMNS} FROM desired_state WHERE status = ? "
+                "ORDER BY version DESC LIMIT 1",
+                (status,),
+            ).fetchone()
+        return self._stored(row) if row is not None else None
 
-    def _stored(self, row: DesiredStateEntry) -> StoredDesired:
-        body = json.loads(self._open("desired_state", str(row.version), row.sealed))
+    def _stored(self, row: tuple[Any, ...]) -> StoredDesired:
+        version, status, sealed, received_at, applied_at = row
+        body = json.loads(self._open("desired_state", str(version), sealed))
         profile = body.get("profile")
         return StoredDesired(
-            version=row.version,
-            status=row.status,
+            version=int(version),
+            status=status,
             content=body["document"],
             profile=HearingProfile.model_validate(profile) if profile is not None else None,
-            received_at=_aware(row.received_at),
-            applied_at=_aware(row.applied_at) if row.applied_at is not None else None,
+            received_at=from_db_time(received_at),
+            applied_at=from_db_time(applied_at) if applied_at is not None else None,
         )
 
     def applied_profile(self) -> HearingProfile | None:
@@ -652,15 +519,27 @@ class DeviceStore:
     # --- small facts -----------------------------------------------------------------------------
 
     def meta(self, name: str) -> str | None:
-        with Session(self.engine) as db:
-            row = db.get(MetaEntry, name)
-            return row.value if row is not None else None
+        with self._db.read() as db:
+            row = db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
+        return str(row[0]) if row is not None else None
 
     def set_meta(self, name: str, value: str) -> None:
-        with Session(self.write_engine) as db:
-            db.merge(MetaEntry(name=name, value=value))
-            db.commit()
+        with self._db.write() as db:
+            _set_meta(db, name, value)
 
     def integrity_check(self) -> str:
-        with self.engine.connect() as conn:
-            return str(conn.exec_driver_sql("PRAGMA integrity_check").scalar())
+        with self._db.read() as db:
+            return str(db.execute("PRAGMA integrity_check").fetchone()[0])
+
+
+_OUTBOX_COLUMNS: Final = "message_id, seq, kind, topic, sealed, created_at"
+_DESIRED_COLUMNS: Final = "version, status, sealed, received_at, applied_at"
+
+
+def _marks(values: Sequence[object]) -> str:
+    """``?, ?, …``: one placeholder per value of an ``IN (…)``."""
+    return ", ".join("?" * len(values))
+
+
+def _set_meta(db: sqlite3.Connection, name: str, value: str) -> None:
+    db.execute("INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)", (name, value))

@@ -35,10 +35,6 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
-from sqlalchemy import Engine, event
-from sqlalchemy.orm import registry
-from sqlmodel import Field, Session, SQLModel, col, create_engine, delete, select
-
 from resonera.common.dose import WINDOW_S, DoseMode, allowance_pa2s, pressure_squared
 from resonera.common.errors import ResoneraError
 from resonera.device.crypto_store import (
@@ -50,6 +46,7 @@ from resonera.device.crypto_store import (
     missing_key_message,
     read_key_file,
 )
+from resonera.device.localdb import LocalDB, from_db_time, to_db_time
 
 if TYPE_CHECKING:
     from resonera.device.settings import DeviceSettings
@@ -67,41 +64,13 @@ class DoseLedgerError(ResoneraError):
     """The dose ledger cannot be opened or written."""
 
 
-class _LedgerModel(SQLModel, registry=registry()):
-    """Tables are created by ``_open_and_migrate``, not by ``create_all``."""
-
-
-class DoseMinute(_LedgerModel, table=True):
-    __tablename__ = "dose_minute"
-
-    minute: int = Field(primary_key=True)  # Unix time // 60
-    seconds: int
-    #: The minute's Pa²·s (a little-endian double), sealed; b"" for a row that was already bad
-    #: when the ledger was sealed.
-    sealed: bytes
-
-
-class DoseReset(_LedgerModel, table=True):
-    __tablename__ = "dose_reset"
-
-    id: int | None = Field(default=None, primary_key=True)
-    #: The server's request id (None for a reset made on the device itself).
-    reset_id: str | None = Field(default=None, unique=True)
-    at: datetime
-    #: The ``dose_ledger_reset`` safety event was written to the store (after a crash between the
-    #: reset and its event, the event is written on the next look).
-    event_recorded: bool = False
-    #: JSON of ``LedgerReset``'s facts and the clinician's reason, sealed.
-    sealed: bytes
-
-
-class LedgerMeta(_LedgerModel, table=True):
-    __tablename__ = "ledger_meta"
-
-    name: str = Field(primary_key=True)
-    value: str
-
-
+#: The layout (plain ``sqlite3``: see ``device/localdb.py``).
+#: ``dose_minute``: ``minute`` is Unix time // 60; ``sealed`` the minute's Pa²·s (a little-endian
+#: double), sealed, or b"" for a row that was already bad when the ledger was sealed.
+#: ``dose_reset``: ``reset_id`` is the server's request id (NULL for a reset made on the device);
+#: ``event_recorded``: its ``dose_ledger_reset`` safety event was written to the store (after a
+#: crash between the reset and its event, the event is written on the next look); ``sealed`` is
+#: the JSON of ``LedgerReset``'s facts and the clinician's reason.
 _SCHEMA_DDL: Final = (
     "CREATE TABLE dose_minute (minute INTEGER NOT NULL PRIMARY KEY, seconds INTEGER NOT NULL, "
     "sealed BLOB NOT NULL)",
@@ -109,6 +78,7 @@ _SCHEMA_DDL: Final = (
     "at DATETIME NOT NULL, event_recorded BOOLEAN NOT NULL, sealed BLOB NOT NULL)",
     "CREATE TABLE ledger_meta (name VARCHAR NOT NULL PRIMARY KEY, value VARCHAR NOT NULL)",
 )
+_RESET_COLUMNS: Final = "reset_id, at, event_recorded, sealed"
 
 
 def _checksum(minute: int, pa2s: float, seconds: int) -> str:
@@ -124,25 +94,6 @@ def _reset_context(reset_id: str | None, at: datetime) -> str:
     # SQLite gives the time back without its zone: bind to the naive UTC value both ways
     naive = at.astimezone(UTC).replace(tzinfo=None) if at.tzinfo is not None else at
     return f"dose_reset:{reset_id or naive.isoformat()}"
-
-
-def _pragmas(dbapi_connection: Any, _record: Any) -> None:
-    # Transactions are begun by us (``_begin_*``): a read-then-write must not interleave with
-    # another process's writer.
-    dbapi_connection.isolation_level = None
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=FULL")
-    cursor.execute("PRAGMA busy_timeout=5000")
-    cursor.close()
-
-
-def _begin(conn: Any) -> None:
-    conn.exec_driver_sql("BEGIN")
-
-
-def _begin_immediate(conn: Any) -> None:
-    conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 class _Minute(NamedTuple):
@@ -215,19 +166,7 @@ class DoseLedger:
         except OSError as exc:
             raise DoseLedgerError(f"cannot open the dose ledger {path}: {exc.strerror}") from None
         self.key = self._open_and_migrate()
-        try:
-            self.engine: Engine = create_engine(
-                f"sqlite:///{path}", connect_args={"check_same_thread": False}
-            )
-            event.listen(self.engine, "connect", _pragmas)
-            event.listen(self.engine, "begin", _begin)
-            self.write_engine: Engine = create_engine(
-                f"sqlite:///{path}", connect_args={"check_same_thread": False}
-            )
-            event.listen(self.write_engine, "connect", _pragmas)
-            event.listen(self.write_engine, "begin", _begin_immediate)
-        except Exception as exc:
-            raise DoseLedgerError(f"cannot open the dose ledger {path}: {exc}") from None
+        self._db = LocalDB(path, busy_timeout_ms=5000)
 
     @classmethod
     def for_settings(cls, settings: DeviceSettings) -> DoseLedger:
@@ -235,8 +174,7 @@ class DoseLedger:
         return cls(settings.dose_ledger_path, key_path=settings.data_key_path)
 
     def close(self) -> None:
-        self.engine.dispose()
-        self.write_engine.dispose()
+        self._db.close()
 
     # --- opening ---------------------------------------------------------------------------------
 
@@ -316,7 +254,7 @@ class DoseLedger:
     def _seal_minute(self, minute: int, seconds: int, pa2s: float) -> bytes:
         return self.key.seal(_ENERGY.pack(pa2s), _minute_context(minute, seconds))
 
-    def _energy(self, row: _Minute | DoseMinute) -> float | None:
+    def _energy(self, row: _Minute) -> float | None:
         """The row's Pa²·s, or None when it does not open (a corrupted row)."""
         try:
             plain = self.key.open(row.sealed, _minute_context(row.minute, row.seconds))
@@ -333,21 +271,25 @@ class DoseLedger:
     def add_energy(self, at: float, pa2s: float, seconds: int = 1) -> None:
         """Add ``pa2s`` Pa²·s measured over ``seconds`` seconds ending at Unix time ``at``."""
         minute = int(at // 60)
-        with Session(self.write_engine) as db:
-            row = db.get(DoseMinute, minute)
-            if row is None:
-                row, energy = DoseMinute(minute=minute, seconds=0, sealed=b""), 0.0
+        with self._db.write() as db:
+            found = db.execute(
+                "SELECT minute, seconds, sealed FROM dose_minute WHERE minute = ?", (minute,)
+            ).fetchone()
+            if found is None:
+                before, energy = 0, 0.0
             else:
+                row = _Minute(*found)
                 opened = self._energy(row)
                 if opened is None:
                     # Never "repair" a bad row by adding to it: keep it bad, so it stays reported.
                     log.error("dose ledger row for minute %d does not open (corrupted)", minute)
                     return
-                energy = opened
-            row.seconds += seconds
-            row.sealed = self._seal_minute(minute, row.seconds, energy + pa2s)
-            db.add(row)
-            db.commit()
+                before, energy = row.seconds, opened
+            total = before + seconds
+            db.execute(
+                "INSERT OR REPLACE INTO dose_minute (minute, seconds, sealed) VALUES (?, ?, ?)",
+                (minute, total, self._seal_minute(minute, total, energy + pa2s)),
+            )
 
     def status(self, now: float, mode: DoseMode = 1) -> DoseStatus:
         """The last 7 days up to ``now``. The oldest minute counts whole: a conservative edge."""
@@ -382,10 +324,8 @@ class DoseLedger:
 
     def prune(self, now: float) -> int:
         cutoff = int((now - KEEP_DAYS * 86400) // 60)
-        with Session(self.write_engine) as db:
-            result = db.exec(delete(DoseMinute).where(col(DoseMinute.minute) < cutoff))
-            db.commit()
-            return int(result.rowcount)
+        with self._db.write() as db:
+            return int(db.execute("DELETE FROM dose_minute WHERE minute < ?", (cutoff,)).rowcount)
 
     # --- resets ----------------------------------------------------------------------------------
 
@@ -406,9 +346,11 @@ class DoseLedger:
         refused) returns what was done then, with ``repeated``. Without ``force`` a ledger that is
         not corrupted is left as it is and the request is refused (recorded all the same)."""
         at = datetime.fromtimestamp(now, UTC)
-        with Session(self.write_engine) as db:
+        with self._db.write() as db:
             if reset_id is not None:
-                done = db.exec(select(DoseReset).where(DoseReset.reset_id == reset_id)).first()
+                done = db.execute(
+                    f"SELECT {_RESET_COLUMNS} FROM dose_reset WHERE reset_id = ?", (reset_id,)
+                ).fetchone()
                 if done is not None:
                     return self._reset_of(done, repeated=True)
             rows = self._rows_from(None, db)
@@ -417,7 +359,8 @@ class DoseLedger:
             bad = [r.minute for r in rows if self._energy(r) is None]
             applied = force or before.corrupted
             if applied and bad:
-                db.exec(delete(DoseMinute).where(col(DoseMinute.minute).in_(bad)))
+                marks = ", ".join("?" * len(bad))
+                db.execute(f"DELETE FROM dose_minute WHERE minute IN ({marks})", bad)
             outcome = LedgerReset(
                 reset_id=reset_id,
                 applied=applied,
@@ -431,17 +374,17 @@ class DoseLedger:
                 at=at,
                 event_recorded=reset_id is None,
             )
-            db.add(
-                DoseReset(
-                    reset_id=reset_id,
-                    at=at,
-                    event_recorded=outcome.event_recorded,
-                    sealed=self.key.seal(
+            db.execute(
+                "INSERT INTO dose_reset (reset_id, at, event_recorded, sealed) VALUES (?, ?, ?, ?)",
+                (
+                    reset_id,
+                    to_db_time(at),
+                    outcome.event_recorded,
+                    self.key.seal(
                         json.dumps(outcome.facts()).encode(), _reset_context(reset_id, at)
                     ),
-                )
+                ),
             )
-            db.commit()
         if applied:
             log.warning(
                 "dose ledger reset (%s): %d corrupted row(s) removed; the week was %.1f %% "
@@ -456,18 +399,15 @@ class DoseLedger:
         return outcome
 
     def mark_recorded(self, reset_id: str) -> None:
-        with Session(self.write_engine) as db:
-            row = db.exec(select(DoseReset).where(DoseReset.reset_id == reset_id)).first()
-            if row is not None:
-                row.event_recorded = True
-                db.add(row)
-                db.commit()
+        with self._db.write() as db:
+            db.execute("UPDATE dose_reset SET event_recorded = 1 WHERE reset_id = ?", (reset_id,))
 
-    def _reset_of(self, row: DoseReset, *, repeated: bool = False) -> LedgerReset:
-        at = row.at if row.at.tzinfo is not None else row.at.replace(tzinfo=UTC)
-        facts = json.loads(self.key.open(row.sealed, _reset_context(row.reset_id, row.at)))
+    def _reset_of(self, row: tuple[Any, ...], *, repeated: bool = False) -> LedgerReset:
+        reset_id, stored_at, event_recorded, sealed = row
+        at = from_db_time(stored_at)
+        facts = json.loads(self.key.open(sealed, _reset_context(reset_id, at)))
         return LedgerReset(
-            reset_id=row.reset_id,
+            reset_id=reset_id,
             applied=bool(facts.get("applied", True)),
             reason=str(facts.get("reason", "")),
             requested_by=str(facts.get("requested_by", "")),
@@ -477,19 +417,21 @@ class DoseLedger:
             week_fraction_before=float(facts.get("week_fraction_before", 0.0)),
             week_fraction_after=float(facts.get("week_fraction_after", 0.0)),
             at=at,
-            event_recorded=row.event_recorded,
+            event_recorded=bool(event_recorded),
             repeated=repeated,
         )
 
-    def _rows_from(self, first_minute: int | None, db: Session | None = None) -> list[_Minute]:
-        """Plain tuples, not ORM objects: a week can be 10,080 rows, read at every session start."""
-        query = select(DoseMinute.minute, DoseMinute.seconds, DoseMinute.sealed)
+    def _rows_from(
+        self, first_minute: int | None, db: sqlite3.Connection | None = None
+    ) -> list[_Minute]:
+        query = "SELECT minute, seconds, sealed FROM dose_minute"
+        params: tuple[int, ...] = ()
         if first_minute is not None:
-            query = query.where(col(DoseMinute.minute) >= first_minute)
+            query, params = f"{query} WHERE minute >= ?", (first_minute,)
         if db is not None:
-            return [_Minute(*row) for row in db.exec(query).all()]
-        with Session(self.engine) as read:
-            return [_Minute(*row) for row in read.exec(query).all()]
+            return [_Minute(*row) for row in db.execute(query, params)]
+        with self._db.read() as read:
+            return [_Minute(*row) for row in read.execute(query, params)]
 
 
 def _schema_version(conn: sqlite3.Connection) -> int:
