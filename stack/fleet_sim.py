@@ -28,6 +28,7 @@ import selectors
 import shutil
 import signal
 import socket
+import sqlite3
 import ssl
 import subprocess
 import sys
@@ -47,17 +48,17 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from paho.mqtt.reasoncodes import ReasonCode
 from sqlalchemy import func, select
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
 
 from resonera.common import topics
 from resonera.common.envelope import decode_ack
 from resonera.common.errors import ConfigError, ProtocolError, ResoneraError
 from resonera.common.identity import generate_key, make_csr, write_private_key
 from resonera.common.ids import new_id
-from resonera.common.mqtt_client import BrokerUnavailable, connect
+from resonera.common.mqtt_client import BrokerUnavailable, build_client, connect
 from resonera.common.records import SafetyEventRecord, SessionRecord
 from resonera.common.settings import MqttSettings
-from resonera.device.settings import DeviceSettings, SyncSettings
+from resonera.device.settings import DeviceSettings, OutboxLimits, SyncSettings
 from resonera.device.store import DeviceStore
 from resonera.device.sync import DeviceSync
 from resonera.provisioning.broker import SERVER_IDENTITY, provision_broker
@@ -69,6 +70,8 @@ log = logging.getLogger(__name__)
 PASSPHRASE_ENV: Final = "RESONERA_CA_PASSPHRASE"
 #: The CA made for a self-contained run lives and dies with its work folder.
 RUN_PASSPHRASE: Final = b"fleet-sim throwaway CA passphrase"
+#: The local stack's identity that may read the broker's ``$SYS`` counters (and nothing else).
+MONITOR_IDENTITY: Final = "fleet-monitor"
 RECONNECT_MIN_S: Final = 1.0
 RECONNECT_MAX_S: Final = 30.0
 MISC_EVERY_S: Final = 1.0
@@ -264,8 +267,11 @@ class SimDevice:
         data_dir: Path,
         fleet: Fleet,
         sync: SyncSettings = SIM_SYNC,
+        *,
+        outbox: OutboxLimits | None = None,
     ) -> None:
         self.device_id = identity.device_id
+        self.identity = identity
         self.settings = DeviceSettings(
             device_id=identity.device_id,
             data_dir=data_dir,
@@ -273,11 +279,14 @@ class SimDevice:
             sync=sync,
             key_file=identity.key_file,
             simulation=True,
+            outbox=outbox or OutboxLimits(),
         )
         self.store: DeviceStore = self.settings.open_store()
         self.sync = DeviceSync(self.settings, self.store)
         self.fleet = fleet
         self.produced: list[str] = []
+        #: The ``metrics`` among ``produced``: the only kind the outbox bound may thin.
+        self.produced_metrics: set[str] = set()
         self._queued_at: dict[str, float] = {}
         self._busy = False
         self._backoff = RECONNECT_MIN_S
@@ -368,7 +377,9 @@ class SimDevice:
             self._queued(self.store.record_event(self.device_id, event).id)
         if metrics_every and index % metrics_every == metrics_every - 1:
             body = {"outbox_depth": len(self._queued_at), "sessions": index + 1}
-            self._queued(self.store.queue_message(self.device_id, "metrics", body).id)
+            message_id = self.store.queue_message(self.device_id, "metrics", body).id
+            self.produced_metrics.add(message_id)
+            self._queued(message_id)
         self.sync.kick()
 
     def _queued(self, message_id: str) -> None:
@@ -406,6 +417,15 @@ class SimDevice:
         with self.sync._lock:
             due = self.sync._scheduler.next_due_in(self.sync.clock())
         return due is not None and due <= 0
+
+    def forget_thinned(self) -> None:
+        """Stop waiting for acks of ``metrics`` the outbox bound thinned before they went out
+        (the outbox no longer holds them; nothing will ever acknowledge them)."""
+        waiting = [i for i in self._queued_at if i in self.produced_metrics]
+        if waiting:
+            held = {m.message_id for m in self.store.messages(waiting)}
+            for message_id in set(waiting) - held:
+                self._queued_at.pop(message_id, None)
 
     def restart_latency_clock(self) -> None:
         """Count latency of what is queued from now (a backlog from the moment it may go)."""
@@ -501,6 +521,10 @@ class Fleet:
     def produced(self) -> dict[str, list[str]]:
         return {d.device_id: list(d.produced) for d in self.devices}
 
+    def metrics_thinned(self) -> int:
+        """``metrics`` the devices' outbox bounds dropped (each store counts its own)."""
+        return sum(d.store.counter("metrics_thinned") for d in self.devices)
+
     def outbox_depths(self) -> tuple[int, int]:
         """(total, largest) outbox depth, as the stores count them."""
         depths = [d.store.outbox_depth() for d in self.devices]
@@ -513,10 +537,14 @@ class Fleet:
         events_every: int = 5,
         metrics_every: int = 10,
         interval_s: float = 0,
+        until: threading.Event | None = None,
     ) -> None:
         """Each device records ``sessions`` sessions, one every ``interval_s`` (0: back to back),
-        with a safety event and a metrics message on schedule; returns when all are queued."""
+        with a safety event and a metrics message on schedule; returns when all are queued, or
+        after the round in which ``until`` is set."""
         for index in range(sessions):
+            if until is not None and until.is_set():
+                return
             started = time.monotonic()
             futures = [
                 self.recorders.submit(partial(d.produce, index, events_every, metrics_every))
@@ -715,6 +743,16 @@ class LocalStack(FleetTarget):
             SERVER_IDENTITY, server / "server.key", server / "server.crt", self.passphrase
         )
         self.server_key, self.server_cert = server / "server.key", server / "server.crt"
+        # A read-only identity for the broker's own counters ($SYS), published every second:
+        # what the slow-consumer scenario reads to show the broker's queue stays bounded.
+        self.monitor_key, self.monitor_cert = server / "monitor.key", server / "monitor.crt"
+        self.ca.issue_service(
+            MONITOR_IDENTITY, self.monitor_key, self.monitor_cert, self.passphrase
+        )
+        with (self.broker_config.parent / "acl").open("a") as acl:
+            acl.write(f"user {MONITOR_IDENTITY}\ntopic read $SYS/#\n")
+        with self.broker_config.open("a") as config:
+            config.write("sys_interval 1\n")
         self.consumers: list[subprocess.Popen[bytes]] = []
         self._consumer_ids = itertools.count(1)
 
@@ -756,6 +794,18 @@ class LocalStack(FleetTarget):
                     return int(line.split()[1]) * 1024
         return 0
 
+    def use_database(self, database_url: str, devices: Iterable[DeviceIdentity]) -> None:
+        """Point the stack at another server database (migrated here, ``devices`` registered):
+        the consumers are stopped; start the ones wanted. The broker and the fleet stay up."""
+        from resonera.server.db import make_engine, migrate
+
+        self.stop_consumers()
+        self.engine.dispose()
+        self.database_url = database_url
+        self.engine = make_engine(database_url)
+        migrate(self.engine)
+        register_devices(self.engine, devices)
+
     def start_consumer(self) -> subprocess.Popen[bytes]:
         """One more ``resonera-server ingest`` on the shared subscription; returns once it is
         subscribed (it prints its topic then)."""
@@ -793,15 +843,6 @@ class LocalStack(FleetTarget):
                 process.wait()
         self.consumers.clear()
 
-    def pause_consumers(self) -> None:
-        """SIGSTOP every consumer: connected but reading nothing, the slowest consumer there is."""
-        for process in self.consumers:
-            process.send_signal(signal.SIGSTOP)
-
-    def resume_consumers(self) -> None:
-        for process in self.consumers:
-            process.send_signal(signal.SIGCONT)
-
     def stop_consumers(self) -> None:
         for process in self.consumers:
             if process.poll() is None:
@@ -819,8 +860,16 @@ class LocalStack(FleetTarget):
         super().close()
 
 
-def build_fleet(stack: FleetTarget, count: int, *, prefix: str = "sim", workers: int = 16) -> Fleet:
-    """``count`` devices with certificates from the stack's CA, registered on its server."""
+def build_fleet(
+    stack: FleetTarget,
+    count: int,
+    *,
+    prefix: str = "sim",
+    workers: int = 16,
+    outbox: OutboxLimits | None = None,
+) -> Fleet:
+    """``count`` devices with certificates from the stack's CA, registered on its server;
+    ``outbox``: their outbox bounds (the device default otherwise)."""
     fleet = Fleet(workers=workers)
     identities = [
         issue_device(
@@ -835,7 +884,7 @@ def build_fleet(stack: FleetTarget, count: int, *, prefix: str = "sim", workers:
     for identity in identities:
         folder = stack.workdir / "devices" / identity.device_id
         mqtt = stack.mqtt(identity.key_file, identity.cert_file)
-        fleet.add(SimDevice(identity, mqtt, folder, fleet))
+        fleet.add(SimDevice(identity, mqtt, folder, fleet, outbox=outbox))
     return fleet
 
 
@@ -849,6 +898,283 @@ def local_stack(workdir: Path, consumers: int = 1) -> Iterator[LocalStack]:
         yield stack
     finally:
         stack.close()
+
+
+# --- a slow consumer -------------------------------------------------------------------------
+
+
+class BrokerMonitor:
+    """The broker's own counters from ``$SYS`` (the local stack's mosquitto publishes them every
+    second, readable by ``MONITOR_IDENTITY`` only): the messages it holds (queued for consumers,
+    in flight, retained) and the publishes it dropped. Driven by an ``MqttLoop`` of its own: in a
+    process holding a fleet's sockets, paho's own ``select()`` loop could not watch its socket,
+    and a fleet's busy loop must not delay the figures."""
+
+    TOPICS: Final = {
+        "$SYS/broker/store/messages/count": "held",
+        "$SYS/broker/store/messages/bytes": "held_bytes",
+        "$SYS/broker/publish/messages/dropped": "dropped",
+    }
+
+    def __init__(self, stack: LocalStack) -> None:
+        self.latest: dict[str, int] = {}
+        self.peak: dict[str, int] = {}
+        #: What the broker answered to our CONNECT (None: no answer yet).
+        self.connack: str | None = None
+        self._lock = threading.Lock()
+        settings = stack.mqtt(stack.monitor_key, stack.monitor_cert)
+        self._client = build_client(settings, f"{MONITOR_IDENTITY}-{os.getpid()}-{new_id()[-8:]}")
+        self._client.on_connect = self._on_connect
+        self._client.on_message = self._on_message
+        self._loop = MqttLoop()
+        self._loop.attach(self._client)
+        self._loop.start()
+        try:
+            connect(self._client, settings, clean_start=True, session_expiry_s=0)
+        except BaseException:
+            self._loop.stop()
+            raise
+
+    def _on_connect(
+        self, client: paho.Client, _userdata: Any, _flags: Any, reason: ReasonCode, _props: Any
+    ) -> None:
+        self.connack = str(reason)
+        if not reason.is_failure:
+            client.subscribe([(topic, 0) for topic in self.TOPICS])
+
+    def _on_message(self, _client: paho.Client, _userdata: Any, msg: paho.MQTTMessage) -> None:
+        name = self.TOPICS.get(msg.topic)
+        with suppress(ValueError):
+            value = int(float(msg.payload))
+            if name is not None:
+                with self._lock:
+                    self.latest[name] = value
+                    self.peak[name] = max(value, self.peak.get(name, value))
+
+    def ready(self) -> bool:
+        """The held-message counters arrived. The drop counter sometimes does not (seen at
+        1,000 devices after a broker restart and faults; the cause is not known): a drop while we
+        are subscribed changes it, and mosquitto publishes changes, so counting from 0 when it
+        never came hides nothing (at worst it counts drops from before)."""
+        with self._lock:
+            return "held" in self.latest and "held_bytes" in self.latest
+
+    def reset_peaks(self) -> None:
+        with self._lock:
+            self.peak = dict(self.latest)
+
+    def close(self) -> None:
+        with suppress(Exception):  # a broker already gone: nothing to say goodbye to
+            self._client.disconnect()
+        self._loop.stop()
+
+
+class SlowDatabase:
+    """Another writer holding the server database's write lock ``hold_s`` of every
+    ``hold_s + gap_s``: ingest's commits wait on a real lock, as behind a slow disk or a long
+    maintenance transaction. SQLite: its one writer lock (``BEGIN IMMEDIATE``); ``hold_s`` stays
+    under the server's 5-s busy timeout, so ingest mostly waits; when it misses a gap its commit
+    fails with "database is locked" and it retries, as it would on such a disk. PostgreSQL: the
+    record tables locked ``IN EXCLUSIVE MODE`` (reads still pass, inserts wait)."""
+
+    def __init__(self, database_url: str, *, hold_s: float = 4.0, gap_s: float = 0.05) -> None:
+        self.database_url = database_url
+        self.hold_s = hold_s
+        self.gap_s = gap_s
+        self.holds = 0
+        self._stopping = threading.Event()
+        self._held = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="slow-database", daemon=True)
+
+    def __enter__(self) -> SlowDatabase:
+        self._thread.start()
+        self._held.wait(30.0)
+        if self._error is not None:
+            raise ResoneraError(f"could not lock the server database: {self._error}")
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stopping.set()
+        self._thread.join(timeout=30.0)
+
+    def _run(self) -> None:
+        try:
+            if make_url(self.database_url).get_backend_name() == "sqlite":
+                self._hold_sqlite()
+            else:
+                self._hold_tables()
+        except Exception as exc:  # reported by __enter__; ingest is the one under test
+            self._error = exc
+            self._held.set()
+            log.exception("the slow-database lock holder failed")
+
+    def _cycle(self, lock: Callable[[], object], unlock: Callable[[], object]) -> None:
+        while not self._stopping.is_set():
+            lock()
+            self.holds += 1
+            self._held.set()
+            self._stopping.wait(self.hold_s)
+            unlock()
+            self._stopping.wait(self.gap_s)
+
+    def _hold_sqlite(self) -> None:
+        path = make_url(self.database_url).database
+        conn = sqlite3.connect(str(path), isolation_level=None, timeout=60.0)
+        try:
+            self._cycle(lambda: conn.execute("BEGIN IMMEDIATE"), conn.rollback)
+        finally:
+            conn.close()
+
+    def _hold_tables(self) -> None:
+        from sqlalchemy import text
+
+        from resonera.server.db import make_engine
+        from resonera.server.models import MessageRow, SafetyEventRow, SessionRow, table_of
+
+        tables = ", ".join(table_of(m).name for m in (SessionRow, SafetyEventRow, MessageRow))
+        engine = make_engine(self.database_url)
+        try:
+            with engine.connect() as conn:
+                lock = text(f"LOCK TABLE {tables} IN EXCLUSIVE MODE")
+                self._cycle(lambda: conn.execute(lock), conn.rollback)
+        finally:
+            engine.dispose()
+
+
+def _broker_monitor(stack: LocalStack, fleet: Fleet, attempts: int = 3) -> BrokerMonitor:
+    """A monitor that has the broker's counters; it does not reconnect on its own, so a fresh one
+    is tried when they do not come."""
+    problem = ""
+    for attempt in range(1, attempts + 1):
+        monitor = BrokerMonitor(stack)
+        if fleet.wait(monitor.ready, 10.0):
+            return monitor
+        monitor.close()
+        problem = f"connack {monitor.connack}, got {sorted(monitor.latest) or 'nothing'}"
+        log.warning(
+            "no $SYS counters within 10 s (attempt %d of %d; %s)", attempt, attempts, problem
+        )
+    raise ResoneraError(
+        f"the broker's $SYS counters did not arrive ({attempts} attempts; {problem})"
+    )
+
+
+@dataclass(frozen=True)
+class SlowConsumerResult:
+    #: Messages produced while the database was slow, and the rates then (msg/s).
+    produced: int
+    slow_s: float
+    produced_rate: float
+    acked_rate: float
+    #: Peaks: produced and not yet acknowledged (all devices); the largest outbox (messages,
+    #: bytes) as its store counts it.
+    peak_pending: int
+    peak_outbox: int
+    peak_outbox_bytes: int
+    #: ``metrics`` dropped by the outbox bound (all devices; each store counts its own).
+    thinned: int
+    broker_rss_before: int
+    peak_broker_rss: int
+    #: Messages the broker held at most (its ``$SYS`` store count), and the publishes it dropped.
+    peak_broker_held: int
+    broker_dropped: int
+    #: Slowdown over → every outbox empty.
+    drain_s: float
+    drained: bool
+
+
+def run_slow_consumer(
+    stack: LocalStack,
+    fleet: Fleet,
+    *,
+    slow_s: float,
+    interval_s: float = 0.0,
+    events_every: int = 5,
+    metrics_every: int = 1,
+    hold_s: float = 4.0,
+    gap_s: float = 0.05,
+    sample_s: float = 0.5,
+    drain_timeout_s: float = 120.0,
+    enough: Callable[[], bool] | None = None,
+) -> SlowConsumerResult:
+    """The devices keep producing while the ingest consumer's database is slow (``SlowDatabase``)
+    for ``slow_s``, or until ``enough`` says so; then production stops, the database is fast
+    again and the outboxes drain.
+    Peaks of the outboxes, the broker's resident memory and its held messages are sampled."""
+    monitor = _broker_monitor(stack, fleet)
+    try:
+        monitor.reset_peaks()
+        dropped_before = monitor.latest.get("dropped", 0)
+        rss_before = stack.broker_rss()
+        peaks = {"pending": 0, "outbox": 0, "bytes": 0, "rss": rss_before}
+
+        def sample() -> int:
+            """Update the peaks; the messages in all outboxes now."""
+            stats = [d.store.outbox_stats() for d in fleet.devices]
+            for name, value in (
+                ("pending", fleet.pending),
+                ("outbox", max((s.depth for s in stats), default=0)),
+                ("bytes", max((s.bytes for s in stats), default=0)),
+                ("rss", stack.broker_rss()),
+            ):
+                peaks[name] = max(peaks[name], value)
+            return sum(s.depth for s in stats)
+
+        thinned_before = fleet.metrics_thinned()
+        produced_before = sum(len(d.produced) for d in fleet.devices)
+        stop = threading.Event()
+        producer = threading.Thread(
+            target=fleet.produce,
+            args=(sys.maxsize,),
+            kwargs={
+                "events_every": events_every,
+                "metrics_every": metrics_every,
+                "interval_s": interval_s,
+                "until": stop,
+            },
+            daemon=True,
+        )
+        with SlowDatabase(stack.database_url, hold_s=hold_s, gap_s=gap_s):
+            acked_before = fleet.stats.acked_count
+            started = time.monotonic()
+            producer.start()
+            while time.monotonic() - started < slow_s and not (enough is not None and enough()):
+                sample()
+                time.sleep(sample_s)
+            stop.set()
+            producer.join()
+            slow = time.monotonic() - started
+            acked = fleet.stats.acked_count - acked_before
+        released = time.monotonic()
+        produced = sum(len(d.produced) for d in fleet.devices) - produced_before
+        drained = False
+        while time.monotonic() - released < drain_timeout_s:
+            if sample() == 0:
+                drained = True
+                break
+            time.sleep(sample_s / 5)
+        drain_s = time.monotonic() - released
+        for device in fleet.devices:
+            device.forget_thinned()
+        return SlowConsumerResult(
+            produced=produced,
+            slow_s=slow,
+            produced_rate=produced / slow,
+            acked_rate=acked / slow,
+            peak_pending=peaks["pending"],
+            peak_outbox=peaks["outbox"],
+            peak_outbox_bytes=peaks["bytes"],
+            thinned=fleet.metrics_thinned() - thinned_before,
+            broker_rss_before=rss_before,
+            peak_broker_rss=peaks["rss"],
+            peak_broker_held=monitor.peak.get("held", 0),
+            broker_dropped=monitor.latest.get("dropped", 0) - dropped_before,
+            drain_s=drain_s,
+            drained=drained,
+        )
+    finally:
+        monitor.close()
 
 
 # --- the command -----------------------------------------------------------------------------
@@ -1031,8 +1357,6 @@ def run_fleet_sim(options: FleetSimOptions, out: TextIO = sys.stdout) -> FleetSi
 
 def _where(database_url: str) -> str:
     """The database URL without its password."""
-    from sqlalchemy.engine import make_url
-
     return make_url(database_url).render_as_string(hide_password=True)
 
 

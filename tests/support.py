@@ -131,6 +131,9 @@ class Postgres:
     datadir: Path
     pg_ctl: str
     as_postgres: list[str]
+    #: The server options (``pg_ctl -o``) and its log: ``start`` brings it back as it was.
+    options: str = ""
+    log_file: Path | None = None
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql+psycopg://postgres@{self.host}:{self.port}/{database}"
@@ -151,6 +154,37 @@ class Postgres:
             capture_output=True,
             timeout=60,
         )
+
+    def start(self) -> None:
+        """Start the stopped server again on the same port and data. Its output goes to the log
+        file and ours to /dev/null: ``pg_ctl`` leaves the postmaster holding any pipe it was
+        given, and reading that pipe would never end."""
+        log_file = self.log_file or self.datadir.parent / "postgres.log"
+        subprocess.run(
+            [
+                *self.as_postgres,
+                self.pg_ctl,
+                "start",
+                "-D",
+                str(self.datadir),
+                "-w",
+                "-t",
+                "60",
+                "-o",
+                self.options,
+                "-l",
+                str(log_file),
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=90,
+        )
+
+    def restart(self) -> None:
+        """Fast shutdown (every connection cut) and start again, as an operator's restart."""
+        self.stop()
+        self.start()
 
 
 def _postgres_bin(name: str) -> str:
@@ -227,7 +261,9 @@ def run_postgres() -> Iterator[Postgres]:
                 else ""
             )
             pytest.fail(f"PostgreSQL did not start: {result.stderr.strip()} {log[-500:]}")
-        server = Postgres("127.0.0.1", port, datadir, pg_ctl, as_postgres)
+        server = Postgres(
+            "127.0.0.1", port, datadir, pg_ctl, as_postgres, options, folder / "postgres.log"
+        )
         try:
             yield server
         finally:
@@ -239,10 +275,18 @@ def run_postgres() -> Iterator[Postgres]:
 def bench_postgres(stack: ExitStack, database: str, label: str = "  PostgreSQL") -> str | None:
     """For a benchmark: the URL of a new ``database`` on a throwaway server that ``stack`` stops;
     None, said after ``label`` on stdout, where PostgreSQL is not installed."""
-    try:
-        postgres = stack.enter_context(run_postgres())
-    except BaseException as exc:  # pytest's skip/fail outcomes when PostgreSQL is missing
-        print(f"{label} skipped: {exc}")
+    postgres = bench_postgres_server(stack, label)
+    if postgres is None:
         return None
     postgres.execute(f"CREATE DATABASE {database}")
     return postgres.url(database)
+
+
+def bench_postgres_server(stack: ExitStack, label: str = "  PostgreSQL") -> Postgres | None:
+    """For a benchmark that restarts it: a throwaway server that ``stack`` stops; None, said
+    after ``label`` on stdout, where PostgreSQL is not installed."""
+    try:
+        return stack.enter_context(run_postgres())
+    except BaseException as exc:  # pytest's skip/fail outcomes when PostgreSQL is missing
+        print(f"{label} skipped: {exc}")
+        return None

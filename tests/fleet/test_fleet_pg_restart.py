@@ -1,13 +1,16 @@
-"""PostgreSQL restarted under load: simulated devices (real store, outbox, sync code, mutual TLS)
-keep producing while the ``resonera-server ingest`` consumer's database is stopped (fast shutdown)
-and started again. The consumer must ride it out (retry, no crash, no ack for what it could not
-commit), and once the database is back every record is stored exactly once and the outboxes drain."""
+"""Ingest on PostgreSQL with simulated devices (real store, outbox, sync code, mutual TLS).
+
+PostgreSQL restarted under load: the devices keep producing while the ``resonera-server ingest``
+consumer's database is stopped (fast shutdown) and started again. The consumer must ride it out
+(retry, no crash, no ack for what it could not commit), and once the database is back every record
+is stored exactly once and the outboxes drain.
+
+Four consumers on the shared subscription, each committing in its own PostgreSQL transactions:
+every record stored exactly once."""
 
 from __future__ import annotations
 
 import os
-import shlex
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -23,33 +26,6 @@ pytestmark = pytest.mark.slow
 DEVICES = int(os.environ.get("RESONERA_FLEET_PG_DEVICES", "100"))
 OUTAGE_S = 6.0
 DRAIN_S = 90.0
-
-
-def start_again(postgres: Postgres) -> None:
-    """Start a stopped server with the options it last ran with (``postmaster.opts``, which is
-    what ``pg_ctl restart`` reuses), so it comes back on the same port and data."""
-    words = shlex.split((postgres.datadir / "postmaster.opts").read_text())
-    options = [w for i, w in enumerate(words[1:], 1) if "-D" not in (w, words[i - 1])]
-    log_file = postgres.datadir.parent / "postgres.log"
-    subprocess.run(
-        [
-            *postgres.as_postgres,
-            postgres.pg_ctl,
-            "start",
-            "-D",
-            str(postgres.datadir),
-            "-w",
-            "-t",
-            "60",
-            "-o",
-            shlex.join(options),
-            "-l",
-            str(log_file),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=90,
-    )
 
 
 @pytest.fixture
@@ -105,13 +81,40 @@ def test_postgres_restart_under_load_loses_and_duplicates_nothing(
         assert fleet.pending > pending_at_outage
         consumer = stack.consumers[0]
         assert consumer.poll() is None, "the ingest consumer died with the database"
-        start_again(postgres)
+        postgres.start()
     finally:
         stop.set()
         producer.join()
 
     assert fleet.drain(DRAIN_S), f"{fleet.pending} messages unacknowledged"
     assert consumer.poll() is None
+    _assert_exactly_once(stack, fleet)
+    log = (stack.workdir / "ingest-1.log").read_text(errors="replace")
+    assert "retrying" in log, "the consumer never saw the outage"
+    assert "Traceback" not in log
+
+
+def test_four_consumers_on_postgres_store_every_record_exactly_once(
+    stack: LocalStack, fleet: Fleet
+) -> None:
+    for _ in range(3):
+        stack.start_consumer()
+    fleet.produce(3, events_every=3, metrics_every=3)
+    assert fleet.drain(DRAIN_S), f"{fleet.pending} messages unacknowledged"
+    assert stack.stored() == {
+        "session_record": 3 * DEVICES,
+        "safety_event": DEVICES,
+        "device_message": DEVICES,
+    }
+    _assert_exactly_once(stack, fleet)
+    assert all(consumer.poll() is None for consumer in stack.consumers)
+    for number in range(1, 5):
+        log = (stack.workdir / f"ingest-{number}.log").read_text(errors="replace")
+        assert "Traceback" not in log, log[-2000:]
+
+
+def _assert_exactly_once(stack: LocalStack, fleet: Fleet) -> None:
+    """Every produced message is stored once and nothing else is: no loss, no duplicate."""
     produced = {(d, m) for d, ids in fleet.produced().items() for m in ids}
     stored = stack.stored_ids()
     assert len(stored) == len(set(stored)), "a record was stored twice"
@@ -119,6 +122,3 @@ def test_postgres_restart_under_load_loses_and_duplicates_nothing(
     assert not missing, f"{len(missing)} records lost, e.g. {sorted(missing)[:3]}"
     assert set(stored) == produced
     assert fleet.outbox_depths() == (0, 0)
-    log = (stack.workdir / "ingest-1.log").read_text(errors="replace")
-    assert "retrying" in log, "the consumer never saw the outage"
-    assert "Traceback" not in log
