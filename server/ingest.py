@@ -31,9 +31,9 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from typing import Any, Final, TypeVar
+from typing import Any, Final, Generic, TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 from sqlalchemy import Connection, and_, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
@@ -76,7 +76,6 @@ _KEY = ("device_id", "message_id")
 COUNTERS = ("received", "stored", "duplicates", "quarantined")
 _STATUS_RE: Final = re.compile(rf"^{topics.PREFIX}/({topics.DEVICE_ID_PATTERN})/status$")
 _SESSION_COLUMNS: Final = frozenset(table_of(SessionRow).c.keys())
-_DOSE_ONLY_FIELDS: Final = frozenset({"dose_fraction"}) - set(SessionRecord.model_fields)
 _Record = TypeVar("_Record", bound=BaseModel)
 
 
@@ -227,7 +226,7 @@ class IngestProcessor:
             device = devices[outcome.device]
             sig_status = SIG_UNSIGNED if device.public_key is None else SIG_VERIFIED
             try:
-                record = _parse_body(outcome)
+                record = _parse_body(outcome, message.payload)
             except ProtocolError as exc:
                 _quarantine(plan, message, now, str(exc), outcome.device)
                 plan.refused.append((outcome.device, outcome.id))
@@ -332,14 +331,36 @@ def _check(envelope: Envelope, device: _Device | None) -> str | None:
     return refused
 
 
-def _parse_body(envelope: Envelope) -> _Body | None:
+class _Payload(BaseModel, Generic[_Record]):
+    """A whole message, of which only the body is validated (the envelope was, on its own)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    body: _Record
+
+
+#: Body models validated straight from the payload's JSON: one parse of the bytes instead of
+#: re-encoding the envelope's parsed body to JSON and parsing that (a third of the checks' cost).
+_FROM_PAYLOAD: Final[dict[str, type[_Payload[Any]]]] = {
+    "session": _Payload[SessionRecord],
+    "event": _Payload[SafetyEventRecord],
+    "reported": _Payload[DesiredReport],
+}
+
+
+def _parse_body(envelope: Envelope, payload: bytes) -> _Body | None:
+    fast = _FROM_PAYLOAD.get(envelope.kind)
+    if fast is not None:
+        try:
+            record: _Body = fast.model_validate_json(payload, strict=True).body
+        except ValidationError:
+            pass  # refused below, in the words of the body's own model (no "body." prefix)
+        else:
+            return record
     if envelope.kind == "checkin":
         return parse_checkin(envelope.body, envelope.device)
     if envelope.kind == "session":
-        # Dose fields the server understands before SessionRecord carries them (read by
-        # ``session_dose`` from the body); everything else is validated strictly.
-        body = {k: v for k, v in envelope.body.items() if k not in _DOSE_ONLY_FIELDS}
-        return _strict(SessionRecord, body, "session")
+        return _strict(SessionRecord, envelope.body, "session")
     if envelope.kind == "event":
         return _strict(SafetyEventRecord, envelope.body, "event")
     if envelope.kind == "reported":

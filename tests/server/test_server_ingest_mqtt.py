@@ -253,3 +253,55 @@ def test_invalid_safety_event_is_quarantined_acked_and_not_resent_forever(
     assert "invalid event body: type:" in row.reason
     assert stored == [good.id]
     assert consumer.counters["quarantined"] == 1
+
+
+def test_messages_larger_than_one_read_and_many_in_one_read_are_all_stored(
+    consumer: IngestConsumer, device: FakeDevice, engine: Engine, make_envelope: MakeEnvelope
+) -> None:
+    # The consumer reads the socket in 64 KiB chunks: small messages arrive many to a read,
+    # a 100 KB one spans reads, and a packet's header may be cut between two reads.
+    large = [
+        make_envelope("dev-x", kind="metrics", body={"samples": "x" * 100_000}, seq=i)
+        for i in range(3)
+    ]
+    small = [make_envelope("dev-x", seq=10 + i) for i in range(300)]
+    for envelope in small[:100] + large[:1] + small[100:200] + large[1:] + small[200:]:
+        device.client.publish(topics.up("dev-x", envelope.kind), envelope.to_bytes(), qos=1)
+    wanted = {e.id for e in small + large}
+    wait_until(lambda: wanted <= set(device.acked_ids()), what="acks for every message")
+    assert _count(engine, SessionRow) == 300
+    assert consumer.counters["stored"] == 303
+    assert consumer.counters["quarantined"] == 0
+
+
+def test_ingest_goes_on_after_the_broker_restarts(
+    private_mosquitto: Mosquitto, engine: Engine, make_envelope: MakeEnvelope
+) -> None:
+    consumer = IngestConsumer(_settings(private_mosquitto), engine)
+    consumer.start()
+    device = FakeDevice(
+        MqttSettings(host=private_mosquitto.host, port=private_mosquitto.port), "dev-x"
+    )
+    try:
+        before = make_envelope("dev-x")
+        device.publish(before.to_bytes())
+        wait_until(lambda: before.id in device.acked_ids(), what="the ack before the restart")
+        private_mosquitto.stop()
+        wait_until(lambda: not consumer.connected, what="the consumer to see the broker gone")
+        private_mosquitto.start()
+        wait_until(lambda: consumer.connected, timeout=30, what="the consumer to reconnect")
+        wait_until(device.client.is_connected, timeout=30, what="the device to reconnect")
+        after = make_envelope("dev-x", seq=1)
+
+        def stored_after() -> bool:
+            # Until the consumer's subscription is back, the broker has no one to give it to.
+            # (This test device does not subscribe again to its acks: count stored rows.)
+            device.client.publish(topics.up("dev-x", "session"), after.to_bytes(), qos=1)
+            return _count(engine, SessionRow) == 2
+
+        wait_until(stored_after, timeout=30, what="the message after the restart stored")
+    finally:
+        device.close()
+        consumer.stop()
+    assert consumer.counters["stored"] == 2
+    assert consumer.counters["quarantined"] == 0
