@@ -1,7 +1,7 @@
 """A fleet of simulated devices (``resonera.stack.fleet_sim``: the real device store, outbox and
 sync code, one certificate and one mutual-TLS connection each) against mosquitto and
 ``resonera-server ingest`` processes on SQLite, beside the raw broker rate and the server's own
-ingest rate measured in the same run (``bench_server_ingest``: one fast publisher, plain MQTT).
+ingest rate measured in the same run (``bench_server_ingest``: the same publisher processes, plain MQTT).
 
 Printed: devices held; backlog drain rate (records queued while offline, then every device
 connects: stored and acknowledged per second) and its ack latencies; ack latency under a steady
@@ -30,7 +30,7 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 
-from bench_server_ingest import _payloads, ingest_rate, raw_rate
+from bench_server_ingest import PUBLISHERS, _payloads, ingest_rate, raw_rate
 from support import Postgres, bench_postgres_server, run_mosquitto
 
 from resonera.stack.fleet_sim import (
@@ -210,7 +210,7 @@ def main() -> None:
         print(f"  raw paho → mosquitto → paho       {raw.per_s:8.0f} msg/s (baseline, same run)")
         print(
             f"  server ingest alone → SQLite      {server.per_s:8.0f} msg/s "
-            f"({server.per_s / raw.per_s:.0%} of raw; one fast publisher, 50 devices)"
+            f"({server.per_s / raw.per_s:.0%} of raw; {PUBLISHERS} publisher processes, 50 devices)"
         )
         with local_stack(base / "fleet", consumers=1) as stack:
             fleet = build_fleet(stack, DEVICES)
