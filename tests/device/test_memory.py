@@ -1,9 +1,9 @@
 """The agent's memory (issue 6: RSS ≤ 100 MB while playing; figures in benchmarks/bench_agent.py).
 
 The device's store and dose ledger use plain ``sqlite3`` (``device/localdb.py``), not SQLAlchemy
-(~20 MB resident): the agent must play without importing it, while the files keep the layout and
-the time format earlier releases wrote. glibc's heap is capped (``device/memory.py``) where it is
-glibc, and left alone elsewhere."""
+(~20 MB resident; that the agent plays without importing it is checked in
+``test_agent_footprint.py``), while the files keep the layout and the time format earlier releases
+wrote. glibc's heap is capped (``device/memory.py``) where it is glibc, and left alone elsewhere."""
 
 from __future__ import annotations
 
@@ -17,51 +17,7 @@ from pathlib import Path
 import pytest
 from factories import make_record
 
-from resonera.device.audio.calibration import packaged_calibration
 from resonera.device.store import DeviceStore
-
-#: The agent as ``resonera-device run`` has it: the service, a short session played (store, dose
-#: ledger, safety chain, outbox), its status; then the ORM modules it imported, if any.
-AGENT = """
-import sys
-from pathlib import Path
-
-from resonera.common.program import Program, Step, ToneLayer
-from resonera.device.agent import play_session
-from resonera.device.audio.sinks import NullSink
-from resonera.device.service import DeviceService
-from resonera.device.settings import DeviceSettings
-
-settings = DeviceSettings(
-    device_id="memory",
-    data_dir=Path(sys.argv[1]),
-    simulation=True,
-    sink="null",
-    calibration_file=Path(sys.argv[2]),
-    sample_rate=44100,
-)
-tone = ToneLayer(frequency_hz=440.0, gain=0.1)
-program = Program(name="tone", fade_in_s=0.5, fade_out_s=0.5, steps=[Step(duration_s=2, layers=[tone])])
-service = DeviceService(settings, lambda _name: program)
-record = play_session(settings, service.store, program, NullSink())
-assert record.outcome == "completed", record
-assert service.status()["outbox_depth"] >= 1
-assert service.store.sessions()[0].session_id == record.session_id
-service.store.close()
-print(sorted({name.split(".")[0] for name in sys.modules} & {"sqlalchemy", "sqlmodel", "alembic"}))
-"""
-
-
-def test_the_agent_plays_and_records_without_importing_the_orm(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-c", AGENT, str(tmp_path / "data"), str(packaged_calibration())],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "[]"
 
 
 def test_times_are_stored_as_earlier_releases_wrote_them(tmp_path: Path) -> None:
