@@ -225,6 +225,7 @@ def _render(args: argparse.Namespace) -> int:
             block_frames=args.block,
             processors=processors,
             on_block=display,
+            compensate_latency=True,
         )
     display.finish(result.played_s)
     elapsed = time.perf_counter() - started

@@ -393,6 +393,7 @@ def _render(
         processors=[chain],
         should_stop=lambda: renderer.position_s >= max_s - fade_s,
         stop_fade_s=fade_s,
+        compensate_latency=True,
     )
     if result.outcome == "fault":
         raise OSError(f"cannot write the preview {path}: {result.reason}")

@@ -16,7 +16,10 @@
   outcome is ``"fault"`` with the text of ``reason()``.
 - ``should_stop()`` True starts a fade-out over ``stop_fade_s`` (50 ms, across blocks if need be);
   the outcome is ``"stopped"``.
-- Otherwise the program plays to its end (its own fade-out) and the outcome is ``"completed"``.
+- Otherwise the program plays to its end (its own fade-out) and the outcome is ``"completed"``;
+  silence then pushed through the processors brings out what their look-ahead still held
+  (``latency_frames``), so the last frame heard is the program's last (renders also leave out the
+  look-ahead's leading silence: ``compensate_latency``).
 - A sink that fails mid-session (``AudioDeviceError``: the sound device disappeared, the disk is
   full) ends the session at once, cleanly: the sink is discarded, the outcome is ``"fault"`` and
   the reason says which output failed and why. Other exceptions (a processor's) propagate.
@@ -138,12 +141,18 @@ def play(
     fault_ramp_s: float = DEFAULT_FAULT_RAMP_S,
     on_block: Callable[[Block, Source], None] | None = None,
     mixer: PromptMixer | None = None,
+    compensate_latency: bool = False,
 ) -> PlaybackResult:
     """Play ``renderer`` into ``sink`` until the program ends, a stop is asked, or the gate closes.
 
     The sink MUST NOT be open: ``play`` opens it (at the renderer's rate, 2 channels) and closes it
     before returning. An exception (from the sink or a processor) propagates after the sink is
     discarded. The returned ``reason`` is None unless the outcome is ``"fault"``.
+
+    When the program ends, silence is pushed through the processors until what their look-ahead
+    held (their ``latency_frames``) has come out: the program is heard to its end. A render sets
+    ``compensate_latency``: the silence the look-ahead put before the program is not written either,
+    so the output is the program's length, sample-aligned with it.
     """
     if block_frames < 1:
         raise ValueError("block_frames must be ≥ 1")
@@ -167,6 +176,7 @@ def play(
                 fault_frames=fault_frames,
                 on_block=on_block,
                 mixer=mixer if mixer is not None and mixer.accepts(rate) else None,
+                compensate_latency=compensate_latency,
             )
     except AudioDeviceError as exc:
         # The sink discarded itself on leaving the ``with``; what reached it is in the meter.
@@ -197,26 +207,38 @@ def _loop(
     fault_frames: int,
     on_block: Callable[[Block, Source], None] | None,
     mixer: PromptMixer | None,
+    compensate_latency: bool,
 ) -> tuple[int, Outcome, str | None]:
     ramp = GainRamp(1.0)
     frames_played = 0
     stopping = False
     outcome: Outcome = "completed"
     fault_reason: str | None = None
+    # What the processors still hold when the program ends (the safety chain's look-ahead):
+    # silence pushed through after the last block brings it out, so the program is heard to its
+    # end and the output does not stop on a sample the fade-out had not reached yet.
+    held = sum(int(getattr(process, "latency_frames", 0)) for process in processors)
+    leading = held if compensate_latency else 0  # output frames still to leave out
     while True:
         faulted = gate is not None and not gate()
         if faulted:
             outcome = "fault"
             fault_reason = reason() if reason is not None else DEFAULT_FAULT_REASON
-            if frames_played == 0 or renderer.done:
+            if frames_played == 0 or (renderer.done and held == 0):
                 break  # nothing is sounding: nothing to ramp
         elif not stopping and should_stop is not None and should_stop():
             stopping, outcome = True, "stopped"
             ramp.ramp_to(0.0, stop_frames)
-        if renderer.done:
+        draining = renderer.done
+        if draining and held == 0:
             break
-        count = min(block_frames, renderer.remaining_frames)
-        block = renderer.render(count) if mixer is None else mixer.render(renderer, count)
+        if draining:
+            count = min(block_frames, held)
+            held -= count
+            block = np.zeros((count, CHANNELS), np.float32)
+        else:
+            count = min(block_frames, renderer.remaining_frames)
+            block = renderer.render(count) if mixer is None else mixer.render(renderer, count)
         for process in processors:
             block = process(block)
         if faulted:
@@ -225,9 +247,14 @@ def _loop(
         if muting and ramp.frames_to_target() < count:
             block = block[: ramp.frames_to_target()]  # the rest would be silence: leave it out
         block = ramp.apply(block)
-        sink.write(block)
-        meter.update(block)
-        frames_played += len(block)
+        if not draining:  # the drained frames are the latency's, not more of the program
+            frames_played += len(block)
+        if leading:
+            cut = min(leading, len(block))
+            block, leading = block[cut:], leading - cut
+        if len(block):
+            sink.write(block)
+            meter.update(block)
         if on_block is not None:
             on_block(block, renderer)
         if faulted or (muting and ramp.value == 0.0):

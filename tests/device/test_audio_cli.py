@@ -12,6 +12,8 @@ from support import free_port
 
 from resonera.device.audio.calibration import packaged_calibration
 from resonera.device.audio.chain import session_processors
+from resonera.device.audio.synth import ProgramRenderer
+from resonera.device.cli import resolve_program
 from resonera.device.safety.chain import SafetyChain
 
 BIN = Path(sys.executable).parent / "resonera-device"
@@ -179,8 +181,9 @@ def test_render_streams_in_flat_memory_and_starts_without_the_agent(tmp_path: Pa
 
 def test_a_render_without_a_calibration_goes_through_the_safety_chain(tmp_path: Path) -> None:
     """Nothing reaches a file around the safety chain: without --calibration the render is held to
-    the packaged reference headphones, the same bytes as naming that calibration, and it carries
-    the chain's look-ahead (its first frames are silence)."""
+    the packaged reference headphones, the same bytes as naming that calibration. The chain's
+    look-ahead is compensated: the file is the program's length, sample-aligned with it, to its
+    last frame."""
     program = tmp_path / "short.toml"
     program.write_text(SHORT)
     bare, named = tmp_path / "bare.wav", tmp_path / "named.wav"
@@ -197,6 +200,10 @@ def test_a_render_without_a_calibration_goes_through_the_safety_chain(tmp_path: 
     audio, _ = soundfile.read(str(bare), dtype="float32")
     [chain] = session_processors(None, 44100)
     assert isinstance(chain, SafetyChain)
-    # the chain's look-ahead (silence: the dither's least significant bit at most), then the program
-    assert np.max(np.abs(audio[: chain.latency_frames])) <= 1 / 32768
-    assert np.sqrt(np.mean(audio[chain.latency_frames :] ** 2)) > 0.05
+    # the program itself, from its first frame to its last (within the 16-bit dither), not the
+    # look-ahead's silence first and the program's end cut off
+    renderer = ProgramRenderer(resolve_program(str(program)), 44100)
+    expected = renderer.render(renderer.total_frames)
+    assert chain.latency_frames > 0 and audio.shape == expected.shape
+    assert np.max(np.abs(audio - expected)) <= 2 / 32768
+    assert np.sqrt(np.mean(audio**2)) > 0.05

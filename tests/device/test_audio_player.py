@@ -283,3 +283,38 @@ def test_a_session_loads_no_scipy_signal(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_a_session_is_heard_to_its_last_frame_after_the_chains_look_ahead(tmp_path: Path) -> None:
+    """A program without a fade-out ends on a sounding sample: silence pushed through the safety
+    chain after the last block brings out what its look-ahead held, so the sink gets the whole
+    program (after the look-ahead's silence), not a cut 110 ms before the end."""
+    import soundfile
+
+    from resonera.device.audio.chain import session_processors
+    from resonera.device.safety.chain import SafetyChain
+
+    abrupt = Program(
+        name="abrupt",
+        fade_in_s=0.05,
+        fade_out_s=0.0,
+        steps=[Step(duration_s=0.5, layers=[ToneLayer(frequency_hz=440.0, gain=0.3)])],
+    )
+    expected = ProgramRenderer(abrupt, 44100).render(round(0.5 * 44100))
+    [chain] = session_processors(None, 44100)
+    assert isinstance(chain, SafetyChain)
+    out = tmp_path / "abrupt.wav"
+    result = play(
+        ProgramRenderer(abrupt, 44100),
+        WavSink(out, sample_format="float"),
+        block_frames=1000,
+        processors=[chain],
+    )
+    assert result.outcome == "completed"
+    assert result.frames_played == len(expected)  # the program's frames, not the latency's
+    written, _ = soundfile.read(str(out), dtype="float32")
+    latency = chain.latency_frames
+    assert len(written) == len(expected) + latency
+    assert not written[:latency].any()
+    np.testing.assert_allclose(written[latency:], expected, atol=1e-6)
+    assert np.abs(written[-1]).max() > 0.01  # the program's own last sample, still sounding

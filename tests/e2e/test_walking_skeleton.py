@@ -88,7 +88,9 @@ def test_a_played_session_reaches_the_clinician_api_exactly_once(
     assert stored["played_s"] == pytest.approx(program.duration_s, abs=0.05)
     assert stored["simulation"] is False
     with wave.open(str(wav_path)) as wav:
-        assert wav.getnframes() / wav.getframerate() == pytest.approx(program.duration_s, abs=0.05)
+        # the whole program, after the safety chain's look-ahead (about 0.11 s of silence first)
+        written_s = wav.getnframes() / wav.getframerate()
+        assert program.duration_s < written_s <= program.duration_s + 0.15
 
 
 @pytest.mark.slow
