@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
+from resonera.common import serial_link as sl
 from resonera.common.ids import new_id
 from resonera.common.records import CheckInRecord, SessionRecord
 
@@ -145,3 +146,18 @@ def outcome_plan(
                 ),
             ]
     return OutcomePlan(mondays, bodies, records)
+
+
+class ManualClock:
+    """A clock the test sets (``now``, seconds), for pure logic that takes a ``clock``."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def press(button: int, long: bool = False) -> sl.ButtonPress:
+    """A button press as the safety MCU reports it (``serial_link.BUTTON_*``)."""
+    return sl.ButtonPress(button, sl.PRESS_LONG if long else sl.PRESS_SHORT, 0)

@@ -12,7 +12,7 @@ from support import Mosquitto, free_port, run_mosquitto_config
 from resonera.common.settings import MqttSettings
 from resonera.provisioning.broker import SERVER_IDENTITY, provision_broker
 from resonera.provisioning.ca import FleetCA
-from resonera.stack.fleet_sim import issue_device
+from resonera.stack.fleet_sim import Fleet, LocalStack, issue_device
 
 PASSPHRASE = b"correct horse battery staple"
 
@@ -54,3 +54,14 @@ def run_tls_broker(workdir: Path) -> Iterator[TlsBroker]:
     config = provision_broker(ca, workdir / "broker", PASSPHRASE, port=port)
     with run_mosquitto_config(config, port) as broker:
         yield TlsBroker(ca, broker, workdir)
+
+
+def assert_exactly_once(stack: LocalStack, fleet: Fleet) -> None:
+    """Every produced message is stored once and nothing else is: no loss, no duplicate."""
+    produced = {(d, m) for d, ids in fleet.produced().items() for m in ids}
+    stored = stack.stored_ids()
+    assert len(stored) == len(set(stored)), "a record was stored twice"
+    missing = produced - set(stored)
+    assert not missing, f"{len(missing)} records lost, e.g. {sorted(missing)[:3]}"
+    assert set(stored) == produced
+    assert fleet.outbox_depths() == (0, 0)

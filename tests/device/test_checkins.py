@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from factories import ManualClock, press
 from support import require_tool
 
 from resonera.common import serial_link as sl
@@ -55,20 +56,8 @@ SLEEP = CheckInQuestion(
 IDLE = AgentState(assigned=("calm-tone",))
 
 
-def press(button: int, long: bool = False) -> sl.ButtonPress:
-    return sl.ButtonPress(button, sl.PRESS_LONG if long else sl.PRESS_SHORT, 0)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 500.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_the_before_check_in_holds_the_program_until_its_questions_are_answered() -> None:
-    controls = Controls(clock=Clock())
+    controls = Controls(clock=ManualClock(500.0))
     start = Start("calm-tone")
     asked = controls.begin_checkin("before", [RELAXED, LOUDNESS, SLEEP], then=[start])
     # only the questions of this phase, the first with how to answer, from the middle value
@@ -89,7 +78,7 @@ def test_the_before_check_in_holds_the_program_until_its_questions_are_answered(
 
 
 def test_the_value_stays_within_0_and_10_and_is_said_at_either_end() -> None:
-    controls = Controls(clock=Clock())
+    controls = Controls(clock=ManualClock(500.0))
     controls.begin_checkin("after", [LOUDNESS])
     said = [controls.press(press(sl.BUTTON_VOLUME_UP), IDLE) for _ in range(7)]
     assert said[-3:] == [[SayNumber(10)]] * 3
@@ -100,7 +89,7 @@ def test_the_value_stays_within_0_and_10_and_is_said_at_either_end() -> None:
 
 
 def test_stop_skips_a_question_and_a_long_press_asks_it_again() -> None:
-    controls = Controls(clock=Clock())
+    controls = Controls(clock=ManualClock(500.0))
     controls.begin_checkin("after", [RELAXED, LOUDNESS])
     controls.press(press(sl.BUTTON_VOLUME_UP), IDLE)
     assert controls.press(press(sl.BUTTON_PLAY_PAUSE, long=True), IDLE) == [
@@ -118,7 +107,7 @@ def test_stop_skips_a_question_and_a_long_press_asks_it_again() -> None:
 
 
 def test_a_question_left_unanswered_is_skipped_after_the_timeout() -> None:
-    clock = Clock()
+    clock = ManualClock(500.0)
     controls = Controls(clock=clock, checkin_timeout_s=60.0)
     controls.begin_checkin("before", [RELAXED, SLEEP], then=[Start("calm-tone")])
     clock.now += 59.0
@@ -140,7 +129,7 @@ def test_a_question_left_unanswered_is_skipped_after_the_timeout() -> None:
 
 
 def test_questions_without_a_prompt_are_skipped_at_once_with_the_reason() -> None:
-    controls = Controls(clock=Clock())
+    controls = Controls(clock=ManualClock(500.0))
     why = "espeak-ng is not installed"
     actions = controls.begin_checkin(
         "before", [RELAXED, SLEEP], unavailable={"relaxed": why, "sleep": why}, then=[Start("x")]
@@ -156,7 +145,7 @@ def test_questions_without_a_prompt_are_skipped_at_once_with_the_reason() -> Non
 
 
 def test_a_check_in_under_way_is_not_restarted() -> None:
-    controls = Controls(clock=Clock())
+    controls = Controls(clock=ManualClock(500.0))
     controls.begin_checkin("after", [RELAXED])
     assert controls.begin_checkin("before", [RELAXED], then=[Start("x")]) == []
     assert controls.checkin is not None and controls.checkin.phase == "after"

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from factories import ManualClock, press
 from support import require_tool
 
 from resonera.common import serial_link as sl
@@ -34,18 +35,6 @@ from resonera.device.prompts import PromptLibrary, build_prompts
 
 ASSIGNED = ("calm-alpha", "deep-theta", "focus-beta")
 RATE = 44100
-
-
-def press(button: int, long: bool = False) -> sl.ButtonPress:
-    return sl.ButtonPress(button, sl.PRESS_LONG if long else sl.PRESS_SHORT, 0)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_play_pause_starts_the_first_assigned_program_then_pauses_and_resumes() -> None:
@@ -116,7 +105,7 @@ def test_bad_volume_settings_are_refused() -> None:
 
 
 def test_holding_a_volume_button_says_the_time_left() -> None:
-    clock = Clock()
+    clock = ManualClock(1000.0)
     controls = Controls(clock=clock)
     state = AgentState(program="calm-alpha", ends_at=clock.now + 605.0)
     held = press(sl.BUTTON_VOLUME_DOWN, long=True)
@@ -221,7 +210,7 @@ def make_panel(
     library: PromptLibrary,
     tmp_path: Path,
     agent: Agent,
-    clock: Clock,
+    clock: ManualClock,
     dose: list[float] | None = None,
     *,
     notice_given: bool = False,
@@ -249,7 +238,7 @@ def make_panel(
 def test_the_panel_starts_speaks_and_shows_the_light(
     library: PromptLibrary, tmp_path: Path
 ) -> None:
-    agent, clock, dose = Agent(), Clock(), [0.1]
+    agent, clock, dose = Agent(), ManualClock(1000.0), [0.1]
     panel = make_panel(library, tmp_path, agent, clock, dose)
     panel.handle(press(sl.BUTTON_PLAY_PAUSE))
     assert agent.calls == ["start calm-alpha"]
@@ -274,7 +263,7 @@ def test_the_panel_starts_speaks_and_shows_the_light(
 def test_a_fault_shows_on_the_light_and_its_reason_waits_for_the_next_session(
     library: PromptLibrary, tmp_path: Path
 ) -> None:
-    agent, clock, dose = Agent(), Clock(), [0.1]
+    agent, clock, dose = Agent(), ManualClock(1000.0), [0.1]
     panel = make_panel(library, tmp_path, agent, clock, dose, notice_given=True)
     panel.handle(press(sl.BUTTON_PLAY_PAUSE))
     panel.on_event(LinkEvent("fault", "MCU fault: amplifier over temperature", 1))
@@ -292,7 +281,7 @@ def test_a_fault_shows_on_the_light_and_its_reason_waits_for_the_next_session(
 def test_the_panel_tells_80_percent_of_the_allowance(
     library: PromptLibrary, tmp_path: Path
 ) -> None:
-    agent, clock, dose = Agent(), Clock(), [0.5]
+    agent, clock, dose = Agent(), ManualClock(1000.0), [0.5]
     panel = make_panel(library, tmp_path, agent, clock, dose, notice_given=True)
     panel.handle(press(sl.BUTTON_PLAY_PAUSE))
     dose[0] = 0.82
@@ -304,7 +293,7 @@ def test_the_panel_tells_80_percent_of_the_allowance(
 
 
 def test_a_session_paused_too_long_is_stopped(library: PromptLibrary, tmp_path: Path) -> None:
-    agent, clock, dose = Agent(), Clock(), [0.0]
+    agent, clock, dose = Agent(), ManualClock(1000.0), [0.0]
     panel = make_panel(library, tmp_path, agent, clock, dose)
     panel.handle(press(sl.BUTTON_PLAY_PAUSE))
     panel.handle(press(sl.BUTTON_PLAY_PAUSE))
@@ -320,7 +309,7 @@ def test_a_session_paused_too_long_is_stopped(library: PromptLibrary, tmp_path: 
 def test_between_sessions_a_prompt_is_spoken_at_once_or_waits_if_the_mcu_refuses(
     library: PromptLibrary, tmp_path: Path
 ) -> None:
-    agent, clock = Agent(), Clock()
+    agent, clock = Agent(), ManualClock(1000.0)
     heard: list[list[str]] = []
     refuse = [False]
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from factories import ManualClock
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -25,14 +26,6 @@ T0 = 1_800_000_000.0
 LIMITS = ChainLimits(spl_at_unit_rms=100.0, peak_ceiling=0.9)
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def tone(level_db: float, seconds: float) -> np.ndarray:
     """A stereo sine whose RMS is ``level_db`` below/above the 100 dB reference."""
     amplitude = np.sqrt(2) * 10 ** ((level_db - 100.0) / 20)
@@ -41,7 +34,9 @@ def tone(level_db: float, seconds: float) -> np.ndarray:
     return np.stack([x, x], axis=1).astype(np.float32)
 
 
-def run(chain: SafetyChain, signal: np.ndarray, clock: Clock, block: int = 1024) -> np.ndarray:
+def run(
+    chain: SafetyChain, signal: np.ndarray, clock: ManualClock, block: int = 1024
+) -> np.ndarray:
     out = []
     for start in range(0, len(signal), block):
         clock.now = T0 + start / RATE
@@ -50,7 +45,7 @@ def run(chain: SafetyChain, signal: np.ndarray, clock: Clock, block: int = 1024)
 
 
 def chain_for(
-    tmp_path: Path, clock: Clock, events: list[DoseEvent], **profile: object
+    tmp_path: Path, clock: ManualClock, events: list[DoseEvent], **profile: object
 ) -> SafetyChain:
     return SafetyChain(
         sample_rate=RATE,
@@ -63,7 +58,7 @@ def chain_for(
 
 
 def test_a_program_louder_than_the_maximum_is_held_below_it(tmp_path: Path) -> None:
-    clock, events = Clock(), list[DoseEvent]()
+    clock, events = ManualClock(T0), list[DoseEvent]()
     chain = chain_for(tmp_path, clock, events, max_level_dba=80.0)
     run(chain, tone(88.0, 4.0), clock)
     assert chain.mels  # one per second
@@ -72,7 +67,7 @@ def test_a_program_louder_than_the_maximum_is_held_below_it(tmp_path: Path) -> N
 
 
 def test_quiet_programs_pass_and_their_dose_is_ledgered(tmp_path: Path) -> None:
-    clock, events = Clock(), list[DoseEvent]()
+    clock, events = ManualClock(T0), list[DoseEvent]()
     chain = chain_for(tmp_path, clock, events)
     out = run(chain, tone(70.0, 3.2), clock)
     assert len(chain.mels) == 3
@@ -93,7 +88,7 @@ def test_at_100_percent_the_person_is_told_and_the_level_drops_to_the_fallback(
     tmp_path: Path,
 ) -> None:
     fill_week(tmp_path / "dose.db", 0.99999)
-    clock, events = Clock(), list[DoseEvent]()
+    clock, events = ManualClock(T0), list[DoseEvent]()
     chain = chain_for(tmp_path, clock, events, max_level_dba=85.0, fallback_level_dba=75.0)
     run(chain, tone(84.0, 6.0), clock)
     assert [e.kind for e in events] == ["dose_reached"]
@@ -106,7 +101,7 @@ def test_at_100_percent_the_person_is_told_and_the_level_drops_to_the_fallback(
 
 def test_a_profile_that_says_stop_asks_the_player_to_stop(tmp_path: Path) -> None:
     fill_week(tmp_path / "dose.db", 0.99999)
-    clock, events = Clock(), list[DoseEvent]()
+    clock, events = ManualClock(T0), list[DoseEvent]()
     chain = chain_for(tmp_path, clock, events, on_dose_reached="stop")
     run(chain, tone(80.0, 2.0), clock)
     assert [e.kind for e in events] == ["dose_stop"]
@@ -117,14 +112,14 @@ def test_a_corrupted_ledger_starts_at_the_fallback_level(tmp_path: Path) -> None
     fill_week(tmp_path / "dose.db", 0.1)
     with sqlite3.connect(tmp_path / "dose.db") as conn:
         conn.execute("update dose_minute set seconds = seconds + 1")
-    clock, events = Clock(), list[DoseEvent]()
+    clock, events = ManualClock(T0), list[DoseEvent]()
     chain = chain_for(tmp_path, clock, events, max_level_dba=85.0, fallback_level_dba=70.0)
     run(chain, tone(84.0, 3.0), clock)
     assert max(chain.mels) <= 70.0
 
 
 def test_attenuation_ramps_without_a_jump(tmp_path: Path) -> None:
-    clock, events = Clock(), list[DoseEvent]()
+    clock, events = ManualClock(T0), list[DoseEvent]()
     chain = chain_for(tmp_path, clock, events)
     signal = tone(70.0, 3.0)
     first = run(chain, signal[:RATE], clock)
@@ -153,7 +148,7 @@ def test_with_real_a_weighting_no_second_exceeds_the_maximum_and_no_sample_the_c
     swell = 0.5 + 0.5 * np.sin(2 * np.pi * rng.uniform(0.2, 2.0) * t)
     x = swell * sum(g * np.sin(2 * np.pi * f * t) for f, g in zip(freqs, gains, strict=True))
     signal = np.stack([x, 0.7 * x], axis=1).astype(np.float32)
-    clock = Clock()
+    clock = ManualClock(T0)
     chain = SafetyChain(
         sample_rate=RATE,
         limits=LIMITS,

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from clinic import clinic, signing_key
 from device_peer import Peer, device_settings
+from factories import press
 from support import Mosquitto, require_tool, wait_until
 
 from resonera.common import serial_link as sl
@@ -32,10 +33,6 @@ QUESTION = {
 }
 
 DISTRESS = CheckInQuestion.model_validate(QUESTION)
-
-
-def press(button: int) -> sl.ButtonPress:
-    return sl.ButtonPress(button, sl.PRESS_SHORT, 0)
 
 
 def test_check_ins_answered_on_the_device_reach_the_server_once(

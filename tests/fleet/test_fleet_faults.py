@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from fleet import assert_exactly_once
 from support import require_tool
 
 from resonera.stack.fleet_sim import Fleet, LocalStack, build_fleet, local_stack
@@ -38,17 +39,6 @@ def fleet(stack: LocalStack) -> Iterator[Fleet]:
         fleet.close()
 
 
-def _exactly_once(stack: LocalStack, fleet: Fleet) -> None:
-    """Every produced message is stored once and nothing else is: no loss, no duplicate."""
-    produced = {(d, m) for d, ids in fleet.produced().items() for m in ids}
-    stored = stack.stored_ids()
-    assert len(stored) == len(set(stored)), "a record was stored twice"
-    missing = produced - set(stored)
-    assert not missing, f"{len(missing)} records lost, e.g. {sorted(missing)[:3]}"
-    assert set(stored) == produced
-    assert fleet.outbox_depths() == (0, 0)
-
-
 def test_every_record_of_a_thousand_devices_is_stored_exactly_once(
     stack: LocalStack, fleet: Fleet
 ) -> None:
@@ -61,7 +51,7 @@ def test_every_record_of_a_thousand_devices_is_stored_exactly_once(
         "safety_event": DEVICES,
         "device_message": DEVICES,
     }
-    _exactly_once(stack, fleet)
+    assert_exactly_once(stack, fleet)
 
 
 def test_broker_restart_and_killed_consumers_lose_and_duplicate_nothing(
@@ -74,7 +64,7 @@ def test_broker_restart_and_killed_consumers_lose_and_duplicate_nothing(
     stack.start_consumer()
     assert fleet.drain(DRAIN_S), f"{fleet.pending} messages unacknowledged"
     assert fleet.connected == DEVICES
-    _exactly_once(stack, fleet)
+    assert_exactly_once(stack, fleet)
 
 
 def test_reconnect_storm_recovers_and_drains(stack: LocalStack, fleet: Fleet) -> None:
@@ -83,7 +73,7 @@ def test_reconnect_storm_recovers_and_drains(stack: LocalStack, fleet: Fleet) ->
     fleet.produce(1)
     assert fleet.drain(DRAIN_S), f"{fleet.pending} messages unacknowledged"
     assert fleet.wait(lambda: fleet.connected == DEVICES, 60.0)
-    _exactly_once(stack, fleet)
+    assert_exactly_once(stack, fleet)
 
 
 def test_two_consumers_on_the_shared_subscription_keep_exactly_once(
@@ -93,6 +83,6 @@ def test_two_consumers_on_the_shared_subscription_keep_exactly_once(
     assert len(stack.consumers) == 2
     fleet.produce(2)
     assert fleet.drain(DRAIN_S), f"{fleet.pending} messages unacknowledged"
-    _exactly_once(stack, fleet)
+    assert_exactly_once(stack, fleet)
     logs = [p.read_text(errors="replace") for p in Path(stack.workdir).glob("ingest-*.log")]
     assert not any("Traceback" in text for text in logs)

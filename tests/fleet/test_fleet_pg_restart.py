@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from fleet import assert_exactly_once
 from support import Postgres, require_tool, run_postgres
 
 from resonera.stack.fleet_sim import Fleet, LocalStack, build_fleet
@@ -88,7 +89,7 @@ def test_postgres_restart_under_load_loses_and_duplicates_nothing(
 
     assert fleet.drain(DRAIN_S), f"{fleet.pending} messages unacknowledged"
     assert consumer.poll() is None
-    _assert_exactly_once(stack, fleet)
+    assert_exactly_once(stack, fleet)
     log = (stack.workdir / "ingest-1.log").read_text(errors="replace")
     assert "retrying" in log, "the consumer never saw the outage"
     assert "Traceback" not in log
@@ -106,19 +107,8 @@ def test_four_consumers_on_postgres_store_every_record_exactly_once(
         "safety_event": DEVICES,
         "device_message": DEVICES,
     }
-    _assert_exactly_once(stack, fleet)
+    assert_exactly_once(stack, fleet)
     assert all(consumer.poll() is None for consumer in stack.consumers)
     for number in range(1, 5):
         log = (stack.workdir / f"ingest-{number}.log").read_text(errors="replace")
         assert "Traceback" not in log, log[-2000:]
-
-
-def _assert_exactly_once(stack: LocalStack, fleet: Fleet) -> None:
-    """Every produced message is stored once and nothing else is: no loss, no duplicate."""
-    produced = {(d, m) for d, ids in fleet.produced().items() for m in ids}
-    stored = stack.stored_ids()
-    assert len(stored) == len(set(stored)), "a record was stored twice"
-    missing = produced - set(stored)
-    assert not missing, f"{len(missing)} records lost, e.g. {sorted(missing)[:3]}"
-    assert set(stored) == produced
-    assert fleet.outbox_depths() == (0, 0)
