@@ -11,13 +11,13 @@ import logging
 import shutil
 import subprocess
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from resonera.common.errors import ResoneraError
 from resonera.provisioning.broker import BrokerConfig
+from resonera.stack.processes import stop_process, wait_for_port
 
 log = logging.getLogger(__name__)
 
@@ -42,21 +42,6 @@ def find_mosquitto() -> str | None:
     )
 
 
-def _wait_for_port(port: int, timeout_s: float, alive: Any = None) -> bool:
-    import socket
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if alive is not None and not alive():
-            return False
-        with socket.socket() as sock:
-            sock.settimeout(0.2)
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return True
-        time.sleep(0.05)
-    return False
-
-
 @dataclass
 class MosquittoBroker:
     port: int
@@ -75,7 +60,7 @@ class MosquittoBroker:
         process = subprocess.Popen(
             [binary, "-c", str(config_path)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
         )
-        if not _wait_for_port(port, 10.0, alive=lambda: process.poll() is None):
+        if not wait_for_port(port, 10.0, alive=lambda: process.poll() is None):
             err = process.stderr.read().decode().strip() if process.stderr is not None else ""
             process.kill()
             detail = err.splitlines()[-1] if err else f"see {log_file}"
@@ -83,12 +68,7 @@ class MosquittoBroker:
         return cls(port=port, process=process)
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
+        stop_process(self.process)
 
 
 class AmqttBroker:

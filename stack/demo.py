@@ -12,7 +12,6 @@ import json
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ import tomli_w
 from resonera.common.errors import ResoneraError
 from resonera.device.audio.calibration import packaged_calibration
 from resonera.stack.broker import RunningBroker, start_broker
+from resonera.stack.processes import console_script, free_port, stop_process
 
 DEMO_DEVICE_ID = "demo-device-1"
 DEMO_CLINICIAN = "clinician@demo.resonera"
@@ -45,21 +45,6 @@ class DemoOptions:
     broker: str = "auto"
     keep_running: bool = False
     sink: str = "auto"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _script(name: str) -> str:
-    """A console script of this installation (the same venv as the running interpreter)."""
-    candidate = Path(sys.executable).parent / name
-    found = str(candidate) if candidate.exists() else shutil.which(name)
-    if found is None:
-        raise DemoError(f"{name} is not installed; run `make demo` (it installs the project)")
-    return found
 
 
 def _write_toml(path: Path, data: dict[str, Any]) -> Path:
@@ -105,13 +90,14 @@ class _Processes:
 
     def stop_all(self) -> None:
         for _name, process in reversed(self.children):
-            if process.poll() is None:
-                process.terminate()
-                try:
-                    process.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+            stop_process(process)
+
+
+def _script(name: str) -> str:
+    try:
+        return console_script(name, "run `make demo`: it installs the project")
+    except ResoneraError as exc:
+        raise DemoError(str(exc)) from None
 
 
 def _get_json(url: str, token: str | None = None) -> Any:

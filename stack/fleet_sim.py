@@ -25,7 +25,6 @@ import logging
 import os
 import random
 import selectors
-import shutil
 import signal
 import socket
 import sqlite3
@@ -64,6 +63,7 @@ from resonera.device.sync import DeviceSync
 from resonera.provisioning.broker import SERVER_IDENTITY, provision_broker
 from resonera.provisioning.ca import FleetCA
 from resonera.stack.broker import find_mosquitto
+from resonera.stack.processes import console_script, free_port, stop_process, wait_for_port
 
 log = logging.getLogger(__name__)
 
@@ -627,31 +627,6 @@ class Fleet:
 # --- a local stack: fleet CA, TLS mosquitto, SQLite, ingest processes --------------------------
 
 
-def _script(name: str) -> str:
-    candidate = Path(sys.executable).parent / name
-    found = str(candidate) if candidate.exists() else shutil.which(name)
-    if found is None:
-        raise ConfigError(f"{name} is not installed (install the resonera package)")
-    return found
-
-
-def _wait_port(port: int, timeout_s: float, alive: Callable[[], bool]) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and alive():
-        with socket.socket() as sock:
-            sock.settimeout(0.2)
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return True
-        time.sleep(0.05)
-    return False
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class FleetTarget:
     """Where a fleet connects and registers: a broker address, the fleet CA that issues the
     devices' certificates (the one the broker trusts), and the server's database."""
@@ -765,20 +740,15 @@ class LocalStack(FleetTarget):
             [binary, "-c", str(self.broker_config)], stdout=log_file, stderr=log_file
         )
         broker = self.broker
-        if not _wait_port(self.port, 10.0, lambda: broker.poll() is None):
+        if not wait_for_port(self.port, 10.0, lambda: broker.poll() is None):
             raise ResoneraError(
                 f"mosquitto did not start on 127.0.0.1:{self.port} "
                 f"(log: {self.workdir / 'mosquitto.log'})"
             )
 
     def stop_broker(self) -> None:
-        if self.broker is not None and self.broker.poll() is None:
-            self.broker.terminate()
-            try:
-                self.broker.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.broker.kill()
-                self.broker.wait()
+        if self.broker is not None:
+            stop_process(self.broker)
 
     def restart_broker(self) -> None:
         self.stop_broker()
@@ -822,7 +792,7 @@ class LocalStack(FleetTarget):
         }
         log_path = self.workdir / f"ingest-{number}.log"
         process = subprocess.Popen(
-            [_script("resonera-server"), "ingest"],
+            [console_script("resonera-server"), "ingest"],
             env=env,
             stdout=subprocess.PIPE,
             stderr=log_path.open("ab"),
@@ -845,13 +815,7 @@ class LocalStack(FleetTarget):
 
     def stop_consumers(self) -> None:
         for process in self.consumers:
-            if process.poll() is None:
-                process.terminate()
-                try:
-                    process.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+            stop_process(process, timeout_s=15)
         self.consumers.clear()
 
     def close(self) -> None:

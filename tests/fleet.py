@@ -6,13 +6,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from support import Mosquitto, free_port, run_mosquitto_config
 
 from resonera.common.settings import MqttSettings
 from resonera.provisioning.broker import SERVER_IDENTITY, provision_broker
 from resonera.provisioning.ca import FleetCA
-from resonera.stack.fleet_sim import Fleet, LocalStack, issue_device
+from resonera.stack.fleet_sim import Fleet, LocalStack, build_fleet, issue_device
 
 PASSPHRASE = b"correct horse battery staple"
 
@@ -65,3 +66,14 @@ def assert_exactly_once(stack: LocalStack, fleet: Fleet) -> None:
     assert not missing, f"{len(missing)} records lost, e.g. {sorted(missing)[:3]}"
     assert set(stored) == produced
     assert fleet.outbox_depths() == (0, 0)
+
+
+@contextmanager
+def connected_fleet(stack: LocalStack, devices: int, **options: Any) -> Iterator[Fleet]:
+    """``devices`` simulated devices of ``stack``, every one connected; closed on leaving."""
+    fleet = build_fleet(stack, devices, **options)
+    try:
+        assert fleet.connect_all() == devices
+        yield fleet
+    finally:
+        fleet.close()

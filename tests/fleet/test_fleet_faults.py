@@ -11,10 +11,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fleet import assert_exactly_once
+from fleet import assert_exactly_once, connected_fleet
 from support import require_tool
 
-from resonera.stack.fleet_sim import Fleet, LocalStack, build_fleet, local_stack
+from resonera.stack.fleet_sim import Fleet, LocalStack, local_stack
 
 pytestmark = pytest.mark.slow
 
@@ -31,12 +31,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
 
 @pytest.fixture(scope="module")
 def fleet(stack: LocalStack) -> Iterator[Fleet]:
-    fleet = build_fleet(stack, DEVICES)
-    try:
-        assert fleet.connect_all() == DEVICES
+    with connected_fleet(stack, DEVICES) as fleet:
         yield fleet
-    finally:
-        fleet.close()
 
 
 def test_every_record_of_a_thousand_devices_is_stored_exactly_once(

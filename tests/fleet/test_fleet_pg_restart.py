@@ -17,10 +17,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fleet import assert_exactly_once
+from fleet import assert_exactly_once, connected_fleet
 from support import Postgres, require_tool, run_postgres
 
-from resonera.stack.fleet_sim import Fleet, LocalStack, build_fleet
+from resonera.stack.fleet_sim import Fleet, LocalStack
 
 pytestmark = pytest.mark.slow
 
@@ -50,12 +50,8 @@ def stack(tmp_path: Path, postgres: Postgres) -> Iterator[LocalStack]:
 
 @pytest.fixture
 def fleet(stack: LocalStack) -> Iterator[Fleet]:
-    fleet = build_fleet(stack, DEVICES)
-    try:
-        assert fleet.connect_all() == DEVICES
+    with connected_fleet(stack, DEVICES) as fleet:
         yield fleet
-    finally:
-        fleet.close()
 
 
 def test_postgres_restart_under_load_loses_and_duplicates_nothing(

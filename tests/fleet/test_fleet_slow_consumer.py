@@ -11,10 +11,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from fleet import connected_fleet
 from support import require_tool
 
 from resonera.device.settings import OutboxLimits
-from resonera.stack.fleet_sim import Fleet, LocalStack, build_fleet, local_stack, run_slow_consumer
+from resonera.stack.fleet_sim import Fleet, LocalStack, local_stack, run_slow_consumer
 
 pytestmark = pytest.mark.slow
 
@@ -34,12 +35,8 @@ def stack(tmp_path: Path) -> Iterator[LocalStack]:
 
 @pytest.fixture
 def fleet(stack: LocalStack) -> Iterator[Fleet]:
-    fleet = build_fleet(stack, DEVICES, outbox=OUTBOX)
-    try:
-        assert fleet.connect_all() == DEVICES
+    with connected_fleet(stack, DEVICES, outbox=OUTBOX) as fleet:
         yield fleet
-    finally:
-        fleet.close()
 
 
 def test_slow_consumer_bounds_queues_drops_nothing_silently_and_catches_up(
