@@ -22,7 +22,7 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
-$(STAMP): $(BIN)/python pyproject.toml $(shell find common device server hardware provisioning stack -name '*.py' 2>/dev/null)
+$(STAMP): $(BIN)/python pyproject.toml $(shell find common device server hardware provisioning stack \( -name '*.py' -o -name '*.c' \) 2>/dev/null) setup.py
 	flock /tmp/resonera-venv.lock $(BIN)/python -m pip install -q -e '.[dev]' --config-settings editable_mode=strict
 	touch $(STAMP)
 

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
+import itertools
 
 import numpy as np
 import pytest
@@ -11,6 +10,7 @@ from scipy import signal
 
 import resonera.device.safety.aweighting as aw
 from resonera.device.audio.meter import MelMeter
+from resonera.device.safety._cascade import cascade
 from resonera.device.safety.aweighting import AWeightingFilter, a_weighting_db
 
 NOMINAL = {  # IEC 61672-1 nominal A-weightings (safety.md)
@@ -98,16 +98,6 @@ def test_pink_noise_meters_within_0_5_db_of_its_level_by_the_formula(rate: int) 
     assert laeq == pytest.approx(expected, abs=0.5)
 
 
-def test_the_compiled_and_public_filter_paths_agree() -> None:
-    x = np.random.default_rng(3).standard_normal((5000, 2)).astype(np.float32)
-    fast = AWeightingFilter(44_100)
-    fast_out = np.concatenate([fast.process(x[:1234]), fast.process(x[1234:])])
-    slow = AWeightingFilter(44_100)
-    slow._sosfilt = aw._public_sosfilt
-    slow_out = np.concatenate([slow.process(x[:1234]), slow.process(x[1234:])])
-    np.testing.assert_allclose(fast_out, slow_out, atol=1e-6)
-
-
 # The design is numpy alone; scipy.signal (a development dependency) checks it.
 
 
@@ -150,25 +140,39 @@ def test_a_rate_below_32_khz_is_refused_with_the_rate_named() -> None:
         AWeightingFilter(22_050)
 
 
-def test_without_scipy_the_filter_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(importlib.util, "find_spec", lambda _name: None)
-    monkeypatch.delitem(sys.modules, "scipy.signal._sosfilt", raising=False)
-    aw._compiled_sosfilt.cache_clear()
-    try:
-        with pytest.raises(aw.FilterUnavailableError, match="install scipy"):
-            AWeightingFilter(48_000)
-    finally:
-        aw._compiled_sosfilt.cache_clear()
+def test_the_compiled_cascade_is_scipys_bit_for_bit_across_blocks_of_any_size() -> None:
+    """Mono, stereo (the vector path) and three channels (the general one), the state carried
+    across uneven blocks: the same values as scipy.signal.sosfilt on the whole stream."""
+    sos = aw.design_a_weighting(44_100)
+    rng = np.random.default_rng(5)
+    for channels in (1, 2, 3):
+        x = rng.standard_normal((70_000, channels)).astype(np.float32)
+        expected = signal.sosfilt(sos, x.astype(np.float64), axis=0).T
+        stream = AWeightingFilter(44_100, channels)
+        cuts = [0, 1, 64, 1000, 16_384, 65_536, 70_000]
+        got = np.concatenate(
+            [stream.filter_channels(x[a:b]) for a, b in itertools.pairwise(cuts)], axis=1
+        )
+        assert np.array_equal(got, expected), channels
 
 
-def test_long_blocks_filtered_channel_by_channel_on_two_threads_match_short_ones() -> None:
-    rng = np.random.default_rng(7)
-    x = rng.standard_normal((3 * aw.PARALLEL_MIN_FRAMES + 123, 2)).astype(np.float32)
-    short = AWeightingFilter(44_100)
-    expected = np.concatenate([short.process(x[i : i + 1000]) for i in range(0, len(x), 1000)])
-    long = AWeightingFilter(44_100)
-    step = aw.PARALLEL_MIN_FRAMES + 17  # the filter state carries across the parallel blocks too
-    got = np.concatenate([long.process(x[i : i + step]) for i in range(0, len(x), step)])
-    np.testing.assert_allclose(got, expected, atol=1e-6)
-    assert long._helper is not None  # the long blocks did go to the helper thread
-    assert short._helper is None
+def test_the_compiled_cascade_refuses_arrays_it_cannot_filter_and_says_which() -> None:
+    sos = aw.design_a_weighting(48_000)
+    x = np.zeros((100, 2), dtype=np.float32)
+    y, zi = np.empty((2, 100)), np.zeros((2, 3, 2))
+    with pytest.raises(TypeError, match="x must be a C-contiguous float32 array"):
+        cascade(sos, x.astype(np.float64), y, zi)
+    with pytest.raises(TypeError, match="zi must be a C-contiguous float64 array"):
+        cascade(sos, x, y, zi.astype(np.float32))
+    with pytest.raises(ValueError, match="y must have as many values as x"):
+        cascade(sos, x, np.empty((2, 99)), zi)
+    with pytest.raises(ValueError, match="sos must hold whole sections"):
+        cascade(sos.ravel()[:-1].copy(), x, y, zi)
+    with pytest.raises(ValueError, match="zi must hold 2 values per section per channel"):
+        cascade(sos, x, y, np.zeros(5))
+    with pytest.raises(ValueError, match="whole frames"):
+        cascade(sos, np.zeros(201, dtype=np.float32), y, zi)
+    with pytest.raises((ValueError, BufferError)):
+        cascade(sos, x, y, zi[:, :, :1])  # a strided view: not C-contiguous
+    with pytest.raises(TypeError, match="takes 4 arguments"):
+        cascade(sos, x, y)  # type: ignore[call-arg]
