@@ -27,12 +27,6 @@ def _db(mean_square: float) -> float:
     return SILENCE_DBFS if mean_square <= 0.0 else max(SILENCE_DBFS, 10.0 * math.log10(mean_square))
 
 
-def _energies(channels: NDArray[np.float64]) -> NDArray[np.float64]:
-    """Sum of squares of each row, without a squared copy."""
-    sums: NDArray[np.float64] = np.einsum("ij,ij->i", channels, channels)
-    return sums
-
-
 class MelMeter:
     """Feed it every block (``update``); it returns the MELs of the seconds each block completed.
 
@@ -74,29 +68,37 @@ class MelMeter:
     def update(self, block: NDArray[np.float32]) -> list[float]:
         if len(block) == 0:
             return []
-        return self.update_weighted(self._filter.filter_channels(block))
+        return self.update_energy(self._filter.running_energy(block))
 
-    def update_weighted(self, weighted: NDArray[np.float64]) -> list[float]:
-        """``update`` for a block already A-weighted elsewhere, ``(channels, frames)``: the safety
-        chain's ceiling weights the same signal a few ms earlier. The filter is left as it was:
-        ``warm`` brings it up to date before ``update`` is called again."""
-        frames = weighted.shape[1]
+    def update_energy(self, *pieces: NDArray[np.float64]) -> list[float]:
+        """``update`` for a block already A-weighted elsewhere, given as the running sums of its
+        weighted squares, ``(channels, frames)``, whole or as consecutive pieces each summed from
+        its own first frame (the safety chain's delayed copy of its ceiling's weighting comes in
+        two). The filter is left as it was: ``warm`` brings it up to date before ``update`` is
+        called again."""
+        whole = np.zeros(len(self._sum), np.float64)  # the block's
+        frames = 0
+        completed: list[float] = []
+        for running in pieces:
+            length = running.shape[1]
+            if length == 0:
+                continue
+            whole += running[:, -1]
+            start = 0
+            while start < length:
+                take = min(self.sample_rate - self._frames, length - start)
+                end = running[:, start + take - 1]
+                self._sum += end - running[:, start - 1] if start else end
+                self._frames += take
+                start += take
+                if self._frames == self.sample_rate:
+                    level = float(np.max(self._sum)) / self.sample_rate
+                    completed.append(self.offset_db + _db(level))
+                    self._sum[:] = 0.0
+                    self._frames = 0
+            frames += length
         if frames == 0:
             return []
-        whole = np.zeros(len(self._sum), np.float64)  # the block's, from its parts' sums
-        completed: list[float] = []
-        start = 0
-        while start < frames:
-            take = min(self.sample_rate - self._frames, frames - start)
-            part = _energies(weighted[:, start : start + take])
-            whole += part
-            self._sum += part
-            self._frames += take
-            start += take
-            if self._frames == self.sample_rate:
-                completed.append(self.offset_db + _db(float(np.max(self._sum)) / self.sample_rate))
-                self._sum[:] = 0.0
-                self._frames = 0
         self.block_level = self.offset_db + _db(float(whole.max()) / frames)
         self.mels.extend(completed)
         return completed

@@ -1,8 +1,11 @@
 /* The A-weighting filter's second-order-section cascade, compiled (resonera.device.safety._cascade).
  *
- * cascade(sos, x, y, zi): filters the interleaved float32 block x, (frames, channels), through the
- * sections sos, (sections, 6) float64 as scipy.signal lays them out, into y, (channels, frames)
- * float64, carrying the state zi, (channels, sections, 2) float64, in place.
+ * cascade(sos, x, y, zi, energy): filters the interleaved float32 block x, (frames, channels),
+ * through the sections sos, (sections, 6) float64 as scipy.signal lays them out, into y, (channels,
+ * frames) float64, carrying the state zi, (channels, sections, 2) float64, in place. With energy
+ * true, y receives instead the running sum of the filtered signal's squares, channel by channel from
+ * the block's first frame on: what the safety chain's level ceiling and exposure meter need (the
+ * energy over any stretch is the difference of two values), in the same pass as the filter.
  *
  * Why not scipy's sosfilt: it filters one channel after the other, and each sample's recurrence
  * waits for the one before it, so the CPU idles most of each sample. Here the two channels of a
@@ -25,7 +28,7 @@ typedef double pair __attribute__((vector_size(16)));
 
 static void
 stereo(const double *sos, Py_ssize_t sections, const float *x, Py_ssize_t frames, double *y,
-       double *zi)
+       double *zi, int energy)
 {
     pair b0[STEREO_MAX_SECTIONS], b1[STEREO_MAX_SECTIONS], b2[STEREO_MAX_SECTIONS];
     pair a1[STEREO_MAX_SECTIONS], a2[STEREO_MAX_SECTIONS];
@@ -41,6 +44,7 @@ stereo(const double *sos, Py_ssize_t sections, const float *x, Py_ssize_t frames
         s1[k] = (pair){zi[2 * k + 1], zi[2 * (sections + k) + 1]};
     }
     double *left = y, *right = y + frames;
+    pair sum = {0.0, 0.0};
     for (Py_ssize_t n = 0; n < frames; n++) {
         pair u = {x[2 * n], x[2 * n + 1]};
         for (Py_ssize_t k = 0; k < sections; k++) {
@@ -48,6 +52,10 @@ stereo(const double *sos, Py_ssize_t sections, const float *x, Py_ssize_t frames
             s0[k] = b1[k] * u - a1[k] * out + s1[k];
             s1[k] = b2[k] * u - a2[k] * out;
             u = out;
+        }
+        if (energy) {
+            sum += u * u;
+            u = sum;
         }
         left[n] = u[0];
         right[n] = u[1];
@@ -62,11 +70,12 @@ stereo(const double *sos, Py_ssize_t sections, const float *x, Py_ssize_t frames
 
 static void
 general(const double *sos, Py_ssize_t sections, const float *x, Py_ssize_t frames,
-        Py_ssize_t channels, double *y, double *zi)
+        Py_ssize_t channels, double *y, double *zi, int energy)
 {
     for (Py_ssize_t ch = 0; ch < channels; ch++) {
         double *state = zi + 2 * sections * ch;
         double *out = y + frames * ch;
+        double sum = 0.0;
         for (Py_ssize_t n = 0; n < frames; n++) {
             double u = x[n * channels + ch];
             for (Py_ssize_t k = 0; k < sections; k++) {
@@ -76,6 +85,10 @@ general(const double *sos, Py_ssize_t sections, const float *x, Py_ssize_t frame
                 z[0] = c[1] * u - c[4] * v + z[1];
                 z[1] = c[2] * u - c[5] * v;
                 u = v;
+            }
+            if (energy) {
+                sum += u * u;
+                u = sum;
             }
             out[n] = u;
         }
@@ -108,8 +121,13 @@ static PyObject *
 cascade(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)module;
-    if (nargs != 4) {
-        PyErr_Format(PyExc_TypeError, "cascade(sos, x, y, zi) takes 4 arguments, got %zd", nargs);
+    if (nargs != 5) {
+        PyErr_Format(PyExc_TypeError, "cascade(sos, x, y, zi, energy) takes 5 arguments, got %zd",
+                     nargs);
+        return NULL;
+    }
+    int energy = PyObject_IsTrue(args[4]);
+    if (energy < 0) {
         return NULL;
     }
     Py_buffer sos, x, y, zi;
@@ -152,9 +170,9 @@ cascade(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         double *output = y.buf, *state = zi.buf;
         Py_BEGIN_ALLOW_THREADS
         if (channels == 2 && sections <= STEREO_MAX_SECTIONS) {
-            stereo(coefficients, sections, input, frames, output, state);
+            stereo(coefficients, sections, input, frames, output, state, energy);
         } else {
-            general(coefficients, sections, input, frames, channels, output, state);
+            general(coefficients, sections, input, frames, channels, output, state, energy);
         }
         Py_END_ALLOW_THREADS
     }
@@ -171,8 +189,9 @@ cascade(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 
 static PyMethodDef methods[] = {
     {"cascade", (PyCFunction)(void (*)(void))cascade, METH_FASTCALL,
-     "cascade(sos, x, y, zi): filter the (frames, channels) float32 block x through the sections "
-     "sos into y, (channels, frames) float64, carrying the state zi, (channels, sections, 2)."},
+     "cascade(sos, x, y, zi, energy): filter the (frames, channels) float32 block x through the "
+     "sections sos into y, (channels, frames) float64, carrying the state zi, (channels, "
+     "sections, 2); with energy true, y gets the running sum of the squares instead."},
     {NULL, NULL, 0, NULL},
 };
 

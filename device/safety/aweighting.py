@@ -112,7 +112,7 @@ def memory_frames(sample_rate: int, tolerance: float = 1e-12) -> int:
     impulse = np.zeros((sample_rate, 1), dtype=np.float32)  # 1 s: far beyond the memory
     impulse[0, 0] = 1.0
     response = np.empty((1, sample_rate), dtype=np.float64)
-    cascade(sos, impulse, response, np.zeros((1, sos.shape[0], 2)))
+    cascade(sos, impulse, response, np.zeros((1, sos.shape[0], 2)), False)
     tail = np.cumsum(np.abs(response[0, ::-1]))[::-1]
     return int(np.argmax(tail < tolerance))
 
@@ -131,9 +131,18 @@ class AWeightingFilter:
 
     def filter_channels(self, block: Block) -> Samples:
         """The weighted ``(frames, channels)`` block as ``(channels, frames)`` float64."""
+        return self._run(block, energy=False)
+
+    def running_energy(self, block: Block) -> Samples:
+        """The running sum of the weighted block's squares, ``(channels, frames)`` float64, from
+        its first frame on (inclusive): the weighted energy of any stretch of the block is the
+        difference of two values. Filters as ``filter_channels`` does, in the same one pass."""
+        return self._run(block, energy=True)
+
+    def _run(self, block: Block, *, energy: bool) -> Samples:
         x = np.ascontiguousarray(block, dtype=np.float32)
         y = np.empty((self.channels, len(x)), dtype=np.float64)
-        cascade(self.sos, x, y, self._zi)
+        cascade(self.sos, x, y, self._zi, energy)
         return y
 
     def process(self, block: Block) -> Block:

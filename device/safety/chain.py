@@ -106,7 +106,7 @@ class SafetyChain:
         self.level = LevelCeiling(
             sample_rate,
             limits.mean_square_for(self.level_dba),
-            AWeightingFilter(sample_rate, channels).filter_channels,
+            AWeightingFilter(sample_rate, channels).running_energy,
             channels=channels,
         )
         self.limiter = LookAheadLimiter(sample_rate, limits.peak_ceiling, channels=channels)
@@ -142,7 +142,7 @@ class SafetyChain:
     def _metered(self, out: Block) -> list[float]:
         start = self._position
         self._position += len(out)
-        delayed = self._weighted.process(self.level.weighted)
+        delayed = self._weighted.process(self.level.energy)
         if not (self.meter_shortcut and self.level.passed and self.limiter.passed):
             self._exact_until = self._position + self._memory
         if start < self._exact_until:
@@ -153,7 +153,7 @@ class SafetyChain:
             self.meter_filtered_frames += len(out)
         else:
             self._filter_current = False
-            mels = self.meter.update_weighted(delayed)
+            mels = self.meter.update_energy(*delayed)
         keep = min(len(out), self._memory)
         self._recent[: self._memory - keep] = self._recent[keep:]
         self._recent[self._memory - keep :] = out[len(out) - keep :]
@@ -216,13 +216,24 @@ class SafetyChain:
 
 
 class _Delay:
-    """Delays a ``(channels, frames)`` float64 stream by ``frames`` (primed with zeros)."""
+    """Delays a stream given block by block as running sums, ``(channels, frames)`` float64, each
+    block's from its own first frame on, by ``frames`` (primed with zeros)."""
 
     def __init__(self, frames: int, channels: int) -> None:
         self._pending: Samples = np.zeros((channels, frames), dtype=np.float64)
 
-    def process(self, block: Samples) -> Samples:
-        joined = np.concatenate((self._pending, block), axis=1)
-        frames = block.shape[1]
-        self._pending = joined[:, frames:]
-        return joined[:, :frames]
+    def process(self, running: Samples) -> tuple[Samples, ...]:
+        """The delayed block as consecutive pieces, each piece's running sums from its own first
+        frame on (joining them would copy the whole block: a render's blocks are far longer than
+        the delay)."""
+        frames, delay = running.shape[1], self._pending.shape[1]
+        if frames >= delay:
+            pieces = (self._pending, running[:, : frames - delay])
+            held = running[:, frames - delay :]
+            if frames > delay:
+                held = held - running[:, frames - delay - 1 : frames - delay]
+            self._pending = held
+            return pieces
+        joined = np.concatenate((self._pending, running + self._pending[:, -1:]), axis=1)
+        self._pending = joined[:, frames:] - joined[:, frames - 1 : frames]
+        return (joined[:, :frames],)

@@ -63,11 +63,12 @@ class _Scratch:
 class WindowSums:
     """Sums of a non-negative stream over the trailing ``window`` samples, per row (last axis is time).
 
-    Keeps running cumulative sums: each block costs one cumulative sum of the block alone, not of
-    the window again. Cumulative sums of non-negative terms never decrease in floating point, so the
-    window sums are never negative. When the buffer fills, the live part moves to its front rebased
-    (the newest made 0), which keeps the sums' magnitude, and so their rounding, to a few windows'
-    worth.
+    Fed each block's running sums (from the block's first value on, inclusive; the A-weighting
+    filter gives them in the same pass as the filter), it keeps the running sums of the whole stream:
+    each block costs one addition over the block, not a sum over the window again. Running sums of
+    non-negative terms never decrease in floating point, so the window sums are never negative. When
+    the buffer fills, the live part moves to its front rebased (the newest made 0), which keeps the
+    sums' magnitude, and so their rounding, to a few windows' worth.
     """
 
     def __init__(self, window: int, rows: tuple[int, ...] = ()) -> None:
@@ -86,8 +87,9 @@ class WindowSums:
         """Set the cumulative sums of the last ``window`` positions (the newest last)."""
         self._buffer[..., self._start : self._start + self.window] = cumulative
 
-    def process(self, values: Samples) -> Samples:
-        frames, window = values.shape[-1], self.window
+    def process(self, running: Samples) -> Samples:
+        """The window sums ending at each value of a block given as its running sums."""
+        frames, window = running.shape[-1], self.window
         if self._start + window + frames > self._buffer.shape[-1]:
             live = self._buffer[..., self._start : self._start + window]
             newest = live[..., -1:]
@@ -99,8 +101,7 @@ class WindowSums:
             self._buffer, self._start = moved, 0
         at = self._start + window
         new = self._buffer[..., at : at + frames]
-        np.cumsum(values, axis=-1, out=new)
-        new += self._buffer[..., at - 1 : at]
+        np.add(running, self._buffer[..., at - 1 : at], out=new)
         sums: Samples = new - self._buffer[..., self._start : self._start + frames]
         self._start += frames
         return sums
@@ -225,7 +226,7 @@ class GainSmoother:
             last_reduced = int(released[::-1].argmin())
             all_ones = bool(released[frames - 1 - last_reduced])
             self._ones_run = self._ones_run + frames if all_ones else last_reduced
-        smoothed = self._box.process(r)
+        smoothed = self._box.process(np.cumsum(r, out=r))  # r is not needed after this
         smoothed /= self.window
         self._unity = (
             self._r_last == 1.0
@@ -335,10 +336,11 @@ class LevelCeiling:
     """Keeps the weighted mean-square of the output at or below ``max_mean_square`` in every window.
 
     ``weighting`` is a stateful filter applied to the input (for the safety chain: A-weighting), so the
-    level that is held is the one the exposure meter measures; it returns the weighted block channel by
-    channel, ``(channels, frames)`` float64, as a new array, which is kept as ``weighted`` (the chain's
-    meter reuses it). ``passed`` says whether the last block came out as it went in, only delayed.
-    Latency: two windows.
+    level that is held is the one the exposure meter measures; it returns the running sum of the
+    weighted block's squares channel by channel, ``(channels, frames)`` float64, from the block's
+    first frame on, as a new array, which is kept as ``energy`` (the chain's meter reuses it).
+    ``passed`` says whether the last block came out as it went in, only delayed. Latency: two
+    windows.
     """
 
     def __init__(
@@ -365,7 +367,7 @@ class LevelCeiling:
         self.latency_frames = self._smoother.latency
         self._delay = DelayLine(self.latency_frames, channels)
         self.min_gain = 1.0
-        self.weighted: Samples = np.zeros((channels, 0), dtype=np.float64)
+        self.energy: Samples = np.zeros((channels, 0), dtype=np.float64)
         self.passed = True
 
     def set_max_mean_square(self, value: float) -> None:
@@ -377,17 +379,19 @@ class LevelCeiling:
         frames = block.shape[0]
         if frames == 0:
             return block
-        self.weighted = weighted = self.weighting(block)
+        self.energy = running = self.weighting(block)
         self.passed = True
         window = self.window
-        if self._smoother.at_unity() and self._every_window_under(weighted):
+        if self._smoother.at_unity() and self._every_window_under(running):
             # Only the last window's values matter to the sums of the windows still to come.
-            tail = weighted[:, -window:]
-            self._energy.process(np.square(tail))
+            tail = running[:, -window:]
+            if frames > window:
+                tail = tail - running[:, -window - 1 : -window]
+            self._energy.process(tail)
             return self._delay.process(block)
-        energy = self._energy.process(np.square(weighted))
-        loudest = energy[0]
-        for row in energy[1:]:
+        sums = self._energy.process(running)
+        loudest = sums[0]
+        for row in sums[1:]:
             np.maximum(loudest, row, out=loudest)
         loudest /= window  # the mean square of the loudest channel's trailing window
         # No window over the maximum and none pending: the gain would be exactly 1 throughout.
@@ -406,20 +410,21 @@ class LevelCeiling:
         self.passed = lowest >= 1.0  # times exactly 1.0, rounded to float32: the input unchanged
         return self._delay.process(block, gain)
 
-    def _every_window_under(self, weighted: Samples) -> bool:
+    def _every_window_under(self, running: Samples) -> bool:
         """A cheap sufficient test that no trailing window ending in this block is over the maximum:
         cut the block into window-long chunks; a window ending in one chunk lies within it and the
         chunk before (the first chunk: the ``window - 1`` values before the block), so the sum of
-        two neighbours bounds it. One pass instead of cumulative sums; at most 3 dB pessimistic,
-        and the exact test follows whenever it fails."""
+        two neighbours bounds it. A few values of the running sums instead of a sum per window; at
+        most 3 dB pessimistic, and the exact test follows whenever it fails."""
         window = self.window
-        channels, frames = weighted.shape
+        channels, frames = running.shape
         whole = frames // window
+        # running sums before the block, at each whole chunk's end, and at the block's end
+        marks = np.zeros((channels, whole + 2), dtype=np.float64)
+        marks[:, 1 : whole + 1] = running[:, window - 1 : whole * window : window]
+        marks[:, -1] = running[:, -1]
         chunks = np.empty((channels, whole + 2), dtype=np.float64)
         chunks[:, 0] = self._energy.trailing()
-        body = weighted[:, : whole * window].reshape(channels, whole, window)
-        chunks[:, 1 : whole + 1] = np.einsum("ckw,ckw->ck", body, body)
-        rest = weighted[:, whole * window :]
-        chunks[:, -1] = np.einsum("cw,cw->c", rest, rest)
+        np.subtract(marks[:, 1:], marks[:, :-1], out=chunks[:, 1:])
         pairs = chunks[:, :-1] + chunks[:, 1:]
         return float(np.maximum.reduce(pairs, axis=None)) <= window * self.max_mean_square

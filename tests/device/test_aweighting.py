@@ -161,18 +161,18 @@ def test_the_compiled_cascade_refuses_arrays_it_cannot_filter_and_says_which() -
     x = np.zeros((100, 2), dtype=np.float32)
     y, zi = np.empty((2, 100)), np.zeros((2, 3, 2))
     with pytest.raises(TypeError, match="x must be a C-contiguous float32 array"):
-        cascade(sos, x.astype(np.float64), y, zi)
+        cascade(sos, x.astype(np.float64), y, zi, False)
     with pytest.raises(TypeError, match="zi must be a C-contiguous float64 array"):
-        cascade(sos, x, y, zi.astype(np.float32))
+        cascade(sos, x, y, zi.astype(np.float32), False)
     with pytest.raises(ValueError, match="y must have as many values as x"):
-        cascade(sos, x, np.empty((2, 99)), zi)
+        cascade(sos, x, np.empty((2, 99)), zi, False)
     with pytest.raises(ValueError, match="sos must hold whole sections"):
-        cascade(sos.ravel()[:-1].copy(), x, y, zi)
+        cascade(sos.ravel()[:-1].copy(), x, y, zi, False)
     with pytest.raises(ValueError, match="zi must hold 2 values per section per channel"):
-        cascade(sos, x, y, np.zeros(5))
+        cascade(sos, x, y, np.zeros(5), False)
     with pytest.raises(ValueError, match="whole frames"):
-        cascade(sos, np.zeros(201, dtype=np.float32), y, zi)
+        cascade(sos, np.zeros(201, dtype=np.float32), y, zi, False)
     with pytest.raises((ValueError, BufferError)):
-        cascade(sos, x, y, zi[:, :, :1])  # a strided view: not C-contiguous
-    with pytest.raises(TypeError, match="takes 4 arguments"):
-        cascade(sos, x, y)  # type: ignore[call-arg]
+        cascade(sos, x, y, zi[:, :, :1], False)  # a strided view: not C-contiguous
+    with pytest.raises(TypeError, match="takes 5 arguments"):
+        cascade(sos, x, y, zi)  # type: ignore[call-arg]

@@ -97,9 +97,10 @@ def test_lowering_the_ceiling_ramps_instead_of_jumping() -> None:
 
 
 def identity(block: np.ndarray) -> np.ndarray:
-    """No weighting, in the channel-major layout ``LevelCeiling`` takes."""
-    channels: np.ndarray = block.T.astype(np.float64)
-    return channels
+    """No weighting: the running sums of the squares, channel by channel, as ``LevelCeiling``
+    takes them."""
+    running: np.ndarray = np.cumsum(np.square(block.T.astype(np.float64)), axis=1)
+    return running
 
 
 def window_mean_squares(out: np.ndarray, window: int) -> np.ndarray:
@@ -183,7 +184,9 @@ def test_window_sums_are_the_sums_of_each_trailing_window(
 ) -> None:
     x = np.random.default_rng(seed).uniform(0.0, 2.0, (2, 20_000))
     sums = WindowSums(window, (2,))
-    out = np.concatenate([sums.process(x[:, s]) for s in stream(sizes, x.shape[1])], axis=1)
+    out = np.concatenate(
+        [sums.process(np.cumsum(x[:, s], axis=1)) for s in stream(sizes, x.shape[1])], axis=1
+    )
     csum = np.concatenate((np.zeros((2, window)), np.cumsum(x, axis=1)), axis=1)
     np.testing.assert_allclose(out, csum[:, window:] - csum[:, :-window], rtol=1e-9, atol=1e-9)
     assert out.min() >= 0.0

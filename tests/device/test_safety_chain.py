@@ -14,9 +14,11 @@ import pytest
 from factories import ManualClock
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from scipy import signal as scipy_signal
 
 from resonera.common.dose import dose_fraction
 from resonera.common.profile import HearingProfile
+from resonera.device.safety.aweighting import design_a_weighting
 from resonera.device.safety.chain import ChainLimits, DoseEvent, SafetyChain
 from resonera.device.safety.dose_ledger import DoseLedger
 
@@ -159,6 +161,13 @@ def test_with_real_a_weighting_no_second_exceeds_the_maximum_and_no_sample_the_c
     out = run(chain, signal, clock, block=block)
     assert np.max(np.abs(out)) <= LIMITS.peak_ceiling * (1 + 1e-6)
     assert max(chain.mels) <= max_level
+    # and measured on the output apart from the chain: scipy's filter, the louder ear per second
+    weighted = scipy_signal.sosfilt(design_a_weighting(RATE), out.astype(np.float64), axis=0)
+    seconds_out = len(out) // RATE
+    energy = np.square(weighted[: seconds_out * RATE]).reshape(seconds_out, RATE, 2).mean(axis=1)
+    measured = LIMITS.spl_at_unit_rms + 10 * np.log10(energy.max(axis=1))
+    assert np.max(measured) <= max_level
+    np.testing.assert_allclose(chain.mels[:seconds_out], measured, atol=0.01)
 
 
 PLAY_THROUGH_THE_CHAIN = textwrap.dedent(
