@@ -6,7 +6,8 @@ meter, as in playback; without ``--calibration`` it is held to the packaged refe
 Prints, never asserts:
 
 - the hour of program A: wall clock of the whole process, times real time (target >= 1,000x), and
-  the CPU seconds it used (synthesis, chain, encoding and writing run on threads of their own);
+  the CPU seconds it used (synthesis, chain, encoding and writing run on threads of their own); the
+  fastest of three runs, with the median (a shared machine's neighbours come and go);
 - the peak resident memory of each render process (its ``VmHWM``, sampled while it runs) for 10
   minutes and for 1 hour of program A: it streams, so the hour needs no more than the ten minutes;
 - the safety chain alone on two minutes of program A in this process, its meter reusing the level
@@ -37,6 +38,8 @@ from resonera.device.safety.chain import SafetyChain
 BIN = Path(sys.executable).parent / "resonera-device"
 #: The block ``render`` asks for by default.
 RENDER_BLOCK = 65536
+#: Renders of each length; the fastest is reported (with the median).
+RUNS = 3
 
 PROGRAM_A = """
 name = "reference-a"
@@ -118,11 +121,17 @@ def main() -> None:
     figures: dict[float, tuple[float, float, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for seconds in (600.0, HOUR):
-            figures[seconds] = elapsed, cpu, peak = render(Path(tmp), seconds)
+            # the best of RUNS (fastest wall clock; the median too): the machine is shared
+            runs = sorted(render(Path(tmp), seconds) for _ in range(RUNS))
+            elapsed, cpu, _ = runs[0]
+            peak = max(run[2] for run in runs)
+            figures[seconds] = elapsed, cpu, peak
+            median = runs[len(runs) // 2][0]
             print(
                 f"  {seconds / 60:4.0f} min through the safety chain: {elapsed:6.2f} s = "
                 f"{seconds / elapsed:6.0f}x real time{' (target >= 1000x)' if seconds == HOUR else ''}"
-                f"; {cpu:5.2f} s of CPU; peak RSS {peak:6.1f} MiB"
+                f" (best of {RUNS}; median {seconds / median:.0f}x); {cpu:5.2f} s of CPU; "
+                f"peak RSS {peak:6.1f} MiB"
             )
     print(
         f"  peak RSS, 1 h / 10 min: {figures[HOUR][2] / figures[600.0][2]:.2f} (flat: it streams)"
