@@ -11,6 +11,8 @@ from resonera.common.profile import CHECKIN_ID_PATTERN, CheckInPhase
 
 SessionOutcome = Literal["completed", "stopped", "fault"]
 SinkKind = Literal["pyaudio", "wav", "null"]
+#: The longest ``CheckInRecord.skip_reason``: a short phrase, shown in a dashboard table cell.
+SKIP_REASON_MAX = 200
 
 
 class SessionRecord(BaseModel):
@@ -198,6 +200,19 @@ class CheckInRecord(BaseModel):
     skipped: bool = False
     answered_at: AwareDatetime
     better: Literal["higher", "lower"] = "higher"
+    #: Why it was skipped, as the device knows it ("skipped by the person", "no answer in time",
+    #: the prompt could not be spoken, ...): clinicians tell declining from not being asked.
+    #: None when answered, and from devices that predate it.
+    skip_reason: str | None = Field(default=None, min_length=1, max_length=SKIP_REASON_MAX)
+
+    @staticmethod
+    def as_skip_reason(text: str) -> str | None:
+        """``text`` (any reason a device has, an error's text too) as a valid ``skip_reason``:
+        one line of printable text, cut to ``SKIP_REASON_MAX``; None when nothing is left."""
+        line = " ".join("".join(c if c.isprintable() else " " for c in text).split())
+        if len(line) > SKIP_REASON_MAX:
+            line = line[: SKIP_REASON_MAX - 1].rstrip() + "…"
+        return line or None
 
     @model_validator(mode="after")
     def _answered_or_skipped(self) -> CheckInRecord:
@@ -205,4 +220,11 @@ class CheckInRecord(BaseModel):
             raise ValueError("a skipped check-in has no value")
         if not self.skipped and self.value is None:
             raise ValueError("value (0–10) is required unless skipped is true")
+        if self.skip_reason is not None:
+            if not self.skipped:
+                raise ValueError("skip_reason is only allowed when skipped is true")
+            if not self.skip_reason.isprintable():
+                raise ValueError(
+                    "skip_reason must be plain text on one line (no control characters)"
+                )
         return self

@@ -304,6 +304,7 @@ class DeviceService:
         self._store_checkin(answer, at, session_id)
 
     def _store_checkin(self, answer: Answered, at: datetime, session_id: str) -> None:
+        skipped = answer.value is None
         record = CheckInRecord(
             id=new_id(),
             session_id=session_id,
@@ -311,12 +312,13 @@ class DeviceService:
             question_id=answer.question.id,
             phase=answer.phase,
             value=answer.value,
-            skipped=answer.value is None,
+            skipped=skipped,
             answered_at=at,
             better=answer.question.better,
+            skip_reason=CheckInRecord.as_skip_reason(answer.reason) if skipped else None,
         )
         try:
-            self.store.record_checkin(self.settings.device_id, record, answer.reason)
+            self.store.record_checkin(self.settings.device_id, record)
         except Exception:  # the store failing must not end the panel's thread
             log.exception("check-in answer %s could not be stored", record.question_id)
             return

@@ -226,16 +226,23 @@ class DeviceStore:
             )
         return envelope
 
-    def record_checkin(self, device_id: str, record: CheckInRecord, reason: str = "") -> Envelope:
+    def record_checkin(self, device_id: str, record: CheckInRecord) -> Envelope:
         """Store a check-in answer and queue its ``checkin`` message, atomically (like sessions:
-        never thinned). ``reason`` (why it was skipped) stays on the device."""
+        never thinned). Why a skipped one was skipped (``skip_reason``) goes to the server in the
+        record; the ``reason`` column keeps it readable without opening the seal."""
         sealed = self._seal("checkins", record.id, record.model_dump_json().encode())
         with self._db.write() as db:
             envelope = self._queue(db, device_id, "checkin", record.model_dump(mode="json"))
             db.execute(
                 "INSERT INTO checkins (record_id, session_id, answered_at, reason, sealed) "
                 "VALUES (?, ?, ?, ?, ?)",
-                (record.id, record.session_id, to_db_time(record.answered_at), reason, sealed),
+                (
+                    record.id,
+                    record.session_id,
+                    to_db_time(record.answered_at),
+                    record.skip_reason or "",
+                    sealed,
+                ),
             )
         return envelope
 

@@ -484,6 +484,9 @@ class CheckInRow(SQLModel, table=True):
     higher_is_better: bool = True
     answered_at: datetime = Field(sa_type=UTCDateTime)
     received_at: datetime = Field(sa_type=UTCDateTime)
+    #: Why the device recorded it skipped (``CheckInRecord.skip_reason``); None when answered
+    #: or sent by a device that predates it.
+    skip_reason: str | None = Field(default=None, max_length=200)
 
 
 def table_of(model: type[SQLModel]) -> Any:

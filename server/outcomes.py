@@ -52,6 +52,7 @@ def checkin_row(
         "phase": record.phase,
         "value": record.value,
         "skipped": record.skipped,
+        "skip_reason": record.skip_reason,
         "higher_is_better": record.better == "higher",
         "answered_at": record.answered_at,
         "received_at": now,

@@ -512,6 +512,20 @@ class ExposureDay(BaseModel):
     max_peak_dbfs: float | None
 
 
+class SkippedCheckIn(BaseModel):
+    """A check-in question that got no answer, and why, as the device recorded it."""
+
+    answered_at: datetime = Field(description="when the device recorded the skip")
+    session_id: str
+    question_id: str
+    phase: Literal["before", "after"]
+    skip_reason: str | None = Field(
+        description="why it was skipped, in the device's words: 'skipped by the person' "
+        "(declined), 'no answer in time', or that the device could not ask (no spoken prompt, "
+        "the session ended by a fault, ...); null from devices that do not send it"
+    )
+
+
 class PatientOutcomes(BaseModel):
     patient_id: str
     days: int
@@ -522,6 +536,11 @@ class PatientOutcomes(BaseModel):
     trends: list[QuestionTrend]
     programs: list[ProgramChange]
     exposure: list[ExposureDay] = Field(description="days with a session, oldest first")
+    skipped_checkins: list[SkippedCheckIn] = Field(
+        default_factory=list,
+        description="the period's skipped check-ins with why each was skipped, oldest first "
+        "(the latest 500 when there are more)",
+    )
 
 
 class CohortProgram(BaseModel):

@@ -89,8 +89,9 @@ def checkin(  # noqa: PLR0917 - one answer reads best as one positional call
     value: int | None,
     at: datetime,
     better: str = "higher",
+    skip_reason: str | None = None,
 ) -> CheckInRecord:
-    """A check-in answer (``value``) or skip (None) as a device records it."""
+    """A check-in answer (``value``) or skip (None, ``skip_reason`` why) as a device records it."""
     return CheckInRecord.model_validate(
         {
             "id": new_id(),
@@ -102,8 +103,13 @@ def checkin(  # noqa: PLR0917 - one answer reads best as one positional call
             "skipped": value is None,
             "answered_at": at,
             "better": better,
+            "skip_reason": skip_reason,
         }
     )
+
+
+#: Why ``outcome_plan``'s one skip was skipped: a device's error text, markup characters and all.
+PLAN_SKIP_REASON = "no spoken prompt for it: <espeak-ng> failed & exited"
 
 
 @dataclass(frozen=True)
@@ -123,8 +129,8 @@ def outcome_plan(
     """In each of the three full ISO weeks before ``today``'s: 3 sessions (Mon and Wed "calm",
     Fri "sleep", 20 min at 09:00 UTC, 1 % dose each). Before each: relaxation 2 + week (0, 1, 2)
     and tinnitus 8 − week; after: relaxation +2, tinnitus −1 (better: lower), except the first
-    Friday's tinnitus after, skipped. ``session_body(start=, minutes=, program_name=,
-    dose_fraction=)`` makes a session body."""
+    Friday's tinnitus after, skipped (``PLAN_SKIP_REASON``). ``session_body(start=, minutes=,
+    program_name=, dose_fraction=)`` makes a session body."""
     this_monday = today - timedelta(days=today.weekday())
     mondays = [this_monday - timedelta(weeks=3 - k) for k in range(3)]
     bodies: list[dict[str, Any]] = []
@@ -142,7 +148,14 @@ def outcome_plan(
                 checkin(device, sid, "relax", "after", 4 + week, after),
                 checkin(device, sid, "tinnitus", "before", 8 - week, before, "lower"),
                 checkin(
-                    device, sid, "tinnitus", "after", None if skipped else 7 - week, after, "lower"
+                    device,
+                    sid,
+                    "tinnitus",
+                    "after",
+                    None if skipped else 7 - week,
+                    after,
+                    "lower",
+                    PLAN_SKIP_REASON if skipped else None,
                 ),
             ]
     return OutcomePlan(mondays, bodies, records)

@@ -1,5 +1,10 @@
 """A patient's check-in answers as CSV: one row per answer (or skip), oldest first, with the
-session each belongs to; the cells made safe as for the sessions CSV (``sessions_csv``)."""
+session each belongs to; the cells made safe as for the sessions CSV (``sessions_csv``).
+
+``skip_reason`` (last, so readers of the earlier columns by position are unaffected) says why a
+skipped question got no answer, in the device's words: "skipped by the person" (declined), "no
+answer in time", or why the device could not ask it; empty for answers and for skips from devices
+that do not send it."""
 
 from __future__ import annotations
 
@@ -26,6 +31,7 @@ CHECKIN_COLUMNS: Final = (
     "device_id",
     "record_id",
     "received_at",
+    "skip_reason",
 )
 
 

@@ -12,8 +12,9 @@ What goes in, and why each maps where it does:
   the server has it, otherwise derived from the dose (mode 1 is an energy dose, 80 dB(A) for 40 h
   is 100 %, so LAeq = 80 + 10·log10(dose · 40 h / played time)), and absent for a silent session.
 - ``QuestionnaireResponse`` per session and phase (before/after) with check-in answers: one item
-  per question (``linkId`` the question id), an integer answer, or no answer when skipped; it is
-  ``partOf`` the session's ``Procedure`` when the session is in the bundle.
+  per question (``linkId`` the question id), an integer answer, or no answer when skipped (the
+  item's ``text`` then says why: "skipped: no answer in time"); it is ``partOf`` the session's
+  ``Procedure`` when the session is in the bundle.
 - ``AdverseEvent`` per safety event: its type and cause, the device as the suspect entity.
 - ``AuditEvent`` per audit row about the patient: who read or changed what, when, from where.
 
@@ -250,8 +251,8 @@ def questionnaire_responses(
             item: dict[str, Any] = {"linkId": row.question_id}
             if row.value is not None:
                 item["answer"] = [{"valueInteger": row.value}]
-            else:
-                item["text"] = "skipped"
+            else:  # no answer; its text says why (declined, or the device could not ask)
+                item["text"] = f"skipped: {row.skip_reason}" if row.skip_reason else "skipped"
             items.append(item)
         resource: dict[str, Any] = {
             "identifier": {"system": f"{ID_SYSTEM}:checkin", "value": f"{session_id}/{phase}"},

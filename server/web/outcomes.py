@@ -23,7 +23,7 @@ from resonera.server import analytics, crud
 from resonera.server.api.deps import PatientId, SessionDep, StateDep, audit
 from resonera.server.api.routes import exports as api_exports
 from resonera.server.api.routes import outcomes as api_outcomes
-from resonera.server.schemas import PatientOutcomes, PatientPublic, TrendDay
+from resonera.server.schemas import PatientOutcomes, PatientPublic, SkippedCheckIn, TrendDay
 from resonera.server.web.auth import ClinicianPage, WebUser, own_patient_page, require_page
 from resonera.server.web.render import render
 
@@ -55,6 +55,8 @@ class QuestionView:
     high_label: str
     better: str
     rows: tuple[TrendRow, ...]
+    #: Its skips in the period with why each was skipped, oldest first.
+    skips: tuple[SkippedCheckIn, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,9 @@ def question_views(report: PatientOutcomes) -> tuple[QuestionView, ...]:
         (t.question_id, t.phase): {point.day: point for point in t.days} for t in report.trends
     }
     asked = {str(q["id"]): q for q in report.questions}
+    skips: dict[str, list[SkippedCheckIn]] = {}
+    for skip in report.skipped_checkins:
+        skips.setdefault(skip.question_id, []).append(skip)
     ids = list(asked) + sorted({q for q, _ in points} - set(asked))
     out = []
     for question_id in ids:
@@ -91,6 +96,7 @@ def question_views(report: PatientOutcomes) -> tuple[QuestionView, ...]:
                 high_label=str(profile.get("high_label", "")),
                 better=str(profile.get("better", "higher")),
                 rows=rows,
+                skips=tuple(skips.get(question_id, ())),
             )
         )
     return tuple(out)

@@ -5,6 +5,7 @@ and in Chromium; roles; the check-in questions in the profile form; the CSV down
 from __future__ import annotations
 
 import csv
+import html as html_text
 import io
 import re
 from collections.abc import Callable
@@ -21,7 +22,7 @@ from dashboard.helpers import (
     sign_in_as,
     table_cells,
 )
-from factories import OUTCOME_QUESTIONS, OutcomePlan
+from factories import OUTCOME_QUESTIONS, PLAN_SKIP_REASON, OutcomePlan
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from playwright.sync_api import expect
@@ -76,6 +77,10 @@ def _check_outcome_tables(cells: Callable[[str], list[list[str]]], plan: Outcome
     assert first_friday[4:7] == ["—", "0", "7.00 (2)"]
     assert first_friday[-1] == "1"  # the skipped answer, marked
     assert [row[-1] for row in tinnitus].count("1") == 1
+    # ... and why: the device could not ask it (the person did not decline)
+    assert [[html_text.unescape(cell) for cell in row] for row in cells("skips-tinnitus")] == [
+        [f"{_day(plan.mondays[0], 4)} 09:21", "after the session", PLAN_SKIP_REASON]
+    ]
 
     changes = {(row[0], row[1]): row[2:] for row in cells("program-changes")}
     assert changes[("calm", "How relaxed do you feel?")] == ["6", "+2.00", "+2.00 to +2.00"]
@@ -106,6 +111,8 @@ def test_outcomes_page_shows_the_seeded_trends(
     _check_outcome_tables(lambda table: table_cells(html, table), plan)
     assert html.count('class="too-few"') == 2
     assert 'data-skip="0"' in html  # the chart marks the skip too
+    assert "<espeak-ng>" not in html and "&lt;espeak-ng&gt; failed &amp; exited" in html
+    assert 'id="skips-relax"' not in html  # no skips, no table
 
     ninety = client.get(f"/patients/{seeded.patient}/outcomes", params={"days": "90"}).text
     assert len(table_cells(ninety, "adherence")) == 13
@@ -274,7 +281,9 @@ def test_csv_downloads_for_the_cookie_session(
     assert "attachment" in checkins.headers["content-disposition"]
     rows = list(csv.DictReader(io.StringIO(checkins.text)))
     assert len(rows) == len(plan.records) == 36
-    assert [r["question_id"] for r in rows if r["skipped"] == "true"] == ["tinnitus"]
+    assert [(r["question_id"], r["skip_reason"]) for r in rows if r["skipped"] == "true"] == [
+        ("tinnitus", PLAN_SKIP_REASON)
+    ]
     sessions = client.get(f"/patients/{seeded.patient}/sessions.csv")
     assert sessions.status_code == 200
     programs = [r["program_name"] for r in csv.DictReader(io.StringIO(sessions.text))]

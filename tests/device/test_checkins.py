@@ -14,6 +14,7 @@ from factories import ManualClock, press
 from support import require_tool
 
 from resonera.common import serial_link as sl
+from resonera.common.envelope import decode_envelope
 from resonera.common.ids import new_id
 from resonera.common.profile import CheckInQuestion
 from resonera.common.records import CheckInRecord
@@ -174,15 +175,67 @@ def test_answers_are_kept_sealed_and_queued_as_checkin_messages(tmp_path: Path) 
         answered_at=at,
     )
     skipped = answered.model_copy(
-        update={"id": new_id(), "value": None, "skipped": True, "answered_at": at.replace(minute=1)}
+        update={
+            "id": new_id(),
+            "value": None,
+            "skipped": True,
+            "answered_at": at.replace(minute=1),
+            "skip_reason": "no answer in time",
+        }
     )
     store.record_checkin("dev-c", answered)
-    store.record_checkin("dev-c", skipped, "no answer in time")
+    store.record_checkin("dev-c", skipped)
     assert store.checkins() == [(skipped, "no answer in time"), (answered, "")]
-    kinds = [message.kind for message in store.pending()]
-    assert kinds == ["checkin", "checkin"]
+    messages = store.pending()
+    assert [message.kind for message in messages] == ["checkin", "checkin"]
+    # why it was skipped travels to the server with the record
+    assert [decode_envelope(m.payload).body.get("skip_reason") for m in messages] == [
+        None,
+        "no answer in time",
+    ]
     store.close()
     assert b"relaxed" not in (tmp_path / "device.db").read_bytes()  # sealed at rest
+
+
+def _skip(**fields: object) -> dict[str, object]:
+    return {
+        "id": new_id(),
+        "session_id": new_id(),
+        "device_id": "dev-c",
+        "question_id": "relaxed",
+        "phase": "after",
+        "skipped": True,
+        "answered_at": "2026-11-02T09:00:00+00:00",
+        **fields,
+    }
+
+
+def test_a_skip_reason_is_kept_only_on_a_skipped_check_in_and_only_as_short_plain_text() -> None:
+    record = CheckInRecord.model_validate(_skip(skip_reason="skipped by the person"))
+    assert record.skip_reason == "skipped by the person"
+    assert CheckInRecord.model_validate(_skip()).skip_reason is None  # records from before it
+    bad = {
+        "skip_reason is only allowed when skipped is true": _skip(
+            skipped=False, value=4, skip_reason="no answer in time"
+        ),
+        "at most 200 characters": _skip(skip_reason="x" * 201),
+        "at least 1 character": _skip(skip_reason=""),
+        "plain text on one line": _skip(skip_reason="no answer\n<b>in time</b>"),
+    }
+    for message, body in bad.items():
+        with pytest.raises(ValueError, match=message):
+            CheckInRecord.model_validate(body)
+
+
+def test_any_reason_the_device_has_becomes_a_valid_skip_reason() -> None:
+    assert CheckInRecord.as_skip_reason("skipped by the person") == "skipped by the person"
+    assert CheckInRecord.as_skip_reason(" espeak-ng failed:\n  exit 1\t") == (
+        "espeak-ng failed: exit 1"
+    )
+    long = CheckInRecord.as_skip_reason("a" * 500)
+    assert long is not None and len(long) == 200 and long.endswith("…")
+    assert CheckInRecord.as_skip_reason(" \n") is None
+    CheckInRecord.model_validate(_skip(skip_reason=long))
 
 
 # -- the panel: real prompts, a real mixer, an agent of callables -----------------------------------

@@ -1,8 +1,9 @@
 """A check-in from the clinician's question to the server's ``checkin`` table, every hop real:
 REST API (the patient's profile with a question) → signed desired state retained on mosquitto →
 device service (the question spoken into the prompt cache with espeak-ng) → the buttons answer it
-before and after a session → sealed in the device store, queued → mosquitto → server ingest. A
-redelivery of the same messages adds nothing: each answer is stored once."""
+before and after a session (the "after" one skipped: why reaches the server too) → sealed in the
+device store, queued → mosquitto → server ingest. A redelivery of the same messages adds nothing:
+each answer is stored once."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from resonera.common import topics
 from resonera.common.profile import CheckInQuestion
 from resonera.device.audio.calibration import load_calibration_file, packaged_calibration
 from resonera.device.cli import resolve_program
+from resonera.device.controls import SKIPPED_BY_PERSON
 from resonera.device.prompts import build_prompts, prompts_dir
 from resonera.device.service import DeviceService
 
@@ -60,12 +62,12 @@ def test_check_ins_answered_on_the_device_reach_the_server_once(
         )
         assert put.status_code == 200, put.text
 
-        def rows() -> list[tuple[str, str, int | None, bool, str]]:
+        def rows() -> list[tuple[str, str, int | None, bool, str | None, str]]:
             with sqlite3.connect(site.database) as db:
                 return list(
                     db.execute(
-                        "SELECT record_id, phase, value, skipped, patient_id FROM checkin "
-                        "ORDER BY answered_at"
+                        "SELECT record_id, phase, value, skipped, skip_reason, patient_id "
+                        "FROM checkin ORDER BY answered_at"
                     )
                 )
 
@@ -93,9 +95,7 @@ def test_check_ins_answered_on_the_device_reach_the_server_once(
             wait_until(lambda: service.status()["playing"] == PROGRAM, 30, "the program")
             panel.on_press(press(sl.BUTTON_STOP))
             wait_until(lambda: asking("after"), 30, "the 'after' question")
-            for _ in range(3):
-                panel.on_press(press(sl.BUTTON_VOLUME_UP))
-            panel.on_press(press(sl.BUTTON_PLAY_PAUSE))  # 8
+            panel.on_press(press(sl.BUTTON_STOP))  # the person declines to answer
             wait_until(lambda: len(rows()) == 2, 30, "the answers at the server")
         finally:
             if service is not None:
@@ -104,9 +104,11 @@ def test_check_ins_answered_on_the_device_reach_the_server_once(
         store = device.open_store()
         [session] = store.sessions()
         first = rows()
-        assert [(phase, value, bool(skipped)) for _, phase, value, skipped, _ in first] == [
-            ("before", 6, False),
-            ("after", 8, False),
+        assert [
+            (phase, value, bool(skipped), why) for _, phase, value, skipped, why, _ in first
+        ] == [
+            ("before", 6, False, None),
+            ("after", None, True, SKIPPED_BY_PERSON),
         ]
         assert {patient for *_, patient in first} == {site.patient_id}
         with sqlite3.connect(site.database) as db:

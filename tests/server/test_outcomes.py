@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from factories import OUTCOME_QUESTIONS as QUESTIONS
-from factories import checkin, outcome_plan
+from factories import PLAN_SKIP_REASON, checkin, outcome_plan
 from fastapi.testclient import TestClient
 from fhir_checks import check_fhir
 from sqlalchemy import func
@@ -123,6 +123,14 @@ def test_patient_outcomes_match_the_seeded_trends(
     assert second_monday["rolling_7d_mean"] == pytest.approx((2 + 2 + 3) / 3)
     tinnitus_after = trends[("tinnitus", "after")]["days"]
     assert tinnitus_after[2]["skipped"] == 1 and tinnitus_after[2]["mean"] is None
+    # the skip is listed with why: here the device could not ask (not the person declining)
+    [skip] = report["skipped_checkins"]
+    assert (skip["question_id"], skip["phase"], skip["skip_reason"]) == (
+        "tinnitus",
+        "after",
+        PLAN_SKIP_REASON,
+    )
+    assert skip["answered_at"].startswith(tinnitus_after[2]["day"])
 
     changes = {(p["program_name"], p["question_id"]): p for p in report["programs"]}
     calm_relax = changes[("calm", "relax")]
@@ -243,9 +251,10 @@ def test_checkins_csv_and_fhir_export(client: TestClient, world: Any, seeded: Se
     assert len(rows) == 36
     assert [r["answered_at"] for r in rows] == sorted(r["answered_at"] for r in rows)
     skipped = [r for r in rows if r["skipped"] == "true"]
-    assert [(r["question_id"], r["phase"], r["value"]) for r in skipped] == [
-        ("tinnitus", "after", "")
+    assert [(r["question_id"], r["phase"], r["value"], r["skip_reason"]) for r in skipped] == [
+        ("tinnitus", "after", "", PLAN_SKIP_REASON)
     ]
+    assert {r["skip_reason"] for r in rows if r["skipped"] == "false"} == {""}
     empty = client.get(
         url,
         params={"from": "2026-05-02T00:00:00Z", "to": "2026-05-01T00:00:00Z"},
@@ -272,9 +281,9 @@ def test_checkins_csv_and_fhir_export(client: TestClient, world: Any, seeded: Se
         {"linkId": "relax", "answer": [{"valueInteger": 2}]},
         {"linkId": "tinnitus", "answer": [{"valueInteger": 8}]},
     ]
-    assert any(
-        item == {"linkId": "tinnitus", "text": "skipped"} for r in responses for item in r["item"]
-    )
+    # a skip has no answer; its text says why
+    skips = [item for r in responses for item in r["item"] if "answer" not in item]
+    assert skips == [{"linkId": "tinnitus", "text": f"skipped: {PLAN_SKIP_REASON}"}]
 
 
 def test_change_summary_interval() -> None:
@@ -298,6 +307,11 @@ def test_checkin_records_and_questions_refuse_bad_input() -> None:
         ({"value": 11}, "value"),
         ({"value": 3, "skipped": True}, "a skipped check-in has no value"),
         ({"value": None}, "value (0–10) is required unless skipped"),
+        ({"skip_reason": "no answer in time"}, "skip_reason is only allowed when skipped"),
+        (
+            {"value": None, "skipped": True, "skip_reason": "x" * 201},
+            "skip_reason: String should have at most 200 characters",
+        ),
         ({"phase": "during"}, "phase"),
         ({"question_id": "Not An Id"}, "question_id"),
     ):
@@ -325,3 +339,12 @@ def test_store_checkins_refuses_another_devices_records(engine: Engine) -> None:
         store_checkins(conn, "dev-a", None, [record])
     with Session(engine) as session:
         assert session.exec(select(func.count()).select_from(CheckInRow)).one() == 0
+
+
+def test_the_api_schema_says_what_a_skip_reason_is(client: TestClient) -> None:
+    schemas = client.get("/openapi.json").json()["components"]["schemas"]
+    outcomes = schemas["PatientOutcomes"]["properties"]["skipped_checkins"]
+    assert "why each was skipped" in outcomes["description"]
+    reason = schemas["SkippedCheckIn"]["properties"]["skip_reason"]["description"]
+    assert "'skipped by the person' (declined)" in reason
+    assert "the device could not ask" in reason

@@ -385,17 +385,57 @@ def test_check_ins_are_stored_once_and_bad_ones_quarantined(
     skipped = make_envelope(
         "dev-c",
         kind="checkin",
-        body={**answer, "id": new_id(), "value": None, "skipped": True},
+        body={
+            **answer,
+            "id": new_id(),
+            "value": None,
+            "skipped": True,
+            "skip_reason": "no answer in time",
+        },
         seq=2,
     )
-    impossible = make_envelope("dev-c", kind="checkin", body={**answer, "value": 11}, seq=3)
-    _process(engine, first, skipped, impossible)
+    # a device from before skip_reason: its skips are still stored, without a reason
+    legacy = make_envelope(
+        "dev-c",
+        kind="checkin",
+        body={**answer, "id": new_id(), "value": None, "skipped": True, "question_id": "sleep"},
+        seq=3,
+    )
+    impossible = make_envelope("dev-c", kind="checkin", body={**answer, "value": 11}, seq=4)
+    reason_on_answer = make_envelope(
+        "dev-c",
+        kind="checkin",
+        body={**answer, "id": new_id(), "skip_reason": "skipped by the person"},
+        seq=5,
+    )
+    too_long = make_envelope(
+        "dev-c",
+        kind="checkin",
+        body={
+            **answer,
+            "id": new_id(),
+            "value": None,
+            "skipped": True,
+            "skip_reason": "x" * 201,
+        },
+        seq=6,
+    )
+    result = _process(engine, first, skipped, legacy, impossible, reason_on_answer, too_long)
+    assert (result.stored, result.quarantined) == (3, 3)
     _process(engine, resent)
     with Session(engine) as session:
         rows = session.exec(select(CheckInRow)).all()
-    assert sorted((r.value is None, r.question_id) for r in rows) == [
-        (False, "relaxation"),
-        (True, "relaxation"),
-    ]
-    (row,) = _quarantine(engine)
-    assert row.reason.startswith("invalid checkin body: value")
+    assert {(r.question_id, r.value, r.skip_reason) for r in rows} == {
+        ("relaxation", None, "no answer in time"),
+        ("relaxation", 7, None),
+        ("sleep", None, None),
+    }
+    assert len(rows) == 3
+    reasons = sorted(row.reason for row in _quarantine(engine))
+    assert [reason.startswith("invalid checkin body: ") for reason in reasons] == [True] * 3
+    for expected in (
+        "skip_reason is only allowed when skipped is true",
+        "skip_reason: String should have at most 200 characters",
+        "value: Input should be less than or equal to 10",
+    ):
+        assert any(expected in reason for reason in reasons), (expected, reasons)
