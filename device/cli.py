@@ -235,6 +235,8 @@ def _render(args: argparse.Namespace) -> int:
         f"({args.format}) to {args.out} in {elapsed:.2f} s ({speed:.0f}x real time); "
         f"peak {result.peak_dbfs:.1f} dBFS, rms {result.rms_dbfs:.1f} dBFS"
     )
+    if result.outcome != "completed":
+        print(f"the render ended early ({result.outcome}): {result.reason}", file=sys.stderr)
     return 0 if result.outcome == "completed" else 3
 
 

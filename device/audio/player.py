@@ -14,6 +14,9 @@
   next block ramps the output to zero within ``fault_ramp_s`` (a few ms; safety.md, "The limiter":
   a fault mute is the one change allowed to be that fast), nothing more is written, and the
   outcome is ``"fault"`` with the text of ``reason()``.
+- A processor whose ``fault`` attribute is set after a block (the safety chain's, when it was given
+  a non-finite sample: it then mutes for good) ends the session as a closed gate does, with that
+  text as the reason.
 - ``should_stop()`` True starts a fade-out over ``stop_fade_s`` (50 ms, across blocks if need be);
   the outcome is ``"stopped"``.
 - Otherwise the program plays to its end (its own fade-out) and the outcome is ``"completed"``;
@@ -241,6 +244,11 @@ def _loop(
             block = renderer.render(count) if mixer is None else mixer.render(renderer, count)
         for process in processors:
             block = process(block)
+        if not faulted:
+            muted_by = next((p for p in processors if getattr(p, "fault", None)), None)
+            if muted_by is not None:
+                faulted, outcome = True, "fault"
+                fault_reason = str(getattr(muted_by, "fault", DEFAULT_FAULT_REASON))
         if faulted:
             ramp.ramp_to(0.0, min(fault_frames, count))
         muting = ramp.target == 0.0

@@ -22,7 +22,11 @@ memory-long stretch, so it is exact again to 1e-12 of full scale (tested against
 own within 0.01 dB per second).
 
 The fault mute is not here: the player ramps to silence within one block after every processor, so a
-fault never waits for this chain's look-ahead.
+fault never waits for this chain's look-ahead. One fault is the chain's own: a block holding a
+non-finite sample (NaN or infinity, which no program can make but a fault upstream could) cannot be
+weighed, limited or metered. It shows in the running sums of the weighted energy (they stop being
+finite from that sample on: one test of the block's last value), and the chain then mutes: that block
+and every later one come out silent, and ``fault`` says why (the player ends the session with it).
 """
 
 from __future__ import annotations
@@ -51,6 +55,9 @@ Samples = NDArray[np.float64]
 #: Held below the maximum so a 1-s window (made of 50 ms windows) cannot exceed it either.
 LEVEL_MARGIN_DB: Final = 0.3
 ATTENUATION_RAMP_S: Final = 2.0
+NON_FINITE_FAULT: Final = (
+    "the sound to play held a non-finite sample (NaN or infinity): the safety chain muted it"
+)
 
 
 @dataclass(frozen=True)
@@ -125,6 +132,8 @@ class SafetyChain:
         self.meter_filtered_frames = 0
         self.session_dose = 0.0
         self.stop_requested = False
+        #: Why the chain muted for good (a non-finite sample reached it), else None.
+        self.fault: str | None = None
         now = wall_clock()
         self.week_fraction = (
             ledger.status(now, profile.dose_mode).fraction if ledger is not None else 0.0
@@ -133,7 +142,13 @@ class SafetyChain:
             self._lower_to_fallback()
 
     def __call__(self, block: Block) -> Block:
-        out = self.limiter.process(self.level.process(self.gain.apply(block)))
+        if self.fault is not None:
+            return np.zeros_like(block)
+        levelled = self.level.process(self.gain.apply(block))
+        if len(block) and not np.isfinite(self.level.energy[:, -1]).all():
+            self.fault = NON_FINITE_FAULT
+            return np.zeros_like(block)
+        out = self.limiter.process(levelled)
         if len(out):
             for mel in self._metered(out):
                 self._second(mel)

@@ -318,3 +318,45 @@ def test_a_session_is_heard_to_its_last_frame_after_the_chains_look_ahead(tmp_pa
     assert not written[:latency].any()
     np.testing.assert_allclose(written[latency:], expected, atol=1e-6)
     assert np.abs(written[-1]).max() > 0.01  # the program's own last sample, still sounding
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_a_non_finite_sample_mutes_the_session_through_the_safety_chain(
+    tmp_path: Path, bad: float
+) -> None:
+    """Something upstream of the chain goes wrong (no program can make NaN or infinity): the chain
+    mutes for good and the session ends as a fault saying why; the file holds only finite samples
+    from before, within the chain's peak ceiling."""
+    import soundfile
+
+    from resonera.device.audio.chain import session_processors
+    from resonera.device.safety.chain import NON_FINITE_FAULT, SafetyChain
+
+    calls = 0
+
+    def corrupt_third_block(block: NDArray[np.float32]) -> NDArray[np.float32]:
+        nonlocal calls
+        calls += 1
+        if calls == 3:
+            block = block.copy()
+            block[200, 1] = bad
+        return block
+
+    [chain] = session_processors(None, 44100)
+    assert isinstance(chain, SafetyChain)
+    out = tmp_path / "corrupt.wav"
+    result = play(
+        ProgramRenderer(tone_program(2.0), 44100),
+        WavSink(out, sample_format="float"),
+        block_frames=4096,
+        processors=[corrupt_third_block, chain],
+    )
+    assert (result.outcome, result.reason) == ("fault", NON_FINITE_FAULT)
+    assert chain.fault == NON_FINITE_FAULT
+    written, _ = soundfile.read(str(out), dtype="float32")
+    assert len(written) <= 3 * 4096  # nothing after the block that held it
+    assert np.isfinite(written).all()
+    assert np.abs(written).max() <= chain.limiter.ceiling
+    assert not written[2 * 4096 :].any()  # the block that held it came out silent
+    # muted for good: whatever comes next is silence
+    assert not chain(np.full((512, 2), 0.2, np.float32)).any()
