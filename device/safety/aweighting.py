@@ -17,7 +17,7 @@ analogue one at 0 Hz and at 12194 Hz. The whole filter is then within 0.04 dB of
 
 The design is numpy alone. Filtering runs on the compiled cascade in ``_cascade.c``: the same arithmetic
 as scipy's ``sosfilt``, bit for bit, but both channels of a stereo block side by side in one vector
-register and the float32 block read as it comes, about 2.5 times as fast as scipy's channel after
+register and the float32 block read as it comes, about 1.8 times as fast as scipy's channel after
 channel. At render block sizes the weighting was the safety chain's largest cost; a playing device
 imports neither ``scipy.signal`` (some 75 MB) nor its extension.
 """
