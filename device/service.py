@@ -275,13 +275,15 @@ class DeviceService:
             log.error("session of %r did not play: %s", program.name, exc)
         finally:
             self._ended_session = session_id
+            release_free_memory()  # the session's renderer, chain and buffers
+            # The idle monitor takes the port back BEFORE the next session may start: that one
+            # steps it aside first, and an idle monitor opened after it would read the same port.
+            if not self._shutdown.is_set():
+                self._start_idle_monitor()
             with self._lock:
                 self._playing = None
             self.applier.session_ended()
             self.sync.kick()
-            release_free_memory()  # the session's renderer, chain and buffers
-            if not self._shutdown.is_set():
-                self._start_idle_monitor()
 
     # --- check-ins ---------------------------------------------------------------------------------
 
