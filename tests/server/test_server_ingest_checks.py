@@ -382,18 +382,11 @@ def test_check_ins_are_stored_once_and_bad_ones_quarantined(
     }
     first = make_envelope("dev-c", kind="checkin", body=answer, seq=1)
     resent = first.model_copy()
-    skipped = make_envelope(
-        "dev-c",
-        kind="checkin",
-        body={
-            **answer,
-            "id": new_id(),
-            "value": None,
-            "skipped": True,
-            "skip_reason": "no answer in time",
-        },
-        seq=2,
-    )
+
+    def skip(reason: str) -> dict[str, object]:
+        return {**answer, "id": new_id(), "value": None, "skipped": True, "skip_reason": reason}
+
+    skipped = make_envelope("dev-c", kind="checkin", body=skip("no answer in time"), seq=2)
     # a device from before skip_reason: its skips are still stored, without a reason
     legacy = make_envelope(
         "dev-c",
@@ -408,18 +401,7 @@ def test_check_ins_are_stored_once_and_bad_ones_quarantined(
         body={**answer, "id": new_id(), "skip_reason": "skipped by the person"},
         seq=5,
     )
-    too_long = make_envelope(
-        "dev-c",
-        kind="checkin",
-        body={
-            **answer,
-            "id": new_id(),
-            "value": None,
-            "skipped": True,
-            "skip_reason": "x" * 201,
-        },
-        seq=6,
-    )
+    too_long = make_envelope("dev-c", kind="checkin", body=skip("x" * 201), seq=6)
     result = _process(engine, first, skipped, legacy, impossible, reason_on_answer, too_long)
     assert (result.stored, result.quarantined) == (3, 3)
     _process(engine, resent)
