@@ -36,7 +36,7 @@ NOT block (read a flag, do arithmetic): the only wait in the loop is ``sink.writ
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Final, Literal, Protocol, TypeVar
 
@@ -244,11 +244,9 @@ def _loop(
             block = renderer.render(count) if mixer is None else mixer.render(renderer, count)
         for process in processors:
             block = process(block)
-        if not faulted:
-            muted_by = next((p for p in processors if getattr(p, "fault", None)), None)
-            if muted_by is not None:
-                faulted, outcome = True, "fault"
-                fault_reason = str(getattr(muted_by, "fault", DEFAULT_FAULT_REASON))
+        muted_for = None if faulted else next(filter(None, _faults(processors)), None)
+        if muted_for is not None:
+            faulted, outcome, fault_reason = True, "fault", muted_for
         if faulted:
             ramp.ramp_to(0.0, min(fault_frames, count))
         muting = ramp.target == 0.0
@@ -268,3 +266,8 @@ def _loop(
         if faulted or (muting and ramp.value == 0.0):
             break
     return frames_played, outcome, fault_reason
+
+
+def _faults(processors: Sequence[BlockProcessor]) -> Iterator[str | None]:
+    """Each processor's ``fault`` (the safety chain has one), None where it has none."""
+    return (getattr(process, "fault", None) for process in processors)
