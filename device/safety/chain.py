@@ -44,7 +44,7 @@ from resonera.common.profile import HearingProfile
 from resonera.device.audio.meter import MelMeter
 from resonera.device.audio.player import GainRamp
 from resonera.device.safety.aweighting import AWeightingFilter, memory_frames
-from resonera.device.safety.limiter import LevelCeiling, LookAheadLimiter
+from resonera.device.safety.limiter import LevelCeiling, LookAheadLimiter, running_from
 
 if TYPE_CHECKING:
     from resonera.device.safety.dose_ledger import DoseLedger
@@ -244,11 +244,8 @@ class _Delay:
         frames, delay = running.shape[1], self._pending.shape[1]
         if frames >= delay:
             pieces = (self._pending, running[:, : frames - delay])
-            held = running[:, frames - delay :]
-            if frames > delay:
-                held = held - running[:, frames - delay - 1 : frames - delay]
-            self._pending = held
+            self._pending = running_from(running, frames - delay)
             return pieces
         joined = np.concatenate((self._pending, running + self._pending[:, -1:]), axis=1)
-        self._pending = joined[:, frames:] - joined[:, frames - 1 : frames]
+        self._pending = running_from(joined, frames)
         return (joined[:, :frames],)

@@ -60,6 +60,15 @@ class _Scratch:
         return self._array
 
 
+def running_from(running: Samples, start: int) -> Samples:
+    """Per row, the running sums of the values from ``start`` on, counted from the first of them
+    (``running`` holds running sums counted from its own first value)."""
+    tail = running[..., start:]
+    if start > 0:
+        tail = tail - running[..., start - 1 : start]
+    return tail
+
+
 class WindowSums:
     """Sums of a non-negative stream over the trailing ``window`` samples, per row (last axis is time).
 
@@ -384,10 +393,7 @@ class LevelCeiling:
         window = self.window
         if self._smoother.at_unity() and self._every_window_under(running):
             # Only the last window's values matter to the sums of the windows still to come.
-            tail = running[:, -window:]
-            if frames > window:
-                tail = tail - running[:, -window - 1 : -window]
-            self._energy.process(tail)
+            self._energy.process(running_from(running, max(0, frames - window)))
             return self._delay.process(block)
         sums = self._energy.process(running)
         loudest = sums[0]
