@@ -4,6 +4,13 @@ Every device → server message is one JSON ``Envelope``; the server answers eac
 ``Ack`` naming the message ids it stored. Parsing is strict: unknown fields, wrong types, a device id
 that is not usable in a topic or a naive timestamp are refused with a message that says which field is
 wrong. Nothing here touches a socket.
+
+``AwareDatetime`` is the one type for a point in time from outside: envelopes, record bodies
+(``common.records``) and the server API's parameters and bodies. A time with an offset at either end
+of the calendar (``0001-01-01T00:00:00+01:00``, ``9999-12-31T23:59:59-01:00``) parses but has no UTC
+equivalent (``astimezone`` raises ``OverflowError``, which pydantic lets through: one such message
+stalled ingest, one such parameter answered 500); here it is a validation error naming the field,
+and every valid time comes out in UTC.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Final, Literal, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic_core import PydanticCustomError
 
 from resonera.common import topics
 from resonera.common.errors import ProtocolError, describe_validation_error
@@ -21,6 +29,9 @@ SCHEMA_VERSION: Final = 1
 #: Larger payloads are refused before parsing: no device message needs more.
 MAX_PAYLOAD_BYTES: Final = 256 * 1024
 MAX_ACK_IDS: Final = 1000
+#: The largest integer a message may carry where the server keeps it in a column (PostgreSQL's
+#: ``integer``): a larger one would fail the database, not the check.
+INT32_MAX: Final = 2**31 - 1
 
 
 def _check_message_id(value: str) -> str:
@@ -36,17 +47,28 @@ def _check_device_id(value: str) -> str:
         raise ValueError(str(exc)) from exc
 
 
-def _check_aware(value: datetime) -> datetime:
+def to_utc(value: datetime) -> datetime:
+    """``value`` in UTC; a validation error (in a model) when it is naive or has no UTC equivalent."""
     if value.tzinfo is None or value.utcoffset() is None:
-        raise ValueError("must carry a time zone offset (e.g. 2026-01-01T12:00:00Z)")
-    return value.astimezone(UTC)
+        raise PydanticCustomError(
+            "timezone_aware", "must carry a time zone offset (e.g. 2026-01-01T12:00:00Z)"
+        )
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise PydanticCustomError(
+            "datetime_out_of_range",
+            "is out of range: {value} is outside the years 1 to 9999 in UTC",
+            {"value": value.isoformat()},
+        ) from None
 
 
 _M = TypeVar("_M", bound=BaseModel)
 
 MessageId = Annotated[str, AfterValidator(_check_message_id)]
 DeviceId = Annotated[str, AfterValidator(_check_device_id)]
-AwareDatetime = Annotated[datetime, AfterValidator(_check_aware)]
+#: An aware time, converted to UTC; naive and out-of-range times are validation errors.
+AwareDatetime = Annotated[datetime, AfterValidator(to_utc)]
 
 
 class Envelope(BaseModel):
@@ -58,7 +80,7 @@ class Envelope(BaseModel):
     v: Literal[1]
     id: MessageId
     device: DeviceId
-    seq: int = Field(ge=0)
+    seq: int = Field(ge=0, le=INT32_MAX)
     time: Annotated[AwareDatetime, Field(strict=False)]
     kind: topics.UpKind
     body: dict[str, Any]

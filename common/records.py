@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
-from resonera.common.envelope import AwareDatetime, MessageId
+from resonera.common.envelope import INT32_MAX, AwareDatetime, MessageId
 from resonera.common.profile import CHECKIN_ID_PATTERN, CheckInPhase
 
 SessionOutcome = Literal["completed", "stopped", "fault"]
@@ -15,13 +15,24 @@ SinkKind = Literal["pyaudio", "wav", "null"]
 SKIP_REASON_MAX = 200
 
 
+def _no_nul(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    return value
+
+
+#: Text the server keeps in a column of its own: no NUL (PostgreSQL's ``text`` refuses it, and
+#: a database error is not the message's error).
+ColumnText = Annotated[str, AfterValidator(_no_nul)]
+
+
 class SessionRecord(BaseModel):
     """What was played, for how long, how it ended. Levels are of the signal sent to the sink."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     session_id: MessageId
-    program_name: str = Field(min_length=1, max_length=120)
+    program_name: ColumnText = Field(min_length=1, max_length=120)
     program_digest: str = Field(pattern=r"^[0-9a-f]{64}$")
     started_at: AwareDatetime
     ended_at: AwareDatetime
@@ -29,14 +40,14 @@ class SessionRecord(BaseModel):
     played_s: float = Field(ge=0.0)
     outcome: SessionOutcome
     #: Why a session did not complete ("" when it did).
-    reason: str = Field(default="", max_length=500)
+    reason: ColumnText = Field(default="", max_length=500)
     sink: SinkKind
-    sample_rate: int = Field(gt=0)
+    sample_rate: int = Field(gt=0, le=INT32_MAX)
     peak_dbfs: float = Field(le=0.0)
     rms_dbfs: float = Field(le=0.0)
     #: True when sound played without the safety MCU's consent (explicit simulation mode only).
     simulation: bool
-    hardware_board: str = Field(default="", max_length=120)
+    hardware_board: ColumnText = Field(default="", max_length=120)
     #: The session's exposure, metered at the ear through the calibration: its share of the mode-1
     #: weekly allowance (1.6 Pa²·h; convert with ``common.dose.mode_fraction``), its LAeq and its
     #: loudest one-second A-weighted level.
@@ -45,7 +56,7 @@ class SessionRecord(BaseModel):
     max_mel_dba: float = Field(default=-100.0, ge=-100.0, le=200.0)
     #: Times the sound device ran dry and played silence meanwhile (PyAudio callback underruns):
     #: a gap the person heard, not a safety fault.
-    underruns: int = Field(default=0, ge=0)
+    underruns: int = Field(default=0, ge=0, le=INT32_MAX)
 
 
 #: What a safety event is about. The monitor writes the link's events (see
@@ -143,7 +154,7 @@ class DesiredReport(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     #: None when the refused document was too broken to name its version.
-    desired_version: int | None = Field(default=None, ge=0)
+    desired_version: int | None = Field(default=None, ge=0, le=INT32_MAX)
     status: Literal["applied", "deferred", "refused"]
     reason: str | None = Field(default=None, max_length=500)
     dose_ledger_reset: LedgerResetReport | None = None

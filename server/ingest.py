@@ -14,10 +14,21 @@ A message failing any check goes to the quarantine table with a one-line reason 
 rest of its batch is stored. One that fails only check 4 came from its device, unaltered, and will
 never become valid by resending: it is acknowledged (in ``BatchResult.committed``) so the device
 drops it from its outbox instead of resending it forever; the quarantine row keeps it.
-``process`` never raises for a bad message. It does raise (``StoreError``) when the database
-itself fails; then nothing of the batch is committed and nothing may be acknowledged. Presence
-messages (``.../status``, ``online``/``offline``) update ``device_state.online``; they are not
-acknowledged.
+``process`` never raises for a bad message:
+
+- an unexpected exception while checking one message (a bug, or input no check foresaw)
+  quarantines that message with the exception as its one-line reason, logged with its traceback;
+  it is not acknowledged (the device keeps it and resends it later, when a fixed server may take it);
+- when storing the batch raises anything but a failure of the database itself (a value the
+  database or our code chokes on: ``DataError``, an error binding a value, any other exception),
+  the batch is stored again one message at a time, so the rest of the batch is stored and
+  acknowledged and only the message that fails is quarantined (as above, not acknowledged).
+
+It does raise (``StoreError``) when the database itself fails (unreachable, locked, schema
+missing, ...); then nothing of the batch is committed and nothing may be acknowledged (when that
+happens midway through the one-at-a-time retry, the messages before are committed, and storing the
+batch again acknowledges them as duplicates). Presence messages (``.../status``,
+``online``/``offline``) update ``device_state.online``; they are not acknowledged.
 
 The MQTT side (subscribing, batching, acknowledging) is ``resonera.server.ingest_mqtt``.
 """
@@ -36,7 +47,7 @@ from typing import Any, Final, Generic, TypeVar
 from pydantic import BaseModel, ConfigDict, ValidationError
 from sqlalchemy import Connection, and_, select
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DataError, DBAPIError, SQLAlchemyError, StatementError
 
 from resonera.common import topics
 from resonera.common.envelope import Envelope, check_topic_matches, decode_envelope
@@ -153,16 +164,69 @@ class IngestProcessor:
         self.counters: dict[str, int] = dict.fromkeys(COUNTERS, 0)
 
     def process(self, batch: Iterable[Received]) -> BatchResult:
-        """Store ``batch`` in one transaction; raise ``StoreError`` if the database fails."""
+        """Store ``batch`` in one transaction; raise ``StoreError`` if the database fails. When
+        storing it fails otherwise, store its messages one at a time (see the module's docstring)."""
         now = self._clock()
         messages = list(batch)
         try:
+            plan, inserted = self._commit(messages, now)
+        except Exception as exc:
+            if _database_failed(exc):
+                raise StoreError(f"storing a batch failed: {_one_line(exc)}") from exc
+            log.exception(
+                "storing a batch of %d messages failed (%s); storing them one at a time",
+                len(messages),
+                _one_line(exc),
+            )
+            return self._one_at_a_time(messages, now)
+        return self._account(messages, plan, inserted, now)
+
+    def _commit(
+        self, messages: list[Received], now: datetime
+    ) -> tuple[_Plan, set[tuple[str, str]]]:
+        with self._engine.begin() as conn:
+            lock_for_write(conn)
+            plan = self._plan(conn, messages, now)
+            inserted = self._store(conn, plan, now)
+        return plan, inserted
+
+    def _one_at_a_time(self, messages: list[Received], now: datetime) -> BatchResult:
+        """Each message in a transaction of its own; one that still fails is quarantined alone."""
+        total = BatchResult()
+        for message in messages:
+            try:
+                plan, inserted = self._commit([message], now)
+            except Exception as exc:
+                if _database_failed(exc):
+                    raise StoreError(f"storing a message failed: {_one_line(exc)}") from exc
+                plan, inserted = self._quarantine_alone(message, now, exc), set()
+            _merge(total, self._account([message], plan, inserted, now))
+        return total
+
+    def _quarantine_alone(self, message: Received, now: datetime, exc: Exception) -> _Plan:
+        """``message``, which failed to store, in the quarantine (not acknowledged)."""
+        plan = _Plan()
+        reason = _unexpected("storing", exc, message)
+        _quarantine(plan, message, now, reason, _device_of(message.payload))
+        try:
             with self._engine.begin() as conn:
-                lock_for_write(conn)
-                plan = self._plan(conn, messages, now)
-                inserted = self._store(conn, plan, now)
-        except SQLAlchemyError as exc:
-            raise StoreError(f"storing a batch failed: {type(exc).__name__}: {exc}") from exc
+                conn.execute(table_of(QuarantineRow).insert(), plan.quarantine)
+        except Exception as again:
+            if _database_failed(again):
+                raise StoreError(f"quarantining a message failed: {_one_line(again)}") from again
+            # Not even its quarantine row stores: it is lost here, but not for good (the device
+            # resends what is never acknowledged), and the rest of the batch goes on.
+            log.exception("quarantining a message on %r failed too", plan.quarantine[0]["topic"])
+        return plan
+
+    def _account(
+        self,
+        messages: list[Received],
+        plan: _Plan,
+        inserted: set[tuple[str, str]],
+        now: datetime,
+    ) -> BatchResult:
+        """The result of a committed ``plan``; counters and metrics updated."""
         result = BatchResult(quarantined=len(plan.quarantine))
         seen: set[tuple[str, str]] = set()
         for item in plan.valid:
@@ -210,6 +274,9 @@ class IngestProcessor:
             except ProtocolError as exc:
                 parsed.append((message, str(exc)))
                 continue
+            except Exception as exc:  # a bug must cost this message, never the batch
+                parsed.append((message, _unexpected("checking", exc, message)))
+                continue
             parsed.append((message, envelope))
         names = {e.device for _m, e in parsed if isinstance(e, Envelope)} | set(plan.status)
         devices = _load_devices(conn, names)
@@ -219,7 +286,10 @@ class IngestProcessor:
             if isinstance(outcome, str):
                 _quarantine(plan, message, now, outcome, None)
                 continue
-            reason = _check(outcome, devices.get(outcome.device))
+            try:
+                reason = _check(outcome, devices.get(outcome.device))
+            except Exception as exc:
+                reason = _unexpected("checking", exc, message)
             if reason is not None:
                 _quarantine(plan, message, now, reason, outcome.device)
                 continue
@@ -230,6 +300,11 @@ class IngestProcessor:
             except ProtocolError as exc:
                 _quarantine(plan, message, now, str(exc), outcome.device)
                 plan.refused.append((outcome.device, outcome.id))
+                continue
+            except Exception as exc:  # not acknowledged: the device keeps it for a fixed server
+                _quarantine(
+                    plan, message, now, _unexpected("checking", exc, message), outcome.device
+                )
                 continue
             plan.valid.append(_Valid(outcome, sig_status, record))
         return plan
@@ -281,16 +356,75 @@ class IngestProcessor:
 def _quarantine(
     plan: _Plan, message: Received, now: datetime, reason: str, device_id: str | None
 ) -> None:
-    log.warning("quarantined a message on %r: %s", message.topic[:200], reason)
+    # Both are text columns: one printable line each (a NUL, which PostgreSQL refuses in text, a
+    # lone surrogate or a line break from a payload's field name become escapes).
+    topic = _printable(message.topic, QUARANTINE_TOPIC_MAX)
+    reason = _printable(reason, QUARANTINE_REASON_MAX)
+    log.warning("quarantined a message on %r: %s", topic[:200], reason)
     plan.quarantine.append(
         {
             "received_at": now,
-            "topic": message.topic[:QUARANTINE_TOPIC_MAX],
+            "topic": topic,
             "device_id": device_id,
             "payload": message.payload[:QUARANTINE_PAYLOAD_MAX],
-            "reason": reason[:QUARANTINE_REASON_MAX],
+            "reason": reason,
         }
     )
+
+
+def _printable(text: str, limit: int) -> str:
+    """``text`` as one printable line, what is not printable escaped as in ``repr``; at most
+    ``limit`` characters."""
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return text[:limit]
+
+
+def _one_line(exc: BaseException) -> str:
+    """``exc`` as one short line: its type and first line (a driver's error, not the SQL)."""
+    cause = exc.orig if isinstance(exc, StatementError) and exc.orig is not None else exc
+    lines = str(cause).strip().splitlines()
+    return _printable(f"{type(cause).__name__}: {lines[0] if lines else ''}".rstrip(": "), 500)
+
+
+def _unexpected(doing: str, exc: Exception, message: Received) -> str:
+    """Log an exception no check foresaw, with its traceback; the quarantine reason for it."""
+    log.error(
+        "%s a message on %r failed unexpectedly",
+        doing,
+        _printable(message.topic, 200),
+        exc_info=exc,
+    )
+    return f"{doing} it failed unexpectedly: {_one_line(exc)}"
+
+
+def _database_failed(exc: BaseException) -> bool:
+    """Whether ``exc`` is the database failing (retrying the batch later may succeed), rather than
+    a value in it that the database or our code refuses (retrying it would fail again)."""
+    if isinstance(exc, DataError):  # out of range, invalid text, ...: one message's value
+        return False
+    if isinstance(exc, DBAPIError):  # connection, lock, schema, constraint, ...
+        return True
+    if isinstance(exc, StatementError):  # a value our code failed to bind, before the database
+        return False
+    return isinstance(exc, SQLAlchemyError)  # e.g. no connection from the pool in time
+
+
+def _device_of(payload: bytes) -> str | None:
+    """The sender's id in a payload that fails storage (it passed the checks, so it parses)."""
+    try:
+        return decode_envelope(payload).device
+    except Exception:
+        return None
+
+
+def _merge(total: BatchResult, part: BatchResult) -> None:
+    for device_id, ids in part.committed.items():
+        known = total.committed.setdefault(device_id, [])
+        known.extend(i for i in ids if i not in known)
+    total.stored += part.stored
+    total.duplicates += part.duplicates
+    total.quarantined += part.quarantined
 
 
 def _load_devices(conn: Connection, names: set[str]) -> dict[str, _Device]:
