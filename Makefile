@@ -4,12 +4,19 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck pytest sysdeps-test sysdeps-demo venv clean wheel-check bench
+# Every Python package comes from a lock with hashes (requirements/*.txt, made by `make lock` from
+# pyproject.toml's ranges): the same versions on every machine.
+BUILD_LOCK := requirements/build.txt
+DEV_LOCK := requirements/dev.txt
+UV_VERSION := 0.13.8
+TOOLS := .venv-tools
+
+.PHONY: demo test lint typecheck pytest pytest-future sysdeps-test sysdeps-demo venv clean wheel-check bench lock
 
 demo: sysdeps-demo $(STAMP)
 	$(BIN)/resonera demo $(DEMO_ARGS)
 
-test: sysdeps-test $(STAMP) lint typecheck pytest
+test: sysdeps-test $(STAMP) lint typecheck pytest pytest-future
 
 sysdeps-test:
 	@scripts/sysdeps.sh test
@@ -17,14 +24,27 @@ sysdeps-test:
 sysdeps-demo:
 	@scripts/sysdeps.sh demo
 
-# strict editable mode lets mypy see the namespace packages; re-run when files are added.
+# pip, setuptools and wheel come from the build lock, and build PyAudio and our own package without
+# an isolated build environment, so nothing unlocked is fetched at any step.
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q --require-hashes -r $(BUILD_LOCK)
 
-$(STAMP): $(BIN)/python pyproject.toml $(shell find common device server hardware provisioning stack \( -name '*.py' -o -name '*.c' \) 2>/dev/null) setup.py
-	flock /tmp/resonera-venv.lock $(BIN)/python -m pip install -q -e '.[dev]' --config-settings editable_mode=strict
+# The locked set first (--no-deps: exactly the lock), then our own package in strict editable mode,
+# which lets mypy see the namespace packages; re-run when files are added.
+$(STAMP): $(BIN)/python $(BUILD_LOCK) $(DEV_LOCK) pyproject.toml $(shell find common device server hardware provisioning stack \( -name '*.py' -o -name '*.c' \) 2>/dev/null) setup.py
+	flock /tmp/resonera-venv.lock sh -c '$(BIN)/python -m pip install -q --require-hashes --no-deps --no-build-isolation -r $(DEV_LOCK) && PYTHONWARNINGS="ignore:Editable installation" $(BIN)/python -m pip install -q --no-deps --no-build-isolation -e . --config-settings editable_mode=strict'
 	touch $(STAMP)
+
+# Refresh every lock from pyproject.toml's ranges (see "Updating a dependency" in the README). The
+# role locks are resolved under the dev lock's pins, so a package has one version in all of them.
+UV_COMPILE = $(TOOLS)/bin/uv pip compile --quiet --universal --python-version 3.11 --generate-hashes
+lock:
+	test -x $(TOOLS)/bin/uv || { $(PYTHON) -m venv $(TOOLS) && $(TOOLS)/bin/python -m pip install -q uv==$(UV_VERSION); }
+	$(UV_COMPILE) $(UV_ARGS) pyproject.toml --extra dev -o $(DEV_LOCK)
+	$(UV_COMPILE) $(UV_ARGS) requirements/build.in -c $(DEV_LOCK) -o $(BUILD_LOCK)
+	$(UV_COMPILE) pyproject.toml --extra device --extra hardware -c $(DEV_LOCK) -o requirements/device.txt
+	$(UV_COMPILE) pyproject.toml --extra server -c $(DEV_LOCK) -o requirements/server.txt
 
 venv: $(STAMP)
 
@@ -39,8 +59,15 @@ typecheck: $(STAMP)
 pytest: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
+# The date-handling suites once more with the wall clock a year ahead (libfaketime): they must pass
+# on any day, not only today. `make pytest-future FUTURE=+730d` tries two years.
+FUTURE ?= +365d
+FUTURE_TESTS ?= tests/common tests/device tests/server tests/provisioning
+pytest-future: $(STAMP)
+	scripts/faketime-run $(FUTURE) $(BIN)/python -m pytest -q $(FUTURE_TESTS) $(PYTEST_ARGS)
+
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info demo-output device/safety/_cascade*.so
+	rm -rf $(VENV) $(TOOLS) build dist *.egg-info demo-output device/safety/_cascade*.so
