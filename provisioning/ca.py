@@ -21,7 +21,7 @@ from __future__ import annotations
 import ipaddress
 import json
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Final
 
@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from resonera.common.clock import Clock, utc_now
 from resonera.common.identity import (
     IdentityError,
     generate_key,
@@ -83,8 +84,11 @@ _CA_USAGE: Final = x509.KeyUsage(
 
 
 class FleetCA:
-    def __init__(self, directory: Path) -> None:
+    """A CA folder; ``clock`` dates what it signs (certificates, revocations, CRLs)."""
+
+    def __init__(self, directory: Path, *, clock: Clock = utc_now) -> None:
         self.directory = directory
+        self.clock = clock
         self.cert_path = directory / "ca.crt"
         self.key_path = directory / "ca.key"
         self.crl_path = directory / "crl.pem"
@@ -96,7 +100,14 @@ class FleetCA:
         self.cert = x509.load_pem_x509_certificate(self.cert_path.read_bytes())
 
     @classmethod
-    def init(cls, directory: Path, passphrase: bytes, name: str = "Resonera Fleet CA") -> FleetCA:
+    def init(
+        cls,
+        directory: Path,
+        passphrase: bytes,
+        name: str = "Resonera Fleet CA",
+        *,
+        clock: Clock = utc_now,
+    ) -> FleetCA:
         """Create a new CA; refuse to overwrite one, and refuse a short passphrase."""
         if (directory / "ca.crt").exists() or (directory / "ca.key").exists():
             raise CAError(f"a CA already exists in {directory}; refusing to overwrite it")
@@ -106,7 +117,7 @@ class FleetCA:
         (directory / "issued").mkdir(exist_ok=True)
         key = generate_key()
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-        now = datetime.now(UTC)
+        now = clock()
         cert = (
             x509.CertificateBuilder()
             .subject_name(subject)
@@ -125,7 +136,7 @@ class FleetCA:
         )
         write_private_key(key, directory / "ca.key", passphrase)
         _write_atomic(directory / "ca.crt", _pem(cert))
-        ca = cls(directory)
+        ca = cls(directory, clock=clock)
         ca.write_crl(passphrase)
         return ca
 
@@ -150,7 +161,7 @@ class FleetCA:
         directory.mkdir(parents=True, exist_ok=True)
         (directory / "issued").mkdir(exist_ok=True)
         key = generate_key()
-        now = datetime.now(UTC)
+        now = self.clock()
         cert = (
             x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
@@ -174,7 +185,7 @@ class FleetCA:
         write_private_key(key, directory / "ca.key", issuing_passphrase)
         _write_atomic(directory / "ca.crt", _pem(cert))
         _write_atomic(directory / "chain.pem", _pem(cert) + _pem(self.cert))
-        ca = FleetCA(directory)
+        ca = FleetCA(directory, clock=self.clock)
         ca.write_crl(issuing_passphrase)
         return ca
 
@@ -214,7 +225,7 @@ class FleetCA:
         not_before: datetime | None = None,
     ) -> x509.Certificate:
         key = self._key(passphrase)
-        now = not_before or datetime.now(UTC)
+        now = not_before or self.clock()
         usages = [ExtendedKeyUsageOID.CLIENT_AUTH] if client else []
         builder = (
             x509.CertificateBuilder()
@@ -326,7 +337,7 @@ class FleetCA:
         added = [c for c in certs if c.serial_number not in listed]
         if not added:
             return []
-        at = datetime.now(UTC).isoformat()
+        at = self.clock().isoformat()
         known.extend(Revocation(c.serial_number, device_id, at, reason) for c in added)
         _write_atomic(self.revoked_path, json.dumps([r.__dict__ for r in known], indent=2).encode())
         self.write_crl(passphrase)
@@ -334,7 +345,7 @@ class FleetCA:
 
     def write_crl(self, passphrase: bytes, days: int = 30) -> Path:
         key = self._key(passphrase)
-        now = datetime.now(UTC)
+        now = self.clock()
         builder = (
             x509.CertificateRevocationListBuilder()
             .issuer_name(self.cert.subject)

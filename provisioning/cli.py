@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from resonera.common.cli import run_cli
+from resonera.common.clock import utc_now
 from resonera.common.errors import ConfigError
 from resonera.common.identity import common_name, fingerprint, load_certificate
 from resonera.provisioning.broker import SERVER_IDENTITY, BrokerConfig, provision_broker
@@ -158,7 +159,7 @@ def _device_revoke(args: argparse.Namespace) -> int:
 
     engine = _server_engine(args)
     try:
-        found = revoke_certificate(engine, cert)
+        found = revoke_certificate(engine, cert, now=utc_now())
     finally:
         engine.dispose()
     if found is None:
@@ -205,7 +206,7 @@ def _device_add(args: argparse.Namespace) -> int:
     engine = _server_engine(args)
     try:
         code, expires = register_code(
-            engine, args.serial, ttl=args.expires, device_id=args.device_id
+            engine, args.serial, ttl=args.expires, device_id=args.device_id, now=utc_now()
         )
     finally:
         engine.dispose()
@@ -258,7 +259,7 @@ def _device_bundle(args: argparse.Namespace) -> int:
 
     engine = _server_engine(args)
     try:
-        register_bundle(engine, args.serial, cert)
+        register_bundle(engine, args.serial, cert, now=utc_now())
     finally:
         engine.dispose()
     print(f"registered {args.device_id!r} on the server")

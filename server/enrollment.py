@@ -35,6 +35,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from resonera.common import topics
+from resonera.common.clock import Clock, utc_now
 from resonera.common.errors import ProtocolError, ResoneraError
 from resonera.common.identity import IdentityError, common_name, fingerprint, parse_csr
 from resonera.provisioning.ca import CAError, FleetCA
@@ -124,7 +125,7 @@ def register_code(
     *,
     ttl: timedelta = DEFAULT_CODE_TTL,
     device_id: str | None = None,
-    now: datetime | None = None,
+    now: datetime,
 ) -> tuple[str, datetime]:
     """Register ``serial`` (or give it a new code, which replaces an unused old one); return the
     code, shown once, and its expiry."""
@@ -136,7 +137,6 @@ def register_code(
             topics.check_device_id(device_id)
         except ProtocolError as exc:
             raise EnrollmentError(400, str(exc)) from None
-    now = now or datetime.now(UTC)
     code = new_code()
     with Session(engine) as session:
         row = session.get(EnrollmentRow, serial) or EnrollmentRow(
@@ -199,12 +199,9 @@ def record_certificate(
     return device
 
 
-def revoke_certificate(
-    engine: Engine, cert: x509.Certificate, *, now: datetime | None = None
-) -> str | None:
+def revoke_certificate(engine: Engine, cert: x509.Certificate, *, now: datetime) -> str | None:
     """Mark ``cert`` revoked and its device revoked: ingest then quarantines the device's messages,
     and what it sent before stays. Return the device id, or None if the server never knew it."""
-    now = now or datetime.now(UTC)
     device_id = common_name(cert)
     with Session(engine) as session:
         row = session.get(DeviceCertificateRow, fingerprint(cert))
@@ -234,9 +231,17 @@ def server_public_key(signer: DesiredStateSigner) -> str | None:
 class Enroller:
     """Checks codes and renewal requests and signs with the issuing CA of ``settings``."""
 
-    def __init__(self, settings: EnrollmentSettings, signing_public_key: str | None) -> None:
+    def __init__(
+        self,
+        settings: EnrollmentSettings,
+        signing_public_key: str | None,
+        *,
+        clock: Clock = utc_now,
+    ) -> None:
         self.settings = settings
         self.signing_public_key = signing_public_key
+        #: Dates the codes' checks, the attempts and what the issuing CA signs.
+        self.clock = clock
 
     def _ca(self) -> tuple[FleetCA, bytes]:
         folder: Path | None = self.settings.issuing_ca_dir
@@ -249,7 +254,7 @@ class Enroller:
             )
         passphrase = self.settings.issuing_passphrase
         try:
-            ca = FleetCA(folder)
+            ca = FleetCA(folder, clock=self.clock)
         except CAError as exc:
             raise EnrollmentError(503, f"enrollment is not available: {exc}") from None
         return ca, passphrase.get_secret_value().encode() if passphrase else b""
@@ -265,10 +270,9 @@ class Enroller:
         csr_pem: bytes,
         client: str,
         device_time: str | None = None,
-        now: datetime | None = None,
     ) -> Issued:
         """``device_time``: the device's clock (ISO 8601 with a zone), checked when given."""
-        now = now or datetime.now(UTC)
+        now = self.clock()
         ca, passphrase = self._ca()
         check_serial(serial)
         self._rate_limit(session, serial, client, now)
@@ -410,10 +414,9 @@ class Enroller:
         csr_pem: bytes,
         time: str,
         signature: str,
-        now: datetime | None = None,
     ) -> Issued:
         """``time`` is the device's clock as it signed it (ISO 8601 with a zone)."""
-        now = now or datetime.now(UTC)
+        now = self.clock()
         ca, passphrase = self._ca()
         try:
             current = x509.load_pem_x509_certificate(certificate_pem)
@@ -494,12 +497,9 @@ def _subject_serial(cert: x509.Certificate) -> str:
     return value if isinstance(value, str) else value.decode()
 
 
-def register_bundle(
-    engine: Engine, serial: str, cert: x509.Certificate, *, now: datetime | None = None
-) -> None:
+def register_bundle(engine: Engine, serial: str, cert: x509.Certificate, *, now: datetime) -> None:
     """Register a device that comes with a factory bundle: its serial (no code: used at once),
     its certificate and key, as enrollment would have."""
-    now = now or datetime.now(UTC)
     device_id = common_name(cert)
     with Session(engine) as session:
         _check_device_free(session, device_id, serial)
@@ -581,7 +581,7 @@ def revoke_device(
             device.id, "manual", [], None, f"This server holds no issuing CA: {MANUAL_REVOCATION}."
         )
     try:
-        ca = FleetCA(settings.issuing_ca_dir)
+        ca = FleetCA(settings.issuing_ca_dir, clock=lambda: now)
         found = [ca.issued(int(r.serial_number, 16)) for r in rows]
         certs = [c for c in found if c is not None]
         passphrase = settings.issuing_passphrase

@@ -8,8 +8,9 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import tomli_w
 from fastapi import FastAPI
@@ -19,8 +20,11 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 from support import Mosquitto, free_port, require_tool, run_mosquitto_config
 
+from resonera.common.clock import utc_now
 from resonera.common.mqtt_client import BrokerUnavailable, build_client, connect
 from resonera.common.settings import MqttSettings
+from resonera.device.enroll import enroll
+from resonera.device.settings import DeviceSettings
 from resonera.provisioning.broker import SERVER_IDENTITY, provision_broker
 from resonera.provisioning.ca import FleetCA
 from resonera.server.app import create_app
@@ -33,6 +37,7 @@ from resonera.server.crypto import (
 )
 from resonera.server.db import make_engine
 from resonera.server.desired import MemoryPublisher
+from resonera.server.enrollment import register_code
 from resonera.server.models import UserRow
 from resonera.server.runner import run_server_in_thread
 from resonera.server.security import hash_password, issue_access_token
@@ -135,8 +140,8 @@ def broker_admits(settings: MqttSettings, client_id: str) -> bool:
         answered.wait(timeout=10)
         return accepted.is_set()
     finally:
+        client.loop_stop()  # before the disconnect, which ends the thread itself (see test_broker_tls)
         client.disconnect()
-        client.loop_stop()
 
 
 @contextmanager
@@ -197,3 +202,21 @@ def run_fleet(tmp_path: Path) -> Iterator[Fleet]:
     finally:
         server.stop()
         engine.dispose()
+
+
+def enrollment_code(
+    fleet: Fleet, serial: str, *, ago: timedelta = timedelta(), **kwargs: Any
+) -> str:
+    """A one-time code for ``serial``, made ``ago`` as ``resonera-provision device add`` makes it:
+    on the real clock, which the fleet's HTTPS server reads too."""
+    code, _expires = register_code(fleet.engine, serial, now=utc_now() - ago, **kwargs)
+    return code
+
+
+def enrolled(fleet: Fleet, device_id: str, serial: str) -> DeviceSettings:
+    """A device enrolled over HTTPS as ``device_id``; its settings read again, as the agent does
+    at its start (TLS files and broker from the identity)."""
+    settings = DeviceSettings(device_id=device_id, data_dir=fleet.workdir / device_id)
+    code = enrollment_code(fleet, serial, device_id=device_id)
+    enroll(settings, fleet.url, code, serial=serial, ca_file=fleet.https_ca)
+    return DeviceSettings(device_id=device_id, data_dir=fleet.workdir / device_id)

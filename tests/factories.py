@@ -171,6 +171,20 @@ class ManualClock:
         return self.now
 
 
+class WallClock:
+    """A wall clock the test sets and moves (``now``, aware), for code that takes a ``Clock``."""
+
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **delta: float) -> datetime:
+        self.now += timedelta(**delta)
+        return self.now
+
+
 def press(button: int, long: bool = False) -> sl.ButtonPress:
     """A button press as the safety MCU reports it (``serial_link.BUTTON_*``)."""
     return sl.ButtonPress(button, sl.PRESS_LONG if long else sl.PRESS_SHORT, 0)

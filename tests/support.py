@@ -18,6 +18,16 @@ import pytest
 from resonera.provisioning.broker import BrokerConfig
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+#: What moves a process's wall clock (scripts/faketime-run sets them for a run on another day): a
+#: child started with a bare environment keeps them, so it reads the same clock as its test.
+CLOCK_VARIABLES = ("LD_PRELOAD", "FAKETIME", "FAKETIME_DONT_FAKE_MONOTONIC")
+
+
+def bare_env(**values: str) -> dict[str, str]:
+    """An environment with nothing of this process's but the system PATH and the clock's variables,
+    plus ``values``: a child that must not see the test's settings still lives on the test's day."""
+    clock = {name: os.environ[name] for name in CLOCK_VARIABLES if name in os.environ}
+    return {"PATH": "/usr/bin:/bin", **clock, **values}
 
 
 def require_tool(name: str) -> str:

@@ -9,13 +9,18 @@ from pathlib import Path
 
 import pytest
 from dashboard.helpers import PASSWORD, form_token, html_client, sign_in_as, table_cells
-from enrolled_fleet import Fleet, add_admin, broker_admits, fleet_app, run_fleet, sighup_command
+from enrolled_fleet import (
+    Fleet,
+    add_admin,
+    broker_admits,
+    enrolled,
+    fleet_app,
+    run_fleet,
+    sighup_command,
+)
 from sqlmodel import Session, col, select
 from support import wait_until
 
-from resonera.device.enroll import enroll
-from resonera.device.settings import DeviceSettings
-from resonera.server.enrollment import register_code
 from resonera.server.models import AuditRow, DeviceRow
 
 
@@ -23,13 +28,6 @@ from resonera.server.models import AuditRow, DeviceRow
 def fleet(tmp_path: Path) -> Iterator[Fleet]:
     with run_fleet(tmp_path) as running:
         yield running
-
-
-def enrolled(fleet: Fleet, device_id: str, serial: str) -> DeviceSettings:
-    settings = DeviceSettings(device_id=device_id, data_dir=fleet.workdir / device_id)
-    code, _expires = register_code(fleet.engine, serial)
-    enroll(settings, fleet.url, code, serial=serial, ca_file=fleet.https_ca)
-    return DeviceSettings(device_id=device_id, data_dir=fleet.workdir / device_id)
 
 
 def press_revoke(fleet: Fleet, command: list[str], device_id: str) -> str:

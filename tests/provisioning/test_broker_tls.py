@@ -54,8 +54,10 @@ class Client:
         return self.pubacks[info.mid]
 
     def close(self) -> None:
-        self.client.disconnect()
+        # The loop first: a disconnect ends paho's thread by itself, and loop_stop racing that end
+        # can find the thread gone between its check and its join (an AttributeError).
         self.client.loop_stop()
+        self.client.disconnect()
 
 
 def refused(settings: MqttSettings, client_id: str) -> bool:

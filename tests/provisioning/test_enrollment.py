@@ -21,11 +21,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
-from enrolled_fleet import ISSUING_PASSPHRASE, Fleet, broker_admits
+from enrolled_fleet import ISSUING_PASSPHRASE, Fleet, broker_admits, enrollment_code
 from factories import make_record
 from fleet import PASSPHRASE
 from sqlmodel import Session, select
-from support import wait_until
+from support import bare_env, wait_until
 
 from resonera.common.identity import generate_key, load_private_key, make_csr
 from resonera.device.enroll import (
@@ -39,7 +39,7 @@ from resonera.device.enroll import (
 from resonera.device.settings import DeviceSettings
 from resonera.device.sync import DeviceSync
 from resonera.provisioning.ca import FleetCA
-from resonera.server.enrollment import record_certificate, register_code
+from resonera.server.enrollment import record_certificate
 from resonera.server.ingest_mqtt import IngestConsumer
 from resonera.server.models import (
     DeviceCertificateRow,
@@ -58,7 +58,7 @@ def cli(
         [str(BIN / name), *map(str, args)],
         capture_output=True,
         text=True,
-        env={"PATH": "/usr/bin:/bin", **(env or {})},
+        env=bare_env(**(env or {})),
         check=False,
         timeout=120,
     )
@@ -82,9 +82,7 @@ def device_settings(fleet: Fleet, device_id: str) -> DeviceSettings:
     return DeviceSettings(device_id=device_id, data_dir=fleet.workdir / device_id)
 
 
-def new_code(fleet: Fleet, serial: str, **kwargs: Any) -> str:
-    code, _expires = register_code(fleet.engine, serial, **kwargs)
-    return code
+new_code = enrollment_code
 
 
 def post(fleet: Fleet, path: str, body: dict[str, Any]) -> httpx.Response:
@@ -204,9 +202,7 @@ def test_a_code_works_once(fleet: Fleet) -> None:
 
 
 def test_an_expired_code_is_refused(fleet: Fleet) -> None:
-    code = new_code(
-        fleet, "SN-2", ttl=timedelta(minutes=5), now=datetime.now(UTC) - timedelta(hours=1)
-    )
+    code = new_code(fleet, "SN-2", ttl=timedelta(minutes=5), ago=timedelta(hours=1))
     with pytest.raises(EnrollError, match="expired at"):
         enroll(
             device_settings(fleet, "dev-2"), fleet.url, code, serial="SN-2", ca_file=fleet.https_ca
@@ -447,7 +443,7 @@ def test_a_tampered_or_foreign_bundle_is_refused(fleet: Fleet, tmp_path: Path) -
 
 
 def test_device_add_without_a_server_says_how(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if k == "PATH"}
+    env = {"PATH": os.environ["PATH"]}
     answer = cli("resonera-provision", "device", "add", "SN-11", env=env)
     assert answer.returncode == 1
     assert "--server-config" in answer.stderr

@@ -10,6 +10,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from fleet import PASSPHRASE
+from support import bare_env
 
 from resonera.common.identity import IdentityError, generate_key, make_csr
 from resonera.provisioning.ca import CAError, FleetCA
@@ -94,7 +95,7 @@ def test_revocation_lands_in_the_signed_crl(ca: FleetCA) -> None:
 
 
 def run(*args: object, env_pass: bool = True) -> subprocess.CompletedProcess[str]:
-    env = {"PATH": "/usr/bin:/bin"}
+    env = bare_env()
     if env_pass:
         env["RESONERA_CA_PASSPHRASE"] = PASSPHRASE.decode()
     return subprocess.run(
@@ -178,7 +179,7 @@ def test_cli_makes_an_issuing_ca_under_the_root_and_a_broker_that_trusts_it(
 
 
 def run_env(extra: dict[str, str], *args: object) -> subprocess.CompletedProcess[str]:
-    env = {"PATH": "/usr/bin:/bin", "RESONERA_CA_PASSPHRASE": PASSPHRASE.decode(), **extra}
+    env = bare_env(RESONERA_CA_PASSPHRASE=PASSPHRASE.decode(), **extra)
     return subprocess.run(
         [str(BIN), *map(str, args)], capture_output=True, text=True, env=env, check=False
     )

@@ -13,27 +13,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from enrolled_fleet import ISSUING_PASSPHRASE, Fleet, broker_admits
+from enrolled_fleet import ISSUING_PASSPHRASE, Fleet, broker_admits, enrolled
 from factories import make_record
 from sqlmodel import Session, select
 from support import wait_until
 
 from resonera.common.identity import load_private_key
 from resonera.device import enroll as enroll_module
-from resonera.device.enroll import EnrollError, Identity, enroll, renew, renewed_mqtt
+from resonera.device.enroll import EnrollError, Identity, renew, renewed_mqtt
 from resonera.device.settings import DeviceSettings
 from resonera.device.sync import DeviceSync
-from resonera.server.enrollment import register_code
 from resonera.server.ingest_mqtt import IngestConsumer
 from resonera.server.models import SessionRow
-
-
-def enrolled(fleet: Fleet, device_id: str, serial: str) -> DeviceSettings:
-    settings = DeviceSettings(device_id=device_id, data_dir=fleet.workdir / device_id)
-    code, _expires = register_code(fleet.engine, serial)
-    enroll(settings, fleet.url, code, serial=serial, ca_file=fleet.https_ca)
-    # read again, as the agent does at its start: TLS files and broker from the identity
-    return DeviceSettings(device_id=device_id, data_dir=fleet.workdir / device_id)
 
 
 def consistent(settings: DeviceSettings) -> bytes:

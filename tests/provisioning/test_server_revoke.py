@@ -7,27 +7,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from enrolled_fleet import Fleet, add_admin, broker_admits, fleet_app, sighup_command
+from enrolled_fleet import Fleet, add_admin, broker_admits, enrolled, fleet_app, sighup_command
 from factories import make_record
 from fastapi.testclient import TestClient
 from sqlmodel import Session, col, select
 from support import wait_until
 
-from resonera.device.enroll import enroll, renew
+from resonera.device.enroll import renew
 from resonera.device.settings import DeviceSettings
 from resonera.device.sync import DeviceSync
-from resonera.server.enrollment import register_code
 from resonera.server.ingest_mqtt import IngestConsumer
 from resonera.server.models import AuditRow, DeviceCertificateRow, DeviceRow, SessionRow
 
 API = "/api/v1"
-
-
-def enrolled(fleet: Fleet, device_id: str, serial: str) -> DeviceSettings:
-    settings = DeviceSettings(device_id=device_id, data_dir=fleet.workdir / device_id)
-    code, _expires = register_code(fleet.engine, serial)
-    enroll(settings, fleet.url, code, serial=serial, ca_file=fleet.https_ca)
-    return DeviceSettings(device_id=device_id, data_dir=fleet.workdir / device_id)
 
 
 def revoke(fleet: Fleet, command: list[str] | None, device_id: str, how: str) -> dict[str, Any]:

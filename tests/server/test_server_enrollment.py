@@ -12,6 +12,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from factories import WallClock
 from fleet import PASSPHRASE
 from pydantic import SecretStr
 from sqlalchemy.engine import Engine
@@ -31,13 +32,19 @@ from resonera.server.enrollment import (
 from resonera.server.models import DeviceCertificateRow, DeviceRow, EnrollmentRow
 from resonera.server.settings import EnrollmentSettings
 
+#: Every test here runs on this injected clock alone: the codes, the attempts and what the CA signs.
 T = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 SERVER_KEY = base64.b64encode(b"k" * 32).decode()
 
 
 @pytest.fixture
-def enroller(tmp_path: Path) -> Enroller:
-    root = FleetCA.init(tmp_path / "root", PASSPHRASE)
+def clock() -> WallClock:
+    return WallClock(T)
+
+
+@pytest.fixture
+def enroller(tmp_path: Path, clock: WallClock) -> Enroller:
+    root = FleetCA.init(tmp_path / "root", PASSPHRASE, clock=clock)
     root.issue_intermediate(PASSPHRASE, tmp_path / "issuing", PASSPHRASE)
     settings = EnrollmentSettings(
         issuing_ca_dir=tmp_path / "issuing",
@@ -46,7 +53,7 @@ def enroller(tmp_path: Path) -> Enroller:
         max_failures_per_client=3,
         window_s=600,
     )
-    return Enroller(settings, SERVER_KEY)
+    return Enroller(settings, SERVER_KEY, clock=clock)
 
 
 def _enroll(
@@ -57,14 +64,11 @@ def _enroll(
     *,
     device_id: str = "dev-1",
     client: str = "10.0.0.1",
-    now: datetime = T,
     key: ec.EllipticCurvePrivateKey | None = None,
 ) -> x509.Certificate:
     csr = make_csr(key or generate_key(), device_id, serial)
     with Session(engine) as session:
-        issued = enroller.enroll(
-            session, serial=serial, code=code, csr_pem=csr, client=client, now=now
-        )
+        issued = enroller.enroll(session, serial=serial, code=code, csr_pem=csr, client=client)
     return x509.load_pem_x509_certificate(issued.certificate_pem.encode())
 
 
@@ -86,23 +90,28 @@ def test_a_code_is_spent_once_and_registers_the_device(enroller: Enroller, engin
 
 
 def test_failures_are_limited_per_serial_then_per_address(
-    enroller: Enroller, engine: Engine
+    enroller: Enroller, engine: Engine, clock: WallClock
 ) -> None:
     code, _ = register_code(engine, "SN-2", now=T)
-    for n in range(2):
+    for _ in range(2):
         with pytest.raises(EnrollmentError, match="not valid for serial") as caught:
-            _enroll(enroller, engine, "SN-2", "WRONG", now=T + timedelta(seconds=n))
+            _enroll(enroller, engine, "SN-2", "WRONG")
         assert caught.value.status == 403
+        clock.advance(seconds=1)
+    clock.now = T + timedelta(seconds=10)
     with pytest.raises(EnrollmentError, match="for this serial") as limited:
-        _enroll(enroller, engine, "SN-2", code, now=T + timedelta(seconds=10))
+        _enroll(enroller, engine, "SN-2", code)
     assert limited.value.status == 429
     assert limited.value.retry_after_s == 591  # the oldest failure leaves the window then
+    clock.advance(seconds=1)
     with pytest.raises(EnrollmentError, match="not valid"):
-        _enroll(enroller, engine, "SN-other", "WRONG", now=T + timedelta(seconds=11))
+        _enroll(enroller, engine, "SN-other", "WRONG")
+    clock.advance(seconds=1)
     with pytest.raises(EnrollmentError, match="for this address"):
-        _enroll(enroller, engine, "SN-3", "WRONG", now=T + timedelta(seconds=12))
+        _enroll(enroller, engine, "SN-3", "WRONG")
     # once the window has passed, the right code works
-    _enroll(enroller, engine, "SN-2", code, now=T + timedelta(seconds=700))
+    clock.now = T + timedelta(seconds=700)
+    _enroll(enroller, engine, "SN-2", code)
 
 
 def test_a_device_id_cannot_be_taken_by_another_serial(enroller: Enroller, engine: Engine) -> None:
@@ -119,18 +128,17 @@ def test_revocation_marks_the_registry_and_stops_enrollment_and_renewal(
 ) -> None:
     code, _ = register_code(engine, "SN-6", now=T)
     key = generate_key()
-    now = datetime.now(UTC)
-    cert = _enroll(enroller, engine, "SN-6", code, device_id="dev-6", key=key, now=now)
-    assert revoke_certificate(engine, cert) == "dev-6"
+    cert = _enroll(enroller, engine, "SN-6", code, device_id="dev-6", key=key)
+    assert revoke_certificate(engine, cert, now=T) == "dev-6"
     with Session(engine) as session:
         device = session.get(DeviceRow, "dev-6")
         assert device is not None and device.revoked
-    again, _ = register_code(engine, "SN-6", now=now)
+    again, _ = register_code(engine, "SN-6", now=T)
     with pytest.raises(EnrollmentError, match="dev-6' is revoked"):
-        _enroll(enroller, engine, "SN-6", again, device_id="dev-6", now=now)
+        _enroll(enroller, engine, "SN-6", again, device_id="dev-6")
     cert_pem = cert.public_bytes(serialization.Encoding.PEM)
     csr = make_csr(generate_key(), "dev-6", "SN-6")
-    when = now.isoformat()
+    when = T.isoformat()
     signature = key.sign(renewal_payload(cert_pem, csr, when), ec.ECDSA(hashes.SHA256()))
     with Session(engine) as session, pytest.raises(EnrollmentError, match="revoked") as caught:
         enroller.renew(
@@ -139,13 +147,12 @@ def test_revocation_marks_the_registry_and_stops_enrollment_and_renewal(
             csr_pem=csr,
             time=when,
             signature=base64.b64encode(signature).decode(),
-            now=now,
         )
     assert caught.value.status == 403
 
 
 def test_a_bundle_registers_its_device(enroller: Enroller, engine: Engine) -> None:
-    ca = FleetCA(enroller.settings.issuing_ca_dir or Path())
+    ca = FleetCA(enroller.settings.issuing_ca_dir or Path(), clock=enroller.clock)
     cert = ca.sign_device_csr(make_csr(generate_key(), "dev-7", "SN-7"), PASSPHRASE)
     register_bundle(engine, "SN-7", cert, now=T)
     with Session(engine) as session:
@@ -170,7 +177,7 @@ def test_a_device_clock_far_off_is_told_before_the_code_is_spent(
     late = (T - timedelta(hours=2)).isoformat()
     with Session(engine) as session, pytest.raises(EnrollmentError, match="clock is 7200 s"):
         enroller.enroll(
-            session, serial="SN-9", code=code, csr_pem=csr, client="c", device_time=late, now=T
+            session, serial="SN-9", code=code, csr_pem=csr, client="c", device_time=late
         )
     _enroll(enroller, engine, "SN-9", code, device_id="dev-9")
 
@@ -181,12 +188,10 @@ def _renew(
     cert: x509.Certificate,
     key: ec.EllipticCurvePrivateKey,
     new_key: ec.EllipticCurvePrivateKey,
-    *,
-    now: datetime,
 ) -> x509.Certificate:
     cert_pem = cert.public_bytes(serialization.Encoding.PEM)
     csr = make_csr(new_key, common_name(cert), "SN-10")
-    when = now.isoformat()
+    when = enroller.clock().isoformat()
     signature = key.sign(renewal_payload(cert_pem, csr, when), ec.ECDSA(hashes.SHA256()))
     with Session(engine) as session:
         issued = enroller.renew(
@@ -195,7 +200,6 @@ def _renew(
             csr_pem=csr,
             time=when,
             signature=base64.b64encode(signature).decode(),
-            now=now,
         )
     return x509.load_pem_x509_certificate(issued.certificate_pem.encode())
 
@@ -205,13 +209,12 @@ def test_a_renewal_retried_with_the_same_key_gets_the_same_certificate(
 ) -> None:
     code, _ = register_code(engine, "SN-10", now=T)
     key, new_key = generate_key(), generate_key()
-    now = datetime.now(UTC)
-    cert = _enroll(enroller, engine, "SN-10", code, device_id="dev-10", key=key, now=now)
-    renewed = _renew(enroller, engine, cert, key, new_key, now=now)
+    cert = _enroll(enroller, engine, "SN-10", code, device_id="dev-10", key=key)
+    renewed = _renew(enroller, engine, cert, key, new_key)
     # the device lost that answer: asking again from the old certificate, with the same new key
-    assert _renew(enroller, engine, cert, key, new_key, now=now) == renewed
+    assert _renew(enroller, engine, cert, key, new_key) == renewed
     with pytest.raises(EnrollmentError, match="a newer certificate was already issued") as caught:
-        _renew(enroller, engine, cert, key, generate_key(), now=now)
+        _renew(enroller, engine, cert, key, generate_key())
     assert caught.value.status == 409
 
 
@@ -220,13 +223,12 @@ def test_revoking_a_device_lists_all_its_certificates_on_the_crl(
 ) -> None:
     code, _ = register_code(engine, "SN-10", now=T)
     key, new_key = generate_key(), generate_key()
-    now = datetime.now(UTC)
-    cert = _enroll(enroller, engine, "SN-10", code, device_id="dev-10", key=key, now=now)
-    renewed = _renew(enroller, engine, cert, key, new_key, now=now)
+    cert = _enroll(enroller, engine, "SN-10", code, device_id="dev-10", key=key)
+    renewed = _renew(enroller, engine, cert, key, new_key)
     with Session(engine) as session:
         device = session.get(DeviceRow, "dev-10")
         assert device is not None
-        done = revoke_device(session, enroller.settings, device, now=now)
+        done = revoke_device(session, enroller.settings, device, now=T)
         session.commit()
     assert sorted(done.listed) == sorted(f"{c.serial_number:x}" for c in (cert, renewed))
     assert done.outcome == "reload_needed" and done.broker_reloaded is None
@@ -242,5 +244,5 @@ def test_revoking_a_device_lists_all_its_certificates_on_the_crl(
     with Session(engine) as session:
         device = session.get(DeviceRow, "dev-10")
         assert device is not None
-        manual = revoke_device(session, EnrollmentSettings(), device, now=now)
+        manual = revoke_device(session, EnrollmentSettings(), device, now=T)
     assert manual.outcome == "manual" and "resonera-provision device revoke" in manual.summary()
