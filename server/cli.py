@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import getpass
-import logging
 import os
 import signal
 import sys
@@ -301,6 +300,4 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # Alembic logs each connection (and its plugins, on import) at INFO; migrate prints a summary.
-    logging.getLogger("alembic").setLevel(logging.WARNING)
     return run_cli(build_parser(), argv)

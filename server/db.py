@@ -8,7 +8,6 @@ command to run).
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from importlib.resources import files
 from operator import itemgetter
@@ -28,8 +27,6 @@ from resonera.common.errors import ConfigError, ResoneraError
 from resonera.server import models  # noqa: F401  (registers the tables in SQLModel.metadata)
 
 SQLITE_BUSY_TIMEOUT_MS: Final = 5000
-# Alembic announces every connection at INFO; `migrate` prints its own one-line summary.
-logging.getLogger("alembic").setLevel(logging.WARNING)
 MIGRATE_HINT: Final = "resonera-server migrate --config <your config file>"
 
 

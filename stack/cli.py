@@ -17,6 +17,7 @@ def _demo(args: argparse.Namespace) -> int:
             broker=args.broker,
             keep_running=args.keep_running,
             sink=args.sink,
+            verbose=args.verbose,
         )
     )
     return 0 if sessions else 1
@@ -43,10 +44,15 @@ def _fleet_sim(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="resonera", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true")
+    verbose_help = "debug logs, libraries' included (the demo passes it on to every part)"
+    parser.add_argument("-v", "--verbose", action="store_true", help=verbose_help)
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser(
         "demo", help="run broker, server, MCU simulator and a device; play and sync"
+    )
+    # also after `demo` (make demo DEMO_ARGS=-v); SUPPRESS keeps a -v given before it
+    demo.add_argument(
+        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=verbose_help
     )
     demo.add_argument("--workdir", type=Path, default=Path("demo-output"))
     demo.add_argument("--program", default="demo-alpha")

@@ -3,7 +3,10 @@
 A broker (mosquitto if installed, else amqtt in-process), the server on SQLite, the safety MCU
 simulator on a pty, and a device agent that plays a short built-in program with the simulator's consent,
 records the session and syncs it. Then it asks the server's API what it received and prints it.
-Each part runs as its own process, exactly as it would be deployed, started by its own console script.
+Each part runs as its own process, exactly as it would be deployed, started by its own console script;
+their logs go to files in the workdir (with ``-v``, which the demo passes on, libraries' too), so
+the terminal shows only the demo's own lines. The API's address and a login are printed only with
+``keep_running``: without it the stack is gone by then.
 """
 
 from __future__ import annotations
@@ -32,6 +35,10 @@ from resonera.stack.processes import console_script, free_port, stop_process
 
 DEMO_DEVICE_ID = "demo-device-1"
 DEMO_CLINICIAN = "clinician@demo.resonera"
+#: The demo's last line unless --keep-running: the stack stops with the demo.
+KEEP_RUNNING_HINT = (
+    "The stack stops now; to keep it up and try its API: make demo DEMO_ARGS=--keep-running"
+)
 
 
 class DemoError(ResoneraError):
@@ -45,6 +52,7 @@ class DemoOptions:
     broker: str = "auto"
     keep_running: bool = False
     sink: str = "auto"
+    verbose: bool = False  # -v for every child: debug logs, libraries' included
 
 
 def _write_toml(path: Path, data: dict[str, Any]) -> Path:
@@ -118,10 +126,12 @@ def _login(api: str, email: str, password: str) -> str:
         return str(json.load(response)["access_token"])
 
 
-def _server_command(args: list[str], env: dict[str, str] | None = None) -> str:
+def _server_command(
+    args: list[str], env: dict[str, str] | None = None, *, verbose: bool = False
+) -> str:
     """Run a ``resonera-server`` command to completion; its stdout, or ``DemoError``."""
     done = subprocess.run(
-        [_script("resonera-server"), *args],
+        [_script("resonera-server"), args[0], *(["-v"] if verbose else []), *args[1:]],
         capture_output=True,
         text=True,
         check=False,
@@ -150,6 +160,7 @@ def run_demo(options: DemoOptions, out: Any = sys.stdout) -> list[dict[str, Any]
     def say(text: str) -> None:
         print(text, file=out, flush=True)
 
+    verbose = ["-v"] if options.verbose else []
     password = secrets.token_urlsafe(18)
     http_port = free_port()
     api = f"http://127.0.0.1:{http_port}"
@@ -164,7 +175,9 @@ def run_demo(options: DemoOptions, out: Any = sys.stdout) -> list[dict[str, Any]
 
         # Patient data is encrypted at rest: the demo's key lives in its workdir (never the DB).
         key_file = workdir / "patient-keys.txt"
-        key_file.write_text(_server_command(["new-key", "--key-id", "demo"]))
+        key_file.write_text(
+            _server_command(["new-key", "--key-id", "demo"], verbose=options.verbose)
+        )
         key_file.chmod(0o600)
         server_config = _write_toml(
             workdir / "server.toml",
@@ -179,14 +192,15 @@ def run_demo(options: DemoOptions, out: Any = sys.stdout) -> list[dict[str, Any]
             },
         )
         config_args = ["--config", str(server_config)]
-        _server_command(["migrate", *config_args])
+        _server_command(["migrate", *config_args], verbose=options.verbose)
         # A clinician, their patient, and the demo device registered and assigned to the patient.
         _server_command(
             ["demo-setup", *config_args, "--device", DEMO_DEVICE_ID, "--email", DEMO_CLINICIAN],
             env={"RESONERA_PASSWORD": password},
+            verbose=options.verbose,
         )
         server = procs.start(
-            "server", [_script("resonera-server"), "run", "--config", str(server_config)]
+            "server", [_script("resonera-server"), "run", *verbose, "--config", str(server_config)]
         )
         procs.wait_ready(
             "server", server, what="the server", ready=lambda: _healthy(f"{api}/healthz")
@@ -194,7 +208,9 @@ def run_demo(options: DemoOptions, out: Any = sys.stdout) -> list[dict[str, Any]
         say(f"[server]   API on {api}/api/v1, database {workdir / 'server.db'}")
 
         link_file = workdir / "hwsim.link"
-        hwsim = procs.start("hwsim", [_script("resonera-hwsim"), "--link-file", str(link_file)])
+        hwsim = procs.start(
+            "hwsim", [_script("resonera-hwsim"), *verbose, "--link-file", str(link_file)]
+        )
         procs.wait_ready("hwsim", hwsim, what="the hardware simulator", ready=link_file.exists)
         port_path = link_file.read_text().strip()
         say(f"[hardware] safety MCU simulator on {port_path}")
@@ -216,6 +232,7 @@ def run_demo(options: DemoOptions, out: Any = sys.stdout) -> list[dict[str, Any]
         played = subprocess.run(
             [
                 _script("resonera-device"),
+                *verbose,
                 "play",
                 "--config",
                 str(device_config),
@@ -228,11 +245,15 @@ def run_demo(options: DemoOptions, out: Any = sys.stdout) -> list[dict[str, Any]
             text=True,
             check=False,
         )
+        device_log = workdir / "device.log"
+        device_log.write_text(played.stderr)
         for line in played.stdout.strip().splitlines():
             say(f"           {line}")
         if played.returncode != 0:
             detail = (played.stderr.strip().splitlines() or ["no output"])[-1]
-            raise DemoError(f"the device agent failed (exit {played.returncode}): {detail}")
+            raise DemoError(
+                f"the device agent failed (exit {played.returncode}): {detail} (log: {device_log})"
+            )
 
         token = _login(api, DEMO_CLINICIAN, password)
         sessions: list[dict[str, Any]] = _get_json(f"{api}/api/v1/sessions", token)
@@ -242,6 +263,9 @@ def run_demo(options: DemoOptions, out: Any = sys.stdout) -> list[dict[str, Any]
                 f"  {s['device_id']}  {s['program_name']}  {s['played_s']:.1f} s  {s['outcome']}"
                 f"  peak {s['peak_dbfs']:.1f} dBFS  (message {s['message_id']})"
             )
+        if not options.keep_running:
+            say(f"\n{KEEP_RUNNING_HINT}")
+            return sessions
         say(f"\nAPI: {api}/api/v1/sessions  (OpenAPI: {api}/docs)")
         say(f"     clinician {DEMO_CLINICIAN}, password {password}")
         say(
@@ -251,11 +275,10 @@ def run_demo(options: DemoOptions, out: Any = sys.stdout) -> list[dict[str, Any]
             f'print(json.load(sys.stdin)["access_token"])\')'
         )
         say(f'     curl -H "Authorization: Bearer $TOKEN" {api}/api/v1/sessions')
-        if options.keep_running:
-            say("The stack stays up; press Ctrl-C to stop it.")
-            try:
-                while all(p.poll() is None for _n, p in procs.children):
-                    time.sleep(0.5)
-            except KeyboardInterrupt:
-                say("stopping")
+        say("The stack stays up; press Ctrl-C to stop it.")
+        try:
+            while all(p.poll() is None for _n, p in procs.children):
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            say("stopping")
         return sessions

@@ -28,6 +28,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from resonera.common.errors import ResoneraError
+from resonera.device.audio.native_stderr import quiet_native_stderr
 
 __all__ = [
     "AudioDeviceError",
@@ -522,24 +523,25 @@ class PyAudioSink(_Sink):
         self._frame_bytes = 4 * channels
         self._continue = pyaudio.paContinue
         try:
-            self._pa = pyaudio.PyAudio()
-            index = _resolve_device(self._pa, self.output_device)
-            info = (
-                self._pa.get_default_output_device_info()
-                if index is None
-                else self._pa.get_device_info_by_index(index)
-            )
-            self.device_index, self.device_name = int(info["index"]), str(info["name"])
-            self._stream = self._pa.open(
-                format=pyaudio.paFloat32,
-                channels=channels,
-                rate=sample_rate,
-                output=True,
-                output_device_index=self.device_index,
-                frames_per_buffer=self.frames_per_buffer,
-                stream_callback=self._callback,
-                start=False,
-            )
+            with quiet_native_stderr():
+                self._pa = pyaudio.PyAudio()
+                index = _resolve_device(self._pa, self.output_device)
+                info = (
+                    self._pa.get_default_output_device_info()
+                    if index is None
+                    else self._pa.get_device_info_by_index(index)
+                )
+                self.device_index, self.device_name = int(info["index"]), str(info["name"])
+                self._stream = self._pa.open(
+                    format=pyaudio.paFloat32,
+                    channels=channels,
+                    rate=sample_rate,
+                    output=True,
+                    output_device_index=self.device_index,
+                    frames_per_buffer=self.frames_per_buffer,
+                    stream_callback=self._callback,
+                    start=False,
+                )
         except (OSError, ValueError) as exc:
             self._release()
             where = self.output_device if self.output_device is not None else "default output"
@@ -662,7 +664,8 @@ class PyAudioSink(_Sink):
             with contextlib.suppress(OSError):
                 stream.close()
         if pa is not None:
-            pa.terminate()
+            with quiet_native_stderr():  # JACK's client library says goodbye on stderr
+                pa.terminate()
 
 
 def _reason(exc: BaseException) -> str:
@@ -677,23 +680,24 @@ def find_output_device() -> int | None:
     None when there is no output at all (no sound card, no sound server) or PyAudio is missing. Each
     call asks PortAudio afresh, so a sound server started since the last call is seen.
     """
-    try:
-        pyaudio = _pyaudio()
-        pa = pyaudio.PyAudio()
-    except (AudioDeviceError, OSError) as exc:
-        log.info("no audio output: %s", exc)
-        return None
-    try:
-        outputs = _output_devices(pa)
-        for wanted in PREFERRED_DEVICES:
-            for index, name in outputs:
-                if name == wanted:
-                    return index
-        with contextlib.suppress(OSError):
-            return int(pa.get_default_output_device_info()["index"])
-        return outputs[0][0] if outputs else None
-    finally:
-        pa.terminate()
+    with quiet_native_stderr():
+        try:
+            pyaudio = _pyaudio()
+            pa = pyaudio.PyAudio()
+        except (AudioDeviceError, OSError) as exc:
+            log.info("no audio output: %s", exc)
+            return None
+        try:
+            outputs = _output_devices(pa)
+            for wanted in PREFERRED_DEVICES:
+                for index, name in outputs:
+                    if name == wanted:
+                        return index
+            with contextlib.suppress(OSError):
+                return int(pa.get_default_output_device_info()["index"])
+            return outputs[0][0] if outputs else None
+        finally:
+            pa.terminate()
 
 
 def open_default_sink(
@@ -708,17 +712,18 @@ def open_default_sink(
     The card is probed by opening (and closing) a stream with ``sample_rate`` and ``channels``; the
     returned sink is not open yet. Which one was chosen, and why, is logged.
     """
-    device = output_device if output_device is not None else find_output_device()
-    if device is None:
-        log.info("no audio output device found; writing audio to %s", wav_fallback)
-        return WavSink(wav_fallback)
-    sink = PyAudioSink(device)
-    try:
-        sink.open(sample_rate, channels)
-    except AudioDeviceError as exc:
-        log.warning("%s; writing audio to %s instead", exc, wav_fallback)
-        return WavSink(wav_fallback)
-    name = sink.device_name
-    sink.close()
-    log.info("playing through audio output %r (PortAudio device %s)", name, device)
-    return sink
+    with quiet_native_stderr():  # the probes below: one summary line
+        device = output_device if output_device is not None else find_output_device()
+        if device is None:
+            log.info("no audio output device found; writing audio to %s", wav_fallback)
+            return WavSink(wav_fallback)
+        sink = PyAudioSink(device)
+        try:
+            sink.open(sample_rate, channels)
+        except AudioDeviceError as exc:
+            log.warning("%s; writing audio to %s instead", exc, wav_fallback)
+            return WavSink(wav_fallback)
+        name = sink.device_name
+        sink.close()
+        log.info("playing through audio output %r (PortAudio device %s)", name, device)
+        return sink
