@@ -1,8 +1,10 @@
 """API shapes, one family per resource (``...Create``, ``...Update``, ``...Public``).
 
 Inputs refuse what the database would choke on, so a bad request is a 422, never a 500: strings
-are length-bounded and free of NUL, floats finite, integers in range, times time-zone aware, and
-free-form JSON (profiles, programs) bounded in size and depth.
+are length-bounded, free of NUL and of lone surrogates (JSON can carry ``"\\ud800"``; no encoder can
+write it: encryption, the database and the response would fail), floats finite, integers in range,
+times time-zone aware with a UTC equivalent (``common.envelope.AwareDatetime``), and free-form JSON
+(profiles, programs) bounded in size and depth.
 """
 
 from __future__ import annotations
@@ -12,8 +14,9 @@ import math
 from datetime import date, datetime
 from typing import Annotated, Any, Final, Literal
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
+from resonera.common.envelope import AwareDatetime
 from resonera.common.profile import parse_checkins
 from resonera.common.topics import DEVICE_ID_PATTERN
 from resonera.server.models import EMAIL_MAX
@@ -28,8 +31,16 @@ PUBLIC_KEY_PATTERN: Final = r"^[A-Za-z0-9+/]{43}=$|^[A-Za-z0-9+/]{124}$"
 
 
 def _no_nul(value: str) -> str:
+    """``value`` if it is text every part of the server can store and send: no NUL, no lone
+    surrogate (a ``str`` that is not valid Unicode)."""
     if "\x00" in value:
         raise ValueError("must not contain NUL characters")
+    try:
+        value.encode()
+    except UnicodeEncodeError as exc:
+        raise ValueError(
+            f"must be valid Unicode: a lone surrogate ({value[exc.start]!r}) at character {exc.start}"
+        ) from None
     return value
 
 

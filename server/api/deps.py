@@ -13,10 +13,10 @@ from typing import Annotated
 from fastapi import Depends, Path, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CollectorRegistry
-from pydantic import AwareDatetime
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
+from resonera.common.envelope import AwareDatetime
 from resonera.server.api.errors import ApiError
 from resonera.server.crypto import FieldCipher
 from resonera.server.desired import DesiredService
@@ -27,7 +27,8 @@ from resonera.server.settings import ServerSettings
 #: A row id in a path (patients, programs: UUID text), checked before any query.
 RowId = Annotated[str, Path(min_length=1, max_length=36, pattern=r"^[0-9a-f-]{1,36}$")]
 PatientId = RowId
-#: A period's bounds as query parameters ``from`` and ``to``.
+#: A period's bounds as query parameters ``from`` and ``to``: aware, in UTC; a time without a UTC
+#: equivalent (``0001-01-01T00:00:00+14:00``) is a 422 naming the parameter, never a 500.
 Since = Annotated[AwareDatetime | None, Query(alias="from", description="inclusive")]
 Until = Annotated[AwareDatetime | None, Query(alias="to", description="exclusive")]
 

@@ -119,7 +119,8 @@ def audit_page(
             actor_id=actor_id,
             action=action.strip() or None,
             since=_day_start(since),
-            until=_day_start(until + timedelta(days=1) if until is not None else None),
+            # "to" is inclusive: up to the next day's start; the calendar's last day has none.
+            until=_day_start(until + timedelta(days=1) if until not in (None, date.max) else None),
             limit=AUDIT_PAGE_SIZE + 1,
             offset=(page - 1) * AUDIT_PAGE_SIZE,
         )

@@ -499,6 +499,10 @@ def test_audit_log_filters(client: TestClient, sign_in: SignIn, seeded: Seeded) 
     assert "No user has the email" in nobody.text
     bad = client.get("/audit?from=yesterday")
     assert bad.status_code == 400 and "YYYY-MM-DD" in bad.text
+    # The ends of the calendar are days like any other (the day after the last one is not).
+    ends = client.get("/audit?from=0001-01-01&to=9999-12-31")
+    assert ends.status_code == 200
+    assert len(table_cells(ends.text, "audit")) == len(everything)
 
 
 # -- pages in general ------------------------------------------------------------------------

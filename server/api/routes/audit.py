@@ -6,10 +6,9 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query
-from pydantic import AwareDatetime
 
 from resonera.server import crud
-from resonera.server.api.deps import AuditorUser, SessionDep
+from resonera.server.api.deps import AuditorUser, SessionDep, Since, Until
 from resonera.server.schemas import INT32_MAX, AuditPublic, PatientIdStr
 
 router = APIRouter(prefix="/audit", tags=["audit"])
@@ -22,8 +21,8 @@ def list_audit(
     session: SessionDep,
     patient_id: Annotated[PatientIdStr | None, Query()] = None,
     actor_id: Annotated[int | None, Query(ge=1, le=INT32_MAX)] = None,
-    since: Annotated[AwareDatetime | None, Query(alias="from")] = None,
-    until: Annotated[AwareDatetime | None, Query(alias="to")] = None,
+    since: Since = None,
+    until: Until = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
 ) -> list[AuditPublic]:

@@ -8,6 +8,7 @@ route); auditors read the audit log instead. Every export is an audit row (actio
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterator
 from datetime import datetime
 
@@ -68,10 +69,14 @@ def add_patient_csv(
     ) -> StreamingResponse:
         check_period(since, until)
         own_patient(session, user, patient_id)
+        # The query runs, and the first chunk is made, before the answer's status is sent: what
+        # fails there is an error response, never a 200 whose body stops short.
+        rows = chunks(state.engine, patient_id, since, until)
+        first = next(rows)
         audit(session, request, user, "export", f"{what}_csv", patient_id=patient_id)
         session.commit()
         return StreamingResponse(
-            chunks(state.engine, patient_id, since, until),
+            itertools.chain([first], rows),
             media_type="text/csv; charset=utf-8",
             headers={
                 "Content-Disposition": f'attachment; filename="{what}-{patient_id}.csv"',

@@ -5,10 +5,9 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
-from pydantic import AwareDatetime
 
 from resonera.server import crud
-from resonera.server.api.deps import ClinicianUser, SessionDep, audit
+from resonera.server.api.deps import ClinicianUser, SessionDep, Since, Until, audit
 from resonera.server.schemas import DeviceIdStr, SessionPublic, Text
 
 MAX_LIMIT = 1000
@@ -23,8 +22,8 @@ def list_sessions(
     request: Request,
     device_id: Annotated[DeviceIdStr | None, Query()] = None,
     program: Annotated[Text | None, Query(max_length=120)] = None,
-    since: Annotated[AwareDatetime | None, Query(alias="from")] = None,
-    until: Annotated[AwareDatetime | None, Query(alias="to")] = None,
+    since: Since = None,
+    until: Until = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 100,
     offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
 ) -> Any:
