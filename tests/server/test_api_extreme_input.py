@@ -5,17 +5,22 @@ a CSV download is never a 200 cut short."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import text
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, func, select
 
+from resonera.common import topics
+from resonera.common.envelope import Envelope
 from resonera.server.crypto import write_signing_key
 from resonera.server.desired import MemoryPublisher
+from resonera.server.ingest import IngestProcessor, Received
 from resonera.server.models import AuditRow, PatientRow
 from resonera.server.runner import run_server_in_thread
 from resonera.server.settings import ServerSettings
@@ -54,40 +59,62 @@ def _request(method: str, url: str, headers: dict[str, str], body: Any) -> httpx
     )
 
 
-def _validation_error(response: httpx.Response, *where: str) -> dict[str, Any]:
-    assert response.status_code == 422, response.text
-    error: dict[str, Any] = response.json()["error"]
-    assert error["code"] == "validation_error"
-    assert list(where) in [d["loc"] for d in error["details"]]
-    return error
-
-
-@pytest.mark.parametrize("when", NO_UTC_EQUIVALENT)
-@pytest.mark.parametrize("bound", ["from", "to"])
-@pytest.mark.parametrize(("role", "path"), PERIOD_ROUTES, ids=[p for _, p in PERIOD_ROUTES])
-def test_a_period_bound_without_a_utc_equivalent_is_a_422_naming_it(
-    *, api: str, world: Any, role: str, path: str, bound: str, when: str
-) -> None:
-    url = api + path.format(p=world.patient)
-    response = httpx.get(url, params={bound: when}, headers=world.by_name(role).headers)
-    error = _validation_error(response, "query", bound)
-    (detail,) = error["details"]
-    assert detail["msg"] == f"is out of range: {when} is outside the years 1 to 9999 in UTC"
+def test_a_period_bound_without_a_utc_equivalent_is_a_422_naming_it(api: str, world: Any) -> None:
+    """Every route with a period, each bound, each end of the calendar: one server, all cases,
+    every failure reported together."""
+    failures = []
+    for role, path in PERIOD_ROUTES:
+        url = api + path.format(p=world.patient)
+        for bound in ("from", "to"):
+            for when in NO_UTC_EQUIVALENT:
+                try:
+                    response = httpx.get(
+                        url, params={bound: when}, headers=world.by_name(role).headers
+                    )
+                except httpx.HTTPError as exc:  # e.g. a 200 whose body stopped short
+                    failures.append(f"{path}?{bound}={when}: {type(exc).__name__}: {exc}")
+                    continue
+                expected = {
+                    "loc": ["query", bound],
+                    "msg": f"is out of range: {when} is outside the years 1 to 9999 in UTC",
+                    "type": "datetime_out_of_range",
+                }
+                if response.status_code != 422 or response.json()["error"]["details"] != [expected]:
+                    failures.append(
+                        f"{path}?{bound}={when}: {response.status_code} {response.text}"
+                    )
+    assert not failures, "\n".join(failures)
 
 
 @pytest.mark.parametrize(
-    "path", ["/patients/{p}/export/sessions.csv", "/patients/{p}/export/checkins.csv"]
+    ("path", "rows"),
+    [("/patients/{p}/export/sessions.csv", 3), ("/patients/{p}/export/checkins.csv", 0)],
 )
 def test_a_csv_export_of_the_whole_calendar_is_whole(
-    api: str, world: Any, engine: Engine, path: str
+    *,
+    api: str,
+    world: Any,
+    engine: Engine,
+    make_envelope: Callable[..., Envelope],
+    make_body: Callable[..., dict[str, Any]],
+    path: str,
+    rows: int,
 ) -> None:
-    """The widest period there is, in UTC: a complete download (it ends with its last line)."""
+    """The widest period there is, in UTC: a complete download, every row and the header."""
+    now = datetime.now(UTC)
+    sessions = [
+        make_envelope(world.device, body=make_body(start=now - timedelta(hours=h)), seq=h)
+        for h in range(3)
+    ]
+    IngestProcessor(engine).process(
+        Received(topics.up(world.device, "session"), e.to_bytes()) for e in sessions
+    )
     url = api + path.format(p=world.patient)
     params = {"from": "0001-01-01T00:00:00Z", "to": "9999-12-31T23:59:59.999999Z"}
     with httpx.stream("GET", url, params=params, headers=world.clinician.headers) as response:
         assert response.status_code == 200
         body = response.read().decode()
-    assert body.endswith("\r\n") and body.count("\r\n") == 1  # the header: no sessions yet
+    assert body.endswith("\r\n") and body.count("\r\n") == 1 + rows
     with Session(engine) as session:
         audited = session.exec(
             select(func.count()).select_from(AuditRow).where(AuditRow.action == "export")
@@ -95,102 +122,103 @@ def test_a_csv_export_of_the_whole_calendar_is_whole(
     assert audited == 1
 
 
+def test_a_csv_export_whose_query_fails_is_an_error_not_a_200_cut_short(
+    api: str, world: Any, engine: Engine
+) -> None:
+    """Whatever fails in the query (here its table is gone) fails before the status is sent."""
+    url = f"{api}/patients/{world.patient}/export/sessions.csv"
+    with engine.begin() as conn:
+        conn.execute(text("ALTER TABLE session_record RENAME TO session_record_away"))
+    try:
+        response = httpx.get(url, headers=world.clinician.headers)
+    finally:
+        with engine.begin() as conn:
+            conn.execute(text("ALTER TABLE session_record_away RENAME TO session_record"))
+    assert response.status_code == 500
+    assert response.json()["error"]["code"] == "internal_error"
+
+
 def _patients(engine: Engine) -> int:
     with Session(engine) as session:
         return session.exec(select(func.count()).select_from(PatientRow)).one()
 
 
-@pytest.mark.parametrize(
-    ("role", "method", "path", "body", "where"),
-    [
-        (
-            "clinician",
-            "POST",
-            "/patients",
-            {"name": "Ada \ud800", "birth_date": "1970-01-01"},
-            ("body", "name"),
-        ),
-        (
-            "clinician",
-            "POST",
-            "/patients",
-            {"name": "Ada", "birth_date": "1970-01-01", "notes": "\udfff"},
-            ("body", "notes"),
-        ),
-        ("clinician", "PATCH", "/patients/{p}", {"name": "\udc00x"}, ("body", "name")),
-        (
-            "clinician",
-            "POST",
-            "/patients",
-            {"name": "Ada", "birth_date": "1970-01-01", "\ud800": 1},
-            ("body",),
-        ),
-        (
-            "clinician",
-            "PUT",
-            "/patients/{p}/desired",
-            {"profile": {"name": {"nested": ["\ud800"]}}},
-            ("body", "profile"),
-        ),
-        (
-            "clinician",
-            "PUT",
-            "/patients/{p}/desired",
-            {"profile": {"\udfff": 1}},
-            ("body", "profile"),
-        ),
-        (
-            "clinician",
-            "POST",
-            "/programs",
-            {"document": 'name = "\ud800"\n'},
-            ("body", "document"),
-        ),
-        ("admin", "POST", "/devices", {"id": "dev-new", "note": "\ud800"}, ("body", "note")),
-        (
-            "admin",
-            "POST",
-            "/assignments",
-            {"device_id": "dev-a", "patient_id": "{p}", "valid_from": NO_UTC_EQUIVALENT[0]},
-            ("body", "valid_from"),
-        ),
-        (
-            "anonymous",
-            "POST",
-            "/auth/login",
-            {"email": "a@b.org", "password": "\ud800" * 12},
-            ("body", "password"),
-        ),
-    ],
-    ids=[
-        "patient-name",
-        "patient-notes",
-        "patient-update",
-        "field-name",
-        "profile-value",
-        "profile-key",
-        "program",
-        "device-note",
-        "assignment-time",
-        "login",
-    ],
-)
+#: (role, method, path, body, where the 422 points): text that is not valid Unicode in every kind
+#: of text input, a time without a UTC equivalent in a body. ``{p}`` is the world's patient.
+REFUSED_BODIES: list[tuple[str, str, str, dict[str, Any], tuple[str, ...]]] = [
+    (
+        "clinician",
+        "POST",
+        "/patients",
+        {"name": "Ada \ud800", "birth_date": "1970-01-01"},
+        ("body", "name"),
+    ),
+    (
+        "clinician",
+        "POST",
+        "/patients",
+        {"name": "Ada", "birth_date": "1970-01-01", "notes": "\udfff"},
+        ("body", "notes"),
+    ),
+    ("clinician", "PATCH", "/patients/{p}", {"name": "\udc00x"}, ("body", "name")),
+    (
+        "clinician",
+        "POST",
+        "/patients",
+        {"name": "Ada", "birth_date": "1970-01-01", "\ud800": 1},
+        ("body",),
+    ),
+    (
+        "clinician",
+        "PUT",
+        "/patients/{p}/desired",
+        {"profile": {"name": {"nested": ["\ud800"]}}},
+        ("body", "profile"),
+    ),
+    ("clinician", "PUT", "/patients/{p}/desired", {"profile": {"\udfff": 1}}, ("body", "profile")),
+    ("clinician", "POST", "/programs", {"document": 'name = "\ud800"\n'}, ("body", "document")),
+    (
+        "clinician",
+        "POST",
+        "/patients/{p}/dose-ledger/reset",
+        {"reason": "a\ud800"},
+        ("body", "reason"),
+    ),
+    ("admin", "POST", "/devices", {"id": "dev-new", "note": "\ud800"}, ("body", "note")),
+    (
+        "admin",
+        "POST",
+        "/assignments",
+        {"device_id": "dev-a", "patient_id": "{p}", "valid_from": NO_UTC_EQUIVALENT[0]},
+        ("body", "valid_from"),
+    ),
+    (
+        "anonymous",
+        "POST",
+        "/auth/login",
+        {"email": "a@b.org", "password": "\ud800" * 12},
+        ("body", "password"),
+    ),
+]
+
+
 def test_text_that_is_not_unicode_or_a_time_out_of_range_is_a_422_and_changes_nothing(
-    *,
-    api: str,
-    world: Any,
-    engine: Engine,
-    role: str,
-    method: str,
-    path: str,
-    body: dict[str, Any],
-    where: tuple[str, ...],
+    api: str, world: Any, engine: Engine
 ) -> None:
-    actor = world.by_name(role)
-    headers = actor.headers if actor is not None else {}
+    failures = []
     patients = _patients(engine)
-    if role != "anonymous":
-        body = json.loads(json.dumps(body).replace("{p}", world.patient))
-    response = _request(method, api + path.format(p=world.patient), headers, body)
-    _validation_error(response, *where)
+    for role, method, path, body, where in REFUSED_BODIES:
+        actor = world.by_name(role)
+        headers = actor.headers if actor is not None else {}
+        sent = json.loads(json.dumps(body).replace("{p}", world.patient))
+        response = _request(method, api + path.format(p=world.patient), headers, sent)
+        if response.status_code != 422:
+            failures.append(f"{method} {path} {body!r}: {response.status_code} {response.text}")
+            continue
+        error = response.json()["error"]
+        if error["code"] != "validation_error" or list(where) not in [
+            d["loc"] for d in error["details"]
+        ]:
+            failures.append(f"{method} {path} {body!r}: {error}")
+    assert not failures, "\n".join(failures)
     assert _patients(engine) == patients
