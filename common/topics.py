@@ -35,6 +35,30 @@ def check_device_id(device_id: str) -> str:
     return device_id
 
 
+#: Our services' certificate names (the server's MQTT identity, the broker, HTTPS) begin with this.
+#: A device id can never contain ':', so no device certificate can carry a service's name, and the
+#: broker's ACL, which knows a client only by its certificate's name, tells the two apart.
+SERVICE_PREFIX: Final = "service:"
+
+
+def service_identity(name: str) -> str:
+    """The certificate name of service ``name`` (``resonera-server`` → ``service:resonera-server``);
+    ``name`` follows the device-id rules, so the identity is one a device can never have."""
+    bare = name.removeprefix(SERVICE_PREFIX)
+    if not _DEVICE_ID_RE.match(bare):
+        raise ProtocolError(
+            f"service name {name!r} is not valid: use 1-64 letters, digits, '_', '.', '-', "
+            "starting with a letter or digit"
+        )
+    return SERVICE_PREFIX + bare
+
+
+def is_service_identity(name: str) -> bool:
+    return name.startswith(SERVICE_PREFIX) and bool(
+        _DEVICE_ID_RE.match(name[len(SERVICE_PREFIX) :])
+    )
+
+
 def up(device_id: str, kind: UpKind) -> str:
     """Device → server topic for messages of ``kind``."""
     return f"{PREFIX}/{check_device_id(device_id)}/up/{kind}"

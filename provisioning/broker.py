@@ -12,12 +12,16 @@ from pathlib import Path
 from resonera.common import topics
 from resonera.provisioning.ca import FleetCA
 
-SERVER_IDENTITY = "resonera-server"
+#: The server's MQTT identity (its certificate's CN and so its broker username).
+SERVER_IDENTITY = topics.service_identity("resonera-server")
+#: The broker's own TLS certificate.
+BROKER_IDENTITY = topics.service_identity("resonera-broker")
 
 
 def render_acl(server_identity: str = SERVER_IDENTITY) -> str:
     """Devices touch only their own topics (``%u`` is the certificate CN); the server reads every
-    device's up-topics and status and writes acks and desired states."""
+    device's up-topics and status and writes acks and desired states. The server is named by its
+    service identity (``service:...``), which no device certificate can carry."""
     prefix = topics.PREFIX
     return "\n".join(
         [
@@ -142,7 +146,7 @@ def provision_broker(
     directory.mkdir(parents=True, exist_ok=True)
     clients = issuing or ca
     ca.issue_service(
-        "resonera-broker",
+        BROKER_IDENTITY,
         directory / "broker.key",
         directory / "broker.crt",
         passphrase,

@@ -30,7 +30,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from resonera.common import topics
 from resonera.common.clock import Clock, utc_now
+from resonera.common.errors import ProtocolError
 from resonera.common.identity import (
     IdentityError,
     generate_key,
@@ -292,9 +294,14 @@ class FleetCA:
         days: int = SERVICE_DAYS,
     ) -> x509.Certificate:
         """Key and certificate for one of our services: the broker (server names for TLS) or the
-        server's MQTT identity (CN ``name``, client auth)."""
+        server's MQTT identity (client auth). Its CN is ``service_identity(name)``, a name no device
+        certificate can have."""
+        try:
+            identity = topics.service_identity(name)
+        except ProtocolError as exc:
+            raise CAError(str(exc)) from None
         key = generate_key()
-        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, identity)])
         cert = self._issue(
             passphrase,
             key.public_key(),

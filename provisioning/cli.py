@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from resonera.common import topics
 from resonera.common.cli import run_cli
 from resonera.common.clock import utc_now
 from resonera.common.errors import ConfigError
@@ -127,13 +128,11 @@ def _broker_config(args: argparse.Namespace) -> int:
 
 def _service_cert(args: argparse.Namespace) -> int:
     args.out_dir.mkdir(parents=True, exist_ok=True)
+    name = args.name.removeprefix(topics.SERVICE_PREFIX)
     cert = FleetCA(args.ca).issue_service(
-        args.name,
-        args.out_dir / f"{args.name}.key",
-        args.out_dir / f"{args.name}.crt",
-        _passphrase(args),
+        name, args.out_dir / f"{name}.key", args.out_dir / f"{name}.crt", _passphrase(args)
     )
-    print(f"issued {args.name!r} (serial {cert.serial_number:x}) into {args.out_dir}")
+    print(f"issued {common_name(cert)!r} (serial {cert.serial_number:x}) into {args.out_dir}")
     return 0
 
 
@@ -205,14 +204,25 @@ def _device_add(args: argparse.Namespace) -> int:
 
     engine = _server_engine(args)
     try:
-        code, expires = register_code(
-            engine, args.serial, ttl=args.expires, device_id=args.device_id, now=utc_now()
+        code, device_id, expires = register_code(
+            engine,
+            args.serial,
+            ttl=args.expires,
+            device_id=args.device_id,
+            reprovision=args.reprovision,
+            now=utc_now(),
         )
     finally:
         engine.dispose()
-    print(f"registered serial {args.serial!r}; one-time enrollment code (shown only now):")
+    again = ", re-provisioned: it gets a new identity" if args.reprovision else ""
+    print(
+        f"registered serial {args.serial!r} as device {device_id!r}{again}; "
+        "one-time enrollment code (shown only now):"
+    )
     print(f"  {code}")
-    print(f"valid until {expires:%Y-%m-%d %H:%M} UTC; on the device run:")
+    print(
+        f"valid until {expires:%Y-%m-%d %H:%M} UTC; on the device (device_id = {device_id!r}) run:"
+    )
     print(f"  resonera-device enroll --server https://SERVER --code {code} --serial {args.serial}")
     return 0
 
@@ -259,7 +269,7 @@ def _device_bundle(args: argparse.Namespace) -> int:
 
     engine = _server_engine(args)
     try:
-        register_bundle(engine, args.serial, cert, now=utc_now())
+        register_bundle(engine, args.serial, cert, reprovision=args.reprovision, now=utc_now())
     finally:
         engine.dispose()
     print(f"registered {args.device_id!r} on the server")
@@ -305,7 +315,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     service = sub.add_parser("service-cert", help="key and certificate for one of our services")
     service.add_argument("--ca", type=Path, required=True)
-    service.add_argument("--name", default=SERVER_IDENTITY)
+    service.add_argument(
+        "--name",
+        default=SERVER_IDENTITY,
+        help="the service's name; its certificate is named 'service:NAME', which no device can be",
+    )
     service.add_argument("--out-dir", type=Path, required=True)
     service.set_defaults(func=_service_cert)
 
@@ -326,7 +340,16 @@ def build_parser() -> argparse.ArgumentParser:
     add = device_sub.add_parser("add", help="register a serial; print a one-time enrollment code")
     add.add_argument("serial")
     add.add_argument("--expires", type=_duration, default=timedelta(hours=24), help="e.g. 24h")
-    add.add_argument("--device-id", default=None, help="the device id it must enroll as")
+    add.add_argument(
+        "--device-id",
+        default=None,
+        help="the device id it enrolls as (default: the serial); the device's config must name it",
+    )
+    add.add_argument(
+        "--reprovision",
+        action="store_true",
+        help="give a device id the server already knows a new identity (replaces its key)",
+    )
     add.add_argument("--server-config", type=Path, default=None, help="resonera-server's config")
     add.set_defaults(func=_device_add)
     bundle = device_sub.add_parser("bundle", help="write a signed identity bundle (factory)")
@@ -334,6 +357,11 @@ def build_parser() -> argparse.ArgumentParser:
     bundle.add_argument("--out", type=Path, required=True, help="folder for the SD-card image")
     bundle.add_argument("--ca", type=Path, required=True, help="the issuing CA folder")
     bundle.add_argument("--device-id", required=True)
+    bundle.add_argument(
+        "--reprovision",
+        action="store_true",
+        help="give a device id the server already knows a new identity (replaces its key)",
+    )
     bundle.add_argument("--days", type=int, default=365)
     bundle.add_argument("--server-config", type=Path, default=None, help="register it there")
     bundle.add_argument("--server-public-key", default=None, help="base64 Ed25519 (pinned)")

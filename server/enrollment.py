@@ -1,7 +1,9 @@
 """Enrollment: one-time codes, certificates from the online issuing CA, renewal, revocation.
 
 A code is made by an admin (``resonera-provision device add SERIAL``) and stored only as its
-SHA-256; it is good once, for one serial, until it expires. Failed attempts are counted per serial
+SHA-256; it is good once, for one serial and the one device id fixed when it was made (never the
+name a request asks for), until it expires. A device id the server knows already is given a new
+identity only when the admin says so (``--reprovision``). Failed attempts are counted per serial
 and per client address in the database (so every API process shares the count) and answered with
 429 and ``Retry-After`` once a limit is reached. A request that fails issues nothing and leaves the
 code unused, unless the failure was the code itself.
@@ -125,43 +127,82 @@ def register_code(
     *,
     ttl: timedelta = DEFAULT_CODE_TTL,
     device_id: str | None = None,
+    reprovision: bool = False,
     now: datetime,
-) -> tuple[str, datetime]:
+) -> tuple[str, str, datetime]:
     """Register ``serial`` (or give it a new code, which replaces an unused old one); return the
-    code, shown once, and its expiry."""
+    code, shown once, the device id it enrolls and its expiry.
+
+    The device id is fixed here, never by the device's request: ``device_id``, or the serial
+    itself when that is a valid device id. An id the server already knows (enrolled, from a
+    bundle, registered through the API, or bound to another serial) is taken over only with
+    ``reprovision``: an admin's explicit decision to give that device a new identity."""
     check_serial(serial)
     if not timedelta(minutes=1) <= ttl <= MAX_CODE_TTL:
         raise EnrollmentError(400, "a code must be valid for 1 minute to 30 days")
-    if device_id is not None:
-        try:
-            topics.check_device_id(device_id)
-        except ProtocolError as exc:
-            raise EnrollmentError(400, str(exc)) from None
+    bound = _device_id_for(serial, device_id)
     code = new_code()
     with Session(engine) as session:
         row = session.get(EnrollmentRow, serial) or EnrollmentRow(
             serial=serial, code_hash="", expires_at=now, created_at=now
         )
-        if device_id is not None:
-            _check_device_free(session, device_id, serial)
-            row.device_id = device_id
+        _bind(session, serial, bound, reprovision=reprovision, now=now)
+        row.device_id = bound
+        row.reprovision = reprovision
         row.code_hash = code_hash(code)
         row.expires_at = now + ttl
         row.used_at = None
         session.add(row)
         session.commit()
-    return code, now + ttl
+    return code, bound, now + ttl
 
 
-def _check_device_free(session: Session, device_id: str, serial: str) -> None:
-    other = session.exec(
+def _device_id_for(serial: str, device_id: str | None) -> str:
+    """The device id a serial enrolls as: the one given, else the serial when it is a valid id."""
+    try:
+        return topics.check_device_id(device_id if device_id is not None else serial)
+    except ProtocolError as exc:
+        if device_id is not None:
+            raise EnrollmentError(400, str(exc)) from None
+        raise EnrollmentError(
+            400,
+            f"serial {serial!r} cannot serve as a device id ({exc}); give the device id to bind "
+            "(--device-id)",
+        ) from None
+
+
+def _bind(
+    session: Session, serial: str, device_id: str, *, reprovision: bool, now: datetime
+) -> None:
+    """Check that ``serial`` may be bound to ``device_id``; with ``reprovision``, unbind the id from
+    any other serial (spending that serial's unused code)."""
+    others = session.exec(
         select(EnrollmentRow).where(
             EnrollmentRow.device_id == device_id, EnrollmentRow.serial != serial
         )
-    ).first()
-    if other is not None:
+    ).all()
+    known = session.get(DeviceRow, device_id)
+    if known is not None and known.revoked:
         raise EnrollmentError(
-            409, f"device id {device_id!r} belongs to the board with serial {other.serial!r}"
+            403, f"device {device_id!r} is revoked; a revoked device id is never given out again"
+        )
+    if reprovision:
+        for other in others:
+            other.device_id = None
+            other.used_at = other.used_at or now
+            session.add(other)
+        return
+    if others:
+        raise EnrollmentError(
+            409,
+            f"device id {device_id!r} belongs to the board with serial {others[0].serial!r}; "
+            f"to move it to {serial!r}, re-provision it explicitly (--reprovision)",
+        )
+    if known is not None:
+        raise EnrollmentError(
+            409,
+            f"device {device_id!r} is already registered ({known.note or 'by an admin'}); "
+            "to give it a new identity, re-provision it explicitly (--reprovision)",
         )
 
 
@@ -305,21 +346,25 @@ class Enroller:
             raise EnrollmentError(
                 400, f"the certificate request names serial {csr_serial!r}, not {serial!r}"
             )
-        if row.device_id is not None and device_id != row.device_id:
+        if row.device_id is None:
+            raise EnrollmentError(
+                403,
+                f"the code for serial {serial!r} was made before codes were bound to a device "
+                "id; ask an administrator for a new one (resonera-provision device add)",
+            )
+        if device_id != row.device_id:
             raise EnrollmentError(
                 400,
-                f"serial {serial!r} is registered as device {row.device_id!r}, "
-                f"the request names {device_id!r}",
+                f"this code enrolls serial {serial!r} as device {row.device_id!r}, but the "
+                f"request names {device_id!r}: set device_id = {row.device_id!r} on the device",
             )
-        _check_device_free(session, device_id, serial)
-        device = session.get(DeviceRow, device_id)
-        if device is not None and device.revoked:
-            raise EnrollmentError(403, f"device {device_id!r} is revoked")
+        # Checked again at use: the registry may have changed since the code was made.
+        _bind(session, serial, device_id, reprovision=row.reprovision, now=now)
         # Single use even when two requests race: only one UPDATE finds the code unused.
         taken = session.execute(
             update(EnrollmentRow)
             .where(col(EnrollmentRow.serial) == serial, col(EnrollmentRow.used_at).is_(None))
-            .values(used_at=now, device_id=device_id)
+            .values(used_at=now)
         )
         if taken.rowcount != 1:  # type: ignore[attr-defined]
             session.rollback()
@@ -497,12 +542,20 @@ def _subject_serial(cert: x509.Certificate) -> str:
     return value if isinstance(value, str) else value.decode()
 
 
-def register_bundle(engine: Engine, serial: str, cert: x509.Certificate, *, now: datetime) -> None:
+def register_bundle(
+    engine: Engine,
+    serial: str,
+    cert: x509.Certificate,
+    *,
+    reprovision: bool = False,
+    now: datetime,
+) -> None:
     """Register a device that comes with a factory bundle: its serial (no code: used at once),
-    its certificate and key, as enrollment would have."""
+    its certificate and key, as enrollment would have. An id the server knows already is taken
+    over only with ``reprovision`` (see ``register_code``)."""
     device_id = common_name(cert)
     with Session(engine) as session:
-        _check_device_free(session, device_id, serial)
+        _bind(session, serial, device_id, reprovision=reprovision, now=now)
         row = session.get(EnrollmentRow, serial) or EnrollmentRow(
             serial=serial, code_hash=_DUMMY_HASH, expires_at=now, created_at=now
         )

@@ -221,12 +221,15 @@ class DeviceStateRow(SQLModel, table=True):
 
 class EnrollmentRow(SQLModel, table=True):
     """A board's serial an admin registered, with its one-time code (SHA-256 only), its expiry
-    and when it was used; ``device_id`` is bound at registration or at the first enrollment."""
+    and when it was used; ``device_id`` is bound at registration (rows from before that rule may
+    have none, and their codes are refused). ``reprovision``: the admin allowed this code to give
+    a device id the server already knew a new identity."""
 
     __tablename__ = "enrollment"
 
     serial: str = Field(primary_key=True, max_length=64)
     device_id: str | None = Field(default=None, max_length=DEVICE_ID_MAX)
+    reprovision: bool = Field(default=False)
     code_hash: str = Field(max_length=64)
     expires_at: datetime = Field(sa_type=UTCDateTime)
     used_at: datetime | None = Field(default=None, sa_type=UTCDateTime)

@@ -71,7 +71,7 @@ PASSPHRASE_ENV: Final = "RESONERA_CA_PASSPHRASE"
 #: The CA made for a self-contained run lives and dies with its work folder.
 RUN_PASSPHRASE: Final = b"fleet-sim throwaway CA passphrase"
 #: The local stack's identity that may read the broker's ``$SYS`` counters (and nothing else).
-MONITOR_IDENTITY: Final = "fleet-monitor"
+MONITOR_IDENTITY: Final = topics.service_identity("fleet-monitor")
 RECONNECT_MIN_S: Final = 1.0
 RECONNECT_MAX_S: Final = 30.0
 MISC_EVERY_S: Final = 1.0

@@ -153,7 +153,7 @@ def run_fleet(tmp_path: Path) -> Iterator[Fleet]:
     https = tmp_path / "https"
     https.mkdir()
     root.issue_service(
-        "resonera-https",
+        "service:resonera-https",
         https / "https.key",
         https / "https.crt",
         PASSPHRASE,
@@ -209,7 +209,7 @@ def enrollment_code(
 ) -> str:
     """A one-time code for ``serial``, made ``ago`` as ``resonera-provision device add`` makes it:
     on the real clock, which the fleet's HTTPS server reads too."""
-    code, _expires = register_code(fleet.engine, serial, now=utc_now() - ago, **kwargs)
+    code, _device_id, _expires = register_code(fleet.engine, serial, now=utc_now() - ago, **kwargs)
     return code
 
 

@@ -6,17 +6,22 @@ from __future__ import annotations
 import threading
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import NameOID
 from fleet import PASSPHRASE, TlsBroker
 from paho.mqtt.reasoncodes import ReasonCode
 from support import wait_until
 
 from resonera.common import topics
-from resonera.common.identity import generate_key, make_csr, write_private_key
+from resonera.common.errors import ProtocolError
+from resonera.common.identity import IdentityError, generate_key, make_csr, write_private_key
 from resonera.common.mqtt_client import BrokerUnavailable, build_client, connect
 from resonera.common.settings import MqttSettings
-from resonera.provisioning.ca import FleetCA
+from resonera.provisioning.broker import SERVER_IDENTITY
+from resonera.provisioning.ca import CAError, FleetCA
 
 
 class Client:
@@ -141,3 +146,53 @@ def test_a_revoked_device_is_refused_once_the_broker_reloads_the_crl(tls_broker:
     tls_broker.broker.reload()  # what `systemctl reload mosquitto` does
     wait_until(lambda: refused(settings, "dev-r"), what="the revoked device to be refused")
     assert not refused(tls_broker.device("dev-ok"), "dev-ok")
+
+
+def test_a_device_named_like_the_server_gets_only_a_device_rights(tls_broker: TlsBroker) -> None:
+    """A device certificate whose CN is the server's former name, 'resonera-server' (what an
+    enrollment code once bought): it reads no other device's messages, acks nothing for them,
+    joins no ingest share and replaces no desired state. The server's own identity does all that."""
+    impostor = Client(tls_broker.device("resonera-server"), "impostor")
+    b = Client(tls_broker.device("dev-b"), "dev-b")
+    server = Client(tls_broker.server(), "resonera-ingest-test")
+    try:
+        assert impostor.connected.wait(5) and b.connected.wait(5) and server.connected.wait(5)
+        for topic in (topics.UP_WILDCARD, topics.INGEST_SHARED_SUBSCRIPTION, topics.ack("dev-b")):
+            impostor.client.subscribe(topic, qos=1)
+        server.client.subscribe(topics.UP_WILDCARD, qos=1)
+        b.client.subscribe(topics.ack("dev-b"), qos=1)
+        b.client.subscribe(topics.desired("dev-b"), qos=1)
+        for topic in (topics.ack("dev-b"), topics.desired("dev-b")):
+            reason = impostor.publish(topic, b"forged")
+            assert reason.is_failure and "authorized" in str(reason).lower()
+        assert not b.publish(topics.up("dev-b", "session"), b"b's session").is_failure
+        # the server's identity reaches b: once its ack arrives, a forged one would have too
+        server.publish(topics.ack("dev-b"), b"real ack")
+        wait_until(lambda: b"real ack" in [p for _t, p in b.messages], what="the server's ack")
+        wait_until(lambda: len(server.messages) == 1, what="b's session at the server")
+        assert [p for _t, p in b.messages] == [b"real ack"]
+        assert impostor.messages == []
+    finally:
+        for c in (impostor, b, server):
+            c.close()
+
+
+def test_no_device_certificate_can_carry_a_service_name(tls_broker: TlsBroker) -> None:
+    key = generate_key()
+    with pytest.raises(ProtocolError, match="not valid"):
+        make_csr(key, SERVER_IDENTITY, "SN-1")
+    # a request built by hand, past make_csr's check, is refused by the CA
+    subject = x509.Name(
+        [
+            x509.NameAttribute(NameOID.COMMON_NAME, SERVER_IDENTITY),
+            x509.NameAttribute(NameOID.SERIAL_NUMBER, "SN-1"),
+        ]
+    )
+    csr = x509.CertificateSigningRequestBuilder().subject_name(subject).sign(key, hashes.SHA256())
+    with pytest.raises(IdentityError, match="not valid"):
+        tls_broker.ca.sign_device_csr(csr.public_bytes(serialization.Encoding.PEM), PASSPHRASE)
+    assert SERVER_IDENTITY.startswith(topics.SERVICE_PREFIX)
+    with pytest.raises(CAError, match="not valid"):
+        tls_broker.ca.issue_service(
+            "bad name", tls_broker.workdir / "x.key", tls_broker.workdir / "x.crt", PASSPHRASE
+        )

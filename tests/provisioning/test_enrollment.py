@@ -103,6 +103,8 @@ def test_enrolled_device_syncs_over_mutual_tls_and_revocation_cuts_it_off(fleet:
         "device",
         "add",
         "SN-100",
+        "--device-id",
+        "dev-100",
         "--expires",
         "1h",
         "--server-config",
@@ -191,7 +193,7 @@ def test_enrolled_device_syncs_over_mutual_tls_and_revocation_cuts_it_off(fleet:
 
 
 def test_a_code_works_once(fleet: Fleet) -> None:
-    code = new_code(fleet, "SN-1")
+    code = new_code(fleet, "SN-1", device_id="dev-1")
     enroll(device_settings(fleet, "dev-1"), fleet.url, code, serial="SN-1", ca_file=fleet.https_ca)
     before = issued_count(fleet)
     with pytest.raises(EnrollError, match="already used"):
@@ -202,7 +204,9 @@ def test_a_code_works_once(fleet: Fleet) -> None:
 
 
 def test_an_expired_code_is_refused(fleet: Fleet) -> None:
-    code = new_code(fleet, "SN-2", ttl=timedelta(minutes=5), ago=timedelta(hours=1))
+    code = new_code(
+        fleet, "SN-2", device_id="dev-2", ttl=timedelta(minutes=5), ago=timedelta(hours=1)
+    )
     with pytest.raises(EnrollError, match="expired at"):
         enroll(
             device_settings(fleet, "dev-2"), fleet.url, code, serial="SN-2", ca_file=fleet.https_ca
@@ -212,7 +216,7 @@ def test_an_expired_code_is_refused(fleet: Fleet) -> None:
 
 
 def test_a_device_whose_clock_is_off_is_told_so_and_keeps_its_code(fleet: Fleet) -> None:
-    code = new_code(fleet, "SN-13")
+    code = new_code(fleet, "SN-13", device_id="dev-13")
     settings = device_settings(fleet, "dev-13")
     skewed = datetime.now(UTC) - timedelta(days=3)
     with pytest.raises(EnrollError, match="set the device's clock"):
@@ -222,7 +226,7 @@ def test_a_device_whose_clock_is_off_is_told_so_and_keeps_its_code(fleet: Fleet)
 
 
 def test_a_code_for_another_serial_is_refused(fleet: Fleet) -> None:
-    code = new_code(fleet, "SN-3")
+    code = new_code(fleet, "SN-3", device_id="dev-3")
     new_code(fleet, "SN-4")
     with pytest.raises(EnrollError, match="not valid for serial 'SN-4'"):
         enroll(
@@ -236,7 +240,7 @@ def test_a_code_for_another_serial_is_refused(fleet: Fleet) -> None:
 
 
 def test_guessing_codes_is_rate_limited_per_serial_and_per_address(fleet: Fleet) -> None:
-    code = new_code(fleet, "SN-5")
+    code = new_code(fleet, "SN-5", device_id="dev-5")
     csr = make_csr(generate_key(), "dev-5", "SN-5").decode()
     for _ in range(3):
         wrong = post(fleet, "/enroll", {"serial": "SN-5", "code": "AAAAA-AAAAA", "csr": csr})
@@ -281,7 +285,7 @@ def rsa_csr(serial: str) -> str:
 def test_bad_requests_are_refused_clearly_and_issue_nothing(
     fleet: Fleet, body: dict[str, str], status: int, complaint: str
 ) -> None:
-    code = new_code(fleet, "SN-6")
+    code = new_code(fleet, "SN-6", device_id="d6")
     full = {"serial": "SN-6", "code": code, "csr": make_csr(generate_key(), "d6", "SN-6").decode()}
     answer = post(fleet, "/enroll", {**full, **body})
     assert answer.status_code == status
@@ -293,7 +297,7 @@ def test_bad_requests_are_refused_clearly_and_issue_nothing(
 
 def test_the_server_certificate_must_verify(fleet: Fleet, tmp_path: Path) -> None:
     other = FleetCA.init(tmp_path / "other", PASSPHRASE)
-    code = new_code(fleet, "SN-7")
+    code = new_code(fleet, "SN-7", device_id="dev-7")
     with pytest.raises(EnrollError, match="does not verify against"):
         enroll(
             device_settings(fleet, "dev-7"), fleet.url, code, serial="SN-7", ca_file=other.cert_path
@@ -309,7 +313,13 @@ def test_the_server_certificate_must_verify(fleet: Fleet, tmp_path: Path) -> Non
 
 def test_renewal_gives_a_new_key_and_a_working_certificate(fleet: Fleet) -> None:
     settings = device_settings(fleet, "dev-8")
-    enroll(settings, fleet.url, new_code(fleet, "SN-8"), serial="SN-8", ca_file=fleet.https_ca)
+    enroll(
+        settings,
+        fleet.url,
+        new_code(fleet, "SN-8", device_id="dev-8"),
+        serial="SN-8",
+        ca_file=fleet.https_ca,
+    )
     identity = Identity.of(settings.data_dir)
     old_cert = identity.cert_path.read_bytes()
     old_key = identity.key_path.read_bytes()
@@ -341,7 +351,13 @@ def test_renewal_gives_a_new_key_and_a_working_certificate(fleet: Fleet) -> None
 
 def test_the_agent_renews_a_certificate_near_its_end(fleet: Fleet) -> None:
     settings = device_settings(fleet, "dev-12")
-    enroll(settings, fleet.url, new_code(fleet, "SN-12"), serial="SN-12", ca_file=fleet.https_ca)
+    enroll(
+        settings,
+        fleet.url,
+        new_code(fleet, "SN-12", device_id="dev-12"),
+        serial="SN-12",
+        ca_file=fleet.https_ca,
+    )
     identity = Identity.of(settings.data_dir)
     key = load_private_key(identity.key_path)
     # the certificate the device holds is 80 days into its 90: under 30 % left

@@ -18,7 +18,7 @@ from pydantic import SecretStr
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from resonera.common.identity import common_name, generate_key, make_csr
+from resonera.common.identity import common_name, fingerprint, generate_key, make_csr
 from resonera.provisioning.ca import FleetCA
 from resonera.provisioning.enrollment import renewal_payload
 from resonera.server.enrollment import (
@@ -62,20 +62,24 @@ def _enroll(
     serial: str,
     code: str,
     *,
-    device_id: str = "dev-1",
+    device_id: str | None = None,
     client: str = "10.0.0.1",
     key: ec.EllipticCurvePrivateKey | None = None,
 ) -> x509.Certificate:
-    csr = make_csr(key or generate_key(), device_id, serial)
+    """Enroll with a CSR naming ``device_id`` (by default the serial, the id a code binds)."""
+    csr = make_csr(key or generate_key(), device_id or serial, serial)
     with Session(engine) as session:
         issued = enroller.enroll(session, serial=serial, code=code, csr_pem=csr, client=client)
     return x509.load_pem_x509_certificate(issued.certificate_pem.encode())
 
 
 def test_a_code_is_spent_once_and_registers_the_device(enroller: Enroller, engine: Engine) -> None:
-    code, expires = register_code(engine, "SN-1", ttl=timedelta(hours=1), now=T)
-    assert expires == T + timedelta(hours=1)
-    cert = _enroll(enroller, engine, "SN-1", code.lower())  # case and dashes do not matter
+    code, bound, expires = register_code(
+        engine, "SN-1", ttl=timedelta(hours=1), device_id="dev-1", now=T
+    )
+    assert (bound, expires) == ("dev-1", T + timedelta(hours=1))
+    # case and dashes do not matter
+    cert = _enroll(enroller, engine, "SN-1", code.lower(), device_id="dev-1")
     with Session(engine) as session:
         device = session.get(DeviceRow, "dev-1")
         assert device is not None and device.public_key and not device.revoked
@@ -85,14 +89,14 @@ def test_a_code_is_spent_once_and_registers_the_device(enroller: Enroller, engin
         assert code not in row.code_hash
     assert cert.not_valid_after_utc > T
     with pytest.raises(EnrollmentError, match="already used") as caught:
-        _enroll(enroller, engine, "SN-1", code)
+        _enroll(enroller, engine, "SN-1", code, device_id="dev-1")
     assert caught.value.status == 403
 
 
 def test_failures_are_limited_per_serial_then_per_address(
     enroller: Enroller, engine: Engine, clock: WallClock
 ) -> None:
-    code, _ = register_code(engine, "SN-2", now=T)
+    code, _, _ = register_code(engine, "SN-2", now=T)
     for _ in range(2):
         with pytest.raises(EnrollmentError, match="not valid for serial") as caught:
             _enroll(enroller, engine, "SN-2", "WRONG")
@@ -116,26 +120,85 @@ def test_failures_are_limited_per_serial_then_per_address(
 
 def test_a_device_id_cannot_be_taken_by_another_serial(enroller: Enroller, engine: Engine) -> None:
     register_code(engine, "SN-4", device_id="dev-4", now=T)
-    code, _ = register_code(engine, "SN-5", now=T)
-    with pytest.raises(EnrollmentError, match="belongs to the board with serial 'SN-4'"):
+    code, bound, _ = register_code(engine, "SN-5", now=T)
+    assert bound == "SN-5"  # the serial, when no id is given: never the request's choice
+    with pytest.raises(EnrollmentError, match="enrolls serial 'SN-5' as device 'SN-5'") as caught:
         _enroll(enroller, engine, "SN-5", code, device_id="dev-4")
-    with pytest.raises(EnrollmentError, match="belongs to the board"):
+    assert caught.value.status == 400
+    with pytest.raises(EnrollmentError, match="belongs to the board with serial 'SN-4'"):
         register_code(engine, "SN-5", device_id="dev-4", now=T)
+    # the admin's explicit re-provisioning moves it, and the old serial's code is spent
+    old_code, _, _ = register_code(engine, "SN-4", device_id="dev-4", now=T)
+    moved, _, _ = register_code(engine, "SN-5", device_id="dev-4", reprovision=True, now=T)
+    _enroll(enroller, engine, "SN-5", moved, device_id="dev-4")
+    with pytest.raises(EnrollmentError, match="already used"):
+        _enroll(enroller, engine, "SN-4", old_code, device_id="dev-4")
+
+
+def test_a_request_cannot_choose_its_name(enroller: Enroller, engine: Engine) -> None:
+    """The finding: a code made without a device id enrolled a CSR named as the server."""
+    code, _, _ = register_code(engine, "SN-X", now=T)
+    for name in ("resonera-server", "dev-other"):
+        with pytest.raises(EnrollmentError, match="as device 'SN-X'") as caught:
+            _enroll(enroller, engine, "SN-X", code, device_id=name)
+        assert caught.value.status == 400
+    with Session(engine) as session:
+        assert session.exec(select(DeviceRow)).all() == []
+        row = session.get(EnrollmentRow, "SN-X")
+        assert row is not None and row.used_at is None  # the code is still good for its device
+    cert = _enroll(enroller, engine, "SN-X", code)
+    assert common_name(cert) == "SN-X"
+
+
+def test_a_device_registered_elsewhere_is_rebound_only_by_reprovisioning(
+    enroller: Enroller, engine: Engine
+) -> None:
+    """A device registered through the API (``POST /devices``) or a bundle keeps its key until an
+    admin re-provisions it explicitly."""
+    with Session(engine) as session:
+        session.add(DeviceRow(id="dev-api", created_at=T, note="registered by API", public_key="K"))
+        session.commit()
+    with pytest.raises(EnrollmentError, match="already registered") as caught:
+        register_code(engine, "SN-A", device_id="dev-api", now=T)
+    assert caught.value.status == 409
+    code, _, _ = register_code(engine, "SN-A", device_id="dev-api", reprovision=True, now=T)
+    cert = _enroll(enroller, engine, "SN-A", code, device_id="dev-api")
+    with Session(engine) as session:
+        device = session.get(DeviceRow, "dev-api")
+        assert device is not None and device.public_key != "K"
+        assert device.cert_fingerprint == fingerprint(cert)
+    # the same serial asking again (a lost identity) is a re-provisioning too
+    with pytest.raises(EnrollmentError, match="already registered"):
+        register_code(engine, "SN-A", device_id="dev-api", now=T)
+
+
+def test_a_registration_after_the_code_was_made_is_not_overwritten(
+    enroller: Enroller, engine: Engine
+) -> None:
+    code, _, _ = register_code(engine, "SN-B", device_id="dev-b", now=T)
+    with Session(engine) as session:
+        session.add(DeviceRow(id="dev-b", created_at=T, note="registered by API", public_key="K"))
+        session.commit()
+    with pytest.raises(EnrollmentError, match="already registered"):
+        _enroll(enroller, engine, "SN-B", code, device_id="dev-b")
+    with Session(engine) as session:
+        device = session.get(DeviceRow, "dev-b")
+        assert device is not None and device.public_key == "K"
 
 
 def test_revocation_marks_the_registry_and_stops_enrollment_and_renewal(
     enroller: Enroller, engine: Engine
 ) -> None:
-    code, _ = register_code(engine, "SN-6", now=T)
+    code, _, _ = register_code(engine, "SN-6", device_id="dev-6", now=T)
     key = generate_key()
     cert = _enroll(enroller, engine, "SN-6", code, device_id="dev-6", key=key)
     assert revoke_certificate(engine, cert, now=T) == "dev-6"
     with Session(engine) as session:
         device = session.get(DeviceRow, "dev-6")
         assert device is not None and device.revoked
-    again, _ = register_code(engine, "SN-6", now=T)
-    with pytest.raises(EnrollmentError, match="dev-6' is revoked"):
-        _enroll(enroller, engine, "SN-6", again, device_id="dev-6")
+    with pytest.raises(EnrollmentError, match="dev-6' is revoked") as refused:
+        register_code(engine, "SN-6", device_id="dev-6", reprovision=True, now=T)
+    assert refused.value.status == 403
     cert_pem = cert.public_bytes(serialization.Encoding.PEM)
     csr = make_csr(generate_key(), "dev-6", "SN-6")
     when = T.isoformat()
@@ -172,7 +235,7 @@ def test_without_an_issuing_ca_enrollment_is_off(engine: Engine) -> None:
 def test_a_device_clock_far_off_is_told_before_the_code_is_spent(
     enroller: Enroller, engine: Engine
 ) -> None:
-    code, _ = register_code(engine, "SN-9", now=T)
+    code, _, _ = register_code(engine, "SN-9", device_id="dev-9", now=T)
     csr = make_csr(generate_key(), "dev-9", "SN-9")
     late = (T - timedelta(hours=2)).isoformat()
     with Session(engine) as session, pytest.raises(EnrollmentError, match="clock is 7200 s"):
@@ -207,7 +270,7 @@ def _renew(
 def test_a_renewal_retried_with_the_same_key_gets_the_same_certificate(
     enroller: Enroller, engine: Engine
 ) -> None:
-    code, _ = register_code(engine, "SN-10", now=T)
+    code, _, _ = register_code(engine, "SN-10", device_id="dev-10", now=T)
     key, new_key = generate_key(), generate_key()
     cert = _enroll(enroller, engine, "SN-10", code, device_id="dev-10", key=key)
     renewed = _renew(enroller, engine, cert, key, new_key)
@@ -221,7 +284,7 @@ def test_a_renewal_retried_with_the_same_key_gets_the_same_certificate(
 def test_revoking_a_device_lists_all_its_certificates_on_the_crl(
     enroller: Enroller, engine: Engine
 ) -> None:
-    code, _ = register_code(engine, "SN-10", now=T)
+    code, _, _ = register_code(engine, "SN-10", device_id="dev-10", now=T)
     key, new_key = generate_key(), generate_key()
     cert = _enroll(enroller, engine, "SN-10", code, device_id="dev-10", key=key)
     renewed = _renew(enroller, engine, cert, key, new_key)
