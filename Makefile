@@ -11,12 +11,12 @@ DEV_LOCK := requirements/dev.txt
 UV_VERSION := 0.13.8
 TOOLS := .venv-tools
 
-.PHONY: demo test lint typecheck pytest pytest-future sysdeps-test sysdeps-demo venv clean wheel-check bench lock
+.PHONY: demo test lint typecheck pytest pytest-future audit sbom sysdeps-test sysdeps-demo venv clean wheel-check bench lock
 
 demo: sysdeps-demo $(STAMP)
 	$(BIN)/resonera demo $(DEMO_ARGS)
 
-test: sysdeps-test $(STAMP) lint typecheck pytest pytest-future
+test: sysdeps-test $(STAMP) lint typecheck audit pytest pytest-future
 
 sysdeps-test:
 	@scripts/sysdeps.sh test
@@ -54,7 +54,7 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy -p resonera.common -p resonera.device -p resonera.server -p resonera.hardware -p resonera.provisioning -p resonera.stack
-	$(BIN)/mypy tests benchmarks
+	$(BIN)/mypy tests benchmarks scripts
 
 pytest: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
@@ -65,6 +65,22 @@ FUTURE ?= +365d
 FUTURE_TESTS ?= tests/common tests/device tests/server tests/provisioning
 pytest-future: $(STAMP)
 	scripts/faketime-run $(FUTURE) $(BIN)/python -m pytest -q $(FUTURE_TESTS) $(PYTEST_ARGS)
+
+# Known vulnerabilities in the device's and the server's locked sets (pip-audit); says so in one line
+# where the vulnerability database cannot be reached.
+audit: $(STAMP)
+	$(BIN)/python scripts/audit_locks.py requirements/device.txt requirements/server.txt
+
+# CycloneDX SBOMs of the device's and the server's locked sets.
+SBOM_DIR ?= build/sbom
+sbom:
+	mkdir -p $(SBOM_DIR)
+	for role in device server; do \
+	  PYTHONWARNINGS=ignore::UserWarning $(BIN)/cyclonedx-py requirements requirements/$$role.txt \
+	    --pyproject pyproject.toml --of JSON --output-reproducible --validate \
+	    -o $(SBOM_DIR)/resonera-$$role.cdx.json || exit 1; \
+	done
+	@echo "SBOMs in $(SBOM_DIR): resonera-device.cdx.json resonera-server.cdx.json"
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py

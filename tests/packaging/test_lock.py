@@ -7,56 +7,16 @@ from __future__ import annotations
 
 import importlib.metadata
 import tomllib
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from packaging.markers import Marker
+from locks import pins_here, read_lock
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parents[2]
-LOCKS = ROOT / "requirements"
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
-
-
-@dataclass(frozen=True)
-class Pin:
-    name: str
-    version: Version
-    marker: Marker | None
-    hashes: int
-
-    def applies_here(self) -> bool:
-        return self.marker is None or self.marker.evaluate()
-
-
-def read_lock(name: str) -> list[Pin]:
-    """The pins of ``requirements/NAME.txt``: continuation lines joined, comments dropped."""
-    text = (LOCKS / f"{name}.txt").read_text().replace("\\\n", " ")
-    pins = []
-    for raw in text.splitlines():
-        line = raw.split("#", 1)[0].strip()
-        if not line:
-            continue
-        spec, *hashes = line.split("--hash=")
-        requirement = Requirement(spec.strip())
-        (specifier,) = requirement.specifier
-        assert specifier.operator == "==", f"{name}.txt: {spec!r} is not an exact pin"
-        pins.append(
-            Pin(
-                canonicalize_name(requirement.name),
-                Version(specifier.version),
-                requirement.marker,
-                len(hashes),
-            )
-        )
-    return pins
-
-
-def pins_here(name: str) -> dict[str, Version]:
-    return {pin.name: pin.version for pin in read_lock(name) if pin.applies_here()}
 
 
 def extras_requirements(*extras: str) -> list[Requirement]:
