@@ -35,6 +35,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from resonera.common.clock import Clock, utc_now
 from resonera.common.errors import ResoneraError
 from resonera.common.identity import (
     IdentityError,
@@ -368,9 +369,10 @@ def enroll(
     *,
     serial: str,
     ca_file: Path | None,
-    now: datetime | None = None,
+    clock: Clock = utc_now,
 ) -> Identity:
-    """Make a key here, send a CSR with ``serial`` and ``code``, install what comes back."""
+    """Make a key here, send a CSR with ``serial`` and ``code``, install what comes back; the
+    request carries the time of ``clock`` (the server refuses a clock far off)."""
     identity = Identity.of(settings.data_dir)
     if identity.exists():
         raise EnrollError(
@@ -379,7 +381,7 @@ def enroll(
     url = api_url(server)
     key = generate_key()
     csr = make_csr(key, settings.device_id, serial)
-    when = (now or datetime.now(UTC)).astimezone(UTC).isoformat()
+    when = clock().astimezone(UTC).isoformat()
     body = {"serial": serial, "code": code, "csr": csr.decode(), "time": when}
     answer = post_json(f"{url}/enroll", body, ca_file)
     cert_pem, chain_pem, info = _checked_answer(answer, key, settings.device_id)
@@ -403,7 +405,7 @@ def renewal_due(cert: x509.Certificate, now: datetime, fraction: float = RENEW_F
     return cert.not_valid_after_utc - now < lifetime * fraction
 
 
-def renew(settings: DeviceSettings, *, now: datetime | None = None) -> Identity:
+def renew(settings: DeviceSettings, *, clock: Clock = utc_now) -> Identity:
     """A new key and certificate, signed for with the current key (which the server checks)."""
     identity = Identity.of(settings.data_dir)
     current = identity.pinned()
@@ -417,7 +419,7 @@ def renew(settings: DeviceSettings, *, now: datetime | None = None) -> Identity:
     cert_pem = current.cert_path.read_bytes()
     key = _pending_key(identity, current_key)
     csr = make_csr(key, settings.device_id, str(info["serial"]))
-    when = (now or datetime.now(UTC)).astimezone(UTC).isoformat()
+    when = clock().astimezone(UTC).isoformat()
     payload = renewal_payload(cert_pem, csr, when)
     signature = base64.b64encode(current_key.sign(payload, ec.ECDSA(hashes.SHA256()))).decode()
     ca = info.get("server_ca_file")
@@ -462,18 +464,17 @@ def _pending_key(
     return key
 
 
-def renew_if_due(settings: DeviceSettings, *, now: datetime | None = None) -> bool:
+def renew_if_due(settings: DeviceSettings, *, clock: Clock = utc_now) -> bool:
     """Renew when less than 30 % of the certificate's lifetime is left; True if renewed. Meant
     for the agent's start and a daily timer: failures are logged, never raised (the current
     certificate keeps working until it expires, and the next try comes)."""
     identity = Identity.of(settings.data_dir)
     if not identity.exists():
         return False
-    now = now or datetime.now(UTC)
     try:
-        if not renewal_due(identity.certificate(), now):
+        if not renewal_due(identity.certificate(), clock()):
             return False
-        renew(settings, now=now)
+        renew(settings, clock=clock)
     except (EnrollError, IdentityError) as exc:
         log.warning("certificate renewal failed (will try again): %s", exc)
         return False
@@ -484,7 +485,9 @@ def renew_if_due(settings: DeviceSettings, *, now: datetime | None = None) -> bo
 # --- factory bundle ------------------------------------------------------------------------------
 
 
-def install_bundle(settings: DeviceSettings, folder: Path, fleet_ca: Path) -> Identity:
+def install_bundle(
+    settings: DeviceSettings, folder: Path, fleet_ca: Path, *, clock: Clock = utc_now
+) -> Identity:
     """Verify the bundle in ``folder`` against the fleet root certificate ``fleet_ca`` and install
     it; a tampered or foreign bundle is refused and nothing is written."""
     identity = Identity.of(settings.data_dir)
@@ -514,7 +517,7 @@ def install_bundle(settings: DeviceSettings, folder: Path, fleet_ca: Path) -> Id
         "server": api_url(str(manifest["server"])) if manifest.get("server") else None,
         "server_ca_file": str(settings.enroll_ca_file) if settings.enroll_ca_file else None,
         "how": "bundle",
-        "at": datetime.now(UTC).isoformat(),
+        "at": clock().isoformat(),
     }
     identity.install(key, bundle.cert_pem, bundle.chain_pem, info)
     return identity
@@ -573,9 +576,9 @@ RENEW_CHECK_S: Final = 24 * 3600.0
 RENEW_RETRY_S: Final = 600.0
 
 
-def _due(identity: Identity) -> bool:
+def _due(identity: Identity, now: datetime) -> bool:
     try:
-        return identity.exists() and renewal_due(identity.certificate(), datetime.now(UTC))
+        return identity.exists() and renewal_due(identity.certificate(), now)
     except EnrollError as exc:
         log.warning("cannot check the certificate's expiry: %s", exc)
         return False
@@ -588,6 +591,7 @@ def renew_daily(
     *,
     ready: Callable[[], bool] = lambda: True,
     interval_s: float = RENEW_CHECK_S,
+    clock: Clock = utc_now,
 ) -> None:
     """Check at once, then every ``interval_s`` until ``stop``: renew when due and hand the new
     key to ``on_renewed`` (the agent signs with it from then on and reconnects to the broker with
@@ -598,10 +602,10 @@ def renew_daily(
     identity = Identity.of(settings.data_dir)
     while True:
         wait = interval_s
-        if _due(identity):
+        if _due(identity, clock()):
             if not ready():
                 wait = min(interval_s, RENEW_RETRY_S)
-            elif renew_if_due(settings):
+            elif renew_if_due(settings, clock=clock):
                 on_renewed(load_private_key(identity.key_path))
         if stop.wait(wait):
             return

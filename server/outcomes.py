@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Final
 
 from pydantic import ValidationError
@@ -65,12 +65,12 @@ def store_checkins(
     patient_id: str | None,
     records: Iterable[CheckInRecord],
     *,
-    now: datetime | None = None,
+    now: datetime,
 ) -> None:
     """Keep ``records`` of ``device_id`` for ``patient_id`` (None: the device served nobody then),
-    skipping those already stored; the caller owns the transaction. Raises ``ProtocolError``,
-    storing nothing, when a record names another device."""
-    received = now if now is not None else datetime.now(UTC)
+    received at ``now``, skipping those already stored; the caller owns the transaction. Raises
+    ``ProtocolError``, storing nothing, when a record names another device."""
+    received = now
     rows = []
     for record in records:
         if record.device_id != device_id:

@@ -218,7 +218,7 @@ def seed_outcomes(engine: Engine, seeded: Seeded, today: date) -> OutcomePlan:
     )
     assert result.stored == len(plan.bodies)
     with engine.begin() as conn:
-        store_checkins(conn, seeded.device, seeded.patient, plan.records)
+        store_checkins(conn, seeded.device, seeded.patient, plan.records, now=datetime.now(UTC))
     return plan
 
 

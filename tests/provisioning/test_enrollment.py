@@ -220,7 +220,9 @@ def test_a_device_whose_clock_is_off_is_told_so_and_keeps_its_code(fleet: Fleet)
     settings = device_settings(fleet, "dev-13")
     skewed = datetime.now(UTC) - timedelta(days=3)
     with pytest.raises(EnrollError, match="set the device's clock"):
-        enroll(settings, fleet.url, code, serial="SN-13", ca_file=fleet.https_ca, now=skewed)
+        enroll(
+            settings, fleet.url, code, serial="SN-13", ca_file=fleet.https_ca, clock=lambda: skewed
+        )
     assert issued_count(fleet) == 0
     enroll(settings, fleet.url, code, serial="SN-13", ca_file=fleet.https_ca)
 
@@ -326,7 +328,7 @@ def test_renewal_gives_a_new_key_and_a_working_certificate(fleet: Fleet) -> None
     assert not renew_if_due(settings)  # a fresh certificate is not due
     later = datetime.now(UTC) + timedelta(days=70)  # under 30 % of 90 days left
     with pytest.raises(EnrollError, match="set the device's clock"):
-        renew(settings, now=later)
+        renew(settings, clock=lambda: later)
     renew(settings)
     assert identity.cert_path.read_bytes() != old_cert
     assert identity.key_path.read_bytes() != old_key

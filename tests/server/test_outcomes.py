@@ -76,10 +76,10 @@ def seeded(
     )
     _ingest_sessions(engine, "dev-b", [other])
     with engine.begin() as conn:
-        store_checkins(conn, "dev-a", world.patient, records)
+        store_checkins(conn, "dev-a", world.patient, records, now=datetime.now(UTC))
     with Session(engine) as session:
         # Resending (a lost acknowledgement) stores nothing twice.
-        store_checkins(session, "dev-a", world.patient, records[:5])
+        store_checkins(session, "dev-a", world.patient, records[:5], now=datetime.now(UTC))
         session.commit()
         assert session.exec(select(func.count()).select_from(CheckInRow)).one() == len(records)
     return Seeded(today, mondays)
@@ -334,9 +334,10 @@ def test_checkin_records_and_questions_refuse_bad_input() -> None:
 
 
 def test_store_checkins_refuses_another_devices_records(engine: Engine) -> None:
-    record = checkin("dev-b", new_id(), "relax", "after", 5, datetime(2026, 5, 1, tzinfo=UTC))
+    at = datetime(2026, 5, 1, tzinfo=UTC)  # the only clock this test reads
+    record = checkin("dev-b", new_id(), "relax", "after", 5, at)
     with engine.begin() as conn, pytest.raises(ProtocolError, match="names device 'dev-b'"):
-        store_checkins(conn, "dev-a", None, [record])
+        store_checkins(conn, "dev-a", None, [record], now=at)
     with Session(engine) as session:
         assert session.exec(select(func.count()).select_from(CheckInRow)).one() == 0
 
