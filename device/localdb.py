@@ -8,19 +8,44 @@ Transactions are begun explicitly (``isolation_level=None``), not by the driver,
 one only at the first write: a read-then-write (the sequence counter) could then interleave with
 another writer's. Writers take the write lock at once (``BEGIN IMMEDIATE``, waiting up to the busy
 timeout), readers get a consistent snapshot that blocks no writer (``BEGIN``, WAL).
+
+Both files are opened first by ``open_sealed`` (one opener for the two): the data folder 0700 and
+the file 0600, whatever the umask (SQLite gives the ``-wal``, ``-shm`` and ``-journal`` files it
+creates the database file's mode), wider modes of an older install tightened; then the data key
+found or made, and the layout created or migrated, in one ``BEGIN IMMEDIATE`` transaction.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import sqlite3
+import stat
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Final
+
+from resonera.common.errors import ResoneraError
+from resonera.device.crypto_store import (
+    DataKey,
+    DataKeyMismatch,
+    DataKeyMissing,
+    create_key_file,
+    missing_key_message,
+    read_key_file,
+)
+
+log = logging.getLogger(__name__)
 
 #: Idle connections kept for reuse; a thread more at once opens one of its own, closed after use.
 MAX_IDLE = 4
+#: The files SQLite keeps beside a database (WAL mode, and the rollback journal before it).
+SIDECARS: Final = ("-wal", "-shm", "-journal")
+FILE_MODE: Final = 0o600
+FOLDER_MODE: Final = 0o700
 
 
 class LocalDB:
@@ -99,6 +124,141 @@ class LocalDB:
             idle, self._idle = self._idle, []
         for conn in idle:
             conn.close()
+
+
+def restrict_to_owner(path: Path, *, name: str, error: Callable[[str], ResoneraError]) -> None:
+    """Make ``path``'s folder 0700 and ``path`` 0600 (created so when missing, whatever the umask),
+    and any ``-wal``/``-shm``/``-journal`` beside it 0600. A wider mode (an install of before, or
+    a file copied in) is tightened and logged; a file or folder whose mode cannot be changed (not
+    the device user's) is refused with ``error``: it is never opened as it is."""
+    folder = path.parent
+    try:
+        folder.mkdir(mode=FOLDER_MODE, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise error(f"cannot create data directory {folder}: {exc.strerror}") from None
+    _tighten(folder, FOLDER_MODE, f"the data folder {folder}", error)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+    except OSError as exc:
+        raise error(f"cannot open {name} {path}: {exc.strerror}") from None
+    os.close(fd)
+    _tighten(path, FILE_MODE, f"{name} {path}", error)
+    for suffix in SIDECARS:
+        _tighten(path.with_name(path.name + suffix), FILE_MODE, f"{name} {path}{suffix}", error)
+
+
+def _tighten(path: Path, mode: int, what: str, error: Callable[[str], ResoneraError]) -> None:
+    try:
+        found = stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:  # a sidecar SQLite has not made (or has just removed)
+        return
+    if found & 0o777 == mode:
+        return
+    try:
+        path.chmod(found & ~0o777 | mode)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise error(
+            f"{what} has mode {found:o} and cannot be restricted to its owner ({mode:o}): "
+            f"{exc.strerror}; it must belong to the device's user"
+        ) from None
+    if found & 0o077:
+        log.warning(
+            "%s was open to others (mode %o): restricted to its owner (%o)", what, found, mode
+        )
+
+
+def open_sealed(
+    path: Path,
+    key_path: Path,
+    *,
+    name: str,
+    error: Callable[[str], ResoneraError],
+    recorded_key: Callable[[sqlite3.Connection], str | None],
+    sealed_rows: Callable[[sqlite3.Connection], int],
+    migrate: Callable[[sqlite3.Connection, DataKey], str | None],
+) -> DataKey:
+    """Open the sealed SQLite file ``path`` (the store, the dose ledger) for the first time in
+    this process: owner-only modes (``restrict_to_owner``), then, in one ``BEGIN IMMEDIATE``
+    transaction (two processes opening it at once migrate it once), find the data key at
+    ``key_path`` or make one, and ``migrate`` the layout. Returns the key.
+
+    ``recorded_key``: the key id the file records (None: none yet); ``sealed_rows``: how many rows
+    need the key (asked only when the key file is missing: then a new key is made only if there
+    are none). ``migrate(conn, key)`` creates or upgrades the layout and records the key's id; it
+    returns a line to log when it rewrote rows (their old pages are overwritten: ``secure_delete``,
+    and the WAL is checkpointed and emptied), else None. ``name`` ("the device store") and
+    ``error`` (its exception type) make the messages."""
+    restrict_to_owner(path, name=name, error=error)
+    try:
+        conn = sqlite3.connect(path, isolation_level=None, timeout=10.0)
+    except sqlite3.Error as exc:
+        raise error(f"cannot open {name} {path}: {exc}") from None
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        # rows rewritten by a migration (plaintext before sealing) are overwritten, not freed
+        conn.execute("PRAGMA secure_delete=ON")
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            key = _data_key(
+                conn,
+                path=path,
+                key_path=key_path,
+                name=name,
+                recorded_key=recorded_key,
+                sealed_rows=sealed_rows,
+            )
+            rewritten = migrate(conn, key)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        if rewritten is not None:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            log.info("%s", rewritten)
+        return key
+    except sqlite3.DatabaseError as exc:
+        raise error(f"cannot open {name} {path}: {exc}") from None
+    finally:
+        conn.close()
+
+
+def _data_key(
+    conn: sqlite3.Connection,
+    *,
+    path: Path,
+    key_path: Path,
+    name: str,
+    recorded_key: Callable[[sqlite3.Connection], str | None],
+    sealed_rows: Callable[[sqlite3.Connection], int],
+) -> DataKey:
+    recorded = recorded_key(conn)
+    if key_path.exists():
+        key = read_key_file(key_path)
+        if recorded is not None and recorded != key.key_id:
+            raise DataKeyMismatch(
+                f"the data key {key_path} (id {key.key_id}) is not the key {name} {path} was "
+                f"sealed with (id {recorded}); restore the right key file"
+            )
+        return key
+    sealed = sealed_rows(conn)
+    if sealed:
+        raise DataKeyMissing(missing_key_message(key_path, sealed))
+    if recorded is not None:
+        log.warning(
+            "the data key %s was missing; %s holds no sealed record, so a new key is created",
+            key_path,
+            name,
+        )
+    try:
+        return create_key_file(key_path)
+    except FileExistsError:
+        # The store and the ledger share the key, and each makes it when it finds none: the
+        # other one (another process, or this one's other file) made it meanwhile. Take it.
+        return read_key_file(key_path)
 
 
 def to_db_time(value: datetime) -> str:

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from typing import Final
 
 from resonera.common.errors import ResoneraError
-from resonera.device.crypto_store import DataKey
+from resonera.device.crypto_store import DataKey, SealedDataCorrupt
 
 
 class SchemaTooNew(ResoneraError):
@@ -128,11 +128,36 @@ def _v3_checkins(conn: sqlite3.Connection, _key: DataKey) -> None:
         conn.execute(ddl)
 
 
+def _v4_events_only_sealed(conn: sqlite3.Connection, key: DataKey) -> None:
+    """Safety events keep nothing in clear (issue 26): their time and type were columns beside
+    the seal, and the row's key was the event's id, a UUIDv7, whose first 48 bits are its time to
+    the millisecond. All three are inside the seal already; a row is now keyed by ``n``, its place
+    in the order of recording, all a listing ("newest first") needs, and its seal is bound to
+    that. Existing rows are re-sealed in the order of their times, so they list as before; one
+    that does not open (damaged) is copied as it is and stays unreadable, as it was. The old
+    table's pages are overwritten (the caller's ``secure_delete``), not just freed."""
+    conn.execute(
+        "CREATE TABLE safety_events_v4 (n INTEGER NOT NULL PRIMARY KEY, sealed BLOB NOT NULL)"
+    )
+    rows = conn.execute(
+        "SELECT event_id, sealed FROM safety_events ORDER BY at, event_id"
+    ).fetchall()
+    for n, (event_id, sealed) in enumerate(rows, start=1):
+        try:
+            resealed = key.seal(key.open(sealed, f"safety_events:{event_id}"), f"safety_events:{n}")
+        except SealedDataCorrupt:
+            resealed = sealed
+        conn.execute("INSERT INTO safety_events_v4 (n, sealed) VALUES (?, ?)", (n, resealed))
+    conn.execute("DROP TABLE safety_events")  # and its indexes on the time and the type
+    conn.execute("ALTER TABLE safety_events_v4 RENAME TO safety_events")
+
+
 #: In order; index + 1 is the version a migration brings the store to. Append only.
 MIGRATIONS: Final[tuple[Migration, ...]] = (
     _v1_first_release,
     _v2_sealed_health_data,
     _v3_checkins,
+    _v4_events_only_sealed,
 )
 LATEST: Final = len(MIGRATIONS)
 

@@ -9,8 +9,10 @@ its size or age bound (oldest first): sessions, safety events and reports are ne
 
 Sessions, safety events, check-in answers, outbox payloads and desired-state documents are sealed
 with AES-GCM under the device data key (``crypto_store``), which lives in a file apart from the
-database. The layout is versioned (``migrations``): opening an older store upgrades it in place,
-keeping its data.
+database. A safety event keeps nothing in clear but its place in the order of recording. The file
+is the device user's alone (0600, its folder 0700: ``localdb.open_sealed``, the dose ledger's
+opener too). The layout is versioned (``migrations``): opening an older store upgrades it in
+place, keeping its data.
 """
 
 from __future__ import annotations
@@ -33,15 +35,8 @@ from resonera.common.profile import HearingProfile
 from resonera.common.records import CheckInRecord, SafetyEventRecord, SessionRecord
 from resonera.common.signing import sign_envelope
 from resonera.device import migrations
-from resonera.device.crypto_store import (
-    DataKey,
-    DataKeyMismatch,
-    DataKeyMissing,
-    create_key_file,
-    missing_key_message,
-    read_key_file,
-)
-from resonera.device.localdb import LocalDB, from_db_time, to_db_time
+from resonera.device.crypto_store import DataKey
+from resonera.device.localdb import LocalDB, from_db_time, open_sealed, to_db_time
 from resonera.device.settings import OutboxLimits
 
 log = logging.getLogger(__name__)
@@ -109,73 +104,22 @@ class DeviceStore:
         self.signing_key = signing_key
         self.limits = outbox_limits or OutboxLimits()
         self.data_key_path = data_key_path or default_key_path(path)
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StoreError(
-                f"cannot create data directory {path.parent}: {exc.strerror}"
-            ) from None
-        self.key = self._open_and_migrate()
+        self.key = open_sealed(
+            path,
+            self.data_key_path,
+            name="the device store",
+            error=StoreError,
+            recorded_key=_recorded_key,
+            sealed_rows=migrations.sealed_record_count,
+            migrate=self._migrate,
+        )
         self._db = LocalDB(path, busy_timeout_ms=10_000, foreign_keys=True)
 
-    # --- opening ---------------------------------------------------------------------------------
-
-    def _open_and_migrate(self) -> DataKey:
-        """Find (or, for a store without sealed data, create) the data key and bring the schema up
-        to date, in one ``BEGIN IMMEDIATE`` transaction."""
-        try:
-            conn = sqlite3.connect(self.path, isolation_level=None, timeout=10.0)
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot open the device store {self.path}: {exc}") from None
-        try:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
-            # rows rewritten by a migration (plaintext before sealing) are overwritten, not freed
-            conn.execute("PRAGMA secure_delete=ON")
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                key = self._data_key(conn)
-                applied = migrations.migrate(conn, key)
-                conn.execute(
-                    "INSERT OR REPLACE INTO meta (name, value) VALUES ('data_key_id', ?)",
-                    (key.key_id,),
-                )
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            if applied:
-                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-                log.info("device store %s migrated to schema %s", self.path, applied[-1])
-            return key
-        except sqlite3.DatabaseError as exc:
-            raise StoreError(f"cannot open the device store {self.path}: {exc}") from None
-        finally:
-            conn.close()
-
-    def _data_key(self, conn: sqlite3.Connection) -> DataKey:
-        recorded: str | None = None
-        if migrations.current_version(conn) >= 2:
-            row = conn.execute("SELECT value FROM meta WHERE name = 'data_key_id'").fetchone()
-            recorded = row[0] if row else None
-        if self.data_key_path.exists():
-            key = read_key_file(self.data_key_path)
-            if recorded is not None and recorded != key.key_id:
-                raise DataKeyMismatch(
-                    f"the data key {self.data_key_path} (id {key.key_id}) is not the key this "
-                    f"store was sealed with (id {recorded}); restore the right key file"
-                )
-            return key
-        sealed = migrations.sealed_record_count(conn)
-        if sealed:
-            raise DataKeyMissing(missing_key_message(self.data_key_path, sealed))
-        if recorded is not None:
-            log.warning(
-                "the data key %s was missing; the store holds no sealed record, so a new key "
-                "is created",
-                self.data_key_path,
-            )
-        return create_key_file(self.data_key_path)
+    def _migrate(self, conn: sqlite3.Connection, key: DataKey) -> str | None:
+        """Bring the schema up to date (inside ``open_sealed``'s transaction)."""
+        applied = migrations.migrate(conn, key)
+        _set_meta(conn, "data_key_id", key.key_id)
+        return f"device store {self.path} migrated to schema {applied[-1]}" if applied else None
 
     def close(self) -> None:
         self._db.close()
@@ -216,13 +160,17 @@ class DeviceStore:
         return envelope
 
     def record_event(self, device_id: str, record: SafetyEventRecord) -> Envelope:
-        """Store a safety event and queue its ``event`` message, atomically (like sessions)."""
-        sealed = self._seal("safety_events", record.event_id, record.model_dump_json().encode())
+        """Store a safety event and queue its ``event`` message, atomically (like sessions).
+
+        Only its place in the order of recording (``n``) is in clear: its time, type and id (a
+        UUIDv7, which holds the time) are in the seal, which is bound to ``n``."""
+        plaintext = record.model_dump_json().encode()
         with self._db.write() as db:
             envelope = self._queue(db, device_id, "event", record.model_dump(mode="json"))
+            n = int(db.execute("SELECT COALESCE(MAX(n), 0) + 1 FROM safety_events").fetchone()[0])
             db.execute(
-                "INSERT INTO safety_events (event_id, at, type, sealed) VALUES (?, ?, ?, ?)",
-                (record.event_id, to_db_time(record.at), record.type, sealed),
+                "INSERT INTO safety_events (n, sealed) VALUES (?, ?)",
+                (n, self._seal("safety_events", str(n), plaintext)),
             )
         return envelope
 
@@ -260,16 +208,16 @@ class DeviceStore:
         ]
 
     def events(self, limit: int = 100) -> list[SafetyEventRecord]:
-        """Safety events, most recent first."""
+        """Safety events, the most recently recorded first (events are recorded as they happen;
+        one recorded late, e.g. a dose ledger reset whose event is written after a restart,
+        comes first and its ``at`` says when it happened)."""
         with self._db.read() as db:
             rows = db.execute(
-                "SELECT event_id, sealed FROM safety_events "
-                "ORDER BY at DESC, event_id DESC LIMIT ?",
-                (limit,),
+                "SELECT n, sealed FROM safety_events ORDER BY n DESC LIMIT ?", (limit,)
             ).fetchall()
         return [
-            SafetyEventRecord.model_validate_json(self._open("safety_events", event_id, sealed))
-            for event_id, sealed in rows
+            SafetyEventRecord.model_validate_json(self._open("safety_events", str(n), sealed))
+            for n, sealed in rows
         ]
 
     def sessions(self, limit: int = 100) -> list[SessionRecord]:
@@ -541,6 +489,14 @@ class DeviceStore:
 
 _OUTBOX_COLUMNS: Final = "message_id, seq, kind, topic, sealed, created_at"
 _DESIRED_COLUMNS: Final = "version, status, sealed, received_at, applied_at"
+
+
+def _recorded_key(conn: sqlite3.Connection) -> str | None:
+    """The id of the key the store was sealed with (schema 2 on), None before."""
+    if migrations.current_version(conn) < 2:
+        return None
+    row = conn.execute("SELECT value FROM meta WHERE name = 'data_key_id'").fetchone()
+    return str(row[0]) if row else None
 
 
 def _marks(values: Sequence[object]) -> str:

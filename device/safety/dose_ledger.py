@@ -37,16 +37,8 @@ from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 from resonera.common.dose import WINDOW_S, DoseMode, allowance_pa2s, pressure_squared
 from resonera.common.errors import ResoneraError
-from resonera.device.crypto_store import (
-    DataKey,
-    DataKeyMismatch,
-    DataKeyMissing,
-    SealedDataCorrupt,
-    create_key_file,
-    missing_key_message,
-    read_key_file,
-)
-from resonera.device.localdb import LocalDB, from_db_time, to_db_time
+from resonera.device.crypto_store import DataKey, SealedDataCorrupt
+from resonera.device.localdb import LocalDB, from_db_time, open_sealed, to_db_time
 
 if TYPE_CHECKING:
     from resonera.device.settings import DeviceSettings
@@ -161,11 +153,15 @@ class DoseLedger:
         ``DataKeyMismatch`` when it is another key."""
         self.path = path
         self.key_path = key_path or path.parent / "keys" / "data.key"
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise DoseLedgerError(f"cannot open the dose ledger {path}: {exc.strerror}") from None
-        self.key = self._open_and_migrate()
+        self.key = open_sealed(
+            path,
+            self.key_path,
+            name="the dose ledger",
+            error=DoseLedgerError,
+            recorded_key=_recorded_key,
+            sealed_rows=_sealed_rows,
+            migrate=self._migrate,
+        )
         self._db = LocalDB(path, busy_timeout_ms=5000)
 
     @classmethod
@@ -178,76 +174,25 @@ class DoseLedger:
 
     # --- opening ---------------------------------------------------------------------------------
 
-    def _open_and_migrate(self) -> DataKey:
-        """Find (or, for a ledger without sealed rows, create) the key; create or seal the layout;
-        one ``BEGIN IMMEDIATE`` transaction, so two processes opening at once migrate once."""
-        try:
-            conn = sqlite3.connect(self.path, isolation_level=None, timeout=10.0)
-        except sqlite3.Error as exc:
-            raise DoseLedgerError(f"cannot open the dose ledger {self.path}: {exc}") from None
-        try:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
-            # the plaintext rows of a first-release ledger are overwritten, not just freed
-            conn.execute("PRAGMA secure_delete=ON")
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                version = _schema_version(conn)
-                key = self._data_key(conn, version)
-                if version == 0:
-                    for ddl in _SCHEMA_DDL:
-                        conn.execute(ddl)
-                elif version == 1:
-                    _seal_first_release(conn, key)
-                elif version > LEDGER_SCHEMA:
-                    raise DoseLedgerError(
-                        f"the dose ledger {self.path} is at schema {version}, newer than this "
-                        f"software ({LEDGER_SCHEMA}); install the newer release again"
-                    )
-                conn.execute(
-                    "INSERT OR REPLACE INTO ledger_meta VALUES ('schema', ?), ('data_key_id', ?)",
-                    (str(LEDGER_SCHEMA), key.key_id),
-                )
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            if version == 1:
-                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-                log.info("dose ledger %s sealed at rest", self.path)
-            return key
-        except sqlite3.DatabaseError as exc:
-            raise DoseLedgerError(f"cannot open the dose ledger {self.path}: {exc}") from None
-        finally:
-            conn.close()
-
-    def _data_key(self, conn: sqlite3.Connection, version: int) -> DataKey:
-        recorded: str | None = None
-        sealed = 0
-        if version >= 2:
-            row = conn.execute(
-                "SELECT value FROM ledger_meta WHERE name = 'data_key_id'"
-            ).fetchone()
-            recorded = row[0] if row else None
-            sealed = sum(
-                int(conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
-                for table in ("dose_minute", "dose_reset")
+    def _migrate(self, conn: sqlite3.Connection, key: DataKey) -> str | None:
+        """Create the layout, or seal a first-release ledger in place (inside ``open_sealed``'s
+        transaction)."""
+        version = _schema_version(conn)
+        if version > LEDGER_SCHEMA:
+            raise DoseLedgerError(
+                f"the dose ledger {self.path} is at schema {version}, newer than this "
+                f"software ({LEDGER_SCHEMA}); install the newer release again"
             )
-        if self.key_path.exists():
-            key = read_key_file(self.key_path)
-            if recorded is not None and recorded != key.key_id:
-                raise DataKeyMismatch(
-                    f"the data key {self.key_path} (id {key.key_id}) is not the key the dose "
-                    f"ledger {self.path} was sealed with (id {recorded}); restore the right key "
-                    "file"
-                )
-            return key
-        if sealed:
-            raise DataKeyMissing(missing_key_message(self.key_path, sealed))
-        try:
-            return create_key_file(self.key_path)
-        except FileExistsError:  # the store (another process) created it meanwhile
-            return read_key_file(self.key_path)
+        if version == 0:
+            for ddl in _SCHEMA_DDL:
+                conn.execute(ddl)
+        elif version == 1:
+            _seal_first_release(conn, key)
+        conn.execute(
+            "INSERT OR REPLACE INTO ledger_meta VALUES ('schema', ?), ('data_key_id', ?)",
+            (str(LEDGER_SCHEMA), key.key_id),
+        )
+        return f"dose ledger {self.path} sealed at rest" if version == 1 else None
 
     # --- sealing ---------------------------------------------------------------------------------
 
@@ -432,6 +377,23 @@ class DoseLedger:
             return [_Minute(*row) for row in db.execute(query, params)]
         with self._db.read() as read:
             return [_Minute(*row) for row in read.execute(query, params)]
+
+
+def _recorded_key(conn: sqlite3.Connection) -> str | None:
+    """The id of the key the ledger was sealed with (schema 2 on), None before."""
+    if _schema_version(conn) < 2:
+        return None
+    row = conn.execute("SELECT value FROM ledger_meta WHERE name = 'data_key_id'").fetchone()
+    return str(row[0]) if row else None
+
+
+def _sealed_rows(conn: sqlite3.Connection) -> int:
+    if _schema_version(conn) < 2:
+        return 0
+    return sum(
+        int(conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
+        for table in ("dose_minute", "dose_reset")
+    )
 
 
 def _schema_version(conn: sqlite3.Connection) -> int:

@@ -16,9 +16,15 @@ from resonera.common.envelope import Envelope, decode_envelope
 from resonera.common.ids import new_id
 from resonera.common.records import SafetyEventRecord
 from resonera.device import migrations
-from resonera.device.crypto_store import DataKeyMismatch, DataKeyMissing, SealedDataCorrupt
+from resonera.device.crypto_store import (
+    DataKeyMismatch,
+    DataKeyMissing,
+    SealedDataCorrupt,
+    create_key_file,
+)
+from resonera.device.localdb import to_db_time
 from resonera.device.settings import OutboxLimits
-from resonera.device.store import DeviceStore
+from resonera.device.store import DeviceStore, default_key_path
 
 SECRET_PROGRAM = "tinnitus-relief-for-jane-doe"
 
@@ -86,7 +92,9 @@ def test_a_lost_key_is_reported_never_silently_replaced(tmp_path: Path) -> None:
 def test_another_key_is_refused(tmp_path: Path) -> None:
     DeviceStore(tmp_path / "device.db").record_session("dev-a", make_record())
     (tmp_path / "keys" / "data.key").write_bytes(b"k" * 32)
-    with pytest.raises(DataKeyMismatch, match="is not the key this store was sealed with"):
+    with pytest.raises(
+        DataKeyMismatch, match=r"is not the key the device store .*device\.db was sealed with"
+    ):
         DeviceStore(tmp_path / "device.db")
 
 
@@ -156,9 +164,103 @@ def test_a_store_of_the_first_release_is_upgraded_in_place_keeping_its_data(
     assert store.record_session("dev-a", make_record()).seq == 8  # the counter carried over
     with sqlite3.connect(path) as db:
         versions = [v for (v,) in db.execute("SELECT version FROM schema_version ORDER BY 1")]
-    assert versions == [1, 2, 3] and migrations.LATEST == 3
+    assert versions == [1, 2, 3, 4] and migrations.LATEST == 4
     store.close()
     assert SECRET_PROGRAM.encode() not in _files(tmp_path)  # the plaintext pages were wiped
+
+
+#: Event types whose names appear nowhere else in a store (not in its schema, not in a topic).
+CLEAR_TYPES = ("consent_withdrawn", "link_down", "dose_ledger_corrupted", "transition")
+
+
+def _clear_times(at: datetime) -> list[bytes]:
+    """How a time would show in clear: the store's column format and ISO 8601 (to the µs, so an
+    outbox row's own time, which is in clear, cannot match by chance)."""
+    return [to_db_time(at).encode(), at.isoformat().encode(), at.isoformat()[:26].encode()]
+
+
+def _assert_not_in_clear(on_disk: bytes, events: list[SafetyEventRecord]) -> None:
+    for event in events:
+        assert event.type.encode() not in on_disk
+        for clear in _clear_times(event.at):
+            assert clear not in on_disk
+        assert event.event_id.encode() not in on_disk  # a UUIDv7: its time, to the ms
+
+
+def test_safety_event_types_and_times_are_not_stored_in_clear(tmp_path: Path) -> None:
+    now = datetime.now(UTC)
+    events = [
+        _event(type=kind, at=now - timedelta(seconds=10 * i), cause="c")
+        for i, kind in enumerate(CLEAR_TYPES)
+    ]
+    store = DeviceStore(tmp_path / "device.db")
+    for event in events:
+        store.record_event("dev-a", event)
+    _assert_not_in_clear(_files(tmp_path), events)  # open: the WAL holds them
+    store.close()
+    _assert_not_in_clear(_files(tmp_path), events)
+    reopened = DeviceStore(tmp_path / "device.db")
+    assert reopened.events() == events[::-1]  # newest recorded first
+    assert [e.type for e in reopened.events(limit=2)] == list(CLEAR_TYPES[:1:-1])
+    assert [decode_envelope(m.payload).body["type"] for m in reopened.pending()] == list(
+        CLEAR_TYPES
+    )
+
+
+def _v3_store(path: Path, events: list[SafetyEventRecord]) -> None:
+    """A store as schema 3 wrote it: each event's time and type in clear columns beside its seal."""
+    key = create_key_file(default_key_path(path))
+    with sqlite3.connect(path, isolation_level=None) as db:
+        db.execute("BEGIN IMMEDIATE")
+        for version, migration in enumerate(migrations.MIGRATIONS[:3], start=1):
+            migration(db, key)
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL PRIMARY KEY, "
+                "applied_at DATETIME NOT NULL)"
+            )
+            db.execute(
+                "INSERT INTO schema_version VALUES (?, ?)",
+                (version, (events[0].at - timedelta(days=1)).isoformat()),
+            )
+        db.execute("INSERT INTO meta VALUES ('data_key_id', ?)", (key.key_id,))
+        for event in events:
+            db.execute(
+                "INSERT INTO safety_events (event_id, at, type, sealed) VALUES (?, ?, ?, ?)",
+                (
+                    event.event_id,
+                    to_db_time(event.at),
+                    event.type,
+                    key.seal(event.model_dump_json().encode(), f"safety_events:{event.event_id}"),
+                ),
+            )
+        db.execute("COMMIT")
+    db.close()
+
+
+def test_a_store_with_events_in_clear_is_migrated_and_reads_back_the_same(tmp_path: Path) -> None:
+    path = tmp_path / "device.db"
+    now = datetime.now(UTC)
+    # written out of time order (one recorded late): the migration keeps the listing by time
+    events = [
+        _event(type=kind, at=now - timedelta(minutes=m))
+        for kind, m in zip(CLEAR_TYPES, (30, 10, 40, 20), strict=True)
+    ]
+    _v3_store(path, events)
+    assert CLEAR_TYPES[0].encode() in _files(tmp_path)  # the old layout did keep them in clear
+
+    store = DeviceStore(path)
+    by_time = sorted(events, key=lambda e: e.at, reverse=True)
+    assert store.events() == by_time
+    later = _event(type="warning", at=now)
+    store.record_event("dev-a", later)
+    assert store.events(limit=2) == [later, by_time[0]]
+    store.close()
+    with sqlite3.connect(path) as db:
+        versions = [v for (v,) in db.execute("SELECT version FROM schema_version ORDER BY 1")]
+    db.close()
+    assert versions == [1, 2, 3, 4]
+    # the old pages overwritten (secure_delete), not merely freed
+    _assert_not_in_clear(_files(tmp_path), events)
 
 
 def test_a_store_newer_than_the_software_is_refused(tmp_path: Path) -> None:
