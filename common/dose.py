@@ -1,6 +1,6 @@
 """Sound dose arithmetic: momentary exposure level (MEL) seconds → fraction of the weekly allowance.
 
-Sources (read for this module, see ``shared/docs/safety.md``):
+Sources (read for this module, see ``docs/safety.md``):
 
 - ITU-T H.870 (2022), "Guidelines for safe listening devices/systems": weekly sound allowance of
   1.6 Pa²·h (mode 1, 80 dBA for 40 h) or 0.51 Pa²·h (mode 2, 75 dBA for 40 h), integrated over a rolling

@@ -1,4 +1,4 @@
-"""The MQTT message envelope and the application ack (architecture.md §2).
+"""The MQTT message envelope and the application ack (docs/architecture.md §2).
 
 Every device → server message is one JSON ``Envelope``; the server answers each committed batch with an
 ``Ack`` naming the message ids it stored. Parsing is strict: unknown fields, wrong types, a device id

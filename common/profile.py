@@ -1,7 +1,7 @@
 """A person's hearing profile: the limits a clinician sets, shared by server (which validates and signs
 them into the desired state) and device (which enforces them).
 
-Defaults and bounds come from ``shared/docs/safety.md``: 85 dBA ceiling on headphones (clinician may set
+Defaults and bounds come from ``docs/safety.md``: 85 dBA ceiling on headphones (clinician may set
 60–90), dose mode 1 for adults, fallback 75 dBA at 100 % of the weekly allowance, sessions at most 3 h,
 and ranges that only narrow the global program ranges, never widen them.
 """

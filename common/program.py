@@ -1,6 +1,6 @@
 """The program model: named programs made of timed steps of layers that hold or slide.
 
-Ranges come from ``shared/docs/safety.md`` ("Programs"): they keep beats perceptible and the person
+Ranges come from ``docs/safety.md`` ("Programs"): they keep beats perceptible and the person
 safe; a clinician's profile may narrow them further, never widen them. Every number must be finite.
 A program is refused, with the field and the reason, before a single sample is produced.
 

@@ -185,7 +185,7 @@ class SafetyEventRecord(BaseModel):
     #: Board id and firmware ("" before any HELLO, or in simulation without an MCU).
     hardware_board: str = Field(default="", max_length=120)
     simulation: bool
-    #: For ``transition``: the safety state machine's states (architecture.md §4).
+    #: For ``transition``: the safety state machine's states (docs/architecture.md §5).
     from_state: str | None = Field(default=None, max_length=32)
     to_state: str | None = Field(default=None, max_length=32)
     session_id: MessageId | None = None

@@ -17,7 +17,7 @@ The one output that matters is ``consent``: the device may play only while it is
   no TELEMETRY for ``silence_timeout_s`` (100 ms: two telemetry periods); an unexpected HELLO (the
   MCU restarted, so it is muted and has forgotten any lowered limit). Withdrawal is latched:
   consent returns only after ``request_arm()`` and a fresh armed report. When consent is withdrawn
-  while the MCU is armed, a MUTE is queued so the MCU mutes too (defence in depth, §3).
+  while the MCU is armed, a MUTE is queued so the MCU mutes too (defence in depth, docs/safety.md §7).
 - Warnings: a reading within its ``WarningPolicy`` margin of a limit is not a fault; it sets
   ``warning`` and ``attenuation_db`` (0 at the margin, down to ``max_attenuation_db`` at the limit)
   so the player can ramp the level down smoothly. Consent is not affected.

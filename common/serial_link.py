@@ -1,4 +1,4 @@
-"""The serial link between the device and the safety MCU: a sans-IO codec (architecture.md §3).
+"""The serial link between the device and the safety MCU: a sans-IO codec (hardware/PROTOCOL.md).
 
 This module is shared by the device, the firmware and the simulator, and is copied as-is onto the
 MCU as ``serial_link.py``. It therefore MUST stay MicroPython-compatible: no enum, no dataclasses,

@@ -1,4 +1,4 @@
-"""Every MQTT topic name, in one place (architecture.md §2).
+"""Every MQTT topic name, in one place (docs/architecture.md §2).
 
 ``{d}`` is the device id, which is also the CN of the device's client certificate.
 """

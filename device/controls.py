@@ -231,7 +231,7 @@ class Controls:
     step_db: float = 3.0
     floor_db: float = -30.0
     ceiling_db: float = 0.0
-    #: How long a volume step takes (safety.md: gain changes ramp over tens of milliseconds).
+    #: How long a volume step takes (docs/safety.md §5: gain changes ramp over tens of milliseconds).
     ramp_s: float = 0.25
     clock: Callable[[], float] = time.monotonic
     volume_db: float = 0.0

@@ -238,7 +238,7 @@ class Panel:
                     return
             try:
                 self.handle(press)
-            except Exception:  # a failing press must not end the panel (style.md: logged)
+            except Exception:  # a failing press must not end the panel (docs/architecture.md §8)
                 log.exception("the control panel failed on %r", press)
 
     def handle(self, press: sl.ButtonPress | None) -> None:

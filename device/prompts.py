@@ -88,7 +88,7 @@ _GATE_DB = 30.0
 MAX_NUMBER = 59
 
 #: The texts, per language. Numbers 0…59 are added as digits (espeak-ng reads them in the voice's
-#: language). The first-use notice names the contraindications safety.md asks the person be told.
+#: language). The first-use notice names the contraindications docs/safety.md §6 lists.
 CATALOGUE: dict[str, dict[str, str]] = {
     "en": {
         "session_start": "Session starting.",

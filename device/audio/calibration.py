@@ -1,6 +1,6 @@
 """Output-chain calibration: from a digital level (dBFS) to sound pressure at the ear (dB SPL).
 
-A profile describes one device model and output (``shared/docs/safety.md``, "Levels")::
+A profile describes one device model and output (``docs/safety.md``, "Levels")::
 
     name = "R1 headphone out + HD 280"
     output = "headphones"

@@ -1,6 +1,6 @@
 """A-weighted level per block and MEL (momentary exposure level) per completed second.
 
-MEL is the A-weighted level over 1-second windows (IEC 62368-1, ``shared/docs/safety.md``), here of
+MEL is the A-weighted level over 1-second windows (IEC 62368-1, ``docs/safety.md``), here of
 the louder ear. With a ``Calibration`` the levels are dB(A) SPL at the ear; without one they are
 dB(A) relative to full scale (dBFS(A), the ``levels.py`` convention: rms of one channel). The
 A-weighting filter is ``resonera.device.safety.aweighting.AWeightingFilter`` (IEC 61672-1 poles,

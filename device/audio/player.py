@@ -11,7 +11,7 @@
   the renderer's blocks go to the processors as they are.
 
 - ``gate()`` is the safety monitor's consent, asked before EVERY block. When it says False the
-  next block ramps the output to zero within ``fault_ramp_s`` (a few ms; safety.md, "The limiter":
+  next block ramps the output to zero within ``fault_ramp_s`` (a few ms; docs/safety.md, "Gain ramps":
   a fault mute is the one change allowed to be that fast), nothing more is written, and the
   outcome is ``"fault"`` with the text of ``reason()``.
 - A processor whose ``fault`` attribute is set after a block (the safety chain's, when it was given

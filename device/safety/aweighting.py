@@ -1,6 +1,6 @@
 """A-weighting (IEC 61672-1:2013) as a streaming digital filter at 44.1, 48 kHz or any rate above 32 kHz.
 
-The analogue response (IEC 61672-1 Annex E, also in ``shared/docs/safety.md``)::
+The analogue response (IEC 61672-1 Annex E, also in ``docs/safety.md``)::
 
     R_A(f) = 12194² f⁴ / ((f² + 20.6²) √((f² + 107.7²)(f² + 737.9²)) (f² + 12194²)),
     A(f) = 20 log10 R_A(f) + 2.00 dB

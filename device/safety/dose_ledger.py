@@ -16,7 +16,7 @@ while sealed rows exist.
 
 A row that does not open (disk corruption, a torn write, tampering with the file) makes the ledger
 *corrupted*: it is reported, and until a clinician resets it the ledger answers conservatively that
-the whole allowance is used (safety.md: "treated conservatively"). A clinician's reset removes only the
+the whole allowance is used (docs/safety.md §3). A clinician's reset removes only the
 rows that do not open: the week's intact rows keep counting, so a reset never gives back allowance the
 person really used. A reset of a ledger that is not corrupted is refused (nothing to repair, and
 zeroing real exposure is not a clinician's remote action). Each reset request is carried out once, by

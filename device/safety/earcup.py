@@ -1,6 +1,6 @@
 """The ear-cup check: where a microphone in the ear cup measures what reaches the ear, compare it each
 second with the level the calibration predicts. A large disagreement, sustained, is a fault: a wrong
-calibration is as dangerous as a loud program (safety.md, "The hardware side").
+calibration is as dangerous as a loud program (docs/safety.md, "The hardware side").
 
 Pure logic: fed one (predicted, measured) pair per second by the session.
 """

@@ -1,4 +1,4 @@
-"""The device's safety states (architecture.md §4), as one table that owns every transition.
+"""The device's safety states (docs/architecture.md §5), as one table that owns every transition.
 
 ``idle`` (muted) → ``arming`` → ``playing`` ⇄ ``attenuating``; any fault → ``fault`` (muted, latched)
 until its cause is gone *and* the person starts again. Pure logic: events carry the time the caller

@@ -4,7 +4,7 @@ MicroPython-compatible (plain class, ``json`` only). On the MCU the file sits ne
 ``board.json``; the simulator takes one with ``resonera-hwsim --config``. Unknown keys and values of
 the wrong type are errors, so a typo in a limit is never silently replaced by a default.
 
-The limits are the board's own (safety.md "The hardware side"): they are reported in HELLO and
+The limits are the board's own (docs/safety.md, "The hardware side"): they are reported in HELLO and
 enforced by the firmware. The device may lower what it plays to, never raise these.
 """
 

@@ -4,7 +4,7 @@ All hardware access goes through ``Board`` (sensors, mute line, a millisecond cl
 the same ``Controller`` drives a real RP2040 (``main.py``) and the simulator
 (``resonera.hardware.sim``), and tests drive it with a fake board and a clock they control.
 
-Contract (architecture.md §3, hardware/PROTOCOL.md):
+Contract (hardware/PROTOCOL.md, docs/architecture.md §2.6):
 - At power-up the amplifier is muted; the controller sends HELLO and STATE.
 - TELEMETRY every ``telemetry_period_ms``; HELLO again on HELLO_REQUEST.
 - While unmuted it mutes itself (mute line FIRST, then FAULT and STATE) when a reading crosses a

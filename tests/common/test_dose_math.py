@@ -1,4 +1,4 @@
-"""Dose arithmetic against the figures of ITU-T H.870 and IEC 62368-1 (safety.md), not our own."""
+"""Dose arithmetic against the figures of ITU-T H.870 and IEC 62368-1 (docs/safety.md), not our own."""
 
 from __future__ import annotations
 

@@ -20,7 +20,7 @@ def _pactl(*args: str) -> subprocess.CompletedProcess[str]:
 def pulse_null_sink(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A PulseAudio null sink named ``resonera_test`` (48 kHz) as the default sink; yields its name.
 
-    The daemon is started as architecture.md §7 describes (it works as root without ``--system``),
+    The daemon is started as docs/architecture.md §9 describes (it works as root without ``--system``),
     but in a runtime folder of its own (``PULSE_RUNTIME_PATH``, ``PULSE_SERVER``), so it never
     meets a desktop's or another test session's PulseAudio, and ``pulseaudio --kill`` stops only
     this one.

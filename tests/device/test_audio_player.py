@@ -125,7 +125,7 @@ def test_gate_closing_mid_playback_ramps_to_zero_within_one_block() -> None:
     assert np.all(audio[-1] == 0.0)
     assert np.abs(np.diff(audio.astype(np.float64), axis=0)).max() <= MAX_STEP
     ramp = round(DEFAULT_FAULT_RAMP_S * RATE)
-    assert DEFAULT_FAULT_RAMP_S <= 0.005  # "a few ms" (safety.md), well inside one block
+    assert DEFAULT_FAULT_RAMP_S <= 0.005  # "a few ms" (docs/safety.md §5), well inside one block
     assert len(audio) == before + ramp
     expected = reference()[before : len(audio)] * (1 - np.arange(1, ramp + 1) / ramp)[:, None]
     np.testing.assert_allclose(audio[before:], expected, atol=1e-6)

@@ -13,7 +13,7 @@ from resonera.device.audio.meter import MelMeter
 from resonera.device.safety._cascade import cascade
 from resonera.device.safety.aweighting import AWeightingFilter, a_weighting_db
 
-NOMINAL = {  # IEC 61672-1 nominal A-weightings (safety.md)
+NOMINAL = {  # IEC 61672-1 nominal A-weightings (docs/safety.md §2)
     31.5: -39.4, 63: -26.2, 100: -19.1, 250: -8.6, 500: -3.2, 1000: 0.0,
     2000: 1.2, 4000: 1.0, 8000: -1.1, 10000: -2.5, 16000: -6.6,
 }  # fmt: skip

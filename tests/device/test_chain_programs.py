@@ -1,4 +1,4 @@
-"""The safety chain's guarantees over random valid programs and block sizes (safety.md, "The limiter"):
+"""The safety chain's guarantees over random valid programs and block sizes (docs/safety.md §4):
 no sample above the ceiling, no 1-second A-weighted level above the maximum, no gain step larger than
 the ramps allow, and the same output whatever the block size."""
 

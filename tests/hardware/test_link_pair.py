@@ -1,5 +1,5 @@
 """Two endpoints, no threads: the device's SafetyLink against the firmware Controller over an
-in-memory link, with one clock the test advances (h11's ConnectionPair, style.md)."""
+in-memory link, with one clock the test advances (h11's ConnectionPair; docs/architecture.md §8)."""
 
 from __future__ import annotations
 
