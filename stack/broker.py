@@ -58,7 +58,13 @@ class MosquittoBroker:
         config = BrokerConfig(port=port, persistence_dir=workdir, log_file=log_file)
         config_path = config.write(workdir / "mosquitto.conf")
         process = subprocess.Popen(
-            [binary, "-c", str(config_path)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            [binary, "-c", str(config_path)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            # its own process group: a terminal's Ctrl-C (or hangup) reaches the demo, which stops
+            # the broker last, after the parts that still talk to it
+            process_group=0,
         )
         if not wait_for_port(port, 10.0, alive=lambda: process.poll() is None):
             err = process.stderr.read().decode().strip() if process.stderr is not None else ""
@@ -68,7 +74,7 @@ class MosquittoBroker:
         return cls(port=port, process=process)
 
     def stop(self) -> None:
-        stop_process(self.process)
+        stop_process(self.process, group=True)
 
 
 class AmqttBroker:

@@ -3,23 +3,32 @@
 from __future__ import annotations
 
 import argparse
+import signal
+import sys
 from pathlib import Path
 
 from resonera.common.cli import run_cli
-from resonera.stack.demo import DemoOptions, run_demo
+from resonera.stack.demo import DemoOptions, DemoStopped, run_demo
 
 
 def _demo(args: argparse.Namespace) -> int:
-    sessions = run_demo(
-        DemoOptions(
-            workdir=args.workdir,
-            program=args.program,
-            broker=args.broker,
-            keep_running=args.keep_running,
-            sink=args.sink,
-            verbose=args.verbose,
+    """0 when the server holds the session (a kept-up stack stopped by Ctrl-C, SIGTERM or SIGHUP
+    included); stopped before that: 130 for Ctrl-C (``run_cli``), 128 + the signal's number for
+    SIGTERM (143) and SIGHUP (129), the stack stopped either way."""
+    try:
+        sessions = run_demo(
+            DemoOptions(
+                workdir=args.workdir,
+                program=args.program,
+                broker=args.broker,
+                keep_running=args.keep_running,
+                sink=args.sink,
+                verbose=args.verbose,
+            )
         )
-    )
+    except DemoStopped as stopped:
+        print(f"resonera: stopped by {signal.Signals(stopped.signum).name}", file=sys.stderr)
+        return 128 + stopped.signum
     return 0 if sessions else 1
 
 

@@ -7,23 +7,32 @@ Each part runs as its own process, exactly as it would be deployed, started by i
 their logs go to files in the workdir (with ``-v``, which the demo passes on, libraries' too), so
 the terminal shows only the demo's own lines. The API's address and a login are printed only with
 ``keep_running``: without it the stack is gone by then.
+
+Every child is stopped on every way out (the end, an error, Ctrl-C, SIGTERM, SIGHUP): in reverse
+order of starting, each with SIGTERM to its process group, then SIGKILL after 10 s. The children
+run in process groups of their own, so a terminal's Ctrl-C or hangup reaches the demo alone, which
+then stops the device before the server and the server before the broker (``_StopSignals``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import tomli_w
@@ -45,6 +54,73 @@ class DemoError(ResoneraError):
     """A part of the demo stack failed to start or answer."""
 
 
+class DemoStopped(KeyboardInterrupt):
+    """SIGTERM or SIGHUP: the demo stops as on Ctrl-C (a ``KeyboardInterrupt``, so whatever
+    handles that handles this too), naming the signal for the exit code (128 + its number)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+#: What stops the demo: Ctrl-C, ``kill``/``systemctl stop``/``docker stop``, a closed terminal.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class _StopSignals:
+    """SIGINT, SIGTERM and SIGHUP all stop the demo the way Ctrl-C does: the first one raises in
+    the main thread (``KeyboardInterrupt``, or ``DemoStopped`` for the other two), which unwinds
+    the demo's ``ExitStack`` and so stops its children. One that arrives while a child is being
+    started (``held``) is raised as soon as the child is tracked, so no child is started and
+    forgotten; once stopping has begun (``stop``) the next ones are ignored, so nothing cuts the
+    stopping short. Installed only in the main thread (the only one that receives them)."""
+
+    def __init__(self) -> None:
+        self._previous: dict[int, Any] = {}
+        self._held = 0
+        self._pending: int | None = None
+        self.stopping = False
+
+    def __enter__(self) -> _StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for signum in STOP_SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._on_signal)
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        if self.stopping:
+            return
+        if self._held:
+            self._pending = self._pending or signum
+            return
+        self._raise(signum)
+
+    def _raise(self, signum: int) -> None:
+        self.stopping = True
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        raise DemoStopped(signum)
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        """A signal waits until the block is over (a child started and tracked)."""
+        self._held += 1
+        try:
+            yield
+        finally:
+            self._held -= 1
+            if not self._held and self._pending is not None and not self.stopping:
+                self._raise(self._pending)
+
+    def stop(self) -> None:
+        """The stack is being stopped: from now on a signal changes nothing."""
+        self.stopping = True
+
+
 @dataclass(frozen=True)
 class DemoOptions:
     workdir: Path
@@ -61,17 +137,48 @@ def _write_toml(path: Path, data: dict[str, Any]) -> Path:
 
 
 class _Processes:
-    """Child processes, stopped in reverse order; their output goes to log files in the workdir."""
+    """Child processes, each in a process group of its own, tracked from the moment they start
+    and stopped in reverse order; the output of the long-running ones goes to log files in the
+    workdir."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, signals: _StopSignals) -> None:
         self.workdir = workdir
+        self.signals = signals
         self.children: list[tuple[str, subprocess.Popen[bytes]]] = []
 
-    def start(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
-        log = (self.workdir / f"{name}.log").open("wb")
-        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
-        self.children.append((name, process))
+    def _popen(self, name: str, argv: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+        with self.signals.held():
+            process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, process_group=0, **kwargs)
+            self.children.append((name, process))
         return process
+
+    def start(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
+        """Start a part of the stack that keeps running; its output to ``name.log``."""
+        with (self.workdir / f"{name}.log").open("wb") as log:
+            return self._popen(name, argv, stdout=log, stderr=subprocess.STDOUT)
+
+    def run(
+        self,
+        name: str,
+        argv: list[str],
+        *,
+        env: dict[str, str] | None = None,
+        stderr_log: Path | None = None,
+    ) -> tuple[int, str, str]:
+        """Run a command to its end: exit code, stdout, stderr (or "" when it goes to
+        ``stderr_log``). Stopped like the others if the demo is stopped meanwhile."""
+        with contextlib.ExitStack() as files:
+            err: Any = subprocess.PIPE
+            if stderr_log is not None:
+                err = files.enter_context(stderr_log.open("wb"))
+            process = self._popen(name, argv, stdout=subprocess.PIPE, stderr=err, env=env)
+            out, errors = process.communicate()
+        self.children.remove((name, process))
+        return (
+            process.returncode,
+            out.decode(errors="replace"),
+            errors.decode(errors="replace") if errors is not None else "",
+        )
 
     def failed(self, name: str, process: subprocess.Popen[bytes]) -> DemoError:
         lines = (self.workdir / f"{name}.log").read_text(errors="replace").strip().splitlines()
@@ -98,7 +205,7 @@ class _Processes:
 
     def stop_all(self) -> None:
         for _name, process in reversed(self.children):
-            stop_process(process)
+            stop_process(process, group=True)
 
 
 def _script(name: str) -> str:
@@ -127,20 +234,22 @@ def _login(api: str, email: str, password: str) -> str:
 
 
 def _server_command(
-    args: list[str], env: dict[str, str] | None = None, *, verbose: bool = False
+    procs: _Processes,
+    args: list[str],
+    env: dict[str, str] | None = None,
+    *,
+    verbose: bool = False,
 ) -> str:
     """Run a ``resonera-server`` command to completion; its stdout, or ``DemoError``."""
-    done = subprocess.run(
+    code, stdout, stderr = procs.run(
+        f"resonera-server {args[0]}",
         [_script("resonera-server"), args[0], *(["-v"] if verbose else []), *args[1:]],
-        capture_output=True,
-        text=True,
-        check=False,
         env={**os.environ, **(env or {})},
     )
-    if done.returncode != 0:
-        detail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+    if code != 0:
+        detail = (stderr.strip().splitlines() or ["no output"])[-1]
         raise DemoError(f"resonera-server {args[0]} failed: {detail}")
-    return done.stdout
+    return stdout
 
 
 def _healthy(url: str) -> bool:
@@ -160,125 +269,137 @@ def run_demo(options: DemoOptions, out: Any = sys.stdout) -> list[dict[str, Any]
     def say(text: str) -> None:
         print(text, file=out, flush=True)
 
+    with _StopSignals() as signals, ExitStack() as stack:
+        try:
+            return _run_stack(options, workdir, stack, signals, say)
+        finally:
+            signals.stop()  # the stack is stopped now, in order: no signal may cut that short
+
+
+def _run_stack(
+    options: DemoOptions,
+    workdir: Path,
+    stack: ExitStack,
+    signals: _StopSignals,
+    say: Callable[[str], None],
+) -> list[dict[str, Any]]:
+    """Start the stack (each part's stop on ``stack``), play, sync, show; with ``keep_running``
+    wait for a signal."""
     verbose = ["-v"] if options.verbose else []
     password = secrets.token_urlsafe(18)
     http_port = free_port()
     api = f"http://127.0.0.1:{http_port}"
-    with ExitStack() as stack:
+    with signals.held():  # a signal meanwhile: raised once the broker's stop is on the stack
         broker: RunningBroker = start_broker(free_port(), workdir / "broker", options.broker)  # type: ignore[arg-type]
         stack.callback(broker.stop)
-        say(f"[broker]   {broker.name} on 127.0.0.1:{broker.port} (MQTT {broker.protocol})")
-        mqtt = {"host": broker.host, "port": broker.port, "protocol": broker.protocol}
+    say(f"[broker]   {broker.name} on 127.0.0.1:{broker.port} (MQTT {broker.protocol})")
+    mqtt = {"host": broker.host, "port": broker.port, "protocol": broker.protocol}
 
-        procs = _Processes(workdir)
-        stack.callback(procs.stop_all)
+    procs = _Processes(workdir, signals)
+    stack.callback(procs.stop_all)
+    # Patient data is encrypted at rest: the demo's key lives in its workdir (never the DB).
+    key_file = workdir / "patient-keys.txt"
+    key_file.write_text(
+        _server_command(procs, ["new-key", "--key-id", "demo"], verbose=options.verbose)
+    )
+    key_file.chmod(0o600)
+    server_config = _write_toml(
+        workdir / "server.toml",
+        {
+            "database_url": f"sqlite:///{workdir / 'server.db'}",
+            "http_host": "127.0.0.1",
+            "http_port": http_port,
+            "demo": True,
+            "patient_key_file": str(key_file),
+            "shared_subscription": broker.shared_subscriptions,
+            "mqtt": mqtt,
+        },
+    )
+    config_args = ["--config", str(server_config)]
+    _server_command(procs, ["migrate", *config_args], verbose=options.verbose)
+    # A clinician, their patient, and the demo device registered and assigned to the patient.
+    _server_command(
+        procs,
+        ["demo-setup", *config_args, "--device", DEMO_DEVICE_ID, "--email", DEMO_CLINICIAN],
+        env={"RESONERA_PASSWORD": password},
+        verbose=options.verbose,
+    )
+    server = procs.start(
+        "server", [_script("resonera-server"), "run", *verbose, "--config", str(server_config)]
+    )
+    procs.wait_ready("server", server, what="the server", ready=lambda: _healthy(f"{api}/healthz"))
+    say(f"[server]   API on {api}/api/v1, database {workdir / 'server.db'}")
 
-        # Patient data is encrypted at rest: the demo's key lives in its workdir (never the DB).
-        key_file = workdir / "patient-keys.txt"
-        key_file.write_text(
-            _server_command(["new-key", "--key-id", "demo"], verbose=options.verbose)
-        )
-        key_file.chmod(0o600)
-        server_config = _write_toml(
-            workdir / "server.toml",
-            {
-                "database_url": f"sqlite:///{workdir / 'server.db'}",
-                "http_host": "127.0.0.1",
-                "http_port": http_port,
-                "demo": True,
-                "patient_key_file": str(key_file),
-                "shared_subscription": broker.shared_subscriptions,
-                "mqtt": mqtt,
-            },
-        )
-        config_args = ["--config", str(server_config)]
-        _server_command(["migrate", *config_args], verbose=options.verbose)
-        # A clinician, their patient, and the demo device registered and assigned to the patient.
-        _server_command(
-            ["demo-setup", *config_args, "--device", DEMO_DEVICE_ID, "--email", DEMO_CLINICIAN],
-            env={"RESONERA_PASSWORD": password},
-            verbose=options.verbose,
-        )
-        server = procs.start(
-            "server", [_script("resonera-server"), "run", *verbose, "--config", str(server_config)]
-        )
-        procs.wait_ready(
-            "server", server, what="the server", ready=lambda: _healthy(f"{api}/healthz")
-        )
-        say(f"[server]   API on {api}/api/v1, database {workdir / 'server.db'}")
+    link_file = workdir / "hwsim.link"
+    hwsim = procs.start(
+        "hwsim", [_script("resonera-hwsim"), *verbose, "--link-file", str(link_file)]
+    )
+    procs.wait_ready("hwsim", hwsim, what="the hardware simulator", ready=link_file.exists)
+    port_path = link_file.read_text().strip()
+    say(f"[hardware] safety MCU simulator on {port_path}")
 
-        link_file = workdir / "hwsim.link"
-        hwsim = procs.start(
-            "hwsim", [_script("resonera-hwsim"), *verbose, "--link-file", str(link_file)]
-        )
-        procs.wait_ready("hwsim", hwsim, what="the hardware simulator", ready=link_file.exists)
-        port_path = link_file.read_text().strip()
-        say(f"[hardware] safety MCU simulator on {port_path}")
+    wav_path = workdir / "session.wav"
+    device_config = _write_toml(
+        workdir / "device.toml",
+        {
+            "device_id": DEMO_DEVICE_ID,
+            "data_dir": str(workdir / "device"),
+            "serial_url": port_path,
+            "sink": options.sink,
+            "wav_path": str(wav_path),
+            "calibration_file": str(packaged_calibration()),
+            "mqtt": mqtt,
+        },
+    )
+    say(f"[device]   {DEMO_DEVICE_ID} plays {options.program!r} with the MCU's consent:")
+    device_log = workdir / "device.log"
+    code, played, _ = procs.run(
+        "device",
+        [
+            _script("resonera-device"),
+            *verbose,
+            "play",
+            "--config",
+            str(device_config),
+            "--program",
+            options.program,
+            "--sync-timeout",
+            "30",
+        ],
+        stderr_log=device_log,
+    )
+    for line in played.strip().splitlines():
+        say(f"           {line}")
+    if code != 0:
+        lines = device_log.read_text(errors="replace").strip().splitlines()
+        detail = (lines or ["no output"])[-1]
+        raise DemoError(f"the device agent failed (exit {code}): {detail} (log: {device_log})")
 
-        wav_path = workdir / "session.wav"
-        device_config = _write_toml(
-            workdir / "device.toml",
-            {
-                "device_id": DEMO_DEVICE_ID,
-                "data_dir": str(workdir / "device"),
-                "serial_url": port_path,
-                "sink": options.sink,
-                "wav_path": str(wav_path),
-                "calibration_file": str(packaged_calibration()),
-                "mqtt": mqtt,
-            },
-        )
-        say(f"[device]   {DEMO_DEVICE_ID} plays {options.program!r} with the MCU's consent:")
-        played = subprocess.run(
-            [
-                _script("resonera-device"),
-                *verbose,
-                "play",
-                "--config",
-                str(device_config),
-                "--program",
-                options.program,
-                "--sync-timeout",
-                "30",
-            ],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        device_log = workdir / "device.log"
-        device_log.write_text(played.stderr)
-        for line in played.stdout.strip().splitlines():
-            say(f"           {line}")
-        if played.returncode != 0:
-            detail = (played.stderr.strip().splitlines() or ["no output"])[-1]
-            raise DemoError(
-                f"the device agent failed (exit {played.returncode}): {detail} (log: {device_log})"
-            )
-
-        token = _login(api, DEMO_CLINICIAN, password)
-        sessions: list[dict[str, Any]] = _get_json(f"{api}/api/v1/sessions", token)
-        say(f"\nThe server holds {len(sessions)} session(s):")
-        for s in sessions:
-            say(
-                f"  {s['device_id']}  {s['program_name']}  {s['played_s']:.1f} s  {s['outcome']}"
-                f"  peak {s['peak_dbfs']:.1f} dBFS  (message {s['message_id']})"
-            )
-        if not options.keep_running:
-            say(f"\n{KEEP_RUNNING_HINT}")
-            return sessions
-        say(f"\nAPI: {api}/api/v1/sessions  (OpenAPI: {api}/docs)")
-        say(f"     clinician {DEMO_CLINICIAN}, password {password}")
+    token = _login(api, DEMO_CLINICIAN, password)
+    sessions: list[dict[str, Any]] = _get_json(f"{api}/api/v1/sessions", token)
+    say(f"\nThe server holds {len(sessions)} session(s):")
+    for s in sessions:
         say(
-            f"     TOKEN=$(curl -s -H 'Content-Type: application/json' -d "
-            f'\'{{"email": "{DEMO_CLINICIAN}", "password": "{password}"}}\' '
-            f"{api}/api/v1/auth/login | python3 -c 'import json,sys; "
-            f'print(json.load(sys.stdin)["access_token"])\')'
+            f"  {s['device_id']}  {s['program_name']}  {s['played_s']:.1f} s  {s['outcome']}"
+            f"  peak {s['peak_dbfs']:.1f} dBFS  (message {s['message_id']})"
         )
-        say(f'     curl -H "Authorization: Bearer $TOKEN" {api}/api/v1/sessions')
-        say("The stack stays up; press Ctrl-C to stop it.")
-        try:
-            while all(p.poll() is None for _n, p in procs.children):
-                time.sleep(0.5)
-        except KeyboardInterrupt:
-            say("stopping")
+    if not options.keep_running:
+        say(f"\n{KEEP_RUNNING_HINT}")
         return sessions
+    say(f"\nAPI: {api}/api/v1/sessions  (OpenAPI: {api}/docs)")
+    say(f"     clinician {DEMO_CLINICIAN}, password {password}")
+    say(
+        f"     TOKEN=$(curl -s -H 'Content-Type: application/json' -d "
+        f'\'{{"email": "{DEMO_CLINICIAN}", "password": "{password}"}}\' '
+        f"{api}/api/v1/auth/login | python3 -c 'import json,sys; "
+        f'print(json.load(sys.stdin)["access_token"])\')'
+    )
+    say(f'     curl -H "Authorization: Bearer $TOKEN" {api}/api/v1/sessions')
+    say("The stack stays up; press Ctrl-C to stop it.")
+    try:
+        while all(p.poll() is None for _n, p in procs.children):
+            time.sleep(0.5)
+    except KeyboardInterrupt:  # Ctrl-C, SIGTERM, SIGHUP: how a kept-up stack is stopped
+        with contextlib.suppress(OSError):  # a terminal that hung up takes no more lines
+            say("stopping")
+    return sessions

@@ -1,10 +1,12 @@
 """What the local stacks (the demo, the fleet simulator, the embedded broker) need to run their
 child processes: a free loopback port, waiting for one to answer, this installation's console
-scripts, and stopping a child politely before firmly."""
+scripts, and stopping a child (or its process group) politely before firmly."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -45,13 +47,29 @@ def console_script(name: str, hint: str = "install the resonera package") -> str
     return found
 
 
-def stop_process(process: subprocess.Popen[bytes], timeout_s: float = 10.0) -> None:
-    """SIGTERM, then SIGKILL if it has not ended within ``timeout_s``; reaped either way."""
+def stop_process(
+    process: subprocess.Popen[bytes], timeout_s: float = 10.0, *, group: bool = False
+) -> None:
+    """SIGTERM, then SIGKILL if it has not ended within ``timeout_s``; reaped either way.
+
+    ``group``: the child leads a process group of its own (started with ``process_group=0``),
+    and the signals go to the whole group, so whatever it started goes too. (The group is the
+    child's as long as the child is not reaped, which is only done here, after the signals.)"""
     if process.poll() is not None:
         return
-    process.terminate()
+    _signal(process, signal.SIGTERM, group)
     try:
         process.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:
-        process.kill()
+        _signal(process, signal.SIGKILL, group)
         process.wait()
+
+
+def _signal(process: subprocess.Popen[bytes], signum: int, group: bool) -> None:
+    if group:
+        try:
+            os.killpg(process.pid, signum)
+            return
+        except ProcessLookupError:  # it left its group: signal it alone
+            pass
+    process.send_signal(signum)
