@@ -19,7 +19,7 @@ from resonera.common.program import builtin_program
 from resonera.device.agent import play_session
 from resonera.device.audio.sinks import NullSink
 from resonera.device.crypto_store import DataKey, create_key_file
-from resonera.device.safety.dose_ledger import DoseLedger
+from resonera.device.safety.dose_ledger import DoseLedger, DoseLedgerError
 from resonera.device.store import DeviceStore
 
 
@@ -93,6 +93,28 @@ def test_an_older_install_with_wider_modes_is_tightened(tmp_path: Path) -> None:
     finally:
         ledger.close()
         store.close()
+
+
+def test_a_file_whose_mode_cannot_be_changed_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another user's file (here: chmod refused, as for a file this user does not own) is never
+    opened as it is: one line says what and why."""
+    folder = tmp_path / "data"
+    folder.mkdir(mode=0o700)
+    (folder / "dose.db").touch(mode=0o644)
+    (folder / "dose.db").chmod(0o644)
+
+    def refused(self: Path, mode: int) -> None:
+        raise PermissionError(1, "Operation not permitted", str(self))
+
+    monkeypatch.setattr(Path, "chmod", refused)
+    with pytest.raises(DoseLedgerError) as info:
+        DoseLedger(folder / "dose.db")
+    assert str(info.value) == (
+        f"the dose ledger {folder / 'dose.db'} has mode 644 and cannot be restricted to its owner "
+        "(600): Operation not permitted; it must belong to the device's user"
+    )
 
 
 def test_store_and_ledger_opened_at_once_share_the_one_key(
