@@ -14,6 +14,7 @@ from typing import Any
 from fastapi import FastAPI
 from sqlalchemy.engine import Engine
 
+from resonera.common.clock import Clock, utc_now
 from resonera.server.api.deps import AppState
 from resonera.server.api.errors import BodyLimit, document_errors, install_error_handlers
 from resonera.server.api.routes import (
@@ -34,6 +35,7 @@ from resonera.server.api.routes import (
 from resonera.server.crypto import DesiredStateSigner, FieldCipher, load_signer
 from resonera.server.desired import DesiredPublisher, DesiredService, MemoryPublisher
 from resonera.server.metrics import registry_for
+from resonera.server.ratelimit import FailureLimiter, LimitPolicy
 from resonera.server.schemas import ErrorResponse
 from resonera.server.settings import ServerSettings
 from resonera.server.web import routes as web_routes
@@ -63,8 +65,10 @@ def create_app(
     publisher: DesiredPublisher | None = None,
     signer: DesiredStateSigner | None = None,
     broker_ok: Callable[[], bool] | None = None,
+    clock: Clock = utc_now,
 ) -> FastAPI:
-    """The API. Without ``publisher`` documents are kept in memory (no broker): tests."""
+    """The API. Without ``publisher`` documents are kept in memory (no broker): tests.
+    ``clock`` dates the sign-in limits' attempts (tests move it instead of waiting)."""
     settings.jwt_secret_value()  # fail now, not at the first login
     publisher = publisher if publisher is not None else MemoryPublisher()
     state = AppState(
@@ -82,6 +86,7 @@ def create_app(
         ),
         broker_ok=broker_ok or publisher.connected,
         metrics_registry=registry_for(engine),
+        login_limiter=FailureLimiter("login", LimitPolicy.for_login(settings.login), clock=clock),
     )
     app = FastAPI(title="Resonera server", version=_version(), description=DESCRIPTION)
     app.state.resonera = state

@@ -26,9 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Protocol
 
-from cryptography.exceptions import InvalidSignature, InvalidTag
+from cryptography.exceptions import InvalidSignature, InvalidTag, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -239,6 +239,54 @@ def sign_document(signer: DesiredStateSigner, document: dict[str, Any]) -> dict[
 
 
 # -- device messages -------------------------------------------------------------------------
+
+
+#: The registry's ``device.public_key`` column; a P-256 SubjectPublicKeyInfo is 124 characters.
+DEVICE_KEY_MAX: Final = 128
+#: Longer text is refused before it is decoded (an RSA-4096 key is about 740 characters).
+_DEVICE_KEY_TEXT_MAX: Final = 4096
+
+
+def check_device_public_key(value: str) -> str:
+    """``value`` if ``verify_device_signature`` can check messages with it: canonical base64 (with
+    its ``=`` padding) of the DER SubjectPublicKeyInfo of an ECDSA P-256 key, what devices sign
+    with, or of a raw 32-byte Ed25519 key. Otherwise ``ValueError`` saying what it is instead."""
+    if len(value) > _DEVICE_KEY_TEXT_MAX:
+        raise ValueError(f"is {len(value)} characters, longer than any device key")
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError(
+            "is not base64 (A-Z, a-z, 0-9, + and /, padded with = to a multiple of 4 characters)"
+        ) from None
+    if base64.b64encode(raw).decode() != value:
+        raise ValueError("is not canonical base64 (encoding its bytes again gives other text)")
+    if len(raw) == 32:
+        Ed25519PublicKey.from_public_bytes(raw)
+        return value
+    try:
+        key = serialization.load_der_public_key(raw)
+    except (ValueError, UnsupportedAlgorithm):
+        raise ValueError(
+            f"is {len(raw)} bytes that are neither a raw 32-byte Ed25519 key nor the DER "
+            "SubjectPublicKeyInfo of a public key"
+        ) from None
+    if isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, ec.SECP256R1):
+        if len(value) > DEVICE_KEY_MAX:  # no P-256 key is this long; kept for the column's sake
+            raise ValueError(f"is longer than {DEVICE_KEY_MAX} characters")
+        return value
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        kind = f"an ECDSA {key.curve.name} key"
+    elif isinstance(key, rsa.RSAPublicKey):
+        kind = f"an RSA-{key.key_size} key"
+    elif isinstance(key, Ed25519PublicKey):
+        kind = "an Ed25519 key as SubjectPublicKeyInfo (give the raw 32 bytes instead)"
+    else:
+        kind = f"a {type(key).__name__.lstrip('_')}"
+    raise ValueError(
+        f"is {kind}; devices sign with ECDSA P-256 (base64 DER SubjectPublicKeyInfo) or Ed25519 "
+        "(base64 of the raw 32-byte key)"
+    )
 
 
 def verify_device_signature(envelope: Envelope, public_key_b64: str) -> str | None:

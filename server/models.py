@@ -83,9 +83,27 @@ class UserRow(SQLModel, table=True):
     password_hash: str = Field(max_length=200)
     role: str = Field(max_length=16)
     active: bool = True
-    failed_logins: int = 0
-    locked_until: datetime | None = Field(default=None, sa_type=UTCDateTime)
     created_at: datetime = Field(sa_type=UTCDateTime)
+
+
+class FailedAttemptRow(SQLModel, table=True):
+    """A failed attempt at something ``ratelimit.FailureLimiter`` guards (``kind``: ``login``), by
+    what it aimed at (``subject``: the email given) and where it came from (``client``: the
+    address). Kept in the database so every API process counts the same attempts; rows older
+    than the limiter's window count for nothing and are dropped."""
+
+    __tablename__ = "failed_attempt"
+    __table_args__ = (
+        Index("ix_failed_attempt_kind_client_at", "kind", "client", "at"),
+        Index("ix_failed_attempt_kind_subject_at", "kind", "subject", "at"),
+        Index("ix_failed_attempt_at", "at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    kind: str = Field(max_length=16)
+    subject: str = Field(max_length=EMAIL_MAX)
+    client: str = Field(max_length=100)
+    at: datetime = Field(sa_type=UTCDateTime)
 
 
 class RefreshTokenRow(SQLModel, table=True):

@@ -17,6 +17,7 @@ from typing import Final
 import uvicorn
 from sqlalchemy.engine import Engine
 
+from resonera.common.clock import Clock, utc_now
 from resonera.common.errors import ConfigError, ResoneraError
 from resonera.server.app import API_PREFIX, create_app
 from resonera.server.db import make_engine, migrate, require_current_schema
@@ -76,12 +77,14 @@ class ServerProcess:
         engine: Engine | None = None,
         migrate: bool | None = None,
         publisher: DesiredPublisher | None = None,
+        clock: Clock = utc_now,
     ) -> None:
         self.settings = settings.checked_for_start() if api else settings
         self._api = api
         self._ingest = ingest
         self._migrate = settings.demo if migrate is None else migrate
         self._publisher = publisher
+        self._clock = clock
         self._own_publisher = False
         self._own_engine = engine is None
         self._engine = engine
@@ -166,7 +169,7 @@ class ServerProcess:
         if self._publisher is None:
             self._publisher = MqttPublisher(self.settings)
             self._own_publisher = True
-        app = create_app(self.settings, self.engine, publisher=self._publisher)
+        app = create_app(self.settings, self.engine, publisher=self._publisher, clock=self._clock)
         republished = app.state.resonera.desired.republish_all(self.engine)
         log.info("republished the desired state of %d device(s)", republished)
         tls = self.settings
@@ -201,10 +204,17 @@ def run_server_in_thread(
     engine: Engine | None = None,
     migrate: bool | None = None,
     publisher: DesiredPublisher | None = None,
+    clock: Clock = utc_now,
 ) -> ServerProcess:
     """Start the server in this process and return it running; call ``.stop()`` when done, or use
-    the result in a ``with`` block."""
+    the result in a ``with`` block. ``clock``: see ``create_app``."""
     server = ServerProcess(
-        settings, api=api, ingest=ingest, engine=engine, migrate=migrate, publisher=publisher
+        settings,
+        api=api,
+        ingest=ingest,
+        engine=engine,
+        migrate=migrate,
+        publisher=publisher,
+        clock=clock,
     )
     return server.start()

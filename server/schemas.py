@@ -19,6 +19,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 from resonera.common.envelope import AwareDatetime
 from resonera.common.profile import parse_checkins
 from resonera.common.topics import DEVICE_ID_PATTERN
+from resonera.server.crypto import check_device_public_key
 from resonera.server.models import EMAIL_MAX
 
 Role = Literal["admin", "clinician", "auditor"]
@@ -26,8 +27,6 @@ MAX_JSON_BYTES: Final = 64 * 1024
 MAX_JSON_DEPTH: Final = 8
 INT32_MAX: Final = 2**31 - 1
 PASSWORD_MIN: Final = 12  # also in cli.py, which must not import this module
-#: base64 of a P-256 SubjectPublicKeyInfo (124 characters) or a raw Ed25519 key (44).
-PUBLIC_KEY_PATTERN: Final = r"^[A-Za-z0-9+/]{43}=$|^[A-Za-z0-9+/]{124}$"
 
 
 def _no_nul(value: str) -> str:
@@ -79,6 +78,16 @@ Password = Annotated[str, Field(min_length=PASSWORD_MIN, max_length=128), AfterV
 DeviceIdStr = Annotated[str, Field(pattern=f"^{DEVICE_ID_PATTERN}$", max_length=64)]
 PatientIdStr = Annotated[str, Field(min_length=1, max_length=36, pattern=r"^[0-9a-f-]{1,36}$")]
 JsonObject = Annotated[dict[str, Any], AfterValidator(_bounded_json)]
+#: A device's signing key, checked by decoding and loading it (``crypto.check_device_public_key``).
+DevicePublicKey = Annotated[
+    str,
+    Field(
+        description="base64 (with its = padding) of the DER SubjectPublicKeyInfo of the device "
+        "certificate's ECDSA P-256 key (124 characters), or of a raw 32-byte Ed25519 key (44); "
+        "signatures are then required"
+    ),
+    AfterValidator(check_device_public_key),
+]
 
 
 class _In(BaseModel):
@@ -132,7 +141,10 @@ class UserUpdate(_In):
     role: Role | None = None
     active: bool | None = None
     password: Password | None = None
-    unlock: bool = Field(default=False, description="clear a lockout after failed logins")
+    unlock: bool = Field(
+        default=False,
+        description="lift the account's sign-in delay: forget its failed sign-ins",
+    )
 
 
 class UserPublic(BaseModel):
@@ -140,7 +152,6 @@ class UserPublic(BaseModel):
     email: str
     role: Role
     active: bool
-    locked_until: datetime | None
     created_at: datetime
 
 
@@ -150,21 +161,13 @@ class UserPublic(BaseModel):
 class DeviceCreate(_In):
     id: DeviceIdStr
     cert_fingerprint: Annotated[Text, Field(max_length=128)] = ""
-    public_key: Annotated[
-        str | None,
-        Field(
-            default=None,
-            pattern=PUBLIC_KEY_PATTERN,
-            description="base64 DER of the device certificate's P-256 public key (or a raw "
-            "Ed25519 key); signatures are then required",
-        ),
-    ] = None
+    public_key: DevicePublicKey | None = None
     note: Annotated[Text, Field(max_length=500)] = ""
 
 
 class DeviceUpdate(_In):
     cert_fingerprint: Annotated[Text, Field(max_length=128)] | None = None
-    public_key: Annotated[str, Field(pattern=PUBLIC_KEY_PATTERN)] | None = None
+    public_key: DevicePublicKey | None = None
     revoked: bool | None = None
     note: Annotated[Text, Field(max_length=500)] | None = None
 

@@ -1,5 +1,6 @@
 """Passwords (argon2id), access tokens (JWT, HS256, short-lived) and refresh tokens (random,
-stored as SHA-256, rotated on every use, revocable), and the login lockout.
+stored as SHA-256, rotated on every use, revocable). Failed sign-ins are limited per address and
+per account by ``ratelimit.FailureLimiter`` (a delay, never a lockout).
 
 Access tokens are checked against the database on every request (the user must still exist and be
 active, with the role the token names), so deactivating a user takes effect at once; refresh tokens

@@ -14,7 +14,7 @@ import socket
 from pathlib import Path
 from typing import Annotated, Final
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from resonera.common.errors import ConfigError
@@ -60,6 +60,35 @@ class EnrollmentSettings(BaseModel):
     broker_reload_timeout_s: float = Field(default=30.0, gt=0, le=600)
 
 
+class LoginLimitSettings(BaseModel):
+    """Sign-in limits (``ratelimit.FailureLimiter``): failed sign-ins per client address and per
+    account within ``window_s``; beyond the free ones each further attempt waits (429 with
+    ``Retry-After``) ``first_delay_s``, doubling with every failure, up to the maximum. Nothing
+    ever locks an account for good."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    window_s: int = Field(default=900, ge=60, le=24 * 3600)
+    free_failures_per_client: int = Field(default=5, ge=1, le=1000)
+    #: Each address adds at most ``free_failures_per_client`` to an account's count, so one
+    #: address alone (a stranger's) never slows down the account's owner.
+    free_failures_per_account: int = Field(default=10, ge=2, le=10000)
+    first_delay_s: float = Field(default=1.0, gt=0, le=300)
+    max_delay_per_client_s: int = Field(default=900, ge=1, le=24 * 3600)
+    #: Kept short: every address waits this long at most when an account is under attack,
+    #: its owner included.
+    max_delay_per_account_s: int = Field(default=60, ge=1, le=3600)
+
+    @model_validator(mode="after")
+    def _account_above_client(self) -> LoginLimitSettings:
+        if self.free_failures_per_account <= self.free_failures_per_client:
+            raise ValueError(
+                "free_failures_per_account must be greater than free_failures_per_client "
+                "(else one address alone could slow down an account's owner)"
+            )
+        return self
+
+
 class ServerSettings(ResoneraSettings):
     """What one server process needs: where to store, where to listen, which broker to read."""
 
@@ -90,9 +119,8 @@ class ServerSettings(ResoneraSettings):
     jwt_secret: SecretStr | None = None
     access_token_ttl_s: int = Field(default=900, ge=30, le=24 * 3600)
     refresh_token_ttl_s: int = Field(default=14 * 24 * 3600, ge=300, le=90 * 24 * 3600)
-    #: Failed logins in a row that lock an account, and for how long.
-    lockout_failures: int = Field(default=5, ge=1, le=100)
-    lockout_s: int = Field(default=900, ge=1, le=24 * 3600)
+    #: Failed sign-ins per client address and per account: progressive delay, never a lockout.
+    login: LoginLimitSettings = Field(default_factory=LoginLimitSettings)
     #: Request bodies above this are refused with 413 before they are read.
     max_body_bytes: int = Field(default=256 * 1024, ge=1024, le=64 * 1024 * 1024)
 

@@ -21,6 +21,7 @@ from resonera.server.api.errors import ApiError
 from resonera.server.crypto import FieldCipher
 from resonera.server.desired import DesiredService
 from resonera.server.models import AuditRow, ClinicianPatientRow, PatientRow, UserRow
+from resonera.server.ratelimit import FailureLimiter
 from resonera.server.security import TokenError, decode_access_token, now_utc
 from resonera.server.settings import ServerSettings
 
@@ -43,6 +44,9 @@ class AppState:
     desired: DesiredService
     broker_ok: Callable[[], bool]
     metrics_registry: CollectorRegistry
+    #: Failed sign-ins per address and per account (``settings.login``), shared through the
+    #: database by every API process.
+    login_limiter: FailureLimiter
 
 
 def get_state(request: Request) -> AppState:

@@ -1,8 +1,8 @@
 """Dashboard sign-in: a server-side session per browser, CSRF tokens, sign-out, idle timeout.
 
 A dashboard session *is* a refresh token (``security.py``; stored as its SHA-256, revocable): the
-sign-in form goes through the API's own login (same lockout, same audit of failures), and the
-token it issues lives only in an HttpOnly, SameSite=Strict cookie. Its expiry slides with use
+sign-in form goes through the API's own login (same sign-in limits, same audit of failures), and
+the token it issues lives only in an HttpOnly, SameSite=Strict cookie. Its expiry slides with use
 (``web_idle_timeout_s``) up to ``web_session_max_s`` after sign-in; signing out, deactivating the
 user or an admin revoking the user's tokens ends it. Every request checks the user in the database,
 as the API does.
@@ -212,7 +212,7 @@ def login_submit(
     csrf_token: Annotated[str, Form(max_length=200)] = "",
     next_path: Annotated[str, Form(alias="next", max_length=2000)] = "",
 ) -> Response:
-    """Check the double-submit token, then log in through the API's own route (lockout, audit)."""
+    """Check the double-submit token, then log in through the API's own route (limits, audit)."""
     cookie = request.cookies.get(LOGIN_CSRF_COOKIE, "")
     if not cookie or not hmac.compare_digest(cookie, csrf_token):
         return _login_page(
@@ -234,7 +234,10 @@ def login_submit(
         message = exc.message[:1].upper() + exc.message[1:] + "."
         if exc.status == 401:
             message = "Wrong email or password."
-        return _login_page(request, state, error=message, email=email, status=exc.status)
+        page = _login_page(request, state, error=message, email=email, status=exc.status)
+        if "Retry-After" in exc.headers:  # 429: the API's sign-in limits
+            page.headers["Retry-After"] = exc.headers["Retry-After"]
+        return page
     row = session.exec(
         select(RefreshTokenRow).where(RefreshTokenRow.token_hash == _digest(pair.refresh_token))
     ).one()

@@ -30,6 +30,7 @@ from resonera.server.desired import MemoryPublisher
 from resonera.server.models import (
     AuditRow,
     DeviceRow,
+    FailedAttemptRow,
     PatientConfigRow,
     RefreshTokenRow,
     UserRow,
@@ -96,19 +97,20 @@ def test_wrong_password_and_missing_login_token_are_refused(
     no_token = post_login(client, seeded.clinician, None)
     assert no_token.status_code == 403
     assert "expired or did not come from this site" in no_token.text
-    with Session(engine) as session:  # the API's lockout counted the wrong password
-        user = session.exec(select(UserRow).where(UserRow.email == seeded.clinician)).one()
-        assert user.failed_logins == 1
+    with Session(engine) as session:  # the API's sign-in limits counted the wrong password
+        failed = session.exec(select(FailedAttemptRow)).all()
+        assert [(f.kind, f.subject) for f in failed] == [("login", seeded.clinician)]
 
 
-def test_repeated_wrong_passwords_lock_the_account_as_in_the_api(
+def test_repeated_wrong_passwords_slow_down_as_in_the_api(
     app: FastAPI, client: TestClient, seeded: Seeded
 ) -> None:
-    for _ in range(app.state.resonera.settings.lockout_failures):
+    for _ in range(app.state.resonera.settings.login.free_failures_per_client):
         post_login(client, seeded.admin, client.get("/login").text, password="nope")
-    locked = post_login(client, seeded.admin, client.get("/login").text)
-    assert locked.status_code == 423
-    assert "The account is locked after repeated failed logins" in locked.text
+    waiting = post_login(client, seeded.admin, client.get("/login").text)
+    assert waiting.status_code == 429
+    assert int(waiting.headers["Retry-After"]) >= 1
+    assert "Too many failed sign-ins from this address; try again in" in waiting.text
 
 
 def test_pages_need_a_session_and_come_back_after_sign_in(

@@ -37,18 +37,34 @@ def list_assignments(
     *,
     admin: AdminUser,
     session: SessionDep,
+    request: Request,
     device_id: Annotated[DeviceIdStr | None, Query()] = None,
     patient_id: Annotated[PatientIdStr | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
 ) -> list[AssignmentPublic]:
+    """Assignments, newest first. Which device a patient uses is patient data: each assignment
+    read is audited (``read``/``assignment``, with its patient), as patient reads are."""
     query = select(AssignmentRow)
     if device_id is not None:
         query = query.where(AssignmentRow.device_id == device_id)
     if patient_id is not None:
         query = query.where(AssignmentRow.patient_id == patient_id)
     query = query.order_by(col(AssignmentRow.id).desc()).offset(offset).limit(limit)
-    return [_public(r) for r in session.exec(query).all()]
+    rows = session.exec(query).all()
+    out = [_public(r) for r in rows]
+    for row in rows:
+        audit(
+            session,
+            request,
+            admin,
+            "read",
+            "assignment",
+            resource_id=str(row.id),
+            patient_id=row.patient_id,
+        )
+    session.commit()
+    return out
 
 
 @router.post("", response_model=AssignmentPublic, status_code=status.HTTP_201_CREATED)

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 from fastapi import APIRouter, Request, status
 from sqlmodel import select
 
 from resonera.server.api.deps import CurrentUser, SessionDep, StateDep, client_of
 from resonera.server.api.errors import ApiError
 from resonera.server.models import AuditRow, UserRow
+from resonera.server.ratelimit import Limited
 from resonera.server.schemas import LoginIn, RefreshIn, TokenPair, UserPublic
 from resonera.server.security import (
     RefreshRefused,
@@ -38,28 +37,32 @@ def _pair(state: StateDep, session: SessionDep, user: UserRow) -> TokenPair:
 
 @router.post("/login", response_model=TokenPair)
 def login(body: LoginIn, request: Request, state: StateDep, session: SessionDep) -> TokenPair:
-    """Tokens for a correct email and password. ``lockout_failures`` wrong passwords in a row lock
-    the account for ``lockout_s`` seconds (423), correct password or not."""
-    now = now_utc()
+    """Tokens for a correct email and password. Failed sign-ins slow down further attempts from
+    the same address and, from several addresses, on the same account (429 with
+    ``Retry-After``, growing with every failure; see ``settings.login``); an attempt made too
+    early is refused before the password is checked. No account is ever locked: a correct
+    password from an address that need not wait always signs in. Refresh tokens already issued
+    keep working (only deactivation or a password reset revokes them)."""
+    limiter = state.login_limiter
+    try:
+        attempt = limiter.begin(session, body.email, client_of(request))
+    except Limited as exc:
+        whose = "from this address" if exc.scope == "client" else "for this account"
+        raise ApiError(
+            429,
+            f"too many failed sign-ins {whose}; try again in {exc.retry_after_s} s",
+            details={"retry_after_s": exc.retry_after_s},
+            headers={"Retry-After": str(exc.retry_after_s)},
+        ) from None
     user = session.exec(select(UserRow).where(UserRow.email == body.email)).first()
     if user is None or not user.active:
         burn_time(body.password)
         raise ApiError(401, _WRONG)
-    if user.locked_until is not None and user.locked_until > now:
-        raise ApiError(
-            423,
-            "the account is locked after repeated failed logins; try later or ask an admin",
-            details={"locked_until": user.locked_until.isoformat()},
-        )
     if not verify_password(user.password_hash, body.password):
-        user.failed_logins += 1
-        if user.failed_logins >= state.settings.lockout_failures:
-            user.locked_until = now + timedelta(seconds=state.settings.lockout_s)
-            user.failed_logins = 0
-        session.add(user)
+        # the attempt stays recorded as a failure; the audit says whose account it was
         session.add(
             AuditRow(
-                at=now,
+                at=now_utc(),
                 actor_id=user.id,
                 actor_email=user.email,
                 actor_role=user.role,
@@ -68,14 +71,12 @@ def login(body: LoginIn, request: Request, state: StateDep, session: SessionDep)
                 resource_id=str(user.id),
                 method=request.method,
                 path=request.url.path,
-                client=client_of(request),
+                client=client_of(request)[:100],
             )
         )
         session.commit()
         raise ApiError(401, _WRONG)
-    user.failed_logins = 0
-    user.locked_until = None
-    session.add(user)
+    limiter.succeeded(session, attempt)
     pair = _pair(state, session, user)
     session.commit()
     return pair

@@ -1,4 +1,5 @@
-"""``/users`` (admins): create users, change role, deactivate, reset password, unlock."""
+"""``/users`` (admins): create users, change role, deactivate, reset password, lift a sign-in
+delay (``unlock``)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from fastapi import APIRouter, Path, Query, Request, status
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
-from resonera.server.api.deps import AdminUser, SessionDep, audit
+from resonera.server.api.deps import AdminUser, SessionDep, StateDep, audit
 from resonera.server.api.errors import ApiError
 from resonera.server.models import UserRow
 from resonera.server.schemas import INT32_MAX, UserCreate, UserPublic, UserUpdate
@@ -69,9 +70,16 @@ def get_user(user_id: UserId, admin: AdminUser, session: SessionDep) -> UserPubl
 
 @router.patch("/{user_id}", response_model=UserPublic)
 def update_user(
-    *, user_id: UserId, body: UserUpdate, admin: AdminUser, session: SessionDep, request: Request
+    *,
+    user_id: UserId,
+    body: UserUpdate,
+    admin: AdminUser,
+    state: StateDep,
+    session: SessionDep,
+    request: Request,
 ) -> UserPublic:
-    """Change role, deactivate (revokes their refresh tokens), reset the password, unlock."""
+    """Change role, deactivate (revokes their refresh tokens), reset the password (likewise),
+    lift the account's sign-in delay (``unlock``: its failed sign-ins are forgotten)."""
     user = session.get(UserRow, user_id)
     if user is None:
         raise ApiError(404, f"no user {user_id}")
@@ -85,8 +93,7 @@ def update_user(
     if body.password is not None:
         user.password_hash = hash_password(body.password)
     if body.unlock:
-        user.locked_until = None
-        user.failed_logins = 0
+        state.login_limiter.forget_subject(session, user.email)
     if body.active is False or body.password is not None or body.role is not None:
         assert user.id is not None
         revoke_all(session, user.id, now)
