@@ -31,3 +31,12 @@ def describe_validation_error(exc: ValidationError) -> str:
         where = ".".join(str(p) for p in err["loc"]) or "(message)"
         parts.append(f"{where}: {err['msg']}")
     return "; ".join(parts)
+
+
+class VersionConflict(ResoneraError):
+    """A compare-and-set on a versioned document lost (an If-Match that is not the current version,
+    someone else's edit first): ``current`` is the version now."""
+
+    def __init__(self, current: int, what: str = "the document") -> None:
+        super().__init__(f"{what} is at version {current} now")
+        self.current = current

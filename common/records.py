@@ -8,6 +8,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 
 from resonera.common.envelope import INT32_MAX, AwareDatetime, MessageId
 from resonera.common.profile import CHECKIN_ID_PATTERN, CheckInPhase
+from resonera.common.safety_link import LinkEventKind
 
 SessionOutcome = Literal["completed", "stopped", "fault"]
 SinkKind = Literal["pyaudio", "wav", "null"]
@@ -59,20 +60,10 @@ class SessionRecord(BaseModel):
     underruns: int = Field(default=0, ge=0, le=INT32_MAX)
 
 
-#: What a safety event is about. The monitor writes the link's events (see
-#: ``resonera.common.safety_link.EVENT_KINDS``); the safety state machine writes ``transition``.
+#: What a safety event is about: what the link reports (``common.safety_link.LinkEventKind``, which
+#: the monitor records as it comes) and what the rest of the device records.
 SafetyEventType = Literal[
-    "link_up",
-    "link_down",
-    "mcu_restarted",
-    "incompatible",
-    "consent_granted",
-    "consent_withdrawn",
-    "fault",
-    "warning",
-    "warning_cleared",
-    "limits_lowered",
-    "limits_refused",
+    LinkEventKind,
     "no_monitor",
     "transition",
     "dose_reached",

@@ -40,6 +40,7 @@ import enum
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from typing import Final, Literal, get_args
 
 from resonera.common import serial_link as sl
 
@@ -154,12 +155,14 @@ class WarningPolicy:
 class LinkEvent:
     """Something the device should record. ``kind`` is one of ``EVENT_KINDS``."""
 
-    kind: str
+    kind: LinkEventKind
     cause: str
     code: int = sl.FAULT_NONE
 
 
-EVENT_KINDS = (
+#: What the link reports (a ``LinkEvent``'s ``kind``); ``common.records.SafetyEventType`` adds
+#: what the rest of the device records.
+LinkEventKind = Literal[
     "link_up",
     "link_down",
     "mcu_restarted",
@@ -171,7 +174,8 @@ EVENT_KINDS = (
     "warning_cleared",
     "limits_lowered",
     "limits_refused",
-)
+]
+EVENT_KINDS: Final[tuple[LinkEventKind, ...]] = get_args(LinkEventKind)
 
 #: Events kept for ``take_events`` (a caller that never takes them loses the oldest, never memory).
 MAX_EVENTS = 256
@@ -528,7 +532,7 @@ class SafetyLink:
         self.hello = self.last_hello = replace(self.hello, limits=reported)
         text = sl.LIMITS_STATUS_TEXT.get(status, f"unknown status {status}")
         summary = ", ".join(f"{v:g}" for v in reported.values())
-        kind = "limits_lowered" if status == sl.LIMITS_ACCEPTED else "limits_refused"
+        kind: LinkEventKind = "limits_lowered" if status == sl.LIMITS_ACCEPTED else "limits_refused"
         self._event(kind, f"LOWER_LIMITS {text}; limits in force: {summary}")
 
     def _queue_lower_limits(self) -> None:
@@ -626,7 +630,7 @@ class SafetyLink:
         else:
             self._event("consent_withdrawn", cause, code)
 
-    def _event(self, kind: str, cause: str, code: int = sl.FAULT_NONE) -> None:
+    def _event(self, kind: LinkEventKind, cause: str, code: int = sl.FAULT_NONE) -> None:
         self._events.append(LinkEvent(kind, cause, code))
 
     def _frame(self, msg_type: int, body: bytes) -> bytes:

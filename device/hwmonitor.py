@@ -474,7 +474,7 @@ class HardwareMonitor:
         for event in events:
             try:
                 self._events.event(
-                    event.kind,  # type: ignore[arg-type]  # EVENT_KINDS ⊂ SafetyEventType
+                    event.kind,
                     event.cause,
                     code=event.code,
                     readings=readings,

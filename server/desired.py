@@ -33,6 +33,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from resonera.common import topics
+from resonera.common.errors import VersionConflict
 from resonera.common.mqtt_client import build_client, connect_in_background
 from resonera.server.crypto import DesiredStateSigner, sign_document
 from resonera.server.models import (
@@ -102,14 +103,6 @@ class MqttPublisher:
     def close(self) -> None:
         self._client.disconnect()
         self._client.loop_stop()
-
-
-class VersionConflict(Exception):
-    """The If-Match version is not the current one."""
-
-    def __init__(self, current: int) -> None:
-        super().__init__(f"the current version is {current}")
-        self.current = current
 
 
 @dataclass(frozen=True)
@@ -210,7 +203,7 @@ class DesiredService:
         current = self.current(session, patient_id)
         current_version = current.version if current is not None else 0
         if current_version != expected_version:
-            raise VersionConflict(current_version)
+            raise VersionConflict(current_version, "the desired state")
         row = PatientConfigRow(
             patient_id=patient_id,
             version=current_version + 1,

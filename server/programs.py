@@ -36,7 +36,7 @@ from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
-from resonera.common.errors import ProgramError, describe_validation_error
+from resonera.common.errors import ProgramError, VersionConflict, describe_validation_error
 from resonera.common.ids import new_id
 from resonera.common.profile import HearingProfile
 from resonera.common.program import Program
@@ -78,14 +78,6 @@ class ProgramInvalid(Exception):
 
 class NameTaken(ProgramInvalid):
     """Another library program has this name already."""
-
-
-class VersionConflict(Exception):
-    """The program changed since the version the caller edited; ``current`` is its version now."""
-
-    def __init__(self, current: int) -> None:
-        super().__init__(f"the program is at version {current} now")
-        self.current = current
 
 
 class ProgramNotFound(LookupError):
@@ -269,7 +261,7 @@ def update_program(
     program = parse_document(document, fmt)
     user = _actor(session, actor_user_id)
     if row.version != expected_version:
-        raise VersionConflict(row.version)
+        raise VersionConflict(row.version, "the program")
     _name_free(session, program.name, program_id)
     result = session.execute(
         update(ProgramLibraryRow)
@@ -290,7 +282,9 @@ def update_program(
     if result.rowcount != 1:  # type: ignore[attr-defined]
         session.rollback()
         current = get_program(session, program_id)
-        raise VersionConflict(current.version if current is not None else expected_version)
+        raise VersionConflict(
+            current.version if current is not None else expected_version, "the program"
+        )
     _audit(session, user, "update", program_id, request)
     _commit_named(session, program.name)
     session.refresh(row)

@@ -163,6 +163,8 @@ class DoseLedger:
             migrate=self._migrate,
         )
         self._db = LocalDB(path, busy_timeout_ms=5000)
+        #: The UTC day the retention was last applied on (``prune``): once a day, with the writes.
+        self._pruned_day: int | None = None
 
     @classmethod
     def for_settings(cls, settings: DeviceSettings) -> DoseLedger:
@@ -214,7 +216,11 @@ class DoseLedger:
         self.add_energy(at, pressure_squared(level_dba), seconds=1)
 
     def add_energy(self, at: float, pa2s: float, seconds: int = 1) -> None:
-        """Add ``pa2s`` Pa²·s measured over ``seconds`` seconds ending at Unix time ``at``."""
+        """Add ``pa2s`` Pa²·s measured over ``seconds`` seconds ending at Unix time ``at``; on the
+        first write of each day, minutes older than ``KEEP_DAYS`` are removed (``prune``)."""
+        if (day := int(at // 86400)) != self._pruned_day:
+            self._pruned_day = day
+            self.prune(at)
         minute = int(at // 60)
         with self._db.write() as db:
             found = db.execute(
@@ -268,6 +274,8 @@ class DoseLedger:
         return sorted(totals.items())
 
     def prune(self, now: float) -> int:
+        """Remove the minutes older than ``KEEP_DAYS`` before ``now`` (far beyond the 7-day window,
+        kept for the daily history); how many."""
         cutoff = int((now - KEEP_DAYS * 86400) // 60)
         with self._db.write() as db:
             return int(db.execute("DELETE FROM dose_minute WHERE minute < ?", (cutoff,)).rowcount)

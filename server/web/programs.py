@@ -11,6 +11,7 @@ from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from sqlmodel import Session
 
+from resonera.common.errors import VersionConflict
 from resonera.server import programs
 from resonera.server.api.deps import RowId as ProgramId
 from resonera.server.api.deps import SessionDep, StateDep
@@ -187,7 +188,7 @@ def update_program(
     except programs.ProgramInvalid as exc:
         status = 409 if isinstance(exc, programs.NameTaken) else 400
         return _program_page(web, state, row, status=status, error=_invalid_message(exc), form=form)
-    except programs.VersionConflict as exc:
+    except VersionConflict as exc:
         session.rollback()
         current = _found(session, program_id)
         return _program_page(

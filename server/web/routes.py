@@ -19,10 +19,11 @@ from pydantic import ValidationError
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
+from resonera.common.errors import VersionConflict
 from resonera.common.profile import MAX_CHECKIN_QUESTIONS, parse_checkins
 from resonera.server import crud, programs
 from resonera.server.api.deps import PatientId, SessionDep, StateDep, audit
-from resonera.server.desired import VersionConflict, config_document
+from resonera.server.desired import config_document
 from resonera.server.models import PatientRow
 from resonera.server.schemas import DesiredIn
 from resonera.server.security import now_utc

@@ -5,6 +5,7 @@ import sqlite3
 import struct
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -59,6 +60,23 @@ def test_the_window_rolls_after_seven_days_and_survives_reopening(tmp_path: Path
     assert reopened.status(T0 + 3 * DAY).pa2s == pytest.approx(1500.0)
     assert reopened.status(T0 + 7 * DAY + 120).pa2s == pytest.approx(500.0)
     assert reopened.status(T0 + 11 * DAY).pa2s == 0.0
+
+
+def test_minutes_older_than_35_days_go_with_the_first_write_of_a_day(tmp_path: Path) -> None:
+    ledger = DoseLedger(tmp_path / "dose.db")
+    ledger.add_second(T0, 80.0)
+    ledger.add_second(T0 + 34 * DAY, 80.0)
+    with sqlite3.connect(tmp_path / "dose.db") as conn:
+        assert conn.execute("SELECT count(*) FROM dose_minute").fetchone() == (2,)
+    ledger.add_second(T0 + 36 * DAY, 80.0)  # a new day: the first minute is past the retention
+    with sqlite3.connect(tmp_path / "dose.db") as conn:
+        kept = [m for (m,) in conn.execute("SELECT minute FROM dose_minute ORDER BY minute")]
+    assert kept == [int((T0 + 34 * DAY) // 60), int((T0 + 36 * DAY) // 60)]
+    days_with_sound = [day for day, total in ledger.daily(T0 + 36 * DAY, days=40) if total]
+    assert days_with_sound == [
+        datetime.fromtimestamp(T0 + 34 * DAY, UTC).date(),
+        datetime.fromtimestamp(T0 + 36 * DAY, UTC).date(),
+    ]
 
 
 def test_daily_totals(tmp_path: Path) -> None:

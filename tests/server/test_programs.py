@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
+from resonera.common.errors import VersionConflict
 from resonera.server import programs
 from resonera.server.desired import MemoryPublisher
 from resonera.server.models import AuditRow, ProgramLibraryRow
@@ -209,7 +210,7 @@ def test_concurrent_edits_of_one_version_let_exactly_one_win(
             fmt="toml",
             expected_version=1,
         )
-        with pytest.raises(programs.VersionConflict) as lost:
+        with pytest.raises(VersionConflict) as lost:
             programs.update_program(
                 second,
                 row_id,

@@ -15,6 +15,7 @@ from fastapi import APIRouter, Header, Path, Query, Request, Response, status
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
+from resonera.common.errors import VersionConflict
 from resonera.common.ids import new_id
 from resonera.server import crud
 from resonera.server.api.deps import (
@@ -30,7 +31,7 @@ from resonera.server.api.deps import (
     own_patient,
 )
 from resonera.server.api.errors import ApiError
-from resonera.server.desired import VersionConflict, config_document
+from resonera.server.desired import config_document
 from resonera.server.models import ClinicianPatientRow, PatientRow, UserRow
 from resonera.server.schemas import (
     INT32_MAX,

@@ -18,6 +18,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Query, Request, Response, status
 from fastapi.responses import FileResponse
 
+from resonera.common.errors import VersionConflict
 from resonera.server import programs
 from resonera.server.api.deps import (
     AdminOrClinician,
@@ -155,7 +156,7 @@ def update_program(
         )
     except programs.ProgramInvalid as exc:
         raise _invalid(exc) from None
-    except programs.VersionConflict as exc:
+    except VersionConflict as exc:
         raise _stale(exc.current) from None
     except programs.ProgramNotFound:
         raise ApiError(404, f"no library program {program_id}") from None
