@@ -29,6 +29,7 @@ from typing import Any, Final, Literal
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from resonera.common import topics
+from resonera.common.clock import Clock, utc_now
 from resonera.common.envelope import Envelope
 from resonera.common.errors import ResoneraError
 from resonera.common.profile import HearingProfile
@@ -93,9 +94,13 @@ class DeviceStore:
         *,
         data_key_path: Path | None = None,
         outbox_limits: OutboxLimits | None = None,
+        clock: Clock = utc_now,
     ) -> None:
         """``signing_key``: the device's own key (that of its certificate); every queued message is
         then signed with it, so the server can tell it came from this device and was not altered.
+
+        ``clock`` dates what the store stamps itself (queue times, acks, applied desired states)
+        and the outbox's age bound.
 
         ``data_key_path``: the data key (default ``keys/data.key`` next to the database). It is
         created with a new store; when sealed records exist and it is gone, ``DataKeyMissing``.
@@ -103,6 +108,7 @@ class DeviceStore:
         self.path = path
         self.signing_key = signing_key
         self.limits = outbox_limits or OutboxLimits()
+        self.clock = clock
         self.data_key_path = data_key_path or default_key_path(path)
         self.key = open_sealed(
             path,
@@ -246,7 +252,7 @@ class DeviceStore:
         with self._db.write() as db:
             envelope = self._queue(db, device_id, kind, body)
             if kind == "metrics":
-                self._thin(db, datetime.now(UTC))
+                self._thin(db, self.clock())
         return envelope
 
     def _queue(
@@ -266,7 +272,7 @@ class DeviceStore:
                 topics.up(device_id, kind),
                 self._seal("outbox", envelope.id, payload),
                 len(payload),
-                to_db_time(datetime.now(UTC)),
+                to_db_time(self.clock()),
             ),
         )
         return envelope
@@ -324,7 +330,7 @@ class DeviceStore:
                 f"DELETE FROM outbox WHERE message_id IN ({_marks(ids)})", ids
             ).rowcount
             if deleted:
-                _set_meta(db, "last_ack_at", datetime.now(UTC).isoformat())
+                _set_meta(db, "last_ack_at", self.clock().isoformat())
         return int(deleted)
 
     def outbox_depth(self) -> int:
@@ -346,10 +352,10 @@ class DeviceStore:
             metrics_thinned=self.counter("metrics_thinned"),
         )
 
-    def thin_outbox(self, now: datetime | None = None) -> int:
+    def thin_outbox(self) -> int:
         """Apply the size and age bounds now; the number of ``metrics`` messages dropped."""
         with self._db.write() as db:
-            return self._thin(db, now or datetime.now(UTC))
+            return self._thin(db, self.clock())
 
     def _thin(self, db: sqlite3.Connection, now: datetime) -> int:
         """Drop ``metrics`` older than the age bound, then the oldest ``metrics`` while the outbox
@@ -404,7 +410,7 @@ class DeviceStore:
         status: DesiredStatus,
     ) -> None:
         """Keep an accepted document; ``applied`` supersedes any one still pending."""
-        now = to_db_time(datetime.now(UTC))
+        now = to_db_time(self.clock())
         body = json.dumps(
             {"document": content, "profile": profile.model_dump() if profile else None}
         ).encode()
@@ -429,7 +435,7 @@ class DeviceStore:
             ).fetchone()
             if row is None:
                 return None
-            applied_at = to_db_time(datetime.now(UTC))
+            applied_at = to_db_time(self.clock())
             db.execute(
                 "UPDATE desired_state SET status = 'applied', applied_at = ? WHERE version = ?",
                 (applied_at, row[0]),

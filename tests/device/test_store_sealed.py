@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from factories import make_record
+from factories import WallClock, make_record
 
 from resonera.common.envelope import Envelope, decode_envelope
 from resonera.common.ids import new_id
@@ -298,10 +298,15 @@ def test_sessions_and_events_are_kept_even_over_the_bound(tmp_path: Path) -> Non
 
 
 def test_old_metrics_are_thinned_by_age(tmp_path: Path) -> None:
-    store = DeviceStore(tmp_path / "device.db", outbox_limits=OutboxLimits(max_age_s=3600))
+    clock = WallClock(datetime(2026, 11, 1, 9, 0, tzinfo=UTC))  # the only clock the store reads
+    store = DeviceStore(
+        tmp_path / "device.db", outbox_limits=OutboxLimits(max_age_s=3600), clock=clock
+    )
     old = store.queue_message("dev-a", "metrics", {"n": 1}).id
     session = store.record_session("dev-a", make_record()).id
-    assert store.thin_outbox(now=datetime.now(UTC) + timedelta(hours=2)) == 1
+    assert store.thin_outbox() == 0
+    clock.advance(hours=2)
+    assert store.thin_outbox() == 1
     assert [m.message_id for m in store.pending()] == [session]
     assert old not in {m.message_id for m in store.pending()}
 
