@@ -32,7 +32,7 @@ $(BIN)/python:
 
 # The locked set first (--no-deps: exactly the lock), then our own package in strict editable mode,
 # which lets mypy see the namespace packages; re-run when files are added.
-$(STAMP): $(BIN)/python $(BUILD_LOCK) $(DEV_LOCK) pyproject.toml $(shell find common device server hardware provisioning stack \( -name '*.py' -o -name '*.c' \) 2>/dev/null) setup.py
+$(STAMP): $(BIN)/python $(BUILD_LOCK) $(DEV_LOCK) pyproject.toml $(shell find common engine device server hardware provisioning stack \( -name '*.py' -o -name '*.c' \) 2>/dev/null) setup.py
 	flock /tmp/resonera-venv.lock sh -c '$(BIN)/python -m pip install -q --require-hashes --no-deps --no-build-isolation -r $(DEV_LOCK) && PYTHONWARNINGS="ignore:Editable installation" $(BIN)/python -m pip install -q --no-deps --no-build-isolation -e . --config-settings editable_mode=strict'
 	touch $(STAMP)
 
@@ -53,7 +53,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy -p resonera.common -p resonera.device -p resonera.server -p resonera.hardware -p resonera.provisioning -p resonera.stack
+	$(BIN)/mypy -p resonera.common -p resonera.engine -p resonera.device -p resonera.server -p resonera.hardware -p resonera.provisioning -p resonera.stack
 	$(BIN)/mypy tests benchmarks scripts
 
 pytest: $(STAMP)
@@ -86,4 +86,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
 
 clean:
-	rm -rf $(VENV) $(TOOLS) build dist *.egg-info demo-output device/safety/_cascade*.so
+	rm -rf $(VENV) $(TOOLS) build dist *.egg-info demo-output engine/safety/_cascade*.so

@@ -1,4 +1,4 @@
-"""The one compiled part: the A-weighting filter's cascade (``device/safety/_cascade.c``).
+"""The one compiled part: the A-weighting filter's cascade (``engine/safety/_cascade.c``).
 
 Everything else about the distribution is in ``pyproject.toml``. A C compiler and Python's headers
 are needed to build it, as they already are for PyAudio (``scripts/sysdeps.sh`` installs both).
@@ -9,8 +9,8 @@ from setuptools import Extension, setup
 setup(
     ext_modules=[
         Extension(
-            "resonera.device.safety._cascade",
-            ["device/safety/_cascade.c"],
+            "resonera.engine.safety._cascade",
+            ["engine/safety/_cascade.c"],
             # -ffp-contract=off: no fused multiply-adds, so the output is bit for bit scipy's
             # cascade on every machine (ARM compilers fuse by default).
             extra_compile_args=["-O3", "-ffp-contract=off"],

@@ -173,7 +173,7 @@ def _proc(pid: int) -> tuple[int, int, int]:
 def bench_service(broker: Mosquitto, folder: Path, *, prompts: bool) -> None:
     import tomli_w
 
-    from resonera.device.audio.calibration import packaged_calibration
+    from resonera.engine.audio.calibration import packaged_calibration
 
     name = "service-prompts" if prompts else "service"
     data = folder / name

@@ -33,9 +33,9 @@ sys.path[:0] = [str(Path(__file__).parents[1] / "tests")]
 
 from resonera.common import serial_link as sl  # noqa: E402
 from resonera.common.program import Program, Step, ToneLayer  # noqa: E402
-from resonera.device.audio.player import DEFAULT_FAULT_RAMP_S, play  # noqa: E402
-from resonera.device.audio.synth import ProgramRenderer  # noqa: E402
 from resonera.device.hwmonitor import HardwareMonitor, HardwareNotReady  # noqa: E402
+from resonera.engine.audio.player import DEFAULT_FAULT_RAMP_S, play  # noqa: E402
+from resonera.engine.audio.synth import ProgramRenderer  # noqa: E402
 from resonera.hardware.sim import Simulator  # noqa: E402
 
 RATE = 48_000

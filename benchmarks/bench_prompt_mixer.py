@@ -17,7 +17,7 @@ from numpy.typing import NDArray
 
 from resonera.common.program import builtin_program
 from resonera.device.audio.prompt_mixer import Clip, PromptMixer
-from resonera.device.audio.synth import ProgramRenderer
+from resonera.engine.audio.synth import ProgramRenderer
 
 RATE = 48_000
 BLOCK = 1024

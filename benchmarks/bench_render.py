@@ -31,11 +31,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 import numpy as np
 from bench_synth import HOUR, NAIVE_S, program_a, time_naive, time_whole_hour
 
-from resonera.device.audio.calibration import packaged_calibration
 from resonera.device.audio.chain import session_processors
-from resonera.device.audio.synth import ProgramRenderer
-from resonera.device.safety.aweighting import AWeightingFilter, design_a_weighting
-from resonera.device.safety.chain import SafetyChain
+from resonera.engine.audio.calibration import packaged_calibration
+from resonera.engine.audio.synth import ProgramRenderer
+from resonera.engine.safety.aweighting import AWeightingFilter, design_a_weighting
+from resonera.engine.safety.chain import SafetyChain
 
 BIN = Path(sys.executable).parent / "resonera-device"
 #: The block ``render`` asks for by default.

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from resonera.common.profile import HearingProfile
-from resonera.device.safety.chain import ChainLimits, SafetyChain
 from resonera.device.safety.dose_ledger import DoseLedger
+from resonera.engine.safety.chain import ChainLimits, SafetyChain
 
 RATE = 48_000
 SECONDS = 30
@@ -66,9 +66,9 @@ def time_baseline(data: list[np.ndarray]) -> float:
 #: The playback path's imports, then one second through the safety chain (A-weighting loaded).
 PLAYING = """
 import numpy as np
-import resonera.device.audio.player
+import resonera.engine.audio.player
 from resonera.common.profile import HearingProfile
-from resonera.device.safety.chain import ChainLimits, SafetyChain
+from resonera.engine.safety.chain import ChainLimits, SafetyChain
 
 chain = SafetyChain(
     sample_rate=48_000,

@@ -22,7 +22,7 @@ import numpy as np
 from scipy.signal import lfilter, lfilter_zi
 
 from resonera.common.program import BinauralLayer, NoiseLayer, Program, Step
-from resonera.device.audio.synth import ProgramRenderer
+from resonera.engine.audio.synth import ProgramRenderer
 
 RATE = 44_100
 HOUR = 3600.0

@@ -25,12 +25,8 @@ from resonera.common.program import Program
 from resonera.common.program_check import check_program_for
 from resonera.common.records import SessionRecord
 from resonera.common.safety_link import HardLimits
-from resonera.device.audio.player import BlockProcessor, play
 from resonera.device.audio.prompt_mixer import PromptMixer
-from resonera.device.audio.sinks import AudioSink, NullSink, PyAudioSink, WavSink, open_default_sink
-from resonera.device.audio.synth import ProgramRenderer
 from resonera.device.hwmonitor import ControlPanel, HardwareMonitor, WarningAttenuator
-from resonera.device.safety.chain import DoseEvent, SafetyChain
 from resonera.device.safety.dose_ledger import DoseLedger
 from resonera.device.safety.earcup import EarCupCheck
 from resonera.device.safety.session import build_chain, load_session_calibration, preflight
@@ -39,6 +35,10 @@ from resonera.device.safety.supervisor import SessionSupervisor
 from resonera.device.safety_events import SafetyEventRecorder
 from resonera.device.settings import DeviceSettings
 from resonera.device.store import DeviceStore
+from resonera.engine.audio.player import BlockProcessor, play
+from resonera.engine.audio.sinks import AudioSink, NullSink, PyAudioSink, WavSink, open_default_sink
+from resonera.engine.audio.synth import ProgramRenderer
+from resonera.engine.safety.chain import DoseEvent, SafetyChain
 
 log = logging.getLogger(__name__)
 

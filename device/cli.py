@@ -28,17 +28,17 @@ from resonera.common.program import (
     builtin_program,
     load_program_file,
 )
-from resonera.device.audio.calibration import Calibration, load_calibration_file
 from resonera.device.audio.chain import (
     DEFAULT_CALIBRATION,
     render_calibration,
     session_processors,
 )
-from resonera.device.audio.player import play
 from resonera.device.audio.progress import Progress, clock
-from resonera.device.audio.readahead import ReadAheadRenderer
-from resonera.device.audio.sinks import AudioSink, PyAudioSink, WavSink
-from resonera.device.audio.synth import ProgramRenderer
+from resonera.engine.audio.calibration import Calibration, load_calibration_file
+from resonera.engine.audio.player import play
+from resonera.engine.audio.readahead import ReadAheadRenderer
+from resonera.engine.audio.sinks import AudioSink, PyAudioSink, WavSink
+from resonera.engine.audio.synth import ProgramRenderer
 
 if TYPE_CHECKING:
     from resonera.common.records import CheckInRecord
@@ -476,7 +476,7 @@ def _stop(args: argparse.Namespace) -> int:
 
 
 def _measure(args: argparse.Namespace) -> int:
-    from resonera.device.safety.measure import measure_file, spl_at_unit_rms_from_full_scale
+    from resonera.engine.safety.measure import measure_file, spl_at_unit_rms_from_full_scale
 
     if (args.calibration is None) == (args.spl_at_full_scale is None):
         raise ConfigError("give exactly one of --calibration FILE or --spl-at-full-scale DB")

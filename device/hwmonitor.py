@@ -9,7 +9,7 @@ machine needs no lock against itself; the lock only guards it against the public
 Latency: the thread waits in the port's ``read`` for at most ``IO_WAIT_S`` and wakes as soon as a
 byte arrives, so a FAULT frame reaches ``consent`` within a fraction of a millisecond of reaching
 the port; the audio loop reads ``consent`` (a plain attribute: cheap, never waits on the I/O
-thread) before every block, so output mutes within one block (``device/audio/player.py``).
+thread) before every block, so output mutes within one block (``engine/audio/player.py``).
 
 When the port fails (unplugged, the simulator's pty closed) consent is withdrawn at once and the
 thread tries to open the same URL again every ``reconnect_interval_s``; once it is back, the MCU is

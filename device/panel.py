@@ -502,11 +502,11 @@ def speak_while_idle(
     refuses, e.g. the fault is still there) leaves the prompts queued."""
     from resonera.common.program import Program, Step
     from resonera.device.agent import open_sink
-    from resonera.device.audio.player import play
-    from resonera.device.audio.synth import ProgramRenderer
     from resonera.device.hwmonitor import HardwareNotReady
     from resonera.device.safety.dose_ledger import DoseLedger
     from resonera.device.safety.session import build_chain, load_session_calibration
+    from resonera.engine.audio.player import play
+    from resonera.engine.audio.synth import ProgramRenderer
 
     deadline = time.monotonic() + IDLE_MONITOR_WAIT_S
     live = monitor()

@@ -16,7 +16,7 @@ within 30 dB of the loudest one; a simple form of ITU-T P.56's active speech lev
 ``level_dba`` at the ear (60 dBA by default), converted to dBFS through the device's output
 calibration (``Calibration.dbfs_for_spl``: dBFS is the rms of one channel, the ``levels.py``
 convention, and the A-weighted dBFS maps to dBA by the same offset). On the reference headphones
-(``device/calibrations/reference-headphones.toml``, 0 dBFS ↔ 83 dB SPL) 60 dBA is −23 dBFS(A). The
+(``engine/calibrations/reference-headphones.toml``, 0 dBFS ↔ 83 dB SPL) 60 dBA is −23 dBFS(A). The
 peak is kept at or below −1 dBFS; if that binds (speech peaks ~20 dB over its active level, so on
 a quiet output chain), the level is lower and the report and the manifest say so. 60 dBA is
 conversational speech: clear over a program ducked by 15 dB, far under the 80 dBA that ITU-T H.870
@@ -55,9 +55,9 @@ from numpy.typing import NDArray
 
 from resonera.common.errors import ConfigError, ResoneraError
 from resonera.common.profile import CheckInQuestion
-from resonera.device.audio.calibration import Calibration
 from resonera.device.audio.prompt_mixer import Clip
-from resonera.device.safety.aweighting import AWeightingFilter
+from resonera.engine.audio.calibration import Calibration
+from resonera.engine.safety.aweighting import AWeightingFilter
 
 __all__ = [
     "CATALOGUE",

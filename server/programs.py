@@ -46,7 +46,7 @@ from resonera.server.security import now_utc
 from resonera.server.settings import ServerSettings
 
 if TYPE_CHECKING:
-    from resonera.device.audio.calibration import Calibration
+    from resonera.engine.audio.calibration import Calibration
     from resonera.server.api.deps import AppState
 
 log = logging.getLogger(__name__)
@@ -329,7 +329,7 @@ def engine_version() -> str:
 
 
 def _default_calibration() -> Calibration:
-    from resonera.device.audio.calibration import load_calibration_file, packaged_calibration
+    from resonera.engine.audio.calibration import load_calibration_file, packaged_calibration
 
     return load_calibration_file(packaged_calibration(DEFAULT_CALIBRATION))
 
@@ -364,10 +364,10 @@ def _preview_key(
 def _render(
     program: Program, profile: HearingProfile, calibration: Calibration, path: Path, max_s: float
 ) -> None:
-    from resonera.device.audio.player import play
-    from resonera.device.audio.sinks import WavSink
-    from resonera.device.audio.synth import ProgramRenderer
     from resonera.device.safety.session import build_chain
+    from resonera.engine.audio.player import play
+    from resonera.engine.audio.sinks import WavSink
+    from resonera.engine.audio.synth import ProgramRenderer
 
     started = time.perf_counter()
     renderer = ProgramRenderer(program, PREVIEW_SAMPLE_RATE)

@@ -38,7 +38,7 @@ from typing import Any
 import tomli_w
 
 from resonera.common.errors import ResoneraError
-from resonera.device.audio.calibration import packaged_calibration
+from resonera.engine.audio.calibration import packaged_calibration
 from resonera.stack.broker import RunningBroker, start_broker
 from resonera.stack.processes import console_script, free_port, stop_process
 

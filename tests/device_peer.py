@@ -106,7 +106,7 @@ class ServerKey:
 def device_settings(
     broker: Mosquitto | None, tmp_path: Path, device_id: str, **changes: Any
 ) -> DeviceSettings:
-    from resonera.device.audio.calibration import packaged_calibration
+    from resonera.engine.audio.calibration import packaged_calibration
 
     values: dict[str, Any] = {
         "device_id": device_id,
@@ -144,10 +144,10 @@ def service_on_mcu(
     """A started device service watched by the simulated safety MCU over its real pty, with the
     spoken prompts of ``prompt_keys`` built first; closed on leaving, and the simulator must have
     seen no protocol error."""
-    from resonera.device.audio.calibration import load_calibration_file, packaged_calibration
     from resonera.device.cli import resolve_program
     from resonera.device.prompts import build_prompts, prompts_dir
     from resonera.device.service import DeviceService
+    from resonera.engine.audio.calibration import load_calibration_file, packaged_calibration
     from resonera.hardware.sim import Simulator
 
     with Simulator(board) as sim:

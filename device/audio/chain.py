@@ -4,7 +4,7 @@ one. Playback builds its chain in ``device.agent`` with the MCU's limits and the
 
 Nothing reaches a sink around the safety chain: a render without a calibration (none given, none in
 the settings) is held to the levels the packaged reference headphones
-(``device/calibrations/reference-headphones.toml``, the demo's and the tests' output) would give.
+(``engine/calibrations/reference-headphones.toml``, the demo's and the tests' output) would give.
 """
 
 from __future__ import annotations
@@ -12,12 +12,12 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from resonera.device.audio.calibration import (
+from resonera.engine.audio.calibration import (
     Calibration,
     load_calibration_file,
     packaged_calibration,
 )
-from resonera.device.audio.player import BlockProcessor
+from resonera.engine.audio.player import BlockProcessor
 
 if TYPE_CHECKING:
     from resonera.device.settings import DeviceSettings
@@ -50,7 +50,7 @@ def session_processors(
     # database layer, which a render (no ledger, no MCU) has no use for. With no MCU limits,
     # ``build_chain`` would give the same chain: the calibration's level, a full-scale peak ceiling.
     from resonera.common.profile import HearingProfile
-    from resonera.device.safety.chain import ChainLimits, SafetyChain
+    from resonera.engine.safety.chain import ChainLimits, SafetyChain
 
     chain = SafetyChain(
         sample_rate=sample_rate,

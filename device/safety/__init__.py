@@ -1,1 +1,2 @@
-"""The software safety chain: state machine, limiter, level ceiling, exposure meter and dose ledger."""
+"""The device's safety pieces around the engine's chain: the safety state machine and its supervisor,
+the persisted dose ledger, the session's calibration and pre-flight, the ear-cup check."""

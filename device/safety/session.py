@@ -17,11 +17,11 @@ from resonera.common.errors import ConfigError
 from resonera.common.profile import HearingProfile
 from resonera.common.program import Program
 from resonera.common.safety_link import HardLimits
-from resonera.device.audio.calibration import Calibration, load_calibration_file
-from resonera.device.audio.meter import MelMeter
-from resonera.device.audio.synth import ProgramRenderer
-from resonera.device.safety.chain import ChainLimits, DoseEvent, SafetyChain
 from resonera.device.safety.dose_ledger import DoseLedger, DoseStatus
+from resonera.engine.audio.calibration import Calibration, load_calibration_file
+from resonera.engine.audio.meter import MelMeter
+from resonera.engine.audio.synth import ProgramRenderer
+from resonera.engine.safety.chain import ChainLimits, DoseEvent, SafetyChain
 
 PREFLIGHT_BLOCK = 8192
 

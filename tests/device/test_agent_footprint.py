@@ -12,8 +12,8 @@ from pathlib import Path
 
 from support import require_tool
 
-from resonera.device.audio.calibration import load_calibration_file, packaged_calibration
 from resonera.device.prompts import build_prompts, prompts_dir
+from resonera.engine.audio.calibration import load_calibration_file, packaged_calibration
 
 #: The agent as ``resonera-device run`` has it: the service (its panel loads the cached prompts),
 #: then a short session played through the panel's prompt mixer and the safety chain.
@@ -23,7 +23,7 @@ from pathlib import Path
 
 from resonera.common.program import Program, Step, ToneLayer
 from resonera.device.agent import play_session
-from resonera.device.audio.sinks import NullSink
+from resonera.engine.audio.sinks import NullSink
 from resonera.device.service import DeviceService
 from resonera.device.settings import DeviceSettings
 

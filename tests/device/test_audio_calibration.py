@@ -9,10 +9,10 @@ import pytest
 from numpy.typing import NDArray
 
 from resonera.common.errors import ConfigError
-from resonera.device.audio.calibration import Calibration, load_calibration_toml
-from resonera.device.audio.meter import MelMeter
-from resonera.device.audio.noise import NoiseTables
-from resonera.device.safety.aweighting import a_weighting_db
+from resonera.engine.audio.calibration import Calibration, load_calibration_toml
+from resonera.engine.audio.meter import MelMeter
+from resonera.engine.audio.noise import NoiseTables
+from resonera.engine.safety.aweighting import a_weighting_db
 
 HEADPHONES = """
 name = "test headphones"

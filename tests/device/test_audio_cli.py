@@ -10,11 +10,11 @@ import numpy as np
 import soundfile
 from support import free_port
 
-from resonera.device.audio.calibration import packaged_calibration
 from resonera.device.audio.chain import session_processors
-from resonera.device.audio.synth import ProgramRenderer
 from resonera.device.cli import resolve_program
-from resonera.device.safety.chain import SafetyChain
+from resonera.engine.audio.calibration import packaged_calibration
+from resonera.engine.audio.synth import ProgramRenderer
+from resonera.engine.safety.chain import SafetyChain
 
 BIN = Path(sys.executable).parent / "resonera-device"
 

@@ -12,10 +12,10 @@ import pytest
 from numpy.typing import NDArray
 
 from resonera.common.program import Program, Step, ToneLayer
-from resonera.device.audio.levels import LevelMeter
-from resonera.device.audio.player import DEFAULT_FAULT_RAMP_S, GainRamp, play
-from resonera.device.audio.sinks import AudioSink, NullSink, SinkKind, WavSink
-from resonera.device.audio.synth import ProgramRenderer
+from resonera.engine.audio.levels import LevelMeter
+from resonera.engine.audio.player import DEFAULT_FAULT_RAMP_S, GainRamp, play
+from resonera.engine.audio.sinks import AudioSink, NullSink, SinkKind, WavSink
+from resonera.engine.audio.synth import ProgramRenderer
 
 RATE = 48000
 TONE_HZ = 1000.0
@@ -255,9 +255,9 @@ import numpy as np
 import soundfile
 import resonera.device.agent  # what a session imports: player, renderer, sinks, safety chain
 from resonera.common.program import BackgroundLayer, BinauralLayer, NoiseLayer, Program, Step
-from resonera.device.audio.player import play
-from resonera.device.audio.sinks import NullSink
-from resonera.device.audio.synth import ProgramRenderer
+from resonera.engine.audio.player import play
+from resonera.engine.audio.sinks import NullSink
+from resonera.engine.audio.synth import ProgramRenderer
 
 path = sys.argv[1]
 soundfile.write(path, np.zeros((4800, 2), np.float32), 48000)  # the rate it plays at: no resampling
@@ -292,7 +292,7 @@ def test_a_session_is_heard_to_its_last_frame_after_the_chains_look_ahead(tmp_pa
     import soundfile
 
     from resonera.device.audio.chain import session_processors
-    from resonera.device.safety.chain import SafetyChain
+    from resonera.engine.safety.chain import SafetyChain
 
     abrupt = Program(
         name="abrupt",
@@ -330,7 +330,7 @@ def test_a_non_finite_sample_mutes_the_session_through_the_safety_chain(
     import soundfile
 
     from resonera.device.audio.chain import session_processors
-    from resonera.device.safety.chain import NON_FINITE_FAULT, SafetyChain
+    from resonera.engine.safety.chain import NON_FINITE_FAULT, SafetyChain
 
     calls = 0
 

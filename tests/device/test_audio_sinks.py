@@ -18,9 +18,9 @@ from numpy.typing import NDArray
 from support import require_tool, wait_until
 
 from resonera.common.program import BinauralLayer, NoiseLayer, Program, Step, ToneLayer
-from resonera.device.audio import sinks
-from resonera.device.audio.player import play
-from resonera.device.audio.sinks import (
+from resonera.engine.audio import sinks
+from resonera.engine.audio.player import play
+from resonera.engine.audio.sinks import (
     AudioDeviceError,
     AudioSink,
     NullSink,
@@ -30,7 +30,7 @@ from resonera.device.audio.sinks import (
     find_output_device,
     open_default_sink,
 )
-from resonera.device.audio.synth import ProgramRenderer
+from resonera.engine.audio.synth import ProgramRenderer
 
 RATE = 48000
 

@@ -20,8 +20,8 @@ from resonera.common.program import (
     Step,
     ToneLayer,
 )
-from resonera.device.audio.levels import SILENCE_DBFS, LevelMeter
-from resonera.device.audio.synth import ProgramRenderer, SineBank
+from resonera.engine.audio.levels import SILENCE_DBFS, LevelMeter
+from resonera.engine.audio.synth import ProgramRenderer, SineBank
 
 RATE = 48000
 

@@ -24,9 +24,9 @@ from resonera.common.program import (
     Step,
     ToneLayer,
 )
-from resonera.device.audio.noise import TABLE_LENGTHS
-from resonera.device.audio.synth import ProgramRenderer
-from resonera.device.audio.voices import isochronic_envelope
+from resonera.engine.audio.noise import TABLE_LENGTHS
+from resonera.engine.audio.synth import ProgramRenderer
+from resonera.engine.audio.voices import isochronic_envelope
 
 RATE = 48000
 

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from scipy import signal
 
-import resonera.device.safety.aweighting as aw
-from resonera.device.audio.meter import MelMeter
-from resonera.device.safety._cascade import cascade
-from resonera.device.safety.aweighting import AWeightingFilter, a_weighting_db
+import resonera.engine.safety.aweighting as aw
+from resonera.engine.audio.meter import MelMeter
+from resonera.engine.safety._cascade import cascade
+from resonera.engine.safety.aweighting import AWeightingFilter, a_weighting_db
 
 NOMINAL = {  # IEC 61672-1 nominal A-weightings (docs/safety.md §2)
     31.5: -39.4, 63: -26.2, 100: -19.1, 250: -8.6, 500: -3.2, 1000: 0.0,

@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 
 from resonera.common.profile import HearingProfile
 from resonera.common.program import Program
-from resonera.device.audio.synth import ProgramRenderer
-from resonera.device.safety.chain import ChainLimits, SafetyChain
+from resonera.engine.audio.synth import ProgramRenderer
+from resonera.engine.safety.chain import ChainLimits, SafetyChain
 
 RATE = 48_000
 #: A hot output chain (unit RMS = 105 dB SPL), so ordinary programs are louder than the ceiling.

@@ -19,7 +19,6 @@ from resonera.common.ids import new_id
 from resonera.common.profile import CheckInQuestion
 from resonera.common.records import CheckInRecord
 from resonera.common.safety_link import LinkEvent
-from resonera.device.audio.calibration import load_calibration_file, packaged_calibration
 from resonera.device.audio.prompt_mixer import PromptMixer
 from resonera.device.controls import (
     CHECKIN_START,
@@ -39,6 +38,7 @@ from resonera.device.prompts import (
     checkin_text,
 )
 from resonera.device.store import DeviceStore
+from resonera.engine.audio.calibration import load_calibration_file, packaged_calibration
 
 RELAXED = CheckInQuestion(
     id="relaxed", text="How relaxed are you?", low_label="not at all", high_label="completely"

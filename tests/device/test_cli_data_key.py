@@ -9,7 +9,7 @@ from pathlib import Path
 
 from support import free_port
 
-from resonera.device.audio.calibration import packaged_calibration
+from resonera.engine.audio.calibration import packaged_calibration
 
 BIN = Path(sys.executable).parent / "resonera-device"
 

@@ -15,7 +15,6 @@ from support import require_tool
 from resonera.common import serial_link as sl
 from resonera.common.errors import ResoneraError
 from resonera.common.safety_link import LinkEvent
-from resonera.device.audio.calibration import load_calibration_file, packaged_calibration
 from resonera.device.audio.prompt_mixer import PromptMixer
 from resonera.device.controls import (
     AgentState,
@@ -32,6 +31,7 @@ from resonera.device.controls import (
 )
 from resonera.device.panel import MAX_PAUSE_S, Panel
 from resonera.device.prompts import PromptLibrary, build_prompts
+from resonera.engine.audio.calibration import load_calibration_file, packaged_calibration
 
 ASSIGNED = ("calm-alpha", "deep-theta", "focus-beta")
 RATE = 44100

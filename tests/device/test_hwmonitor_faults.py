@@ -27,11 +27,11 @@ from resonera.common.envelope import decode_envelope
 from resonera.common.program import Program, Step, ToneLayer
 from resonera.common.records import SafetyEventRecord
 from resonera.common.safety_link import SILENCE_TIMEOUT_S
-from resonera.device.audio.player import PlaybackResult, play
-from resonera.device.audio.synth import ProgramRenderer
 from resonera.device.hwmonitor import HardwareMonitor, HardwareNotReady, WarningAttenuator
 from resonera.device.safety_events import SafetyEventRecorder
 from resonera.device.store import DeviceStore
+from resonera.engine.audio.player import PlaybackResult, play
+from resonera.engine.audio.synth import ProgramRenderer
 from resonera.hardware.firmware.config import BoardConfig
 from resonera.hardware.scenario import Scenario
 from resonera.hardware.sim import Simulator

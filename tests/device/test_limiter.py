@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from resonera.device.safety.limiter import ForwardMin, LevelCeiling, LookAheadLimiter, WindowSums
+from resonera.engine.safety.limiter import ForwardMin, LevelCeiling, LookAheadLimiter, WindowSums
 
 RATE = 48_000
 

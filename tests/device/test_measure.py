@@ -10,7 +10,7 @@ import pytest
 import soundfile
 
 from resonera.common.dose import dose_fraction
-from resonera.device.safety.measure import (
+from resonera.engine.safety.measure import (
     MeasureError,
     measure_file,
     spl_at_unit_rms_from_full_scale,

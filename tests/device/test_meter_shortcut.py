@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from resonera.common.profile import HearingProfile
-from resonera.device.safety.aweighting import AWeightingFilter, memory_frames
-from resonera.device.safety.chain import ChainLimits, DoseEvent, SafetyChain
+from resonera.engine.safety.aweighting import AWeightingFilter, memory_frames
+from resonera.engine.safety.chain import ChainLimits, DoseEvent, SafetyChain
 
 #: RMS 1.0 at the ear is 100 dB SPL; peaks above 0.9 are limited.
 LIMITS = ChainLimits(spl_at_unit_rms=100.0, peak_ceiling=0.9)

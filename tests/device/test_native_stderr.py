@@ -1,5 +1,5 @@
 """What C code writes to fd 2 during a PortAudio probe is hidden and summarised in one log line
-(``device/audio/native_stderr.py``): real fd 2 writes, from this process through libc and from a
+(``engine/audio/native_stderr.py``): real fd 2 writes, from this process through libc and from a
 child process, seen through pytest's fd-level capture."""
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import threading
 
 import pytest
 
-from resonera.device.audio.native_stderr import quiet_native_stderr
+from resonera.engine.audio.native_stderr import quiet_native_stderr
 
-LOGGER = "resonera.device.audio.native_stderr"
+LOGGER = "resonera.engine.audio.native_stderr"
 ALSA = "ALSA lib confmisc.c:855:(parse_card) cannot find card '0'"
 JACK = "jack server is not running or cannot be started"
 

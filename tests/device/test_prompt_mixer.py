@@ -12,10 +12,10 @@ import soundfile
 from numpy.typing import NDArray
 
 from resonera.common.program import Program, Step, ToneLayer, builtin_program
-from resonera.device.audio.player import play
 from resonera.device.audio.prompt_mixer import Clip, PromptMixer
-from resonera.device.audio.sinks import WavSink
-from resonera.device.audio.synth import ProgramRenderer
+from resonera.engine.audio.player import play
+from resonera.engine.audio.sinks import WavSink
+from resonera.engine.audio.synth import ProgramRenderer
 
 RATE = 8000
 PROGRAM_LEVEL = 0.25

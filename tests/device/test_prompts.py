@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 from support import require_tool
 
-from resonera.device.audio.calibration import load_calibration_file, packaged_calibration
 from resonera.device.prompts import (
     CATALOGUE,
     PromptLibrary,
@@ -22,6 +21,7 @@ from resonera.device.prompts import (
     choose_language,
     time_left_keys,
 )
+from resonera.engine.audio.calibration import load_calibration_file, packaged_calibration
 
 RATE = 44100
 KEYS = ["session_start", "max_volume", "time_left", "n5", "minutes"]

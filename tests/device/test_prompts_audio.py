@@ -18,11 +18,11 @@ from support import require_tool, wait_until
 
 from resonera.common.program import Program, Step, ToneLayer
 from resonera.device.audio import prompt_mixer
-from resonera.device.audio.calibration import load_calibration_file, packaged_calibration
-from resonera.device.audio.player import play
-from resonera.device.audio.sinks import PyAudioSink
-from resonera.device.audio.synth import ProgramRenderer
 from resonera.device.prompts import PromptLibrary, active_level_dbfs, build_prompts
+from resonera.engine.audio.calibration import load_calibration_file, packaged_calibration
+from resonera.engine.audio.player import play
+from resonera.engine.audio.sinks import PyAudioSink
+from resonera.engine.audio.synth import ProgramRenderer
 
 RATE = 48000
 #: Above most of the speech's energy, so the program is measured apart from the prompt.

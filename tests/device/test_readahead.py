@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 from numpy.typing import NDArray
 
 from resonera.common.program import BUILTIN_PROGRAMS
-from resonera.device.audio.readahead import ReadAheadRenderer
-from resonera.device.audio.synth import ProgramRenderer
+from resonera.engine.audio.readahead import ReadAheadRenderer
+from resonera.engine.audio.synth import ProgramRenderer
 
 RATE = 44_100
 PROGRAM = BUILTIN_PROGRAMS["demo-alpha"]

@@ -18,9 +18,9 @@ from scipy import signal as scipy_signal
 
 from resonera.common.dose import dose_fraction
 from resonera.common.profile import HearingProfile
-from resonera.device.safety.aweighting import design_a_weighting
-from resonera.device.safety.chain import ChainLimits, DoseEvent, SafetyChain
 from resonera.device.safety.dose_ledger import DoseLedger
+from resonera.engine.safety.aweighting import design_a_weighting
+from resonera.engine.safety.chain import ChainLimits, DoseEvent, SafetyChain
 
 RATE = 48_000
 T0 = 1_800_000_000.0
@@ -174,9 +174,9 @@ PLAY_THROUGH_THE_CHAIN = textwrap.dedent(
     """
     import sys
     import numpy as np
-    import resonera.device.audio.player
+    import resonera.engine.audio.player
     from resonera.common.profile import HearingProfile
-    from resonera.device.safety.chain import ChainLimits, SafetyChain
+    from resonera.engine.safety.chain import ChainLimits, SafetyChain
 
     chain = SafetyChain(
         sample_rate=48_000,

@@ -15,8 +15,8 @@ from numpy.typing import NDArray
 
 from resonera.common.program import builtin_program
 from resonera.device.agent import SessionRefused, play_session
-from resonera.device.audio.sinks import NullSink
 from resonera.device.safety.dose_ledger import DoseLedger
+from resonera.engine.audio.sinks import NullSink
 
 
 class DryNullSink(NullSink):

@@ -15,8 +15,6 @@ from resonera.common.profile import FrequencyRange, HearingProfile
 from resonera.common.program import load_program_toml
 from resonera.common.safety_link import HardLimits
 from resonera.device.agent import SessionRefused, play_session
-from resonera.device.audio.calibration import load_calibration_file, packaged_calibration
-from resonera.device.audio.sinks import NullSink, WavSink
 from resonera.device.safety.dose_ledger import DoseLedger
 from resonera.device.safety.session import (
     CalibrationMissing,
@@ -26,6 +24,8 @@ from resonera.device.safety.session import (
 )
 from resonera.device.settings import DeviceSettings
 from resonera.device.store import DeviceStore
+from resonera.engine.audio.calibration import load_calibration_file, packaged_calibration
+from resonera.engine.audio.sinks import NullSink, WavSink
 from resonera.hardware.firmware.config import BoardConfig
 from resonera.hardware.sim import Simulator
 

@@ -17,10 +17,10 @@ from device_peer import device_settings
 
 from resonera.common.program import builtin_program
 from resonera.device.agent import play_session
-from resonera.device.audio.sinks import NullSink
 from resonera.device.crypto_store import DataKey, create_key_file
 from resonera.device.safety.dose_ledger import DoseLedger, DoseLedgerError
 from resonera.device.store import DeviceStore
+from resonera.engine.audio.sinks import NullSink
 
 
 @pytest.fixture

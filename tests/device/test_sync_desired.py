@@ -206,7 +206,7 @@ def test_play_session_enforces_the_applied_desired_profile_over_the_settings(
     from resonera.common.errors import ProgramError
     from resonera.common.program import builtin_program
     from resonera.device.agent import play_session
-    from resonera.device.audio.sinks import NullSink
+    from resonera.engine.audio.sinks import NullSink
 
     device = "profile-dev"
     settings = device_settings(None, tmp_path, device, server_public_key=server_key.public_b64)

@@ -19,9 +19,9 @@ from support import Mosquitto, wait_until
 
 from resonera.common.program import builtin_program
 from resonera.device.agent import play_session
-from resonera.device.audio.sinks import NullSink
 from resonera.device.store import DeviceStore
 from resonera.device.sync import DeviceSync
+from resonera.engine.audio.sinks import NullSink
 
 BIN = Path(sys.executable).parent / "resonera-device"
 #: How many times the syncing device is SIGKILLed at a random point (about a second each).

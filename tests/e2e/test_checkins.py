@@ -18,11 +18,11 @@ from support import Mosquitto, require_tool, wait_until
 from resonera.common import serial_link as sl
 from resonera.common import topics
 from resonera.common.profile import CheckInQuestion
-from resonera.device.audio.calibration import load_calibration_file, packaged_calibration
 from resonera.device.cli import resolve_program
 from resonera.device.controls import SKIPPED_BY_PERSON
 from resonera.device.prompts import build_prompts, prompts_dir
 from resonera.device.service import DeviceService
+from resonera.engine.audio.calibration import load_calibration_file, packaged_calibration
 
 DEVICE = "e2e-checkin-1"
 PROGRAM = "calm-tone"

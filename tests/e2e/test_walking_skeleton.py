@@ -18,11 +18,11 @@ from support import Mosquitto
 from resonera.common.program import builtin_program
 from resonera.common.settings import MqttSettings
 from resonera.device.agent import play_session
-from resonera.device.audio.calibration import packaged_calibration
-from resonera.device.audio.sinks import WavSink
 from resonera.device.settings import DeviceSettings
 from resonera.device.store import DeviceStore
 from resonera.device.sync import DeviceSync
+from resonera.engine.audio.calibration import packaged_calibration
+from resonera.engine.audio.sinks import WavSink
 from resonera.hardware.sim import Simulator
 from resonera.server.bootstrap import demo_setup
 from resonera.server.crypto import new_key_line

@@ -15,7 +15,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 IMPORT_CHECK = (
-    "import resonera.common.envelope, resonera.device.agent, resonera.server.app, "
+    "import resonera.common.envelope, resonera.engine.safety.aweighting, resonera.device.agent, "
+    "resonera.server.app, "
     "resonera.hardware.sim, resonera.provisioning.broker, resonera.stack.demo, sys; "
     "import resonera.device; print(resonera.device.__file__)"
 )
@@ -89,7 +90,7 @@ def test_built_wheel_imports_in_a_fresh_venv(tmp_path: Path) -> None:
             cwd=tmp_path,
         ).strip()
     )
-    for bare in ("common", "device", "server", "hardware", "provisioning", "stack"):
+    for bare in ("common", "engine", "device", "server", "hardware", "provisioning", "stack"):
         assert not (site / bare).exists(), f"bare package {bare} installed"
 
 

@@ -37,7 +37,7 @@ from resonera.common.program import (
     NoiseLayer,
     ToneLayer,
 )
-from resonera.device.audio.noise import NOISE_RMS, NoiseTables
+from resonera.engine.audio.noise import NOISE_RMS, NoiseTables
 
 __all__ = [
     "MAX_CHUNK",

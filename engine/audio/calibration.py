@@ -128,7 +128,7 @@ def packaged_calibration(name: str = "reference-headphones") -> Path:
     """Path of a calibration shipped with the package (the demo's and the tests' reference)."""
     from importlib.resources import files
 
-    path = Path(str(files("resonera.device").joinpath("calibrations", f"{name}.toml")))
+    path = Path(str(files("resonera.engine").joinpath("calibrations", f"{name}.toml")))
     if not path.exists():
         raise ConfigError(f"no packaged calibration named {name!r}")
     return path

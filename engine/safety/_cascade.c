@@ -1,4 +1,4 @@
-/* The A-weighting filter's second-order-section cascade, compiled (resonera.device.safety._cascade).
+/* The A-weighting filter's second-order-section cascade, compiled (resonera.engine.safety._cascade).
  *
  * cascade(sos, x, y, zi, energy): filters the interleaved float32 block x, (frames, channels),
  * through the sections sos, (sections, 6) float64 as scipy.signal lays them out, into y, (channels,

@@ -28,7 +28,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from resonera.common.errors import ResoneraError
-from resonera.device.audio.native_stderr import quiet_native_stderr
+from resonera.engine.audio.native_stderr import quiet_native_stderr
 
 __all__ = [
     "AudioDeviceError",

@@ -3,7 +3,7 @@
 MEL is the A-weighted level over 1-second windows (IEC 62368-1, ``docs/safety.md``), here of
 the louder ear. With a ``Calibration`` the levels are dB(A) SPL at the ear; without one they are
 dB(A) relative to full scale (dBFS(A), the ``levels.py`` convention: rms of one channel). The
-A-weighting filter is ``resonera.device.safety.aweighting.AWeightingFilter`` (IEC 61672-1 poles,
+A-weighting filter is ``resonera.engine.safety.aweighting.AWeightingFilter`` (IEC 61672-1 poles,
 bilinear transform plus a matched high-frequency section; checked against the formula in
 ``tests/device/test_aweighting.py``): one filter design for the safety chain and the display.
 Its state carries across blocks, so the levels do not depend on the block size.
@@ -16,9 +16,9 @@ import math
 import numpy as np
 from numpy.typing import NDArray
 
-from resonera.device.audio.calibration import Calibration
-from resonera.device.audio.levels import SILENCE_DBFS
-from resonera.device.safety.aweighting import AWeightingFilter
+from resonera.engine.audio.calibration import Calibration
+from resonera.engine.audio.levels import SILENCE_DBFS
+from resonera.engine.safety.aweighting import AWeightingFilter
 
 __all__ = ["AWeightingFilter", "MelMeter"]
 

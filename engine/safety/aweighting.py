@@ -30,7 +30,7 @@ from typing import Any, Final
 import numpy as np
 from numpy.typing import NDArray
 
-from resonera.device.safety._cascade import cascade
+from resonera.engine.safety._cascade import cascade
 
 F_LOW: Final = (20.598997, 107.65265, 737.86223)
 F_HIGH: Final = 12194.217

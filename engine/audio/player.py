@@ -5,10 +5,11 @@
     renderer ─▶ [prompt mixer] ─▶ processors (the safety chain's insertion point) ─▶ gain ramp
             ─▶ meter ─▶ sink
 
-- ``mixer`` (optional, a ``PromptMixer``: ``prompt_mixer.py``) is the first stage, BEFORE the
-  processors: spoken prompts, the person's volume and pause, so nothing it adds or asks for can
-  pass the safety chain. Without one (or with one built for another sample rate, which is logged)
-  the renderer's blocks go to the processors as they are.
+- ``mixer`` (optional, a ``Mixer``: the device's ``PromptMixer``,
+  ``device/audio/prompt_mixer.py``) is the first stage, BEFORE the processors: spoken prompts, the
+  person's volume and pause, so nothing it adds or asks for can pass the safety chain. Without one
+  (or with one built for another sample rate, which is logged) the renderer's blocks go to the
+  processors as they are.
 
 - ``gate()`` is the safety monitor's consent, asked before EVERY block. When it says False the
   next block ramps the output to zero within ``fault_ramp_s`` (a few ms; docs/safety.md, "Gain ramps":
@@ -43,16 +44,16 @@ from typing import Final, Literal, Protocol, TypeVar
 import numpy as np
 from numpy.typing import NDArray
 
-from resonera.device.audio.levels import LevelMeter
-from resonera.device.audio.prompt_mixer import PromptMixer
-from resonera.device.audio.sinks import AudioDeviceError, AudioSink
-from resonera.device.audio.synth import CHANNELS
+from resonera.engine.audio.levels import LevelMeter
+from resonera.engine.audio.sinks import AudioDeviceError, AudioSink
+from resonera.engine.audio.synth import CHANNELS
 
 __all__ = [
     "DEFAULT_BLOCK_FRAMES",
     "BlockProcessor",
     "BlockSource",
     "GainRamp",
+    "Mixer",
     "Outcome",
     "PlaybackResult",
     "play",
@@ -74,6 +75,15 @@ class BlockSource(Protocol):
     @property
     def remaining_frames(self) -> int: ...
     def render(self, frames: int) -> Block: ...
+
+
+class Mixer(Protocol):
+    """A first stage before the processors (the device's ``PromptMixer``): it takes the program's
+    blocks from the source itself (it may hold the program back while paused) and mixes its own
+    sound in."""
+
+    def accepts(self, sample_rate: int) -> bool: ...
+    def render(self, renderer: BlockSource, frames: int) -> Block: ...
 
 
 #: The source played, as ``on_block`` sees it (progress displays read its position and step).
@@ -143,7 +153,7 @@ def play(
     stop_fade_s: float = DEFAULT_STOP_FADE_S,
     fault_ramp_s: float = DEFAULT_FAULT_RAMP_S,
     on_block: Callable[[Block, Source], None] | None = None,
-    mixer: PromptMixer | None = None,
+    mixer: Mixer | None = None,
     compensate_latency: bool = False,
 ) -> PlaybackResult:
     """Play ``renderer`` into ``sink`` until the program ends, a stop is asked, or the gate closes.
@@ -209,7 +219,7 @@ def _loop(
     stop_frames: int,
     fault_frames: int,
     on_block: Callable[[Block, Source], None] | None,
-    mixer: PromptMixer | None,
+    mixer: Mixer | None,
     compensate_latency: bool,
 ) -> tuple[int, Outcome, str | None]:
     ramp = GainRamp(1.0)

@@ -34,9 +34,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 from resonera.common.program import LayerModel, NoiseLayer, Program, slide_target
-from resonera.device.audio.background import load_background
-from resonera.device.audio.noise import NoiseTables
-from resonera.device.audio.voices import (
+from resonera.engine.audio.background import load_background
+from resonera.engine.audio.noise import NoiseTables
+from resonera.engine.audio.voices import (
     MAX_CHUNK,
     Oscillator,
     Span,

@@ -34,20 +34,17 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final, Literal
+from typing import Final, Literal, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
 
-from resonera.common.dose import crossed_hundreds, dose_fraction
+from resonera.common.dose import DoseMode, crossed_hundreds, dose_fraction
 from resonera.common.profile import HearingProfile
-from resonera.device.audio.meter import MelMeter
-from resonera.device.audio.player import GainRamp
-from resonera.device.safety.aweighting import AWeightingFilter, memory_frames
-from resonera.device.safety.limiter import LevelCeiling, LookAheadLimiter, running_from
-
-if TYPE_CHECKING:
-    from resonera.device.safety.dose_ledger import DoseLedger
+from resonera.engine.audio.meter import MelMeter
+from resonera.engine.audio.player import GainRamp
+from resonera.engine.safety.aweighting import AWeightingFilter, memory_frames
+from resonera.engine.safety.limiter import LevelCeiling, LookAheadLimiter, running_from
 
 Block = NDArray[np.float32]
 Samples = NDArray[np.float64]
@@ -58,6 +55,21 @@ ATTENUATION_RAMP_S: Final = 2.0
 NON_FINITE_FAULT: Final = (
     "the sound to play held a non-finite sample (NaN or infinity): the safety chain muted it"
 )
+
+
+class WeekStatus(Protocol):
+    """What the chain reads of the week's dose: the share of the allowance already used."""
+
+    @property
+    def fraction(self) -> float: ...
+
+
+class DoseRecord(Protocol):
+    """Where the chain adds each second it meters (the device's persisted ``DoseLedger``,
+    ``device/safety/dose_ledger.py``); None for a render or a preview, which expose no one."""
+
+    def status(self, now: float, mode: DoseMode = 1) -> WeekStatus: ...
+    def add_second(self, at: float, level_dba: float) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -91,7 +103,7 @@ class SafetyChain:
         sample_rate: int,
         limits: ChainLimits,
         profile: HearingProfile,
-        ledger: DoseLedger | None,
+        ledger: DoseRecord | None,
         wall_clock: Callable[[], float],
         on_dose_event: Callable[[DoseEvent], None] = lambda _event: None,
         on_second: Callable[[float], None] = lambda _mel: None,

@@ -29,7 +29,7 @@ from typing import Final
 import numpy as np
 from numpy.typing import NDArray
 
-from resonera.device.audio.synth import CHANNELS, ProgramRenderer
+from resonera.engine.audio.synth import CHANNELS, ProgramRenderer
 
 Block = NDArray[np.float32]
 
