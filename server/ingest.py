@@ -8,12 +8,31 @@ and says which message ids each device may now delete. Checks on every message, 
 3. if the device has a registered public key, ``sig`` verifies with it (otherwise the row is stored
    with ``sig_status = "unsigned"``: devices do not sign yet);
 4. the body is valid for its kind: ``SessionRecord`` and ``SafetyEventRecord`` (``common.records``,
-   what the device wrote), strictly through JSON.
+   what the device wrote), strictly through JSON;
+5. the message id is new, or stored (or earlier in the batch) with the same content
+   (``content_digest``, kept in the row's ``digest``). The same content again is a duplicate,
+   acknowledged again without the checks below; other content under a stored id is refused
+   ("message id X reused with different content"). Rows stored before digests were kept count
+   as the same content when their kind is the same;
+6. the device's times are believed within ``TimeBounds`` of the receive time (the injected
+   clock): the envelope's ``time``, a session's ``started_at`` and ``ended_at`` (not before
+   ``started_at``), an event's ``at``, a check-in's ``answered_at``, none later than the receive
+   time plus ``skew`` nor earlier than it minus ``max_age``;
+7. a session (from ``started_at`` to ``ended_at``), an event (by its envelope ``time``, which
+   attributes it) or a check-in (``answered_at``) dated in one of the device's assignments (the
+   one covering its start, or starting within ``skew`` after it) is refused when that assignment
+   had ended (plus ``skew``) before the receive time, so nothing a device sends after leaving a
+   patient enters that former patient's record, whatever date it carries, and when the session
+   runs on past the assignment's end (it spans a reassignment). One dated outside every
+   assignment (before the first, in a gap) is nobody's: stored unattributed, as before (an
+   assignment made later for that period attributes it).
 
 A message failing any check goes to the quarantine table with a one-line reason and is counted; the
-rest of its batch is stored. One that fails only check 4 came from its device, unaltered, and will
-never become valid by resending: it is acknowledged (in ``BatchResult.committed``) so the device
-drops it from its outbox instead of resending it forever; the quarantine row keeps it.
+rest of its batch is stored. One that fails only checks 4 to 7 came from its device, unaltered, and
+will never become valid by resending: it is acknowledged (in ``BatchResult.committed``) so the
+device drops it from its outbox instead of resending it forever; the quarantine row keeps it.
+Every authenticated message (checks 1 to 3 passed) measures the device's clock: the smallest
+receive time − envelope time of a batch goes to ``device_state.clock_skew_s``.
 ``process`` never raises for a bad message:
 
 - an unexpected exception while checking one message (a bug, or input no check foresaw)
@@ -35,6 +54,7 @@ The MQTT side (subscribing, batching, acknowledging) is ``resonera.server.ingest
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
@@ -45,7 +65,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any, Final, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
-from sqlalchemy import Connection, and_, select
+from sqlalchemy import Connection, and_, case, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DataError, DBAPIError, SQLAlchemyError, StatementError
 
@@ -79,6 +99,7 @@ from resonera.server.models import (
     table_of,
 )
 from resonera.server.outcomes import parse_checkin, store_checkins
+from resonera.server.settings import ServerSettings
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +148,25 @@ class _Device:
 RENEWAL_SKEW = timedelta(minutes=10)
 
 
+@dataclass(frozen=True)
+class TimeBounds:
+    """How far ingest believes a device's times from the receive time (checks 6 and 7)."""
+
+    #: Later than the receive time by at most this (the device's clock may run ahead); also the
+    #: slack at an assignment's ends.
+    skew: timedelta = timedelta(minutes=5)
+    #: Earlier than the receive time by at most this (a device offline for weeks keeps its
+    #: records in its outbox).
+    max_age: timedelta = timedelta(days=90)
+
+    @classmethod
+    def from_settings(cls, settings: ServerSettings) -> TimeBounds:
+        return cls(
+            skew=timedelta(seconds=settings.device_time_skew_s),
+            max_age=timedelta(days=settings.device_time_max_age_days),
+        )
+
+
 #: What a body parses into, by kind (metrics carry none).
 _Body = SessionRecord | SafetyEventRecord | DesiredReport | CheckInRecord
 
@@ -136,6 +176,8 @@ class _Valid:
     envelope: Envelope
     sig_status: str
     record: _Body | None = None
+    #: ``content_digest`` of the envelope: the content a message id stands for.
+    digest: str = ""
 
 
 @dataclass
@@ -149,6 +191,10 @@ class _Plan:
     status: dict[str, tuple[bool, datetime]] = field(default_factory=dict)
     #: Presence messages in the batch (not device records: not counted as received).
     presence: int = 0
+    #: Per authenticated device, the smallest receive time − envelope time (seconds).
+    skew: dict[str, float] = field(default_factory=dict)
+    #: The assignments of the batch's devices (read once, for checks and attribution).
+    attribution: _Attribution | None = None
 
 
 def _now() -> datetime:
@@ -158,9 +204,16 @@ def _now() -> datetime:
 class IngestProcessor:
     """Validates and stores batches idempotently. Not thread-safe: one worker calls ``process``."""
 
-    def __init__(self, engine: Engine, *, clock: Callable[[], datetime] = _now) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        clock: Callable[[], datetime] = _now,
+        bounds: TimeBounds = TimeBounds(),
+    ) -> None:
         self._engine = engine
         self._clock = clock
+        self._bounds = bounds
         self.counters: dict[str, int] = dict.fromkeys(COUNTERS, 0)
 
     def process(self, batch: Iterable[Received]) -> BatchResult:
@@ -282,6 +335,7 @@ class IngestProcessor:
         devices = _load_devices(conn, names)
         for device_id in [d for d in plan.status if d not in devices]:
             del plan.status[device_id]  # presence of unknown devices is not worth a row
+        candidates: list[tuple[Received, _Valid]] = []
         for message, outcome in parsed:
             if isinstance(outcome, str):
                 _quarantine(plan, message, now, outcome, None)
@@ -293,6 +347,8 @@ class IngestProcessor:
             if reason is not None:
                 _quarantine(plan, message, now, reason, outcome.device)
                 continue
+            skew = (now - outcome.time).total_seconds()
+            plan.skew[outcome.device] = min(skew, plan.skew.get(outcome.device, skew))
             device = devices[outcome.device]
             sig_status = SIG_UNSIGNED if device.public_key is None else SIG_VERIFIED
             try:
@@ -306,8 +362,83 @@ class IngestProcessor:
                     plan, message, now, _unexpected("checking", exc, message), outcome.device
                 )
                 continue
-            plan.valid.append(_Valid(outcome, sig_status, record))
+            candidates.append((message, _Valid(outcome, sig_status, record)))
+        if candidates:
+            self._judge(conn, plan, candidates, now)
         return plan
+
+    def _judge(
+        self,
+        conn: Connection,
+        plan: _Plan,
+        candidates: list[tuple[Received, _Valid]],
+        now: datetime,
+    ) -> None:
+        """Checks 5 to 7 (see the module's docstring) on messages whose body is valid: what
+        passes goes to ``plan.valid``; what fails is quarantined and acknowledged."""
+        for _message, item in candidates:
+            item.digest = content_digest(item.envelope)
+        keys = [(item.envelope.device, item.envelope.id) for _m, item in candidates]
+        stored = _stored_digests(conn, keys)
+        plan.attribution = _Attribution(conn, {device for device, _id in keys}, self._bounds.skew)
+        earlier: dict[tuple[str, str], tuple[str, str]] = {}  # the batch's own: (kind, digest)
+        for message, item in candidates:
+            envelope = item.envelope
+            key = (envelope.device, envelope.id)
+            first = earlier.setdefault(key, (envelope.kind, item.digest))
+            known = stored.get(key)
+            try:
+                if first[1] != item.digest:
+                    reason: str | None = _reused(envelope, "earlier in this batch", first[0])
+                elif known is not None:
+                    same = known[1] == item.digest or (known[1] is None and known[0] == first[0])
+                    reason = None if same else _reused(envelope, "stored", known[0])
+                else:
+                    reason = self._time_refusal(item, plan.attribution, now)
+            except Exception as exc:  # not acknowledged: the device keeps it for a fixed server
+                reason = _unexpected("checking", exc, message)
+                _quarantine(plan, message, now, reason, envelope.device)
+                continue
+            if reason is not None:
+                _quarantine(plan, message, now, reason, envelope.device)
+                plan.refused.append(key)
+                continue
+            plan.valid.append(item)
+
+    def _time_refusal(self, item: _Valid, attribution: _Attribution, now: datetime) -> str | None:
+        """Why the device's times in ``item`` are not believed (checks 6 and 7); None if they are."""
+        bounds = self._bounds
+        times = _device_times(item)
+        for name, value in times:
+            if value > now + bounds.skew:
+                return (
+                    f"device time {name} {_iso(value)} is later than the receive time "
+                    f"{_iso(now)} plus {_span(bounds.skew)}"
+                )
+            if value < now - bounds.max_age:
+                return (
+                    f"device time {name} {_iso(value)} is earlier than the receive time "
+                    f"{_iso(now)} minus {_span(bounds.max_age)}"
+                )
+        record = item.record
+        if isinstance(record, SessionRecord):
+            if record.ended_at < record.started_at:
+                return (
+                    f"device time body.ended_at {_iso(record.ended_at)} is before "
+                    f"body.started_at {_iso(record.started_at)}"
+                )
+            return attribution.refusal(
+                item.envelope.device, "body.started_at", record.started_at, record.ended_at, now
+            )
+        # The time each is attributed by (``_store``): an event's envelope time, a check-in's
+        # answered_at.
+        if isinstance(record, SafetyEventRecord):
+            name, value = "time", item.envelope.time
+        elif isinstance(record, CheckInRecord):
+            name, value = "body.answered_at", record.answered_at
+        else:
+            return None
+        return attribution.refusal(item.envelope.device, name, value, value, now)
 
     # -- storing ------------------------------------------------------------------------------
 
@@ -319,7 +450,7 @@ class IngestProcessor:
             if key not in keys:  # the same message twice in one batch: one row, acked once
                 keys.add(key)
                 rows[item.envelope.kind].append(_row(item, now))
-        attribution = _Attribution(conn, {d for d, _ in keys})
+        attribution = plan.attribution or _Attribution(conn, set(), self._bounds.skew)
         for kind in ("session", "event"):
             for row in rows[kind]:
                 at = row["started_at"] if kind == "session" else row["device_time"]
@@ -408,6 +539,82 @@ def _database_failed(exc: BaseException) -> bool:
     if isinstance(exc, StatementError):  # a value our code failed to bind, before the database
         return False
     return isinstance(exc, SQLAlchemyError)  # e.g. no connection from the pool in time
+
+
+def content_digest(envelope: Envelope) -> str:
+    """SHA-256 (hex) of what a message id stands for: the envelope as parsed, without ``sig``
+    (pydantic's JSON: the model's field order, times in UTC, the body's keys in the order the
+    device wrote them). Whitespace, the spelling of a time's offset and the signature do not
+    count; a device resends the bytes it stored, so a resend is always the same content. Four
+    times cheaper than the canonical JSON that signatures cover (sorted keys)."""
+    return hashlib.sha256(envelope.model_dump_json(exclude={"sig"}).encode()).hexdigest()
+
+
+def _iso(value: datetime) -> str:
+    return value.isoformat()
+
+
+def _span(value: timedelta) -> str:
+    seconds = int(value.total_seconds())
+    if seconds % 86400 == 0:
+        return f"{seconds // 86400} days"
+    return f"{seconds} s"
+
+
+def _reused(envelope: Envelope, where: str, kind: str) -> str:
+    return (
+        f"message id {envelope.id} reused with different content "
+        f"(a {kind} message with this id is {where})"
+    )
+
+
+def _device_times(item: _Valid) -> list[tuple[str, datetime]]:
+    """The device's times in a message, named as in the payload: the envelope's first."""
+    times = [("time", item.envelope.time)]
+    record = item.record
+    if isinstance(record, SessionRecord):
+        times += [("body.started_at", record.started_at), ("body.ended_at", record.ended_at)]
+    elif isinstance(record, SafetyEventRecord):
+        times.append(("body.at", record.at))
+    elif isinstance(record, CheckInRecord):
+        times.append(("body.answered_at", record.answered_at))
+    return times
+
+
+#: The tables of stored messages with one kind each (``device_message`` has a ``kind`` column).
+_DIGEST_TABLES: Final = (("session_record", "session"), ("safety_event", "event"))
+
+
+def _stored_digests(
+    conn: Connection, keys: list[tuple[str, str]]
+) -> dict[tuple[str, str], tuple[str, str | None]]:
+    """Of ``keys`` (device id, message id), those stored, with their kind and digest (None for
+    rows from before digests). One statement per 500 keys over the three tables: the keys as a
+    ``VALUES`` table joined to each unique index (``IN`` over pairs scans a whole index on
+    SQLite)."""
+    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    found: dict[tuple[str, str], tuple[str, str | None]] = {}
+    unique = list(dict.fromkeys(keys))
+    for start in range(0, len(unique), _DIGEST_KEYS_PER_QUERY):
+        chunk = unique[start : start + _DIGEST_KEYS_PER_QUERY]
+        rows = ", ".join([f"({mark}, {mark})"] * len(chunk))
+        join = "JOIN {table} AS t ON t.device_id = v.d AND t.message_id = v.m"
+        selects = [
+            f"SELECT '{kind}', t.device_id, t.message_id, t.digest FROM v {join.format(table=name)}"
+            for name, kind in _DIGEST_TABLES
+        ]
+        selects.append(
+            "SELECT t.kind, t.device_id, t.message_id, t.digest FROM v "
+            + join.format(table="device_message")
+        )
+        query = f"WITH v(d, m) AS (VALUES {rows}) " + " UNION ALL ".join(selects)
+        params = tuple(value for key in chunk for value in key)
+        for kind, device_id, message_id, digest in conn.exec_driver_sql(query, params):
+            found.setdefault((device_id, message_id), (kind, digest))
+    return found
+
+
+_DIGEST_KEYS_PER_QUERY: Final = 500
 
 
 def _device_of(payload: bytes) -> str | None:
@@ -532,7 +739,11 @@ def session_dose(record: SessionRecord, body: dict[str, Any]) -> float:
 
 def _row(item: _Valid, now: datetime) -> dict[str, Any]:
     envelope = item.envelope
-    base = {**_envelope_fields(envelope, now), "sig_status": item.sig_status}
+    base = {
+        **_envelope_fields(envelope, now),
+        "sig_status": item.sig_status,
+        "digest": item.digest,
+    }
     if isinstance(item.record, SessionRecord):
         # The flat model's own values: no copy as model_dump makes, no per-field generator.
         fields = {k: v for k, v in vars(item.record).items() if k in _SESSION_COLUMNS}
@@ -553,22 +764,65 @@ def _row(item: _Valid, now: datetime) -> dict[str, Any]:
     return {**base, "kind": envelope.kind, "body": body}
 
 
-class _Attribution:
-    """Which patient used a device at a time, from the assignments of the batch's devices."""
+@dataclass(frozen=True)
+class _Period:
+    start: datetime
+    end: datetime | None
+    patient_id: str
 
-    def __init__(self, conn: Connection, devices: set[str]) -> None:
-        self._by_device: dict[str, list[tuple[datetime, datetime | None, str]]] = defaultdict(list)
+
+class _Attribution:
+    """Which patient used a device at a time, from the assignments of the batch's devices: the
+    assignment covering the time, else one starting within ``skew`` after it (a device clock
+    running behind)."""
+
+    def __init__(self, conn: Connection, devices: set[str], skew: timedelta) -> None:
+        self._by_device: dict[str, list[_Period]] = defaultdict(list)
+        self._skew = skew
         if not devices:
             return
         table = table_of(AssignmentRow)
         query = select(table.c.device_id, table.c.valid_from, table.c.valid_to, table.c.patient_id)
         for row in conn.execute(query.where(table.c.device_id.in_(devices))):
-            self._by_device[row.device_id].append((row.valid_from, row.valid_to, row.patient_id))
+            self._by_device[row.device_id].append(
+                _Period(row.valid_from, row.valid_to, row.patient_id)
+            )
+
+    def _owner(self, device_id: str, at: datetime) -> _Period | None:
+        periods = self._by_device.get(device_id, ())
+        for period in periods:
+            if period.start <= at and (period.end is None or at < period.end):
+                return period
+        for period in periods:
+            if period.start - self._skew <= at < period.start:
+                return period
+        return None
 
     def patient(self, device_id: str, at: datetime) -> str | None:
-        for start, end, patient_id in self._by_device.get(device_id, ()):
-            if start <= at and (end is None or at < end):
-                return patient_id
+        owner = self._owner(device_id, at)
+        return owner.patient_id if owner is not None else None
+
+    def refusal(
+        self, device_id: str, name: str, start: datetime, end: datetime, received: datetime
+    ) -> str | None:
+        """Why a record from ``start`` to ``end`` received at ``received`` may not be attributed
+        by its device times (check 7 of the module's docstring); None if it may."""
+        owner = self._owner(device_id, start)
+        # Outside every assignment (before the first, in a gap) it is nobody's: stored
+        # unattributed, and an assignment made later for that period attributes it.
+        if owner is None or owner.end is None:
+            return None
+        where = (
+            f"device time {name} {_iso(start)} is in an assignment of the device that ended at "
+            f"{_iso(owner.end)}"
+        )
+        if received > owner.end + self._skew:
+            return (
+                f"{where}, before the receive time {_iso(received)}: a device does not write "
+                "into a former patient's record"
+            )
+        if end > owner.end + self._skew:
+            return f"{where}, and it runs on to {_iso(end)} (received {_iso(received)})"
         return None
 
 
@@ -607,6 +861,36 @@ def _add_dose(conn: Connection, sessions: list[dict[str, Any]]) -> None:
     )
 
 
+_LAST_COLUMNS: Final = (
+    "last_seq",
+    "last_message_id",
+    "last_kind",
+    "last_device_time",
+    "last_received_at",
+)
+
+
+def _state_row(
+    device_id: str, latest: Envelope | None, skew: float, now: datetime
+) -> dict[str, Any]:
+    """A ``device_state`` row: the batch's latest message (none: only quarantined ones, which
+    move no ``last_*`` column) and the clock's skew."""
+    row: dict[str, Any] = {"device_id": device_id, "clock_skew_s": skew, "clock_skew_at": now}
+    if latest is None:
+        return (
+            row
+            | dict.fromkeys(_LAST_COLUMNS)
+            | {"last_seq": -1, "last_message_id": "", "last_kind": ""}
+        )
+    return row | {
+        "last_seq": latest.seq,
+        "last_message_id": latest.id,
+        "last_kind": latest.kind,
+        "last_device_time": latest.time,
+        "last_received_at": now,
+    }
+
+
 def _update_state(conn: Connection, plan: _Plan, now: datetime) -> None:
     """``device_state``: the highest seq wins, whatever order messages arrived in."""
     table = table_of(DeviceStateRow)
@@ -625,28 +909,25 @@ def _update_state(conn: Connection, plan: _Plan, now: datetime) -> None:
             and (env.device not in reported or env.seq > reported[env.device][0].seq)
         ):
             reported[env.device] = (env, report.desired_version)
-    if latest:
+    if plan.skew:  # every device with a valid message has a skew: one statement for both
         upsert(
             conn,
             table,
-            [
-                {
-                    "device_id": d,
-                    "last_seq": e.seq,
-                    "last_message_id": e.id,
-                    "last_kind": e.kind,
-                    "last_device_time": e.time,
-                    "last_received_at": now,
-                }
-                for d, e in sorted(latest.items())
-            ],
+            [_state_row(d, latest.get(d), skew, now) for d, skew in sorted(plan.skew.items())],
             key=("device_id",),
+            # The last_* columns move only for a higher seq; the clock's skew with every batch.
             update={
-                name: (lambda ex, name=name: ex[name])
-                for name in ("last_seq", "last_message_id", "last_kind", "last_device_time")
+                name: (
+                    lambda ex, name=name: case(
+                        (table.c.last_seq < ex.last_seq, ex[name]), else_=table.c[name]
+                    )
+                )
+                for name in _LAST_COLUMNS
             }
-            | {"last_received_at": lambda ex: ex.last_received_at},
-            where=lambda ex: table.c.last_seq < ex.last_seq,
+            | {
+                "clock_skew_s": lambda ex: ex.clock_skew_s,
+                "clock_skew_at": lambda ex: ex.clock_skew_at,
+            },
         )
     if reported:
         upsert(

@@ -39,7 +39,7 @@ from resonera.common import topics
 from resonera.common.envelope import MAX_ACK_IDS, Ack
 from resonera.common.mqtt_client import BrokerUnavailable, build_client, connect
 from resonera.server import metrics
-from resonera.server.ingest import BatchResult, IngestProcessor, Received, StoreError
+from resonera.server.ingest import BatchResult, IngestProcessor, Received, StoreError, TimeBounds
 from resonera.server.settings import ServerSettings
 
 log = logging.getLogger(__name__)
@@ -189,7 +189,7 @@ class IngestConsumer:
         queue_max: int = QUEUE_MAX,
     ) -> None:
         self._settings = settings
-        self._processor = IngestProcessor(engine)
+        self._processor = IngestProcessor(engine, bounds=TimeBounds.from_settings(settings))
         self._batch_max = batch_max
         self._batch_wait_s = batch_wait_s
         self._queue: queue.Queue[Item] = queue.Queue(maxsize=queue_max)

@@ -232,6 +232,11 @@ class DeviceStateRow(SQLModel, table=True):
     reported_version: int | None = None
     online: bool | None = None
     status_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    #: The device's clock against the server's: receive time − envelope time in seconds, the
+    #: smallest of the latest batch (positive: the device is behind, or its messages waited in
+    #: its outbox; negative: it is ahead), and when it was measured.
+    clock_skew_s: float | None = None
+    clock_skew_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
 
 
 # -- enrollment ------------------------------------------------------------------------------
@@ -323,6 +328,9 @@ class SessionRow(SQLModel, table=True):
     #: Fraction of the weekly sound allowance (mode 1) the session used, as the device reported.
     dose_fraction: float = 0.0
     sig_status: str = Field(default=SIG_UNSIGNED, max_length=16)
+    #: ``ingest.content_digest`` of the message: a message id sent again with other content is
+    #: told from a resend (None: stored before digests were kept).
+    digest: str | None = Field(default=None, max_length=64)
     #: Times the sound device ran dry (silence played meanwhile), as the device reported.
     underruns: int = 0
 
@@ -344,6 +352,9 @@ class SafetyEventRow(SQLModel, table=True):
     event_type: str = Field(default="", max_length=64)
     body: dict[str, Any] = Field(sa_type=JSON)
     sig_status: str = Field(default=SIG_UNSIGNED, max_length=16)
+    #: ``ingest.content_digest`` of the message: a message id sent again with other content is
+    #: told from a resend (None: stored before digests were kept).
+    digest: str | None = Field(default=None, max_length=64)
 
 
 class MessageRow(SQLModel, table=True):
@@ -363,6 +374,9 @@ class MessageRow(SQLModel, table=True):
     received_at: datetime = Field(sa_type=UTCDateTime)
     body: str = Field(sa_type=Text)
     sig_status: str = Field(default=SIG_UNSIGNED, max_length=16)
+    #: ``ingest.content_digest`` of the message: a message id sent again with other content is
+    #: told from a resend (None: stored before digests were kept).
+    digest: str | None = Field(default=None, max_length=64)
 
 
 class DoseDailyRow(SQLModel, table=True):

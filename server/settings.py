@@ -142,6 +142,12 @@ class ServerSettings(ResoneraSettings):
     #: The dashboard cookies' Secure flag. None: Secure when the request came over HTTPS (behind
     #: a proxy: uvicorn's forwarded headers); false only for plain http on loopback.
     web_cookie_secure: bool | None = None
+    #: Ingest believes a device's times (envelope ``time``, a session's ``started_at`` and
+    #: ``ended_at``, an event's ``at``, a check-in's ``answered_at``) up to this far after the
+    #: receive time (clock skew; also the slack at an assignment's ends) ...
+    device_time_skew_s: int = Field(default=300, ge=1, le=24 * 3600)
+    #: ... and up to this far before it (a device offline for weeks keeps its records).
+    device_time_max_age_days: int = Field(default=90, ge=1, le=3650)
 
     def checked_for_start(self, source: str = "settings") -> ServerSettings:
         """These settings, ready to serve: raise ``ConfigError`` for a missing or short JWT secret

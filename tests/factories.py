@@ -26,8 +26,14 @@ gain = 0.3
 """
 
 
+#: A morning ten days before the tests started, by the real clock read once: where fixed data of
+#: the server's tests sits, recent enough for ingest to believe it (``TimeBounds``: device times
+#: up to 90 days old by default) on any day. A test on an injected clock sets it from this.
+RECENT = datetime.combine(datetime.now(UTC).date() - timedelta(days=10), time(9), UTC)
+
+
 def make_record(**changes: object) -> SessionRecord:
-    start = datetime(2026, 11, 1, 9, 0, tzinfo=UTC)
+    start = RECENT
     values: dict[str, object] = {
         "session_id": new_id(),
         "program_name": "demo-alpha",
@@ -52,7 +58,7 @@ def event_body(**changes: Any) -> dict[str, Any]:
     make it invalid."""
     values: dict[str, Any] = {
         "event_id": new_id(),
-        "at": datetime(2026, 11, 1, 9, 0, tzinfo=UTC).isoformat(),
+        "at": RECENT.isoformat(),
         "type": "fault",
         "cause": "amp too hot",
         "simulation": True,

@@ -32,6 +32,7 @@ DeviceId = Annotated[str, Path(pattern=f"^{DEVICE_ID_PATTERN}$", max_length=64)]
 def devices_page(
     web: AdminPage,
     session: SessionDep,
+    state: StateDep,
     revoked: Annotated[str, Query(pattern=f"^(|{DEVICE_ID_PATTERN})$", max_length=64)] = "",
     outcome: Annotated[str, Query(max_length=32)] = "",
 ) -> HTMLResponse:
@@ -48,7 +49,10 @@ def devices_page(
         {
             "web": web,
             "title": "Devices",
-            "lines": device_lines(session, now_utc()),
+            "lines": device_lines(
+                session, now_utc(), timedelta(seconds=state.settings.device_time_skew_s)
+            ),
+            "skew_limit_s": state.settings.device_time_skew_s,
             "notice": notice,
         },
     )

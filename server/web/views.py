@@ -351,6 +351,37 @@ class DeviceLine:
     amp_temp_c: float | None
     outbox_depth: int | None
     telemetry_at: datetime | None
+    #: Receive time − envelope time of the latest batch (``DeviceStateRow.clock_skew_s``), when
+    #: it was measured, and whether it is beyond what ingest believes (``device_time_skew_s``).
+    clock_skew_s: float | None = None
+    clock_skew_at: datetime | None = None
+    clock_skew_large: bool = False
+
+    @property
+    def clock_skew(self) -> str:
+        """The skew in words: "12 s behind", "3 h 05 min ahead", "in step"; "—" unmeasured."""
+        return skew_text(self.clock_skew_s)
+
+
+def skew_text(seconds: float | None) -> str:
+    """A device clock's skew (receive time − device time, seconds) for a table cell."""
+    if seconds is None:
+        return "—"
+    size = round(abs(seconds))
+    if size < 1:
+        return "in step"
+    days, rest = divmod(size, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        amount = f"{days} d {hours} h"
+    elif hours:
+        amount = f"{hours} h {minutes:02d} min"
+    elif minutes:
+        amount = f"{minutes} min {secs:02d} s"
+    else:
+        amount = f"{secs} s"
+    return f"{amount} {'behind' if seconds > 0 else 'ahead'}"
 
 
 def _find_number(body: Any, names: frozenset[str]) -> float | None:
@@ -378,8 +409,13 @@ def _find_text(body: Any, names: frozenset[str]) -> str:
     return ""
 
 
-def device_line(session: Session, device: DeviceRow, now: datetime) -> DeviceLine:
+def device_line(
+    session: Session, device: DeviceRow, now: datetime, skew_limit: timedelta
+) -> DeviceLine:
+    """What the devices page shows of ``device``; a clock skew beyond ``skew_limit`` either way
+    is marked (ingest quarantines device times ahead by more than that)."""
     state = session.get(DeviceStateRow, device.id)
+    skew = state.clock_skew_s if state is not None else None
     metrics = session.exec(
         select(MessageRow)
         .where(MessageRow.device_id == device.id, MessageRow.kind == "metrics")
@@ -420,9 +456,12 @@ def device_line(session: Session, device: DeviceRow, now: datetime) -> DeviceLin
         amp_temp_c=_find_number(body, frozenset({"amp_temp_c", "amplifier_temp_c"})),
         outbox_depth=int(depth) if depth is not None else None,
         telemetry_at=metrics.device_time if metrics is not None else None,
+        clock_skew_s=skew,
+        clock_skew_at=state.clock_skew_at if state is not None else None,
+        clock_skew_large=skew is not None and abs(skew) > skew_limit.total_seconds(),
     )
 
 
-def device_lines(session: Session, now: datetime) -> list[DeviceLine]:
+def device_lines(session: Session, now: datetime, skew_limit: timedelta) -> list[DeviceLine]:
     rows = session.exec(select(DeviceRow).order_by(col(DeviceRow.id))).all()
-    return [device_line(session, row, now) for row in rows]
+    return [device_line(session, row, now, skew_limit) for row in rows]

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from factories import event_body
+from factories import RECENT, event_body
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
@@ -47,7 +47,7 @@ from resonera.server.settings import ServerSettings
 
 JWT_SECRET = "test-jwt-secret-0123456789-abcdefghijklmnop"
 PASSWORD = "correct horse battery staple"
-T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
+T0 = RECENT
 BACKENDS = ["sqlite", "postgresql"]
 _counter = itertools.count()
 
@@ -366,9 +366,16 @@ def make_envelope() -> Callable[..., Envelope]:
         kind: topics.UpKind = "session",
         body: dict[str, Any] | None = None,
         seq: int = 0,
+        time: datetime | None = None,
     ) -> Envelope:
+        """Stamped ``time``, else now by the real clock (a module on an injected clock passes
+        its own: ``functools.partial(make_envelope, time=NOW)``)."""
         return Envelope.create(
-            device=device, seq=seq, kind=kind, body=default_body(kind) if body is None else body
+            device=device,
+            seq=seq,
+            kind=kind,
+            body=default_body(kind) if body is None else body,
+            time=time,
         )
 
     return make

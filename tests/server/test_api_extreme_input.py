@@ -103,7 +103,7 @@ def test_a_csv_export_of_the_whole_calendar_is_whole(
     """The widest period there is, in UTC: a complete download, every row and the header."""
     now = datetime.now(UTC)
     sessions = [
-        make_envelope(world.device, body=make_body(start=now - timedelta(hours=h)), seq=h)
+        make_envelope(world.device, body=make_body(start=now - timedelta(hours=h + 1)), seq=h)
         for h in range(3)
     ]
     IngestProcessor(engine).process(

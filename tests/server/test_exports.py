@@ -8,11 +8,11 @@ import io
 import math
 from collections import Counter
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import pytest
-from factories import event_body
+from factories import RECENT, event_body
 from fastapi.testclient import TestClient
 from fhir_checks import check_fhir
 from sqlalchemy.engine import Engine
@@ -26,7 +26,7 @@ from resonera.server.models import AuditRow
 from resonera.server.schemas import SessionPublic
 
 API = "/api/v1"
-T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
+T0 = RECENT
 
 
 def _ingest(engine: Engine, kind: topics.UpKind, bodies: list[dict[str, Any]]) -> None:

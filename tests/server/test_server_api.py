@@ -9,7 +9,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import pytest
-from factories import event_body
+from factories import RECENT, event_body
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import text
@@ -24,7 +24,7 @@ from resonera.server.models import AuditRow, DoseDailyRow, PatientConfigRow
 
 API = "/api/v1"
 PASSWORD = "correct horse battery staple"
-T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
+T0 = RECENT
 
 
 def _error(response: Any, status: int, code: str) -> dict[str, Any]:
@@ -542,7 +542,7 @@ def test_assignment_attributes_earlier_sessions_and_publishes(
         json={"valid_to": T0.isoformat()},
         headers=world.admin.headers,
     )
-    assert ended.json()["valid_to"].startswith("2026-03-01T09:00:00")
+    assert ended.json()["valid_to"].startswith(T0.strftime("%Y-%m-%dT%H:%M:%S"))
 
 
 def test_audit_is_read_only_and_for_auditors(client: TestClient, world: Any) -> None:

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
-from factories import event_body
+from factories import RECENT, event_body
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
@@ -27,13 +28,20 @@ from resonera.server.models import (
 
 MakeBody = Callable[..., dict[str, Any]]
 MakeEnvelope = Callable[..., Envelope]
-NOW = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
+#: The processor's clock: the day after the sessions of ``session_body`` (at ``RECENT``).
+NOW = RECENT + timedelta(days=1, hours=3)
 
 
 @pytest.fixture(autouse=True)
 def _devices(registered: Callable[..., str]) -> None:
     registered("dev-a")
     registered("dev-b")
+
+
+@pytest.fixture
+def make_envelope(make_envelope: MakeEnvelope) -> MakeEnvelope:
+    """Envelopes stamped on this module's clock."""
+    return functools.partial(make_envelope, time=NOW)
 
 
 def _processor(engine: Engine) -> IngestProcessor:
@@ -196,7 +204,7 @@ def test_database_failure_raises_and_commits_nothing(make_envelope: MakeEnvelope
 def test_stored_times_compare_with_query_times_to_the_microsecond(
     engine: Engine, make_envelope: MakeEnvelope, make_body: MakeBody
 ) -> None:
-    start = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)  # a whole second: no microseconds to write
+    start = RECENT  # a whole second: no microseconds to write
     envelope = make_envelope("dev-a", body=make_body(start=start))
     _processor(engine).process([Received(topics.up("dev-a", "session"), envelope.to_bytes())])
     with Session(engine) as session:

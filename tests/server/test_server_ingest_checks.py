@@ -4,14 +4,15 @@ presence, patient attribution and the daily dose (SQLite and PostgreSQL)."""
 from __future__ import annotations
 
 import base64
+import functools
 from collections.abc import Callable
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from factories import event_body
+from factories import RECENT, event_body
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
@@ -33,13 +34,20 @@ from resonera.server.models import (
 )
 
 MakeEnvelope = Callable[..., Envelope]
-NOW = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
-T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
+T0 = RECENT
+#: The processor's clock: the day after T0.
+NOW = T0 + timedelta(days=1, hours=3)
 
 
 def _process(engine: Engine, *envelopes: Envelope) -> Any:
     batch = [Received(topics.up(e.device, e.kind), e.to_bytes()) for e in envelopes]
     return IngestProcessor(engine, clock=lambda: NOW).process(batch)
+
+
+@pytest.fixture
+def make_envelope(make_envelope: MakeEnvelope) -> MakeEnvelope:
+    """Envelopes stamped on this module's clock."""
+    return functools.partial(make_envelope, time=NOW)
 
 
 def _quarantine(engine: Engine) -> list[QuarantineRow]:
@@ -114,7 +122,7 @@ def test_messages_queued_before_a_renewal_verify_with_the_earlier_key(
     engine: Engine, make_envelope: MakeEnvelope, registered: Callable[..., str]
 ) -> None:
     old, new, stolen = (Ed25519PrivateKey.generate() for _ in range(3))
-    renewed_at = datetime.now(UTC) - timedelta(hours=1)
+    renewed_at = NOW - timedelta(hours=1)
     registered("dev-renewed", public_key=_public(new))
     with Session(engine) as session:
         for number, (key, revoked) in enumerate(((old, None), (stolen, renewed_at))):
