@@ -7,6 +7,17 @@ session; each document goes to the ``DesiredStateApplier`` (verify, apply or def
 that is away is not an error for the device: records wait in the outbox and paho keeps reconnecting.
 Callbacks from paho's thread only touch the store (its own short transactions) and the scheduler
 under a lock; nothing here runs in the audio path.
+
+Two ways to run it, with the same callbacks, scheduler, resend and cursor logic:
+
+- **Threaded** (the device agent): ``start`` connects, runs paho's network thread (which
+  reconnects on its own) and a worker thread that publishes what is due; ``stop`` ends both.
+- **Driven** (a host running many devices on one loop, ``resonera fleet-sim``): the paho client
+  comes from ``client_factory``, and the host drives its network (paho's external-loop API) and
+  its reconnects (``connect``, told by ``on_connection_lost``). It calls ``pump`` when
+  ``on_wake`` says the worker would wake, or when the delay ``pump`` returned has passed, never
+  twice at once; ``dispatch`` moves the store work of acks and desired states off its network
+  thread; ``close`` ends it.
 """
 
 from __future__ import annotations
@@ -15,21 +26,16 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 import paho.mqtt.client as paho
 from paho.mqtt.reasoncodes import ReasonCode
 
-from resonera.common import topics
+from resonera.common import mqtt_client, topics
 from resonera.common.envelope import decode_ack
 from resonera.common.errors import ProtocolError
-from resonera.common.mqtt_client import (
-    BrokerUnavailable,
-    build_client,
-    connect,
-    connect_in_background,
-)
+from resonera.common.mqtt_client import BrokerUnavailable, build_client
 from resonera.common.settings import MqttSettings
 from resonera.device.desired_state import DesiredStateApplier
 from resonera.device.outbox import OutboxScheduler
@@ -40,10 +46,24 @@ log = logging.getLogger(__name__)
 
 #: With nothing in flight, the outbox is looked at this often (records queued by other processes).
 IDLE_POLL_S = 5.0
+#: The shortest wait before the outbox is looked at again (a resend just due, a hold-off ending).
+MIN_WAIT_S = 0.02
+
+
+class ClientFactory(Protocol):
+    """Makes the paho client a ``DeviceSync`` talks through: configured, not connected
+    (``build_client``, the default, has the signature). The sync registers its own callbacks on
+    it (connect, disconnect, ack, desired); a host that drives clients on its own loop attaches
+    the client there (its socket callbacks) before returning it."""
+
+    def __call__(
+        self, settings: MqttSettings, client_id: str, *, will: tuple[str, bytes] | None = None
+    ) -> paho.Client: ...
 
 
 class DeviceSync:
-    """Owns the device's MQTT connection. ``start``, then ``drain`` or leave running; ``stop``."""
+    """Owns the device's MQTT connection. Threaded: ``start``, then ``drain`` or leave running;
+    ``stop``. Driven: ``connect``, ``pump``, ``close`` (see the module's docstring)."""
 
     def __init__(
         self,
@@ -52,9 +72,23 @@ class DeviceSync:
         clock: Callable[[], float] = time.monotonic,
         *,
         desired: DesiredStateApplier | None = None,
+        client_factory: ClientFactory = build_client,
+        on_wake: Callable[[], None] | None = None,
+        on_acked: Callable[[Sequence[str]], None] | None = None,
+        on_connection_lost: Callable[[], None] | None = None,
+        dispatch: Callable[[Callable[[], None]], object] | None = None,
     ) -> None:
         """``desired``: who takes desired-state documents; by default one that applies them at
-        once (no session runs while only syncing)."""
+        once (no session runs while only syncing).
+
+        For a host that drives the sync (all optional; called from the network thread unless
+        said otherwise): ``client_factory`` makes its paho clients (at construction and on
+        ``reconnect``); ``on_wake``: the worker would wake now (something queued, an ack, a
+        connection): call ``pump`` soon; it must not block. ``on_acked``: the ids of a server
+        ack, once the store has deleted them (where ``dispatch`` runs it). ``on_connection_lost``:
+        the connection dropped (not by ``close`` or ``reconnect``): connect again.
+        ``dispatch``: runs the store work of an ack or a desired state (default: at once, on
+        the network thread)."""
         self.settings = settings
         self.store = store
         self.clock = clock
@@ -65,6 +99,11 @@ class DeviceSync:
         self.desired = desired or DesiredStateApplier(
             store, settings.device_id, settings.pinned_server_key(), settings.profile
         )
+        self._client_factory = client_factory
+        self._on_wake = on_wake
+        self._on_acked = on_acked
+        self._on_connection_lost = on_connection_lost
+        self._dispatch = dispatch
         self._scheduler = OutboxScheduler(
             resend_after_s=settings.sync.resend_after_s,
             max_messages_per_s=settings.sync.max_messages_per_s,
@@ -79,7 +118,11 @@ class DeviceSync:
         self._connected = threading.Event()
         self._acked = threading.Condition()
         self._worker: threading.Thread | None = None
-        #: Highest seq published since the last connect; reset (by the worker) after a reconnect.
+        #: Held by a publishing step: one at a time, and none once ``close`` has it.
+        self._pumping = threading.Lock()
+        #: True once ``start`` ran paho's network thread (threaded); False: the host drives it.
+        self._threaded = False
+        #: Highest seq published since the last connect; reset (by the publisher) after a reconnect.
         self._cursor = -1
         self._cursor_reset = False
         #: True while ``reconnect`` drops the connection on purpose.
@@ -88,8 +131,8 @@ class DeviceSync:
         self._client = self._new_client(settings.mqtt)
 
     def _new_client(self, mqtt: MqttSettings) -> paho.Client:
-        client = build_client(
-            mqtt, client_id=self.device_id, will=(topics.status(self.device_id), b"offline")
+        client = self._client_factory(
+            mqtt, self.device_id, will=(topics.status(self.device_id), b"offline")
         )
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
@@ -102,35 +145,61 @@ class DeviceSync:
 
     def start(self) -> None:
         """Connect if the broker is there; otherwise keep trying in the background."""
+        self._threaded = True
         self._connect()
         self._worker = threading.Thread(target=self._publish_loop, name="outbox", daemon=True)
         self._worker.start()
 
     def _connect(self) -> None:
+        if not self._threaded:
+            self.connect()
+            return
         expiry = self.settings.sync.session_expiry_s
         try:
-            connect(self._client, self.settings.mqtt, clean_start=False, session_expiry_s=expiry)
+            mqtt_client.connect(
+                self._client, self.settings.mqtt, clean_start=False, session_expiry_s=expiry
+            )
         except BrokerUnavailable as exc:
             self.last_error = str(exc)
             log.warning("%s; records wait in the outbox and sync when it is back", exc)
-            connect_in_background(
+            mqtt_client.connect_in_background(
                 self._client, self.settings.mqtt, clean_start=False, session_expiry_s=expiry
             )
         self._client.loop_start()
+
+    def connect(self) -> None:
+        """Driven: one connection attempt (blocking for TCP and TLS), resuming the persistent
+        session. Raises ``BrokerUnavailable`` (``last_error`` says why); nothing retries on its
+        own here: the host tries again later, and ``on_connection_lost`` tells it when an
+        established connection is gone. (Threaded, ``start`` does this and paho retries.)"""
+        if self._threaded:
+            raise RuntimeError("connect() is for a driven sync; this one was started")
+        try:
+            mqtt_client.connect(
+                self._client,
+                self.settings.mqtt,
+                clean_start=False,
+                session_expiry_s=self.settings.sync.session_expiry_s,
+            )
+        except BrokerUnavailable as exc:
+            self.last_error = str(exc)
+            raise
 
     def reconnect(self, mqtt: MqttSettings) -> None:
         """Connect again with ``mqtt`` (a renewed certificate): a clean disconnect (no will, so
         the device is not shown offline), then a new client resuming the persistent session, so
         the broker keeps what it queued for us. What was published but not acknowledged stays in
         the outbox and is sent again; the server drops the duplicates by message id. Meant for
-        a quiet moment (renewal waits for an empty outbox)."""
+        a quiet moment (renewal waits for an empty outbox). Driven, the new client comes from
+        ``client_factory`` and gets one attempt (``connect``: it may raise)."""
         with self._reconnecting:
             old = self._client
             self._connected.clear()
             self._switching = True
             try:
                 old.disconnect()
-                old.loop_stop()
+                if self._threaded:
+                    old.loop_stop()
             finally:
                 self._switching = False
             self.settings = self.settings.model_copy(update={"mqtt": mqtt})
@@ -139,18 +208,28 @@ class DeviceSync:
         log.info("reconnecting to the MQTT broker with the renewed certificate")
 
     def stop(self) -> None:
+        """Stop (threaded or driven): ``close`` with the goodbye."""
+        self.close(goodbye=True)
+
+    def close(self, *, goodbye: bool = True) -> None:
+        """Stop publishing and disconnect cleanly (no last will; a drop after this is not a lost
+        connection to warn about). ``goodbye``: first say ``offline`` (retained, on ``status``,
+        waiting up to 2 s for the broker to take it) if connected. Waits for a publishing step
+        in progress; ``pump`` does nothing afterwards."""
         self._stopping.set()
         self._wake.set()
         if self._worker is not None:
             self._worker.join(timeout=5)
-        if self._connected.is_set():
-            info = self._client.publish(
-                topics.status(self.device_id), b"offline", qos=1, retain=True
-            )
-            info.wait_for_publish(timeout=2)
-        with self._reconnecting:
-            self._client.disconnect()
-            self._client.loop_stop()
+        with self._pumping:
+            if goodbye and self._connected.is_set():
+                info = self._client.publish(
+                    topics.status(self.device_id), b"offline", qos=1, retain=True
+                )
+                info.wait_for_publish(timeout=2)
+            with self._reconnecting:
+                self._client.disconnect()
+                if self._threaded:
+                    self._client.loop_stop()
 
     def __enter__(self) -> DeviceSync:
         self.start()
@@ -166,7 +245,7 @@ class DeviceSync:
     def drain(self, timeout_s: float) -> bool:
         """Wait until the outbox is empty (every message acknowledged); False on timeout."""
         deadline = self.clock() + timeout_s
-        self._wake.set()
+        self._notify()
         with self._acked:
             while self.store.outbox_depth() > 0:
                 remaining = deadline - self.clock()
@@ -174,6 +253,18 @@ class DeviceSync:
                     return False
                 self._acked.wait(timeout=min(remaining, 0.25))
         return True
+
+    def _notify(self) -> None:
+        """Wake the worker (threaded), or tell the host to pump (driven)."""
+        self._wake.set()
+        if self._on_wake is not None:
+            self._on_wake()
+
+    def _run(self, work: Callable[[], None]) -> None:
+        if self._dispatch is None:
+            work()
+        else:
+            self._dispatch(work)
 
     # --- paho callbacks (network thread) ---------------------------------------------------------
 
@@ -194,7 +285,7 @@ class DeviceSync:
             self._scheduler.connection_lost(self.clock())
             self._cursor_reset = True
         self._connected.set()
-        self._wake.set()
+        self._notify()
         log.info("connected to MQTT broker %s:%s", self.settings.mqtt.host, self.settings.mqtt.port)
 
     def _on_disconnect(
@@ -203,6 +294,8 @@ class DeviceSync:
         self._connected.clear()
         if not self._stopping.is_set() and not self._switching:
             log.warning("disconnected from MQTT broker (%s); will reconnect", reason)
+            if self._on_connection_lost is not None:
+                self._on_connection_lost()
 
     def _on_connect_fail(self, _client: paho.Client, _userdata: Any) -> None:
         if self.last_error is None:  # keep the more precise reason from the first attempt
@@ -210,10 +303,14 @@ class DeviceSync:
             self.last_error = f"cannot reach MQTT broker at {mqtt.host}:{mqtt.port}"
 
     def _on_ack(self, _client: paho.Client, _userdata: Any, message: paho.MQTTMessage) -> None:
+        topic, payload = message.topic, bytes(message.payload)
+        self._run(lambda: self._take_ack(topic, payload))
+
+    def _take_ack(self, topic: str, payload: bytes) -> None:
         try:
-            ack = decode_ack(bytes(message.payload))
+            ack = decode_ack(payload)
         except ProtocolError as exc:
-            log.warning("ignoring ack on %s: %s", message.topic, exc)
+            log.warning("ignoring ack on %s: %s", topic, exc)
             return
         deleted = self.store.acknowledge(ack.ids)
         self.last_ack = time.time()
@@ -222,25 +319,54 @@ class DeviceSync:
         log.debug("server committed %d message(s), %d deleted from outbox", len(ack.ids), deleted)
         with self._acked:
             self._acked.notify_all()
-        self._wake.set()
+        if self._on_acked is not None:
+            self._on_acked(ack.ids)
+        self._notify()
 
     def _on_desired(self, _client: paho.Client, _userdata: Any, message: paho.MQTTMessage) -> None:
         payload = bytes(message.payload)
         if not payload:
             return  # a cleared retained message: nothing to take
+        self._run(lambda: self._take_desired(payload))
+
+    def _take_desired(self, payload: bytes) -> None:
         try:
             result = self.desired.handle(payload)
         except Exception:  # never let a document kill the network thread
             log.exception("handling the desired state failed")
             return
         log.info("desired state %s: %s %s", result.version, result.outcome, result.reason)
-        self._wake.set()  # the report waits in the outbox
+        self._notify()  # the report waits in the outbox
 
-    # --- publishing (worker thread) --------------------------------------------------------------
+    # --- publishing (worker thread, or the host's pump) -----------------------------------------
 
     def kick(self) -> None:
         """Something was queued: look at the outbox now rather than at the next poll."""
-        self._wake.set()
+        self._notify()
+
+    def pump(self) -> float | None:
+        """Driven: one publishing step, what the worker thread runs when it wakes: a batch of
+        what is due (overdue resends first, then messages not sent since the connect). Returns
+        the seconds after which to pump again at the latest (the rate limit refilling after a
+        batch, a resend or the end of the reconnect hold-off), or None: nothing is scheduled,
+        pump again on ``on_wake`` (a host whose devices' records are queued by other processes
+        polls too, as the worker does every ``IDLE_POLL_S``). Never call it twice at once."""
+        if self._threaded:
+            raise RuntimeError("pump() is for a driven sync; this one runs its own worker")
+        with self._pumping:
+            self._wake.clear()
+            if self._stopping.is_set() or not self._connected.is_set():
+                return None  # connecting wakes the host again
+            try:
+                sent = self._publish_step()
+            except Exception:  # as the worker: the outbox keeps the records
+                log.exception("outbox publishing failed; will retry")
+                return 1.0
+            if sent:
+                return sent / self.settings.sync.max_messages_per_s
+            with self._lock:
+                next_due = self._scheduler.next_due_in(self.clock())
+            return None if next_due is None else max(next_due, MIN_WAIT_S)
 
     def _publish_loop(self) -> None:
         while not self._stopping.is_set():
@@ -248,19 +374,25 @@ class DeviceSync:
                 next_due = self._scheduler.next_due_in(self.clock())
             # Idle, the loop sleeps until a resend is due, something is queued (kick), an ack
             # or a connection arrives, or the poll comes round (records queued by another process).
-            timeout = IDLE_POLL_S if next_due is None else min(max(next_due, 0.02), IDLE_POLL_S)
+            timeout = (
+                IDLE_POLL_S if next_due is None else min(max(next_due, MIN_WAIT_S), IDLE_POLL_S)
+            )
             self._wake.wait(timeout=timeout)
             self._wake.clear()
             if self._stopping.is_set() or not self._connected.is_set():
                 continue
             try:
-                self._publish_due()
+                sent = self._publish_step()
+                if sent:
+                    self._wake.set()  # more may be due once the rate limiter refills
+                    self._stopping.wait(sent / self.settings.sync.max_messages_per_s)
             except Exception:  # the loop must survive anything; the outbox keeps the records
                 log.exception("outbox publishing failed; will retry")
                 self._stopping.wait(1.0)
 
-    def _publish_due(self) -> None:
-        """One batch: overdue resends first, then messages not sent since the connect (by seq)."""
+    def _publish_step(self) -> int:
+        """One batch: overdue resends first, then messages not sent since the connect (by seq).
+        Returns how many were published."""
         now = self.clock()
         batch = self.settings.sync.batch_size
         with self._lock:
@@ -271,7 +403,7 @@ class DeviceSync:
         with self._lock:
             due = self._scheduler.due(overdue + [m.message_id for m in fresh], now)
         if not due:
-            return
+            return 0
         chosen = set(due)
         messages = [m for m in fresh if m.message_id in chosen]
         known = {m.message_id for m in messages}
@@ -287,5 +419,4 @@ class DeviceSync:
             self._client.publish(message.topic, message.payload, qos=1)
         if fresh:
             self._cursor = max(self._cursor, *(m.seq for m in fresh if m.message_id in chosen))
-        self._wake.set()  # more may be due once the rate limiter refills
-        self._stopping.wait(len(due) / self.settings.sync.max_messages_per_s)
+        return len(due)

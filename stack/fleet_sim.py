@@ -5,10 +5,11 @@ Why the devices are not run with ``DeviceSync.start()``: that starts paho's netw
 waits in ``select()``, and ``select()`` cannot watch a descriptor numbered 1024 or more. A process
 holding a few hundred device stores and sockets passes that (seen: at 300 devices all but the first
 two dozen connections dropped, mosquitto logging "protocol error"), and 2,000 threads for 1,000
-devices cost more than the devices. So each device is a ``DeviceSync`` (its callbacks, outbox
-scheduler, resend and cursor logic, untouched) whose paho client is driven through paho's
-external-loop API by one epoll thread (``MqttLoop``); its publishing step (``_publish_due``, what
-its own worker thread would run) and its ack handling run on a small worker pool.
+devices cost more than the devices. So each device is a driven ``DeviceSync`` (its callbacks,
+outbox scheduler, resend and cursor logic, untouched): its paho client, made by the client
+factory the simulator gives it, is driven through paho's external-loop API by one epoll thread
+(``MqttLoop``); its publishing step (``DeviceSync.pump``, what its own worker thread would run
+when it wakes) and its ack handling run on a small worker pool.
 
 Without ``--broker`` the simulator brings its own stack: a fleet CA made for the run, a mutual-TLS
 mosquitto configured by ``provision_broker``, a migrated SQLite database with the devices
@@ -50,8 +51,7 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import Engine, make_url
 
 from resonera.common import topics
-from resonera.common.envelope import decode_ack
-from resonera.common.errors import ConfigError, ProtocolError, ResoneraError
+from resonera.common.errors import ConfigError, ResoneraError
 from resonera.common.identity import generate_key, make_csr, write_private_key
 from resonera.common.ids import new_id
 from resonera.common.mqtt_client import BrokerUnavailable, build_client, connect
@@ -75,7 +75,7 @@ MONITOR_IDENTITY: Final = topics.service_identity("fleet-monitor")
 RECONNECT_MIN_S: Final = 1.0
 RECONNECT_MAX_S: Final = 30.0
 MISC_EVERY_S: Final = 1.0
-#: The outbox is looked at again this long after a device's last publishing step set its wake.
+#: How often the fleet looks for devices to pump: woken (``on_wake``) or due (``pump``'s delay).
 PUMP_EVERY_S: Final = 0.02
 #: Simulated devices drain faster than the 50/s a real one is bounded to: the point is the fleet.
 SIM_SYNC: Final = SyncSettings(
@@ -245,20 +245,13 @@ class MqttLoop:
 # --- a simulated device ----------------------------------------------------------------------
 
 
-class _Wake(threading.Event):
-    """``DeviceSync``'s wake event that also tells the pump: its worker thread would wake."""
-
-    def __init__(self, on_set: Callable[[], None]) -> None:
-        super().__init__()
-        self._on_set = on_set
-
-    def set(self) -> None:
-        super().set()
-        self._on_set()
-
-
 class SimDevice:
-    """One device: its own store (sealed, signed outbox), ``DeviceSync`` and MQTT connection."""
+    """One device: its own store (sealed, signed outbox), ``DeviceSync`` and MQTT connection.
+
+    The sync is driven (``DeviceSync.pump``): its paho client comes from ``_client_on_loop``,
+    attached to the fleet's ``MqttLoop``; it says when it would wake (``Fleet.mark``), when its
+    connection is lost (a reconnect is scheduled here, with backoff), and which ids an ack
+    deleted (their latency); its acks and desired states are handled on the fleet's pool."""
 
     def __init__(
         self,
@@ -282,26 +275,37 @@ class SimDevice:
             outbox=outbox or OutboxLimits(),
         )
         self.store: DeviceStore = self.settings.open_store()
-        self.sync = DeviceSync(self.settings, self.store)
         self.fleet = fleet
         self.produced: list[str] = []
         #: The ``metrics`` among ``produced``: the only kind the outbox bound may thin.
         self.produced_metrics: set[str] = set()
         self._queued_at: dict[str, float] = {}
-        self._busy = False
+        #: A ``pump`` is queued or running on the pool (the fleet's pump thread sets it).
+        self.busy = False
+        #: When the sync wants ``pump`` again at the latest (monotonic; None: when it wakes).
+        self.due_at: float | None = None
         self._backoff = RECONNECT_MIN_S
-        self._attempted = False
         self.stopping = False
-        self.sync._wake = _Wake(lambda: fleet.mark(self))
-        client = self.sync._client
-        fleet.loop.attach(client)
-        # Acks are handled off the network thread (the store write would stall every device).
-        client.message_callback_add(topics.ack(self.device_id), self._on_ack)
-        client.on_disconnect = self._on_disconnect
+        #: The sync's paho client (ours: made by ``_client_on_loop``), for cuts and disconnects.
+        self.client: paho.Client
+        self.sync = DeviceSync(
+            self.settings,
+            self.store,
+            client_factory=self._client_on_loop,
+            on_wake=partial(fleet.mark, self),
+            on_acked=self._acked,
+            on_connection_lost=self._schedule_reconnect,
+            # Acks are handled off the network thread (the store write would stall every device).
+            dispatch=fleet.submit,
+        )
 
-    @property
-    def client(self) -> paho.Client:
-        return self.sync._client
+    def _client_on_loop(
+        self, settings: MqttSettings, client_id: str, *, will: tuple[str, bytes] | None = None
+    ) -> paho.Client:
+        """The sync's client, driven by the fleet's epoll loop instead of paho's own thread."""
+        self.client = build_client(settings, client_id, will=will)
+        self.fleet.loop.attach(self.client)
+        return self.client
 
     # connection
 
@@ -309,17 +313,10 @@ class SimDevice:
         """One attempt (blocking TCP/TLS); on failure the next is scheduled with backoff."""
         if self.stopping:
             return
-        expiry = self.settings.sync.session_expiry_s
         try:
-            if self._attempted:
-                # the address, TLS and CONNECT properties of the first attempt, as paho keeps them
-                self.client.reconnect()
-            else:
-                self._attempted = True
-                connect(self.client, self.settings.mqtt, clean_start=False, session_expiry_s=expiry)
+            self.sync.connect()
             self._backoff = RECONNECT_MIN_S
-        except (BrokerUnavailable, OSError, ssl.SSLError) as exc:
-            self.sync.last_error = str(exc)
+        except BrokerUnavailable:  # the sync keeps the reason in ``last_error``
             self._schedule_reconnect()
 
     def _schedule_reconnect(self) -> None:
@@ -331,12 +328,6 @@ class SimDevice:
 
     def _submit_connect(self) -> None:
         self.fleet.submit(self.connect)
-
-    def _on_disconnect(
-        self, client: paho.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Any
-    ) -> None:
-        self.sync._on_disconnect(client, userdata, flags, reason, props)
-        self._schedule_reconnect()
 
     def drop(self) -> None:
         """Lose the connection abruptly (no DISCONNECT): what a network cut looks like."""
@@ -386,37 +377,21 @@ class SimDevice:
         self.produced.append(message_id)
         self._queued_at[message_id] = time.monotonic()
 
-    def _on_ack(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
-        self.fleet.submit(lambda: self._handle_ack(client, userdata, message))
-
-    def _handle_ack(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
-        try:
-            ids = decode_ack(bytes(message.payload)).ids
-        except ProtocolError:
-            ids = []  # DeviceSync logs it
+    def _acked(self, ids: Sequence[str]) -> None:
+        """The sync's ``on_acked`` (on the pool): the store has deleted ``ids``."""
         now = time.monotonic()
         latencies = [now - t for t in (self._queued_at.pop(i, None) for i in ids) if t is not None]
-        self.sync._on_ack(client, userdata, message)
         self.fleet.stats.acked(latencies)
 
     # publishing, as the device's worker thread would
 
     def pump(self) -> None:
-        """Run one ``_publish_due`` step if due; called from the pool, never twice at once."""
-        sync = self.sync
+        """One ``DeviceSync.pump`` step; called from the pool, never twice at once (``busy``)."""
         try:
-            sync._wake.clear()
-            if sync.connected and not self.stopping:
-                sync._publish_due()
-        except Exception:  # as the device's own loop: the outbox keeps the records
-            log.exception("%s: outbox publishing failed; will retry", self.device_id)
+            delay = None if self.stopping else self.sync.pump()
+            self.due_at = None if delay is None else time.monotonic() + delay
         finally:
-            self._busy = False
-
-    def resend_due(self) -> bool:
-        with self.sync._lock:
-            due = self.sync._scheduler.next_due_in(self.sync.clock())
-        return due is not None and due <= 0
+            self.busy = False
 
     def forget_thinned(self) -> None:
         """Stop waiting for acks of ``metrics`` the outbox bound thinned before they went out
@@ -438,11 +413,11 @@ class SimDevice:
         return len(self._queued_at)
 
     def close(self) -> None:
+        """Stop the sync (a clean DISCONNECT, not a lost connection; no ``offline`` status: a
+        thousand devices closing need not each wait for the broker to take it), then the store."""
         self.stopping = True
-        self.sync._stopping.set()  # a clean goodbye, not a lost connection to warn about
         try:
-            if self.client.is_connected():
-                self.client.disconnect()
+            self.sync.close(goodbye=False)
         finally:
             self.store.close()
 
@@ -590,20 +565,19 @@ class Fleet:
             device.drop()
 
     def _pump(self) -> None:
-        next_resend_check = time.monotonic()
         while not self._stopping.wait(PUMP_EVERY_S):
             with self._lock:
                 dirty, self._dirty = self._dirty, set()
             now = time.monotonic()
-            if now >= next_resend_check:
-                next_resend_check = now + 0.5
-                dirty |= {d for d in self.devices if d.pending and d.resend_due()}
+            dirty.update(d for d in self.devices if d.due_at is not None and d.due_at <= now)
             busy = set()
             for device in dirty:
-                if device._busy:
+                if device.busy:
                     busy.add(device)  # woken while publishing: look again next round
-                elif device.sync.connected:
-                    device._busy = True
+                    continue
+                device.due_at = None  # the pump says when next; connecting wakes it anyway
+                if device.sync.connected:
+                    device.busy = True
                     self.pool.submit(device.pump)
             if busy:
                 with self._lock:
