@@ -29,15 +29,15 @@ from resonera.device.audio.prompt_mixer import PromptMixer
 from resonera.device.hwmonitor import ControlPanel, HardwareMonitor, WarningAttenuator
 from resonera.device.safety.dose_ledger import DoseLedger
 from resonera.device.safety.earcup import EarCupCheck
-from resonera.device.safety.session import build_chain, load_session_calibration, preflight
+from resonera.device.safety.session import load_session_calibration, preflight
 from resonera.device.safety.state import Event
 from resonera.device.safety.supervisor import SessionSupervisor
 from resonera.device.safety_events import SafetyEventRecorder
 from resonera.device.settings import DeviceSettings
 from resonera.device.store import DeviceStore
-from resonera.engine.audio.player import BlockProcessor, play
+from resonera.engine.audio.player import BlockProcessor
 from resonera.engine.audio.sinks import AudioSink, NullSink, PyAudioSink, WavSink, open_default_sink
-from resonera.engine.audio.synth import ProgramRenderer
+from resonera.engine.pipeline import BlockHook, Playhead, build_pipeline
 from resonera.engine.safety.chain import DoseEvent, SafetyChain
 
 log = logging.getLogger(__name__)
@@ -88,7 +88,7 @@ def play_session(
     sink: AudioSink,
     *,
     stop: threading.Event | None = None,
-    on_block: Callable[[NDArray[np.float32], ProgramRenderer], None] | None = None,
+    on_block: BlockHook | None = None,
     notify: Callable[[str], None] = lambda _message: None,
     wall_clock: Callable[[], float] = time.time,
     stop_reason: Callable[[], str] = lambda: "",
@@ -157,9 +157,14 @@ def play_session(
             kind = Event.DOSE_STOP if event.kind == "dose_stop" else Event.DOSE_REACHED
             supervisor.handle(kind, event.message)
 
-        renderer = ProgramRenderer(program, settings.sample_rate)
         on_second = _ear_cup_check(monitor, hard, recorder, session_id, board)
-        chain = build_chain(
+        warnings: list[BlockProcessor] = []
+        if monitor is not None:
+            # hardware warnings (e.g. a warm amplifier) ramp the level down before the chain
+            live = monitor
+            warnings.append(WarningAttenuator(lambda: live.attenuation_db, settings.sample_rate))
+        pipeline = build_pipeline(
+            program,
             sample_rate=settings.sample_rate,
             calibration=calibration,
             profile=profile,
@@ -168,23 +173,16 @@ def play_session(
             wall_clock=wall_clock,
             on_dose_event=on_dose_event,
             on_second=on_second,
+            before_chain=warnings,
         )
-        processors: list[BlockProcessor] = [chain]
-        if monitor is not None:
-            # hardware warnings (e.g. a warm amplifier) ramp the level down before the chain
-            live = monitor
-            processors.insert(
-                0, WarningAttenuator(lambda: live.attenuation_db, renderer.sample_rate)
-            )
+        chain = pipeline.chain
         started_at = datetime.now(UTC)
-        result = play(
-            renderer,
+        result = pipeline.play(
             sink,
             block_frames=settings.block_frames,
             gate=(lambda: monitor.consent) if monitor is not None else None,
             reason=(lambda: monitor.reason) if monitor is not None else (lambda: ""),
             should_stop=lambda: stop.is_set() or chain.stop_requested,
-            processors=processors,
             on_block=_with_level(on_block, chain, on_level),
             mixer=mixer,
         )
@@ -225,15 +223,15 @@ def play_session(
 
 
 def _with_level(
-    on_block: Callable[[NDArray[np.float32], ProgramRenderer], None] | None,
+    on_block: BlockHook | None,
     chain: SafetyChain,
     on_level: Callable[[float], None] | None,
-) -> Callable[[NDArray[np.float32], ProgramRenderer], None] | None:
+) -> BlockHook | None:
     """``on_block``, preceded by handing on the chain meter's level of the block."""
     if on_level is None:
         return on_block
 
-    def hook(block: NDArray[np.float32], renderer: ProgramRenderer) -> None:
+    def hook(block: NDArray[np.float32], renderer: Playhead) -> None:
         level = chain.meter.block_level
         if level is not None:
             on_level(level)

@@ -28,17 +28,15 @@ from resonera.common.program import (
     builtin_program,
     load_program_file,
 )
-from resonera.device.audio.chain import (
-    DEFAULT_CALIBRATION,
-    render_calibration,
-    session_processors,
-)
+from resonera.device.audio.chain import render_pipeline
 from resonera.device.audio.progress import Progress, clock
-from resonera.engine.audio.calibration import Calibration, load_calibration_file
-from resonera.engine.audio.player import play
-from resonera.engine.audio.readahead import ReadAheadRenderer
+from resonera.engine.audio.calibration import (
+    DEFAULT_CALIBRATION,
+    Calibration,
+    load_calibration_file,
+)
 from resonera.engine.audio.sinks import AudioSink, PyAudioSink, WavSink
-from resonera.engine.audio.synth import ProgramRenderer
+from resonera.engine.pipeline import Playhead
 
 if TYPE_CHECKING:
     from resonera.common.records import CheckInRecord
@@ -116,9 +114,7 @@ class _Display:
         """The chain's A-weighted level of the last block (its meter: nothing is metered twice)."""
         self.level_dba = level_dba
 
-    def __call__(
-        self, block: NDArray[np.float32], renderer: ProgramRenderer | ReadAheadRenderer
-    ) -> None:
+    def __call__(self, block: NDArray[np.float32], renderer: Playhead) -> None:
         step = renderer.step_index
         label = self.program.steps[step].label if step is not None else ""
         self.progress.update(renderer.position_s, step, label, self.level())
@@ -205,28 +201,24 @@ def _render(args: argparse.Namespace) -> int:
     program = resolve_program(args.program)
     settings = _settings(args) if args.config is not None else None
     rate: int = args.rate or (settings.sample_rate if settings is not None else 44100)
-    renderer = ProgramRenderer(program, rate)
-    # An export: the operating system flushes it to disk (no fsync), as audio tools do; a writer
-    # thread encodes and writes while the next blocks are synthesised.
-    sink = WavSink(args.out, sample_format=args.format, durable=False, background=True)
     # Every render goes through the safety chain, held to some calibration's levels at the ear.
-    calibration, default = render_calibration(settings, _calibration(args))
-    processors = session_processors(settings, rate, calibration)
+    pipeline, default = render_pipeline(settings, program, rate, _calibration(args))
+    # An export: the operating system flushes it to disk (no fsync), as audio tools do; a writer
+    # thread encodes and writes while the next blocks are synthesised (read ahead on a thread).
+    sink = WavSink(args.out, sample_format=args.format, durable=False, background=True)
     if default:
         print(
             f"no calibration given: levels held as for the packaged {DEFAULT_CALIBRATION!r} "
             "calibration (--calibration FILE for your output)"
         )
     display = _Display(program, verb="rendering")
-    with ReadAheadRenderer(renderer, args.block) as ahead:
-        result = play(
-            ahead,
-            sink,
-            block_frames=args.block,
-            processors=processors,
-            on_block=display,
-            compensate_latency=True,
-        )
+    result = pipeline.play(
+        sink,
+        block_frames=args.block,
+        read_ahead=True,
+        on_block=display,
+        compensate_latency=True,
+    )
     display.finish(result.played_s)
     elapsed = time.perf_counter() - started
     speed = result.played_s / elapsed if elapsed > 0 else float("inf")

@@ -504,9 +504,8 @@ def speak_while_idle(
     from resonera.device.agent import open_sink
     from resonera.device.hwmonitor import HardwareNotReady
     from resonera.device.safety.dose_ledger import DoseLedger
-    from resonera.device.safety.session import build_chain, load_session_calibration
-    from resonera.engine.audio.player import play
-    from resonera.engine.audio.synth import ProgramRenderer
+    from resonera.device.safety.session import load_session_calibration
+    from resonera.engine.pipeline import build_pipeline
 
     deadline = time.monotonic() + IDLE_MONITOR_WAIT_S
     live = monitor()
@@ -523,7 +522,8 @@ def speak_while_idle(
     hard = live.arm(settings.arm_timeout_s).limits if live is not None else None
     ledger = DoseLedger.for_settings(settings)
     try:
-        chain = build_chain(
+        pipeline = build_pipeline(
+            silence,
             sample_rate=settings.sample_rate,
             calibration=calibration,
             profile=profile,
@@ -531,14 +531,12 @@ def speak_while_idle(
             ledger=ledger,
             wall_clock=time.time,
         )
-        result = play(
-            ProgramRenderer(silence, settings.sample_rate),
+        result = pipeline.play(
             open_sink(settings),
             block_frames=settings.block_frames,
             gate=(lambda: live.consent) if live is not None else None,
             reason=(lambda: live.reason) if live is not None else None,
             should_stop=lambda: not mixer.speaking,
-            processors=[chain],
             mixer=mixer,
         )
         log.info("prompt spoken between sessions: %s %s", result.outcome, result.reason or "")

@@ -7,8 +7,9 @@
 - ``version`` grows by one per change; an update names the version it replaces and loses with
   ``VersionConflict`` when someone else changed the program first (a compare-and-set ``UPDATE``, so
   two concurrent writers cannot both win).
-- Previews are rendered by the device engine (``ProgramRenderer``) through the device's safety chain
-  (``build_chain``, as ``resonera-device render --calibration`` does) and ``play``, at most
+- Previews are rendered by the engine's pipeline (``resonera.engine.pipeline.build_pipeline``:
+  ``ProgramRenderer``, the safety chain, ``play``, as ``resonera-device render --calibration``
+  renders) under the packaged default calibration (the server does not know a device's own), at most
   ``preview_max_s`` seconds, into ``<data_dir>/previews/<key>.wav``. The key is a hash of the
   program's content hash, the calibration, the profile the patient's device would enforce and the
   engine version: a text edit that changes nothing audible keeps the file, any audible change makes
@@ -27,6 +28,7 @@ import tomllib
 from dataclasses import dataclass
 from functools import cache
 from importlib.metadata import PackageNotFoundError, version
+from importlib.resources import files
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal
 
@@ -41,12 +43,12 @@ from resonera.common.ids import new_id
 from resonera.common.profile import HearingProfile
 from resonera.common.program import Program
 from resonera.common.program_check import check_program_for
+from resonera.engine.audio.calibration import Calibration, default_calibration
 from resonera.server.models import PatientRow, ProgramLibraryRow, UserRow
 from resonera.server.security import now_utc
 from resonera.server.settings import ServerSettings
 
 if TYPE_CHECKING:
-    from resonera.engine.audio.calibration import Calibration
     from resonera.server.api.deps import AppState
 
 log = logging.getLogger(__name__)
@@ -55,15 +57,14 @@ ProgramFormat = Literal["toml", "yaml"]
 FORMATS: Final = ("toml", "yaml")
 #: A program document above this is refused (hand-written programs are a few KiB).
 MAX_DOCUMENT_CHARS: Final = 64 * 1024
-#: The calibration previews use without a patient, and with one (the server does not know a
-#: device's own calibration): the packaged reference headphones of the demo and the tests.
-DEFAULT_CALIBRATION: Final = "reference-headphones"
 PREVIEW_SAMPLE_RATE: Final = 44100
 PREVIEW_BLOCK_FRAMES: Final = 4096
 #: A preview cut short fades out over this long instead of stopping dead.
 PREVIEW_FADE_S: Final = 0.5
 #: Bump when the preview's own rendering changes (block size, format, fade), so caches refill.
 PREVIEW_FORMAT: Final = 1
+#: The engine's packages, whose code is hashed into ``engine_version``.
+ENGINE_PACKAGES: Final = ("resonera.engine", "resonera.engine.audio", "resonera.engine.safety")
 
 
 class ProgramInvalid(Exception):
@@ -312,12 +313,10 @@ class PreviewRefused(Exception):
 
 @cache
 def engine_version() -> str:
-    """The engine that renders: the package version and a hash of the device's audio and safety
-    code, so a new release, or any change to that code, renders previews afresh."""
-    from importlib.resources import files
-
+    """The engine that renders: the package version and a hash of the engine's code
+    (``resonera.engine``), so a new release, or any change to that code, renders previews afresh."""
     digest = hashlib.sha256()
-    for package in ("resonera.device.audio", "resonera.device.safety"):
+    for package in ENGINE_PACKAGES:
         for source in sorted(files(package).iterdir(), key=lambda f: f.name):
             if source.name.endswith(".py"):
                 digest.update(source.name.encode() + b"\0" + source.read_bytes())
@@ -326,12 +325,6 @@ def engine_version() -> str:
     except PackageNotFoundError:  # a source tree that was never installed
         release = "0+unknown"
     return f"{release}+{digest.hexdigest()[:12]}/{PREVIEW_FORMAT}"
-
-
-def _default_calibration() -> Calibration:
-    from resonera.engine.audio.calibration import load_calibration_file, packaged_calibration
-
-    return load_calibration_file(packaged_calibration(DEFAULT_CALIBRATION))
 
 
 def patient_profile(session: Session, patient_id: str) -> HearingProfile:
@@ -364,27 +357,21 @@ def _preview_key(
 def _render(
     program: Program, profile: HearingProfile, calibration: Calibration, path: Path, max_s: float
 ) -> None:
-    from resonera.device.safety.session import build_chain
-    from resonera.engine.audio.player import play
+    # Here, not at the top: numpy and the engine cost every server process (API, ingest, CLI)
+    # 13 MB and 0.2 s at start (measured), and only a preview needs them.
     from resonera.engine.audio.sinks import WavSink
-    from resonera.engine.audio.synth import ProgramRenderer
+    from resonera.engine.pipeline import build_pipeline
 
     started = time.perf_counter()
-    renderer = ProgramRenderer(program, PREVIEW_SAMPLE_RATE)
-    chain = build_chain(
-        sample_rate=PREVIEW_SAMPLE_RATE,
-        calibration=calibration,
-        profile=profile,
-        hard=None,
-        ledger=None,  # a file on disk exposes no one: no dose is counted for a preview
-        wall_clock=time.time,
+    # no MCU limits, no ledger: a file on disk exposes no one, so no dose is counted for a preview
+    pipeline = build_pipeline(
+        program, sample_rate=PREVIEW_SAMPLE_RATE, calibration=calibration, profile=profile
     )
+    renderer = pipeline.renderer
     fade_s = min(PREVIEW_FADE_S, max_s / 10)
-    result = play(
-        renderer,
+    result = pipeline.play(
         WavSink(path, durable=False, background=True),
         block_frames=PREVIEW_BLOCK_FRAMES,
-        processors=[chain],
         should_stop=lambda: renderer.position_s >= max_s - fade_s,
         stop_fade_s=fade_s,
         compensate_latency=True,
@@ -415,7 +402,7 @@ def render_preview(
     if patient_id is not None and session.get(PatientRow, patient_id) is None:
         raise ProgramNotFound(f"patient {patient_id}")
     profile = patient_profile(session, patient_id) if patient_id else HearingProfile()
-    calibration = _default_calibration()
+    calibration = default_calibration()  # the server does not know a device's own calibration
     try:
         program = check_program_for(program_of(row), profile, profile.output)
     except ProgramError as exc:

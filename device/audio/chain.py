@@ -1,62 +1,66 @@
-"""The processing chain between the renderer and the sink for a render: the same safety chain as
-playback (level ceiling, limiter, meter), without the dose ledger, since a file on disk exposes no
-one. Playback builds its chain in ``device.agent`` with the MCU's limits and the ledger.
+"""A render under the device's settings: the engine's pipeline (``resonera.engine.pipeline``), held to
+the settings' calibration and hearing profile, without the dose ledger (a file on disk exposes no
+one) and without MCU limits. Playback builds its pipeline in ``device.agent`` with the MCU's limits
+and the ledger.
 
 Nothing reaches a sink around the safety chain: a render without a calibration (none given, none in
 the settings) is held to the levels the packaged reference headphones
-(``engine/calibrations/reference-headphones.toml``, the demo's and the tests' output) would give.
+(``engine/calibrations/reference-headphones.toml``, the demo's and the tests' output,
+``DEFAULT_CALIBRATION``) would give.
 """
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING
 
-from resonera.engine.audio.calibration import (
-    Calibration,
-    load_calibration_file,
-    packaged_calibration,
-)
+from resonera.common.profile import HearingProfile
+from resonera.common.program import Program
+from resonera.engine.audio.calibration import Calibration
 from resonera.engine.audio.player import BlockProcessor
+from resonera.engine.pipeline import Pipeline, build_chain, build_pipeline, render_calibration
 
 if TYPE_CHECKING:
     from resonera.device.settings import DeviceSettings
 
-__all__ = ["DEFAULT_CALIBRATION", "render_calibration", "session_processors"]
-
-#: The packaged calibration a render without one is held to.
-DEFAULT_CALIBRATION = "reference-headphones"
+__all__ = ["render_pipeline", "session_processors"]
 
 
-def render_calibration(
-    settings: DeviceSettings | None, calibration: Calibration | None = None
+def _calibration(
+    settings: DeviceSettings | None, calibration: Calibration | None
 ) -> tuple[Calibration, bool]:
     """The calibration a render is held to: the one given, the settings' one, else the packaged
     reference headphones; and whether it is that default."""
-    if calibration is not None:
-        return calibration, False
-    if settings is not None and settings.calibration_file is not None:
-        return load_calibration_file(settings.calibration_file), False
-    return load_calibration_file(packaged_calibration(DEFAULT_CALIBRATION)), True
+    return render_calibration(
+        calibration, settings.calibration_file if settings is not None else None
+    )
+
+
+def _profile(settings: DeviceSettings | None) -> HearingProfile:
+    return settings.profile if settings is not None else HearingProfile()
+
+
+def render_pipeline(
+    settings: DeviceSettings | None,
+    program: Program,
+    sample_rate: int,
+    calibration: Calibration | None = None,
+) -> tuple[Pipeline, bool]:
+    """``program``'s pipeline for a render at ``sample_rate``, held to ``calibration`` (see
+    ``engine.pipeline.render_calibration``) and the settings' hearing profile (the default one
+    without); and whether the calibration is the packaged default."""
+    calibration, default = _calibration(settings, calibration)
+    pipeline = build_pipeline(
+        program, sample_rate=sample_rate, calibration=calibration, profile=_profile(settings)
+    )
+    return pipeline, default
 
 
 def session_processors(
     settings: DeviceSettings | None, sample_rate: int, calibration: Calibration | None = None
 ) -> list[BlockProcessor]:
-    """The processors for a render at ``sample_rate``: the safety chain, held to ``calibration``
-    (see ``render_calibration``) and the settings' hearing profile (the default one without)."""
-    calibration, _ = render_calibration(settings, calibration)
-    # The chain itself, not ``safety.session.build_chain``: that module loads the dose ledger's
-    # database layer, which a render (no ledger, no MCU) has no use for. With no MCU limits,
-    # ``build_chain`` would give the same chain: the calibration's level, a full-scale peak ceiling.
-    from resonera.common.profile import HearingProfile
-    from resonera.engine.safety.chain import ChainLimits, SafetyChain
-
-    chain = SafetyChain(
-        sample_rate=sample_rate,
-        limits=ChainLimits(spl_at_unit_rms=calibration.spl_at_unit_rms, peak_ceiling=1.0),
-        profile=settings.profile if settings is not None else HearingProfile(),
-        ledger=None,
-        wall_clock=time.time,
-    )
-    return [chain]
+    """The processors of a render at ``sample_rate`` (the safety chain alone), as
+    ``render_pipeline`` builds them, for a renderer of the caller's own."""
+    calibration, _ = _calibration(settings, calibration)
+    return [
+        build_chain(sample_rate=sample_rate, calibration=calibration, profile=_profile(settings))
+    ]

@@ -1,6 +1,6 @@
-"""The safety chain for one session, built from what the device knows: the calibration of its output,
-the person's profile, the MCU's hard limits and the dose ledger; and the pre-flight estimate of the
-dose a program will use.
+"""What a session on the device needs before its pipeline is built (``resonera.engine.pipeline``,
+with the calibration of its output, the person's profile, the MCU's hard limits and the dose
+ledger): its calibration, and the pre-flight estimate of the dose a program will use.
 
 A missing or inconsistent calibration means no playback: the device never guesses how loud it is.
 """
@@ -8,7 +8,6 @@ A missing or inconsistent calibration means no playback: the device never guesse
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,12 +15,10 @@ from resonera.common.dose import dose_fraction
 from resonera.common.errors import ConfigError
 from resonera.common.profile import HearingProfile
 from resonera.common.program import Program
-from resonera.common.safety_link import HardLimits
-from resonera.device.safety.dose_ledger import DoseLedger, DoseStatus
+from resonera.device.safety.dose_ledger import DoseStatus
 from resonera.engine.audio.calibration import Calibration, load_calibration_file
 from resonera.engine.audio.meter import MelMeter
 from resonera.engine.audio.synth import ProgramRenderer
-from resonera.engine.safety.chain import ChainLimits, DoseEvent, SafetyChain
 
 PREFLIGHT_BLOCK = 8192
 
@@ -37,52 +34,6 @@ def load_session_calibration(path: Path | None) -> Calibration:
             "the device cannot know how loud it plays, so it does not play"
         )
     return load_calibration_file(path)
-
-
-def effective_profile(profile: HearingProfile, hard: HardLimits | None) -> HearingProfile:
-    """The profile, with its ceiling lowered to the MCU's ear-SPL limit where the board has one."""
-    if hard is None or hard.max_ear_spl_db <= 0 or hard.max_ear_spl_db >= profile.max_level_dba:
-        return profile
-    ceiling = hard.max_ear_spl_db
-    return profile.model_copy(
-        update={
-            "max_level_dba": ceiling,
-            "fallback_level_dba": min(profile.fallback_level_dba, ceiling),
-        }
-    )
-
-
-def chain_limits(calibration: Calibration, hard: HardLimits | None) -> ChainLimits:
-    """Peak ceiling: the MCU's output-voltage limit, taken as a peak (so no waveform's RMS can reach
-    it), in DAC full-scale units; never above full scale."""
-    peak = 1.0
-    if hard is not None and hard.max_output_vrms > 0:
-        full_scale_peak_v = calibration.dac_full_scale_vrms * math.sqrt(2.0)
-        gain = 10.0 ** (calibration.amplifier_gain_db / 20.0)
-        peak = min(1.0, hard.max_output_vrms / (full_scale_peak_v * gain))
-    return ChainLimits(spl_at_unit_rms=calibration.spl_at_unit_rms, peak_ceiling=peak)
-
-
-def build_chain(
-    *,
-    sample_rate: int,
-    calibration: Calibration,
-    profile: HearingProfile,
-    hard: HardLimits | None,
-    ledger: DoseLedger | None,
-    wall_clock: Callable[[], float],
-    on_dose_event: Callable[[DoseEvent], None] = lambda _e: None,
-    on_second: Callable[[float], None] = lambda _mel: None,
-) -> SafetyChain:
-    return SafetyChain(
-        sample_rate=sample_rate,
-        limits=chain_limits(calibration, hard),
-        profile=effective_profile(profile, hard),
-        ledger=ledger,
-        wall_clock=wall_clock,
-        on_dose_event=on_dose_event,
-        on_second=on_second,
-    )
 
 
 @dataclass(frozen=True)

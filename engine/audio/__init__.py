@@ -1,52 +1,8 @@
-"""Audio synthesis and sinks: program → blocks (``synth``, ``voices``) → player loop (``player``,
-with its processors: the safety chain, ``resonera.engine.safety``) → sink (``sinks``); calibration
-and metering beside them.
+"""Audio synthesis and sinks: program → blocks (``synth``, ``voices``, ``noise``, ``background``;
+``readahead`` on a thread of its own) → player loop (``player``, with its processors: the safety
+chain, ``resonera.engine.safety``) → sink (``sinks``); calibration (``calibration``) and metering
+(``levels``, ``meter``) beside them. The pipeline that joins them is ``resonera.engine.pipeline``.
 
-The public names are re-exported here; see ``engine/audio/README.md``.
+Nothing is imported here, so a module of this package costs only what it imports itself (the
+server reads a calibration without loading numpy); see ``engine/audio/README.md``.
 """
-
-from resonera.engine.audio.calibration import Calibration, load_calibration_toml
-from resonera.engine.audio.levels import SILENCE_DBFS, LevelMeter
-from resonera.engine.audio.player import (
-    BlockProcessor,
-    GainRamp,
-    Outcome,
-    PlaybackResult,
-    play,
-)
-from resonera.engine.audio.sinks import (
-    AudioDeviceError,
-    AudioSink,
-    NullSink,
-    PyAudioSink,
-    SinkKind,
-    WavFormat,
-    WavSink,
-    find_output_device,
-    open_default_sink,
-)
-from resonera.engine.audio.synth import ProgramRenderer, Voice, voice_for
-
-__all__ = [
-    "SILENCE_DBFS",
-    "AudioDeviceError",
-    "AudioSink",
-    "BlockProcessor",
-    "Calibration",
-    "GainRamp",
-    "LevelMeter",
-    "NullSink",
-    "Outcome",
-    "PlaybackResult",
-    "ProgramRenderer",
-    "PyAudioSink",
-    "SinkKind",
-    "Voice",
-    "WavFormat",
-    "WavSink",
-    "find_output_device",
-    "load_calibration_toml",
-    "open_default_sink",
-    "play",
-    "voice_for",
-]

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 import tomllib
+from importlib.resources import files
 from pathlib import Path
 from typing import Literal
 
@@ -34,7 +35,18 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from resonera.common.errors import ConfigError, describe_validation_error
 
-__all__ = ["Calibration", "load_calibration_file", "load_calibration_toml"]
+__all__ = [
+    "DEFAULT_CALIBRATION",
+    "Calibration",
+    "default_calibration",
+    "load_calibration_file",
+    "load_calibration_toml",
+    "packaged_calibration",
+]
+
+#: The packaged calibration (``engine/calibrations/``) that renders and server previews are held to
+#: when none is given: the reference headphones of the demo and the tests.
+DEFAULT_CALIBRATION = "reference-headphones"
 
 #: 20·log10(√2): a full-scale sine's peak over its rms.
 _SINE_CREST_DB = 20.0 * math.log10(math.sqrt(2.0))
@@ -124,11 +136,14 @@ def load_calibration_file(path: Path) -> Calibration:
     return load_calibration_toml(text, str(path))
 
 
-def packaged_calibration(name: str = "reference-headphones") -> Path:
+def packaged_calibration(name: str = DEFAULT_CALIBRATION) -> Path:
     """Path of a calibration shipped with the package (the demo's and the tests' reference)."""
-    from importlib.resources import files
-
     path = Path(str(files("resonera.engine").joinpath("calibrations", f"{name}.toml")))
     if not path.exists():
         raise ConfigError(f"no packaged calibration named {name!r}")
     return path
+
+
+def default_calibration() -> Calibration:
+    """The packaged ``DEFAULT_CALIBRATION``: what renders and previews are held to without one."""
+    return load_calibration_file(packaged_calibration(DEFAULT_CALIBRATION))

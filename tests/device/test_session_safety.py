@@ -16,16 +16,12 @@ from resonera.common.program import load_program_toml
 from resonera.common.safety_link import HardLimits
 from resonera.device.agent import SessionRefused, play_session
 from resonera.device.safety.dose_ledger import DoseLedger
-from resonera.device.safety.session import (
-    CalibrationMissing,
-    chain_limits,
-    effective_profile,
-    preflight,
-)
+from resonera.device.safety.session import CalibrationMissing, preflight
 from resonera.device.settings import DeviceSettings
 from resonera.device.store import DeviceStore
 from resonera.engine.audio.calibration import load_calibration_file, packaged_calibration
 from resonera.engine.audio.sinks import NullSink, WavSink
+from resonera.engine.pipeline import chain_limits, limited_profile
 from resonera.hardware.firmware.config import BoardConfig
 from resonera.hardware.sim import Simulator
 
@@ -110,10 +106,10 @@ def test_the_mcu_limits_lower_the_chain_never_raise_it() -> None:
         max_output_vrms=0.05, max_amp_temp_c=85, max_supply_current_a=1.0,
         max_dc_offset_mv=50, max_ear_spl_db=80.0,
     )  # fmt: skip
-    profile = effective_profile(HearingProfile(max_level_dba=85.0), hard)
+    profile = limited_profile(HearingProfile(max_level_dba=85.0), hard)
     assert profile.max_level_dba == 80.0 and profile.fallback_level_dba == 75.0
     assert (
-        effective_profile(
+        limited_profile(
             HearingProfile(max_level_dba=70.0, fallback_level_dba=65.0), hard
         ).max_level_dba
         == 70.0
