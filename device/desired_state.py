@@ -33,6 +33,13 @@ from typing import Literal
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from resonera.common.desired import (
+    DesiredStateRejected,
+    effective_profile,
+    ledger_resets,
+    lowers_only,
+    verify_desired,
+)
 from resonera.common.ids import new_id
 from resonera.common.profile import HearingProfile
 from resonera.common.records import (
@@ -40,13 +47,6 @@ from resonera.common.records import (
     DoseLedgerReset,
     LedgerResetReport,
     SafetyEventRecord,
-)
-from resonera.device.desired import (
-    DesiredStateRejected,
-    effective_profile,
-    ledger_resets,
-    lowers_only,
-    verify_desired,
 )
 from resonera.device.safety.dose_ledger import DoseLedger, LedgerReset
 from resonera.device.store import DeviceStore

@@ -35,7 +35,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from resonera.common.bundle import verify_bundle, verify_chain
 from resonera.common.clock import Clock, utc_now
+from resonera.common.enrollment import renewal_payload
 from resonera.common.errors import ResoneraError
 from resonera.common.identity import (
     IdentityError,
@@ -46,8 +48,6 @@ from resonera.common.identity import (
     write_private_key,
 )
 from resonera.common.signing import ed25519_public_key_from_b64
-from resonera.provisioning.bundle import verify_bundle, verify_chain
-from resonera.provisioning.enrollment import renewal_payload
 
 if TYPE_CHECKING:
     from resonera.common.settings import MqttSettings

@@ -33,6 +33,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from resonera.common import topics
+from resonera.common.desired import LEDGER_RESETS_KEY
 from resonera.common.errors import VersionConflict
 from resonera.common.mqtt_client import build_client, connect_in_background
 from resonera.server.crypto import DesiredStateSigner, sign_document
@@ -48,9 +49,6 @@ from resonera.server.settings import ServerSettings
 log = logging.getLogger(__name__)
 
 DOCUMENT_VERSION: Final = 1
-#: The document's list of clinician requests to reset a corrupted dose ledger (the device's
-#: ``resonera.device.desired.LEDGER_RESETS_KEY``).
-LEDGER_RESETS_KEY: Final = "dose_ledger_reset"
 
 
 class DesiredPublisher(Protocol):

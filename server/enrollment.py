@@ -38,10 +38,10 @@ from sqlmodel import Session, col, select
 
 from resonera.common import topics
 from resonera.common.clock import Clock, utc_now
+from resonera.common.enrollment import renewal_payload
 from resonera.common.errors import ProtocolError, ResoneraError
 from resonera.common.identity import IdentityError, common_name, fingerprint, parse_csr
 from resonera.provisioning.ca import CAError, FleetCA
-from resonera.provisioning.enrollment import renewal_payload
 from resonera.server.crypto import DesiredStateSigner, Ed25519Signer
 from resonera.server.models import (
     DeviceCertificateRow,

@@ -38,6 +38,7 @@ from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
+from resonera.common.desired import DesiredDocument, DesiredStateRejected, effective_profile
 from resonera.common.errors import ProgramError, VersionConflict, describe_validation_error
 from resonera.common.ids import new_id
 from resonera.common.profile import HearingProfile
@@ -329,8 +330,7 @@ def engine_version() -> str:
 
 def patient_profile(session: Session, patient_id: str) -> HearingProfile:
     """The profile a device of this patient enforces: their desired profile over the defaults,
-    narrowed by their limits (``device.desired.effective_profile``, the device's own code)."""
-    from resonera.device.desired import DesiredDocument, DesiredStateRejected, effective_profile
+    narrowed by their limits (``common.desired.effective_profile``, as the device computes it)."""
     from resonera.server.desired import DesiredService, config_document
 
     doc = config_document(DesiredService.current(session, patient_id))

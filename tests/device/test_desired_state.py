@@ -6,8 +6,8 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from resonera.common.desired import DesiredStateRejected, verify_desired
 from resonera.common.signing import canonical_json, sign_document_ed25519
-from resonera.device.desired import DesiredStateRejected, verify_desired
 
 SERVER_KEY = Ed25519PrivateKey.generate()
 PINNED = SERVER_KEY.public_key()

@@ -18,9 +18,9 @@ from pydantic import SecretStr
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
+from resonera.common.enrollment import renewal_payload
 from resonera.common.identity import common_name, fingerprint, generate_key, make_csr
 from resonera.provisioning.ca import FleetCA
-from resonera.provisioning.enrollment import renewal_payload
 from resonera.server.enrollment import (
     Enroller,
     EnrollmentError,

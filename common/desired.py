@@ -1,4 +1,6 @@
-"""The desired state as the device takes it: verified, never older, applied safely.
+"""The desired state as the device takes it: verified, never older, applied safely
+(``device/desired_state.py`` applies it). Shared: the server computes the profile a patient's device
+would enforce with the same ``effective_profile`` (``server/programs.py``, previews).
 
 A document arrives retained on ``resonera/v1/dev/{d}/desired``, signed by the server's Ed25519 key that
 the device pinned at provisioning. It is refused, and the refusal reported, when the JSON is malformed,
