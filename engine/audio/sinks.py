@@ -431,6 +431,8 @@ def _umask() -> int:
 
 def _pyaudio() -> Any:
     try:
+        # Here, not at the top: PyAudio is in the device extra only (the server's previews write
+        # through this module's WavSink without it installed), and a render never needs it.
         import pyaudio
     except ImportError as exc:  # pragma: no cover - the device extra installs it
         raise AudioDeviceError("PyAudio is not installed (pip install 'resonera[device]')") from exc
