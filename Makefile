@@ -51,6 +51,7 @@ venv: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports --no-cache --no-logo
 
 typecheck: $(STAMP)
 	$(BIN)/mypy -p resonera.common -p resonera.engine -p resonera.device -p resonera.server -p resonera.hardware -p resonera.provisioning -p resonera.stack

@@ -17,8 +17,8 @@ from resonera.common.profile import HearingProfile
 from resonera.common.program import Program
 from resonera.device.safety.dose_ledger import DoseStatus
 from resonera.engine.audio.calibration import Calibration, load_calibration_file
-from resonera.engine.audio.meter import MelMeter
 from resonera.engine.audio.synth import ProgramRenderer
+from resonera.engine.safety.meter import MelMeter
 
 PREFLIGHT_BLOCK = 8192
 

@@ -41,10 +41,10 @@ from numpy.typing import NDArray
 
 from resonera.common.dose import DoseMode, crossed_hundreds, dose_fraction
 from resonera.common.profile import HearingProfile
-from resonera.engine.audio.meter import MelMeter
 from resonera.engine.audio.player import GainRamp
 from resonera.engine.safety.aweighting import AWeightingFilter, memory_frames
 from resonera.engine.safety.limiter import LevelCeiling, LookAheadLimiter, running_from
+from resonera.engine.safety.meter import MelMeter
 
 Block = NDArray[np.float32]
 Samples = NDArray[np.float64]

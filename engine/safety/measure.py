@@ -17,7 +17,7 @@ import soundfile
 
 from resonera.common.dose import dose_fraction
 from resonera.common.errors import ResoneraError
-from resonera.engine.audio.meter import MelMeter
+from resonera.engine.safety.meter import MelMeter
 
 BLOCK_FRAMES = 65_536
 

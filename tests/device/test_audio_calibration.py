@@ -10,9 +10,9 @@ from numpy.typing import NDArray
 
 from resonera.common.errors import ConfigError
 from resonera.engine.audio.calibration import Calibration, load_calibration_toml
-from resonera.engine.audio.meter import MelMeter
 from resonera.engine.audio.noise import NoiseTables
 from resonera.engine.safety.aweighting import a_weighting_db
+from resonera.engine.safety.meter import MelMeter
 
 HEADPHONES = """
 name = "test headphones"

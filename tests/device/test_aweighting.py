@@ -9,9 +9,9 @@ import pytest
 from scipy import signal
 
 import resonera.engine.safety.aweighting as aw
-from resonera.engine.audio.meter import MelMeter
 from resonera.engine.safety._cascade import cascade
 from resonera.engine.safety.aweighting import AWeightingFilter, a_weighting_db
+from resonera.engine.safety.meter import MelMeter
 
 NOMINAL = {  # IEC 61672-1 nominal A-weightings (docs/safety.md §2)
     31.5: -39.4, 63: -26.2, 100: -19.1, 250: -8.6, 500: -3.2, 1000: 0.0,
