@@ -120,6 +120,9 @@ class DeviceSync:
         self._worker: threading.Thread | None = None
         #: Held by a publishing step: one at a time, and none once ``close`` has it.
         self._pumping = threading.Lock()
+        #: Driven: until then (``clock``) ``pump`` publishes nothing, as the worker sleeps after
+        #: a batch (the rate limiter refills) or a failure.
+        self._resting_until = 0.0
         #: True once ``start`` ran paho's network thread (threaded); False: the host drives it.
         self._threaded = False
         #: Highest seq published since the last connect; reset (by the publisher) after a reconnect.
@@ -347,23 +350,31 @@ class DeviceSync:
     def pump(self) -> float | None:
         """Driven: one publishing step, what the worker thread runs when it wakes: a batch of
         what is due (overdue resends first, then messages not sent since the connect). Returns
-        the seconds after which to pump again at the latest (the rate limit refilling after a
-        batch, a resend or the end of the reconnect hold-off), or None: nothing is scheduled,
-        pump again on ``on_wake`` (a host whose devices' records are queued by other processes
-        polls too, as the worker does every ``IDLE_POLL_S``). Never call it twice at once."""
+        the seconds after which to pump again at the latest (the rest after a batch, while the
+        rate limiter refills, as the worker sleeps; a resend; the end of the reconnect
+        hold-off), or None: nothing is scheduled, pump again on ``on_wake`` (a host whose
+        devices' records are queued by other processes polls too, as the worker does every
+        ``IDLE_POLL_S``). Woken during the rest, it publishes nothing and returns what is left
+        of it. Never call it twice at once."""
         if self._threaded:
             raise RuntimeError("pump() is for a driven sync; this one runs its own worker")
         with self._pumping:
             self._wake.clear()
             if self._stopping.is_set() or not self._connected.is_set():
                 return None  # connecting wakes the host again
+            now = self.clock()
+            if now < self._resting_until:
+                # The worker would still be sleeping after its last batch (or failure), and take
+                # what woke it afterwards: publishing now would find the rate limiter empty.
+                return self._resting_until - now
             try:
-                sent = self._publish_step()
+                rest = self._publish_step() / self.settings.sync.max_messages_per_s
             except Exception:  # as the worker: the outbox keeps the records
                 log.exception("outbox publishing failed; will retry")
-                return 1.0
-            if sent:
-                return sent / self.settings.sync.max_messages_per_s
+                rest = 1.0
+            if rest:
+                self._resting_until = self.clock() + rest
+                return rest
             with self._lock:
                 next_due = self._scheduler.next_due_in(self.clock())
             return None if next_due is None else max(next_due, MIN_WAIT_S)

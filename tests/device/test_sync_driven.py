@@ -7,11 +7,13 @@ mosquitto, with an acking peer standing in for the server's ingest."""
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as paho
 import pytest
@@ -23,7 +25,7 @@ from resonera.common.mqtt_client import BrokerUnavailable, build_client
 from resonera.common.settings import MqttSettings
 from resonera.device.settings import DeviceSettings
 from resonera.device.sync import DeviceSync
-from resonera.stack.fleet_sim import MqttLoop
+from resonera.stack.fleet_loop import MqttLoop
 
 #: Long enough that nothing is sent twice while the peer acks: each record goes out once.
 NO_RESEND = {"reconnect_jitter_s": 0.0, "resend_after_s": 120.0}
@@ -33,7 +35,14 @@ class Host:
     """One device on a host's loop: its client attached to ``loop``, a pump thread woken by
     ``on_wake`` or after the delay ``pump`` returned, store work on an executor of its own."""
 
-    def __init__(self, settings: DeviceSettings, loop: MqttLoop) -> None:
+    def __init__(
+        self,
+        settings: DeviceSettings,
+        loop: MqttLoop,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        pump_thread: bool = True,
+    ) -> None:
         self.loop = loop
         self.clients: list[paho.Client] = []
         self.acked: Counter[str] = Counter()
@@ -46,6 +55,7 @@ class Host:
         self.sync = DeviceSync(
             settings,
             self.store,
+            clock,
             client_factory=self._client,
             on_wake=self._woken.set,
             on_acked=self._on_acked,
@@ -53,7 +63,8 @@ class Host:
             dispatch=self._executor.submit,
         )
         self._pumper = threading.Thread(target=self._pump, name="host-pump", daemon=True)
-        self._pumper.start()
+        if pump_thread:
+            self._pumper.start()
 
     def _client(
         self, settings: MqttSettings, client_id: str, *, will: tuple[str, bytes] | None = None
@@ -78,7 +89,8 @@ class Host:
     def close(self) -> None:
         self._stopping.set()
         self._woken.set()
-        self._pumper.join(timeout=5)
+        if self._pumper.is_alive():
+            self._pumper.join(timeout=5)
         self.sync.close(goodbye=True)
         self._executor.shutdown(wait=True)
         self.store.close()
@@ -93,8 +105,8 @@ def loop() -> Iterator[MqttLoop]:
 
 
 @contextmanager
-def hosted(settings: DeviceSettings, loop: MqttLoop) -> Iterator[Host]:
-    host = Host(settings, loop)
+def hosted(settings: DeviceSettings, loop: MqttLoop, **options: Any) -> Iterator[Host]:
+    host = Host(settings, loop, **options)
     try:
         yield host
     finally:
@@ -130,6 +142,34 @@ def test_a_driven_sync_publishes_acks_and_deletes_each_record_once(
         assert not host.lost.is_set()
     assert not host.clients[0].is_connected()
     assert not host.lost.is_set()  # closing is not a lost connection
+
+
+def test_woken_while_resting_after_a_batch_the_pump_says_when_to_come_back(
+    mosquitto: Mosquitto, peer: Peer, loop: MqttLoop, tmp_path: Path
+) -> None:
+    """Acks wake the host right after a batch, while the rate limiter is still empty: the pump
+    publishes nothing then, as the worker thread sleeps, and says when to come back (not None,
+    which would leave the rest of the backlog waiting for the next wake). The sync's clock is the
+    test's, the pumps are the test's own calls."""
+    now = [1000.0]
+    settings = device_settings(mosquitto, tmp_path, "driven-rest", sync=NO_RESEND)
+    rate, batch = settings.sync.max_messages_per_s, settings.sync.batch_size
+    with hosted(settings, loop, clock=lambda: now[0], pump_thread=False) as host:
+        store = host.store
+        ids = [store.record_session(settings.device_id, make_record()).id for _ in range(60)]
+        host.sync.connect()
+        wait_until(lambda: host.sync.connected, what="the driven client to connect")
+        assert host.sync.pump() == batch / rate  # a full batch, then a rest
+        wait_until(lambda: len(host.acked) == batch, what="the first batch's acks")
+        assert host.sync.pump() == batch / rate  # woken by them, still resting: nothing sent
+        assert len(peer.deliveries.keys() & set(ids)) == batch
+        now[0] += batch / rate
+        assert host.sync.pump() == 10 / rate  # rested: the other 10
+        wait_until(lambda: store.outbox_depth() == 0, what="the outbox to drain")
+        now[0] += 10 / rate
+        assert host.sync.pump() is None  # nothing left, nothing in flight
+        assert {i: peer.deliveries[i] for i in ids} == dict.fromkeys(ids, 1)
+        assert host.acked == Counter(ids)
 
 
 def test_the_host_retries_a_lost_connection_and_nothing_is_lost_or_doubled(
