@@ -6,6 +6,7 @@ same on both sides. paho is imported here only: the codecs in ``common`` never t
 
 from __future__ import annotations
 
+import contextlib
 import ssl
 
 import paho.mqtt.client as paho
@@ -127,3 +128,13 @@ def connect(
         raise BrokerUnavailable(
             f"cannot reach MQTT broker at {settings.host}:{settings.port}: {exc.strerror or exc}"
         ) from None
+
+
+def stop_loop(client: paho.Client) -> None:
+    """Stop ``client``'s network thread (``loop_start``) and wait for it.
+
+    paho 2.x's ``loop_stop`` checks its thread, then joins it, and the thread clears that attribute
+    when it ends by itself (after a disconnect, or a connection the broker refused): ending between
+    the two, it raises AttributeError on a thread that is already stopped, which is what we asked."""
+    with contextlib.suppress(AttributeError):
+        client.loop_stop()

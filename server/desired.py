@@ -35,7 +35,7 @@ from sqlmodel import Session, col, select
 from resonera.common import topics
 from resonera.common.desired import LEDGER_RESETS_KEY
 from resonera.common.errors import VersionConflict
-from resonera.common.mqtt_client import build_client, connect_in_background
+from resonera.common.mqtt_client import build_client, connect_in_background, stop_loop
 from resonera.server.crypto import DesiredStateSigner, sign_document
 from resonera.server.models import (
     AssignmentRow,
@@ -100,7 +100,7 @@ class MqttPublisher:
 
     def close(self) -> None:
         self._client.disconnect()
-        self._client.loop_stop()
+        stop_loop(self._client)
 
 
 @dataclass(frozen=True)

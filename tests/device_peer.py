@@ -18,6 +18,7 @@ from support import Mosquitto, free_port
 
 from resonera.common import topics
 from resonera.common.envelope import Ack, Envelope, decode_envelope
+from resonera.common.mqtt_client import stop_loop
 from resonera.common.settings import MqttSettings
 from resonera.common.signing import sign_document_ed25519
 from resonera.device.settings import DeviceSettings
@@ -63,7 +64,7 @@ class Peer:
         info.wait_for_publish(timeout=5)
 
     def close(self) -> None:
-        self.client.loop_stop()
+        stop_loop(self.client)
         self.client.disconnect()
 
 

@@ -21,7 +21,7 @@ from sqlmodel import Session
 from support import Mosquitto, free_port, require_tool, run_mosquitto_config
 
 from resonera.common.clock import utc_now
-from resonera.common.mqtt_client import BrokerUnavailable, build_client, connect
+from resonera.common.mqtt_client import BrokerUnavailable, build_client, connect, stop_loop
 from resonera.common.settings import MqttSettings
 from resonera.device.enroll import enroll
 from resonera.device.settings import DeviceSettings
@@ -140,7 +140,7 @@ def broker_admits(settings: MqttSettings, client_id: str) -> bool:
         answered.wait(timeout=10)
         return accepted.is_set()
     finally:
-        client.loop_stop()  # before the disconnect, which ends the thread itself (see test_broker_tls)
+        stop_loop(client)
         client.disconnect()
 
 

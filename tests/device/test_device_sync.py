@@ -15,6 +15,7 @@ from support import Mosquitto, wait_until
 
 from resonera.common import topics
 from resonera.common.envelope import Ack, decode_envelope
+from resonera.common.mqtt_client import stop_loop
 from resonera.common.settings import MqttSettings
 from resonera.device.settings import DeviceSettings
 from resonera.device.store import DeviceStore
@@ -42,7 +43,7 @@ class AckingPeer:
             client.publish(topics.ack(envelope.device), Ack.of([envelope.id]).to_bytes(), qos=1)
 
     def close(self) -> None:
-        self.client.loop_stop()
+        stop_loop(self.client)
         self.client.disconnect()
 
 

@@ -18,7 +18,7 @@ from support import wait_until
 from resonera.common import topics
 from resonera.common.errors import ProtocolError
 from resonera.common.identity import IdentityError, generate_key, make_csr, write_private_key
-from resonera.common.mqtt_client import BrokerUnavailable, build_client, connect
+from resonera.common.mqtt_client import BrokerUnavailable, build_client, connect, stop_loop
 from resonera.common.settings import MqttSettings
 from resonera.provisioning.broker import SERVER_IDENTITY
 from resonera.provisioning.ca import CAError, FleetCA
@@ -59,9 +59,7 @@ class Client:
         return self.pubacks[info.mid]
 
     def close(self) -> None:
-        # The loop first: a disconnect ends paho's thread by itself, and loop_stop racing that end
-        # can find the thread gone between its check and its join (an AttributeError).
-        self.client.loop_stop()
+        stop_loop(self.client)
         self.client.disconnect()
 
 

@@ -31,7 +31,7 @@ from support import wait_until
 from resonera.common import topics
 from resonera.common.envelope import Envelope, decode_ack
 from resonera.common.ids import new_id
-from resonera.common.mqtt_client import build_client, connect
+from resonera.common.mqtt_client import build_client, connect, stop_loop
 from resonera.common.signing import sign_envelope
 from resonera.server.ingest import BatchResult, IngestProcessor, Received, TimeBounds
 from resonera.server.ingest_mqtt import IngestConsumer
@@ -532,7 +532,7 @@ class SignedDevice:
 
     def close(self) -> None:
         self.client.disconnect()
-        self.client.loop_stop()
+        stop_loop(self.client)
 
 
 def test_signed_sessions_dated_2999_and_1971_through_mutual_tls_are_quarantined_and_acked(

@@ -37,7 +37,7 @@ from support import wait_until
 from resonera.common import topics
 from resonera.common.envelope import Envelope, decode_ack, decode_envelope
 from resonera.common.ids import new_id
-from resonera.common.mqtt_client import build_client, connect
+from resonera.common.mqtt_client import build_client, connect, stop_loop
 from resonera.common.signing import envelope_signing_payload, sign_ecdsa
 from resonera.server.ingest import IngestProcessor, Received, StoreError
 from resonera.server.ingest_mqtt import IngestConsumer
@@ -521,7 +521,7 @@ class TlsDevice:
 
     def close(self) -> None:
         self.client.disconnect()
-        self.client.loop_stop()
+        stop_loop(self.client)
 
 
 def _poison_payloads(now: datetime) -> Iterator[tuple[topics.UpKind, bytes]]:

@@ -19,7 +19,7 @@ from support import Mosquitto, free_port, wait_until
 
 from resonera.common import topics
 from resonera.common.envelope import Envelope
-from resonera.common.mqtt_client import build_client, connect
+from resonera.common.mqtt_client import build_client, connect, stop_loop
 from resonera.common.settings import MqttSettings
 from resonera.server.bootstrap import demo_setup
 from resonera.server.crypto import new_key_line, write_signing_key
@@ -299,7 +299,7 @@ def test_in_thread_server_ingests_and_serves(
             assert server.url + "/api/v1" == server.api_url
         finally:
             device.disconnect()
-            device.loop_stop()
+            stop_loop(device)
     assert not server.alive()
 
 

@@ -20,7 +20,7 @@ from support import Mosquitto, free_port, wait_until
 from resonera.common import topics
 from resonera.common.envelope import Envelope, decode_ack
 from resonera.common.ids import new_id
-from resonera.common.mqtt_client import BrokerUnavailable, build_client, connect
+from resonera.common.mqtt_client import BrokerUnavailable, build_client, connect, stop_loop
 from resonera.common.settings import MqttSettings
 from resonera.server.db import init_db, make_engine
 from resonera.server.ingest import Received
@@ -59,7 +59,7 @@ class FakeDevice:
 
     def close(self) -> None:
         self.client.disconnect()
-        self.client.loop_stop()
+        stop_loop(self.client)
 
 
 @pytest.fixture(autouse=True)

@@ -8,10 +8,11 @@ made it. ``test_the_matrix_covers_every_route`` fails when a route is added with
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import timedelta
 from typing import Any
 
 import pytest
+from factories import RECENT
 from fastapi.testclient import TestClient
 from sqlalchemy import func
 from sqlalchemy.engine import Engine
@@ -22,7 +23,8 @@ from resonera.server.models import AssignmentRow, AuditRow, DeviceRow
 
 API = "/api/v1"
 ROLES = ("anonymous", "auditor", "other_clinician", "admin", "clinician")
-NOW = datetime(2026, 5, 1, tzinfo=UTC)
+#: On the API's real clock, after the world's assignment began (``RECENT``, ten days ago).
+NOW = RECENT + timedelta(days=5)
 
 
 @dataclass(frozen=True)
