@@ -35,7 +35,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from resonera.common import mqtt_client, topics
 from resonera.common.envelope import decode_ack
 from resonera.common.errors import ProtocolError
-from resonera.common.mqtt_client import BrokerUnavailable, build_client
+from resonera.common.mqtt_client import BrokerUnavailable, build_client, stop_loop
 from resonera.common.settings import MqttSettings
 from resonera.device.desired_state import DesiredStateApplier
 from resonera.device.outbox import OutboxScheduler
@@ -202,7 +202,7 @@ class DeviceSync:
             try:
                 old.disconnect()
                 if self._threaded:
-                    old.loop_stop()
+                    stop_loop(old)
             finally:
                 self._switching = False
             self.settings = self.settings.model_copy(update={"mqtt": mqtt})
@@ -232,7 +232,7 @@ class DeviceSync:
             with self._reconnecting:
                 self._client.disconnect()
                 if self._threaded:
-                    self._client.loop_stop()
+                    stop_loop(self._client)
 
     def __enter__(self) -> DeviceSync:
         self.start()
