@@ -80,7 +80,9 @@ def seed_checkins(engine: Engine, seeded: Seeded) -> int:
                 checkin(seeded.device, session_id, question["id"], "after", after, _utc(ended)),
             ]
     with engine.begin() as conn:
-        store_checkins(conn, seeded.device, seeded.patient, records[len(plan.records) :])
+        store_checkins(
+            conn, seeded.device, seeded.patient, records[len(plan.records) :], now=datetime.now(UTC)
+        )
     return len(records)
 
 

@@ -23,6 +23,13 @@ IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 CLOCK_VARIABLES = ("LD_PRELOAD", "FAKETIME", "FAKETIME_DONT_FAKE_MONOTONIC")
 
 
+def real_clock_env() -> dict[str, str]:
+    """This process's environment without the clock's variables: for the sound server and its
+    recorder, which date nothing, and whose timers libfaketime breaks (it fakes monotonic timerfds
+    even when told not to fake the monotonic clock: audio stalls)."""
+    return {k: v for k, v in os.environ.items() if k not in CLOCK_VARIABLES}
+
+
 def bare_env(**values: str) -> dict[str, str]:
     """An environment with nothing of this process's but the system PATH and the clock's variables,
     plus ``values``: a child that must not see the test's settings still lives on the test's day."""

@@ -5,7 +5,7 @@ from collections.abc import Iterator
 
 import pytest
 from device_peer import Peer
-from support import Mosquitto, require_tool, wait_until
+from support import Mosquitto, real_clock_env, require_tool, wait_until
 
 PULSE_TEST_SINK = "resonera_test"
 
@@ -52,6 +52,7 @@ def pulse_null_sink(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             text=True,
             timeout=30,
             check=False,
+            env=real_clock_env(),  # a sound server needs no date, and faketime stalls its timers
         )
         if started.returncode != 0:
             pytest.fail(f"pulseaudio did not start: {started.stderr.strip()[-500:]}")

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import soundfile
 from numpy.typing import NDArray
-from support import require_tool, wait_until
+from support import real_clock_env, require_tool, wait_until
 
 from resonera.common.program import BinauralLayer, NoiseLayer, Program, Step, ToneLayer
 from resonera.engine.audio import sinks
@@ -202,6 +202,7 @@ class Recorder:
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
+            env=real_clock_env(),  # a recorder needs no date, and faketime stalls its timers
         )
         self._thread = threading.Thread(target=self._read, daemon=True)
         self._thread.start()

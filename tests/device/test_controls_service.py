@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from device_peer import Peer, ServerKey, service_on_mcu
 from support import Mosquitto, require_tool, wait_until
 
@@ -16,6 +17,8 @@ from resonera.hardware.scenario import execute
 PROGRAMS = ["focus-isochronic", "calm-tone"]
 
 
+# Plays through PortAudio's callback stream, which stalls under libfaketime; dates nothing itself.
+@pytest.mark.real_clock
 def test_a_person_with_buttons_alone_starts_pauses_skips_and_stops(
     mosquitto: Mosquitto, peer: Peer, pulse_null_sink: str, tmp_path: Path
 ) -> None:

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 from scipy.signal import filtfilt, iirnotch
-from support import require_tool, wait_until
+from support import real_clock_env, require_tool, wait_until
 
 from resonera.common.program import Program, Step, ToneLayer
 from resonera.device.audio import prompt_mixer
@@ -49,6 +49,7 @@ def monitor_recording(sink: str, path: Path) -> Iterator[Path]:
              "--channels=2", f"--rate={RATE}", "--latency-msec=20"],
             stdout=out,
             stderr=subprocess.DEVNULL,
+            env=real_clock_env(),  # a recorder needs no date, and faketime stalls its timers
         )  # fmt: skip
         try:
             yield path
