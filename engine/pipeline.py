@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -49,6 +50,7 @@ from resonera.engine.audio.player import (
     DEFAULT_FAULT_RAMP_S,
     DEFAULT_STOP_FADE_S,
     BlockProcessor,
+    BlockSource,
     Mixer,
     PlaybackResult,
     play,
@@ -72,7 +74,7 @@ __all__ = [
 Block = NDArray[np.float32]
 
 
-class Playhead(Protocol):
+class Playhead(BlockSource, Protocol):
     """What a block hook sees of the source: where the frames written so far are in the program
     (a ``ProgramRenderer``, or a ``ReadAheadRenderer`` around one)."""
 
@@ -179,24 +181,14 @@ class Pipeline:
         """Play the program into ``sink`` (``player.play``: the sink MUST NOT be open). With
         ``read_ahead`` the blocks are synthesised on a thread of their own (``ReadAheadRenderer``:
         renders, which are bound by the processor; playback needs no such thing)."""
-        if not read_ahead:
+        source: AbstractContextManager[Playhead] = (
+            ReadAheadRenderer(self.renderer, block_frames)
+            if read_ahead
+            else nullcontext(self.renderer)
+        )
+        with source as renderer:
             return play(
-                self.renderer,
-                sink,
-                block_frames=block_frames,
-                gate=gate,
-                reason=reason,
-                should_stop=should_stop,
-                processors=self.processors,
-                stop_fade_s=stop_fade_s,
-                fault_ramp_s=fault_ramp_s,
-                on_block=on_block,
-                mixer=mixer,
-                compensate_latency=compensate_latency,
-            )
-        with ReadAheadRenderer(self.renderer, block_frames) as ahead:
-            return play(
-                ahead,
+                renderer,
                 sink,
                 block_frames=block_frames,
                 gate=gate,
