@@ -176,7 +176,7 @@ def play_session(
             before_chain=warnings,
         )
         chain = pipeline.chain
-        started_at = datetime.now(UTC)
+        started_at = datetime.fromtimestamp(wall_clock(), UTC)
         result = pipeline.play(
             sink,
             block_frames=settings.block_frames,
@@ -186,7 +186,7 @@ def play_session(
             on_block=_with_level(on_block, chain, on_level),
             mixer=mixer,
         )
-        ended_at = datetime.now(UTC)
+        ended_at = datetime.fromtimestamp(wall_clock(), UTC)
         reason = result.reason or (dose_events[-1].message if chain.stop_requested else "")
         if result.outcome == "stopped" and not reason:
             reason = stop_reason()  # who set ``stop``, and why (the person, the clinician, ...)

@@ -19,7 +19,6 @@ import logging
 import math
 import threading
 from collections import deque
-from datetime import UTC, datetime
 from types import TracebackType
 from typing import Protocol
 
@@ -138,7 +137,7 @@ class SafetyEventRecorder:
         """Record one event (returns at once; the write happens on the writer thread)."""
         record = SafetyEventRecord(
             event_id=new_id(),
-            at=datetime.now(UTC),
+            at=self.store.clock(),  # the device's records are dated by one clock: the store's
             type=type,
             cause=cause[:500],
             code=code & 0xFF,
