@@ -259,6 +259,9 @@ from resonera.engine.audio.player import play
 from resonera.engine.audio.sinks import NullSink
 from resonera.engine.audio.synth import ProgramRenderer
 
+# Sound alone, no dates: left out of the faketime pass (make pytest-future).
+pytestmark = pytest.mark.dateless
+
 path = sys.argv[1]
 soundfile.write(path, np.zeros((4800, 2), np.float32), 48000)  # the rate it plays at: no resampling
 layers = [

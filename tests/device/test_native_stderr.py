@@ -19,6 +19,10 @@ ALSA = "ALSA lib confmisc.c:855:(parse_card) cannot find card '0'"
 JACK = "jack server is not running or cannot be started"
 
 
+# Sound alone, no dates: left out of the faketime pass (make pytest-future).
+pytestmark = pytest.mark.dateless
+
+
 def c_write_stderr(text: str) -> None:
     """write(2, ...) through libc, as ALSA does: below sys.stderr and logging."""
     data = text.encode()
