@@ -15,22 +15,22 @@ worker thread takes batches (up to ``batch_max`` messages or ``batch_wait_s``), 
 ``IngestProcessor`` and acknowledges. A PUBACK is only sent for messages received on the current
 connection: after a reconnect (a clean start), packet ids of the old connection mean nothing and may
 name other messages.
+
+paho through its public API (``manual_ack_set``, ``ack``, ``publish``, ``loop_start``), except how
+the client reads its socket: ``paho_adapter.read_ahead`` makes that 64 KiB at a time, and is the one
+module that touches paho's internals (which ones and why: its docstring).
 """
 
 from __future__ import annotations
 
 import logging
 import queue
-import struct
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from typing import Any, Final, cast
+from typing import Any, Final
 
 import paho.mqtt.client as paho
-from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 from sqlalchemy.engine import Engine
@@ -40,6 +40,7 @@ from resonera.common.envelope import MAX_ACK_IDS, Ack
 from resonera.common.mqtt_client import BrokerUnavailable, build_client, connect
 from resonera.server import metrics
 from resonera.server.ingest import BatchResult, IngestProcessor, Received, StoreError, TimeBounds
+from resonera.server.paho_adapter import read_ahead
 from resonera.server.settings import ServerSettings
 
 log = logging.getLogger(__name__)
@@ -66,78 +67,6 @@ STATUS_WILDCARD: Final = f"{topics.PREFIX}/+/status"
 RECEIVE_MAXIMUM: Final = 2000
 #: How long the network thread waits for room in a full queue before dropping (unacknowledged).
 QUEUE_WAIT_S: Final = 5.0
-
-
-#: Bytes read from the socket at once (paho alone reads a packet in three or more ``recv`` calls).
-READ_AHEAD_BYTES: Final = 64 * 1024
-_PUBACK: Final = struct.Struct("!BBH")
-
-
-class _IngestClient(paho.Client):
-    """paho's client, reading the socket in large chunks and writing a batch's packets at once.
-
-    Reads: paho reads each packet with one ``recv`` for the command byte, one per length byte and
-    one for the rest: four system calls per message, each releasing and retaking the interpreter
-    lock the worker thread wants (measured: 42,000 ``recv`` for 10,000 messages, 280 with this,
-    and the network thread's CPU per message about 15 % lower). Here one ``recv`` serves many
-    packets; ``loop_read`` goes on while bytes are buffered, because paho waits in ``select`` on
-    the socket, which does not know them.
-
-    Writes: from another thread, paho wakes the network thread for every packet queued (a byte on
-    its socket pair); for a batch's PUBACKs that is one wake-up, and one hand-over of the
-    interpreter lock, per message. ``batched_writes`` queues them all, then wakes it once, and
-    ``puback_all`` makes a batch's PUBACKs one write instead of one per message.
-    """
-
-    _ahead_sock: Any = None
-    _ahead: bytes = b""
-    _ahead_pos: int = 0
-
-    def _sock_recv(self, bufsize: int) -> bytes:
-        if self._ahead_sock is not self._sock:  # a new connection: what was read ahead is void
-            self._ahead_sock, self._ahead, self._ahead_pos = self._sock, b"", 0
-        if self._ahead_pos >= len(self._ahead):
-            # May raise BlockingIOError (nothing to read) or return b"" (closed), as paho expects.
-            data = super()._sock_recv(max(bufsize, READ_AHEAD_BYTES))
-            if len(data) <= bufsize:
-                return data
-            self._ahead, self._ahead_pos = data, 0
-        start = self._ahead_pos
-        self._ahead_pos = min(start + bufsize, len(self._ahead))
-        return self._ahead[start : self._ahead_pos]
-
-    @contextmanager
-    def batched_writes(self) -> Iterator[None]:
-        """Within the block, queued packets wait for one wake-up of the network thread at its end.
-        Only for the one thread that publishes and acks (the network thread needs no wake-up)."""
-        wake, self._sockpairW = self._sockpairW, None
-        try:
-            yield
-        finally:
-            # A reconnect meanwhile made a new pair: keep it (waking the old one does no harm).
-            if self._sockpairW is None:
-                self._sockpairW = wake
-            if wake is not None:
-                with suppress(OSError):  # full (it is awake anyway) or closed (stopping)
-                    wake.send(b"0")
-
-    def puback_all(self, mids: list[int]) -> None:
-        """Acknowledge the QoS 1 messages ``mids`` (manual acks): the same bytes as paho's ``ack``
-        for each (header, length 2, packet id: success, in MQTT 3.1.1 and 5), queued as one."""
-        if mids:
-            packet = b"".join([_PUBACK.pack(paho.PUBACK, 2, mid) for mid in mids])
-            self._packet_queue(paho.PUBACK, packet, mids[-1], 1)
-
-    def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
-        result = super().loop_read(max_packets)
-        while (
-            result == MQTTErrorCode.MQTT_ERR_SUCCESS
-            and self._sock is not None
-            and self._ahead_sock is self._sock
-            and self._ahead_pos < len(self._ahead)
-        ):
-            result = super().loop_read(max_packets)
-        return result
 
 
 @dataclass(frozen=True)
@@ -261,19 +190,19 @@ class IngestConsumer:
 
     # -- paho callbacks (network thread: never block here) -----------------------------------
 
-    def _build_client(self) -> _IngestClient:
+    def _build_client(self) -> paho.Client:
         # A consumer must not leave a session queueing every device's messages after it is gone.
         client = build_client(
             self._settings.mqtt, self._settings.ingest_client_id, persistent_session=False
         )
-        # The same client, configured as everywhere else, with the I/O of _IngestClient.
-        client.__class__ = _IngestClient
+        # The same client, configured as everywhere else, reading its socket 64 KiB at a time.
+        client = read_ahead(client)
         client.manual_ack_set(True)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
-        return cast(_IngestClient, client)
+        return client
 
     def _on_connect(
         self, client: paho.Client, _userdata: Any, _flags: Any, reason: ReasonCode, _props: Any
@@ -363,9 +292,10 @@ class IngestConsumer:
             generation = self._generation
         # Subscribed at QoS 1: deliveries are QoS 0 (nothing to acknowledge) or 1.
         mids = [item.mid for item in batch if item.qos == 1 and item.generation == generation]
-        with self._client.batched_writes():
-            self._send_acks(result)
-            self._client.puback_all(mids)
+        # The application acks first, then the PUBACKs (paho writes its queue in order).
+        self._send_acks(result)
+        for mid in mids:
+            self._client.ack(mid, 1)
 
     def _store(self, batch: list[Item]) -> BatchResult | None:
         """Commit ``batch``, retrying while the database fails; None if stopped meanwhile."""
