@@ -37,7 +37,7 @@ from sqlalchemy.engine import Engine
 
 from resonera.common import topics
 from resonera.common.envelope import MAX_ACK_IDS, Ack
-from resonera.common.mqtt_client import BrokerUnavailable, build_client, connect
+from resonera.common.mqtt_client import BrokerUnavailable, build_client, connect, stop_loop
 from resonera.server import metrics
 from resonera.server.ingest import BatchResult, IngestProcessor, Received, StoreError, TimeBounds
 from resonera.server.paho_adapter import read_ahead
@@ -164,7 +164,7 @@ class IngestConsumer:
         self._client.loop_start()
         if not self._subscribed.wait(timeout_s) or self._refused is not None:
             self._client.disconnect()
-            self._client.loop_stop()
+            stop_loop(self._client)
             raise BrokerUnavailable(
                 self._refused
                 or f"MQTT broker at {mqtt.host}:{mqtt.port} did not confirm the ingest "
@@ -186,7 +186,7 @@ class IngestConsumer:
             self._worker.join()
         # DISCONNECT is queued behind the ack publishes, so the broker gets those first.
         self._client.disconnect()
-        self._client.loop_stop()
+        stop_loop(self._client)
 
     # -- paho callbacks (network thread: never block here) -----------------------------------
 
