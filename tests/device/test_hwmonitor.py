@@ -69,6 +69,13 @@ def test_arm_refused_while_fault_active_then_rearm(
         lambda: (monitor.last_fault or (0, ""))[1].startswith("arm refused"), 2, "the refusal"
     )
     sim.reset()
+    # The monitor judges an ARM by the last telemetry it has: wait for one from after the reset,
+    # not the over-current frame still in hand (a race the faketime run showed).
+    wait_until(
+        lambda: (t := monitor.telemetry) is not None and t.supply_current_a < 1.5,
+        5,
+        "telemetry from after the reset",
+    )
     monitor.arm(timeout_s=5.0)
     assert monitor.consent
 
