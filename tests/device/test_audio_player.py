@@ -17,6 +17,9 @@ from resonera.engine.audio.player import DEFAULT_FAULT_RAMP_S, GainRamp, play
 from resonera.engine.audio.sinks import AudioSink, NullSink, SinkKind, WavSink
 from resonera.engine.audio.synth import ProgramRenderer
 
+# Sound alone, no dates: left out of the faketime pass (make pytest-future).
+pytestmark = pytest.mark.dateless
+
 RATE = 48000
 TONE_HZ = 1000.0
 AMPLITUDE = 0.5 * math.cos(math.pi / 4)  # a centred tone of gain 0.5, per ear
@@ -258,9 +261,6 @@ from resonera.common.program import BackgroundLayer, BinauralLayer, NoiseLayer, 
 from resonera.engine.audio.player import play
 from resonera.engine.audio.sinks import NullSink
 from resonera.engine.audio.synth import ProgramRenderer
-
-# Sound alone, no dates: left out of the faketime pass (make pytest-future).
-pytestmark = pytest.mark.dateless
 
 path = sys.argv[1]
 soundfile.write(path, np.zeros((4800, 2), np.float32), 48000)  # the rate it plays at: no resampling
