@@ -7,8 +7,9 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from dashboard.helpers import Seeded, server_helpers, table_cells
+from dashboard.helpers import Browsing, Seeded, server_helpers, table_cells
 from fastapi.testclient import TestClient
+from playwright.sync_api import expect
 from sqlalchemy.engine import Engine
 
 from resonera.common import topics
@@ -67,3 +68,38 @@ def test_the_devices_page_shows_each_devices_clock_skew(
 )
 def test_skew_in_words(seconds: float | None, text: str) -> None:
     assert skew_text(seconds) == text
+
+
+def test_the_clock_column_reads_at_desk_and_phone_widths(
+    browsing: Browsing, seeded: Seeded, engine: Engine
+) -> None:
+    """An admin sees the skew on a desk screen and on a phone; at 390 px the table scrolls within
+    its own box and the page itself does not widen."""
+    received = datetime.now(UTC)
+    envelope = Envelope.create(
+        device=seeded.device,
+        seq=10**6,
+        kind="metrics",
+        body={},
+        time=received - timedelta(minutes=42),
+    )
+    IngestProcessor(engine, clock=lambda: received).process(
+        [Received(topics.up(seeded.device, "metrics"), envelope.to_bytes())]
+    )
+    b = browsing
+    b.sign_in(seeded.admin)
+    row = b.page.locator(f'tr[data-device="{seeded.device}"]')
+    expect(row).to_contain_text("42 min 00 s behind")
+    expect(b.page.locator("#devices th").nth(CLOCK)).to_have_text("Clock")
+    b.shot("devices-clock-1280")
+    b.page.set_viewport_size({"width": 390, "height": 844})
+    b.page.reload()
+    expect(row).to_contain_text("42 min 00 s behind")
+    page_width = b.page.evaluate("document.documentElement.scrollWidth")
+    assert page_width <= 390
+    b.shot("devices-clock-390")
+    clock_cell = row.locator("td").nth(CLOCK - 1)
+    clock_cell.scroll_into_view_if_needed()
+    expect(clock_cell).to_be_in_viewport()
+    b.shot("devices-clock-390-scrolled")
+    assert b.console_errors == []
