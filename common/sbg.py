@@ -31,7 +31,7 @@ from typing import Final
 from pydantic import ValidationError
 
 from resonera.common.errors import ProgramError, describe_validation_error
-from resonera.common.program import (
+from resonera.common.program_model import (
     BackgroundLayer,
     BinauralLayer,
     Curve,

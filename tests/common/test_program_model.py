@@ -8,6 +8,7 @@ from resonera.common.errors import ProgramError
 from resonera.common.program import (
     BUILTIN_PROGRAMS,
     builtin_program,
+    load_builtin_programs,
     load_program_file,
     load_program_toml,
     parse_program,
@@ -74,6 +75,35 @@ def test_builtin_programs_are_valid_and_named() -> None:
         ProgramError, match="built-in programs: alpha-relax, calm-tone, delta-sleep, demo-alpha"
     ):
         builtin_program("nope")
+
+
+#: SHA-256 of each built-in program's canonical JSON (``Program.digest``) when they were written as
+#: Python in program.py, before they moved to program-<name>.toml files: the files hold exactly them.
+BUILTIN_DIGESTS = {
+    "alpha-relax": "f1c09ed14b8b4fed505d42bacbe068fe8a203488ce662aa7a047fa9f7d7fa3a7",
+    "calm-tone": "72c7d6889e9f1be906da8cd43ec2fe77dc43efae9aedb3dbaa26c8d030c9efa3",
+    "delta-sleep": "d40d836f983d59108ad874ed4e2b095210547356ac12052b5765e261eca9ccfd",
+    "demo-alpha": "d7c3f2235ae6210ecc024e1cc64dae567e0935e06194e53d8f332e6690692fab",
+    "focus-isochronic": "ca68bc02f945c3f540e527292a97dbe2b64ee6eaf68142bf7664b6ac0ab76365",
+    "theta-descent": "e39ca32c86b858cb4769a6bf4b7e97d3c8cc878b5aca785d4bc34c2667f726fe",
+}
+
+
+def test_builtin_program_files_hold_exactly_the_programs_once_written_in_python() -> None:
+    assert {name: p.digest() for name, p in BUILTIN_PROGRAMS.items()} == BUILTIN_DIGESTS
+
+
+def test_a_builtin_program_file_must_carry_its_own_name(tmp_path: Path) -> None:
+    (tmp_path / "program-calm.toml").write_text(
+        'name = "other"\n[[steps]]\nduration_s = 60\n', encoding="utf-8"
+    )
+    (tmp_path / "README.md").write_text("not a program", encoding="utf-8")
+    with pytest.raises(ProgramError, match=r"program-calm\.toml: names the program 'other'"):
+        load_builtin_programs(tmp_path)
+    (tmp_path / "program-calm.toml").write_text(
+        'name = "calm"\n[[steps]]\nduration_s = 60\n', encoding="utf-8"
+    )
+    assert list(load_builtin_programs(tmp_path)) == ["calm"]
 
 
 # --- Program model v2 ---------------------------------------------------------------------------
