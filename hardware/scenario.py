@@ -35,24 +35,11 @@ import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from resonera.common import serial_link as sl
 from resonera.common.errors import ConfigError, ResoneraError
-
-if TYPE_CHECKING:
-    from resonera.hardware.sim import Simulator
-
-#: Readings a scenario or ``set`` may script, with their types (as ``SimBoard.READINGS``).
-READINGS: dict[str, type] = {
-    "amp_temp_c": float,
-    "supply_current_a": float,
-    "output_vrms": float,
-    "dc_offset_mv": float,
-    "ear_spl_db": float,
-    "clip": bool,
-    "headphones": bool,
-}
+from resonera.hardware.sim import READINGS, Simulator
 
 
 class CommandError(ResoneraError):
@@ -272,6 +259,10 @@ class Scenario:
             raise ScenarioError('expected {"step": [ ... ]} and nothing else')
         steps = [_step(index, raw) for index, raw in enumerate(data["step"], 1)]
         return cls(tuple(sorted(steps, key=lambda s: s.at_s)), name)
+
+    def start(self, sim: Simulator, started: float) -> ScenarioRunner:
+        """A runner of this scenario on ``sim`` from ``started`` (``Simulator.run_scenario``)."""
+        return ScenarioRunner(self, sim, started)
 
 
 def _step(index: int, raw: Any) -> Step:

@@ -22,11 +22,11 @@ import tty
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
+from typing import Protocol
 
 from resonera.common import serial_link as sl
 from resonera.hardware.firmware.config import BoardConfig
 from resonera.hardware.firmware.logic import Board, Controller
-from resonera.hardware.scenario import READINGS, Scenario, ScenarioRunner
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,17 @@ log = logging.getLogger(__name__)
 _TX_BACKLOG = 4096
 #: Injected chunks waiting to be sent (e.g. while the MCU is silent); more are dropped.
 _MAX_INJECTED = 256
+
+#: Readings a test, a scenario or ``set`` may script, with their types (``SimBoard.READINGS``).
+READINGS: dict[str, type] = {
+    "amp_temp_c": float,
+    "supply_current_a": float,
+    "output_vrms": float,
+    "dc_offset_mv": float,
+    "ear_spl_db": float,
+    "clip": bool,
+    "headphones": bool,
+}
 
 NOMINAL = {
     "amp_temp_c": 40.0,
@@ -289,6 +300,27 @@ def _flip_crc(frame: bytes) -> bytes:
     return sl.cobs_encode(bytes(raw)) + b"\x00"
 
 
+class ScriptRun(Protocol):
+    """A script being played on the simulator's thread (``scenario.ScenarioRunner``)."""
+
+    def advance(self, now: float) -> None:
+        """Apply what is due at ``now`` (``time.monotonic()``)."""
+
+    @property
+    def done(self) -> bool:
+        """Every step applied and every ramp finished."""
+
+
+class Script(Protocol):
+    """A timed script the simulator can play (``scenario.Scenario``): it starts a run of itself.
+
+    A protocol, so the simulator plays scenarios without importing them (``scenario.py`` drives a
+    ``Simulator``, never the other way round).
+    """
+
+    def start(self, sim: Simulator, started: float) -> ScriptRun: ...
+
+
 class Simulator:
     """The firmware on a pty, in a background thread. Use as a context manager.
 
@@ -319,7 +351,7 @@ class Simulator:
         self._lock = threading.Lock()
         self._reboot_after_ms: int | None = None
         self._booting_until: float | None = None
-        self._scenario: ScenarioRunner | None = None
+        self._scenario: ScriptRun | None = None
         #: How many times the firmware was restarted by ``reboot()``.
         self.reboots = 0
         self.error: BaseException | None = None
@@ -507,9 +539,9 @@ class Simulator:
         """Back to nominal readings and a healthy link (latched faults stay until ARM)."""
         self.board.reset()
 
-    def run_scenario(self, scenario: Scenario) -> ScenarioRunner:
+    def run_scenario(self, scenario: Script) -> ScriptRun:
         """Play ``scenario`` from now on the simulator's thread; returns its runner."""
-        runner = ScenarioRunner(scenario, self, time.monotonic())
+        runner = scenario.start(self, time.monotonic())
         with self._lock:
             self._scenario = runner
         return runner
