@@ -30,7 +30,7 @@ from functools import cache
 from importlib.metadata import PackageNotFoundError, version
 from importlib.resources import files
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import Any, Final, Literal
 
 from fastapi import Request
 from pydantic import ValidationError
@@ -45,12 +45,10 @@ from resonera.common.profile import HearingProfile
 from resonera.common.program import Program
 from resonera.common.program_check import check_program_for
 from resonera.engine.audio.calibration import Calibration, default_calibration
+from resonera.server.audit import audit
 from resonera.server.models import PatientRow, ProgramLibraryRow, UserRow
 from resonera.server.security import now_utc
 from resonera.server.settings import ServerSettings
-
-if TYPE_CHECKING:
-    from resonera.server.api.deps import AppState
 
 log = logging.getLogger(__name__)
 
@@ -165,8 +163,6 @@ def get_program(session: Session, program_id: str) -> ProgramLibraryRow | None:
 def _audit(
     session: Session, user: UserRow, action: str, program_id: str, request: Request | None
 ) -> None:
-    from resonera.server.api.deps import audit
-
     audit(session, request, user, action, "program", resource_id=program_id)
 
 
@@ -177,8 +173,6 @@ def audit_preview(
     default profile is not patient data and is not."""
     if patient_id is None:
         return
-    from resonera.server.api.deps import audit
-
     audit(
         session,
         request,
@@ -423,16 +417,11 @@ def render_preview(
 
 
 def preview_wav(
-    state_or_settings: AppState | ServerSettings,
+    settings: ServerSettings,
     session: Session,
     program_id: str,
     *,
     patient_id: str | None = None,
 ) -> Path:
     """The path of the program's preview WAV (see ``render_preview``)."""
-    settings = (
-        state_or_settings
-        if isinstance(state_or_settings, ServerSettings)
-        else state_or_settings.settings
-    )
     return render_preview(settings, session, program_id, patient_id=patient_id).path

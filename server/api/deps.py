@@ -1,4 +1,5 @@
-"""Route needs as ``Annotated`` aliases: a database session, the caller, their role, the audit.
+"""Route needs as ``Annotated`` aliases: a database session, the caller, their role (the audit log's
+writer is ``resonera.server.audit``).
 
 The app keeps its collaborators in ``app.state`` (``AppState``), set once by ``create_app``.
 """
@@ -20,9 +21,9 @@ from resonera.common.envelope import AwareDatetime
 from resonera.server.api.errors import ApiError
 from resonera.server.crypto import FieldCipher
 from resonera.server.desired import DesiredService
-from resonera.server.models import AuditRow, ClinicianPatientRow, PatientRow, UserRow
+from resonera.server.models import ClinicianPatientRow, PatientRow, UserRow
 from resonera.server.ratelimit import FailureLimiter
-from resonera.server.security import TokenError, decode_access_token, now_utc
+from resonera.server.security import TokenError, decode_access_token
 from resonera.server.settings import ServerSettings
 
 #: A row id in a path (patients, programs: UUID text), checked before any query.
@@ -104,39 +105,6 @@ AdminUser = Annotated[UserRow, Depends(require("admin"))]
 ClinicianUser = Annotated[UserRow, Depends(require("clinician"))]
 AuditorUser = Annotated[UserRow, Depends(require("auditor"))]
 AdminOrClinician = Annotated[UserRow, Depends(require("admin", "clinician"))]
-
-
-def client_of(request: Request) -> str:
-    return request.client.host if request.client is not None else ""
-
-
-def audit(
-    session: Session,
-    request: Request | None,
-    user: UserRow,
-    action: str,
-    resource: str,
-    *,
-    resource_id: str = "",
-    patient_id: str | None = None,
-) -> None:
-    """Add an audit row to ``session``: it commits with the change it records (or with the read).
-    Without a ``request`` (a script, not HTTP) the row has who and what, no method or path."""
-    session.add(
-        AuditRow(
-            at=now_utc(),
-            actor_id=user.id,
-            actor_email=user.email,
-            actor_role=user.role,
-            action=action,
-            resource=resource,
-            resource_id=resource_id[:128],
-            patient_id=patient_id,
-            method=request.method if request is not None else "",
-            path=request.url.path[:500] if request is not None else "",
-            client=client_of(request)[:100] if request is not None else "",
-        )
-    )
 
 
 def own_patient(session: Session, user: UserRow, patient_id: str) -> PatientRow:

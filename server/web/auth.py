@@ -18,7 +18,6 @@ import hashlib
 import hmac
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Annotated, Final
 from urllib.parse import urlsplit
@@ -35,31 +34,14 @@ from resonera.server.models import PatientRow, RefreshTokenRow, UserRow
 from resonera.server.schemas import LoginIn
 from resonera.server.security import now_utc, revoke_refresh_token
 from resonera.server.web.render import PAGE_HEADERS, PageError, SignInNeeded, render
+from resonera.server.web.web_user import HOME_BY_ROLE, WebUser, remember_web_user
 
 SESSION_COOKIE: Final = "resonera_session"
 LOGIN_CSRF_COOKIE: Final = "resonera_login_csrf"
 #: Sliding expiry is written at most this often (not on every page view).
 _TOUCH_EVERY: Final = timedelta(seconds=60)
-_HOME: Final = {"clinician": "/patients", "admin": "/devices", "auditor": "/audit"}
 
 router = APIRouter(include_in_schema=False)
-
-
-@dataclass(frozen=True)
-class WebUser:
-    """The signed-in person of a dashboard request, and the CSRF token their forms carry."""
-
-    user: UserRow
-    token: str
-    csrf: str
-
-    @property
-    def role(self) -> str:
-        return self.user.role
-
-    @property
-    def home(self) -> str:
-        return _HOME.get(self.user.role, "/")
 
 
 def _digest(token: str) -> str:
@@ -103,14 +85,8 @@ def web_user(request: Request, state: StateDep, session: SessionDep) -> WebUser:
     if not token:
         raise SignInNeeded()
     web = _session_user(state, session, token)
-    request.state.web_user = web
+    remember_web_user(request, web)
     return web
-
-
-def optional_web_user(request: Request) -> WebUser | None:
-    """The user a dependency already found for this request (error pages keep their menu)."""
-    found = getattr(request.state, "web_user", None)
-    return found if isinstance(found, WebUser) else None
 
 
 WebUserDep = Annotated[WebUser, Depends(web_user)]
@@ -246,7 +222,7 @@ def login_submit(
     session.commit()
     user = session.get(UserRow, row.user_id)
     assert user is not None
-    target = _safe_next(next_path) or _HOME.get(user.role, "/")
+    target = _safe_next(next_path) or HOME_BY_ROLE.get(user.role, "/")
     response = RedirectResponse(target, status_code=303, headers=dict(PAGE_HEADERS))
     response.set_cookie(
         SESSION_COOKIE,

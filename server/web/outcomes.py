@@ -20,12 +20,14 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse, StreamingResponse
 
 from resonera.server import analytics, crud
-from resonera.server.api.deps import PatientId, SessionDep, StateDep, audit
+from resonera.server.api.deps import PatientId, SessionDep, StateDep
 from resonera.server.api.routes import exports as api_exports
 from resonera.server.api.routes import outcomes as api_outcomes
+from resonera.server.audit import audit
 from resonera.server.schemas import PatientOutcomes, PatientPublic, SkippedCheckIn, TrendDay
-from resonera.server.web.auth import ClinicianPage, WebUser, own_patient_page, require_page
+from resonera.server.web.auth import ClinicianPage, own_patient_page, require_page
 from resonera.server.web.render import render
+from resonera.server.web.web_user import WebUser
 
 router = APIRouter(include_in_schema=False)
 Period = Annotated[Literal["30", "90"], Query()]

@@ -17,8 +17,9 @@ from resonera.server.api.deps import RowId as ProgramId
 from resonera.server.api.deps import SessionDep, StateDep
 from resonera.server.models import ProgramLibraryRow
 from resonera.server.schemas import PatientIdStr
-from resonera.server.web.auth import WebUser, WebUserDep, check_csrf, own_patient_page
+from resonera.server.web.auth import WebUserDep, check_csrf, own_patient_page
 from resonera.server.web.render import PAGE_HEADERS, PageError, render
+from resonera.server.web.web_user import WebUser
 
 router = APIRouter(include_in_schema=False)
 Document = Annotated[str, Form(max_length=programs.MAX_DOCUMENT_CHARS)]
@@ -223,7 +224,7 @@ def preview(
             raise PageError(403, "Previews for a patient are for the patient's clinicians.")
         own_patient_page(session, web, patient)
     try:
-        path = programs.preview_wav(state, session, program_id, patient_id=patient)
+        path = programs.preview_wav(state.settings, session, program_id, patient_id=patient)
     except programs.PreviewRefused as exc:
         raise PageError(422, f"This program cannot be previewed: {exc}") from None
     except programs.ProgramNotFound:

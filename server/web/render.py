@@ -20,6 +20,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoes
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from resonera.server.api.errors import log_unhandled
+from resonera.server.web.web_user import optional_web_user
 
 log = logging.getLogger(__name__)
 
@@ -111,8 +112,6 @@ def render(
 
 
 def error_page(request: Request, status: int, message: str) -> HTMLResponse:
-    from resonera.server.web.auth import optional_web_user
-
     # The navigation of a signed-in person stays usable on an error page.
     web = optional_web_user(request)
     return render(

@@ -22,7 +22,8 @@ from sqlmodel import Session
 from resonera.common.errors import VersionConflict
 from resonera.common.profile import MAX_CHECKIN_QUESTIONS, parse_checkins
 from resonera.server import crud, programs
-from resonera.server.api.deps import PatientId, SessionDep, StateDep, audit
+from resonera.server.api.deps import PatientId, SessionDep, StateDep
+from resonera.server.audit import audit
 from resonera.server.desired import config_document
 from resonera.server.models import PatientRow
 from resonera.server.schemas import DesiredIn
@@ -31,7 +32,7 @@ from resonera.server.web import admin
 from resonera.server.web import auth as web_auth
 from resonera.server.web import outcomes as web_outcomes
 from resonera.server.web import programs as web_programs
-from resonera.server.web.auth import ClinicianPage, WebUser, check_csrf, own_patient_page
+from resonera.server.web.auth import ClinicianPage, check_csrf, own_patient_page
 from resonera.server.web.render import (
     PAGE_HEADERS,
     STATIC_DIR,
@@ -47,6 +48,7 @@ from resonera.server.web.views import (
     posted_questions,
     question_error,
 )
+from resonera.server.web.web_user import WebUser
 
 router = APIRouter(include_in_schema=False)
 _LIMIT_FIELDS: Final = (

@@ -8,8 +8,9 @@ from fastapi import APIRouter, Path, Query, Request, status
 from sqlalchemy import or_
 from sqlmodel import col, select
 
-from resonera.server.api.deps import AdminUser, SessionDep, StateDep, audit
+from resonera.server.api.deps import AdminUser, SessionDep, StateDep
 from resonera.server.api.errors import ApiError
+from resonera.server.audit import audit
 from resonera.server.ingest import attribute_sessions
 from resonera.server.models import AssignmentRow, DeviceRow, PatientRow
 from resonera.server.schemas import (

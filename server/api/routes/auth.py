@@ -5,9 +5,10 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, status
 from sqlmodel import select
 
-from resonera.server.api.deps import CurrentUser, SessionDep, StateDep, client_of
+from resonera.server.api.deps import CurrentUser, SessionDep, StateDep
 from resonera.server.api.errors import ApiError
-from resonera.server.models import AuditRow, UserRow
+from resonera.server.audit import audit, client_of
+from resonera.server.models import UserRow
 from resonera.server.ratelimit import Limited
 from resonera.server.schemas import LoginIn, RefreshIn, TokenPair, UserPublic
 from resonera.server.security import (
@@ -60,20 +61,7 @@ def login(body: LoginIn, request: Request, state: StateDep, session: SessionDep)
         raise ApiError(401, _WRONG)
     if not verify_password(user.password_hash, body.password):
         # the attempt stays recorded as a failure; the audit says whose account it was
-        session.add(
-            AuditRow(
-                at=now_utc(),
-                actor_id=user.id,
-                actor_email=user.email,
-                actor_role=user.role,
-                action="login_failed",
-                resource="user",
-                resource_id=str(user.id),
-                method=request.method,
-                path=request.url.path,
-                client=client_of(request)[:100],
-            )
-        )
+        audit(session, request, user, "login_failed", "user", resource_id=str(user.id))
         session.commit()
         raise ApiError(401, _WRONG)
     limiter.succeeded(session, attempt)

@@ -8,8 +8,9 @@ from fastapi import APIRouter, Path, Query, Request, status
 from sqlmodel import Session, col, select
 
 from resonera.common.topics import DEVICE_ID_PATTERN
-from resonera.server.api.deps import AdminUser, AppState, SessionDep, StateDep, audit
+from resonera.server.api.deps import AdminUser, AppState, SessionDep, StateDep
 from resonera.server.api.errors import ApiError
+from resonera.server.audit import audit
 from resonera.server.enrollment import DeviceRevocation, revoke_device
 from resonera.server.models import DeviceDesiredRow, DeviceRow, DeviceStateRow, UserRow
 from resonera.server.schemas import DeviceCreate, DevicePublic, DeviceUpdate

@@ -21,10 +21,10 @@ from resonera.server.api.deps import (
     PatientId,
     SessionDep,
     StateDep,
-    audit,
     own_patient,
 )
 from resonera.server.api.errors import ApiError
+from resonera.server.audit import audit
 from resonera.server.desired import DesiredService, reset_outcomes
 from resonera.server.models import DoseLedgerResetRow, SafetyEventRow
 from resonera.server.schemas import DoseLedgerResetIn, DoseLedgerResetPublic

@@ -11,8 +11,9 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from resonera.server.api.deps import SessionDep, StateDep, client_of
+from resonera.server.api.deps import SessionDep, StateDep
 from resonera.server.api.errors import ApiError
+from resonera.server.audit import client_of
 from resonera.server.enrollment import Enroller, EnrollmentError, Issued, server_public_key
 from resonera.server.schemas import EnrolledPublic, EnrollIn, ErrorResponse, RenewIn
 

@@ -26,10 +26,10 @@ from resonera.server.api.deps import (
     Since,
     StateDep,
     Until,
-    audit,
     check_period,
     own_patient,
 )
+from resonera.server.audit import audit
 from resonera.server.export.fhir import PatientIdentity, build_bundle
 from resonera.server.export.sessions_csv import in_period, session_csv_chunks
 from resonera.server.models import (

@@ -20,10 +20,10 @@ from resonera.server.api.deps import (
     PatientId,
     SessionDep,
     StateDep,
-    audit,
     own_patient,
 )
 from resonera.server.api.routes.exports import add_patient_csv
+from resonera.server.audit import audit
 from resonera.server.export.checkins_csv import checkin_csv_chunks
 from resonera.server.models import CheckInRow
 from resonera.server.schemas import CohortOutcomes, PatientOutcomes, SkippedCheckIn

@@ -27,10 +27,10 @@ from resonera.server.api.deps import (
     Since,
     StateDep,
     Until,
-    audit,
     own_patient,
 )
 from resonera.server.api.errors import ApiError
+from resonera.server.audit import audit
 from resonera.server.desired import config_document
 from resonera.server.models import ClinicianPatientRow, PatientRow, UserRow
 from resonera.server.schemas import (

@@ -7,7 +7,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 
 from resonera.server import crud
-from resonera.server.api.deps import ClinicianUser, SessionDep, Since, Until, audit
+from resonera.server.api.deps import ClinicianUser, SessionDep, Since, Until
+from resonera.server.audit import audit
 from resonera.server.schemas import DeviceIdStr, SessionPublic, Text
 
 MAX_LIMIT = 1000

@@ -9,8 +9,9 @@ from fastapi import APIRouter, Path, Query, Request, status
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
-from resonera.server.api.deps import AdminUser, SessionDep, StateDep, audit
+from resonera.server.api.deps import AdminUser, SessionDep, StateDep
 from resonera.server.api.errors import ApiError
+from resonera.server.audit import audit
 from resonera.server.models import UserRow
 from resonera.server.schemas import INT32_MAX, UserCreate, UserPublic, UserUpdate
 from resonera.server.security import hash_password, now_utc, revoke_all

@@ -1,0 +1,48 @@
+"""The audit log's writer: one ``AuditRow`` per change or read of patient data, added to the
+caller's session so it commits with what it records.
+
+Its own module, not the API's dependencies: the API's routes, the dashboard and the program library
+all audit, and the library must not know the API layer.
+"""
+
+from __future__ import annotations
+
+from fastapi import Request
+from sqlmodel import Session
+
+from resonera.server.models import AuditRow, UserRow
+from resonera.server.security import now_utc
+
+
+def client_of(request: Request) -> str:
+    """The client address of ``request`` (empty when the server cannot tell)."""
+    return request.client.host if request.client is not None else ""
+
+
+def audit(
+    session: Session,
+    request: Request | None,
+    user: UserRow,
+    action: str,
+    resource: str,
+    *,
+    resource_id: str = "",
+    patient_id: str | None = None,
+) -> None:
+    """Add an audit row to ``session``: it commits with the change it records (or with the read).
+    Without a ``request`` (a script, not HTTP) the row has who and what, no method or path."""
+    session.add(
+        AuditRow(
+            at=now_utc(),
+            actor_id=user.id,
+            actor_email=user.email,
+            actor_role=user.role,
+            action=action,
+            resource=resource,
+            resource_id=resource_id[:128],
+            patient_id=patient_id,
+            method=request.method if request is not None else "",
+            path=request.url.path[:500] if request is not None else "",
+            client=client_of(request)[:100] if request is not None else "",
+        )
+    )
