@@ -56,7 +56,7 @@ from resonera.engine.audio.player import (
     play,
 )
 from resonera.engine.audio.readahead import ReadAheadRenderer
-from resonera.engine.audio.sinks import AudioSink
+from resonera.engine.audio.sink_base import AudioSink
 from resonera.engine.audio.synth import ProgramRenderer
 from resonera.engine.safety.chain import ChainLimits, DoseEvent, DoseRecord, SafetyChain
 

@@ -45,7 +45,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from resonera.engine.audio.levels import LevelMeter
-from resonera.engine.audio.sinks import AudioDeviceError, AudioSink
+from resonera.engine.audio.sink_base import AudioDeviceError, AudioSink
 from resonera.engine.audio.synth import CHANNELS
 
 __all__ = [
