@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from resonera.common.dose import DoseMode
 from resonera.common.errors import ConfigError, describe_validation_error
-from resonera.common.program import BEAT_HZ, CARRIER_HZ, MAX_SESSION_S, TONE_HZ
+from resonera.common.program_model import BEAT_HZ, CARRIER_HZ, MAX_SESSION_S, TONE_HZ
 
 OutputKind = Literal["headphones", "speaker"]
 CheckInPhase = Literal["before", "after"]

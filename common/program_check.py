@@ -12,7 +12,7 @@ from typing import Any
 
 from resonera.common.errors import ProgramError
 from resonera.common.profile import FrequencyRange, HearingProfile, OutputKind
-from resonera.common.program import (
+from resonera.common.program_model import (
     BinauralLayer,
     IsochronicLayer,
     LayerModel,

@@ -38,7 +38,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from resonera.common.profile import HearingProfile
-from resonera.common.program import Program
+from resonera.common.program_model import Program
 from resonera.common.safety_link import HardLimits
 from resonera.engine.audio.calibration import (
     Calibration,

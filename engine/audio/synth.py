@@ -33,7 +33,7 @@ from typing import Final
 import numpy as np
 from numpy.typing import NDArray
 
-from resonera.common.program import LayerModel, NoiseLayer, Program, slide_target
+from resonera.common.program_model import LayerModel, NoiseLayer, Program, slide_target
 from resonera.engine.audio.background import load_background
 from resonera.engine.audio.noise import NoiseTables
 from resonera.engine.audio.voices import (

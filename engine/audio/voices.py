@@ -27,7 +27,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from resonera.common.errors import ProgramError
-from resonera.common.program import (
+from resonera.common.program_model import (
     BackgroundLayer,
     BinauralLayer,
     Curve,
