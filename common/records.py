@@ -8,7 +8,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 
 from resonera.common.envelope import INT32_MAX, AwareDatetime, MessageId
 from resonera.common.profile import CHECKIN_ID_PATTERN, CheckInPhase
-from resonera.common.safety_link import LinkEventKind
+from resonera.common.safety_link_types import LinkEventKind
 
 SessionOutcome = Literal["completed", "stopped", "fault"]
 SinkKind = Literal["pyaudio", "wav", "null"]
@@ -60,8 +60,8 @@ class SessionRecord(BaseModel):
     underruns: int = Field(default=0, ge=0, le=INT32_MAX)
 
 
-#: What a safety event is about: what the link reports (``common.safety_link.LinkEventKind``, which
-#: the monitor records as it comes) and what the rest of the device records.
+#: What a safety event is about: what the link reports (``common.safety_link_types.LinkEventKind``,
+#: which the monitor records as it comes) and what the rest of the device records.
 SafetyEventType = Literal[
     LinkEventKind,
     "no_monitor",

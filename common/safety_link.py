@@ -1,5 +1,8 @@
 """The device side of the safety-MCU link as a pure state machine: no I/O, no threads, no clock.
 
+Long on purpose: one state machine, whose every way to consent and out of it is read together
+(the values it deals in are ``safety_link_types.py``).
+
 The caller (``resonera.device.hwmonitor``) feeds it decoded events with ``receive(event, now)``,
 calls ``tick(now)`` regularly, and writes whatever ``outgoing(now)`` returns. ``now`` is a float in
 seconds from any monotonic clock the caller owns, so tests drive every timeout without sleeping.
@@ -36,13 +39,42 @@ The one output that matters is ``consent``: the device may play only while it is
 
 from __future__ import annotations
 
-import enum
 from collections import deque
-from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
-from typing import Final, Literal, get_args
+from dataclasses import replace
 
 from resonera.common import serial_link as sl
+from resonera.common.safety_link_types import (
+    EVENT_KINDS,
+    LIMIT_FIELDS,
+    HardLimits,
+    HelloInfo,
+    LinkEvent,
+    LinkEventKind,
+    LinkState,
+    WarningPolicy,
+)
+
+__all__ = [
+    "CRC_BURST_COUNT",
+    "CRC_BURST_WINDOW_S",
+    "EVENT_KINDS",
+    "HEARTBEAT_PERIOD_S",
+    "HELLO_ANSWER_WINDOW_S",
+    "HELLO_REQUEST_PERIOD_S",
+    "LIGHT_RESEND_S",
+    "LIMIT_FIELDS",
+    "MAX_BUTTONS",
+    "MAX_EVENTS",
+    "SILENCE_TIMEOUT_S",
+    "HardLimits",
+    "HelloInfo",
+    "LinkEvent",
+    "LinkEventKind",
+    "LinkState",
+    "SafetyLink",
+    "WarningPolicy",
+]
+
 
 #: No TELEMETRY for this long withdraws consent (the MCU sends it every 50 ms).
 SILENCE_TIMEOUT_S = 0.1
@@ -60,122 +92,6 @@ MAX_BUTTONS = 32
 #: Message types from 0x10 up travel device → MCU; the device never counts them as the MCU's.
 _FIRST_DEVICE_TYPE = 0x10
 
-#: Telemetry fields with a limit, in ``HardLimits`` order.
-LIMIT_FIELDS = tuple(check[0] for check in sl.LIMIT_CHECKS)
-
-
-class LinkState(enum.StrEnum):
-    DISCONNECTED = "disconnected"
-    HELLO_RECEIVED = "hello_received"
-    ARMED = "armed"
-
-
-@dataclass(frozen=True)
-class HardLimits:
-    """The MCU's hard limits. ``max_ear_spl_db == 0`` means the board has no ear-cup microphone."""
-
-    max_output_vrms: float
-    max_amp_temp_c: float
-    max_supply_current_a: float
-    max_dc_offset_mv: float
-    max_ear_spl_db: float
-
-    def values(self) -> tuple[float, float, float, float, float]:
-        return (
-            self.max_output_vrms,
-            self.max_amp_temp_c,
-            self.max_supply_current_a,
-            self.max_dc_offset_mv,
-            self.max_ear_spl_db,
-        )
-
-    def to_wire(self) -> sl.Limits:
-        return sl.Limits(*self.values())
-
-    @classmethod
-    def from_wire(cls, limits: sl.Limits) -> HardLimits:
-        return cls(*limits.values())
-
-    def lowered_to(self, other: HardLimits) -> HardLimits:
-        """Each limit the lower of the two; a limit of 0 (no sensor) stays 0."""
-        return HardLimits(
-            *(
-                mine if mine <= 0 else (min(mine, theirs) if theirs > 0 else mine)
-                for mine, theirs in zip(self.values(), other.values(), strict=True)
-            )
-        )
-
-
-@dataclass(frozen=True)
-class HelloInfo:
-    """What the MCU said about itself in HELLO (``limits`` updated by an accepted LIMITS)."""
-
-    protocol_major: int
-    protocol_minor: int
-    firmware_version: str
-    board_id: str
-    limits: HardLimits
-
-    @classmethod
-    def from_message(cls, hello: sl.Hello) -> HelloInfo:
-        return cls(
-            hello.protocol_major,
-            hello.protocol_minor,
-            hello.firmware_version,
-            hello.board_id,
-            HardLimits.from_wire(hello.limits),
-        )
-
-
-@dataclass(frozen=True)
-class WarningPolicy:
-    """When a reading nears its limit: within ``margins[field]`` (absolute, in the field's unit) or,
-    for fields not named there, within ``fraction`` of the limit. The default warns 10 °C below the
-    temperature limit and at 90 % of the others. The attenuation grows linearly from 0 dB at the
-    start of the margin to ``max_attenuation_db`` at the limit; a warning clears once the reading
-    is ``hysteresis`` (a fraction of the margin) back below the start of the margin."""
-
-    margins: Mapping[str, float] = field(default_factory=lambda: {"amp_temp_c": 10.0})
-    fraction: float = 0.1
-    max_attenuation_db: float = 12.0
-    hysteresis: float = 0.2
-
-    def __post_init__(self) -> None:
-        unknown = set(self.margins) - set(LIMIT_FIELDS)
-        if unknown:
-            raise ValueError(f"no such limit field: {', '.join(sorted(unknown))}")
-        if not 0.0 <= self.fraction < 1.0 or self.max_attenuation_db < 0 or self.hysteresis < 0:
-            raise ValueError("fraction must be in [0, 1), attenuation and hysteresis ≥ 0")
-
-    def margin(self, name: str, limit: float) -> float:
-        return self.margins.get(name, limit * self.fraction)
-
-
-@dataclass(frozen=True)
-class LinkEvent:
-    """Something the device should record. ``kind`` is one of ``EVENT_KINDS``."""
-
-    kind: LinkEventKind
-    cause: str
-    code: int = sl.FAULT_NONE
-
-
-#: What the link reports (a ``LinkEvent``'s ``kind``); ``common.records.SafetyEventType`` adds
-#: what the rest of the device records.
-LinkEventKind = Literal[
-    "link_up",
-    "link_down",
-    "mcu_restarted",
-    "incompatible",
-    "consent_granted",
-    "consent_withdrawn",
-    "fault",
-    "warning",
-    "warning_cleared",
-    "limits_lowered",
-    "limits_refused",
-]
-EVENT_KINDS: Final[tuple[LinkEventKind, ...]] = get_args(LinkEventKind)
 
 #: Events kept for ``take_events`` (a caller that never takes them loses the oldest, never memory).
 MAX_EVENTS = 256

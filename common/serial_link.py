@@ -1,5 +1,7 @@
 """The serial link between the device and the safety MCU: a sans-IO codec (hardware/PROTOCOL.md).
 
+Long on purpose: the MCU carries the whole protocol as this one file (``hardware/firmware/main.py``).
+
 This module is shared by the device, the firmware and the simulator, and is copied as-is onto the
 MCU as ``serial_link.py``. It therefore MUST stay MicroPython-compatible: no enum, no dataclasses,
 no pydantic, no ``typing`` at run time, only ``struct`` from the standard library. Annotations are

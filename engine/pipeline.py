@@ -39,7 +39,7 @@ from numpy.typing import NDArray
 
 from resonera.common.profile import HearingProfile
 from resonera.common.program_model import Program
-from resonera.common.safety_link import HardLimits
+from resonera.common.safety_link_types import HardLimits
 from resonera.engine.audio.calibration import (
     Calibration,
     default_calibration,
