@@ -10,7 +10,6 @@ import argparse
 import json
 import signal
 import sys
-import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -134,7 +133,7 @@ def _play_sink(args: argparse.Namespace, settings: DeviceSettings) -> AudioSink:
         return WavSink(args.out, sample_format=args.format)
     if args.device is not None:
         return PyAudioSink(output_device=args.device)
-    from resonera.device.agent import open_sink
+    from resonera.device.session import open_sink
 
     return open_sink(settings, args.wav)
 
@@ -142,7 +141,7 @@ def _play_sink(args: argparse.Namespace, settings: DeviceSettings) -> AudioSink:
 def _play(args: argparse.Namespace) -> int:
     if args.via_service:
         return _play_via_service(args)
-    from resonera.device.agent import play_session
+    from resonera.device.session import Session, SessionWatch, standalone_parts
 
     overrides: dict[str, Any] = {}
     if args.simulation:
@@ -156,28 +155,22 @@ def _play(args: argparse.Namespace) -> int:
     settings = _settings(args, **overrides)
     program = _program(args)
     store = settings.open_store()
-    stop = threading.Event()
-
-    def _request_stop(_signum: int, _frame: FrameType | None) -> None:
-        stop.set()  # fade out, then record the session as stopped
-
-    previous = signal.signal(signal.SIGINT, _request_stop)
-    signal.signal(signal.SIGTERM, _request_stop)
     display = _Display(program, verb="playing")
-    try:
-        sink = _play_sink(args, settings)
-        record = play_session(
-            settings,
-            store,
-            program,
-            sink,
-            stop=stop,
-            on_block=display,
-            notify=display.say,
-            on_level=display.set_level,
-        )
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    watch = SessionWatch(notify=display.say, on_block=display, on_level=display.set_level)
+    # this process's own owners: one monitor on the MCU's port, the ledger, the recorder
+    with standalone_parts(settings, store) as parts:
+        session = Session(parts, watch=watch)
+
+        def _request_stop(_signum: int, _frame: FrameType | None) -> None:
+            session.stop()  # fade out, then record the session as stopped
+
+        previous = signal.signal(signal.SIGINT, _request_stop)
+        signal.signal(signal.SIGTERM, _request_stop)
+        try:
+            sink = _play_sink(args, settings)
+            record = session.run(program, sink)
+        finally:
+            signal.signal(signal.SIGINT, previous)
     display.finish(record.played_s)
     wav_path = getattr(sink, "path", None)
     where = f"WAV file {wav_path}" if isinstance(wav_path, Path) else sink.kind

@@ -24,9 +24,17 @@ raises is logged, not fatal (docs/architecture.md §8).
 Buttons and the status light (protocol v1.2): presses the MCU reports go to button listeners (on
 the I/O thread, in order; ``device/controls.py`` decides what they mean), and ``set_light`` says
 what the status light should show (re-sent after an MCU restart, confirmed by LIGHT_SHOWN). A
-monitor built with ``panel`` (the device's ``ControlPanel``, ``device/panel.py``) also hands it every
-press and link event and shows the light it asks for; the device service gives its panel to the
-monitor it keeps between sessions and to each session's own, so the buttons work in both.
+monitor serving a ``panel`` (the device's ``ControlPanel``, ``device/panel.py``; given to the
+constructor or ``attach_panel``) also hands it every press and link event and shows the light it
+asks for.
+
+One monitor per process holds the port for the process's life (the device service's, or a
+standalone ``resonera-device play``'s). Whoever wants sound asks it with ``claim(holder)``: the
+MCU is armed for that holder, whose ``ConsentClaim.consent`` is the gate of its audio; ``release``
+mutes the MCU again. One holder at a time: a session pre-empts a prompt spoken between sessions
+(the prompt's claim goes silent at once, and its release no longer mutes what the session armed),
+and a prompt is refused while a session holds the MCU. Started with ``wait_for_port``, a port
+that is not there yet is tried again as a lost one is; meanwhile there is no consent.
 
 Warnings (a reading nearing its limit) do not withdraw consent: ``attenuation_db`` (≤ 0) says how
 far to turn the level down, and ``WarningAttenuator`` is a ready-made block processor that ramps to
@@ -92,6 +100,44 @@ class HardwareNotReady(ResoneraError):
     """The safety MCU cannot give consent: port missing, no answer, incompatible, or a fault."""
 
 
+class ConsentClaim:
+    """One holder's hold on the MCU's consent (``HardwareMonitor.claim``). ``consent`` is true
+    only while this claim is the monitor's current one and the MCU consents: a pre-empted claim
+    is silent at once. Read from the audio thread before every block: cheap, never waits."""
+
+    def __init__(self, monitor: HardwareMonitor, holder: str, token: int, hello: HelloInfo):
+        self.monitor = monitor
+        self.holder = holder
+        self.token = token
+        #: What the MCU said in its HELLO when the claim was armed (board, firmware, hard limits).
+        self.hello = hello
+
+    @property
+    def current(self) -> bool:
+        """Still the monitor's holder (not pre-empted, not released)."""
+        return self.monitor.claim_token == self.token
+
+    @property
+    def consent(self) -> bool:
+        return self.current and self.monitor.consent
+
+    @property
+    def reason(self) -> str:
+        """Why this claim has no consent ("" while it has)."""
+        if not self.current:
+            holder = self.monitor.holder
+            return f"the safety MCU was handed to {holder}" if holder else "consent released"
+        return self.monitor.reason
+
+    @property
+    def board(self) -> str:
+        return f"{self.hello.board_id} fw {self.hello.firmware_version}"
+
+    def release(self) -> None:
+        """Give the MCU back: muted again, unless another holder has it now."""
+        self.monitor.release(self)
+
+
 class HardwareMonitor:
     """Device-side monitor of the safety MCU. Call ``start()`` (or use ``with``), then ``arm()``."""
 
@@ -133,16 +179,30 @@ class HardwareMonitor:
         self._attenuation_db = 0.0
         self._warning = ""
         self._flush_on_exit = False
+        #: Why the port is not open ("" while it is, or before the first try).
+        self._port_problem = ""
+        #: Who holds the MCU's consent (``claim``), and the number of the latest claim.
+        self._holder: str | None = None
+        self._claim_token = 0
+        #: A release sent MUTE: the next claim waits to hear the MCU muted before arming.
+        self._mute_pending = False
         #: How many times the port was reopened after a failure.
         self.reconnects = 0
 
     # -- lifecycle -------------------------------------------------------------------------------
 
-    def start(self) -> None:
-        """Open the port and start the I/O thread. Raise ``HardwareNotReady`` if it cannot open."""
+    def start(self, *, wait_for_port: bool = False) -> None:
+        """Open the port and start the I/O thread. Raise ``HardwareNotReady`` if it cannot open,
+        unless ``wait_for_port``: then the I/O thread tries again every ``reconnect_interval_s``
+        (no consent meanwhile; ``reason`` says why)."""
         if self._thread is not None:
             raise RuntimeError("monitor already started")
-        self._port = self._open()
+        try:
+            self._port = self._open()
+        except HardwareNotReady as exc:
+            if not wait_for_port:
+                raise
+            log.warning("%s; trying again every %.1f s", exc, self.reconnect_interval_s)
         self._stopping.clear()
         with self._cond:
             self._publish_locked()
@@ -167,10 +227,17 @@ class HardwareMonitor:
             self._port.close()
             self._port = None
         with self._cond:
+            self._holder = None
             self._link.link_lost("monitor stopped")
             events = self._take_locked()
             notify = self._publish_locked()
         self._notify(notify, events)
+
+    def attach_panel(self, panel: ControlPanel) -> None:
+        """Serve ``panel`` (presses, link events, the light) from now on; before ``start``."""
+        if self._thread is not None:
+            raise RuntimeError("attach the panel before the monitor starts")
+        self.panel = panel
 
     def __enter__(self) -> HardwareMonitor:
         self.start()
@@ -194,7 +261,19 @@ class HardwareMonitor:
     @property
     def reason(self) -> str:
         """Why there is no consent ("" while there is)."""
+        if self._port is None and self._port_problem:
+            return self._port_problem
         return self._reason
+
+    @property
+    def holder(self) -> str | None:
+        """Who holds the MCU's consent now (``claim``), or None."""
+        return self._holder
+
+    @property
+    def claim_token(self) -> int:
+        """The number of the current claim (a released or pre-empted claim's no longer matches)."""
+        return self._claim_token if self._holder is not None else -1
 
     @property
     def attenuation_db(self) -> float:
@@ -248,6 +327,16 @@ class HardwareMonitor:
         with self._cond:
             self._listeners.append(callback)
 
+    def remove_listener(self, callback: ConsentListener) -> None:
+        """Stop calling ``callback`` (added with ``add_listener``)."""
+        with self._cond:
+            self._listeners.remove(callback)
+
+    def remove_warning_listener(self, callback: WarningListener) -> None:
+        """Stop calling ``callback`` (added with ``add_warning_listener``)."""
+        with self._cond:
+            self._warning_listeners.remove(callback)
+
     def add_warning_listener(self, callback: WarningListener) -> None:
         """``callback(attenuation_db, warning_text)`` whenever either changes, from the I/O thread."""
         with self._cond:
@@ -283,6 +372,8 @@ class HardwareMonitor:
         as soon as the MCU refuses (fault, incompatible protocol, a limit crossed)."""
         if self._thread is None:
             raise HardwareNotReady(f"the hardware monitor for {self.url} is not started")
+        if self._port is None and self._port_problem:
+            raise HardwareNotReady(self._port_problem)
         deadline = time.monotonic() + timeout_s
         with self._cond:
             self._link.request_arm()
@@ -307,6 +398,61 @@ class HardwareMonitor:
                 f"the safety MCU on {self.url} did not arm within {timeout_s:.1f} s: "
                 f"{self._link.reason}"
             )
+
+    def claim(self, holder: str, timeout_s: float = 2.0, *, preempt: bool = False) -> ConsentClaim:
+        """Arm the MCU for ``holder`` and return its claim once the MCU consents.
+
+        With ``preempt`` (a session) another holder's claim (a prompt between sessions) is taken
+        over: it is silent from its next block. Without it, ``HardwareNotReady`` names the holder.
+        After a release the MCU is first heard muted (its MUTE done), so a report sent before that
+        MUTE cannot pass for consent to this claim. ``HardwareNotReady`` as ``arm`` when the MCU
+        does not consent; the MCU is then asked to mute."""
+        with self._cond:
+            if self._holder is not None and not preempt:
+                raise HardwareNotReady(f"the safety MCU is in use by {self._holder}")
+            self._claim_token += 1
+            self._holder, token = holder, self._claim_token
+            waiting_for_mute = self._mute_pending
+            self._mute_pending = False
+        log.info("safety MCU claimed by %s", holder)
+        try:
+            if waiting_for_mute:
+                self._wait_muted(timeout_s)
+            hello = self.arm(timeout_s)
+        except BaseException:
+            self._release(token)
+            raise
+        return ConsentClaim(self, holder, token, hello)
+
+    def release(self, claim: ConsentClaim) -> None:
+        """End ``claim``: the MCU is asked to mute, unless another claim has taken over."""
+        self._release(claim.token)
+
+    def _release(self, token: int) -> None:
+        with self._cond:
+            if self._holder is None or self._claim_token != token:
+                return  # pre-empted: what the next holder armed is not ours to mute
+            log.info("safety MCU released by %s", self._holder)
+            self._holder = None
+            self._mute_pending = True
+            # under the same lock as the check: a claim cannot arm between the two
+            self._link.request_mute(sl.FAULT_DEVICE_REQUEST)
+            events = self._take_locked()
+            notify = self._publish_locked()
+        self._notify(notify, events)
+
+    def _wait_muted(self, timeout_s: float) -> None:
+        """Wait (at most ``timeout_s``) until the MCU reports itself muted or disarmed."""
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            while True:
+                telemetry = self._link.telemetry
+                if telemetry is None or telemetry.muted or not telemetry.armed:
+                    return
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._port is None:
+                    return  # arming then says why there is no consent
+                self._cond.wait(min(remaining, 0.05))
 
     def request_mute(self, reason: int = sl.FAULT_DEVICE_REQUEST) -> None:
         """Withdraw consent now and ask the MCU to mute (sent within one I/O iteration)."""
@@ -362,10 +508,10 @@ class HardwareMonitor:
         try:
             port = serial.serial_for_url(self.url, baudrate=BAUDRATE, timeout=IO_WAIT_S)
         except (serial.SerialException, OSError, ValueError) as exc:
-            raise HardwareNotReady(
-                f"cannot open the safety MCU's serial port {self.url}: {_why(exc)}"
-            ) from None
+            self._port_problem = f"cannot open the safety MCU's serial port {self.url}: {_why(exc)}"
+            raise HardwareNotReady(self._port_problem) from None
         port.reset_input_buffer()  # stale frames from before we listened mean nothing now
+        self._port_problem = ""
         return port
 
     def _run(self) -> None:

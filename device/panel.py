@@ -1,27 +1,29 @@
 """The device's buttons, status light and spoken prompts at work: ``Panel`` binds the pure
 ``Controls`` (``device/controls.py``: what a press means, what the light shows, which prompt a
-change calls for) to a running agent.
+change calls for) to a running agent, its ``PanelHost`` (the device service: start and stop a
+program, what plays, the person's programs, profile and dose, where answers go).
 
-The device service (``device/service.py``) builds one with ``panel_for`` and owns it: it hands the
-panel to every safety monitor it opens (its monitor between sessions and each session's own:
-``HardwareMonitor(panel=)``), so presses and link events arrive from whichever monitor has the
-port, and it hands the panel's ``PromptMixer`` to every session it plays (``play_session(mixer=)``),
-the first stage of the audio path, before the safety chain. The panel does its work on a thread of
-its own (never on the monitor's I/O thread) and keeps the light's state ready for the monitor.
+The device service (``device/service.py``) builds one with ``panel_for`` and owns it: its one
+safety monitor serves the panel (``HardwareMonitor.attach_panel``: presses, link events, the
+light), and every session plays through the panel's ``PromptMixer`` (``SessionParts.mixer``), the
+first stage of the audio path, before the safety chain. The panel does its work on a thread of its
+own (never on the monitor's I/O thread) and keeps the light's state ready for the monitor.
 
 Prompts are mixed into a session's audio path. One asked for while idle ("maximum volume", "no
-program", "session finished", a fault's reason) is spoken at once by ``speak_while_idle``: the MCU
-is armed for the length of the prompt and the prompt plays over silence through the same safety
-chain as a session (and into the dose ledger). If the MCU refuses (the fault is still there) it
-waits ``MAX_WAIT_S`` for a session, except a fault's reason and the first-use notice, which are
-kept for the start of the next session (their wording fits that).
+program", "session finished", a fault's reason) is spoken at once by ``IdlePrompts``: it claims
+the MCU from the service's monitor for the length of the prompt (a session starting takes it
+over) and plays the prompt over silence through the engine's pipeline, the same safety chain as a
+session (and into the dose ledger). If the MCU refuses (the fault is still there, a session holds
+it) it waits ``MAX_WAIT_S`` for a session, except a fault's reason and the first-use notice, which
+are kept for the start of the next session (their wording fits that).
 
 Check-ins (issue 12): a ``Start`` asked for by a button first runs the "before" check-in of the
-profile in force (``checkins()``), and a session that ends (with no fault) is followed by the
-"after" one; the questions are spoken as any prompt (over silence when idle), each answer or skip
-goes to ``answered`` (the service stores it). The question prompts are spoken into the cache when
-a profile is applied (``prepare_checkins``, on the sync thread: espeak-ng takes seconds); a
-question without its prompt (espeak-ng missing, no cache) is recorded skipped with the reason.
+profile in force (``PanelHost.profile_in_force``), and a session that ends (with no fault) is
+followed by the "after" one; the questions are spoken as any prompt (over silence when idle), each
+answer or skip goes to ``PanelHost.checkin_answered`` (the service stores it). The question prompts
+are spoken into the cache when a profile is applied (``prepare_checkins``, on the sync thread:
+espeak-ng takes seconds); a question without its prompt (espeak-ng missing, no cache) is recorded
+skipped with the reason.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from resonera.common import serial_link as sl
 from resonera.common.errors import ResoneraError
+from resonera.common.program import Program, Step
 from resonera.common.safety_link import LinkEvent
 from resonera.device.audio.prompt_mixer import Clip, PromptMixer
 from resonera.device.controls import (
@@ -55,13 +58,23 @@ from resonera.device.controls import (
     Stop,
     light_for,
 )
+from resonera.device.hwmonitor import ConsentClaim, HardwareMonitor, HardwareNotReady
+from resonera.device.prompts import (
+    PromptLibrary,
+    PromptsError,
+    build_checkin_prompts,
+    prompts_dir,
+)
+from resonera.device.safety.dose_ledger import DoseLedger
+from resonera.device.safety.session import load_session_calibration
+from resonera.device.session import open_sink
+from resonera.device.settings import DeviceSettings
+from resonera.engine.pipeline import build_pipeline
 
 if TYPE_CHECKING:
     from resonera.common.profile import CheckInPhase, CheckInQuestion, HearingProfile
-    from resonera.device.hwmonitor import HardwareMonitor
-    from resonera.device.settings import DeviceSettings
 
-__all__ = ["MAX_PAUSE_S", "Panel", "panel_for", "speak_while_idle"]
+__all__ = ["MAX_PAUSE_S", "IdlePrompts", "Panel", "PanelHost", "panel_for"]
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +89,47 @@ class _Library(Protocol):
     def has(self, key: str) -> bool: ...
 
     def question_key(self, question: CheckInQuestion) -> str: ...
+
+
+class PanelHost(Protocol):
+    """What the panel needs of the agent that owns it (the device service), called on the
+    panel's thread."""
+
+    def play_from_panel(self, program: str) -> object:
+        """Start ``program``; ``ResoneraError`` when it is refused (said why in the log)."""
+        ...
+
+    def stop_playing(self) -> object:
+        """Stop the session playing (fading out)."""
+        ...
+
+    def playing_program(self) -> str | None:
+        """The program playing, None when idle."""
+        ...
+
+    def assigned_programs(self) -> tuple[str, ...]:
+        """The person's programs, in the clinician's order."""
+        ...
+
+    def program_length_s(self, program: str) -> float | None:
+        """How long ``program`` plays, in seconds (None: unknown)."""
+        ...
+
+    def dose_fraction(self) -> float:
+        """How much of the week's sound allowance is used (1.0: all)."""
+        ...
+
+    def syncing(self) -> bool:
+        """Whether records are going to the server now."""
+        ...
+
+    def profile_in_force(self) -> HearingProfile:
+        """The person's profile (its check-in questions too)."""
+        ...
+
+    def checkin_answered(self, answer: Answered, at: datetime) -> None:
+        """Record one check-in answer or skip."""
+        ...
 
 
 #: Prompts kept for the next session when no session plays to carry them now.
@@ -94,18 +148,13 @@ MAX_PAUSE_S = 15 * 60.0
 
 
 class Panel:
-    """The buttons, the light and the prompts of one device, bound to its agent by callables.
+    """The buttons, the light and the prompts of one device, bound to its agent (``host``).
 
-    ``start(name)`` starts a program (raising ``ResoneraError`` when refused), ``stop()`` stops the
-    one playing (fading), ``playing()`` names it (None when idle), ``assigned()`` lists the
-    person's programs, ``duration(name)`` is a program's length in seconds, ``dose_fraction()``
-    the week's used allowance, ``syncing()`` whether records are going to the server now.
-    ``speak_idle(mixer)`` plays what the mixer holds when no session plays (None: prompts wait).
-    ``library`` (``PromptLibrary``) may be None: no prompts were built,
-    so the panel works silently. ``notice_marker`` is a file whose existence says the first-use
-    notice was given (created when it is queued). ``checkins()`` are the questions of the profile
-    in force, ``answered(answer, at)`` records one, ``render_checkins(questions)`` speaks them
-    into the cache and returns the library reopened (``PromptsError`` when it cannot).
+    ``library`` (``PromptLibrary``) may be None: no prompts were built, so the panel works
+    silently. ``speak_idle(mixer)`` plays what the mixer holds when no session plays (None:
+    prompts wait for a session). ``notice_marker`` is a file whose existence says the first-use
+    notice was given (created when it is queued). ``render_checkins(questions)`` speaks check-in
+    questions into the cache and returns the library reopened (``PromptsError`` when it cannot).
     """
 
     def __init__(
@@ -113,31 +162,21 @@ class Panel:
         controls: Controls,
         mixer: PromptMixer,
         library: _Library | None,
+        host: PanelHost,
         *,
-        start: Callable[[str], object],
-        stop: Callable[[], object],
-        playing: Callable[[], str | None],
-        assigned: Callable[[], tuple[str, ...]],
-        duration: Callable[[str], float | None] = lambda _name: None,
-        dose_fraction: Callable[[], float] = lambda: 0.0,
-        syncing: Callable[[], bool] = lambda: False,
         speak_idle: Callable[[PromptMixer], None] | None = None,
         notice_marker: Path | None = None,
-        checkins: Callable[[], Sequence[CheckInQuestion]] = lambda: (),
-        answered: Callable[[Answered, datetime], None] = lambda _answer, _at: None,
         render_checkins: Callable[[Sequence[CheckInQuestion]], _Library] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.controls = controls
         self.mixer = mixer
         self.library = library
-        self._start, self._stop, self._playing = start, stop, playing
-        self._assigned, self._duration, self._dose = assigned, duration, dose_fraction
-        self._syncing = syncing
+        self.host = host
         self._speak_idle = speak_idle
         self._notice_marker = notice_marker
         self._clock = clock
-        self._checkins, self._answered, self._render = checkins, answered, render_checkins
+        self._render = render_checkins
         #: Why the last profile's questions have no prompts ("" when they have).
         self.checkin_problem = ""
         self._asking = False
@@ -262,7 +301,7 @@ class Panel:
     def _begin_checkin(
         self, phase: CheckInPhase, then: list[Action], why_not: str = ""
     ) -> list[Action]:
-        questions = self._checkins()
+        questions = self.host.profile_in_force().checkins
         if not any(question.asked(phase) for question in questions):
             return then
         if phase == "before":
@@ -285,7 +324,7 @@ class Panel:
         if paused_at is not None and self._clock() - paused_at >= MAX_PAUSE_S:
             log.info("paused for %.0f min: stopping the session", MAX_PAUSE_S / 60)
             self._paused_at = None
-            self._stop()
+            self.host.stop_playing()
         before, after = self._state, self._snapshot()
         if after.program is not None and after.program != before.program:
             self._started(after.program)
@@ -306,7 +345,7 @@ class Panel:
     def _started(self, program: str) -> None:
         self._last_program = program
         self._fault = sl.FAULT_NONE
-        length = self._duration(program)
+        length = self.host.program_length_s(program)
         self._ends_at = self._clock() + length if length is not None else None
         marker = self._notice_marker
         if marker is not None and not marker.exists():
@@ -318,14 +357,16 @@ class Panel:
         now = self._clock()
         if self._dose_read_at is None or now - self._dose_read_at >= DOSE_REFRESH_S:
             try:
-                self._dose_fraction = self._dose()
+                self._dose_fraction = self.host.dose_fraction()
             except Exception:
                 log.exception("the weekly dose could not be read")
             self._dose_read_at = now
         if self._programs_read_at is None or now - self._programs_read_at >= ASSIGNED_REFRESH_S:
-            self._programs = self._assigned()  # the store: a read, not on every refresh
+            self._programs = (
+                self.host.assigned_programs()
+            )  # the store: a read, not on every refresh
             self._programs_read_at = now
-        program = self._playing()
+        program = self.host.playing_program()
         ends_at = self._ends_at
         if ends_at is not None and self._paused_at is not None:
             ends_at += now - self._paused_at  # the clock stops while paused
@@ -337,7 +378,7 @@ class Panel:
             last_program=self._last_program,
             fault=self._fault if program is None else sl.FAULT_NONE,
             dose_fraction=self._dose_fraction,
-            syncing=self._syncing(),
+            syncing=self.host.syncing(),
         )
 
     def _perform(self, action: Action) -> None:
@@ -345,7 +386,7 @@ class Panel:
         if isinstance(action, Start):
             self._start_when_idle(action.program)
         elif isinstance(action, Stop):
-            self._stop()
+            self.host.stop_playing()
         elif isinstance(action, Pause):
             self.mixer.pause()
             self._paused_at = self._clock()
@@ -367,7 +408,7 @@ class Panel:
         elif isinstance(action, SayNumber):
             self._say_clips(self.library.clips(f"n{action.value}") if self.library else [])
         elif isinstance(action, Answered):
-            self._answered(action, datetime.now(UTC))
+            self.host.checkin_answered(action, datetime.now(UTC))
             if self.controls.checkin is None and self._asking:
                 self._asking = False
                 self._say("checkin_done")
@@ -382,14 +423,14 @@ class Panel:
         self._wait_idle()
         self.mixer.resume()
         try:
-            self._start(program)
+            self.host.play_from_panel(program)
         except ResoneraError as exc:
             log.warning("the play button could not start %r: %s", program, exc)
             self._last_program = program  # a next press moves on, not back to this one
 
     def _wait_idle(self) -> None:
         deadline = self._clock() + SKIP_WAIT_S
-        while self._playing() is not None and self._clock() < deadline:
+        while self.host.playing_program() is not None and self._clock() < deadline:
             time.sleep(0.05)  # a skip: the stopped session is fading out
 
     def _say(self, key: str) -> None:
@@ -400,7 +441,11 @@ class Panel:
         if not clips:
             return
         self.mixer.say(*clips, keep=keep)
-        if self._speak_idle is not None and not self._closed and self._playing() is None:
+        if (
+            self._speak_idle is not None
+            and not self._closed
+            and self.host.playing_program() is None
+        ):
             try:
                 self._speak_idle(self.mixer)  # on this thread: presses wait the prompt out
             except ResoneraError as exc:
@@ -409,138 +454,97 @@ class Panel:
 
 def panel_for(
     settings: DeviceSettings,
+    host: PanelHost,
     *,
-    start: Callable[[str], object],
-    stop: Callable[[], object],
-    playing: Callable[[], str | None],
-    assigned: Callable[[], tuple[str, ...]],
-    duration: Callable[[str], float | None] = lambda _name: None,
-    syncing: Callable[[], bool] = lambda: False,
-    idle_monitor: Callable[[], HardwareMonitor | None] | None = None,
-    profile: Callable[[], HearingProfile] | None = None,
-    answered: Callable[[Answered, datetime], None] = lambda _answer, _at: None,
+    speak_idle: Callable[[PromptMixer], None] | None = None,
 ) -> Panel:
-    """The device's panel: its controls, a mixer at the device's rate, the prompts built for it
-    (``resonera-device prompts build``; without them the panel works silently, which is logged),
-    the week's dose from the ledger, and the first-use marker in the data folder. With
-    ``idle_monitor`` (the service's monitor between sessions) prompts are also spoken between
-    sessions, under ``profile()`` (the person's profile in force), whose check-in questions are
-    asked around sessions (``answered`` records each answer)."""
-    from resonera.device.prompts import (
-        PromptLibrary,
-        PromptsError,
-        build_checkin_prompts,
-        prompts_dir,
-    )
-    from resonera.device.safety.dose_ledger import DoseLedger
-
+    """The device's panel for ``host``: its controls, a mixer at the device's rate, the prompts
+    built for it (``resonera-device prompts build``; without them the panel works silently, which
+    is logged), check-in questions spoken into that cache, and the first-use marker in the data
+    folder. ``speak_idle`` (``IdlePrompts.speak``) speaks prompts between sessions."""
     library: PromptLibrary | None = None
     try:
         library = PromptLibrary(prompts_dir(settings.data_dir), settings.sample_rate)
     except PromptsError as exc:
         log.warning("spoken prompts off: %s", exc)
 
-    def dose_fraction() -> float:
-        if not settings.dose_ledger_path.exists():
-            return 0.0  # nothing played yet: opening would create a ledger
-        ledger = DoseLedger.for_settings(settings)
-        try:
-            return ledger.status(time.time(), settings.profile.dose_mode).fraction
-        finally:
-            ledger.close()
-
     def render_checkins(questions: Sequence[CheckInQuestion]) -> PromptLibrary:
-        from resonera.device.safety.session import load_session_calibration
-
         directory = prompts_dir(settings.data_dir)
         calibration = load_session_calibration(settings.calibration_file)
         report = build_checkin_prompts(directory, calibration, questions)
         log.info("check-in prompts: %d spoken, %d unchanged", report.built, report.reused)
         return PromptLibrary(directory, settings.sample_rate)
 
-    in_force = profile or (lambda: settings.profile)
     return Panel(
         Controls(),
         PromptMixer(settings.sample_rate),
         library,
-        start=start,
-        stop=stop,
-        playing=playing,
-        assigned=assigned,
-        duration=duration,
-        dose_fraction=dose_fraction,
-        syncing=syncing,
-        speak_idle=(
-            None
-            if idle_monitor is None
-            else lambda mixer: speak_while_idle(settings, idle_monitor, in_force(), mixer)
-        ),
+        host,
+        speak_idle=speak_idle,
         notice_marker=settings.data_dir / "first-use-notice-given",
-        checkins=lambda: in_force().checkins,
-        answered=answered,
         render_checkins=render_checkins,
     )
 
 
-#: How long speaking between sessions waits for the service's idle monitor (just after a session).
-IDLE_MONITOR_WAIT_S = 3.0
 #: Silence around a prompt spoken between sessions: the duck ramp before, a little after.
 IDLE_PROMPT_MARGIN_S = 0.5
+#: The longest a prompt spoken between sessions plays (silence and all).
+IDLE_PROMPT_MAX_S = 120.0
 
 
-def speak_while_idle(
-    settings: DeviceSettings,
-    monitor: Callable[[], HardwareMonitor | None],
-    profile: HearingProfile,
-    mixer: PromptMixer,
-) -> None:
-    """Play what ``mixer`` holds now, between sessions: arm the MCU through the idle ``monitor``
-    (waited for a little: it restarts after each session), play silence with the prompts mixed in
-    through the session's safety chain (its level ceiling, limiter and the dose ledger) to the
-    device's sink, then ask the MCU to mute again. In simulation mode without an MCU it plays
-    without consent, as sessions do there. ``ResoneraError`` (``HardwareNotReady``: the MCU
-    refuses, e.g. the fault is still there) leaves the prompts queued."""
-    from resonera.common.program import Program, Step
-    from resonera.device.agent import open_sink
-    from resonera.device.hwmonitor import HardwareNotReady
-    from resonera.device.safety.dose_ledger import DoseLedger
-    from resonera.device.safety.session import load_session_calibration
-    from resonera.engine.pipeline import build_pipeline
+class IdlePrompts:
+    """Speaks what the panel's mixer holds between sessions: the MCU claimed from the one
+    ``monitor`` for the prompt's length (a session starting takes the claim over: the prompt is
+    silent from its next block), silence with the prompts mixed in played through the engine's
+    pipeline (the session's safety chain: level ceiling, limiter, the MCU's hard limits, the dose
+    ``ledger``) to the device's sink, then the MCU muted again. In simulation mode without a
+    monitor it plays without consent, as sessions do there."""
 
-    deadline = time.monotonic() + IDLE_MONITOR_WAIT_S
-    live = monitor()
-    while (live is None or not live.connected) and time.monotonic() < deadline:
-        time.sleep(0.05)
-        live = monitor()
-    if live is None and not settings.simulation:
-        raise HardwareNotReady("no safety monitor between sessions")
-    calibration = load_session_calibration(settings.calibration_file)
-    seconds = min(120.0, mixer.pending_s + 2 * IDLE_PROMPT_MARGIN_S)
-    silence = Program(
-        name="prompt", fade_in_s=0.0, fade_out_s=0.0, steps=[Step(duration_s=seconds)]
-    )
-    hard = live.arm(settings.arm_timeout_s).limits if live is not None else None
-    ledger = DoseLedger.for_settings(settings)
-    try:
-        pipeline = build_pipeline(
-            silence,
-            sample_rate=settings.sample_rate,
-            calibration=calibration,
-            profile=profile,
-            hard=hard,
-            ledger=ledger,
-            wall_clock=time.time,
+    def __init__(
+        self,
+        settings: DeviceSettings,
+        monitor: HardwareMonitor | None,
+        ledger: DoseLedger,
+        profile: Callable[[], HearingProfile],
+    ) -> None:
+        self.settings = settings
+        self.monitor = monitor
+        self.ledger = ledger
+        self.profile = profile
+
+    def speak(self, mixer: PromptMixer) -> None:
+        """Play what ``mixer`` holds now. ``ResoneraError`` (``HardwareNotReady``: the MCU
+        refuses, e.g. the fault is still there, or a session holds it) leaves the prompts queued."""
+        settings, monitor = self.settings, self.monitor
+        if monitor is None and not settings.simulation:
+            raise HardwareNotReady("no safety monitor between sessions")
+        calibration = load_session_calibration(settings.calibration_file)
+        seconds = min(IDLE_PROMPT_MAX_S, mixer.pending_s + 2 * IDLE_PROMPT_MARGIN_S)
+        silence = Program(
+            name="prompt", fade_in_s=0.0, fade_out_s=0.0, steps=[Step(duration_s=seconds)]
         )
-        result = pipeline.play(
-            open_sink(settings),
-            block_frames=settings.block_frames,
-            gate=(lambda: live.consent) if live is not None else None,
-            reason=(lambda: live.reason) if live is not None else None,
-            should_stop=lambda: not mixer.speaking,
-            mixer=mixer,
-        )
-        log.info("prompt spoken between sessions: %s %s", result.outcome, result.reason or "")
-    finally:
-        ledger.close()
-        if live is not None:
-            live.request_mute()
+        claim: ConsentClaim | None = None
+        if monitor is not None:
+            claim = monitor.claim("a prompt between sessions", settings.arm_timeout_s)
+        try:
+            pipeline = build_pipeline(
+                silence,
+                sample_rate=settings.sample_rate,
+                calibration=calibration,
+                profile=self.profile(),
+                hard=claim.hello.limits if claim is not None else None,
+                ledger=self.ledger,
+                wall_clock=time.time,
+            )
+            result = pipeline.play(
+                open_sink(settings),
+                block_frames=settings.block_frames,
+                gate=(lambda: claim.consent) if claim is not None else None,
+                reason=(lambda: claim.reason) if claim is not None else None,
+                should_stop=lambda: not mixer.speaking,
+                mixer=mixer,
+            )
+            log.info("prompt spoken between sessions: %s %s", result.outcome, result.reason or "")
+        finally:
+            if claim is not None:
+                claim.release()

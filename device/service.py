@@ -1,16 +1,26 @@
-"""``resonera-device run``: the agent as one long-running, supervised process.
+"""``resonera-device run``: the agent as one long-running, supervised process, and its composition
+root.
 
-Inside it:
-- sync (``DeviceSync``): connected to the broker, draining the outbox, taking the desired state
-  through a ``DesiredStateApplier`` that knows whether a session is playing;
-- the player: one session at a time (``agent.play_session``) in a thread of its own, started and
-  stopped through the control socket; ``SIGTERM`` fades it out (its stop event), records it, then
-  closes everything;
-- the safety monitor between sessions when a ``serial_url`` is set (link and MCU events are
-  recorded while idle too; a session opens the port itself, so the idle monitor steps aside);
-- the control panel (``device/panel.py``: buttons, status light, spoken prompts), owned here: each
-  safety monitor opened (idle or a session's) serves it, and each session plays through its
-  prompt mixer;
+``DeviceService`` builds, once and through constructors, one owner per long-lived resource and
+holds it for the process's life:
+
+- ``store`` (``DeviceStore``: records and the outbox) and ``ledger`` (``DoseLedger``: the week's
+  dose; sessions and prompts write it, the panel reads it, a clinician's reset repairs it);
+- ``recorder`` (``SafetyEventRecorder``): every safety event of the process, link and session;
+- ``monitor`` (``HardwareMonitor``, when a ``serial_url`` is set): the one opener of the safety
+  MCU's port, for the process's life. Sessions, prompts between sessions and check-ins ask it for
+  the MCU's consent (``claim``); none opens the port or hands it over. A port that is missing or
+  lost is reopened by the monitor, and meanwhile nobody has consent;
+- ``panel`` (``Panel``: buttons, status light, spoken prompts), built for this service through
+  ``PanelHost`` (the methods below under "the panel's host"); the monitor serves it, and every
+  session plays through its prompt mixer;
+- ``applier`` (``DesiredStateApplier``) and ``sync`` (``DeviceSync``: the MQTT connection,
+  draining the outbox; its paho client from ``client_factory``).
+
+Inside the process:
+- the player: one ``Session`` at a time (``device/session.py``) in a thread of its own, started
+  and stopped through the control socket or the buttons; ``SIGTERM`` fades it out (``stop``),
+  records it, then closes everything;
 - check-ins (issue 12): the panel asks the profile's questions around each session; each answer
   is stored sealed and queued as a ``checkin`` message here at once, under the session's id (the
   "before" answers fix the id the session then plays under);
@@ -43,17 +53,32 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric import ec
+
 from resonera.common.errors import ResoneraError
 from resonera.common.ids import new_id
+from resonera.common.mqtt_client import build_client
+from resonera.common.profile import HearingProfile
 from resonera.common.program import Program
 from resonera.common.records import CheckInRecord, SessionRecord
-from resonera.device.controls import Answered
+from resonera.device.controls import Answered, assigned_programs
 from resonera.device.desired_state import DesiredStateApplier
+from resonera.device.enroll import renew_daily, renewed_mqtt
+from resonera.device.hwmonitor import HardwareMonitor
 from resonera.device.memory import release_free_memory
+from resonera.device.panel import IdlePrompts, Panel, panel_for
 from resonera.device.safety.dose_ledger import DoseLedger
+from resonera.device.safety_events import SafetyEventRecorder
+from resonera.device.session import (
+    Session,
+    SessionParts,
+    SessionWatch,
+    daily_limit_refusal,
+    open_sink,
+)
 from resonera.device.settings import DeviceSettings
 from resonera.device.store import DeviceStore
-from resonera.device.sync import DeviceSync
+from resonera.device.sync import ClientFactory, DeviceSync
 
 log = logging.getLogger(__name__)
 
@@ -68,12 +93,20 @@ class ServiceUnavailable(ResoneraError):
 class _Playing:
     program: str
     started_at: float
-    stop: threading.Event
+    session: Session
     thread: threading.Thread
 
 
+#: Records count as going to the server this long after the last ack.
+SYNCING_WINDOW_S = 2.0
+
+
+def _log_line(message: str) -> None:
+    log.info("%s", message)
+
+
 class DeviceService:
-    """Build, then ``run()`` (blocks until ``shutdown()`` or SIGTERM/SIGINT)."""
+    """Build, then ``run()`` (blocks until ``shutdown()`` or SIGTERM/SIGINT); see the module."""
 
     def __init__(
         self,
@@ -81,58 +114,57 @@ class DeviceService:
         resolve_program: Callable[[str], Program],
         *,
         store: DeviceStore | None = None,
+        client_factory: ClientFactory = build_client,
     ) -> None:
         self.settings = settings
         self.resolve_program = resolve_program
-        self.store = store or settings.open_store()
-        self.applier = DesiredStateApplier(
+        self.store: DeviceStore = store or settings.open_store()
+        self.ledger: DoseLedger = DoseLedger.for_settings(settings)
+        self.recorder: SafetyEventRecorder = SafetyEventRecorder(
+            self.store, settings.device_id, simulation=settings.simulation
+        )
+        self.monitor: HardwareMonitor | None = (
+            None
+            if settings.serial_url is None
+            else HardwareMonitor(settings.serial_url, events=self.recorder)
+        )
+        idle_prompts = IdlePrompts(settings, self.monitor, self.ledger, self.profile_in_force)
+        self.panel: Panel = panel_for(settings, self, speak_idle=idle_prompts.speak)
+        if self.monitor is not None:
+            self.monitor.attach_panel(self.panel)
+        self.applier: DesiredStateApplier = DesiredStateApplier(
             self.store,
             settings.device_id,
             settings.pinned_server_key(),
             settings.profile,
             on_lowered=self._limits_lowered,
-            on_applied=lambda profile: self.panel.prepare_checkins(profile.checkins),
-            open_ledger=lambda: DoseLedger.for_settings(settings),
+            on_applied=self._profile_applied,
+            open_ledger=self._ledger_for_reset,
             simulation=settings.simulation,
         )
-        self.sync = DeviceSync(settings, self.store, desired=self.applier)
+        self.sync: DeviceSync = DeviceSync(
+            settings, self.store, desired=self.applier, client_factory=client_factory
+        )
         self.started = time.time()
         self.last_session: SessionRecord | None = None
         self.last_error = ""
         self._lock = threading.Lock()
         self._playing: _Playing | None = None
-        #: Why the playing session's stop event is set (written before it is set).
-        self._stop_reason = "stopped by the person"
-        #: "Before" check-in answers waiting for their session's id, and the last session's id.
         #: The id the next session will have, fixed by its first "before" check-in answer (stored
-        #: at once under it, so a crash mid-session loses none).
+        #: at once under it, so a crash mid-session loses none), and the last session's id.
         self._next_session: str | None = None
         self._ended_session: str | None = None
         self._shutdown = threading.Event()
         self._server: socketserver.ThreadingUnixStreamServer | None = None
-        self._monitor: Any = None  # HardwareMonitor between sessions, when serial_url is set
-        self._recorder: Any = None
-        #: The MCU's firmware version from the last HELLO seen (kept while a session holds the
-        #: port and after the link is lost: telemetry reports the board it was).
+        #: The MCU's firmware version from the last HELLO seen (kept after the link is lost:
+        #: telemetry reports the board it was).
         self._firmware: str | None = None
-        from resonera.device.controls import assigned_programs
-        from resonera.device.panel import panel_for
 
-        # the buttons, status light and spoken prompts (device/panel.py): every safety monitor
-        # opened here serves the panel, and every session plays through its prompt mixer
-        self.panel = panel_for(
-            settings,
-            start=self._play_from_panel,
-            stop=self.stop_playing,
-            playing=lambda: self._playing.program if self._playing is not None else None,
-            assigned=lambda: assigned_programs(
-                getattr(self.store.applied_desired(), "content", {})
-            ),
-            duration=lambda name: self.resolve_program(name).duration_s,
-            syncing=lambda: time.time() - (getattr(self.sync, "last_ack", None) or 0.0) < 2.0,
-            idle_monitor=lambda: self._monitor,
-            profile=lambda: self.store.applied_profile() or settings.profile,
-            answered=self._checkin_answered,
+    @property
+    def session_parts(self) -> SessionParts:
+        """What every session of this process plays with: the owners above."""
+        return SessionParts(
+            self.settings, self.store, self.monitor, self.ledger, self.recorder, self.panel.mixer
         )
 
     # --- lifecycle -------------------------------------------------------------------------------
@@ -163,7 +195,8 @@ class DeviceService:
                 name="checkin-prompts",
                 daemon=True,
             ).start()
-        self._start_idle_monitor()
+        if self.monitor is not None:
+            self.monitor.start(wait_for_port=True)  # a missing port is tried again, as a lost one
         self.queue_telemetry()
         self._start_renewal()
         log.info(
@@ -174,9 +207,8 @@ class DeviceService:
 
     def _start_renewal(self) -> None:
         """Renew the enrolled certificate now and daily when it nears its end (device/enroll.py)."""
-        from resonera.device.enroll import renew_daily, renewed_mqtt
 
-        def renewed(key: Any) -> None:
+        def renewed(key: ec.EllipticCurvePrivateKey) -> None:
             self.store.signing_key = key  # what is queued from now on is signed with the new key
             mqtt = renewed_mqtt(self.settings)
             if mqtt is not None:  # the broker is to see the new certificate, not the old
@@ -194,7 +226,7 @@ class DeviceService:
         self._shutdown.set()
 
     def close(self) -> None:
-        """Fade out and record a playing session, stop the monitor, flush, disconnect."""
+        """Fade out and record a playing session, mute and let go of the MCU, flush, disconnect."""
         log.info("shutting down")
         if self._server is not None:
             self._server.shutdown()
@@ -203,14 +235,17 @@ class DeviceService:
                 self.settings.control_socket_path.unlink()
         playing = self._playing
         if playing is not None:
-            self._stop_reason = "the device service was shut down"
-            playing.stop.set()
+            playing.session.stop("the device service was shut down")
             playing.thread.join(timeout=30)
-        self._stop_idle_monitor()
+        self._note_firmware()
+        if self.monitor is not None:
+            self.monitor.stop()  # MUTE; a prompt still speaking loses its consent and ends
         self.panel.close()
         self.queue_telemetry()
         self.sync.drain(timeout_s=2.0)  # a best effort: what is not acked stays in the outbox
         self.sync.stop()
+        self.recorder.close()  # every safety event written
+        self.ledger.close()
         self.store.close()
 
     # --- playing ---------------------------------------------------------------------------------
@@ -218,25 +253,21 @@ class DeviceService:
     def play(self, spec: str) -> str:
         """Start ``spec`` (preset or file) in the background; the reply line for the socket."""
         program = self.resolve_program(spec)
-        from resonera.device.agent import daily_limit_refusal
-
-        # refused before the thread starts, so the person hears why (play_session checks again)
+        # refused before the thread starts, so the person hears why (the session checks again)
         refused = daily_limit_refusal(self.store, time.time())
         if refused is not None:
             raise ResoneraError(refused)
         with self._lock:
             if self._playing is not None:
                 raise ResoneraError(f"already playing {self._playing.program!r}; stop it first")
-            stop = threading.Event()
-            self._stop_reason = "stopped by the person"
             session_id, self._next_session = self._next_session or new_id(), None
-            thread = threading.Thread(
-                target=self._play_session,
-                args=(program, stop, session_id),
-                name="player",
-                daemon=True,
+            session = Session(
+                self.session_parts, session_id=session_id, watch=SessionWatch(notify=_log_line)
             )
-            self._playing = _Playing(program.name, time.time(), stop, thread)
+            thread = threading.Thread(
+                target=self._play_session, args=(session, program), name="player", daemon=True
+            )
+            self._playing = _Playing(program.name, time.time(), session, thread)
             self.applier.session_started()
         thread.start()
         return f"ok playing {program.name!r} ({program.duration_s:.0f} s)"
@@ -245,28 +276,12 @@ class DeviceService:
         playing = self._playing
         if playing is None:
             return "ok nothing is playing"
-        playing.stop.set()
+        playing.session.stop()
         return f"ok stopping {playing.program!r} (fading out)"
 
-    def _play_session(self, program: Program, stop: threading.Event, session_id: str) -> None:
-        from resonera.device.agent import open_sink, play_session
-
-        self._stop_idle_monitor()  # the session opens the MCU's port itself
-        record: SessionRecord | None = None
+    def _play_session(self, session: Session, program: Program) -> None:
         try:
-            sink = open_sink(self.settings)
-            record = play_session(
-                self.settings,
-                self.store,
-                program,
-                sink,
-                stop=stop,
-                session_id=session_id,
-                stop_reason=lambda: self._stop_reason,
-                notify=lambda message: log.info("%s", message),
-                mixer=self.panel.mixer,
-                panel=self.panel,
-            )
+            record = session.run(program, open_sink(self.settings))
             self.last_session = record
             self.last_error = ""
             log.info("session %s: %s %s", record.session_id, record.outcome, record.reason)
@@ -274,30 +289,66 @@ class DeviceService:
             self.last_error = str(exc)
             log.error("session of %r did not play: %s", program.name, exc)
         finally:
-            self._ended_session = session_id
+            self._ended_session = session.session_id
             release_free_memory()  # the session's renderer, chain and buffers
-            # The idle monitor takes the port back BEFORE the next session may start: that one
-            # steps it aside first, and an idle monitor opened after it would read the same port.
-            if not self._shutdown.is_set():
-                self._start_idle_monitor()
             with self._lock:
                 self._playing = None
             self.applier.session_ended()
             self.sync.kick()
 
-    # --- check-ins ---------------------------------------------------------------------------------
+    def _limits_lowered(self, _profile: object) -> None:
+        """A desired state lowered the limits during a session: the session stops (fading), so
+        the lower limits hold from the next session on; it could not be changed mid-chain."""
+        playing = self._playing
+        if playing is not None:
+            log.warning("limits lowered by the clinician during a session: stopping it")
+            playing.session.stop(
+                "the clinician lowered the limits; they hold from the next session"
+            )
 
-    def _play_from_panel(self, spec: str) -> str:
+    def _profile_applied(self, profile: HearingProfile) -> None:
+        """A new profile (the sync thread): its check-in questions spoken into the prompt cache."""
+        self.panel.prepare_checkins(profile.checkins)
+
+    def _ledger_for_reset(self) -> DoseLedger:
+        """The one ledger, for a clinician's reset. The applier closes what it is given after the
+        reset: ``DoseLedger.close`` lets only the idle connections go, the ledger stays usable."""
+        return self.ledger
+
+    # --- the panel's host (device/panel.py: PanelHost; called on the panel's thread) ------------
+
+    def play_from_panel(self, program: str) -> str:
         """``play`` for the buttons: if it is refused, the check-in answers given before it stay
         stored under the id the session would have had; the next session gets a new one."""
         try:
-            return self.play(spec)
+            return self.play(program)
         except ResoneraError:
             with self._lock:
                 self._next_session = None
             raise
 
-    def _checkin_answered(self, answer: Answered, at: datetime) -> None:
+    def playing_program(self) -> str | None:
+        playing = self._playing
+        return playing.program if playing is not None else None
+
+    def assigned_programs(self) -> tuple[str, ...]:
+        applied = self.store.applied_desired()
+        return assigned_programs(applied.content if applied is not None else None)
+
+    def program_length_s(self, program: str) -> float | None:
+        return self.resolve_program(program).duration_s
+
+    def dose_fraction(self) -> float:
+        return self.ledger.status(time.time(), self.profile_in_force().dose_mode).fraction
+
+    def syncing(self) -> bool:
+        return time.time() - (self.sync.last_ack or 0.0) < SYNCING_WINDOW_S
+
+    def profile_in_force(self) -> HearingProfile:
+        """The applied desired state's profile, else the settings'."""
+        return self.store.applied_profile() or self.settings.profile
+
+    def checkin_answered(self, answer: Answered, at: datetime) -> None:
         if answer.phase == "before":
             with self._lock:
                 self._next_session = session_id = self._next_session or new_id()
@@ -326,44 +377,6 @@ class DeviceService:
             return
         self.sync.kick()
 
-    def _limits_lowered(self, _profile: object) -> None:
-        """A desired state lowered the limits during a session: the session stops (fading), so
-        the lower limits hold from the next session on; it could not be changed mid-chain."""
-        playing = self._playing
-        if playing is not None:
-            log.warning("limits lowered by the clinician during a session: stopping it")
-            self._stop_reason = "the clinician lowered the limits; they hold from the next session"
-            playing.stop.set()
-
-    # --- safety monitor between sessions ---------------------------------------------------------
-
-    def _start_idle_monitor(self) -> None:
-        if self.settings.serial_url is None or self._monitor is not None:
-            return
-        from resonera.device.hwmonitor import HardwareMonitor
-        from resonera.device.safety_events import SafetyEventRecorder
-
-        recorder = SafetyEventRecorder(
-            self.store, self.settings.device_id, simulation=self.settings.simulation
-        )
-        monitor = HardwareMonitor(self.settings.serial_url, events=recorder, panel=self.panel)
-        try:
-            monitor.start()
-        except ResoneraError as exc:
-            log.warning("safety MCU not reachable while idle: %s", exc)
-            recorder.close()
-            return
-        self._monitor, self._recorder = monitor, recorder
-
-    def _stop_idle_monitor(self) -> None:
-        monitor, recorder = self._monitor, self._recorder
-        self._monitor = self._recorder = None
-        self._note_firmware(monitor)
-        if monitor is not None:
-            monitor.stop()
-        if recorder is not None:
-            recorder.close()  # flushes every event to the store
-
     # --- telemetry and status --------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
@@ -371,8 +384,8 @@ class DeviceService:
         applied = self.store.applied_desired()
         pending = self.store.pending_desired()
         playing = self._playing
-        monitor = self._monitor
-        self._note_firmware(monitor)
+        monitor = self.monitor
+        self._note_firmware()
         return {
             "device": self.settings.device_id,
             "agent_version": agent_version(),
@@ -394,8 +407,8 @@ class DeviceService:
             "uptime_s": round(time.time() - self.started, 1),
         }
 
-    def _note_firmware(self, monitor: Any) -> None:
-        hello = monitor.hello if monitor is not None else None
+    def _note_firmware(self) -> None:
+        hello = self.monitor.hello if self.monitor is not None else None
         if hello is not None:
             self._firmware = str(hello.firmware_version)
 

@@ -7,6 +7,10 @@ and kept with its cause so the caller records and syncs it.
 
 No path leads to ``playing`` without the safety MCU's consent, except when the machine was created in
 simulation mode, which each transition then carries.
+
+``sound_allowed`` is one of the two gates of a session's audio: the player reads it before every
+block together with the MCU's consent (``device/session.py``), so a session sounds only while both
+agree; a fault fed here mutes even if the MCU still consents.
 """
 
 from __future__ import annotations
@@ -97,7 +101,17 @@ class SafetyStateMachine:
 
     @property
     def sound_allowed(self) -> bool:
+        """True in ``playing`` and ``attenuating`` only: the session's audio gate (with consent)."""
         return self.state in SOUND_STATES
+
+    @property
+    def silence_reason(self) -> str:
+        """Why ``sound_allowed`` is false ("" while it is true)."""
+        if self.state is State.FAULT:
+            return self.fault_cause or "safety fault"
+        if self.sound_allowed:
+            return ""
+        return f"the safety state is {self.state.value}"
 
     @property
     def attenuated(self) -> bool:

@@ -1,7 +1,10 @@
 """The safety state machine of one session, fed from every thread that knows something (the monitor's
-I/O thread, the audio thread, the agent), with each transition recorded as a safety event.
+I/O thread, the audio thread, the session), with each transition recorded as a safety event.
 
-The table in ``state.py`` decides; this only serialises the inputs and writes down what happened.
+The table in ``state.py`` decides, and its ``sound_allowed`` gates the session's audio (with the
+MCU's consent). This serialises the inputs and writes down what happened. An event the table
+refuses means the session and its machine disagree: in that doubt the machine goes to ``fault``,
+so the audio mutes, and the cause says which event was refused.
 """
 
 from __future__ import annotations
@@ -36,15 +39,25 @@ class SessionSupervisor:
     def state(self) -> State:
         return self.machine.state
 
+    @property
+    def sound_allowed(self) -> bool:
+        """The machine's gate (a plain read: the audio thread asks before every block)."""
+        return self.machine.sound_allowed
+
+    @property
+    def silence_reason(self) -> str:
+        return self.machine.silence_reason
+
     def handle(self, event: Event, cause: str) -> bool:
-        """Feed one event; True if it changed the state. A refused event is logged, not raised:
-        the sources are independent threads, and a late warning after a stop is no error."""
+        """Feed one event; True if it changed the state. A refused event is not raised (the
+        sources are independent threads): it latches ``fault`` with the refusal as its cause."""
         with self._lock:
             try:
                 transition = self.machine.handle(event, self.clock(), cause)
             except IllegalTransition as exc:
-                log.info("safety state %s ignored %s: %s", self.machine.state, event.value, exc)
-                return False
+                log.warning("safety state %s refused %s: %s", self.machine.state, event.value, exc)
+                cause = f"the safety state machine refused {event.value!r} ({exc}): muted"
+                transition = self.machine.handle(Event.FAULT, self.clock(), cause)
         if transition is None:
             return False
         log.info(

@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 from resonera.common.program import Program, Step, ToneLayer
-from resonera.device.agent import play_session
+from resonera.device.session import Session
 from resonera.engine.audio.sinks import NullSink
 from resonera.device.service import DeviceService
 from resonera.device.settings import DeviceSettings
@@ -41,9 +41,7 @@ program = Program(name="tone", fade_in_s=0.5, fade_out_s=0.5, steps=[Step(durati
 service = DeviceService(settings, lambda _name: program)
 assert service.panel.library is not None, "the prompts were not loaded"
 service.panel.mixer.say(*service.panel.library.clips("session_start"))
-record = play_session(
-    settings, service.store, program, NullSink(), mixer=service.panel.mixer, panel=service.panel
-)
+record = Session(service.session_parts).run(program, NullSink())
 assert record.outcome == "completed", record
 assert list(service.panel.mixer.spoken) == ["session_start"]
 assert service.status()["outbox_depth"] >= 1

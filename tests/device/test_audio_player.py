@@ -256,7 +256,7 @@ SESSION_PATH = """
 import sys
 import numpy as np
 import soundfile
-import resonera.device.agent  # what a session imports: player, renderer, sinks, safety chain
+import resonera.device.session  # what a session imports: player, renderer, sinks, safety chain
 from resonera.common.program import BackgroundLayer, BinauralLayer, NoiseLayer, Program, Step
 from resonera.engine.audio.player import play
 from resonera.engine.audio.sinks import NullSink

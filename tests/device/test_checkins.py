@@ -16,7 +16,7 @@ from support import require_tool
 from resonera.common import serial_link as sl
 from resonera.common.envelope import decode_envelope
 from resonera.common.ids import new_id
-from resonera.common.profile import CheckInQuestion
+from resonera.common.profile import CheckInQuestion, HearingProfile
 from resonera.common.records import CheckInRecord
 from resonera.common.safety_link import LinkEvent
 from resonera.device.audio.prompt_mixer import PromptMixer
@@ -245,13 +245,41 @@ FIXED = ["checkin_before", "checkin_after", "checkin_how", "checkin_done", "n5",
 
 
 class Agent:
-    def __init__(self) -> None:
+    """The agent as the panel sees it (``PanelHost``), with a profile that asks two questions;
+    the answers it is handed are kept in ``answers``."""
+
+    def __init__(self, answers: list[Answered]) -> None:
         self.program: str | None = None
         self.calls: list[str] = []
+        self.answers = answers
 
-    def start(self, name: str) -> None:
-        self.calls.append(f"start {name}")
-        self.program = name
+    def play_from_panel(self, program: str) -> None:
+        self.calls.append(f"start {program}")
+        self.program = program
+
+    def stop_playing(self) -> None:
+        self.program = None
+
+    def playing_program(self) -> str | None:
+        return self.program
+
+    def assigned_programs(self) -> tuple[str, ...]:
+        return ("calm-tone",)
+
+    def program_length_s(self, program: str) -> float | None:
+        return None
+
+    def dose_fraction(self) -> float:
+        return 0.0
+
+    def syncing(self) -> bool:
+        return False
+
+    def profile_in_force(self) -> HearingProfile:
+        return HearingProfile(checkins=[RELAXED, LOUDNESS])
+
+    def checkin_answered(self, answer: Answered, at: datetime) -> None:
+        self.answers.append(answer)
 
 
 def spoken(mixer: PromptMixer) -> list[str]:
@@ -261,7 +289,7 @@ def spoken(mixer: PromptMixer) -> list[str]:
     return [key for utterance in mixer.spoken for key in utterance.split("+")]
 
 
-def checkin_panel(directory: Path, agent: Agent, answers: list[Answered]) -> Panel:
+def checkin_panel(directory: Path, agent: Agent) -> Panel:
     calibration = load_calibration_file(packaged_calibration())
 
     def render(questions: Sequence[CheckInQuestion]) -> PromptLibrary:
@@ -272,12 +300,7 @@ def checkin_panel(directory: Path, agent: Agent, answers: list[Answered]) -> Pan
         Controls(),
         PromptMixer(RATE),
         PromptLibrary(directory, RATE),
-        start=agent.start,
-        stop=lambda: None,
-        playing=lambda: agent.program,
-        assigned=lambda: ("calm-tone",),
-        checkins=lambda: (RELAXED, LOUDNESS),
-        answered=lambda answer, _at: answers.append(answer),
+        agent,
         render_checkins=render,
     )
 
@@ -292,8 +315,9 @@ def prompts(tmp_path: Path) -> Path:
 
 
 def test_the_panel_speaks_the_questions_and_hands_on_the_answers(prompts: Path) -> None:
-    agent, answers = Agent(), list[Answered]()
-    panel = checkin_panel(prompts, agent, answers)
+    answers = list[Answered]()
+    agent = Agent(answers)
+    panel = checkin_panel(prompts, agent)
     panel.prepare_checkins((RELAXED, LOUDNESS))  # a profile applied: the questions spoken
     assert panel.describe().get("checkin") is None
     relaxed_key = checkin_key(RELAXED, "en")
@@ -322,8 +346,9 @@ def test_the_panel_speaks_the_questions_and_hands_on_the_answers(prompts: Path) 
 def test_without_espeak_ng_at_apply_time_the_questions_are_recorded_skipped_with_why(
     prompts: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    agent, answers = Agent(), list[Answered]()
-    panel = checkin_panel(prompts, agent, answers)
+    answers = list[Answered]()
+    agent = Agent(answers)
+    panel = checkin_panel(prompts, agent)
     monkeypatch.setenv("PATH", str(tmp_path))  # espeak-ng gone from this device
     panel.prepare_checkins((RELAXED, LOUDNESS))  # reported, not raised
     problem = str(panel.describe()["checkin"])
@@ -335,8 +360,9 @@ def test_without_espeak_ng_at_apply_time_the_questions_are_recorded_skipped_with
 
 
 def test_after_a_fault_the_after_questions_are_recorded_skipped(prompts: Path) -> None:
-    agent, answers = Agent(), list[Answered]()
-    panel = checkin_panel(prompts, agent, answers)
+    answers = list[Answered]()
+    agent = Agent(answers)
+    panel = checkin_panel(prompts, agent)
     agent.program = "calm-tone"  # started from the control socket: no "before" check-in
     panel.handle(None)
     panel.on_event(LinkEvent("fault", "headphones unplugged", sl.FAULT_HEADPHONES_UNPLUGGED))

@@ -4,8 +4,9 @@ actions, with a clock the test controls (no device, no threads); then the ``Pane
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -14,10 +15,12 @@ from support import require_tool
 
 from resonera.common import serial_link as sl
 from resonera.common.errors import ResoneraError
+from resonera.common.profile import HearingProfile
 from resonera.common.safety_link import LinkEvent
 from resonera.device.audio.prompt_mixer import PromptMixer
 from resonera.device.controls import (
     AgentState,
+    Answered,
     ClearFault,
     Controls,
     Pause,
@@ -171,19 +174,43 @@ def test_the_light_follows_the_state() -> None:
 
 
 class Agent:
-    """The agent as the panel sees it: start, stop, what plays."""
+    """The agent as the panel sees it (``PanelHost``): start, stop, what plays, the person's
+    programs of 150 s each and ``dose[0]`` of the week used."""
 
     def __init__(self) -> None:
         self.program: str | None = None
         self.calls: list[str] = []
+        self.assigned: tuple[str, ...] = ASSIGNED
+        self.dose: list[float] = []
 
-    def start(self, name: str) -> None:
-        self.calls.append(f"start {name}")
-        self.program = name
+    def play_from_panel(self, program: str) -> None:
+        self.calls.append(f"start {program}")
+        self.program = program
 
-    def stop(self) -> None:
+    def stop_playing(self) -> None:
         self.calls.append("stop")
         self.program = None
+
+    def playing_program(self) -> str | None:
+        return self.program
+
+    def assigned_programs(self) -> tuple[str, ...]:
+        return self.assigned
+
+    def program_length_s(self, program: str) -> float | None:
+        return 150.0
+
+    def dose_fraction(self) -> float:
+        return self.dose[0] if self.dose else 0.0
+
+    def syncing(self) -> bool:
+        return False
+
+    def profile_in_force(self) -> HearingProfile:
+        return HearingProfile()
+
+    def checkin_answered(self, answer: Answered, at: datetime) -> None:
+        raise AssertionError(f"no check-in was asked, yet {answer} came at {at}")
 
 
 @pytest.fixture(scope="module")
@@ -214,24 +241,21 @@ def make_panel(
     dose: list[float] | None = None,
     *,
     notice_given: bool = False,
-    **changes: Any,
+    speak_idle: Callable[[PromptMixer], None] | None = None,
 ) -> Panel:
-    """A panel on ``agent``'s two assigned programs of 150 s, ``dose[0]`` of the week used; with
-    ``notice_given`` the first-use notice was said before; ``changes`` replace Panel's arguments."""
+    """A panel on ``agent``, ``dose[0]`` of the week used; with ``notice_given`` the first-use
+    notice was said before; ``speak_idle`` speaks between sessions."""
     if notice_given:
         (tmp_path / "notice-given").touch()
-    options: dict[str, Any] = {
-        "start": agent.start,
-        "stop": agent.stop,
-        "playing": lambda: agent.program,
-        "assigned": lambda: ASSIGNED,
-        "duration": lambda _name: 150.0,
-        "dose_fraction": lambda: dose[0] if dose else 0.0,
-        "notice_marker": tmp_path / "notice-given",
-        "clock": clock,
-    }
+    agent.dose = dose if dose is not None else agent.dose
     return Panel(
-        Controls(clock=clock), PromptMixer(RATE, clock=clock), library, **(options | changes)
+        Controls(clock=clock),
+        PromptMixer(RATE, clock=clock),
+        library,
+        agent,
+        speak_idle=speak_idle,
+        notice_marker=tmp_path / "notice-given",
+        clock=clock,
     )
 
 
@@ -318,15 +342,8 @@ def test_between_sessions_a_prompt_is_spoken_at_once_or_waits_if_the_mcu_refuses
             raise ResoneraError("arm refused: amplifier over temperature")
         heard.append(spoken(mixer))
 
-    panel = make_panel(
-        library,
-        tmp_path,
-        agent,
-        clock,
-        notice_given=True,
-        assigned=lambda: (),
-        speak_idle=speak_idle,
-    )
+    agent.assigned = ()
+    panel = make_panel(library, tmp_path, agent, clock, notice_given=True, speak_idle=speak_idle)
     panel.handle(press(sl.BUTTON_VOLUME_UP))  # idle, at the ceiling
     assert heard == [["max_volume"]]
     refuse[0] = True
@@ -349,10 +366,7 @@ def test_a_closed_panel_speaks_nothing_between_sessions(
         Controls(),
         PromptMixer(RATE),
         library,
-        start=agent.start,
-        stop=agent.stop,
-        playing=lambda: agent.program,
-        assigned=lambda: (),
+        agent,
         speak_idle=lambda mixer: heard.append(spoken(mixer)),
         notice_marker=tmp_path / "notice-given",
     )

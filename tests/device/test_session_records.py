@@ -14,8 +14,8 @@ from device_peer import device_settings
 from numpy.typing import NDArray
 
 from resonera.common.program import builtin_program
-from resonera.device.agent import SessionRefused, play_session
 from resonera.device.safety.dose_ledger import DoseLedger
+from resonera.device.session import SessionRefused, play_standalone
 from resonera.engine.audio.sinks import NullSink
 
 
@@ -39,7 +39,7 @@ def test_a_sessions_underruns_are_recorded_stored_and_queued(tmp_path: Path) -> 
     settings = device_settings(None, tmp_path, "underrun-dev")
     store = settings.open_store()
     sink = DryNullSink()
-    record = play_session(settings, store, builtin_program("demo-alpha"), sink)
+    record = play_standalone(settings, store, builtin_program("demo-alpha"), sink)
     assert sink.underruns > 0
     assert record.underruns == sink.underruns
     assert store.sessions() == [record]
@@ -57,7 +57,7 @@ def test_a_damaged_ledger_is_told_as_a_safety_event(tmp_path: Path) -> None:
         conn.execute("UPDATE dose_minute SET seconds = seconds + 1")
     # counted as the whole week used: the default profile refuses the session
     with pytest.raises(SessionRefused):
-        play_session(settings, store, builtin_program("demo-alpha"), NullSink())
+        play_standalone(settings, store, builtin_program("demo-alpha"), NullSink())
     kinds = [e.type for e in store.events()]
     assert "dose_ledger_corrupted" in kinds
     assert "session_refused" in kinds

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
 
@@ -14,9 +13,15 @@ from resonera.common.errors import ProgramError
 from resonera.common.profile import FrequencyRange, HearingProfile
 from resonera.common.program import load_program_toml
 from resonera.common.safety_link import HardLimits
-from resonera.device.agent import SessionRefused, play_session
 from resonera.device.safety.dose_ledger import DoseLedger
 from resonera.device.safety.session import CalibrationMissing, preflight
+from resonera.device.session import (
+    Session,
+    SessionRefused,
+    SessionWatch,
+    play_standalone,
+    standalone_parts,
+)
 from resonera.device.settings import DeviceSettings
 from resonera.device.store import DeviceStore
 from resonera.engine.audio.calibration import load_calibration_file, packaged_calibration
@@ -52,7 +57,7 @@ def settings(tmp_path: Path, **changes: object) -> DeviceSettings:
 def test_without_a_calibration_nothing_plays(tmp_path: Path) -> None:
     s = settings(tmp_path, calibration_file=None)
     with pytest.raises(CalibrationMissing, match="does not play"):
-        play_session(
+        play_standalone(
             s, DeviceStore(s.store_path), load_program_toml(TONE_1K), WavSink(tmp_path / "x.wav")
         )
     assert not (tmp_path / "x.wav").exists()
@@ -81,8 +86,8 @@ def test_a_session_that_would_pass_the_allowance_is_refused_before_it_starts(
     s = settings(tmp_path)
     messages: list[str] = []
     with pytest.raises(SessionRefused, match="would pass 100 %"):
-        play_session(s, DeviceStore(s.store_path), load_program_toml(TONE_1K), NullSink(),
-                     notify=messages.append)  # fmt: skip
+        play_standalone(s, DeviceStore(s.store_path), load_program_toml(TONE_1K), NullSink(),
+                     watch=SessionWatch(notify=messages.append))  # fmt: skip
     assert DeviceStore(s.store_path).sessions() == []
 
 
@@ -93,8 +98,8 @@ def test_at_100_percent_during_a_session_the_person_is_told(tmp_path: Path) -> N
     profile = HearingProfile(refuse_over_allowance=False)
     s = settings(tmp_path, profile=profile)
     messages: list[str] = []
-    record = play_session(s, DeviceStore(s.store_path), load_program_toml(TONE_1K), NullSink(),
-                          notify=messages.append)  # fmt: skip
+    record = play_standalone(s, DeviceStore(s.store_path), load_program_toml(TONE_1K), NullSink(),
+                          watch=SessionWatch(notify=messages.append))  # fmt: skip
     assert record.outcome == "completed"
     assert any("100 % of this week's safe listening allowance" in m for m in messages)
     assert DoseLedger(tmp_path / "dose.db").status(time.time()).fraction > 1.0
@@ -131,7 +136,7 @@ def transitions(store: DeviceStore, session_id: str) -> list[tuple[str | None, s
 def test_every_state_transition_of_a_session_is_recorded_with_the_session(tmp_path: Path) -> None:
     s = settings(tmp_path)
     store = DeviceStore(s.store_path)
-    record = play_session(s, store, load_program_toml(TONE_1K), NullSink())
+    record = play_standalone(s, store, load_program_toml(TONE_1K), NullSink())
     assert transitions(store, record.session_id) == [
         ("idle", "arming"),
         ("arming", "playing"),
@@ -153,7 +158,8 @@ def test_an_mcu_fault_mid_session_silences_it_and_latches_the_fault_state(tmp_pa
             if len(blocks) == 40:
                 sim.over_temperature()
 
-        record = play_session(s, store, load_program_toml(TONE_1K), NullSink(), on_block=on_block)
+        record = play_standalone(s, store, load_program_toml(TONE_1K), NullSink(),
+                                 watch=SessionWatch(on_block=on_block))  # fmt: skip
     assert record.outcome == "fault"
     assert "temperature" in record.reason
     assert record.played_s < 8.0
@@ -167,7 +173,7 @@ def test_a_program_outside_the_persons_ranges_is_refused_before_a_sample(tmp_pat
     profile = HearingProfile(tone_hz=FrequencyRange(low=100, high=800))
     s = settings(tmp_path, profile=profile)
     with pytest.raises(ProgramError, match="frequency_hz 1000 Hz is outside"):
-        play_session(
+        play_standalone(
             s, DeviceStore(s.store_path), load_program_toml(TONE_1K), WavSink(tmp_path / "x.wav")
         )
     assert not (tmp_path / "x.wav").exists()
@@ -177,7 +183,7 @@ def test_an_ear_cup_level_far_from_the_calibrations_prediction_mutes(tmp_path: P
     with Simulator(BoardConfig(max_ear_spl_db=100.0)) as sim:
         s = settings(tmp_path, simulation=False, serial_url=sim.port_path)
         store = DeviceStore(s.store_path)
-        calm = play_session(s, store, load_program_toml(TONE_1K), NullSink())
+        calm = play_standalone(s, store, load_program_toml(TONE_1K), NullSink())
         assert calm.outcome == "completed"  # the microphone agrees with the calibration (~70 dBA)
 
         blocks = 0
@@ -192,7 +198,8 @@ def test_an_ear_cup_level_far_from_the_calibrations_prediction_mutes(tmp_path: P
                 # time, and an unpaced null sink would finish the program before they do
                 time.sleep(len(block) / s.sample_rate)
 
-        record = play_session(s, store, load_program_toml(TONE_1K), NullSink(), on_block=on_block)
+        record = play_standalone(s, store, load_program_toml(TONE_1K), NullSink(),
+                                 watch=SessionWatch(on_block=on_block))  # fmt: skip
     assert record.outcome == "fault"
     assert "ear-cup" in record.reason
     assert 3.0 <= record.played_s < 8.0
@@ -201,7 +208,7 @@ def test_an_ear_cup_level_far_from_the_calibrations_prediction_mutes(tmp_path: P
 
 def test_the_session_record_carries_its_exposure(tmp_path: Path) -> None:
     s = settings(tmp_path)
-    record = play_session(s, DeviceStore(s.store_path), load_program_toml(TONE_1K), NullSink())
+    record = play_standalone(s, DeviceStore(s.store_path), load_program_toml(TONE_1K), NullSink())
     assert record.laeq_dba == pytest.approx(70.6, abs=1.0)
     assert record.max_mel_dba == pytest.approx(71.0, abs=1.0)
     ledger = DoseLedger(tmp_path / "dose.db").status(time.time())
@@ -210,26 +217,26 @@ def test_the_session_record_carries_its_exposure(tmp_path: Path) -> None:
 
 def test_a_stopped_session_records_who_stopped_it_and_why(tmp_path: Path) -> None:
     s = settings(tmp_path)
-    stop = threading.Event()
+    store = DeviceStore(s.store_path)
 
     def on_block(_block: np.ndarray, _renderer: object) -> None:
-        stop.set()
+        session.stop("the clinician lowered the limits")
 
-    record = play_session(
-        s, DeviceStore(s.store_path), load_program_toml(TONE_1K), NullSink(), stop=stop,
-        on_block=on_block, stop_reason=lambda: "the clinician lowered the limits",
-    )  # fmt: skip
+    with standalone_parts(s, store) as parts:
+        session = Session(parts, watch=SessionWatch(on_block=on_block))
+        record = session.run(load_program_toml(TONE_1K), NullSink())
     assert record.outcome == "stopped"
     assert record.reason == "the clinician lowered the limits"
+    assert transitions(store, record.session_id)[-1] == ("playing", "idle")
 
 
 def test_the_clinicians_sessions_per_day_hold_for_every_way_of_playing(tmp_path: Path) -> None:
     s = settings(tmp_path)
     store = DeviceStore(s.store_path)
     store.save_desired(1, {"limits": {"max_sessions_per_day": 1}}, None, "applied")
-    first = play_session(s, store, load_program_toml(TONE_1K), NullSink())
+    first = play_standalone(s, store, load_program_toml(TONE_1K), NullSink())
     assert first.outcome == "completed"
     with pytest.raises(SessionRefused, match="1 session\\(s\\) a day is the limit"):
-        play_session(s, store, load_program_toml(TONE_1K), NullSink())
+        play_standalone(s, store, load_program_toml(TONE_1K), NullSink())
     assert [e.type for e in store.events(limit=100)].count("session_refused") == 1
     assert len(store.sessions(limit=10)) == 1

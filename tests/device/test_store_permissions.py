@@ -16,9 +16,9 @@ import pytest
 from device_peer import device_settings
 
 from resonera.common.program import builtin_program
-from resonera.device.agent import play_session
 from resonera.device.crypto_store import DataKey, create_key_file
 from resonera.device.safety.dose_ledger import DoseLedger, DoseLedgerError
+from resonera.device.session import play_standalone
 from resonera.device.store import DeviceStore
 from resonera.engine.audio.sinks import NullSink
 
@@ -45,7 +45,7 @@ def _modes(folder: Path) -> dict[str, int]:
 def test_store_and_ledger_files_are_owner_only_whatever_the_umask(tmp_path: Path) -> None:
     settings = device_settings(None, tmp_path, "perm-dev")  # data_dir: tmp_path/data, not there yet
     store = settings.open_store()
-    record = play_session(settings, store, builtin_program("demo-alpha"), NullSink())
+    record = play_standalone(settings, store, builtin_program("demo-alpha"), NullSink())
     ledger = DoseLedger.for_settings(settings)
     ledger.add_second(time.time(), 60.0)  # both open, both written: their WAL files exist
     try:

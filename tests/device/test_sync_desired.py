@@ -200,12 +200,12 @@ def test_during_a_session_raising_waits_and_lowering_applies_at_once(
     assert bodies == ["applied", "deferred", "applied", "deferred", "applied"]
 
 
-def test_play_session_enforces_the_applied_desired_profile_over_the_settings(
+def test_a_session_enforces_the_applied_desired_profile_over_the_settings(
     server_key: ServerKey, tmp_path: Path
 ) -> None:
     from resonera.common.errors import ProgramError
     from resonera.common.program import builtin_program
-    from resonera.device.agent import play_session
+    from resonera.device.session import play_standalone
     from resonera.engine.audio.sinks import NullSink
 
     device = "profile-dev"
@@ -216,5 +216,5 @@ def test_play_session_enforces_the_applied_desired_profile_over_the_settings(
     assert applier.handle(short).outcome == "applied"
     # the settings allow 3 h; the clinician's limit of 10 minutes is what holds
     with pytest.raises(ProgramError, match="at most 600 s"):
-        play_session(settings, store, builtin_program("alpha-relax"), NullSink())
+        play_standalone(settings, store, builtin_program("alpha-relax"), NullSink())
     assert store.sessions() == []

@@ -18,7 +18,7 @@ from factories import make_record
 from support import Mosquitto, wait_until
 
 from resonera.common.program import builtin_program
-from resonera.device.agent import play_session
+from resonera.device.session import play_standalone
 from resonera.device.store import DeviceStore
 from resonera.device.sync import DeviceSync
 from resonera.engine.audio.sinks import NullSink
@@ -37,7 +37,7 @@ def test_broker_down_during_a_session_it_plays_and_every_record_arrives_once_lat
     )
     store = settings.open_store()
     with DeviceSync(settings, store) as sync:
-        record = play_session(settings, store, builtin_program("demo-alpha"), NullSink())
+        record = play_standalone(settings, store, builtin_program("demo-alpha"), NullSink())
         assert record.outcome == "completed"
         queued = {m.message_id for m in store.pending(limit=1000)}
         assert len(queued) >= 4  # the session and its safety events (transitions)

@@ -17,7 +17,7 @@ from support import Mosquitto
 
 from resonera.common.program import builtin_program
 from resonera.common.settings import MqttSettings
-from resonera.device.agent import play_session
+from resonera.device.session import play_standalone
 from resonera.device.settings import DeviceSettings
 from resonera.device.store import DeviceStore
 from resonera.device.sync import DeviceSync
@@ -71,7 +71,7 @@ def test_a_played_session_reaches_the_clinician_api_exactly_once(
         )
         store = DeviceStore(device.store_path)
         wav_path = tmp_path / "session.wav"
-        record = play_session(device, store, program, WavSink(wav_path))
+        record = play_standalone(device, store, program, WavSink(wav_path))
         assert record.outcome == "completed"
         assert not record.simulation
         with DeviceSync(device, store) as sync:
