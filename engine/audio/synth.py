@@ -36,15 +36,14 @@ from numpy.typing import NDArray
 from resonera.common.program_model import LayerModel, NoiseLayer, Program, slide_target
 from resonera.engine.audio.background import load_background
 from resonera.engine.audio.noise import NoiseTables
-from resonera.engine.audio.voices import (
+from resonera.engine.audio.voice_parts import (
     MAX_CHUNK,
     Oscillator,
     Span,
-    Voice,
     VoiceContext,
-    _check_audible,
-    voice_for,
+    check_audible,
 )
+from resonera.engine.audio.voices import Voice, voice_for
 
 __all__ = [
     "CHANNELS",
@@ -78,7 +77,7 @@ class SineBank:
         if len(frequencies_hz) != len(ear_gains):
             raise ValueError("one (left, right) gain pair per frequency")
         for f in frequencies_hz:
-            _check_audible(f, sample_rate)
+            check_audible(f, sample_rate)
         self._omega = [TWO_PI * f / sample_rate for f in frequencies_hz]
         self._oscillators = [Oscillator() for _ in frequencies_hz]
         self._gains = np.array(ear_gains, np.float64).reshape(len(frequencies_hz), CHANNELS)
