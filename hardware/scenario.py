@@ -39,7 +39,8 @@ from typing import Any
 
 from resonera.common import serial_link as sl
 from resonera.common.errors import ConfigError, ResoneraError
-from resonera.hardware.sim import READINGS, Simulator
+from resonera.hardware.sim import Simulator
+from resonera.hardware.sim_board import READINGS
 
 
 class CommandError(ResoneraError):
