@@ -39,7 +39,8 @@ from resonera.common import topics
 from resonera.common.envelope import MAX_ACK_IDS, Ack
 from resonera.common.mqtt_client import BrokerUnavailable, build_client, connect, stop_loop
 from resonera.server import metrics
-from resonera.server.ingest import BatchResult, IngestProcessor, Received, StoreError, TimeBounds
+from resonera.server.ingest import BatchResult, IngestProcessor, Received, StoreError
+from resonera.server.ingest_checks import TimeBounds
 from resonera.server.paho_adapter import read_ahead
 from resonera.server.settings import ServerSettings
 

@@ -328,7 +328,7 @@ class SessionRow(SQLModel, table=True):
     #: Fraction of the weekly sound allowance (mode 1) the session used, as the device reported.
     dose_fraction: float = 0.0
     sig_status: str = Field(default=SIG_UNSIGNED, max_length=16)
-    #: ``ingest.content_digest`` of the message: a message id sent again with other content is
+    #: ``ingest_checks.content_digest`` of the message: a message id sent again with other content is
     #: told from a resend (None: stored before digests were kept).
     digest: str | None = Field(default=None, max_length=64)
     #: Times the sound device ran dry (silence played meanwhile), as the device reported.
@@ -352,7 +352,7 @@ class SafetyEventRow(SQLModel, table=True):
     event_type: str = Field(default="", max_length=64)
     body: dict[str, Any] = Field(sa_type=JSON)
     sig_status: str = Field(default=SIG_UNSIGNED, max_length=16)
-    #: ``ingest.content_digest`` of the message: a message id sent again with other content is
+    #: ``ingest_checks.content_digest`` of the message: a message id sent again with other content is
     #: told from a resend (None: stored before digests were kept).
     digest: str | None = Field(default=None, max_length=64)
 
@@ -374,7 +374,7 @@ class MessageRow(SQLModel, table=True):
     received_at: datetime = Field(sa_type=UTCDateTime)
     body: str = Field(sa_type=Text)
     sig_status: str = Field(default=SIG_UNSIGNED, max_length=16)
-    #: ``ingest.content_digest`` of the message: a message id sent again with other content is
+    #: ``ingest_checks.content_digest`` of the message: a message id sent again with other content is
     #: told from a resend (None: stored before digests were kept).
     digest: str | None = Field(default=None, max_length=64)
 

@@ -33,7 +33,8 @@ from resonera.common.envelope import Envelope, decode_ack
 from resonera.common.ids import new_id
 from resonera.common.mqtt_client import build_client, connect, stop_loop
 from resonera.common.signing import sign_envelope
-from resonera.server.ingest import BatchResult, IngestProcessor, Received, TimeBounds
+from resonera.server.ingest import BatchResult, IngestProcessor, Received
+from resonera.server.ingest_checks import TimeBounds
 from resonera.server.ingest_mqtt import IngestConsumer
 from resonera.server.models import (
     AssignmentRow,

@@ -257,7 +257,7 @@ def test_unusable_dose_fields_count_as_zero(
     make_body: Callable[..., dict[str, Any]], value: object
 ) -> None:
     from resonera.common.records import SessionRecord
-    from resonera.server.ingest import session_dose
+    from resonera.server.dose_rollup import session_dose
 
     body = make_body()
     record = SessionRecord.model_validate(body)

@@ -10,8 +10,8 @@ from sqlmodel import col, select
 
 from resonera.server.api.deps import AdminUser, SessionDep, StateDep
 from resonera.server.api.errors import ApiError
+from resonera.server.attribution import attribute_sessions
 from resonera.server.audit import audit
-from resonera.server.ingest import attribute_sessions
 from resonera.server.models import AssignmentRow, DeviceRow, PatientRow
 from resonera.server.schemas import (
     INT32_MAX,
