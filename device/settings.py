@@ -1,22 +1,32 @@
-"""The device agent's settings: a TOML file plus ``RESONERA_DEVICE_*`` environment variables."""
+"""The device agent's settings: a TOML file plus ``RESONERA_DEVICE_*`` environment variables.
+
+The settings sit above what they describe and open: the local store (``store.py``, whose
+``OutboxLimits`` they carry) and the enrolled identity (``identity.py``), which fills the settings
+left unset. Neither imports the settings; enrollment and renewal (``enroll.py``, ``renewal.py``),
+which take them, sit above.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Any, Literal
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from resonera.common import topics
 from resonera.common.errors import ProtocolError
+from resonera.common.identity import load_private_key
 from resonera.common.profile import HearingProfile
 from resonera.common.settings import MqttSettings, ResoneraSettings
+from resonera.common.signing import ed25519_public_key_from_b64
+from resonera.device.identity import EnrollError, Identity
+from resonera.device.store import DeviceStore, OutboxLimits
 
-if TYPE_CHECKING:
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
-    from resonera.device.store import DeviceStore
+# OutboxLimits is the store's (it bounds the outbox the store thins); it is a part of these settings
+# and importable from here, as callers know it.
+__all__ = ["DeviceSettings", "OutboxLimits", "SyncSettings", "settings_from_identity"]
 
 
 class SyncSettings(BaseModel):
@@ -35,16 +45,6 @@ class SyncSettings(BaseModel):
     max_resend_after_s: float = Field(default=300.0, gt=0.0, le=24 * 3600.0)
     #: ``resonera-device run`` queues a ``metrics`` message (outbox depth, link, versions) this often.
     telemetry_interval_s: float = Field(default=300.0, ge=1.0, le=24 * 3600.0)
-
-
-class OutboxLimits(BaseModel):
-    """How big and how old the outbox may grow before ``metrics`` are thinned (oldest first);
-    sessions, safety events and reports are never dropped."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    max_bytes: int = Field(default=64 * 1024 * 1024, ge=64 * 1024)
-    max_age_s: float = Field(default=30 * 24 * 3600.0, gt=0.0)
 
 
 class DeviceSettings(ResoneraSettings):
@@ -95,8 +95,6 @@ class DeviceSettings(ResoneraSettings):
     def _enrolled_identity(self) -> DeviceSettings:
         # An enrolled device's key, certificate, chain, pinned key and broker address (in
         # data_dir/identity) fill what the file leaves unset, so `run` needs nothing more.
-        from resonera.device.enroll import EnrollError, settings_from_identity
-
         try:
             updates = settings_from_identity(self)
         except EnrollError as exc:
@@ -111,9 +109,6 @@ class DeviceSettings(ResoneraSettings):
 
     def open_store(self) -> DeviceStore:
         """The local store, signing queued messages with the device key when there is one."""
-        from resonera.common.identity import load_private_key
-        from resonera.device.store import DeviceStore
-
         key = load_private_key(self.key_file) if self.key_file is not None else None
         return DeviceStore(
             self.store_path,
@@ -133,8 +128,6 @@ class DeviceSettings(ResoneraSettings):
 
     def pinned_server_key(self) -> Ed25519PublicKey | None:
         """The pinned server key, or None when none is configured (``SignatureError`` if bad)."""
-        from resonera.common.signing import ed25519_public_key_from_b64
-
         if self.server_public_key is None:
             return None
         return ed25519_public_key_from_b64(self.server_public_key)
@@ -146,3 +139,35 @@ class DeviceSettings(ResoneraSettings):
     @property
     def default_wav_path(self) -> Path:
         return self.wav_path or self.data_dir / "last-session.wav"
+
+
+def settings_from_identity(settings: DeviceSettings) -> dict[str, Any]:
+    """Values for the settings left unset, from an enrolled identity in ``settings.data_dir``
+    (nothing when the device is not enrolled). Raise ``EnrollError`` when the identity names
+    another device than ``settings.device_id``."""
+    identity = Identity.of(settings.data_dir).pinned()
+    if not identity.exists():
+        return {}
+    info = identity.info()
+    enrolled = str(info.get("device_id", ""))
+    if enrolled != settings.device_id:
+        raise EnrollError(
+            f"{identity.folder} holds the identity of device {enrolled!r}, "
+            f"but device_id is {settings.device_id!r}"
+        )
+    updates: dict[str, Any] = {}
+    if settings.key_file is None:
+        updates["key_file"] = identity.key_path
+    if settings.server_public_key is None and info.get("server_public_key"):
+        updates["server_public_key"] = str(info["server_public_key"])
+    if not settings.mqtt.tls:
+        updates["mqtt"] = settings.mqtt.model_copy(
+            update={
+                "host": str(info.get("broker_host", settings.mqtt.host)),
+                "port": int(info.get("broker_port", settings.mqtt.port)),
+                "ca_file": identity.chain_path,
+                "cert_file": identity.cert_path,
+                "key_file": identity.key_path,
+            }
+        )
+    return updates

@@ -13,6 +13,12 @@ database. A safety event keeps nothing in clear but its place in the order of re
 is the device user's alone (0600, its folder 0700: ``localdb.open_sealed``, the dose ledger's
 opener too). The layout is versioned (``migrations``): opening an older store upgrades it in
 place, keeping its data.
+
+Why one module of some 500 lines: ``DeviceStore`` is one database behind one class, and its parts
+are not apart: a record of any kind, its outbox message and the sequence number are written in one
+transaction, under one seal; the outbox's bounds (``OutboxLimits``) are applied in that transaction
+too. The connection, the sealing and the opener (``localdb``, ``crypto_store``, ``migrations``) are
+already modules of their own; what is left is the tables' SQL.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from pathlib import Path
 from typing import Any, Final, Literal
 
 from cryptography.hazmat.primitives.asymmetric import ec
+from pydantic import BaseModel, ConfigDict, Field
 
 from resonera.common import topics
 from resonera.common.clock import Clock, utc_now
@@ -38,7 +45,6 @@ from resonera.common.signing import sign_envelope
 from resonera.device import migrations
 from resonera.device.crypto_store import DataKey
 from resonera.device.localdb import LocalDB, from_db_time, open_sealed, to_db_time
-from resonera.device.settings import OutboxLimits
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +53,16 @@ DesiredStatus = Literal["applied", "pending", "superseded"]
 
 class StoreError(ResoneraError):
     """The local store cannot be opened or written."""
+
+
+class OutboxLimits(BaseModel):
+    """How big and how old the outbox may grow before ``metrics`` are thinned (oldest first);
+    sessions, safety events and reports are never dropped."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_bytes: int = Field(default=64 * 1024 * 1024, ge=64 * 1024)
+    max_age_s: float = Field(default=30 * 24 * 3600.0, gt=0.0)
 
 
 @dataclass(frozen=True)

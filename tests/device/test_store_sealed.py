@@ -23,8 +23,7 @@ from resonera.device.crypto_store import (
     create_key_file,
 )
 from resonera.device.localdb import to_db_time
-from resonera.device.settings import OutboxLimits
-from resonera.device.store import DeviceStore, default_key_path
+from resonera.device.store import DeviceStore, OutboxLimits, default_key_path
 
 SECRET_PROGRAM = "tinnitus-relief-for-jane-doe"
 
