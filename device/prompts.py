@@ -238,10 +238,10 @@ def build_prompts(
         raise ConfigError(
             f"prompts are built at the device's rate (44100 or 48000), not {sample_rate}"
         )
-    # Build time only: importing scipy.signal adds 67 MB to the process's peak RSS and 1.8 s
-    # (measured: ru_maxrss and ``python -X importtime`` after numpy and this module, on the 2-core
-    # machine), and the agent, which must play within 100 MB (issue 6), imports this module for
-    # ``PromptLibrary``.
+    # Build time only: importing scipy.signal adds 67 MB to the process's peak RSS and 1.8-2.3 s
+    # (measured: ru_maxrss and ``python -X importtime`` after numpy and this module, on the busy
+    # 2-core machine), and the agent, which must play within 100 MB (issue 6), imports this module
+    # (the panel: ``PromptLibrary``, ``build_checkin_prompts``).
     from scipy.signal import resample_poly
 
     espeak = _espeak()
