@@ -94,6 +94,8 @@ class AmqttBroker:
     @classmethod
     def start(cls, port: int) -> AmqttBroker:
         try:
+            # Here, not at the top: amqtt is optional (the broker extra), the fallback when there is
+            # no mosquitto; its absence is this error, not a failed import of the whole stack.
             from amqtt.broker import Broker
         except ImportError:
             raise BrokerStartError(

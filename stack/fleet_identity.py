@@ -14,9 +14,11 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy.engine import Engine
+from sqlmodel import Session
 
 from resonera.common.identity import generate_key, make_csr, write_private_key
 from resonera.provisioning.ca import FleetCA
+from resonera.server.models import DeviceRow
 
 
 @dataclass(frozen=True)
@@ -50,10 +52,6 @@ def issue_device(
 
 def register_devices(engine: Engine, identities: Iterable[DeviceIdentity]) -> None:
     """Put devices in the server registry with their public keys (what provisioning does)."""
-    from sqlmodel import Session
-
-    from resonera.server.models import DeviceRow
-
     now = datetime.now(UTC)
     with Session(engine) as session:
         for identity in identities:

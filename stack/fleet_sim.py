@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import logging
 import os
+import resource
 import sys
+import tempfile
 import threading
 import time
 from contextlib import ExitStack
@@ -164,8 +166,6 @@ def run_fleet_sim(options: FleetSimOptions, out: TextIO = sys.stdout) -> FleetSi
         logging.getLogger("resonera.device").setLevel(logging.WARNING)
     with ExitStack() as exits:
         if options.workdir is None:
-            import tempfile
-
             workdir = Path(exits.enter_context(tempfile.TemporaryDirectory(prefix="fleet-sim-")))
         else:
             workdir = options.workdir
@@ -309,8 +309,6 @@ def _report(result: FleetSimResult, sessions: int, out: TextIO) -> None:
 
 def _raise_fd_limit(devices: int) -> None:
     """Each device holds a socket, a socket pair and its store's files: lift the soft limit."""
-    import resource
-
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     wanted = min(hard, max(soft, devices * 12 + 256))
     if wanted > soft:

@@ -18,11 +18,14 @@ from typing import Any, Final
 
 import paho.mqtt.client as paho
 from paho.mqtt.reasoncodes import ReasonCode
+from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from resonera.common.errors import ResoneraError
 from resonera.common.ids import new_id
 from resonera.common.mqtt_client import build_client, connect
+from resonera.server.db import make_engine
+from resonera.server.models import MessageRow, SafetyEventRow, SessionRow, table_of
 from resonera.stack.fleet_devices import Fleet
 from resonera.stack.fleet_loop import MqttLoop
 from resonera.stack.fleet_target import MONITOR_IDENTITY, LocalStack
@@ -154,11 +157,6 @@ class SlowDatabase:
             conn.close()
 
     def _hold_tables(self) -> None:
-        from sqlalchemy import text
-
-        from resonera.server.db import make_engine
-        from resonera.server.models import MessageRow, SafetyEventRow, SessionRow, table_of
-
         tables = ", ".join(table_of(m).name for m in (SessionRow, SafetyEventRow, MessageRow))
         engine = make_engine(self.database_url)
         try:

@@ -22,6 +22,8 @@ from resonera.common.settings import MqttSettings
 from resonera.device.settings import OutboxLimits
 from resonera.provisioning.broker import SERVER_IDENTITY, provision_broker
 from resonera.provisioning.ca import FleetCA
+from resonera.server.db import make_engine, migrate
+from resonera.server.models import MessageRow, SafetyEventRow, SessionRow, table_of
 from resonera.stack.broker import find_mosquitto
 from resonera.stack.fleet_devices import Fleet, SimDevice
 from resonera.stack.fleet_identity import DeviceIdentity, issue_device, register_devices
@@ -48,8 +50,6 @@ class FleetTarget:
         database_url: str,
         migrate_db: bool = False,
     ) -> None:
-        from resonera.server.db import make_engine, migrate
-
         self.workdir = workdir
         self.ca = ca
         self.passphrase = passphrase
@@ -70,8 +70,6 @@ class FleetTarget:
 
     def stored(self, device_prefix: str = "") -> dict[str, int]:
         """Rows per table (session_record, safety_event, device_message) of matching devices."""
-        from resonera.server.models import MessageRow, SafetyEventRow, SessionRow, table_of
-
         counts: dict[str, int] = {}
         with self.engine.connect() as conn:
             for model in (SessionRow, SafetyEventRow, MessageRow):
@@ -85,8 +83,6 @@ class FleetTarget:
     def stored_ids(self, device_prefix: str = "") -> list[tuple[str, str]]:
         """(device id, message id) of every stored record of matching devices (with repeats,
         if there were any)."""
-        from resonera.server.models import MessageRow, SafetyEventRow, SessionRow, table_of
-
         rows: list[tuple[str, str]] = []
         with self.engine.connect() as conn:
             for model in (SessionRow, SafetyEventRow, MessageRow):
@@ -173,8 +169,6 @@ class LocalStack(FleetTarget):
     def use_database(self, database_url: str, devices: Iterable[DeviceIdentity]) -> None:
         """Point the stack at another server database (migrated here, ``devices`` registered):
         the consumers are stopped; start the ones wanted. The broker and the fleet stay up."""
-        from resonera.server.db import make_engine, migrate
-
         self.stop_consumers()
         self.engine.dispose()
         self.database_url = database_url

@@ -1,6 +1,9 @@
 """Look-ahead gain control: a peak limiter and an A-weighted level ceiling, neither of which ever clips
 or jumps.
 
+Long on purpose: one algorithm, its three steps and the two processors built on them, whose
+guarantee (``s[n] ≤ g[n]``, below) is read in one place.
+
 Both turn a per-sample *required* gain ``g`` into an applied gain that is never above it and never
 jumps (``GainSmoother``):
 
