@@ -2,14 +2,19 @@
 signed desired state and are spoken into the prompt cache with espeak-ng; the simulator's buttons,
 pressed over its real pty, answer one question before the session (the program waits) and one
 after it, the questions and numbers are spoken through PyAudio into the PulseAudio null sink, and
-the answers end up sealed in the device store and sent as ``checkin`` messages."""
+the answers end up sealed in the device store and sent as ``checkin`` messages. The session, the
+prompts between sessions and the check-ins all go through the service's one safety monitor: the
+MCU's port is opened once for the service's life."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+import pytest
+import serial
 from device_peer import Peer, ServerKey, config_file, service_on_mcu
 from support import Mosquitto, require_tool, wait_until
 
@@ -49,9 +54,21 @@ FIXED = [
 
 
 def test_one_question_before_and_one_after_are_answered_with_buttons_and_stored(
-    mosquitto: Mosquitto, peer: Peer, pulse_null_sink: str, tmp_path: Path
+    mosquitto: Mosquitto,
+    peer: Peer,
+    pulse_null_sink: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     require_tool("espeak-ng")
+    opened: list[str] = []
+    open_port = serial.serial_for_url
+
+    def counted(url: str, *args: Any, **kwargs: Any) -> serial.SerialBase:
+        opened.append(url)
+        return open_port(url, *args, **kwargs)
+
+    monkeypatch.setattr(serial, "serial_for_url", counted)
     key = ServerKey()
     device = f"checkin-{tmp_path.name[-6:]}"
     with service_on_mcu(
@@ -126,6 +143,9 @@ def test_one_question_before_and_one_after_are_answered_with_buttons_and_stored(
         wait_until(lambda: len(peer.of_kind("checkin")) == 2, 30, "the answers sent")
         # the questions' own prompts reached the sink (if not at once, with a later prompt)
         wait_until(lambda: spoken(relaxed_key) >= 1, 30, "the 'before' question said")
+        # questions, numbers and the session: one opener of the MCU's port, never a hand-over
+        assert opened == [sim.port_path]
+        assert service.monitor is not None and service.monitor.reconnects == 0
 
     store = settings.open_store()
     [session] = store.sessions()

@@ -75,8 +75,7 @@ def test_a_person_with_buttons_alone_starts_pauses_skips_and_stops(
 
         execute(sim, "press play_pause long")
         wait_until(lambda: playing() == PROGRAMS[1], 20, "the next program")
-        # the session's own monitor holds the port once the MCU is armed again; a press in
-        # the handover from the idle monitor is lost (stale input is dropped on opening)
+        # the next press waits until the MCU is armed for the next session
         wait_until(lambda: sim.controller.armed, 20, "the next session to arm")
 
         execute(sim, "press stop")

@@ -10,6 +10,7 @@ from resonera.device.safety.state import (
     SafetyStateMachine,
     State,
 )
+from resonera.device.safety.supervisor import SessionSupervisor
 
 
 def state_of(machine: SafetyStateMachine) -> State:
@@ -106,3 +107,13 @@ def test_sound_is_only_ever_allowed_after_armed_and_never_straight_after_a_fault
             assert not machine.sound_allowed
         if machine.sound_allowed and before not in (State.PLAYING, State.ATTENUATING):
             assert event is Event.ARMED
+
+
+def test_an_event_the_machine_refuses_mutes_the_session_and_says_which() -> None:
+    supervisor = SessionSupervisor(None, simulation=False, session_id="s1", clock=lambda: 0.0)
+    supervisor.handle(Event.START, "person pressed play")
+    supervisor.handle(Event.ARMED, "MCU armed")
+    assert supervisor.sound_allowed and supervisor.silence_reason == ""
+    assert supervisor.handle(Event.START, "a second start while playing")  # in doubt: muted
+    assert supervisor.state is State.FAULT and not supervisor.sound_allowed
+    assert "refused 'start'" in supervisor.silence_reason
