@@ -154,7 +154,7 @@ def _device_revoke(args: argparse.Namespace) -> int:
     if args.server_config is None and not os.environ.get(SERVER_DB_ENV):
         print("the server's registry was not changed (give --server-config to mark it revoked)")
         return 0
-    from resonera.server.enrollment import revoke_certificate
+    from resonera.server.device_certificates import revoke_certificate
 
     engine = _server_engine(args)
     try:
@@ -200,7 +200,7 @@ def _duration(text: str) -> timedelta:
 
 
 def _device_add(args: argparse.Namespace) -> int:
-    from resonera.server.enrollment import register_code
+    from resonera.server.enrollment_codes import register_code
 
     engine = _server_engine(args)
     try:
@@ -265,7 +265,7 @@ def _device_bundle(args: argparse.Namespace) -> int:
     if settings is None:
         print("the server's registry was not changed (give --server-config to register it)")
         return 0
-    from resonera.server.enrollment import register_bundle
+    from resonera.server.enrollment_codes import register_bundle
 
     engine = _server_engine(args)
     try:

@@ -35,7 +35,7 @@ from resonera.server.api.routes import (
 from resonera.server.crypto import DesiredStateSigner, FieldCipher, load_signer
 from resonera.server.desired import DesiredPublisher, DesiredService, MemoryPublisher
 from resonera.server.metrics import registry_for
-from resonera.server.ratelimit import FailureLimiter, LimitPolicy
+from resonera.server.ratelimit import FailureLimiter, ProgressiveDelay
 from resonera.server.schemas import ErrorResponse
 from resonera.server.settings import ServerSettings
 from resonera.server.web import routes as web_routes
@@ -86,7 +86,9 @@ def create_app(
         ),
         broker_ok=broker_ok or publisher.connected,
         metrics_registry=registry_for(engine),
-        login_limiter=FailureLimiter("login", LimitPolicy.for_login(settings.login), clock=clock),
+        login_limiter=FailureLimiter(
+            "login", ProgressiveDelay.for_login(settings.login), clock=clock
+        ),
     )
     app = FastAPI(title="Resonera server", version=_version(), description=DESCRIPTION)
     app.state.resonera = state

@@ -87,10 +87,10 @@ class UserRow(SQLModel, table=True):
 
 
 class FailedAttemptRow(SQLModel, table=True):
-    """A failed attempt at something ``ratelimit.FailureLimiter`` guards (``kind``: ``login``), by
-    what it aimed at (``subject``: the email given) and where it came from (``client``: the
-    address). Kept in the database so every API process counts the same attempts; rows older
-    than the limiter's window count for nothing and are dropped."""
+    """A failed attempt at something ``ratelimit.FailureLimiter`` guards (``kind``: ``login`` or
+    ``enroll``), by what it aimed at (``subject``: the email given, the serial) and where it came
+    from (``client``: the address). Kept in the database so every API process counts the same
+    attempts; rows older than the limiter's window count for nothing and are dropped."""
 
     __tablename__ = "failed_attempt"
     __table_args__ = (
@@ -257,17 +257,6 @@ class EnrollmentRow(SQLModel, table=True):
     expires_at: datetime = Field(sa_type=UTCDateTime)
     used_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     created_at: datetime = Field(sa_type=UTCDateTime)
-
-
-class EnrollmentAttemptRow(SQLModel, table=True):
-    """A failed code attempt, counted per serial and per client address (rate limit)."""
-
-    __tablename__ = "enrollment_attempt"
-
-    id: int | None = Field(default=None, primary_key=True)
-    at: datetime = Field(sa_type=UTCDateTime, index=True)
-    serial: str = Field(max_length=64, index=True)
-    client: str = Field(max_length=100, index=True)
 
 
 class DeviceCertificateRow(SQLModel, table=True):

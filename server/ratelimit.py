@@ -1,19 +1,24 @@
-"""Failed attempts counted per client address and per subject, with a progressive delay.
+"""Failed attempts counted per client address and per subject, in the database, and how long the
+next attempt must wait: one ``FailureLimiter`` for sign-ins and for enrollment codes.
 
-``FailureLimiter`` guards one kind of attempt (``login``: the subject is the email given). Every
-attempt is stored in ``failed_attempt`` *before* it is checked, and committed, so every API process
-(and every request running at the same time) counts it; a success takes it out again, a failure
-leaves it in. Rows older than ``window_s`` count for nothing and are dropped.
+Every failure is a ``failed_attempt`` row (``kind``: ``login`` or ``enroll``), so every API process
+(and every request running at the same time) counts the same ones. Rows older than the policy's
+``window_s`` count for nothing and are dropped. A refused attempt (``Limited``, with the seconds
+to wait) is not checked and does not count. Two policies say how long to wait:
 
-Within the window the first ``free_per_client`` failures from one address, and the first
-``free_per_subject`` on one subject, cost nothing; from then on the next attempt must wait
-``first_delay_s`` after the last failure, doubling with every further failure, up to
-``max_delay_per_client_s`` / ``max_delay_per_subject_s``. An attempt made too early is refused
-(``Limited``, with the seconds to wait) without being checked and without counting. Nothing is
-ever locked for good: waiting always lets one more attempt through.
-
-An address adds at most ``free_per_client`` failures to a subject's count, so a subject is slowed
-down only by failures from several addresses: one stranger cannot slow down an account's owner.
+- ``ProgressiveDelay`` (sign-ins, ``settings.login``): within the window the first
+  ``free_per_client`` failures from one address, and the first ``free_per_subject`` on one subject
+  (the email given), cost nothing; from then on the next attempt waits ``first_delay_s`` after the
+  last failure, doubling with every further failure, up to ``max_delay_per_client_s`` /
+  ``max_delay_per_subject_s``. Nothing is ever locked for good. An address adds at most
+  ``free_per_client`` failures to a subject's count, so a subject is slowed down only by failures
+  from several addresses: one stranger cannot slow down an account's owner. A sign-in is recorded
+  *before* its password is checked (``begin``) and taken out again when it succeeds
+  (``succeeded``), so concurrent guesses all count.
+- ``FailureQuota`` (enrollment codes, ``settings.enrollment``): at most ``max_per_subject``
+  failures on one subject (the serial) and ``max_per_client`` from one address within the window;
+  past either, the next attempt waits until the oldest of them leaves the window. A code is
+  checked first (``check``) and only a wrong one recorded (``failed``).
 """
 
 from __future__ import annotations
@@ -21,23 +26,53 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Final
+from typing import Final, Literal, Protocol
 
-from sqlalchemy import delete, func
+from sqlalchemy import ColumnElement, delete, func
 from sqlmodel import Session, col, select
 
 from resonera.common.clock import Clock, utc_now
 from resonera.common.errors import ResoneraError
 from resonera.server.models import EMAIL_MAX, FailedAttemptRow
-from resonera.server.settings import LoginLimitSettings
+from resonera.server.settings import EnrollmentSettings, LoginLimitSettings
 
 CLIENT_MAX: Final = 100
 #: 2**30 s is far beyond any maximum delay; the cap keeps the power finite.
 _MAX_DOUBLINGS: Final = 30
 
+#: Whose failures: this address's, or the subject's (the account, the serial).
+Scope = Literal["client", "subject"]
+
 
 @dataclass(frozen=True)
-class LimitPolicy:
+class Failures:
+    """The failures of one scope within the window."""
+
+    count: int
+    oldest: datetime | None
+    last: datetime | None
+
+
+class LimitPolicy(Protocol):
+    """How long the next attempt waits after a scope's failures."""
+
+    @property
+    def window_s(self) -> float: ...
+
+    def subject_share(self) -> int | None:
+        """The most failures one address adds to a subject's count (None: all of them)."""
+
+    def wait_s(self, scope: Scope, failures: Failures, now: datetime) -> float:
+        """Seconds the next attempt still waits (0 or less: none)."""
+
+    def retry_after_s(self, wait_s: float) -> int:
+        """A wait as the whole seconds a client is told."""
+
+
+@dataclass(frozen=True)
+class ProgressiveDelay:
+    """A delay after the free failures, doubling with each further one (sign-ins)."""
+
     window_s: float
     free_per_client: int
     free_per_subject: int
@@ -46,7 +81,7 @@ class LimitPolicy:
     max_delay_per_subject_s: float
 
     @classmethod
-    def for_login(cls, settings: LoginLimitSettings) -> LimitPolicy:
+    def for_login(cls, settings: LoginLimitSettings) -> ProgressiveDelay:
         return cls(
             window_s=settings.window_s,
             free_per_client=settings.free_failures_per_client,
@@ -62,12 +97,58 @@ class LimitPolicy:
             return 0.0
         return min(cap, math.ldexp(self.first_delay_s, min(failures - free, _MAX_DOUBLINGS)))
 
+    def subject_share(self) -> int | None:
+        return self.free_per_client
+
+    def wait_s(self, scope: Scope, failures: Failures, now: datetime) -> float:
+        if failures.last is None:
+            return 0.0
+        if scope == "client":
+            free, cap = self.free_per_client, self.max_delay_per_client_s
+        else:
+            free, cap = self.free_per_subject, self.max_delay_per_subject_s
+        until = failures.last + timedelta(seconds=self.delay_s(failures.count, free, cap))
+        return (until - now).total_seconds()
+
+    def retry_after_s(self, wait_s: float) -> int:
+        return max(1, math.ceil(wait_s))
+
+
+@dataclass(frozen=True)
+class FailureQuota:
+    """A fixed number of failures per window, then a wait for the oldest to leave it (codes)."""
+
+    window_s: float
+    max_per_client: int
+    max_per_subject: int
+
+    @classmethod
+    def for_enrollment(cls, settings: EnrollmentSettings) -> FailureQuota:
+        return cls(
+            window_s=settings.window_s,
+            max_per_client=settings.max_failures_per_client,
+            max_per_subject=settings.max_failures_per_serial,
+        )
+
+    def subject_share(self) -> int | None:
+        return None
+
+    def wait_s(self, scope: Scope, failures: Failures, now: datetime) -> float:
+        limit = self.max_per_client if scope == "client" else self.max_per_subject
+        if failures.count < limit or failures.oldest is None:
+            return 0.0
+        return (failures.oldest + timedelta(seconds=self.window_s) - now).total_seconds()
+
+    def retry_after_s(self, wait_s: float) -> int:
+        # the second after the oldest failure leaves the window
+        return max(int(wait_s) + 1, 1)
+
 
 class Limited(ResoneraError):
     """Too many recent failures: come back in ``retry_after_s`` seconds. ``scope`` says whose
     failures: ``client`` (this address) or ``subject`` (e.g. the account)."""
 
-    def __init__(self, scope: str, retry_after_s: int) -> None:
+    def __init__(self, scope: Scope, retry_after_s: int) -> None:
         super().__init__(f"too many failed attempts ({scope}); retry in {retry_after_s} s")
         self.scope = scope
         self.retry_after_s = retry_after_s
@@ -92,74 +173,29 @@ class FailureLimiter:
         self.clock = clock
 
     def begin(self, session: Session, subject: str, client: str) -> Attempt:
-        """Record an attempt on ``subject`` from ``client`` and commit it; raise ``Limited`` (and
-        take it out again) when one of the two must wait first."""
+        """Record an attempt on ``subject`` from ``client`` as a failure and commit it; raise
+        ``Limited`` (and take it out again) when the failures before it say to wait first."""
         now = self.clock()
-        since = now - timedelta(seconds=self.policy.window_s)
-        session.execute(
-            delete(FailedAttemptRow).where(
-                col(FailedAttemptRow.kind) == self.kind, col(FailedAttemptRow.at) <= since
-            )
-        )
-        row = FailedAttemptRow(
-            kind=self.kind, subject=subject[:EMAIL_MAX], client=client[:CLIENT_MAX], at=now
-        )
-        session.add(row)
-        session.commit()  # visible to every other request from now on
+        row = self._record(session, subject, client, now)
         assert row.id is not None
         attempt = Attempt(row.id, row.subject, row.client)
-        waits = self._waits(session, attempt, now, since)
-        scope, wait = max(waits.items(), key=lambda item: item[1])
-        if wait > 0:
+        try:
+            self._refuse_if_waiting(session, row.subject, row.client, now, before_id=row.id)
+        except Limited:
             session.execute(delete(FailedAttemptRow).where(col(FailedAttemptRow.id) == row.id))
             session.commit()
-            raise Limited(scope, max(1, math.ceil(wait)))
+            raise
         return attempt
 
-    def _waits(
-        self, session: Session, attempt: Attempt, now: datetime, since: datetime
-    ) -> dict[str, float]:
-        """Seconds still to wait, per scope, counting the attempts recorded before this one."""
-        earlier = (
-            col(FailedAttemptRow.kind) == self.kind,
-            col(FailedAttemptRow.at) > since,
-            col(FailedAttemptRow.id) < attempt.row_id,
+    def check(self, session: Session, subject: str, client: str) -> None:
+        """Raise ``Limited`` when an attempt on ``subject`` from ``client`` must wait first."""
+        self._refuse_if_waiting(
+            session, subject[:EMAIL_MAX], client[:CLIENT_MAX], self.clock(), before_id=None
         )
-        policy = self.policy
-        client_count, client_last = session.exec(
-            select(func.count(), func.max(FailedAttemptRow.at)).where(
-                *earlier, col(FailedAttemptRow.client) == attempt.client
-            )
-        ).one()
-        per_client = session.exec(
-            select(FailedAttemptRow.client, func.count(), func.max(FailedAttemptRow.at))
-            .where(*earlier, col(FailedAttemptRow.subject) == attempt.subject)
-            .group_by(col(FailedAttemptRow.client))
-        ).all()
-        subject_count = sum(min(count, policy.free_per_client) for _, count, _ in per_client)
-        subject_last = max((last for _, _, last in per_client), default=None)
-        waits = {"client": 0.0, "subject": 0.0}
-        for scope, count, last, free, cap in (
-            (
-                "client",
-                client_count,
-                client_last,
-                policy.free_per_client,
-                policy.max_delay_per_client_s,
-            ),
-            (
-                "subject",
-                subject_count,
-                subject_last,
-                policy.free_per_subject,
-                policy.max_delay_per_subject_s,
-            ),
-        ):
-            if last is None:
-                continue
-            until = _aware(last) + timedelta(seconds=policy.delay_s(count, free, cap))
-            waits[scope] = max(0.0, (until - now).total_seconds())
-        return waits
+
+    def failed(self, session: Session, subject: str, client: str) -> None:
+        """Record a failed attempt on ``subject`` from ``client`` and commit it."""
+        self._record(session, subject, client, self.clock())
 
     def succeeded(self, session: Session, attempt: Attempt) -> None:
         """The attempt was right: take it out, with this address's earlier failures on the same
@@ -184,7 +220,77 @@ class FailureLimiter:
             )
         )
 
+    def _since(self, now: datetime) -> datetime:
+        return now - timedelta(seconds=self.policy.window_s)
 
-def _aware(value: datetime) -> datetime:
-    # as the enrollment limit: an aggregate may come back naive (UTC) on SQLite
+    def _record(
+        self, session: Session, subject: str, client: str, now: datetime
+    ) -> FailedAttemptRow:
+        """Drop the rows that left the window (the table stays small), add one and commit: it is
+        visible to every other request from now on."""
+        session.execute(
+            delete(FailedAttemptRow).where(
+                col(FailedAttemptRow.kind) == self.kind,
+                col(FailedAttemptRow.at) <= self._since(now),
+            )
+        )
+        row = FailedAttemptRow(
+            kind=self.kind, subject=subject[:EMAIL_MAX], client=client[:CLIENT_MAX], at=now
+        )
+        session.add(row)
+        session.commit()
+        return row
+
+    def _refuse_if_waiting(
+        self, session: Session, subject: str, client: str, now: datetime, *, before_id: int | None
+    ) -> None:
+        """``Limited`` for the scope that must wait longest (the address on a tie), counting the
+        failures within the window (recorded before row ``before_id``, when given)."""
+        waits = {
+            scope: self.policy.wait_s(scope, failures, now)
+            for scope, failures in self._failures(session, subject, client, now, before_id).items()
+        }
+        scope, wait = max(waits.items(), key=lambda item: item[1])
+        if wait > 0:
+            raise Limited(scope, self.policy.retry_after_s(wait))
+
+    def _failures(
+        self, session: Session, subject: str, client: str, now: datetime, before_id: int | None
+    ) -> dict[Scope, Failures]:
+        counted: list[ColumnElement[bool]] = [
+            col(FailedAttemptRow.kind) == self.kind,
+            col(FailedAttemptRow.at) > self._since(now),
+        ]
+        if before_id is not None:
+            counted.append(col(FailedAttemptRow.id) < before_id)
+        client_count, client_oldest, client_last = session.exec(
+            select(
+                func.count(), func.min(FailedAttemptRow.at), func.max(FailedAttemptRow.at)
+            ).where(*counted, col(FailedAttemptRow.client) == client)
+        ).one()
+        per_client = session.exec(
+            select(
+                FailedAttemptRow.client,
+                func.count(),
+                func.min(FailedAttemptRow.at),
+                func.max(FailedAttemptRow.at),
+            )
+            .where(*counted, col(FailedAttemptRow.subject) == subject)
+            .group_by(col(FailedAttemptRow.client))
+        ).all()
+        share = self.policy.subject_share()
+        return {
+            "client": Failures(client_count, _aware(client_oldest), _aware(client_last)),
+            "subject": Failures(
+                sum(count if share is None else min(count, share) for _, count, _, _ in per_client),
+                _aware(min((oldest for _, _, oldest, _ in per_client), default=None)),
+                _aware(max((last for _, _, _, last in per_client), default=None)),
+            ),
+        }
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    # an aggregate may come back naive (UTC) on SQLite
+    if value is None:
+        return None
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)

@@ -14,8 +14,8 @@ from resonera.common.topics import DEVICE_ID_PATTERN
 from resonera.server import crud
 from resonera.server.api.deps import SessionDep, StateDep
 from resonera.server.api.routes.devices import revoke_and_audit
-from resonera.server.enrollment import REVOCATION_OUTCOMES
 from resonera.server.models import DeviceRow, UserRow
+from resonera.server.revocation import REVOCATION_OUTCOMES
 from resonera.server.security import now_utc
 from resonera.server.web.auth import AdminPage, AuditPage, check_csrf
 from resonera.server.web.render import PAGE_HEADERS, PageError, render

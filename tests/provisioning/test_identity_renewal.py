@@ -19,7 +19,7 @@ from sqlmodel import Session, select
 from support import wait_until
 
 from resonera.common.identity import load_private_key
-from resonera.device import enroll as enroll_module
+from resonera.device import identity as identity_module
 from resonera.device.enroll import EnrollError, Identity, renew, renewed_mqtt
 from resonera.device.settings import DeviceSettings
 from resonera.device.sync import DeviceSync
@@ -55,8 +55,9 @@ def crash_at(step: int, monkeypatch: pytest.MonkeyPatch) -> None:
 
         return wrapper
 
+    # every write to the identity folder is in device/identity.py
     for name in ("_write", "_fsync", "write_private_key"):
-        monkeypatch.setattr(enroll_module, name, failing(getattr(enroll_module, name)))
+        monkeypatch.setattr(identity_module, name, failing(getattr(identity_module, name)))
 
 
 def test_a_crash_at_any_step_of_a_renewal_leaves_a_working_identity(
@@ -93,7 +94,7 @@ def test_a_crash_at_any_step_of_a_renewal_leaves_a_working_identity(
 KILLED_RENEWAL = """
 import os, signal, sys
 from pathlib import Path
-from resonera.device import enroll
+from resonera.device import enroll, identity
 from resonera.device.settings import DeviceSettings
 
 calls = [0]
@@ -107,7 +108,7 @@ def dying(real):
     return wrapper
 
 for name in ("_write", "_fsync", "write_private_key"):
-    setattr(enroll, name, dying(getattr(enroll, name)))
+    setattr(identity, name, dying(getattr(identity, name)))
 enroll.renew(DeviceSettings(device_id=sys.argv[1], data_dir=Path(sys.argv[2])))
 """
 

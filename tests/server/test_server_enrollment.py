@@ -21,15 +21,11 @@ from sqlmodel import Session, select
 from resonera.common.enrollment import renewal_payload
 from resonera.common.identity import common_name, fingerprint, generate_key, make_csr
 from resonera.provisioning.ca import FleetCA
-from resonera.server.enrollment import (
-    Enroller,
-    EnrollmentError,
-    register_bundle,
-    register_code,
-    revoke_certificate,
-    revoke_device,
-)
+from resonera.server.device_certificates import revoke_certificate
+from resonera.server.enrollment import Enroller
+from resonera.server.enrollment_codes import EnrollmentError, register_bundle, register_code
 from resonera.server.models import DeviceCertificateRow, DeviceRow, EnrollmentRow
+from resonera.server.revocation import revoke_device
 from resonera.server.settings import EnrollmentSettings
 
 #: Every test here runs on this injected clock alone: the codes, the attempts and what the CA signs.

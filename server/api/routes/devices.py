@@ -11,8 +11,8 @@ from resonera.common.topics import DEVICE_ID_PATTERN
 from resonera.server.api.deps import AdminUser, AppState, SessionDep, StateDep
 from resonera.server.api.errors import ApiError
 from resonera.server.audit import audit
-from resonera.server.enrollment import DeviceRevocation, revoke_device
 from resonera.server.models import DeviceDesiredRow, DeviceRow, DeviceStateRow, UserRow
+from resonera.server.revocation import DeviceRevocation, revoke_device
 from resonera.server.schemas import DeviceCreate, DevicePublic, DeviceUpdate
 from resonera.server.security import now_utc
 from resonera.server.settings import EnrollmentSettings
