@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Final
+from urllib.parse import quote
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -162,8 +163,6 @@ async def _page_error(request: Request, exc: Exception) -> Response:
 
 async def _sign_in_needed(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, SignInNeeded)
-    from urllib.parse import quote
-
     target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
     query = f"?next={quote(target, safe='')}" if request.method == "GET" else ""
     if exc.reason:

@@ -205,7 +205,7 @@ def test_concurrent_requests_render_once(
             start.wait()
             paths.append(programs.preview_wav(server_settings, session, program_id))
 
-    caplog.set_level(logging.INFO, logger="resonera.server.programs")
+    caplog.set_level(logging.INFO, logger="resonera.server.program_previews")
     threads = [threading.Thread(target=ask) for _ in range(4)]
     for thread in threads:
         thread.start()

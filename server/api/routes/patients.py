@@ -32,7 +32,7 @@ from resonera.server.api.deps import (
 from resonera.server.api.errors import ApiError
 from resonera.server.audit import audit
 from resonera.server.desired import config_document
-from resonera.server.models import ClinicianPatientRow, PatientRow, UserRow
+from resonera.server.models import ClinicianPatientRow, DeviceDesiredRow, PatientRow, UserRow
 from resonera.server.schemas import (
     INT32_MAX,
     AdherenceReport,
@@ -317,8 +317,6 @@ def patient_adherence(
 def _desired_public(
     state: StateDep, session: SessionDep, patient_id: str, response: Response
 ) -> DesiredPublic:
-    from resonera.server.models import DeviceDesiredRow
-
     current = state.desired.current(session, patient_id)
     version = current.version if current is not None else 0
     devices = session.exec(
