@@ -1,5 +1,8 @@
 """Tables (``...Row``). API shapes live in ``resonera.server.schemas``.
 
+Long on purpose: one table per class, all in one module, because Alembic and
+``test_migrations_match_the_models`` compare this one metadata; split up it would scatter the schema.
+
 Every device message is keyed by (device_id, message_id), never by time: storing the same message
 twice is a no-op (insert-or-ignore). Times are stored in UTC and come back time-zone aware. The
 schema is owned by Alembic (``resonera.server.migrations``); a change here needs a migration, and

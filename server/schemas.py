@@ -1,5 +1,9 @@
 """API shapes, one family per resource (``...Create``, ``...Update``, ``...Public``).
 
+Long on purpose: every family is built from the input bounds at the top (text, JSON, numbers,
+times), and one module keeps the whole API's contract in one place to read, as ``models.py`` does
+the schema.
+
 Inputs refuse what the database would choke on, so a bad request is a 422, never a 500: strings
 are length-bounded, free of NUL and of lone surrogates (JSON can carry ``"\\ud800"``; no encoder can
 write it: encryption, the database and the response would fail), floats finite, integers in range,

@@ -18,8 +18,8 @@ from resonera.server.models import DeviceRow, UserRow
 from resonera.server.revocation import REVOCATION_OUTCOMES
 from resonera.server.security import now_utc
 from resonera.server.web.auth import AdminPage, AuditPage, check_csrf
+from resonera.server.web.device_views import device_lines
 from resonera.server.web.render import PAGE_HEADERS, PageError, render
-from resonera.server.web.views import device_lines
 
 router = APIRouter(include_in_schema=False)
 AUDIT_PAGE_SIZE: Final = 100

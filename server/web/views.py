@@ -1,5 +1,7 @@
-"""What the dashboard pages show, built from ``crud`` and ``desired`` (no queries of their own where
-those have one). Plain data, so pages, tests and the benchmark share it."""
+"""What the clinicians' dashboard pages show, built from ``crud`` and ``desired`` (no queries of
+their own where those have one): the patients list, one patient, the check-in questions form.
+Plain data, so pages, tests and the benchmark share it. The admins' devices page is
+``device_views``."""
 
 from __future__ import annotations
 
@@ -17,11 +19,8 @@ from resonera.server import crud
 from resonera.server.crypto import FieldCipher
 from resonera.server.desired import DesiredService, config_document
 from resonera.server.models import (
-    AssignmentRow,
     DeviceDesiredRow,
-    DeviceRow,
     DeviceStateRow,
-    MessageRow,
     PatientConfigRow,
     PatientRow,
     SafetyEventRow,
@@ -334,134 +333,3 @@ def patient_view(
         sessions_per_week=document["sessions_per_week"],
         devices=device_sync(session, current, DesiredService.devices_of(session, patient.id, now)),
     )
-
-
-# -- devices (admins) ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class DeviceLine:
-    id: str
-    revoked: bool
-    online: bool | None
-    last_seen: datetime | None
-    firmware: str
-    agent_version: str
-    patient_id: str | None
-    amp_temp_c: float | None
-    outbox_depth: int | None
-    telemetry_at: datetime | None
-    #: Receive time − envelope time of the latest batch (``DeviceStateRow.clock_skew_s``), when
-    #: it was measured, and whether it is beyond what ingest believes (``device_time_skew_s``).
-    clock_skew_s: float | None = None
-    clock_skew_at: datetime | None = None
-    clock_skew_large: bool = False
-
-    @property
-    def clock_skew(self) -> str:
-        """The skew in words: "12 s behind", "3 h 05 min ahead", "in step"; "—" unmeasured."""
-        return skew_text(self.clock_skew_s)
-
-
-def skew_text(seconds: float | None) -> str:
-    """A device clock's skew (receive time − device time, seconds) for a table cell."""
-    if seconds is None:
-        return "—"
-    size = round(abs(seconds))
-    if size < 1:
-        return "in step"
-    days, rest = divmod(size, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, secs = divmod(rest, 60)
-    if days:
-        amount = f"{days} d {hours} h"
-    elif hours:
-        amount = f"{hours} h {minutes:02d} min"
-    elif minutes:
-        amount = f"{minutes} min {secs:02d} s"
-    else:
-        amount = f"{secs} s"
-    return f"{amount} {'behind' if seconds > 0 else 'ahead'}"
-
-
-def _find_number(body: Any, names: frozenset[str]) -> float | None:
-    """The first number under one of ``names`` anywhere in a telemetry body (formats vary)."""
-    if isinstance(body, dict):
-        for key, value in body.items():
-            if key in names and isinstance(value, int | float) and not isinstance(value, bool):
-                return float(value)
-        for value in body.values():
-            found = _find_number(value, names)
-            if found is not None:
-                return found
-    return None
-
-
-def _find_text(body: Any, names: frozenset[str]) -> str:
-    if isinstance(body, dict):
-        for key, value in body.items():
-            if key in names and isinstance(value, str):
-                return value
-        for value in body.values():
-            found = _find_text(value, names)
-            if found:
-                return found
-    return ""
-
-
-def device_line(
-    session: Session, device: DeviceRow, now: datetime, skew_limit: timedelta
-) -> DeviceLine:
-    """What the devices page shows of ``device``; a clock skew beyond ``skew_limit`` either way
-    is marked (ingest quarantines device times ahead by more than that)."""
-    state = session.get(DeviceStateRow, device.id)
-    skew = state.clock_skew_s if state is not None else None
-    metrics = session.exec(
-        select(MessageRow)
-        .where(MessageRow.device_id == device.id, MessageRow.kind == "metrics")
-        .order_by(col(MessageRow.seq).desc())
-        .limit(1)
-    ).first()
-    try:
-        body: Any = json.loads(metrics.body) if metrics is not None else {}
-    except ValueError:
-        body = {}
-    board = session.exec(
-        select(SessionRow.hardware_board)
-        .where(SessionRow.device_id == device.id, SessionRow.hardware_board != "")
-        .order_by(col(SessionRow.started_at).desc())
-        .limit(1)
-    ).first()
-    assignment = session.exec(
-        select(AssignmentRow)
-        .where(AssignmentRow.device_id == device.id, col(AssignmentRow.valid_from) <= now)
-        .order_by(col(AssignmentRow.valid_from).desc())
-        .limit(1)
-    ).first()
-    current = (
-        assignment
-        if assignment is not None and (assignment.valid_to is None or assignment.valid_to > now)
-        else None
-    )
-    depth = _find_number(body, frozenset({"outbox_depth"}))
-    return DeviceLine(
-        id=device.id,
-        revoked=device.revoked,
-        online=state.online if state is not None else None,
-        last_seen=state.last_received_at if state is not None else None,
-        firmware=_find_text(body, frozenset({"firmware", "firmware_version", "hardware_board"}))
-        or (board or ""),
-        agent_version=_find_text(body, frozenset({"agent_version", "software_version"})),
-        patient_id=current.patient_id if current is not None else None,
-        amp_temp_c=_find_number(body, frozenset({"amp_temp_c", "amplifier_temp_c"})),
-        outbox_depth=int(depth) if depth is not None else None,
-        telemetry_at=metrics.device_time if metrics is not None else None,
-        clock_skew_s=skew,
-        clock_skew_at=state.clock_skew_at if state is not None else None,
-        clock_skew_large=skew is not None and abs(skew) > skew_limit.total_seconds(),
-    )
-
-
-def device_lines(session: Session, now: datetime, skew_limit: timedelta) -> list[DeviceLine]:
-    rows = session.exec(select(DeviceRow).order_by(col(DeviceRow.id))).all()
-    return [device_line(session, row, now, skew_limit) for row in rows]

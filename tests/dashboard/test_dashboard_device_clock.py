@@ -15,7 +15,7 @@ from sqlalchemy.engine import Engine
 from resonera.common import topics
 from resonera.common.envelope import Envelope
 from resonera.server.ingest import IngestProcessor, Received
-from resonera.server.web.views import skew_text
+from resonera.server.web.device_views import skew_text
 
 CLOCK = 8  # the devices table's Clock column
 
