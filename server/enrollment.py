@@ -89,10 +89,9 @@ def open_issuing_ca(
 ) -> tuple[FleetCA, bytes]:
     """The issuing CA in ``folder`` (``settings.issuing_ca_dir``) dating what it signs by
     ``clock``, and its passphrase; ``CAError`` when there is none."""
+    ca = FleetCA(folder, clock=clock)
     passphrase = settings.issuing_passphrase
-    return FleetCA(
-        folder, clock=clock
-    ), passphrase.get_secret_value().encode() if passphrase else b""
+    return ca, passphrase.get_secret_value().encode() if passphrase else b""
 
 
 class Enroller:
