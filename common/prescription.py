@@ -23,11 +23,11 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
+from resonera.common.canonical import canonical_json
 from resonera.common.errors import ProgramError, describe_validation_error
 from resonera.common.profile import HearingProfile
 from resonera.common.program import BackgroundLayer, Program, parse_program
 from resonera.common.program_check import check_program_for
-from resonera.common.signing import canonical_json
 
 #: The shape of a prescribed entry; a device refuses a schema it does not know rather than guess.
 PRESCRIPTION_SCHEMA = 1

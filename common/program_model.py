@@ -25,6 +25,7 @@ from typing import Annotated, ClassVar, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from resonera.common.canonical import canonical_json
 from resonera.common.errors import ProgramError, describe_validation_error
 
 CARRIER_HZ: Final = (40.0, 1500.0)
@@ -330,8 +331,9 @@ class Program(_Strict):
                 raise ProgramError(f"{self.name}: {field}: background file {path} does not exist")
 
     def digest(self) -> str:
-        """SHA-256 of the canonical JSON form: identifies exactly what was played."""
-        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()
+        """SHA-256 of the canonical JSON of the program's JSON form: identifies exactly what was
+        played, and equals the ``sha256`` its prescription was sent with (``common.prescription``)."""
+        return hashlib.sha256(canonical_json(self.model_dump(mode="json"))).hexdigest()
 
 
 def slide_target(step: Step | None, slot: int) -> LayerModel | None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import json
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
@@ -23,17 +22,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from resonera.common.canonical import canonical_json
 from resonera.common.envelope import Envelope
 from resonera.common.errors import ProtocolError
 
 
 class SignatureError(ProtocolError):
     """A signature is missing, malformed, by an unknown key, or does not verify."""
-
-
-def canonical_json(value: Any) -> bytes:
-    """The bytes that are signed: sorted keys, no spaces, UTF-8."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def ed25519_key_id(public_key: Ed25519PublicKey) -> str:

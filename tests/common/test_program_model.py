@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import pytest
@@ -90,7 +91,12 @@ BUILTIN_DIGESTS = {
 
 
 def test_builtin_program_files_hold_exactly_the_programs_once_written_in_python() -> None:
-    assert {name: p.digest() for name, p in BUILTIN_PROGRAMS.items()} == BUILTIN_DIGESTS
+    # the digests were of pydantic's own JSON dump (field order), taken when the programs were code
+    held = {
+        n: hashlib.sha256(p.model_dump_json().encode()).hexdigest()
+        for n, p in BUILTIN_PROGRAMS.items()
+    }
+    assert held == BUILTIN_DIGESTS
 
 
 def test_a_builtin_program_file_must_carry_its_own_name(tmp_path: Path) -> None:
