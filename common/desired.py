@@ -157,6 +157,7 @@ def lowers_only(old: HearingProfile, new: HearingProfile) -> bool:
         and new.dose_mode >= old.dose_mode
         and (new.on_dose_reached in (old.on_dose_reached, "stop"))
         and (new.refuse_over_allowance or not old.refuse_over_allowance)
+        and (old.builtin_when_unassigned or not new.builtin_when_unassigned)
         and new.output == old.output
         and new.binaural_on_speaker == old.binaural_on_speaker
         and all(

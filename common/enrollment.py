@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from resonera.common.signing import canonical_json
+from resonera.common.canonical import canonical_json
 
 
 def renewal_payload(certificate_pem: bytes, csr_pem: bytes, time: str) -> bytes:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterable, Sequence
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
@@ -76,6 +76,16 @@ class EngineCapabilities(_Strict):
     backgrounds: tuple[Sha256Hex, ...] = ()
     #: False on a device that cannot fetch files: a program with a background it lacks is refused.
     fetches_backgrounds: bool = True
+
+
+class ProgramReport(_Strict):
+    """What a device did with one prescribed program (in a ``reported`` message)."""
+
+    library_id: str = Field(min_length=1, max_length=64)
+    version: int = Field(ge=1)
+    sha256: Sha256Hex
+    status: Literal["applied", "refused"]
+    reason: str = Field(default="", max_length=500)
 
 
 class PrescriptionRefused(ProgramError):

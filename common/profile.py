@@ -82,6 +82,9 @@ class HearingProfile(BaseModel):
     binaural_on_speaker: Literal["refuse", "monaural", "isochronic"] = "refuse"
     #: The check-in the clinician set: asked around every session, answered or skipped.
     checkins: tuple[CheckInQuestion, ...] = Field(default=(), max_length=MAX_CHECKIN_QUESTIONS)
+    #: With no program prescribed, the play button plays the device's built-in default program;
+    #: a clinician may forbid that, so only what they prescribed ever plays.
+    builtin_when_unassigned: bool = True
 
     @model_validator(mode="after")
     def _consistent(self) -> HearingProfile:

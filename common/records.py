@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from resonera.common.envelope import INT32_MAX, AwareDatetime, MessageId
+from resonera.common.prescription import MAX_PRESCRIBED_PROGRAMS, EngineCapabilities, ProgramReport
 from resonera.common.profile import CHECKIN_ID_PATTERN, CheckInPhase
 from resonera.common.safety_link_types import LinkEventKind
 
@@ -35,6 +36,9 @@ class SessionRecord(BaseModel):
     session_id: MessageId
     program_name: ColumnText = Field(min_length=1, max_length=120)
     program_digest: str = Field(pattern=r"^[0-9a-f]{64}$")
+    #: The prescribed program's library id and version (None: a built-in or a file played by hand).
+    program_library_id: ColumnText | None = Field(default=None, min_length=1, max_length=64)
+    program_version: int | None = Field(default=None, ge=1, le=INT32_MAX)
     started_at: AwareDatetime
     ended_at: AwareDatetime
     planned_s: float = Field(ge=0.0)
@@ -149,6 +153,10 @@ class DesiredReport(BaseModel):
     status: Literal["applied", "deferred", "refused"]
     reason: str | None = Field(default=None, max_length=500)
     dose_ledger_reset: LedgerResetReport | None = None
+    #: What became of each prescribed program of this version, in the clinician's order.
+    programs: list[ProgramReport] | None = Field(default=None, max_length=MAX_PRESCRIBED_PROGRAMS)
+    #: What the device's engine can play, so the server prescribes only that.
+    capabilities: EngineCapabilities | None = None
 
     @model_validator(mode="after")
     def _applied_names_its_version(self) -> DesiredReport:

@@ -6,8 +6,9 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from resonera.common.canonical import canonical_json
 from resonera.common.desired import DesiredStateRejected, verify_desired
-from resonera.common.signing import canonical_json, sign_document_ed25519
+from resonera.common.signing import sign_document_ed25519
 
 SERVER_KEY = Ed25519PrivateKey.generate()
 PINNED = SERVER_KEY.public_key()

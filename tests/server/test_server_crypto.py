@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from resonera.common.canonical import canonical_json
 from resonera.common.errors import ConfigError
-from resonera.common.signing import canonical_json
 from resonera.server.crypto import (
     DecryptionError,
     Ed25519Signer,
