@@ -15,7 +15,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 IMPORT_CHECK = (
-    "import resonera.common.envelope, resonera.engine.safety.aweighting, resonera.device.agent, "
+    "import resonera.common.envelope, resonera.engine.safety.aweighting, resonera.device.session, "
     "resonera.server.app, "
     "resonera.hardware.sim, resonera.provisioning.broker, resonera.stack.demo, sys; "
     "import resonera.device; print(resonera.device.__file__)"
