@@ -32,11 +32,11 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from resonera.common.canonical import canonical_json
 from resonera.common.envelope import Envelope
 from resonera.common.errors import ConfigError, ResoneraError
 from resonera.common.signing import (
     SignatureError,
-    canonical_json,
     envelope_signing_bytes,
     verify_envelope,
 )
