@@ -18,9 +18,6 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from functools import cache
-from importlib.metadata import PackageNotFoundError, version
-from importlib.resources import files
 from pathlib import Path
 from typing import Final
 
@@ -32,6 +29,7 @@ from resonera.common.errors import ProgramError
 from resonera.common.profile import HearingProfile
 from resonera.common.program import Program
 from resonera.common.program_check import check_program_for
+from resonera.engine import capabilities
 from resonera.engine.audio.calibration import Calibration, default_calibration
 from resonera.server.audit import audit
 from resonera.server.desired import DesiredService, config_document
@@ -47,8 +45,6 @@ PREVIEW_BLOCK_FRAMES: Final = 4096
 PREVIEW_FADE_S: Final = 0.5
 #: Bump when the preview's own rendering changes (block size, format, fade), so caches refill.
 PREVIEW_FORMAT: Final = 1
-#: The engine's packages, whose code is hashed into ``engine_version``.
-ENGINE_PACKAGES: Final = ("resonera.engine", "resonera.engine.audio", "resonera.engine.safety")
 
 
 @dataclass(frozen=True)
@@ -67,20 +63,11 @@ class PreviewRefused(Exception):
     """The program cannot play for this patient (their profile or limits); the message says why."""
 
 
-@cache
 def engine_version() -> str:
-    """The engine that renders: the package version and a hash of the engine's code
-    (``resonera.engine``), so a new release, or any change to that code, renders previews afresh."""
-    digest = hashlib.sha256()
-    for package in ENGINE_PACKAGES:
-        for source in sorted(files(package).iterdir(), key=lambda f: f.name):
-            if source.name.endswith(".py"):
-                digest.update(source.name.encode() + b"\0" + source.read_bytes())
-    try:
-        release = version("resonera")
-    except PackageNotFoundError:  # a source tree that was never installed
-        release = "0+unknown"
-    return f"{release}+{digest.hexdigest()[:12]}/{PREVIEW_FORMAT}"
+    """The engine that renders (``engine.capabilities.engine_version``: the release and a hash of
+    the engine's code) and this preview format, so a new release, any change to the engine's code
+    or to the preview's own rendering renders previews afresh."""
+    return f"{capabilities.engine_version()}/{PREVIEW_FORMAT}"
 
 
 def patient_profile(session: Session, patient_id: str) -> HearingProfile:
