@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from resonera.common import topics
-from resonera.provisioning.ca import FleetCA
+from resonera.server.fleet_ca import FleetCA
 
 #: The server's MQTT identity (its certificate's CN and so its broker username).
 SERVER_IDENTITY = topics.service_identity("resonera-server")

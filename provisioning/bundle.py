@@ -21,7 +21,7 @@ from resonera.common.bundle import (
     file_sha256,
 )
 from resonera.common.identity import fingerprint, generate_key, make_csr, write_private_key
-from resonera.provisioning.ca import FleetCA
+from resonera.server.fleet_ca import FleetCA
 
 
 def write_bundle(

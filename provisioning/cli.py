@@ -29,7 +29,7 @@ from resonera.common.errors import ConfigError
 from resonera.common.identity import common_name, fingerprint, load_certificate
 from resonera.provisioning.broker import SERVER_IDENTITY, BrokerConfig, provision_broker
 from resonera.provisioning.bundle import write_bundle
-from resonera.provisioning.ca import CAError, FleetCA
+from resonera.server.fleet_ca import CAError, FleetCA
 
 # The server's settings, database layer and enrollment are imported by the commands that touch the
 # server's database (device add, bundle with --server-config, revoke) and only there: they add

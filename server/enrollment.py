@@ -33,7 +33,6 @@ from sqlmodel import Session, col, select
 from resonera.common.clock import Clock, utc_now
 from resonera.common.enrollment import renewal_payload
 from resonera.common.identity import IdentityError, common_name, fingerprint, parse_csr
-from resonera.provisioning.ca import CAError, FleetCA
 from resonera.server.crypto import DesiredStateSigner, Ed25519Signer
 from resonera.server.device_certificates import record_certificate
 from resonera.server.enrollment_codes import (
@@ -44,6 +43,7 @@ from resonera.server.enrollment_codes import (
     code_hash,
     register_code,
 )
+from resonera.server.fleet_ca import CAError, FleetCA
 from resonera.server.models import DeviceCertificateRow, DeviceDesiredRow, DeviceRow, EnrollmentRow
 from resonera.server.ratelimit import FailureLimiter, FailureQuota, Limited
 from resonera.server.settings import EnrollmentSettings

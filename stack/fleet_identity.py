@@ -17,7 +17,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from resonera.common.identity import generate_key, make_csr, write_private_key
-from resonera.provisioning.ca import FleetCA
+from resonera.server.fleet_ca import FleetCA
 from resonera.server.models import DeviceRow
 
 

@@ -40,7 +40,7 @@ from sqlalchemy.engine import make_url
 
 from resonera.common.errors import ConfigError, ResoneraError
 from resonera.common.ids import new_id
-from resonera.provisioning.ca import FleetCA
+from resonera.server.fleet_ca import FleetCA
 from resonera.stack.fleet_devices import SIM_SYNC, Fleet, SimDevice, Stats
 from resonera.stack.fleet_identity import DeviceIdentity, issue_device, register_devices
 from resonera.stack.fleet_loop import MqttLoop

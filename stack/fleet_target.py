@@ -21,8 +21,8 @@ from resonera.common.errors import ConfigError, ResoneraError
 from resonera.common.settings import MqttSettings
 from resonera.device.settings import OutboxLimits
 from resonera.provisioning.broker import SERVER_IDENTITY, provision_broker
-from resonera.provisioning.ca import FleetCA
 from resonera.server.db import make_engine, migrate
+from resonera.server.fleet_ca import FleetCA
 from resonera.server.models import MessageRow, SafetyEventRow, SessionRow, table_of
 from resonera.stack.broker import find_mosquitto
 from resonera.stack.fleet_devices import Fleet, SimDevice

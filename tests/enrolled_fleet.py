@@ -26,7 +26,6 @@ from resonera.common.settings import MqttSettings
 from resonera.device.enroll import enroll
 from resonera.device.settings import DeviceSettings
 from resonera.provisioning.broker import SERVER_IDENTITY, provision_broker
-from resonera.provisioning.ca import FleetCA
 from resonera.server.app import create_app
 from resonera.server.crypto import (
     FieldCipher,
@@ -38,6 +37,7 @@ from resonera.server.crypto import (
 from resonera.server.db import make_engine
 from resonera.server.desired import MemoryPublisher
 from resonera.server.enrollment import register_code
+from resonera.server.fleet_ca import FleetCA
 from resonera.server.models import UserRow
 from resonera.server.runner import run_server_in_thread
 from resonera.server.security import hash_password, issue_access_token

@@ -12,7 +12,7 @@ from support import Mosquitto, free_port, run_mosquitto_config
 
 from resonera.common.settings import MqttSettings
 from resonera.provisioning.broker import SERVER_IDENTITY, provision_broker
-from resonera.provisioning.ca import FleetCA
+from resonera.server.fleet_ca import FleetCA
 from resonera.stack.fleet_sim import Fleet, LocalStack, build_fleet, issue_device
 
 PASSPHRASE = b"correct horse battery staple"

@@ -22,7 +22,7 @@ from resonera.device.enroll_protocol import (
     renewal_request,
 )
 from resonera.device.identity import EnrollError, Identity
-from resonera.provisioning.ca import FleetCA
+from resonera.server.fleet_ca import FleetCA
 
 PASSPHRASE = b"a passphrase long enough"
 WHEN = "2026-01-02T03:04:05+00:00"

@@ -21,7 +21,7 @@ from resonera.common.identity import IdentityError, generate_key, make_csr, writ
 from resonera.common.mqtt_client import BrokerUnavailable, build_client, connect, stop_loop
 from resonera.common.settings import MqttSettings
 from resonera.provisioning.broker import SERVER_IDENTITY
-from resonera.provisioning.ca import CAError, FleetCA
+from resonera.server.fleet_ca import CAError, FleetCA
 
 
 class Client:

@@ -38,8 +38,8 @@ from resonera.device.enroll import (
 )
 from resonera.device.settings import DeviceSettings
 from resonera.device.sync import DeviceSync
-from resonera.provisioning.ca import FleetCA
 from resonera.server.device_certificates import record_certificate
+from resonera.server.fleet_ca import FleetCA
 from resonera.server.ingest_mqtt import IngestConsumer
 from resonera.server.models import (
     DeviceCertificateRow,

@@ -13,7 +13,7 @@ from fleet import PASSPHRASE
 from support import bare_env
 
 from resonera.common.identity import IdentityError, generate_key, make_csr
-from resonera.provisioning.ca import CAError, FleetCA
+from resonera.server.fleet_ca import CAError, FleetCA
 
 BIN = Path(sys.executable).parent / "resonera-provision"
 

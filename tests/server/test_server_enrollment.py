@@ -20,10 +20,10 @@ from sqlmodel import Session, select
 
 from resonera.common.enrollment import renewal_payload
 from resonera.common.identity import common_name, fingerprint, generate_key, make_csr
-from resonera.provisioning.ca import FleetCA
 from resonera.server.device_certificates import revoke_certificate
 from resonera.server.enrollment import Enroller
 from resonera.server.enrollment_codes import EnrollmentError, register_bundle, register_code
+from resonera.server.fleet_ca import FleetCA
 from resonera.server.models import DeviceCertificateRow, DeviceRow, EnrollmentRow
 from resonera.server.revocation import revoke_device
 from resonera.server.settings import EnrollmentSettings
