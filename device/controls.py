@@ -23,8 +23,10 @@ raise the level past the person's limits: the chain after the volume stage enfor
 this says, and this never asks for more than 0 dB.
 
 ``Controls.changed(before, after)`` gives the prompts a change of state calls for: session start
-and end, why sound stopped after a fault, 80 % and 100 % of the weekly allowance (ITU-T H.870
-asks devices to tell the person at these points; see ``device/prompts.py`` for the wording).
+(and the program's name: the play button cycles through the person's programs in the clinician's
+order, so the person hears which one plays) and end, why sound stopped after a fault, 80 % and
+100 % of the weekly allowance (ITU-T H.870 asks devices to tell the person at these points; see
+``device/prompts.py`` for the wording).
 ``light_for(state)`` is what the status light shows.
 
 Check-ins (issue 12). When the person's profile has questions for a phase, ``begin_checkin`` puts
@@ -52,7 +54,6 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from resonera.common import serial_link as sl
 from resonera.common.profile import CheckInPhase, CheckInQuestion
@@ -72,10 +73,10 @@ __all__ = [
     "Prompt",
     "Resume",
     "SayNumber",
+    "SayProgram",
     "SetVolume",
     "Start",
     "Stop",
-    "assigned_programs",
     "light_for",
 ]
 
@@ -157,6 +158,13 @@ class Prompt:
 
 
 @dataclass(frozen=True)
+class SayProgram:
+    """Say the name of ``program`` (issue 20: the person hears which one the button started)."""
+
+    program: str
+
+
+@dataclass(frozen=True)
 class Ask:
     """Ask ``question`` in its check-in ``phase``: its text, its anchors, then ``value``."""
 
@@ -183,7 +191,17 @@ class Answered:
 
 
 Action = (
-    Start | Pause | Resume | Stop | ClearFault | SetVolume | Prompt | Ask | SayNumber | Answered
+    Start
+    | Pause
+    | Resume
+    | Stop
+    | ClearFault
+    | SetVolume
+    | Prompt
+    | SayProgram
+    | Ask
+    | SayNumber
+    | Answered
 )
 
 #: Where a check-in's value starts: the middle, so neither end is suggested.
@@ -268,7 +286,7 @@ class Controls:
         if after.fault != before.fault and after.fault in FAULT_PROMPTS:
             actions.append(Prompt(FAULT_PROMPTS[after.fault]))
         if after.program is not None and after.program != before.program:
-            actions.append(Prompt("session_start"))
+            actions.extend((Prompt("session_start"), SayProgram(after.program)))
         elif before.program is not None and after.program is None and after.fault == sl.FAULT_NONE:
             actions.append(Prompt("session_end"))
         for threshold, key in DOSE_PROMPTS:
@@ -373,13 +391,3 @@ def _after(programs: Sequence[str], current: str | None) -> str:
     if current in programs:
         return programs[(programs.index(current) + 1) % len(programs)]
     return programs[0]
-
-
-def assigned_programs(content: Mapping[str, Any] | None) -> tuple[str, ...]:
-    """The program names of a desired state's ``programs`` (names, or objects with a ``name``)."""
-    names: list[str] = []
-    for entry in (content or {}).get("programs") or []:
-        name = entry.get("name") if isinstance(entry, dict) else entry
-        if isinstance(name, str) and name.strip():
-            names.append(name.strip())
-    return tuple(names)

@@ -9,7 +9,25 @@ it, and report the outcome to the server as a ``reported`` message in the outbox
 - Accepted during a session but raising something: kept ``pending`` (``status: "deferred"``) and
   applied by ``session_ended`` (``status: "applied"``).
 - The very document already taken, delivered again (the retained copy after every reconnect): nothing
-  is done or reported.
+  is done or reported, unless a program of it that was refused for want of its background file can
+  be had now (``reassess``).
+
+Prescribed programs (issue 20, ``device/prescriptions.py``): each entry of ``programs`` is checked
+with ``check_prescribed`` under the profile the same document makes and this engine's capabilities
+(``capabilities``), and its background files fetched (``device/backgrounds.py``); each program is
+applied or refused on its own, and the document's profile and limits apply whatever becomes of its
+programs (safety first). A list that cannot be one prescription refuses the whole document. The
+programs accepted are stored with the document in one transaction (``DeviceStore.save_desired``),
+and every report lists each program's outcome in the clinician's order and the engine's
+capabilities: ``{"desired_version", "status", "programs": [{"library_id", "version", "sha256",
+"status", "reason"}], "capabilities": {...}}``. ``reassess`` (at the agent's start) reviews the
+applied document's programs again when the engine's capabilities differ from those last reported
+(an upgrade) or a refused program's file may be had now, and reports the applied version again;
+with no document applied yet it reports version 0 with the capabilities, so the server knows what
+this device can play before it prescribes anything.
+
+Fetching a file takes time, so it is done outside the lock the player's ``session_*`` calls take:
+a button press never waits for a download.
 
 A document may carry a clinician's requests to reset a corrupted dose ledger (``dose_ledger_reset``,
 each with an id). They are carried out from the *applied* document only, between sessions (at once, or
@@ -29,10 +47,11 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from resonera.common.canonical import canonical_json
 from resonera.common.desired import (
     DesiredStateRejected,
     effective_profile,
@@ -41,6 +60,7 @@ from resonera.common.desired import (
     verify_desired,
 )
 from resonera.common.ids import new_id
+from resonera.common.prescription import EngineCapabilities, ProgramReport
 from resonera.common.profile import HearingProfile
 from resonera.common.records import (
     DesiredReport,
@@ -48,12 +68,25 @@ from resonera.common.records import (
     LedgerResetReport,
     SafetyEventRecord,
 )
+from resonera.device.backgrounds import (
+    BackgroundCache,
+    BackgroundFetcher,
+    BackgroundUnavailable,
+    background_fetcher,
+    backgrounds_dir,
+)
+from resonera.device.prescriptions import ProgramVerdict, refused, review_programs
 from resonera.device.safety.dose_ledger import DoseLedger, LedgerReset
-from resonera.device.store import DeviceStore
+from resonera.device.settings import DeviceSettings
+from resonera.device.store import DeviceStore, StoredDesired
+from resonera.engine.capabilities import engine_capabilities
 
 log = logging.getLogger(__name__)
 
 Outcome = Literal["applied", "deferred", "refused", "unchanged"]
+
+#: The store's note of the capabilities last reported (canonical JSON), to see an engine change.
+REPORTED_CAPABILITIES = "reported_capabilities"
 
 
 @dataclass(frozen=True)
@@ -61,6 +94,10 @@ class DesiredResult:
     outcome: Outcome
     version: int | None
     reason: str = ""
+    #: What became of each prescribed program, in the clinician's order (None: not reviewed).
+    programs: tuple[ProgramReport, ...] | None = None
+    #: The applied document came again (the retained copy after a reconnect).
+    redelivered: bool = False
 
 
 def _claimed_version(payload: bytes) -> int | None:
@@ -86,11 +123,16 @@ class DesiredStateApplier:
         on_lowered: Callable[[HearingProfile], None] = lambda _profile: None,
         on_applied: Callable[[HearingProfile], None] = lambda _profile: None,
         open_ledger: Callable[[], DoseLedger] | None = None,
+        backgrounds: BackgroundCache | None = None,
+        fetcher: BackgroundFetcher | None = None,
         simulation: bool = False,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         """``open_ledger``: the device's dose ledger, for clinician resets (without it, requests
-        wait in the applied document until an applier with a ledger, the service, takes it)."""
+        wait in the applied document until an applier with a ledger, the service, takes it).
+        ``backgrounds``: the cache of background files (None: none held); ``fetcher``: how
+        missing ones are fetched (None: this device cannot fetch, so a program whose file it
+        lacks is refused, and its capabilities say so)."""
         self.store = store
         self.device_id = device_id
         self.pinned = pinned
@@ -100,18 +142,49 @@ class DesiredStateApplier:
         #: questions into the prompt cache then, never on the audio path.
         self.on_applied = on_applied
         self.open_ledger = open_ledger
+        self.backgrounds = backgrounds
+        self.fetcher = fetcher
         self.simulation = simulation
         self.wall_clock = wall_clock
+        #: Held for a whole document (fetches included): documents are taken one at a time.
+        self._taking = threading.Lock()
+        #: Held only to decide and store: the player's ``session_*`` never wait for a download.
         self._lock = threading.Lock()
         self._session_active = False
         self._last_refused: bytes | None = None
 
+    @classmethod
+    def for_settings(
+        cls,
+        settings: DeviceSettings,
+        store: DeviceStore,
+        **hooks: Any,
+    ) -> DesiredStateApplier:
+        """The device's applier: its pinned key, provisioned profile, background cache in the
+        data folder and fetcher (``background_fetcher``); ``hooks``: the keyword arguments above."""
+        cache = BackgroundCache(backgrounds_dir(settings.data_dir))
+        return cls(
+            store,
+            settings.device_id,
+            settings.pinned_server_key(),
+            settings.profile,
+            backgrounds=cache,
+            fetcher=background_fetcher(settings, cache),
+            simulation=settings.simulation,
+            **hooks,
+        )
+
     def current_profile(self) -> HearingProfile:
         return self.store.applied_profile() or self.base_profile
 
+    def capabilities(self) -> EngineCapabilities:
+        """What this device's engine can play, with the background files it holds now."""
+        held = self.backgrounds.held() if self.backgrounds is not None else []
+        return engine_capabilities(held, fetches_backgrounds=self.fetcher is not None)
+
     def handle(self, payload: bytes) -> DesiredResult:
         digest = hashlib.sha256(payload).digest()
-        with self._lock:
+        with self._taking:
             result = self._handle(payload)
             if result.outcome == "refused":
                 # the same refused retained copy comes back after every reconnect: report it once
@@ -122,8 +195,82 @@ class DesiredStateApplier:
             self._report(result)
         if result.outcome == "applied":
             self._applied(self.current_profile())
+        if result.redelivered:
+            self.reassess(engine_changed=False)
         self.apply_ledger_resets()
         return result
+
+    def reassess(self, *, engine_changed: bool | None = None) -> DesiredResult | None:
+        """Review the applied document's programs again and report the applied version anew,
+        when the engine's capabilities differ from those last reported (``engine_changed`` None:
+        find out; the agent's start) or a program refused before passes now (a background file
+        that could not be had is fetched again). With no document applied, an engine change is
+        reported as version 0. The result reported, or None when nothing changed."""
+        with self._taking:
+            capabilities = self.capabilities()
+            if engine_changed is None:
+                engine_changed = self.store.meta(REPORTED_CAPABILITIES) != _noted(capabilities)
+            applied = self.store.applied_desired()
+            if applied is None:
+                result = DesiredResult("applied", 0, programs=()) if engine_changed else None
+            else:
+                result = self._reassess(applied, engine_changed)
+        if result is not None:
+            self._report(result)
+            if result.version:
+                self._applied(self.current_profile())
+        return result
+
+    def _reassess(self, applied: StoredDesired, engine_changed: bool) -> DesiredResult | None:
+        profile = applied.profile or self.base_profile
+        reason = ""
+        try:
+            verdicts = review_programs(applied.content, profile, self.capabilities())
+        except DesiredStateRejected as exc:  # applied by a release that did not read programs
+            verdicts, reason = [], f"its programs are not a prescription this device takes: {exc}"
+        before = applied.programs or ()
+        passed_now = {(v.library_id, v.version) for v in verdicts if v.passed}
+        retry = any(
+            (p.library_id, p.version) in passed_now for p in before if p.status != "applied"
+        )
+        if not (engine_changed or retry or applied.programs is None):
+            return None
+        verdicts = self._fetch_backgrounds(verdicts)
+        reports = tuple(v.report() for v in verdicts)
+        if reports == before and not engine_changed:
+            return None  # the same files are still out of reach: nothing new to say
+        with self._lock:
+            assigned = [v.assigned() for v in verdicts if v.passed]
+            if not self.store.reassess_desired(applied.version, assigned, reports):
+                return None  # a newer document was applied meanwhile, and reported
+        log.info("desired state %d: its programs reviewed again", applied.version)
+        return DesiredResult("applied", applied.version, reason, programs=reports)
+
+    def _fetch_backgrounds(self, verdicts: list[ProgramVerdict]) -> list[ProgramVerdict]:
+        """Each passed program with its background files had (held, or fetched now), or refused
+        saying which file could not be had and why. Outside ``_lock``: this takes time."""
+        out = []
+        for verdict in verdicts:
+            entry = verdict.entry
+            if not verdict.passed or entry is None or not entry.backgrounds:
+                out.append(verdict)
+                continue
+            label = f"{entry.name!r} (library {entry.library_id} v{entry.version})"
+            try:
+                for file in entry.backgrounds:
+                    if self.fetcher is not None:
+                        self.fetcher.ensure(file)
+                    elif self.backgrounds is None or not self.backgrounds.holds(file.sha256):
+                        raise BackgroundUnavailable(
+                            f"background file {file.sha256[:12]}… is not held and this device "
+                            "cannot fetch files"
+                        )
+            except BackgroundUnavailable as exc:
+                log.warning("%s refused: %s", label, exc)
+                out.append(refused(verdict, f"{label}: {exc}"))
+            else:
+                out.append(verdict)
+        return out
 
     def _applied(self, profile: HearingProfile) -> None:
         try:
@@ -145,24 +292,49 @@ class DesiredStateApplier:
             )
             profile = effective_profile(document, self.base_profile)
             ledger_resets(document.content)
+            verdicts = review_programs(document.content, profile, self.capabilities())
         except DesiredStateRejected as exc:
             if self._is_redelivery(payload, accepted):
-                return DesiredResult("unchanged", accepted)
+                return DesiredResult("unchanged", accepted, redelivered=True)
             return DesiredResult("refused", _claimed_version(payload), str(exc))
-        current = self.current_profile()
-        if self._session_active and not lowers_only(current, profile):
-            self.store.save_desired(document.version, document.content, profile, "pending")
-            log.info("desired state %d deferred until the session ends", document.version)
-            return DesiredResult(
-                "deferred",
+        verdicts = self._fetch_backgrounds(verdicts)
+        reports = tuple(v.report() for v in verdicts)
+        assigned = [v.assigned() for v in verdicts if v.passed]
+        with self._lock:
+            current = self.current_profile()
+            if self._session_active and not lowers_only(current, profile):
+                self.store.save_desired(
+                    document.version,
+                    document.content,
+                    profile,
+                    "pending",
+                    assigned=assigned,
+                    programs=reports,
+                )
+                log.info("desired state %d deferred until the session ends", document.version)
+                return DesiredResult(
+                    "deferred",
+                    document.version,
+                    "raises a limit during a session: applied when the session ends",
+                    programs=reports,
+                )
+            self.store.save_desired(
                 document.version,
-                "raises a limit during a session: applied when the session ends",
+                document.content,
+                profile,
+                "applied",
+                assigned=assigned,
+                programs=reports,
             )
-        self.store.save_desired(document.version, document.content, profile, "applied")
-        log.info("desired state %d applied", document.version)
-        if self._session_active and profile != current:
-            self.on_lowered(profile)
-        return DesiredResult("applied", document.version)
+            log.info(
+                "desired state %d applied: %d of %d program(s)",
+                document.version,
+                len(assigned),
+                len(reports),
+            )
+            if self._session_active and profile != current:
+                self.on_lowered(profile)
+        return DesiredResult("applied", document.version, programs=reports)
 
     def _is_redelivery(self, payload: bytes, accepted: int) -> bool:
         if accepted == 0 or self.pinned is None:
@@ -191,7 +363,7 @@ class DesiredStateApplier:
             applied = self.store.apply_pending_desired()
         result = None
         if applied is not None:
-            result = DesiredResult("applied", applied.version)
+            result = DesiredResult("applied", applied.version, programs=applied.programs)
             self._report(result)
             self._applied(applied.profile or self.base_profile)
         self.apply_ledger_resets()
@@ -288,13 +460,22 @@ class DesiredStateApplier:
         status = result.outcome
         if status == "unchanged":  # nothing new to say
             return
+        capabilities = self.capabilities()  # after this document's files were fetched
         report = DesiredReport(
             desired_version=result.version,
             status=status,
             reason=result.reason[:500] if result.reason else None,
+            programs=list(result.programs) if result.programs is not None else None,
+            capabilities=capabilities,
         )
         body = report.model_dump(mode="json", exclude_none=True)
         try:
             self.store.queue_message(self.device_id, "reported", body)
+            # a crash between the two only reports the same capabilities again at the next start
+            self.store.set_meta(REPORTED_CAPABILITIES, _noted(capabilities))
         except Exception:  # the MQTT thread must survive; the next delivery reports again
             log.exception("could not queue the desired-state report")
+
+
+def _noted(capabilities: EngineCapabilities) -> str:
+    return canonical_json(capabilities.model_dump(mode="json")).decode()

@@ -152,12 +152,25 @@ def _v4_events_only_sealed(conn: sqlite3.Connection, key: DataKey) -> None:
     conn.execute("ALTER TABLE safety_events_v4 RENAME TO safety_events")
 
 
+def _v5_prescribed_programs(conn: sqlite3.Connection, _key: DataKey) -> None:
+    """The programs a clinician prescribed (issue 20): each applied (or pending) desired state's
+    programs this device accepted, one row per program, its entry (definition, library id and
+    version, SHA-256) sealed and bound to its version and place in the clinician's order; nothing
+    about it in clear but those two numbers. An applied document of before keeps no rows: the
+    agent reviews its programs again at its next start (its engine was never reported)."""
+    conn.execute(
+        "CREATE TABLE prescribed_programs (desired_version INTEGER NOT NULL, "
+        "position INTEGER NOT NULL, sealed BLOB NOT NULL, PRIMARY KEY (desired_version, position))"
+    )
+
+
 #: In order; index + 1 is the version a migration brings the store to. Append only.
 MIGRATIONS: Final[tuple[Migration, ...]] = (
     _v1_first_release,
     _v2_sealed_health_data,
     _v3_checkins,
     _v4_events_only_sealed,
+    _v5_prescribed_programs,
 )
 LATEST: Final = len(MIGRATIONS)
 
@@ -176,8 +189,12 @@ def sealed_record_count(conn: sqlite3.Connection) -> int:
     if version < 2:
         return 0
     total = 0
-    tables = ("sessions", "safety_events", "outbox", "desired_state")
-    for table in (*tables, "checkins") if version >= 3 else tables:
+    tables: tuple[str, ...] = ("sessions", "safety_events", "outbox", "desired_state")
+    if version >= 3:
+        tables = (*tables, "checkins")
+    if version >= 5:
+        tables = (*tables, "prescribed_programs")
+    for table in tables:
         total += int(conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0] or 0)
     return total
 

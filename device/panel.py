@@ -53,6 +53,7 @@ from resonera.device.controls import (
     Pause,
     Resume,
     SayNumber,
+    SayProgram,
     SetVolume,
     Start,
     Stop,
@@ -63,6 +64,7 @@ from resonera.device.prompts import (
     PromptLibrary,
     PromptsError,
     build_checkin_prompts,
+    build_program_name_prompts,
     prompts_dir,
 )
 from resonera.device.safety.dose_ledger import DoseLedger
@@ -90,6 +92,8 @@ class _Library(Protocol):
 
     def question_key(self, question: CheckInQuestion) -> str: ...
 
+    def program_key(self, name: str) -> str: ...
+
 
 class PanelHost(Protocol):
     """What the panel needs of the agent that owns it (the device service), called on the
@@ -108,7 +112,9 @@ class PanelHost(Protocol):
         ...
 
     def assigned_programs(self) -> tuple[str, ...]:
-        """The person's programs, in the clinician's order."""
+        """The names of the programs the play button cycles through: the person's prescribed
+        programs in the clinician's order (else the built-in default, if the profile allows it;
+        empty: nothing may play)."""
         ...
 
     def program_length_s(self, program: str) -> float | None:
@@ -167,6 +173,7 @@ class Panel:
         speak_idle: Callable[[PromptMixer], None] | None = None,
         notice_marker: Path | None = None,
         render_checkins: Callable[[Sequence[CheckInQuestion]], _Library] | None = None,
+        render_names: Callable[[Sequence[str]], _Library] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.controls = controls
@@ -177,8 +184,11 @@ class Panel:
         self._notice_marker = notice_marker
         self._clock = clock
         self._render = render_checkins
+        self._render_names = render_names
         #: Why the last profile's questions have no prompts ("" when they have).
         self.checkin_problem = ""
+        #: Why the prescribed programs' names are not spoken ("" when they are).
+        self.names_problem = ""
         self._asking = False
         #: One build of the prompt cache at a time (service start and a profile applied may race).
         self._render_lock = threading.Lock()
@@ -243,6 +253,7 @@ class Panel:
             "volume_db": self.mixer.volume_db,
             "prompts": self.library is not None,
             **({"checkin": self.checkin_problem} if self.checkin_problem else {}),
+            **({"program_names": self.names_problem} if self.names_problem else {}),
         }
 
     def prepare_checkins(self, questions: Sequence[CheckInQuestion]) -> None:
@@ -263,6 +274,26 @@ class Panel:
             log.warning("%s", self.checkin_problem)
         else:
             self.checkin_problem = ""
+
+    def prepare_program_names(self, names: Sequence[str]) -> None:
+        """Speak the prescribed programs' ``names`` into the prompt cache (programs applied; the
+        thread that applied them). Failing (no espeak-ng, no cache) leaves the names unsaid and
+        everything else as it was; it is logged once per cause, and ``status`` shows it."""
+        if not names:
+            return
+        if self._render_names is None:
+            problem = "no spoken prompts on this device"
+        else:
+            try:
+                with self._render_lock:
+                    self.library = self._render_names(names)
+            except Exception as exc:  # espeak-ng failing in any way: said, never the agent's end
+                problem = f"the programs' names are not spoken: {exc}"
+            else:
+                problem = ""
+        if problem and problem != self.names_problem:
+            log.warning("%s (the programs still play)", problem)
+        self.names_problem = problem
 
     # -- the panel's thread ----------------------------------------------------------------------
 
@@ -405,6 +436,11 @@ class Panel:
             if self.library is not None:
                 question = self.library.question_key(action.question)
                 self._say_clips(self.library.clips(*keys, question, f"n{action.value}"))
+        elif isinstance(action, SayProgram):
+            library = self.library
+            key = library.program_key(action.program) if library is not None else ""
+            if library is not None and library.has(key):  # a built-in's name is not spoken
+                self._say_clips(library.clips(key))
         elif isinstance(action, SayNumber):
             self._say_clips(self.library.clips(f"n{action.value}") if self.library else [])
         elif isinstance(action, Answered):
@@ -415,6 +451,11 @@ class Panel:
         elif action.key == "time_left":
             self._say_clips(self.library.time_left(action.minutes or 0) if self.library else [])
         else:
+            if action.key == "no_program":  # never silent without a reason, even unspoken
+                log.warning(
+                    "the play button has nothing to play: no program is prescribed, and the "
+                    "clinician does not allow the built-in default"
+                )
             self._say(action.key)
 
     def _start_when_idle(self, program: str) -> None:
@@ -475,6 +516,13 @@ def panel_for(
         log.info("check-in prompts: %d spoken, %d unchanged", report.built, report.reused)
         return PromptLibrary(directory, settings.sample_rate)
 
+    def render_names(names: Sequence[str]) -> PromptLibrary:
+        directory = prompts_dir(settings.data_dir)
+        calibration = load_session_calibration(settings.calibration_file)
+        report = build_program_name_prompts(directory, calibration, names)
+        log.info("program names: %d spoken, %d unchanged", report.built, report.reused)
+        return PromptLibrary(directory, settings.sample_rate)
+
     return Panel(
         Controls(),
         PromptMixer(settings.sample_rate),
@@ -483,6 +531,7 @@ def panel_for(
         speak_idle=speak_idle,
         notice_marker=settings.data_dir / "first-use-notice-given",
         render_checkins=render_checkins,
+        render_names=render_names,
     )
 
 

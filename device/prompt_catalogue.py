@@ -25,6 +25,7 @@ __all__ = [
     "checkin_key",
     "checkin_text",
     "choose_language",
+    "program_name_key",
     "texts",
     "time_left_keys",
 ]
@@ -121,3 +122,9 @@ def checkin_text(question: CheckInQuestion, language: str) -> str:
 def checkin_key(question: CheckInQuestion, language: str) -> str:
     """The cache key of ``question``'s prompt: its spoken text's hash."""
     return "q-" + hashlib.sha256(checkin_text(question, language).encode()).hexdigest()[:24]
+
+
+def program_name_key(name: str) -> str:
+    """The cache key of a prescribed program's spoken name (issue 20): the name's hash (the name is
+    said as the clinician's library writes it, in the cache's voice)."""
+    return "program-" + hashlib.sha256(name.strip().encode()).hexdigest()[:24]

@@ -19,7 +19,12 @@ import numpy as np
 
 from resonera.common.profile import CheckInQuestion
 from resonera.device.audio.prompt_mixer import Clip
-from resonera.device.prompt_catalogue import PromptsError, checkin_key, time_left_keys
+from resonera.device.prompt_catalogue import (
+    PromptsError,
+    checkin_key,
+    program_name_key,
+    time_left_keys,
+)
 
 __all__ = ["DEFAULT_LEVEL_DBA", "MANIFEST", "PromptLibrary", "prompts_dir", "read_manifest"]
 
@@ -126,3 +131,6 @@ class PromptLibrary:
 
     def question_key(self, question: CheckInQuestion) -> str:
         return checkin_key(question, self.language)
+
+    def program_key(self, name: str) -> str:
+        return program_name_key(name)

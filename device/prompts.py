@@ -45,7 +45,7 @@ import math
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,6 +64,7 @@ from resonera.device.prompt_catalogue import (
     checkin_key,
     checkin_text,
     choose_language,
+    program_name_key,
     texts,
     time_left_keys,
 )
@@ -88,11 +89,13 @@ __all__ = [
     "PromptsError",
     "active_level_dbfs",
     "build_checkin_prompts",
+    "build_program_name_prompts",
     "build_prompts",
     "checkin_key",
     "checkin_text",
     "choose_language",
     "espeak_languages",
+    "program_name_key",
     "prompts_dir",
     "texts",
     "time_left_keys",
@@ -312,17 +315,17 @@ def build_prompts(
     )  # fmt: skip
 
 
-def build_checkin_prompts(
-    directory: Path, calibration: Calibration, questions: Sequence[CheckInQuestion]
+def _build_into_cache(
+    directory: Path, calibration: Calibration, texts_in: Callable[[str], dict[str, str]]
 ) -> BuildReport:
-    """Speak ``questions`` into the prompt cache in ``directory`` (built already: its language,
-    rate and level are kept); those spoken before are reused. When a profile is applied, never on
-    the audio path. ``PromptsError`` when there is no cache or espeak-ng is missing."""
+    """Speak ``texts_in(language)`` (key → text) into the prompt cache in ``directory`` (built
+    already: its language, rate and level are kept); those spoken before are reused.
+    ``PromptsError`` when there is no cache or espeak-ng is missing."""
     manifest = read_manifest(directory)
     if manifest is None:
         raise PromptsError(f"no prompts in {directory}: run 'resonera-device prompts build' first")
     language = str(manifest.get("language", "en"))
-    extra = {checkin_key(q, language): checkin_text(q, language) for q in questions}
+    extra = texts_in(language)
     return build_prompts(
         directory,
         calibration,
@@ -331,4 +334,27 @@ def build_checkin_prompts(
         level_dba=float(manifest.get("level_dba", DEFAULT_LEVEL_DBA)),
         keys=sorted(extra),
         extra=extra,
+    )
+
+
+def build_checkin_prompts(
+    directory: Path, calibration: Calibration, questions: Sequence[CheckInQuestion]
+) -> BuildReport:
+    """Speak ``questions`` into the prompt cache in ``directory`` (see ``_build_into_cache``).
+    When a profile is applied, never on the audio path."""
+    return _build_into_cache(
+        directory,
+        calibration,
+        lambda language: {checkin_key(q, language): checkin_text(q, language) for q in questions},
+    )
+
+
+def build_program_name_prompts(
+    directory: Path, calibration: Calibration, names: Sequence[str]
+) -> BuildReport:
+    """Speak the prescribed programs' ``names`` into the prompt cache in ``directory`` (issue 20:
+    the play button says which program it starts). When programs are applied, never on the
+    audio path."""
+    return _build_into_cache(
+        directory, calibration, lambda _language: {program_name_key(n): n.strip() for n in names}
     )

@@ -15,7 +15,16 @@ holds it for the process's life:
   ``PanelHost`` (the methods below under "the panel's host"); the monitor serves it, and every
   session plays through its prompt mixer;
 - ``applier`` (``DesiredStateApplier``) and ``sync`` (``DeviceSync``: the MQTT connection,
-  draining the outbox; its paho client from ``client_factory``).
+  draining the outbox; its paho client from ``client_factory``); desired states are taken on a
+  thread of their own (``desired``), in the order they come, since a prescribed program's
+  background file may take a while to fetch;
+- ``backgrounds`` (``BackgroundCache``): the prescribed programs' background files.
+
+What plays (issue 20): the programs the clinician prescribed, as the applied desired state brought
+them and the store keeps them (``DeviceStore.assigned_programs``), by name (any case) or library
+id; with none prescribed, the device's own programs (``resolve_program``: the built-ins, a file)
+only if the person's profile allows it (``builtin_when_unassigned``), and the play button then
+plays ``BUILTIN_DEFAULT``. Anything else is refused saying why.
 
 Inside the process:
 - the player: one ``Session`` at a time (``device/session.py``) in a thread of its own, started
@@ -40,6 +49,7 @@ import contextlib
 import json
 import logging
 import os
+import queue
 import signal
 import socket
 import socketserver
@@ -61,12 +71,19 @@ from resonera.common.mqtt_client import build_client
 from resonera.common.profile import HearingProfile
 from resonera.common.program import Program
 from resonera.common.records import CheckInRecord, SessionRecord
-from resonera.device.controls import Answered, assigned_programs
+from resonera.device.backgrounds import BackgroundCache
+from resonera.device.controls import Answered
 from resonera.device.desired_state import DesiredStateApplier
 from resonera.device.enroll import renew_daily, renewed_mqtt
 from resonera.device.hwmonitor import HardwareMonitor
 from resonera.device.memory import release_free_memory
 from resonera.device.panel import IdlePrompts, Panel, panel_for
+from resonera.device.prescriptions import (
+    BUILTIN_DEFAULT,
+    AssignedProgram,
+    NotPrescribed,
+    find_assigned,
+)
 from resonera.device.safety.dose_ledger import DoseLedger
 from resonera.device.safety_events import SafetyEventRecorder
 from resonera.device.session import (
@@ -87,6 +104,35 @@ MAX_COMMAND_BYTES = 1024
 
 class ServiceUnavailable(ResoneraError):
     """No ``resonera-device run`` answers on the control socket."""
+
+
+class _InOrder:
+    """Work run one piece at a time, in the order given, on a daemon thread of its own (taking a
+    desired state: a download must not hold up MQTT's network thread; one that outlives the
+    service's stop is cut short by the process's end, and its document is taken again at the
+    next start, as nothing of it was stored)."""
+
+    def __init__(self, name: str) -> None:
+        self._work: queue.Queue[Callable[[], None] | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def __call__(self, work: Callable[[], None]) -> None:
+        self._work.put(work)
+
+    def close(self, timeout_s: float) -> None:
+        self._work.put(None)
+        if self._thread.is_alive():
+            self._thread.join(timeout=timeout_s)
+
+    def _run(self) -> None:
+        while (work := self._work.get()) is not None:
+            try:
+                work()
+            except Exception:  # one document's failure must not stop the next
+                log.exception("taking a desired state failed")
 
 
 @dataclass
@@ -132,18 +178,21 @@ class DeviceService:
         self.panel: Panel = panel_for(settings, self, speak_idle=idle_prompts.speak)
         if self.monitor is not None:
             self.monitor.attach_panel(self.panel)
-        self.applier: DesiredStateApplier = DesiredStateApplier(
+        self.applier: DesiredStateApplier = DesiredStateApplier.for_settings(
+            settings,
             self.store,
-            settings.device_id,
-            settings.pinned_server_key(),
-            settings.profile,
             on_lowered=self._limits_lowered,
             on_applied=self._profile_applied,
             open_ledger=self._ledger_for_reset,
-            simulation=settings.simulation,
         )
+        self.backgrounds: BackgroundCache | None = self.applier.backgrounds
+        self._desired = _InOrder("desired")
         self.sync: DeviceSync = DeviceSync(
-            settings, self.store, desired=self.applier, client_factory=client_factory
+            settings,
+            self.store,
+            desired=self.applier,
+            client_factory=client_factory,
+            dispatch_desired=self._desired,
         )
         self.started = time.time()
         self.last_session: SessionRecord | None = None
@@ -164,7 +213,13 @@ class DeviceService:
     def session_parts(self) -> SessionParts:
         """What every session of this process plays with: the owners above."""
         return SessionParts(
-            self.settings, self.store, self.monitor, self.ledger, self.recorder, self.panel.mixer
+            self.settings,
+            self.store,
+            self.monitor,
+            self.ledger,
+            self.recorder,
+            self.panel.mixer,
+            self.backgrounds,
         )
 
     # --- lifecycle -------------------------------------------------------------------------------
@@ -184,17 +239,15 @@ class DeviceService:
         return 0
 
     def start(self) -> None:
+        self._desired.start()
+        # before any document arrives: the prompts spoken again, if a prompt build since the
+        # profile was applied dropped them; then an engine upgraded (or a file not fetched
+        # before) reviews the programs, and reports
+        self._desired(lambda: self._profile_applied(self.applier.current_profile()))
+        self._desired(self._reassess)
         self.sync.start()
         self._open_socket()
         self.panel.start()
-        questions = self.applier.current_profile().checkins
-        if questions:  # spoken again if a prompt build since the profile was applied dropped them
-            threading.Thread(
-                target=self.panel.prepare_checkins,
-                args=(questions,),
-                name="checkin-prompts",
-                daemon=True,
-            ).start()
         if self.monitor is not None:
             self.monitor.start(wait_for_port=True)  # a missing port is tried again, as a lost one
         self.queue_telemetry()
@@ -244,6 +297,7 @@ class DeviceService:
         self.queue_telemetry()
         self.sync.drain(timeout_s=2.0)  # a best effort: what is not acked stays in the outbox
         self.sync.stop()
+        self._desired.close(timeout_s=5.0)
         self.recorder.close()  # every safety event written
         self.ledger.close()
         self.store.close()
@@ -251,8 +305,10 @@ class DeviceService:
     # --- playing ---------------------------------------------------------------------------------
 
     def play(self, spec: str) -> str:
-        """Start ``spec`` (preset or file) in the background; the reply line for the socket."""
-        program = self.resolve_program(spec)
+        """Start ``spec`` in the background (see the module: a prescribed program by name or
+        library id; with none prescribed and the profile allowing it, a preset or a file); the
+        reply line for the socket. ``NotPrescribed`` says why it may not play."""
+        program, prescribed = self._resolve(spec)
         # refused before the thread starts, so the person hears why (the session checks again)
         refused = daily_limit_refusal(self.store, time.time())
         if refused is not None:
@@ -265,7 +321,10 @@ class DeviceService:
                 self.session_parts, session_id=session_id, watch=SessionWatch(notify=_log_line)
             )
             thread = threading.Thread(
-                target=self._play_session, args=(session, program), name="player", daemon=True
+                target=self._play_session,
+                args=(session, program, prescribed),
+                name="player",
+                daemon=True,
             )
             self._playing = _Playing(program.name, time.time(), session, thread)
             self.applier.session_started()
@@ -279,9 +338,23 @@ class DeviceService:
         playing.session.stop()
         return f"ok stopping {playing.program!r} (fading out)"
 
-    def _play_session(self, session: Session, program: Program) -> None:
+    def _resolve(self, spec: str) -> tuple[Program, AssignedProgram | None]:
+        assigned = self.store.assigned_programs()
+        if assigned:
+            chosen = find_assigned(assigned, spec)
+            return chosen.program(), chosen
+        if not self.profile_in_force().builtin_when_unassigned:
+            raise NotPrescribed(
+                "no program is prescribed here, and the clinician does not allow the built-in "
+                "programs to play"
+            )
+        return self.resolve_program(spec), None
+
+    def _play_session(
+        self, session: Session, program: Program, prescribed: AssignedProgram | None
+    ) -> None:
         try:
-            record = session.run(program, open_sink(self.settings))
+            record = session.run(program, open_sink(self.settings), prescribed=prescribed)
             self.last_session = record
             self.last_error = ""
             log.info("session %s: %s %s", record.session_id, record.outcome, record.reason)
@@ -296,6 +369,10 @@ class DeviceService:
             self.applier.session_ended()
             self.sync.kick()
 
+    def _reassess(self) -> None:
+        self.applier.reassess()
+        self.sync.kick()  # a report may wait in the outbox
+
     def _limits_lowered(self, _profile: object) -> None:
         """A desired state lowered the limits during a session: the session stops (fading), so
         the lower limits hold from the next session on; it could not be changed mid-chain."""
@@ -307,8 +384,10 @@ class DeviceService:
             )
 
     def _profile_applied(self, profile: HearingProfile) -> None:
-        """A new profile (the sync thread): its check-in questions spoken into the prompt cache."""
+        """A new profile or programs (the desired thread): its check-in questions and the
+        programs' names spoken into the prompt cache."""
         self.panel.prepare_checkins(profile.checkins)
+        self.panel.prepare_program_names([p.name for p in self.store.assigned_programs()])
 
     def _ledger_for_reset(self) -> DoseLedger:
         """The one ledger, for a clinician's reset. The applier closes what it is given after the
@@ -332,11 +411,16 @@ class DeviceService:
         return playing.program if playing is not None else None
 
     def assigned_programs(self) -> tuple[str, ...]:
-        applied = self.store.applied_desired()
-        return assigned_programs(applied.content if applied is not None else None)
+        assigned = self.store.assigned_programs()
+        if assigned:
+            return tuple(program.name for program in assigned)
+        return (BUILTIN_DEFAULT,) if self.profile_in_force().builtin_when_unassigned else ()
 
     def program_length_s(self, program: str) -> float | None:
-        return self.resolve_program(program).duration_s
+        try:
+            return self._resolve(program)[0].duration_s
+        except ResoneraError:
+            return None
 
     def dose_fraction(self) -> float:
         return self.ledger.status(time.time(), self.profile_in_force().dose_mode).fraction
@@ -401,6 +485,10 @@ class DeviceService:
             "last_ack_at": self.store.meta("last_ack_at"),
             "desired_version": applied.version if applied is not None else 0,
             "desired_pending": pending.version if pending is not None else None,
+            "programs": [
+                {"name": p.name, "library_id": p.library_id, "version": p.version}
+                for p in self.store.assigned_programs()
+            ],
             "safety_link": (None if monitor is None else ("up" if monitor.connected else "down")),
             "controls": self.panel.describe(),
             "last_error": self.last_error,

@@ -34,7 +34,9 @@ from resonera.common.program import Program
 from resonera.common.program_check import check_program_for
 from resonera.common.records import SessionRecord
 from resonera.device.audio.prompt_mixer import PromptMixer
+from resonera.device.backgrounds import BackgroundCache
 from resonera.device.hwmonitor import ConsentClaim, HardwareMonitor, WarningAttenuator
+from resonera.device.prescriptions import AssignedProgram
 from resonera.device.safety.dose_ledger import DoseLedger
 from resonera.device.safety.earcup import EarCupCheck
 from resonera.device.safety.session import load_session_calibration, preflight
@@ -118,6 +120,8 @@ class SessionParts:
     recorder: SafetyEventRecorder
     #: The panel's mixer (prompts, volume, pause), the first stage of the audio path.
     mixer: PromptMixer | None = None
+    #: Where a prescribed program's background files are (its ``sha256:`` paths): None, none.
+    backgrounds: BackgroundCache | None = None
 
 
 def _say_nothing(_message: str) -> None:
@@ -136,6 +140,16 @@ class SessionWatch:
     on_level: Callable[[float], None] | None = None
 
 
+@dataclass(frozen=True)
+class _Played:
+    """What a session's record says was played: the program as checked for this person and
+    output (background files named by content), its digest, and its prescription if any."""
+
+    program: Program
+    digest: str
+    prescribed: AssignedProgram | None
+
+
 class Session:
     """One program played once: ``Session(parts).run(program, sink)``; ``stop(reason)`` from
     any thread fades it out (50 ms) and records it as stopped, for that reason.
@@ -146,6 +160,11 @@ class Session:
     pass 100 % of the weekly allowance if the profile says so (``SessionRefused``). A sound device
     lost mid-session ends it as a ``fault`` whose reason says so; the record is stored all the
     same. ``session_id``: the id its "before" check-in answers were stored under (default: new).
+
+    A prescribed program (``run(..., prescribed=)``) names its background files by content; they
+    are read from the device's cache (``SessionParts.backgrounds``), and its record carries its
+    library id and version, and as its digest the SHA-256 it was prescribed with (the digest of
+    what played when it was converted for a speaker).
     """
 
     def __init__(
@@ -173,24 +192,37 @@ class Session:
     def stopping(self) -> bool:
         return self._stop.is_set()
 
-    def run(self, program: Program, sink: AudioSink) -> SessionRecord:
-        """Play ``program`` into ``sink`` (not yet open) and store its record; see the class."""
+    def run(
+        self, program: Program, sink: AudioSink, *, prescribed: AssignedProgram | None = None
+    ) -> SessionRecord:
+        """Play ``program`` into ``sink`` (not yet open) and store its record; see the class.
+        ``prescribed``: the assigned program ``program`` is (None: a built-in or a file)."""
         parts = self.parts
         calibration = load_session_calibration(parts.settings.calibration_file)
         # the applied desired state (signed by the server, limits folded in) overrides the settings
         profile = parts.store.applied_profile() or parts.settings.profile
-        program = check_program_for(program, profile, calibration.output)
+        checked = check_program_for(program, profile, calibration.output)
+        playable = parts.backgrounds.resolve(checked) if parts.backgrounds else checked
+        played = _Played(
+            checked,
+            digest=(
+                prescribed.sha256
+                if prescribed is not None and checked is program
+                else checked.digest()
+            ),
+            prescribed=prescribed,
+        )
         try:
-            self._check_before(program, profile, calibration)
+            self._check_before(playable, profile, calibration)
             supervisor = SessionSupervisor(
                 parts.recorder, simulation=parts.settings.simulation, session_id=self.session_id
             )
             supervisor.handle(Event.START, f"play {program.name!r}")
             with ExitStack() as held:
                 claim = self._consent(held, supervisor)
-                pipeline = self._pipeline(program, profile, calibration, claim, supervisor)
+                pipeline = self._pipeline(playable, profile, calibration, claim, supervisor)
                 record = self._play(
-                    program, profile, pipeline, sink, supervisor=supervisor, claim=claim
+                    played, profile, pipeline, sink, supervisor=supervisor, claim=claim
                 )
         finally:
             parts.recorder.flush()  # the session's events are in the store before its record
@@ -263,7 +295,7 @@ class Session:
 
     def _play(
         self,
-        program: Program,
+        played: _Played,
         profile: HearingProfile,
         pipeline: Pipeline,
         sink: AudioSink,
@@ -272,7 +304,7 @@ class Session:
         claim: ConsentClaim | None,
     ) -> SessionRecord:
         """Play through both gates; feed the end to ``supervisor``; the session's record."""
-        settings, chain = self.parts.settings, pipeline.chain
+        settings, chain, program = self.parts.settings, pipeline.chain, played.program
         started_at = datetime.fromtimestamp(self.wall_clock(), UTC)
         result = pipeline.play(
             sink,
@@ -298,7 +330,9 @@ class Session:
         return SessionRecord(
             session_id=self.session_id,
             program_name=program.name,
-            program_digest=program.digest(),
+            program_digest=played.digest,
+            program_library_id=played.prescribed.library_id if played.prescribed else None,
+            program_version=played.prescribed.version if played.prescribed else None,
             started_at=started_at,
             ended_at=ended_at,
             planned_s=program.duration_s,

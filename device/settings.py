@@ -80,8 +80,19 @@ class DeviceSettings(ResoneraSettings):
     sample_rate: Literal[44100, 48000] = 48000
     block_frames: int = Field(default=1024, ge=64, le=8192)
     #: CA certificate(s) that the enrollment server's HTTPS certificate must verify against
-    #: (``resonera-device enroll``; default: the system's CAs).
+    #: (``resonera-device enroll``, background files; default: the enrolled identity's, else the
+    #: system's CAs).
     enroll_ca_file: Path | None = None
+    #: The server's HTTPS API root (``https://host:port/api/v1``), where prescribed background
+    #: files are fetched with the device's client certificate; default: the enrolled identity's.
+    server_url: str | None = None
+
+    @field_validator("server_url")
+    @classmethod
+    def _server_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith("https://"):
+            raise ValueError(f"server_url must start with https://, not {value!r}")
+        return value.rstrip("/") if value is not None else None
 
     @field_validator("device_id")
     @classmethod
@@ -160,6 +171,10 @@ def settings_from_identity(settings: DeviceSettings) -> dict[str, Any]:
         updates["key_file"] = identity.key_path
     if settings.server_public_key is None and info.get("server_public_key"):
         updates["server_public_key"] = str(info["server_public_key"])
+    if settings.server_url is None and info.get("server"):
+        updates["server_url"] = str(info["server"])
+    if settings.enroll_ca_file is None and info.get("server_ca_file"):
+        updates["enroll_ca_file"] = Path(str(info["server_ca_file"]))
     if not settings.mqtt.tls:
         updates["mqtt"] = settings.mqtt.model_copy(
             update={

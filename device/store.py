@@ -7,6 +7,10 @@ and is taken in that transaction too, so it never repeats across restarts. Outbo
 only when the server's application ack names them, or, for ``metrics`` only, when the outbox passes
 its size or age bound (oldest first): sessions, safety events and reports are never dropped.
 
+The programs a clinician prescribed (issue 20) are kept per desired-state version, one sealed row
+per program this device accepted (``prescribed_programs``), written in the transaction that keeps
+the document, so the set in force changes whole or not at all and plays offline after a restart.
+
 Sessions, safety events, check-in answers, outbox payloads and desired-state documents are sealed
 with AES-GCM under the device data key (``crypto_store``), which lives in a file apart from the
 database. A safety event keeps nothing in clear but its place in the order of recording. The file
@@ -39,12 +43,14 @@ from resonera.common import topics
 from resonera.common.clock import Clock, utc_now
 from resonera.common.envelope import Envelope
 from resonera.common.errors import ResoneraError
+from resonera.common.prescription import ProgramReport
 from resonera.common.profile import HearingProfile
 from resonera.common.records import CheckInRecord, SafetyEventRecord, SessionRecord
 from resonera.common.signing import sign_envelope
 from resonera.device import migrations
 from resonera.device.crypto_store import DataKey
 from resonera.device.localdb import LocalDB, from_db_time, open_sealed, to_db_time
+from resonera.device.prescriptions import AssignedProgram
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +100,8 @@ class StoredDesired:
     profile: HearingProfile | None
     received_at: datetime
     applied_at: datetime | None
+    #: What became of each prescribed program of this version (None: kept before issue 20).
+    programs: tuple[ProgramReport, ...] | None = None
 
 
 def default_key_path(store_path: Path) -> Path:
@@ -424,23 +432,85 @@ class DeviceStore:
         content: dict[str, Any],
         profile: HearingProfile | None,
         status: DesiredStatus,
+        *,
+        assigned: Sequence[AssignedProgram] = (),
+        programs: Sequence[ProgramReport] | None = None,
     ) -> None:
-        """Keep an accepted document; ``applied`` supersedes any one still pending."""
+        """Keep an accepted document with the prescribed programs it brings (``assigned``, in the
+        clinician's order) and what became of each (``programs``), in one transaction;
+        ``applied`` supersedes any one still pending, and its programs replace those in force."""
         now = to_db_time(self.clock())
-        body = json.dumps(
-            {"document": content, "profile": profile.model_dump() if profile else None}
-        ).encode()
-        sealed = self._seal("desired_state", str(version), body)
+        sealed = self._seal(
+            "desired_state", str(version), _desired_body(content, profile, programs)
+        )
         with self._db.write() as db:
             if status == "applied":
                 db.execute(
                     "UPDATE desired_state SET status = 'superseded' WHERE status = 'pending'"
                 )
+                db.execute("DELETE FROM prescribed_programs WHERE desired_version != ?", (version,))
             db.execute(
                 "INSERT INTO desired_state (version, status, sealed, received_at, applied_at) "
                 "VALUES (?, ?, ?, ?, ?)",
                 (version, status, sealed, now, now if status == "applied" else None),
             )
+            self._insert_assigned(db, version, assigned)
+
+    def _insert_assigned(
+        self, db: sqlite3.Connection, version: int, assigned: Sequence[AssignedProgram]
+    ) -> None:
+        for program in assigned:
+            row_id = f"{version}:{program.position}"
+            sealed = self._seal(
+                "prescribed_programs", row_id, json.dumps(program.to_json()).encode()
+            )
+            db.execute(
+                "INSERT INTO prescribed_programs (desired_version, position, sealed) "
+                "VALUES (?, ?, ?)",
+                (version, program.position, sealed),
+            )
+
+    def reassess_desired(
+        self,
+        version: int,
+        assigned: Sequence[AssignedProgram],
+        programs: Sequence[ProgramReport],
+    ) -> bool:
+        """The applied document ``version``'s programs reviewed again (an engine changed, a file
+        fetched): its set and outcomes replaced, in one transaction. False when ``version`` is
+        no longer the one applied (a newer one came meanwhile): nothing is changed."""
+        with self._db.write() as db:
+            row = db.execute(
+                f"SELECT {_DESIRED_COLUMNS} FROM desired_state WHERE status = 'applied' "
+                "ORDER BY version DESC LIMIT 1"
+            ).fetchone()
+            if row is None or int(row[0]) != version:
+                return False
+            stored = self._stored(row)
+            body = _desired_body(stored.content, stored.profile, programs)
+            db.execute(
+                "UPDATE desired_state SET sealed = ? WHERE version = ?",
+                (self._seal("desired_state", str(version), body), version),
+            )
+            db.execute("DELETE FROM prescribed_programs WHERE desired_version = ?", (version,))
+            self._insert_assigned(db, version, assigned)
+        return True
+
+    def assigned_programs(self) -> list[AssignedProgram]:
+        """The prescribed programs in force (the applied document's that this device accepted),
+        in the clinician's order."""
+        with self._db.read() as db:
+            rows = db.execute(
+                "SELECT desired_version, position, sealed FROM prescribed_programs "
+                "WHERE desired_version = (SELECT MAX(version) FROM desired_state "
+                "WHERE status = 'applied') ORDER BY position"
+            ).fetchall()
+        return [
+            AssignedProgram.from_json(
+                json.loads(self._open("prescribed_programs", f"{version}:{position}", sealed))
+            )
+            for version, position, sealed in rows
+        ]
 
     def apply_pending_desired(self) -> StoredDesired | None:
         """Between sessions: the newest pending document becomes the applied one."""
@@ -456,6 +526,7 @@ class DeviceStore:
                 "UPDATE desired_state SET status = 'applied', applied_at = ? WHERE version = ?",
                 (applied_at, row[0]),
             )
+            db.execute("DELETE FROM prescribed_programs WHERE desired_version != ?", (row[0],))
         version, _status, sealed, received_at, _applied_at = row
         return self._stored((version, "applied", sealed, received_at, applied_at))
 
@@ -478,6 +549,7 @@ class DeviceStore:
         version, status, sealed, received_at, applied_at = row
         body = json.loads(self._open("desired_state", str(version), sealed))
         profile = body.get("profile")
+        programs = body.get("programs")
         return StoredDesired(
             version=int(version),
             status=status,
@@ -485,6 +557,11 @@ class DeviceStore:
             profile=HearingProfile.model_validate(profile) if profile is not None else None,
             received_at=from_db_time(received_at),
             applied_at=from_db_time(applied_at) if applied_at is not None else None,
+            programs=(
+                tuple(ProgramReport.model_validate(p) for p in programs)
+                if programs is not None
+                else None
+            ),
         )
 
     def applied_profile(self) -> HearingProfile | None:
@@ -511,6 +588,23 @@ class DeviceStore:
 
 _OUTBOX_COLUMNS: Final = "message_id, seq, kind, topic, sealed, created_at"
 _DESIRED_COLUMNS: Final = "version, status, sealed, received_at, applied_at"
+
+
+def _desired_body(
+    content: dict[str, Any],
+    profile: HearingProfile | None,
+    programs: Sequence[ProgramReport] | None,
+) -> bytes:
+    """What a desired-state row seals: the document, the profile it means, its programs' fates."""
+    return json.dumps(
+        {
+            "document": content,
+            "profile": profile.model_dump() if profile else None,
+            "programs": (
+                [p.model_dump(mode="json") for p in programs] if programs is not None else None
+            ),
+        }
+    ).encode()
 
 
 def _recorded_key(conn: sqlite3.Connection) -> str | None:

@@ -77,6 +77,7 @@ class DeviceSync:
         on_acked: Callable[[Sequence[str]], None] | None = None,
         on_connection_lost: Callable[[], None] | None = None,
         dispatch: Callable[[Callable[[], None]], object] | None = None,
+        dispatch_desired: Callable[[Callable[[], None]], object] | None = None,
     ) -> None:
         """``desired``: who takes desired-state documents; by default one that applies them at
         once (no session runs while only syncing).
@@ -88,7 +89,9 @@ class DeviceSync:
         ack, once the store has deleted them (where ``dispatch`` runs it). ``on_connection_lost``:
         the connection dropped (not by ``close`` or ``reconnect``): connect again.
         ``dispatch``: runs the store work of an ack or a desired state (default: at once, on
-        the network thread)."""
+        the network thread). ``dispatch_desired``: runs the taking of a desired state instead,
+        in the order they come (the device service: a thread of its own, since fetching a
+        prescribed program's background file may take longer than the broker's keepalive)."""
         self.settings = settings
         self.store = store
         self.clock = clock
@@ -96,14 +99,13 @@ class DeviceSync:
         self.last_error: str | None = None
         #: Wall-clock time of the last application ack (None: none since start).
         self.last_ack: float | None = None
-        self.desired = desired or DesiredStateApplier(
-            store, settings.device_id, settings.pinned_server_key(), settings.profile
-        )
+        self.desired = desired or DesiredStateApplier.for_settings(settings, store)
         self._client_factory = client_factory
         self._on_wake = on_wake
         self._on_acked = on_acked
         self._on_connection_lost = on_connection_lost
         self._dispatch = dispatch
+        self._dispatch_desired = dispatch_desired or dispatch
         self._scheduler = OutboxScheduler(
             resend_after_s=settings.sync.resend_after_s,
             max_messages_per_s=settings.sync.max_messages_per_s,
@@ -263,11 +265,15 @@ class DeviceSync:
         if self._on_wake is not None:
             self._on_wake()
 
-    def _run(self, work: Callable[[], None]) -> None:
-        if self._dispatch is None:
+    def _run(
+        self,
+        work: Callable[[], None],
+        dispatch: Callable[[Callable[[], None]], object] | None,
+    ) -> None:
+        if dispatch is None:
             work()
         else:
-            self._dispatch(work)
+            dispatch(work)
 
     # --- paho callbacks (network thread) ---------------------------------------------------------
 
@@ -307,7 +313,7 @@ class DeviceSync:
 
     def _on_ack(self, _client: paho.Client, _userdata: Any, message: paho.MQTTMessage) -> None:
         topic, payload = message.topic, bytes(message.payload)
-        self._run(lambda: self._take_ack(topic, payload))
+        self._run(lambda: self._take_ack(topic, payload), self._dispatch)
 
     def _take_ack(self, topic: str, payload: bytes) -> None:
         try:
@@ -330,7 +336,7 @@ class DeviceSync:
         payload = bytes(message.payload)
         if not payload:
             return  # a cleared retained message: nothing to take
-        self._run(lambda: self._take_desired(payload))
+        self._run(lambda: self._take_desired(payload), self._dispatch_desired)
 
     def _take_desired(self, payload: bytes) -> None:
         try:

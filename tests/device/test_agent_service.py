@@ -78,7 +78,9 @@ def test_the_service_plays_on_command_syncs_reports_and_stops_cleanly_on_sigterm
     assert not settings.control_socket_path.exists()
     [session] = peer.of_kind("session")
     assert session.body["program_name"] == "demo-alpha"
-    assert {"desired_version": 4, "status": "applied"} in peer.reports()
+    applied = [r for r in peer.reports() if r["status"] == "applied"]
+    assert [r["desired_version"] for r in applied] == [0, 4]  # the engine, then the document
+    assert all(r["programs"] == [] and "capabilities" in r for r in applied)
     telemetry = [e.body["telemetry"] for e in peer.of_kind("metrics")]
     assert telemetry and all("outbox_depth" in t for t in telemetry)
     transitions = [e.body["to_state"] for e in peer.of_kind("event") if e.body["to_state"]]

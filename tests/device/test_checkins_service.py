@@ -18,7 +18,9 @@ import serial
 from device_peer import Peer, ServerKey, config_file, service_on_mcu
 from support import Mosquitto, require_tool, wait_until
 
+from resonera.common.prescription import prescribe
 from resonera.common.profile import CheckInQuestion
+from resonera.common.program import builtin_program
 from resonera.common.records import CheckInRecord
 from resonera.hardware.firmware.config import BoardConfig
 from resonera.hardware.scenario import execute
@@ -101,7 +103,9 @@ def test_one_question_before_and_one_after_are_answered_with_buttons_and_stored(
             key.payload(
                 device,
                 1,
-                programs=[{"name": PROGRAM}],
+                programs=[
+                    prescribe("lib-calm", 1, builtin_program(PROGRAM)).model_dump(mode="json")
+                ],
                 profile={"max_level_dba": 80.0, "checkins": QUESTIONS},
             ),
         )

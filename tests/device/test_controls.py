@@ -26,10 +26,10 @@ from resonera.device.controls import (
     Pause,
     Prompt,
     Resume,
+    SayProgram,
     SetVolume,
     Start,
     Stop,
-    assigned_programs,
     light_for,
 )
 from resonera.device.panel import MAX_PAUSE_S, Panel
@@ -126,7 +126,7 @@ def test_holding_a_volume_button_says_the_time_left() -> None:
 def test_prompts_for_session_start_end_and_a_fault_the_person_can_fix() -> None:
     controls = Controls()
     idle, playing = AgentState(), AgentState(program="calm-alpha")
-    assert controls.changed(idle, playing) == [Prompt("session_start")]
+    assert controls.changed(idle, playing) == [Prompt("session_start"), SayProgram("calm-alpha")]
     assert controls.changed(playing, AgentState(program="calm-alpha", paused=True)) == []
     assert controls.changed(playing, idle) == [Prompt("session_end")]
     hot = AgentState(fault=sl.FAULT_OVER_TEMPERATURE)
@@ -135,7 +135,7 @@ def test_prompts_for_session_start_end_and_a_fault_the_person_can_fix() -> None:
     assert controls.changed(playing, unplugged) == [Prompt("fault_headphones_unplugged")]
     assert controls.changed(playing, AgentState(fault=sl.FAULT_LINK_GARBLED)) == []
     skipped = AgentState(program="deep-theta")
-    assert controls.changed(playing, skipped) == [Prompt("session_start")]
+    assert controls.changed(playing, skipped) == [Prompt("session_start"), SayProgram("deep-theta")]
 
 
 def test_80_and_100_percent_of_the_allowance_are_each_said_once_per_week() -> None:
@@ -151,12 +151,6 @@ def test_80_and_100_percent_of_the_allowance_are_each_said_once_per_week() -> No
     assert controls.changed(at(1.02), at(1.5)) == []
     assert controls.changed(at(1.5), at(0.3)) == []  # the window rolled on
     assert controls.changed(at(0.3), at(1.1)) == [Prompt("dose_80"), Prompt("dose_100")]
-
-
-def test_assigned_programs_come_from_the_desired_state() -> None:
-    content = {"programs": [{"name": "calm-alpha"}, "deep-theta", {"n": "x"}, {"name": " "}, 3]}
-    assert assigned_programs(content) == ("calm-alpha", "deep-theta")
-    assert assigned_programs(None) == ()
 
 
 def test_the_light_follows_the_state() -> None:

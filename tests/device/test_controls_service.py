@@ -11,6 +11,8 @@ from device_peer import Peer, ServerKey, service_on_mcu
 from support import Mosquitto, require_tool, wait_until
 
 from resonera.common import serial_link as sl
+from resonera.common.prescription import prescribe
+from resonera.common.program import builtin_program
 from resonera.hardware.firmware.config import BoardConfig
 from resonera.hardware.scenario import execute
 
@@ -42,7 +44,10 @@ def test_a_person_with_buttons_alone_starts_pauses_skips_and_stops(
         def playing() -> object:
             return service.status()["playing"]
 
-        programs = [{"name": name} for name in PROGRAMS]
+        programs = [
+            prescribe(f"lib-{name}", 1, builtin_program(name)).model_dump(mode="json")
+            for name in PROGRAMS
+        ]
         peer.publish_desired(device, key.payload(device, 1, programs=programs))
         wait_until(lambda: service.store.applied_desired() is not None, 20, "desired state")
         wait_until(lambda: service.status()["safety_link"] == "up", 10, "the MCU link")

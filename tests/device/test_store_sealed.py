@@ -163,7 +163,7 @@ def test_a_store_of_the_first_release_is_upgraded_in_place_keeping_its_data(
     assert store.record_session("dev-a", make_record()).seq == 8  # the counter carried over
     with sqlite3.connect(path) as db:
         versions = [v for (v,) in db.execute("SELECT version FROM schema_version ORDER BY 1")]
-    assert versions == [1, 2, 3, 4] and migrations.LATEST == 4
+    assert versions == [1, 2, 3, 4, 5] and migrations.LATEST == 5
     store.close()
     assert SECRET_PROGRAM.encode() not in _files(tmp_path)  # the plaintext pages were wiped
 
@@ -257,7 +257,7 @@ def test_a_store_with_events_in_clear_is_migrated_and_reads_back_the_same(tmp_pa
     with sqlite3.connect(path) as db:
         versions = [v for (v,) in db.execute("SELECT version FROM schema_version ORDER BY 1")]
     db.close()
-    assert versions == [1, 2, 3, 4]
+    assert versions == [1, 2, 3, 4, 5]
     # the old pages overwritten (secure_delete), not merely freed
     _assert_not_in_clear(_files(tmp_path), events)
 
@@ -272,8 +272,9 @@ def test_a_store_newer_than_the_software_is_refused(tmp_path: Path) -> None:
 
 def test_over_its_size_bound_the_outbox_thins_metrics_oldest_first_only(tmp_path: Path) -> None:
     store = DeviceStore(tmp_path / "device.db", outbox_limits=OutboxLimits(max_bytes=64 * 1024))
-    sessions = [store.record_session("dev-a", make_record()).id for _ in range(60)]
-    events = [store.record_event("dev-a", _event()).id for _ in range(60)]
+    # about 55 KiB of sessions and events (a session's message is some 670 bytes), never thinned
+    sessions = [store.record_session("dev-a", make_record()).id for _ in range(50)]
+    events = [store.record_event("dev-a", _event()).id for _ in range(50)]
     filler = "x" * 400
     metrics = [
         store.queue_message("dev-a", "metrics", {"n": i, "filler": filler}).id for i in range(200)
