@@ -439,9 +439,10 @@ class AuditRow(SQLModel, table=True):
 
 
 class ProgramLibraryRow(SQLModel, table=True):
-    """A program as a clinician wrote it (TOML or YAML text), checked as the device checks it.
-    ``version`` grows by one per change (the API's ETag); ``content_hash`` is the program's
-    digest (``Program.digest()``), so reformatting the text alone keeps cached previews."""
+    """A program as a clinician wrote it (TOML or YAML text), checked as the device checks it:
+    the latest version (every version is a ``ProgramVersionRow``). ``version`` grows by one per
+    change (the API's ETag); ``content_hash`` is the program's digest (``Program.digest()``), so
+    reformatting the text alone keeps cached previews."""
 
     __tablename__ = "program_library"
 
@@ -455,6 +456,27 @@ class ProgramLibraryRow(SQLModel, table=True):
     created_at: datetime = Field(sa_type=UTCDateTime)
     updated_by: int = _fk("app_user.id")
     updated_at: datetime = Field(sa_type=UTCDateTime)
+
+
+class ProgramVersionRow(SQLModel, table=True):
+    """One version of a library program, never updated: the document as written, its checked
+    definition (the program's JSON form, what a prescription carries), the definition's SHA-256
+    (``common.prescription.definition_sha256``, equal to ``Program.digest()``), who made it and
+    when. A patient keeps the version prescribed to them while the library moves on."""
+
+    __tablename__ = "program_version"
+    __table_args__ = (UniqueConstraint("program_id", "version", name="uq_program_version"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    program_id: str = _fk("program_library.id", length=36)
+    version: int
+    name: str = Field(max_length=120)
+    document: str = Field(sa_type=Text)
+    format: str = Field(max_length=8)
+    definition: dict[str, Any] = Field(sa_type=JSON)
+    sha256: str = Field(max_length=64)
+    created_by: int = _fk("app_user.id")
+    created_at: datetime = Field(sa_type=UTCDateTime)
 
 
 class KeyRotationRow(SQLModel, table=True):

@@ -6,7 +6,7 @@ line) and the reason, by the very model the device plays from; background layers
 from __future__ import annotations
 
 import tomllib
-from typing import Any, Final, Literal
+from typing import Final, Literal
 
 from pydantic import ValidationError
 
@@ -14,7 +14,7 @@ from resonera.common.errors import ProgramError, describe_validation_error
 from resonera.common.profile import HearingProfile
 from resonera.common.program import Program
 from resonera.common.program_check import check_program_for
-from resonera.server.models import ProgramLibraryRow
+from resonera.server.models import ProgramLibraryRow, ProgramVersionRow
 
 try:
     import yaml  # type: ignore[import-untyped,unused-ignore]
@@ -98,6 +98,6 @@ def program_of(row: ProgramLibraryRow) -> Program:
     return parse_document(row.document, "yaml" if row.format == "yaml" else "toml")
 
 
-def desired_program(row: ProgramLibraryRow) -> dict[str, Any]:
-    """The program as an entry of a patient's desired state (``PUT /patients/{id}/desired``)."""
-    return program_of(row).model_dump(mode="json")
+def program_of_version(row: ProgramVersionRow) -> Program:
+    """The program of a stored version, from its definition (checked when it was stored)."""
+    return Program.model_validate(row.definition)

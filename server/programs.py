@@ -1,13 +1,18 @@
 """The program library: programs clinicians write, checked by the device's own code
 (``program_documents``), versioned, audited, and previewed (``program_previews``).
 
-``version`` grows by one per change; an update names the version it replaces and loses with
-``VersionConflict`` when someone else changed the program first (a compare-and-set ``UPDATE``, so
-two concurrent writers cannot both win). This module is the library's one import for its callers:
-it names the documents' and the previews' public API too (``__all__``).
+``version`` grows by one per change, and every version is kept (``ProgramVersionRow``: the
+document, its checked definition and SHA-256, author and time), so a patient keeps the version
+prescribed to them; an update names the version it replaces and loses with ``VersionConflict``
+when someone else changed the program first (a compare-and-set ``UPDATE``, and the unique
+(program, version) of the version rows, so two concurrent writers cannot both win). This module
+is the library's one import for its callers: it names the documents' and the previews' public API
+too (``__all__``).
 """
 
 from __future__ import annotations
+
+from datetime import datetime
 
 from fastapi import Request
 from sqlalchemy import update
@@ -16,8 +21,9 @@ from sqlmodel import Session, col, select
 
 from resonera.common.errors import VersionConflict
 from resonera.common.ids import new_id
+from resonera.common.program import Program
 from resonera.server.audit import audit
-from resonera.server.models import ProgramLibraryRow, UserRow
+from resonera.server.models import ProgramLibraryRow, ProgramVersionRow, UserRow
 from resonera.server.program_documents import (
     FORMATS,
     MAX_DOCUMENT_CHARS,
@@ -25,9 +31,9 @@ from resonera.server.program_documents import (
     ProgramFormat,
     ProgramInvalid,
     ProgramNotFound,
-    desired_program,
     parse_document,
     program_of,
+    program_of_version,
 )
 from resonera.server.program_previews import (
     PREVIEW_SAMPLE_RATE,
@@ -54,14 +60,16 @@ __all__ = [
     "ProgramNotFound",
     "audit_preview",
     "create_program",
-    "desired_program",
     "engine_version",
     "get_program",
+    "get_version",
     "list_programs",
+    "list_versions",
     "parse_document",
     "patient_profile",
     "preview_wav",
     "program_of",
+    "program_of_version",
     "render_preview",
     "update_program",
 ]
@@ -77,6 +85,49 @@ def list_programs(session: Session) -> list[ProgramLibraryRow]:
 
 def get_program(session: Session, program_id: str) -> ProgramLibraryRow | None:
     return session.get(ProgramLibraryRow, program_id)
+
+
+def list_versions(session: Session, program_id: str) -> list[ProgramVersionRow]:
+    """Every version of a program, the first first."""
+    return list(
+        session.exec(
+            select(ProgramVersionRow)
+            .where(ProgramVersionRow.program_id == program_id)
+            .order_by(col(ProgramVersionRow.version))
+        )
+    )
+
+
+def get_version(session: Session, program_id: str, version: int) -> ProgramVersionRow | None:
+    return session.exec(
+        select(ProgramVersionRow).where(
+            ProgramVersionRow.program_id == program_id, ProgramVersionRow.version == version
+        )
+    ).first()
+
+
+def _version_row(
+    program_id: str,
+    version: int,
+    program: Program,
+    document: str,
+    fmt: ProgramFormat,
+    *,
+    actor_user_id: int,
+    at: datetime,
+) -> ProgramVersionRow:
+    definition = program.model_dump(mode="json")
+    return ProgramVersionRow(
+        program_id=program_id,
+        version=version,
+        name=program.name,
+        document=document,
+        format=fmt,
+        definition=definition,
+        sha256=program.digest(),
+        created_by=actor_user_id,
+        created_at=at,
+    )
 
 
 def _audit(
@@ -133,6 +184,10 @@ def create_program(
         updated_at=now,
     )
     session.add(row)
+    # the unit of work inserts the program before its version (the foreign key orders them)
+    session.add(
+        _version_row(row.id, 1, program, document, fmt, actor_user_id=actor_user_id, at=now)
+    )
     _audit(session, user, "create", row.id, request)
     _commit_named(session, program.name)
     session.refresh(row)  # loaded, so it stays readable in a session that expires on commit
@@ -159,6 +214,7 @@ def update_program(
     if row.version != expected_version:
         raise VersionConflict(row.version, "the program")
     _name_free(session, program.name, program_id)
+    now = now_utc()
     result = session.execute(
         update(ProgramLibraryRow)
         .where(
@@ -172,7 +228,7 @@ def update_program(
             format=fmt,
             content_hash=program.digest(),
             updated_by=actor_user_id,
-            updated_at=now_utc(),
+            updated_at=now,
         )
     )
     if result.rowcount != 1:  # type: ignore[attr-defined]
@@ -181,6 +237,17 @@ def update_program(
         raise VersionConflict(
             current.version if current is not None else expected_version, "the program"
         )
+    session.add(
+        _version_row(
+            program_id,
+            expected_version + 1,
+            program,
+            document,
+            fmt,
+            actor_user_id=actor_user_id,
+            at=now,
+        )
+    )
     _audit(session, user, "update", program_id, request)
     _commit_named(session, program.name)
     session.refresh(row)

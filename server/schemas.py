@@ -475,12 +475,32 @@ class ProgramPublic(BaseModel):
     content_hash: str = Field(description="SHA-256 of the program's canonical form")
     duration_s: float
     program: dict[str, Any] = Field(
-        description="the checked program as JSON: an entry for PUT /patients/{id}/desired programs"
+        description="the checked program as JSON (its definition, as a prescription carries it)"
     )
     created_by: int
     created_at: datetime
     updated_by: int
     updated_at: datetime
+
+
+class ProgramVersionSummary(BaseModel):
+    """One version of a library program, without its text."""
+
+    version: int
+    name: str
+    sha256: str = Field(description="SHA-256 of the definition's canonical JSON")
+    created_by: int
+    created_at: datetime
+
+
+class ProgramVersionPublic(ProgramVersionSummary):
+    """One version of a library program: what a patient prescribed this version plays."""
+
+    program_id: str
+    format: str
+    document: str
+    duration_s: float
+    definition: dict[str, Any] = Field(description="the program's JSON form, as prescribed")
 
 
 # -- outcomes (check-ins, adherence, exposure) -----------------------------------------------

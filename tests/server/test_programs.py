@@ -13,6 +13,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from resonera.common.errors import VersionConflict
+from resonera.common.prescription import definition_sha256
 from resonera.server import programs
 from resonera.server.desired import MemoryPublisher
 from resonera.server.models import AuditRow, ProgramLibraryRow
@@ -99,6 +100,20 @@ def test_create_read_list_and_edit_with_etags(
 
     actions = sorted((a.action, a.actor_id) for a in _audit(engine, "program"))
     assert actions == [("create", world.clinician.id), ("update", world.admin.id)]
+
+    # Every version is kept, readable by number, with its author and its definition's hash.
+    versions = client.get(f"{url}/versions", headers=world.auditor.headers).json()
+    assert [(v["version"], v["created_by"]) for v in versions] == [
+        (1, world.clinician.id),
+        (2, world.admin.id),
+    ]
+    assert versions[0]["sha256"] == body["content_hash"]
+    assert versions[1]["sha256"] == put.json()["content_hash"]
+    first = client.get(f"{url}/versions/1", headers=world.clinician.headers).json()
+    assert first["document"] == ALPHA and first["definition"] == body["program"]
+    assert first["sha256"] == definition_sha256(first["definition"])
+    missing = _error(client.get(f"{url}/versions/3", headers=world.clinician.headers), 404)
+    assert "no version 3" in missing["message"]
 
 
 def test_yaml_programs_are_the_same_model(client: TestClient, world: Any) -> None:

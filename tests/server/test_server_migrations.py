@@ -3,14 +3,23 @@ PostgreSQL, and a server refuses a database that is behind (one line naming the 
 
 from __future__ import annotations
 
+import itertools
+import tomllib
+from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from factories import ALPHA_TOML
+from sqlalchemy import text
 from sqlalchemy.engine import Engine
-from sqlmodel import SQLModel
+from sqlmodel import Session, SQLModel, select
+from support import Postgres
 
+from resonera.common.prescription import definition_sha256
+from resonera.common.program import parse_program
 from resonera.server.db import (
     SchemaBehindError,
     current_revision,
@@ -19,6 +28,9 @@ from resonera.server.db import (
     migrate,
     require_current_schema,
 )
+from resonera.server.models import ProgramLibraryRow, ProgramVersionRow
+
+_fresh = itertools.count()
 
 
 def test_migrations_match_the_models(engine: Engine) -> None:
@@ -48,9 +60,55 @@ def test_empty_database_is_refused_with_the_command(tmp_path: Path) -> None:
 
 
 def test_database_at_an_unknown_revision_is_refused(engine: Engine) -> None:
-    from sqlalchemy import text
-
     with engine.begin() as conn:
         conn.execute(text("UPDATE alembic_version SET version_num = '0000'"))
     with pytest.raises(SchemaBehindError, match="is at revision 0000, this server needs"):
         require_current_schema(engine)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def empty_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    """A database with no schema yet: a new SQLite file, or a new PostgreSQL database."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'fresh.db'}"
+    else:
+        postgres: Postgres = request.getfixturevalue("postgres")
+        name = f"fresh_{next(_fresh)}"
+        postgres.execute(f"CREATE DATABASE {name}")
+        url = postgres.url(name)
+    engine = make_engine(url)
+    yield engine
+    engine.dispose()
+
+
+def test_library_programs_become_their_version_1(empty_engine: Engine) -> None:
+    """0012: an existing program (edited twice before versions were kept) becomes version 1,
+    with its definition and the definition's SHA-256; the head's version and hash follow."""
+    migrate(empty_engine, "0011")
+    at = datetime(2026, 11, 1, 9, 0, tzinfo=UTC)
+    with empty_engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO app_user (id, email, password_hash, role, active, created_at) "
+                "VALUES (7, 'c@example.org', 'x', 'clinician', true, :at)"
+            ),
+            {"at": at},
+        )
+        conn.execute(
+            text(
+                "INSERT INTO program_library (id, name, version, document, format, content_hash,"
+                " created_by, created_at, updated_by, updated_at) VALUES ('p1', 'Alpha drift', 3,"
+                " :doc, 'toml', 'old', 7, :at, 7, :at)"
+            ),
+            {"doc": ALPHA_TOML, "at": at},
+        )
+    migrate(empty_engine)
+    program = parse_program(tomllib.loads(ALPHA_TOML))
+    with Session(empty_engine) as session:
+        (version,) = session.exec(select(ProgramVersionRow)).all()
+        head = session.get(ProgramLibraryRow, "p1")
+    assert head is not None and (head.version, head.content_hash) == (1, program.digest())
+    assert (version.program_id, version.version, version.name) == ("p1", 1, "Alpha drift")
+    assert version.definition == program.model_dump(mode="json")
+    assert version.sha256 == definition_sha256(version.definition) == program.digest()
+    assert (version.created_by, version.created_at, version.document) == (7, at, ALPHA_TOML)

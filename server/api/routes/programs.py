@@ -2,8 +2,9 @@
 
 Every signed-in user reads the library (programs are not patient data); clinicians and admins write.
 ``GET /programs/{id}`` answers an ``ETag`` (the version); ``PUT`` needs it in ``If-Match``: 428
-without it, 412 when the program changed meanwhile. A document the device would refuse is 422
-naming the field or line; another program's name is 409.
+without it, 412 when the program changed meanwhile. Every version is kept: ``GET
+/programs/{id}/versions`` lists them, ``GET /programs/{id}/versions/{n}`` reads one. A document
+the device would refuse is 422 naming the field or line; another program's name is 409.
 
 ``GET /programs/{id}/preview.wav`` is the program as the device would play it (engine and safety
 chain), at most ``preview_max_s`` seconds: with ``?patient=ID`` for that patient's profile and
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Request, Response, status
+from fastapi import APIRouter, Header, Path, Query, Request, Response, status
 from fastapi.responses import FileResponse
 
 from resonera.common.errors import VersionConflict
@@ -31,8 +32,15 @@ from resonera.server.api.deps import (
     RowId as ProgramId,
 )
 from resonera.server.api.errors import ApiError
-from resonera.server.models import ProgramLibraryRow
-from resonera.server.schemas import PatientIdStr, ProgramIn, ProgramPublic
+from resonera.server.models import ProgramLibraryRow, ProgramVersionRow
+from resonera.server.schemas import (
+    INT32_MAX,
+    PatientIdStr,
+    ProgramIn,
+    ProgramPublic,
+    ProgramVersionPublic,
+    ProgramVersionSummary,
+)
 
 router = APIRouter(prefix="/programs", tags=["programs"])
 
@@ -107,6 +115,46 @@ def get_program(
     row = _found(session, program_id)
     response.headers["ETag"] = _etag(row)
     return _public(row)
+
+
+def _version_summary(row: ProgramVersionRow) -> ProgramVersionSummary:
+    return ProgramVersionSummary(
+        version=row.version,
+        name=row.name,
+        sha256=row.sha256,
+        created_by=row.created_by,
+        created_at=row.created_at,
+    )
+
+
+@router.get("/{program_id}/versions", response_model=list[ProgramVersionSummary])
+def list_versions(*, program_id: ProgramId, user: CurrentUser, session: SessionDep) -> Any:
+    """Every version of the program, the first first."""
+    _found(session, program_id)
+    return [_version_summary(row) for row in programs.list_versions(session, program_id)]
+
+
+@router.get("/{program_id}/versions/{version}", response_model=ProgramVersionPublic)
+def get_version(
+    *,
+    program_id: ProgramId,
+    version: Annotated[int, Path(ge=1, le=INT32_MAX)],
+    user: CurrentUser,
+    session: SessionDep,
+) -> ProgramVersionPublic:
+    """One version of the program, as a patient prescribed it plays it."""
+    _found(session, program_id)
+    row = programs.get_version(session, program_id, version)
+    if row is None:
+        raise ApiError(404, f"library program {program_id} has no version {version}")
+    return ProgramVersionPublic(
+        **_version_summary(row).model_dump(),
+        program_id=row.program_id,
+        format=row.format,
+        document=row.document,
+        duration_s=programs.program_of_version(row).duration_s,
+        definition=row.definition,
+    )
 
 
 def _if_match_version(value: str | None) -> int | None:
