@@ -4,7 +4,8 @@ actions, with a clock the test controls (no device, no threads); then the ``Pane
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import shutil
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 
@@ -33,7 +34,13 @@ from resonera.device.controls import (
     light_for,
 )
 from resonera.device.panel import MAX_PAUSE_S, Panel
-from resonera.device.prompts import PromptLibrary, build_prompts
+from resonera.device.prompts import (
+    PromptLibrary,
+    PromptsError,
+    build_program_name_prompts,
+    build_prompts,
+    program_name_key,
+)
 from resonera.engine.audio.calibration import load_calibration_file, packaged_calibration
 
 ASSIGNED = ("calm-alpha", "deep-theta", "focus-beta")
@@ -236,6 +243,7 @@ def make_panel(
     *,
     notice_given: bool = False,
     speak_idle: Callable[[PromptMixer], None] | None = None,
+    render_names: Callable[[Sequence[str]], PromptLibrary] | None = None,
 ) -> Panel:
     """A panel on ``agent``, ``dose[0]`` of the week used; with ``notice_given`` the first-use
     notice was said before; ``speak_idle`` speaks between sessions."""
@@ -249,6 +257,7 @@ def make_panel(
         agent,
         speak_idle=speak_idle,
         notice_marker=tmp_path / "notice-given",
+        render_names=render_names,
         clock=clock,
     )
 
@@ -369,3 +378,71 @@ def test_a_closed_panel_speaks_nothing_between_sessions(
     panel.handle(press(sl.BUTTON_VOLUME_UP))
     assert heard == []
     assert panel.mixer.speaking  # queued, for no one: it expires with the mixer
+
+
+def test_the_panel_says_each_prescribed_programs_name_as_the_button_starts_it(
+    library: PromptLibrary, tmp_path: Path
+) -> None:
+    directory = tmp_path / "prompts"
+    shutil.copytree(library.directory, directory)  # the module's cache stays as it was
+    agent, clock = Agent(), ManualClock(1000.0)
+
+    def render_names(names: Sequence[str]) -> PromptLibrary:
+        calibration = load_calibration_file(packaged_calibration())
+        build_program_name_prompts(directory, calibration, names)
+        return PromptLibrary(directory, RATE)
+
+    panel = make_panel(
+        PromptLibrary(directory, RATE),
+        tmp_path,
+        agent,
+        clock,
+        notice_given=True,
+        render_names=render_names,
+    )
+    panel.prepare_program_names(["calm-alpha", "deep-theta"])  # when they were applied
+    panel.handle(press(sl.BUTTON_PLAY_PAUSE))
+    assert spoken(panel.mixer) == ["session_start", program_name_key("calm-alpha")]
+    panel.handle(press(sl.BUTTON_PLAY_PAUSE, long=True))  # the next one
+    assert agent.calls == ["start calm-alpha", "stop", "start deep-theta"]
+    assert spoken(panel.mixer)[2:] == ["session_start", program_name_key("deep-theta")]
+    panel.handle(press(sl.BUTTON_PLAY_PAUSE, long=True))  # focus-beta: no name was spoken
+    assert spoken(panel.mixer)[4:] == ["session_start"]
+
+
+def test_without_espeak_ng_the_names_are_not_said_the_programs_play_and_it_is_logged_once(
+    library: PromptLibrary, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    agent, clock = Agent(), ManualClock(1000.0)
+
+    def no_espeak(_names: Sequence[str]) -> PromptLibrary:
+        raise PromptsError("espeak-ng is not installed (Debian: apt install espeak-ng)")
+
+    panel = make_panel(library, tmp_path, agent, clock, notice_given=True, render_names=no_espeak)
+    for _ in range(3):  # at every start and every document applied
+        panel.prepare_program_names(["calm-alpha"])
+    warnings = [r for r in caplog.records if "names are not spoken" in r.getMessage()]
+    assert len(warnings) == 1 and "espeak-ng is not installed" in warnings[0].getMessage()
+    assert "espeak-ng" in str(panel.describe()["program_names"])
+    panel.handle(press(sl.BUTTON_PLAY_PAUSE))
+    assert agent.calls == ["start calm-alpha"]
+    assert spoken(panel.mixer) == ["session_start"]
+
+
+def test_with_nothing_to_play_the_button_says_so_and_logs_why(
+    library: PromptLibrary, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    directory = tmp_path / "prompts"
+    shutil.copytree(library.directory, directory)
+    build_prompts(
+        directory,
+        load_calibration_file(packaged_calibration()),
+        sample_rate=RATE,
+        keys=["no_program"],
+    )
+    agent, clock = Agent(), ManualClock(1000.0)
+    agent.assigned = ()  # none prescribed, and the built-in default not allowed
+    panel = make_panel(PromptLibrary(directory, RATE), tmp_path, agent, clock, notice_given=True)
+    panel.handle(press(sl.BUTTON_PLAY_PAUSE))
+    assert agent.calls == [] and spoken(panel.mixer) == ["no_program"]
+    assert "nothing to play" in caplog.text
