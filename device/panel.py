@@ -60,6 +60,7 @@ from resonera.device.controls import (
     light_for,
 )
 from resonera.device.hwmonitor import ConsentClaim, HardwareMonitor, HardwareNotReady
+from resonera.device.prescriptions import NOTHING_MAY_PLAY
 from resonera.device.prompts import (
     PromptLibrary,
     PromptsError,
@@ -452,10 +453,7 @@ class Panel:
             self._say_clips(self.library.time_left(action.minutes or 0) if self.library else [])
         else:
             if action.key == "no_program":  # never silent without a reason, even unspoken
-                log.warning(
-                    "the play button has nothing to play: no program is prescribed, and the "
-                    "clinician does not allow the built-in default"
-                )
+                log.warning("the play button has nothing to play: %s", NOTHING_MAY_PLAY)
             self._say(action.key)
 
     def _start_when_idle(self, program: str) -> None:

@@ -36,6 +36,7 @@ from resonera.common.program import Program, parse_program
 
 __all__ = [
     "BUILTIN_DEFAULT",
+    "NOTHING_MAY_PLAY",
     "AssignedProgram",
     "NotPrescribed",
     "ProgramVerdict",
@@ -47,6 +48,10 @@ __all__ = [
 #: What the play button and ``resonera-device play`` play when nothing is prescribed, if the
 #: person's profile allows it (``HearingProfile.builtin_when_unassigned``).
 BUILTIN_DEFAULT: Final = "demo-alpha"
+#: Why nothing plays when nothing is prescribed and the profile forbids the built-in programs.
+NOTHING_MAY_PLAY: Final = (
+    "no program is prescribed here, and the clinician does not allow the built-in programs to play"
+)
 
 
 class NotPrescribed(ResoneraError):

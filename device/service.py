@@ -37,7 +37,8 @@ Inside the process:
   the agent's version and the safety MCU's firmware version (its last HELLO; the dashboard's
   devices page shows both);
 - the control socket ``run.sock`` in the data directory (mode 0600): one line in, one line out.
-  ``play PROGRAM`` → ``ok …`` or ``error …``; ``stop`` → ``ok …``; ``status`` → one JSON object.
+  ``play [PROGRAM]`` → ``ok …`` or ``error …`` (no program: the first prescribed, else the
+  built-in default if allowed); ``stop`` → ``ok …``; ``status`` → one JSON object.
 
 Nothing here is needed to stay safe: the outbox, the dose ledger and the stores are durable, so a
 SIGKILL at any point loses at most the session that was playing (never a stored record).
@@ -80,6 +81,7 @@ from resonera.device.memory import release_free_memory
 from resonera.device.panel import IdlePrompts, Panel, panel_for
 from resonera.device.prescriptions import (
     BUILTIN_DEFAULT,
+    NOTHING_MAY_PLAY,
     AssignedProgram,
     NotPrescribed,
     find_assigned,
@@ -331,6 +333,13 @@ class DeviceService:
         thread.start()
         return f"ok playing {program.name!r} ({program.duration_s:.0f} s)"
 
+    def _first_program(self) -> str:
+        """What ``play`` without a program plays: the button's first (``assigned_programs``)."""
+        first = self.assigned_programs()[:1]
+        if not first:
+            raise NotPrescribed(NOTHING_MAY_PLAY)
+        return first[0]
+
     def stop_playing(self) -> str:
         playing = self._playing
         if playing is None:
@@ -344,10 +353,7 @@ class DeviceService:
             chosen = find_assigned(assigned, spec)
             return chosen.program(), chosen
         if not self.profile_in_force().builtin_when_unassigned:
-            raise NotPrescribed(
-                "no program is prescribed here, and the clinician does not allow the built-in "
-                "programs to play"
-            )
+            raise NotPrescribed(NOTHING_MAY_PLAY)
         return self.resolve_program(spec), None
 
     def _play_session(
@@ -542,13 +548,13 @@ class DeviceService:
     def command(self, line: str) -> str:
         verb, _, arg = line.partition(" ")
         try:
-            if verb == "play" and arg.strip():
-                return self.play(arg.strip())
+            if verb == "play":  # with no program: the first prescribed (else the default)
+                return self.play(arg.strip() or self._first_program())
             if verb == "stop":
                 return self.stop_playing()
             if verb == "status":
                 return json.dumps(self.status())
-            return "error commands: play PROGRAM | stop | status"
+            return "error commands: play [PROGRAM] | stop | status"
         except ResoneraError as exc:
             return f"error {exc}"
         except Exception as exc:

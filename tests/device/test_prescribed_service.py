@@ -31,6 +31,7 @@ from resonera.common.mqtt_client import build_client, connect
 from resonera.common.prescription import BackgroundFile, content_path, prescribe
 from resonera.common.program import Program, parse_program
 from resonera.common.settings import MqttSettings
+from resonera.device.prescriptions import NOTHING_MAY_PLAY
 from resonera.device.prompts import program_name_key
 from resonera.device.service import DeviceService
 from resonera.hardware.firmware.config import BoardConfig
@@ -177,6 +178,7 @@ def nothing_may_play(
     assert reported(peer, 1)["status"] == "applied"
     with pytest.raises(ResoneraError, match="clinician does not allow the built-in"):
         service.play("demo-alpha")
+    assert service.command("play") == f"error {NOTHING_MAY_PLAY}"
     wait_until(lambda: service.status()["safety_link"] == "up", 10, "the MCU link")
     execute(sim, "press play_pause")
     wait_until(lambda: "no_program" in service.panel.mixer.spoken, 20, "'no program' to be said")
@@ -234,7 +236,7 @@ def prescriptions_apply_and_play(
         service.play("demo-alpha")
     assert service.play("lib-theta").startswith(f"ok playing '{THETA}'")
     wait_until(lambda: playing() is None, 30, "its end")
-    assert service.play("short ALPHA").startswith(f"ok playing '{ALPHA}'")
+    assert service.command("play short ALPHA").startswith(f"ok playing '{ALPHA}'")
     wait_until(lambda: playing() is None, 30, "its end")
     sessions = sorted(service.store.sessions(), key=lambda s: s.started_at)
     assert [(s.program_library_id, s.program_version, s.outcome) for s in sessions] == [
