@@ -13,7 +13,7 @@ to be named in a report (no library id, version or SHA-256), a program twice or 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -40,6 +40,7 @@ __all__ = [
     "AssignedProgram",
     "NotPrescribed",
     "ProgramVerdict",
+    "choose_program",
     "find_assigned",
     "refused",
     "review_programs",
@@ -205,3 +206,20 @@ def find_assigned(assigned: Sequence[AssignedProgram], spec: str) -> AssignedPro
             return program
     names = ", ".join(repr(p.name) for p in assigned)
     raise NotPrescribed(f"{wanted!r} is not among the programs prescribed here: {names}")
+
+
+def choose_program(
+    assigned: Sequence[AssignedProgram],
+    profile: HearingProfile,
+    spec: str,
+    own_program: Callable[[str], Program],
+) -> tuple[Program, AssignedProgram | None]:
+    """What ``play SPEC`` plays: among the prescribed programs ``assigned``, the one ``spec``
+    names; with none prescribed, the device's own program ``own_program(spec)`` (a built-in, a
+    file) if ``profile`` allows the built-in programs. ``NotPrescribed`` says why not otherwise."""
+    if assigned:
+        chosen = find_assigned(assigned, spec)
+        return chosen.program(), chosen
+    if not profile.builtin_when_unassigned:
+        raise NotPrescribed(NOTHING_MAY_PLAY)
+    return own_program(spec), None

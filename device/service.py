@@ -84,7 +84,7 @@ from resonera.device.prescriptions import (
     NOTHING_MAY_PLAY,
     AssignedProgram,
     NotPrescribed,
-    find_assigned,
+    choose_program,
 )
 from resonera.device.safety.dose_ledger import DoseLedger
 from resonera.device.safety_events import SafetyEventRecorder
@@ -348,13 +348,9 @@ class DeviceService:
         return f"ok stopping {playing.program!r} (fading out)"
 
     def _resolve(self, spec: str) -> tuple[Program, AssignedProgram | None]:
-        assigned = self.store.assigned_programs()
-        if assigned:
-            chosen = find_assigned(assigned, spec)
-            return chosen.program(), chosen
-        if not self.profile_in_force().builtin_when_unassigned:
-            raise NotPrescribed(NOTHING_MAY_PLAY)
-        return self.resolve_program(spec), None
+        return choose_program(
+            self.store.assigned_programs(), self.profile_in_force(), spec, self.resolve_program
+        )
 
     def _play_session(
         self, session: Session, program: Program, prescribed: AssignedProgram | None

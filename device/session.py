@@ -34,7 +34,7 @@ from resonera.common.program import Program
 from resonera.common.program_check import check_program_for
 from resonera.common.records import SessionRecord
 from resonera.device.audio.prompt_mixer import PromptMixer
-from resonera.device.backgrounds import BackgroundCache
+from resonera.device.backgrounds import BackgroundCache, backgrounds_dir
 from resonera.device.hwmonitor import ConsentClaim, HardwareMonitor, WarningAttenuator
 from resonera.device.prescriptions import AssignedProgram
 from resonera.device.safety.dose_ledger import DoseLedger
@@ -460,7 +460,8 @@ def standalone_parts(settings: DeviceSettings, store: DeviceStore) -> Iterator[S
             monitor = owned.enter_context(
                 _started(HardwareMonitor(settings.serial_url, events=recorder))
             )
-        yield SessionParts(settings, store, monitor, ledger, recorder)
+        backgrounds = BackgroundCache(backgrounds_dir(settings.data_dir))
+        yield SessionParts(settings, store, monitor, ledger, recorder, backgrounds=backgrounds)
 
 
 @contextmanager
@@ -480,7 +481,9 @@ def play_standalone(
     sink: AudioSink,
     *,
     watch: SessionWatch = SessionWatch(),
+    prescribed: AssignedProgram | None = None,
 ) -> SessionRecord:
-    """One session with owners of its own (``standalone_parts``), start to stored record."""
+    """One session with owners of its own (``standalone_parts``), start to stored record;
+    ``prescribed``: the assigned program ``program`` is (``prescriptions.choose_program``)."""
     with standalone_parts(settings, store) as parts:
-        return Session(parts, watch=watch).run(program, sink)
+        return Session(parts, watch=watch).run(program, sink, prescribed=prescribed)

@@ -28,11 +28,18 @@ from resonera.common.prescription import (
     prescribe,
 )
 from resonera.common.profile import HearingProfile
-from resonera.common.program import Program, parse_program
+from resonera.common.program import Program, builtin_program, parse_program
 from resonera.device.backgrounds import BackgroundCache, BackgroundFetcher, ClientFiles
 from resonera.device.desired_state import REPORTED_CAPABILITIES, DesiredStateApplier
-from resonera.device.prescriptions import NotPrescribed, find_assigned, review_programs
+from resonera.device.prescriptions import (
+    NotPrescribed,
+    choose_program,
+    find_assigned,
+    review_programs,
+)
+from resonera.device.session import play_standalone
 from resonera.device.store import DeviceStore
+from resonera.engine.audio.sinks import NullSink
 from resonera.server.fleet_ca import FleetCA
 from resonera.stack.fleet_identity import issue_device
 
@@ -311,3 +318,27 @@ def test_an_old_store_with_no_programs_kept_is_reviewed_at_the_next_start(
     result = applier.reassess()
     assert result is not None and result.version == 4
     assert [p.name for p in store.assigned_programs()] == ["A"]
+
+
+def test_play_chooses_among_the_prescribed_and_the_record_names_the_version(
+    tmp_path: Path, server_key: ServerKey
+) -> None:
+    applier, store = applier_for(tmp_path, server_key)
+    settings = device_settings(None, tmp_path, DEVICE, server_public_key=server_key.public_b64)
+    forbidden = HearingProfile(builtin_when_unassigned=False)
+    with pytest.raises(NotPrescribed, match="does not allow the built-in programs"):
+        choose_program([], forbidden, "demo-alpha", builtin_program)
+    assert choose_program([], HearingProfile(), "calm-tone", builtin_program)[1] is None
+    sent = entry("lib-theta", short("Short theta"), version=4)
+    applier.handle(server_key.payload(DEVICE, 1, programs=[sent]))
+    with pytest.raises(NotPrescribed, match="not among the programs prescribed here: 'Short"):
+        choose_program(store.assigned_programs(), forbidden, "LIB-theta", builtin_program)
+    program, chosen = choose_program(
+        store.assigned_programs(), forbidden, "short theta", builtin_program
+    )
+    assert chosen is not None
+    record = play_standalone(settings, store, program, NullSink(), prescribed=chosen)
+    assert (record.program_library_id, record.program_version) == ("lib-theta", 4)
+    assert record.program_digest == sent["sha256"] and record.outcome == "completed"
+    [queued] = [json.loads(m.payload)["body"] for m in store.pending() if m.kind == "session"]
+    assert (queued["program_library_id"], queued["program_version"]) == ("lib-theta", 4)
