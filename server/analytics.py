@@ -145,7 +145,18 @@ def _pairs(where: ColumnElement[bool]) -> Any:
 
 def _session_programs(where: ColumnElement[bool]) -> Any:
     s = _sessions.c
-    return select(s.session_id, s.program_name).where(where).distinct().subquery("programs")
+    return select(s.session_id, *_program_key(s)).where(where).distinct().subquery("programs")
+
+
+def _program_key(columns: Any) -> tuple[Any, Any, Any]:
+    """What outcomes are grouped by: a program's name, and for a prescribed one its library id
+    and version, so two versions of one program are compared apart (like with like)."""
+    return (columns.program_name, columns.program_library_id, columns.program_version)
+
+
+def _program_order(name: str, library_id: str | None, version: int | None) -> tuple[Any, ...]:
+    # In Python: the databases order NULL differently (SQLite first, PostgreSQL last).
+    return (name, library_id or "", version or 0)
 
 
 # -- per patient ------------------------------------------------------------------------------
@@ -198,23 +209,26 @@ def patient_outcomes(
     )
     change_rows = session.execute(
         select(
-            programs.c.program_name,
+            *_program_key(programs.c),
             pairs.c.question_id,
             func.count(),
             func.sum(pairs.c.change),
             func.sum(pairs.c.change * pairs.c.change),
         )
         .select_from(pairs.join(programs, programs.c.session_id == pairs.c.session_id))
-        .group_by(programs.c.program_name, pairs.c.question_id)
-        .order_by(programs.c.program_name, pairs.c.question_id)
+        .group_by(*_program_key(programs.c), pairs.c.question_id)
     ).all()
     changes = [
         ProgramChange(
             program_name=name,
+            program_library_id=library_id,
+            program_version=version,
             question_id=question,
             **change_summary(int(n), float(total or 0), float(squares or 0)).model_dump(),
         )
-        for name, question, n, total, squares in change_rows
+        for name, library_id, version, question, n, total, squares in sorted(
+            change_rows, key=lambda row: (*_program_order(row[0], row[1], row[2]), row[3])
+        )
     ]
 
     session_day = _utc_day(s.started_at, dialect).label("day")
@@ -331,13 +345,13 @@ def cohort_outcomes(
 
     usage = session.execute(
         select(
-            s.program_name,
+            *_program_key(s),
             func.count(func.distinct(s.patient_id)),
             func.count(),
             func.sum(case((s.outcome == "completed", 1), else_=0)),
         )
         .where(of_cohort(s.patient_id), s.started_at >= start, s.started_at < end)
-        .group_by(s.program_name)
+        .group_by(*_program_key(s))
     ).all()
 
     pairs = _pairs(and_(of_cohort(c.patient_id), c.answered_at >= start, c.answered_at < end))
@@ -349,28 +363,32 @@ def cohort_outcomes(
         )
     )
     improvement = {
-        name: change_summary(int(n), float(total or 0), float(squares or 0))
-        for name, n, total, squares in session.execute(
+        (name, library_id, version): change_summary(int(n), float(total or 0), float(squares or 0))
+        for name, library_id, version, n, total, squares in session.execute(
             select(
-                programs.c.program_name,
+                *_program_key(programs.c),
                 func.count(),
                 func.sum(pairs.c.change),
                 func.sum(pairs.c.change * pairs.c.change),
             )
             .select_from(pairs.join(programs, programs.c.session_id == pairs.c.session_id))
-            .group_by(programs.c.program_name)
+            .group_by(*_program_key(programs.c))
         ).all()
     }
     out = [
         CohortProgram(
             program_name=name,
+            program_library_id=library_id,
+            program_version=version,
             patients=int(users),
             sessions=int(n),
             completed=int(done or 0),
             completion_rate=int(done or 0) / int(n),
-            improvement=improvement.get(name, change_summary(0, 0.0, 0.0)),
+            improvement=improvement.get((name, library_id, version), change_summary(0, 0.0, 0.0)),
         )
-        for name, users, n, done in sorted(usage, key=lambda row: (-int(row[2]), row[0]))
+        for name, library_id, version, users, n, done in sorted(
+            usage, key=lambda row: (-int(row[4]), *_program_order(row[0], row[1], row[2]))
+        )
     ]
     return CohortOutcomes(
         days=days, first_day=first, last_day=today, patients=int(patients), programs=out

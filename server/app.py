@@ -33,6 +33,7 @@ from resonera.server.api.routes import (
     sessions,
     users,
 )
+from resonera.server.backgrounds import BackgroundStore
 from resonera.server.crypto import DesiredStateSigner, FieldCipher, load_signer
 from resonera.server.desired import DesiredPublisher, DesiredService, MemoryPublisher
 from resonera.server.metrics import registry_for
@@ -90,6 +91,7 @@ def create_app(
         login_limiter=FailureLimiter(
             "login", ProgressiveDelay.for_login(settings.login), clock=clock
         ),
+        backgrounds=BackgroundStore.for_settings(settings),
     )
     app = FastAPI(title="Resonera server", version=_version(), description=DESCRIPTION)
     app.state.resonera = state

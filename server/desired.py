@@ -33,9 +33,14 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from resonera.common import topics
-from resonera.common.desired import LEDGER_RESETS_KEY
+from resonera.common.desired import (
+    LEDGER_RESETS_KEY,
+    DesiredDocument,
+    effective_profile,
+)
 from resonera.common.errors import VersionConflict
 from resonera.common.mqtt_client import build_client, connect_in_background, stop_loop
+from resonera.common.profile import HearingProfile
 from resonera.server.crypto import DesiredStateSigner, sign_document
 from resonera.server.models import (
     AssignmentRow,
@@ -159,6 +164,13 @@ def config_document(row: PatientConfigRow | None) -> dict[str, Any]:
         "programs": row.programs,
         "sessions_per_week": row.sessions_per_week,
     }
+
+
+def enforced_profile(config: dict[str, Any]) -> HearingProfile:
+    """The profile a device enforces under a config document's ``profile`` and ``limits``
+    (``common.desired.effective_profile`` over the defaults, as the device computes it);
+    ``DesiredStateRejected`` when the device would refuse them."""
+    return effective_profile(DesiredDocument(0, config, b""), HearingProfile())
 
 
 class DesiredService:

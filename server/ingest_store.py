@@ -22,6 +22,7 @@ from resonera.server.ingest_checks import CheckedMessage
 from resonera.server.models import (
     DeviceStateRow,
     MessageRow,
+    ProgramReportRow,
     QuarantineRow,
     SafetyEventRow,
     SessionRow,
@@ -167,18 +168,22 @@ def _update_state(conn: Connection, plan: BatchPlan, now: datetime) -> None:
     latest: dict[str, Envelope] = {}
     # Only "applied" moves the reported version: deferred and refused versions are not running.
     reported: dict[str, tuple[Envelope, int]] = {}
+    reports: list[tuple[Envelope, DesiredReport]] = []
     for item in plan.valid:
         env = item.envelope
         if env.device not in latest or env.seq > latest[env.device].seq:
             latest[env.device] = env
         report = item.record
+        if not isinstance(report, DesiredReport):
+            continue
+        reports.append((env, report))
         if (
-            isinstance(report, DesiredReport)
-            and report.status == "applied"
+            report.status == "applied"
             and report.desired_version is not None
             and (env.device not in reported or env.seq > reported[env.device][0].seq)
         ):
             reported[env.device] = (env, report.desired_version)
+    _store_reports(conn, reports, now)
     if plan.skew:  # every device with a valid message has a skew: one statement for both
         upsert(
             conn,
@@ -224,4 +229,107 @@ def _update_state(conn: Connection, plan: BatchPlan, now: datetime) -> None:
             ],
             key=("device_id",),
             update={"online": lambda ex: ex.online, "status_at": lambda ex: ex.status_at},
+        )
+
+
+def _latest_per_key(rows: list[dict[str, Any]], key: tuple[str, ...]) -> list[dict[str, Any]]:
+    """One row per key, the highest ``seq``'s: one statement may not update a row twice."""
+    best: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for row in rows:
+        k = tuple(row[name] for name in key)
+        if k not in best or row["seq"] > best[k]["seq"]:
+            best[k] = row
+    return [best[k] for k in sorted(best)]
+
+
+def _store_reports(
+    conn: Connection, reports: list[tuple[Envelope, DesiredReport]], now: datetime
+) -> None:
+    """What the batch's desired-state reports say beyond the applied version: each program's
+    outcome for its version (``program_report``), the latest report whatever its status and the
+    engine's capabilities (``device_state``); a higher seq wins, whatever the arrival order."""
+    state = table_of(DeviceStateRow)
+    programs: list[dict[str, Any]] = []
+    latest: list[dict[str, Any]] = []
+    capabilities: list[dict[str, Any]] = []
+    for env, report in reports:
+        if report.desired_version is not None:
+            latest.append(
+                {
+                    "device_id": env.device,
+                    "seq": env.seq,
+                    "report_version": report.desired_version,
+                    "report_status": report.status,
+                    "report_reason": report.reason,
+                }
+            )
+            programs.extend(
+                {
+                    "device_id": env.device,
+                    "desired_version": report.desired_version,
+                    "library_id": program.library_id,
+                    "program_version": program.version,
+                    "sha256": program.sha256,
+                    "status": program.status,
+                    "reason": program.reason,
+                    "seq": env.seq,
+                    "received_at": now,
+                }
+                for program in report.programs or ()
+            )
+        if report.capabilities is not None:
+            capabilities.append(
+                {
+                    "device_id": env.device,
+                    "seq": env.seq,
+                    "capabilities": report.capabilities.model_dump(mode="json"),
+                }
+            )
+    if programs:
+        table = table_of(ProgramReportRow)
+        upsert(
+            conn,
+            table,
+            _latest_per_key(programs, ("device_id", "desired_version", "library_id")),
+            key=("device_id", "desired_version", "library_id"),
+            update={
+                name: (lambda ex, name=name: ex[name])
+                for name in ("program_version", "sha256", "status", "reason", "seq", "received_at")
+            },
+            where=lambda ex: table.c.seq < ex.seq,
+        )
+    if latest:
+        upsert(
+            conn,
+            state,
+            [
+                {"device_id": r["device_id"], "report_seq": r["seq"]}
+                | {k: r[k] for k in ("report_version", "report_status", "report_reason")}
+                for r in _latest_per_key(latest, ("device_id",))
+            ],
+            key=("device_id",),
+            update={
+                name: (lambda ex, name=name: ex[name])
+                for name in ("report_seq", "report_version", "report_status", "report_reason")
+            },
+            where=lambda ex: state.c.report_seq < ex.report_seq,
+        )
+    if capabilities:
+        upsert(
+            conn,
+            state,
+            [
+                {
+                    "device_id": r["device_id"],
+                    "capabilities": r["capabilities"],
+                    "capabilities_seq": r["seq"],
+                }
+                for r in _latest_per_key(capabilities, ("device_id",))
+            ],
+            key=("device_id",),
+            update={
+                "capabilities": lambda ex: ex.capabilities,
+                "capabilities_seq": lambda ex: ex.capabilities_seq,
+            },
+            where=lambda ex: state.c.capabilities_seq < ex.capabilities_seq,
         )

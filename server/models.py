@@ -240,6 +240,34 @@ class DeviceStateRow(SQLModel, table=True):
     #: its outbox; negative: it is ahead), and when it was measured.
     clock_skew_s: float | None = None
     clock_skew_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    #: The device's latest report on a desired-state version, whatever its status (``reported_*``
+    #: above moves only for ``applied``): a document refused whole refuses each of its programs.
+    report_seq: int = -1
+    report_version: int | None = None
+    report_status: str | None = Field(default=None, max_length=16)
+    report_reason: str | None = Field(default=None, max_length=500)
+    #: What the device's engine can play (``common.prescription.EngineCapabilities`` as JSON), as
+    #: its latest report carrying them said; prescriptions are checked against it.
+    capabilities: dict[str, Any] | None = Field(default=None, sa_type=JSON)
+    capabilities_seq: int = -1
+
+
+class ProgramReportRow(SQLModel, table=True):
+    """What a device did with one prescribed program of one of its desired-state versions
+    (``common.prescription.ProgramReport``): applied, or refused and why. The report with the
+    highest seq wins, whatever order they arrived in."""
+
+    __tablename__ = "program_report"
+
+    device_id: str = Field(primary_key=True, max_length=DEVICE_ID_MAX)
+    desired_version: int = Field(primary_key=True)
+    library_id: str = Field(primary_key=True, max_length=64)
+    program_version: int
+    sha256: str = Field(max_length=64)
+    status: str = Field(max_length=16)
+    reason: str = Field(default="", max_length=500)
+    seq: int
+    received_at: datetime = Field(sa_type=UTCDateTime)
 
 
 # -- enrollment ------------------------------------------------------------------------------
@@ -305,6 +333,9 @@ class SessionRow(SQLModel, table=True):
     session_id: str = Field(max_length=MESSAGE_ID_MAX)
     program_name: str = Field(max_length=120)
     program_digest: str = Field(max_length=64)
+    #: The prescribed program's library id and version (None: a built-in or a file played by hand).
+    program_library_id: str | None = Field(default=None, max_length=64)
+    program_version: int | None = None
     started_at: datetime = Field(sa_type=UTCDateTime)
     ended_at: datetime = Field(sa_type=UTCDateTime)
     planned_s: float

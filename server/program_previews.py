@@ -24,7 +24,7 @@ from typing import Final
 from fastapi import Request
 from sqlmodel import Session
 
-from resonera.common.desired import DesiredDocument, DesiredStateRejected, effective_profile
+from resonera.common.desired import DesiredStateRejected
 from resonera.common.errors import ProgramError
 from resonera.common.profile import HearingProfile
 from resonera.common.program import Program
@@ -32,7 +32,7 @@ from resonera.common.program_check import check_program_for
 from resonera.engine import capabilities
 from resonera.engine.audio.calibration import Calibration, default_calibration
 from resonera.server.audit import audit
-from resonera.server.desired import DesiredService, config_document
+from resonera.server.desired import DesiredService, config_document, enforced_profile
 from resonera.server.models import PatientRow, ProgramLibraryRow, UserRow
 from resonera.server.program_documents import ProgramNotFound, program_of
 from resonera.server.settings import ServerSettings
@@ -75,7 +75,7 @@ def patient_profile(session: Session, patient_id: str) -> HearingProfile:
     narrowed by their limits (``common.desired.effective_profile``, as the device computes it)."""
     doc = config_document(DesiredService.current(session, patient_id))
     try:
-        return effective_profile(DesiredDocument(0, doc, b""), HearingProfile())
+        return enforced_profile(doc)
     except DesiredStateRejected as exc:
         raise PreviewRefused(f"the patient's device would refuse their profile: {exc}") from None
 

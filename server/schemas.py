@@ -18,9 +18,21 @@ import math
 from datetime import date, datetime
 from typing import Annotated, Any, Final, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+)
 
 from resonera.common.envelope import AwareDatetime
+from resonera.common.prescription import (
+    MAX_PRESCRIBED_PROGRAMS,
+    BackgroundFile,
+    EngineCapabilities,
+)
 from resonera.common.profile import parse_checkins
 from resonera.common.topics import DEVICE_ID_PATTERN
 from resonera.server.crypto import check_device_public_key
@@ -257,19 +269,73 @@ class Limits(_In):
     weekly_dose_fraction: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
 
 
+class ProgramRef(_In):
+    """A library program to prescribe: its id and a version (omitted: the latest)."""
+
+    library_id: PatientIdStr
+    version: Annotated[int, Field(ge=1, le=INT32_MAX)] | None = None
+
+
+def _prescribed_by_id(value: object) -> object:
+    # A program object (the old free-form entries) is refused with what to send instead, rather
+    # than with the field errors of a shape the caller never meant.
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            if isinstance(item, dict) and "library_id" not in item:
+                raise ValueError(
+                    f"programs[{index}]: programs are prescribed by library id "
+                    '({"library_id": "<id>", "version": <n, optional>}), not as program objects'
+                )
+    return value
+
+
 class DesiredIn(_In):
     profile: JsonObject = Field(default_factory=dict)
     limits: Limits = Field(default_factory=Limits)
-    programs: Annotated[list[JsonObject], Field(max_length=32)] = Field(default_factory=list)
+    programs: Annotated[
+        list[ProgramRef],
+        Field(max_length=MAX_PRESCRIBED_PROGRAMS),
+        BeforeValidator(_prescribed_by_id),
+    ] = Field(default_factory=list)
     sessions_per_week: Annotated[int, Field(ge=0, le=28)] = 0
 
     @field_validator("profile")
     @classmethod
-    def _checkins_valid(cls, value: dict[str, Any]) -> dict[str, Any]:
-        # The device refuses a profile with a bad check-in; say so now, not at the device.
+    def _profile_fields_valid(cls, value: dict[str, Any]) -> dict[str, Any]:
+        # The device refuses a profile with a bad check-in or setting; say so now, not at the device.
         if "checkins" in value:
             parse_checkins(value["checkins"])
+        allowed = value.get("builtin_when_unassigned", True)
+        if not isinstance(allowed, bool):
+            raise ValueError("builtin_when_unassigned must be true or false")
         return value
+
+
+ProgramState = Literal["pending", "applied", "refused"]
+
+
+class DeviceProgramState(BaseModel):
+    device_id: str
+    desired_version: int = Field(description="the device's desired-state version that carries it")
+    state: ProgramState
+    reason: str = ""
+
+
+class PrescribedProgramPublic(BaseModel):
+    """One prescribed program and what became of it on the patient's devices."""
+
+    library_id: str | None = Field(description="null: an entry stored before prescriptions")
+    version: int | None
+    name: str
+    sha256: str | None
+    backgrounds: list[BackgroundFile] = Field(default_factory=list)
+    latest_version: int | None = Field(description="the library's latest version of the program")
+    newer_version: bool = Field(description="the library has a version newer than prescribed")
+    state: ProgramState = Field(
+        description="pending until every device reported it; refused if any device refused it"
+    )
+    reason: str = Field(default="", description="why it was refused (the device's words)")
+    devices: list[DeviceProgramState] = Field(default_factory=list)
 
 
 class DesiredPublic(BaseModel):
@@ -277,11 +343,15 @@ class DesiredPublic(BaseModel):
     version: int = Field(description="0 before the first change; the ETag")
     profile: dict[str, Any]
     limits: Limits
-    programs: list[dict[str, Any]]
+    programs: list[PrescribedProgramPublic]
     sessions_per_week: int
     created_by: int | None
     created_at: datetime | None
     devices: dict[str, int] = Field(description="device id → desired-state version published")
+    capabilities: dict[str, EngineCapabilities] = Field(
+        default_factory=dict,
+        description="device id → what its engine can play, as it last reported",
+    )
 
 
 # -- what devices reported -------------------------------------------------------------------
@@ -314,6 +384,10 @@ class SessionPublic(BaseModel):
     sig_status: str
     #: Times the sound device ran dry during the session (silence played meanwhile).
     underruns: int = 0
+    #: The prescribed program's library id and version (null: a built-in or a file played by
+    #: hand): two versions of one program are told apart by these.
+    program_library_id: str | None = None
+    program_version: int | None = None
 
 
 class SafetyEventPublic(BaseModel):
@@ -537,6 +611,10 @@ class Change(BaseModel):
 
 class ProgramChange(Change):
     program_name: str
+    program_library_id: str | None = Field(
+        default=None, description="null: sessions of a built-in or a file played by hand"
+    )
+    program_version: int | None = None
     question_id: str
 
 
@@ -583,6 +661,10 @@ class PatientOutcomes(BaseModel):
 
 class CohortProgram(BaseModel):
     program_name: str
+    program_library_id: str | None = Field(
+        default=None, description="null: sessions of a built-in or a file played by hand"
+    )
+    program_version: int | None = None
     patients: int
     sessions: int
     completed: int

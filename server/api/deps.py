@@ -19,6 +19,7 @@ from sqlmodel import Session, select
 
 from resonera.common.envelope import AwareDatetime
 from resonera.server.api.errors import ApiError
+from resonera.server.backgrounds import BackgroundStore
 from resonera.server.crypto import FieldCipher
 from resonera.server.desired import DesiredService
 from resonera.server.models import ClinicianPatientRow, PatientRow, UserRow
@@ -48,6 +49,8 @@ class AppState:
     #: Failed sign-ins per address and per account (``settings.login``), shared through the
     #: database by every API process.
     login_limiter: FailureLimiter
+    #: Background sound files by content (``<data_dir>/backgrounds``).
+    backgrounds: BackgroundStore
 
 
 def get_state(request: Request) -> AppState:

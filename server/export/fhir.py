@@ -4,7 +4,9 @@ What goes in, and why each maps where it does:
 
 - ``Patient``: the (decrypted) name and birth date, and our id as an identifier.
 - ``Device``: every device the patient used in the period (their assignments), with its status.
-- ``Procedure`` per session: the program as the code text, ``performedPeriod`` from start to end,
+- ``Procedure`` per session: the program as the code text (with its library version), a prescribed
+  program's library id and version as a second coding (``urn:resonera:program``, code
+  ``<library id>/v<version>``: two versions are two codes), ``performedPeriod`` from start to end,
   ``status`` ``completed`` (it played to its end) or ``stopped`` (stopped or a fault, with the reason
   in ``statusReason``), and the device in ``usedReference``.
 - Two ``Observation``s per session, ``partOf`` it: the level at the ear as LAeq in dB(A) and the
@@ -137,19 +139,27 @@ def _observation(
 
 def _session(row: SessionRow, patient_id: str) -> list[dict[str, Any]]:
     key = f"{row.device_id}/{row.message_id}"
+    coding = [{"system": CODES, "code": "sound-session", "display": "Sound session"}]
+    program = row.program_name
+    if row.program_library_id is not None and row.program_version is not None:
+        program = f"{row.program_name} v{row.program_version}"
+        coding.append(
+            {
+                "system": f"{ID_SYSTEM}:program",
+                "code": f"{row.program_library_id}/v{row.program_version}",
+                "display": program,
+            }
+        )
     procedure: dict[str, Any] = {
         "identifier": [{"system": f"{ID_SYSTEM}:session", "value": row.session_id}],
         "status": "completed" if row.outcome == "completed" else "stopped",
-        "code": {
-            "coding": [{"system": CODES, "code": "sound-session", "display": "Sound session"}],
-            "text": f"Sound session: {row.program_name}",
-        },
+        "code": {"coding": coding, "text": f"Sound session: {program}"},
         "subject": _ref("Patient", patient_id),
         "performedPeriod": {"start": _instant(row.started_at), "end": _instant(row.ended_at)},
         "usedReference": [_ref("Device", row.device_id)],
         "note": [
             {
-                "text": f"program {row.program_name} (digest {row.program_digest}); played "
+                "text": f"program {program} (digest {row.program_digest}); played "
                 f"{row.played_s:.0f} s of {row.planned_s:.0f} s"
                 + ("; simulation, without the safety MCU" if row.simulation else "")
             }

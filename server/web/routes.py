@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from functools import partial
-from typing import Annotated, Final, Literal
+from typing import Annotated, Any, Final, Literal
 
 from fastapi import APIRouter, FastAPI, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -19,13 +19,20 @@ from pydantic import ValidationError
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
+from resonera.common.desired import DesiredStateRejected
 from resonera.common.errors import VersionConflict
 from resonera.common.profile import MAX_CHECKIN_QUESTIONS, parse_checkins
 from resonera.server import crud, programs
-from resonera.server.api.deps import PatientId, SessionDep, StateDep
+from resonera.server.api.deps import AppState, PatientId, SessionDep, StateDep
 from resonera.server.audit import audit
-from resonera.server.desired import config_document
+from resonera.server.desired import config_document, enforced_profile
 from resonera.server.models import PatientRow
+from resonera.server.prescriptions import (
+    PrescriptionInvalid,
+    check_entries,
+    device_capabilities,
+    stored_entries,
+)
 from resonera.server.schemas import DesiredIn
 from resonera.server.security import now_utc
 from resonera.server.web import admin
@@ -255,12 +262,14 @@ def save_limits(
         days=30,
     )
     current = state.desired.current(session, patient.id)
+    # The prescribed programs stay as they are (this form does not prescribe), checked again
+    # under the profile and limits it sets.
+    kept_programs = config_document(current)["programs"]
     try:
         body = DesiredIn.model_validate(
             {
                 "profile": profile_value,
                 "limits": {name: form[name] for name in _LIMIT_FIELDS},
-                "programs": config_document(current)["programs"],
                 "sessions_per_week": sessions_per_week,
             }
         )
@@ -270,6 +279,17 @@ def save_limits(
             field = loc[-1] if loc[0] == "limits" and len(loc) > 1 else loc[0]
             errors.setdefault(field, str(err["msg"]))
         body = None
+    if body is not None and not errors:
+        errors.update(
+            _kept_programs_refused(
+                state,
+                session,
+                patient.id,
+                kept_programs,
+                profile=body.profile,
+                limits=body.limits.model_dump(),
+            )
+        )
     if errors or body is None:
         return again(
             status=400,
@@ -286,7 +306,7 @@ def save_limits(
             values={
                 "profile": body.profile,
                 "limits": body.limits.model_dump(),
-                "programs": body.programs,
+                "programs": kept_programs,
                 "sessions_per_week": body.sessions_per_week,
             },
             user_id=web.user.id,
@@ -314,6 +334,34 @@ def save_limits(
         status_code=303,
         headers=dict(PAGE_HEADERS),
     )
+
+
+def _kept_programs_refused(
+    state: AppState,
+    session: Session,
+    patient_id: str,
+    programs: list[Any],
+    *,
+    profile: dict[str, Any],
+    limits: dict[str, Any],
+) -> dict[str, str]:
+    """Why the patient's prescribed programs could not stay under this profile and these
+    limits, by field (empty: they can)."""
+    entries = [e for e in stored_entries(programs) if e is not None]
+    if not entries:
+        return {}
+    try:
+        enforced = enforced_profile({"profile": profile, "limits": limits})
+    except DesiredStateRejected as exc:
+        return {"profile": f"the patient's device would refuse it: {exc}"}
+    capabilities = device_capabilities(
+        session, state.desired.devices_of(session, patient_id, now_utc())
+    )
+    try:
+        check_entries(entries, profile=enforced, capabilities=capabilities)
+    except PrescriptionInvalid as exc:
+        return {"programs": f"{exc} (change the prescription first)"}
+    return {}
 
 
 def install(app: FastAPI) -> None:

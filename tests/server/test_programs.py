@@ -14,6 +14,7 @@ from sqlmodel import Session, select
 
 from resonera.common.errors import VersionConflict
 from resonera.common.prescription import definition_sha256
+from resonera.common.program import parse_program
 from resonera.server import programs
 from resonera.server.desired import MemoryPublisher
 from resonera.server.models import AuditRow, ProgramLibraryRow
@@ -242,16 +243,19 @@ def test_concurrent_edits_of_one_version_let_exactly_one_win(
 def test_a_library_program_goes_to_a_patient_through_the_desired_state(
     client: TestClient, world: Any, publisher: MemoryPublisher
 ) -> None:
-    program = _create(client, world.clinician.headers).json()["program"]
+    created = _create(client, world.clinician.headers).json()
     put = client.put(
         f"{API}/patients/{world.patient}/desired",
-        json={"programs": [program]},
+        json={"programs": [{"library_id": created["id"]}]},
         headers={**world.clinician.headers, "If-Match": '"0"'},
     )
     assert put.status_code == 200, put.text
     document = json.loads(publisher.documents[world.device])
-    assert document["programs"][0]["name"] == "Alpha drift"
+    entry = document["programs"][0]
+    assert (entry["name"], entry["library_id"], entry["version"]) == (
+        "Alpha drift",
+        created["id"],
+        1,
+    )
     # The device parses it with the same model it came from.
-    from resonera.common.program import parse_program
-
-    assert parse_program(document["programs"][0]).steps[0].layers[0].type == "binaural"
+    assert parse_program(entry["definition"]).steps[0].layers[0].type == "binaural"

@@ -442,7 +442,7 @@ def test_desired_state_versions_etag_409_and_signed_publish(
     body = {
         "profile": {"voice": "calm"},
         "limits": {"max_level_dba": 70},
-        "programs": [{"name": "p"}],
+        "programs": [],
     }
     _error(client.put(url, json=body, headers=headers), 428, "precondition_required")
     put = client.put(url, json=body, headers={**headers, "If-Match": '"0"'})
@@ -477,9 +477,11 @@ def test_desired_state_versions_etag_409_and_signed_publish(
         {"limits": {"surprise": 1}},
         {"profile": {"deep": {"a": {"b": {"c": {"d": {"e": {"f": {"g": {"h": {"i": 1}}}}}}}}}}},
         {"sessions_per_week": -1},
-        {"programs": [{"n": "x"}] * 33},
+        {"programs": [{"library_id": "0190a000-0000-7000-8000-000000000000"}] * 21},
+        {"programs": [{"name": "calm-tone"}]},
+        {"profile": {"builtin_when_unassigned": "no"}},
     ],
-    ids=["loud", "unknown-limit", "too-deep", "negative", "too-many"],
+    ids=["loud", "unknown-limit", "too-deep", "negative", "too-many", "free-form", "builtin"],
 )
 def test_invalid_desired_state_changes_nothing(
     client: TestClient, world: Any, publisher: MemoryPublisher, body: dict[str, Any]

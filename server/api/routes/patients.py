@@ -9,15 +9,18 @@ write here adds an audit row in the same transaction.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Path, Query, Request, Response, status
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
+from resonera.common.desired import DesiredStateRejected
 from resonera.common.errors import VersionConflict
 from resonera.common.ids import new_id
-from resonera.server import crud
+from resonera.common.prescription import PrescribedProgram
+from resonera.server import crud, prescriptions
 from resonera.server.api.deps import (
     AdminOrClinician,
     AdminUser,
@@ -31,7 +34,7 @@ from resonera.server.api.deps import (
 )
 from resonera.server.api.errors import ApiError
 from resonera.server.audit import audit
-from resonera.server.desired import config_document
+from resonera.server.desired import config_document, enforced_profile
 from resonera.server.models import ClinicianPatientRow, DeviceDesiredRow, PatientRow, UserRow
 from resonera.server.schemas import (
     INT32_MAX,
@@ -44,6 +47,7 @@ from resonera.server.schemas import (
     PatientCreate,
     PatientPublic,
     PatientUpdate,
+    ProgramRef,
     SafetyEventPublic,
     SessionPublic,
     Text,
@@ -324,16 +328,20 @@ def _desired_public(
     ).all()
     response.headers["ETag"] = f'"{version}"'
     doc = config_document(current)
+    now = now_utc()
     return DesiredPublic(
         patient_id=patient_id,
         version=version,
         profile=doc["profile"],
         limits=Limits.model_validate(doc["limits"]),
-        programs=doc["programs"],
+        programs=prescriptions.program_states(session, patient_id, version, doc["programs"], now),
         sessions_per_week=doc["sessions_per_week"],
         created_by=current.created_by if current is not None else None,
         created_at=current.created_at if current is not None else None,
         devices={d.device_id: d.version for d in devices},
+        capabilities=prescriptions.device_capabilities(
+            session, state.desired.devices_of(session, patient_id, now)
+        ),
     )
 
 
@@ -364,6 +372,44 @@ def _if_match_version(value: str | None) -> int:
     return int(text)
 
 
+def _prescribed(
+    state: StateDep,
+    session: SessionDep,
+    patient_id: str,
+    refs: list[ProgramRef],
+    *,
+    config: dict[str, Any],
+    now: datetime,
+) -> list[PrescribedProgram]:
+    """The entries of ``refs``, checked under the profile ``config`` makes the device enforce
+    and against what the patient's devices reported they can play; 422 naming the program."""
+    if not refs:
+        return []
+    try:
+        profile = enforced_profile(config)
+    except DesiredStateRejected as exc:
+        raise ApiError(
+            422,
+            f"profile: the patient's device would refuse it, so no program can be checked: {exc}",
+        ) from None
+    try:
+        return prescriptions.resolve_prescription(
+            session,
+            refs,
+            profile=profile,
+            capabilities=prescriptions.device_capabilities(
+                session, state.desired.devices_of(session, patient_id, now)
+            ),
+            store=state.backgrounds,
+        )
+    except prescriptions.PrescriptionInvalid as exc:
+        raise ApiError(
+            422,
+            str(exc),
+            details={"program": exc.program, "library_id": exc.library_id, "reason": exc.reason},
+        ) from None
+
+
 @router.put("/{patient_id}/desired", response_model=DesiredPublic)
 def set_desired(
     *,
@@ -376,19 +422,24 @@ def set_desired(
     response: Response,
     if_match: Annotated[str | None, Header(max_length=64)] = None,
 ) -> DesiredPublic:
-    """A new version of the patient's profile, limits and programs; signed and published
-    (retained) to each device the patient uses now. ``If-Match`` must carry the current version
-    (428 without it, 409 when someone else changed it first)."""
+    """A new version of the patient's profile, limits, prescribed programs (library ids, each
+    with a version or the latest) and weekly sessions; signed and published (retained) to each
+    device the patient uses now. ``If-Match`` must carry the current version (428 without it,
+    409 when someone else changed it first); a program that cannot be prescribed is a 422
+    naming it and why."""
     expected = _if_match_version(if_match)
     own_patient(session, user, patient_id)
     assert user.id is not None
     now = now_utc()
-    values = {
+    values: dict[str, Any] = {
         "profile": body.profile,
         "limits": body.limits.model_dump(),
-        "programs": body.programs,
         "sessions_per_week": body.sessions_per_week,
     }
+    values["programs"] = [
+        entry.model_dump(mode="json")
+        for entry in _prescribed(state, session, patient_id, body.programs, config=values, now=now)
+    ]
     try:
         row, outgoing = state.desired.set(
             session,
