@@ -11,12 +11,12 @@ DEV_LOCK := requirements/dev.txt
 UV_VERSION := 0.13.8
 TOOLS := .venv-tools
 
-.PHONY: demo test lint typecheck pytest pytest-future audit sbom sysdeps-test sysdeps-demo venv clean wheel-check bench lock
+.PHONY: demo test lint typecheck pytest pytest-future pytest-both audit sbom sysdeps-test sysdeps-demo venv clean wheel-check bench lock
 
 demo: sysdeps-demo $(STAMP)
 	$(BIN)/resonera demo $(DEMO_ARGS)
 
-test: sysdeps-test $(STAMP) lint typecheck audit pytest pytest-future
+test: sysdeps-test $(STAMP) lint typecheck audit pytest-both
 
 sysdeps-test:
 	@scripts/sysdeps.sh test
@@ -66,6 +66,13 @@ FUTURE ?= +365d
 FUTURE_TESTS ?= tests/common tests/device tests/server tests/provisioning
 pytest-future: $(STAMP)
 	scripts/faketime-run $(FUTURE) $(BIN)/python -m pytest -q -m "not real_clock and not dateless" $(FUTURE_TESTS) $(PYTEST_ARGS)
+
+# Both passes side by side: each waits on brokers, databases and sound servers more than it
+# computes (a pass keeps about half of one core busy), so on two cores the pair takes little longer
+# than one (measured: 149 s side by side, 251 s one after the other). Each pass's output is printed
+# whole when it ends; make fails if either does.
+pytest-both: $(STAMP)
+	$(MAKE) --no-print-directory -j2 --output-sync=target pytest pytest-future
 
 # Known vulnerabilities in the device's and the server's locked sets (pip-audit); says so in one line
 # where the vulnerability database cannot be reached.
