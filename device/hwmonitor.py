@@ -1,5 +1,8 @@
 """The device's link to the safety MCU: a serial port, one I/O thread, and ``consent``.
 
+It stays one module (over 450 lines): the port, its one I/O thread, the link's state machine, the
+claims on consent and the listeners share one lock and one order of events, and are read together.
+
 ``HardwareMonitor`` opens the port by URL (``serial.serial_for_url``: a device path such as
 ``/dev/ttyACM0``, the simulator's pty or a stable symlink to it, or any pyserial URL), and runs one
 thread that reads bytes into the sans-IO ``FrameDecoder`` → ``SafetyLink`` state machine and writes
