@@ -265,7 +265,7 @@ def background_fetcher(
     included) and the server's CA (``enroll_ca_file``); None when it has no server or no
     certificate, so its capabilities say it cannot fetch (logged)."""
     if settings.server_url is None or settings.mqtt.cert_file is None:
-        log.info("background files cannot be fetched: no server_url or no client certificate")
+        log.debug("background files cannot be fetched: no server_url or no client certificate")
         return None
 
     def client_files() -> ClientFiles:
