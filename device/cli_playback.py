@@ -31,7 +31,9 @@ from resonera.engine.audio.sinks import AudioSink, PyAudioSink, WavSink
 from resonera.engine.pipeline import Playhead
 
 if TYPE_CHECKING:
+    from resonera.device.prescriptions import AssignedProgram
     from resonera.device.settings import DeviceSettings
+    from resonera.device.store import DeviceStore
 
 # A session (``resonera.device.session``: the store, the monitor's pyserial, cryptography; 271 ms
 # and 15 MB measured) is imported by ``play`` alone: a render loads the safety chain (with scipy's
@@ -45,6 +47,23 @@ def _program(args: argparse.Namespace) -> Program:
     if args.program_file is not None:
         return load_program_file(args.program_file)
     return resolve_program(str(given[0]) if given else DEFAULT_PROGRAM)
+
+
+def _program_to_play(
+    args: argparse.Namespace, settings: DeviceSettings, store: DeviceStore
+) -> tuple[Program, AssignedProgram | None]:
+    """What ``play`` plays, by the service's rule (``prescriptions.choose_program``): a prescribed
+    program by name or library id (none named: the first); with none prescribed, a preset or a
+    file, if the person's profile allows it."""
+    # a session's (the desired state's cryptography): ``play`` alone, see the note above
+    from resonera.device.prescriptions import choose_program
+
+    assigned = store.assigned_programs()
+    profile = store.applied_profile() or settings.profile
+    given = args.program or args.program_option
+    if assigned and not given and args.program_file is None:
+        given = assigned[0].library_id
+    return choose_program(assigned, profile, str(given or ""), lambda _spec: _program(args))
 
 
 def _calibration(args: argparse.Namespace) -> Calibration | None:
@@ -116,8 +135,8 @@ def play_command(args: argparse.Namespace) -> int:
     if args.calibration is not None:
         overrides["calibration_file"] = args.calibration
     settings = settings_from_args(args, **overrides)
-    program = _program(args)
     store = settings.open_store()
+    program, prescribed = _program_to_play(args, settings, store)
     display = ProgressDisplay(program, verb="playing")
     watch = SessionWatch(notify=display.say, on_block=display, on_level=display.set_level)
     # this process's own owners: one monitor on the MCU's port, the ledger, the recorder
@@ -131,7 +150,7 @@ def play_command(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGTERM, _request_stop)
         try:
             sink = _play_sink(args, settings)
-            record = session.run(program, sink)
+            record = session.run(program, sink, prescribed=prescribed)
         finally:
             signal.signal(signal.SIGINT, previous)
     display.finish(record.played_s)

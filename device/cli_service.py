@@ -8,7 +8,7 @@ import argparse
 import json
 from typing import TYPE_CHECKING, Any
 
-from resonera.device.cli_args import DEFAULT_PROGRAM, resolve_program, settings_from_args
+from resonera.device.cli_args import resolve_program, settings_from_args
 from resonera.device.memory import limit_native_heap
 
 if TYPE_CHECKING:
@@ -47,7 +47,8 @@ def play_via_service_command(args: argparse.Namespace) -> int:
         or args.program_option
         or (str(args.program_file) if args.program_file else None)
     )
-    return _answered(send_command(settings.control_socket_path, f"play {spec or DEFAULT_PROGRAM}"))
+    # no program named: the service plays the first prescribed (or, if allowed, its default)
+    return _answered(send_command(settings.control_socket_path, f"play {spec or ''}".strip()))
 
 
 def stop_command(args: argparse.Namespace) -> int:

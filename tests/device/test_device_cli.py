@@ -6,8 +6,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+from device_peer import ServerKey
 from support import free_port
 
+from resonera.common.prescription import prescribe
+from resonera.common.program import parse_program
+from resonera.common.settings import load_settings
+from resonera.device.desired_state import DesiredStateApplier
+from resonera.device.settings import DeviceSettings
 from resonera.engine.audio.calibration import packaged_calibration
 
 BIN = Path(sys.executable).parent / "resonera-device"
@@ -73,3 +79,51 @@ def test_plays_offline_and_keeps_the_record_for_later(tmp_path: Path) -> None:
     assert dose.returncode == 0
     assert "rolling 7 days:" in dose.stdout
     assert "h of sound" in dose.stdout
+
+
+def test_play_takes_the_prescribed_programs_first_by_default_and_others_by_name(
+    tmp_path: Path,
+) -> None:
+    """With programs prescribed, ``play`` alone plays the first, ``play NAME`` any of them (any
+    case), and anything else is refused naming what was prescribed."""
+    key = ServerKey()
+    cfg = config(tmp_path)
+    cfg.write_text(f'server_public_key = "{key.public_b64}"\n' + cfg.read_text())
+    settings = load_settings(DeviceSettings, cfg)
+    store = settings.open_store()
+    programs = [
+        prescribed("lib-evening", "Evening calm"),
+        prescribed("lib-morning", "Morning lift"),
+    ]
+    applier = DesiredStateApplier(store, "cli-dev", settings.pinned_server_key(), settings.profile)
+    assert applier.handle(key.payload("cli-dev", 1, programs=programs)).outcome == "applied"
+    store.close()
+
+    first = run("play", "--config", cfg, "--simulation", "--sync-timeout", "0.5")
+    assert first.returncode == 0, first.stderr
+    assert "played 'Evening calm'" in first.stdout
+    named = run("play", "morning LIFT", "--config", cfg, "--simulation", "--sync-timeout", "0.5")
+    assert named.returncode == 0, named.stderr
+    assert "played 'Morning lift'" in named.stdout
+    other = run("play", "demo-alpha", "--config", cfg, "--simulation", "--sync-timeout", "0.5")
+    assert other.returncode != 0
+    assert "'demo-alpha' is not among the programs prescribed here" in other.stderr
+    assert "'Evening calm', 'Morning lift'" in other.stderr
+
+
+def prescribed(library_id: str, name: str) -> dict[str, object]:
+    program = parse_program(
+        {
+            "name": name,
+            "fade_in_s": 0.1,
+            "fade_out_s": 0.1,
+            "steps": [
+                {
+                    "duration_s": 0.5,
+                    "layers": [{"type": "tone", "frequency_hz": 440.0, "gain": 0.2}],
+                }
+            ],
+        },
+        "test",
+    )
+    return prescribe(library_id, 1, program).model_dump(mode="json")
