@@ -16,12 +16,14 @@ from fastapi.openapi.utils import get_openapi
 from sqlalchemy.engine import Engine
 
 from resonera.common.clock import Clock, utc_now
+from resonera.common.prescription import MAX_BACKGROUND_BYTES
 from resonera.server.api.deps import AppState
 from resonera.server.api.errors import BodyLimit, document_errors, install_error_handlers
 from resonera.server.api.routes import (
     assignments,
     audit,
     auth,
+    backgrounds,
     devices,
     dose_ledger,
     enrollment,
@@ -109,11 +111,16 @@ def create_app(
         exports,
         programs,
         outcomes,
+        backgrounds,
     ):
         app.include_router(module.router, prefix=API_PREFIX)
     install_error_handlers(app)
     web_routes.install(app)  # after the API's error handlers: its error pages wrap them
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimit,
+        max_bytes=settings.max_body_bytes,
+        streamed={API_PREFIX + backgrounds.UPLOAD_PATH: MAX_BACKGROUND_BYTES},
+    )
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

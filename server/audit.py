@@ -31,12 +31,57 @@ def audit(
 ) -> None:
     """Add an audit row to ``session``: it commits with the change it records (or with the read).
     Without a ``request`` (a script, not HTTP) the row has who and what, no method or path."""
+    _add(
+        session,
+        request,
+        (user.id, user.email, user.role),
+        action,
+        resource,
+        resource_id=resource_id,
+        patient_id=patient_id,
+    )
+
+
+def audit_device(
+    session: Session,
+    request: Request,
+    device_id: str,
+    action: str,
+    resource: str,
+    *,
+    resource_id: str = "",
+    patient_id: str | None = None,
+) -> None:
+    """An audit row for what a device did over HTTPS (authenticated by its client certificate):
+    actor ``device:<id>``, role ``device``, no user id."""
+    _add(
+        session,
+        request,
+        (None, f"device:{device_id}", "device"),
+        action,
+        resource,
+        resource_id=resource_id,
+        patient_id=patient_id,
+    )
+
+
+def _add(
+    session: Session,
+    request: Request | None,
+    actor: tuple[int | None, str, str],
+    action: str,
+    resource: str,
+    *,
+    resource_id: str,
+    patient_id: str | None,
+) -> None:
+    actor_id, email, role = actor
     session.add(
         AuditRow(
             at=now_utc(),
-            actor_id=user.id,
-            actor_email=user.email,
-            actor_role=user.role,
+            actor_id=actor_id,
+            actor_email=email[:254],
+            actor_role=role,
             action=action,
             resource=resource,
             resource_id=resource_id[:128],

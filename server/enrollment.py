@@ -111,12 +111,14 @@ class Enroller:
         #: Failed code attempts per serial and per address (``settings.max_failures_*``).
         self.attempts = FailureLimiter("enroll", FailureQuota.for_enrollment(settings), clock=clock)
 
-    def _ca(self) -> tuple[FleetCA, bytes]:
+    def _ca(self, *, signs: bool = True) -> tuple[FleetCA, bytes]:
+        """The issuing CA; ``signs``: for issuing a certificate, which also needs the server's
+        signing key (its public half goes to the device)."""
         folder: Path | None = self.settings.issuing_ca_dir
         if folder is None:
             # 404, not 503: nothing is broken, this server just does not enroll (bundles only)
             raise EnrollmentError(404, "enrollment is not set up on this server (no issuing CA)")
-        if self.signing_public_key is None:
+        if signs and self.signing_public_key is None:
             raise EnrollmentError(
                 404, "enrollment needs the server's Ed25519 desired-state signing key"
             )
@@ -272,23 +274,7 @@ class Enroller:
             current = x509.load_pem_x509_certificate(certificate_pem)
         except ValueError:
             raise EnrollmentError(400, "certificate is not a PEM certificate") from None
-        try:
-            current.verify_directly_issued_by(ca.cert)
-        except (ValueError, TypeError, InvalidSignature):
-            raise EnrollmentError(401, "the certificate was not issued by this server") from None
-        if not current.not_valid_before_utc <= now <= current.not_valid_after_utc:
-            raise EnrollmentError(
-                401,
-                f"the certificate is not valid now (valid until "
-                f"{current.not_valid_after_utc:%Y-%m-%d %H:%M} UTC); enroll again with a new code",
-            )
-        device_id = common_name(current)
-        row = session.get(DeviceCertificateRow, fingerprint(current))
-        device = session.get(DeviceRow, device_id)
-        if row is None or device is None:
-            raise EnrollmentError(401, f"the certificate of {device_id!r} is not registered")
-        if row.revoked_at is not None or device.revoked or ca.is_revoked(current):
-            raise EnrollmentError(403, f"device {device_id!r} is revoked")
+        device_id, row = self._registered(session, ca, current, now)
         self._check_clock(time, now)
         key = current.public_key()
         assert isinstance(key, ec.EllipticCurvePublicKey)  # we issue P-256 only
@@ -317,6 +303,39 @@ class Enroller:
         record_certificate(session, cert, how="renew", now=now)
         session.commit()
         return self._issued(session, ca, cert)
+
+    # --- a device over HTTPS ---------------------------------------------------------------------
+
+    def device_of(self, session: Session, certificate: x509.Certificate) -> str:
+        """The device id of a certificate a device presented (its TLS client certificate), by
+        the renewal's checks: issued by this server's issuing CA, valid now, registered, and
+        neither it nor its device revoked (403); ``EnrollmentError`` otherwise (401)."""
+        ca, _passphrase = self._ca(signs=False)
+        device_id, _row = self._registered(session, ca, certificate, self.clock())
+        return device_id
+
+    @staticmethod
+    def _registered(
+        session: Session, ca: FleetCA, current: x509.Certificate, now: datetime
+    ) -> tuple[str, DeviceCertificateRow]:
+        try:
+            current.verify_directly_issued_by(ca.cert)
+        except (ValueError, TypeError, InvalidSignature):
+            raise EnrollmentError(401, "the certificate was not issued by this server") from None
+        if not current.not_valid_before_utc <= now <= current.not_valid_after_utc:
+            raise EnrollmentError(
+                401,
+                f"the certificate is not valid now (valid until "
+                f"{current.not_valid_after_utc:%Y-%m-%d %H:%M} UTC); enroll again with a new code",
+            )
+        device_id = common_name(current)
+        row = session.get(DeviceCertificateRow, fingerprint(current))
+        device = session.get(DeviceRow, device_id)
+        if row is None or device is None:
+            raise EnrollmentError(401, f"the certificate of {device_id!r} is not registered")
+        if row.revoked_at is not None or device.revoked or ca.is_revoked(current):
+            raise EnrollmentError(403, f"device {device_id!r} is revoked")
+        return device_id, row
 
     def _reissued(
         self, session: Session, ca: FleetCA, device_id: str, csr: x509.CertificateSigningRequest

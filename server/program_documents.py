@@ -1,7 +1,8 @@
 """Program documents as clinicians write them (TOML or YAML), read and checked with the device's
 own code (``common.program``, ``common.program_check``): a document is refused, with the field (or
-line) and the reason, by the very model the device plays from; background layers are refused too
-(the server keeps no sound files, and a path in a program must never read a server file)."""
+line) and the reason, by the very model the device plays from. A background layer names its file
+by content (``sha256:<hex>``), only one the server's store holds (``backgrounds.py``): a path in a
+program must never read a server file, and a device fetches the file by that hash."""
 
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ from typing import Final, Literal
 from pydantic import ValidationError
 
 from resonera.common.errors import ProgramError, describe_validation_error
+from resonera.common.prescription import content_hash
 from resonera.common.profile import HearingProfile
 from resonera.common.program import Program
 from resonera.common.program_check import check_program_for
+from resonera.server.backgrounds import BackgroundStore
 from resonera.server.models import ProgramLibraryRow, ProgramVersionRow
 
 try:
@@ -60,9 +63,33 @@ def _yaml_data(document: str) -> object:
         raise ProgramInvalid("document", f"not valid YAML: {exc}") from None
 
 
-def parse_document(document: str, fmt: ProgramFormat) -> Program:
+def parse_document(
+    document: str, fmt: ProgramFormat, *, backgrounds: BackgroundStore | None = None
+) -> Program:
     """The program a document describes, checked as a device checks it for a default profile on
-    headphones; ``ProgramInvalid`` naming the field (or line) otherwise."""
+    headphones; ``ProgramInvalid`` naming the field (or line) otherwise. A background layer names
+    its file by content (``sha256:<hex>``), which ``backgrounds`` must hold (without a store, no
+    background is accepted)."""
+    program = _program_in(document, fmt)
+    for field, path in program.background_paths():
+        digest = content_hash(path)
+        if digest is None:
+            # a path would read a file of the server's, or one no device has
+            raise ProgramInvalid(
+                field,
+                f"a library program names its background file by content, sha256:<hex> (upload "
+                f"the file with POST /backgrounds), not by the path {path!r}",
+            )
+        if backgrounds is None or not backgrounds.holds(digest):
+            raise ProgramInvalid(
+                field,
+                f"background file {path} is not in the server's store (upload it with "
+                "POST /backgrounds)",
+            )
+    return _checked(program)
+
+
+def _program_in(document: str, fmt: ProgramFormat) -> Program:
     if fmt not in FORMATS:
         raise ProgramInvalid("format", f"{fmt!r} is not one of {', '.join(FORMATS)}")
     if len(document) > MAX_DOCUMENT_CHARS:
@@ -77,16 +104,14 @@ def parse_document(document: str, fmt: ProgramFormat) -> Program:
     else:
         data = _yaml_data(document)
     try:
-        program = Program.model_validate(data)
+        return Program.model_validate(data)
     except ValidationError as exc:
         field = ".".join(str(p) for p in exc.errors()[0]["loc"]) or "document"
         reason = describe_validation_error(exc)
         raise ProgramInvalid(field, reason.removeprefix(f"{field}: ")) from None
-    backgrounds = program.background_paths()
-    if backgrounds:
-        raise ProgramInvalid(
-            backgrounds[0][0], "background files cannot be used in the library (no sound files)"
-        )
+
+
+def _checked(program: Program) -> Program:
     try:
         return check_program_for(program, HearingProfile(), "headphones")
     except ProgramError as exc:
@@ -94,8 +119,8 @@ def parse_document(document: str, fmt: ProgramFormat) -> Program:
 
 
 def program_of(row: ProgramLibraryRow) -> Program:
-    """The stored program (checked when it was stored)."""
-    return parse_document(row.document, "yaml" if row.format == "yaml" else "toml")
+    """The stored program (checked when it was stored, its backgrounds held then)."""
+    return _checked(_program_in(row.document, "yaml" if row.format == "yaml" else "toml"))
 
 
 def program_of_version(row: ProgramVersionRow) -> Program:

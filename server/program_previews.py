@@ -32,6 +32,7 @@ from resonera.common.program_check import check_program_for
 from resonera.engine import capabilities
 from resonera.engine.audio.calibration import Calibration, default_calibration
 from resonera.server.audit import audit
+from resonera.server.backgrounds import BackgroundInvalid, BackgroundStore
 from resonera.server.desired import DesiredService, config_document, enforced_profile
 from resonera.server.models import PatientRow, ProgramLibraryRow, UserRow
 from resonera.server.program_documents import ProgramNotFound, program_of
@@ -145,7 +146,8 @@ def render_preview(
     calibration = default_calibration()  # the server does not know a device's own calibration
     try:
         program = check_program_for(program_of(row), profile, profile.output)
-    except ProgramError as exc:
+        program = BackgroundStore.for_settings(settings).resolve(program)
+    except (ProgramError, BackgroundInvalid) as exc:
         raise PreviewRefused(str(exc)) from None
     max_s = settings.preview_max_s
     folder = settings.data_dir / "previews"

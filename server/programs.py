@@ -23,6 +23,7 @@ from resonera.common.errors import VersionConflict
 from resonera.common.ids import new_id
 from resonera.common.program import Program
 from resonera.server.audit import audit
+from resonera.server.backgrounds import BackgroundStore
 from resonera.server.models import ProgramLibraryRow, ProgramVersionRow, UserRow
 from resonera.server.program_documents import (
     FORMATS,
@@ -165,9 +166,11 @@ def create_program(
     document: str,
     fmt: ProgramFormat,
     request: Request | None = None,
+    backgrounds: BackgroundStore | None = None,
 ) -> ProgramLibraryRow:
-    """A new library program at version 1, committed with its audit row."""
-    program = parse_document(document, fmt)
+    """A new library program at version 1, committed with its audit row; its background files
+    must be in ``backgrounds`` (without a store, it may have none)."""
+    program = parse_document(document, fmt, backgrounds=backgrounds)
     user = _actor(session, actor_user_id)
     _name_free(session, program.name, None)
     now = now_utc()
@@ -203,13 +206,15 @@ def update_program(
     fmt: ProgramFormat,
     expected_version: int,
     request: Request | None = None,
+    backgrounds: BackgroundStore | None = None,
 ) -> ProgramLibraryRow:
     """The program's next version, if it is still at ``expected_version`` (``VersionConflict``
-    otherwise; ``ProgramNotFound`` when there is no such program)."""
+    otherwise; ``ProgramNotFound`` when there is no such program); backgrounds as for
+    ``create_program``."""
     row = get_program(session, program_id)
     if row is None:
         raise ProgramNotFound(program_id)
-    program = parse_document(document, fmt)
+    program = parse_document(document, fmt, backgrounds=backgrounds)
     user = _actor(session, actor_user_id)
     if row.version != expected_version:
         raise VersionConflict(row.version, "the program")

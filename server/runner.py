@@ -10,9 +10,11 @@ from __future__ import annotations
 import errno
 import logging
 import socket
+import ssl
 import threading
 import time
-from typing import Final
+from pathlib import Path
+from typing import Any, Final
 
 import uvicorn
 from sqlalchemy.engine import Engine
@@ -22,8 +24,10 @@ from resonera.common.errors import ConfigError, ResoneraError
 from resonera.server.app import API_PREFIX, create_app
 from resonera.server.db import make_engine, migrate, require_current_schema
 from resonera.server.desired import DesiredPublisher, MqttPublisher
+from resonera.server.fleet_ca import CAError, FleetCA
 from resonera.server.ingest_mqtt import IngestConsumer
 from resonera.server.settings import ServerSettings
+from resonera.server.tls_peer import PeerCertificateProtocol
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +60,20 @@ def bind_http(host: str, port: int) -> socket.socket:
             ) from None
         raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     return sock
+
+
+def client_ca_file(settings: ServerSettings) -> Path | None:
+    """The CAs a client certificate is verified against: ``tls_client_ca_file``, else the issuing
+    CA's chain when this server enrolls devices, else none (no client certificate is asked for)."""
+    if settings.tls_client_ca_file is not None:
+        return settings.tls_client_ca_file
+    folder = settings.enrollment.issuing_ca_dir
+    if folder is None:
+        return None
+    try:
+        return FleetCA(folder).chain_path
+    except CAError as exc:
+        raise ConfigError(f"enrollment.issuing_ca_dir: {exc}") from None
 
 
 class ServerProcess:
@@ -173,12 +191,25 @@ class ServerProcess:
         republished = app.state.resonera.desired.republish_all(self.engine)
         log.info("republished the desired state of %d device(s)", republished)
         tls = self.settings
+        client_ca = client_ca_file(tls) if tls.tls_cert_file else None
+        # Devices present their certificate to fetch background files (mutual TLS, optional:
+        # people and scripts present none).
+        mutual: dict[str, Any] = (
+            {
+                "ssl_cert_reqs": ssl.CERT_OPTIONAL,
+                "ssl_ca_certs": str(client_ca),
+                "http": PeerCertificateProtocol,
+            }
+            if client_ca is not None
+            else {}
+        )
         config = uvicorn.Config(
             app,
             log_config=None,
             timeout_graceful_shutdown=5,
             ssl_certfile=str(tls.tls_cert_file) if tls.tls_cert_file else None,
             ssl_keyfile=str(tls.tls_key_file) if tls.tls_key_file else None,
+            **mutual,
         )
         server = uvicorn.Server(config)
         self._server = server

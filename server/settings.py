@@ -105,6 +105,10 @@ class ServerSettings(ResoneraSettings):
     #: http is for loopback behind a TLS-terminating proxy.
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
+    #: Over that HTTPS, ask clients for a certificate and verify one against these CAs (PEM):
+    #: devices fetch background files with theirs (``tls_peer.py``). None: the issuing CA's chain
+    #: when ``enrollment.issuing_ca_dir`` is set, else no client certificates are asked for.
+    tls_client_ca_file: Path | None = None
     mqtt: MqttSettings = Field(default_factory=MqttSettings)
     ingest_client_id: str = Field(
         default_factory=default_ingest_client_id, min_length=1, max_length=128

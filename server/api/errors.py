@@ -126,25 +126,35 @@ class BodyTooLarge(Exception):
 
 
 class BodyLimit:
-    """ASGI middleware: bodies above ``max_bytes`` get 413 and never reach a route."""
+    """ASGI middleware: bodies above ``max_bytes`` get 413 and never reach a route. A path of
+    ``streamed`` (path → its own limit) is passed on unbuffered, its route bounding what it reads;
+    a larger declared ``Content-Length`` is refused here all the same."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, max_bytes: int, streamed: dict[str, int] | None = None
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.streamed = streamed or {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        own_limit = self.streamed.get(scope.get("path", ""))
+        limit = own_limit if own_limit is not None else self.max_bytes
         for name, value in scope.get("headers", ()):
             if name == b"content-length":
                 try:
                     declared = int(value)
                 except ValueError:
                     declared = -1
-                if declared > self.max_bytes or declared < 0:
-                    await self._refuse(scope, receive, send)
+                if declared > limit or declared < 0:
+                    await self._refuse(scope, receive, send, limit)
                     return
+        if own_limit is not None:
+            await self.app(scope, receive, send)
+            return
         chunks: list[bytes] = []
         size = 0
         more = True
@@ -155,7 +165,7 @@ class BodyLimit:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_bytes:
-                await self._refuse(scope, receive, send)
+                await self._refuse(scope, receive, send, self.max_bytes)
                 return
             chunks.append(chunk)
             more = bool(message.get("more_body", False))
@@ -171,8 +181,9 @@ class BodyLimit:
 
         await self.app(scope, replay, send)
 
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = error_response(413, f"the request body is larger than {self.max_bytes} bytes")
+    @staticmethod
+    async def _refuse(scope: Scope, receive: Receive, send: Send, limit: int) -> None:
+        response = error_response(413, f"the request body is larger than {limit} bytes")
         await response(scope, receive, send)
 
 

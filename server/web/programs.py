@@ -118,6 +118,7 @@ def create_program(
     *,
     request: Request,
     web: WebUserDep,
+    state: StateDep,
     session: SessionDep,
     document: Document = "",
     fmt: Annotated[Literal["toml", "yaml"], Form(alias="format")] = "toml",
@@ -133,7 +134,12 @@ def create_program(
         )
     try:
         row = programs.create_program(
-            session, actor_user_id=web.user.id, document=document, fmt=fmt, request=request
+            session,
+            actor_user_id=web.user.id,
+            document=document,
+            fmt=fmt,
+            request=request,
+            backgrounds=state.backgrounds,
         )
     except programs.ProgramInvalid as exc:
         status = 409 if isinstance(exc, programs.NameTaken) else 400
@@ -185,6 +191,7 @@ def update_program(
             fmt=fmt,
             expected_version=version,
             request=request,
+            backgrounds=state.backgrounds,
         )
     except programs.ProgramInvalid as exc:
         status = 409 if isinstance(exc, programs.NameTaken) else 400

@@ -135,6 +135,17 @@ CASES = [
         headers={"If-Match": '"1"'},
     ),
     Case("GET", "/programs/{program}/preview.wav", ALL),
+    Case("GET", "/programs/{program}/versions", ALL),
+    Case("GET", "/programs/{program}/versions/{version}", ALL),
+    # JSON is not a sound file: writers get as far as the check (422), nothing is kept.
+    Case(
+        "POST",
+        "/backgrounds",
+        {"admin": 422, "clinician": 422, "other_clinician": 422},
+        body={"not": "a sound file"},
+    ),
+    # Devices only, by their client certificate: no user token is enough.
+    Case("GET", "/device/backgrounds/{sha256}", {}, default=401),
     Case("GET", "/patients/{patient}/export/fhir", {"admin": 200, **OWN}),
     Case("GET", "/patients/{patient}/export/sessions.csv", {"admin": 200, **OWN}),
     Case("GET", "/patients/{patient}/outcomes", {"admin": 200, **OWN}),
@@ -186,6 +197,8 @@ def test_role_matrix(case: Case, client: TestClient, world: Any, engine: Engine)
         "other_id": world.other_clinician.id,
         "assignment_id": assignment.id,
         "program": program.id,
+        "version": 1,
+        "sha256": "ab" * 32,
     }
     path = API + _fill(case.path, names)
     body = _fill(case.body, names)

@@ -90,15 +90,22 @@ def create_program(
     *,
     body: ProgramIn,
     user: AdminOrClinician,
+    state: StateDep,
     session: SessionDep,
     request: Request,
     response: Response,
 ) -> ProgramPublic:
-    """A new program, checked as the device checks programs."""
+    """A new program, checked as the device checks programs; a background layer names a file
+    the server holds by its SHA-256 (``sha256:<hex>``, from ``POST /backgrounds``)."""
     assert user.id is not None
     try:
         row = programs.create_program(
-            session, actor_user_id=user.id, document=body.document, fmt=body.format, request=request
+            session,
+            actor_user_id=user.id,
+            document=body.document,
+            fmt=body.format,
+            request=request,
+            backgrounds=state.backgrounds,
         )
     except programs.ProgramInvalid as exc:
         raise _invalid(exc) from None
@@ -181,6 +188,7 @@ def update_program(
     program_id: ProgramId,
     body: ProgramIn,
     user: AdminOrClinician,
+    state: StateDep,
     session: SessionDep,
     request: Request,
     response: Response,
@@ -201,6 +209,7 @@ def update_program(
             fmt=body.format,
             expected_version=expected,
             request=request,
+            backgrounds=state.backgrounds,
         )
     except programs.ProgramInvalid as exc:
         raise _invalid(exc) from None
