@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
@@ -26,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 from resonera.common.canonical import canonical_json
 from resonera.common.errors import ProgramError, describe_validation_error
 from resonera.common.profile import HearingProfile
-from resonera.common.program import BackgroundLayer, Program, parse_program
+from resonera.common.program import BackgroundLayer, LayerModel, Program, parse_program
 from resonera.common.program_check import check_program_for
 
 #: The shape of a prescribed entry; a device refuses a schema it does not know rather than guess.
@@ -106,6 +107,36 @@ def content_hash(path: str) -> str | None:
     """The hash named by a content path, or None for an ordinary file path."""
     match = _CONTENT_PATH.match(path)
     return match.group(1) if match else None
+
+
+class ContentMissing(PrescriptionRefused):
+    """A background file a program names by content is not held where it is looked for."""
+
+    def __init__(self, program: str, digest: str) -> None:
+        super().__init__(f"{program!r}: its background file {digest[:12]}… is not held here")
+        self.digest = digest
+
+
+def resolve_content_paths(program: Program, locate: Callable[[str], Path | None]) -> Program:
+    """``program`` with each background's content path (``sha256:<hex>``) replaced by the file
+    ``locate`` finds for its hash, for the synthesis to read (device sessions, server previews);
+    ``ContentMissing`` when it finds none. A program naming no content comes back as it is."""
+    changed = False
+    steps = []
+    for step in program.steps:
+        layers: list[LayerModel] = []
+        for layer in step.layers:
+            digest = content_hash(layer.path) if isinstance(layer, BackgroundLayer) else None
+            if digest is None:
+                layers.append(layer)
+                continue
+            found = locate(digest)
+            if found is None:
+                raise ContentMissing(program.name, digest)
+            layers.append(layer.model_copy(update={"path": str(found)}))
+            changed = True
+        steps.append(step.model_copy(update={"layers": layers}))
+    return program.model_copy(update={"steps": steps}) if changed else program
 
 
 def layer_types(program: Program) -> set[str]:

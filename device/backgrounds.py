@@ -36,9 +36,10 @@ from resonera.common.errors import ResoneraError
 from resonera.common.prescription import (
     MAX_BACKGROUND_BYTES,
     BackgroundFile,
-    content_hash,
+    ContentMissing,
+    resolve_content_paths,
 )
-from resonera.common.program import BackgroundLayer, Program
+from resonera.common.program import Program
 from resonera.device.renewal import renewed_mqtt
 from resonera.device.settings import DeviceSettings
 
@@ -99,23 +100,14 @@ class BackgroundCache:
     def resolve(self, program: Program) -> Program:
         """``program`` with each content path (``sha256:<hex>``) replaced by its cached file, for
         the synthesis to read; ``BackgroundUnavailable`` when one is not held."""
-        changed = False
-        steps = []
-        for step in program.steps:
-            layers = []
-            for layer in step.layers:
-                digest = content_hash(layer.path) if isinstance(layer, BackgroundLayer) else None
-                if digest is None:
-                    layers.append(layer)
-                    continue
-                if not self.holds(digest):
-                    raise BackgroundUnavailable(
-                        f"{program.name!r}: its background file {digest[:12]}… is not on this device"
-                    )
-                layers.append(layer.model_copy(update={"path": str(self.path_for(digest))}))
-                changed = True
-            steps.append(step.model_copy(update={"layers": layers}))
-        return program.model_copy(update={"steps": steps}) if changed else program
+        try:
+            return resolve_content_paths(
+                program, lambda digest: self.path_for(digest) if self.holds(digest) else None
+            )
+        except ContentMissing as missing:
+            raise BackgroundUnavailable(
+                f"{program.name!r}: its background file {missing.digest[:12]}… is not on this device"
+            ) from None
 
 
 @dataclass(frozen=True)

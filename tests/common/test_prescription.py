@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import copy
 import hashlib
+from pathlib import Path
 
 import pytest
 
 from resonera.common.prescription import (
     PRESCRIPTION_SCHEMA,
     BackgroundFile,
+    ContentMissing,
     EngineCapabilities,
     PrescriptionRefused,
     check_prescribed,
@@ -19,6 +21,7 @@ from resonera.common.prescription import (
     order_is_unique,
     parse_prescribed,
     prescribe,
+    resolve_content_paths,
 )
 from resonera.common.profile import FrequencyRange, HearingProfile
 from resonera.common.program import builtin_program, parse_program
@@ -142,3 +145,15 @@ def test_a_prescription_names_each_program_once() -> None:
     assert "prescribed twice" in (order_is_unique([tone, tone]) or "")
     renamed = alpha.model_copy(update={"name": "Calm-Tone"})
     assert "share a name" in (order_is_unique([tone, renamed]) or "")
+
+
+def test_content_paths_resolve_to_the_held_file_or_name_the_missing_one(tmp_path: Path) -> None:
+    program = parse_program(with_background(content_path(WAVE)))
+    held = tmp_path / WAVE
+    resolved = resolve_content_paths(program, lambda digest: held if digest == WAVE else None)
+    assert resolved.steps[0].layers[-1].path == str(held)  # type: ignore[union-attr]
+    assert program.steps[0].layers[-1].path == content_path(WAVE)  # type: ignore[union-attr]
+    with pytest.raises(ContentMissing, match=f"'rain and tone': its background file {WAVE[:12]}"):
+        resolve_content_paths(program, lambda _digest: None)
+    plain = builtin_program("calm-tone")
+    assert resolve_content_paths(plain, lambda _digest: None) is plain
