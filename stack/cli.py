@@ -66,7 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
         "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=verbose_help
     )
     demo.add_argument("--workdir", type=Path, default=Path("demo-output"))
-    demo.add_argument("--program", default="demo-alpha")
+    demo.add_argument(
+        "--program",
+        default=None,
+        help="what the device is asked to play (default: the program the demo prescribes)",
+    )
     demo.add_argument("--broker", choices=["auto", "mosquitto", "amqtt"], default="auto")
     demo.add_argument("--sink", choices=["auto", "pyaudio", "wav", "null"], default="auto")
     demo.add_argument("--keep-running", action="store_true", help="keep the stack up afterwards")

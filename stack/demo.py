@@ -1,8 +1,12 @@
 """``resonera demo``: the whole path on one machine, on embedded defaults, all on 127.0.0.1.
 
 A broker (mosquitto if installed, else amqtt in-process), the server on SQLite, the safety MCU
-simulator on a pty, and a device agent that plays a short built-in program with the simulator's consent,
-records the session and syncs it. Then it asks the server's API what it received and prints it.
+simulator on a pty, and a device agent; then the prescription loop as a clinician and a wearer live
+it: a program is added to the server's library through the API (``demo-program.toml``, not one of
+the device's presets) and prescribed to the demo patient, the device agent (``resonera-device run``)
+takes the signed desired state, checks the program and reports it applied, plays it on request with
+the simulator's consent, records the session and syncs it. Then it asks the server's API what it
+received and prints each session with its program's name and library version.
 Each part runs as its own process, exactly as it would be deployed, started by its own console script;
 their logs go to files in the workdir (with ``-v``, which the demo passes on, libraries' too), so
 the terminal shows only the demo's own lines. The API's address and a login are printed only with
@@ -31,6 +35,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from importlib.resources import files
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -44,6 +49,8 @@ from resonera.stack.processes import console_script, free_port, stop_process
 
 DEMO_DEVICE_ID = "demo-device-1"
 DEMO_CLINICIAN = "clinician@demo.resonera"
+#: The program the demo adds to the library and prescribes (package data of resonera.stack).
+DEMO_PROGRAM_FILE = "demo-program.toml"
 #: The demo's last line unless --keep-running: the stack stops with the demo.
 KEEP_RUNNING_HINT = (
     "The stack stops now; to keep it up and try its API: make demo DEMO_ARGS=--keep-running"
@@ -124,7 +131,9 @@ class _StopSignals:
 @dataclass(frozen=True)
 class DemoOptions:
     workdir: Path
-    program: str = "demo-alpha"
+    #: What the device is asked to play (a prescribed program's name or library id); None: the
+    #: program the demo prescribes, the device's first.
+    program: str | None = None
     broker: str = "auto"
     keep_running: bool = False
     sink: str = "auto"
@@ -216,11 +225,29 @@ def _script(name: str) -> str:
 
 
 def _get_json(url: str, token: str | None = None) -> Any:
-    request = urllib.request.Request(url)
+    return _call_json("GET", url, token)[0]
+
+
+def _call_json(
+    method: str,
+    url: str,
+    token: str | None = None,
+    body: Any = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[Any, str]:
+    """The answer's JSON and its ETag; ``DemoError`` with the API's own words on a 4xx/5xx."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+    if data is not None:
+        request.add_header("Content-Type", "application/json")
     if token is not None:
         request.add_header("Authorization", f"Bearer {token}")
-    with urllib.request.urlopen(request, timeout=5) as response:
-        return json.load(response)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.load(response), response.headers.get("ETag", "")
+    except urllib.error.HTTPError as exc:
+        detail = exc.read().decode(errors="replace")[:500]
+        raise DemoError(f"{method} {url} answered {exc.code}: {detail}") from None
 
 
 def _login(api: str, email: str, password: str) -> str:
@@ -250,6 +277,43 @@ def _server_command(
         detail = (stderr.strip().splitlines() or ["no output"])[-1]
         raise DemoError(f"resonera-server {args[0]} failed: {detail}")
     return stdout
+
+
+def _add_and_prescribe(api: str, token: str, say: Callable[[str], None]) -> dict[str, Any]:
+    """Add the demo's program to the library and prescribe it to the demo patient, as a clinician
+    does through the API; the library program."""
+    document = files("resonera.stack").joinpath(DEMO_PROGRAM_FILE).read_text()
+    program, _ = _call_json(
+        "POST", f"{api}/api/v1/programs", token, {"document": document, "format": "toml"}
+    )
+    say(
+        f"[server]   library program {program['name']!r} v{program['version']} added through the "
+        f"API ({program['duration_s']:.0f} s)"
+    )
+    [patient] = _get_json(f"{api}/api/v1/patients", token)
+    desired_url = f"{api}/api/v1/patients/{patient['id']}/desired"
+    current, etag = _call_json("GET", desired_url, token)
+    change = {
+        "profile": current["profile"],
+        "limits": current["limits"],
+        "programs": [{"library_id": program["id"], "version": program["version"]}],
+        "sessions_per_week": 5,
+    }
+    desired, _ = _call_json("PUT", desired_url, token, change, {"If-Match": etag})
+    say(
+        f"[server]   prescribed to patient {patient['id']}: signed desired state "
+        f"v{desired['version']}, the program pending on {DEMO_DEVICE_ID}"
+    )
+    return {"program": program, "desired_url": desired_url}
+
+
+def _program_state(desired_url: str, token: str, library_id: str) -> tuple[str, str]:
+    """The prescribed program's state on the patient's devices (pending, applied, refused) and why."""
+    desired = _get_json(desired_url, token)
+    for entry in desired["programs"]:
+        if entry["library_id"] == library_id:
+            return str(entry["state"]), str(entry.get("reason", ""))
+    return "missing", "not in the patient's desired state"
 
 
 def _healthy(url: str) -> bool:
@@ -303,6 +367,10 @@ def _run_stack(
         _server_command(procs, ["new-key", "--key-id", "demo"], verbose=options.verbose)
     )
     key_file.chmod(0o600)
+    # The key that signs the desired state, and its public half pinned on the device.
+    signing_key = workdir / "desired-signing.pem"
+    wrote = _server_command(procs, ["new-signing-key", str(signing_key)], verbose=options.verbose)
+    server_key = wrote.strip().rsplit(" ", 1)[-1]
     server_config = _write_toml(
         workdir / "server.toml",
         {
@@ -311,6 +379,7 @@ def _run_stack(
             "http_port": http_port,
             "demo": True,
             "patient_key_file": str(key_file),
+            "desired_signing_key_file": str(signing_key),
             "shared_subscription": broker.shared_subscriptions,
             "mqtt": mqtt,
         },
@@ -330,6 +399,10 @@ def _run_stack(
     procs.wait_ready("server", server, what="the server", ready=lambda: _healthy(f"{api}/healthz"))
     say(f"[server]   API on {api}/api/v1, database {workdir / 'server.db'}")
 
+    token = _login(api, DEMO_CLINICIAN, password)
+    prescribed = _add_and_prescribe(api, token, say)
+    program: dict[str, Any] = prescribed["program"]
+
     link_file = workdir / "hwsim.link"
     hwsim = procs.start(
         "hwsim", [_script("resonera-hwsim"), *verbose, "--link-file", str(link_file)]
@@ -339,49 +412,79 @@ def _run_stack(
     say(f"[hardware] safety MCU simulator on {port_path}")
 
     wav_path = workdir / "session.wav"
+    device_data = workdir / "device"
     device_config = _write_toml(
         workdir / "device.toml",
         {
             "device_id": DEMO_DEVICE_ID,
-            "data_dir": str(workdir / "device"),
+            "data_dir": str(device_data),
             "serial_url": port_path,
             "sink": options.sink,
             "wav_path": str(wav_path),
             "calibration_file": str(packaged_calibration()),
+            "server_public_key": server_key,
             "mqtt": mqtt,
         },
     )
-    say(f"[device]   {DEMO_DEVICE_ID} plays {options.program!r} with the MCU's consent:")
-    device_log = workdir / "device.log"
-    code, played, _ = procs.run(
+    device_args = ["--config", str(device_config)]
+    device = procs.start("device", [_script("resonera-device"), *verbose, "run", *device_args])
+    procs.wait_ready(
         "device",
+        device,
+        what="the device agent",
+        ready=(device_data / "run.sock").exists,
+    )
+    say(
+        f"[device]   {DEMO_DEVICE_ID} runs, holding the MCU simulator's port; it takes the signed state"
+    )
+
+    def program_settled() -> bool:
+        return _program_state(prescribed["desired_url"], token, program["id"])[0] != "pending"
+
+    procs.wait_ready("device", device, what="the device's report", ready=program_settled)
+    state, reason = _program_state(prescribed["desired_url"], token, program["id"])
+    if state != "applied":
+        raise DemoError(f"the device did not apply {program['name']!r}: {state} ({reason})")
+    say(
+        f"[device]   checked {program['name']!r} v{program['version']} "
+        f"(sha256 {program['content_hash'][:12]}…) under the patient's limits, kept it sealed "
+        "and reported it applied"
+    )
+    code, played, _ = procs.run(
+        "device play",
         [
             _script("resonera-device"),
-            *verbose,
             "play",
-            "--config",
-            str(device_config),
-            "--program",
-            options.program,
-            "--sync-timeout",
-            "30",
+            "--via-service",
+            *device_args,
+            *([options.program] if options.program else []),
         ],
-        stderr_log=device_log,
     )
     for line in played.strip().splitlines():
-        say(f"           {line}")
+        say(f"[device]   {line}")
     if code != 0:
-        lines = device_log.read_text(errors="replace").strip().splitlines()
-        detail = (lines or ["no output"])[-1]
-        raise DemoError(f"the device agent failed (exit {code}): {detail} (log: {device_log})")
+        raise DemoError(f"the device agent refused to play (exit {code}): {played.strip()}")
 
-    token = _login(api, DEMO_CLINICIAN, password)
+    def session_stored() -> bool:
+        return any(
+            s.get("program_library_id") == program["id"]
+            for s in _get_json(f"{api}/api/v1/sessions", token)
+        )
+
+    procs.wait_ready(
+        "device",
+        device,
+        what="the session to reach the server",
+        ready=session_stored,
+        timeout_s=program["duration_s"] + 60.0,
+    )
     sessions: list[dict[str, Any]] = _get_json(f"{api}/api/v1/sessions", token)
     say(f"\nThe server holds {len(sessions)} session(s):")
     for s in sessions:
+        version = f" v{s['program_version']}" if s.get("program_version") else ""
         say(
-            f"  {s['device_id']}  {s['program_name']}  {s['played_s']:.1f} s  {s['outcome']}"
-            f"  peak {s['peak_dbfs']:.1f} dBFS  (message {s['message_id']})"
+            f"  {s['device_id']}  {s['program_name']}{version}  {s['played_s']:.1f} s  "
+            f"{s['outcome']}  peak {s['peak_dbfs']:.1f} dBFS  (message {s['message_id']})"
         )
     if not options.keep_running:
         say(f"\n{KEEP_RUNNING_HINT}")

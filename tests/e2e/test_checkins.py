@@ -8,6 +8,7 @@ each answer is stored once."""
 from __future__ import annotations
 
 import sqlite3
+from importlib.resources import files
 from pathlib import Path
 
 from clinic import clinic, signing_key
@@ -54,10 +55,17 @@ def test_check_ins_answered_on_the_device_reach_the_server_once(
     service: DeviceService | None = None
     with clinic(mosquitto, tmp_path, DEVICE, key_file) as site:
         api = site.api
+        # the program, added to the library and prescribed by its id, as the clinician does
+        document = files("resonera.common").joinpath(f"program-{PROGRAM}.toml").read_text()
+        added = api.post(f"{site.server.api_url}/programs", json={"document": document})
+        assert added.status_code == 201, added.text
         etag = api.get("/desired").headers.get("ETag", '"0"')
         put = api.put(
             "/desired",
-            json={"profile": {"checkins": [QUESTION]}, "programs": [{"name": PROGRAM}]},
+            json={
+                "profile": {"checkins": [QUESTION]},
+                "programs": [{"library_id": added.json()["id"]}],
+            },
             headers={"If-Match": etag},
         )
         assert put.status_code == 200, put.text

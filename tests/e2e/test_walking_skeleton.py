@@ -137,7 +137,15 @@ def test_make_demo_command_prints_only_its_own_lines_and_ends_with_the_session(
     assert lines[0].startswith(f"[broker]   {broker} on 127.0.0.1:")
     # ... and it ends with the sessions the server holds, then how to keep the stack up: no API
     # address, password or curl commands for a stack that is already stopped
-    [session] = [line for line in lines if line.startswith("  demo-device-1  demo-alpha  3.0 s")]
+    # the loop: a library program added and prescribed through the API, applied by the device
+    # from the signed state, played on request, and held by the server with its version
+    assert any(
+        line.startswith("[server]   library program 'Evening wind-down' v1") for line in lines
+    )
+    assert any("reported it applied" in line for line in lines), result.stdout
+    [session] = [
+        line for line in lines if line.startswith("  demo-device-1  Evening wind-down v1  7.0 s")
+    ]
     assert lines[-4:] == ["The server holds 1 session(s):", session, "", KEEP_RUNNING_HINT]
     assert "password" not in result.stdout and "curl" not in result.stdout
     for log in ("server.log", "hwsim.log", "device.log"):
@@ -148,6 +156,6 @@ def test_make_demo_command_prints_only_its_own_lines_and_ends_with_the_session(
     db = workdir / "server.db"
     with sqlite3.connect(db) as conn:
         rows = conn.execute(
-            "select device_id, program_name, outcome from session_record"
+            "select device_id, program_name, program_version, outcome from session_record"
         ).fetchall()
-    assert rows == [("demo-device-1", "demo-alpha", "completed")]
+    assert rows == [("demo-device-1", "Evening wind-down", 1, "completed")]
