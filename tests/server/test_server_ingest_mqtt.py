@@ -22,10 +22,18 @@ from resonera.common.envelope import Envelope, decode_ack
 from resonera.common.ids import new_id
 from resonera.common.mqtt_client import BrokerUnavailable, build_client, connect, stop_loop
 from resonera.common.settings import MqttSettings
+from resonera.engine.capabilities import engine_capabilities
 from resonera.server.db import init_db, make_engine
 from resonera.server.ingest import Received
 from resonera.server.ingest_mqtt import IngestConsumer, Item, take_batch
-from resonera.server.models import DeviceRow, QuarantineRow, SafetyEventRow, SessionRow
+from resonera.server.models import (
+    DeviceRow,
+    DeviceStateRow,
+    ProgramReportRow,
+    QuarantineRow,
+    SafetyEventRow,
+    SessionRow,
+)
 from resonera.server.settings import ServerSettings
 
 MakeEnvelope = Callable[..., Envelope]
@@ -305,3 +313,37 @@ def test_ingest_goes_on_after_the_broker_restarts(
         consumer.stop()
     assert consumer.counters["stored"] == 2
     assert consumer.counters["quarantined"] == 0
+
+
+def test_a_report_brings_program_outcomes_and_capabilities(
+    consumer: IngestConsumer, device: FakeDevice, engine: Engine, make_envelope: MakeEnvelope
+) -> None:
+    """A ``reported`` message through mosquitto: each program's outcome kept against the desired
+    version, the engine's capabilities on the device, acknowledged after the commit."""
+    capabilities = engine_capabilities().model_dump(mode="json")
+    program = {"library_id": "lib-1", "version": 2, "sha256": "ef" * 32}
+    body = {
+        "desired_version": 4,
+        "status": "applied",
+        "programs": [{**program, "status": "refused", "reason": "needs a background"}],
+        "capabilities": capabilities,
+    }
+    envelope = make_envelope("dev-x", kind="reported", body=body)
+    device.publish(envelope.to_bytes(), kind="reported")
+    wait_until(lambda: envelope.id in device.acked_ids(), what="the ack for the report")
+    with Session(engine) as session:
+        (row,) = session.exec(select(ProgramReportRow)).all()
+        state = session.get(DeviceStateRow, "dev-x")
+    assert (row.device_id, row.desired_version, row.library_id, row.program_version) == (
+        "dev-x",
+        4,
+        "lib-1",
+        2,
+    )
+    assert (row.status, row.reason) == ("refused", "needs a background")
+    assert state is not None and state.capabilities == capabilities
+    assert (state.report_version, state.report_status, state.reported_version) == (
+        4,
+        "applied",
+        4,
+    )
