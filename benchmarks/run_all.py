@@ -13,6 +13,8 @@ import bench_fault_reaction  # noqa: E402
 import bench_fleet  # noqa: E402
 import bench_ingest  # noqa: E402
 import bench_outcomes  # noqa: E402
+import bench_prescription  # noqa: E402
+import bench_prescription_loop  # noqa: E402
 import bench_preview  # noqa: E402
 import bench_prompt_mixer  # noqa: E402
 import bench_render  # noqa: E402
@@ -48,6 +50,10 @@ def main() -> None:
     bench_outcomes.main()
     print()
     bench_preview.main()
+    print()
+    bench_prescription.main()
+    print()
+    bench_prescription_loop.main()
 
 
 if __name__ == "__main__":
