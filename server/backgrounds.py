@@ -20,8 +20,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Final
 
-from resonera.common.prescription import MAX_BACKGROUND_BYTES, BackgroundFile, content_hash
-from resonera.common.program import BackgroundLayer, Program
+from resonera.common.prescription import MAX_BACKGROUND_BYTES, BackgroundFile
 from resonera.server.settings import ServerSettings
 
 #: What the engine's background layer reads (``engine/audio/background.py``: WAV or FLAC).
@@ -81,22 +80,10 @@ class BackgroundStore:
     def writer(self) -> BackgroundWriter:
         return BackgroundWriter(self)
 
-    def resolve(self, program: Program) -> Program:
-        """``program`` with each content path (``sha256:<hex>``) replaced by the held file, for
-        the engine to read (a preview); ``BackgroundInvalid`` when one is not held."""
-        steps = []
-        for step in program.steps:
-            layers = []
-            for layer in step.layers:
-                digest = content_hash(layer.path) if isinstance(layer, BackgroundLayer) else None
-                if digest is None:
-                    layers.append(layer)
-                    continue
-                if not self.holds(digest):
-                    raise BackgroundInvalid(f"background file sha256:{digest} is not held here")
-                layers.append(layer.model_copy(update={"path": str(self.path_for(digest))}))
-            steps.append(step.model_copy(update={"layers": layers}))
-        return program.model_copy(update={"steps": steps})
+    def locate(self, sha256: str) -> Path | None:
+        """The held file named ``sha256`` (None: not held), for
+        ``common.prescription.resolve_content_paths`` (previews)."""
+        return self.path_for(sha256) if self.holds(sha256) else None
 
 
 class BackgroundWriter:

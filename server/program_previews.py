@@ -26,13 +26,14 @@ from sqlmodel import Session
 
 from resonera.common.desired import DesiredStateRejected
 from resonera.common.errors import ProgramError
+from resonera.common.prescription import resolve_content_paths
 from resonera.common.profile import HearingProfile
 from resonera.common.program import Program
 from resonera.common.program_check import check_program_for
 from resonera.engine import capabilities
 from resonera.engine.audio.calibration import Calibration, default_calibration
 from resonera.server.audit import audit
-from resonera.server.backgrounds import BackgroundInvalid, BackgroundStore
+from resonera.server.backgrounds import BackgroundStore
 from resonera.server.desired import DesiredService, config_document, enforced_profile
 from resonera.server.models import PatientRow, ProgramLibraryRow, UserRow
 from resonera.server.program_documents import ProgramNotFound, program_of
@@ -146,8 +147,8 @@ def render_preview(
     calibration = default_calibration()  # the server does not know a device's own calibration
     try:
         program = check_program_for(program_of(row), profile, profile.output)
-        program = BackgroundStore.for_settings(settings).resolve(program)
-    except (ProgramError, BackgroundInvalid) as exc:
+        program = resolve_content_paths(program, BackgroundStore.for_settings(settings).locate)
+    except ProgramError as exc:  # ContentMissing included: a background the store lacks
         raise PreviewRefused(str(exc)) from None
     max_s = settings.preview_max_s
     folder = settings.data_dir / "previews"

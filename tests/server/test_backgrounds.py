@@ -101,6 +101,12 @@ def test_upload_store_and_prescribe_a_background(
         headers=world.clinician.headers,
     )
     assert created.status_code == 201, created.text
+    # Its preview plays the held file (the engine reads it from the store).
+    preview = client.get(
+        f"{API}/programs/{created.json()['id']}/preview.wav", headers=world.clinician.headers
+    )
+    assert preview.status_code == 200, preview.text
+    assert preview.headers["content-type"] == "audio/wav"
     put = client.put(
         f"{API}/patients/{world.patient}/desired",
         json={"programs": [{"library_id": created.json()["id"]}]},
