@@ -1,6 +1,9 @@
 """Taking a desired-state document: verify (``desired.verify_desired``), decide when it applies, store
 it, and report the outcome to the server as a ``reported`` message in the outbox.
 
+One module of some 480 lines: when a document applies, what is stored and what is reported are
+one transaction's decisions, kept together so none can drift from the others.
+
 - Refused (bad JSON, no or wrong signature, unknown key, another device, not newer, a profile the
   device cannot enforce): nothing changes; ``{"desired_version": N, "status": "refused", "reason"}``.
 - Accepted between sessions, or during one when it only lowers what is allowed: applied at once,

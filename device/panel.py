@@ -3,6 +3,10 @@
 change calls for) to a running agent, its ``PanelHost`` (the device service: start and stop a
 program, what plays, the person's programs, profile and dose, where answers go).
 
+One module of some 530 lines: ``Panel`` is one thread's state (the queue of presses, the check-in
+under way, the light, what is being said) and its host protocol; split, each half would need the
+other's internals.
+
 The device service (``device/service.py``) builds one with ``panel_for`` and owns it: its one
 safety monitor serves the panel (``HardwareMonitor.attach_panel``: presses, link events, the
 light), and every session plays through the panel's ``PromptMixer`` (``SessionParts.mixer``), the
@@ -10,12 +14,13 @@ first stage of the audio path, before the safety chain. The panel does its work 
 own (never on the monitor's I/O thread) and keeps the light's state ready for the monitor.
 
 Prompts are mixed into a session's audio path. One asked for while idle ("maximum volume", "no
-program", "session finished", a fault's reason) is spoken at once by ``IdlePrompts``: it claims
-the MCU from the service's monitor for the length of the prompt (a session starting takes it
-over) and plays the prompt over silence through the engine's pipeline, the same safety chain as a
-session (and into the dose ledger). If the MCU refuses (the fault is still there, a session holds
-it) it waits ``MAX_WAIT_S`` for a session, except a fault's reason and the first-use notice, which
-are kept for the start of the next session (their wording fits that).
+program", "session finished", a fault's reason) is spoken at once by ``IdlePrompts``
+(``device/idle_prompts.py``): it claims the MCU from the service's monitor for the length of the
+prompt (a session starting takes it over) and plays the prompt over silence through the engine's
+pipeline, the same safety chain as a session (and into the dose ledger). If the MCU refuses (the
+fault is still there, a session holds it) it waits ``MAX_WAIT_S`` for a session, except a fault's
+reason and the first-use notice, which are kept for the start of the next session (their wording
+fits that).
 
 Check-ins (issue 12): a ``Start`` asked for by a button first runs the "before" check-in of the
 profile in force (``PanelHost.profile_in_force``), and a session that ends (with no fault) is
@@ -39,7 +44,6 @@ from typing import TYPE_CHECKING, Protocol
 
 from resonera.common import serial_link as sl
 from resonera.common.errors import ResoneraError
-from resonera.common.program import Program, Step
 from resonera.common.safety_link import LinkEvent
 from resonera.device.audio.prompt_mixer import Clip, PromptMixer
 from resonera.device.controls import (
@@ -59,7 +63,6 @@ from resonera.device.controls import (
     Stop,
     light_for,
 )
-from resonera.device.hwmonitor import ConsentClaim, HardwareMonitor, HardwareNotReady
 from resonera.device.prescriptions import NOTHING_MAY_PLAY
 from resonera.device.prompts import (
     PromptLibrary,
@@ -68,16 +71,13 @@ from resonera.device.prompts import (
     build_program_name_prompts,
     prompts_dir,
 )
-from resonera.device.safety.dose_ledger import DoseLedger
 from resonera.device.safety.session import load_session_calibration
-from resonera.device.session import open_sink
 from resonera.device.settings import DeviceSettings
-from resonera.engine.pipeline import build_pipeline
 
 if TYPE_CHECKING:
     from resonera.common.profile import CheckInPhase, CheckInQuestion, HearingProfile
 
-__all__ = ["MAX_PAUSE_S", "IdlePrompts", "Panel", "PanelHost", "panel_for"]
+__all__ = ["MAX_PAUSE_S", "Panel", "PanelHost", "panel_for"]
 
 log = logging.getLogger(__name__)
 
@@ -531,67 +531,3 @@ def panel_for(
         render_checkins=render_checkins,
         render_names=render_names,
     )
-
-
-#: Silence around a prompt spoken between sessions: the duck ramp before, a little after.
-IDLE_PROMPT_MARGIN_S = 0.5
-#: The longest a prompt spoken between sessions plays (silence and all).
-IDLE_PROMPT_MAX_S = 120.0
-
-
-class IdlePrompts:
-    """Speaks what the panel's mixer holds between sessions: the MCU claimed from the one
-    ``monitor`` for the prompt's length (a session starting takes the claim over: the prompt is
-    silent from its next block), silence with the prompts mixed in played through the engine's
-    pipeline (the session's safety chain: level ceiling, limiter, the MCU's hard limits, the dose
-    ``ledger``) to the device's sink, then the MCU muted again. In simulation mode without a
-    monitor it plays without consent, as sessions do there."""
-
-    def __init__(
-        self,
-        settings: DeviceSettings,
-        monitor: HardwareMonitor | None,
-        ledger: DoseLedger,
-        profile: Callable[[], HearingProfile],
-    ) -> None:
-        self.settings = settings
-        self.monitor = monitor
-        self.ledger = ledger
-        self.profile = profile
-
-    def speak(self, mixer: PromptMixer) -> None:
-        """Play what ``mixer`` holds now. ``ResoneraError`` (``HardwareNotReady``: the MCU
-        refuses, e.g. the fault is still there, or a session holds it) leaves the prompts queued."""
-        settings, monitor = self.settings, self.monitor
-        if monitor is None and not settings.simulation:
-            raise HardwareNotReady("no safety monitor between sessions")
-        calibration = load_session_calibration(settings.calibration_file)
-        seconds = min(IDLE_PROMPT_MAX_S, mixer.pending_s + 2 * IDLE_PROMPT_MARGIN_S)
-        silence = Program(
-            name="prompt", fade_in_s=0.0, fade_out_s=0.0, steps=[Step(duration_s=seconds)]
-        )
-        claim: ConsentClaim | None = None
-        if monitor is not None:
-            claim = monitor.claim("a prompt between sessions", settings.arm_timeout_s)
-        try:
-            pipeline = build_pipeline(
-                silence,
-                sample_rate=settings.sample_rate,
-                calibration=calibration,
-                profile=self.profile(),
-                hard=claim.hello.limits if claim is not None else None,
-                ledger=self.ledger,
-                wall_clock=time.time,
-            )
-            result = pipeline.play(
-                open_sink(settings),
-                block_frames=settings.block_frames,
-                gate=(lambda: claim.consent) if claim is not None else None,
-                reason=(lambda: claim.reason) if claim is not None else None,
-                should_stop=lambda: not mixer.speaking,
-                mixer=mixer,
-            )
-            log.info("prompt spoken between sessions: %s %s", result.outcome, result.reason or "")
-        finally:
-            if claim is not None:
-                claim.release()

@@ -1,6 +1,9 @@
 """``resonera-device run``: the agent as one long-running, supervised process, and its composition
 root.
 
+It stays one module (some 600 lines): the composition root, the service's lifecycle and the control
+socket's commands are one object's, and a newcomer reads what owns what in one place.
+
 ``DeviceService`` builds, once and through constructors, one owner per long-lived resource and
 holds it for the process's life:
 
@@ -77,8 +80,9 @@ from resonera.device.controls import Answered
 from resonera.device.desired_state import DesiredStateApplier
 from resonera.device.enroll import renew_daily, renewed_mqtt
 from resonera.device.hwmonitor import HardwareMonitor
+from resonera.device.idle_prompts import IdlePrompts
 from resonera.device.memory import release_free_memory
-from resonera.device.panel import IdlePrompts, Panel, panel_for
+from resonera.device.panel import Panel, panel_for
 from resonera.device.prescriptions import (
     BUILTIN_DEFAULT,
     NOTHING_MAY_PLAY,

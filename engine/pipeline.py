@@ -7,7 +7,7 @@
 
 Every sound that reaches a sink is made here: a session on the device (``device/session.py:
 Session.run``, with the MCU's hard limits, the dose ledger and the hardware's warning attenuator
-before the chain), a prompt spoken between sessions (``device/panel.py: IdlePrompts``, over a
+before the chain), a prompt spoken between sessions (``device/idle_prompts.py: IdlePrompts``, over a
 program of silence), a render (``resonera-device render``, ``device/audio/chain.py``) and a server
 preview (``server/programs.py``), the last two with neither MCU limits nor a ledger: a file on disk
 exposes no one.
