@@ -1,5 +1,9 @@
 """Turning batches of received MQTT messages into stored rows, without any MQTT.
 
+It stays one module (some 470 lines): the batch's reads, its quarantine and its failure handling
+share one transaction and one order of checks; the checks without a database and the writes are
+``ingest_checks.py`` and ``ingest_store.py``.
+
 ``IngestProcessor.process`` takes (topic, payload) pairs, stores the whole batch in one transaction
 and says which message ids each device may now delete. Checks on every message, in order:
 

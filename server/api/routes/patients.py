@@ -1,6 +1,9 @@
 """``/patients``: identity (encrypted at rest), clinician links, and a clinician's view of their
 own patients: sessions, safety events, dose, adherence, and the desired state they set.
 
+One module of some 470 lines: every route under one patient shares its access rule (a linked
+clinician, else 404) and its audit; the rules themselves live in the services it calls.
+
 Access: a clinician sees and changes only patients linked to them; an admin creates patients,
 links clinicians and may read identity; auditors see none of it (they read ``/audit``). An
 unlinked patient is a 404, not a 403: whether a patient exists is patient data. Every read and
