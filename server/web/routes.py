@@ -40,9 +40,21 @@ from resonera.server.web import auth as web_auth
 from resonera.server.web import outcomes as web_outcomes
 from resonera.server.web import programs as web_programs
 from resonera.server.web.auth import ClinicianPage, check_csrf, own_patient_page
+from resonera.server.web.prescription_editor import (
+    MAX_DRAFT_PROGRAMS,
+    Draft,
+    DraftInvalid,
+    Refusal,
+    SaveRefused,
+    apply_action,
+    editor_view,
+    parse_draft,
+    save_draft,
+)
 from resonera.server.web.render import (
     PAGE_HEADERS,
     STATIC_DIR,
+    PageError,
     install_page_errors,
     render,
 )
@@ -120,8 +132,21 @@ def _patient_page(
     notice: str = "",
     preview: str = "",
     questions: list[dict[str, str]] | None = None,
+    draft: Draft | None = None,
+    q: str | None = None,
+    refusal: Refusal | None = None,
 ) -> HTMLResponse:
-    view = patient_view(session, state.cipher, patient, now_utc(), days)
+    now = now_utc()
+    view = patient_view(session, state.cipher, patient, now, days)
+    editor = editor_view(
+        session,
+        patient.id,
+        state.desired.current(session, patient.id),
+        draft=draft,
+        q=q,
+        refusal=refusal,
+        now=now,
+    )
     library = programs.list_programs(session)
     chosen = next((row for row in library if row.id == preview), None)
     for resource in ("patient", "sessions", "safety_events", "dose", "desired_state"):
@@ -136,7 +161,6 @@ def _patient_page(
         )
     session.commit()
     values = {name: str(getattr(view.limits, name)) for name in _LIMIT_FIELDS}
-    values["sessions_per_week"] = str(view.sessions_per_week)
     values["profile"] = view.profile_json_without_checkins
     return render(
         "patient.html",
@@ -150,6 +174,7 @@ def _patient_page(
             "notice": notice,
             "library": library,
             "chosen": chosen,
+            "editor": editor,
             "questions": questions if questions is not None else view.question_slots,
         },
         status=status,
@@ -167,7 +192,14 @@ def patient_page(
     days: Annotated[Literal["7", "30", "90"], Query()] = "30",
     saved: Annotated[int | None, Query(ge=1, le=2**31 - 1)] = None,
     preview: Annotated[str, Query(max_length=36)] = "",
+    draft: Annotated[Literal["", "1"], Query()] = "",
+    version: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
+    program: Annotated[list[str] | None, Query(max_length=MAX_DRAFT_PROGRAMS)] = None,
+    sessions_per_week: Annotated[str, Query(max_length=40)] = "",
+    q: Annotated[str | None, Query(max_length=200)] = None,
 ) -> HTMLResponse:
+    """The patient's page; ``draft`` (with ``version``, ``program``, ``sessions_per_week``) shows
+    a prescription being edited, ``q`` the library searched for a program to add."""
     patient = own_patient_page(session, web, patient_id)
     notice = f"Saved as version {saved}." if saved is not None else ""
     return _patient_page(
@@ -179,6 +211,85 @@ def patient_page(
         days=int(days),
         notice=notice,
         preview=preview,
+        draft=_draft_or_400(version, program, sessions_per_week) if draft else None,
+        q=q,
+    )
+
+
+def _draft_or_400(version: int, fields: list[str] | None, sessions_per_week: str) -> Draft:
+    try:
+        return parse_draft(version, fields or [], sessions_per_week, edited=True)
+    except DraftInvalid as exc:
+        raise PageError(400, f"The prescription sent is not valid: {exc}.") from None
+
+
+@router.post("/patients/{patient_id}/prescription", response_model=None)
+def edit_prescription(
+    *,
+    request: Request,
+    patient_id: PatientId,
+    web: ClinicianPage,
+    state: StateDep,
+    session: SessionDep,
+    csrf_token: Annotated[str, Form(max_length=200)] = "",
+    action: Annotated[str, Form(max_length=80)] = "save",
+    draft: Annotated[Literal["", "1"], Form()] = "",
+    version: Annotated[int, Form(ge=0, le=2**31 - 1)] = 0,
+    program: Annotated[list[str] | None, Form(max_length=MAX_DRAFT_PROGRAMS)] = None,
+    sessions_per_week: Annotated[str, Form(max_length=40)] = "",
+    searching: Annotated[Literal["", "1"], Form()] = "",
+    q: Annotated[str, Form(max_length=200)] = "",
+) -> Response:
+    """One step of the prescription editor: a button that changes the draft (``action`` up,
+    down, remove, newer or add) answers with the page showing the new draft; ``save`` makes it the
+    patient's next version (the draft's ``version`` is the If-Match). The newer-version button of
+    a prescription not being edited saves at once: moving a patient on is one click."""
+    check_csrf(web, csrf_token)
+    patient = own_patient_page(session, web, patient_id)
+    edited = _draft_or_400(version, program, sessions_per_week)
+    # The library search stays open across the steps (a form sends an empty search as nothing).
+    search = q if searching else None
+    if action != "save":
+        try:
+            edited = apply_action(session, edited, action)
+        except DraftInvalid as exc:
+            raise PageError(400, f"The prescription could not be changed: {exc}.") from None
+        if draft or not action.startswith("newer:"):
+            return RedirectResponse(
+                edited.address(patient.id, search), status_code=303, headers=dict(PAGE_HEADERS)
+            )
+    again = partial(
+        _patient_page,
+        request=request,
+        web=web,
+        state=state,
+        session=session,
+        patient=patient,
+        days=30,
+    )
+    assert web.user.id is not None
+    try:
+        row, outgoing = save_draft(
+            state, session, request, web.user, patient_id=patient.id, draft=edited, now=now_utc()
+        )
+        session.commit()
+    except SaveRefused as exc:
+        session.rollback()
+        return again(status=exc.status, draft=edited, refusal=exc.refusal, q=search)
+    except (VersionConflict, IntegrityError):
+        session.rollback()
+        current = state.desired.current(session, patient.id)
+        message = (
+            "someone else saved this patient's settings meanwhile (now version "
+            f"{current.version if current is not None else 0}); this is the prescription as it "
+            "is now: make your changes again"
+        )
+        return again(status=409, refusal=Refusal(message))
+    state.desired.publish(outgoing)
+    return RedirectResponse(
+        f"/patients/{patient.id}?saved={row.version}#prescription",
+        status_code=303,
+        headers=dict(PAGE_HEADERS),
     )
 
 
@@ -196,7 +307,6 @@ def save_limits(
     max_session_minutes: Annotated[str, Form(max_length=40)] = "",
     max_sessions_per_day: Annotated[str, Form(max_length=40)] = "",
     weekly_dose_fraction: Annotated[str, Form(max_length=40)] = "",
-    sessions_per_week: Annotated[str, Form(max_length=40)] = "",
     profile: Annotated[str, Form(max_length=64 * 1024)] = "{}",
     checkins_form: Annotated[str, Form(max_length=1)] = "",
     checkin_id: Annotated[list[str] | None, Form(max_length=MAX_CHECKIN_QUESTIONS)] = None,
@@ -218,7 +328,6 @@ def save_limits(
         "max_session_minutes": max_session_minutes,
         "max_sessions_per_day": max_sessions_per_day,
         "weekly_dose_fraction": weekly_dose_fraction,
-        "sessions_per_week": sessions_per_week,
         "profile": profile,
     }
     errors: dict[str, str] = {}
@@ -262,15 +371,16 @@ def save_limits(
         days=30,
     )
     current = state.desired.current(session, patient.id)
-    # The prescribed programs stay as they are (this form does not prescribe), checked again
-    # under the profile and limits it sets.
-    kept_programs = config_document(current)["programs"]
+    # The prescription (programs and weekly sessions: the editor's) stays as it is, its programs
+    # checked again under the profile and limits this form sets.
+    saved_config = config_document(current)
+    kept_programs = saved_config["programs"]
     try:
         body = DesiredIn.model_validate(
             {
                 "profile": profile_value,
                 "limits": {name: form[name] for name in _LIMIT_FIELDS},
-                "sessions_per_week": sessions_per_week,
+                "sessions_per_week": saved_config["sessions_per_week"],
             }
         )
     except ValidationError as exc:

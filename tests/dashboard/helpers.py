@@ -233,6 +233,17 @@ def report_applied(engine: Engine, device: str, version: int) -> None:
     IngestProcessor(engine).process([Received(topics.up(device, "reported"), envelope.to_bytes())])
 
 
+def create_program(client: TestClient, csrf: str, document: str, fmt: str = "toml") -> str:
+    """Add a program to the library through its page's form; its id."""
+    response = client.post(
+        "/programs", data={"document": document, "format": fmt, "csrf_token": csrf}
+    )
+    assert response.status_code == 303, response.text
+    found = re.match(r"/programs/([0-9a-f-]+)\?saved=1$", response.headers["location"])
+    assert found
+    return found.group(1)
+
+
 def form_token(html: str) -> str:
     """The CSRF token of the first form on a page."""
     found = CSRF.search(html)
@@ -296,6 +307,12 @@ class Browsing:
     def shot(self, name: str) -> Path:
         path = self.artifacts / f"{self.test_name}-{name}.png"
         self.page.screenshot(path=str(path), full_page=True)
+        return path
+
+    def shot_of(self, selector: str, name: str) -> Path:
+        """A screenshot of one part of the page (the whole page of a patient is long)."""
+        path = self.artifacts / f"{self.test_name}-{name}.png"
+        self.page.locator(selector).screenshot(path=str(path))
         return path
 
     def sign_in(self, email: str) -> None:

@@ -4,12 +4,11 @@ the cookie-authenticated preview WAV (through TestClient; the browser test plays
 from __future__ import annotations
 
 import io
-import re
 import wave
 from collections.abc import Callable
 
 import numpy as np
-from dashboard.helpers import Seeded, form_token, table_cells
+from dashboard.helpers import Seeded, create_program, form_token, table_cells
 from factories import ALPHA_TOML as ALPHA
 from fastapi.testclient import TestClient
 from sqlalchemy.engine import Engine
@@ -21,13 +20,7 @@ SignIn = Callable[[str], str]
 
 
 def create(client: TestClient, csrf: str, document: str = ALPHA, fmt: str = "toml") -> str:
-    response = client.post(
-        "/programs", data={"document": document, "format": fmt, "csrf_token": csrf}
-    )
-    assert response.status_code == 303, response.text
-    found = re.match(r"/programs/([0-9a-f-]+)\?saved=1$", response.headers["location"])
-    assert found
-    return found.group(1)
+    return create_program(client, csrf, document, fmt)
 
 
 def channel_peaks(wav_bytes: bytes) -> tuple[float, float, int]:

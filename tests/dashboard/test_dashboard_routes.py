@@ -384,7 +384,6 @@ def test_invalid_limits_are_explained_and_change_nothing(
         ({"max_level_dba": "120"}, "max_level_dba"),
         ({"max_session_minutes": "ten"}, "max_session_minutes"),
         ({"profile": "{not json"}, "profile"),
-        ({"sessions_per_week": "-1"}, "sessions_per_week"),
     ):
         response = client.post(f"{url}/limits", data=_limits_form(html, **changes))
         assert response.status_code == 400, changes
