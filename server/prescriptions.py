@@ -25,6 +25,7 @@ from typing import Any
 from pydantic import ValidationError
 from sqlmodel import Session, col, select
 
+from resonera.common.desired import DesiredStateRejected
 from resonera.common.prescription import (
     EngineCapabilities,
     PrescribedProgram,
@@ -37,7 +38,7 @@ from resonera.common.prescription import (
 from resonera.common.profile import HearingProfile
 from resonera.engine.capabilities import engine_capabilities
 from resonera.server.backgrounds import BackgroundStore
-from resonera.server.desired import DesiredService
+from resonera.server.desired import DesiredService, enforced_profile
 from resonera.server.models import (
     DeviceDesiredRow,
     DeviceStateRow,
@@ -149,6 +150,38 @@ def resolve_prescription(
         raise PrescriptionInvalid("programs", problem, library_id=twice)
     check_entries(entries, profile=profile, capabilities=capabilities)
     return entries
+
+
+class ProfileUnenforceable(Exception):
+    """The patient's device would refuse the profile itself, so no program can be checked."""
+
+
+def prescribe_for_patient(
+    session: Session,
+    refs: Sequence[ProgramRef],
+    *,
+    config: dict[str, Any],
+    patient_id: str,
+    desired: DesiredService,
+    store: BackgroundStore,
+    now: datetime,
+) -> list[PrescribedProgram]:
+    """What the API's PUT and the dashboard's editor both save: the entries of ``refs``, checked
+    under the profile ``config`` makes the patient's devices enforce and against what those
+    devices reported they can play. ``ProfileUnenforceable``; ``PrescriptionInvalid``."""
+    if not refs:
+        return []
+    try:
+        profile = enforced_profile(config)
+    except DesiredStateRejected as exc:
+        raise ProfileUnenforceable(str(exc)) from None
+    return resolve_prescription(
+        session,
+        refs,
+        profile=profile,
+        capabilities=device_capabilities(session, desired.devices_of(session, patient_id, now)),
+        store=store,
+    )
 
 
 def check_entries(

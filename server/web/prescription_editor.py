@@ -21,20 +21,19 @@ from fastapi import Request
 from pydantic import ValidationError
 from sqlmodel import Session
 
-from resonera.common.desired import DesiredStateRejected
 from resonera.common.errors import ProgramError, VersionConflict
 from resonera.common.prescription import MAX_PRESCRIBED_PROGRAMS, PrescribedProgram
 from resonera.common.program_check import check_program_for
 from resonera.server import programs
 from resonera.server.api.deps import AppState
 from resonera.server.audit import audit
-from resonera.server.desired import Outgoing, config_document, enforced_profile
+from resonera.server.desired import Outgoing, config_document
 from resonera.server.models import PatientConfigRow, UserRow
 from resonera.server.prescriptions import (
     PrescriptionInvalid,
-    device_capabilities,
+    ProfileUnenforceable,
+    prescribe_for_patient,
     program_states,
-    resolve_prescription,
 )
 from resonera.server.program_documents import program_of, program_of_version
 from resonera.server.program_previews import PreviewRefused, patient_profile
@@ -417,26 +416,21 @@ def save_draft(
         "limits": body.limits.model_dump(),
         "sessions_per_week": body.sessions_per_week,
     }
-    if body.programs:
-        try:
-            profile = enforced_profile(values)
-        except DesiredStateRejected as exc:
-            message = f"the patient's device would refuse their profile: {exc}"
-            raise SaveRefused(Refusal(message), 422) from None
-        try:
-            entries = resolve_prescription(
-                session,
-                body.programs,
-                profile=profile,
-                capabilities=device_capabilities(
-                    session, state.desired.devices_of(session, patient_id, now)
-                ),
-                store=state.backgrounds,
-            )
-        except PrescriptionInvalid as exc:
-            raise SaveRefused(Refusal(str(exc), exc.library_id), 422) from None
-    else:
-        entries = []
+    try:
+        entries = prescribe_for_patient(
+            session,
+            body.programs,
+            config=values,
+            patient_id=patient_id,
+            desired=state.desired,
+            store=state.backgrounds,
+            now=now,
+        )
+    except ProfileUnenforceable as exc:
+        message = f"the patient's device would refuse their profile: {exc}"
+        raise SaveRefused(Refusal(message), 422) from None
+    except PrescriptionInvalid as exc:
+        raise SaveRefused(Refusal(str(exc), exc.library_id), 422) from None
     values["programs"] = [entry.model_dump(mode="json") for entry in entries]
     added, outgoing = state.desired.set(
         session,

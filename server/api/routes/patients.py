@@ -19,7 +19,6 @@ from fastapi import APIRouter, Header, Path, Query, Request, Response, status
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
-from resonera.common.desired import DesiredStateRejected
 from resonera.common.errors import VersionConflict
 from resonera.common.ids import new_id
 from resonera.common.prescription import PrescribedProgram
@@ -37,7 +36,7 @@ from resonera.server.api.deps import (
 )
 from resonera.server.api.errors import ApiError
 from resonera.server.audit import audit
-from resonera.server.desired import config_document, enforced_profile
+from resonera.server.desired import config_document
 from resonera.server.models import ClinicianPatientRow, DeviceDesiredRow, PatientRow, UserRow
 from resonera.server.schemas import (
     INT32_MAX,
@@ -386,25 +385,21 @@ def _prescribed(
 ) -> list[PrescribedProgram]:
     """The entries of ``refs``, checked under the profile ``config`` makes the device enforce
     and against what the patient's devices reported they can play; 422 naming the program."""
-    if not refs:
-        return []
     try:
-        profile = enforced_profile(config)
-    except DesiredStateRejected as exc:
+        return prescriptions.prescribe_for_patient(
+            session,
+            refs,
+            config=config,
+            patient_id=patient_id,
+            desired=state.desired,
+            store=state.backgrounds,
+            now=now,
+        )
+    except prescriptions.ProfileUnenforceable as exc:
         raise ApiError(
             422,
             f"profile: the patient's device would refuse it, so no program can be checked: {exc}",
         ) from None
-    try:
-        return prescriptions.resolve_prescription(
-            session,
-            refs,
-            profile=profile,
-            capabilities=prescriptions.device_capabilities(
-                session, state.desired.devices_of(session, patient_id, now)
-            ),
-            store=state.backgrounds,
-        )
     except prescriptions.PrescriptionInvalid as exc:
         raise ApiError(
             422,
