@@ -473,7 +473,9 @@ class ProgramLibraryRow(SQLModel, table=True):
     """A program as a clinician wrote it (TOML or YAML text), checked as the device checks it:
     the latest version (every version is a ``ProgramVersionRow``). ``version`` grows by one per
     change (the API's ETag); ``content_hash`` is the program's digest (``Program.digest()``), so
-    reformatting the text alone keeps cached previews."""
+    reformatting the text alone keeps cached previews. ``tags`` describe the library entry (for
+    finding it), not the sound: normalised by ``programs.normalise_tags``, changed in place without
+    a new version."""
 
     __tablename__ = "program_library"
 
@@ -483,6 +485,7 @@ class ProgramLibraryRow(SQLModel, table=True):
     document: str = Field(sa_type=Text)
     format: str = Field(max_length=8)
     content_hash: str = Field(max_length=64)
+    tags: list[str] = Field(default_factory=list, sa_type=JSON)
     created_by: int = _fk("app_user.id")
     created_at: datetime = Field(sa_type=UTCDateTime)
     updated_by: int = _fk("app_user.id")

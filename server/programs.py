@@ -5,14 +5,20 @@
 document, its checked definition and SHA-256, author and time), so a patient keeps the version
 prescribed to them; an update names the version it replaces and loses with ``VersionConflict``
 when someone else changed the program first (a compare-and-set ``UPDATE``, and the unique
-(program, version) of the version rows, so two concurrent writers cannot both win). This module
+(program, version) of the version rows, so two concurrent writers cannot both win). Tags
+(``normalise_tags``) describe the library entry, not the sound: changing only them keeps the
+version (what a patient was prescribed is unchanged) and is audited as ``update_tags``. The
+library is small and searched, not paged (``search_programs``). This module
 is the library's one import for its callers: it names the documents' and the previews' public API
 too (``__all__``).
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable, Sequence
 from datetime import datetime
+from typing import Any, Final
 
 from fastapi import Request
 from sqlalchemy import update
@@ -51,6 +57,8 @@ from resonera.server.security import now_utc
 __all__ = [
     "FORMATS",
     "MAX_DOCUMENT_CHARS",
+    "MAX_TAGS",
+    "MAX_TAG_CHARS",
     "PREVIEW_SAMPLE_RATE",
     "YAML_AVAILABLE",
     "NameTaken",
@@ -66,22 +74,82 @@ __all__ = [
     "get_version",
     "list_programs",
     "list_versions",
+    "normalise_tags",
     "parse_document",
     "patient_profile",
     "preview_wav",
     "program_of",
     "program_of_version",
     "render_preview",
+    "search_programs",
+    "tags_of_text",
     "update_program",
 ]
+
+#: Tags per program: enough to describe an entry, few enough to read at a glance in a search.
+MAX_TAGS: Final = 10
+MAX_TAG_CHARS: Final = 32
+# Letters and digits of any script (a clinician may tag in Swedish), spaces and hyphens; ``\w``
+# without the underscore.
+_TAG: Final = re.compile(r"(?:[^\W_]|[ -])+")
 
 
 class NameTaken(ProgramInvalid):
     """Another library program has this name already."""
 
 
+def normalise_tags(tags: Iterable[str]) -> list[str]:
+    """``tags`` trimmed (inner runs of spaces made one), lowercased and de-duplicated in their
+    order; ``ProgramInvalid`` (field ``tags``) naming the first one that is empty, too long or has
+    another character, or when more than ``MAX_TAGS`` remain."""
+    out: list[str] = []
+    for raw in tags:
+        tag = " ".join(raw.split()).lower()
+        shown = tag if len(tag) <= 40 else tag[:40] + "…"  # a hostile length stays readable
+        if not tag:
+            raise ProgramInvalid("tags", "a tag is empty")
+        if len(tag) > MAX_TAG_CHARS:
+            raise ProgramInvalid("tags", f"tag {shown!r} is longer than {MAX_TAG_CHARS} characters")
+        if _TAG.fullmatch(tag) is None:
+            raise ProgramInvalid(
+                "tags", f"tag {shown!r} may hold only letters, digits, spaces and hyphens"
+            )
+        if tag not in out:
+            out.append(tag)
+    if len(out) > MAX_TAGS:
+        raise ProgramInvalid("tags", f"at most {MAX_TAGS} tags, not {len(out)}")
+    return out
+
+
+def tags_of_text(text: str) -> list[str]:
+    """The tags of a comma-separated text field (the dashboard's), normalised; empty pieces are
+    skipped, so a trailing comma is no error."""
+    return normalise_tags(piece for piece in text.split(",") if piece.strip())
+
+
 def list_programs(session: Session) -> list[ProgramLibraryRow]:
     return list(session.exec(select(ProgramLibraryRow).order_by(col(ProgramLibraryRow.name))))
+
+
+def search_programs(
+    session: Session, *, q: str | None = None, tag: str | None = None
+) -> list[tuple[ProgramLibraryRow, Program]]:
+    """Library programs (by name, each with its checked program) that have the tag ``tag``
+    (exactly, in any case) and whose name, description or a tag holds ``q`` (any case); None or
+    an empty ``q`` matches all. Filtered here, not in SQL: the library is small, the description
+    lives in the document, and tags are JSON, which SQLite and PostgreSQL query differently."""
+    needle = (q or "").strip().casefold()
+    wanted = " ".join(tag.split()).lower() if tag is not None else None
+    found: list[tuple[ProgramLibraryRow, Program]] = []
+    for row in list_programs(session):
+        if wanted is not None and wanted not in row.tags:
+            continue
+        program = program_of(row)
+        fields = (program.name, program.description, *row.tags)
+        if needle and not any(needle in text.casefold() for text in fields):
+            continue
+        found.append((row, program))
+    return found
 
 
 def get_program(session: Session, program_id: str) -> ProgramLibraryRow | None:
@@ -165,12 +233,14 @@ def create_program(
     actor_user_id: int,
     document: str,
     fmt: ProgramFormat,
+    tags: Sequence[str] = (),
     request: Request | None = None,
     backgrounds: BackgroundStore | None = None,
 ) -> ProgramLibraryRow:
     """A new library program at version 1, committed with its audit row; its background files
     must be in ``backgrounds`` (without a store, it may have none)."""
     program = parse_document(document, fmt, backgrounds=backgrounds)
+    normalised = normalise_tags(tags)
     user = _actor(session, actor_user_id)
     _name_free(session, program.name, None)
     now = now_utc()
@@ -181,6 +251,7 @@ def create_program(
         document=document,
         format=fmt,
         content_hash=program.digest(),
+        tags=normalised,
         created_by=actor_user_id,
         created_at=now,
         updated_by=actor_user_id,
@@ -205,36 +276,45 @@ def update_program(
     document: str,
     fmt: ProgramFormat,
     expected_version: int,
+    tags: Sequence[str] | None = None,
     request: Request | None = None,
     backgrounds: BackgroundStore | None = None,
 ) -> ProgramLibraryRow:
     """The program's next version, if it is still at ``expected_version`` (``VersionConflict``
     otherwise; ``ProgramNotFound`` when there is no such program); backgrounds as for
-    ``create_program``."""
+    ``create_program``. ``tags`` None keeps them. The same document and format make no version:
+    only changed tags are saved (audited ``update_tags``), and nothing changed saves nothing."""
     row = get_program(session, program_id)
     if row is None:
         raise ProgramNotFound(program_id)
     program = parse_document(document, fmt, backgrounds=backgrounds)
+    new_tags = list(row.tags) if tags is None else normalise_tags(tags)
     user = _actor(session, actor_user_id)
     if row.version != expected_version:
         raise VersionConflict(row.version, "the program")
-    _name_free(session, program.name, program_id)
+    content_changed = (document, fmt) != (row.document, row.format)
+    if not content_changed and new_tags == row.tags:
+        return row
     now = now_utc()
+    values: dict[str, Any] = {"tags": new_tags, "updated_by": actor_user_id, "updated_at": now}
+    if content_changed:
+        _name_free(session, program.name, program_id)
+        values |= {
+            "name": program.name,
+            "version": expected_version + 1,
+            "document": document,
+            "format": fmt,
+            "content_hash": program.digest(),
+        }
+    # Compare-and-set on the version for a tags-only change too, so it cannot land on a program
+    # someone re-versioned since it was read.
     result = session.execute(
         update(ProgramLibraryRow)
         .where(
             col(ProgramLibraryRow.id) == program_id,
             col(ProgramLibraryRow.version) == expected_version,
         )
-        .values(
-            name=program.name,
-            version=expected_version + 1,
-            document=document,
-            format=fmt,
-            content_hash=program.digest(),
-            updated_by=actor_user_id,
-            updated_at=now,
-        )
+        .values(**values)
     )
     if result.rowcount != 1:  # type: ignore[attr-defined]
         session.rollback()
@@ -242,18 +322,19 @@ def update_program(
         raise VersionConflict(
             current.version if current is not None else expected_version, "the program"
         )
-    session.add(
-        _version_row(
-            program_id,
-            expected_version + 1,
-            program,
-            document,
-            fmt,
-            actor_user_id=actor_user_id,
-            at=now,
+    if content_changed:
+        session.add(
+            _version_row(
+                program_id,
+                expected_version + 1,
+                program,
+                document,
+                fmt,
+                actor_user_id=actor_user_id,
+                at=now,
+            )
         )
-    )
-    _audit(session, user, "update", program_id, request)
+    _audit(session, user, "update" if content_changed else "update_tags", program_id, request)
     _commit_named(session, program.name)
     session.refresh(row)
     return row

@@ -538,6 +538,16 @@ class ProgramIn(_In):
 
     document: Annotated[str, Field(min_length=1, max_length=64 * 1024), AfterValidator(_no_nul)]
     format: Literal["toml", "yaml"] = "toml"
+    # Only bounded here (hostile sizes); the library's ``normalise_tags`` says what a tag may be,
+    # as a 422 naming the tag, for the API and the dashboard alike.
+    tags: Annotated[list[Annotated[str, Field(max_length=200)]], Field(max_length=100)] | None = (
+        Field(
+            default=None,
+            description="at most 10 words or phrases (letters, digits, spaces, hyphens; 1-32 "
+            "characters), stored trimmed, lowercased and de-duplicated; omitted on PUT: kept. "
+            "Tags describe the library entry: changing only them makes no new version",
+        )
+    )
 
 
 class ProgramPublic(BaseModel):
@@ -547,6 +557,7 @@ class ProgramPublic(BaseModel):
     format: str
     document: str
     content_hash: str = Field(description="SHA-256 of the program's canonical form")
+    tags: list[str] = Field(description="normalised tags, not versioned")
     duration_s: float
     program: dict[str, Any] = Field(
         description="the checked program as JSON (its definition, as a prescription carries it)"

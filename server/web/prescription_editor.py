@@ -35,7 +35,7 @@ from resonera.server.prescriptions import (
     prescribe_for_patient,
     program_states,
 )
-from resonera.server.program_documents import program_of, program_of_version
+from resonera.server.program_documents import program_of_version
 from resonera.server.program_previews import PreviewRefused, patient_profile
 from resonera.server.schemas import DesiredIn, PrescribedProgramPublic
 
@@ -209,6 +209,7 @@ class LibraryMatch:
     id: str
     name: str
     description: str
+    tags: tuple[str, ...]
     duration_s: float
     version: int
     content_hash: str
@@ -284,19 +285,16 @@ def _legacy_rows(states: Sequence[PrescribedProgramPublic], start: int) -> list[
 def _matches(
     session: Session, patient_id: str, q: str, prescribed: set[str]
 ) -> tuple[list[LibraryMatch], bool]:
-    """Library programs whose name or description holds ``q`` (any case; all for an empty
-    ``q``), each with whether this patient's device could play it under their limits."""
-    needle = q.strip().casefold()
+    """Library programs whose name, description or tags hold ``q`` (``programs.search_programs``,
+    as the API's ``GET /programs?q=``), each with whether this patient's device could play it under
+    their limits."""
     try:
         profile = patient_profile(session, patient_id)
         unplayable = ""
     except PreviewRefused as exc:
         profile, unplayable = None, str(exc)
     found: list[LibraryMatch] = []
-    for row in programs.list_programs(session):
-        program = program_of(row)
-        if needle not in program.name.casefold() and needle not in program.description.casefold():
-            continue
+    for row, program in programs.search_programs(session, q=q):
         if len(found) == MAX_MATCHES:
             return found, True
         cannot_play = unplayable
@@ -310,6 +308,7 @@ def _matches(
                 id=row.id,
                 name=row.name,
                 description=program.description,
+                tags=tuple(row.tags),
                 duration_s=program.duration_s,
                 version=row.version,
                 content_hash=row.content_hash,

@@ -1,7 +1,8 @@
 """The program library pages: list, create, edit (validated by the device's own code, through
 ``resonera.server.programs`` as the API's ``/programs`` is) and an ``<audio>`` preview served here
 with the dashboard's cookie session. Everyone signed in reads the library (programs are not patient
-data); clinicians and admins write."""
+data); clinicians and admins write. Tags are one comma-separated field; changing only them keeps
+the program's version."""
 
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ from resonera.server.web.web_user import WebUser
 
 router = APIRouter(include_in_schema=False)
 Document = Annotated[str, Form(max_length=programs.MAX_DOCUMENT_CHARS)]
+#: Room for ten tags of the longest kind with their commas, and some slack for spaces.
+TagsText = Annotated[str, Form(max_length=500)]
 WRITERS: Final = ("clinician", "admin")
 EXAMPLE: Final = """\
 name = "Alpha drift"
@@ -71,7 +74,7 @@ def _library(
             "rows": [(row, _duration(row)) for row in rows],
             "can_write": web.role in WRITERS,
             "error": error,
-            "form": form or {"document": EXAMPLE, "format": "toml"},
+            "form": form or {"document": EXAMPLE, "format": "toml", "tags": ""},
         },
         status=status,
     )
@@ -97,7 +100,8 @@ def _program_page(
             "preview_max_s": state.settings.preview_max_s,
             "can_write": web.role in WRITERS,
             "error": error,
-            "form": form or {"document": row.document, "format": row.format},
+            "form": form
+            or {"document": row.document, "format": row.format, "tags": ", ".join(row.tags)},
             "notice": notice,
         },
         status=status,
@@ -122,12 +126,13 @@ def create_program(
     session: SessionDep,
     document: Document = "",
     fmt: Annotated[Literal["toml", "yaml"], Form(alias="format")] = "toml",
+    tags: TagsText = "",
     csrf_token: Annotated[str, Form(max_length=200)] = "",
 ) -> Response:
     check_csrf(web, csrf_token)
     _writer(web)
     assert web.user.id is not None
-    form = {"document": document, "format": fmt}
+    form = {"document": document, "format": fmt, "tags": tags}
     if not document.strip():
         return _library(
             web, session, status=400, error="Not saved: the document is empty.", form=form
@@ -138,6 +143,7 @@ def create_program(
             actor_user_id=web.user.id,
             document=document,
             fmt=fmt,
+            tags=programs.tags_of_text(tags),
             request=request,
             backgrounds=state.backgrounds,
         )
@@ -157,9 +163,12 @@ def program_page(
     state: StateDep,
     session: SessionDep,
     saved: int | None = None,
+    unchanged: bool = False,
 ) -> HTMLResponse:
     row = _found(session, program_id)
     notice = f"Saved as version {saved}." if saved is not None else ""
+    if unchanged:  # tags alone are not the program's content: no version was made
+        notice = f"Saved. The document is unchanged, so the program stays version {row.version}."
     return _program_page(web, state, row, notice=notice)
 
 
@@ -173,15 +182,18 @@ def update_program(
     session: SessionDep,
     document: Document = "",
     fmt: Annotated[Literal["toml", "yaml"], Form(alias="format")] = "toml",
+    tags: TagsText = "",
     version: Annotated[int, Form(ge=0, le=2**31 - 1)] = 0,
     csrf_token: Annotated[str, Form(max_length=200)] = "",
 ) -> Response:
-    """The program's next version if it is still at ``version`` (the form's If-Match)."""
+    """The program's next version if it is still at ``version`` (the form's If-Match); the same
+    document with other tags saves only them, in the same version."""
     check_csrf(web, csrf_token)
     _writer(web)
     row = _found(session, program_id)
+    before = row.version
     assert web.user.id is not None
-    form = {"document": document, "format": fmt}
+    form = {"document": document, "format": fmt, "tags": tags}
     try:
         row = programs.update_program(
             session,
@@ -190,6 +202,7 @@ def update_program(
             document=document,
             fmt=fmt,
             expected_version=version,
+            tags=programs.tags_of_text(tags),
             request=request,
             backgrounds=state.backgrounds,
         )
@@ -206,8 +219,9 @@ def update_program(
             status=409,
             error=f"Not saved: someone saved version {exc.current} meanwhile; this is it now.",
         )
+    done = f"saved={row.version}" if row.version != before else "unchanged=1"
     return RedirectResponse(
-        f"/programs/{row.id}?saved={row.version}", status_code=303, headers=dict(PAGE_HEADERS)
+        f"/programs/{row.id}?{done}", status_code=303, headers=dict(PAGE_HEADERS)
     )
 
 

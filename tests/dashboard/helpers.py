@@ -233,10 +233,13 @@ def report_applied(engine: Engine, device: str, version: int) -> None:
     IngestProcessor(engine).process([Received(topics.up(device, "reported"), envelope.to_bytes())])
 
 
-def create_program(client: TestClient, csrf: str, document: str, fmt: str = "toml") -> str:
-    """Add a program to the library through its page's form; its id."""
+def create_program(
+    client: TestClient, csrf: str, document: str, fmt: str = "toml", tags: str = ""
+) -> str:
+    """Add a program to the library through its page's form (``tags`` comma-separated); its id."""
     response = client.post(
-        "/programs", data={"document": document, "format": fmt, "csrf_token": csrf}
+        "/programs",
+        data={"document": document, "format": fmt, "tags": tags, "csrf_token": csrf},
     )
     assert response.status_code == 303, response.text
     found = re.match(r"/programs/([0-9a-f-]+)\?saved=1$", response.headers["location"])

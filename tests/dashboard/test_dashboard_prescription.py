@@ -175,13 +175,17 @@ def walk_the_editor(
     sessions and save; the saved entries."""
     alpha = create_program(client, csrf, ALPHA_TOML)
     create_program(client, csrf, TONE_TOML)
-    create_program(client, csrf, PINK_TOML)
+    create_program(client, csrf, PINK_TOML, tags="Sleep, tinnitus")
     url = f"/patients/{seeded.patient}"
     html = client.get(url).text
     assert "Nothing has been prescribed yet." in html
 
     search = client.get(f"{url}?q=EVENING").text  # any case, in the description
     assert matches(search) == ["Calm tone"]
+    search = client.get(f"{url}?q=Tinnitus").text  # and in the tags, each match showing its own
+    assert matches(search) == ["Pink rest"]
+    assert '<p class="tags">Tags: sleep, tinnitus</p>' in search
+    assert "Programs have no tags yet" not in search
     html = client.get(f"{url}?q=").text  # empty: the whole library
     added = matches(html)
     assert added == ["Alpha drift", "Calm tone", "Pink rest"]
@@ -409,7 +413,7 @@ def test_the_editor_in_chromium_at_desk_and_phone_widths(
     b.sign_in(seeded.clinician)
     b.goto(f"/patients/{seeded.patient}#prescription")
     expect(page.locator("#prescription-status")).to_contain_text("Nothing has been prescribed")
-    page.get_by_label("Name or description").fill("")
+    page.get_by_label("Name, description or tag").fill("")
     page.get_by_role("button", name="Search the library").click()
     for name in ("Alpha drift", "Calm tone", "Pink rest"):
         page.get_by_role("button", name=f"Add '{name}' to the prescription").click()
@@ -437,7 +441,7 @@ def test_the_editor_in_chromium_at_desk_and_phone_widths(
     page.locator("#prescription").scroll_into_view_if_needed()
     b.shot("saved-390")
     b.shot_of("#prescription", "saved-390-prescription")
-    page.get_by_label("Name or description").fill("evening")
+    page.get_by_label("Name, description or tag").fill("evening")
     page.get_by_role("button", name="Search the library").click()
     expect(page.locator("#library-matches > li")).to_have_count(1)
     assert page.evaluate("document.documentElement.scrollWidth") <= 390

@@ -11,6 +11,7 @@ import numpy as np
 from dashboard.helpers import Seeded, create_program, form_token, table_cells
 from factories import ALPHA_TOML as ALPHA
 from fastapi.testclient import TestClient
+from httpx import Response
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
@@ -149,3 +150,47 @@ def test_a_clinician_hears_a_program_as_their_patient_would(
     sign_in(seeded.admin)
     assert client.get(src).status_code == 403
     assert client.get(f"/programs/{program_id}/preview.wav").status_code == 200
+
+
+def test_tags_are_shown_and_edited_without_a_new_version(
+    client: TestClient, sign_in: SignIn, seeded: Seeded, engine: Engine
+) -> None:
+    csrf = sign_in(seeded.clinician)
+    program_id = create_program(client, csrf, ALPHA, tags=" Sleep,evening , sleep,")
+    assert [row[3] for row in table_cells(client.get("/programs").text, "programs")] == [
+        "sleep, evening"
+    ]
+    page = client.get(f"/programs/{program_id}")
+    assert "Tags: sleep, evening" in page.text and 'value="sleep, evening"' in page.text
+
+    def save(tags: str, version: str = "1") -> Response:
+        response: Response = client.post(
+            f"/programs/{program_id}",
+            data={
+                "document": ALPHA,
+                "format": "toml",
+                "tags": tags,
+                "version": version,
+                "csrf_token": csrf,
+            },
+        )
+        return response
+
+    saved = save("tinnitus")
+    assert saved.status_code == 303
+    assert saved.headers["location"] == f"/programs/{program_id}?unchanged=1"
+    page = client.get(saved.headers["location"])
+    assert "the program stays version 1" in page.text and "Tags: tinnitus" in page.text
+
+    bad = save("ok, bad!")
+    assert bad.status_code == 400
+    assert "Not saved: tags: tag &#39;bad!&#39; may hold only" in bad.text
+    assert 'value="ok, bad!"' in bad.text  # what was typed stays in the form
+    stale = save("late", version="0")
+    assert stale.status_code == 409
+    with Session(engine) as session:
+        actions = [
+            a.action
+            for a in session.exec(select(AuditRow).where(AuditRow.resource == "program")).all()
+        ]
+    assert sorted(actions) == ["create", "update_tags"]

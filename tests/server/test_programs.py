@@ -259,3 +259,124 @@ def test_a_library_program_goes_to_a_patient_through_the_desired_state(
     )
     # The device parses it with the same model it came from.
     assert parse_program(entry["definition"]).steps[0].layers[0].type == "binaural"
+
+
+def _tag_put(client: TestClient, url: str, body: dict[str, Any], headers: dict[str, str]) -> Any:
+    etag = client.get(url, headers=headers).headers["etag"]
+    return client.put(url, json=body, headers={**headers, "If-Match": etag})
+
+
+def test_tags_are_normalised_filtered_and_change_no_version(
+    client: TestClient, world: Any, engine: Engine
+) -> None:
+    created = client.post(
+        f"{API}/programs",
+        json={"document": ALPHA, "tags": ["  Sleep ", "tinnitus  relief", "SLEEP", "sömn-hjälp"]},
+        headers=world.clinician.headers,
+    )
+    assert created.status_code == 201, created.text
+    assert created.json()["tags"] == ["sleep", "tinnitus relief", "sömn-hjälp"]
+    url = f"{API}/programs/{created.json()['id']}"
+    theta = _create(client, world.clinician.headers, ALPHA_YAML, "yaml").json()
+    assert theta["tags"] == []  # optional on POST
+
+    def names(query: str) -> list[str]:
+        listed = client.get(f"{API}/programs{query}", headers=world.auditor.headers)
+        assert listed.status_code == 200, listed.text
+        return [p["name"] for p in listed.json()]
+
+    assert names("") == ["Alpha drift", "Theta steps"]
+    assert names("?tag=SLEEP") == names("?tag=tinnitus%20relief") == ["Alpha drift"]
+    assert names("?tag=sle") == []  # a tag matches exactly
+    assert names("?q=RELIEF") == ["Alpha drift"]  # the text query reads tags ...
+    assert names("?q=theta") == ["Theta steps"]  # ... names ...
+    assert names("?q=ten%20minutes") == ["Alpha drift"]  # ... and descriptions
+    assert names("?tag=sleep&q=theta") == []  # both must hold
+    assert names("?q=") == ["Alpha drift", "Theta steps"]
+
+    # Same document, other tags: the tags change in place, no version, audited as such.
+    retagged = _tag_put(
+        client, url, {"document": ALPHA, "tags": ["Evening"]}, world.clinician.headers
+    )
+    assert retagged.status_code == 200, retagged.text
+    assert (retagged.json()["tags"], retagged.json()["version"]) == (["evening"], 1)
+    assert retagged.headers["etag"] == '"1"'
+    assert [
+        v["version"] for v in client.get(f"{url}/versions", headers=world.auditor.headers).json()
+    ] == [1]
+    # A PUT without tags keeps them, also when it makes a new version.
+    edited = ALPHA.replace("beat_hz = 10", "beat_hz = 9")
+    put = _tag_put(client, url, {"document": edited}, world.admin.headers)
+    assert (put.json()["tags"], put.json()["version"]) == (["evening"], 2)
+    # Nothing changed: nothing saved, nothing audited.
+    same = _tag_put(client, url, {"document": edited}, world.admin.headers)
+    assert same.json()["version"] == 2
+    actions = [a.action for a in _audit(engine, "program") if a.resource_id == put.json()["id"]]
+    assert sorted(actions) == ["create", "update", "update_tags"]
+    with Session(engine) as session:
+        row = session.get(ProgramLibraryRow, put.json()["id"])
+        assert row is not None and row.tags == ["evening"]
+
+
+@pytest.mark.parametrize(
+    ("tags", "says"),
+    [
+        (["sleep", "bad!"], "tag 'bad!' may hold only letters, digits, spaces and hyphens"),
+        (["snake_case"], "tag 'snake_case' may hold only"),
+        (["x" * 33], f"tag '{'x' * 33}' is longer than 32 characters"),
+        (["  "], "a tag is empty"),
+        ([f"t{n}" for n in range(11)], "at most 10 tags, not 11"),
+        (["a"] * 50 + ["b"], None),  # duplicates count once: accepted
+    ],
+)
+def test_bad_tags_are_a_422_naming_the_tag(
+    client: TestClient, world: Any, tags: list[str], says: str | None
+) -> None:
+    response = client.post(
+        f"{API}/programs", json={"document": ALPHA, "tags": tags}, headers=world.clinician.headers
+    )
+    if says is None:
+        assert response.status_code == 201 and response.json()["tags"] == ["a", "b"]
+        return
+    error = _error(response, 422)
+    assert error["details"]["field"] == "tags" and says in error["message"]
+    assert client.get(f"{API}/programs", headers=world.clinician.headers).json() == []
+
+
+def test_bad_tags_on_put_store_nothing(client: TestClient, world: Any) -> None:
+    created = _create(client, world.clinician.headers).json()
+    url = f"{API}/programs/{created['id']}"
+    refused = _tag_put(client, url, {"document": ALPHA, "tags": ["ok", "<b>"]}, world.admin.headers)
+    assert "tag '<b>'" in _error(refused, 422)["message"]
+    huge = _tag_put(client, url, {"document": ALPHA, "tags": ["x" * 201]}, world.admin.headers)
+    _error(huge, 422)  # hostile sizes stop at the schema, still a 422
+    assert client.get(url, headers=world.admin.headers).json()["tags"] == []
+    # A filter longer than any tag is refused, not searched.
+    _error(client.get(f"{API}/programs?tag={'x' * 65}", headers=world.admin.headers), 422)
+
+
+def test_a_tags_only_change_loses_to_a_newer_version(
+    client: TestClient, world: Any, engine: Engine
+) -> None:
+    row_id = _create(client, world.clinician.headers).json()["id"]
+    with Session(engine) as first, Session(engine) as second:
+        assert programs.get_program(second, row_id) is not None  # read at version 1
+        programs.update_program(
+            first,
+            row_id,
+            actor_user_id=world.clinician.id,
+            document=ALPHA.replace("200", "210"),
+            fmt="toml",
+            expected_version=1,
+        )
+        with pytest.raises(VersionConflict):
+            programs.update_program(
+                second,
+                row_id,
+                actor_user_id=world.admin.id,
+                document=ALPHA,
+                fmt="toml",
+                expected_version=1,
+                tags=["late"],
+            )
+    assert client.get(f"{API}/programs/{row_id}", headers=world.admin.headers).json()["tags"] == []

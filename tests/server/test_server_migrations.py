@@ -83,7 +83,8 @@ def empty_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Eng
 
 def test_library_programs_become_their_version_1(empty_engine: Engine) -> None:
     """0012: an existing program (edited twice before versions were kept) becomes version 1,
-    with its definition and the definition's SHA-256; the head's version and hash follow."""
+    with its definition and the definition's SHA-256; the head's version and hash follow. 0015: it
+    has no tags."""
     migrate(empty_engine, "0011")
     at = datetime(2026, 11, 1, 9, 0, tzinfo=UTC)
     with empty_engine.begin() as conn:
@@ -108,6 +109,7 @@ def test_library_programs_become_their_version_1(empty_engine: Engine) -> None:
         (version,) = session.exec(select(ProgramVersionRow)).all()
         head = session.get(ProgramLibraryRow, "p1")
     assert head is not None and (head.version, head.content_hash) == (1, program.digest())
+    assert head.tags == []
     assert (version.program_id, version.version, version.name) == ("p1", 1, "Alpha drift")
     assert version.definition == program.model_dump(mode="json")
     assert version.sha256 == definition_sha256(version.definition) == program.digest()

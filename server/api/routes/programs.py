@@ -6,6 +6,10 @@ without it, 412 when the program changed meanwhile. Every version is kept: ``GET
 /programs/{id}/versions`` lists them, ``GET /programs/{id}/versions/{n}`` reads one. A document
 the device would refuse is 422 naming the field or line; another program's name is 409.
 
+Programs have tags (``programs.normalise_tags``; a bad one is 422 naming it): ``PUT`` without
+``tags`` keeps them, and a ``PUT`` of the same document changing only them makes no new version.
+``GET /programs?tag=&q=`` filters by a tag (exact, any case) and text in name, description or tags.
+
 ``GET /programs/{id}/preview.wav`` is the program as the device would play it (engine and safety
 chain), at most ``preview_max_s`` seconds: with ``?patient=ID`` for that patient's profile and
 limits (a clinician's own patients only, and audited), otherwise for the default profile. The
@@ -20,6 +24,7 @@ from fastapi import APIRouter, Header, Path, Query, Request, Response, status
 from fastapi.responses import FileResponse
 
 from resonera.common.errors import VersionConflict
+from resonera.common.program import Program
 from resonera.server import programs
 from resonera.server.api.deps import (
     AdminOrClinician,
@@ -49,8 +54,8 @@ def _etag(row: ProgramLibraryRow) -> str:
     return f'"{row.version}"'
 
 
-def _public(row: ProgramLibraryRow) -> ProgramPublic:
-    program = programs.program_of(row)
+def _public(row: ProgramLibraryRow, program: Program | None = None) -> ProgramPublic:
+    program = program if program is not None else programs.program_of(row)
     return ProgramPublic(
         id=row.id,
         name=row.name,
@@ -58,6 +63,7 @@ def _public(row: ProgramLibraryRow) -> ProgramPublic:
         format=row.format,
         document=row.document,
         content_hash=row.content_hash,
+        tags=row.tags,
         duration_s=program.duration_s,
         program=program.model_dump(mode="json"),
         created_by=row.created_by,
@@ -80,9 +86,22 @@ def _found(session: SessionDep, program_id: str) -> ProgramLibraryRow:
 
 
 @router.get("", response_model=list[ProgramPublic])
-def list_programs(*, user: CurrentUser, session: SessionDep) -> Any:
-    """Every library program, by name."""
-    return [_public(row) for row in programs.list_programs(session)]
+def list_programs(
+    *,
+    user: CurrentUser,
+    session: SessionDep,
+    tag: Annotated[
+        str | None, Query(max_length=64, description="only programs with this tag (any case)")
+    ] = None,
+    q: Annotated[
+        str | None,
+        Query(max_length=200, description="only programs whose name, description or tags hold it"),
+    ] = None,
+) -> Any:
+    """The library programs, by name; with ``tag`` and/or ``q``, those that match both."""
+    return [
+        _public(row, program) for row, program in programs.search_programs(session, q=q, tag=tag)
+    ]
 
 
 @router.post("", response_model=ProgramPublic, status_code=status.HTTP_201_CREATED)
@@ -104,6 +123,7 @@ def create_program(
             actor_user_id=user.id,
             document=body.document,
             fmt=body.format,
+            tags=body.tags or (),
             request=request,
             backgrounds=state.backgrounds,
         )
@@ -194,7 +214,8 @@ def update_program(
     response: Response,
     if_match: Annotated[str | None, Header(max_length=64)] = None,
 ) -> ProgramPublic:
-    """The program's next version; ``If-Match`` must carry the version being replaced."""
+    """The program's next version; ``If-Match`` must carry the version being replaced. The same
+    document (and format) with other ``tags`` changes only the tags, in the same version."""
     expected = _if_match_version(if_match)
     row = _found(session, program_id)
     if expected is None:
@@ -208,6 +229,7 @@ def update_program(
             document=body.document,
             fmt=body.format,
             expected_version=expected,
+            tags=body.tags,
             request=request,
             backgrounds=state.backgrounds,
         )
