@@ -9,11 +9,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from device_peer import Peer, ServerKey, config_file, device_settings, service_on_mcu
 from support import Mosquitto, wait_until
 
 from resonera.device.service import ServiceUnavailable, send_command
 from resonera.device.settings import DeviceSettings
+
+# Times the safety MCU's watchdogs or measures recorded sound against real time: the main pass
+# only, not the faketime pass that runs beside it at a lower priority (make pytest-both).
+pytestmark = pytest.mark.realtime
 
 BIN = Path(sys.executable).parent / "resonera-device"
 

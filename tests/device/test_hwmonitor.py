@@ -15,6 +15,10 @@ from resonera.device.hwmonitor import HardwareMonitor, HardwareNotReady
 from resonera.hardware.firmware.config import BoardConfig
 from resonera.hardware.sim import Simulator
 
+# Times the safety MCU's watchdogs or measures recorded sound against real time: the main pass
+# only, not the faketime pass that runs beside it at a lower priority (make pytest-both).
+pytestmark = pytest.mark.realtime
+
 
 @pytest.fixture
 def sim() -> Iterator[Simulator]:

@@ -36,6 +36,10 @@ from resonera.hardware.firmware.config import BoardConfig
 from resonera.hardware.scenario import Scenario
 from resonera.hardware.sim import Simulator
 
+# Times the safety MCU's watchdogs or measures recorded sound against real time: the main pass
+# only, not the faketime pass that runs beside it at a lower priority (make pytest-both).
+pytestmark = pytest.mark.realtime
+
 RATE = 48_000
 BLOCK = 256
 GAIN = 0.5

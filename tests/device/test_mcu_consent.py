@@ -20,6 +20,10 @@ from resonera.engine.audio.calibration import packaged_calibration
 from resonera.engine.audio.sinks import WavSink
 from resonera.hardware.sim import Simulator
 
+# Times the safety MCU's watchdogs or measures recorded sound against real time: the main pass
+# only, not the faketime pass that runs beside it at a lower priority (make pytest-both).
+pytestmark = pytest.mark.realtime
+
 TONE = """
 name = "tone"
 fade_in_s = 0.5

@@ -24,6 +24,10 @@ from resonera.engine.audio.player import play
 from resonera.engine.audio.sinks import PyAudioSink
 from resonera.engine.audio.synth import ProgramRenderer
 
+# Times the safety MCU's watchdogs or measures recorded sound against real time: the main pass
+# only, not the faketime pass that runs beside it at a lower priority (make pytest-both).
+pytestmark = pytest.mark.realtime
+
 RATE = 48000
 #: Above most of the speech's energy, so the program is measured apart from the prompt.
 TONE_HZ = 7500.0

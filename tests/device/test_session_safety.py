@@ -30,6 +30,10 @@ from resonera.engine.pipeline import chain_limits, limited_profile
 from resonera.hardware.firmware.config import BoardConfig
 from resonera.hardware.sim import Simulator
 
+# Times the safety MCU's watchdogs or measures recorded sound against real time: the main pass
+# only, not the faketime pass that runs beside it at a lower priority (make pytest-both).
+pytestmark = pytest.mark.realtime
+
 TONE_1K = """
 name = "tone"
 fade_in_s = 0.5

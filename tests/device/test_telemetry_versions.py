@@ -8,8 +8,13 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+import pytest
 from device_peer import Peer, device_settings, service_on_mcu
 from support import Mosquitto, wait_until
+
+# Times the safety MCU's watchdogs or measures recorded sound against real time: the main pass
+# only, not the faketime pass that runs beside it at a lower priority (make pytest-both).
+pytestmark = pytest.mark.realtime
 
 
 def _telemetry(peer: Peer) -> list[dict[str, Any]]:
