@@ -17,7 +17,7 @@ from resonera.device.service import ServiceUnavailable, send_command
 from resonera.device.settings import DeviceSettings
 
 # Times the safety MCU's watchdogs or measures recorded sound against real time: the main pass
-# only, not the faketime pass that runs beside it at a lower priority (make pytest-both).
+# only (the dates of their sessions are checked under faketime by the sessions' other tests).
 pytestmark = pytest.mark.realtime
 
 BIN = Path(sys.executable).parent / "resonera-device"

@@ -26,7 +26,7 @@ from resonera.hardware.firmware.config import BoardConfig
 from resonera.hardware.scenario import execute
 
 # Times the safety MCU's watchdogs or measures recorded sound against real time: the main pass
-# only, not the faketime pass that runs beside it at a lower priority (make pytest-both).
+# only (the dates of their sessions are checked under faketime by the sessions' other tests).
 pytestmark = pytest.mark.realtime
 
 BIN = Path(sys.executable).parent / "resonera-device"

@@ -21,7 +21,7 @@ from resonera.engine.audio.sinks import WavSink
 from resonera.hardware.sim import Simulator
 
 # Times the safety MCU's watchdogs or measures recorded sound against real time: the main pass
-# only, not the faketime pass that runs beside it at a lower priority (make pytest-both).
+# only (the dates of their sessions are checked under faketime by the sessions' other tests).
 pytestmark = pytest.mark.realtime
 
 TONE = """

@@ -13,7 +13,7 @@ from device_peer import Peer, device_settings, service_on_mcu
 from support import Mosquitto, wait_until
 
 # Times the safety MCU's watchdogs or measures recorded sound against real time: the main pass
-# only, not the faketime pass that runs beside it at a lower priority (make pytest-both).
+# only (the dates of their sessions are checked under faketime by the sessions' other tests).
 pytestmark = pytest.mark.realtime
 
 
