@@ -270,10 +270,9 @@ class PyAudioSink(BaseSink):
         self._release()
 
     def _discard(self) -> None:
+        # Closing an active stream drops what it still buffers, as aborting it would
+        # (Pa_CloseStream); PyAudio's Stream has no abort of its own.
         self._closing = True
-        if self._stream is not None:
-            with contextlib.suppress(OSError):
-                self._stream.abort_stream()  # drop buffered audio instead of playing it out
         self._release()
 
     def _release(self) -> None:

@@ -376,10 +376,6 @@ class FakeStream:
         self.calls.append("stop")
         self.active = False
 
-    def abort_stream(self) -> None:
-        self.calls.append("abort")
-        self.active = False
-
     def close(self) -> None:
         self.calls.append("close")
 
@@ -387,6 +383,16 @@ class FakeStream:
         data, flag = self.callback(None, frames, {}, 0)
         assert flag == 0
         return np.frombuffer(data, "<f4").reshape(-1, 2)
+
+
+def test_the_fake_stream_has_only_what_pyaudios_stream_has() -> None:
+    """The fake stands in for PyAudio's ``Stream``: a method PyAudio does not have (an
+    ``abort_stream`` once) must fail here, not pass against the fake and break on a device."""
+    import pyaudio  # the device's dependency; imported by the sink only when it plays
+
+    fake = {name for name in vars(FakeStream) if not name.startswith("_")} - {"pull"}
+    real = {name for name in dir(pyaudio.Stream) if not name.startswith("_")}
+    assert fake <= real, fake - real
 
 
 class FakePyAudio:
@@ -495,7 +501,9 @@ def test_a_device_that_disappears_ends_the_session_as_a_fault(fake_pyaudio: Fake
     assert result.reason is not None
     assert "audio output failed" in result.reason and "fake was lost" in result.reason
     assert result.frames_played == 2048
-    assert FakePyAudio.stream is not None and "abort" in FakePyAudio.stream.calls
+    # closed at once, not stopped (a stop would play out what the stream still buffers)
+    assert FakePyAudio.stream is not None and FakePyAudio.stream.calls[-1] == "close"
+    assert "stop" not in FakePyAudio.stream.calls
     assert not sink.is_open
 
 
