@@ -5,6 +5,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import Browser, Playwright, sync_playwright
 from support import Mosquitto, real_clock_env, require_tool, run_mosquitto, wait_until
 
 
@@ -78,3 +79,31 @@ def pulse_null_sink(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             yield PULSE_TEST_SINK
         finally:
             subprocess.run([pulseaudio, "--kill"], capture_output=True, timeout=10, check=False)
+
+
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+# One Playwright for the whole session: its sync API cannot be started a second time while one
+# runs in the same thread, so the dashboard's tests and the end-to-end ones share it.
+@pytest.fixture(scope="session")
+def playwright_session() -> Iterator[Playwright]:
+    with sync_playwright() as playwright:
+        yield playwright
+
+
+@pytest.fixture(scope="session")
+def browser(playwright_session: Playwright) -> Iterator[Browser]:
+    """Headless Chromium (``/usr/bin/chromium``), one for the session; tests open contexts."""
+    executable = require_tool("chromium")
+    browser = playwright_session.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+    yield browser
+    browser.close()

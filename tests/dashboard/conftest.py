@@ -24,10 +24,9 @@ from dashboard.helpers import (
 )
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from playwright.sync_api import Browser, Playwright, sync_playwright
+from playwright.sync_api import Browser
 from pydantic import SecretStr
 from sqlalchemy.engine import Engine
-from support import require_tool
 
 from resonera.server.crypto import FieldCipher, new_key_line, write_signing_key
 from resonera.server.db import make_engine
@@ -45,16 +44,6 @@ postgres = _helpers.postgres
 pg_database = _helpers.pg_database
 engine = _helpers.sqlite_engine  # the dashboard's tests run on SQLite
 publisher = _helpers.publisher
-
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 
 
 @pytest.fixture
@@ -137,20 +126,6 @@ def live_server(
     settings = server_settings.model_copy(update={"http_port": 0})
     with run_server_in_thread(settings, ingest=False, engine=engine, publisher=publisher) as server:
         yield server
-
-
-@pytest.fixture(scope="session")
-def playwright_session() -> Iterator[Playwright]:
-    with sync_playwright() as playwright:
-        yield playwright
-
-
-@pytest.fixture(scope="session")
-def browser(playwright_session: Playwright) -> Iterator[Browser]:
-    executable = require_tool("chromium")
-    browser = playwright_session.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
-    yield browser
-    browser.close()
 
 
 @pytest.fixture(scope="session")

@@ -23,7 +23,7 @@ from clinic import EMAIL, PASSWORD, signing_key
 from device_peer import service_on_mcu
 from fleet import run_tls_broker
 from numpy.typing import NDArray
-from playwright.sync_api import Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 from support import real_clock_env, require_tool, wait_until
 
 from resonera.common.desired import DesiredDocument, effective_profile
@@ -65,7 +65,6 @@ frequency_hz = {TONE_HZ}
 gain = 0.25
 """
 BOARD = BoardConfig(board_id="rx-loop-board")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"]
 #: Frames of the envelope the tone is followed by (10 ms at 48 kHz).
 HOP = 480
 
@@ -157,7 +156,7 @@ def sign_in(page: Page, base: str) -> None:
 
 
 def test_a_program_prescribed_in_the_browser_plays_on_the_device_as_rendered(
-    pulse_null_sink: str, tmp_path: Path
+    pulse_null_sink: str, browser: Browser, tmp_path: Path
 ) -> None:
     key_file, public_key = signing_key(tmp_path)
     device = "rx-loop-1"
@@ -194,13 +193,10 @@ def test_a_program_prescribed_in_the_browser_plays_on_the_device_as_rendered(
                         server_public_key=public_key,
                         mqtt=tls.device(device),
                     ) as (sim, _device_settings, service),
-                    sync_playwright() as playwright,
                 ):
-                    browser = playwright.chromium.launch(
-                        executable_path=require_tool("chromium"), args=CHROMIUM_ARGS
-                    )
+                    context = browser.new_context(viewport={"width": 1280, "height": 900})
                     try:
-                        page = browser.new_page(viewport={"width": 1280, "height": 900})
+                        page = context.new_page()
                         sign_in(page, server.url)
                         patient_page = f"{server.url}/patients/{setup.patient_id}"
                         page.goto(f"{patient_page}?q=evening#add-program")
@@ -245,7 +241,7 @@ def test_a_program_prescribed_in_the_browser_plays_on_the_device_as_rendered(
 
                         wait_until(session_shown, 30, "the session on the patient page")
                     finally:
-                        browser.close()
+                        context.close()
 
                 version = api.get(f"/programs/{library_id}/versions/1").json()
                 program = Program.model_validate(version["definition"])
