@@ -28,6 +28,7 @@ from datetime import datetime
 from typing import Any, Final, Protocol
 
 import paho.mqtt.client as paho
+from fastapi import Request
 from sqlalchemy import or_
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
@@ -41,6 +42,7 @@ from resonera.common.desired import (
 from resonera.common.errors import VersionConflict
 from resonera.common.mqtt_client import build_client, connect_in_background, stop_loop
 from resonera.common.profile import HearingProfile
+from resonera.server.audit import audit
 from resonera.server.crypto import DesiredStateSigner, sign_document
 from resonera.server.models import (
     AssignmentRow,
@@ -48,6 +50,7 @@ from resonera.server.models import (
     DoseLedgerResetRow,
     PatientConfigRow,
     SafetyEventRow,
+    UserRow,
 )
 from resonera.server.settings import ServerSettings
 
@@ -196,6 +199,39 @@ class DesiredService:
             )
         ).all()
         return sorted(set(rows))
+
+    def set_audited(
+        self,
+        session: Session,
+        request: Request,
+        user: UserRow,
+        *,
+        patient_id: str,
+        expected_version: int,
+        values: dict[str, Any],
+        now: datetime,
+    ) -> tuple[PatientConfigRow, list[Outgoing]]:
+        """``set`` by ``user`` with its audit row (an ``update`` of the patient's desired state):
+        the API, the limits form and the prescription editor all save through here."""
+        assert user.id is not None
+        row, outgoing = self.set(
+            session,
+            patient_id=patient_id,
+            expected_version=expected_version,
+            values=values,
+            user_id=user.id,
+            now=now,
+        )
+        audit(
+            session,
+            request,
+            user,
+            "update",
+            "desired_state",
+            resource_id=str(row.version),
+            patient_id=patient_id,
+        )
+        return row, outgoing
 
     def set(
         self,

@@ -26,7 +26,6 @@ from resonera.common.prescription import MAX_PRESCRIBED_PROGRAMS, PrescribedProg
 from resonera.common.program_check import check_program_for
 from resonera.server import programs
 from resonera.server.api.deps import AppState
-from resonera.server.audit import audit
 from resonera.server.desired import Outgoing, config_document
 from resonera.server.models import PatientConfigRow, UserRow
 from resonera.server.prescriptions import (
@@ -431,21 +430,13 @@ def save_draft(
     except PrescriptionInvalid as exc:
         raise SaveRefused(Refusal(str(exc), exc.library_id), 422) from None
     values["programs"] = [entry.model_dump(mode="json") for entry in entries]
-    added, outgoing = state.desired.set(
-        session,
-        patient_id=patient_id,
-        expected_version=draft.version,
-        values=values,
-        user_id=user.id,
-        now=now,
-    )
-    audit(
+    added, outgoing = state.desired.set_audited(
         session,
         request,
         user,
-        "update",
-        "desired_state",
-        resource_id=str(added.version),
         patient_id=patient_id,
+        expected_version=draft.version,
+        values=values,
+        now=now,
     )
     return added, outgoing

@@ -409,8 +409,10 @@ def save_limits(
         )
     assert web.user.id is not None
     try:
-        row, outgoing = state.desired.set(
+        row, outgoing = state.desired.set_audited(
             session,
+            request,
+            web.user,
             patient_id=patient.id,
             expected_version=version,
             values={
@@ -419,17 +421,7 @@ def save_limits(
                 "programs": kept_programs,
                 "sessions_per_week": body.sessions_per_week,
             },
-            user_id=web.user.id,
             now=now_utc(),
-        )
-        audit(
-            session,
-            request,
-            web.user,
-            "update",
-            "desired_state",
-            resource_id=str(row.version),
-            patient_id=patient.id,
         )
         session.commit()
     except (VersionConflict, IntegrityError):

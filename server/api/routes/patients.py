@@ -439,22 +439,14 @@ def set_desired(
         for entry in _prescribed(state, session, patient_id, body.programs, config=values, now=now)
     ]
     try:
-        row, outgoing = state.desired.set(
-            session,
-            patient_id=patient_id,
-            expected_version=expected,
-            values=values,
-            user_id=user.id,
-            now=now,
-        )
-        audit(
+        _row, outgoing = state.desired.set_audited(
             session,
             request,
             user,
-            "update",
-            "desired_state",
-            resource_id=str(row.version),
             patient_id=patient_id,
+            expected_version=expected,
+            values=values,
+            now=now,
         )
         session.commit()
     except VersionConflict as exc:
