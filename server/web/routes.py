@@ -118,6 +118,22 @@ def patients_page(
     )
 
 
+def _shown_again(
+    request: Request, web: WebUser, state: StateDep, session: Session, patient: PatientRow
+) -> partial[HTMLResponse]:
+    """The patient page as a refused or conflicting post shows it again (30 days of sessions);
+    the caller adds the status, errors and what was posted."""
+    return partial(
+        _patient_page,
+        request=request,
+        web=web,
+        state=state,
+        session=session,
+        patient=patient,
+        days=30,
+    )
+
+
 def _patient_page(
     *,
     request: Request,
@@ -258,15 +274,7 @@ def edit_prescription(
             return RedirectResponse(
                 edited.address(patient.id, search), status_code=303, headers=dict(PAGE_HEADERS)
             )
-    again = partial(
-        _patient_page,
-        request=request,
-        web=web,
-        state=state,
-        session=session,
-        patient=patient,
-        days=30,
-    )
+    again = _shown_again(request, web, state, session, patient)
     assert web.user.id is not None
     try:
         row, outgoing = save_draft(
@@ -361,15 +369,7 @@ def save_limits(
                     if kept:
                         profile_value["checkins"] = kept
     # Both refusals show the page again, as it was posted, with the errors by their fields.
-    again = partial(
-        _patient_page,
-        request=request,
-        web=web,
-        state=state,
-        session=session,
-        patient=patient,
-        days=30,
-    )
+    again = _shown_again(request, web, state, session, patient)
     current = state.desired.current(session, patient.id)
     # The prescription (programs and weekly sessions: the editor's) stays as it is, its programs
     # checked again under the profile and limits this form sets.
