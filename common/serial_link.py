@@ -635,6 +635,14 @@ LIGHT_ATTENUATED = 2
 LIGHT_FAULT = 3
 LIGHT_SYNCING = 4
 LIGHT_DOSE_REACHED = 5
+# Protocol v1.3: why a session cannot start or was stopped, shown until the person acts. A v1.2 MCU
+# refuses these states (its table ends at 5): the device sends them only to an MCU of minor >= 3.
+#: The clinician's settings stop this start: the day's sessions used, nothing assigned, a program refused.
+LIGHT_REFUSED = 6
+#: The device cannot play until something on it is fixed: storage full, its clock untrusted.
+LIGHT_BLOCKED = 7
+#: The server shut the device out: its certificate revoked or expired, its messages quarantined.
+LIGHT_SHUT_OUT = 8
 
 LIGHT_NAMES = {
     LIGHT_IDLE: "idle",
@@ -643,6 +651,9 @@ LIGHT_NAMES = {
     LIGHT_FAULT: "fault",
     LIGHT_SYNCING: "syncing",
     LIGHT_DOSE_REACHED: "dose_reached",
+    LIGHT_REFUSED: "refused",
+    LIGHT_BLOCKED: "blocked",
+    LIGHT_SHUT_OUT: "shut_out",
 }
 
 _BUTTON = "<BBB"

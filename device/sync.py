@@ -27,7 +27,8 @@ import random
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
 
 import paho.mqtt.client as paho
 from paho.mqtt.reasoncodes import ReasonCode
@@ -48,6 +49,17 @@ log = logging.getLogger(__name__)
 IDLE_POLL_S = 5.0
 #: The shortest wait before the outbox is looked at again (a resend just due, a hold-off ending).
 MIN_WAIT_S = 0.02
+
+
+@dataclass(frozen=True)
+class ShutOut:
+    """The server will not take this device's messages: ``kind`` ``revoked`` or ``expired`` (its
+    certificate) or ``quarantined`` (its messages), ``reason`` in words for the person and
+    ``status``, ``since`` the wall-clock time it was learnt. The outbox is kept meanwhile."""
+
+    kind: Literal["revoked", "expired", "quarantined"]
+    reason: str
+    since: float
 
 
 class ClientFactory(Protocol):
@@ -97,6 +109,8 @@ class DeviceSync:
         self.clock = clock
         self.device_id = settings.device_id
         self.last_error: str | None = None
+        #: Set when the device learns it is shut out (a signed notice, a TLS alert); None otherwise.
+        self.shut_out: ShutOut | None = None
         #: Wall-clock time of the last application ack (None: none since start).
         self.last_ack: float | None = None
         self.desired = desired or DesiredStateApplier.for_settings(settings, store)
