@@ -13,6 +13,11 @@ Both files are opened first by ``open_sealed`` (one opener for the two): the dat
 the file 0600, whatever the umask (SQLite gives the ``-wal``, ``-shm`` and ``-journal`` files it
 creates the database file's mode), wider modes of an older install tightened; then the data key
 found or made, and the layout created or migrated, in one ``BEGIN IMMEDIATE`` transaction.
+
+The commands that only look (``resonera-device status``, ``history``, ``logs``, ``dose``) open them
+with ``open_read_only`` instead: SQLite's ``mode=ro``, no folder, key or database made, no mode
+changed, no migration. A missing file is ``NothingStored``; an older layout is refused with what
+upgrades it (the service), since a reader that migrated would be a writer.
 """
 
 from __future__ import annotations
@@ -48,11 +53,31 @@ FILE_MODE: Final = 0o600
 FOLDER_MODE: Final = 0o700
 
 
-class LocalDB:
-    """Short transactions on one SQLite file from any thread (a small pool of connections)."""
+class NothingStored(ResoneraError):
+    """A read-only open found no file: nothing was recorded there yet (and nothing was created)."""
 
-    def __init__(self, path: Path, *, busy_timeout_ms: int, foreign_keys: bool = False) -> None:
+
+def read_only_uri(path: Path) -> str:
+    """SQLite's URI for ``path`` opened read-only (``mode=ro``: it never creates the file)."""
+    return f"{path.absolute().as_uri()}?mode=ro"
+
+
+class LocalDB:
+    """Short transactions on one SQLite file from any thread (a small pool of connections).
+
+    ``read_only``: opened ``mode=ro`` (``query_only`` too), for a command that only looks; a write
+    through it fails (``sqlite3.OperationalError``)."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        busy_timeout_ms: int,
+        foreign_keys: bool = False,
+        read_only: bool = False,
+    ) -> None:
         self.path = path
+        self.read_only = read_only
         self._busy_timeout_ms = busy_timeout_ms
         self._foreign_keys = foreign_keys
         self._idle: list[sqlite3.Connection] = []
@@ -60,15 +85,20 @@ class LocalDB:
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(
-            self.path,
+            read_only_uri(self.path) if self.read_only else str(self.path),
             isolation_level=None,
             check_same_thread=False,  # pooled: used by one thread at a time, not always the same
             timeout=self._busy_timeout_ms / 1000,
+            uri=self.read_only,
         )
-        conn.execute("PRAGMA journal_mode=WAL")
-        # FULL: a committed record survives a power cut, which is the point of the outbox and
-        # of the dose ledger.
-        conn.execute("PRAGMA synchronous=FULL")
+        if self.read_only:
+            # The writer (the service) set WAL and FULL on the file; a reader changes nothing.
+            conn.execute("PRAGMA query_only=ON")
+        else:
+            conn.execute("PRAGMA journal_mode=WAL")
+            # FULL: a committed record survives a power cut, which is the point of the outbox and
+            # of the dose ledger.
+            conn.execute("PRAGMA synchronous=FULL")
         conn.execute(f"PRAGMA busy_timeout={int(self._busy_timeout_ms)}")
         if self._foreign_keys:
             conn.execute("PRAGMA foreign_keys=ON")
@@ -226,6 +256,54 @@ def open_sealed(
         conn.close()
 
 
+def open_read_only(
+    path: Path,
+    key_path: Path,
+    *,
+    name: str,
+    absent: str,
+    error: Callable[[str], ResoneraError],
+    recorded_key: Callable[[sqlite3.Connection], str | None],
+    sealed_rows: Callable[[sqlite3.Connection], int],
+    check_schema: Callable[[sqlite3.Connection], None],
+) -> DataKey:
+    """Open the sealed SQLite file ``path`` to read it only: nothing is created (no folder, key or
+    database; SQLite may add its ``-wal``/``-shm`` beside an existing file), no mode changed,
+    nothing migrated. Returns the data key at ``key_path``.
+
+    ``NothingStored(absent)`` when ``path`` does not exist. ``check_schema(conn)`` raises when the
+    layout is not this software's (older: the service upgrades it; newer: a newer release's). A
+    missing key is ``DataKeyMissing``, another store's key ``DataKeyMismatch``, as in
+    ``open_sealed``. The other arguments are ``open_sealed``'s."""
+    if not path.is_file():
+        raise NothingStored(absent)
+    try:
+        conn = sqlite3.connect(read_only_uri(path), uri=True, isolation_level=None, timeout=10.0)
+    except sqlite3.Error as exc:
+        raise error(f"cannot open {name} {path}: {exc}") from None
+    try:
+        conn.execute("BEGIN")
+        check_schema(conn)
+        if not key_path.exists():
+            raise DataKeyMissing(missing_key_message(key_path, sealed_rows(conn)))
+        return _key_of(path, key_path, name=name, recorded=recorded_key(conn))
+    except sqlite3.DatabaseError as exc:
+        raise error(f"cannot open {name} {path}: {exc}") from None
+    finally:
+        conn.close()
+
+
+def _key_of(path: Path, key_path: Path, *, name: str, recorded: str | None) -> DataKey:
+    """The key file at ``key_path``, which must be the one ``path`` records (``recorded``)."""
+    key = read_key_file(key_path)
+    if recorded is not None and recorded != key.key_id:
+        raise DataKeyMismatch(
+            f"the data key {key_path} (id {key.key_id}) is not the key {name} {path} was "
+            f"sealed with (id {recorded}); restore the right key file"
+        )
+    return key
+
+
 def _data_key(
     conn: sqlite3.Connection,
     *,
@@ -237,13 +315,7 @@ def _data_key(
 ) -> DataKey:
     recorded = recorded_key(conn)
     if key_path.exists():
-        key = read_key_file(key_path)
-        if recorded is not None and recorded != key.key_id:
-            raise DataKeyMismatch(
-                f"the data key {key_path} (id {key.key_id}) is not the key {name} {path} was "
-                f"sealed with (id {recorded}); restore the right key file"
-            )
-        return key
+        return _key_of(path, key_path, name=name, recorded=recorded)
     sealed = sealed_rows(conn)
     if sealed:
         raise DataKeyMissing(missing_key_message(key_path, sealed))

@@ -118,8 +118,18 @@ class DeviceSettings(ResoneraSettings):
     def store_path(self) -> Path:
         return self.data_dir / "device.db"
 
-    def open_store(self) -> DeviceStore:
-        """The local store, signing queued messages with the device key when there is one."""
+    def open_store(self, *, read_only: bool = False) -> DeviceStore:
+        """The local store, signing queued messages with the device key when there is one.
+
+        ``read_only`` (the commands that only look): nothing is created, migrated or signed;
+        ``NothingStored`` ("no store at …") when the device has none yet."""
+        if read_only:
+            return DeviceStore(
+                self.store_path,
+                data_key_path=self.data_key_path,
+                outbox_limits=self.outbox,
+                read_only=True,
+            )
         key = load_private_key(self.key_file) if self.key_file is not None else None
         return DeviceStore(
             self.store_path,

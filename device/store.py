@@ -49,7 +49,13 @@ from resonera.common.records import CheckInRecord, SafetyEventRecord, SessionRec
 from resonera.common.signing import sign_envelope
 from resonera.device import migrations
 from resonera.device.crypto_store import DataKey
-from resonera.device.localdb import LocalDB, from_db_time, open_sealed, to_db_time
+from resonera.device.localdb import (
+    LocalDB,
+    from_db_time,
+    open_read_only,
+    open_sealed,
+    to_db_time,
+)
 from resonera.device.prescriptions import AssignedProgram
 
 log = logging.getLogger(__name__)
@@ -119,6 +125,7 @@ class DeviceStore:
         data_key_path: Path | None = None,
         outbox_limits: OutboxLimits | None = None,
         clock: Clock = utc_now,
+        read_only: bool = False,
     ) -> None:
         """``signing_key``: the device's own key (that of its certificate); every queued message is
         then signed with it, so the server can tell it came from this device and was not altered.
@@ -128,22 +135,55 @@ class DeviceStore:
 
         ``data_key_path``: the data key (default ``keys/data.key`` next to the database). It is
         created with a new store; when sealed records exist and it is gone, ``DataKeyMissing``.
+
+        ``read_only``: for a command that only looks (``localdb.open_read_only``): nothing is
+        created or migrated; ``NothingStored`` ("no store at …") when there is no store, a
+        ``StoreError`` when its layout is older than this software's (the service upgrades it). A
+        write through such a store fails.
         """
         self.path = path
         self.signing_key = signing_key
         self.limits = outbox_limits or OutboxLimits()
         self.clock = clock
         self.data_key_path = data_key_path or default_key_path(path)
-        self.key = open_sealed(
-            path,
-            self.data_key_path,
-            name="the device store",
-            error=StoreError,
-            recorded_key=_recorded_key,
-            sealed_rows=migrations.sealed_record_count,
-            migrate=self._migrate,
-        )
-        self._db = LocalDB(path, busy_timeout_ms=10_000, foreign_keys=True)
+        if read_only:
+            self.key = open_read_only(
+                path,
+                self.data_key_path,
+                name="the device store",
+                absent=f"no store at {path}: nothing recorded on this device yet",
+                error=StoreError,
+                recorded_key=_recorded_key,
+                sealed_rows=migrations.sealed_record_count,
+                check_schema=self._check_schema,
+            )
+        else:
+            self.key = open_sealed(
+                path,
+                self.data_key_path,
+                name="the device store",
+                error=StoreError,
+                recorded_key=_recorded_key,
+                sealed_rows=migrations.sealed_record_count,
+                migrate=self._migrate,
+            )
+        self._db = LocalDB(path, busy_timeout_ms=10_000, foreign_keys=True, read_only=read_only)
+
+    def _check_schema(self, conn: sqlite3.Connection) -> None:
+        """A store opened read-only must already be at this software's layout: reading never
+        migrates (the service, or ``resonera-device run``, does)."""
+        version = migrations.current_version(conn)
+        if version > migrations.LATEST:
+            raise migrations.SchemaTooNew(
+                f"the device store {self.path} is at schema version {version}, newer than this "
+                f"software ({migrations.LATEST}); install the newer release again"
+            )
+        if version < migrations.LATEST:
+            raise StoreError(
+                f"the device store {self.path} is at schema version {version}, older than this "
+                f"software's ({migrations.LATEST}): start the service (resonera-device run) once "
+                "to upgrade it; this command only reads and changes nothing"
+            )
 
     def _migrate(self, conn: sqlite3.Connection, key: DataKey) -> str | None:
         """Bring the schema up to date (inside ``open_sealed``'s transaction)."""

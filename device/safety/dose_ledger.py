@@ -38,7 +38,13 @@ from typing import TYPE_CHECKING, Any, Final, NamedTuple
 from resonera.common.dose import WINDOW_S, DoseMode, allowance_pa2s, pressure_squared
 from resonera.common.errors import ResoneraError
 from resonera.device.crypto_store import DataKey, SealedDataCorrupt
-from resonera.device.localdb import LocalDB, from_db_time, open_sealed, to_db_time
+from resonera.device.localdb import (
+    LocalDB,
+    from_db_time,
+    open_read_only,
+    open_sealed,
+    to_db_time,
+)
 
 if TYPE_CHECKING:
     from resonera.device.settings import DeviceSettings
@@ -147,44 +153,78 @@ class LedgerReset:
 class DoseLedger:
     """Thread-safe; one short transaction per call."""
 
-    def __init__(self, path: Path, *, key_path: Path | None = None) -> None:
+    def __init__(
+        self, path: Path, *, key_path: Path | None = None, read_only: bool = False
+    ) -> None:
         """``key_path``: the device data key (default ``keys/data.key`` next to the ledger, as the
         store's). Created with a new ledger; ``DataKeyMissing`` when sealed rows exist without it,
-        ``DataKeyMismatch`` when it is another key."""
+        ``DataKeyMismatch`` when it is another key.
+
+        ``read_only``: for a command that only looks (``localdb.open_read_only``): nothing is
+        created or sealed; ``NothingStored`` when there is no ledger, ``DoseLedgerError`` when it
+        is of an older layout (the service upgrades it). A write through it fails."""
         self.path = path
         self.key_path = key_path or path.parent / "keys" / "data.key"
-        self.key = open_sealed(
-            path,
-            self.key_path,
-            name="the dose ledger",
-            error=DoseLedgerError,
-            recorded_key=_recorded_key,
-            sealed_rows=_sealed_rows,
-            migrate=self._migrate,
-        )
-        self._db = LocalDB(path, busy_timeout_ms=5000)
+        if read_only:
+            self.key = open_read_only(
+                path,
+                self.key_path,
+                name="the dose ledger",
+                absent=f"no dose ledger at {path}: no sound played on this device yet",
+                error=DoseLedgerError,
+                recorded_key=_recorded_key,
+                sealed_rows=_sealed_rows,
+                check_schema=self._check_readable,
+            )
+        else:
+            self.key = open_sealed(
+                path,
+                self.key_path,
+                name="the dose ledger",
+                error=DoseLedgerError,
+                recorded_key=_recorded_key,
+                sealed_rows=_sealed_rows,
+                migrate=self._migrate,
+            )
+        self._db = LocalDB(path, busy_timeout_ms=5000, read_only=read_only)
         #: The UTC day the retention was last applied on (``prune``): once a day, with the writes.
         self._pruned_day: int | None = None
 
     @classmethod
-    def for_settings(cls, settings: DeviceSettings) -> DoseLedger:
+    def for_settings(cls, settings: DeviceSettings, *, read_only: bool = False) -> DoseLedger:
         """The ledger of a ``DeviceSettings``, sealed under its data key."""
-        return cls(settings.dose_ledger_path, key_path=settings.data_key_path)
+        return cls(settings.dose_ledger_path, key_path=settings.data_key_path, read_only=read_only)
 
     def close(self) -> None:
         self._db.close()
 
     # --- opening ---------------------------------------------------------------------------------
 
-    def _migrate(self, conn: sqlite3.Connection, key: DataKey) -> str | None:
-        """Create the layout, or seal a first-release ledger in place (inside ``open_sealed``'s
-        transaction)."""
+    def _check_schema(self, conn: sqlite3.Connection) -> int:
+        """The ledger's layout version, refused when newer than this software's."""
         version = _schema_version(conn)
         if version > LEDGER_SCHEMA:
             raise DoseLedgerError(
                 f"the dose ledger {self.path} is at schema {version}, newer than this "
                 f"software ({LEDGER_SCHEMA}); install the newer release again"
             )
+        return version
+
+    def _check_readable(self, conn: sqlite3.Connection) -> None:
+        """A ledger opened read-only must already be at this software's layout: reading never
+        seals or migrates (the service, or ``resonera-device run``, does)."""
+        version = self._check_schema(conn)
+        if version < LEDGER_SCHEMA:
+            raise DoseLedgerError(
+                f"the dose ledger {self.path} is at schema {version}, older than this "
+                f"software's ({LEDGER_SCHEMA}): start the service (resonera-device run) once to "
+                "upgrade it; this command only reads and changes nothing"
+            )
+
+    def _migrate(self, conn: sqlite3.Connection, key: DataKey) -> str | None:
+        """Create the layout, or seal a first-release ledger in place (inside ``open_sealed``'s
+        transaction)."""
+        version = self._check_schema(conn)
         if version == 0:
             for ddl in _SCHEMA_DDL:
                 conn.execute(ddl)
