@@ -150,10 +150,14 @@ class IngestProcessor:
         *,
         clock: Callable[[], datetime] = _now,
         bounds: TimeBounds = _DEFAULT_BOUNDS,
+        on_sender_refused: Callable[[str, RegisteredDevice, str], object] | None = None,
     ) -> None:
+        """``on_sender_refused(device_id, registered, reason)``: a registered device's message is
+        quarantined for its sender (revoked, signature): ``server/notices.py`` tells the device."""
         self._engine = engine
         self._clock = clock
         self._bounds = bounds
+        self._on_sender_refused = on_sender_refused
         self.counters: dict[str, int] = dict.fromkeys(COUNTERS, 0)
 
     def process(self, batch: Iterable[Received]) -> BatchResult:
@@ -286,6 +290,9 @@ class IngestProcessor:
                 reason = _unexpected("checking", exc, message)
             if reason is not None:
                 _quarantine(plan, message, now, reason, outcome.device)
+                registered = devices.get(outcome.device)
+                if self._on_sender_refused is not None and registered is not None:
+                    self._on_sender_refused(outcome.device, registered, reason)
                 continue
             skew = (now - outcome.time).total_seconds()
             plan.skew[outcome.device] = min(skew, plan.skew.get(outcome.device, skew))
