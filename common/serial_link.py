@@ -35,7 +35,9 @@ class LinkProtocolError(_ErrorBase):
 PROTOCOL_MAJOR = 1
 #: Minor 1 added LIMITS and LOWER_LIMITS; a minor-0 peer ignores them (valid frames of unknown type).
 #: Minor 2 added BUTTON, LIGHT_SHOWN and LIGHT (buttons and the status light).
-PROTOCOL_MINOR = 2
+#: Minor 3 added the light states refused, blocked and shut_out (6 to 8), which a minor-2 MCU
+#: refuses as a protocol error: the device sends them only through ``light_for_peer``.
+PROTOCOL_MINOR = 3
 
 #: Longest COBS-encoded frame, without its 0x00 delimiter. Longer input is discarded.
 MAX_ENCODED = 256
@@ -656,6 +658,9 @@ LIGHT_NAMES = {
     LIGHT_SHUT_OUT: "shut_out",
 }
 
+#: "one of 0 to 8", from the table: what an error about a light state says is allowed.
+_LIGHT_RANGE = "one of " + str(min(LIGHT_NAMES)) + " to " + str(max(LIGHT_NAMES))
+
 _BUTTON = "<BBB"
 
 
@@ -713,5 +718,40 @@ def unpack_light(name: str, body: bytes) -> int:
     """The light state of a LIGHT or LIGHT_SHOWN body (``name`` says which, for the error)."""
     _check_length(name, body, 1)
     if body[0] not in LIGHT_NAMES:
-        raise LinkProtocolError(name + " light state is " + str(body[0]) + ", not one of 0 to 5")
+        raise LinkProtocolError(name + " light state is " + str(body[0]) + ", not " + _LIGHT_RANGE)
     return body[0]
+
+
+#: The light states an MCU of each protocol minor knows: none before minor 2 (it ignores LIGHT),
+#: 0 to 5 at minor 2, 0 to 8 from minor 3 on.
+_LIGHT_STATES_SINCE_MINOR = ((3, LIGHT_SHUT_OUT + 1), (2, LIGHT_DOSE_REACHED + 1), (0, 0))
+
+#: What a minor-2 MCU shows instead of a v1.3 state: never idle, which would tell the person "all is
+#: well, press play" when nothing can play. Refused becomes dose_reached: the clinician's plan, not
+#: the device, stops play, as when the week's dose is reached. Blocked and shut_out become fault:
+#: the device cannot play until someone fixes something, which is what fault means to a person.
+_LIGHT_BEFORE_MINOR_3 = {
+    LIGHT_REFUSED: LIGHT_DOSE_REACHED,
+    LIGHT_BLOCKED: LIGHT_FAULT,
+    LIGHT_SHUT_OUT: LIGHT_FAULT,
+}
+
+
+def light_states_known(minor: int) -> int:
+    """How many light states (0 up to this number, excluded) an MCU of protocol ``minor`` knows."""
+    for since, count in _LIGHT_STATES_SINCE_MINOR:
+        if minor >= since:
+            return count
+    return 0
+
+
+def light_for_peer(state: int, peer_minor: int) -> int:
+    """The light state to send an MCU of protocol ``peer_minor`` (HELLO's minor) for ``state``:
+    ``state`` itself if that MCU knows it, else the nearest one it knows (``_LIGHT_BEFORE_MINOR_3``),
+    so an MCU older than minor 3 never gets 6 to 8 (an MCU older than minor 2 ignores LIGHT anyway).
+    ``ValueError`` for a state that does not exist."""
+    if state not in LIGHT_NAMES:
+        raise ValueError("no such light state " + str(state) + ", not " + _LIGHT_RANGE)
+    if state < light_states_known(peer_minor):
+        return state
+    return _LIGHT_BEFORE_MINOR_3.get(state, state)

@@ -23,10 +23,11 @@ import threading
 from pathlib import Path
 from types import FrameType
 
+from resonera.common import serial_link as sl
 from resonera.common.cli import run_cli
 from resonera.hardware.firmware import config as board_config
 from resonera.hardware.scenario import CommandError, Scenario, execute
-from resonera.hardware.sim import Simulator
+from resonera.hardware.sim import OLDEST_MINOR, Simulator
 
 PROG = "resonera-hwsim"
 log = logging.getLogger(__name__)
@@ -46,6 +47,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--symlink", type=Path, help="keep a symlink to the pty at this path (removed at exit)"
     )
     parser.add_argument("--config", type=Path, help="board configuration (JSON)")
+    parser.add_argument(
+        "--protocol-minor",
+        type=int,
+        choices=range(OLDEST_MINOR, sl.PROTOCOL_MINOR + 1),
+        default=sl.PROTOCOL_MINOR,
+        metavar="N",
+        help=f"play a firmware of protocol v1.N ({OLDEST_MINOR} to {sl.PROTOCOL_MINOR}, default "
+        f"{sl.PROTOCOL_MINOR}): its HELLO says so and it refuses the light states v1.N lacks",
+    )
     parser.add_argument("--scenario", type=Path, help="timed sensor curves and faults (JSON/TOML)")
     parser.add_argument("--control", type=Path, help="accept control commands on this UNIX socket")
     parser.add_argument(
@@ -76,7 +86,7 @@ def serve(args: argparse.Namespace) -> int:
     link_file: Path | None = args.link_file
     control: Path | None = args.control
     try:
-        with Simulator(config, link_path=args.symlink) as sim:
+        with Simulator(config, link_path=args.symlink, protocol_minor=args.protocol_minor) as sim:
             if control is not None:
                 server = _control_socket(control)
                 threading.Thread(

@@ -9,7 +9,8 @@ returns its one-line answer (``ok ...``), or raises ``CommandError``::
     stall [SECONDS] | unstall | reboot [BOOT_MS] | reset | set READING VALUE | status | help
     press BUTTON [long] | light?
 
-(``BUTTON`` is play_pause, stop, vol_up or vol_down; ``light?`` answers ``ok light=STATE``.)
+(``BUTTON`` is play_pause, stop, vol_up or vol_down; ``light?`` answers ``ok light=STATE``, the
+state's name from ``serial_link.LIGHT_NAMES``: idle ... dose_reached, refused, blocked, shut_out.)
 
 A scenario is a list of steps on the simulator's clock, from JSON or TOML::
 
@@ -141,7 +142,9 @@ def _status(sim: Simulator, args: list[str]) -> str:
         f"ok muted={b.muted} armed={c.armed} fault={sl.describe_fault(c.fault)!r} "
         f"temp={b.amp_temp_c:.1f} current={b.supply_current_a:.2f} vrms={b.output_vrms:.2f} "
         f"dc={b.dc_offset_mv:.1f} spl={b.ear_spl_db:.1f} clip={b.clip} headphones={b.headphones} "
-        f"stalled={b.stalled} reboots={sim.reboots} light={sl.LIGHT_NAMES.get(b.light, '?')}"
+        f"stalled={b.stalled} reboots={sim.reboots} light={sl.LIGHT_NAMES.get(b.light, '?')} "
+        f"protocol=v{sl.PROTOCOL_MAJOR}.{c.protocol_minor} rejected={c.frames_rejected}"
+        + (f" last_rejected={c.last_rejection!r}" if c.last_rejection else "")
     )
 
 

@@ -23,11 +23,16 @@ from pathlib import Path
 from types import TracebackType
 from typing import Protocol
 
+from resonera.common import serial_link as sl
 from resonera.hardware.firmware.config import BoardConfig
 from resonera.hardware.firmware.logic import Controller
 from resonera.hardware.sim_board import READINGS, SimBoard
 
-__all__ = ["READINGS", "Script", "ScriptRun", "SimBoard", "Simulator"]
+__all__ = ["OLDEST_MINOR", "READINGS", "Script", "ScriptRun", "SimBoard", "Simulator"]
+
+#: The oldest protocol minor the simulator can play: v1.2, the first with the status light (what
+#: an older firmware lacks beyond that, buttons and LOWER_LIMITS, it does not play).
+OLDEST_MINOR = 2
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +66,8 @@ class Simulator:
     simulator gets a new pty but the same ``link_path``, which is how a device finds it again.
     Sensor scripting and fault injection are delegated to ``board`` (a ``SimBoard``); every fault
     is repeated here, and ``run_scenario`` plays a scripted ``Scenario`` on the sim's clock.
+    ``protocol_minor`` (2 or 3) plays a firmware of that version; ``lights_shown`` and
+    ``lights_asked`` are the light's history and the LIGHT frames the device sent.
     """
 
     def __init__(
@@ -69,8 +76,17 @@ class Simulator:
         *,
         step_interval_s: float = 0.001,
         link_path: Path | str | None = None,
+        protocol_minor: int = sl.PROTOCOL_MINOR,
     ) -> None:
+        if not OLDEST_MINOR <= protocol_minor <= sl.PROTOCOL_MINOR:
+            raise ValueError(
+                f"the simulator speaks protocol v1.{OLDEST_MINOR} to v1.{sl.PROTOCOL_MINOR}, "
+                f"not v1.{protocol_minor}"
+            )
         self.config = config if config is not None else BoardConfig()
+        #: The firmware's protocol minor: older than ``PROTOCOL_MINOR`` plays an older firmware
+        #: (its HELLO says so, and it refuses the light states its version lacks).
+        self.protocol_minor = protocol_minor
         self._step_interval_s = step_interval_s
         self.link_path = Path(link_path) if link_path is not None else None
         self._master: int | None = None
@@ -100,7 +116,7 @@ class Simulator:
         self._master, self._slave = master, slave
         self._port_path = os.ttyname(slave)
         self._board = SimBoard(master, self.config)
-        self._controller = Controller(self._board, self.config)
+        self._controller = Controller(self._board, self.config, self.protocol_minor)
         self._controller.start()
         if self.link_path is not None:
             tmp = self.link_path.with_name(f".{self.link_path.name}.{os.getpid()}.tmp")
@@ -169,7 +185,8 @@ class Simulator:
             return
         board = self.board
         board.set_mute(True)  # power gone: the mute line's pull-up mutes the amplifier
-        self._controller = Controller(board, self.config)  # RAM lost: lowered limits, faults
+        # RAM lost: lowered limits, faults.
+        self._controller = Controller(board, self.config, self.protocol_minor)
         self.reboots += 1
         log.info("simulated safety MCU rebooting (%d ms)", boot_ms)
         self._booting_until = time.monotonic() + boot_ms / 1000
@@ -210,6 +227,18 @@ class Simulator:
     def light(self) -> int:
         """What the status light shows (``serial_link.LIGHT_*``)."""
         return self.board.light
+
+    @property
+    def lights_shown(self) -> list[tuple[float, int]]:
+        """``(time.monotonic(), state)`` of every state the light was set to, oldest first: idle at
+        power-up (and after each reboot), each LIGHT the firmware accepted, its own fault."""
+        return self.board.lights_shown
+
+    @property
+    def lights_asked(self) -> list[tuple[float, int]]:
+        """``(time.monotonic(), state)`` of every LIGHT frame the device sent (good CRC, one-byte
+        body), whether the firmware accepted it or not: what the device asked the light to show."""
+        return self.board.lights_asked
 
     def press(self, button: int, *, long: bool = False) -> None:
         """Press ``button`` (``serial_link.BUTTON_*``) as a person would: a short press is held

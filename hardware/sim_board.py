@@ -12,6 +12,7 @@ import os
 import random
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 
 from resonera.common import serial_link as sl
@@ -23,6 +24,8 @@ from resonera.hardware.firmware.logic import Board
 _TX_BACKLOG = 4096
 #: Injected chunks waiting to be sent (e.g. while the MCU is silent); more are dropped.
 _MAX_INJECTED = 256
+#: Light changes and LIGHT frames remembered for tests (``lights_shown``, ``lights_asked``).
+_LIGHT_HISTORY = 4096
 
 #: Readings a test, a scenario or ``set`` may script, with their types (``SimBoard.READINGS``).
 READINGS: dict[str, type] = {
@@ -67,6 +70,11 @@ class SimBoard(Board):
         self.frames_dropped = 0
         #: What the status light shows, as the firmware drives it (``serial_link.LIGHT_*``).
         self.light = sl.LIGHT_IDLE
+        self._lights_shown: deque[tuple[float, int]] = deque(maxlen=_LIGHT_HISTORY)
+        self._lights_asked: deque[tuple[float, int]] = deque(maxlen=_LIGHT_HISTORY)
+        # A tap on the receive line, as a logic analyser would be: it sees every LIGHT the device
+        # sends, also one the firmware rejects, without the firmware's help.
+        self._rx_tap = sl.FrameDecoder(synced=False)
         self._release_at: dict[int, float] = {}
         self.reset()
 
@@ -226,6 +234,30 @@ class SimBoard(Board):
 
     def set_light(self, state: int) -> None:
         self.light = state
+        with self._lock:
+            self._lights_shown.append((time.monotonic(), state))
+
+    @property
+    def lights_shown(self) -> list[tuple[float, int]]:
+        """``(time.monotonic(), state)`` for every state the firmware set the light to, oldest
+        first: idle at power-up, each accepted LIGHT, the MCU's own fault (the last 4096)."""
+        with self._lock:
+            return list(self._lights_shown)
+
+    @property
+    def lights_asked(self) -> list[tuple[float, int]]:
+        """``(time.monotonic(), state byte)`` for every LIGHT frame that arrived with a good CRC and
+        a one-byte body, accepted or not (a state the firmware refuses is here too); the last 4096.
+        """
+        with self._lock:
+            return list(self._lights_asked)
+
+    def _tap(self, data: bytes) -> None:
+        now = time.monotonic()
+        for event in self._rx_tap.feed(data):
+            if isinstance(event, sl.Frame) and event.type == sl.MSG_LIGHT and len(event.body) == 1:
+                with self._lock:
+                    self._lights_asked.append((now, event.body[0]))
 
     def set_mute(self, muted: bool) -> None:
         if muted != self.muted:
@@ -239,9 +271,11 @@ class SimBoard(Board):
         if self.stalled:
             return b""
         try:
-            return os.read(self._fd, 4096)
+            data = os.read(self._fd, 4096)
         except (BlockingIOError, InterruptedError):
             return b""
+        self._tap(data)
+        return data
 
     def serial_write(self, data: bytes) -> None:
         with self._lock:

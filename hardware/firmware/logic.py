@@ -20,6 +20,8 @@ Contract (hardware/PROTOCOL.md, docs/architecture.md §2.6):
 - Buttons (v1.2) are debounced here and sent as BUTTON (short on release, long once held for
   ``long_press_ms``); one button at a time. The status light shows what LIGHT asks (answered with
   LIGHT_SHOWN), except that a fault mute turns it to fault at once, on the MCU's own authority.
+- Each light state has a colour and a blink rhythm (``LIGHT_PATTERNS``, v1.3 added refused, blocked
+  and shut_out); ``light_colour`` says what the LED shows at a moment, for ``main.py`` to drive.
 """
 
 try:
@@ -37,6 +39,52 @@ DC_OFFSET_MV = 3
 EAR_SPL_DB = 4
 CLIP = 5
 HEADPHONES = 6
+
+# The status light: every state is a colour AND a rhythm of its own, so a person who cannot tell
+# the colours apart still tells the states apart (hardware/PROTOCOL.md, "Light states"). A pattern
+# is a cycle of (milliseconds, (red, green, blue)) segments, each channel 0 to 255.
+_OFF = (0, 0, 0)
+_DIM_CYAN = (0, 40, 40)
+_GREEN = (0, 255, 0)
+_YELLOW = (255, 200, 0)
+_RED = (255, 0, 0)
+_BLUE = (0, 0, 255)
+_MAGENTA = (255, 0, 255)
+_AMBER = (255, 100, 0)
+_WHITE = (255, 255, 255)
+_FLASH_MS = 200  # a short flash, and the dark between two of them
+
+LIGHT_PATTERNS = {
+    sl.LIGHT_IDLE: ((1000, _DIM_CYAN),),  # steady, dim
+    sl.LIGHT_PLAYING: ((1000, _GREEN),),  # steady, bright
+    sl.LIGHT_ATTENUATED: ((1800, _YELLOW), (200, _OFF)),  # bright, a short dark dip every 2 s
+    sl.LIGHT_FAULT: ((125, _RED), (125, _OFF)),  # fast blink, 4 a second
+    sl.LIGHT_SYNCING: ((1000, _BLUE), (1000, _OFF)),  # slow even blink
+    sl.LIGHT_DOSE_REACHED: ((_FLASH_MS, _MAGENTA), (1800, _OFF)),  # one short flash every 2 s
+    sl.LIGHT_REFUSED: (  # two short flashes every 2 s
+        (_FLASH_MS, _AMBER), (_FLASH_MS, _OFF), (_FLASH_MS, _AMBER), (1400, _OFF),
+    ),
+    sl.LIGHT_BLOCKED: (  # three short flashes every 2 s
+        (_FLASH_MS, _WHITE), (_FLASH_MS, _OFF), (_FLASH_MS, _WHITE), (_FLASH_MS, _OFF),
+        (_FLASH_MS, _WHITE), (1000, _OFF),
+    ),
+    sl.LIGHT_SHUT_OUT: ((600, _RED), (200, _OFF), (600, _BLUE), (600, _OFF)),  # two long, 2 s
+}  # fmt: skip
+
+
+def light_colour(state: int, elapsed_ms: int) -> "tuple[int, int, int]":
+    """What the LED shows ``elapsed_ms`` after it started showing ``state``: (red, green, blue),
+    0 to 255 each. A state without a pattern (none reaches here: LIGHT is checked) shows fault."""
+    pattern = LIGHT_PATTERNS.get(state, LIGHT_PATTERNS[sl.LIGHT_FAULT])
+    period = 0
+    for duration, _colour in pattern:
+        period += duration
+    t = elapsed_ms % period
+    for duration, colour in pattern:
+        if t < duration:
+            return colour
+        t -= duration
+    return pattern[-1][1]  # not reached: t < period
 
 
 class Board:
@@ -76,8 +124,17 @@ class Controller:
     """The MCU main loop, one ``step()`` at a time. Call ``start()`` once, then ``step()`` often
     (every millisecond or so: the timing rules are only as fine as the step rate)."""
 
-    def __init__(self, board: Board, config: "BoardConfig | None" = None) -> None:
+    def __init__(
+        self,
+        board: Board,
+        config: "BoardConfig | None" = None,
+        protocol_minor: int = sl.PROTOCOL_MINOR,
+    ) -> None:
         self.board = board
+        #: The minor version HELLO reports, and which light states LIGHT may ask for. A real board
+        #: speaks ``PROTOCOL_MINOR``; the simulator passes an older one to play an older firmware.
+        self.protocol_minor = protocol_minor
+        self._light_states = sl.light_states_known(protocol_minor)
         self.config = config if config is not None else BoardConfig()
         c = self.config
         board_limits = sl.Limits(
@@ -98,6 +155,9 @@ class Controller:
         #: Why the output is muted (a fault or mute-reason code), ``sl.FAULT_NONE`` when playing.
         self.reason = sl.FAULT_POWER_UP
         self.frames_rejected = 0
+        #: Why the last frame was rejected ("" if none was): a real board has nobody to tell, the
+        #: simulator shows it in its status.
+        self.last_rejection = ""
         self._decoder = sl.FrameDecoder(synced=False)
         self._seq = 0
         self._last_heartbeat = -1
@@ -203,15 +263,17 @@ class Controller:
             elif frame.type == sl.MSG_LOWER_LIMITS:
                 self._lower_limits(sl.unpack_lower_limits(frame.body))
             elif frame.type == sl.MSG_LIGHT:
-                self._show_light(sl.unpack_light("LIGHT", frame.body))
+                self._light_asked(sl.unpack_light("LIGHT", frame.body))
             elif frame.type == sl.MSG_HELLO_REQUEST:
                 sl.check_empty("HELLO_REQUEST", frame.body)
                 self.send_hello()
                 self._send_state()
             else:
                 self.frames_rejected += 1
-        except sl.LinkProtocolError:
+                self.last_rejection = "frame of unknown type " + str(frame.type)
+        except sl.LinkProtocolError as exc:
             self.frames_rejected += 1
+            self.last_rejection = str(exc)
 
     def _arm(self, now: int) -> None:
         code, text = self.active_fault(now)
@@ -286,6 +348,14 @@ class Controller:
         self._send(sl.MSG_BUTTON, sl.pack_button(sl.ButtonPress(button, kind, self.presses)))
         self.presses += 1
 
+    def _light_asked(self, state: int) -> None:
+        if state >= self._light_states:  # only when playing an older firmware (see __init__)
+            raise sl.LinkProtocolError(
+                "LIGHT light state is " + str(state) + ", not one of 0 to "
+                + str(self._light_states - 1) + " (protocol v1." + str(self.protocol_minor) + ")"
+            )  # fmt: skip
+        self._show_light(state)
+
     def _show_light(self, state: int) -> None:
         self.light = state
         self.board.set_light(state)
@@ -294,7 +364,13 @@ class Controller:
     # -- sending ---------------------------------------------------------------------------------
 
     def send_hello(self) -> None:
-        hello = sl.Hello(self.config.firmware_version, self.config.board_id, self.limits)
+        hello = sl.Hello(
+            self.config.firmware_version,
+            self.config.board_id,
+            self.limits,
+            sl.PROTOCOL_MAJOR,
+            self.protocol_minor,
+        )
         self._send(sl.MSG_HELLO, sl.pack_hello(hello))
 
     def _send_state(self) -> None:

@@ -10,7 +10,7 @@ import time
 
 import config
 import machine
-from logic import Board, Controller
+from logic import Board, Controller, light_colour
 
 _ADC_VOLTS = 3.3 / 65535
 # Front-end scaling per board revision (volts at the ADC pin → unit). Calibrate per board.
@@ -22,10 +22,10 @@ _DC_MV_PER_V = 100.0  # offset amplifier centred at 1.65 V: ±165 mV full scale
 _DC_MID_V = 1.65
 _SPL_DB_AT_0V = 40.0  # ear-cup microphone log detector: 40 dB SPL at 0 V, 30 dB per volt
 _SPL_DB_PER_V = 30.0
-# Status light colours (red, green, blue) by light state: idle cyan, playing green, attenuated
-# yellow, fault red, syncing blue, dose reached magenta (PROTOCOL.md). A person who cannot tell
-# the colours apart has the spoken prompts (device/prompts.py).
-_LIGHT_RGB = ((0, 1, 1), (0, 1, 0), (1, 1, 0), (1, 0, 0), (0, 0, 1), (1, 0, 1))
+# Status light: an RGB LED, one PWM channel per colour (high = lit), so that idle can be dim. Its
+# colours and blink rhythms are logic.LIGHT_PATTERNS (PROTOCOL.md, "Light states").
+_PWM_HZ = 1000
+_DUTY_PER_LEVEL = 257  # colour levels 0..255 to duty_u16 0..65535
 
 
 class RP2040Board(Board):
@@ -61,9 +61,17 @@ class RP2040Board(Board):
             )
         self._light = []
         for pin in (cfg.light_red_pin, cfg.light_green_pin, cfg.light_blue_pin):
-            self._light.append(machine.Pin(pin, machine.Pin.OUT, value=0) if pin >= 0 else None)
+            channel = None
+            if pin >= 0:
+                channel = machine.PWM(machine.Pin(pin, machine.Pin.OUT, value=0))
+                channel.freq(_PWM_HZ)
+                channel.duty_u16(0)
+            self._light.append(channel)
         self._last_ticks = time.ticks_ms()
         self._ms = 0
+        self._light_state = 0
+        self._light_since = 0
+        self._light_colour = None  # what the LED shows now (None: not driven yet)
 
     def read_sensors(self):
         temp = (self._adc_temp.read_u16() * _ADC_VOLTS - _TEMP_V_AT_0C) / _TEMP_V_PER_C
@@ -85,10 +93,19 @@ class RP2040Board(Board):
         return levels
 
     def set_light(self, state):
-        colour = _LIGHT_RGB[state] if 0 <= state < len(_LIGHT_RGB) else (1, 0, 0)
-        for index, pin in enumerate(self._light):  # zip(strict=) is CPython-only
-            if pin is not None:
-                pin.value(colour[index])
+        self._light_state = state
+        self._light_since = self.ticks_ms()  # each state's rhythm starts with its first flash
+        self.refresh_light()
+
+    def refresh_light(self):
+        """Drive the LED to where the state's rhythm is now; call every loop (the blinking)."""
+        colour = light_colour(self._light_state, self.ticks_ms() - self._light_since)
+        if colour == self._light_colour:
+            return
+        self._light_colour = colour
+        for index, channel in enumerate(self._light):  # zip(strict=) is CPython-only
+            if channel is not None:
+                channel.duty_u16(colour[index] * _DUTY_PER_LEVEL)
 
     def set_mute(self, muted):
         self._mute.value(1 if muted else 0)
@@ -119,6 +136,7 @@ def main():
     controller.start()
     while True:
         controller.step()
+        board.refresh_light()
         watchdog.feed()
         time.sleep_ms(1)
 

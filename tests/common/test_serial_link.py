@@ -186,3 +186,46 @@ def test_message_unpackers_raise_only_protocol_errors(body: bytes) -> None:
     ):
         with contextlib.suppress(sl.LinkProtocolError):
             unpack(body)
+
+
+# -- the status light's states (v1.2, and v1.3's refused, blocked, shut_out) ------------------------
+
+
+@pytest.mark.parametrize("state", sorted(sl.LIGHT_NAMES))
+def test_every_light_state_round_trips_both_ways(state: int) -> None:
+    for name in ("LIGHT", "LIGHT_SHOWN"):
+        assert sl.unpack_light(name, sl.pack_light(state)) == state
+
+
+def test_protocol_v1_3_names_the_new_light_states() -> None:
+    assert (sl.PROTOCOL_MAJOR, sl.PROTOCOL_MINOR) == (1, 3)
+    new = {sl.LIGHT_REFUSED: "refused", sl.LIGHT_BLOCKED: "blocked", sl.LIGHT_SHUT_OUT: "shut_out"}
+    assert {state: sl.LIGHT_NAMES[state] for state in new} == new
+    assert [sl.light_states_known(minor) for minor in range(5)] == [0, 0, 6, 9, 9]
+
+
+@pytest.mark.parametrize("minor", [0, 1, 2])
+def test_an_mcu_older_than_v1_3_never_gets_a_state_it_does_not_know(minor: int) -> None:
+    sent = {state: sl.light_for_peer(state, minor) for state in sl.LIGHT_NAMES}
+    assert sent == {
+        **{state: state for state in range(sl.LIGHT_REFUSED)},  # 0 to 5 unchanged
+        sl.LIGHT_REFUSED: sl.LIGHT_DOSE_REACHED,  # the plan stops play, as a reached dose does
+        sl.LIGHT_BLOCKED: sl.LIGHT_FAULT,  # nothing plays until someone fixes it
+        sl.LIGHT_SHUT_OUT: sl.LIGHT_FAULT,
+    }
+    assert sl.LIGHT_IDLE not in {sent[s] for s in (6, 7, 8)}  # never "ready" when nothing can play
+
+
+@pytest.mark.parametrize("minor", [3, 4, 200])
+def test_an_mcu_of_v1_3_or_newer_gets_every_state_as_is(minor: int) -> None:
+    assert [sl.light_for_peer(state, minor) for state in sl.LIGHT_NAMES] == list(sl.LIGHT_NAMES)
+
+
+def test_light_for_peer_refuses_a_state_that_does_not_exist() -> None:
+    with pytest.raises(ValueError, match="no such light state 9, not one of 0 to 8"):
+        sl.light_for_peer(9, 3)
+
+
+def test_an_unknown_light_state_is_a_clear_protocol_error() -> None:
+    with pytest.raises(sl.LinkProtocolError, match=r"^LIGHT light state is 9, not one of 0 to 8$"):
+        sl.unpack_light("LIGHT", b"\x09")

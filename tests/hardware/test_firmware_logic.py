@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from resonera.common import serial_link as sl
 from resonera.hardware.firmware import config as board_config
-from resonera.hardware.firmware.logic import Board, Controller
+from resonera.hardware.firmware.logic import LIGHT_PATTERNS, Board, Controller, light_colour
 
 
 class FakeBoard(Board):
@@ -63,9 +63,9 @@ class FakeBoard(Board):
 class Rig:
     """A controller, its fake board, and a device that sends frames and advances time."""
 
-    def __init__(self, **config: object) -> None:
+    def __init__(self, protocol_minor: int = sl.PROTOCOL_MINOR, **config: object) -> None:
         self.board = FakeBoard()
-        self.controller = Controller(self.board, board_config.BoardConfig(**config))
+        self.controller = Controller(self.board, board_config.BoardConfig(**config), protocol_minor)
         self.controller.start()
         self._seq = 0
 
@@ -362,10 +362,69 @@ def test_a_bad_light_frame_is_rejected_and_changes_nothing() -> None:
     rig = Rig()
     rig.board.take()
     rig.send(sl.MSG_LIGHT, bytes((9,)))
+    assert rig.controller.last_rejection == "LIGHT light state is 9, not one of 0 to 8"
     rig.send(sl.MSG_LIGHT, b"")
     assert rig.controller.frames_rejected == 2
     assert rig.board.light == sl.LIGHT_IDLE
     assert rig.board.take(sl.MSG_LIGHT_SHOWN) == []
+
+
+# -- the light states of protocol v1.3 -------------------------------------------------------------
+
+
+def test_hello_reports_minor_3_or_the_older_minor_it_plays() -> None:
+    for minor in (3, 2):
+        hello = sl.unpack_hello(Rig(protocol_minor=minor).board.take(sl.MSG_HELLO)[0].body)
+        assert (hello.protocol_major, hello.protocol_minor) == (1, minor)
+
+
+@pytest.mark.parametrize("state", [sl.LIGHT_REFUSED, sl.LIGHT_BLOCKED, sl.LIGHT_SHUT_OUT])
+def test_a_v1_3_mcu_shows_each_new_state_and_says_so(state: int) -> None:
+    rig = Rig()
+    rig.board.take()
+    rig.send(sl.MSG_LIGHT, sl.pack_light(state))
+    shown = rig.board.take(sl.MSG_LIGHT_SHOWN)
+    assert [sl.unpack_light("LIGHT_SHOWN", f.body) for f in shown] == [state]
+    assert rig.board.light == rig.controller.light == state
+    rig.send(sl.MSG_LIGHT, sl.pack_light(sl.LIGHT_IDLE))  # the person acted: back to idle
+    assert rig.board.light == sl.LIGHT_IDLE
+
+
+def test_a_v1_2_mcu_rejects_the_new_states_as_its_firmware_did() -> None:
+    rig = Rig(protocol_minor=2)
+    rig.board.take()
+    rig.send(sl.MSG_LIGHT, sl.pack_light(sl.LIGHT_SHUT_OUT))
+    assert rig.controller.last_rejection == (
+        "LIGHT light state is 8, not one of 0 to 5 (protocol v1.2)"
+    )
+    assert rig.board.take(sl.MSG_LIGHT_SHOWN) == []
+    assert rig.board.light == sl.LIGHT_IDLE
+    rig.send(sl.MSG_LIGHT, sl.pack_light(sl.light_for_peer(sl.LIGHT_SHUT_OUT, 2)))
+    shown = rig.board.take(sl.MSG_LIGHT_SHOWN)
+    assert [sl.unpack_light("LIGHT_SHOWN", f.body) for f in shown] == [sl.LIGHT_FAULT]
+
+
+def _brightness_over_time(state: int) -> tuple[int, ...]:
+    """How bright the LED is (its brightest channel) every 25 ms for 4 s: the light without colour."""
+    return tuple(max(light_colour(state, ms)) for ms in range(0, 4000, 25))
+
+
+def test_every_light_state_has_a_pattern_told_apart_without_colour() -> None:
+    assert set(LIGHT_PATTERNS) == set(sl.LIGHT_NAMES)
+    rhythms = {state: _brightness_over_time(state) for state in sl.LIGHT_NAMES}
+    assert len(set(rhythms.values())) == len(rhythms)
+    assert max(rhythms[sl.LIGHT_IDLE]) < min(rhythms[sl.LIGHT_PLAYING])  # dim vs bright
+    for state in (sl.LIGHT_FAULT, sl.LIGHT_REFUSED, sl.LIGHT_BLOCKED, sl.LIGHT_SHUT_OUT):
+        assert min(rhythms[state]) == 0 < max(rhythms[state])  # they blink
+
+
+def test_each_pattern_starts_lit_and_repeats() -> None:
+    for state, pattern in LIGHT_PATTERNS.items():
+        period = sum(duration for duration, _colour in pattern)
+        assert light_colour(state, 0) != (0, 0, 0)  # a new state shows at once
+        assert light_colour(state, 10) == light_colour(state, 10 + 3 * period)
+    assert light_colour(sl.LIGHT_SHUT_OUT, 100) == (255, 0, 0)
+    assert light_colour(sl.LIGHT_SHUT_OUT, 900) == (0, 0, 255)  # red, then blue
 
 
 def test_button_timing_is_configurable_and_checked() -> None:

@@ -52,6 +52,8 @@ def test_the_document_has_the_vectors_we_promise() -> None:
         "BUTTON play/pause long",
         "LIGHT playing",
         "LIGHT_SHOWN fault",
+        "LIGHT refused",
+        "LIGHT_SHOWN shut_out",
     } <= set(VECTORS)
 
 
@@ -108,6 +110,33 @@ def test_button_and_light_vector_values() -> None:
     assert (press.name, press.long) == ("play_pause", True)
     assert sl.unpack_light("LIGHT", _body("LIGHT playing")) == sl.LIGHT_PLAYING
     assert sl.unpack_light("LIGHT_SHOWN", _body("LIGHT_SHOWN fault")) == sl.LIGHT_FAULT
+    assert sl.unpack_light("LIGHT", _body("LIGHT refused")) == sl.LIGHT_REFUSED
+    assert sl.unpack_light("LIGHT_SHOWN", _body("LIGHT_SHOWN shut_out")) == sl.LIGHT_SHUT_OUT
+
+
+def _light_state_table() -> list[list[str]]:
+    """The rows of the "Light states" table: state, name, meaning, colour, rhythm, since."""
+    text = PROTOCOL_MD.read_text(encoding="utf-8").split("### Light states", 1)[1]
+    return [
+        [cell.strip() for cell in line.strip("|").split("|")]
+        for line in text.splitlines()
+        if re.match(r"^\| \d+ \|", line)
+    ]
+
+
+def test_the_light_state_table_lists_every_state_of_the_codec() -> None:
+    rows = _light_state_table()
+    assert [(int(row[0]), row[1]) for row in rows] == sorted(sl.LIGHT_NAMES.items())
+    for row in rows:
+        assert all(row), f"light state {row[0]} has an empty cell"
+        since_minor = int(row[5].removeprefix("v1."))
+        assert (
+            sl.light_states_known(since_minor)
+            > int(row[0])
+            >= sl.light_states_known(since_minor - 1)
+        ), f"light state {row[0]} is not new in v1.{since_minor}"
+    rhythms = [row[4] for row in rows]
+    assert len(set(rhythms)) == len(rhythms), "two states share a rhythm: colour alone tells them"
 
 
 @pytest.mark.parametrize(
@@ -124,7 +153,9 @@ def test_bad_button_bodies_are_clear_protocol_errors(body: bytes, error: str) ->
 
 
 def test_bad_light_bodies_are_clear_protocol_errors() -> None:
-    with pytest.raises(sl.LinkProtocolError, match="LIGHT light state is 6, not one of 0 to 5"):
-        sl.unpack_light("LIGHT", b"\x06")
+    with pytest.raises(sl.LinkProtocolError, match="LIGHT light state is 9, not one of 0 to 8"):
+        sl.unpack_light("LIGHT", b"\x09")
+    with pytest.raises(sl.LinkProtocolError, match="LIGHT_SHOWN light state is 255, not one of"):
+        sl.unpack_light("LIGHT_SHOWN", b"\xff")
     with pytest.raises(sl.LinkProtocolError, match="LIGHT_SHOWN body is 2 bytes, expected 1"):
         sl.unpack_light("LIGHT_SHOWN", b"\x01\x01")

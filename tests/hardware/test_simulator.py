@@ -15,6 +15,7 @@ import serial
 from support import wait_until
 
 from resonera.common import serial_link as sl
+from resonera.hardware.scenario import execute
 from resonera.hardware.sim import Simulator
 
 HWSIM = str(Path(sys.executable).with_name("resonera-hwsim"))
@@ -147,6 +148,120 @@ def test_sigint_also_exits_cleanly() -> None:
         line = process.stdout.readline()
         assert line.startswith("resonera-hwsim: serving on /dev/")
         os.kill(process.pid, signal.SIGINT)
+        process.communicate(timeout=10)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 0
+
+
+# -- the status light's states of protocol v1.3 over the pty --------------------------------------
+
+
+def _shown(peer: Peer) -> list[int]:
+    return [sl.unpack_light("LIGHT_SHOWN", f.body) for f in peer.frames(sl.MSG_LIGHT_SHOWN)]
+
+
+def _wait_shown(peer: Peer, count: int) -> None:
+    wait_until(lambda: len(_shown(peer)) >= count, 5, f"{count} LIGHT_SHOWN")
+
+
+def _hello(peer: Peer) -> sl.Hello:
+    peer.send(sl.MSG_HELLO_REQUEST)
+    wait_until(lambda: bool(peer.frames(sl.MSG_HELLO)), 5, "HELLO")
+    return sl.unpack_hello(peer.frames(sl.MSG_HELLO)[0].body)
+
+
+def test_each_new_light_state_round_trips_and_is_in_the_history(sim: Simulator, peer: Peer) -> None:
+    assert _hello(peer).protocol_minor == 3
+    new = [sl.LIGHT_REFUSED, sl.LIGHT_BLOCKED, sl.LIGHT_SHUT_OUT]
+    for count, state in enumerate(new, 1):
+        peer.send(sl.MSG_LIGHT, sl.pack_light(state))
+        _wait_shown(peer, count)
+        assert _shown(peer)[-1] == sim.light == state
+    assert [state for _t, state in sim.lights_shown] == [sl.LIGHT_IDLE, *new]
+    assert [state for _t, state in sim.lights_asked] == new
+    times = [t for t, _state in sim.lights_shown]
+    assert times == sorted(times)
+    assert sim.controller.frames_rejected == 0
+
+
+def test_a_v1_2_simulator_never_gets_a_state_it_lacks_through_light_for_peer() -> None:
+    with Simulator(protocol_minor=2) as sim:
+        peer = Peer(sim.port_path)
+        try:
+            minor = _hello(peer).protocol_minor
+            assert minor == 2
+            for state in sl.LIGHT_NAMES:  # what the device's monitor does with each state
+                peer.send(sl.MSG_LIGHT, sl.pack_light(sl.light_for_peer(state, minor)))
+            _wait_shown(peer, len(sl.LIGHT_NAMES))
+            asked = [state for _t, state in sim.lights_asked]
+            assert asked == [
+                0,
+                1,
+                2,
+                3,
+                4,
+                5,
+                sl.LIGHT_DOSE_REACHED,
+                sl.LIGHT_FAULT,
+                sl.LIGHT_FAULT,
+            ]
+            assert _shown(peer) == asked
+            assert sim.controller.frames_rejected == 0
+        finally:
+            peer.port.close()
+    assert sim.error is None
+
+
+def test_a_v1_2_simulator_rejects_a_new_state_sent_anyway() -> None:
+    with Simulator(protocol_minor=2) as sim:
+        peer = Peer(sim.port_path)
+        try:
+            peer.send(sl.MSG_LIGHT, sl.pack_light(sl.LIGHT_REFUSED))
+            wait_until(lambda: sim.controller.frames_rejected == 1, 5, "the LIGHT rejected")
+            assert "last_rejected='LIGHT light state is 6, not one of 0 to 5 (protocol v1.2)'" in (
+                execute(sim, "status")
+            )
+            assert sim.light == sl.LIGHT_IDLE
+            assert _shown(peer) == []
+            assert sim.lights_asked[-1][1] == sl.LIGHT_REFUSED
+        finally:
+            peer.port.close()
+
+
+def test_an_unknown_light_state_is_a_protocol_error_with_a_clear_message(
+    sim: Simulator, peer: Peer
+) -> None:
+    peer.send(sl.MSG_LIGHT, bytes((9,)))
+    wait_until(lambda: sim.controller.frames_rejected == 1, 5, "the LIGHT rejected")
+    assert sim.controller.last_rejection == "LIGHT light state is 9, not one of 0 to 8"
+    assert "protocol=v1.3 rejected=1" in execute(sim, "status")
+    assert sim.light == sl.LIGHT_IDLE
+    assert [state for _t, state in sim.lights_shown] == [sl.LIGHT_IDLE]
+    assert _shown(peer) == []
+
+
+def test_the_simulator_plays_only_minors_it_knows() -> None:
+    with pytest.raises(ValueError, match=r"speaks protocol v1\.2 to v1\.3, not v1\.1"):
+        Simulator(protocol_minor=1)
+
+
+def test_hwsim_cli_plays_an_older_firmware(tmp_path: Path) -> None:
+    link = tmp_path / "link"
+    process = subprocess.Popen(
+        [HWSIM, "--link-file", str(link), "--protocol-minor", "2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_until(link.exists, 10, "the link file")
+        peer = Peer(link.read_text().strip())
+        assert _hello(peer).protocol_minor == 2
+        peer.port.close()
+        process.send_signal(signal.SIGTERM)
         process.communicate(timeout=10)
     finally:
         if process.poll() is None:
