@@ -93,8 +93,11 @@ class RP2040Board(Board):
         return levels
 
     def set_light(self, state):
-        self._light_state = state
-        self._light_since = self.ticks_ms()  # each state's rhythm starts with its first flash
+        if state != self._light_state or self._light_colour is None:
+            # Each state's rhythm starts with its first flash; the same state asked again (a LIGHT
+            # re-sent) keeps its rhythm going rather than restarting it with a stutter.
+            self._light_state = state
+            self._light_since = self.ticks_ms()
         self.refresh_light()
 
     def refresh_light(self):
