@@ -1,26 +1,51 @@
-"""The commands that read what the device holds, each on the files themselves (no running service
-needed): ``status``, ``history``, ``logs``, ``dose``; and ``sync``, which sends the outbox."""
+"""The commands that read what the device holds, each on the files themselves, opened read-only
+(no running service needed, nothing created: "no store at …" on a device without one):
+``history``, ``logs``, ``dose`` (and ``status``, in ``cli_status``, which reads them with these
+helpers); and ``sync``, which sends the outbox. ``--json`` prints one JSON document (its keys in
+device/README.md, "Running")."""
 
 from __future__ import annotations
 
 import argparse
 import time
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
 from resonera.common.dose import allowance_pa2s
 from resonera.device.audio.progress import clock
 from resonera.device.cli_args import settings_from_args
-from resonera.device.cli_service import service_status
+from resonera.device.cli_output import iso_utc, print_json
 
 if TYPE_CHECKING:
-    from resonera.common.records import CheckInRecord
+    from resonera.common.records import CheckInRecord, SafetyEventRecord, SessionRecord
+    from resonera.device.safety.dose_ledger import DoseLedger
     from resonera.device.settings import DeviceSettings
     from resonera.device.store import DeviceStore
 
 # The sync (paho and the device's settings: 283 ms and 16 MB measured) and the dose ledger
 # (cryptography: 30 ms and 7 MB) are imported by the commands that use them, so that the other
 # commands, ``render`` first, start without them.
+
+#: A session's LAeq at or below this was not measured (``SessionRecord.laeq_dba``'s floor).
+NO_LEVEL_DBA = -100.0
+
+
+def read_store(args: argparse.Namespace) -> tuple[DeviceSettings, DeviceStore]:
+    """The settings from ``--config`` and the store they name, opened read-only: ``NothingStored``
+    ("no store at …", one line, exit 1) when the device has none; nothing is created."""
+    settings = settings_from_args(args)
+    return settings, settings.open_store(read_only=True)
+
+
+def open_ledger(settings: DeviceSettings) -> DoseLedger | None:
+    """The dose ledger, read-only; None when there is none yet (no sound played)."""
+    from resonera.device.localdb import NothingStored
+    from resonera.device.safety.dose_ledger import DoseLedger  # cryptography: see the note above
+
+    try:
+        return DoseLedger.for_settings(settings, read_only=True)
+    except NothingStored:
+        return None
 
 
 def sync_outbox(settings: DeviceSettings, store: DeviceStore, timeout_s: float) -> bool:
@@ -44,7 +69,8 @@ def sync_command(args: argparse.Namespace) -> int:
     return 0 if sync_outbox(settings, store, args.timeout) else 1
 
 
-def _ago(when: datetime | None, now: datetime) -> str:
+def ago(when: datetime | None, now: datetime) -> str:
+    """``2026-12-07 03:10 (5 min ago)`` in local time; "never" for None."""
     if when is None:
         return "never"
     seconds = max(0.0, (now - when).total_seconds())
@@ -59,94 +85,70 @@ def _ago(when: datetime | None, now: datetime) -> str:
     return f"{when.astimezone():%Y-%m-%d %H:%M} ({span} ago)"
 
 
-def _table(rows: list[tuple[str, str]]) -> None:
+def table(rows: list[tuple[str, str]]) -> None:
     width = max(len(label) for label, _ in rows)
     for label, value in rows:
         print(f"  {label:<{width}}  {value}")
 
 
-def status_command(args: argparse.Namespace) -> int:
-    from resonera.device.safety.dose_ledger import DoseLedger  # cryptography: see the note above
+def session_json(record: SessionRecord) -> dict[str, Any]:
+    """A session in ``history --json`` and ``status --json``."""
+    return {
+        "session_id": record.session_id,
+        "program": record.program_name,
+        "program_library_id": record.program_library_id,
+        "started_at": iso_utc(record.started_at),
+        "ended_at": iso_utc(record.ended_at),
+        "planned_s": record.planned_s,
+        "played_s": record.played_s,
+        "laeq_dba": record.laeq_dba if record.laeq_dba > NO_LEVEL_DBA else None,
+        "dose_fraction": record.dose_fraction,
+        "outcome": record.outcome,
+        "reason": record.reason,
+        "simulation": record.simulation,
+    }
 
-    settings = settings_from_args(args)
-    store = settings.open_store()
-    now = datetime.now(UTC)
-    live = service_status(settings)
-    stats = store.outbox_stats()
-    applied = store.applied_desired()
-    pending = store.pending_desired()
-    profile = store.applied_profile() or settings.profile
-    ledger = DoseLedger.for_settings(settings)
-    try:
-        week = ledger.status(time.time(), profile.dose_mode)
-    finally:
-        ledger.close()
-    transitions = [e for e in store.events(limit=200) if e.type == "transition"]
-    last_ack = store.meta("last_ack_at")
 
-    if live is None:
-        link = "service not running (resonera-device run)"
-    else:
-        link = str(live["link"])
-        if live.get("link_error") and live["link"] != "connected":
-            link += f": {live['link_error']}"
-        if live.get("playing"):
-            link += f"; playing {live['playing']!r} for {live['playing_for_s']:.0f} s"
-        if live.get("safety_link") is not None:
-            link += f"; safety MCU link {live['safety_link']}"
-    if transitions:
-        last = transitions[0]
-        safety = f"{last.to_state} since {_ago(last.at, now)}: {last.cause}"
-    else:
-        safety = "idle (no session yet)"
-    dose = (
-        f"{week.measured_fraction * 100:.1f} % of the weekly allowance (mode {profile.dose_mode})"
-    )
-    if week.corrupted:
-        dose += " - the dose record is damaged: counted as fully used"
-    kinds = ", ".join(f"{count} {kind}" for kind, count in sorted(stats.by_kind.items()))
-    outbox = f"{stats.depth} record(s), {stats.bytes / 1024:.1f} KiB" + (
-        f" ({kinds})" if kinds else ""
-    )
-    if stats.oldest is not None:
-        outbox += f", oldest {_ago(stats.oldest, now)}"
-    if stats.metrics_thinned:
-        outbox += f"; {stats.metrics_thinned} metrics thinned to stay in bounds"
-    desired = (
-        f"version {applied.version}, applied {_ago(applied.applied_at, now)}"
-        if applied
-        else ("none yet (the provisioned profile applies)")
-    )
-    if pending is not None:
-        desired += f"; version {pending.version} waits for the session to end"
-    print(f"device {settings.device_id}, data in {settings.data_dir}")
-    _table(
-        [
-            ("link", link),
-            ("safety state", safety),
-            ("dose this week", dose),
-            ("outbox", outbox),
-            ("last sync", _ago(datetime.fromisoformat(last_ack), now) if last_ack else "never"),
-            ("desired state", desired),
-            ("max level", f"{profile.max_level_dba:g} dBA ({profile.output})"),
-        ]
-    )
-    sessions = store.sessions(limit=args.limit)
-    if sessions:
-        print("recent sessions:")
-        for record in sessions:
-            print(
-                f"  {record.started_at.astimezone():%Y-%m-%d %H:%M:%S} {record.program_name:<20} "
-                f"{record.played_s:7.1f} s  {record.outcome}"
-                f"{'  [simulation]' if record.simulation else ''}"
-            )
-    return 0
+def _checkin_json(record: CheckInRecord, reason: str) -> dict[str, Any]:
+    return {
+        "session_id": record.session_id,
+        "question_id": record.question_id,
+        "phase": record.phase,
+        "answered_at": iso_utc(record.answered_at),
+        "value": record.value,
+        "skipped": record.skipped,
+        "skip_reason": (reason or None) if record.skipped else None,
+    }
+
+
+def _event_json(record: SafetyEventRecord) -> dict[str, Any]:
+    return {
+        "event_id": record.event_id,
+        "at": iso_utc(record.at),
+        "type": record.type,
+        "from_state": record.from_state,
+        "to_state": record.to_state,
+        "cause": record.cause,
+        "code": record.code,
+        "simulation": record.simulation,
+    }
 
 
 def history_command(args: argparse.Namespace) -> int:
-    settings = settings_from_args(args)
-    store = settings.open_store()
-    sessions = store.sessions(limit=args.limit)
+    _settings, store = read_store(args)
+    try:
+        sessions = store.sessions(limit=args.limit)
+        checkins = store.checkins(limit=args.limit)
+    finally:
+        store.close()
+    if args.json:
+        print_json(
+            {
+                "sessions": [session_json(record) for record in sessions],
+                "checkins": [_checkin_json(record, reason) for record, reason in checkins],
+            }
+        )
+        return 0
     if not sessions:
         print("no session yet")
         return 0
@@ -157,7 +159,7 @@ def history_command(args: argparse.Namespace) -> int:
     for record in sessions:
         share = record.played_s / record.planned_s if record.planned_s else 1.0
         bar = ("#" * round(min(share, 1.0) * 20)).ljust(20, ".")
-        laeq = f"{record.laeq_dba:5.1f} dBA" if record.laeq_dba > -100.0 else f"{'-':>9}"
+        laeq = f"{record.laeq_dba:5.1f} dBA" if record.laeq_dba > NO_LEVEL_DBA else f"{'-':>9}"
         print(
             f"{record.started_at.astimezone():%Y-%m-%d %H:%M}  {record.program_name[:18]:<18} "
             f"{clock(record.played_s):>7} / {clock(record.planned_s):<7}  {bar} "
@@ -168,7 +170,7 @@ def history_command(args: argparse.Namespace) -> int:
     stopped = sum(1 for r in sessions if r.outcome != "completed")
     played = sum(r.played_s for r in sessions)
     print(f"{len(sessions)} session(s), {clock(played)} played, {stopped} interrupted")
-    _print_checkins(store.checkins(limit=args.limit))
+    _print_checkins(checkins)
     return 0
 
 
@@ -188,9 +190,14 @@ def _print_checkins(checkins: list[tuple[CheckInRecord, str]]) -> None:
 
 
 def logs_command(args: argparse.Namespace) -> int:
-    settings = settings_from_args(args)
-    store = settings.open_store()
-    events = store.events(limit=args.limit)
+    _settings, store = read_store(args)
+    try:
+        events = store.events(limit=args.limit)
+    finally:
+        store.close()
+    if args.json:
+        print_json({"events": [_event_json(record) for record in reversed(events)]})
+        return 0
     if not events:
         print("no safety event recorded")
         return 0
@@ -205,21 +212,47 @@ def logs_command(args: argparse.Namespace) -> int:
 
 
 def dose_command(args: argparse.Namespace) -> int:
-    from resonera.device.safety.dose_ledger import DoseLedger  # cryptography: see the note above
-
-    settings = settings_from_args(args)
-    mode = settings.profile.dose_mode
-    ledger = DoseLedger.for_settings(settings)
+    settings, store = read_store(args)
+    try:
+        mode = (store.applied_profile() or settings.profile).dose_mode
+    finally:
+        store.close()
+    ledger = open_ledger(settings)
+    if ledger is None:
+        if args.json:
+            print_json(
+                {"mode": mode, "week_fraction": 0.0, "seconds": 0, "corrupted": False, "days": []}
+            )
+        else:
+            print("rolling 7 days: no sound played on this device yet (no dose ledger)")
+        return 0
     now = time.time()
-    status = ledger.status(now, mode)
+    try:
+        status = ledger.status(now, mode)
+        days = ledger.daily(now, days=args.days)
+    finally:
+        ledger.close()
+    allowance = allowance_pa2s(mode)
+    if args.json:
+        print_json(
+            {
+                "mode": mode,
+                "week_fraction": status.measured_fraction,
+                "seconds": status.seconds,
+                "corrupted": status.corrupted,
+                "days": [
+                    {"date": day.isoformat(), "fraction": pa2s / allowance} for day, pa2s in days
+                ],
+            }
+        )
+        return 0
     print(
         f"rolling 7 days: {status.measured_fraction * 100:.2f} % of the weekly sound allowance "
         f"(mode {mode}), {status.seconds / 3600:.1f} h of sound"
     )
     if status.corrupted:
         print("the dose record is damaged: counted as fully used until a clinician resets it")
-    allowance = allowance_pa2s(mode)
-    for day, pa2s in ledger.daily(now, days=args.days):
+    for day, pa2s in days:
         percent = pa2s / allowance * 100
         bar = "#" * min(50, round(percent / 2))
         print(f"  {day:%a %d %b}  {percent:6.2f} %  {bar}")

@@ -8,9 +8,10 @@ import argparse
 import json
 
 from resonera.common.errors import ConfigError
-from resonera.common.program import BUILTIN_PROGRAMS
+from resonera.common.program import BUILTIN_PROGRAMS, Program
 from resonera.device.audio.progress import clock
 from resonera.device.cli_args import settings_from_args
+from resonera.device.cli_output import print_json
 from resonera.engine.audio.calibration import load_calibration_file
 
 # Imported by the command that uses it, so that the others start without them: the measurement
@@ -18,13 +19,34 @@ from resonera.engine.audio.calibration import load_calibration_file
 # (cryptography: 98 ms and 10 MB).
 
 
-def programs_command(_args: argparse.Namespace) -> int:
-    for name, program in sorted(BUILTIN_PROGRAMS.items()):
-        kinds = sorted({layer.type for step in program.steps for layer in step.layers})
+def programs_command(args: argparse.Namespace) -> int:
+    presets = sorted(BUILTIN_PROGRAMS.items())
+    if args.json:
+        print_json(
+            {
+                "programs": [
+                    {
+                        "name": name,
+                        "duration_s": program.duration_s,
+                        "layers": _layer_kinds(program),
+                        "needs_headphones": program.needs_headphones,
+                        "description": program.description,
+                    }
+                    for name, program in presets
+                ]
+            }
+        )
+        return 0
+    for name, program in presets:
+        kinds = _layer_kinds(program)
         phones = "  [headphones]" if program.needs_headphones else ""
         print(f"{name:<17} {clock(program.duration_s):>8}  {', '.join(kinds):<22}{phones}")
         print(f"{'':<17} {program.description}")
     return 0
+
+
+def _layer_kinds(program: Program) -> list[str]:
+    return sorted({layer.type for step in program.steps for layer in step.layers})
 
 
 def measure_command(args: argparse.Namespace) -> int:
