@@ -31,7 +31,8 @@ The one output that matters is ``consent``: the device may play only while it is
   HELLO_REQUEST while no HELLO is known, and the queued ARM/MUTE/LOWER_LIMITS (once HELLO is known).
 - Buttons and the status light (v1.2): BUTTON presses queue for ``take_buttons()`` (they never
   touch consent); ``set_light`` sends LIGHT once HELLO is known, and again after a restart of the
-  MCU and every ``LIGHT_RESEND_S`` until LIGHT_SHOWN says the light shows it; playing and
+  MCU and every ``LIGHT_RESEND_S`` until LIGHT_SHOWN says the light shows it (to an MCU of an
+  older minor, the nearest state it knows: ``serial_link.light_for_peer``); playing and
   attenuated only while there is consent (so it never overrides the MCU's own fault light).
 - Everything that happens is also an entry of ``take_events()`` (a ``LinkEvent``), for the log,
   the store and the outbox.
@@ -346,6 +347,10 @@ class SafetyLink:
         # Never claim "playing" without consent: the MCU's own fault light stays until we have it.
         sounding = wanted in (sl.LIGHT_PLAYING, sl.LIGHT_ATTENUATED)
         allowed = self.consent or not sounding
+        hello = self.hello
+        if hello is not None and wanted is not None:
+            # an MCU of an older minor knows fewer states: it is sent the nearest it knows
+            wanted = sl.light_for_peer(wanted, hello.protocol_minor)
         if ready and wanted is not None and self.light_shown != wanted and due and allowed:
             frames.append(self._frame(sl.MSG_LIGHT, sl.pack_light(wanted)))
             self._light_next = now + LIGHT_RESEND_S

@@ -82,6 +82,18 @@ def test_light_sent_once_hello_is_known_then_until_confirmed_and_after_a_restart
         link.set_light(9)
 
 
+def test_an_older_mcu_is_sent_the_nearest_light_it_knows_and_the_state_is_not_resent() -> None:
+    link = SafetyLink()
+    link.set_light(sl.LIGHT_SHUT_OUT)
+    v12 = sl.Hello("1.2.0", "b-1", LIMITS, sl.PROTOCOL_MAJOR, 2)
+    link.receive(sl.Frame(sl.MSG_HELLO, 0, sl.pack_hello(v12)), 0.0)
+    assert _lights(link.outgoing(0.01)) == [sl.LIGHT_FAULT]  # a v1.2 MCU knows no shut_out
+    link.receive(sl.Frame(sl.MSG_LIGHT_SHOWN, 0, sl.pack_light(sl.LIGHT_FAULT)), 0.02)
+    assert _lights(link.outgoing(0.03 + LIGHT_RESEND_S)) == []  # shown as asked: not sent again
+    link.receive(_hello(), 2.0)  # a v1.3 board in its place: the state itself
+    assert _lights(link.outgoing(2.01)) == [sl.LIGHT_SHUT_OUT]
+
+
 # -- over the simulator's pty ------------------------------------------------------------------
 
 
