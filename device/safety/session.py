@@ -16,7 +16,12 @@ from resonera.common.errors import ConfigError
 from resonera.common.profile import HearingProfile
 from resonera.common.program import Program
 from resonera.device.safety.dose_ledger import DoseStatus
-from resonera.engine.audio.calibration import Calibration, load_calibration_file
+from resonera.engine.audio.calibration import (
+    DEFAULT_CALIBRATION,
+    Calibration,
+    load_calibration_file,
+    packaged_calibration,
+)
 from resonera.engine.audio.synth import ProgramRenderer
 from resonera.engine.safety.meter import MelMeter
 
@@ -28,10 +33,15 @@ class CalibrationMissing(ConfigError):
 
 
 def load_session_calibration(path: Path | None) -> Calibration:
+    """The output's calibration from ``calibration_file``; ``CalibrationMissing`` without one,
+    naming the packaged reference calibration a bench or a demo on the reference headphones uses
+    (never chosen silently: on any other output its levels would be wrong)."""
     if path is None:
         raise CalibrationMissing(
             "no calibration for this output (calibration_file in the device settings): without it "
-            "the device cannot know how loud it plays, so it does not play"
+            "the device cannot know how loud it plays, so it does not play. On the reference "
+            f'headphones, set calibration_file = "{packaged_calibration()}" (the packaged '
+            f"{DEFAULT_CALIBRATION!r} calibration); any other output needs its own, measured"
         )
     return load_calibration_file(path)
 
