@@ -85,6 +85,11 @@ class HearingProfile(BaseModel):
     #: With no program prescribed, the play button plays the device's built-in default program;
     #: a clinician may forbid that, so only what they prescribed ever plays.
     builtin_when_unassigned: bool = True
+    #: What counts as a session for adherence and the daily session limit
+    #: (``common/session_count.py``): one that played at least this many seconds, or at least
+    #: ``counted_session_min_fraction`` of its planned length. The dose counts every second anyway.
+    counted_session_min_s: float = Field(default=60.0, ge=0.0, le=MAX_SESSION_S)
+    counted_session_min_fraction: float = Field(default=0.10, ge=0.0, le=1.0)
 
     @model_validator(mode="after")
     def _consistent(self) -> HearingProfile:

@@ -61,6 +61,7 @@ from numpy.typing import NDArray
 
 from resonera.common import serial_link as sl
 from resonera.common.errors import ResoneraError
+from resonera.common.routine_events import MONITOR_STOPPED_CAUSE
 from resonera.common.safety_link import (
     CRC_BURST_COUNT,
     CRC_BURST_WINDOW_S,
@@ -187,7 +188,8 @@ class HardwareMonitor:
         #: Who holds the MCU's consent (``claim``), and the number of the latest claim.
         self._holder: str | None = None
         self._claim_token = 0
-        #: A release sent MUTE: the next claim waits to hear the MCU muted before arming.
+        #: A release sent MUTE: claims wait to hear the MCU muted before arming, until it is heard
+        #: (a session taking over a prompt still waiting must not arm before that MUTE lands).
         self._mute_pending = False
         #: How many times the port was reopened after a failure.
         self.reconnects = 0
@@ -231,7 +233,7 @@ class HardwareMonitor:
             self._port = None
         with self._cond:
             self._holder = None
-            self._link.link_lost("monitor stopped")
+            self._link.link_lost(MONITOR_STOPPED_CAUSE)
             events = self._take_locked()
             notify = self._publish_locked()
         self._notify(notify, events)
@@ -326,12 +328,14 @@ class HardwareMonitor:
         return f"{hello.board_id} fw {hello.firmware_version}" if hello is not None else ""
 
     def add_listener(self, callback: ConsentListener) -> None:
-        """``callback(consent, reason)`` on every consent change, from the I/O thread."""
+        """``callback(consent, reason)`` on every consent change, from the I/O thread (or the
+        thread that changed it: a release, a requested mute)."""
         with self._cond:
             self._listeners.append(callback)
 
     def remove_listener(self, callback: ConsentListener) -> None:
-        """Stop calling ``callback`` (added with ``add_listener``)."""
+        """Stop calling ``callback`` (added with ``add_listener``): a change another thread is
+        announcing at this moment no longer reaches it either (``_notify`` asks again)."""
         with self._cond:
             self._listeners.remove(callback)
 
@@ -416,7 +420,6 @@ class HardwareMonitor:
             self._claim_token += 1
             self._holder, token = holder, self._claim_token
             waiting_for_mute = self._mute_pending
-            self._mute_pending = False
         log.info("safety MCU claimed by %s", holder)
         try:
             if waiting_for_mute:
@@ -445,12 +448,14 @@ class HardwareMonitor:
         self._notify(notify, events)
 
     def _wait_muted(self, timeout_s: float) -> None:
-        """Wait (at most ``timeout_s``) until the MCU reports itself muted or disarmed."""
+        """Wait (at most ``timeout_s``) until the MCU reports itself muted or disarmed: the
+        release's MUTE has landed, so a later report of armed is an answer to this claim's ARM."""
         deadline = time.monotonic() + timeout_s
         with self._cond:
             while True:
                 telemetry = self._link.telemetry
                 if telemetry is None or telemetry.muted or not telemetry.armed:
+                    self._mute_pending = False
                     return
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or self._port is None:
@@ -621,11 +626,17 @@ class HardwareMonitor:
         readings = readings_from_telemetry(self._link.telemetry)
         limits = limits_record(self._link.last_limits)
         for event in events:
+            code = event.code
+            if event.kind == "link_down" and not self._consent:
+                # Nothing was consented (published consent is still the one before this
+                # change): a drop between sessions mutes nothing, no fault code applies, and
+                # the record is a routine hand-over (common/routine_events.py).
+                code = sl.FAULT_NONE
             try:
                 self._events.event(
                     event.kind,
                     event.cause,
-                    code=event.code,
+                    code=code,
                     readings=readings,
                     limits=limits,
                     attenuation_db=self._link.attenuation_db,
@@ -641,7 +652,12 @@ class HardwareMonitor:
         if notify is not None:
             consent, reason, listeners = notify
             for listener in listeners:
-                _call(listener, consent, reason)
+                # The copy was taken under the lock; one removed since (a session that has
+                # ended) must not hear of a change that is no longer its own.
+                with self._cond:
+                    registered = listener in self._listeners
+                if registered:
+                    _call(listener, consent, reason)
         attenuation, warning = self._link.attenuation_db, self._link.warning
         if abs(attenuation - self._attenuation_db) >= 0.05 or warning != self._warning:
             self._attenuation_db, self._warning = attenuation, warning

@@ -1,9 +1,13 @@
 """Safety events → the local store and the outbox, without ever blocking the caller.
 
-Every consent change, warning and fault the hardware monitor sees, and every transition of the
-safety state machine, becomes a ``SafetyEventRecord`` (type, cause text, the readings and limits at
-that moment, board id, simulation flag) stored with ``DeviceStore.record_event``, which queues the
-``event`` message in the same transaction.
+Every fault, warning, limit and dose action, refusal and stop the hardware monitor and the session
+report, and every transition of the safety state machine out of the normal path, becomes a
+``SafetyEventRecord`` (type, cause text, the readings and limits at that moment, board id,
+simulation flag) stored with ``DeviceStore.record_event``, which queues the ``event`` message in
+the same transaction. Routine hand-overs (consent granted and given back, the link up, closed or
+dropped while nothing sounds, the transitions of a normal start and end:
+``common.routine_events.routine_counter``) are not safety events: they are counted
+(``routine_counts``, reported in telemetry and ``status``), never stored (docs/safety-events.md).
 
 The callers are latency-critical (the monitor's I/O thread, the audio loop's state machine), and a
 SQLite commit with ``synchronous=FULL`` takes milliseconds, so ``SafetyEventRecorder.event`` only
@@ -30,6 +34,7 @@ from resonera.common.records import (
     SafetyEventRecord,
     SafetyEventType,
 )
+from resonera.common.routine_events import ROUTINE_COUNTERS, RoutineCounter, routine_counter
 from resonera.common.safety_link import HardLimits
 from resonera.device.store import DeviceStore
 
@@ -111,6 +116,8 @@ class SafetyEventRecorder:
         self.written = 0
         self.failed = 0
         self.dropped = 0
+        #: Routine hand-overs seen since this recorder started, by counter (``routine_counts``).
+        self._routine: dict[RoutineCounter, int] = dict.fromkeys(ROUTINE_COUNTERS, 0)
         self._backlog: deque[SafetyEventRecord] = deque()
         self._cond = threading.Condition()
         self._busy = False
@@ -134,7 +141,8 @@ class SafetyEventRecorder:
         to_state: str | None = None,
         session_id: str | None = None,
     ) -> SafetyEventRecord:
-        """Record one event (returns at once; the write happens on the writer thread)."""
+        """Record one event (returns at once; the write happens on the writer thread); a routine
+        hand-over is only counted (the record is returned all the same, never stored)."""
         record = SafetyEventRecord(
             event_id=new_id(),
             at=self.store.clock(),  # the device's records are dated by one clock: the store's
@@ -153,8 +161,21 @@ class SafetyEventRecorder:
         self.submit(record)
         return record
 
+    def routine_counts(self) -> dict[str, int]:
+        """Routine hand-overs counted since this recorder started, every counter named (0 when
+        none): ``consent_granted``, ``device_mutes``, ``link_up``, ``link_closed``,
+        ``link_drops``, ``session_transitions`` (``common.routine_events``)."""
+        with self._cond:
+            return {name: count for name, count in self._routine.items()}
+
     def submit(self, record: SafetyEventRecord) -> None:
-        """Queue a ready-made record for writing."""
+        """Queue a ready-made record for writing (a routine one is counted instead)."""
+        counter = routine_counter(record)
+        if counter is not None:
+            log.debug("routine %s (counted, not recorded): %s", record.type, record.cause)
+            with self._cond:
+                self._routine[counter] += 1
+            return
         with self._cond:
             if self._closing:
                 log.error("safety event after close, not stored: %s %s", record.type, record.cause)

@@ -33,6 +33,8 @@ from resonera.common.profile import HearingProfile
 from resonera.common.program import Program
 from resonera.common.program_check import check_program_for
 from resonera.common.records import SessionRecord
+from resonera.common.routine_events import NORMAL_END_CAUSE
+from resonera.common.session_count import counts_as_session
 from resonera.device.audio.prompt_mixer import PromptMixer
 from resonera.device.backgrounds import BackgroundCache, backgrounds_dir
 from resonera.device.hwmonitor import ConsentClaim, HardwareMonitor, WarningAttenuator
@@ -92,9 +94,13 @@ def open_sink(settings: DeviceSettings, wav_path: Path | None = None) -> AudioSi
     )
 
 
-def daily_limit_refusal(store: DeviceStore, now: float) -> str | None:
+def daily_limit_refusal(
+    store: DeviceStore, now: float, profile: HearingProfile | None = None
+) -> str | None:
     """Why a new session may not start today under the clinician's ``max_sessions_per_day`` (the
-    person's local day), or None."""
+    person's local day), or None. Only sessions that count (``common.session_count``, under
+    ``profile``; default: the applied profile, else the defaults) use up the day: an accidental
+    start stopped at once does not."""
     applied = store.applied_desired()
     limits = applied.content.get("limits") if applied is not None else None
     per_day = limits.get("max_sessions_per_day") if isinstance(limits, dict) else None
@@ -102,9 +108,22 @@ def daily_limit_refusal(store: DeviceStore, now: float) -> str | None:
         return None
     local = datetime.fromtimestamp(now).astimezone()
     midnight = local.replace(hour=0, minute=0, second=0, microsecond=0).astimezone(UTC)
-    if store.sessions_since(midnight) < per_day:
+    counting = profile or store.applied_profile() or HearingProfile()
+    if _counted_sessions_since(store, midnight, counting) < per_day:
         return None
     return f"{per_day} session(s) a day is the limit your clinician set; none is left today"
+
+
+def _counted_sessions_since(store: DeviceStore, since: datetime, profile: HearingProfile) -> int:
+    """Sessions started at or after ``since`` that count as sessions (newest first from the
+    store, read in growing pages until one reaches back before ``since``)."""
+    limit = 64
+    while True:
+        records = store.sessions(limit=limit)
+        today = [r for r in records if r.started_at >= since]
+        if len(today) < len(records) or len(records) < limit:
+            return sum(counts_as_session(r.played_s, r.planned_s, profile) for r in today)
+        limit *= 4
 
 
 @dataclass(frozen=True)
@@ -238,7 +257,7 @@ class Session:
         if week.corrupted:  # the server's clinician is the one who can reset it: tell them
             cause = "the dose ledger is damaged: the week counts as fully used until a reset"
             parts.recorder.event("dose_ledger_corrupted", cause, session_id=self.session_id)
-        daily = daily_limit_refusal(parts.store, now)
+        daily = daily_limit_refusal(parts.store, now, profile)
         if daily is not None:
             parts.recorder.event("session_refused", daily, session_id=self.session_id)
             raise SessionRefused(daily)
@@ -326,7 +345,7 @@ class Session:
             reason = reason or self._stop_reason  # who stopped it, and why
             supervisor.handle(Event.STOP, reason)
         else:
-            supervisor.handle(Event.SESSION_END, "program completed")
+            supervisor.handle(Event.SESSION_END, NORMAL_END_CAUSE)
         return SessionRecord(
             session_id=self.session_id,
             program_name=program.name,

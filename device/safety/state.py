@@ -8,6 +8,13 @@ and kept with its cause so the caller records and syncs it.
 No path leads to ``playing`` without the safety MCU's consent, except when the machine was created in
 simulation mode, which each transition then carries.
 
+A session's machine ends when the session does (``idle`` after a stop, the program's end, a dose
+stop or a failed arm): from then on a ``fault`` changes nothing. Nothing sounds, so there is
+nothing to mute, and a consent withdrawal arriving then is the session's own release (MUTE at the
+device's request), not a fault of the session; recording it as ``idle -> fault`` made every normal
+end look like a fault and ``status`` say "fault" on an idle device (issue 21). A real fault of the
+hardware is still recorded by the monitor, as its own event. A ``start`` begins again.
+
 ``sound_allowed`` is one of the two gates of a session's audio: the player reads it before every
 block together with the MCU's consent (``device/session.py``), so a session sounds only while both
 agree; a fault fed here mutes even if the MCU still consents.
@@ -97,6 +104,8 @@ class SafetyStateMachine:
     dose_attenuated: bool = False
     fault_cause: str | None = None
     fault_cleared: bool = True
+    #: The session ended (see the module): a later fault is not this session's.
+    ended: bool = False
     history: list[Transition] = field(default_factory=list)
 
     @property
@@ -120,6 +129,8 @@ class SafetyStateMachine:
     def handle(self, event: Event, at: float, cause: str = "") -> Transition | None:
         """Apply ``event``; return the transition it made (None if it changed nothing)."""
         if event is Event.FAULT:
+            if self.ended:
+                return None
             return self._fault(at, cause)
         if event is Event.FAULT_CLEARED:
             self.fault_cleared = True
@@ -150,6 +161,9 @@ class SafetyStateMachine:
         if target is State.IDLE:
             self.warnings.clear()
             self.dose_attenuated = False
+            self.ended = True
+        elif event is Event.START:
+            self.ended = False
         if target is self.state:
             return None
         return self._move(target, event, at, cause)

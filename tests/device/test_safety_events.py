@@ -55,19 +55,23 @@ def test_sessions_and_events_share_one_sequence(tmp_path: Path) -> None:
     store = DeviceStore(tmp_path / "device.db")
     a = store.record_session("dev-a", make_record())
     recorder = SafetyEventRecorder(store, "dev-a", simulation=True)
-    recorder.event("transition", "arming → playing", from_state="arming", to_state="playing")
+    recorder.event("transition", "amplifier warm", from_state="playing", to_state="attenuating")
     recorder.close()
     b = store.record_session("dev-a", make_record())
     assert [e.seq for e in store.pending()] == [a.seq, a.seq + 1, b.seq]
     [event] = store.events()
-    assert (event.type, event.from_state, event.to_state) == ("transition", "arming", "playing")
+    assert (event.type, event.from_state, event.to_state) == (
+        "transition",
+        "playing",
+        "attenuating",
+    )
     assert event.simulation is True  # every record of a simulated device says so
 
 
 def test_events_are_listed_newest_first(tmp_path: Path) -> None:
     store = DeviceStore(tmp_path / "device.db")
     with SafetyEventRecorder(store, "dev-a", simulation=False) as recorder:
-        kinds = ["link_up", "consent_granted", "warning", "consent_withdrawn"]
+        kinds = ["fault", "warning", "warning_cleared", "consent_withdrawn"]
         for kind in kinds:
             recorder.event(kind, kind)  # type: ignore[arg-type]
     assert [e.type for e in store.events()] == kinds[::-1]

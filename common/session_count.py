@@ -1,0 +1,22 @@
+"""What counts as "a session" for adherence and for the clinician's daily session limit.
+
+A session counts when it played at least the profile's ``counted_session_min_s`` seconds (default
+60) OR at least ``counted_session_min_fraction`` of its planned length (default 10 %): an
+accidental 0.05 s start stopped at once is no session, a short program played through is one.
+The device's daily limit (``device/session.py``) and the server's adherence (the daily roll-up,
+``server/dose_rollup.py``) both ask ``counts_as_session``. The dose is another matter: every
+second played counts toward it, whatever the session's length (the dose ledger adds every block).
+"""
+
+from __future__ import annotations
+
+from resonera.common.profile import HearingProfile
+
+
+def counts_as_session(played_s: float, planned_s: float, profile: HearingProfile) -> bool:
+    """True when a session that played ``played_s`` of ``planned_s`` seconds counts."""
+    if not played_s > 0:  # NaN or nothing played
+        return False
+    if played_s >= profile.counted_session_min_s:
+        return True
+    return planned_s > 0 and played_s >= profile.counted_session_min_fraction * planned_s
