@@ -7,13 +7,19 @@ the device pinned at provisioning. It is refused, and the refusal reported, when
 the signature is missing, by another key or wrong, the document names another device, or its version is
 not newer than the applied one (no replay, no rollback). Pure logic: the caller feeds payloads and the
 applied version, and stores what this returns.
+
+The same topic carries the server's notices (``{"v": 1, "kind": "notice", "device", "notice":
+"revoked" | "quarantined", "reason", "issued_at", "sig"}``, ``docs/shut-out.md``): the server will not
+take this device's messages. ``verify_notice`` checks them with the very signature and device checks
+of a document (``_verified``), and refuses a notice not issued after the last one the device holds.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from datetime import datetime
+from typing import Any, Final, Literal
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -89,26 +95,102 @@ def ledger_resets(content: dict[str, Any]) -> list[LedgerResetRequest]:
     return out
 
 
+#: The ``kind`` of a notice; a desired-state document has none.
+NOTICE_KIND: Final = "notice"
+NoticeName = Literal["revoked", "quarantined"]
+#: A notice's reason longer than this is refused (it is read to the person and shown in ``status``).
+MAX_NOTICE_REASON = 500
+
+
+class NoticeRejected(DesiredStateRejected):
+    """A notice that is not taken; the message says why (logged, never reported)."""
+
+
+@dataclass(frozen=True)
+class Notice:
+    """A verified notice: the server will not take this device's messages (``notice``), why in
+    words for the person (``reason``), and when the server issued it."""
+
+    notice: NoticeName
+    reason: str
+    issued_at: datetime
+
+
+def is_notice(payload: bytes) -> bool:
+    """True when ``payload`` claims to be a notice (unverified: only to route it)."""
+    try:
+        document = json.loads(payload)
+    except (ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(document, dict) and document.get("kind") == NOTICE_KIND
+
+
+def _verified(
+    payload: bytes, *, device_id: str, pinned: Ed25519PublicKey, what: str
+) -> dict[str, Any]:
+    """The signed content of a document or notice (``what``) for ``device_id``: the one check of
+    size, JSON, the pinned key's signature and the device both share."""
+    if len(payload) > MAX_DOCUMENT_BYTES:
+        raise DesiredStateRejected(f"{what} of {len(payload)} bytes exceeds the limit")
+    try:
+        document = json.loads(payload)
+    except (ValueError, UnicodeDecodeError):
+        raise DesiredStateRejected(f"{what} is not valid JSON") from None
+    if not isinstance(document, dict):
+        raise DesiredStateRejected(f"{what} is not a JSON object")
+    try:
+        content = verify_document_ed25519(document, pinned)
+    except SignatureError as exc:
+        raise DesiredStateRejected(f"{what} refused: {exc}") from None
+    if content.get("device") != device_id:
+        raise DesiredStateRejected(
+            f"{what} is for device {content.get('device')!r}, not {device_id!r}"
+        )
+    return content
+
+
+def verify_notice(
+    payload: bytes, *, device_id: str, pinned: Ed25519PublicKey, held: datetime | None
+) -> Notice:
+    """The verified notice, or ``NoticeRejected`` naming the reason. ``held``: when the latest
+    notice the device took (or its being let back in) was issued; a notice not issued after it
+    is a replay or stale, and refused."""
+    try:
+        content = _verified(payload, device_id=device_id, pinned=pinned, what="notice")
+    except NoticeRejected:
+        raise
+    except DesiredStateRejected as exc:
+        raise NoticeRejected(str(exc)) from None
+    if content.get("kind") != NOTICE_KIND:
+        raise NoticeRejected("the signed document is not a notice")
+    name, reason = content.get("notice"), content.get("reason")
+    if name == "revoked" or name == "quarantined":  # noqa: PLR1714 (so mypy narrows the type)
+        notice: NoticeName = name
+    else:
+        raise NoticeRejected(f"notice {name!r} is not one this device knows")
+    if not isinstance(reason, str) or not reason.strip() or len(reason) > MAX_NOTICE_REASON:
+        raise NoticeRejected(f"a notice's reason must be 1-{MAX_NOTICE_REASON} characters")
+    try:
+        issued_at = datetime.fromisoformat(str(content.get("issued_at")))
+    except ValueError:
+        raise NoticeRejected("the notice has no valid issued_at") from None
+    if issued_at.tzinfo is None:
+        raise NoticeRejected("the notice's issued_at has no time zone")
+    if held is not None and issued_at <= held:
+        raise NoticeRejected(
+            f"notice issued at {issued_at.isoformat()} is not newer than {held.isoformat()} "
+            "(replay refused)"
+        )
+    return Notice(notice, reason.strip(), issued_at)
+
+
 def verify_desired(
     payload: bytes, *, device_id: str, pinned: Ed25519PublicKey, applied_version: int
 ) -> DesiredDocument:
     """The verified document, or ``DesiredStateRejected`` naming the reason."""
-    if len(payload) > MAX_DOCUMENT_BYTES:
-        raise DesiredStateRejected(f"desired state of {len(payload)} bytes exceeds the limit")
-    try:
-        document = json.loads(payload)
-    except (ValueError, UnicodeDecodeError):
-        raise DesiredStateRejected("desired state is not valid JSON") from None
-    if not isinstance(document, dict):
-        raise DesiredStateRejected("desired state is not a JSON object")
-    try:
-        content = verify_document_ed25519(document, pinned)
-    except SignatureError as exc:
-        raise DesiredStateRejected(f"desired state refused: {exc}") from None
-    if content.get("device") != device_id:
-        raise DesiredStateRejected(
-            f"desired state is for device {content.get('device')!r}, not {device_id!r}"
-        )
+    content = _verified(payload, device_id=device_id, pinned=pinned, what="desired state")
+    if content.get("kind") is not None:
+        raise DesiredStateRejected(f"a {content.get('kind')!r} is not a desired state")
     version = content.get("version")
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise DesiredStateRejected("desired state has no valid version")

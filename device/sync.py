@@ -18,6 +18,16 @@ Two ways to run it, with the same callbacks, scheduler, resend and cursor logic:
   ``on_wake`` says the worker would wake, or when the delay ``pump`` returned has passed, never
   twice at once; ``dispatch`` moves the store work of acks and desired states off its network
   thread; ``close`` ends it.
+
+Shut out (``shut_out``, ``docs/shut-out.md``): the broker's TLS alert (a revoked or expired
+certificate; paho only logs it, so ``on_log`` catches it), the device's own certificate past its end
+(checked at start and before each attempt), or the server's signed notice on the desired-state topic
+(``common.desired.verify_notice``) sets it, says it once in words, and keeps it in the store's meta
+across restarts. Meanwhile the outbox is kept and nothing is sent blindly: a refused connection is
+not retried by paho but tried again once every ``shut_out.RETRY_S`` (and at once with a new
+certificate, ``reconnect``); connected, one message is sent as often (the server acknowledging it
+lets the device back in, and publishing resumes). Driven, the host is told of a lost connection as
+before; ``shut_out`` and the spacing of publishing hold the same.
 """
 
 from __future__ import annotations
@@ -27,21 +37,25 @@ import random
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import paho.mqtt.client as paho
 from paho.mqtt.reasoncodes import ReasonCode
 
 from resonera.common import mqtt_client, topics
+from resonera.common.desired import NoticeRejected, is_notice, verify_notice
 from resonera.common.envelope import decode_ack
 from resonera.common.errors import ProtocolError
 from resonera.common.mqtt_client import BrokerUnavailable, build_client, stop_loop
 from resonera.common.settings import MqttSettings
+from resonera.device import shut_out as shut_outs
 from resonera.device.desired_state import DesiredStateApplier
 from resonera.device.outbox import OutboxScheduler
 from resonera.device.settings import DeviceSettings
+from resonera.device.shut_out import ShutOut
 from resonera.device.store import DeviceStore
+
+__all__ = ["ClientFactory", "DeviceSync", "ShutOut"]
 
 log = logging.getLogger(__name__)
 
@@ -49,17 +63,6 @@ log = logging.getLogger(__name__)
 IDLE_POLL_S = 5.0
 #: The shortest wait before the outbox is looked at again (a resend just due, a hold-off ending).
 MIN_WAIT_S = 0.02
-
-
-@dataclass(frozen=True)
-class ShutOut:
-    """The server will not take this device's messages: ``kind`` ``revoked`` or ``expired`` (its
-    certificate) or ``quarantined`` (its messages), ``reason`` in words for the person and
-    ``status``, ``since`` the wall-clock time it was learnt. The outbox is kept meanwhile."""
-
-    kind: Literal["revoked", "expired", "quarantined"]
-    reason: str
-    since: float
 
 
 class ClientFactory(Protocol):
@@ -90,6 +93,7 @@ class DeviceSync:
         on_connection_lost: Callable[[], None] | None = None,
         dispatch: Callable[[Callable[[], None]], object] | None = None,
         dispatch_desired: Callable[[Callable[[], None]], object] | None = None,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         """``desired``: who takes desired-state documents; by default one that applies them at
         once (no session runs while only syncing).
@@ -103,14 +107,27 @@ class DeviceSync:
         ``dispatch``: runs the store work of an ack or a desired state (default: at once, on
         the network thread). ``dispatch_desired``: runs the taking of a desired state instead,
         in the order they come (the device service: a thread of its own, since fetching a
-        prescribed program's background file may take longer than the broker's keepalive)."""
+        prescribed program's background file may take longer than the broker's keepalive).
+        ``wall_clock``: the time of day, for certificates, notices and ``ShutOut.since``
+        (``clock`` spaces the retries)."""
         self.settings = settings
         self.store = store
         self.clock = clock
         self.device_id = settings.device_id
         self.last_error: str | None = None
-        #: Set when the device learns it is shut out (a signed notice, a TLS alert); None otherwise.
-        self.shut_out: ShutOut | None = None
+        self.wall_clock = wall_clock
+        #: Set when the device learns it is shut out (a signed notice, a TLS alert, its certificate
+        #: past its end); None otherwise. Kept in the store across restarts.
+        self.shut_out: ShutOut | None = shut_outs.load(store)
+        #: Connection attempts made (threaded: each connect, as the device's own or paho's).
+        self.connect_attempts = 0
+        #: Shut out: when (``clock``) the next attempt is due; the first comes at once.
+        self._retry_at = 0.0
+        #: Threaded, shut out by the broker: paho's loop is stopped and attempts are ours.
+        self._held = False
+        #: The shut-out paho's log named for the connection it is losing (the TLS alert).
+        self._alert: str | None = None
+        self._refused_notice: bytes | None = None
         #: Wall-clock time of the last application ack (None: none since start).
         self.last_ack: float | None = None
         self.desired = desired or DesiredStateApplier.for_settings(settings, store)
@@ -148,6 +165,7 @@ class DeviceSync:
         self._switching = False
         self._reconnecting = threading.Lock()
         self._client = self._new_client(settings.mqtt)
+        self._check_certificate(at_start=True)
 
     def _new_client(self, mqtt: MqttSettings) -> paho.Client:
         client = self._client_factory(
@@ -156,6 +174,7 @@ class DeviceSync:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_connect_fail = self._on_connect_fail
+        client.on_log = self._on_log
         client.message_callback_add(topics.ack(self.device_id), self._on_ack)
         client.message_callback_add(topics.desired(self.device_id), self._on_desired)
         return client
@@ -173,13 +192,23 @@ class DeviceSync:
         if not self._threaded:
             self.connect()
             return
+        if self._check_certificate():
+            self._hold()  # no attempt with a certificate past its end: tried again later
+            return
         expiry = self.settings.sync.session_expiry_s
+        self._held = False
+        self.connect_attempts += 1
         try:
             mqtt_client.connect(
                 self._client, self.settings.mqtt, clean_start=False, session_expiry_s=expiry
             )
         except BrokerUnavailable as exc:
             self.last_error = str(exc)
+            kind = shut_outs.tls_alert_kind(str(exc))
+            if kind is not None:  # the handshake itself failed (TLS 1.2): no retrying blindly
+                self._learn_from_broker(kind)
+                self._hold()
+                return
             log.warning("%s; records wait in the outbox and sync when it is back", exc)
             mqtt_client.connect_in_background(
                 self._client, self.settings.mqtt, clean_start=False, session_expiry_s=expiry
@@ -193,6 +222,11 @@ class DeviceSync:
         established connection is gone. (Threaded, ``start`` does this and paho retries.)"""
         if self._threaded:
             raise RuntimeError("connect() is for a driven sync; this one was started")
+        if self._check_certificate():
+            assert self.shut_out is not None
+            self.last_error = self.shut_out.reason
+            raise BrokerUnavailable(self.shut_out.reason)
+        self.connect_attempts += 1
         try:
             mqtt_client.connect(
                 self._client,
@@ -202,6 +236,9 @@ class DeviceSync:
             )
         except BrokerUnavailable as exc:
             self.last_error = str(exc)
+            kind = shut_outs.tls_alert_kind(str(exc))
+            if kind is not None:
+                self._learn_from_broker(kind)
             raise
 
     def reconnect(self, mqtt: MqttSettings) -> None:
@@ -222,6 +259,7 @@ class DeviceSync:
             finally:
                 self._switching = False
             self.settings = self.settings.model_copy(update={"mqtt": mqtt})
+            self._new_certificate()
             self._client = self._new_client(mqtt)
             self._connect()
         log.info("reconnecting to the MQTT broker with the renewed certificate")
@@ -299,6 +337,7 @@ class DeviceSync:
             log.error("%s", self.last_error)
             return
         self.last_error = None
+        self._alert = None
         # Subscribing again on every connect is harmless and covers a broker that lost our session.
         # The exact desired topic (never a wildcard), every time: the broker then sends its
         # retained copy again, so the device never relies on having seen every change.
@@ -315,10 +354,30 @@ class DeviceSync:
         self, _client: paho.Client, _userdata: Any, _flags: Any, reason: ReasonCode, _props: Any
     ) -> None:
         self._connected.clear()
+        alert, self._alert = self._alert, None
+        if alert is not None and not self._stopping.is_set():
+            kind = shut_outs.tls_alert_kind(alert)
+            assert kind is not None
+            self.last_error = f"the broker refused this device's certificate: {alert}"
+            self._learn_from_broker(kind)
+            if self._threaded:
+                # paho would retry within seconds, for ever: the worker stops its loop, and
+                # tries again once per RETRY_S (``_retry``)
+                _client.reconnect_delay_set(int(shut_outs.RETRY_S), int(shut_outs.RETRY_S))
+                self._hold()
+            elif self._on_connection_lost is not None:
+                self._on_connection_lost()  # the host's to space (``retry_in``)
+            return
         if not self._stopping.is_set() and not self._switching:
             log.warning("disconnected from MQTT broker (%s); will reconnect", reason)
             if self._on_connection_lost is not None:
                 self._on_connection_lost()
+
+    def _on_log(self, _client: paho.Client, _userdata: Any, level: int, text: str) -> None:
+        # With TLS 1.3 the broker's alert on this device's certificate arrives after paho's
+        # connect returned, as a read error paho logs; its disconnect says "Unspecified error".
+        if level == paho.MQTT_LOG_ERR and shut_outs.tls_alert_kind(text) is not None:
+            self._alert = text.removeprefix("failed to receive on socket: ")
 
     def _on_connect_fail(self, _client: paho.Client, _userdata: Any) -> None:
         if self.last_error is None:  # keep the more precise reason from the first attempt
@@ -336,7 +395,9 @@ class DeviceSync:
             log.warning("ignoring ack on %s: %s", topic, exc)
             return
         deleted = self.store.acknowledge(ack.ids)
-        self.last_ack = time.time()
+        self.last_ack = self.wall_clock()
+        if self.shut_out is not None:
+            self._let_back_in("the server acknowledges its messages again")
         with self._lock:
             self._scheduler.acknowledged(ack.ids)
         log.debug("server committed %d message(s), %d deleted from outbox", len(ack.ids), deleted)
@@ -350,7 +411,31 @@ class DeviceSync:
         payload = bytes(message.payload)
         if not payload:
             return  # a cleared retained message: nothing to take
+        if is_notice(payload):
+            self._run(lambda: self._take_notice(payload), self._dispatch)
+            return
         self._run(lambda: self._take_desired(payload), self._dispatch_desired)
+
+    def _take_notice(self, payload: bytes) -> None:
+        pinned = self.desired.pinned
+        if pinned is None:
+            log.warning("a notice from the server is not taken: no server key is pinned")
+            return
+        try:
+            notice = verify_notice(
+                payload,
+                device_id=self.device_id,
+                pinned=pinned,
+                held=shut_outs.notice_held(self.store),
+            )
+        except NoticeRejected as exc:
+            # the same retained copy comes back after every reconnect: say it once
+            if payload != self._refused_notice:
+                self._refused_notice = payload
+                log.info("a notice on the desired-state topic is not taken: %s", exc)
+            return
+        shut_outs.hold_notices_until(self.store, notice.issued_at)
+        self._learn(ShutOut(notice.notice, notice.reason, self.wall_clock(), self._certificate()))
 
     def _take_desired(self, payload: bytes) -> None:
         try:
@@ -395,14 +480,19 @@ class DeviceSync:
             if rest:
                 self._resting_until = self.clock() + rest
                 return rest
-            with self._lock:
-                next_due = self._scheduler.next_due_in(self.clock())
+            next_due = self._next_due()
             return None if next_due is None else max(next_due, MIN_WAIT_S)
+
+    def _next_due(self) -> float | None:
+        """Seconds until something is due to publish (shut out: the next probe)."""
+        if self.shut_out is not None:
+            return self.retry_in()
+        with self._lock:
+            return self._scheduler.next_due_in(self.clock())
 
     def _publish_loop(self) -> None:
         while not self._stopping.is_set():
-            with self._lock:
-                next_due = self._scheduler.next_due_in(self.clock())
+            next_due = self._next_due()
             # Idle, the loop sleeps until a resend is due, something is queued (kick), an ack
             # or a connection arrives, or the poll comes round (records queued by another process).
             timeout = (
@@ -410,7 +500,12 @@ class DeviceSync:
             )
             self._wake.wait(timeout=timeout)
             self._wake.clear()
-            if self._stopping.is_set() or not self._connected.is_set():
+            if self._stopping.is_set():
+                continue
+            if self._held:
+                self._retry()
+                continue
+            if not self._connected.is_set():
                 continue
             try:
                 sent = self._publish_step()
@@ -423,7 +518,9 @@ class DeviceSync:
 
     def _publish_step(self) -> int:
         """One batch: overdue resends first, then messages not sent since the connect (by seq).
-        Returns how many were published."""
+        Returns how many were published. Shut out, one message per ``RETRY_S`` (``_probe``)."""
+        if self.shut_out is not None:
+            return self._probe()
         now = self.clock()
         batch = self.settings.sync.batch_size
         with self._lock:
@@ -451,3 +548,111 @@ class DeviceSync:
         if fresh:
             self._cursor = max(self._cursor, *(m.seq for m in fresh if m.message_id in chosen))
         return len(due)
+
+    # --- shut out -------------------------------------------------------------------------------
+
+    def _certificate(self) -> str:
+        return shut_outs.certificate_id(self.settings.mqtt.cert_file)
+
+    def _check_certificate(self, *, at_start: bool = False) -> bool:
+        """Before an attempt (and at start): True when the certificate is past its end (learnt
+        as ``expired``). At start, a shut-out learnt with another certificate than the one
+        installed now is over: the device tries as the new identity."""
+        if at_start and self._learnt_with_another_certificate():
+            self._let_back_in("a new certificate is installed")
+        found = shut_outs.expired(self.settings.mqtt.cert_file, self.wall_clock())
+        if found is None:
+            return False
+        self._learn(found)
+        return True
+
+    def _new_certificate(self) -> None:
+        if self._learnt_with_another_certificate():
+            self._let_back_in("a new certificate is installed")
+        self._retry_at = 0.0
+
+    def _learnt_with_another_certificate(self) -> bool:
+        """Revoked or expired, learnt with a certificate that is no longer the one installed."""
+        found = self.shut_out
+        return (
+            found is not None
+            and found.kind != "quarantined"
+            and bool(found.certificate)
+            and found.certificate != self._certificate()
+        )
+
+    def _learn_from_broker(self, kind: shut_outs.ShutOutKind) -> None:
+        reason = (
+            shut_outs.REVOKED_BY_BROKER
+            if kind == "revoked"
+            else shut_outs.EXPIRED.format(date="its end date")
+        )
+        if kind == "expired":
+            own = shut_outs.expired(self.settings.mqtt.cert_file, self.wall_clock())
+            reason = own.reason if own is not None else reason
+        self._learn(ShutOut(kind, reason, self.wall_clock(), self._certificate()))
+
+    def _learn(self, found: ShutOut) -> None:
+        """Shut out: kept, said once in words, and the next attempt an hour away."""
+        with self._lock:
+            self._retry_at = self.clock() + shut_outs.RETRY_S
+            before = self.shut_out
+            if before is not None and before.kind == found.kind:
+                return  # known: said once already
+            self.shut_out = found
+        shut_outs.save(self.store, found)
+        log.warning(
+            "shut out (%s): %s Records stay in the outbox (%d waiting); trying again once an hour",
+            found.kind,
+            found.reason,
+            self.store.outbox_depth(),
+        )
+
+    def _let_back_in(self, why: str) -> None:
+        with self._lock:
+            if self.shut_out is None:
+                return
+            self.shut_out = None
+            self._retry_at = 0.0
+        shut_outs.save(self.store, None)
+        # a notice issued before now is stale: a retained one read again must not shut us out
+        shut_outs.hold_notices_until(self.store, shut_outs.wall_datetime(self.wall_clock()))
+        log.warning("no longer shut out: %s; the outbox syncs again", why)
+        self._notify()
+
+    def _hold(self) -> None:
+        self._held = True
+        self._notify()
+
+    def retry_in(self) -> float | None:
+        """Shut out: the seconds (``clock``) until the next attempt; None when not shut out."""
+        if self.shut_out is None:
+            return None
+        return max(0.0, self._retry_at - self.clock())
+
+    def _retry(self) -> None:
+        """Threaded, held: stop paho's own reconnecting; when due, one attempt (a new client)."""
+        with self._reconnecting:
+            if self._stopping.is_set() or not self._held:
+                return
+            self._client.disconnect()
+            stop_loop(self._client)
+            if self.clock() < self._retry_at:
+                return
+            self._retry_at = self.clock() + shut_outs.RETRY_S
+            log.info("shut out: trying to connect again")
+            self._client = self._new_client(self.settings.mqtt)
+            self._connect()
+
+    def _probe(self) -> int:
+        """Connected while shut out: one message (the oldest) per ``RETRY_S``, no more: its ack
+        lets the device back in; a refusal costs the server one quarantined copy an hour."""
+        now = self.clock()
+        with self._lock:
+            if now < self._retry_at:
+                return 0
+            self._retry_at = now + shut_outs.RETRY_S
+        oldest = self.store.pending(limit=1)
+        for message in oldest:
+            self._client.publish(message.topic, message.payload, qos=1)
+        return len(oldest)

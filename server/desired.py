@@ -15,6 +15,11 @@ device carries each out once, by id.
 Documents are signed by a pluggable ``DesiredStateSigner`` (``crypto.py``) over canonical JSON and
 published after the database commit (a document is never out before its row). Publishing is
 retained and QoS 1; ``republish_all`` at start repairs anything a broker outage lost.
+
+A revoked device's topic carries its ``revoked`` notice instead (``server/notices.py``,
+``docs/shut-out.md``): ``notify_revoked`` publishes it after the revocation's commit, and
+``republish_all`` publishes it again rather than the device's last document, which a revoked
+device no longer takes.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from resonera.common import topics
+from resonera.common.clock import utc_now
 from resonera.common.desired import (
     LEDGER_RESETS_KEY,
     DesiredDocument,
@@ -47,11 +53,13 @@ from resonera.server.crypto import DesiredStateSigner, sign_document
 from resonera.server.models import (
     AssignmentRow,
     DeviceDesiredRow,
+    DeviceRow,
     DoseLedgerResetRow,
     PatientConfigRow,
     SafetyEventRow,
     UserRow,
 )
+from resonera.server.notices import REVOKED_REASON, notice_payload
 from resonera.server.settings import ServerSettings
 
 log = logging.getLogger(__name__)
@@ -326,10 +334,23 @@ class DesiredService:
         for item in outgoing:
             self.publisher.publish(item.device_id, item.payload)
 
-    def republish_all(self, engine: Engine) -> int:
-        """Publish every device's last document again (retained: idempotent for devices)."""
+    def notify_revoked(self, device_id: str, now: datetime) -> None:
+        """Publish the signed ``revoked`` notice (retained) on the device's desired-state topic;
+        after the revocation is committed, and before the broker's CRL shuts the device out if
+        the caller can order it so (a device connected then reads it at once)."""
+        self.publisher.publish(
+            device_id, notice_payload(self.signer, device_id, "revoked", REVOKED_REASON, now)
+        )
+
+    def republish_all(self, engine: Engine, now: datetime | None = None) -> int:
+        """Publish every device's last document again (retained: idempotent for devices); for a
+        revoked device its ``revoked`` notice (issued ``now``, by default the time of this call)."""
         with Session(engine) as session:
+            revoked = set(session.exec(select(DeviceRow.id).where(col(DeviceRow.revoked))).all())
             rows = session.exec(select(DeviceDesiredRow)).all()
             for row in rows:
-                self.publisher.publish(row.device_id, row.document.encode())
+                if row.device_id in revoked:
+                    self.notify_revoked(row.device_id, now or utc_now())
+                else:
+                    self.publisher.publish(row.device_id, row.document.encode())
         return len(rows)
