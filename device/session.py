@@ -201,6 +201,8 @@ class Session:
         self._stop = threading.Event()
         self._stop_reason = STOPPED_BY_THE_PERSON
         self._dose_events: list[DoseEvent] = []
+        #: The session's safety state machine, once ``run`` made it (the service's ``status``).
+        self.supervisor: SessionSupervisor | None = None
 
     def stop(self, reason: str = STOPPED_BY_THE_PERSON) -> None:
         """Fade out and end as ``stopped`` with ``reason`` (who stopped it, and why)."""
@@ -236,6 +238,7 @@ class Session:
             supervisor = SessionSupervisor(
                 parts.recorder, simulation=parts.settings.simulation, session_id=self.session_id
             )
+            self.supervisor = supervisor
             supervisor.handle(Event.START, f"play {program.name!r}")
             with ExitStack() as held:
                 claim = self._consent(held, supervisor)

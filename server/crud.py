@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import union_all
 from sqlmodel import Session, col, select
 
+from resonera.common.routine_events import ROUTINE_TYPE_PREFIX
 from resonera.server.crypto import FieldCipher
 from resonera.server.models import (
     AuditRow,
@@ -136,7 +137,11 @@ def list_events(
     limit: int,
     offset: int,
 ) -> Sequence[SafetyEventRow]:
-    query = select(SafetyEventRow).where(SafetyEventRow.patient_id == patient_id)
+    # Routine hand-overs old agents sent are kept but are no safety events (docs/safety-events.md)
+    query = select(SafetyEventRow).where(
+        SafetyEventRow.patient_id == patient_id,
+        col(SafetyEventRow.event_type).not_like(f"{ROUTINE_TYPE_PREFIX}%"),
+    )
     if event_type is not None:
         query = query.where(SafetyEventRow.event_type == event_type)
     if since is not None:
@@ -189,7 +194,8 @@ def dose_report(session: Session, *, patient_id: str, today: date, days: int) ->
 def adherence_report(
     session: Session, *, patient_id: str, today: date, weeks: int, per_week: int
 ) -> AdherenceReport:
-    """Completed sessions per ISO week (Monday first) against the prescription."""
+    """Sessions that count (``common.session_count``: the daily roll-up counts only those) per
+    ISO week (Monday first) against the prescription."""
     this_monday = today - timedelta(days=today.weekday())
     first = this_monday - timedelta(weeks=weeks - 1)
     rows = session.exec(

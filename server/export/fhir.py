@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any, Final
 
+from resonera.common.routine_events import is_routine_type
 from resonera.server.crud import WEEKLY_ALLOWANCE, dose_fraction_per_second
 from resonera.server.models import AuditRow, CheckInRow, DeviceRow, SafetyEventRow, SessionRow
 
@@ -295,7 +296,11 @@ def build_bundle(
     for row in sessions:
         entries += _session(row, patient.id)
     entries += questionnaire_responses(checkins, patient.id, sessions)
-    entries += [_adverse_event(row, patient.id) for row in events]
+    # only real safety events: the routine hand-overs old agents sent are kept, tagged, not
+    # adverse events (docs/safety-events.md)
+    entries += [
+        _adverse_event(row, patient.id) for row in events if not is_routine_type(row.event_type)
+    ]
     entries += [_audit_event(row, patient.id) for row in audit]
     # No ``total``: FHIR allows it only in search and history bundles.
     return {

@@ -1,5 +1,7 @@
 """What the devices page (admins) shows of each device: presence, telemetry, the patient it is
-with and its clock."""
+with, its clock, and the routine hand-overs its agent counted instead of recording them as safety
+events (``routine`` in its telemetry: ``SafetyEventRecorder.routine_counts``,
+docs/safety-events.md)."""
 
 from __future__ import annotations
 
@@ -31,6 +33,8 @@ class DeviceLine:
     clock_skew_s: float | None = None
     clock_skew_at: datetime | None = None
     clock_skew_large: bool = False
+    #: The latest telemetry's routine counters (since the agent started), by name; () when none.
+    routine: tuple[tuple[str, int], ...] = ()
 
     @property
     def clock_skew(self) -> str:
@@ -88,6 +92,19 @@ def _find_text(body: Any, names: frozenset[str]) -> str:
     return str(found) if found is not None else ""
 
 
+def _routine_counts(body: Any) -> tuple[tuple[str, int], ...]:
+    """The ``routine`` counters of a telemetry body, in name order; a value that is no count is
+    left out (a device's message is input like any other)."""
+    found = _found(body, frozenset({"routine"}), lambda value: isinstance(value, dict))
+    if not isinstance(found, dict):
+        return ()
+    return tuple(
+        (str(name)[:40], value)
+        for name, value in sorted(found.items())
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    )
+
+
 def device_line(
     session: Session, device: DeviceRow, now: datetime, skew_limit: timedelta
 ) -> DeviceLine:
@@ -138,6 +155,7 @@ def device_line(
         clock_skew_s=skew,
         clock_skew_at=state.clock_skew_at if state is not None else None,
         clock_skew_large=skew is not None and abs(skew) > skew_limit.total_seconds(),
+        routine=_routine_counts(body),
     )
 
 
