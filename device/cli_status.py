@@ -79,7 +79,7 @@ def _status(
         "safety_link": service.get("safety_link"),
         "safety_state": _safety_state(live),
         "ready": service.get("ready"),
-        "shut_out": service.get("shut_out"),
+        "shut_out": _shut_out(service.get("shut_out")),
         "routine": service.get("routine") or {},
         "dose": (
             None
@@ -109,6 +109,19 @@ def _status(
         "output": profile.output,
         "recent_sessions": [session_json(record) for record in store.sessions(limit=limit)],
     }
+
+
+def _shut_out(said: Any) -> dict[str, Any] | None:
+    """The service's ``shut_out`` with ``since`` (Unix time there) as ISO 8601 UTC, as every time
+    of the JSON documents."""
+    if not isinstance(said, dict):
+        return None
+    since = said.get("since")
+    if isinstance(since, int | float):
+        since = iso_utc(datetime.fromtimestamp(since, UTC))
+    elif isinstance(since, str):
+        since = iso_utc(datetime.fromisoformat(since))
+    return {**said, "since": since}
 
 
 def _safety_state(live: dict[str, Any] | None) -> str:

@@ -237,7 +237,7 @@ def test_status_renders_ready_shut_out_routine_and_the_services_safety_state(
         "shut_out": {
             "kind": "revoked",
             "reason": "certificate revoked",
-            "since": since.isoformat(),
+            "since": since.timestamp(),  # Unix time, as the service keeps it
         },
         "sessions_waiting": 3,
         "routine": {"link_down": 4, "consent_withdrawn": 2},
@@ -257,8 +257,9 @@ def test_status_renders_ready_shut_out_routine_and_the_services_safety_state(
         line.startswith("  routine         2 consent_withdrawn, 4 link_down") for line in lines
     )
     assert document["service_running"] is True
-    assert {k: document[k] for k in said if k != "playing"} == {
-        k: v for k, v in said.items() if k != "playing"
+    assert document["shut_out"] == {**said["shut_out"], "since": since.isoformat()}  # ISO, UTC
+    assert {k: document[k] for k in said if k not in ("playing", "shut_out")} == {
+        k: v for k, v in said.items() if k not in ("playing", "shut_out")
     }
 
 
