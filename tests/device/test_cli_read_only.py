@@ -227,7 +227,7 @@ def test_status_renders_ready_shut_out_routine_and_the_services_safety_state(
     cfg, settings = offline(tmp_path)
     assert run("play", "--config", cfg, "--sync-timeout", "0.2").returncode == 0
     since = datetime.now(UTC) - timedelta(minutes=5)
-    said = {
+    said: dict[str, Any] = {
         "link": "disconnected",
         "link_error": "certificate revoked",
         "playing": None,
