@@ -63,6 +63,10 @@ log = logging.getLogger(__name__)
 IDLE_POLL_S = 5.0
 #: The shortest wait before the outbox is looked at again (a resend just due, a hold-off ending).
 MIN_WAIT_S = 0.02
+#: How paho logs a failed read (the TLS alert of a refused certificate among them).
+_READ_FAILED = "failed to receive on socket: "
+#: MQTT's reason code "Unspecified error", paho's for a connection lost without one.
+_UNSPECIFIED = 0x80
 
 
 class ClientFactory(Protocol):
@@ -119,14 +123,18 @@ class DeviceSync:
         #: Set when the device learns it is shut out (a signed notice, a TLS alert, its certificate
         #: past its end); None otherwise. Kept in the store across restarts.
         self.shut_out: ShutOut | None = shut_outs.load(store)
-        #: Connection attempts made (threaded: each connect, as the device's own or paho's).
+        #: CONNECT packets sent (the device's own attempts and paho's reconnects).
         self.connect_attempts = 0
+        #: How often the worker looked at a connection held while shut out (tests wait on it).
+        self.held_checks = 0
         #: Shut out: when (``clock``) the next attempt is due; the first comes at once.
         self._retry_at = 0.0
         #: Threaded, shut out by the broker: paho's loop is stopped and attempts are ours.
         self._held = False
         #: The shut-out paho's log named for the connection it is losing (the TLS alert).
         self._alert: str | None = None
+        #: What paho's last failed read said (its disconnect says only "Unspecified error").
+        self._read_error: str | None = None
         self._refused_notice: bytes | None = None
         #: Wall-clock time of the last application ack (None: none since start).
         self.last_ack: float | None = None
@@ -197,7 +205,6 @@ class DeviceSync:
             return
         expiry = self.settings.sync.session_expiry_s
         self._held = False
-        self.connect_attempts += 1
         try:
             mqtt_client.connect(
                 self._client, self.settings.mqtt, clean_start=False, session_expiry_s=expiry
@@ -226,7 +233,6 @@ class DeviceSync:
             assert self.shut_out is not None
             self.last_error = self.shut_out.reason
             raise BrokerUnavailable(self.shut_out.reason)
-        self.connect_attempts += 1
         try:
             mqtt_client.connect(
                 self._client,
@@ -355,6 +361,7 @@ class DeviceSync:
     ) -> None:
         self._connected.clear()
         alert, self._alert = self._alert, None
+        read_error, self._read_error = self._read_error, None
         if alert is not None and not self._stopping.is_set():
             kind = shut_outs.tls_alert_kind(alert)
             assert kind is not None
@@ -369,15 +376,21 @@ class DeviceSync:
                 self._on_connection_lost()  # the host's to space (``retry_in``)
             return
         if not self._stopping.is_set() and not self._switching:
-            log.warning("disconnected from MQTT broker (%s); will reconnect", reason)
+            said = read_error if read_error and reason.value == _UNSPECIFIED else reason
+            log.warning("disconnected from MQTT broker (%s); will reconnect", said)
             if self._on_connection_lost is not None:
                 self._on_connection_lost()
 
     def _on_log(self, _client: paho.Client, _userdata: Any, level: int, text: str) -> None:
         # With TLS 1.3 the broker's alert on this device's certificate arrives after paho's
         # connect returned, as a read error paho logs; its disconnect says "Unspecified error".
-        if level == paho.MQTT_LOG_ERR and shut_outs.tls_alert_kind(text) is not None:
-            self._alert = text.removeprefix("failed to receive on socket: ")
+        if text.startswith("Sending CONNECT"):
+            self.connect_attempts += 1
+        elif level == paho.MQTT_LOG_ERR and text.startswith(_READ_FAILED):
+            error = text.removeprefix(_READ_FAILED)
+            self._read_error = error
+            if shut_outs.tls_alert_kind(error) is not None:
+                self._alert = error
 
     def _on_connect_fail(self, _client: paho.Client, _userdata: Any) -> None:
         if self.last_error is None:  # keep the more precise reason from the first attempt
@@ -637,6 +650,7 @@ class DeviceSync:
                 return
             self._client.disconnect()
             stop_loop(self._client)
+            self.held_checks += 1
             if self.clock() < self._retry_at:
                 return
             self._retry_at = self.clock() + shut_outs.RETRY_S
