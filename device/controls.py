@@ -12,10 +12,13 @@ play/pause    idle: play the first assigned program;        skip to the next ass
               playing: pause; paused: resume                (after the one playing or last played)
 stop          stop (fading out); idle with a fault shown:   the same
               acknowledge it (the light goes back to idle)
-volume up     +``step_db`` (ramped), at most the ceiling;   say the time left in the session
-              at the ceiling: say "maximum volume"
-volume down   −``step_db`` (ramped), at least the floor     say the time left in the session
+volume up     +``step_db`` (ramped), at most the ceiling;   playing: say the time left in the
+              at the ceiling: say "maximum volume"          session; idle: say the status (ready
+volume down   −``step_db`` (ramped), at least the floor     or why not, sessions waiting to sync)
 ============  ============================================  =====================================
+
+A play press that cannot start (``device/refusals.py``: nothing assigned here; the panel asks the
+service for every other reason before any check-in) is a ``Refuse``: its prompt and its light.
 
 The volume is an offset in dB on the program, from ``floor_db`` up to ``ceiling_db`` (0 dB: the
 level the clinician set, which the profile and the safety chain already cap). Nothing here can
@@ -57,6 +60,8 @@ from dataclasses import dataclass, field
 
 from resonera.common import serial_link as sl
 from resonera.common.profile import CheckInPhase, CheckInQuestion
+from resonera.device.prescriptions import NOTHING_MAY_PLAY
+from resonera.device.refusals import Refusal, refusal
 
 __all__ = [
     "CHECKIN_START",
@@ -71,9 +76,11 @@ __all__ = [
     "Controls",
     "Pause",
     "Prompt",
+    "Refuse",
     "Resume",
     "SayNumber",
     "SayProgram",
+    "SayStatus",
     "SetVolume",
     "Start",
     "Stop",
@@ -110,6 +117,8 @@ class AgentState:
     dose_fraction: float = 0.0
     #: Syncing with the server (the outbox is being sent, a desired state being applied).
     syncing: bool = False
+    #: A refusal's light, shown while idle (``refusals.Reason.light``; None: no refusal shown).
+    refused_light: int | None = None
 
     @property
     def playing(self) -> bool:
@@ -176,6 +185,18 @@ class Ask:
 
 
 @dataclass(frozen=True)
+class Refuse:
+    """A session cannot start (or stopped) for ``refusal``: say why and show its light."""
+
+    refusal: Refusal
+
+
+@dataclass(frozen=True)
+class SayStatus:
+    """Say whether a play would start now (or why not) and how many sessions wait to sync."""
+
+
+@dataclass(frozen=True)
 class SayNumber:
     value: int
 
@@ -202,6 +223,8 @@ Action = (
     | Ask
     | SayNumber
     | Answered
+    | Refuse
+    | SayStatus
 )
 
 #: Where a check-in's value starts: the middle, so neither end is suggested.
@@ -209,6 +232,8 @@ CHECKIN_START = 5
 CHECKIN_MAX = 10
 SKIPPED_BY_PERSON = "skipped by the person"
 SKIPPED_TIMEOUT = "no answer in time"
+#: Why nothing plays when no program is assigned (``Refuse``).
+NOTHING_ASSIGNED = refusal("nothing_assigned", NOTHING_MAY_PLAY)
 
 
 @dataclass
@@ -229,10 +254,13 @@ class CheckIn:
 
 def light_for(state: AgentState) -> int:
     """The status light for ``state`` (``serial_link.LIGHT_*``): a fault first (the person must
-    know why it is silent), then a used-up allowance, then playing (attenuated or not), then
-    syncing, else idle. Paused counts as idle: nothing is sounding."""
+    know why it is silent), then, while idle, why a session cannot start (``refused_light``),
+    then a used-up allowance, then playing (attenuated or not), then syncing, else idle. Paused
+    counts as idle: nothing is sounding."""
     if state.fault != sl.FAULT_NONE:
         return sl.LIGHT_FAULT
+    if state.program is None and state.refused_light is not None:
+        return state.refused_light
     if state.dose_fraction >= 1.0:
         return sl.LIGHT_DOSE_REACHED
     if state.playing:
@@ -323,6 +351,15 @@ class Controls:
         self.checkin.then = list(then)
         return [*actions, Ask(pending[0], phase, CHECKIN_START, first=True)]
 
+    def abandon_checkin(self, why: str) -> list[Action]:
+        """The check-in's prompt was cut off by something other than the person (a fault, the
+        MCU refusing): every question left is recorded skipped with ``why``, and what it held
+        (a program's ``Start``) is dropped: no later press can be taken for an answer."""
+        checkin, self.checkin = self.checkin, None
+        if checkin is None:
+            return []
+        return [Answered(q, checkin.phase, None, why) for q in checkin.questions]
+
     def tick(self) -> list[Action]:
         """A question unanswered for ``checkin_timeout_s`` is skipped (the panel calls this)."""
         checkin = self.checkin
@@ -358,12 +395,12 @@ class Controls:
         if state.program is not None:
             return [Resume()] if state.paused else [Pause()]
         if not state.assigned:
-            return [Prompt("no_program")]
+            return [Refuse(NOTHING_ASSIGNED)]
         return [Start(state.assigned[0])]
 
     def _next(self, state: AgentState) -> list[Action]:
         if not state.assigned:
-            return [Prompt("no_program")]
+            return [Refuse(NOTHING_ASSIGNED)]
         current = state.program or state.last_program
         following = _after(state.assigned, current)
         stop: list[Action] = [Stop()] if state.program is not None else []
@@ -379,7 +416,9 @@ class Controls:
         return [SetVolume(target, self.ramp_s)]
 
     def _time_left(self, state: AgentState) -> list[Action]:
-        if state.program is None or state.ends_at is None:
+        if state.program is None:
+            return [SayStatus()]
+        if state.ends_at is None:
             return []
         seconds = max(0.0, state.ends_at - self.clock())
         return [Prompt("time_left", minutes=math.ceil(seconds / 60.0))]

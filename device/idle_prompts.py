@@ -1,6 +1,8 @@
 """Prompts spoken between sessions: the MCU claimed from the one monitor for the prompt's length, a
 program of silence with the prompts mixed in played through the engine's pipeline under the session's
-safety chain, then the MCU muted again (``DeviceService`` gives ``IdlePrompts.speak`` to the panel)."""
+safety chain, then the MCU muted again (``DeviceService`` gives ``IdlePrompts.speak`` to the panel,
+which calls it on its speaker thread: a press meanwhile cuts the prompt, ``PromptMixer.cut``, and
+the pipeline ends once nothing is left to say)."""
 
 from __future__ import annotations
 
@@ -40,26 +42,44 @@ class IdlePrompts:
         monitor: HardwareMonitor | None,
         ledger: DoseLedger,
         profile: Callable[[], HearingProfile],
+        session_playing: Callable[[], bool] = lambda: False,
     ) -> None:
         self.settings = settings
         self.monitor = monitor
         self.ledger = ledger
         self.profile = profile
+        self.session_playing = session_playing
 
-    def speak(self, mixer: PromptMixer) -> None:
-        """Play what ``mixer`` holds now. ``ResoneraError`` (``HardwareNotReady``: the MCU
-        refuses, e.g. the fault is still there, or a session holds it) leaves the prompts queued."""
+    def speak(self, mixer: PromptMixer) -> str:
+        """Play what ``mixer`` holds now, and what is queued to it meanwhile, until nothing is
+        left to say (``IDLE_PROMPT_MARGIN_S`` after) or a session takes over; how it ended
+        (``PlayResult.outcome``: "fault" when the MCU muted it). ``ResoneraError``
+        (``HardwareNotReady``: the MCU refuses, e.g. the fault is still there, or a session holds
+        it) leaves the prompts queued."""
         settings, monitor = self.settings, self.monitor
         if monitor is None and not settings.simulation:
             raise HardwareNotReady("no safety monitor between sessions")
         calibration = load_session_calibration(settings.calibration_file)
-        seconds = min(IDLE_PROMPT_MAX_S, mixer.pending_s + 2 * IDLE_PROMPT_MARGIN_S)
         silence = Program(
-            name="prompt", fade_in_s=0.0, fade_out_s=0.0, steps=[Step(duration_s=seconds)]
+            name="prompt", fade_in_s=0.0, fade_out_s=0.0, steps=[Step(duration_s=IDLE_PROMPT_MAX_S)]
         )
         claim: ConsentClaim | None = None
         if monitor is not None:
             claim = monitor.claim("a prompt between sessions", settings.arm_timeout_s)
+        quiet_since: list[float] = []
+
+        def done() -> bool:
+            """Nothing left to say for the margin, or a session took over (its claim, or in
+            simulation its player: two players must not draw on one mixer)."""
+            if (claim is not None and not claim.current) or self.session_playing():
+                return True
+            if mixer.speaking:
+                quiet_since.clear()
+                return False
+            if not quiet_since:
+                quiet_since.append(time.monotonic())
+            return time.monotonic() - quiet_since[0] >= IDLE_PROMPT_MARGIN_S
+
         try:
             pipeline = build_pipeline(
                 silence,
@@ -75,10 +95,13 @@ class IdlePrompts:
                 block_frames=settings.block_frames,
                 gate=(lambda: claim.consent) if claim is not None else None,
                 reason=(lambda: claim.reason) if claim is not None else None,
-                should_stop=lambda: not mixer.speaking,
+                should_stop=done,
                 mixer=mixer,
             )
             log.info("prompt spoken between sessions: %s %s", result.outcome, result.reason or "")
+            if (claim is not None and not claim.current) or self.session_playing():
+                return "stopped"  # a session took the MCU over: no fault of the prompt's
+            return result.outcome
         finally:
             if claim is not None:
                 claim.release()

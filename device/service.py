@@ -54,6 +54,7 @@ import json
 import logging
 import os
 import queue
+import shutil
 import signal
 import socket
 import socketserver
@@ -61,7 +62,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import cache
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -69,6 +70,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from resonera.common import serial_link as sl
 from resonera.common.errors import ResoneraError
 from resonera.common.ids import new_id
 from resonera.common.mqtt_client import build_client
@@ -83,18 +85,23 @@ from resonera.device.hwmonitor import HardwareMonitor
 from resonera.device.idle_prompts import IdlePrompts
 from resonera.device.memory import release_free_memory
 from resonera.device.panel import Panel, panel_for
-from resonera.device.prescriptions import (
-    BUILTIN_DEFAULT,
-    NOTHING_MAY_PLAY,
-    AssignedProgram,
-    NotPrescribed,
-    choose_program,
+from resonera.device.prescriptions import BUILTIN_DEFAULT, AssignedProgram, choose_program
+from resonera.device.refusals import (
+    CLOCK_SLACK_S,
+    MIN_FREE_BYTES,
+    PlayFacts,
+    Refusal,
+    StoppedFacts,
+    refusal,
+    why_cannot_play,
+    why_it_stopped,
 )
 from resonera.device.safety.dose_ledger import DoseLedger
 from resonera.device.safety_events import SafetyEventRecorder
 from resonera.device.session import (
     Session,
     SessionParts,
+    SessionRefused,
     SessionWatch,
     daily_limit_refusal,
     open_sink,
@@ -110,6 +117,14 @@ MAX_COMMAND_BYTES = 1024
 
 class ServiceUnavailable(ResoneraError):
     """No ``resonera-device run`` answers on the control socket."""
+
+
+class PlayRefused(ResoneraError):
+    """A session may not start now: ``refusal`` says why (its words are the spoken prompt's)."""
+
+    def __init__(self, refusal: Refusal) -> None:
+        super().__init__(refusal.message)
+        self.refusal = refusal
 
 
 class _InOrder:
@@ -180,7 +195,13 @@ class DeviceService:
             if settings.serial_url is None
             else HardwareMonitor(settings.serial_url, events=self.recorder)
         )
-        idle_prompts = IdlePrompts(settings, self.monitor, self.ledger, self.profile_in_force)
+        idle_prompts = IdlePrompts(
+            settings,
+            self.monitor,
+            self.ledger,
+            self.profile_in_force,
+            session_playing=lambda: self._playing is not None,
+        )
         self.panel: Panel = panel_for(settings, self, speak_idle=idle_prompts.speak)
         if self.monitor is not None:
             self.monitor.attach_panel(self.panel)
@@ -214,6 +235,14 @@ class DeviceService:
         #: The MCU's firmware version from the last HELLO seen (kept after the link is lost:
         #: telemetry reports the board it was).
         self._firmware: str | None = None
+        #: Why the last session ended short (``refusals.why_it_stopped``; None: as chosen or
+        #: completed) and whether it played at all; the panel takes it once (``ended_why``).
+        self._ended_why: tuple[Refusal | None, bool] | None = None
+        self._limits_lowered_stop = False
+        #: The wall clock the refusals are judged by (``play_facts``); a test may set it.
+        self.clock: Callable[[], float] = time.time
+        #: Below this many free bytes in ``data_dir`` the storage counts as full.
+        self.min_free_bytes = MIN_FREE_BYTES
 
     @property
     def session_parts(self) -> SessionParts:
@@ -310,15 +339,16 @@ class DeviceService:
 
     # --- playing ---------------------------------------------------------------------------------
 
-    def play(self, spec: str) -> str:
+    def play(self, spec: str | None = None) -> str:
         """Start ``spec`` in the background (see the module: a prescribed program by name or
-        library id; with none prescribed and the profile allowing it, a preset or a file); the
-        reply line for the socket. ``NotPrescribed`` says why it may not play."""
-        program, prescribed = self._resolve(spec)
+        library id; with none prescribed and the profile allowing it, a preset or a file; None:
+        the play button's first); the reply line for the socket. ``PlayRefused`` says why it may
+        not play, in the words the panel speaks (``refusals.py``)."""
         # refused before the thread starts, so the person hears why (the session checks again)
-        refused = daily_limit_refusal(self.store, time.time())
+        refused = self.why_cannot_play(spec)
         if refused is not None:
-            raise ResoneraError(refused)
+            raise PlayRefused(refused)
+        program, prescribed = self._resolve(spec or self.assigned_programs()[0])
         with self._lock:
             if self._playing is not None:
                 raise ResoneraError(f"already playing {self._playing.program!r}; stop it first")
@@ -337,12 +367,57 @@ class DeviceService:
         thread.start()
         return f"ok playing {program.name!r} ({program.duration_s:.0f} s)"
 
-    def _first_program(self) -> str:
-        """What ``play`` without a program plays: the button's first (``assigned_programs``)."""
-        first = self.assigned_programs()[:1]
-        if not first:
-            raise NotPrescribed(NOTHING_MAY_PLAY)
-        return first[0]
+    def why_cannot_play(self, spec: str | None = None) -> Refusal | None:
+        """Why ``spec`` (None: the play button's first program) may not start now, or None."""
+        return why_cannot_play(self.play_facts(spec))
+
+    def play_facts(self, spec: str | None = None) -> PlayFacts:
+        """What bears on starting ``spec`` now (``refusals.PlayFacts``), read from the owners."""
+        now = self.clock()
+        profile = self.profile_in_force()
+        assigned = self.assigned_programs()
+        program_refused = ""
+        if spec is not None or assigned:
+            try:
+                self._resolve(spec or assigned[0])
+            except ResoneraError as exc:
+                program_refused = str(exc)
+        shut_out = self.sync.shut_out
+        fault, headphones = self._hardware_facts()
+        try:
+            free: int | None = shutil.disk_usage(self.settings.data_dir).free
+        except OSError:
+            free = None
+        ahead = datetime.fromtimestamp(now + CLOCK_SLACK_S, UTC)
+        return PlayFacts(
+            shut_out=shut_out.kind if shut_out is not None else None,
+            shut_out_reason=shut_out.reason if shut_out is not None else "",
+            free_bytes=free,
+            min_free_bytes=self.min_free_bytes,
+            now=now,
+            records_after_now=self.store.sessions_since(ahead) > 0,
+            fault=fault,
+            headphones=headphones,
+            assigned=assigned,
+            program_refused=program_refused,
+            daily_limit=daily_limit_refusal(self.store, now) or "",
+            dose_fraction=self.ledger.status(now, profile.dose_mode).fraction,
+            refuse_over_allowance=profile.refuse_over_allowance,
+        )
+
+    def _hardware_facts(self) -> tuple[int, bool | None]:
+        """(a fault the MCU would refuse an ARM for now, headphones in or None when unknown).
+        A latched fault whose cause is gone is no reason: the next ARM clears it."""
+        monitor = self.monitor
+        telemetry = monitor.telemetry if monitor is not None else None
+        limits = monitor.limits if monitor is not None else None
+        if telemetry is None:
+            return sl.FAULT_NONE, None
+        crossed = sl.FAULT_NONE
+        if limits is not None:
+            crossed = sl.check_limits(telemetry, sl.Limits(*limits.values()))[0]
+        unplugged = telemetry.fault == sl.FAULT_HEADPHONES_UNPLUGGED and not telemetry.headphones
+        return crossed, (False if unplugged else None)
 
     def stop_playing(self) -> str:
         playing = self._playing
@@ -359,14 +434,17 @@ class DeviceService:
     def _play_session(
         self, session: Session, program: Program, prescribed: AssignedProgram | None
     ) -> None:
+        self._limits_lowered_stop = False
         try:
             record = session.run(program, open_sink(self.settings), prescribed=prescribed)
             self.last_session = record
             self.last_error = ""
             log.info("session %s: %s %s", record.session_id, record.outcome, record.reason)
+            self._ended_why = (self._why_it_stopped(record), True)
         except Exception as exc:  # refused, no MCU, sound device: reported, the service lives on
             self.last_error = str(exc)
             log.error("session of %r did not play: %s", program.name, exc)
+            self._ended_why = (self._why_not_played(exc), False)
         finally:
             self._ended_session = session.session_id
             release_free_memory()  # the session's renderer, chain and buffers
@@ -374,6 +452,29 @@ class DeviceService:
                 self._playing = None
             self.applier.session_ended()
             self.sync.kick()
+
+    def _why_it_stopped(self, record: SessionRecord) -> Refusal | None:
+        fault = self.monitor.last_fault if self.monitor is not None else None
+        dose = record.outcome == "stopped" and "allowance" in record.reason
+        return why_it_stopped(
+            StoppedFacts(
+                record.outcome,
+                record.reason,
+                fault=fault[0] if fault is not None and record.outcome == "fault" else 0,
+                limits_lowered=self._limits_lowered_stop,
+                dose_stop=dose,
+            )
+        )
+
+    def _why_not_played(self, exc: Exception) -> Refusal:
+        """A session that did not play: refused by its own checks (the day's sessions, the dose
+        it would use), else the program or the device refused it."""
+        if isinstance(exc, SessionRefused):
+            daily = "a day" in str(exc)
+            return refusal("daily_limit" if daily else "dose_reached", str(exc))
+        if self.monitor is not None and not self.monitor.connected:
+            return refusal("hardware_fault", str(exc))
+        return refusal("program_refused", str(exc))
 
     def _reassess(self) -> None:
         self.applier.reassess()
@@ -385,6 +486,7 @@ class DeviceService:
         playing = self._playing
         if playing is not None:
             log.warning("limits lowered by the clinician during a session: stopping it")
+            self._limits_lowered_stop = True
             playing.session.stop(
                 "the clinician lowered the limits; they hold from the next session"
             )
@@ -401,6 +503,16 @@ class DeviceService:
         return self.ledger
 
     # --- the panel's host (device/panel.py: PanelHost; called on the panel's thread) ------------
+
+    def ended_why(self) -> tuple[Refusal | None, bool] | None:
+        """Why the last session ended short and whether it played (taken once; None: no
+        session ended since the last call)."""
+        ended, self._ended_why = self._ended_why, None
+        return ended
+
+    def sessions_waiting(self) -> int:
+        """Sessions recorded but not yet sent to the server (offline is no error)."""
+        return self.store.outbox_stats().by_kind.get("session", 0)
 
     def play_from_panel(self, program: str) -> str:
         """``play`` for the buttons: if it is refused, the check-in answers given before it stay
@@ -476,6 +588,8 @@ class DeviceService:
         playing = self._playing
         monitor = self.monitor
         self._note_firmware()
+        ready = self.why_cannot_play()
+        shut_out = self.sync.shut_out
         return {
             "device": self.settings.device_id,
             "agent_version": agent_version(),
@@ -497,6 +611,14 @@ class DeviceService:
             ],
             "safety_link": (None if monitor is None else ("up" if monitor.connected else "down")),
             "controls": self.panel.describe(),
+            "ready": None if ready is None else {"code": ready.code, "message": ready.message},
+            "shut_out": (
+                None
+                if shut_out is None
+                else {"kind": shut_out.kind, "reason": shut_out.reason, "since": shut_out.since}
+            ),
+            "safety_state": _safety_state(playing),
+            "sessions_waiting": stats.by_kind.get("session", 0),
             "last_error": self.last_error,
             "uptime_s": round(time.time() - self.started, 1),
         }
@@ -549,7 +671,7 @@ class DeviceService:
         verb, _, arg = line.partition(" ")
         try:
             if verb == "play":  # with no program: the first prescribed (else the default)
-                return self.play(arg.strip() or self._first_program())
+                return self.play(arg.strip() or None)
             if verb == "stop":
                 return self.stop_playing()
             if verb == "status":
@@ -560,6 +682,16 @@ class DeviceService:
         except Exception as exc:
             log.exception("control command %r failed", line)
             return f"error {exc}"
+
+
+def _safety_state(playing: _Playing | None) -> str:
+    """The playing session's safety state ("idle" when none plays). A session that does not show
+    its supervisor (``Session.supervisor``, set once it runs) is "playing"."""
+    if playing is None:
+        return "idle"
+    supervisor = getattr(playing.session, "supervisor", None)
+    state = getattr(supervisor, "state", None)
+    return str(getattr(state, "value", state)) if state is not None else "playing"
 
 
 @cache

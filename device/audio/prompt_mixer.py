@@ -16,13 +16,20 @@ prompts are decoded to arrays before ``say`` (``device/prompts.py`` reads the ca
   sample, so there is no click at either edge; utterances get 5 ms fades at their ends too.
   An utterance that waited longer than ``max_wait_s`` (no session was playing to carry it) is
   dropped unless queued with ``keep=True`` (a fault's reason, the first-use notice).
+- ``cut()``: a button was pressed: the utterance playing fades out within the next block
+  (``CUT_FADE_S``, a raised cosine: no click) and those queued are dropped, except those kept
+  (``keep=True``); the duck stays down if something is said next (the press's answer starts at
+  once), else the program comes back up over the ramp. ``say(..., replace=True)`` is ``cut()``
+  then ``say``: a number read back replaces one not yet said, so the reading never lags the
+  presses.
 - ``set_volume(db, ramp_s)``: the program's volume offset (≤ 0 dB), reached over ``ramp_s``.
 - ``pause()``/``resume()``: the program fades out over ``pause_ramp_s`` and stops advancing (the
   renderer is not asked for samples while paused, so resuming continues where it paused); prompts
   still play while paused.
 
-Threads: the player thread calls ``render``/``process``; ``say``, ``set_volume``, ``pause`` and
-``resume`` may be called from any other thread (they only append to a deque or set a number).
+Threads: the player thread calls ``render``/``process``; ``say``, ``cut``, ``set_volume``,
+``pause`` and ``resume`` may be called from one other thread (they only append to a deque or set
+a number: a cut is a number, the first utterance not cut, which the player thread acts on).
 
 Who holds it: the device service owns one mixer (its control panel's, ``device/panel.py``) and
 hands it to every ``play`` it starts (``play(..., mixer=)``, through ``agent.play_session``); a
@@ -51,6 +58,8 @@ DUCK_DB = -15.0
 DUCK_RAMP_S = 0.15
 PAUSE_RAMP_S = 0.05
 EDGE_FADE_S = 0.005
+#: How fast a cut utterance fades out: well within one block (1024 frames at 48 kHz: 21 ms).
+CUT_FADE_S = 0.01
 MAX_WAIT_S = 15.0
 MAX_QUEUED = 8
 
@@ -83,6 +92,8 @@ class _Utterance:
     text: str
     #: The raised-cosine edge fade, applied as the samples are mixed (never in ``samples``).
     fade: NDArray[np.float32]
+    #: Its place in the order queued (``cut`` drops those before a number).
+    seq: int = 0
 
 
 class PromptMixer:
@@ -119,11 +130,23 @@ class PromptMixer:
         self.spoken: deque[str] = deque(maxlen=64)
         self.dropped = 0
         self.rate_warned = False
+        #: Keys of the utterances cut off by ``cut`` (started, then faded out), oldest first.
+        self.cut_off: deque[str] = deque(maxlen=64)
+        self._seq = 0
+        #: Utterances numbered below this are cut (set by ``cut``, acted on by the player thread).
+        self._cut_below = 0
+        self._cut_kept_below = 0
+        #: ``_cut_below`` when the current utterance began: a cut since then cuts it.
+        self._cut_mark = 0
+        self._cut_fade = _edge_fade(max(1, round(CUT_FADE_S * sample_rate)))[::-1].copy()
 
     # -- what the controls ask (any thread) -------------------------------------------------------
 
-    def say(self, *clips: Clip, keep: bool = False) -> None:
-        """Queue ``clips`` as one utterance. ``ValueError`` for a clip at another rate."""
+    def say(self, *clips: Clip, keep: bool = False, replace: bool = False) -> None:
+        """Queue ``clips`` as one utterance (``replace``: instead of what is said now, ``cut``).
+        ``ValueError`` for a clip at another rate."""
+        if replace:
+            self.cut()
         if not clips:
             return
         for clip in clips:
@@ -138,7 +161,15 @@ class PromptMixer:
             samples = np.concatenate([clip.samples for clip in clips], dtype=np.float32)
         fade = _edge_fade(min(round(EDGE_FADE_S * self.sample_rate), len(samples) // 2))
         text = "+".join(clip.key for clip in clips)
-        self._queue.append(_Utterance(samples, self._clock(), keep, text, fade))
+        seq, self._seq = self._seq, self._seq + 1
+        self._queue.append(_Utterance(samples, self._clock(), keep, text, fade, seq))
+
+    def cut(self, *, everything: bool = False) -> None:
+        """Stop saying what is said now (faded out within the next block) and drop what is
+        queued, except what was queued to be kept (``everything``: that too)."""
+        self._cut_below = self._seq
+        if everything:
+            self._cut_kept_below = self._seq
 
     def set_volume(self, db: float, ramp_s: float) -> None:
         """Move the program's volume offset to ``db`` (capped at 0 dB) over ``ramp_s``."""
@@ -160,8 +191,13 @@ class PromptMixer:
 
     @property
     def speaking(self) -> bool:
-        """A prompt is playing or waiting to."""
-        return self._current is not None or bool(self._queue)
+        """A prompt is playing (or fading out, cut) or waiting to."""
+        return self._current is not None or any(not self._is_cut(u) for u in list(self._queue))
+
+    def _is_cut(self, utterance: _Utterance) -> bool:
+        if utterance.keep:
+            return utterance.seq < self._cut_kept_below
+        return utterance.seq < self._cut_below
 
     @property
     def volume_db(self) -> float:
@@ -220,6 +256,8 @@ class PromptMixer:
         now = self._clock()
         while self._queue:
             utterance = self._queue.popleft()
+            if self._is_cut(utterance):
+                continue  # a press came after it was queued: its answer is said instead
             if utterance.keep or now - utterance.queued_at <= self.max_wait_s:
                 return utterance
             self.dropped += 1
@@ -232,9 +270,13 @@ class PromptMixer:
         duck = np.empty(frames, dtype=np.float64)
         voice = np.zeros(frames, dtype=np.float32)
         pos = 0
+        current = self._current
+        if current is not None and self._cut_below > self._cut_mark:  # cut while it spoke
+            pos = self._fade_out_cut(current, voice, duck)
         while pos < frames:
             if self._current is None:
                 self._current, self._offset = self._next_utterance(), 0
+                self._cut_mark = self._cut_below
             target = self.duck_db if self._current is not None else 0.0
             if self._duck != target:  # ramp first: the prompt starts once the program is down
                 segment = _slew(self._duck, target, self._duck_step, frames - pos)
@@ -258,6 +300,19 @@ class PromptMixer:
                 self.spoken.append(current.text)
                 self._current = None
         return duck, voice
+
+    def _fade_out_cut(
+        self, current: _Utterance, voice: NDArray[np.float32], duck: NDArray[np.float64]
+    ) -> int:
+        """Fade the cut utterance out at the start of this block; the frames it took."""
+        count = min(len(self._cut_fade), len(current.samples) - self._offset, len(voice))
+        segment = current.samples[self._offset : self._offset + count] * self._cut_fade[:count]
+        voice[:count] = segment
+        _fade_edges(voice[:count], self._offset, current)
+        duck[:count] = self._duck
+        self.cut_off.append(current.text)
+        self._current = None
+        return count
 
 
 def _slew(start: float, target: float, step: float, frames: int) -> NDArray[np.float64]:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from factories import ManualClock, press
-from support import require_tool
+from support import require_tool, wait_until
 
 from resonera.common import serial_link as sl
 from resonera.common.errors import ResoneraError
@@ -25,15 +25,20 @@ from resonera.device.controls import (
     ClearFault,
     Controls,
     Pause,
+    NOTHING_ASSIGNED,
     Prompt,
+    Refuse,
     Resume,
     SayProgram,
+    SayStatus,
     SetVolume,
     Start,
     Stop,
     light_for,
 )
 from resonera.device.panel import MAX_PAUSE_S, Panel
+from resonera.device.prescriptions import NOTHING_MAY_PLAY
+from resonera.device.refusals import Refusal
 from resonera.device.prompts import (
     PromptLibrary,
     PromptsError,
@@ -61,7 +66,7 @@ def test_nothing_assigned_is_said_not_silently_ignored() -> None:
     controls = Controls()
     for long in (False, True):
         assert controls.press(press(sl.BUTTON_PLAY_PAUSE, long), AgentState()) == [
-            Prompt("no_program")
+            Refuse(NOTHING_ASSIGNED)
         ]
 
 
@@ -126,7 +131,7 @@ def test_holding_a_volume_button_says_the_time_left() -> None:
     ]
     clock.now += 60.0
     assert controls.press(held, state) == [Prompt("time_left", minutes=0)]
-    assert controls.press(held, AgentState()) == []
+    assert controls.press(held, AgentState()) == [SayStatus()]  # idle: ready, or why not
     assert controls.volume_db == 0.0  # a held volume button does not change the volume
 
 
@@ -213,6 +218,15 @@ class Agent:
     def checkin_answered(self, answer: Answered, at: datetime) -> None:
         raise AssertionError(f"no check-in was asked, yet {answer} came at {at}")
 
+    def why_cannot_play(self, spec: str | None = None) -> Refusal | None:
+        return None if self.assigned else NOTHING_ASSIGNED
+
+    def ended_why(self) -> tuple[Refusal | None, bool] | None:
+        return None
+
+    def sessions_waiting(self) -> int:
+        return 0
+
 
 @pytest.fixture(scope="module")
 def library(tmp_path_factory: pytest.TempPathFactory) -> PromptLibrary:
@@ -293,6 +307,7 @@ def test_a_fault_shows_on_the_light_and_its_reason_waits_for_the_next_session(
     agent, clock, dose = Agent(), ManualClock(1000.0), [0.1]
     panel = make_panel(library, tmp_path, agent, clock, dose, notice_given=True)
     panel.handle(press(sl.BUTTON_PLAY_PAUSE))
+    assert spoken(panel.mixer) == ["session_start"]  # the session said it
     panel.on_event(LinkEvent("fault", "MCU fault: amplifier over temperature", 1))
     agent.program = None  # the session ended on the fault
     panel.refresh()
@@ -301,8 +316,7 @@ def test_a_fault_shows_on_the_light_and_its_reason_waits_for_the_next_session(
     panel.handle(press(sl.BUTTON_PLAY_PAUSE, long=True))
     assert agent.calls == ["start calm-alpha", "start deep-theta"]
     assert panel.light(consent=True, attenuated=False) == sl.LIGHT_PLAYING
-    # the first "session starting" waited an hour for a session to carry it: dropped
-    assert spoken(panel.mixer) == ["fault_amplifier_hot", "session_start"]
+    assert spoken(panel.mixer)[1:] == ["fault_amplifier_hot", "session_start"]
 
 
 def test_the_panel_tells_80_percent_of_the_allowance(
@@ -338,26 +352,26 @@ def test_between_sessions_a_prompt_is_spoken_at_once_or_waits_if_the_mcu_refuses
 ) -> None:
     agent, clock = Agent(), ManualClock(1000.0)
     heard: list[list[str]] = []
-    refuse = [False]
+    tried: list[bool] = []
 
     def speak_idle(mixer: PromptMixer) -> None:
-        if refuse[0]:
+        tried.append(True)
+        if len(tried) > 1:
             raise ResoneraError("arm refused: amplifier over temperature")
         heard.append(spoken(mixer))
 
     agent.assigned = ()
     panel = make_panel(library, tmp_path, agent, clock, notice_given=True, speak_idle=speak_idle)
-    panel.handle(press(sl.BUTTON_VOLUME_UP))  # idle, at the ceiling
-    assert heard == [["max_volume"]]
-    refuse[0] = True
-    panel.on_event(LinkEvent("fault", "arm refused: amplifier over temperature", 1))
-    panel.refresh()
-    assert heard == [["max_volume"]]
-    assert panel.mixer.speaking  # kept for the next session
-    agent.program = "calm-alpha"  # a session: no idle speaking while one plays
-    refuse[0] = False
-    panel.refresh()
-    assert heard == [["max_volume"]]
+    panel.start()  # prompts between sessions are spoken on the panel's speaker thread
+    try:
+        panel.on_press(press(sl.BUTTON_VOLUME_UP))  # idle, at the ceiling
+        wait_until(lambda: heard == [["max_volume"]], 10, "'maximum volume' said at once")
+        panel.on_press(press(sl.BUTTON_VOLUME_UP))
+        wait_until(lambda: len(tried) == 2, 10, "the MCU asked again, and refusing")
+        assert heard == [["max_volume"]]
+        assert panel.mixer.speaking  # waits for the next session (or expires)
+    finally:
+        panel.close()
 
 
 def test_a_closed_panel_speaks_nothing_between_sessions(
@@ -445,4 +459,5 @@ def test_with_nothing_to_play_the_button_says_so_and_logs_why(
     panel = make_panel(PromptLibrary(directory, RATE), tmp_path, agent, clock, notice_given=True)
     panel.handle(press(sl.BUTTON_PLAY_PAUSE))
     assert agent.calls == [] and spoken(panel.mixer) == ["no_program"]
-    assert "nothing to play" in caplog.text
+    assert NOTHING_MAY_PLAY in caplog.text  # the log says why, the light shows it
+    assert panel.light(consent=False, attenuated=False) == sl.LIGHT_REFUSED

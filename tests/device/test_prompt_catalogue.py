@@ -21,6 +21,7 @@ from resonera.device.prompt_catalogue import (
     load_texts,
     texts,
 )
+from resonera.device.refusals import REASONS
 
 #: sha256 of ``json.dumps(texts(language), sort_keys=True, ensure_ascii=False)`` and of the anchors,
 #: taken from the catalogue in ``device/prompts.py`` before the texts moved to the data file.
@@ -37,8 +38,19 @@ def digest(value: object) -> str:
     ).hexdigest()
 
 
+#: Keys added since (issue 21: why a session cannot start, the status): new texts, new clips.
+ADDED_SINCE = {reason.prompt for reason in REASONS.values()} - {"no_program"} | {
+    "status_ready",
+    "sessions_waiting",
+}
+
+
 def test_the_packaged_texts_are_those_the_code_held() -> None:
-    assert {language: digest(texts(language)) for language in CATALOGUE} == TEXTS_BEFORE_THE_MOVE
+    held = {
+        language: digest({k: v for k, v in texts(language).items() if k not in ADDED_SINCE})
+        for language in CATALOGUE
+    }
+    assert held == TEXTS_BEFORE_THE_MOVE
     assert digest(CHECKIN_ANCHORS) == ANCHORS_BEFORE_THE_MOVE
     # spot checks that say what a mismatch would be about
     assert CATALOGUE["en"]["dose_80"] == (
