@@ -20,12 +20,12 @@ from resonera.common.profile import HearingProfile
 from resonera.common.safety_link import LinkEvent
 from resonera.device.audio.prompt_mixer import PromptMixer
 from resonera.device.controls import (
+    NOTHING_ASSIGNED,
     AgentState,
     Answered,
     ClearFault,
     Controls,
     Pause,
-    NOTHING_ASSIGNED,
     Prompt,
     Refuse,
     Resume,
@@ -38,7 +38,6 @@ from resonera.device.controls import (
 )
 from resonera.device.panel import MAX_PAUSE_S, Panel
 from resonera.device.prescriptions import NOTHING_MAY_PLAY
-from resonera.device.refusals import Refusal
 from resonera.device.prompts import (
     PromptLibrary,
     PromptsError,
@@ -46,6 +45,7 @@ from resonera.device.prompts import (
     build_prompts,
     program_name_key,
 )
+from resonera.device.refusals import Refusal
 from resonera.engine.audio.calibration import load_calibration_file, packaged_calibration
 
 ASSIGNED = ("calm-alpha", "deep-theta", "focus-beta")
