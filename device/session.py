@@ -26,7 +26,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from resonera.common import serial_link
-from resonera.common.dose import mode_fraction
+from resonera.common.dose import dose_fraction, mode_fraction, pressure_squared
 from resonera.common.errors import ResoneraError
 from resonera.common.ids import new_id
 from resonera.common.profile import HearingProfile
@@ -338,6 +338,7 @@ class Session:
             mixer=self.parts.mixer,
         )
         ended_at = datetime.fromtimestamp(self.wall_clock(), UTC)
+        self._dose_last_part(chain, profile)
         dose_stop = chain.stop_requested and bool(self._dose_events)
         reason = result.reason or (self._dose_events[-1].message if dose_stop else "")
         if result.outcome == "fault":
@@ -372,6 +373,19 @@ class Session:
             max_mel_dba=max([-100.0, *chain.mels]),
             underruns=result.underruns,
         )
+
+    def _dose_last_part(self, chain: SafetyChain, profile: HearingProfile) -> None:
+        """The chain's meter adds whole seconds to the ledger; the incomplete last one (all of a
+        0.05 s accidental start) is added here, so every second played counts toward the dose
+        whatever the session's length (a session too short to count as one still does)."""
+        partial = chain.meter.flush()
+        if partial is None:
+            return
+        level_dba, length_s = partial
+        self.parts.ledger.add_energy(
+            self.wall_clock(), pressure_squared(level_dba) * length_s, seconds=round(length_s)
+        )
+        chain.session_dose += dose_fraction(level_dba, length_s, profile.dose_mode)
 
     def _consent(self, held: ExitStack, supervisor: SessionSupervisor) -> ConsentClaim | None:
         """The MCU armed for this session (released when ``held`` closes), its consent changes
