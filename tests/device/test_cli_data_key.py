@@ -46,3 +46,38 @@ def test_status_and_dose_read_a_ledger_sealed_with_a_data_key_kept_elsewhere(
     assert "damaged" not in dose.stdout
     # one key for the device, where the settings say: none was made in the default place
     assert not (tmp_path / "data" / "keys" / "data.key").exists()
+
+
+def test_a_missing_data_key_is_one_clear_line_and_no_command_that_looks_makes_a_new_one(
+    tmp_path: Path,
+) -> None:
+    key_file = tmp_path / "secrets" / "device-data.key"
+    cfg = tmp_path / "device.toml"
+    cfg.write_text(
+        f'device_id = "cli-lost"\ndata_dir = "{tmp_path / "data"}"\nsink = "null"\n'
+        f'simulation = true\ncalibration_file = "{packaged_calibration()}"\n'
+        f'data_key_file = "{key_file}"\n[mqtt]\nport = {free_port()}\n'
+    )
+    played = subprocess.run(
+        [str(BIN), "play", "--config", str(cfg), "--sync-timeout", "0.2"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert played.returncode == 0, played.stderr
+    key_file.rename(tmp_path / "elsewhere.key")
+    for command in ("status", "history", "logs", "dose"):
+        result = subprocess.run(
+            [str(BIN), command, "--config", str(cfg)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert result.returncode == 1, command
+        [line] = result.stderr.splitlines()
+        assert line.startswith(f"resonera-device: error: the data key {key_file} is missing: ")
+        assert "restore the key file" in line
+    assert not key_file.exists()  # none was made in its place: the records stay readable
+    assert not (tmp_path / "data" / "keys").exists()
