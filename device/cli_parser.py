@@ -27,12 +27,11 @@ from resonera.device.cli_status import status_command
 
 #: What ``resonera-device --help`` says first.
 DESCRIPTION = """\
-``resonera-device``: play or render a program, list presets, sync, and see what the device holds.
+resonera-device: play or render a program, list presets, sync, and see what the device holds.
 
-``PROGRAM`` is a preset name (``resonera-device programs`` lists them) or the path of a ``.toml``
-program or an SBaGen ``.sbg`` schedule. ``-v`` and ``--version`` go anywhere, before or after the
-command; ``status``, ``history``, ``dose``, ``logs`` and ``programs`` print one JSON document with
-``--json``.
+PROGRAM is a preset name ('resonera-device programs' lists them) or the path of a .toml program or
+an SBaGen .sbg schedule. -v and --version go anywhere, before or after the command; status,
+history, dose, logs and programs print one JSON document with --json.
 """
 
 
@@ -201,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
         "prompts", help="spoken prompts (buttons-only use)", parents=[everywhere]
     )
     prompts_sub = prompts.add_subparsers(
-        dest="prompts_command", required=True, metavar="WHAT", help="build"
+        dest="prompts_command", required=True, metavar="WHAT", help="what to do with them"
     )
     prompts_build = prompts_sub.add_parser(
         "build", help="speak the prompts with espeak-ng and cache them", parents=[everywhere]
