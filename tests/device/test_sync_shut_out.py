@@ -9,6 +9,7 @@ import logging
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 
 import paho.mqtt.client as paho
@@ -239,10 +240,10 @@ def test_forged_replayed_or_foreign_notices_are_refused(
             ]
             for count, (payload, reason) in enumerate(cases, start=1):
                 peer.publish_desired(device, payload)
-                wait_until(lambda c=count: refused(c), what=f"refusal {count}")
+                wait_until(partial(refused, count), what=f"refusal {count}")
                 assert reason in caplog.records[-1].getMessage()
             assert sync.shut_out is None
-            # a genuine one is taken; the same again, or an older one, is a replay
+            # a genuine one is taken; one issued before it is a replay
             peer.publish_desired(device, _notice(server_key.key, device, at=now))
             wait_until(lambda: sync.shut_out is not None, what="the genuine notice")
             older = _notice(server_key.key, device, "revoked", at=now - timedelta(minutes=1))
