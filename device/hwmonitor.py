@@ -670,9 +670,10 @@ class HardwareMonitor:
         with self._cond:
             event_listeners = list(self._event_listeners)
         for event in events:
-            level = (
-                logging.WARNING if event.kind in ("fault", "consent_withdrawn") else logging.INFO
-            )
+            # a release's own MUTE is a routine hand-over, not worth a warning in the journal
+            own_mute = event.kind == "consent_withdrawn" and event.code == sl.FAULT_DEVICE_REQUEST
+            warn = event.kind in ("fault", "consent_withdrawn") and not own_mute
+            level = logging.WARNING if warn else logging.INFO
             log.log(level, "safety event %s: %s", event.kind, event.cause)
             for event_listener in event_listeners:
                 _call(event_listener, event)
