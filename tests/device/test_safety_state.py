@@ -1,9 +1,13 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from resonera.common.ids import new_id
+from resonera.common.routine_events import NORMAL_END_CAUSE
 from resonera.device.safety.state import (
     Event,
     IllegalTransition,
@@ -11,6 +15,8 @@ from resonera.device.safety.state import (
     State,
 )
 from resonera.device.safety.supervisor import SessionSupervisor
+from resonera.device.safety_events import SafetyEventRecorder
+from resonera.device.store import DeviceStore
 
 
 def state_of(machine: SafetyStateMachine) -> State:
@@ -117,3 +123,34 @@ def test_an_event_the_machine_refuses_mutes_the_session_and_says_which() -> None
     assert supervisor.handle(Event.START, "a second start while playing")  # in doubt: muted
     assert supervisor.state is State.FAULT and not supervisor.sound_allowed
     assert "refused 'start'" in supervisor.silence_reason
+
+
+def test_a_fault_after_the_session_ended_changes_nothing_and_is_not_recorded(
+    tmp_path: Path,
+) -> None:
+    """A session's own release mutes the MCU after its end: that withdrawal reaching the ended
+    session's machine is no fault of the session (it read ``idle -> fault`` before issue 21)."""
+    store = DeviceStore(tmp_path / "device.db")
+    with SafetyEventRecorder(store, "dev-a", simulation=False) as recorder:
+        supervisor = SessionSupervisor(recorder, simulation=False, session_id=new_id())
+        supervisor.handle(Event.START, "person pressed play")
+        supervisor.handle(Event.ARMED, "MCU armed")
+        supervisor.handle(Event.SESSION_END, NORMAL_END_CAUSE)
+        assert not supervisor.handle(Event.FAULT, "muted on request: muted on the device's request")
+        assert supervisor.state is State.IDLE and supervisor.silence_reason
+        assert recorder.flush()
+        assert store.events() == []  # a normal start and end: counted
+        assert recorder.routine_counts()["session_transitions"] == 3
+        # the person starts again: a fault is the session's again, and recorded
+        supervisor.handle(Event.START, "person pressed play")
+        assert supervisor.handle(Event.FAULT, "MCU fault: amplifier over temperature")
+        assert supervisor.state is State.FAULT
+        assert recorder.flush()
+    [fault] = store.events()
+    assert (fault.from_state, fault.to_state) == ("arming", "fault")
+
+
+def test_a_fault_before_any_session_still_latches() -> None:
+    machine = SafetyStateMachine()
+    machine.handle(Event.FAULT, 0.0, "MCU fault: amplifier over temperature")
+    assert machine.state is State.FAULT and not machine.sound_allowed
