@@ -19,7 +19,7 @@ from factories import RECENT, event_body
 from fastapi.testclient import TestClient
 from fhir_checks import check_fhir
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 from support import Postgres
 
 from resonera.common import serial_link as sl
@@ -89,7 +89,7 @@ def test_routine_events_of_an_older_agent_are_kept_but_are_no_safety_events(
     _ingest(engine, "event", [body for body, _ in ROUTINE] + REAL)
 
     with Session(engine) as session:
-        rows = session.exec(select(SafetyEventRow).order_by(SafetyEventRow.seq)).all()
+        rows = session.exec(select(SafetyEventRow).order_by(col(SafetyEventRow.seq))).all()
     assert [row.event_type for row in rows] == [f"routine:{c}" for _, c in ROUTINE] + [
         body["type"] for body in REAL
     ]
