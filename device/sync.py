@@ -27,7 +27,7 @@ across restarts. Meanwhile the outbox is kept and nothing is sent blindly: a ref
 not retried by paho but tried again once every ``shut_out.RETRY_S`` (and at once with a new
 certificate, ``reconnect``); connected, one message is sent as often (the server acknowledging it
 lets the device back in, and publishing resumes). Driven, the host is told of a lost connection as
-before; ``shut_out`` and the spacing of publishing hold the same.
+before, and ``connect`` refuses (``BrokerUnavailable``) until ``retry_in`` has passed.
 """
 
 from __future__ import annotations
@@ -226,13 +226,21 @@ class DeviceSync:
         """Driven: one connection attempt (blocking for TCP and TLS), resuming the persistent
         session. Raises ``BrokerUnavailable`` (``last_error`` says why); nothing retries on its
         own here: the host tries again later, and ``on_connection_lost`` tells it when an
-        established connection is gone. (Threaded, ``start`` does this and paho retries.)"""
+        established connection is gone. (Threaded, ``start`` does this and paho retries.)
+        Shut out by the broker, it makes no attempt before ``retry_in`` has passed (raises)."""
         if self._threaded:
             raise RuntimeError("connect() is for a driven sync; this one was started")
         if self._check_certificate():
             assert self.shut_out is not None
             self.last_error = self.shut_out.reason
             raise BrokerUnavailable(self.shut_out.reason)
+        if self._held and self.shut_out is not None:
+            wait = self.retry_in() or 0.0
+            if wait > 0:
+                raise BrokerUnavailable(
+                    f"shut out ({self.shut_out.kind}): the next attempt is due in {wait:.0f} s"
+                )
+        self._held = False
         try:
             mqtt_client.connect(
                 self._client,
@@ -245,6 +253,7 @@ class DeviceSync:
             kind = shut_outs.tls_alert_kind(str(exc))
             if kind is not None:
                 self._learn_from_broker(kind)
+                self._held = True
             raise
 
     def reconnect(self, mqtt: MqttSettings) -> None:
@@ -372,8 +381,10 @@ class DeviceSync:
                 # tries again once per RETRY_S (``_retry``)
                 _client.reconnect_delay_set(int(shut_outs.RETRY_S), int(shut_outs.RETRY_S))
                 self._hold()
-            elif self._on_connection_lost is not None:
-                self._on_connection_lost()  # the host's to space (``retry_in``)
+            else:
+                self._held = True  # ``connect`` refuses until ``retry_in`` has passed
+                if self._on_connection_lost is not None:
+                    self._on_connection_lost()
             return
         if not self._stopping.is_set() and not self._switching:
             said = read_error if read_error and reason.value == _UNSPECIFIED else reason

@@ -17,8 +17,11 @@ from typing import Any
 
 import paho.mqtt.client as paho
 import pytest
+from cryptography import x509
 from device_peer import Peer, device_settings
+from enrolled_fleet import broker_admits
 from factories import make_record
+from fleet import PASSPHRASE, run_tls_broker
 from support import Mosquitto, wait_until
 
 from resonera.common.mqtt_client import BrokerUnavailable, build_client
@@ -210,3 +213,42 @@ def test_the_host_retries_a_lost_connection_and_nothing_is_lost_or_doubled(
             peer.close()
         assert host.acked == Counter({first: 1, second: 1})
         assert len(host.clients) == 1  # the same client, connected again by the host
+
+
+def test_a_driven_sync_shut_out_by_the_broker_makes_no_attempt_before_the_hour(
+    loop: MqttLoop, tmp_path: Path
+) -> None:
+    """The broker's TLS alert (a revoked certificate on its CRL) sets ``shut_out``; the host is
+    told the connection is lost, and ``connect`` refuses without a CONNECT until ``retry_in``."""
+    now = [1000.0]
+    with run_tls_broker(tmp_path / "tls") as tls:
+        mqtt = tls.device("driven-revoked")
+        assert mqtt.cert_file is not None
+        cert = x509.load_pem_x509_certificate(mqtt.cert_file.read_bytes())
+        tls.ca.revoke(cert, "driven-revoked", "device lost", PASSPHRASE)
+        tls.broker.reload()
+        wait_until(lambda: not broker_admits(mqtt, "probe"), what="the broker to read the CRL")
+        settings = device_settings(None, tmp_path, "driven-revoked", mqtt=mqtt)
+        with hosted(settings, loop, clock=lambda: now[0]) as host:
+            store = host.store
+            store.record_session(settings.device_id, make_record())
+
+            def attempt() -> None:
+                host.lost.clear()
+                host.sync.connect()
+                wait_until(host.lost.is_set, what="the broker to end the connection")
+                # and paho to close its socket (the loop unregisters it) before the next one
+                wait_until(lambda: host.clients[-1].socket() is None, what="the socket closed")
+
+            while host.sync.shut_out is None:  # a socket closed before its alert is read: again
+                attempt()
+            assert host.sync.shut_out.kind == "revoked"
+            attempts = host.sync.connect_attempts
+            now[0] += 3599
+            with pytest.raises(BrokerUnavailable, match="shut out"):
+                host.sync.connect()
+            assert host.sync.connect_attempts == attempts  # nothing sent
+            now[0] += 1
+            attempt()
+            assert host.sync.connect_attempts == attempts + 1
+            assert store.outbox_depth() == 1
