@@ -25,8 +25,9 @@ from typing import Any, Final
 
 from resonera.common.clock import Clock, utc_now
 from resonera.common.desired import MAX_NOTICE_REASON, NOTICE_KIND, NoticeName
-from resonera.server.crypto import DesiredStateSigner, sign_document
+from resonera.server.crypto import DesiredStateSigner, Ed25519Signer, sign_document
 from resonera.server.ingest_checks import RegisteredDevice
+from resonera.server.settings import ServerSettings
 
 log = logging.getLogger(__name__)
 
@@ -113,3 +114,14 @@ class ShutOutNotices:
         log.info("told %s it is %s", device_id, notice)
         self.sent += 1
         return True
+
+
+def for_ingest(
+    settings: ServerSettings, publish: Callable[[str, bytes], None]
+) -> ShutOutNotices | None:
+    """Ingest's notices, signed with the desired state's key file; None without one (a demo
+    server's throwaway key is its API process's own: devices would refuse another)."""
+    key_file = settings.desired_signing_key_file
+    if key_file is None:
+        return None
+    return ShutOutNotices(Ed25519Signer.from_file(key_file), publish)

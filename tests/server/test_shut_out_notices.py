@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -20,11 +21,14 @@ from sqlmodel import Session
 from resonera.common import topics
 from resonera.common.desired import Notice, is_notice, verify_notice
 from resonera.common.envelope import Envelope
-from resonera.server.crypto import Ed25519Signer
+from resonera.common.signing import ed25519_public_key_from_b64
+from resonera.server.crypto import Ed25519Signer, write_signing_key
 from resonera.server.desired import DesiredService, MemoryPublisher
 from resonera.server.ingest import IngestProcessor, Received
+from resonera.server.ingest_checks import RegisteredDevice
 from resonera.server.models import DeviceDesiredRow
-from resonera.server.notices import ShutOutNotices
+from resonera.server.notices import ShutOutNotices, for_ingest
+from resonera.server.settings import ServerSettings
 
 NOW = RECENT + timedelta(days=1)
 MakeEnvelope = Callable[..., Envelope]
@@ -137,3 +141,16 @@ def test_republish_all_keeps_a_revoked_device_notice_on_its_topic(
     assert publisher.documents["dev-a"] == b'{"doc": 4}'
     notice = _read(publisher, "dev-r")
     assert notice.notice == "revoked" and notice.issued_at == NOW
+
+
+def test_ingest_signs_with_the_desired_state_key_file_or_sends_nothing(tmp_path: Path) -> None:
+    published: dict[str, bytes] = {}
+    assert for_ingest(ServerSettings(demo=True), published.__setitem__) is None
+    key_file = tmp_path / "signing.key"
+    public = write_signing_key(key_file)
+    notices = for_ingest(ServerSettings(desired_signing_key_file=key_file), published.__setitem__)
+    assert notices is not None
+    assert notices.sender_refused("dev-x", RegisteredDevice(revoked=True, public_key=None), "")
+    pinned = ed25519_public_key_from_b64(public)
+    notice = verify_notice(published["dev-x"], device_id="dev-x", pinned=pinned, held=None)
+    assert notice.notice == "revoked"
