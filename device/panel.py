@@ -413,7 +413,9 @@ class Panel:
         any question), waits for a stopped session to end, then goes through the "before"
         check-in unless the check-in is what ``released`` it."""
         for action in actions:
-            if not isinstance(action, Start):
+            if isinstance(action, Refuse):  # the host knows a reason that weighs more, if any
+                self._perform(Refuse(self.host.why_cannot_play(None) or action.refusal))
+            elif not isinstance(action, Start):
                 self._perform(action)
             elif (refused := self.host.why_cannot_play(action.program)) is not None:
                 self._perform(Refuse(refused))

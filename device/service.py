@@ -81,7 +81,7 @@ from resonera.device.backgrounds import BackgroundCache
 from resonera.device.controls import Answered
 from resonera.device.desired_state import DesiredStateApplier
 from resonera.device.enroll import renew_daily, renewed_mqtt
-from resonera.device.hwmonitor import HardwareMonitor
+from resonera.device.hwmonitor import HardwareMonitor, HardwareNotReady
 from resonera.device.idle_prompts import IdlePrompts
 from resonera.device.memory import release_free_memory
 from resonera.device.panel import Panel, panel_for
@@ -472,8 +472,10 @@ class DeviceService:
         if isinstance(exc, SessionRefused):
             daily = "a day" in str(exc)
             return refusal("daily_limit" if daily else "dose_reached", str(exc))
-        if self.monitor is not None and not self.monitor.connected:
-            return refusal("hardware_fault", str(exc))
+        if isinstance(exc, HardwareNotReady):  # the MCU would not arm: its fault says why
+            fault = self.monitor.last_fault if self.monitor is not None else None
+            unplugged = fault is not None and fault[0] == sl.FAULT_HEADPHONES_UNPLUGGED
+            return refusal("headphones_unplugged" if unplugged else "hardware_fault", str(exc))
         return refusal("program_refused", str(exc))
 
     def _reassess(self) -> None:

@@ -5,16 +5,14 @@ was built for, and the program ducks 15 dB under it and comes back after."""
 from __future__ import annotations
 
 import math
-import subprocess
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
+from audio_recording import monitor_recording, recorded
 from numpy.typing import NDArray
 from scipy.signal import filtfilt, iirnotch
-from support import real_clock_env, require_tool, wait_until
+from support import require_tool, wait_until
 
 from resonera.common.program import Program, Step, ToneLayer
 from resonera.device.audio import prompt_mixer
@@ -42,29 +40,6 @@ def tone_program(seconds: float) -> Program:
         fade_out_s=0.05,
         steps=[Step(duration_s=seconds, layers=[layer])],
     )
-
-
-@contextmanager
-def monitor_recording(sink: str, path: Path) -> Iterator[Path]:
-    """``parec`` from ``sink``'s monitor into ``path`` (raw stereo float32) while in the block."""
-    with path.open("wb") as out:
-        process = subprocess.Popen(
-            [require_tool("parec"), "-d", f"{sink}.monitor", "--raw", "--format=float32le",
-             "--channels=2", f"--rate={RATE}", "--latency-msec=20"],
-            stdout=out,
-            stderr=subprocess.DEVNULL,
-            env=real_clock_env(),  # a recorder needs no date, and faketime stalls its timers
-        )  # fmt: skip
-        try:
-            yield path
-        finally:
-            process.terminate()
-            process.wait(timeout=10)
-
-
-def recorded(path: Path) -> NDArray[np.float32]:
-    data = path.read_bytes()
-    return np.frombuffer(data[: len(data) - len(data) % 8], "<f4").reshape(-1, 2)
 
 
 def tone_level_db(audio: NDArray[np.float64], start: int, stop: int) -> float:

@@ -1,0 +1,172 @@
+"""Every outcome is heard and seen (issue 21), end to end: the device service on the simulated
+safety MCU over its real pty, PyAudio into the PulseAudio null sink recorded from its monitor. For
+each reason a play press cannot start, the recording holds that reason's prompt (found by
+cross-correlating it with the prompt's rendered WAV, and no other reason's matching as well), the
+light the simulator was asked to show is the table's, and no check-in question is asked (the
+profile has one before every session). A fault the MCU holds cannot be heard (it will not arm):
+its light says it."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+from audio_recording import monitor_recording, recorded
+from device_peer import service_on_mcu
+from numpy.typing import NDArray
+from scipy.signal import fftconvolve
+from support import Mosquitto, require_tool, wait_until
+
+from resonera.common import serial_link as sl
+from resonera.common.profile import CheckInQuestion, HearingProfile
+from resonera.device.prompts import prompts_dir
+from resonera.device.refusals import REASONS, ReasonCode
+from resonera.device.service import DeviceService
+from resonera.device.sync import ShutOut
+from resonera.hardware.firmware.config import BoardConfig
+from resonera.hardware.scenario import execute
+from resonera.hardware.sim import Simulator
+
+pytestmark = pytest.mark.realtime
+
+QUESTION = CheckInQuestion(id="calm", text="How calm?", low_label="not", high_label="very")
+#: The reasons that can be heard (the MCU arms for their prompt), each made true on the service.
+AUDIBLE: tuple[ReasonCode, ...] = (
+    "nothing_assigned",
+    "shut_out_revoked",
+    "storage_full",
+    "clock_untrusted",
+)
+PROMPTS = [REASONS[code].prompt for code in AUDIBLE] + ["refused_fault", "checkin_before"]
+
+
+@contextmanager
+def lights_shown(sim: Simulator) -> Iterator[list[int]]:
+    """Every light state the simulator shows while in the block, in order (sampled every 2 ms:
+    a state shown for less is not seen by a person either)."""
+    seen: list[int] = [sim.light]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.002):
+            if sim.light != seen[-1]:
+                seen.append(sim.light)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield seen
+    finally:
+        done.set()
+        thread.join()
+
+
+def match(recording: NDArray[np.float64], template: NDArray[np.float64]) -> float:
+    """The peak normalised cross-correlation of ``template`` within ``recording`` (1: exact)."""
+    if len(recording) < len(template):
+        return 0.0
+    dot = fftconvolve(recording, template[::-1], mode="valid")
+    cumulative = np.concatenate(([0.0], np.cumsum(recording**2)))
+    energy = cumulative[len(template) :] - cumulative[: -len(template)]
+    norm = np.sqrt(np.maximum(energy, 1e-12)) * np.linalg.norm(template)
+    return float(np.max(np.abs(dot) / norm))
+
+
+def make_true(code: ReasonCode, service: DeviceService) -> Callable[[], None]:
+    """Make ``code`` hold on ``service``; returns what undoes it."""
+    if code == "nothing_assigned":
+        return lambda: None  # the profile forbids the built-ins and nothing is prescribed
+    if code == "shut_out_revoked":
+        service.sync.shut_out = ShutOut("revoked", "certificate revoked", time.time())
+
+        def back() -> None:
+            service.sync.shut_out = None
+
+        return back
+    if code == "storage_full":
+        service.min_free_bytes = 1 << 62
+
+        def room() -> None:
+            service.min_free_bytes = 32 << 20
+
+        return room
+    service.clock = lambda: 0.0  # a board without RTC, booted in 1970
+
+    def right() -> None:
+        service.clock = time.time
+
+    return right
+
+
+@pytest.mark.real_clock
+def test_each_refusal_is_said_and_shown_before_any_question(
+    mosquitto: Mosquitto, pulse_null_sink: str, tmp_path: Path
+) -> None:
+    require_tool("espeak-ng")
+    profile = HearingProfile(builtin_when_unassigned=False, checkins=[QUESTION])
+    device = f"refuse-{tmp_path.name[-6:]}"
+    with (
+        service_on_mcu(
+            mosquitto,
+            tmp_path,
+            device,
+            BoardConfig(board_id="refusal-board"),
+            prompt_keys=PROMPTS,
+            sink="pyaudio",
+            profile=profile,
+        ) as (sim, settings, service),
+        monitor_recording(pulse_null_sink, tmp_path / "monitor.raw") as raw,
+    ):
+        mixer = service.panel.mixer
+        wait_until(lambda: service.status()["safety_link"] == "up", 10, "the MCU link")
+        heard: dict[ReasonCode, tuple[int, int]] = {}
+        for code in AUDIBLE:
+            reason = REASONS[code]
+            undo = make_true(code, service)
+            said = list(mixer.spoken).count(reason.prompt)
+            start = len(recorded(raw))
+            with lights_shown(sim) as lights:
+                execute(sim, "press play_pause")
+                wait_until(
+                    lambda: list(mixer.spoken).count(reason.prompt) > said,  # noqa: B023
+                    20,
+                    f"{reason.prompt} said",
+                )
+                wait_until(lambda: sim.muted, 10, "the MCU muted after the prompt")
+                time.sleep(0.3)  # the recorder's latency
+            heard[code] = (start, len(recorded(raw)))
+            assert reason.light in lights, (code, lights)
+            assert service.status()["ready"]["code"] == code
+            assert service.status()["playing"] is None
+            undo()
+            execute(sim, "press vol_down")  # the person acts: the refusal's light goes out
+            wait_until(lambda: sim.light == sl.LIGHT_IDLE, 10, "the light back to idle")
+
+        # a fault the MCU holds: the prompt cannot be heard (no ARM), the light says it
+        sim.over_temperature()
+        wait_until(lambda: service.status()["ready"] is not None, 10, "the fault seen")
+        with lights_shown(sim) as lights:
+            execute(sim, "press play_pause")
+            wait_until(lambda: sl.LIGHT_FAULT in lights, 10, "the fault's light")
+        assert service.status()["ready"]["code"] == "hardware_fault"
+        sim.reset()
+
+        assert service.store.sessions() == []
+    assert not any("checkin" in utterance for utterance in mixer.spoken)  # no question asked
+    audio = recorded(raw)[:, 0].astype(np.float64)
+    directory = prompts_dir(settings.data_dir)
+    templates = {
+        code: soundfile.read(directory / f"{REASONS[code].prompt}.wav", dtype="float64")[0]
+        for code in AUDIBLE
+    }
+    for heard_code, (start, stop) in heard.items():
+        window = audio[start:stop]
+        scores = {other: match(window, template) for other, template in templates.items()}
+        assert scores[heard_code] > 0.8, (heard_code, scores)
+        assert all(scores[heard_code] > s for other, s in scores.items() if other != heard_code)
