@@ -8,6 +8,7 @@ from pathlib import Path
 sys.path[:0] = [str(Path(__file__).parent), str(Path(__file__).parents[1] / "tests")]
 
 import bench_agent  # noqa: E402
+import bench_button_reaction  # noqa: E402
 import bench_dashboard  # noqa: E402
 import bench_fault_reaction  # noqa: E402
 import bench_fleet  # noqa: E402
@@ -34,6 +35,8 @@ def main() -> None:
     bench_prompt_mixer.main()
     print()
     bench_fault_reaction.main()
+    print()
+    bench_button_reaction.main()
     print()
     bench_agent.main()
     print()

@@ -139,6 +139,11 @@ class PromptMixer:
         #: ``_cut_below`` when the current utterance began: a cut since then cuts it.
         self._cut_mark = 0
         self._cut_fade = _edge_fade(max(1, round(CUT_FADE_S * sample_rate)))[::-1].copy()
+        #: Frames mixed so far (all blocks, every player), and the frame at which the last cut's
+        #: fade began (None: none yet): a stage after the safety chain's look-ahead can cut the
+        #: prompt there too (``device/idle_prompts.py``, between sessions).
+        self.frames_mixed = 0
+        self.cut_at: int | None = None
 
     # -- what the controls ask (any thread) -------------------------------------------------------
 
@@ -242,6 +247,7 @@ class PromptMixer:
         if frames == 0:
             return program
         duck, voice = self._duck_and_voice(frames)
+        self.frames_mixed += frames
         volume = _slew(self._volume, self._volume_target, self._volume_step, frames)
         self._volume = float(volume[-1])
         pause = _slew(self._pause_gain, 0.0 if self._paused else 1.0, self._pause_step, frames)
@@ -311,8 +317,14 @@ class PromptMixer:
         _fade_edges(voice[:count], self._offset, current)
         duck[:count] = self._duck
         self.cut_off.append(current.text)
+        self.cut_at = self.frames_mixed
         self._current = None
         return count
+
+    @property
+    def cut_fade_frames(self) -> int:
+        """How many frames a cut's fade-out takes."""
+        return len(self._cut_fade)
 
 
 def _slew(start: float, target: float, step: float, frames: int) -> NDArray[np.float64]:
