@@ -687,13 +687,12 @@ class DeviceService:
 
 
 def _safety_state(playing: _Playing | None) -> str:
-    """The playing session's safety state ("idle" when none plays). A session that does not show
-    its supervisor (``Session.supervisor``, set once it runs) is "playing"."""
+    """The playing session's safety state ("idle" when none plays; "arming" before its
+    supervisor exists: its checks are running)."""
     if playing is None:
         return "idle"
-    supervisor = getattr(playing.session, "supervisor", None)
-    state = getattr(supervisor, "state", None)
-    return str(getattr(state, "value", state)) if state is not None else "playing"
+    supervisor = playing.session.supervisor
+    return supervisor.state.value if supervisor is not None else "arming"
 
 
 @cache
