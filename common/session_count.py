@@ -10,7 +10,14 @@ second played counts toward it, whatever the session's length (the dose ledger a
 
 from __future__ import annotations
 
+from typing import Final
+
+from pydantic import ValidationError
+
 from resonera.common.profile import HearingProfile
+
+#: The profile settings that say what counts as a session.
+COUNTING_SETTINGS: Final = ("counted_session_min_s", "counted_session_min_fraction")
 
 
 def counts_as_session(played_s: float, planned_s: float, profile: HearingProfile) -> bool:
@@ -20,3 +27,15 @@ def counts_as_session(played_s: float, planned_s: float, profile: HearingProfile
     if played_s >= profile.counted_session_min_s:
         return True
     return planned_s > 0 and played_s >= profile.counted_session_min_fraction * planned_s
+
+
+def counting_profile(stored: object) -> HearingProfile:
+    """A profile carrying what counts as a session in ``stored`` (a profile as a server keeps it:
+    a JSON object, maybe partial); the defaults for what it does not set or sets wrong."""
+    settings = (
+        {k: stored[k] for k in COUNTING_SETTINGS if k in stored} if isinstance(stored, dict) else {}
+    )
+    try:
+        return HearingProfile.model_validate(settings)
+    except ValidationError:
+        return HearingProfile()

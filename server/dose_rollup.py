@@ -18,17 +18,13 @@ from collections.abc import Iterable
 from datetime import UTC, date, datetime
 from typing import Any
 
-from pydantic import ValidationError
 from sqlalchemy import Connection, select
 
 from resonera.common.profile import HearingProfile
 from resonera.common.records import SessionRecord
-from resonera.common.session_count import counts_as_session
+from resonera.common.session_count import counting_profile, counts_as_session
 from resonera.server.db import upsert
 from resonera.server.models import DoseDailyRow, PatientConfigRow, SessionRow, table_of
-
-#: The profile settings that say what counts as a session (``common.session_count``).
-_COUNTING_SETTINGS = ("counted_session_min_s", "counted_session_min_fraction")
 
 
 def session_dose(record: SessionRecord, body: dict[str, Any]) -> float:
@@ -56,19 +52,7 @@ def counting_profiles(conn: Connection, patient_ids: Iterable[str]) -> dict[str,
     )
     for patient_id, profile in conn.execute(query):
         latest[patient_id] = profile  # the last version wins
-    out: dict[str, HearingProfile] = {}
-    for patient_id in ids:
-        stored = latest.get(patient_id)
-        settings = (
-            {k: stored[k] for k in _COUNTING_SETTINGS if k in stored}
-            if isinstance(stored, dict)
-            else {}
-        )
-        try:
-            out[patient_id] = HearingProfile.model_validate(settings)
-        except ValidationError:
-            out[patient_id] = HearingProfile()
-    return out
+    return {patient_id: counting_profile(latest.get(patient_id)) for patient_id in ids}
 
 
 def _daily_rows(

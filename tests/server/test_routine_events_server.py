@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from alembic import command
+from dashboard.helpers import server_helpers
 from factories import RECENT, event_body
 from fastapi.testclient import TestClient
 from fhir_checks import check_fhir
@@ -25,9 +27,10 @@ from support import Postgres
 from resonera.common import serial_link as sl
 from resonera.common import topics
 from resonera.common.envelope import Envelope
+from resonera.server.crypto import FieldCipher
 from resonera.server.db import alembic_config, make_engine, migrate
 from resonera.server.ingest import IngestProcessor, Received
-from resonera.server.models import DeviceRow, DoseDailyRow, SafetyEventRow
+from resonera.server.models import DeviceRow, DoseDailyRow, SafetyEventRow, table_of
 
 API = "/api/v1"
 T0 = RECENT
@@ -188,3 +191,31 @@ def _downgrade(engine: Engine, revision: str) -> None:
     with engine.begin() as conn:
         config.attributes["connection"] = conn
         command.downgrade(config, revision)
+
+
+def test_migration_0016_counts_again_the_sessions_adherence_reads(
+    empty_engine: Engine, cipher: FieldCipher, make_body: Callable[..., dict[str, Any]]
+) -> None:
+    migrate(empty_engine, "0015")
+    helpers = server_helpers()
+    patient = helpers.add_patient(empty_engine, cipher, None)
+    helpers.add_device(empty_engine, "dev-a", patient_id=patient)
+    _ingest(
+        empty_engine,
+        "session",
+        [
+            make_body(start=T0, minutes=10, played_s=0.05, outcome="stopped"),
+            make_body(start=T0 + timedelta(hours=1), minutes=10, played_s=61.0, outcome="stopped"),
+        ],
+    )
+    with empty_engine.begin() as conn:  # as a server before issue 21 counted them: both
+        conn.execute(sa.update(table_of(DoseDailyRow)).values(sessions=2))
+
+    def sessions() -> list[int]:
+        with Session(empty_engine) as session:
+            return [row.sessions for row in session.exec(select(DoseDailyRow)).all()]
+
+    migrate(empty_engine)
+    assert sessions() == [1]  # the accidental start is no session
+    _downgrade(empty_engine, "0015")
+    assert sessions() == [2]

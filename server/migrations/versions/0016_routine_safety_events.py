@@ -1,4 +1,5 @@
-"""Routine hand-overs are no safety events (issue 21): the ones agents sent before are tagged.
+"""Routine hand-overs are no safety events, and a 0.05 s start is no session (issue 21): what
+agents sent before is re-read.
 
 Agents before issue 21 recorded every consent hand-over (granted when a session or a prompt armed
 the MCU, withdrawn at the device's own MUTE), every link up and orderly close, and the safety
@@ -9,21 +10,30 @@ re-classifies the stored ones with the classifier the device and ingest use
 (the record as the device sent it) stay, so nothing is lost and ``downgrade`` puts the type back.
 Lists, counts and exports leave ``routine:`` rows out (docs/safety-events.md).
 
+Adherence reads ``dose_daily.sessions``, which counted every session, an accidental 0.05 s start
+too ("6 of 5"). The sessions of each day are counted again with ``common.session_count`` under
+each patient's latest profile (60 s or 10 % of the plan by default); the dose and the seconds
+played stay as they were (every second counts). ``downgrade`` counts every session again.
+
 Revision ID: 0016
 Revises: 0015
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Callable, Sequence
+from datetime import UTC, date, datetime
 from typing import Any
 
 import sqlalchemy as sa
 from alembic import op
 from pydantic import ValidationError
 
+from resonera.common.profile import HearingProfile
 from resonera.common.records import SafetyEventRecord
 from resonera.common.routine_events import ROUTINE_TYPE_PREFIX, stored_event_type
+from resonera.common.session_count import counting_profile, counts_as_session
 
 revision: str = "0016"
 down_revision: str | None = "0015"
@@ -42,6 +52,29 @@ _events = sa.table(
     sa.column("body", sa.JSON),
 )
 
+_sessions = sa.table(
+    "session_record",
+    sa.column("patient_id", sa.String),
+    sa.column("started_at", sa.DateTime(timezone=True)),
+    sa.column("played_s", sa.Float),
+    sa.column("planned_s", sa.Float),
+)
+_days = sa.table(
+    "dose_daily",
+    sa.column("patient_id", sa.String),
+    sa.column("day", sa.Date),
+    sa.column("sessions", sa.Integer),
+)
+_configs = sa.table(
+    "patient_config",
+    sa.column("patient_id", sa.String),
+    sa.column("version", sa.Integer),
+    sa.column("profile", sa.JSON),
+)
+
+#: Whether a session (seconds played, seconds planned) counts, under a patient's profile.
+Counts = Callable[[float, float, HearingProfile], bool]
+
 
 def _record(body: Any) -> SafetyEventRecord | None:
     """The stored body as a record; one a later model no longer reads is built without checks
@@ -55,6 +88,16 @@ def _record(body: Any) -> SafetyEventRecord | None:
 
 
 def upgrade() -> None:
+    _tag_routine_events()
+    _count_sessions_again(counts_as_session)
+
+
+def downgrade() -> None:
+    _count_sessions_again(lambda _played, _planned, _profile: True)
+    _untag_routine_events()
+
+
+def _tag_routine_events() -> None:
     conn = op.get_bind()
     after = 0
     while True:
@@ -79,7 +122,7 @@ def upgrade() -> None:
             conn.execute(sa.update(_events).where(_events.c.id.in_(ids)).values(event_type=stored))
 
 
-def downgrade() -> None:
+def _untag_routine_events() -> None:
     conn = op.get_bind()
     rows = conn.execute(
         sa.select(_events.c.id, _events.c.body).where(
@@ -93,4 +136,45 @@ def downgrade() -> None:
             sa.update(_events)
             .where(_events.c.id == row.id)
             .values(event_type=original if isinstance(original, str) else "unknown")
+        )
+
+
+def _utc_day(value: datetime) -> date:
+    """The UTC day of a stored time (naive UTC on SQLite, aware on PostgreSQL)."""
+    aware = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    return aware.date()
+
+
+def _count_sessions_again(counts: Counts) -> None:
+    """Set each ``dose_daily`` row's ``sessions`` to the sessions of that patient and UTC day
+    that ``counts`` (the roll-up's days and totals are the sessions', ``server/dose_rollup.py``)."""
+    conn = op.get_bind()
+    latest: dict[str, Any] = {}
+    for patient_id, profile in conn.execute(
+        sa.select(_configs.c.patient_id, _configs.c.profile).order_by(
+            _configs.c.patient_id, _configs.c.version
+        )
+    ):
+        latest[patient_id] = profile  # the last version wins
+    profiles: dict[str, HearingProfile] = {}
+    counted: Counter[tuple[str, date]] = Counter()
+    rows = conn.execute(
+        sa.select(
+            _sessions.c.patient_id,
+            _sessions.c.started_at,
+            _sessions.c.played_s,
+            _sessions.c.planned_s,
+        ).where(_sessions.c.patient_id.is_not(None))
+    )
+    for patient_id, started_at, played_s, planned_s in rows:
+        profile = profiles.get(patient_id)
+        if profile is None:
+            profile = profiles[patient_id] = counting_profile(latest.get(patient_id))
+        key = (patient_id, _utc_day(started_at))
+        counted[key] += 1 if counts(played_s, planned_s, profile) else 0
+    for (patient_id, day), sessions in counted.items():
+        conn.execute(
+            sa.update(_days)
+            .where(_days.c.patient_id == patient_id, _days.c.day == day)
+            .values(sessions=sessions)
         )
