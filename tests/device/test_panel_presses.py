@@ -64,6 +64,7 @@ class Host:
         self.answers: list[Answered] = []
         self.questions = questions
         self.refused: Refusal | None = None
+        self.ended: tuple[Refusal | None, bool] | None = None
 
     def play_from_panel(self, program: str) -> None:
         self.starts.append(program)
@@ -97,7 +98,8 @@ class Host:
         return self.refused
 
     def ended_why(self) -> tuple[Refusal | None, bool] | None:
-        return None
+        ended, self.ended = self.ended, None
+        return ended
 
     def sessions_waiting(self) -> int:
         return 3
@@ -236,3 +238,27 @@ def test_holding_a_volume_button_while_idle_says_ready_and_the_sessions_waiting(
     panel.handle(press(sl.BUTTON_VOLUME_UP, long=True))
     play(panel, 200)
     assert list(panel.mixer.spoken) == ["status_ready+n3+sessions_waiting"]
+
+
+def test_a_session_the_clinicians_new_limits_stopped_says_why_not_just_finished() -> None:
+    host, clock = Host(), ManualClock(1000.0)
+    panel = make_panel(host, clock)
+    panel.handle(press(sl.BUTTON_PLAY_PAUSE))
+    play(panel, 200)
+    host.program, host.ended = None, (refusal("limits_lowered"), True)
+    panel.refresh()
+    play(panel, 300)
+    assert list(panel.mixer.spoken)[-1] == "stopped_limits_lowered"
+    assert "session_end" not in panel.mixer.spoken
+    assert panel.light(consent=False, attenuated=False) == sl.LIGHT_REFUSED
+
+
+def test_a_session_refused_by_its_own_checks_is_not_announced_as_started() -> None:
+    host, clock = Host(), ManualClock(1000.0)
+    panel = make_panel(host, clock)
+    panel.handle(press(sl.BUTTON_PLAY_PAUSE))  # "session starting" queued, not yet heard
+    host.program, host.ended = None, (refusal("dose_reached", "it would pass 100 %"), False)
+    panel.refresh()
+    play(panel, 300)
+    assert list(panel.mixer.spoken) == ["refused_dose"]
+    assert panel.light(consent=False, attenuated=False) == sl.LIGHT_DOSE_REACHED
