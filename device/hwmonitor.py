@@ -20,9 +20,10 @@ asked who it is (HELLO) and the device must arm again.
 
 Events (consent changes, warnings, faults, link up/down, restarts, limits) go, with the readings
 and limits of that moment, to ``events`` (a ``SafetyEventSink``, normally a
-``SafetyEventRecorder``: store + outbox, written off this thread) and to event listeners (the
-safety state machine). Listeners run on the I/O thread; they MUST NOT block, and a listener that
-raises is logged, not fatal (docs/architecture.md §8).
+``SafetyEventRecorder``: store + outbox, written off this thread, the routine hand-overs only
+counted, docs/safety-events.md) and to event listeners (the safety state machine). Listeners run
+on the I/O thread; they MUST NOT block, and a listener that raises is logged, not fatal
+(docs/architecture.md §8).
 
 Buttons and the status light (protocol v1.2): presses the MCU reports go to button listeners (on
 the I/O thread, in order; ``device/controls.py`` decides what they mean), and ``set_light`` says
