@@ -1,0 +1,93 @@
+"""Buttons always answer (issue 21), end to end: the device service on the simulated safety MCU
+over its real pty, PyAudio into the PulseAudio null sink. A stop during a prompt between sessions
+cuts it and starts nothing; a stop during a check-in question skips it at once; a long press of
+play during a prompt starts the next program, which then plays on (no phantom "0 s, stopped by
+the person" session)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from device_peer import service_on_mcu
+from support import Mosquitto, require_tool, wait_until
+
+from resonera.common.profile import CheckInQuestion, HearingProfile
+from resonera.device.controls import SKIPPED_BY_PERSON
+from resonera.device.prescriptions import BUILTIN_DEFAULT
+from resonera.hardware.firmware.config import BoardConfig
+from resonera.hardware.scenario import execute
+
+pytestmark = pytest.mark.realtime
+
+QUESTION = CheckInQuestion(id="calm", text="How calm are you?", low_label="not", high_label="very")
+PROMPTS = ["max_volume", "session_start", "session_end", "checkin_before", "checkin_how", "n5"]
+
+
+@pytest.mark.real_clock
+def test_presses_during_prompts_act_at_once_and_start_nothing_unasked(
+    mosquitto: Mosquitto, pulse_null_sink: str, tmp_path: Path
+) -> None:
+    require_tool("espeak-ng")
+    device = f"buttons-{tmp_path.name[-6:]}"
+    with service_on_mcu(
+        mosquitto,
+        tmp_path,
+        device,
+        BoardConfig(board_id="buttons-board"),
+        prompt_keys=PROMPTS,
+        sink="pyaudio",
+        profile=HearingProfile(checkins=[QUESTION]),
+    ) as (sim, _settings, service):
+        panel, mixer = service.panel, service.panel.mixer
+        library = panel.library
+        assert library is not None
+        question = library.question_key(QUESTION)
+        wait_until(lambda: panel.library is not None and panel.library.has(question), 30, "asked")
+        wait_until(lambda: service.status()["safety_link"] == "up", 10, "the MCU link")
+
+        def speaking_between_sessions(key: str) -> bool:
+            current = mixer._current  # what the person hears now
+            return sim.controller.armed and current is not None and key in current.text
+
+        # a stop during "maximum volume": cut, nothing started
+        execute(sim, "press vol_up")
+        wait_until(lambda: speaking_between_sessions("max_volume"), 20, "'maximum volume' said")
+        execute(sim, "press stop")
+        wait_until(lambda: "max_volume" in mixer.cut_off, 5, "the prompt cut")
+        wait_until(lambda: sim.muted, 10, "the MCU muted again")
+        assert service.status()["playing"] is None
+
+        # a stop during the check-in's question: skipped at once (then the program it held)
+        execute(sim, "press play_pause")
+        wait_until(lambda: speaking_between_sessions(question), 30, "the question being said")
+        execute(sim, "press stop")
+        wait_until(lambda: any(question in cut for cut in mixer.cut_off), 5, "the question cut")
+        wait_until(lambda: service.status()["playing"] == BUILTIN_DEFAULT, 20, "the program")
+        execute(sim, "press stop")
+        wait_until(lambda: service.status()["playing"] is None, 20, "the stop")
+
+        # a long press of play during a prompt: the next program starts and plays on
+        wait_until(lambda: panel.controls.checkin is not None, 30, "the 'after' check-in")
+        execute(sim, "press stop")  # its question skipped
+        wait_until(lambda: panel.controls.checkin is None, 10, "the check-in over")
+        execute(sim, "press vol_up")
+        wait_until(lambda: speaking_between_sessions("max_volume"), 20, "'maximum volume' again")
+        execute(sim, "press play_pause long")
+        wait_until(lambda: panel.controls.checkin is not None, 20, "the 'before' check-in")
+        time.sleep(0.3)  # the long press is sent while held: the person lets go first
+        execute(sim, "press play_pause")  # 5, confirmed
+        wait_until(lambda: service.status()["playing"] is not None, 20, "the next program")
+        time.sleep(1.0)  # nothing stops it behind the person's back
+        assert service.status()["playing"] is not None
+        execute(sim, "press stop")
+        wait_until(lambda: service.status()["playing"] is None, 20, "the stop")
+        sessions = sorted(service.store.sessions(), key=lambda s: s.started_at)
+        answers = sorted(service.store.checkins(), key=lambda pair: pair[0].answered_at)
+    assert len(sessions) == 2 and sessions[-1].played_s >= 0.5  # asked for, and it played
+    assert [(r.phase, r.value, reason) for r, reason in answers] == [
+        ("before", None, SKIPPED_BY_PERSON),
+        ("after", None, SKIPPED_BY_PERSON),
+        ("before", 5, ""),
+    ]
