@@ -243,6 +243,9 @@ class DeviceService:
         self.clock: Callable[[], float] = time.time
         #: Below this many free bytes in ``data_dir`` the storage counts as full.
         self.min_free_bytes = MIN_FREE_BYTES
+        #: The store failed the last write the service made (a check-in, telemetry): no session
+        #: starts that could not be recorded (``refusals``: storage full), until one succeeds.
+        self._store_write_failed = False
 
     @property
     def session_parts(self) -> SessionParts:
@@ -393,6 +396,7 @@ class DeviceService:
             shut_out=shut_out.kind if shut_out is not None else None,
             shut_out_reason=shut_out.reason if shut_out is not None else "",
             free_bytes=free,
+            store_writable=not self._store_write_failed,
             min_free_bytes=self.min_free_bytes,
             now=now,
             records_after_now=self.store.sessions_since(ahead) > 0,
@@ -400,7 +404,7 @@ class DeviceService:
             headphones=headphones,
             assigned=assigned,
             program_refused=program_refused,
-            daily_limit=daily_limit_refusal(self.store, now) or "",
+            daily_limit=daily_limit_refusal(self.store, now, profile) or "",
             dose_fraction=self.ledger.status(now, profile.dose_mode).fraction,
             refuse_over_allowance=profile.refuse_over_allowance,
         )
@@ -578,7 +582,9 @@ class DeviceService:
             self.store.record_checkin(self.settings.device_id, record)
         except Exception:  # the store failing must not end the panel's thread
             log.exception("check-in answer %s could not be stored", record.question_id)
+            self._store_write_failed = True
             return
+        self._store_write_failed = False
         self.sync.kick()
 
     # --- telemetry and status --------------------------------------------------------------------
@@ -637,10 +643,17 @@ class DeviceService:
             self.store.thin_outbox()
             body = self.status()
             body["outbox_depth"] += 1  # this message too
+        except Exception:
+            log.exception("telemetry could not be gathered")
+            return
+        try:
             self.store.queue_message(self.settings.device_id, "metrics", {"telemetry": body})
-            self.sync.kick()
         except Exception:
             log.exception("queueing telemetry failed")
+            self._store_write_failed = True
+            return
+        self._store_write_failed = False
+        self.sync.kick()
 
     # --- control socket --------------------------------------------------------------------------
 
