@@ -41,6 +41,7 @@ from resonera.common.mqtt_client import BrokerUnavailable, build_client, connect
 from resonera.server import metrics
 from resonera.server.ingest import BatchResult, IngestProcessor, Received, StoreError
 from resonera.server.ingest_checks import TimeBounds
+from resonera.server.notices import for_ingest
 from resonera.server.paho_adapter import read_ahead
 from resonera.server.settings import ServerSettings
 
@@ -119,7 +120,14 @@ class IngestConsumer:
         queue_max: int = QUEUE_MAX,
     ) -> None:
         self._settings = settings
-        self._processor = IngestProcessor(engine, bounds=TimeBounds.from_settings(settings))
+        self._client = self._build_client()
+        # a device refused for who it is (revoked, its signature) is told so, signed, rate-bounded
+        notices = for_ingest(settings, self._publish_notice)
+        self._processor = IngestProcessor(
+            engine,
+            bounds=TimeBounds.from_settings(settings),
+            on_sender_refused=notices.sender_refused if notices is not None else None,
+        )
         self._batch_max = batch_max
         self._batch_wait_s = batch_wait_s
         self._queue: queue.Queue[Item] = queue.Queue(maxsize=queue_max)
@@ -128,7 +136,6 @@ class IngestConsumer:
             if settings.shared_subscription
             else topics.UP_WILDCARD
         )
-        self._client = self._build_client()
         self._lock = threading.Lock()
         self._generation = 0
         self._subscribed = threading.Event()
@@ -190,6 +197,10 @@ class IngestConsumer:
         stop_loop(self._client)
 
     # -- paho callbacks (network thread: never block here) -----------------------------------
+
+    def _publish_notice(self, device_id: str, payload: bytes) -> None:
+        """A notice in place of the device's retained desired state (``server/notices.py``)."""
+        self._client.publish(topics.desired(device_id), payload, qos=1, retain=True)
 
     def _build_client(self) -> paho.Client:
         # A consumer must not leave a session queueing every device's messages after it is gone.

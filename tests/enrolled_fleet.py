@@ -35,7 +35,7 @@ from resonera.server.crypto import (
     write_signing_key,
 )
 from resonera.server.db import make_engine
-from resonera.server.desired import MemoryPublisher
+from resonera.server.desired import DesiredService, MemoryPublisher
 from resonera.server.enrollment import register_code
 from resonera.server.fleet_ca import FleetCA
 from resonera.server.models import UserRow
@@ -81,9 +81,14 @@ class Fleet:
         return self.mqtt(folder / "server.key", folder / "server.crt")
 
 
-def fleet_app(fleet: Fleet, broker_reload_command: list[str] | None) -> FastAPI:
+def fleet_app(
+    fleet: Fleet,
+    broker_reload_command: list[str] | None,
+    desired: DesiredService | None = None,
+) -> FastAPI:
     """The fleet's API app (for a TestClient) on its database and issuing CA, with this
-    ``enrollment.broker_reload_command``."""
+    ``enrollment.broker_reload_command``; its desired states and notices signed and published
+    as ``desired`` does (default: an HMAC test key, kept in memory)."""
     enrollment = fleet.settings.enrollment.model_copy(
         update={"broker_reload_command": broker_reload_command}
     )
@@ -91,7 +96,11 @@ def fleet_app(fleet: Fleet, broker_reload_command: list[str] | None) -> FastAPI:
     assert settings.patient_keys is not None
     cipher = FieldCipher(*parse_keys(settings.patient_keys.get_secret_value(), "test"))
     return create_app(
-        settings, fleet.engine, cipher=cipher, publisher=MemoryPublisher(), signer=HmacSigner(b"t")
+        settings,
+        fleet.engine,
+        cipher=cipher,
+        publisher=desired.publisher if desired is not None else MemoryPublisher(),
+        signer=desired.signer if desired is not None else HmacSigner(b"t"),
     )
 
 

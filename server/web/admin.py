@@ -77,6 +77,7 @@ def revoke_device(
         raise PageError(404, f"There is no device {device_id}.")
     done = revoke_and_audit(session, request, web.user, state.settings.enrollment, device)
     session.commit()
+    state.desired.notify_revoked(device.id, now_utc())  # committed first, as the API does
     query = urlencode({"revoked": device_id, "outcome": done.outcome})
     return RedirectResponse(f"/devices?{query}", status_code=303, headers=dict(PAGE_HEADERS))
 

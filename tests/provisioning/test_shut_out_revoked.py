@@ -9,16 +9,16 @@ from factories import make_record
 from fastapi.testclient import TestClient
 from support import wait_until
 
-from resonera.common.clock import utc_now
 from resonera.device.sync import DeviceSync
 from resonera.server.crypto import Ed25519Signer
 from resonera.server.desired import DesiredService, MqttPublisher
 
 
-def revoke(fleet: Fleet, device_id: str) -> str:
-    """Revoke through the API, which puts the certificates on the CRL and reloads the broker."""
+def revoke(fleet: Fleet, device_id: str, desired: DesiredService) -> str:
+    """Revoke through the API, which puts the certificates on the CRL, reloads the broker and
+    publishes the notice signed with the server's key (``desired``)."""
     _email, token = add_admin(fleet, "correct horse battery staple")
-    app = fleet_app(fleet, sighup_command(fleet.broker))
+    app = fleet_app(fleet, sighup_command(fleet.broker), desired)
     with TestClient(app, raise_server_exceptions=False) as client:
         answer = client.post(
             f"/api/v1/devices/{device_id}/revoke", headers={"Authorization": f"Bearer {token}"}
@@ -39,9 +39,8 @@ def test_a_device_revoked_on_the_server_learns_it_and_keeps_its_outbox(fleet: Fl
     try:
         with DeviceSync(settings, store) as sync:
             wait_until(lambda: sync.connected, what="the device to connect")
-            assert "the broker was reloaded" in revoke(fleet, "dev-70")
-            # after the revocation's commit the server publishes its notice (retained)
-            desired.notify_revoked("dev-70", utc_now())
+            # after the revocation's commit the API publishes its notice (retained)
+            assert "the broker was reloaded" in revoke(fleet, "dev-70", desired)
             wait_until(lambda: sync.shut_out is not None, what="the notice", timeout=15)
             assert sync.shut_out is not None and sync.shut_out.kind == "revoked"
             assert "revoked on the server" in sync.shut_out.reason

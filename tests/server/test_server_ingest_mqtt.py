@@ -12,12 +12,19 @@ from typing import Any
 
 import paho.mqtt.client as paho
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+)
 from factories import event_body
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, func, select
 from support import Mosquitto, free_port, wait_until
 
 from resonera.common import topics
+from resonera.common.desired import verify_notice
 from resonera.common.envelope import Envelope, decode_ack
 from resonera.common.ids import new_id
 from resonera.common.mqtt_client import BrokerUnavailable, build_client, connect, stop_loop
@@ -347,3 +354,54 @@ def test_a_report_brings_program_outcomes_and_capabilities(
         "applied",
         4,
     )
+
+
+def test_a_revoked_device_sending_is_told_so_by_a_signed_notice_on_its_desired_topic(
+    mosquitto: Mosquitto,
+    engine: Engine,
+    registered: Callable[..., str],
+    make_envelope: MakeEnvelope,
+    tmp_path: Path,
+) -> None:
+    device_id = f"dev-revoked-{new_id()[-8:]}"  # the broker is shared: a topic of its own
+    registered(device_id, revoked=True)
+    key_file = tmp_path / "desired.key"
+    signer_key = Ed25519PrivateKey.generate()
+    key_file.write_bytes(
+        signer_key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
+    )
+    key_file.chmod(0o600)
+    notices: queue.Queue[bytes] = queue.Queue()
+    watcher = build_client(
+        MqttSettings(host=mosquitto.host, port=mosquitto.port), f"watcher-{new_id()[-8:]}"
+    )
+    watcher.on_message = lambda _c, _u, msg: notices.put(bytes(msg.payload))
+    connect(
+        watcher,
+        MqttSettings(host=mosquitto.host, port=mosquitto.port),
+        clean_start=True,
+        session_expiry_s=0,
+    )
+    watcher.loop_start()
+    watcher.subscribe(topics.desired(device_id), qos=1)
+    consumer = IngestConsumer(_settings(mosquitto, desired_signing_key_file=key_file), engine)
+    consumer.start()
+    device = FakeDevice(MqttSettings(host=mosquitto.host, port=mosquitto.port), device_id)
+    try:
+        device.publish(make_envelope(device_id).to_bytes())
+        device.publish(make_envelope(device_id).to_bytes())
+        notice = verify_notice(
+            notices.get(timeout=15),
+            device_id=device_id,
+            pinned=signer_key.public_key(),
+            held=None,
+        )
+        assert notice.notice == "revoked" and "revoked on the server" in notice.reason
+        wait_until(lambda: _count(engine, QuarantineRow) == 2, what="both messages set aside")
+        assert notices.empty()  # one notice, not one per message
+        assert device.acked_ids() == []  # kept on the device
+    finally:
+        device.close()
+        consumer.stop()
+        watcher.disconnect()
+        stop_loop(watcher)

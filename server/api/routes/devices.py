@@ -115,6 +115,8 @@ def _revoke(
 ) -> DevicePublic:
     done = revoke_and_audit(session, request, admin, state.settings.enrollment, device)
     session.commit()
+    # committed first: a device told it is revoked finds it so if it asks (docs/shut-out.md)
+    state.desired.notify_revoked(device.id, now_utc())
     session.refresh(device)
     out = _public(session, device)
     out.revocation = done.summary()
