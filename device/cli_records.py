@@ -53,6 +53,11 @@ def sync_outbox(settings: DeviceSettings, store: DeviceStore, timeout_s: float) 
     from resonera.device.sync import DeviceSync  # paho: see the note above
 
     with DeviceSync(settings, store) as sync:
+        shut_out = sync.shut_out
+        if shut_out is not None:  # it would wait out the timeout for nothing (docs/shut-out.md)
+            depth = store.outbox_depth()
+            print(f"not synced: {shut_out.reason} ({depth} record(s) kept in the outbox)")
+            return False
         drained = sync.drain(timeout_s)
         depth = store.outbox_depth()
         if drained:

@@ -27,6 +27,7 @@ from resonera.common.envelope import Ack, decode_envelope
 from resonera.common.mqtt_client import build_client, connect, stop_loop
 from resonera.common.settings import MqttSettings
 from resonera.device import shut_out
+from resonera.device.cli_records import sync_outbox
 from resonera.device.settings import DeviceSettings
 from resonera.device.store import DeviceStore
 from resonera.device.sync import DeviceSync
@@ -254,3 +255,23 @@ def test_forged_replayed_or_foreign_notices_are_refused(
         assert store.applied_desired() is None  # a notice is never taken as a desired state
     finally:
         peer.close()
+
+
+REVOKED_BY_THE_SERVER = "this device was revoked on the server"
+
+
+def test_sync_now_of_a_shut_out_device_says_why_at_once_and_keeps_the_outbox(
+    mosquitto: Mosquitto, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = device_settings(mosquitto, tmp_path / "dev-so", "dev-so")
+    store = settings.open_store()
+    try:
+        queued = _queue(store, "dev-so", 2)
+        shut_out.save(store, shut_out.ShutOut("revoked", REVOKED_BY_THE_SERVER, since=1.0))
+        assert not sync_outbox(settings, store, timeout_s=30.0)  # not the 30 s drain wait
+        assert capsys.readouterr().out.strip() == (
+            f"not synced: {REVOKED_BY_THE_SERVER} (2 record(s) kept in the outbox)"
+        )
+        assert [m.message_id for m in store.messages(queued)] == queued
+    finally:
+        store.close()
