@@ -246,6 +246,8 @@ class DeviceService:
         #: The store failed the last write the service made (a check-in, telemetry): no session
         #: starts that could not be recorded (``refusals``: storage full), until one succeeds.
         self._store_write_failed = False
+        #: The MCU has reported headphones plugged in (or refused for their absence) since start.
+        self._headphones_seen = False
 
     @property
     def session_parts(self) -> SessionParts:
@@ -411,7 +413,9 @@ class DeviceService:
 
     def _hardware_facts(self) -> tuple[int, bool | None]:
         """(a fault the MCU would refuse an ARM for now, headphones in or None when unknown).
-        A latched fault whose cause is gone is no reason: the next ARM clears it."""
+        A latched fault whose cause is gone is no reason: the next ARM clears it. HELLO does not
+        say whether the board requires headphones, so their absence counts only on a board that
+        has reported them plugged in (it has a jack switch) or refused for them."""
         monitor = self.monitor
         telemetry = monitor.telemetry if monitor is not None else None
         limits = monitor.limits if monitor is not None else None
@@ -420,7 +424,9 @@ class DeviceService:
         crossed = sl.FAULT_NONE
         if limits is not None:
             crossed = sl.check_limits(telemetry, sl.Limits(*limits.values()))[0]
-        unplugged = telemetry.fault == sl.FAULT_HEADPHONES_UNPLUGGED and not telemetry.headphones
+        refused_for_them = telemetry.fault == sl.FAULT_HEADPHONES_UNPLUGGED
+        self._headphones_seen = self._headphones_seen or telemetry.headphones or refused_for_them
+        unplugged = self._headphones_seen and not telemetry.headphones
         return crossed, (False if unplugged else None)
 
     def stop_playing(self) -> str:

@@ -3,8 +3,10 @@ safety MCU over its real pty, PyAudio into the PulseAudio null sink recorded fro
 each reason a play press cannot start, the recording holds that reason's prompt (found by
 cross-correlating it with the prompt's rendered WAV, and no other reason's matching as well), the
 light the simulator was asked to show is the table's, and no check-in question is asked (the
-profile has one before every session). A fault the MCU holds cannot be heard (it will not arm):
-its light says it."""
+profile has one before every session). A fault the MCU holds, or headphones out, cannot be heard
+(it will not arm): the light says it. (Nothing assigned is heard through the button in
+``test_prescribed_service.py``; the day's limit and a refused program on the pure panel and in
+``test_refusals.py``, and the socket's words here.)"""
 
 from __future__ import annotations
 
@@ -38,11 +40,13 @@ pytestmark = pytest.mark.realtime
 QUESTION = CheckInQuestion(id="calm", text="How calm?", low_label="not", high_label="very")
 #: The reasons that can be heard (the MCU arms for their prompt), each made true on the service.
 AUDIBLE: tuple[ReasonCode, ...] = (
-    "nothing_assigned",
     "shut_out_revoked",
     "storage_full",
     "clock_untrusted",
+    "dose_reached",  # last: the week's dose stays used
 )
+#: Far over a week's allowance at 80 dBA for 40 h (5,760 Pa²s).
+WEEK_OF_SOUND_PA2S = 10_000.0
 PROMPTS = [REASONS[code].prompt for code in AUDIBLE] + ["refused_fault", "checkin_before"]
 
 
@@ -80,8 +84,9 @@ def match(recording: NDArray[np.float64], template: NDArray[np.float64]) -> floa
 
 def make_true(code: ReasonCode, service: DeviceService) -> Callable[[], None]:
     """Make ``code`` hold on ``service``; returns what undoes it."""
-    if code == "nothing_assigned":
-        return lambda: None  # the profile forbids the built-ins and nothing is prescribed
+    if code == "dose_reached":
+        service.ledger.add_energy(time.time(), WEEK_OF_SOUND_PA2S)
+        return lambda: None
     if code == "shut_out_revoked":
         service.sync.shut_out = ShutOut("revoked", "certificate revoked", time.time())
 
@@ -109,7 +114,7 @@ def test_each_refusal_is_said_and_shown_before_any_question(
     mosquitto: Mosquitto, pulse_null_sink: str, tmp_path: Path
 ) -> None:
     require_tool("espeak-ng")
-    profile = HearingProfile(builtin_when_unassigned=False, checkins=[QUESTION])
+    profile = HearingProfile(checkins=[QUESTION])
     device = f"refuse-{tmp_path.name[-6:]}"
     with (
         service_on_mcu(
@@ -123,8 +128,31 @@ def test_each_refusal_is_said_and_shown_before_any_question(
         ) as (sim, settings, service),
         monitor_recording(pulse_null_sink, tmp_path / "monitor.raw") as raw,
     ):
-        mixer = service.panel.mixer
+        panel, mixer = service.panel, service.panel.mixer
         wait_until(lambda: service.status()["safety_link"] == "up", 10, "the MCU link")
+        assert service.monitor is not None
+        wait_until(lambda: service.monitor.telemetry is not None, 10, "the MCU's telemetry")  # type: ignore[union-attr]
+        assert service.status()["ready"] is None  # and the headphones seen plugged in
+        # the socket refuses in the prompt's words
+        reply = service.command("play no-such-program")
+        assert reply.startswith(f"error {REASONS['program_refused'].words} ("), reply
+
+        # what the MCU will not arm for: the prompt cannot be heard, the light says it
+        for code, cause in (
+            ("headphones_unplugged", sim.unplug_headphones),
+            ("hardware_fault", sim.over_temperature),
+        ):
+            cause()
+            wait_until(lambda: (service.status()["ready"] or {}).get("code") == code, 10, code)  # noqa: B023
+            with lights_shown(sim) as lights:
+                execute(sim, "press play_pause")
+                wait_until(lambda: sl.LIGHT_FAULT in lights, 10, f"the light for {code}")
+            assert panel.controls.checkin is None
+            sim.reset()
+            wait_until(lambda: service.status()["ready"] is None, 10, "healthy again")
+            execute(sim, "press stop")  # a fault shown is acknowledged with stop
+            wait_until(lambda: sim.light == sl.LIGHT_IDLE, 10, "the light back to idle")
+
         heard: dict[ReasonCode, tuple[int, int]] = {}
         for code in AUDIBLE:
             reason = REASONS[code]
@@ -146,16 +174,8 @@ def test_each_refusal_is_said_and_shown_before_any_question(
             assert service.status()["playing"] is None
             undo()
             execute(sim, "press vol_down")  # the person acts: the refusal's light goes out
-            wait_until(lambda: sim.light == sl.LIGHT_IDLE, 10, "the light back to idle")
-
-        # a fault the MCU holds: the prompt cannot be heard (no ARM), the light says it
-        sim.over_temperature()
-        wait_until(lambda: service.status()["ready"] is not None, 10, "the fault seen")
-        with lights_shown(sim) as lights:
-            execute(sim, "press play_pause")
-            wait_until(lambda: sl.LIGHT_FAULT in lights, 10, "the fault's light")
-        assert service.status()["ready"]["code"] == "hardware_fault"
-        sim.reset()
+            if code != "dose_reached":  # (a used-up week shows whenever idle)
+                wait_until(lambda: sim.light == sl.LIGHT_IDLE, 10, "the light back to idle")
 
         assert service.store.sessions() == []
     assert not any("checkin" in utterance for utterance in mixer.spoken)  # no question asked
