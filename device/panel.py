@@ -647,6 +647,7 @@ class Panel:
             and self.mixer.speaking
             and self.host.playing_program() is None
         ):
+            mixed = self.mixer.frames_mixed
             try:
                 outcome = speak(self.mixer)
             except ResoneraError as exc:
@@ -656,6 +657,8 @@ class Panel:
             if outcome == CUT_BY_FAULT:
                 self._presses.put(_Cut("a fault muted the sound"))
                 return
+            if self.mixer.frames_mixed == mixed:
+                return  # nothing was played (a session took over): never a busy loop
 
 
 def panel_for(
