@@ -457,7 +457,8 @@ class Panel:
         if after.program is None and before.program is not None:
             self.mixer.resume()  # a paused session that ended: the next one must not start paused
             self._paused_at = self._ends_at = None
-        ended = self.host.ended_why()
+        # why it ended, once the panel sees it ended (the service knows a moment before)
+        ended = self.host.ended_why() if after.program is None else None
         why, played = ended if ended is not None else (None, True)
         if not played:  # refused by its own checks: its "session starting" is not to be said
             self.mixer.cut(everything=True)
@@ -475,8 +476,8 @@ class Panel:
             self._carry_out(self._begin_checkin("after", [], why_not), released=True)
         self._start_pending(after)
         self._light = light_for(self._with_refusal_light(after))
-        if self.mixer.speaking and after.program is None:
-            self._speak_wanted.set()  # what was kept, or queued while a session was ending
+        if before.program is not None and after.program is None and self.mixer.speaking:
+            self._speak_wanted.set()  # what the ending session did not get to say
 
     def _start_pending(self, state: AgentState) -> None:
         """The start a skip left waiting, once the stopped session is silent (or given up)."""
