@@ -13,6 +13,7 @@ import pytest
 from device_peer import service_on_mcu
 from support import Mosquitto, require_tool, wait_until
 
+from resonera.common import serial_link as sl
 from resonera.common.profile import CheckInQuestion, HearingProfile
 from resonera.device.controls import SKIPPED_BY_PERSON
 from resonera.device.prescriptions import BUILTIN_DEFAULT
@@ -91,3 +92,41 @@ def test_presses_during_prompts_act_at_once_and_start_nothing_unasked(
         ("after", None, SKIPPED_BY_PERSON),
         ("before", 5, ""),
     ]
+
+
+@pytest.mark.real_clock
+def test_a_question_a_fault_cuts_off_is_recorded_skipped_and_no_later_press_answers_it(
+    mosquitto: Mosquitto, pulse_null_sink: str, tmp_path: Path
+) -> None:
+    require_tool("espeak-ng")
+    device = f"cutoff-{tmp_path.name[-6:]}"
+    with service_on_mcu(
+        mosquitto,
+        tmp_path,
+        device,
+        BoardConfig(board_id="cutoff-board"),
+        prompt_keys=[*PROMPTS, "refused_fault"],
+        sink="pyaudio",
+        profile=HearingProfile(checkins=[QUESTION]),
+    ) as (sim, _settings, service):
+        panel, mixer = service.panel, service.panel.mixer
+        library = panel.library
+        assert library is not None
+        question = library.question_key(QUESTION)
+        wait_until(lambda: panel.library is not None and panel.library.has(question), 30, "asked")
+        wait_until(lambda: service.status()["safety_link"] == "up", 10, "the MCU link")
+
+        execute(sim, "press play_pause")
+        wait_until(
+            lambda: sim.controller.armed and question in getattr(mixer._current, "text", ""),
+            30,
+            "the question being said",
+        )
+        sim.over_temperature()  # the MCU mutes mid-question
+        wait_until(lambda: panel.controls.checkin is None, 10, "the check-in abandoned")
+        execute(sim, "press vol_up")  # what would have been an answer, had it not ended
+        execute(sim, "press play_pause")  # still hot: refused, and said why on the light
+        wait_until(lambda: sim.light == sl.LIGHT_FAULT, 10, "the fault's light")
+        assert service.status()["playing"] is None
+        answers = [(r.phase, r.value, reason) for r, reason in service.store.checkins()]
+    assert answers == [("before", None, "prompt cut off: a fault muted the sound")]
