@@ -82,8 +82,12 @@ def test_presses_during_prompts_act_at_once_and_start_nothing_unasked(
         wait_until(lambda: service.status()["playing"] is not None, 20, "the next program")
         time.sleep(1.0)  # nothing stops it behind the person's back
         assert service.status()["playing"] is not None
+        assert service.status()["safety_state"] == "playing"
         execute(sim, "press stop")
         wait_until(lambda: service.status()["playing"] is None, 20, "the stop")
+        status = service.status()
+        assert status["safety_state"] == "idle" and status["ready"] is None
+        assert status["shut_out"] is None and isinstance(status["sessions_waiting"], int)
         sessions = sorted(service.store.sessions(), key=lambda s: s.started_at)
         answers = sorted(service.store.checkins(), key=lambda pair: pair[0].answered_at)
     assert len(sessions) == 2 and sessions[-1].played_s >= 0.5  # asked for, and it played

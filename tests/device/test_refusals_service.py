@@ -171,6 +171,8 @@ def test_each_refusal_is_said_and_shown_before_any_question(
             heard[code] = (start, len(recorded(raw)))
             assert reason.light in lights, (code, lights)
             assert service.status()["ready"]["code"] == code
+            if code == "shut_out_revoked":
+                assert service.status()["shut_out"]["kind"] == "revoked"
             assert service.status()["playing"] is None
             undo()
             execute(sim, "press vol_down")  # the person acts: the refusal's light goes out
