@@ -2,7 +2,8 @@
 safety MCU over its real pty, PyAudio into the PulseAudio null sink recorded from its monitor. For
 each reason a play press cannot start, the recording holds that reason's prompt (found by
 cross-correlating it with the prompt's rendered WAV, and no other reason's matching as well), the
-light the simulator was asked to show is the table's, and no check-in question is asked (the
+light the device sent the simulator (its LIGHT frames, ``Simulator.lights_asked``) is the table's,
+and no check-in question is asked (the
 profile has one before every session). A fault the MCU holds, or headphones out, cannot be heard
 (it will not arm): the light says it. (Nothing assigned is heard through the button in
 ``test_prescribed_service.py``; the day's limit and a refused program on the pure panel and in
@@ -10,10 +11,8 @@ profile has one before every session). A fault the MCU holds, or headphones out,
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -50,25 +49,9 @@ WEEK_OF_SOUND_PA2S = 10_000.0
 PROMPTS = [REASONS[code].prompt for code in AUDIBLE] + ["refused_fault", "checkin_before"]
 
 
-@contextmanager
-def lights_shown(sim: Simulator) -> Iterator[list[int]]:
-    """Every light state the simulator shows while in the block, in order (sampled every 2 ms:
-    a state shown for less is not seen by a person either)."""
-    seen: list[int] = [sim.light]
-    done = threading.Event()
-
-    def sample() -> None:
-        while not done.wait(0.002):
-            if sim.light != seen[-1]:
-                seen.append(sim.light)
-
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
-    try:
-        yield seen
-    finally:
-        done.set()
-        thread.join()
+def lights_sent(sim: Simulator, since: float) -> list[int]:
+    """The light states the device sent the simulator (its LIGHT frames) since ``since``."""
+    return [state for at, state in sim.lights_asked if at >= since]
 
 
 def match(recording: NDArray[np.float64], template: NDArray[np.float64]) -> float:
@@ -144,9 +127,13 @@ def test_each_refusal_is_said_and_shown_before_any_question(
         ):
             cause()
             wait_until(lambda: (service.status()["ready"] or {}).get("code") == code, 10, code)  # noqa: B023
-            with lights_shown(sim) as lights:
-                execute(sim, "press play_pause")
-                wait_until(lambda: sl.LIGHT_FAULT in lights, 10, f"the light for {code}")
+            since = time.monotonic()
+            execute(sim, "press play_pause")
+            wait_until(
+                lambda: sl.LIGHT_FAULT in lights_sent(sim, since),  # noqa: B023
+                10,
+                f"the light for {code}",
+            )
             assert panel.controls.checkin is None
             sim.reset()
             wait_until(lambda: service.status()["ready"] is None, 10, "healthy again")
@@ -159,17 +146,17 @@ def test_each_refusal_is_said_and_shown_before_any_question(
             undo = make_true(code, service)
             said = list(mixer.spoken).count(reason.prompt)
             start = len(recorded(raw))
-            with lights_shown(sim) as lights:
-                execute(sim, "press play_pause")
-                wait_until(
-                    lambda: list(mixer.spoken).count(reason.prompt) > said,  # noqa: B023
-                    20,
-                    f"{reason.prompt} said",
-                )
-                wait_until(lambda: sim.muted, 10, "the MCU muted after the prompt")
-                time.sleep(0.3)  # the recorder's latency
+            since = time.monotonic()
+            execute(sim, "press play_pause")
+            wait_until(
+                lambda: list(mixer.spoken).count(reason.prompt) > said,  # noqa: B023
+                20,
+                f"{reason.prompt} said",
+            )
+            wait_until(lambda: sim.muted, 10, "the MCU muted after the prompt")
+            time.sleep(0.3)  # the recorder's latency
             heard[code] = (start, len(recorded(raw)))
-            assert reason.light in lights, (code, lights)
+            assert reason.light in lights_sent(sim, since), (code, lights_sent(sim, since))
             assert service.status()["ready"]["code"] == code
             if code == "shut_out_revoked":
                 assert service.status()["shut_out"]["kind"] == "revoked"
