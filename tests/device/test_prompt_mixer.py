@@ -162,3 +162,35 @@ def test_the_player_plays_through_the_mixer_it_is_given_and_only_at_its_rate(
     other.set_volume(-12.0, ramp_s=0.05)
     assert level_db(played(tmp_path, other)) == pytest.approx(plain, abs=0.1)  # not applied
     assert other.rate_warned
+
+
+def test_a_cut_fades_the_prompt_out_within_a_block_drops_the_queue_and_keeps_what_is_kept() -> None:
+    mixer = PromptMixer(RATE)
+    mixer.say(tone_clip(1.0, key="speaking"))
+    mixer.say(tone_clip(key="queued"))
+    before = run(mixer, RATE // 2, 200, 0.0)  # the duck ramp, then "speaking"
+    mixer.cut()
+    after = run(mixer, 200, 200, 0.0)  # one block of 25 ms
+    assert np.abs(before[-200:]).max() > 0.05
+    assert np.abs(after[round(0.011 * RATE) :, 0]).max() == 0.0  # silent 11 ms after the press
+    assert np.abs(np.diff(np.concatenate([before, after])[:, 0])).max() < 0.05  # no click
+    run(mixer, RATE * 2, 200, 0.0)
+    assert list(mixer.cut_off) == ["speaking"] and not mixer.spoken  # "queued" dropped too
+
+    mixer.say(tone_clip(key="queued"))
+    mixer.say(tone_clip(key="kept"), keep=True)  # a fault's reason: for the next session
+    mixer.cut()
+    run(mixer, RATE * 2, 200, 0.0)
+    assert list(mixer.spoken) == ["kept"]
+
+
+def test_a_number_said_with_replace_takes_the_place_of_one_not_yet_said() -> None:
+    mixer = PromptMixer(RATE)
+    for key in ("n6", "n7", "n8"):
+        mixer.say(tone_clip(0.2, key=key), replace=True)
+    run(mixer, RATE, 200, 0.0)
+    assert list(mixer.spoken) == ["n8"]
+    mixer.cut(everything=True)  # kept ones too (a session that never played)
+    mixer.say(tone_clip(0.2, key="kept"), keep=True)
+    mixer.cut(everything=True)
+    assert not mixer.speaking
