@@ -4,9 +4,9 @@ each reason a play press cannot start, the recording holds that reason's prompt 
 cross-correlating it with the prompt's rendered WAV, and no other reason's matching as well), the
 light the device sent the simulator (its LIGHT frames, ``Simulator.lights_asked``) is the table's,
 and no check-in question is asked (the profile has one before every session). A fault the MCU
-holds, or headphones out, cannot be heard (it will not arm): the light says it. (Nothing assigned is heard through the button in
-``test_prescribed_service.py``; the day's limit and a refused program on the pure panel and in
-``test_refusals.py``, and the socket's words here.)"""
+holds, or headphones out, cannot be heard (it will not arm): the light says it. (Nothing
+assigned is heard through the button in ``test_prescribed_service.py``; the day's limit and a
+refused program on the pure panel and in ``test_refusals.py``, and the socket's words here.)"""
 
 from __future__ import annotations
 
