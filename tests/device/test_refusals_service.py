@@ -5,13 +5,14 @@ cross-correlating it with the prompt's rendered WAV, and no other reason's match
 light the device sent the simulator (its LIGHT frames, ``Simulator.lights_asked``) is the table's,
 and no check-in question is asked (the profile has one before every session). A fault the MCU
 holds, or headphones out, cannot be heard (it will not arm): the light says it. (Nothing
-assigned is heard through the button in ``test_prescribed_service.py``; the day's limit and a
-refused program on the pure panel and in ``test_refusals.py``, and the socket's words here.)"""
+assigned is heard through the button in ``test_prescribed_service.py``; a refused program on the
+pure panel and in ``test_refusals.py``, and the socket's words here.)"""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ import pytest
 import soundfile
 from audio_recording import monitor_recording, recorded
 from device_peer import service_on_mcu
+from factories import make_record
 from numpy.typing import NDArray
 from scipy.signal import fftconvolve
 from support import Mosquitto, require_tool, wait_until
@@ -41,6 +43,7 @@ AUDIBLE: tuple[ReasonCode, ...] = (
     "shut_out_revoked",
     "storage_full",
     "clock_untrusted",
+    "daily_limit",
     "dose_reached",  # last: the week's dose stays used
 )
 #: Far over a week's allowance at 80 dBA for 40 h (5,760 Pa²s).
@@ -66,6 +69,13 @@ def match(recording: NDArray[np.float64], template: NDArray[np.float64]) -> floa
 
 def make_true(code: ReasonCode, service: DeviceService) -> Callable[[], None]:
     """Make ``code`` hold on ``service``; returns what undoes it."""
+    if code == "daily_limit":  # the clinician allows one a day, and one was played today
+        service.store.save_desired(1, {"limits": {"max_sessions_per_day": 1}}, None, "applied")
+        started = datetime.now(UTC) - timedelta(minutes=5)
+        played = make_record(started_at=started, ended_at=started + timedelta(seconds=61),
+                             planned_s=600.0, played_s=61.0, outcome="stopped")  # fmt: skip
+        service.store.record_session(service.settings.device_id, played)
+        return lambda: service.store.save_desired(2, {}, None, "applied")
     if code == "dose_reached":
         service.ledger.add_energy(time.time(), WEEK_OF_SOUND_PA2S)
         return lambda: None
@@ -165,7 +175,7 @@ def test_each_refusal_is_said_and_shown_before_any_question(
             if code != "dose_reached":  # (a used-up week shows whenever idle)
                 wait_until(lambda: sim.light == sl.LIGHT_IDLE, 10, "the light back to idle")
 
-        assert service.store.sessions() == []
+        assert [s.played_s for s in service.store.sessions()] == [61.0]  # the day's, no other
     assert not any("checkin" in utterance for utterance in mixer.spoken)  # no question asked
     audio = recorded(raw)[:, 0].astype(np.float64)
     directory = prompts_dir(settings.data_dir)
