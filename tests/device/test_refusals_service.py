@@ -71,7 +71,7 @@ def make_true(code: ReasonCode, service: DeviceService) -> Callable[[], None]:
     """Make ``code`` hold on ``service``; returns what undoes it."""
     if code == "daily_limit":  # the clinician allows one a day, and one was played today
         service.store.save_desired(1, {"limits": {"max_sessions_per_day": 1}}, None, "applied")
-        started = datetime.now(UTC) - timedelta(minutes=5)
+        started = datetime.now(UTC) - timedelta(seconds=1)  # today, whatever the hour
         played = make_record(started_at=started, ended_at=started + timedelta(seconds=61),
                              planned_s=600.0, played_s=61.0, outcome="stopped")  # fmt: skip
         service.store.record_session(service.settings.device_id, played)
