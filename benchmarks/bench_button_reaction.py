@@ -1,5 +1,5 @@
 """Button reaction (issue 21): from the simulated MCU writing a BUTTON frame to the output changing,
-while a prompt speaks between sessions.
+while a prompt speaks, between sessions and in a session.
 
 The production path end to end: the firmware ``Controller`` in the simulator on a pty (its
 debounce, a short press sent on release), the ``HardwareMonitor`` reading it with pyserial and
@@ -12,6 +12,10 @@ exact), a random wait into the prompt, then stop. Start: the time the simulator'
 stop's BUTTON frame returned. End: the play time of the first sample from which the prompt's level
 (its peak over 2.5 ms) is below half of what it was. Target p99 ≤ 100 ms.
 
+In a session (``Session.run`` on the same monitor, mixer and sink; a silent program so the
+prompt's level is exact): a prompt is said, a random wait into it, then volume down; the output
+drops by the mixer's duck at once (``device/audio/cut_ahead.py``) while the program plays on.
+
 Figures only (printed); nothing here asserts on time. Runs in about a minute.
 """
 
@@ -21,6 +25,7 @@ import logging
 import random
 import sys
 import tempfile
+import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -32,6 +37,7 @@ sys.path[:0] = [str(Path(__file__).parents[1] / "tests")]
 
 from resonera.common import serial_link as sl  # noqa: E402
 from resonera.common.profile import CheckInQuestion, HearingProfile  # noqa: E402
+from resonera.common.program import Program, Step  # noqa: E402
 from resonera.device.audio.prompt_mixer import Clip, PromptMixer  # noqa: E402
 from resonera.device.controls import Answered, Controls  # noqa: E402
 from resonera.device.hwmonitor import HardwareMonitor  # noqa: E402
@@ -39,6 +45,8 @@ from resonera.device.idle_prompts import IdlePrompts  # noqa: E402
 from resonera.device.panel import Panel  # noqa: E402
 from resonera.device.refusals import Refusal  # noqa: E402
 from resonera.device.safety.dose_ledger import DoseLedger  # noqa: E402
+from resonera.device.safety_events import SafetyEventRecorder  # noqa: E402
+from resonera.device.session import Session, SessionParts  # noqa: E402
 from resonera.device.settings import DeviceSettings  # noqa: E402
 from resonera.engine.audio.calibration import packaged_calibration  # noqa: E402
 from resonera.engine.audio.sink_base import SinkKind  # noqa: E402
@@ -122,7 +130,9 @@ class ToneLibrary:
 
 
 class IdleHost:
-    """A device with nothing playing, nothing refused, no check-ins."""
+    """A device with nothing playing (unless ``playing`` is set), nothing refused, no check-ins."""
+
+    playing: str | None = None
 
     def play_from_panel(self, program: str) -> None:
         raise AssertionError("no session is started in this benchmark")
@@ -131,7 +141,7 @@ class IdleHost:
         pass
 
     def playing_program(self) -> str | None:
-        return None
+        return self.playing
 
     def assigned_programs(self) -> tuple[str, ...]:
         return ("calm",)
@@ -187,6 +197,49 @@ def bench(sim: Simulator, panel: Panel, sink: PacedSink) -> list[float]:
     return reactions
 
 
+def bench_in_session(
+    sim: Simulator, panel: Panel, sink: PacedSink, parts: SessionParts, host: IdleHost
+) -> list[float]:
+    """Presses during prompts in a session: volume down cuts the prompt and turns the program down."""
+    rng = random.Random(24)
+    buttons: list[float] = []
+    sim.board.frame_listener = lambda t, ts: buttons.append(ts) if t == sl.MSG_BUTTON else None
+    silence = Program(name="calm", fade_in_s=0.0, fade_out_s=0.0, steps=[Step(duration_s=600)])
+    session = Session(parts)
+    player = threading.Thread(target=session.run, args=(silence, sink), daemon=True)
+    host.playing = "calm"
+    player.start()
+    time.sleep(1.0)  # armed and playing
+    reactions: list[float] = []
+    library = ToneLibrary()
+    for _ in range(PRESSES):
+        count = len(buttons)
+        panel.mixer.say(*library.clips("time_left"))
+        time.sleep(0.35 + rng.uniform(0.0, 0.5))  # the duck ramp, into the prompt
+        sim.press(sl.BUTTON_VOLUME_DOWN)
+        deadline = time.monotonic() + 10
+        while len(buttons) < count + 1 and time.monotonic() < deadline:
+            time.sleep(0.001)
+        time.sleep(0.4)  # the reaction played out, the program un-ducked
+        if len(buttons) >= count + 1 and (end := sink.reaction(buttons[count])) is not None:
+            reactions.append((end - buttons[count]) * 1000)
+    session.stop()
+    player.join(timeout=10)
+    host.playing = None
+    sim.board.frame_listener = None
+    return reactions
+
+
+def report(what: str, reactions: list[float], block_frames: int) -> None:
+    block_ms = block_frames / RATE * 1000
+    print(f"button reaction {what}, BUTTON frame written → the prompt audibly cut "
+          f"({len(reactions)} of {PRESSES} presses; "
+          f"{block_frames}-frame blocks = {block_ms:.1f} ms):")  # fmt: skip
+    print(f"  p50 {percentile(reactions, 50):6.1f} ms   p95 {percentile(reactions, 95):6.1f} ms   "
+          f"p99 {percentile(reactions, 99):6.1f} ms   max {max(reactions):6.1f} ms   "
+          f"(target p99 ≤ 100 ms)")  # fmt: skip
+
+
 def main() -> None:
     logging.disable(logging.WARNING)
     started = time.monotonic()
@@ -207,18 +260,20 @@ def main() -> None:
         monitor.attach_panel(panel)
         monitor.start()
         panel.start()
+        store = settings.open_store()
+        recorder = SafetyEventRecorder(store, settings.device_id, simulation=False)
+        parts = SessionParts(settings, store, monitor, ledger, recorder, mixer=panel.mixer)
         try:
-            reactions = bench(sim, panel, sink)
+            between = bench(sim, panel, sink)
+            during = bench_in_session(sim, panel, sink, parts, host)
         finally:
             panel.close()
             monitor.stop()
+            recorder.close()
             ledger.close()
-    block_ms = settings.block_frames / RATE * 1000
-    print(f"button reaction, BUTTON frame written → the prompt audibly cut ({len(reactions)} "
-          f"of {PRESSES} presses; {settings.block_frames}-frame blocks = {block_ms:.1f} ms):")  # fmt: skip
-    print(f"  p50 {percentile(reactions, 50):6.1f} ms   p95 {percentile(reactions, 95):6.1f} ms   "
-          f"p99 {percentile(reactions, 99):6.1f} ms   max {max(reactions):6.1f} ms   "
-          f"(target p99 ≤ 100 ms)")  # fmt: skip
+            store.close()
+    report("between sessions", between, settings.block_frames)
+    report("in a session", during, settings.block_frames)
     print(f"(button reaction benchmark ran {time.monotonic() - started:.0f} s)")
 
 

@@ -9,13 +9,10 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from types import TracebackType
-
-import numpy as np
-from numpy.typing import NDArray
 
 from resonera.common.profile import HearingProfile
 from resonera.common.program import Program, Step
+from resonera.device.audio.cut_ahead import CutAhead
 from resonera.device.audio.prompt_mixer import PromptMixer
 from resonera.device.hwmonitor import ConsentClaim, HardwareMonitor, HardwareNotReady
 from resonera.device.safety.dose_ledger import DoseLedger
@@ -31,71 +28,6 @@ log = logging.getLogger(__name__)
 IDLE_PROMPT_MARGIN_S = 0.5
 #: The longest a prompt spoken between sessions plays (silence and all).
 IDLE_PROMPT_MAX_S = 120.0
-#: How fast the output fades when a press cuts a prompt between sessions, out and back in.
-OUTPUT_CUT_FADE_S = 0.005
-
-
-class CutAhead:
-    """The sink of a prompt between sessions, hearing a press's cut at once.
-
-    The mixer cuts a prompt within one block, but the safety chain after it holds ``latency``
-    frames of look-ahead (the level ceiling's 100 ms, the limiter's 10 ms): the cut prompt would
-    go on that long. Between sessions the program is silence, so what the chain still holds of a
-    cut prompt is faded out here, at the output (a gain ≤ 1: it can only lower the level), and the
-    output comes back as the frames mixed after the cut come through (the press's answer). In a
-    session the program would be gapped, so there the cut is heard after the chain's delay.
-    """
-
-    def __init__(self, sink: AudioSink, mixer: PromptMixer, latency: int) -> None:
-        self.sink = sink
-        self.kind = sink.kind
-        self.mixer = mixer
-        self.latency = latency
-        self._base = mixer.frames_mixed  # output frame o carries mixed frame base + o - latency
-        self._written = 0
-        self._seen_cut = mixer.cut_at
-        self._points: tuple[list[float], list[float]] | None = None
-
-    def open(self, sample_rate: int, channels: int) -> None:
-        self.sink.open(sample_rate, channels)
-        self._fade = max(1, round(OUTPUT_CUT_FADE_S * sample_rate))
-
-    def write(self, block: NDArray[np.float32]) -> None:
-        cut = self.mixer.cut_at
-        if cut is not None and cut != self._seen_cut and cut >= self._base:
-            self._seen_cut = cut
-            start = self._written
-            back = max(cut - self._base + self.latency + self.mixer.cut_fade_frames, start)
-            self._points = (
-                [start, start + self._fade, back + self._fade, back + 2 * self._fade],
-                [1.0, 0.0, 0.0, 1.0],
-            )
-        frames = len(block)
-        points = self._points
-        if points is not None:
-            if self._written >= points[0][-1]:
-                self._points = None
-            else:
-                at = np.arange(self._written, self._written + frames, dtype=np.float64)
-                gain = np.interp(at, points[0], points[1]).astype(np.float32)
-                block = block * gain[:, None]
-        self._written += frames
-        self.sink.write(block)
-
-    def close(self) -> None:
-        self.sink.close()
-
-    def __enter__(self) -> CutAhead:
-        self.sink.__enter__()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.sink.__exit__(exc_type, exc, tb)
 
 
 class IdlePrompts:

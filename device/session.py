@@ -35,6 +35,7 @@ from resonera.common.program_check import check_program_for
 from resonera.common.records import SessionRecord
 from resonera.common.routine_events import NORMAL_END_CAUSE
 from resonera.common.session_count import counts_as_session
+from resonera.device.audio.cut_ahead import CutAhead
 from resonera.device.audio.prompt_mixer import PromptMixer
 from resonera.device.backgrounds import BackgroundCache, backgrounds_dir
 from resonera.device.hwmonitor import ConsentClaim, HardwareMonitor, WarningAttenuator
@@ -328,6 +329,10 @@ class Session:
         """Play through both gates; feed the end to ``supervisor``; the session's record."""
         settings, chain, program = self.parts.settings, pipeline.chain, played.program
         started_at = datetime.fromtimestamp(self.wall_clock(), UTC)
+        mixer = self.parts.mixer
+        if mixer is not None:  # a press's cut of a prompt heard within a block (issue 21)
+            duck = 10.0 ** (mixer.duck_db / 20.0)
+            sink = CutAhead(sink, mixer, chain.latency_frames, floor_gain=duck)
         result = pipeline.play(
             sink,
             block_frames=settings.block_frames,

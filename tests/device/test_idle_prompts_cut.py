@@ -1,6 +1,7 @@
-"""A press's cut heard at once between sessions (``idle_prompts.CutAhead``): what the safety
+"""A press's cut heard at once (``device/audio/cut_ahead.py``): between sessions what the safety
 chain's look-ahead still holds of a cut prompt is faded out at the output, and the output comes
-back for what was mixed after the cut; it only ever lowers the level."""
+back for what was mixed after the cut; in a session the output drops to the program's duck at once
+and the program plays on; it only ever lowers the level."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from resonera.device.audio.prompt_mixer import Clip, PromptMixer
-from resonera.device.idle_prompts import CutAhead
+from resonera.device.audio.cut_ahead import CutAhead
 
 RATE = 48000
 BLOCK = 1024
@@ -35,6 +36,41 @@ class Recording:
 
     def __exit__(self, *exc: object) -> None:
         pass
+
+
+def _through_a_delay(
+    mixer: PromptMixer, sink: CutAhead, program: NDArray[np.float32], cut_at_block: int
+) -> None:
+    """Blocks of ``program`` through ``mixer``, then the chain as a plain delay line, to ``sink``;
+    a press cuts the prompt before block ``cut_at_block``."""
+    delay = np.zeros((LATENCY, 2), np.float32)
+    for block in range(len(program) // BLOCK):
+        if block == cut_at_block:
+            mixer.cut()
+        part = program[block * BLOCK : (block + 1) * BLOCK]
+        mixed = np.concatenate([delay, mixer.process(part.copy())])
+        delay, out = mixed[BLOCK:], mixed[:BLOCK]
+        sink.write(out)
+
+
+def test_in_a_session_the_cut_drops_the_prompt_at_once_and_the_program_plays_on() -> None:
+    mixer, recording = PromptMixer(RATE), Recording()
+    t = np.arange(3 * RATE) / RATE
+    voice = (0.1 * np.sin(2 * np.pi * 440 * t[: 2 * RATE])).astype(np.float32)
+    program = np.repeat((0.05 * np.sin(2 * np.pi * 1000 * t)).astype(np.float32)[:, None], 2, 1)
+    mixer.say(Clip("time_left", voice, RATE))
+    duck = 10 ** (mixer.duck_db / 20)
+    sink = CutAhead(recording, mixer, LATENCY, floor_gain=duck)  # type: ignore[arg-type]
+    sink.open(RATE, 2)
+    _through_a_delay(mixer, sink, program, cut_at_block=60)
+    out = np.concatenate(recording.blocks)[:, 0]
+    before = np.abs(out[59 * BLOCK : 60 * BLOCK]).max()  # the prompt over the ducked program
+    held = np.abs(out[60 * BLOCK + 240 : 60 * BLOCK + LATENCY]).max()  # what the chain still held
+    assert before > 0.09
+    assert held <= before * duck + 1e-6  # down by the duck's depth 5 ms into the next block
+    assert held > 0.0  # the program is not gapped
+    assert np.abs(out[-BLOCK:]).max() > 0.045  # later: the program alone, back to its level
+    assert np.abs(np.diff(out)).max() < 0.05  # faded: no click
 
 
 def test_a_cut_is_heard_within_a_block_not_after_the_chains_look_ahead() -> None:
