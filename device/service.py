@@ -63,8 +63,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import cache
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +107,7 @@ from resonera.device.session import (
 from resonera.device.settings import DeviceSettings
 from resonera.device.store import DeviceStore
 from resonera.device.sync import ClientFactory, DeviceSync
+from resonera.device.version import agent_version
 
 log = logging.getLogger(__name__)
 
@@ -633,6 +632,8 @@ class DeviceService:
             ),
             "safety_state": _safety_state(playing),
             "sessions_waiting": stats.by_kind.get("session", 0),
+            # routine link and consent hand-overs, counted instead of recorded (docs/safety-events.md)
+            "routine": self.recorder.routine_counts(),
             "last_error": self.last_error,
             "uptime_s": round(time.time() - self.started, 1),
         }
@@ -712,15 +713,6 @@ def _safety_state(playing: _Playing | None) -> str:
         return "idle"
     supervisor = playing.session.supervisor
     return supervisor.state.value if supervisor is not None else "arming"
-
-
-@cache
-def agent_version() -> str:
-    """The installed package's version (what the dashboard shows as the agent's)."""
-    try:
-        return version("resonera")
-    except PackageNotFoundError:  # running from a source tree that was never installed
-        return "0+unknown"
 
 
 def _answers(path: Path) -> bool:

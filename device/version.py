@@ -4,9 +4,11 @@ cryptography)."""
 
 from __future__ import annotations
 
+from functools import cache
 from importlib.metadata import PackageNotFoundError, version
 
 
+@cache
 def agent_version() -> str:
     """The installed package's version (what the dashboard shows as the agent's)."""
     try:

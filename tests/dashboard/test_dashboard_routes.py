@@ -465,7 +465,7 @@ def test_devices_page_shows_the_versions_the_device_reports(
 ) -> None:
     from resonera.common import topics
     from resonera.common.envelope import Envelope
-    from resonera.device.service import agent_version
+    from resonera.device.version import agent_version
     from resonera.server.ingest import IngestProcessor, Received
 
     sign_in(seeded.admin)
