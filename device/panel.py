@@ -19,7 +19,7 @@ program", "session finished", a fault's reason) is spoken at once by ``IdlePromp
 carried out while a prompt speaks): it claims the MCU from the service's monitor for the length of
 the prompt (a session starting takes it over) and plays the prompt over silence through the
 engine's pipeline, the same safety chain as a session (and into the dose ledger). If the MCU
-refuses (the fault is still there, a session holds it) it waits ``MAX_WAIT_S`` for a session,
+refuses (the fault is still there, a session holds it) it waits ``PromptMixer.max_wait_s`` for a session,
 except a fault's reason and the first-use notice, which are kept for the start of the next session
 (their wording fits that).
 
