@@ -8,8 +8,8 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
-from resonera.device.audio.prompt_mixer import Clip, PromptMixer
 from resonera.device.audio.cut_ahead import CutAhead
+from resonera.device.audio.prompt_mixer import Clip, PromptMixer
 
 RATE = 48000
 BLOCK = 1024
