@@ -31,9 +31,10 @@ from datetime import datetime
 from pathlib import Path
 
 import numpy as np
-from numpy.typing import NDArray
 
 sys.path[:0] = [str(Path(__file__).parents[1] / "tests")]
+
+from paced_sink import PacedSink  # noqa: E402
 
 from resonera.common import serial_link as sl  # noqa: E402
 from resonera.common.profile import CheckInQuestion, HearingProfile  # noqa: E402
@@ -49,7 +50,6 @@ from resonera.device.safety_events import SafetyEventRecorder  # noqa: E402
 from resonera.device.session import Session, SessionParts  # noqa: E402
 from resonera.device.settings import DeviceSettings  # noqa: E402
 from resonera.engine.audio.calibration import packaged_calibration  # noqa: E402
-from resonera.engine.audio.sink_base import SinkKind  # noqa: E402
 from resonera.hardware.sim import Simulator  # noqa: E402
 
 RATE = 48_000
@@ -59,35 +59,11 @@ PROMPT_S = 1.2
 WINDOW = 120  # 2.5 ms: more than one period of the tone
 
 
-class PacedSink:
-    """Plays each block in real time from the moment it is written; keeps (start time, block)."""
-
-    kind: SinkKind = "null"
+class PromptSink(PacedSink):
+    """The paced sink, and when a prompt was heard cut."""
 
     def __init__(self) -> None:
-        self.writes: list[tuple[float, NDArray[np.float32]]] = []
-        self._cursor = 0.0
-        self.rate = RATE
-
-    def open(self, sample_rate: int, channels: int) -> None:
-        self.rate = sample_rate
-
-    def write(self, block: NDArray[np.float32]) -> None:
-        now = time.perf_counter()
-        start = max(now, self._cursor)
-        self.writes.append((start, block.copy()))
-        self._cursor = start + len(block) / self.rate
-        while (left := self._cursor - time.perf_counter()) > 0:
-            time.sleep(min(left, 0.0005))
-
-    def close(self) -> None:
-        pass
-
-    def __enter__(self) -> PacedSink:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        pass
+        super().__init__(RATE)
 
     def reaction(self, since: float) -> float | None:
         """Play time of the first sample after ``since`` from which the level is under half of
@@ -175,7 +151,7 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.array(values), q))
 
 
-def bench(sim: Simulator, panel: Panel, sink: PacedSink) -> list[float]:
+def bench(sim: Simulator, panel: Panel, sink: PromptSink) -> list[float]:
     rng = random.Random(21)
     buttons: list[float] = []
     sim.board.frame_listener = lambda t, ts: buttons.append(ts) if t == sl.MSG_BUTTON else None
@@ -198,7 +174,7 @@ def bench(sim: Simulator, panel: Panel, sink: PacedSink) -> list[float]:
 
 
 def bench_in_session(
-    sim: Simulator, panel: Panel, sink: PacedSink, parts: SessionParts, host: IdleHost
+    sim: Simulator, panel: Panel, sink: PromptSink, parts: SessionParts, host: IdleHost
 ) -> list[float]:
     """Presses during prompts in a session: volume down cuts the prompt and turns the program down."""
     rng = random.Random(24)
@@ -243,7 +219,7 @@ def report(what: str, reactions: list[float], block_frames: int) -> None:
 def main() -> None:
     logging.disable(logging.WARNING)
     started = time.monotonic()
-    sink = PacedSink()
+    sink = PromptSink()
     with tempfile.TemporaryDirectory(prefix="bench-buttons-") as tmp, Simulator() as sim:
         settings = DeviceSettings(
             device_id="bench-buttons",

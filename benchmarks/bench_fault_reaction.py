@@ -27,9 +27,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from numpy.typing import NDArray
 
 sys.path[:0] = [str(Path(__file__).parents[1] / "tests")]
+
+from paced_sink import PacedSink  # noqa: E402
 
 from resonera.common import serial_link as sl  # noqa: E402
 from resonera.common.program import Program, Step, ToneLayer  # noqa: E402
@@ -54,35 +55,11 @@ def program() -> Program:
     )
 
 
-class PacedSink:
-    """Plays each block in real time from the moment it is written; keeps (start time, block)."""
-
-    kind = "null"
+class FaultSink(PacedSink):
+    """The paced sink, and when the output went silent."""
 
     def __init__(self) -> None:
-        self.writes: list[tuple[float, NDArray[np.float32]]] = []
-        self._cursor = 0.0
-        self.rate = RATE
-
-    def open(self, sample_rate: int, channels: int) -> None:
-        self.rate = sample_rate
-
-    def write(self, block: NDArray[np.float32]) -> None:
-        now = time.perf_counter()
-        start = max(now, self._cursor)
-        self.writes.append((start, block))
-        self._cursor = start + len(block) / self.rate
-        while (left := self._cursor - time.perf_counter()) > 0:
-            time.sleep(min(left, 0.0005))
-
-    def close(self) -> None:
-        pass
-
-    def __enter__(self) -> PacedSink:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        pass
+        super().__init__(RATE)
 
     def first_silent_time(self, level: float) -> float | None:
         """Play time of the first sample from which the output stays ≥ 60 dB below ``level``."""
@@ -126,14 +103,14 @@ def run_session(
     inject: Callable[[], None],
     rng: random.Random,
     fault_ramp_s: float = DEFAULT_FAULT_RAMP_S,
-) -> PacedSink:
-    sink = PacedSink()
+) -> FaultSink:
+    sink = FaultSink()
     started = time.perf_counter()
     timer = threading.Timer(rng.uniform(0.02, 0.045), inject)
     timer.start()
     play(
         ProgramRenderer(program(), RATE),
-        sink,  # type: ignore[arg-type]  # structurally an AudioSink
+        sink,
         block_frames=BLOCK,
         gate=lambda: monitor.consent,
         reason=lambda: monitor.reason,
