@@ -317,6 +317,15 @@ class HardwareMonitor:
         """The latest telemetry (may be up to one period old)."""
         return self._link.telemetry
 
+    def limit_crossed(self) -> int:
+        """The fault code of a limit the latest telemetry crosses (the MCU would refuse an ARM
+        for it now), ``FAULT_NONE`` when none or nothing heard yet. A latched fault whose cause
+        is gone is none: the next ARM clears it."""
+        telemetry, limits = self._link.telemetry, self.limits
+        if telemetry is None or limits is None:
+            return sl.FAULT_NONE
+        return sl.check_limits(telemetry, sl.Limits(*limits.values()))[0]
+
     @property
     def last_fault(self) -> tuple[int, str] | None:
         """The last FAULT the MCU sent, as (code, text), for logs and events."""

@@ -417,12 +417,9 @@ class DeviceService:
         has reported them plugged in (it has a jack switch) or refused for them."""
         monitor = self.monitor
         telemetry = monitor.telemetry if monitor is not None else None
-        limits = monitor.limits if monitor is not None else None
-        if telemetry is None:
+        if monitor is None or telemetry is None:
             return sl.FAULT_NONE, None
-        crossed = sl.FAULT_NONE
-        if limits is not None:
-            crossed = sl.check_limits(telemetry, sl.Limits(*limits.values()))[0]
+        crossed = monitor.limit_crossed()
         refused_for_them = telemetry.fault == sl.FAULT_HEADPHONES_UNPLUGGED
         self._headphones_seen = self._headphones_seen or telemetry.headphones or refused_for_them
         unplugged = self._headphones_seen and not telemetry.headphones
