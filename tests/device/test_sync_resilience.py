@@ -25,7 +25,7 @@ from resonera.engine.audio.sinks import NullSink
 
 BIN = Path(sys.executable).parent / "resonera-device"
 #: How many times the syncing device is SIGKILLed at a random point (about a second each).
-KILLS = 50
+KILLS = 25
 
 
 def test_broker_down_during_a_session_it_plays_and_every_record_arrives_once_later(
