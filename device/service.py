@@ -446,7 +446,7 @@ class DeviceService:
             self.last_session = record
             self.last_error = ""
             log.info("session %s: %s %s", record.session_id, record.outcome, record.reason)
-            self._ended_why = (self._why_it_stopped(record), True)
+            self._ended_why = (self._why_it_stopped(record, session.stopped_by_dose), True)
         except Exception as exc:  # refused, no MCU, sound device: reported, the service lives on
             self.last_error = str(exc)
             log.error("session of %r did not play: %s", program.name, exc)
@@ -459,9 +459,8 @@ class DeviceService:
             self.applier.session_ended()
             self.sync.kick()
 
-    def _why_it_stopped(self, record: SessionRecord) -> Refusal | None:
+    def _why_it_stopped(self, record: SessionRecord, dose: bool) -> Refusal | None:
         fault = self.monitor.last_fault if self.monitor is not None else None
-        dose = record.outcome == "stopped" and "allowance" in record.reason
         return why_it_stopped(
             StoppedFacts(
                 record.outcome,
@@ -476,8 +475,7 @@ class DeviceService:
         """A session that did not play: refused by its own checks (the day's sessions, the dose
         it would use), else the program or the device refused it."""
         if isinstance(exc, SessionRefused):
-            daily = "a day" in str(exc)
-            return refusal("daily_limit" if daily else "dose_reached", str(exc))
+            return refusal("daily_limit" if exc.daily else "dose_reached", str(exc))
         if isinstance(exc, HardwareNotReady):  # the MCU would not arm: its fault says why
             fault = self.monitor.last_fault if self.monitor is not None else None
             unplugged = fault is not None and fault[0] == sl.FAULT_HEADPHONES_UNPLUGGED

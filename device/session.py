@@ -78,7 +78,11 @@ class NoSafetyMonitor(ResoneraError):
 
 class SessionRefused(ResoneraError):
     """The session would pass the weekly sound allowance and the profile says to refuse it, or
-    the day's sessions are used up."""
+    the day's sessions are used up (``daily``)."""
+
+    def __init__(self, message: str, *, daily: bool = False) -> None:
+        super().__init__(message)
+        self.daily = daily
 
 
 def open_sink(settings: DeviceSettings, wav_path: Path | None = None) -> AudioSink:
@@ -201,6 +205,8 @@ class Session:
         self.wall_clock = wall_clock
         self._stop = threading.Event()
         self._stop_reason = STOPPED_BY_THE_PERSON
+        #: The weekly allowance's 100 % action stopped it (set when it has played).
+        self.stopped_by_dose = False
         self._dose_events: list[DoseEvent] = []
         #: The session's safety state machine, once ``run`` made it (the service's ``status``).
         self.supervisor: SessionSupervisor | None = None
@@ -264,7 +270,7 @@ class Session:
         daily = daily_limit_refusal(parts.store, now, profile)
         if daily is not None:
             parts.recorder.event("session_refused", daily, session_id=self.session_id)
-            raise SessionRefused(daily)
+            raise SessionRefused(daily, daily=True)
         check = preflight(
             program,
             sample_rate=parts.settings.sample_rate,
@@ -345,6 +351,7 @@ class Session:
         ended_at = datetime.fromtimestamp(self.wall_clock(), UTC)
         self._dose_last_part(chain, profile)
         dose_stop = chain.stop_requested and bool(self._dose_events)
+        self.stopped_by_dose = result.outcome == "stopped" and dose_stop
         reason = result.reason or (self._dose_events[-1].message if dose_stop else "")
         if result.outcome == "fault":
             supervisor.handle(Event.FAULT, reason)
