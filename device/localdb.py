@@ -344,3 +344,40 @@ def from_db_time(value: str) -> datetime:
     """A stored time (zone-less values are UTC), aware."""
     parsed = datetime.fromisoformat(value)
     return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+
+
+def open_data_file(
+    path: Path,
+    key_path: Path,
+    *,
+    read_only: bool,
+    name: str,
+    absent: str,
+    error: Callable[[str], ResoneraError],
+    recorded_key: Callable[[sqlite3.Connection], str | None],
+    sealed_rows: Callable[[sqlite3.Connection], int],
+    migrate: Callable[[sqlite3.Connection, DataKey], str | None],
+    check_schema: Callable[[sqlite3.Connection], None],
+) -> DataKey:
+    """The store's and the ledger's one opener: ``open_read_only`` (``absent`` when there is no
+    file, ``check_schema`` instead of migrating) or ``open_sealed`` (``migrate``)."""
+    if read_only:
+        return open_read_only(
+            path,
+            key_path,
+            name=name,
+            absent=absent,
+            error=error,
+            recorded_key=recorded_key,
+            sealed_rows=sealed_rows,
+            check_schema=check_schema,
+        )
+    return open_sealed(
+        path,
+        key_path,
+        name=name,
+        error=error,
+        recorded_key=recorded_key,
+        sealed_rows=sealed_rows,
+        migrate=migrate,
+    )

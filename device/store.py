@@ -52,8 +52,7 @@ from resonera.device.crypto_store import DataKey
 from resonera.device.localdb import (
     LocalDB,
     from_db_time,
-    open_read_only,
-    open_sealed,
+    open_data_file,
     to_db_time,
 )
 from resonera.device.prescriptions import AssignedProgram
@@ -146,27 +145,18 @@ class DeviceStore:
         self.limits = outbox_limits or OutboxLimits()
         self.clock = clock
         self.data_key_path = data_key_path or default_key_path(path)
-        if read_only:
-            self.key = open_read_only(
-                path,
-                self.data_key_path,
-                name="the device store",
-                absent=f"no store at {path}: nothing recorded on this device yet",
-                error=StoreError,
-                recorded_key=_recorded_key,
-                sealed_rows=migrations.sealed_record_count,
-                check_schema=self._check_schema,
-            )
-        else:
-            self.key = open_sealed(
-                path,
-                self.data_key_path,
-                name="the device store",
-                error=StoreError,
-                recorded_key=_recorded_key,
-                sealed_rows=migrations.sealed_record_count,
-                migrate=self._migrate,
-            )
+        self.key = open_data_file(
+            path,
+            self.data_key_path,
+            read_only=read_only,
+            name="the device store",
+            absent=f"no store at {path}: nothing recorded on this device yet",
+            error=StoreError,
+            recorded_key=_recorded_key,
+            sealed_rows=migrations.sealed_record_count,
+            migrate=self._migrate,
+            check_schema=self._check_schema,
+        )
         self._db = LocalDB(path, busy_timeout_ms=10_000, foreign_keys=True, read_only=read_only)
 
     def _check_schema(self, conn: sqlite3.Connection) -> None:

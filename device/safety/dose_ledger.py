@@ -41,8 +41,7 @@ from resonera.device.crypto_store import DataKey, SealedDataCorrupt
 from resonera.device.localdb import (
     LocalDB,
     from_db_time,
-    open_read_only,
-    open_sealed,
+    open_data_file,
     to_db_time,
 )
 
@@ -165,27 +164,18 @@ class DoseLedger:
         is of an older layout (the service upgrades it). A write through it fails."""
         self.path = path
         self.key_path = key_path or path.parent / "keys" / "data.key"
-        if read_only:
-            self.key = open_read_only(
-                path,
-                self.key_path,
-                name="the dose ledger",
-                absent=f"no dose ledger at {path}: no sound played on this device yet",
-                error=DoseLedgerError,
-                recorded_key=_recorded_key,
-                sealed_rows=_sealed_rows,
-                check_schema=self._check_readable,
-            )
-        else:
-            self.key = open_sealed(
-                path,
-                self.key_path,
-                name="the dose ledger",
-                error=DoseLedgerError,
-                recorded_key=_recorded_key,
-                sealed_rows=_sealed_rows,
-                migrate=self._migrate,
-            )
+        self.key = open_data_file(
+            path,
+            self.key_path,
+            read_only=read_only,
+            name="the dose ledger",
+            absent=f"no dose ledger at {path}: no sound played on this device yet",
+            error=DoseLedgerError,
+            recorded_key=_recorded_key,
+            sealed_rows=_sealed_rows,
+            migrate=self._migrate,
+            check_schema=self._check_readable,
+        )
         self._db = LocalDB(path, busy_timeout_ms=5000, read_only=read_only)
         #: The UTC day the retention was last applied on (``prune``): once a day, with the writes.
         self._pruned_day: int | None = None
