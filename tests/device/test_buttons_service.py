@@ -7,6 +7,8 @@ the person" session)."""
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -17,8 +19,10 @@ from resonera.common import serial_link as sl
 from resonera.common.profile import CheckInQuestion, HearingProfile
 from resonera.device.controls import SKIPPED_BY_PERSON
 from resonera.device.prescriptions import BUILTIN_DEFAULT
+from resonera.device.service import DeviceService
 from resonera.hardware.firmware.config import BoardConfig
 from resonera.hardware.scenario import execute
+from resonera.hardware.sim import Simulator
 
 pytestmark = pytest.mark.realtime
 
@@ -26,27 +30,37 @@ QUESTION = CheckInQuestion(id="calm", text="How calm are you?", low_label="not",
 PROMPTS = ["max_volume", "session_start", "session_end", "checkin_before", "checkin_how", "n5"]
 
 
-@pytest.mark.real_clock
-def test_presses_during_prompts_act_at_once_and_start_nothing_unasked(
-    mosquitto: Mosquitto, pulse_null_sink: str, tmp_path: Path
-) -> None:
+@contextmanager
+def asking_service(
+    mosquitto: Mosquitto, tmp_path: Path, name: str, prompts: list[str]
+) -> Iterator[tuple[Simulator, DeviceService, str]]:
+    """The service on the simulator's pty with a one-question check-in, its prompts spoken, the
+    MCU link up: (simulator, service, the question's prompt key)."""
     require_tool("espeak-ng")
-    device = f"buttons-{tmp_path.name[-6:]}"
     with service_on_mcu(
         mosquitto,
         tmp_path,
-        device,
-        BoardConfig(board_id="buttons-board"),
-        prompt_keys=PROMPTS,
+        f"{name}-{tmp_path.name[-6:]}",
+        BoardConfig(board_id=f"{name}-board"),
+        prompt_keys=prompts,
         sink="pyaudio",
         profile=HearingProfile(checkins=[QUESTION]),
     ) as (sim, _settings, service):
-        panel, mixer = service.panel, service.panel.mixer
+        panel = service.panel
         library = panel.library
         assert library is not None
         question = library.question_key(QUESTION)
         wait_until(lambda: panel.library is not None and panel.library.has(question), 30, "asked")
         wait_until(lambda: service.status()["safety_link"] == "up", 10, "the MCU link")
+        yield sim, service, question
+
+
+@pytest.mark.real_clock
+def test_presses_during_prompts_act_at_once_and_start_nothing_unasked(
+    mosquitto: Mosquitto, pulse_null_sink: str, tmp_path: Path
+) -> None:
+    with asking_service(mosquitto, tmp_path, "buttons", PROMPTS) as (sim, service, question):
+        panel, mixer = service.panel, service.panel.mixer
 
         def speaking_between_sessions(key: str) -> bool:
             current = mixer._current  # what the person hears now
@@ -102,23 +116,12 @@ def test_presses_during_prompts_act_at_once_and_start_nothing_unasked(
 def test_a_question_a_fault_cuts_off_is_recorded_skipped_and_no_later_press_answers_it(
     mosquitto: Mosquitto, pulse_null_sink: str, tmp_path: Path
 ) -> None:
-    require_tool("espeak-ng")
-    device = f"cutoff-{tmp_path.name[-6:]}"
-    with service_on_mcu(
-        mosquitto,
-        tmp_path,
-        device,
-        BoardConfig(board_id="cutoff-board"),
-        prompt_keys=[*PROMPTS, "refused_fault"],
-        sink="pyaudio",
-        profile=HearingProfile(checkins=[QUESTION]),
-    ) as (sim, _settings, service):
+    with asking_service(mosquitto, tmp_path, "cutoff", [*PROMPTS, "refused_fault"]) as (
+        sim,
+        service,
+        question,
+    ):
         panel, mixer = service.panel, service.panel.mixer
-        library = panel.library
-        assert library is not None
-        question = library.question_key(QUESTION)
-        wait_until(lambda: panel.library is not None and panel.library.has(question), 30, "asked")
-        wait_until(lambda: service.status()["safety_link"] == "up", 10, "the MCU link")
 
         execute(sim, "press play_pause")
         wait_until(
