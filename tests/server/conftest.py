@@ -399,3 +399,21 @@ def make_patient(engine: Engine, cipher: FieldCipher) -> Callable[..., str]:
         return add_patient(engine, cipher, clinician_id, name)
 
     return make
+
+
+_fresh = itertools.count()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def empty_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    """A database with no schema yet: a new SQLite file, or a new PostgreSQL database."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'fresh.db'}"
+    else:
+        postgres: Postgres = request.getfixturevalue("postgres")
+        name = f"fresh_{next(_fresh)}"
+        postgres.execute(f"CREATE DATABASE {name}")
+        url = postgres.url(name)
+    engine = make_engine(url)
+    yield engine
+    engine.dispose()

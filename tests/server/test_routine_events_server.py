@@ -6,11 +6,9 @@ every second played still counts toward the dose."""
 
 from __future__ import annotations
 
-import itertools
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,13 +20,12 @@ from fastapi.testclient import TestClient
 from fhir_checks import check_fhir
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
-from support import Postgres
 
 from resonera.common import serial_link as sl
 from resonera.common import topics
 from resonera.common.envelope import Envelope
 from resonera.server.crypto import FieldCipher
-from resonera.server.db import alembic_config, make_engine, migrate
+from resonera.server.db import alembic_config, migrate
 from resonera.server.ingest import IngestProcessor, Received
 from resonera.server.models import DeviceRow, DoseDailyRow, SafetyEventRow, table_of
 
@@ -141,24 +138,6 @@ def test_adherence_counts_a_61_s_session_not_an_accidental_start_and_every_secon
     assert day.sessions == 2
     assert day.played_s == pytest.approx(0.05 + 61.0 + 30.0)  # every second played counts
     assert day.dose_fraction == pytest.approx(1e-5 + 0.01 + 0.002)
-
-
-_fresh = itertools.count()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def empty_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
-    """A database with no schema yet: a new SQLite file, or a new PostgreSQL database."""
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'fresh.db'}"
-    else:
-        postgres: Postgres = request.getfixturevalue("postgres")
-        name = f"routine_fresh_{next(_fresh)}"
-        postgres.execute(f"CREATE DATABASE {name}")
-        url = postgres.url(name)
-    engine = make_engine(url)
-    yield engine
-    engine.dispose()
 
 
 def test_migration_0016_reclassifies_the_stored_routine_events(empty_engine: Engine) -> None:

@@ -3,9 +3,7 @@ PostgreSQL, and a server refuses a database that is behind (one line naming the 
 
 from __future__ import annotations
 
-import itertools
 import tomllib
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -16,7 +14,6 @@ from factories import ALPHA_TOML
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, SQLModel, select
-from support import Postgres
 
 from resonera.common.prescription import definition_sha256
 from resonera.common.program import parse_program
@@ -29,8 +26,6 @@ from resonera.server.db import (
     require_current_schema,
 )
 from resonera.server.models import ProgramLibraryRow, ProgramVersionRow
-
-_fresh = itertools.count()
 
 
 def test_migrations_match_the_models(engine: Engine) -> None:
@@ -64,21 +59,6 @@ def test_database_at_an_unknown_revision_is_refused(engine: Engine) -> None:
         conn.execute(text("UPDATE alembic_version SET version_num = '0000'"))
     with pytest.raises(SchemaBehindError, match="is at revision 0000, this server needs"):
         require_current_schema(engine)
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def empty_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
-    """A database with no schema yet: a new SQLite file, or a new PostgreSQL database."""
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'fresh.db'}"
-    else:
-        postgres: Postgres = request.getfixturevalue("postgres")
-        name = f"fresh_{next(_fresh)}"
-        postgres.execute(f"CREATE DATABASE {name}")
-        url = postgres.url(name)
-    engine = make_engine(url)
-    yield engine
-    engine.dispose()
 
 
 def test_library_programs_become_their_version_1(empty_engine: Engine) -> None:
