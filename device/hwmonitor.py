@@ -423,7 +423,12 @@ class HardwareMonitor:
         over: it is silent from its next block. Without it, ``HardwareNotReady`` names the holder.
         After a release the MCU is first heard muted (its MUTE done), so a report sent before that
         MUTE cannot pass for consent to this claim. ``HardwareNotReady`` as ``arm`` when the MCU
-        does not consent; the MCU is then asked to mute."""
+        does not consent; the MCU is then asked to mute. While the telemetry shows a limit
+        crossed no ARM is sent: the MCU would refuse it, and its refusal would be recorded as a
+        second fault of the same cause."""
+        crossed = self.limit_crossed()
+        if crossed != sl.FAULT_NONE:
+            raise HardwareNotReady(f"the safety MCU would refuse: {sl.describe_fault(crossed)}")
         with self._cond:
             if self._holder is not None and not preempt:
                 raise HardwareNotReady(f"the safety MCU is in use by {self._holder}")

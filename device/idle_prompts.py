@@ -10,7 +10,6 @@ import logging
 import time
 from collections.abc import Callable
 
-from resonera.common import serial_link as sl
 from resonera.common.profile import HearingProfile
 from resonera.common.program import Program, Step
 from resonera.device.audio.cut_ahead import CutAhead
@@ -72,9 +71,6 @@ class IdlePrompts:
         )
         claim: ConsentClaim | None = None
         if monitor is not None:
-            crossed = monitor.limit_crossed()
-            if crossed != sl.FAULT_NONE:  # an ARM now would be refused, and recorded as a fault
-                raise HardwareNotReady(f"the MCU would refuse: {sl.describe_fault(crossed)}")
             claim = monitor.claim("a prompt between sessions", settings.arm_timeout_s)
         quiet_since: list[float] = []
 
