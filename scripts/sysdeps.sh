@@ -7,7 +7,7 @@ PYTHON="${PYTHON:-python3}"
 
 # Building PyAudio needs PortAudio's headers, a C compiler and Python's headers.
 demo_pkgs=(portaudio19-dev gcc)
-test_pkgs=("${demo_pkgs[@]}" mosquitto mosquitto-clients pulseaudio pulseaudio-utils libasound2-plugins socat postgresql chromium espeak-ng sox faketime poppler-utils)
+test_pkgs=("${demo_pkgs[@]}" mosquitto mosquitto-clients pulseaudio pulseaudio-utils libasound2-plugins socat postgresql chromium espeak-ng sox faketime poppler-utils prometheus systemd)
 
 case "$target" in
   demo) wanted=("${demo_pkgs[@]}") ;;
