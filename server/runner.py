@@ -35,6 +35,30 @@ START_TIMEOUT_S: Final = 15.0
 BACKLOG: Final = 2048
 
 
+#: uvicorn's logger of one line per request ("client - \"GET /path?query HTTP/1.1\" 200").
+ACCESS_LOGGER: Final = "uvicorn.access"
+
+
+class QueryStringDropped(logging.Filter):
+    """Drops the query string from uvicorn's access-log lines: a query may carry patient data
+    (a name searched for, a date), and the log goes to the journal, outside the audit's care.
+    The path stays (ids only: no name is ever part of a path). Lines of another shape pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) == 5 and isinstance(args[2], str):
+            record.args = (args[0], args[1], args[2].split("?", 1)[0], *args[3:])
+        return True
+
+
+def drop_query_strings_from_access_log() -> None:
+    """Install ``QueryStringDropped`` on uvicorn's access logger (once, however often called):
+    every place that runs the server's uvicorn calls this first."""
+    logger = logging.getLogger(ACCESS_LOGGER)
+    if not any(isinstance(f, QueryStringDropped) for f in logger.filters):
+        logger.addFilter(QueryStringDropped())
+
+
 class PortInUseError(ResoneraError):
     """The HTTP port is taken by another process."""
 
@@ -211,6 +235,7 @@ class ServerProcess:
             ssl_keyfile=str(tls.tls_key_file) if tls.tls_key_file else None,
             **mutual,
         )
+        drop_query_strings_from_access_log()
         server = uvicorn.Server(config)
         self._server = server
         sock = self._sock

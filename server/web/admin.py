@@ -17,11 +17,13 @@ from resonera.server.api.routes.devices import revoke_and_audit
 from resonera.server.models import DeviceRow, UserRow
 from resonera.server.revocation import REVOCATION_OUTCOMES
 from resonera.server.security import now_utc
+from resonera.server.web import downloads
 from resonera.server.web.auth import AdminPage, AuditPage, check_csrf
 from resonera.server.web.device_views import device_lines
 from resonera.server.web.render import PAGE_HEADERS, PageError, render
 
 router = APIRouter(include_in_schema=False)
+router.include_router(downloads.router)
 AUDIT_PAGE_SIZE: Final = 100
 
 
