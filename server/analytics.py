@@ -19,12 +19,16 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, Final
 
+from scipy.stats import t as student_t
 from sqlalchemy import Date, and_, case, cast, func, select, true
 from sqlalchemy.sql.elements import ColumnElement
 from sqlmodel import Session
 
+from resonera.common.dose import REFERENCE_DBA
 from resonera.common.profile import CheckInQuestion, parse_checkins
+from resonera.engine.audio.levels import SILENCE_DBFS
 from resonera.server import crud
+from resonera.server.crud import dose_fraction_per_second
 from resonera.server.models import (
     CheckInRow,
     ClinicianPatientRow,
@@ -47,20 +51,16 @@ __all__ = [
     "MIN_OBSERVATIONS",
     "change_summary",
     "cohort_outcomes",
+    "ear_level_dba",
+    "is_silent",
     "patient_outcomes",
     "profile_questions",
+    "t95",
 ]
 
 MIN_OBSERVATIONS: Final = 5
 TOO_FEW: Final = f"too few observations (n < {MIN_OBSERVATIONS})"
 ROLLING_DAYS: Final = 7
-#: Two-sided 95 % quantiles of Student's t by degrees of freedom (n − 1); 1.96 beyond the table.
-_T95: Final = {
-    4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228, 11: 2.201,
-    12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 16: 2.120, 17: 2.110, 18: 2.101, 19: 2.093,
-    20: 2.086, 21: 2.080, 22: 2.074, 23: 2.069, 24: 2.064, 25: 2.060, 26: 2.056, 27: 2.052,
-    28: 2.048, 29: 2.045, 30: 2.042, 40: 2.021, 60: 2.000, 120: 1.980,
-}  # fmt: skip
 
 _checkins = table_of(CheckInRow)
 _sessions = table_of(SessionRow)
@@ -68,11 +68,27 @@ _links = table_of(ClinicianPatientRow)
 _patients = table_of(PatientRow)
 
 
-def _t95(df: int) -> float:
-    for bound in sorted(_T95):
-        if df <= bound:
-            return _T95[bound]
-    return 1.96
+def t95(df: int) -> float:
+    """The two-sided 95 % quantile of Student's t with ``df`` degrees of freedom (exact, not a
+    table's next row: a rounded-up df gives intervals too narrow)."""
+    return float(student_t.ppf(0.975, df))
+
+
+def is_silent(dbfs: float) -> bool:
+    """A level the meter saw no signal for: ``SILENCE_DBFS`` is a placeholder, not a level."""
+    return dbfs <= SILENCE_DBFS
+
+
+def ear_level_dba(dose_fraction: float, played_s: float) -> float | None:
+    """The equivalent continuous A-weighted level at the ear (LAeq, dB(A)) over ``played_s``
+    seconds that used ``dose_fraction`` of the weekly allowance: the device meters the dose at the
+    ear through its calibration, so this is what the person heard, not the signal's dBFS. None when
+    nothing was heard (no dose, or nothing played)."""
+    if dose_fraction <= 0.0 or played_s <= 0.0:
+        return None
+    return REFERENCE_DBA[1] + 10.0 * math.log10(
+        dose_fraction / played_s / dose_fraction_per_second(REFERENCE_DBA[1])
+    )
 
 
 def change_summary(n: int, total: float, squares: float) -> Change:
@@ -84,7 +100,7 @@ def change_summary(n: int, total: float, squares: float) -> Change:
         return Change(n=n, mean=mean, ci95_low=None, ci95_high=None, too_few=True, note=TOO_FEW)
     # Sums of squares lose digits to cancellation; a variance cannot be below zero.
     variance = max(0.0, (squares - total * total / n) / (n - 1))
-    half = _t95(n - 1) * math.sqrt(variance / n)
+    half = t95(n - 1) * math.sqrt(variance / n)
     return Change(n=n, mean=mean, ci95_low=mean - half, ci95_high=mean + half, too_few=False)
 
 
@@ -239,8 +255,10 @@ def patient_outcomes(
             func.sum(case((s.outcome == "completed", 1), else_=0)),
             func.sum(s.played_s),
             func.sum(s.dose_fraction),
-            func.avg(s.rms_dbfs),
-            func.max(s.peak_dbfs),
+            # A silent session's levels are a placeholder: averaged in, −200 dBFS drags the
+            # day's mean down by tens of dB. The day's means are of the sessions that sounded.
+            func.avg(case((s.rms_dbfs > SILENCE_DBFS, s.rms_dbfs))),
+            func.max(case((s.peak_dbfs > SILENCE_DBFS, s.peak_dbfs))),
         )
         .where(s.patient_id == patient_id, s.started_at >= start, s.started_at < end)
         .group_by(session_day)

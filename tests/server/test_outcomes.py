@@ -188,7 +188,7 @@ def test_cohort_outcomes_per_program(client: TestClient, world: Any, seeded: See
     assert calm["improvement"]["mean"] == pytest.approx(1.5)
     assert calm["improvement"]["too_few"] is False
     low, high = calm["improvement"]["ci95_low"], calm["improvement"]["ci95_high"]
-    half = 2.201 * math.sqrt(12 * 0.25 / 11 / 12)  # t(11) · s / √n with s² = 3/11
+    half = 2.200985160091639 * math.sqrt(12 * 0.25 / 11 / 12)  # t(11) · s / √n with s² = 3/11
     assert (low, high) == (pytest.approx(1.5 - half), pytest.approx(1.5 + half))
     sleep = programs["sleep"]
     assert (sleep["sessions"], sleep["improvement"]["n"]) == (3, 5)
@@ -287,9 +287,9 @@ def test_checkins_csv_and_fhir_export(client: TestClient, world: Any, seeded: Se
 
 
 def test_change_summary_interval() -> None:
-    # 1..5: mean 3, s = √2.5, t(4) = 2.776.
+    # 1..5: mean 3, s = √2.5, t(4) = 2.7764 (scipy's quantile, not a rounded table's).
     summary = change_summary(5, 15.0, 55.0)
-    half = 2.776 * math.sqrt(2.5 / 5)
+    half = 2.7764451051977987 * math.sqrt(2.5 / 5)
     assert (summary.mean, summary.too_few) == (3.0, False)
     assert summary.ci95_low == pytest.approx(3.0 - half)
     assert summary.ci95_high == pytest.approx(3.0 + half)
