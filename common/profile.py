@@ -2,17 +2,18 @@
 them into the desired state) and device (which enforces them).
 
 Defaults and bounds come from ``docs/safety.md``: 85 dBA ceiling on headphones (clinician may set
-60–90), dose mode 1 for adults, fallback 75 dBA at 100 % of the weekly allowance, sessions at most 3 h,
-and ranges that only narrow the global program ranges, never widen them.
+60–90), dose mode 1 for adults, a fallback at 100 % of the weekly allowance below the mode's reference
+level (by default 5 dB below: 75 dBA in mode 1, 70 dBA in mode 2), sessions at most 3 h, and ranges
+that only narrow the global program ranges, never widen them.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from resonera.common.dose import DoseMode
+from resonera.common.dose import REFERENCE_DBA, DoseMode
 from resonera.common.errors import ConfigError, describe_validation_error
 from resonera.common.program_model import BEAT_HZ, CARRIER_HZ, MAX_SESSION_S, TONE_HZ
 
@@ -22,6 +23,14 @@ CheckInPhase = Literal["before", "after"]
 #: a spoken answer at every session.
 MAX_CHECKIN_QUESTIONS = 5
 CHECKIN_ID_PATTERN = r"^[a-z][a-z0-9_-]{0,31}$"
+#: The fallback a profile gets when it names none: this far below its dose mode's reference level,
+#: where an hour adds 0.79 % of the week (at the reference level itself it would add 2.5 %).
+FALLBACK_BELOW_REFERENCE_DB: Final = 5.0
+
+
+def default_fallback_dba(mode: DoseMode) -> float:
+    """The fallback level of a profile in ``mode`` that names none."""
+    return REFERENCE_DBA[mode] - FALLBACK_BELOW_REFERENCE_DB
 
 
 class FrequencyRange(BaseModel):
@@ -71,6 +80,7 @@ class HearingProfile(BaseModel):
     max_level_dba: float = Field(default=85.0, ge=60.0, le=90.0)
     dose_mode: DoseMode = 1
     on_dose_reached: Literal["attenuate", "stop"] = "attenuate"
+    #: Below the dose mode's reference level; when not given, the mode's default (75 / 70 dBA).
     fallback_level_dba: float = Field(default=75.0, ge=40.0, le=90.0)
     #: Refuse a session whose expected dose would pass 100 % of the allowance.
     refuse_over_allowance: bool = True
@@ -91,12 +101,30 @@ class HearingProfile(BaseModel):
     counted_session_min_s: float = Field(default=60.0, ge=0.0, le=MAX_SESSION_S)
     counted_session_min_fraction: float = Field(default=0.10, ge=0.0, le=1.0)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _fallback_for_the_mode(cls, data: Any) -> Any:
+        """No fallback given: the dose mode's default (``default_fallback_dba``)."""
+        if isinstance(data, dict) and "fallback_level_dba" not in data:
+            mode = data.get("dose_mode", 1)
+            if mode in REFERENCE_DBA:
+                return {**data, "fallback_level_dba": default_fallback_dba(mode)}
+        return data
+
     @model_validator(mode="after")
     def _consistent(self) -> HearingProfile:
         if self.fallback_level_dba > self.max_level_dba:
             raise ValueError(
                 f"fallback_level_dba ({self.fallback_level_dba}) is above max_level_dba "
                 f"({self.max_level_dba})"
+            )
+        reference = REFERENCE_DBA[self.dose_mode]
+        if self.fallback_level_dba >= reference:
+            raise ValueError(
+                f"fallback_level_dba ({self.fallback_level_dba:g} dBA) must be below dose mode "
+                f"{self.dose_mode}'s reference level ({reference:g} dBA): at that level the "
+                "weekly allowance keeps being used after 100 % (2.5 % an hour); "
+                f"{default_fallback_dba(self.dose_mode):g} dBA is the mode's default"
             )
         for name, bounds in (
             ("carrier_hz", CARRIER_HZ),
