@@ -20,7 +20,12 @@ channel, 20·log10(rms), so a full-scale sine is −3.01 dBFS. The chain:
 
 The calibration is data: ``load_calibration_toml`` validates it strictly (every number finite and
 in range; exactly one sensitivity; an impedance with a per-mW sensitivity; a distance for speakers
-and none for headphones) and names the field at fault.
+and none for headphones) and names the field at fault. Each number in its own range can still add up
+to a chain no listening device has (the fields' ranges alone allowed 247 dB SPL at full scale), so
+the results are bounded too (``docs/safety.md``, "Plausible calibrations"): the sensitivity per volt
+to what headphones (``PLAUSIBLE_SENSITIVITY_PER_V``) and speakers are made with, and the level of a
+full-scale sine at the ear to ``PLAUSIBLE_FULL_SCALE_SPL``. A value outside is a mistake in the
+numbers (a unit, a sign), and the error names the value and the fields it came from.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ import math
 import tomllib
 from importlib.resources import files
 from pathlib import Path
-from typing import Literal
+from typing import Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -50,6 +55,19 @@ DEFAULT_CALIBRATION = "reference-headphones"
 
 #: 20·log10(√2): a full-scale sine's peak over its rms.
 _SINE_CREST_DB = 20.0 * math.log10(math.sqrt(2.0))
+
+#: dB SPL for 1 V rms that real transducers have (speakers at their reference distance): headphones
+#: from about 85 (high-impedance studio sets) to 125 dB SPL/V (sensitive in-ear monitors), with
+#: 10 dB of room either side; speakers 80–95 dB SPL at 2.83 V and 1 m, i.e. 71–86 dB SPL/V, with
+#: room for horns and small drivers.
+PLAUSIBLE_SENSITIVITY_PER_V: Final[dict[str, tuple[float, float]]] = {
+    "headphones": (75.0, 135.0),
+    "speaker": (60.0, 110.0),
+}
+#: dB SPL of a full-scale sine at the ear: below 60 no profile's ceiling (60–90 dBA) could ever be
+#: reached; above 135 dB (EU 2003/10/EC's lower peak action value, as a continuous sine) a chain
+#: is no listening device, whatever the limits in front of it.
+PLAUSIBLE_FULL_SCALE_SPL: Final = (60.0, 135.0)
 
 
 class Calibration(BaseModel):
@@ -78,7 +96,39 @@ class Calibration(BaseModel):
             raise ValueError("listening_distance_m is needed for a speaker output")
         if self.output == "headphones" and self.listening_distance_m is not None:
             raise ValueError("listening_distance_m applies to speakers only")
+        self._plausible()
         return self
+
+    def _plausible(self) -> None:
+        """The sensitivity and the full-scale level within what real chains have (see above)."""
+        if self.sensitivity_db_spl_per_v is not None:
+            given = f"sensitivity_db_spl_per_v = {self.sensitivity_db_spl_per_v:g}"
+        else:
+            given = (
+                f"sensitivity_db_spl_per_mw = {self.sensitivity_db_spl_per_mw:g} at "
+                f"impedance_ohm = {self.impedance_ohm:g}: "
+                f"{self.sensitivity_per_volt:.1f} dB SPL per volt"
+            )
+        low, high = PLAUSIBLE_SENSITIVITY_PER_V[self.output]
+        if not low <= self.sensitivity_per_volt <= high:
+            raise ValueError(
+                f"{given} is not a plausible {self.output} sensitivity ({low:g}–{high:g} dB SPL "
+                "per volt); check the unit (per volt or per milliwatt) and the value"
+            )
+        full_scale = self.spl_at_unit_rms - _SINE_CREST_DB
+        low, high = PLAUSIBLE_FULL_SCALE_SPL
+        if not low <= full_scale <= high:
+            distance = (
+                f", listening_distance_m = {self.listening_distance_m:g}"
+                if self.listening_distance_m is not None
+                else ""
+            )
+            raise ValueError(
+                f"a full-scale sine would be {full_scale:.1f} dB SPL at the ear "
+                f"(dac_full_scale_vrms = {self.dac_full_scale_vrms:g}, amplifier_gain_db = "
+                f"{self.amplifier_gain_db:g}, {given}{distance}); a listening chain is "
+                f"{low:g}–{high:g} dB SPL at full scale: check the gain and the sensitivity"
+            )
 
     @property
     def sensitivity_per_volt(self) -> float:

@@ -3,7 +3,11 @@
 Calibration is either a full ``spl_at_unit_rms`` (dB SPL of an A-weighted signal with RMS 1.0) or the
 simplest one a person can measure: ``--spl-at-full-scale DB``, the dB SPL a full-scale 1 kHz sine (peak
 1.0, RMS 1/√2) produces. A(1 kHz) = 0 dB, so that sine's A-weighted RMS is 1/√2 and
-``spl_at_unit_rms = DB + 20·log10(√2)``.
+``spl_at_unit_rms = DB + 20·log10(√2)``, within the range a listening chain has
+(``PLAUSIBLE_FULL_SCALE_SPL``, as for a calibration file).
+
+Every sample of the file counts: the last, incomplete second adds its own energy for its own length
+(0.8 s at 89 dBA adds 0.8 s at 89 dBA), as the device's ledger counts a session's last part.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import soundfile
 
 from resonera.common.dose import dose_fraction
 from resonera.common.errors import ResoneraError
+from resonera.engine.audio.calibration import PLAUSIBLE_FULL_SCALE_SPL
 from resonera.engine.safety.meter import MelMeter
 
 BLOCK_FRAMES = 65_536
@@ -42,12 +47,20 @@ class Measurement:
 
 
 def spl_at_unit_rms_from_full_scale(spl_at_full_scale: float) -> float:
+    """``spl_at_unit_rms`` from the dB SPL of a full-scale 1 kHz sine; ``MeasureError`` outside
+    the plausible range (a typo, or a level in the wrong unit)."""
+    low, high = PLAUSIBLE_FULL_SCALE_SPL
+    if not (math.isfinite(spl_at_full_scale) and low <= spl_at_full_scale <= high):
+        raise MeasureError(
+            f"--spl-at-full-scale {spl_at_full_scale:g} is not a plausible level for a "
+            f"full-scale sine at the ear ({low:g}–{high:g} dB SPL)"
+        )
     return spl_at_full_scale + 20.0 * math.log10(math.sqrt(2.0))
 
 
 def measure_file(path: Path, spl_at_unit_rms: float) -> Measurement:
     """LAeq, the highest MEL and the dose the file adds, second by second; a last partial second
-    counts as a whole one at its own level (the conservative choice)."""
+    counts for its own length at its own level."""
     try:
         info = soundfile.info(str(path))
     except (RuntimeError, soundfile.LibsndfileError) as exc:
