@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import union_all
+from sqlalchemy import ColumnElement, func, union_all
 from sqlmodel import Session, col, select
 
 from resonera.common.routine_events import ROUTINE_TYPE_PREFIX
@@ -66,6 +66,42 @@ MERGE_MAX_PATIENTS = 200
 MERGE_MAX_ROWS = 5000
 
 
+def _session_conditions(
+    device_id: str | None, program: str | None, since: datetime | None, until: datetime | None
+) -> list[ColumnElement[bool]]:
+    conditions: list[ColumnElement[bool]] = []
+    if device_id is not None:
+        conditions.append(col(SessionRow.device_id) == device_id)
+    if program is not None:
+        conditions.append(col(SessionRow.program_name) == program)
+    if since is not None:
+        conditions.append(col(SessionRow.started_at) >= since)
+    if until is not None:
+        conditions.append(col(SessionRow.started_at) < until)
+    return conditions
+
+
+def count_sessions(
+    session: Session,
+    *,
+    patient_ids: Sequence[str],
+    device_id: str | None = None,
+    program: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> int:
+    """How many sessions ``list_sessions`` pages through with the same filters."""
+    if not patient_ids:
+        return 0
+    query = (
+        select(func.count())
+        .select_from(SessionRow)
+        .where(col(SessionRow.patient_id).in_(patient_ids))
+        .where(*_session_conditions(device_id, program, since, until))
+    )
+    return int(session.exec(query).one())
+
+
 def list_sessions(
     session: Session,
     *,
@@ -84,16 +120,10 @@ def list_sessions(
     if not patient_ids:
         return []
 
+    conditions = _session_conditions(device_id, program, since, until)
+
     def filtered(query: Any) -> Any:
-        if device_id is not None:
-            query = query.where(SessionRow.device_id == device_id)
-        if program is not None:
-            query = query.where(SessionRow.program_name == program)
-        if since is not None:
-            query = query.where(col(SessionRow.started_at) >= since)
-        if until is not None:
-            query = query.where(col(SessionRow.started_at) < until)
-        return query
+        return query.where(*conditions)
 
     newest_first = (col(SessionRow.started_at).desc(), col(SessionRow.id).desc())
     query = filtered(select(SessionRow))
@@ -127,6 +157,40 @@ def list_sessions(
     return rows
 
 
+def _event_conditions(
+    patient_id: str, event_type: str | None, since: datetime | None, until: datetime | None
+) -> list[ColumnElement[bool]]:
+    # Routine hand-overs old agents sent are kept but are no safety events (docs/safety-events.md)
+    conditions = [
+        col(SafetyEventRow.patient_id) == patient_id,
+        col(SafetyEventRow.event_type).not_like(f"{ROUTINE_TYPE_PREFIX}%"),
+    ]
+    if event_type is not None:
+        conditions.append(col(SafetyEventRow.event_type) == event_type)
+    if since is not None:
+        conditions.append(col(SafetyEventRow.device_time) >= since)
+    if until is not None:
+        conditions.append(col(SafetyEventRow.device_time) < until)
+    return conditions
+
+
+def count_events(
+    session: Session,
+    *,
+    patient_id: str,
+    event_type: str | None,
+    since: datetime | None,
+    until: datetime | None,
+) -> int:
+    """How many safety events ``list_events`` pages through with the same filters."""
+    query = (
+        select(func.count())
+        .select_from(SafetyEventRow)
+        .where(*_event_conditions(patient_id, event_type, since, until))
+    )
+    return int(session.exec(query).one())
+
+
 def list_events(
     session: Session,
     *,
@@ -137,17 +201,7 @@ def list_events(
     limit: int,
     offset: int,
 ) -> Sequence[SafetyEventRow]:
-    # Routine hand-overs old agents sent are kept but are no safety events (docs/safety-events.md)
-    query = select(SafetyEventRow).where(
-        SafetyEventRow.patient_id == patient_id,
-        col(SafetyEventRow.event_type).not_like(f"{ROUTINE_TYPE_PREFIX}%"),
-    )
-    if event_type is not None:
-        query = query.where(SafetyEventRow.event_type == event_type)
-    if since is not None:
-        query = query.where(col(SafetyEventRow.device_time) >= since)
-    if until is not None:
-        query = query.where(col(SafetyEventRow.device_time) < until)
+    query = select(SafetyEventRow).where(*_event_conditions(patient_id, event_type, since, until))
     query = query.order_by(col(SafetyEventRow.device_time).desc(), col(SafetyEventRow.id).desc())
     return session.exec(query.offset(offset).limit(limit)).all()
 
@@ -222,6 +276,50 @@ def adherence_report(
     return AdherenceReport(patient_id=patient_id, sessions_per_week=per_week, weeks=out)
 
 
+def _audit_conditions(
+    patient_id: str | None,
+    actor_id: int | None,
+    action: str | None,
+    since: datetime | None,
+    until: datetime | None,
+) -> list[ColumnElement[bool]]:
+    conditions: list[ColumnElement[bool]] = []
+    if patient_id is not None:
+        conditions.append(col(AuditRow.patient_id) == patient_id)
+    if actor_id is not None:
+        conditions.append(col(AuditRow.actor_id) == actor_id)
+    if action is not None:
+        conditions.append(col(AuditRow.action) == action)
+    if since is not None:
+        conditions.append(col(AuditRow.at) >= since)
+    if until is not None:
+        conditions.append(col(AuditRow.at) < until)
+    return conditions
+
+
+def count_audit(
+    session: Session,
+    *,
+    patient_id: str | None,
+    actor_id: int | None,
+    since: datetime | None,
+    until: datetime | None,
+    action: str | None = None,
+) -> int:
+    """How many audit rows ``list_audit`` pages through with the same filters."""
+    query = (
+        select(func.count())
+        .select_from(AuditRow)
+        .where(*_audit_conditions(patient_id, actor_id, action, since, until))
+    )
+    return int(session.exec(query).one())
+
+
+def count_rows(session: Session, query: Any) -> int:
+    """How many rows ``query`` (a ``select``, before any offset or limit) would give."""
+    return int(session.exec(select(func.count()).select_from(query.subquery())).one())
+
+
 def list_audit(
     session: Session,
     *,
@@ -233,17 +331,7 @@ def list_audit(
     offset: int,
     action: str | None = None,
 ) -> Sequence[AuditRow]:
-    query = select(AuditRow)
-    if patient_id is not None:
-        query = query.where(AuditRow.patient_id == patient_id)
-    if actor_id is not None:
-        query = query.where(AuditRow.actor_id == actor_id)
-    if action is not None:
-        query = query.where(AuditRow.action == action)
-    if since is not None:
-        query = query.where(col(AuditRow.at) >= since)
-    if until is not None:
-        query = query.where(col(AuditRow.at) < until)
+    query = select(AuditRow).where(*_audit_conditions(patient_id, actor_id, action, since, until))
     query = query.order_by(col(AuditRow.id).desc())
     return session.exec(query.offset(offset).limit(limit)).all()
 

@@ -120,8 +120,13 @@ class ErrorBody(BaseModel):
 
 
 class ErrorResponse(BaseModel):
-    """Every error the API answers, whatever the status."""
+    """Every error the API answers, whatever the status: an RFC 9457 problem document
+    (``application/problem+json``) with ``error`` as an extension member."""
 
+    type: str = Field(description="'about:blank': the status says what kind of problem it is")
+    title: str = Field(description="the status's phrase, e.g. Not Found")
+    status: int = Field(description="the HTTP status, as on the response")
+    detail: str = Field(description="one sentence for a person (as error.message)")
     error: ErrorBody
 
 

@@ -1,4 +1,6 @@
-"""One error shape for every failure: ``{"error": {"code", "message", "details"}}``.
+"""One error shape for every failure: an RFC 9457 problem document (``application/problem+json``:
+``type``, ``title``, ``status``, ``detail``) that also carries, as its extension member ``error``, the
+shape clients read before it, ``{"code", "message", "details"}``.
 
 ``ApiError`` is what routes raise; FastAPI's own 404/405/422 and anything unexpected are turned
 into the same shape here. ``BodyLimit`` refuses oversized request bodies (413) before a route
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from http import HTTPStatus
 from typing import Any, Final
 
 from fastapi import FastAPI, Request
@@ -35,6 +38,33 @@ _CODES: Final = {
     500: "internal_error",
     503: "unavailable",
 }
+
+
+#: RFC 9457's media type of a problem document.
+PROBLEM_JSON: Final = "application/problem+json"
+#: RFC 9457, 4.2.1: no type of our own beyond the status; ``error.code`` tells them apart.
+PROBLEM_TYPE: Final = "about:blank"
+
+
+def problem_document(
+    status: int, message: str, *, code: str | None = None, details: Any = None
+) -> dict[str, Any]:
+    """The body of an error answer: RFC 9457's members, and ``error`` as clients read it."""
+    try:
+        title = HTTPStatus(status).phrase
+    except ValueError:
+        title = "Error"
+    return {
+        "type": PROBLEM_TYPE,
+        "title": title,
+        "status": status,
+        "detail": message,
+        "error": {
+            "code": code or _CODES.get(status, "error"),
+            "message": message,
+            "details": details,
+        },
+    }
 
 
 class ApiError(Exception):
@@ -65,14 +95,10 @@ def error_response(
     details: Any = None,
     headers: Mapping[str, str] | None = None,
 ) -> JSONResponse:
-    body = {
-        "error": {
-            "code": code or _CODES.get(status, "error"),
-            "message": message,
-            "details": details,
-        }
-    }
-    return JSONResponse(body, status_code=status, headers=dict(headers or {}))
+    body = problem_document(status, message, code=code, details=details)
+    return JSONResponse(
+        body, status_code=status, headers=dict(headers or {}), media_type=PROBLEM_JSON
+    )
 
 
 async def _api_error(_request: Request, exc: Exception) -> JSONResponse:
@@ -191,21 +217,26 @@ ERROR_STATUSES: Final = (400, 401, 403, 404, 409, 413, 422, 423, 428, 429)
 
 
 def document_errors(schema: dict[str, Any]) -> dict[str, Any]:
-    """Every operation may answer the error statuses, all in the ``ErrorResponse`` shape."""
+    """Every operation may answer the error statuses, all in the ``ErrorResponse`` shape (as
+    ``application/problem+json``)."""
     ref = {"$ref": "#/components/schemas/ErrorResponse"}
     for path in schema.get("paths", {}).values():
         for operation in path.values():
             if not isinstance(operation, dict) or "responses" not in operation:
                 continue
             responses = operation["responses"]
+            for response in responses.values():  # a route's own error statuses (e.g. 503)
+                content = response.get("content", {})
+                if content.get("application/json", {}).get("schema") == ref:
+                    content[PROBLEM_JSON] = content.pop("application/json")
             for status in ERROR_STATUSES:
                 responses[str(status)] = {
                     "description": _CODES[status].replace("_", " "),
-                    "content": {"application/json": {"schema": ref}},
+                    "content": {PROBLEM_JSON: {"schema": ref}},
                 }
             responses["500"] = {
                 "description": "internal error",
-                "content": {"application/json": {"schema": ref}},
+                "content": {PROBLEM_JSON: {"schema": ref}},
             }
     components = schema.get("components", {}).get("schemas", {})
     components.pop("HTTPValidationError", None)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
+from http import HTTPStatus
 from typing import Any
 
 import pytest
@@ -30,8 +31,13 @@ T0 = RECENT
 def _error(response: Any, status: int, code: str) -> dict[str, Any]:
     assert response.status_code == status, response.text
     body = response.json()
-    assert set(body) == {"error"}
+    # RFC 9457 problem details, with the error shape clients read before as its extension member
+    assert response.headers["content-type"] == "application/problem+json"
+    assert set(body) == {"type", "title", "status", "detail", "error"}
+    assert body["status"] == status and body["type"] == "about:blank"
+    assert body["title"] == HTTPStatus(status).phrase
     assert set(body["error"]) == {"code", "message", "details"}
+    assert body["detail"] == body["error"]["message"]
     assert body["error"]["code"] == code
     assert isinstance(body["error"]["message"], str) and body["error"]["message"]
     return body["error"]  # type: ignore[no-any-return]
@@ -567,6 +573,6 @@ def test_openapi_documents_every_error_in_one_shape(client: TestClient) -> None:
     assert schema["info"]["title"] == "Resonera server"
     assert "HTTPValidationError" not in schema["components"]["schemas"]
     responses = schema["paths"]["/api/v1/sessions"]["get"]["responses"]
-    assert responses["422"]["content"]["application/json"]["schema"] == {
+    assert responses["422"]["content"]["application/problem+json"]["schema"] == {
         "$ref": "#/components/schemas/ErrorResponse"
     }

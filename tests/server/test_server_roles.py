@@ -210,7 +210,9 @@ def test_role_matrix(case: Case, client: TestClient, world: Any, engine: Engine)
         response = client.request(case.method, path, json=body, headers=headers)
         got[role] = response.status_code
         if response.status_code >= 400:
-            assert set(response.json()) == {"error"}, response.text
+            assert set(response.json()) == {"type", "title", "status", "detail", "error"}, (
+                response.text
+            )
             assert _audit_count(engine) == before, f"{role} was refused but something was written"
     assert got == {role: case.expected(role) for role in ROLES}
 

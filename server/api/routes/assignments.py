@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, Request, status
+from fastapi import APIRouter, Path, Query, Request, Response, status
 from sqlalchemy import or_
 from sqlmodel import col, select
 
+from resonera.server import crud
 from resonera.server.api.deps import AdminUser, SessionDep, StateDep
 from resonera.server.api.errors import ApiError
+from resonera.server.api.paging import PAGED_RESPONSES, PageDep
 from resonera.server.attribution import attribute_sessions
 from resonera.server.audit import audit
 from resonera.server.models import AssignmentRow, DeviceRow, PatientRow
@@ -33,16 +35,16 @@ def _public(row: AssignmentRow, attributed: int = 0) -> AssignmentPublic:
     return out
 
 
-@router.get("", response_model=list[AssignmentPublic])
+@router.get("", response_model=list[AssignmentPublic], responses=PAGED_RESPONSES)
 def list_assignments(
     *,
     admin: AdminUser,
     session: SessionDep,
     request: Request,
+    response: Response,
+    page: PageDep,
     device_id: Annotated[DeviceIdStr | None, Query()] = None,
     patient_id: Annotated[PatientIdStr | None, Query()] = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
 ) -> list[AssignmentPublic]:
     """Assignments, newest first. Which device a patient uses is patient data: each assignment
     read is audited (``read``/``assignment``, with its patient), as patient reads are."""
@@ -51,7 +53,8 @@ def list_assignments(
         query = query.where(AssignmentRow.device_id == device_id)
     if patient_id is not None:
         query = query.where(AssignmentRow.patient_id == patient_id)
-    query = query.order_by(col(AssignmentRow.id).desc()).offset(offset).limit(limit)
+    page.describe(request, response, crud.count_rows(session, query))
+    query = query.order_by(col(AssignmentRow.id).desc()).offset(page.offset).limit(page.limit)
     rows = session.exec(query).all()
     out = [_public(r) for r in rows]
     for row in rows:

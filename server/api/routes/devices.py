@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, Request, status
+from fastapi import APIRouter, Path, Request, Response, status
 from sqlmodel import Session, col, select
 
 from resonera.common.topics import DEVICE_ID_PATTERN
+from resonera.server import crud
 from resonera.server.api.deps import AdminUser, AppState, SessionDep, StateDep
 from resonera.server.api.errors import ApiError
+from resonera.server.api.paging import PAGED_RESPONSES, PageDep
 from resonera.server.audit import audit
 from resonera.server.models import DeviceDesiredRow, DeviceRow, DeviceStateRow, UserRow
 from resonera.server.revocation import DeviceRevocation, revoke_device
@@ -35,15 +37,14 @@ def _public(session: Session, device: DeviceRow) -> DevicePublic:
     return out
 
 
-@router.get("", response_model=list[DevicePublic])
+@router.get("", response_model=list[DevicePublic], responses=PAGED_RESPONSES)
 def list_devices(
-    *,
-    admin: AdminUser,
-    session: SessionDep,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
+    *, admin: AdminUser, session: SessionDep, page: PageDep, request: Request, response: Response
 ) -> list[DevicePublic]:
-    rows = session.exec(select(DeviceRow).order_by(col(DeviceRow.id)).offset(offset).limit(limit))
+    """Registered devices by id (a page of them: ``X-Total-Count``, ``Link``)."""
+    query = select(DeviceRow)
+    page.describe(request, response, crud.count_rows(session, query))
+    rows = session.exec(query.order_by(col(DeviceRow.id)).offset(page.offset).limit(page.limit))
     return [_public(session, d) for d in rows.all()]
 
 

@@ -12,7 +12,7 @@ document of the device carries the request again (harmless: once by id).
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, status
+from fastapi import APIRouter, Request, Response, status
 from sqlmodel import col, select
 
 from resonera.common.ids import new_id
@@ -24,6 +24,7 @@ from resonera.server.api.deps import (
     own_patient,
 )
 from resonera.server.api.errors import ApiError
+from resonera.server.api.paging import PAGED_RESPONSES, PageDep
 from resonera.server.audit import audit
 from resonera.server.desired import DesiredService, reset_outcomes
 from resonera.server.models import DoseLedgerResetRow, SafetyEventRow
@@ -135,18 +136,26 @@ def request_reset(
     return [_public(row, None) for row in rows]
 
 
-@router.get("/{patient_id}/dose-ledger/reset", response_model=list[DoseLedgerResetPublic])
+@router.get(
+    "/{patient_id}/dose-ledger/reset",
+    response_model=list[DoseLedgerResetPublic],
+    responses=PAGED_RESPONSES,
+)
 def list_resets(
     *,
     patient_id: PatientId,
     user: AdminOrClinician,
     session: SessionDep,
     request: Request,
+    response: Response,
+    page: PageDep,
 ) -> list[DoseLedgerResetPublic]:
     """The patient's reset requests, newest first: ``pending`` until the device answers, then
     ``applied`` (with what it removed and the week before and after) or ``refused``."""
     own_patient(session, user, patient_id)
-    out = _list(session, patient_id)
+    every = _list(session, patient_id)
+    page.describe(request, response, len(every))
+    out = page.slice_of(every)
     audit(session, request, user, "read", "dose_ledger_reset", patient_id=patient_id)
     session.commit()
     return out

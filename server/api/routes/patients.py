@@ -35,6 +35,7 @@ from resonera.server.api.deps import (
     own_patient,
 )
 from resonera.server.api.errors import ApiError
+from resonera.server.api.paging import PAGED_RESPONSES, PageDep
 from resonera.server.audit import audit
 from resonera.server.desired import config_document
 from resonera.server.models import ClinicianPatientRow, DeviceDesiredRow, PatientRow, UserRow
@@ -57,8 +58,6 @@ from resonera.server.schemas import (
 from resonera.server.security import now_utc
 
 router = APIRouter(prefix="/patients", tags=["patients"])
-Limit = Annotated[int, Query(ge=1, le=1000)]
-Offset = Annotated[int, Query(ge=0, le=10**9)]
 
 
 def _set_identity(state: StateDep, patient: PatientRow, name: str, birth: str, notes: str) -> None:
@@ -95,22 +94,25 @@ def create_patient(
     return crud.patient_public(session, state.cipher, patient)
 
 
-@router.get("", response_model=list[PatientPublic])
+@router.get("", response_model=list[PatientPublic], responses=PAGED_RESPONSES)
 def list_patients(
     *,
     user: AdminOrClinician,
     state: StateDep,
     session: SessionDep,
     request: Request,
-    limit: Limit = 100,
-    offset: Offset = 0,
+    response: Response,
+    page: PageDep,
 ) -> list[PatientPublic]:
     """A clinician's own patients; all patients for an admin."""
     query = select(PatientRow)
     if user.role == "clinician":
         assert user.id is not None
         query = query.where(col(PatientRow.id).in_(crud.clinician_patient_ids(session, user.id)))
-    rows = session.exec(query.order_by(col(PatientRow.id)).offset(offset).limit(limit)).all()
+    page.describe(request, response, crud.count_rows(session, query))
+    rows = session.exec(
+        query.order_by(col(PatientRow.id)).offset(page.offset).limit(page.limit)
+    ).all()
     out = [crud.patient_public(session, state.cipher, p) for p in rows]
     for patient in rows:
         audit(
@@ -218,57 +220,70 @@ def unlink_clinician(
 # -- a clinician's clinical view -------------------------------------------------------------
 
 
-@router.get("/{patient_id}/sessions", response_model=list[SessionPublic])
+@router.get("/{patient_id}/sessions", response_model=list[SessionPublic], responses=PAGED_RESPONSES)
 def patient_sessions(
     *,
     patient_id: PatientId,
     user: ClinicianUser,
     session: SessionDep,
     request: Request,
+    response: Response,
+    page: PageDep,
     since: Since = None,
     until: Until = None,
     program: Annotated[Text | None, Query(max_length=120)] = None,
-    limit: Limit = 100,
-    offset: Offset = 0,
 ) -> Any:
     """The patient's sessions, newest first; filter by start time (``from``, ``to``) and program."""
     own_patient(session, user, patient_id)
+    total = crud.count_sessions(
+        session, patient_ids=[patient_id], program=program, since=since, until=until
+    )
+    page.describe(request, response, total)
     rows = crud.list_sessions(
         session,
         patient_ids=[patient_id],
         program=program,
         since=since,
         until=until,
-        limit=limit,
-        offset=offset,
+        limit=page.limit,
+        offset=page.offset,
     )
     audit(session, request, user, "read", "sessions", patient_id=patient_id)
     session.commit()
     return rows  # FastAPI validates them into SessionPublic once (response_model)
 
 
-@router.get("/{patient_id}/safety-events", response_model=list[SafetyEventPublic])
+@router.get(
+    "/{patient_id}/safety-events",
+    response_model=list[SafetyEventPublic],
+    responses=PAGED_RESPONSES,
+)
 def patient_safety_events(
     *,
     patient_id: PatientId,
     user: ClinicianUser,
     session: SessionDep,
     request: Request,
+    response: Response,
+    page: PageDep,
     since: Since = None,
     until: Until = None,
     event_type: Annotated[Text | None, Query(alias="type", max_length=64)] = None,
-    limit: Limit = 100,
-    offset: Offset = 0,
 ) -> Any:
+    """The patient's safety events, newest first; filter by device time and type."""
     own_patient(session, user, patient_id)
+    total = crud.count_events(
+        session, patient_id=patient_id, event_type=event_type, since=since, until=until
+    )
+    page.describe(request, response, total)
     rows = crud.list_events(
         session,
         patient_id=patient_id,
         event_type=event_type,
         since=since,
         until=until,
-        limit=limit,
-        offset=offset,
+        limit=page.limit,
+        offset=page.offset,
     )
     audit(session, request, user, "read", "safety_events", patient_id=patient_id)
     session.commit()

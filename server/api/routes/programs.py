@@ -37,6 +37,7 @@ from resonera.server.api.deps import (
     RowId as ProgramId,
 )
 from resonera.server.api.errors import ApiError
+from resonera.server.api.paging import PAGED_RESPONSES, PageDep
 from resonera.server.models import ProgramLibraryRow, ProgramVersionRow
 from resonera.server.schemas import (
     INT32_MAX,
@@ -85,11 +86,14 @@ def _found(session: SessionDep, program_id: str) -> ProgramLibraryRow:
     return row
 
 
-@router.get("", response_model=list[ProgramPublic])
+@router.get("", response_model=list[ProgramPublic], responses=PAGED_RESPONSES)
 def list_programs(
     *,
     user: CurrentUser,
     session: SessionDep,
+    request: Request,
+    response: Response,
+    page: PageDep,
     tag: Annotated[
         str | None, Query(max_length=64, description="only programs with this tag (any case)")
     ] = None,
@@ -99,9 +103,9 @@ def list_programs(
     ] = None,
 ) -> Any:
     """The library programs, by name; with ``tag`` and/or ``q``, those that match both."""
-    return [
-        _public(row, program) for row, program in programs.search_programs(session, q=q, tag=tag)
-    ]
+    found = programs.search_programs(session, q=q, tag=tag)
+    page.describe(request, response, len(found))
+    return [_public(row, program) for row, program in page.slice_of(found)]
 
 
 @router.post("", response_model=ProgramPublic, status_code=status.HTTP_201_CREATED)
@@ -154,11 +158,25 @@ def _version_summary(row: ProgramVersionRow) -> ProgramVersionSummary:
     )
 
 
-@router.get("/{program_id}/versions", response_model=list[ProgramVersionSummary])
-def list_versions(*, program_id: ProgramId, user: CurrentUser, session: SessionDep) -> Any:
+@router.get(
+    "/{program_id}/versions",
+    response_model=list[ProgramVersionSummary],
+    responses=PAGED_RESPONSES,
+)
+def list_versions(
+    *,
+    program_id: ProgramId,
+    user: CurrentUser,
+    session: SessionDep,
+    request: Request,
+    response: Response,
+    page: PageDep,
+) -> Any:
     """Every version of the program, the first first."""
     _found(session, program_id)
-    return [_version_summary(row) for row in programs.list_versions(session, program_id)]
+    versions = programs.list_versions(session, program_id)
+    page.describe(request, response, len(versions))
+    return [_version_summary(row) for row in page.slice_of(versions)]
 
 
 @router.get("/{program_id}/versions/{version}", response_model=ProgramVersionPublic)

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, Request, status
+from fastapi import APIRouter, Path, Request, Response, status
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
+from resonera.server import crud
 from resonera.server.api.deps import AdminUser, SessionDep, StateDep
 from resonera.server.api.errors import ApiError
+from resonera.server.api.paging import PAGED_RESPONSES, PageDep
 from resonera.server.audit import audit
 from resonera.server.models import UserRow
 from resonera.server.schemas import INT32_MAX, UserCreate, UserPublic, UserUpdate
@@ -24,15 +26,14 @@ def _public(user: UserRow) -> UserPublic:
     return UserPublic.model_validate(user, from_attributes=True)
 
 
-@router.get("", response_model=list[UserPublic])
+@router.get("", response_model=list[UserPublic], responses=PAGED_RESPONSES)
 def list_users(
-    *,
-    admin: AdminUser,
-    session: SessionDep,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
+    *, admin: AdminUser, session: SessionDep, page: PageDep, request: Request, response: Response
 ) -> list[UserPublic]:
-    rows = session.exec(select(UserRow).order_by(col(UserRow.id)).offset(offset).limit(limit))
+    """Users by id (a page of them: ``X-Total-Count``, ``Link``)."""
+    query = select(UserRow)
+    page.describe(request, response, crud.count_rows(session, query))
+    rows = session.exec(query.order_by(col(UserRow.id)).offset(page.offset).limit(page.limit))
     return [_public(u) for u in rows.all()]
 
 
