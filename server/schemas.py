@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import json
 import math
-from datetime import date, datetime
+import re
+from datetime import date, datetime, time, tzinfo
 from typing import Annotated, Any, Final, Literal
 
 from pydantic import (
@@ -43,6 +44,48 @@ MAX_JSON_BYTES: Final = 64 * 1024
 MAX_JSON_DEPTH: Final = 8
 INT32_MAX: Final = 2**31 - 1
 PASSWORD_MIN: Final = 12  # also in cli.py, which must not import this module
+
+
+_DAY: Final = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+def server_zone() -> tzinfo:
+    """The server's time zone (the machine's: ``TZ`` or ``/etc/localtime``), where a day given
+    without a time is placed."""
+    zone = datetime.now().astimezone().tzinfo
+    assert zone is not None
+    return zone
+
+
+def server_zone_name() -> str:
+    """The server's time zone as a person reads it (``CET``, ``UTC``)."""
+    return datetime.now().astimezone().tzname() or "the server's time zone"
+
+
+def day_start(day: date) -> datetime:
+    """The first instant of ``day`` in the server's time zone (its own offset that day: summer
+    time counts), aware; ``ValueError`` where that instant has no UTC equivalent."""
+    try:
+        return datetime.combine(day, time.min).astimezone()
+    except OverflowError:
+        raise ValueError(f"{day.isoformat()} cannot be placed in the server's time zone") from None
+
+
+def _day_in_server_zone(value: Any) -> Any:
+    """A day alone (``2026-12-06``) as its first instant in the server's time zone; any other
+    value as it came (a time must still carry its offset)."""
+    if isinstance(value, str) and _DAY.fullmatch(value):
+        try:
+            return day_start(date.fromisoformat(value))
+        except ValueError as exc:
+            raise ValueError(f"is not a day: {exc}") from None
+    return value
+
+
+#: A point in time from outside that may also be a day alone: the day's start in the server's
+#: time zone (``server_zone``). A time without its offset stays refused: which zone it meant is
+#: not known.
+DayOrTime = Annotated[AwareDatetime, BeforeValidator(_day_in_server_zone)]
 
 
 def _no_nul(value: str) -> str:
@@ -241,15 +284,21 @@ class LinkIn(_In):
 # -- assignments -----------------------------------------------------------------------------
 
 
+_DAY_OR_TIME: Final = (
+    "a time with its offset, or a day alone (YYYY-MM-DD): that day's start in the server's time "
+    "zone"
+)
+
+
 class AssignmentCreate(_In):
     device_id: DeviceIdStr
     patient_id: PatientIdStr
-    valid_from: AwareDatetime
-    valid_to: AwareDatetime | None = None
+    valid_from: DayOrTime = Field(description=_DAY_OR_TIME)
+    valid_to: DayOrTime | None = Field(default=None, description=_DAY_OR_TIME)
 
 
 class AssignmentUpdate(_In):
-    valid_to: AwareDatetime
+    valid_to: DayOrTime = Field(description=_DAY_OR_TIME)
 
 
 class AssignmentPublic(BaseModel):

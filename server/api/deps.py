@@ -17,23 +17,38 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from resonera.common.envelope import AwareDatetime
 from resonera.server.api.errors import ApiError
 from resonera.server.backgrounds import BackgroundStore
 from resonera.server.crypto import FieldCipher
 from resonera.server.desired import DesiredService
 from resonera.server.models import ClinicianPatientRow, PatientRow, UserRow
 from resonera.server.ratelimit import FailureLimiter
+from resonera.server.schemas import DayOrTime
 from resonera.server.security import TokenError, decode_access_token
 from resonera.server.settings import ServerSettings
 
 #: A row id in a path (patients, programs: UUID text), checked before any query.
 RowId = Annotated[str, Path(min_length=1, max_length=36, pattern=r"^[0-9a-f-]{1,36}$")]
 PatientId = RowId
-#: A period's bounds as query parameters ``from`` and ``to``: aware, in UTC; a time without a UTC
-#: equivalent (``0001-01-01T00:00:00+14:00``) is a 422 naming the parameter, never a 500.
-Since = Annotated[AwareDatetime | None, Query(alias="from", description="inclusive")]
-Until = Annotated[AwareDatetime | None, Query(alias="to", description="exclusive")]
+#: A period's bounds as query parameters ``from`` and ``to``: a time with its offset, or a day
+#: alone (``2026-12-06``: its start in the server's time zone); aware, in UTC. A time without a
+#: UTC equivalent (``0001-01-01T00:00:00+14:00``) is a 422 naming the parameter, never a 500.
+Since = Annotated[
+    DayOrTime | None,
+    Query(
+        alias="from",
+        description="inclusive; a time with its offset, or a day (YYYY-MM-DD) "
+        "from its start in the server's time zone",
+    ),
+]
+Until = Annotated[
+    DayOrTime | None,
+    Query(
+        alias="to",
+        description="exclusive; a time with its offset, or a day (YYYY-MM-DD): "
+        "up to its start in the server's time zone",
+    ),
+]
 
 _bearer = HTTPBearer(auto_error=False, description="An access token from POST /api/v1/auth/login")
 
