@@ -74,6 +74,7 @@ from resonera.common.ids import new_id
 from resonera.common.mqtt_client import build_client
 from resonera.common.profile import HearingProfile
 from resonera.common.program import Program
+from resonera.common.program_check import check_program_for
 from resonera.common.records import CheckInRecord, SessionRecord
 from resonera.device.backgrounds import BackgroundCache
 from resonera.device.controls import Answered
@@ -95,6 +96,7 @@ from resonera.device.refusals import (
     why_it_stopped,
 )
 from resonera.device.safety.dose_ledger import DoseLedger
+from resonera.device.safety.session import load_session_calibration
 from resonera.device.safety_events import SafetyEventRecorder
 from resonera.device.session import (
     Session,
@@ -382,8 +384,10 @@ class DeviceService:
         assigned = self.assigned_programs()
         program_refused = ""
         if spec is not None or assigned:
-            try:
-                self._resolve(spec or assigned[0])
+            try:  # what ``Session.run`` would refuse, found before any check-in is asked
+                program, _ = self._resolve(spec or assigned[0])
+                output = load_session_calibration(self.settings.calibration_file).output
+                check_program_for(program, profile, output)
             except ResoneraError as exc:
                 program_refused = str(exc)
         shut_out = self.sync.shut_out

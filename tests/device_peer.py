@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import paho.mqtt.client as paho
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from paho.mqtt.enums import CallbackAPIVersion
-from support import Mosquitto, free_port
+from support import Mosquitto, free_port, wait_until
 
 from resonera.common import topics
 from resonera.common.envelope import Ack, Envelope, decode_envelope
@@ -58,6 +58,15 @@ class Peer:
 
     def reports(self) -> list[dict[str, Any]]:
         return [e.body for e in self.of_kind("reported")]
+
+    def report_of(self, version: int) -> dict[str, Any]:
+        """The device's last report on desired-state ``version`` (waits up to 30 s for it)."""
+
+        def found() -> list[dict[str, Any]]:
+            return [r for r in self.reports() if r.get("desired_version") == version]
+
+        wait_until(lambda: bool(found()), 30, f"the report of version {version}")
+        return found()[-1]
 
     def publish_desired(self, device_id: str, payload: bytes) -> None:
         info = self.client.publish(topics.desired(device_id), payload, qos=1, retain=True)

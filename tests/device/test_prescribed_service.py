@@ -105,14 +105,6 @@ PROGRAMS = [
 PROFILE = {"max_level_dba": 80.0, "beat_hz": {"low": 0.5, "high": 12.0}}
 
 
-def reported(peer: Peer, version: int) -> dict[str, Any]:
-    def found() -> list[dict[str, Any]]:
-        return [r for r in peer.reports() if r.get("desired_version") == version]
-
-    wait_until(lambda: bool(found()), 30, f"the report of version {version}")
-    return found()[-1]
-
-
 # Plays through PortAudio's callback stream, which stalls under libfaketime; dates nothing itself.
 @pytest.mark.real_clock
 def test_prescribed_programs_apply_play_by_button_and_name_and_play_offline_after_a_restart(
@@ -132,7 +124,7 @@ def test_prescribed_programs_apply_play_by_button_and_name_and_play_offline_afte
                 _s,
                 service,
             ):
-                first = reported(peer, 0)  # the engine, before anything is prescribed
+                first = peer.report_of(0)  # the engine, before anything is prescribed
                 assert first["programs"] == [] and first["capabilities"]["fetches_backgrounds"]
                 nothing_may_play(peer, key, sim, service, device)
                 prescriptions_apply_and_play(peer, key, sim, service, device)
@@ -177,7 +169,7 @@ def nothing_may_play(
     the person hears why."""
     forbidden = {**PROFILE, "builtin_when_unassigned": False}
     peer.publish_desired(device, key.payload(device, 1, profile=forbidden, programs=[]))
-    assert reported(peer, 1)["status"] == "applied"
+    assert peer.report_of(1)["status"] == "applied"
     with pytest.raises(ResoneraError, match="clinician does not allow the built-in"):
         service.play("demo-alpha")
     # the socket refuses in the words the button's prompt says (issue 21), then why
@@ -193,7 +185,7 @@ def prescriptions_apply_and_play(
     peer: Peer, key: ServerKey, sim: Any, service: DeviceService, device: str
 ) -> None:
     peer.publish_desired(device, key.payload(device, 2, profile=PROFILE, programs=PROGRAMS))
-    report = reported(peer, 2)
+    report = peer.report_of(2)
     assert report["status"] == "applied"
     outcomes = [(p["library_id"], p["version"], p["status"]) for p in report["programs"]]
     assert outcomes == [

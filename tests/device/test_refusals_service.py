@@ -4,14 +4,16 @@ each reason a play press cannot start, the recording holds that reason's prompt 
 cross-correlating it with the prompt's rendered WAV, and no other reason's matching as well), the
 light the device sent the simulator (its LIGHT frames, ``Simulator.lights_asked``) is the table's,
 and no check-in question is asked (the profile has one before every session). A fault the MCU
-holds, or headphones out, cannot be heard (it will not arm): the light says it. (Nothing
-assigned is heard through the button in ``test_prescribed_service.py``; a refused program on the
-pure panel and in ``test_refusals.py``, and the socket's words here.)"""
+holds, or headphones out, cannot be heard (it will not arm): the light says it. A refused
+program and a session the clinician's lowered limits stopped come through signed desired states,
+as from the server. (Nothing assigned is heard through the button in
+``test_prescribed_service.py``.)"""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextlib import closing
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -19,7 +21,7 @@ import numpy as np
 import pytest
 import soundfile
 from audio_recording import monitor_recording, recorded
-from device_peer import service_on_mcu
+from device_peer import Peer, ServerKey, service_on_mcu
 from factories import make_record
 from numpy.typing import NDArray
 from scipy.signal import fftconvolve
@@ -37,13 +39,21 @@ from resonera.hardware.sim import Simulator
 
 pytestmark = pytest.mark.realtime
 
-QUESTION = CheckInQuestion(id="calm", text="How calm?", low_label="not", high_label="very")
+QUESTION = CheckInQuestion(
+    id="calm", text="How calm?", low_label="not", high_label="very", when="before"
+)
+#: The person's profile as the clinician's signed desired state carries it.
+PROFILE = {"max_level_dba": 80.0, "checkins": [QUESTION.model_dump()]}
+#: The built-in program's 200 Hz carrier is outside this range: the program is refused.
+NARROW = {**PROFILE, "carrier_hz": {"low": 300.0, "high": 400.0}}
 #: The reasons that can be heard (the MCU arms for their prompt), each made true on the service.
 AUDIBLE: tuple[ReasonCode, ...] = (
     "shut_out_revoked",
     "storage_full",
     "clock_untrusted",
     "daily_limit",
+    "program_refused",
+    "limits_lowered",  # a session stopped, not a press refused
     "dose_reached",  # last: the week's dose stays used
 )
 #: Far over a week's allowance at 80 dBA for 40 h (5,760 Pa²s).
@@ -67,8 +77,25 @@ def match(recording: NDArray[np.float64], template: NDArray[np.float64]) -> floa
     return float(np.max(np.abs(dot) / norm))
 
 
-def make_true(code: ReasonCode, service: DeviceService) -> Callable[[], None]:
-    """Make ``code`` hold on ``service``; returns what undoes it."""
+class Clinician:
+    """Signed desired states for one device, published retained as the server does."""
+
+    peer: Peer
+
+    def __init__(self, device: str) -> None:
+        self.key, self.device, self.version = ServerKey(), device, 10
+
+    def send(self, profile: dict[str, object], **limits: float) -> None:
+        self.version += 1
+        limits = {"max_level_dba": 75.0, "max_session_minutes": 60, **limits}
+        payload = self.key.payload(self.device, self.version, profile=profile, limits=limits)
+        self.peer.publish_desired(self.device, payload)
+        assert self.peer.report_of(self.version)["status"] == "applied"
+
+
+def make_true(code: ReasonCode, service: DeviceService, clinician: Clinician) -> Callable[[], None]:
+    """Make ``code`` hold on ``service`` (a play press then refused, or a session stopped);
+    returns what undoes it."""
     if code == "daily_limit":  # the clinician allows one a day, and one was played today
         service.store.save_desired(1, {"limits": {"max_sessions_per_day": 1}}, None, "applied")
         started = datetime.now(UTC) - timedelta(seconds=1)  # today, whatever the hour
@@ -79,6 +106,14 @@ def make_true(code: ReasonCode, service: DeviceService) -> Callable[[], None]:
     if code == "dose_reached":
         service.ledger.add_energy(time.time(), WEEK_OF_SOUND_PA2S)
         return lambda: None
+    if code == "program_refused":
+        clinician.send(NARROW)
+        return lambda: clinician.send(PROFILE)
+    if code == "limits_lowered":  # a session plays, then the clinician lowers the limits
+        assert service.command("play calm-tone").startswith("ok playing"), "calm-tone to play"
+        wait_until(lambda: service.status()["playing"] is not None, 20, "the session to play")
+        clinician.send(PROFILE, max_level_dba=70.0)
+        return lambda: clinician.send(PROFILE)
     if code == "shut_out_revoked":
         service.sync.shut_out = ShutOut("revoked", "certificate revoked", time.time())
 
@@ -108,7 +143,9 @@ def test_each_refusal_is_said_and_shown_before_any_question(
     require_tool("espeak-ng")
     profile = HearingProfile(checkins=[QUESTION])
     device = f"refuse-{tmp_path.name[-6:]}"
+    clinician = Clinician(device)
     with (
+        closing(Peer(mosquitto, ack=False)) as clinician.peer,  # (an ack would end "shut out")
         service_on_mcu(
             mosquitto,
             tmp_path,
@@ -117,6 +154,7 @@ def test_each_refusal_is_said_and_shown_before_any_question(
             prompt_keys=PROMPTS,
             sink="pyaudio",
             profile=profile,
+            server_public_key=clinician.key.public_b64,
         ) as (sim, settings, service),
         monitor_recording(pulse_null_sink, tmp_path / "monitor.raw") as raw,
     ):
@@ -152,11 +190,12 @@ def test_each_refusal_is_said_and_shown_before_any_question(
         heard: dict[ReasonCode, tuple[int, int]] = {}
         for code in AUDIBLE:
             reason = REASONS[code]
-            undo = make_true(code, service)
             said = list(mixer.spoken).count(reason.prompt)
             start = len(recorded(raw))
             since = time.monotonic()
-            execute(sim, "press play_pause")
+            undo = make_true(code, service, clinician)
+            if code != "limits_lowered":
+                execute(sim, "press play_pause")
             wait_until(
                 lambda: list(mixer.spoken).count(reason.prompt) > said,  # noqa: B023
                 20,
@@ -166,7 +205,8 @@ def test_each_refusal_is_said_and_shown_before_any_question(
             time.sleep(0.3)  # the recorder's latency
             heard[code] = (start, len(recorded(raw)))
             assert reason.light in lights_sent(sim, since), (code, lights_sent(sim, since))
-            assert service.status()["ready"]["code"] == code
+            if code != "limits_lowered":  # (a stop is said once; nothing stands in the way)
+                assert service.status()["ready"]["code"] == code
             if code == "shut_out_revoked":
                 assert service.status()["shut_out"]["kind"] == "revoked"
             assert service.status()["playing"] is None
@@ -175,7 +215,11 @@ def test_each_refusal_is_said_and_shown_before_any_question(
             if code != "dose_reached":  # (a used-up week shows whenever idle)
                 wait_until(lambda: sim.light == sl.LIGHT_IDLE, 10, "the light back to idle")
 
-        assert [s.played_s for s in service.store.sessions()] == [61.0]  # the day's, no other
+        sessions = sorted(service.store.sessions(), key=lambda s: s.started_at)
+        assert sessions[0].played_s == 61.0  # the day's, made above
+        stopped = sessions[1:]  # the one the lower limits stopped, and no other
+        assert [s.outcome for s in stopped] == ["stopped"], stopped
+        assert "clinician lowered the limits" in stopped[0].reason
     assert not any("checkin" in utterance for utterance in mixer.spoken)  # no question asked
     audio = recorded(raw)[:, 0].astype(np.float64)
     directory = prompts_dir(settings.data_dir)
