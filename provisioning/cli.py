@@ -16,10 +16,12 @@ import getpass
 import os
 import re
 import sys
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from resonera.common import topics
@@ -232,10 +234,12 @@ def _device_add(args: argparse.Namespace) -> int:
     return 0
 
 
-def _device_bundle(args: argparse.Namespace) -> int:
-    settings = None
-    if args.server_config is not None or os.environ.get(SERVER_DB_ENV):
-        settings = _server_settings(args)
+def _bundle_maker(
+    args: argparse.Namespace, settings: ServerSettings | None
+) -> Callable[[Path, str, str], x509.Certificate]:
+    """What ``write_bundle`` needs besides the board (the CA, the server's key, the broker), from
+    the options or the server's settings: a function ``(folder, device id, serial)`` that writes a
+    board's bundle and returns its certificate."""
     key = args.server_public_key
     if key is None and settings is not None:
         from resonera.server.crypto import load_signer
@@ -252,18 +256,31 @@ def _device_bundle(args: argparse.Namespace) -> int:
         raise ConfigError(
             "the broker address is needed: --broker-host/--broker-port or --server-config"
         )
-    cert = write_bundle(
-        FleetCA(args.ca),
-        _passphrase(args),
-        args.out,
-        device_id=args.device_id,
-        serial=args.serial,
-        server_public_key=key,
-        broker_host=host,
-        broker_port=port,
-        days=args.days,
-        server_url=args.server_url,
-    )
+    ca = FleetCA(args.ca)
+    passphrase = _passphrase(args)
+
+    def make(out: Path, device_id: str, serial: str) -> x509.Certificate:
+        return write_bundle(
+            ca,
+            passphrase,
+            out,
+            device_id=device_id,
+            serial=serial,
+            server_public_key=key,
+            broker_host=host,
+            broker_port=port,
+            days=args.days,
+            server_url=args.server_url,
+        )
+
+    return make
+
+
+def _device_bundle(args: argparse.Namespace) -> int:
+    settings = None
+    if args.server_config is not None or os.environ.get(SERVER_DB_ENV):
+        settings = _server_settings(args)
+    cert = _bundle_maker(args, settings)(args.out, args.device_id, args.serial)
     print(f"wrote a signed bundle for {args.device_id!r} (serial {args.serial!r}) to {args.out}")
     if settings is None:
         print("the server's registry was not changed (give --server-config to register it)")
@@ -277,6 +294,80 @@ def _device_bundle(args: argparse.Namespace) -> int:
         engine.dispose()
     print(f"registered {args.device_id!r} on the server")
     return 0
+
+
+def _devices_import(args: argparse.Namespace) -> int:
+    from resonera.provisioning.batch import (
+        BatchRow,
+        Outcome,
+        Standing,
+        code_ttl_ok,
+        import_rows,
+        read_serials,
+    )
+    from resonera.provisioning.batch_files import BatchFolder, summary
+    from resonera.server.enrollment_codes import register_bundle, register_code
+
+    rows = read_serials(args.file)
+    ttl = code_ttl_ok(args.expires)
+    if args.bundles and args.ca is None:
+        raise ConfigError("--bundles needs --ca (the issuing CA folder that signs them)")
+    settings = _server_settings(args)
+    make_bundle = _bundle_maker(args, settings) if args.bundles else None
+    folder = BatchFolder(args.out)
+    now = utc_now()
+
+    def make(registry: Engine, row: BatchRow, standing: Standing) -> Outcome:
+        if make_bundle is None:
+            code, _device, expires = register_code(
+                registry, row.serial, ttl=ttl, device_id=row.device_id, now=now
+            )
+            return Outcome(row, standing, code=code, expires_at=expires)
+        out = folder.stage / "bundles" / row.device_id
+        cert = make_bundle(out, row.device_id, row.serial)
+        register_bundle(registry, row.serial, cert, now=now)
+        return Outcome(row, standing, bundle=out, certificate_sha256=fingerprint(cert))
+
+    def wanted(standing: Standing) -> bool:
+        if standing is Standing.NEW:
+            return True
+        return args.new_codes and make_bundle is None and standing is not Standing.ENROLLED
+
+    written = False
+
+    def finish(outcomes: list[Outcome]) -> None:
+        nonlocal written
+        written = folder.publish(outcomes, source=args.file, now=now)
+
+    engine = _server_engine(args)
+    try:
+        outcomes = import_rows(engine, rows, make, wanted=wanted, finish=finish, now=now)
+    except BaseException:
+        folder.discard()
+        raise
+    finally:
+        engine.dispose()
+    for outcome in outcomes:
+        print(f"line {outcome.row.line}: {outcome.describe()}")
+    print(summary(outcomes))
+    if not written:
+        print("nothing new: the registry is unchanged and nothing was written")
+        return 0
+    what = "factory bundles" if make_bundle is not None else "one-time codes (codes.csv)"
+    print(f"wrote {what}, labels (labels.html, labels/*.png) and report.txt to {args.out}")
+    if make_bundle is None:
+        print("the codes are shown only there: keep the folder as you would a key")
+    return 0
+
+
+def _bundle_options(parser: argparse.ArgumentParser) -> None:
+    """What a factory bundle holds besides the board's identity (``device bundle``, ``devices
+    import --bundles``)."""
+    parser.add_argument("--days", type=int, default=365, help="the certificate's validity")
+    parser.add_argument("--server-public-key", default=None, help="base64 Ed25519 (pinned)")
+    parser.add_argument("--broker-host", default=None)
+    parser.add_argument("--broker-port", type=int, default=None)
+    parser.add_argument("--server-url", default=None, help="https://... the device renews with")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -365,13 +456,36 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="give a device id the server already knows a new identity (replaces its key)",
     )
-    bundle.add_argument("--days", type=int, default=365)
     bundle.add_argument("--server-config", type=Path, default=None, help="register it there")
-    bundle.add_argument("--server-public-key", default=None, help="base64 Ed25519 (pinned)")
-    bundle.add_argument("--broker-host", default=None)
-    bundle.add_argument("--broker-port", type=int, default=None)
-    bundle.add_argument("--server-url", default=None, help="https://... the device renews with")
+    _bundle_options(bundle)
     bundle.set_defaults(func=_device_bundle)
+
+    devices = sub.add_parser("devices", help="many devices at once")
+    devices_sub = devices.add_subparsers(dest="devices_command", required=True)
+    batch = devices_sub.add_parser(
+        "import",
+        help="register every serial of a CSV file (serial[,device_id]) and write their one-time "
+        "codes, labels with a QR code and a report (or factory bundles: --bundles); re-running "
+        "the same file changes nothing",
+    )
+    batch.add_argument("file", type=Path, help="CSV: serial[,device_id] per line, header optional")
+    batch.add_argument("--out", type=Path, required=True, help="new folder for the batch's files")
+    batch.add_argument("--server-config", type=Path, default=None, help="resonera-server's config")
+    batch.add_argument(
+        "--expires", type=_duration, default=timedelta(days=7), help="the codes' life (e.g. 7d)"
+    )
+    batch.add_argument(
+        "--new-codes",
+        action="store_true",
+        help="also give serials that are registered but not enrolled a new code (the old one "
+        "stops working)",
+    )
+    batch.add_argument(
+        "--bundles", action="store_true", help="factory bundles instead of codes (needs --ca)"
+    )
+    batch.add_argument("--ca", type=Path, default=None, help="the issuing CA folder (--bundles)")
+    _bundle_options(batch)
+    batch.set_defaults(func=_devices_import)
     return parser
 
 
