@@ -1,8 +1,11 @@
 """Certificate renewal: due once less than 30 % of the certificate's lifetime is left, checked at
-the agent's start and daily (``renew_daily``), and only when nothing signed with the old key is in
-flight. The new key is made and kept on disk before the request (``Identity.renewal_key``), so a
-lost answer is asked for again with the same key; the new certificate is installed whole
-(``Identity.install``). ``renewed_mqtt`` gives the broker connection the new files.
+the agent's start and daily (``renew_daily``), whatever waits in the outbox: the server verifies a
+message queued before a renewal with the key the device had then (``server/ingest_checks.py``:
+``check_sender``'s earlier keys), so a device whose outbox never empties (shut out by quarantine,
+offline for weeks) still renews before its certificate ends. The new key is made and kept on disk
+before the request (``Identity.renewal_key``), so a lost answer is asked for again with the same
+key; the new certificate is installed whole (``Identity.install``). ``renewed_mqtt`` gives the
+broker connection the new files.
 """
 
 from __future__ import annotations
@@ -32,8 +35,6 @@ log = logging.getLogger(__name__)
 #: Renew once less than this share of the certificate's lifetime is left.
 RENEW_FRACTION: Final = 0.3
 RENEW_CHECK_S: Final = 24 * 3600.0
-#: When renewal is due but the outbox is not empty yet, look again this soon.
-RENEW_RETRY_S: Final = 600.0
 
 
 def renewal_due(cert: x509.Certificate, now: datetime, fraction: float = RENEW_FRACTION) -> bool:
@@ -99,25 +100,17 @@ def renew_daily(
     stop: threading.Event,
     on_renewed: Callable[[ec.EllipticCurvePrivateKey], None],
     *,
-    ready: Callable[[], bool] = lambda: True,
     interval_s: float = RENEW_CHECK_S,
     clock: Clock = utc_now,
 ) -> None:
     """Check at once, then every ``interval_s`` until ``stop``: renew when due and hand the new
     key to ``on_renewed`` (the agent signs with it from then on and reconnects to the broker with
-    the new certificate: ``renewed_mqtt``, ``DeviceSync.reconnect``).
-
-    The server checks a device's messages against its newest key only, so renewal waits until
-    ``ready()`` (the agent: the outbox is empty): nothing signed with the old key is then in flight."""
+    the new certificate: ``renewed_mqtt``, ``DeviceSync.reconnect``)."""
     identity = Identity.of(settings.data_dir)
     while True:
-        wait = interval_s
-        if _due(identity, clock()):
-            if not ready():
-                wait = min(interval_s, RENEW_RETRY_S)
-            elif renew_if_due(settings, clock=clock):
-                on_renewed(load_private_key(identity.key_path))
-        if stop.wait(wait):
+        if _due(identity, clock()) and renew_if_due(settings, clock=clock):
+            on_renewed(load_private_key(identity.key_path))
+        if stop.wait(interval_s):
             return
 
 

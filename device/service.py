@@ -311,7 +311,6 @@ class DeviceService:
         threading.Thread(
             target=renew_daily,
             args=(self.settings, self._shutdown, renewed),
-            kwargs={"ready": lambda: self.store.outbox_depth() == 0},
             name="renewal",
             daemon=True,
         ).start()
@@ -415,15 +414,20 @@ class DeviceService:
         )
 
     def _hardware_facts(self) -> tuple[int, bool | None]:
-        """(a fault the MCU would refuse an ARM for now, headphones in or None when unknown).
-        A latched fault whose cause is gone is no reason: the next ARM clears it. HELLO does not
-        say whether the board requires headphones, so their absence counts only on a board that
-        has reported them plugged in (it has a jack switch) or refused for them."""
+        """(a fault the MCU would refuse an ARM for now, headphones in or None when unknown or
+        not required). A latched fault whose cause is gone is no reason: the next ARM clears it.
+        A v1.4 board says whether it requires headphones and has a switch to see them (BOARD);
+        with an older one their absence counts only on a board that has reported them plugged
+        in (it has a switch) or refused for them."""
         monitor = self.monitor
         telemetry = monitor.telemetry if monitor is not None else None
         if monitor is None or telemetry is None:
             return sl.FAULT_NONE, None
         crossed = monitor.limit_crossed()
+        board = monitor.board_info
+        if board is not None:
+            needed = board.requires_headphones and board.headphone_switch
+            return crossed, (telemetry.headphones if needed else None)
         refused_for_them = telemetry.fault == sl.FAULT_HEADPHONES_UNPLUGGED
         self._headphones_seen = self._headphones_seen or telemetry.headphones or refused_for_them
         unplugged = self._headphones_seen and not telemetry.headphones

@@ -261,7 +261,7 @@ class DeviceSync:
         the device is not shown offline), then a new client resuming the persistent session, so
         the broker keeps what it queued for us. What was published but not acknowledged stays in
         the outbox and is sent again; the server drops the duplicates by message id. Meant for
-        a quiet moment (renewal waits for an empty outbox). Driven, the new client comes from
+        a renewal: what was queued before it verifies with the earlier key. Driven, the new client comes from
         ``client_factory`` and gets one attempt (``connect``: it may raise)."""
         with self._reconnecting:
             old = self._client

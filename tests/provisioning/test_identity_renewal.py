@@ -1,6 +1,7 @@
 """Renewal on the device, with a real fleet (HTTPS server, two-tier CA, mutual-TLS mosquitto): a
 crash at any step of installing the new identity leaves a key and certificate that belong together
-(checked by a TLS connect), and a running sync moves to the new certificate by itself."""
+(checked by a TLS connect), a running sync moves to the new certificate by itself, and what was
+queued before a renewal is accepted after it."""
 
 from __future__ import annotations
 
@@ -213,6 +214,32 @@ def test_a_running_sync_moves_to_the_renewed_certificate(fleet: Fleet) -> None:
     with Session(fleet.engine) as db:
         rows = db.exec(select(SessionRow)).all()
         assert len(rows) == 2  # nothing lost, nothing twice
+        assert all(r.sig_status == "verified" for r in rows)
+
+
+def test_what_was_queued_before_a_renewal_is_accepted_after_it(fleet: Fleet) -> None:
+    """Renewal does not wait for the outbox to empty (it may never, offline or shut out): a
+    session queued with the old key and sent after the renewal is stored, verified."""
+    settings = enrolled(fleet, "dev-35", "SN-35")
+    ingest = IngestConsumer(
+        fleet.settings.model_copy(update={"mqtt": fleet.server_mqtt()}), fleet.engine
+    )
+    ingest.start()
+    store = settings.open_store()
+    try:
+        store.record_session("dev-35", make_record())  # offline: queued, signed with the old key
+        renew(settings)
+        store.signing_key = load_private_key(Identity.of(settings.data_dir).key_path)
+        store.record_session("dev-35", make_record())  # signed with the new key
+        renewed = DeviceSettings(device_id=settings.device_id, data_dir=settings.data_dir)
+        with DeviceSync(renewed, store) as sync:
+            assert sync.drain(timeout_s=60), sync.last_error
+    finally:
+        store.close()
+        ingest.stop()
+    with Session(fleet.engine) as db:
+        rows = db.exec(select(SessionRow).where(SessionRow.device_id == "dev-35")).all()
+        assert len(rows) == 2
         assert all(r.sig_status == "verified" for r in rows)
 
 
