@@ -92,11 +92,11 @@ def _cell(label: Label, svg: str) -> str:
         f"<div class=serial>{html.escape(label.serial)}</div>",
         f"<div>device <b>{html.escape(label.device_id)}</b></div>",
     ]
-    if label.code is not None:
-        lines.append(f"<div class=code>{html.escape(label.code)}</div>")
     if label.expires_at is not None:
-        lines.append(f"<div>valid until {label.expires_at:%Y-%m-%d %H:%M} UTC</div>")
-    return f"<section class=label>{svg}<div class=text>{''.join(lines)}</div></section>"
+        day, hour = f"{label.expires_at:%Y-%m-%d}", f"{label.expires_at:%H:%M} UTC"
+        lines.append(f"<div>valid until <time>{day}</time> <time>{hour}</time></div>")
+    code = f"<div class=code>{html.escape(label.code)}</div>" if label.code is not None else ""
+    return f"<section class=label>{svg}<div class=text>{''.join(lines)}</div>{code}</section>"
 
 
 def private_file(path: Path) -> BinaryIO:
@@ -115,12 +115,14 @@ body {{ font: 11pt system-ui, sans-serif; margin: 0 auto; max-width: 190mm; padd
 h1 {{ font-size: 13pt; margin: 0 0 2mm; }}
 p.note {{ margin: 0 0 4mm; font-size: 9pt; }}
 main {{ display: grid; grid-template-columns: repeat(auto-fill, minmax(60mm, 1fr)); gap: 3mm; }}
-.label {{ border: 1px dashed #888; padding: 2mm; display: flex; gap: 2mm; align-items: center;
-  break-inside: avoid; }}
-.label svg {{ width: 28mm; height: 28mm; flex: none; }}
+.label {{ border: 1px dashed #888; padding: 2mm; display: grid; gap: 1mm 2mm;
+  grid-template-columns: 26mm 1fr; align-items: center; break-inside: avoid; }}
+.label svg {{ width: 26mm; height: 26mm; }}
 .text {{ min-width: 0; overflow-wrap: anywhere; font-size: 9pt; line-height: 1.35; }}
+.text time {{ white-space: nowrap; }}
 .serial {{ font-size: 11pt; font-weight: 700; }}
-.code {{ font: 700 9pt ui-monospace, monospace; letter-spacing: 0.02em; }}
+.code {{ grid-column: 1 / -1; text-align: center; white-space: nowrap;
+  font: 700 10pt ui-monospace, monospace; }}
 @media print {{ p.note {{ display: none; }} .label {{ border-color: #ccc; }} }}
 </style></head>
 <body><h1>{title}</h1>
