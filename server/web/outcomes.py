@@ -5,7 +5,7 @@ downloads for the cookie session.
 The reports and the CSV downloads are the API's own routes (``api/routes/outcomes.py``,
 ``api/routes/exports.py``: ``server/analytics.py``'s numbers, their audit rows), called as they are
 after the page's role and ownership checks. Every chart
-is drawn (``static/outcomes.js``) from a table on the page, which is what screen readers and
+is drawn (``static/charts.js``) from a table on the page, which is what screen readers and
 tests read.
 """
 

@@ -20,7 +20,9 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from resonera.server.analytics import ear_level_dba, is_silent
 from resonera.server.api.errors import log_unhandled
+from resonera.server.web.glance import readings, session_level
 from resonera.server.web.web_user import optional_web_user
 
 log = logging.getLogger(__name__)
@@ -54,8 +56,25 @@ _TITLES: Final = {
 }
 
 
-def _percent(value: float) -> str:
-    return f"{value * 100:.1f} %"
+def percent_text(fraction: float) -> str:
+    """A share as a percentage: one decimal, two below 0.05 % (which one decimal shows as 0.0),
+    and "< 0.01 %" for a dose that is there but smaller: "0.0 %" would say there is none."""
+    percent = fraction * 100
+    if 0 < percent < 0.01:
+        return "< 0.01 %"
+    if 0 < percent < 0.05:
+        return f"{percent:.2f} %"
+    return f"{percent:.1f} %"
+
+
+def dbfs_text(value: float) -> str:
+    """A signal level; "silent" for the meter's placeholder, which is no level at all."""
+    return "silent" if is_silent(value) else f"{value:.1f} dBFS"
+
+
+def dba_text(value: float | None) -> str:
+    """A level at the ear; "—" when nothing was heard."""
+    return "—" if value is None else f"{value:.1f} dB(A)"
 
 
 def _when(value: datetime | None) -> str:
@@ -81,7 +100,15 @@ _env = Environment(
     trim_blocks=True,
     lstrip_blocks=True,
 )
-_env.filters.update(percent=_percent, when=_when, duration=_duration, number=_number)
+_env.filters.update(
+    percent=percent_text,
+    when=_when,
+    duration=_duration,
+    number=_number,
+    dbfs=dbfs_text,
+    dba=dba_text,
+)
+_env.globals.update(readings=readings, session_level=session_level, ear_level=ear_level_dba)
 
 
 class PageError(Exception):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from functools import partial
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Any, Final, Literal, cast
 
 from fastapi import APIRouter, FastAPI, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -35,7 +35,7 @@ from resonera.server.prescriptions import (
 )
 from resonera.server.schemas import DesiredIn
 from resonera.server.security import now_utc
-from resonera.server.web import admin
+from resonera.server.web import admin, glance
 from resonera.server.web import auth as web_auth
 from resonera.server.web import outcomes as web_outcomes
 from resonera.server.web import programs as web_programs
@@ -85,9 +85,47 @@ def patients_page(
     web: ClinicianPage,
     state: StateDep,
     session: SessionDep,
-    q: Annotated[str, Query(max_length=200)] = "",
     sort: Annotated[SortKey, Query()] = "name",
     order: Annotated[Literal["asc", "desc"], Query(alias="dir")] = "asc",
+) -> HTMLResponse:
+    """The clinician's patients, sorted; searching is a POST (``patients_search``)."""
+    return _patients(request, web, state, session, search="", sort=sort, order=order)
+
+
+@router.post("/patients/search")
+def patients_search(
+    *,
+    request: Request,
+    web: ClinicianPage,
+    state: StateDep,
+    session: SessionDep,
+    csrf_token: Annotated[str, Form(max_length=200)] = "",
+    q: Annotated[str, Form(max_length=200)] = "",
+    sort: Annotated[SortKey, Form()] = "name",
+    order: Annotated[Literal["asc", "desc"], Form(alias="dir")] = "asc",
+    by: Annotated[str, Form(max_length=40)] = "",
+) -> HTMLResponse:
+    """The patients list searched by name: posted, so a patient's name never reaches an
+    address, a browser's history or an access log. ``by`` ("key:asc|desc", a column header's
+    button) sorts the search again."""
+    check_csrf(web, csrf_token)
+    if by:
+        key, _, direction = by.partition(":")
+        if key not in SORT_KEYS or direction not in ("asc", "desc"):
+            raise PageError(400, "The sort asked for is not one of the table's columns.")
+        sort, order = key, cast(Literal["asc", "desc"], direction)
+    return _patients(request, web, state, session, search=q, sort=sort, order=order)
+
+
+def _patients(
+    request: Request,
+    web: WebUser,
+    state: AppState,
+    session: Session,
+    *,
+    search: str,
+    sort: SortKey,
+    order: Literal["asc", "desc"],
 ) -> HTMLResponse:
     assert web.user.id is not None
     lines = patient_lines(
@@ -95,7 +133,7 @@ def patients_page(
         state.cipher,
         crud.clinician_patient_ids(session, web.user.id),
         now_utc(),
-        search=q,
+        search=search,
         sort=sort,
         descending=order == "desc",
     )
@@ -110,10 +148,12 @@ def patients_page(
             "web": web,
             "title": "Patients",
             "lines": lines,
-            "q": q,
+            "attention": [line for line in lines if line.attention.reasons],
+            "q": search,
             "sort": sort,
             "order": order,
             "sort_keys": SORT_KEYS,
+            "thresholds": glance,
         },
     )
 
@@ -142,6 +182,7 @@ def _patient_page(
     session: Session,
     patient: PatientRow,
     days: int,
+    event_page: int = 1,
     status: int = 200,
     errors: dict[str, str] | None = None,
     form: dict[str, str] | None = None,
@@ -153,7 +194,7 @@ def _patient_page(
     refusal: Refusal | None = None,
 ) -> HTMLResponse:
     now = now_utc()
-    view = patient_view(session, state.cipher, patient, now, days)
+    view = patient_view(session, state.cipher, patient, now, days, event_page=event_page)
     editor = editor_view(
         session,
         patient.id,
@@ -206,6 +247,7 @@ def patient_page(
     state: StateDep,
     session: SessionDep,
     days: Annotated[Literal["7", "30", "90"], Query()] = "30",
+    events: Annotated[int, Query(ge=1, le=2**31 - 1)] = 1,
     saved: Annotated[int | None, Query(ge=1, le=2**31 - 1)] = None,
     preview: Annotated[str, Query(max_length=36)] = "",
     draft: Annotated[Literal["", "1"], Query()] = "",
@@ -214,8 +256,9 @@ def patient_page(
     sessions_per_week: Annotated[str, Query(max_length=40)] = "",
     q: Annotated[str | None, Query(max_length=200)] = None,
 ) -> HTMLResponse:
-    """The patient's page; ``draft`` (with ``version``, ``program``, ``sessions_per_week``) shows
-    a prescription being edited, ``q`` the library searched for a program to add."""
+    """The patient's page; ``events`` is the page of safety events shown, ``draft`` (with
+    ``version``, ``program``, ``sessions_per_week``) a prescription being edited, ``q`` the
+    library searched for a program to add."""
     patient = own_patient_page(session, web, patient_id)
     notice = f"Saved as version {saved}." if saved is not None else ""
     return _patient_page(
@@ -225,6 +268,7 @@ def patient_page(
         session=session,
         patient=patient,
         days=int(days),
+        event_page=events,
         notice=notice,
         preview=preview,
         draft=_draft_or_400(version, program, sessions_per_week) if draft else None,

@@ -26,23 +26,18 @@ from resonera.server.models import (
     SafetyEventRow,
     SessionRow,
 )
-from resonera.server.schemas import DoseReport, Limits, PatientPublic
-
-#: Event types that need a clinician's look; "open" = one of these in the last 7 days.
-ATTENTION_EVENTS: Final = frozenset(
-    {
-        "fault",
-        "warning",
-        "dose_reached",
-        "dose_stop",
-        "limits_refused",
-        "incompatible",
-        "no_monitor",
-        "session_refused",
-        "mcu_restarted",
-    }
+from resonera.server.schemas import AdherenceWeek, DoseReport, Limits, PatientPublic
+from resonera.server.web.glance import (
+    EVENTS_PER_PAGE,
+    OPEN_WINDOW,
+    Attention,
+    EventGroup,
+    attention,
+    event_groups,
+    fault_count,
+    last_session,
 )
-OPEN_WINDOW: Final = timedelta(days=7)
+
 PERIODS: Final = (7, 30, 90)
 SortKey = Literal["name", "device", "last_sync", "sessions", "dose", "events"]
 SORT_KEYS: Final[tuple[SortKey, ...]] = (
@@ -53,7 +48,7 @@ SORT_KEYS: Final[tuple[SortKey, ...]] = (
     "dose",
     "events",
 )
-#: At most this many sessions and events of one patient on a page (90 days of several a day).
+#: At most this many sessions of one patient on a page (90 days of several a day).
 TIMELINE_MAX: Final = 500
 
 
@@ -69,7 +64,10 @@ class PatientLine:
     sessions_done: int
     sessions_prescribed: int
     dose_7d: float
+    #: The patient's weekly allowance (a fraction of 80 dB(A) for 40 h).
+    allowance: float
     open_events: int
+    attention: Attention
 
     @property
     def dose_percent(self) -> float:
@@ -86,19 +84,6 @@ def _last_sync(session: Session, devices: Sequence[str]) -> datetime | None:
     return max(times, default=None)
 
 
-def open_event_count(session: Session, patient_id: str, now: datetime) -> int:
-    rows = crud.list_events(
-        session,
-        patient_id=patient_id,
-        event_type=None,
-        since=now - OPEN_WINDOW,
-        until=None,
-        limit=1000,
-        offset=0,
-    )
-    return sum(1 for row in rows if row.event_type in ATTENTION_EVENTS)
-
-
 def patient_line(
     session: Session, cipher: FieldCipher, patient: PatientRow, now: datetime
 ) -> PatientLine:
@@ -109,16 +94,29 @@ def patient_line(
     week = crud.adherence_report(
         session, patient_id=patient.id, today=today, weeks=1, per_week=per_week
     ).weeks[0]
-    dose = crud.dose_report(session, patient_id=patient.id, today=today, days=1)
+    dose = crud.dose_report(session, patient_id=patient.id, today=today, days=7)
+    groups = event_groups(session, patient.id, now - OPEN_WINDOW)
+    last_sync = _last_sync(session, devices)
     return PatientLine(
         id=patient.id,
         name=crud.patient_public(session, cipher, patient).name,
         devices=devices,
-        last_sync=_last_sync(session, devices),
+        last_sync=last_sync,
         sessions_done=week.done,
         sessions_prescribed=week.prescribed,
         dose_7d=dose.rolling_7d,
-        open_events=open_event_count(session, patient.id, now),
+        allowance=dose.allowance_fraction,
+        open_events=sum(g.count for g in groups if g.attention),
+        attention=attention(
+            faults=fault_count(groups),
+            dose_7d=dose.rolling_7d,
+            allowance=dose.allowance_fraction,
+            done_7d=sum(day.sessions for day in dose.days),
+            per_week=per_week,
+            last_sync=last_sync,
+            has_device=bool(devices),
+            now=now,
+        ),
     )
 
 
@@ -188,7 +186,17 @@ class PatientView:
     days: int
     dose: DoseReport
     sessions: Sequence[SessionRow]
+    #: One page of the period's events, newest first (``event_page`` of ``event_pages``).
     events: Sequence[SafetyEventRow]
+    event_page: int
+    event_pages: int
+    #: The period's events by kind, those needing attention first.
+    event_groups: tuple[EventGroup, ...]
+    #: Open: the kinds needing attention in the last 7 days.
+    open_groups: tuple[EventGroup, ...]
+    week: AdherenceWeek
+    last_session: SessionRow | None
+    last_sync: datetime | None
     config_version: int
     profile: dict[str, Any]
     limits: Limits
@@ -305,12 +313,24 @@ def device_sync(
 
 
 def patient_view(
-    session: Session, cipher: FieldCipher, patient: PatientRow, now: datetime, days: int
+    session: Session,
+    cipher: FieldCipher,
+    patient: PatientRow,
+    now: datetime,
+    days: int,
+    *,
+    event_page: int = 1,
 ) -> PatientView:
+    """The patient page's data for the last ``days`` UTC days; ``event_page`` (from 1) of the
+    period's events, clamped to the last page."""
     today = crud.utc_today(now)
     since = datetime.combine(today - timedelta(days=days - 1), datetime.min.time(), now.tzinfo)
     current = DesiredService.current(session, patient.id)
     document = config_document(current)
+    groups = event_groups(session, patient.id, since)
+    pages = max(1, -(-sum(g.count for g in groups) // EVENTS_PER_PAGE))
+    page = min(max(1, event_page), pages)
+    devices = DesiredService.devices_of(session, patient.id, now)
     return PatientView(
         patient=crud.patient_public(session, cipher, patient),
         days=days,
@@ -324,12 +344,27 @@ def patient_view(
             event_type=None,
             since=since,
             until=None,
-            limit=TIMELINE_MAX,
-            offset=0,
+            limit=EVENTS_PER_PAGE,
+            offset=(page - 1) * EVENTS_PER_PAGE,
         ),
+        event_page=page,
+        event_pages=pages,
+        event_groups=groups,
+        open_groups=tuple(
+            g for g in event_groups(session, patient.id, now - OPEN_WINDOW) if g.attention
+        ),
+        week=crud.adherence_report(
+            session,
+            patient_id=patient.id,
+            today=today,
+            weeks=1,
+            per_week=current.sessions_per_week if current is not None else 0,
+        ).weeks[0],
+        last_session=last_session(session, patient.id),
+        last_sync=_last_sync(session, devices),
         config_version=current.version if current is not None else 0,
         profile=document["profile"],
         limits=Limits.model_validate(document["limits"]),
         sessions_per_week=document["sessions_per_week"],
-        devices=device_sync(session, current, DesiredService.devices_of(session, patient.id, now)),
+        devices=device_sync(session, current, devices),
     )

@@ -26,11 +26,12 @@ LOAD_AUDIO = """el => new Promise((resolve, reject) => {
 
 
 def _dose_table(b: Browsing) -> dict[date, tuple[str, str]]:
-    """The dose table as the page shows it: day → (dose that day, allowance)."""
+    """The dose table as the page has it (folded under the chart): day → (dose that day,
+    allowance)."""
     out: dict[date, tuple[str, str]] = {}
     for row in b.page.locator("#dose-table tbody tr").all():
-        day = date.fromisoformat(row.locator("th").inner_text().strip())
-        cells = row.locator("td").all_inner_texts()
+        day = date.fromisoformat((row.locator("th").text_content() or "").strip())
+        cells = row.locator("td").all_text_contents()
         out[day] = (cells[0].strip(), cells[2].strip())
     return out
 
@@ -48,7 +49,9 @@ def test_clinician_reads_the_dose_chart_of_a_seeded_patient(
     expect(b.page.get_by_text(seeded.other_name)).to_have_count(0)
     b.shot("patients")
 
-    b.page.get_by_role("link", name=seeded.patient_name).click()
+    # Ada is on the attention list too (the seeded fault): her line in the table.
+    expect(b.page.locator("#attention")).to_contain_text("1 fault in 7 days")
+    rows.first.get_by_role("link", name=seeded.patient_name).click()
     expect(b.page.get_by_role("heading", level=1)).to_have_text(seeded.patient_name)
     b.page.get_by_role("link", name="90 days").click()
     expect(b.page.locator("#dose-table tbody tr")).to_have_count(90)

@@ -3,14 +3,16 @@ error pages. The browser tests (``test_dashboard_browser.py``) cover the same fl
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import date, timedelta
 from http.cookies import SimpleCookie
 
 from dashboard.helpers import (
     PASSWORD,
     Seeded,
+    daily_dose,
     form_token,
     html_client,
     post_login,
@@ -250,19 +252,43 @@ def test_patients_list_search_and_sort_work_without_script(
         clinician = session.exec(select(UserRow).where(UserRow.email == seeded.clinician)).one()
     for name in ("Charles Babbage", "Alan Turing"):
         server_helpers().add_patient(engine, cipher, clinician.id, name)
-    sign_in(seeded.clinician)
+    csrf = sign_in(seeded.clinician)
 
     def names(query: str) -> list[str]:
         return [
             row[0] for row in table_cells(client.get(f"/patients?{query}").text, "patients-table")
         ]
 
+    def search(q: str, **more: str) -> str:
+        response = client.post("/patients/search", data={"q": q, "csrf_token": csrf, **more})
+        assert response.status_code == 200, response.text
+        return response.text
+
     assert names("") == ["Ada Lovelace", "Alan Turing", "Charles Babbage"]
     assert names("sort=name&dir=desc") == ["Charles Babbage", "Alan Turing", "Ada Lovelace"]
-    assert names("q=TURING") == ["Alan Turing"]
     assert names("sort=dose&dir=desc")[0] == "Ada Lovelace"
     assert names("sort=events&dir=asc")[-1] == "Ada Lovelace"
-    assert "No patient matches" in client.get("/patients?q=nobody").text
+    # The search is posted: the name typed never goes in an address (nor an access log).
+    page = client.get("/patients").text
+    assert 'method="post" action="/patients/search"' in page
+    assert [row[0] for row in table_cells(search("TURING"), "patients-table")] == ["Alan Turing"]
+    assert names("q=TURING") == ["Ada Lovelace", "Alan Turing", "Charles Babbage"]
+    # A column header sorts the search again, still posted.
+    found = search("a", by="name:desc")
+    assert [row[0] for row in table_cells(found, "patients-table")] == [
+        "Charles Babbage",
+        "Alan Turing",
+        "Ada Lovelace",
+    ]
+    assert 'name="by" value="name:asc"' in found
+    assert "No patient matches" in search("nobody")
+    assert client.post("/patients/search", data={"q": "Ada"}).status_code == 403  # no CSRF
+    assert (
+        client.post(
+            "/patients/search", data={"q": "a", "by": "birthday:asc", "csrf_token": csrf}
+        ).status_code
+        == 400
+    )
     html = client.get("/patients?sort=dose&dir=desc").text
     assert 'aria-sort="descending"' in html
     assert client.get("/patients?sort=birthday").status_code == 400
@@ -278,8 +304,6 @@ def test_patient_page_dose_table_matches_the_data(
         assert len(rows) == days
         stored = seeded.dose_by_day(engine)
         for day, dose, _rolling, allowance, _sessions, _played in rows:
-            from datetime import date
-
             assert dose == f"{stored.get(date.fromisoformat(day), 0.0) * 100:.1f} %"
             assert allowance == "100.0 %"
     assert "/static/uPlot.iife.min.js" in html
@@ -292,12 +316,23 @@ def test_patient_page_lists_sessions_and_events_with_readings(
     html = client.get(f"/patients/{seeded.patient}?days=7").text
     sessions = table_cells(html, "sessions")
     assert sessions and all(row[1] == "calm-40hz" for row in sessions)
-    assert any("stopped: the person stopped it" in row[5] for row in sessions)
-    assert sum("completed; 3 audio dropouts" in row[5] for row in sessions) == 1
+    assert any("stopped: the person stopped it" in row[6] for row in sessions)
+    assert sum("completed; 3 audio dropouts" in row[6] for row in sessions) == 1
+    # The seeded sessions: 20 minutes, a dose of daily_dose(days ago), −20 / −6 dBFS.
+    for row in sessions:
+        days_ago = (now_utc().date() - date.fromisoformat(row[0][:10])).days
+        dose = daily_dose(days_ago)
+        expected = 80 + 10 * math.log10(dose / (1200 / (40 * 3600)))
+        assert row[3] == f"{expected:.1f} dB(A)", row
+        assert row[4] == "-20.0 dBFS / -6.0 dBFS"
+        assert row[5] == f"{dose * 100:.1f} %"
     [event] = table_cells(html, "events")
     assert event[1] == "fault"
     assert event[2] == "amplifier hot"
-    assert "amp_temp_c 71.5" in event[3]
+    # Named, rounded, with units; booleans in words.
+    assert "amplifier 71.5 °C" in event[3]
+    assert "supply current 0.42 A" in event[3]
+    assert "headphones yes" in event[3]
 
 
 def test_unknown_period_is_a_400_page(client: TestClient, sign_in: SignIn, seeded: Seeded) -> None:
@@ -541,7 +576,7 @@ def test_pages_load_nothing_from_outside(
     assert "default-src 'self'" in page.headers["content-security-policy"]
     assert page.headers["cache-control"] == "no-store"
     assert not re.search(r"(src|href)=\"(https?:)?//", page.text)
-    for asset in ("uPlot.iife.min.js", "uPlot.min.css", "dashboard.js", "dashboard.css"):
+    for asset in ("uPlot.iife.min.js", "uPlot.min.css", "charts.js", "dashboard.css"):
         response = client.get(f"/static/{asset}")
         assert response.status_code == 200, asset
         assert b"http://" not in response.content.replace(b"https://github.com/leeoniya/uPlot", b"")

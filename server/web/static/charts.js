@@ -1,14 +1,22 @@
-// Draws each outcome chart from the table it names (the table is the data; the chart is a view of it).
+// Draws each chart from the table it names (the table is the data; the chart is a view of it).
 // A chart element carries data-table (the table's id), data-series (what to draw from which
-// data-* attribute of each body row) and data-scales (axis labels, fixed ranges).
+// data-* attribute of each body row), data-scales (axis labels, fixed ranges) and data-first /
+// data-last: the period asked for (UTC days), which bounds the time axis whatever the data
+// (one day of data in a 30-day view is one bar in a 30-day axis, not an axis of its own making).
+// Drawn, it says what it shows: data-points (rows drawn), data-xmin / data-xmax (the time axis's
+// ends, Unix seconds).
 (function () {
   "use strict";
   if (typeof uPlot === "undefined") {
     return;
   }
+  var DAY = 86400;
   function value(row, attr) {
     var text = row.getAttribute("data-" + attr);
     return text === null || text === "" ? null : parseFloat(text);
+  }
+  function day(text) {
+    return Date.parse(text + "T00:00:00Z") / 1000;
   }
   function draw(target) {
     var table = document.getElementById(target.dataset.table);
@@ -17,13 +25,20 @@
     }
     var specs = JSON.parse(target.dataset.series);
     var scales = JSON.parse(target.dataset.scales || "{}");
-    var rows = table.querySelectorAll("tbody tr[data-x]");
+    var rows = Array.prototype.slice.call(table.querySelectorAll("tbody tr[data-x]"));
+    rows.sort(function (a, b) { return day(a.dataset.x) - day(b.dataset.x); });
     var data = [[]];
     specs.forEach(function () { data.push([]); });
     rows.forEach(function (row) {
-      data[0].push(Date.parse(row.dataset.x + "T00:00:00Z") / 1000);
+      data[0].push(day(row.dataset.x));
       specs.forEach(function (spec, i) { data[i + 1].push(value(row, spec.attr)); });
     });
+    // Half a day either side: the first and the last day's bars are drawn whole.
+    var xmin = day(target.dataset.first) - DAY / 2;
+    var xmax = day(target.dataset.last) + DAY / 2;
+    if (data[0].length) {
+      xmin = Math.min(xmin, data[0][0] - DAY / 2);
+    }
     var series = [{}].concat(specs.map(function (spec) {
       var s = { label: spec.label, stroke: spec.color, scale: spec.scale || "y", spanGaps: false };
       if (spec.kind === "bars") {
@@ -40,14 +55,15 @@
       return s;
     }));
     var axes = [{}];
-    var uScales = {};
+    var uScales = { x: { time: true, auto: false, range: [xmin, xmax] } };
     Object.keys(scales).forEach(function (name, i) {
       var scale = scales[name];
       axes.push({ scale: name, label: scale.label, side: i === 0 ? 3 : 1, grid: { show: i === 0 } });
-      uScales[name] = scale.range ? { range: scale.range } : { range: function (u, min, max) { return [Math.min(0, min), max > 0 ? max * 1.1 : 1]; } };
+      uScales[name] = scale.range ? { range: scale.range } : { range: function (u, min, max) { return [Math.min(0, min), Math.max(scale.atLeast || 1, max * 1.1)]; } };
     });
-    var width = Math.max(320, Math.min(target.clientWidth || 900, 1100));
-    new uPlot({
+    // The chart keeps to its box: a phone's screen, a printed page.
+    var width = Math.max(280, Math.min(target.clientWidth || 900, 1100));
+    var chart = new uPlot({
       width: width,
       height: parseInt(target.dataset.height || "240", 10),
       tzDate: function (ts) { return uPlot.tzDate(new Date(ts * 1000), "Etc/UTC"); },
@@ -56,6 +72,8 @@
       series: series,
     }, data, target);
     target.dataset.points = String(rows.length);
+    target.dataset.xmin = String(chart.scales.x.min);
+    target.dataset.xmax = String(chart.scales.x.max);
   }
   document.querySelectorAll(".chart[data-table]").forEach(draw);
 })();
