@@ -6,8 +6,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Final
 
-__all__ = ["Clock", "utc_now"]
+__all__ = ["CLOCK_FLOOR", "Clock", "utc_now"]
+
+#: No earlier wall clock can be right: this release's date (a board without a real-time clock
+#: boots in 1970). The device's dose clock never dates a second before it
+#: (``device/trusted_time.py``).
+CLOCK_FLOOR: Final = datetime(2026, 1, 1, tzinfo=UTC).timestamp()
 
 #: Returns the current time, timezone-aware.
 Clock = Callable[[], datetime]

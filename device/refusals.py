@@ -31,6 +31,7 @@ from datetime import UTC, datetime
 from typing import Final, Literal
 
 from resonera.common import serial_link as sl
+from resonera.common.clock import CLOCK_FLOOR
 from resonera.device.prescriptions import NOTHING_MAY_PLAY
 from resonera.device.prompt_catalogue import CATALOGUE, FALLBACK_LANGUAGE
 
@@ -52,8 +53,6 @@ __all__ = [
 #: Less free space than this where the data lives: storage full (a session's record, its safety
 #: events and the outbox must fit; 32 MiB is weeks of records).
 MIN_FREE_BYTES: Final = 32 * 1024 * 1024
-#: No earlier wall clock can be right: this release's date (a board without RTC boots in 1970).
-CLOCK_FLOOR: Final = datetime(2026, 1, 1, tzinfo=UTC).timestamp()
 #: A record this much newer than the wall clock means the clock went back (NTP jitter is less).
 CLOCK_SLACK_S: Final = 300.0
 #: How long a refusal's light shows when no press comes first.

@@ -48,6 +48,12 @@ from resonera.device.safety.supervisor import SessionSupervisor
 from resonera.device.safety_events import SafetyEventRecorder
 from resonera.device.settings import DeviceSettings
 from resonera.device.store import DeviceStore
+from resonera.device.trusted_time import (
+    DatedLedger,
+    DoseClock,
+    TimeSources,
+    untrusted_level_cap,
+)
 from resonera.engine.audio.calibration import Calibration
 from resonera.engine.audio.player import BlockProcessor
 from resonera.engine.audio.sinks import AudioSink, NullSink, PyAudioSink, WavSink, open_default_sink
@@ -146,6 +152,8 @@ class SessionParts:
     mixer: PromptMixer | None = None
     #: Where a prescribed program's background files are (its ``sha256:`` paths): None, none.
     backgrounds: BackgroundCache | None = None
+    #: Where the dose clock reads time (``device/trusted_time.py``; None: the real sources).
+    time_sources: TimeSources | None = None
 
 
 def _say_nothing(_message: str) -> None:
@@ -180,8 +188,11 @@ class Session:
 
     Before anything plays: the calibration must be there, the program must fit the profile in
     force (the applied desired state, else the settings'), the day's sessions must not be used up,
-    and the pre-flight tells the expected dose (``watch.notify``) and refuses a session that would
-    pass 100 % of the weekly allowance if the profile says so (``SessionRefused``). A sound device
+    and the pre-flight tells the expected dose at the level that will play (``watch.notify``) and
+    refuses a session that would pass 100 % of the weekly allowance if the profile says so
+    (``SessionRefused``). The dose is dated by the dose clock (``device/trusted_time.py``), not
+    the wall clock; until the device has trusted time the session plays at most at the dose
+    mode's reference level (``untrusted_level_cap``). A sound device
     lost mid-session ends it as a ``fault`` whose reason says so; the record is stored all the
     same. ``session_id``: the id its "before" check-in answers were stored under (default: new).
 
@@ -208,6 +219,8 @@ class Session:
         #: The weekly allowance's 100 % action stopped it (set when it has played).
         self.stopped_by_dose = False
         self._dose_events: list[DoseEvent] = []
+        #: The ledger dated by the dose clock, from ``run`` on.
+        self._dated: DatedLedger | None = None
         #: The session's safety state machine, once ``run`` made it (the service's ``status``).
         self.supervisor: SessionSupervisor | None = None
 
@@ -240,8 +253,11 @@ class Session:
             ),
             prescribed=prescribed,
         )
+        clock = DoseClock(parts.ledger, parts.time_sources)
+        clock.refresh()
+        self._dated = DatedLedger(clock)
         try:
-            self._check_before(playable, profile, calibration)
+            profile = self._check_before(playable, profile, calibration, clock)
             supervisor = SessionSupervisor(
                 parts.recorder, simulation=parts.settings.simulation, session_id=self.session_id
             )
@@ -259,11 +275,12 @@ class Session:
         return record
 
     def _check_before(
-        self, program: Program, profile: HearingProfile, calibration: Calibration
-    ) -> None:
-        """The ledger's state, the day's limit and the pre-flight dose; raise when refused."""
+        self, program: Program, profile: HearingProfile, calibration: Calibration, clock: DoseClock
+    ) -> HearingProfile:
+        """The ledger's state, the day's limit and the pre-flight dose; raise when refused. The
+        profile to play under: its ceiling held where the session will really play."""
         parts, now = self.parts, self.wall_clock()
-        week = parts.ledger.status(now, profile.dose_mode)
+        week = parts.ledger.status(clock.now(), profile.dose_mode)
         if week.corrupted:  # the server's clinician is the one who can reset it: tell them
             cause = "the dose ledger is damaged: the week counts as fully used until a reset"
             parts.recorder.event("dose_ledger_corrupted", cause, session_id=self.session_id)
@@ -271,17 +288,20 @@ class Session:
         if daily is not None:
             parts.recorder.event("session_refused", daily, session_id=self.session_id)
             raise SessionRefused(daily, daily=True)
+        held, why = held_level(profile, week.fraction, trusted_time=clock.exact)
         check = preflight(
             program,
             sample_rate=parts.settings.sample_rate,
             calibration=calibration,
-            profile=profile,
+            profile=held,
             week=week,
         )
-        self.watch.notify(check.message)
+        message = check.message + why
+        self.watch.notify(message)
         if check.refused:
-            parts.recorder.event("session_refused", check.message, session_id=self.session_id)
-            raise SessionRefused(check.message)
+            parts.recorder.event("session_refused", message, session_id=self.session_id)
+            raise SessionRefused(message)
+        return held
 
     def _pipeline(
         self,
@@ -315,8 +335,8 @@ class Session:
             calibration=calibration,
             profile=profile,
             hard=claim.hello.limits if claim is not None else None,
-            ledger=parts.ledger,
-            wall_clock=self.wall_clock,
+            ledger=self._dated,
+            wall_clock=self._dated.clock.now if self._dated is not None else self.wall_clock,
             on_dose_event=on_dose_event,
             on_second=_ear_cup_check(claim, parts.recorder, self.session_id),
             before_chain=warnings,
@@ -391,11 +411,12 @@ class Session:
         0.05 s accidental start) is added here, so every second played counts toward the dose
         whatever the session's length (a session too short to count as one still does)."""
         partial = chain.meter.flush()
-        if partial is None:
+        if partial is None or self._dated is None:
             return
         level_dba, length_s = partial
-        self.parts.ledger.add_energy(
-            self.wall_clock(), pressure_squared(level_dba) * length_s, seconds=round(length_s)
+        dated = self._dated
+        dated.add_energy(
+            dated.clock.now(), pressure_squared(level_dba) * length_s, seconds=round(length_s)
         )
         chain.session_dose += dose_fraction(level_dba, length_s, profile.dose_mode)
 
@@ -442,6 +463,30 @@ class Session:
         supervisor.handle(Event.ARMED, f"safety MCU {claim.board} armed")
         log.info("safety MCU %s armed; playing with its consent", claim.board)
         return claim
+
+
+def held_level(
+    profile: HearingProfile, week_fraction: float, *, trusted_time: bool
+) -> tuple[HearingProfile, str]:
+    """``profile`` with its ceiling where a session starting now really plays, and why, for the
+    pre-flight's words ("" when at the profile's maximum): at the fallback once the week's
+    allowance is used (``attenuate``: the chain starts there), and at most at the dose mode's
+    reference level while the time is untrusted."""
+    level, why = profile.max_level_dba, ""
+    cap = untrusted_level_cap(profile.dose_mode)
+    if not trusted_time and cap < level:
+        level = cap
+        why = (
+            f"; the device's clock is not confirmed by network time yet, so it plays at most at "
+            f"{cap:g} dBA"
+        )
+    fallback = profile.fallback_level_dba
+    if week_fraction >= 1.0 and profile.on_dose_reached == "attenuate" and fallback < level:
+        level = fallback
+        why = f"; this week's allowance is used, so it plays at most at {fallback:g} dBA"
+    if level == profile.max_level_dba:
+        return profile, ""
+    return profile.model_copy(update={"max_level_dba": level}), why
 
 
 def _silence_reason(supervisor: SessionSupervisor, claim: ConsentClaim | None) -> str:

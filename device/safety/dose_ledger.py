@@ -21,6 +21,13 @@ rows that do not open: the week's intact rows keep counting, so a reset never gi
 person really used. A reset of a ledger that is not corrupted is refused (nothing to repair, and
 zeroing real exposure is not a clinician's remote action). Each reset request is carried out once, by
 its id, in the same transaction that records it.
+
+The minutes are those of the dose clock (``device/trusted_time.py``), not of the wall clock: its
+state is kept here (``clock_state``, written in the same transaction as the second it dated), and
+when trusted time arrives the minutes dated without it are moved in one transaction
+(``move_minutes``): forward by what the clock lagged, never past now, and any minute dated after
+now back to now. Nothing is ever taken away by a clock: a move adds a row's energy to the minute it
+lands on, and the retention (``prune``) never reaches past the last time the clock knew had passed.
 """
 
 from __future__ import annotations
@@ -245,32 +252,95 @@ class DoseLedger:
         """Add one second at ``level_dba`` (A-weighted dB SPL) ending at Unix time ``at``."""
         self.add_energy(at, pressure_squared(level_dba), seconds=1)
 
-    def add_energy(self, at: float, pa2s: float, seconds: int = 1) -> None:
+    def add_energy(
+        self, at: float, pa2s: float, seconds: int = 1, *, clock_state: str | None = None
+    ) -> None:
         """Add ``pa2s`` Pa²·s measured over ``seconds`` seconds ending at Unix time ``at``; on the
-        first write of each day, minutes older than ``KEEP_DAYS`` are removed (``prune``)."""
+        first write of each day, minutes older than ``KEEP_DAYS`` are removed (``prune``).
+        ``clock_state``: the dose clock's state after dating this second, kept in the same
+        transaction (``device/trusted_time.py``)."""
         if (day := int(at // 86400)) != self._pruned_day:
             self._pruned_day = day
             self.prune(at)
         minute = int(at // 60)
         with self._db.write() as db:
-            found = db.execute(
-                "SELECT minute, seconds, sealed FROM dose_minute WHERE minute = ?", (minute,)
-            ).fetchone()
-            if found is None:
-                before, energy = 0, 0.0
-            else:
-                row = _Minute(*found)
-                opened = self._energy(row)
-                if opened is None:
-                    # Never "repair" a bad row by adding to it: keep it bad, so it stays reported.
-                    log.error("dose ledger row for minute %d does not open (corrupted)", minute)
-                    return
-                before, energy = row.seconds, opened
-            total = before + seconds
-            db.execute(
-                "INSERT OR REPLACE INTO dose_minute (minute, seconds, sealed) VALUES (?, ?, ?)",
-                (minute, total, self._seal_minute(minute, total, energy + pa2s)),
+            self._add_to_minute(db, minute, pa2s, seconds)
+            if clock_state is not None:
+                _save_clock_state(db, clock_state)
+
+    def _add_to_minute(
+        self, db: sqlite3.Connection, minute: int, pa2s: float, seconds: int
+    ) -> bool:
+        """Add to ``minute``'s row (made when missing) inside ``db``'s transaction; False when
+        that row does not open, which is then left as it is."""
+        found = db.execute(
+            "SELECT minute, seconds, sealed FROM dose_minute WHERE minute = ?", (minute,)
+        ).fetchone()
+        if found is None:
+            before, energy = 0, 0.0
+        else:
+            row = _Minute(*found)
+            opened = self._energy(row)
+            if opened is None:
+                # Never "repair" a bad row by adding to it: keep it bad, so it stays reported.
+                log.error("dose ledger row for minute %d does not open (corrupted)", minute)
+                return False
+            before, energy = row.seconds, opened
+        total = before + seconds
+        db.execute(
+            "INSERT OR REPLACE INTO dose_minute (minute, seconds, sealed) VALUES (?, ?, ?)",
+            (minute, total, self._seal_minute(minute, total, energy + pa2s)),
+        )
+        return True
+
+    # --- the dose clock's state and its corrections ------------------------------------------
+
+    def clock_state(self) -> str | None:
+        """The dose clock's state as it last kept it (``device/trusted_time.py``), None before."""
+        with self._db.read() as read:
+            return _clock_state(read)
+
+    def save_clock_state(self, state: str) -> None:
+        with self._db.write() as db:
+            _save_clock_state(db, state)
+
+    def move_minutes(
+        self, first_minute: int | None, shift_minutes: int, now_minute: int, clock_state: str
+    ) -> int:
+        """In one transaction with ``clock_state``: every minute from ``first_minute`` on (None:
+        none) moves ``shift_minutes`` (≥ 0) later but no later than ``now_minute``, and every
+        minute after ``now_minute`` moves to it. A moved row's energy and seconds are added to
+        the row it lands on; a row that does not open stays where it is (it counts as the whole
+        allowance anyway). How many rows moved."""
+        moved = 0
+        with self._db.write() as db:
+            rows = [
+                _Minute(*row)
+                for row in db.execute(
+                    "SELECT minute, seconds, sealed FROM dose_minute WHERE minute > ? OR "
+                    "(? IS NOT NULL AND minute >= ?) ORDER BY minute",
+                    (now_minute, first_minute, first_minute),
+                )
+            ]
+            landing: list[tuple[int, float, int]] = []
+            for row in rows:
+                shifted = row.minute + shift_minutes
+                if first_minute is None or row.minute < first_minute:
+                    shifted = row.minute
+                target = min(shifted, now_minute)
+                energy = self._energy(row)
+                if target == row.minute or energy is None:
+                    continue
+                db.execute("DELETE FROM dose_minute WHERE minute = ?", (row.minute,))
+                landing.append((target, energy, row.seconds))
+            for target, energy, seconds in landing:
+                moved += self._add_to_minute(db, target, energy, seconds)
+            _save_clock_state(db, clock_state)
+        if moved:
+            log.warning(
+                "dose ledger: %d minute(s) dated without trusted time moved to their time", moved
             )
+        return moved
 
     def status(self, now: float, mode: DoseMode = 1) -> DoseStatus:
         """The last 7 days up to ``now``. The oldest minute counts whole: a conservative edge."""
@@ -305,9 +375,12 @@ class DoseLedger:
 
     def prune(self, now: float) -> int:
         """Remove the minutes older than ``KEEP_DAYS`` before ``now`` (far beyond the 7-day window,
-        kept for the daily history); how many."""
-        cutoff = int((now - KEEP_DAYS * 86400) // 60)
+        kept for the daily history); how many. Never past what the dose clock last knew had
+        passed (its ``floor``): a clock read a year ahead removes nothing it would not remove."""
         with self._db.write() as db:
+            known = _clock_floor(_clock_state(db))
+            until = now if known is None else min(now, known)
+            cutoff = int((until - KEEP_DAYS * 86400) // 60)
             return int(db.execute("DELETE FROM dose_minute WHERE minute < ?", (cutoff,)).rowcount)
 
     # --- resets ----------------------------------------------------------------------------------
@@ -415,6 +488,26 @@ class DoseLedger:
             return [_Minute(*row) for row in db.execute(query, params)]
         with self._db.read() as read:
             return [_Minute(*row) for row in read.execute(query, params)]
+
+
+def _clock_state(conn: sqlite3.Connection) -> str | None:
+    row = conn.execute("SELECT value FROM ledger_meta WHERE name = 'dose_clock'").fetchone()
+    return str(row[0]) if row else None
+
+
+def _save_clock_state(conn: sqlite3.Connection, state: str) -> None:
+    conn.execute("INSERT OR REPLACE INTO ledger_meta VALUES ('dose_clock', ?)", (state,))
+
+
+def _clock_floor(state: str | None) -> float | None:
+    """The Unix time the dose clock last knew had passed, from its kept ``state``."""
+    if state is None:
+        return None
+    try:
+        floor = json.loads(state).get("floor")
+    except (ValueError, AttributeError):
+        return None
+    return float(floor) if isinstance(floor, int | float) else None
 
 
 def _recorded_key(conn: sqlite3.Connection) -> str | None:

@@ -6,17 +6,19 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile
+from dose_clocks import SYNCED
 
 from resonera.common.dose import dose_fraction, pressure_squared
 from resonera.common.profile import HearingProfile
 from resonera.common.program import load_program_toml
 from resonera.device.safety.dose_ledger import DoseLedger
-from resonera.device.session import play_standalone
+from resonera.device.session import Session, standalone_parts
 from resonera.device.settings import DeviceSettings
 from resonera.device.store import DeviceStore
 from resonera.engine.audio.sinks import NullSink
@@ -63,7 +65,9 @@ def test_five_sessions_of_0_8_s_at_89_dba_add_their_share_to_the_ledger(tmp_path
     )
     store = DeviceStore(settings.store_path)
     program = load_program_toml(SHORT_TONE)
-    records = [play_standalone(settings, store, program, NullSink()) for _ in range(5)]
+    with standalone_parts(settings, store) as parts:  # a device with network time: no cap
+        synced = replace(parts, time_sources=SYNCED)
+        records = [Session(synced).run(program, NullSink()) for _ in range(5)]
     assert all(record.outcome == "completed" for record in records)
     ledger = DoseLedger.for_settings(settings, read_only=True)
     try:
