@@ -1,0 +1,1 @@
+"""The systemd units that run the server (API, ingest consumers, broker; server/README.md)."""
