@@ -34,6 +34,9 @@ The one output that matters is ``consent``: the device may play only while it is
   MCU and every ``LIGHT_RESEND_S`` until LIGHT_SHOWN says the light shows it (to an MCU of an
   older minor, the nearest state it knows: ``serial_link.light_for_peer``); playing and
   attenuated only while there is consent (so it never overrides the MCU's own fault light).
+- What the board is (v1.4): ``board`` is what the BOARD after the current HELLO said (whether it
+  requires headphones and has a switch to see them); None until it is said, always None with an
+  MCU older than v1.4, and forgotten with the HELLO (a lost link, a restart).
 - Everything that happens is also an entry of ``take_events()`` (a ``LinkEvent``), for the log,
   the store and the outbox.
 """
@@ -120,6 +123,8 @@ class SafetyLink:
         self.crc_burst_window_s = crc_burst_window_s
         self.warning_policy = warning_policy if warning_policy is not None else WarningPolicy()
         self.hello: HelloInfo | None = None
+        #: What the BOARD that followed ``hello`` said (v1.4); None until said, or from older MCUs.
+        self.board: sl.BoardInfo | None = None
         self.telemetry: sl.Telemetry | None = None
         #: Count of FAULT frames received, and the last one as (code, text).
         self.faults_seen = 0
@@ -382,6 +387,10 @@ class SafetyLink:
             self._on_button(sl.unpack_button(frame.body))
         elif frame.type == sl.MSG_LIGHT_SHOWN:
             self.light_shown = sl.unpack_light("LIGHT_SHOWN", frame.body)
+        elif frame.type == sl.MSG_BOARD:
+            board = sl.unpack_board_info(frame.body)
+            if self.hello is not None:  # before HELLO: the HELLO we ask for brings another
+                self.board = board
         # Other types: a newer minor version may add messages; the frame was valid, ignore it.
 
     def _garbled(self, why: str, now: float) -> None:
@@ -429,6 +438,7 @@ class SafetyLink:
                 f"protocol v{info.protocol_major}.{info.protocol_minor}",
             )
         self._incompatible = None
+        self.board = None  # what this HELLO's board is comes next, in its BOARD (from v1.4)
         self.hello = self.last_hello = info
         self._last_telemetry = now
         self._queue_lower_limits()
@@ -535,6 +545,7 @@ class SafetyLink:
 
     def _forget_hello(self) -> None:
         self.hello = None
+        self.board = None
         self._restarted()  # it may have: when it is back, say again what to show
         self._last_telemetry = None
         self._warning_fields = set()

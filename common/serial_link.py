@@ -37,7 +37,8 @@ PROTOCOL_MAJOR = 1
 #: Minor 2 added BUTTON, LIGHT_SHOWN and LIGHT (buttons and the status light).
 #: Minor 3 added the light states refused, blocked and shut_out (6 to 8), which a minor-2 MCU
 #: refuses as a protocol error: the device sends them only through ``light_for_peer``.
-PROTOCOL_MINOR = 3
+#: Minor 4 added BOARD (after every HELLO): whether the board requires headphones and can see them.
+PROTOCOL_MINOR = 4
 
 #: Longest COBS-encoded frame, without its 0x00 delimiter. Longer input is discarded.
 MAX_ENCODED = 256
@@ -55,6 +56,7 @@ MSG_STATE = 0x04
 MSG_LIMITS = 0x05
 MSG_BUTTON = 0x06
 MSG_LIGHT_SHOWN = 0x07
+MSG_BOARD = 0x08
 MSG_HEARTBEAT = 0x10
 MSG_ARM = 0x11
 MSG_MUTE = 0x12
@@ -70,6 +72,7 @@ MESSAGE_NAMES = {
     MSG_LIMITS: "LIMITS",
     MSG_BUTTON: "BUTTON",
     MSG_LIGHT_SHOWN: "LIGHT_SHOWN",
+    MSG_BOARD: "BOARD",
     MSG_HEARTBEAT: "HEARTBEAT",
     MSG_ARM: "ARM",
     MSG_MUTE: "MUTE",
@@ -755,3 +758,63 @@ def light_for_peer(state: int, peer_minor: int) -> int:
     if state < light_states_known(peer_minor):
         return state
     return _LIGHT_BEFORE_MINOR_3.get(state, state)
+
+
+# ---------------------------------------------------------------------------------------------
+# What the board is (protocol v1.4): BOARD follows every HELLO. An MCU of an older minor never
+# sends it, so a device that has heard none knows nothing of these facts (not that they are false).
+
+#: BOARD.flags bit 0: the board refuses to arm (and mutes) without headphones plugged in.
+BOARD_REQUIRES_HEADPHONES = 0x01
+#: BOARD.flags bit 1: the board has a headphone-detect switch, so TELEMETRY's headphones flag is
+#: a reading (without one the flag is always 0 and means nothing).
+BOARD_HEADPHONE_SWITCH = 0x02
+#: The flags this version knows. A receiver ignores any other bit: a later minor may give one a
+#: meaning, and a board that sets it still means what the known bits say.
+BOARD_FLAGS_KNOWN = BOARD_REQUIRES_HEADPHONES | BOARD_HEADPHONE_SWITCH
+
+
+class BoardInfo:
+    """MCU → device after every HELLO (v1.4): what the board itself is, as ``flags``.
+
+    The body is the flags byte; a later minor may append fields after it. A receiver reads the
+    fields it knows and ignores the bytes after them and the flag bits it does not know."""
+
+    def __init__(self, flags: int) -> None:
+        self.flags = flags & 0xFF
+
+    @classmethod
+    def of(cls, *, requires_headphones: bool, headphone_switch: bool) -> "BoardInfo":
+        flags = BOARD_REQUIRES_HEADPHONES if requires_headphones else 0
+        if headphone_switch:
+            flags |= BOARD_HEADPHONE_SWITCH
+        return cls(flags)
+
+    @property
+    def requires_headphones(self) -> bool:
+        return bool(self.flags & BOARD_REQUIRES_HEADPHONES)
+
+    @property
+    def headphone_switch(self) -> bool:
+        return bool(self.flags & BOARD_HEADPHONE_SWITCH)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, BoardInfo) and self.flags == other.flags
+
+    def __hash__(self) -> int:
+        return hash(self.flags)
+
+    def __repr__(self) -> str:
+        return "BoardInfo(flags=" + str(self.flags) + ")"
+
+
+def pack_board_info(info: BoardInfo) -> bytes:
+    return bytes((info.flags,))
+
+
+def unpack_board_info(body: bytes) -> BoardInfo:
+    """A BOARD body: at least the flags byte. Bytes after it (fields of a later minor) and flag
+    bits outside ``BOARD_FLAGS_KNOWN`` are ignored, never an error."""
+    if len(body) < 1:
+        raise LinkProtocolError("BOARD body is empty, expected at least 1 byte (flags)")
+    return BoardInfo(body[0] & BOARD_FLAGS_KNOWN)

@@ -307,6 +307,13 @@ class HardwareMonitor:
         return self._link.hello
 
     @property
+    def board_info(self) -> sl.BoardInfo | None:
+        """What the board says it is (protocol v1.4: whether it requires headphones, whether it
+        has a switch to see them), once its BOARD followed its HELLO; None before, and always
+        with an MCU older than v1.4."""
+        return self._link.board
+
+    @property
     def limits(self) -> HardLimits | None:
         """The ceiling for the software chain: the MCU's limits, lowered by ``lower_limits``."""
         with self._cond:

@@ -19,6 +19,7 @@ import select
 import threading
 import time
 import tty
+from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Protocol
@@ -66,8 +67,11 @@ class Simulator:
     simulator gets a new pty but the same ``link_path``, which is how a device finds it again.
     Sensor scripting and fault injection are delegated to ``board`` (a ``SimBoard``); every fault
     is repeated here, and ``run_scenario`` plays a scripted ``Scenario`` on the sim's clock.
-    ``protocol_minor`` (2 or 3) plays a firmware of that version; ``lights_shown`` and
-    ``lights_asked`` are the light's history and the LIGHT frames the device sent.
+    ``protocol_minor`` (2 to 4) plays a firmware of that version (BOARD only from 4);
+    ``lights_shown`` and ``lights_asked`` are the light's history and the LIGHT frames the device
+    sent. ``readings`` (names of ``READINGS``) are set before the firmware powers up, e.g.
+    ``{"headphones": False}`` for headphones never plugged in since power-up; ``reset`` forgets
+    them.
     """
 
     def __init__(
@@ -77,7 +81,12 @@ class Simulator:
         step_interval_s: float = 0.001,
         link_path: Path | str | None = None,
         protocol_minor: int = sl.PROTOCOL_MINOR,
+        readings: Mapping[str, float | bool] | None = None,
     ) -> None:
+        unknown = set(readings or {}) - set(READINGS)
+        if unknown:
+            raise ValueError(f"no such reading {', '.join(sorted(unknown))}")
+        self._first_readings = dict(readings or {})
         if not OLDEST_MINOR <= protocol_minor <= sl.PROTOCOL_MINOR:
             raise ValueError(
                 f"the simulator speaks protocol v1.{OLDEST_MINOR} to v1.{sl.PROTOCOL_MINOR}, "
@@ -116,6 +125,8 @@ class Simulator:
         self._master, self._slave = master, slave
         self._port_path = os.ttyname(slave)
         self._board = SimBoard(master, self.config)
+        for name, value in self._first_readings.items():
+            self._board.set_reading(name, value)
         self._controller = Controller(self._board, self.config, self.protocol_minor)
         self._controller.start()
         if self.link_path is not None:

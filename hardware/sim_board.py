@@ -218,7 +218,7 @@ class SimBoard(Board):
             self.dc_offset_mv,
             self.ear_spl_db,
             self.clip,
-            self.headphones,
+            self.headphones and self._config.headphones_pin >= 0,  # no switch: never "in"
         )
 
     def read_buttons(self) -> int:

@@ -44,6 +44,8 @@ DEFAULTS = {
     "uart_rx_pin": 1,
     "baudrate": 115200,
     "mute_pin": 15,
+    # The headphone-detect switch (closes to ground when plugged in); -1 = none fitted, which
+    # require_headphones cannot do without. BOARD (protocol v1.4) tells the device which it is.
     "headphones_pin": 14,
     "clip_pin": 13,
     "adc_temp_pin": 26,
@@ -103,6 +105,13 @@ class BoardConfig:
                 raise BoardConfigError(f"board setting {key!r} must be greater than 0")
         if not isinstance(values["max_ear_spl_db"], float) or values["max_ear_spl_db"] < 0:
             raise BoardConfigError("board setting 'max_ear_spl_db' must be 0 (no sensor) or more")
+        switch = values["headphones_pin"]
+        if values["require_headphones"] and isinstance(switch, int) and switch < 0:
+            # it could never tell them plugged in, so it would never arm
+            raise BoardConfigError(
+                "board setting 'require_headphones' needs a headphone-detect switch "
+                "('headphones_pin' is -1)"
+            )
         self.board_id = str(values["board_id"])
         self.firmware_version = str(values["firmware_version"])
         self.max_output_vrms = _as_float(values["max_output_vrms"])

@@ -5,8 +5,9 @@ the same ``Controller`` drives a real RP2040 (``main.py``) and the simulator
 (``resonera.hardware.sim``), and tests drive it with a fake board and a clock they control.
 
 Contract (hardware/PROTOCOL.md, docs/architecture.md §2.6):
-- At power-up the amplifier is muted; the controller sends HELLO and STATE.
-- TELEMETRY every ``telemetry_period_ms``; HELLO again on HELLO_REQUEST.
+- At power-up the amplifier is muted; the controller sends HELLO, BOARD (v1.4: whether it requires
+  headphones and has a switch to see them) and STATE.
+- TELEMETRY every ``telemetry_period_ms``; HELLO, BOARD and STATE again on HELLO_REQUEST.
 - While unmuted it mutes itself (mute line FIRST, then FAULT and STATE) when a reading crosses a
   limit, headphones are unplugged (if required), the output clips persistently, or no HEARTBEAT
   arrived for ``heartbeat_timeout_ms``. The fault is latched.
@@ -30,6 +31,9 @@ try:
 except ImportError:  # on the MCU: flat files next to main.py
     import serial_link as sl  # type: ignore[import-not-found,no-redef]
     from config import BoardConfig  # type: ignore[import-not-found,no-redef]
+
+#: The first protocol minor with BOARD; the simulator playing an older firmware sends none.
+BOARD_SINCE_MINOR = 4
 
 # Indexes into the tuple ``Board.read_sensors()`` returns.
 AMP_TEMP_C = 0
@@ -364,6 +368,7 @@ class Controller:
     # -- sending ---------------------------------------------------------------------------------
 
     def send_hello(self) -> None:
+        """HELLO, then (from v1.4) BOARD: the device learns what the board requires with who it is."""
         hello = sl.Hello(
             self.config.firmware_version,
             self.config.board_id,
@@ -372,6 +377,15 @@ class Controller:
             self.protocol_minor,
         )
         self._send(sl.MSG_HELLO, sl.pack_hello(hello))
+        if self.protocol_minor >= BOARD_SINCE_MINOR:
+            self._send(sl.MSG_BOARD, sl.pack_board_info(self.board_info()))
+
+    def board_info(self) -> "sl.BoardInfo":
+        """What BOARD says of this board, from its configuration."""
+        return sl.BoardInfo.of(
+            requires_headphones=self.config.require_headphones,
+            headphone_switch=self.config.headphones_pin >= 0,
+        )
 
     def _send_state(self) -> None:
         self._send(sl.MSG_STATE, sl.pack_state(sl.State(self.muted, self.armed, self.reason)))

@@ -39,7 +39,9 @@ class RP2040Board(Board):
             timeout=0,
             rxbuf=1024,
         )
-        self._headphones = machine.Pin(cfg.headphones_pin, machine.Pin.IN, machine.Pin.PULL_UP)
+        self._headphones = None  # no switch: never "plugged in" (BOARD says there is none)
+        if cfg.headphones_pin >= 0:
+            self._headphones = machine.Pin(cfg.headphones_pin, machine.Pin.IN, machine.Pin.PULL_UP)
         self._clip = machine.Pin(cfg.clip_pin, machine.Pin.IN, machine.Pin.PULL_UP)
         self._adc_temp = machine.ADC(machine.Pin(cfg.adc_temp_pin))
         self._adc_current = machine.ADC(machine.Pin(cfg.adc_current_pin))
@@ -79,7 +81,7 @@ class RP2040Board(Board):
         vrms = self._adc_vrms.read_u16() * _ADC_VOLTS * _VRMS_PER_V
         dc = (self._adc_dc.read_u16() * _ADC_VOLTS - _DC_MID_V) * _DC_MV_PER_V
         clip = self._clip.value() == 0  # open-drain, active low
-        headphones = self._headphones.value() == 0  # jack switch closes to ground
+        headphones = self._headphones is not None and self._headphones.value() == 0  # to ground
         spl = 0.0
         if self._adc_spl is not None:  # log detector: dB SPL linear in volts
             spl = _SPL_DB_AT_0V + self._adc_spl.read_u16() * _ADC_VOLTS * _SPL_DB_PER_V

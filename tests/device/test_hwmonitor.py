@@ -166,3 +166,37 @@ def test_no_answer_times_out_with_reason() -> None:
 def test_arm_before_start_is_refused() -> None:
     with pytest.raises(HardwareNotReady, match="not started"):
         HardwareMonitor("loop://").arm(timeout_s=0.1)
+
+
+# -- what the board is (protocol v1.4) ---------------------------------------------------------------
+
+
+def test_the_monitor_knows_what_the_board_requires_before_any_arm(
+    sim: Simulator, monitor: HardwareMonitor
+) -> None:
+    wait_until(lambda: monitor.board_info is not None, 5, "the board's BOARD")
+    board = monitor.board_info
+    assert board is not None and (board.requires_headphones, board.headphone_switch) == (True, True)
+    assert not sim.controller.armed  # nothing asked of it
+
+
+def test_a_board_that_does_without_headphones_says_so() -> None:
+    with (
+        Simulator(BoardConfig(require_headphones=False, headphones_pin=-1)) as sim,
+        HardwareMonitor(sim.port_path, silence_timeout_s=0.5) as monitor,
+    ):
+        wait_until(lambda: monitor.board_info is not None, 5, "the board's BOARD")
+        board = monitor.board_info
+        assert board is not None and not (board.requires_headphones or board.headphone_switch)
+    assert sim.error is None
+
+
+def test_a_v1_3_board_never_says_and_the_monitor_arms_as_before() -> None:
+    with (
+        Simulator(protocol_minor=3) as sim,
+        HardwareMonitor(sim.port_path, silence_timeout_s=0.5) as monitor,
+    ):
+        hello = monitor.arm(timeout_s=5.0)
+        assert hello.protocol_minor == 3 and monitor.consent
+        assert monitor.board_info is None
+    assert sim.error is None

@@ -94,15 +94,15 @@ class Rig:
         return [sl.unpack_state(f.body) for f in self.board.take(sl.MSG_STATE)]
 
 
-def test_power_up_muted_with_hello_and_state() -> None:
+def test_power_up_muted_with_hello_board_and_state() -> None:
     rig = Rig(board_id="b-9")
     assert rig.board.muted is True
     sent = rig.board.take()
-    assert [f.type for f in sent] == [sl.MSG_HELLO, sl.MSG_STATE]
+    assert [f.type for f in sent] == [sl.MSG_HELLO, sl.MSG_BOARD, sl.MSG_STATE]
     hello = sl.unpack_hello(sent[0].body)
     assert hello.board_id == "b-9"
     assert hello.limits.max_amp_temp_c == 85.0
-    state = sl.unpack_state(sent[1].body)
+    state = sl.unpack_state(sent[2].body)
     assert (state.muted, state.armed, state.reason) == (True, False, sl.FAULT_POWER_UP)
 
 
@@ -115,7 +115,7 @@ def test_hello_again_on_request_and_garbage_is_ignored() -> None:
     rig.send(0x7E, b"unknown")  # a valid frame of a type it does not know
     rig.send(sl.MSG_HELLO_REQUEST)
     replies = [f.type for f in rig.board.take() if f.type != sl.MSG_TELEMETRY]
-    assert replies == [sl.MSG_HELLO, sl.MSG_STATE]
+    assert replies == [sl.MSG_HELLO, sl.MSG_BOARD, sl.MSG_STATE]
     assert rig.controller.frames_rejected == 3
 
 
@@ -372,8 +372,8 @@ def test_a_bad_light_frame_is_rejected_and_changes_nothing() -> None:
 # -- the light states of protocol v1.3 -------------------------------------------------------------
 
 
-def test_hello_reports_minor_3_or_the_older_minor_it_plays() -> None:
-    for minor in (3, 2):
+def test_hello_reports_minor_4_or_the_older_minor_it_plays() -> None:
+    for minor in (4, 3, 2):
         hello = sl.unpack_hello(Rig(protocol_minor=minor).board.take(sl.MSG_HELLO)[0].body)
         assert (hello.protocol_major, hello.protocol_minor) == (1, minor)
 
@@ -461,3 +461,35 @@ def test_bouncing_buttons_never_make_more_presses_than_real_ones(
     numbers = [number for _name, _kind, number in _presses(rig)]
     assert numbers == list(range(len(numbers)))  # numbered in order, none skipped
     assert len(numbers) <= presses_made
+
+
+# -- what the board is (protocol v1.4) --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("config", "requires", "switch"),
+    [
+        ({}, True, True),
+        ({"require_headphones": False}, False, True),
+        ({"require_headphones": False, "headphones_pin": -1}, False, False),
+    ],
+)
+def test_board_says_what_the_configuration_is_after_every_hello(
+    config: dict[str, object], requires: bool, switch: bool
+) -> None:
+    rig = Rig(sl.PROTOCOL_MINOR, **config)
+    boards = [sl.unpack_board_info(f.body) for f in rig.board.take(sl.MSG_BOARD)]
+    rig.send(sl.MSG_HELLO_REQUEST)
+    boards += [sl.unpack_board_info(f.body) for f in rig.board.take(sl.MSG_BOARD)]
+    assert [(b.requires_headphones, b.headphone_switch) for b in boards] == [(requires, switch)] * 2
+
+
+def test_an_older_firmware_sends_no_board() -> None:
+    rig = Rig(protocol_minor=3)
+    rig.send(sl.MSG_HELLO_REQUEST)
+    assert [f.type for f in rig.board.take() if f.type == sl.MSG_BOARD] == []
+
+
+def test_a_board_requiring_headphones_needs_a_switch_to_see_them() -> None:
+    with pytest.raises(board_config.BoardConfigError, match="'require_headphones' needs a headph"):
+        board_config.BoardConfig(headphones_pin=-1)

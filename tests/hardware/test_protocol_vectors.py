@@ -54,6 +54,8 @@ def test_the_document_has_the_vectors_we_promise() -> None:
         "LIGHT_SHOWN fault",
         "LIGHT refused",
         "LIGHT_SHOWN shut_out",
+        "BOARD requires headphones",
+        "BOARD of a later minor",
     } <= set(VECTORS)
 
 
@@ -159,3 +161,18 @@ def test_bad_light_bodies_are_clear_protocol_errors() -> None:
         sl.unpack_light("LIGHT_SHOWN", b"\xff")
     with pytest.raises(sl.LinkProtocolError, match="LIGHT_SHOWN body is 2 bytes, expected 1"):
         sl.unpack_light("LIGHT_SHOWN", b"\x01\x01")
+
+
+def test_board_vector_values() -> None:
+    board = sl.unpack_board_info(_body("BOARD requires headphones"))
+    assert (board.requires_headphones, board.headphone_switch) == (True, True)
+    later = sl.unpack_board_info(_body("BOARD of a later minor"))
+    assert (later.requires_headphones, later.headphone_switch) == (False, True)
+    assert later == sl.BoardInfo.of(requires_headphones=False, headphone_switch=True)
+
+
+def test_the_message_table_names_board_as_new_in_v1_4() -> None:
+    text = PROTOCOL_MD.read_text(encoding="utf-8")
+    row = next(line for line in text.splitlines() if line.startswith("| 0x08 |"))
+    assert "| BOARD | MCU → device |" in row and "Since v1.4" in row
+    assert sl.MESSAGE_NAMES[sl.MSG_BOARD] == "BOARD" and sl.PROTOCOL_MINOR == 4

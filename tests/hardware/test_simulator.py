@@ -174,7 +174,7 @@ def _hello(peer: Peer) -> sl.Hello:
 
 
 def test_each_new_light_state_round_trips_and_is_in_the_history(sim: Simulator, peer: Peer) -> None:
-    assert _hello(peer).protocol_minor == 3
+    assert _hello(peer).protocol_minor == 4
     new = [sl.LIGHT_REFUSED, sl.LIGHT_BLOCKED, sl.LIGHT_SHUT_OUT]
     for count, state in enumerate(new, 1):
         peer.send(sl.MSG_LIGHT, sl.pack_light(state))
@@ -237,14 +237,14 @@ def test_an_unknown_light_state_is_a_protocol_error_with_a_clear_message(
     peer.send(sl.MSG_LIGHT, bytes((9,)))
     wait_until(lambda: sim.controller.frames_rejected == 1, 5, "the LIGHT rejected")
     assert sim.controller.last_rejection == "LIGHT light state is 9, not one of 0 to 8"
-    assert "protocol=v1.3 rejected=1" in execute(sim, "status")
+    assert "protocol=v1.4 rejected=1" in execute(sim, "status")
     assert sim.light == sl.LIGHT_IDLE
     assert [state for _t, state in sim.lights_shown] == [sl.LIGHT_IDLE]
     assert _shown(peer) == []
 
 
 def test_the_simulator_plays_only_minors_it_knows() -> None:
-    with pytest.raises(ValueError, match=r"speaks protocol v1\.2 to v1\.3, not v1\.1"):
+    with pytest.raises(ValueError, match=r"speaks protocol v1\.2 to v1\.4, not v1\.1"):
         Simulator(protocol_minor=1)
 
 
@@ -268,3 +268,45 @@ def test_hwsim_cli_plays_an_older_firmware(tmp_path: Path) -> None:
             process.kill()
             process.wait()
     assert process.returncode == 0
+
+
+# -- what the board is (protocol v1.4) over the pty -------------------------------------------------
+
+
+def _boards(peer: Peer) -> list[sl.BoardInfo]:
+    return [sl.unpack_board_info(f.body) for f in peer.frames(sl.MSG_BOARD)]
+
+
+def test_board_follows_every_hello(sim: Simulator, peer: Peer) -> None:
+    _hello(peer)
+    wait_until(lambda: bool(_boards(peer)), 5, "BOARD")
+    frames = [f for f in peer.poll() if isinstance(f, sl.Frame)]
+    kinds = [f.type for f in frames if f.type in (sl.MSG_HELLO, sl.MSG_BOARD)]
+    assert kinds[:2] == [sl.MSG_HELLO, sl.MSG_BOARD]
+    assert [(b.requires_headphones, b.headphone_switch) for b in _boards(peer)] == [(True, True)]
+
+
+@pytest.mark.parametrize("minor", [3, 2])
+def test_an_older_simulator_sends_no_board(minor: int) -> None:
+    with Simulator(protocol_minor=minor) as sim:
+        peer = Peer(sim.port_path)
+        try:
+            assert _hello(peer).protocol_minor == minor
+            wait_until(lambda: len(peer.frames(sl.MSG_TELEMETRY)) >= 3, 5, "telemetry")
+            assert peer.frames(sl.MSG_BOARD) == []
+        finally:
+            peer.port.close()
+    assert sim.error is None
+
+
+def test_readings_before_power_up_are_what_the_first_telemetry_says() -> None:
+    with Simulator(readings={"headphones": False}) as sim:
+        peer = Peer(sim.port_path)
+        try:
+            wait_until(lambda: bool(peer.frames(sl.MSG_TELEMETRY)), 5, "telemetry")
+            first = sl.unpack_telemetry(peer.frames(sl.MSG_TELEMETRY)[0].body)
+            assert not first.headphones
+        finally:
+            peer.port.close()
+    with pytest.raises(ValueError, match="no such reading volume"):
+        Simulator(readings={"volume": 1.0})
