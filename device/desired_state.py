@@ -39,6 +39,11 @@ document resets nothing again. Each outcome (applied, or refused because the led
 ``dose_ledger_reset`` safety event with the ledger's week before, synced to the server, and a
 ``reported`` message ``{"dose_ledger_reset": ID, "status", "version"}``. A crash between the reset and
 its event writes the event on the next look.
+
+Every verified document also says what time it is, at least: its signed ``issued_at`` is a time the
+server had reached, however old the retained copy. It raises the dose clock's floor
+(``DoseClock.raise_floor``, ``device/trusted_time.py``), so a device whose clock reads 1970 and
+that has no network time dates its seconds no earlier than that.
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Literal
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -82,6 +88,7 @@ from resonera.device.prescriptions import ProgramVerdict, refused, review_progra
 from resonera.device.safety.dose_ledger import DoseLedger, LedgerReset
 from resonera.device.settings import DeviceSettings
 from resonera.device.store import DeviceStore, StoredDesired
+from resonera.device.trusted_time import DoseClock, TimeSources
 from resonera.engine.capabilities import engine_capabilities
 
 log = logging.getLogger(__name__)
@@ -130,12 +137,14 @@ class DesiredStateApplier:
         fetcher: BackgroundFetcher | None = None,
         simulation: bool = False,
         wall_clock: Callable[[], float] = time.time,
+        time_sources: TimeSources | None = None,
     ) -> None:
         """``open_ledger``: the device's dose ledger, for clinician resets (without it, requests
         wait in the applied document until an applier with a ledger, the service, takes it).
         ``backgrounds``: the cache of background files (None: none held); ``fetcher``: how
         missing ones are fetched (None: this device cannot fetch, so a program whose file it
-        lacks is refused, and its capabilities say so)."""
+        lacks is refused, and its capabilities say so). ``time_sources``: the dose clock's
+        (None: the real ones), whose floor each document's signed time raises."""
         self.store = store
         self.device_id = device_id
         self.pinned = pinned
@@ -149,6 +158,7 @@ class DesiredStateApplier:
         self.fetcher = fetcher
         self.simulation = simulation
         self.wall_clock = wall_clock
+        self.time_sources = time_sources
         #: Held for a whole document (fetches included): documents are taken one at a time.
         self._taking = threading.Lock()
         #: Held only to decide and store: the player's ``session_*`` never wait for a download.
@@ -300,6 +310,7 @@ class DesiredStateApplier:
             if self._is_redelivery(payload, accepted):
                 return DesiredResult("unchanged", accepted, redelivered=True)
             return DesiredResult("refused", _claimed_version(payload), str(exc))
+        self._signed_time(document.content)
         verdicts = self._fetch_backgrounds(verdicts)
         reports = tuple(v.report() for v in verdicts)
         assigned = [v.assigned() for v in verdicts if v.passed]
@@ -338,6 +349,28 @@ class DesiredStateApplier:
             if self._session_active and profile != current:
                 self.on_lowered(profile)
         return DesiredResult("applied", document.version, programs=reports)
+
+    def _signed_time(self, content: dict[str, Any]) -> None:
+        """A verified document's ``issued_at`` raises the dose clock's floor (a time that has
+        passed, whatever this device's clock reads). Without a ledger, or without a valid time,
+        nothing is done; a failure is logged and never refuses the document."""
+        try:
+            issued = datetime.fromisoformat(str(content.get("issued_at")))
+        except ValueError:
+            return
+        if self.open_ledger is None or issued.tzinfo is None:
+            return
+        try:
+            ledger = self.open_ledger()
+        except Exception:  # the document still applies: its limits are what matters
+            log.exception("the dose ledger cannot be opened for the server's signed time")
+            return
+        try:
+            DoseClock(ledger, self.time_sources).raise_floor(issued.timestamp())
+        except Exception:
+            log.exception("the server's signed time could not be kept")
+        finally:
+            ledger.close()
 
     def _is_redelivery(self, payload: bytes, accepted: int) -> bool:
         if accepted == 0 or self.pinned is None:

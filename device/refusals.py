@@ -20,7 +20,12 @@ Definitions:
   failing a write. A session must be recorded: one that could not be is not started.
 - clock untrusted: the wall clock reads earlier than ``CLOCK_FLOOR`` (this release's date: a board
   without a real-time clock boots in 1970) or earlier than the newest record the device holds (by
-  more than ``CLOCK_SLACK_S``). Records dated wrongly would count toward the wrong day and week.
+  more than ``CLOCK_SLACK_S``). Session records and the day's session limit go by the wall clock,
+  and such records would count toward the wrong day. The dose does not depend on it: the ledger
+  is dated by the dose clock (``device/trusted_time.py``), which never dates a second before the
+  floor and moves what it dated once trusted time arrives. A wall clock that reads a plausible
+  time without network time to confirm it is no refusal: sessions play, at most at the dose
+  mode's reference level (``untrusted_level_cap``), and the pre-flight says so.
 """
 
 from __future__ import annotations

@@ -160,11 +160,13 @@ def untrusted_level_cap(mode: DoseMode) -> float:
 
 
 class Move(NamedTuple):
-    """What the ledger must do when the clock corrects itself (``DoseLedger.move_minutes``)."""
+    """What the ledger must do when the clock corrects itself (``DoseLedger.move_minutes``):
+    the minutes from ``first_minute`` on later by ``shift_minutes``, none past ``now_minute``
+    (None: the time now is not known, so nothing is brought back from the future)."""
 
     first_minute: int | None
     shift_minutes: int
-    now_minute: int
+    now_minute: int | None
 
 
 @dataclass(frozen=True)
@@ -214,16 +216,17 @@ class ClockState:
         move = Move(self.untrusted_from, max(0, math.ceil(lag / 60)), int(real // 60))
         return ClockState(self.boot_id, boot_s, real, exact=True), move
 
-    def raised(self, boot_s: float, known: float, wall: float) -> tuple[ClockState, Move] | None:
+    def raised(self, boot_s: float, known: float) -> tuple[ClockState, Move] | None:
         """A time ``known`` to have passed (the server's signed time): the floor rises to it, and
-        the untrusted minutes with it (each happened no earlier than its date plus the rise),
-        never past the dose time now. None when it is not above the floor."""
+        the untrusted minutes with it (each happened no earlier than its date plus the rise).
+        Nothing comes back from the future: the time now is still not known. None when it is not
+        above the floor, or when this boot has exact time (which knows better than a server's
+        clock, off by its own skew)."""
         rise = known - self.floor_at(boot_s)
-        if rise <= 0:
+        if rise <= 0 or self.exact:
             return None
         state = replace(self, boot_s=boot_s, floor=known)
-        now_minute = int(state.time_at(boot_s, wall) // 60)
-        return state, Move(self.untrusted_from, math.ceil(rise / 60), now_minute)
+        return state, Move(self.untrusted_from, math.ceil(rise / 60), None)
 
     def text(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -289,7 +292,7 @@ class DoseClock:
         """A Unix time known to have passed (a signed server time): the floor and the untrusted
         minutes rise to it."""
         boot = self.sources.boot()
-        raised = self._state(boot).raised(boot.seconds, known, self.sources.wall())
+        raised = self._state(boot).raised(boot.seconds, known)
         if raised is not None:
             state, move = raised
             self.ledger.move_minutes(*move, state.text())

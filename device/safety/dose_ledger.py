@@ -62,6 +62,8 @@ KEEP_DAYS = 35
 #: 1: plaintext rows with a checksum (first release); 2: sealed rows.
 LEDGER_SCHEMA: Final = 2
 _ENERGY: Final = struct.Struct("<d")
+#: Later than any minute (SQLite's largest integer).
+_NO_MINUTE_LIMIT: Final = 2**63 - 1
 
 
 class DoseLedgerError(ResoneraError):
@@ -305,14 +307,20 @@ class DoseLedger:
             _save_clock_state(db, state)
 
     def move_minutes(
-        self, first_minute: int | None, shift_minutes: int, now_minute: int, clock_state: str
+        self,
+        first_minute: int | None,
+        shift_minutes: int,
+        now_minute: int | None,
+        clock_state: str,
     ) -> int:
         """In one transaction with ``clock_state``: every minute from ``first_minute`` on (None:
         none) moves ``shift_minutes`` (≥ 0) later but no later than ``now_minute``, and every
-        minute after ``now_minute`` moves to it. A moved row's energy and seconds are added to
-        the row it lands on; a row that does not open stays where it is (it counts as the whole
-        allowance anyway). How many rows moved."""
+        minute after ``now_minute`` moves to it (None: no limit, nothing comes back). A moved
+        row's energy and seconds are added to the row it lands on; a row that does not open stays
+        where it is (it counts as the whole allowance anyway). How many rows moved."""
         moved = 0
+        if now_minute is None:
+            now_minute = _NO_MINUTE_LIMIT
         with self._db.write() as db:
             rows = [
                 _Minute(*row)

@@ -6,14 +6,18 @@ with the daily view at 0.00 %."""
 
 from __future__ import annotations
 
+import json
 import math
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from device_peer import ServerKey, device_settings
 from dose_clocks import FakeTime
 
 from resonera.common.clock import CLOCK_FLOOR
 from resonera.common.dose import WINDOW_S, pressure_squared
+from resonera.device.desired_state import DesiredStateApplier
 from resonera.device.safety.dose_ledger import DoseLedger
 from resonera.device.trusted_time import ClockState, DatedLedger, DoseClock
 
@@ -174,3 +178,33 @@ def test_moving_minutes_keeps_every_joule_and_merges_rows(ledger: DoseLedger) ->
     assert (status.pa2s, status.seconds) == (35.0, 35)
     assert [total for _day, total in ledger.daily(T0 + 4 * 60, days=1)] == [35.0]
     assert math.isclose(ledger.status(T0 + 3 * 60 + WINDOW_S).pa2s, 35.0)
+
+
+def test_a_verified_desired_states_signed_time_raises_the_floor(tmp_path: Path) -> None:
+    """The applier takes the server's signed ``issued_at`` as a time that has passed: a device
+    whose clock reads 1970 without network time dates no earlier than the document."""
+    key = ServerKey()
+    device = "clock-dev"
+    settings = device_settings(None, tmp_path, device, server_public_key=key.public_b64)
+    ledger = DoseLedger.for_settings(settings)
+    fake = FakeTime(T0, wall_error=-T0)
+    applier = DesiredStateApplier(
+        settings.open_store(),
+        device,
+        settings.pinned_server_key(),
+        settings.profile,
+        open_ledger=lambda: ledger,
+        time_sources=fake.sources(),
+    )
+    issued = datetime.fromtimestamp(T0 - DAY, UTC)
+    signed = key.payload(device, 1, issued_at=issued.isoformat())
+    assert applier.handle(signed).outcome == "applied"
+    clock = DoseClock(ledger, fake.sources())
+    assert not clock.exact
+    assert clock.now() == pytest.approx(T0 - DAY)
+    forged = json.loads(
+        key.payload(device, 2, issued_at=(issued + timedelta(days=400)).isoformat())
+    )
+    forged["issued_at"] = "2028-01-01T00:00:00+00:00"  # changed after signing: refused, not taken
+    assert applier.handle(json.dumps(forged).encode()).outcome == "refused"
+    assert clock.now() == pytest.approx(T0 - DAY)
