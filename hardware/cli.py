@@ -54,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=sl.PROTOCOL_MINOR,
         metavar="N",
         help=f"play a firmware of protocol v1.N ({OLDEST_MINOR} to {sl.PROTOCOL_MINOR}, default "
-        f"{sl.PROTOCOL_MINOR}): its HELLO says so and it refuses the light states v1.N lacks",
+        f"{sl.PROTOCOL_MINOR}): its HELLO says so, it refuses the light states v1.N lacks and "
+        "sends BOARD only from v1.4",
     )
     parser.add_argument("--scenario", type=Path, help="timed sensor curves and faults (JSON/TOML)")
     parser.add_argument("--control", type=Path, help="accept control commands on this UNIX socket")

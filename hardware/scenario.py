@@ -142,7 +142,8 @@ def _status(sim: Simulator, args: list[str]) -> str:
         f"ok muted={b.muted} armed={c.armed} fault={sl.describe_fault(c.fault)!r} "
         f"temp={b.amp_temp_c:.1f} current={b.supply_current_a:.2f} vrms={b.output_vrms:.2f} "
         f"dc={b.dc_offset_mv:.1f} spl={b.ear_spl_db:.1f} clip={b.clip} headphones={b.headphones} "
-        f"stalled={b.stalled} reboots={sim.reboots} light={sl.LIGHT_NAMES.get(b.light, '?')} "
+        f"requires_headphones={c.config.require_headphones} stalled={b.stalled} "
+        f"reboots={sim.reboots} light={sl.LIGHT_NAMES.get(b.light, '?')} "
         f"protocol=v{sl.PROTOCOL_MAJOR}.{c.protocol_minor} rejected={c.frames_rejected}"
         + (f" last_rejected={c.last_rejection!r}" if c.last_rejection else "")
     )
