@@ -1,4 +1,6 @@
-"""Dashboard pages for admins (devices, revocation) and auditors (the audit log)."""
+"""Dashboard pages for admins (devices: who has each, assigning one, revoking one with a
+confirmation) and auditors (the audit log); the admin pages for patients and users live in
+``admin_patients.py`` and ``admin_users.py`` and are routed from here."""
 
 from __future__ import annotations
 
@@ -7,23 +9,32 @@ from typing import Annotated, Final
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Form, Path, Query, Request
-from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlmodel import select
 
 from resonera.common.topics import DEVICE_ID_PATTERN
 from resonera.server import crud
 from resonera.server.api.deps import SessionDep, StateDep
+from resonera.server.api.routes import assignments as api_assignments
 from resonera.server.api.routes.devices import revoke_and_audit
-from resonera.server.models import DeviceRow, UserRow
+from resonera.server.models import AssignmentRow, DeviceRow, UserRow
 from resonera.server.revocation import REVOCATION_OUTCOMES
+from resonera.server.schemas import AssignmentCreate, server_zone_name
 from resonera.server.security import now_utc
-from resonera.server.web import downloads
+from resonera.server.web import admin_patients, admin_users, downloads
+from resonera.server.web.admin_forms import FormRefused, checked, through_api
+from resonera.server.web.admin_patients import after_last_day, last_day_text, local_when
 from resonera.server.web.auth import AdminPage, AuditPage, check_csrf
 from resonera.server.web.device_views import device_lines
 from resonera.server.web.render import PAGE_HEADERS, PageError, render
 
 router = APIRouter(include_in_schema=False)
 router.include_router(downloads.router)
+router.include_router(admin_patients.router)
+router.include_router(admin_users.router)
+#: Revocations that left the device reachable through the broker, or that failed in part: the
+#: page shows them as failures (what is left to do), not as a success.
+_NOT_DONE: Final = frozenset({"reload_failed", "reload_needed", "manual"})
 AUDIT_PAGE_SIZE: Final = 100
 
 
@@ -32,31 +43,164 @@ DeviceId = Annotated[str, Path(pattern=f"^{DEVICE_ID_PATTERN}$", max_length=64)]
 
 @router.get("/devices")
 def devices_page(
+    *,
+    request: Request,
     web: AdminPage,
     session: SessionDep,
     state: StateDep,
     revoked: Annotated[str, Query(pattern=f"^(|{DEVICE_ID_PATTERN})$", max_length=64)] = "",
     outcome: Annotated[str, Query(max_length=32)] = "",
+    assigned: Annotated[int | None, Query(ge=1, le=2**31 - 1)] = None,
 ) -> HTMLResponse:
     """``revoked`` and ``outcome``: where the Revoke button sends the admin back to (the notice
-    is one of the fixed texts, never text from the request)."""
+    is one of the fixed texts, never text from the request); ``assigned``: the assignment just
+    made (its patient is named from the database, never from the address)."""
     said = REVOCATION_OUTCOMES.get(outcome)
     notice = (
         f"Device {revoked} is revoked: its messages are quarantined; {said}"
         if revoked and said
         else ""
     )
+    lines = device_lines(session, now_utc(), timedelta(seconds=state.settings.device_time_skew_s))
+    wanted = sorted({line.patient_id for line in lines if line.patient_id is not None})
+    made = session.get(AssignmentRow, assigned) if assigned is not None else None
+    if made is not None:
+        wanted = sorted({*wanted, made.patient_id})
+    names = (
+        {p.id: p.name for p in admin_patients.patient_lines(session, state, request, web, wanted)}
+        if wanted
+        else {}
+    )
+    if made is not None:
+        notice = (
+            f"Device {made.device_id} is assigned to {names.get(made.patient_id, 'the patient')} "
+            f"from {local_when(made.valid_from)} to {last_day_text(made.valid_to)}."
+        )
     return render(
         "devices.html",
         {
             "web": web,
             "title": "Devices",
-            "lines": device_lines(
-                session, now_utc(), timedelta(seconds=state.settings.device_time_skew_s)
-            ),
+            "lines": lines,
+            "names": names,
             "skew_limit_s": state.settings.device_time_skew_s,
             "notice": notice,
+            "failed": bool(revoked) and outcome in _NOT_DONE,
         },
+    )
+
+
+def _device_or_404(session: SessionDep, device_id: str) -> DeviceRow:
+    device = session.get(DeviceRow, device_id)
+    if device is None:
+        raise PageError(404, f"There is no device {device_id}.")
+    return device
+
+
+@router.get("/devices/{device_id}/revoke")
+def revoke_confirmation(device_id: DeviceId, web: AdminPage, session: SessionDep) -> HTMLResponse:
+    """The question before a revocation: what it does and that it cannot be undone here."""
+    device = _device_or_404(session, device_id)
+    return render(
+        "revoke.html",
+        {"web": web, "title": f"Revoke {device.id}?", "device": device},
+    )
+
+
+def _assign_page(
+    request: Request,
+    web: AdminPage,
+    state: StateDep,
+    session: SessionDep,
+    device: DeviceRow,
+    *,
+    status: int = 200,
+    errors: dict[str, str] | None = None,
+    form: dict[str, str] | None = None,
+) -> HTMLResponse:
+    today = datetime.now().astimezone().date().isoformat()
+    return render(
+        "assign.html",
+        {
+            "web": web,
+            "title": f"Assign {device.id}",
+            "device": device,
+            "patients": admin_patients.patient_lines(session, state, request, web),
+            "zone": server_zone_name(),
+            "errors": errors or {},
+            "form": {"valid_from": today, "last_day": "", "patient_id": "", **(form or {})},
+        },
+        status=status,
+    )
+
+
+@router.get("/devices/{device_id}/assign")
+def assign_form(
+    *,
+    request: Request,
+    device_id: DeviceId,
+    web: AdminPage,
+    state: StateDep,
+    session: SessionDep,
+) -> HTMLResponse:
+    """Whom the device goes to, from which day to which (days in the server's time zone)."""
+    return _assign_page(request, web, state, session, _device_or_404(session, device_id))
+
+
+def _check_days(first: str, last: str) -> None:
+    """A last day before the first is the form's mistake, said in its own words."""
+    try:
+        backwards = date.fromisoformat(last.strip()) < date.fromisoformat(first.strip())
+    except ValueError:
+        return  # not days: the API's check names the field
+    if backwards:
+        raise FormRefused(400, {"last_day": "The last day must not be before the first day."})
+
+
+@router.post("/devices/{device_id}/assign", response_model=None)
+def assign_device(
+    *,
+    request: Request,
+    device_id: DeviceId,
+    web: AdminPage,
+    state: StateDep,
+    session: SessionDep,
+    csrf_token: Annotated[str, Form(max_length=200)] = "",
+    patient_id: Annotated[str, Form(max_length=40)] = "",
+    valid_from: Annotated[str, Form(max_length=40)] = "",
+    last_day: Annotated[str, Form(max_length=40)] = "",
+) -> Response:
+    """Assign as ``POST /api/v1/assignments`` does (its checks: overlaps are a 409; its audit; the
+    patient's desired state published to the device): from the start of ``valid_from`` to the
+    end of ``last_day`` (none: open), days in the server's time zone."""
+    check_csrf(web, csrf_token)
+    device = _device_or_404(session, device_id)
+    form = {"patient_id": patient_id, "valid_from": valid_from, "last_day": last_day}
+    try:
+        _check_days(valid_from, last_day)
+        body = checked(
+            lambda: AssignmentCreate.model_validate(
+                {
+                    "device_id": device.id,
+                    "patient_id": patient_id,
+                    "valid_from": valid_from.strip(),
+                    "valid_to": after_last_day(last_day) if last_day.strip() else None,
+                }
+            )
+        )
+        made = through_api(
+            lambda: api_assignments.create_assignment(
+                body=body, admin=web.user, state=state, session=session, request=request
+            )
+        )
+    except FormRefused as exc:
+        session.rollback()
+        errors = {("last_day" if k == "valid_to" else k): v for k, v in exc.errors.items()}
+        return _assign_page(
+            request, web, state, session, device, status=exc.status, errors=errors, form=form
+        )
+    return RedirectResponse(
+        f"/devices?assigned={made.id}", status_code=303, headers=dict(PAGE_HEADERS)
     )
 
 
@@ -74,9 +218,7 @@ def revoke_device(
     messages; with the issuing CA on this server its certificates go on the CRL and the broker
     is reloaded. The page then says how that went."""
     check_csrf(web, csrf_token)
-    device = session.get(DeviceRow, device_id)
-    if device is None:
-        raise PageError(404, f"There is no device {device_id}.")
+    device = _device_or_404(session, device_id)
     done = revoke_and_audit(session, request, web.user, state.settings.enrollment, device)
     session.commit()
     state.desired.notify_revoked(device.id, now_utc())  # committed first, as the API does
