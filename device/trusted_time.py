@@ -21,7 +21,7 @@ Until the boot has exact time the clock is *untrusted*: it reads the wall clock,
 than the floor (a 1970 clock dates at the floor). The minutes dated so are marked
 (``untrusted_from``), and when exact time arrives (``refresh``) the ledger moves them in one
 transaction: later by what the floor lagged the real time (each such second really happened no
-earlier than its date plus that lag; the conservative side, since a later date counts longer), but
+later than its date plus that lag: the conservative side, since a later date counts longer), but
 never past now; and any minute dated after now (a clock read +30 days) comes back to now. A session
 played while the clock read 1970 therefore counts from when it was really played, at the latest
 from when trust came; one played at +30 days counts for 7 days from the correction, not 37.
