@@ -17,10 +17,10 @@ def test_each_mode_has_its_own_default_fallback_below_its_reference() -> None:
     assert HearingProfile(dose_mode=2).fallback_level_dba == 70.0
     assert parse_profile({"dose_mode": 2}).fallback_level_dba == 70.0
     for mode in (1, 2):
-        fallback = default_fallback_dba(mode)  # type: ignore[arg-type]
+        fallback = default_fallback_dba(mode)
         assert fallback < REFERENCE_DBA[mode]
         # an hour at the fallback uses under 1 % of the week, in its own mode
-        assert dose_fraction(fallback, 3600.0, mode) < 0.01  # type: ignore[arg-type]
+        assert dose_fraction(fallback, 3600.0, mode) < 0.01
 
 
 @pytest.mark.parametrize(("mode", "level"), [(1, 80.0), (1, 85.0), (2, 75.0), (2, 78.0)])
