@@ -195,6 +195,8 @@ class Session:
     mode's reference level (``untrusted_level_cap``). A sound device
     lost mid-session ends it as a ``fault`` whose reason says so; the record is stored all the
     same. ``session_id``: the id its "before" check-in answers were stored under (default: new).
+    ``wall_clock``: the time of day for the day's session limit; the record's times are the dose
+    clock's.
 
     A prescribed program (``run(..., prescribed=)``) names its background files by content; they
     are read from the device's cache (``SessionParts.backgrounds``), and its record carries its
@@ -354,7 +356,7 @@ class Session:
     ) -> SessionRecord:
         """Play through both gates; feed the end to ``supervisor``; the session's record."""
         settings, chain, program = self.parts.settings, pipeline.chain, played.program
-        started_at = datetime.fromtimestamp(self.wall_clock(), UTC)
+        started_at = datetime.fromtimestamp(self._record_time(), UTC)
         mixer = self.parts.mixer
         if mixer is not None:  # a press's cut of a prompt heard within a block (issue 21)
             duck = 10.0 ** (mixer.duck_db / 20.0)
@@ -368,7 +370,7 @@ class Session:
             on_block=_with_level(self.watch.on_block, chain, self.watch.on_level),
             mixer=self.parts.mixer,
         )
-        ended_at = datetime.fromtimestamp(self.wall_clock(), UTC)
+        ended_at = datetime.fromtimestamp(self._record_time(), UTC)
         self._dose_last_part(chain, profile)
         dose_stop = chain.stop_requested and bool(self._dose_events)
         self.stopped_by_dose = result.outcome == "stopped" and dose_stop
@@ -405,6 +407,11 @@ class Session:
             max_mel_dba=max([-100.0, *chain.mels]),
             underruns=result.underruns,
         )
+
+    def _record_time(self) -> float:
+        """When the record says the session started or ended: the dose clock's time, never before
+        this release and carried on from trusted time (a clock reading 1970 dates nothing then)."""
+        return self._dated.clock.now() if self._dated is not None else self.wall_clock()
 
     def _dose_last_part(self, chain: SafetyChain, profile: HearingProfile) -> None:
         """The chain's meter adds whole seconds to the ledger; the incomplete last one (all of a

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from dose_clocks import SYNCED
 
-from resonera.common.dose import allowance_pa2s
+from resonera.common.clock import CLOCK_FLOOR
+from resonera.common.dose import allowance_pa2s, pressure_squared
 from resonera.common.profile import HearingProfile
 from resonera.common.program import load_program_toml
 from resonera.common.records import SessionRecord
@@ -21,7 +22,7 @@ from resonera.device.safety.dose_ledger import DoseLedger
 from resonera.device.session import Session, SessionWatch, standalone_parts
 from resonera.device.settings import DeviceSettings
 from resonera.device.store import DeviceStore
-from resonera.device.trusted_time import TimeSources
+from resonera.device.trusted_time import DoseClock, TimeSources
 from resonera.engine.audio.sinks import WavSink
 from resonera.engine.safety.measure import (
     Measurement,
@@ -130,3 +131,20 @@ def test_in_mode_2_the_fallback_adds_little(tmp_path: Path) -> None:
     _record, heard, said = play(tmp_path, profile, SYNCED)
     assert heard.max_mel_dba <= 70.0
     assert "so it plays at most at 70 dBA" in said[0]
+
+
+def test_a_session_played_while_the_clock_read_1970_counts_once_it_is_set(tmp_path: Path) -> None:
+    in_1970 = TimeSources(wall=lambda: 86_400.0 + time.monotonic(), synchronized=lambda: False)
+    record, heard, said = play(tmp_path, HearingProfile(max_level_dba=90.0), in_1970)
+    assert record.outcome == "completed"
+    assert record.started_at.timestamp() >= CLOCK_FLOOR  # dated by the dose clock, not 1970
+    assert "not confirmed by network time" in said[0]
+    ledger = DoseLedger(tmp_path / "dose.db")
+    try:
+        assert ledger.status(time.time()).pa2s == 0.0  # dated at this release's date so far
+        DoseClock(ledger, SYNCED).refresh()  # network time arrives
+        week = ledger.status(time.time() + 60)
+    finally:
+        ledger.close()
+    played = pressure_squared(heard.laeq_dba) * heard.duration_s
+    assert week.pa2s == pytest.approx(played, rel=0.1)
