@@ -90,7 +90,7 @@ def test_an_older_mcu_is_sent_the_nearest_light_it_knows_and_the_state_is_not_re
     assert _lights(link.outgoing(0.01)) == [sl.LIGHT_FAULT]  # a v1.2 MCU knows no shut_out
     link.receive(sl.Frame(sl.MSG_LIGHT_SHOWN, 0, sl.pack_light(sl.LIGHT_FAULT)), 0.02)
     assert _lights(link.outgoing(0.03 + LIGHT_RESEND_S)) == []  # shown as asked: not sent again
-    link.receive(_hello(), 2.0)  # a v1.3 board in its place: the state itself
+    link.receive(_hello(), 2.0)  # a board of v1.3 or newer in its place: the state itself
     assert _lights(link.outgoing(2.01)) == [sl.LIGHT_SHUT_OUT]
 
 
