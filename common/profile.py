@@ -23,6 +23,12 @@ CheckInPhase = Literal["before", "after"]
 #: a spoken answer at every session.
 MAX_CHECKIN_QUESTIONS = 5
 CHECKIN_ID_PATTERN = r"^[a-z][a-z0-9_-]{0,31}$"
+#: dB(C), LCeq over any second: every ordinary program at the highest A-weighted maximum (90 dBA)
+#: stays under it; 20-40 Hz tones at that maximum do not (docs/safety.md, section 4).
+MAX_LEVEL_DBC = 100.0
+#: dB(C) peak: 15 dB under EU Directive 2003/10/EC's lower action value for workers (135 dB(C)),
+#: the peak WHO's community-noise guidelines (1999) give for children (docs/safety.md, section 4).
+MAX_PEAK_DBC = 120.0
 #: The fallback a profile gets when it names none: this far below its dose mode's reference level,
 #: where an hour adds 0.79 % of the week (at the reference level itself it would add 2.5 %).
 FALLBACK_BELOW_REFERENCE_DB: Final = 5.0
@@ -78,6 +84,10 @@ class HearingProfile(BaseModel):
 
     output: OutputKind = "headphones"
     max_level_dba: float = Field(default=85.0, ge=60.0, le=90.0)
+    #: Limits on what A-weighting hides (docs/safety.md, section 4), which a clinician may only
+    #: lower: the C-weighted level of any second, and the C-weighted peak, at the ear.
+    max_level_dbc: float = Field(default=MAX_LEVEL_DBC, ge=60.0, le=MAX_LEVEL_DBC)
+    max_peak_dbc: float = Field(default=MAX_PEAK_DBC, ge=80.0, le=MAX_PEAK_DBC)
     dose_mode: DoseMode = 1
     on_dose_reached: Literal["attenuate", "stop"] = "attenuate"
     #: Below the dose mode's reference level; when not given, the mode's default (75 / 70 dBA).
