@@ -119,6 +119,7 @@ def _broker_config(args: argparse.Namespace) -> int:
             bind=args.bind,
             persistence_dir=args.persistence_dir,
             issuing=FleetCA(args.issuing) if args.issuing is not None else None,
+            server_names=tuple(args.server_name or ("127.0.0.1", "localhost")),
         )
         print(
             f"wrote a mutual-TLS mosquitto configuration to {path} (ACL, key, certificate beside it)"
@@ -136,10 +137,19 @@ def _broker_config(args: argparse.Namespace) -> int:
 def _service_cert(args: argparse.Namespace) -> int:
     args.out_dir.mkdir(parents=True, exist_ok=True)
     name = args.name.removeprefix(topics.SERVICE_PREFIX)
+    # with server names: a TLS server's certificate (the HTTPS API), else a client identity
     cert = FleetCA(args.ca).issue_service(
-        name, args.out_dir / f"{name}.key", args.out_dir / f"{name}.crt", _passphrase(args)
+        name,
+        args.out_dir / f"{name}.key",
+        args.out_dir / f"{name}.crt",
+        _passphrase(args),
+        server_names=args.server_name,
+        client=not args.server_name,
     )
-    print(f"issued {common_name(cert)!r} (serial {cert.serial_number:x}) into {args.out_dir}")
+    role = f"a TLS server for {', '.join(args.server_name)}" if args.server_name else "a client"
+    print(
+        f"issued {common_name(cert)!r} (serial {cert.serial_number:x}, {role}) into {args.out_dir}"
+    )
     return 0
 
 
@@ -405,6 +415,13 @@ def build_parser() -> argparse.ArgumentParser:
     broker.add_argument(
         "--issuing", type=Path, default=None, help="issuing CA folder whose devices it admits"
     )
+    broker.add_argument(
+        "--server-name",
+        action="append",
+        default=None,
+        help="a name devices reach the broker by, in its certificate (repeat it; default "
+        "127.0.0.1 and localhost)",
+    )
     broker.set_defaults(func=_broker_config)
 
     service = sub.add_parser("service-cert", help="key and certificate for one of our services")
@@ -415,6 +432,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="the service's name; its certificate is named 'service:NAME', which no device can be",
     )
     service.add_argument("--out-dir", type=Path, required=True)
+    service.add_argument(
+        "--server-name",
+        action="append",
+        default=None,
+        help="make a TLS server's certificate for this name (repeat it), e.g. the HTTPS API's",
+    )
     service.set_defaults(func=_service_cert)
 
     device = sub.add_parser("device", help="device certificates")
