@@ -328,3 +328,16 @@ def test_firmware_survives_garbage_and_garbage_never_unmutes_it(
         was_muted = pair.board.muted
     pair.run(300)
     assert pair.board.muted  # and with no heartbeat it mutes, whatever came before
+
+
+def test_the_device_learns_what_the_board_is_before_any_arm_and_again_after_a_restart() -> None:
+    pair = Pair()
+    pair.run(60)
+    board = pair.link.board
+    assert board is not None and (board.requires_headphones, board.headphone_switch) == (True, True)
+    assert pair.board.muted  # nothing was asked of it
+    pair.config = BoardConfig(require_headphones=False)  # reflashed with another configuration
+    pair.reboot()
+    pair.run(60)
+    board = pair.link.board
+    assert board is not None and not board.requires_headphones and board.headphone_switch
