@@ -330,7 +330,7 @@ class DoseLedger:
                     (now_minute, first_minute, first_minute),
                 )
             ]
-            landing: list[tuple[int, float, int]] = []
+            landing: list[tuple[int, int, float, int]] = []
             for row in rows:
                 shifted = row.minute + shift_minutes
                 if first_minute is None or row.minute < first_minute:
@@ -340,9 +340,12 @@ class DoseLedger:
                 if target == row.minute or energy is None:
                     continue
                 db.execute("DELETE FROM dose_minute WHERE minute = ?", (row.minute,))
-                landing.append((target, energy, row.seconds))
-            for target, energy, seconds in landing:
-                moved += self._add_to_minute(db, target, energy, seconds)
+                landing.append((row.minute, target, energy, row.seconds))
+            for origin, target, energy, seconds in landing:
+                if self._add_to_minute(db, target, energy, seconds):
+                    moved += 1
+                else:  # it would land on a row that does not open: it stays where it was
+                    self._add_to_minute(db, origin, energy, seconds)
             _save_clock_state(db, clock_state)
         if moved:
             log.warning(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -208,3 +209,15 @@ def test_a_verified_desired_states_signed_time_raises_the_floor(tmp_path: Path) 
     forged["issued_at"] = "2028-01-01T00:00:00+00:00"  # changed after signing: refused, not taken
     assert applier.handle(json.dumps(forged).encode()).outcome == "refused"
     assert clock.now() == pytest.approx(T0 - DAY)
+
+
+def test_a_minute_never_lands_on_a_row_that_does_not_open(ledger: DoseLedger) -> None:
+    """A moved minute would be lost in a damaged row (a clinician's reset removes it): it stays."""
+    minute = int(T0 // 60)
+    ledger.add_energy(T0, 10.0, 10)
+    ledger.add_energy(T0 + 120, 5.0, 5)
+    with sqlite3.connect(ledger.path) as conn:  # the landing minute rots
+        conn.execute("UPDATE dose_minute SET seconds = 4 WHERE minute = ?", (minute + 2,))
+    assert ledger.move_minutes(minute, 2, minute + 2, ClockState("b", 0.0, T0).text()) == 0
+    assert ledger.reset_corrupted(T0 + 180, "test") == 1
+    assert ledger.status(T0 + 180).pa2s == 10.0
