@@ -276,33 +276,38 @@ class DoseClock:
     def refresh(self) -> bool:
         """Take the wall clock as exact when the kernel says it is synchronised (the untrusted
         minutes moved, ``ClockState.made_exact``); whether this boot has trusted time."""
-        boot = self.sources.boot()
-        state = self._state(boot)
-        if not self.sources.synchronized():
-            if ClockState.parse(self.ledger.clock_state()) != state:
-                self.ledger.save_clock_state(state.text())  # a new boot, kept from now on
-            return state.exact
-        real = self.sources.wall()
-        exact, move = state.made_exact(boot.seconds, real)
-        if not state.exact or abs(real - state.floor_at(boot.seconds)) >= 1.0:
-            self.ledger.move_minutes(*move, exact.text())
-        return True
+        synchronized = self.sources.synchronized()
+        with self.ledger.clock_lock:
+            boot = self.sources.boot()
+            state = self._state(boot)
+            if not synchronized:
+                if ClockState.parse(self.ledger.clock_state()) != state:
+                    self.ledger.save_clock_state(state.text())  # a new boot, kept from now on
+                return state.exact
+            real = self.sources.wall()
+            exact, move = state.made_exact(boot.seconds, real)
+            if not state.exact or abs(real - state.floor_at(boot.seconds)) >= 1.0:
+                self.ledger.move_minutes(*move, exact.text())
+            return True
 
     def raise_floor(self, known: float) -> None:
         """A Unix time known to have passed (a signed server time): the floor and the untrusted
         minutes rise to it."""
-        boot = self.sources.boot()
-        raised = self._state(boot).raised(boot.seconds, known)
-        if raised is not None:
+        with self.ledger.clock_lock:
+            boot = self.sources.boot()
+            raised = self._state(boot).raised(boot.seconds, known)
+            if raised is None:
+                return
             state, move = raised
             self.ledger.move_minutes(*move, state.text())
-            log.info("dose clock: at least %s, from the server's signed time", _utc(known))
+        log.info("dose clock: at least %s, from the server's signed time", _utc(known))
 
     def date(self, at: float, pa2s: float, seconds: int) -> None:
         """Add ``pa2s`` over ``seconds`` ending at dose time ``at`` (a reading of ``now``)."""
-        boot = self.sources.boot()
-        state = self._state(boot).dated(boot.seconds, at)
-        self.ledger.add_energy(at, pa2s, seconds, clock_state=state.text())
+        with self.ledger.clock_lock:
+            boot = self.sources.boot()
+            state = self._state(boot).dated(boot.seconds, at)
+            self.ledger.add_energy(at, pa2s, seconds, clock_state=state.text())
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ import json
 import logging
 import sqlite3
 import struct
+import threading
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -186,6 +187,9 @@ class DoseLedger:
             check_schema=self._check_readable,
         )
         self._db = LocalDB(path, busy_timeout_ms=5000, read_only=read_only)
+        #: Held by the dose clock while it reads, changes and keeps its state (its seconds dated
+        #: on the audio thread, the server's time on the sync thread): one change at a time.
+        self.clock_lock = threading.Lock()
         #: The UTC day the retention was last applied on (``prune``): once a day, with the writes.
         self._pruned_day: int | None = None
 
