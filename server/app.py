@@ -42,6 +42,7 @@ from resonera.server.metrics import registry_for
 from resonera.server.ratelimit import FailureLimiter, ProgressiveDelay
 from resonera.server.schemas import ErrorResponse
 from resonera.server.settings import ServerSettings
+from resonera.server.web import api_docs
 from resonera.server.web import routes as web_routes
 
 API_PREFIX = "/api/v1"
@@ -49,8 +50,13 @@ DESCRIPTION = """The Resonera clinical server.
 
 Log in with `POST /api/v1/auth/login` and send the access token as `Authorization: Bearer <token>`.
 Roles: `admin` (users, devices, assignments, patients), `clinician` (their own patients' data and
-desired state), `auditor` (the audit log). Every error has the shape
-`{"error": {"code", "message", "details"}}`.
+desired state), `auditor` (the audit log). Every error is an RFC 9457 problem document
+(`application/problem+json`: `type`, `title`, `status`, `detail`) that also carries
+`{"error": {"code", "message", "details"}}`. Every list takes `limit` and `offset` and answers
+with `X-Total-Count` (all items) and, when there are other pages, `Link` (`rel="next"`,
+`rel="prev"`). A time parameter or field takes a time with its offset, or a day alone
+(`2026-12-06`: its start in the server's time zone). This page and `/openapi.json` need a
+dashboard session or an access token.
 """
 
 
@@ -95,7 +101,16 @@ def create_app(
         ),
         backgrounds=BackgroundStore.for_settings(settings),
     )
-    app = FastAPI(title="Resonera server", version=_version(), description=DESCRIPTION)
+    # FastAPI's own docs load Swagger UI from a CDN and answer anyone: ours (web/api_docs.py)
+    # are served from the package, to signed-in people only.
+    app = FastAPI(
+        title="Resonera server",
+        version=_version(),
+        description=DESCRIPTION,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
     app.state.resonera = state
     app.include_router(health.router)
     for module in (
@@ -115,6 +130,7 @@ def create_app(
     ):
         app.include_router(module.router, prefix=API_PREFIX)
     install_error_handlers(app)
+    app.include_router(api_docs.router)
     web_routes.install(app)  # after the API's error handlers: its error pages wrap them
     app.add_middleware(
         BodyLimit,

@@ -568,11 +568,23 @@ def test_audit_is_read_only_and_for_auditors(client: TestClient, world: Any) -> 
     _error(client.get(f"{API}/audit/1", headers=world.auditor.headers), 404, "not_found")
 
 
-def test_openapi_documents_every_error_in_one_shape(client: TestClient) -> None:
-    schema = client.get("/openapi.json").json()
+def test_openapi_documents_every_error_in_one_shape(client: TestClient, world: Any) -> None:
+    schema = client.get("/openapi.json", headers=world.clinician.headers).json()
     assert schema["info"]["title"] == "Resonera server"
     assert "HTTPValidationError" not in schema["components"]["schemas"]
     responses = schema["paths"]["/api/v1/sessions"]["get"]["responses"]
     assert responses["422"]["content"]["application/problem+json"]["schema"] == {
         "$ref": "#/components/schemas/ErrorResponse"
     }
+
+
+def test_the_schema_is_for_signed_in_people_only(client: TestClient, world: Any) -> None:
+    _error(client.get("/openapi.json"), 401, "unauthorized")
+    _error(client.get("/openapi.json", headers={"Authorization": "Bearer x"}), 401, "unauthorized")
+    for actor in (world.admin, world.clinician, world.auditor):
+        assert client.get("/openapi.json", headers=actor.headers).status_code == 200
+    # FastAPI's own pages (Swagger UI and ReDoc from a CDN) are gone; ours sends to the sign-in.
+    assert client.get("/redoc").status_code == 404
+    signed_out = client.get("/docs", headers={"Accept": "text/html"}, follow_redirects=False)
+    assert signed_out.status_code == 303
+    assert signed_out.headers["location"] == "/login?next=%2Fdocs"

@@ -101,7 +101,7 @@ def extreme_date_times() -> Iterator[None]:
 @pytest.mark.usefixtures("extreme_date_times")
 def test_api_conforms_to_its_schema(app: FastAPI, world: Any) -> None:
     """Every operation, a few generated cases each; all failures reported together."""
-    schema = schemathesis.openapi.from_asgi("/openapi.json", app)
+    schema = schemathesis.openapi.from_asgi("/openapi.json", app, headers=world.admin.headers)
     failures: list[str] = []
     results = list(schema.get_all_operations())
     operations = [result.ok() for result in results if isinstance(result, Ok)]
