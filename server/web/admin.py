@@ -4,7 +4,7 @@ confirmation) and auditors (the audit log); the admin pages for patients and use
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import date, datetime, timedelta
 from typing import Annotated, Final
 from urllib.parse import urlencode
 
@@ -19,7 +19,7 @@ from resonera.server.api.routes import assignments as api_assignments
 from resonera.server.api.routes.devices import revoke_and_audit
 from resonera.server.models import AssignmentRow, DeviceRow, UserRow
 from resonera.server.revocation import REVOCATION_OUTCOMES
-from resonera.server.schemas import AssignmentCreate, server_zone_name
+from resonera.server.schemas import AssignmentCreate, day_start, server_zone_name
 from resonera.server.security import now_utc
 from resonera.server.web import admin_patients, admin_users, downloads
 from resonera.server.web.admin_forms import FormRefused, checked, through_api
@@ -236,7 +236,14 @@ def _day(text: str, name: str) -> date | None:
 
 
 def _day_start(day: date | None) -> datetime | None:
-    return None if day is None else datetime.combine(day, time.min, UTC)
+    """The start of ``day`` in the server's time zone, as the API's days; None for none, and for
+    a day so near the calendar's ends that it has no UTC equivalent (no bound there)."""
+    if day is None:
+        return None
+    try:
+        return day_start(day)
+    except ValueError:
+        return None
 
 
 @router.get("/audit")
@@ -288,6 +295,7 @@ def audit_page(
                 "from": since.isoformat() if since else "",
                 "to": until.isoformat() if until else "",
             },
+            "zone": server_zone_name(),
             "unknown_actor": unknown_actor,
         },
     )
