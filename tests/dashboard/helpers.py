@@ -312,6 +312,12 @@ class Browsing:
         self.page.screenshot(path=str(path), full_page=True)
         return path
 
+    def shot_fold(self, name: str) -> Path:
+        """A screenshot of what the window shows before any scrolling (above the fold)."""
+        path = self.artifacts / f"{self.test_name}-{name}.png"
+        self.page.screenshot(path=str(path))
+        return path
+
     def shot_of(self, selector: str, name: str) -> Path:
         """A screenshot of one part of the page (the whole page of a patient is long)."""
         path = self.artifacts / f"{self.test_name}-{name}.png"

@@ -63,17 +63,21 @@
     });
     // The chart keeps to its box: a phone's screen, a printed page.
     var width = Math.max(280, Math.min(target.clientWidth || 900, 1100));
-    var chart = new uPlot({
+    new uPlot({
       width: width,
       height: parseInt(target.dataset.height || "240", 10),
       tzDate: function (ts) { return uPlot.tzDate(new Date(ts * 1000), "Etc/UTC"); },
       scales: uScales,
       axes: axes,
       series: series,
+      hooks: {
+        ready: [function (u) {
+          target.dataset.xmin = String(u.scales.x.min);
+          target.dataset.xmax = String(u.scales.x.max);
+        }],
+      },
     }, data, target);
     target.dataset.points = String(rows.length);
-    target.dataset.xmin = String(chart.scales.x.min);
-    target.dataset.xmax = String(chart.scales.x.max);
   }
   document.querySelectorAll(".chart[data-table]").forEach(draw);
 })();
