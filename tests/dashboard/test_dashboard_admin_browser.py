@@ -13,13 +13,14 @@ from urllib.parse import urlsplit
 
 import pytest
 from dashboard.helpers import PASSWORD, Browsing, Seeded
-from playwright.sync_api import Route, expect
+from playwright.sync_api import Route, ViewportSize, expect
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from resonera.server.models import AssignmentRow, DeviceRow, UserRow
 
-PHONE = {"width": 390, "height": 844}
+PHONE: ViewportSize = {"width": 390, "height": 844}
+DESK: ViewportSize = {"width": 1280, "height": 900}
 
 
 @pytest.fixture
@@ -42,11 +43,11 @@ def _overflow(b: Browsing) -> int:
 
 def _both_widths(b: Browsing, name: str) -> None:
     """A screenshot at 1280 px and at 390 px; at neither is the page wider than the window."""
-    for label, size in (("1280", {"width": 1280, "height": 900}), ("390", PHONE)):
+    for label, size in (("1280", DESK), ("390", PHONE)):
         b.page.set_viewport_size(size)
         assert _overflow(b) == 0, f"{name} overflows at {label} px"
         b.shot(f"{name}-{label}")
-    b.page.set_viewport_size({"width": 1280, "height": 900})
+    b.page.set_viewport_size(DESK)
 
 
 @pytest.mark.usefixtures("berlin")
