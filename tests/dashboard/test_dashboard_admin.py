@@ -10,9 +10,19 @@ import re
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
-from dashboard.helpers import PASSWORD, Seeded, form_token, post_login, sign_in_as, table_cells
+from dashboard.helpers import (
+    PASSWORD,
+    Seeded,
+    form_token,
+    html_client,
+    post_login,
+    sign_in_as,
+    table_cells,
+)
+from enrolled_fleet import add_admin, enrolled, fleet_app, run_fleet
 from fastapi.testclient import TestClient
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
@@ -244,3 +254,24 @@ def test_revoke_asks_first_and_an_unfinished_revocation_is_a_failure(
     assert "resonera-provision device revoke" in landed
     ok = client.get("/devices?revoked=dev-a&outcome=blocked").text
     assert '<p class="notice" role="status" id="outcome">' in ok
+
+
+def test_a_failed_broker_reload_is_styled_as_a_failure(tmp_path: Path) -> None:
+    """A real fleet (issuing CA on the server, mutual-TLS mosquitto, an enrolled device) whose
+    broker reload command fails: the page says so as an alert in the failure style, never as
+    the success notice."""
+    with run_fleet(tmp_path) as fleet:
+        enrolled(fleet, "dev-52", "SN-52")
+        email, _token = add_admin(fleet, PASSWORD)
+        with html_client(fleet_app(fleet, ["false"])) as client:
+            sign_in_as(client, email)
+            question = client.get("/devices/dev-52/revoke")
+            assert question.status_code == 200
+            pressed = client.post(
+                "/devices/dev-52/revoke", data={"csrf_token": form_token(question.text)}
+            )
+            landed = client.get(pressed.headers["location"]).text
+    failure = re.search(r'<p class="error" role="alert" id="outcome">([^<]*)</p>', landed)
+    assert failure is not None, landed
+    assert "the broker reload command failed" in failure.group(1)
+    assert 'class="notice"' not in landed
