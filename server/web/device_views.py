@@ -105,16 +105,11 @@ def _routine_counts(body: Any) -> tuple[tuple[str, int], ...]:
     )
 
 
-def device_line(
-    session: Session, device: DeviceRow, now: datetime, skew_limit: timedelta
-) -> DeviceLine:
-    """What the devices page shows of ``device``; a clock skew beyond ``skew_limit`` either way
-    is marked (ingest quarantines device times ahead by more than that)."""
-    state = session.get(DeviceStateRow, device.id)
-    skew = state.clock_skew_s if state is not None else None
+def latest_telemetry(session: Session, device_id: str) -> tuple[MessageRow | None, Any]:
+    """The device's latest ``metrics`` message and its body ({} when none, or not JSON)."""
     metrics = session.exec(
         select(MessageRow)
-        .where(MessageRow.device_id == device.id, MessageRow.kind == "metrics")
+        .where(MessageRow.device_id == device_id, MessageRow.kind == "metrics")
         .order_by(col(MessageRow.seq).desc())
         .limit(1)
     ).first()
@@ -122,6 +117,17 @@ def device_line(
         body: Any = json.loads(metrics.body) if metrics is not None else {}
     except ValueError:
         body = {}
+    return metrics, body
+
+
+def device_line(
+    session: Session, device: DeviceRow, now: datetime, skew_limit: timedelta
+) -> DeviceLine:
+    """What the devices page shows of ``device``; a clock skew beyond ``skew_limit`` either way
+    is marked (ingest quarantines device times ahead by more than that)."""
+    state = session.get(DeviceStateRow, device.id)
+    skew = state.clock_skew_s if state is not None else None
+    metrics, body = latest_telemetry(session, device.id)
     board = session.exec(
         select(SessionRow.hardware_board)
         .where(SessionRow.device_id == device.id, SessionRow.hardware_board != "")
@@ -162,3 +168,28 @@ def device_line(
 def device_lines(session: Session, now: datetime, skew_limit: timedelta) -> list[DeviceLine]:
     rows = session.exec(select(DeviceRow).order_by(col(DeviceRow.id))).all()
     return [device_line(session, row, now, skew_limit) for row in rows]
+
+
+@dataclass(frozen=True)
+class DeviceNow:
+    """What a patient's device last said of itself, for the patient page: whether it is
+    connected, what its safety state was (``idle``, ``playing``, ...) and why check-in questions
+    cannot be asked, if it said so, as of its latest telemetry."""
+
+    device_id: str
+    online: bool | None
+    telemetry_at: datetime | None
+    safety_state: str
+    checkin_problem: str
+
+
+def device_now(session: Session, device_id: str) -> DeviceNow:
+    state = session.get(DeviceStateRow, device_id)
+    metrics, body = latest_telemetry(session, device_id)
+    return DeviceNow(
+        device_id=device_id,
+        online=state.online if state is not None else None,
+        telemetry_at=metrics.device_time if metrics is not None else None,
+        safety_state=_find_text(body, frozenset({"safety_state"})),
+        checkin_problem=_find_text(body, frozenset({"checkin"})),
+    )

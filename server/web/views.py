@@ -27,6 +27,7 @@ from resonera.server.models import (
     SessionRow,
 )
 from resonera.server.schemas import AdherenceWeek, DoseReport, Limits, PatientPublic
+from resonera.server.web.device_views import DeviceNow, device_now
 from resonera.server.web.glance import (
     EVENTS_PER_PAGE,
     OPEN_WINDOW,
@@ -197,6 +198,8 @@ class PatientView:
     week: AdherenceWeek
     last_session: SessionRow | None
     last_sync: datetime | None
+    #: What each device last said of itself (its latest telemetry).
+    devices_now: tuple[DeviceNow, ...]
     config_version: int
     profile: dict[str, Any]
     limits: Limits
@@ -362,6 +365,7 @@ def patient_view(
         ).weeks[0],
         last_session=last_session(session, patient.id),
         last_sync=_last_sync(session, devices),
+        devices_now=tuple(device_now(session, device_id) for device_id in devices),
         config_version=current.version if current is not None else 0,
         profile=document["profile"],
         limits=Limits.model_validate(document["limits"]),

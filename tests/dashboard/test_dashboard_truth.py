@@ -45,6 +45,7 @@ DEVICE = "dev-c"
 #: A dose that is there but is 0.004 % of the allowance: one decimal would print "0.0 %".
 SMALL_DOSE = 0.00004
 WARNINGS, FAULTS = 480, 20
+NO_PROMPTS = "no spoken prompts on this device"
 #: A float32 reading as a device sends it.
 CURRENT = 0.30000001192092896
 
@@ -94,6 +95,9 @@ def sparse(engine: Engine, cipher: FieldCipher, seeded: Seeded) -> Sparse:
             ),
         ),
     ]
+    # The device's telemetry, as its status() reports: it cannot speak the check-in questions.
+    telemetry = {"safety_state": "idle", "controls": {"paused": False, "checkin": NO_PROMPTS}}
+    bodies.append(("metrics", {"telemetry": telemetry}))
     readings = {**READINGS, "supply_current_a": CURRENT}
     for k in range(WARNINGS + FAULTS):
         at = datetime.combine(day, time(12), UTC) + timedelta(seconds=k)
@@ -129,6 +133,7 @@ def test_figures_of_a_sparse_patient(
     safety = page.split('id="glance-safety"', 1)[1].split("</article>", 1)[0]
     assert f"{WARNINGS} × warning" in safety and f"{FAULTS} × fault" in safety
     assert safety.index("warning") < safety.index("fault")  # the most first
+    assert f"{DEVICE} cannot ask the check-in questions: {NO_PROMPTS}." in page
     kinds = cells(page, "event-kinds")
     assert [row[:2] for row in kinds] == [["warning", str(WARNINGS)], ["fault", str(FAULTS)]]
     # Paged: the first page and the last, readings rounded with their units.
