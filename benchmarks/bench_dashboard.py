@@ -1,8 +1,8 @@
 """Dashboard page latency: p50/p95 of a clinician's patient page with 90 days of data (dose table
 and chart data, session timeline, safety events, limits form), of the patient's outcomes page at
 90 days (adherence, check-in trends, change per program, exposure: ``server/analytics.py``), of
-the cohort page, of the patients list, and of ``/healthz`` as the baseline of the same run
-(routing and the database round trip alone).
+the report to print at 90 days, of the cohort page, of the patients list, and of ``/healthz`` as
+the baseline of the same run (routing and the database round trip alone).
 
 The world is the dashboard tests' own (``tests/dashboard/helpers.py``: sessions stored through
 ingest, ``RESONERA_BENCH_DASHBOARD_PER_DAY`` a day, default 4), on a migrated SQLite file and on
@@ -133,7 +133,7 @@ def measure(url: str, data_dir: Path) -> tuple[int, int, dict[str, list[float]]]
             assert signed_in.status_code == 303, signed_in.text
             page_url = f"/patients/{seeded.patient}?days=90"
             page = client.get(page_url)
-            assert page.status_code == 200 and page.text.count('<tr data-day="') == 90
+            assert page.status_code == 200 and page.text.count('<tr data-x="') == 90
             sessions = len(table_cells(page.text, "sessions"))
 
             def patient_page() -> int:
@@ -146,6 +146,12 @@ def measure(url: str, data_dir: Path) -> tuple[int, int, dict[str, list[float]]]
             def outcomes_page() -> int:
                 return int(client.get(outcomes_url).status_code)
 
+            report_url = f"/patients/{seeded.patient}/report?days=90"
+            assert client.get(report_url).status_code == 200
+
+            def report_page() -> int:
+                return int(client.get(report_url).status_code)
+
             def cohort_page() -> int:
                 return int(client.get("/cohort?days=90").status_code)
 
@@ -155,7 +161,7 @@ def measure(url: str, data_dir: Path) -> tuple[int, int, dict[str, list[float]]]
             def health() -> int:
                 return int(client.get("/healthz").status_code)
 
-            calls = (patient_page, outcomes_page, cohort_page, patients_list, health)
+            calls = (patient_page, outcomes_page, report_page, cohort_page, patients_list, health)
             for call in calls:  # warm caches and templates
                 _timed(call, 5)
             return (
@@ -166,6 +172,7 @@ def measure(url: str, data_dir: Path) -> tuple[int, int, dict[str, list[float]]]
                     "GET /patients (list)": _timed(patients_list, REQUESTS),
                     "GET /patients/{id}?days=90": _timed(patient_page, REQUESTS),
                     OUTCOMES: _timed(outcomes_page, REQUESTS),
+                    "GET /patients/{id}/report?days=90": _timed(report_page, REQUESTS),
                     "GET /cohort?days=90": _timed(cohort_page, REQUESTS),
                 },
             )
