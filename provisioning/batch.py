@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import Enum
 from pathlib import Path
-from typing import Final, cast
+from typing import Final
 
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlmodel import Session
 
 from resonera.common import topics
@@ -193,7 +193,7 @@ def standing_of(
 
 #: Makes what a row needs inside the import's transaction: ``(connection, row, standing)`` ->
 #: the row's outcome. ``connection`` stands where the one-device functions take an engine.
-MakeFor = Callable[[Engine, BatchRow, Standing], Outcome]
+MakeFor = Callable[[Connection, BatchRow, Standing], Outcome]
 
 
 def import_rows(
@@ -225,15 +225,14 @@ def import_rows(
 
 
 @contextmanager
-def _one_transaction(engine: Engine) -> Iterator[Engine]:
+def _one_transaction(engine: Engine) -> Iterator[Connection]:
     """A connection in one transaction, committed when the block ends without an error, rolled back
     otherwise. The one-device functions (``register_code``, ``register_bundle``) open a Session on
     what they are given and commit it; a Session on a connection that is already in a transaction
     joins it, and its commit leaves the outer transaction open: so each row goes through the same
     code as ``device add``, and the batch stays all or nothing."""
     with engine.connect() as connection, connection.begin():
-        # a Connection serves where those functions take an Engine: they only open a Session on it
-        yield cast(Engine, connection)
+        yield connection
 
 
 def code_ttl_ok(ttl: timedelta) -> timedelta:

@@ -38,7 +38,7 @@ from resonera.server.fleet_ca import CAError, FleetCA
 # 1.1-1.3 s and about 49 MB to every other command (ca, broker-config, service-cert), on top of this
 # module's 0.3 s (python -X importtime, the shared 2-core machine under load 5, 2026-12-06).
 if TYPE_CHECKING:
-    from sqlalchemy.engine import Engine
+    from sqlalchemy.engine import Connection, Engine
 
     from resonera.server.settings import ServerSettings
 
@@ -327,7 +327,7 @@ def _devices_import(args: argparse.Namespace) -> int:
     folder = BatchFolder(args.out)
     now = utc_now()
 
-    def make(registry: Engine, row: BatchRow, standing: Standing) -> Outcome:
+    def make(registry: Connection, row: BatchRow, standing: Standing) -> Outcome:
         if make_bundle is None:
             code, _device, expires = register_code(
                 registry, row.serial, ttl=ttl, device_id=row.device_id, now=now

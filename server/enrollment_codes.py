@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from typing import Final
 
 from cryptography import x509
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlmodel import Session, select
 
 from resonera.common import topics
@@ -69,7 +69,7 @@ def check_serial(serial: str) -> str:
 
 
 def register_code(
-    engine: Engine,
+    engine: Engine | Connection,
     serial: str,
     *,
     ttl: timedelta = DEFAULT_CODE_TTL,
@@ -154,7 +154,7 @@ def bind_serial(
 
 
 def register_bundle(
-    engine: Engine,
+    engine: Engine | Connection,
     serial: str,
     cert: x509.Certificate,
     *,
