@@ -21,6 +21,7 @@ from support import bare_env
 from resonera.common.bundle import verify_bundle
 from resonera.device.enroll import enroll
 from resonera.device.settings import DeviceSettings
+from resonera.provisioning.batch import BatchError, read_serials
 from resonera.provisioning.labels import Label, read_label_payload
 from resonera.server.db import make_engine
 from resonera.server.enrollment_codes import code_hash
@@ -155,23 +156,34 @@ BAD_FILES = [
 ]
 
 
-def test_a_bad_row_names_its_line_and_changes_nothing(tmp_path: Path, server_config: Path) -> None:
+@pytest.mark.parametrize(("content", "message"), BAD_FILES)
+def test_a_bad_file_names_its_line(tmp_path: Path, content: str, message: str) -> None:
+    serials = tmp_path / "serials.csv"
+    serials.write_bytes(content.encode("utf-8", "surrogateescape"))
+    with pytest.raises(BatchError) as refused:
+        read_serials(serials)
+    assert str(refused.value).startswith(str(serials)) and message in str(refused.value)
+
+
+def test_a_bad_row_is_said_by_the_command_and_changes_nothing(
+    tmp_path: Path, server_config: Path
+) -> None:
     serials = tmp_path / "serials.csv"
     engine = make_engine(f"sqlite:///{tmp_path / 's.db'}")
     try:
-        for content, message in BAD_FILES:
-            serials.write_bytes(content.encode("utf-8", "surrogateescape"))
-            answer = provision(
-                "devices", "import", serials, "--out", tmp_path / "batch",
-                "--server-config", server_config,
-            )  # fmt: skip
-            assert answer.returncode == 1
-            [line] = answer.stderr.splitlines()
-            assert line.startswith(f"resonera-provision: error: {serials}"), line
-            assert message in line, line
-            assert registry(engine) == []
-            left = sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("s.db"))
-            assert left == ["serials.csv", "server.toml"]  # no batch folder, no staging folder
+        content, message = BAD_FILES[0]
+        serials.write_text(content)
+        answer = provision(
+            "devices", "import", serials, "--out", tmp_path / "batch",
+            "--server-config", server_config,
+        )  # fmt: skip
+        assert answer.returncode == 1
+        [line] = answer.stderr.splitlines()
+        assert line.startswith(f"resonera-provision: error: {serials}"), line
+        assert message in line, line
+        assert registry(engine) == []
+        left = sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("s.db"))
+        assert left == ["serials.csv", "server.toml"]  # no batch folder, no staging folder
     finally:
         engine.dispose()
 
