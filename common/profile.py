@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import PydanticCustomError
 
 from resonera.common.dose import REFERENCE_DBA, DoseMode
 from resonera.common.errors import ConfigError, describe_validation_error
@@ -130,11 +131,12 @@ class HearingProfile(BaseModel):
             )
         reference = REFERENCE_DBA[self.dose_mode]
         if self.fallback_level_dba >= reference:
-            raise ValueError(
+            raise PydanticCustomError(
+                "fallback_not_below_reference",
                 f"fallback_level_dba ({self.fallback_level_dba:g} dBA) must be below dose mode "
                 f"{self.dose_mode}'s reference level ({reference:g} dBA): at that level the "
                 "weekly allowance keeps being used after 100 % (2.5 % an hour); "
-                f"{default_fallback_dba(self.dose_mode):g} dBA is the mode's default"
+                f"{default_fallback_dba(self.dose_mode):g} dBA is the mode's default",
             )
         for name, bounds in (
             ("carrier_hz", CARRIER_HZ),

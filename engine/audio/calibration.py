@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import PydanticCustomError
 
 from resonera.common.errors import ConfigError, describe_validation_error
 
@@ -111,9 +112,10 @@ class Calibration(BaseModel):
             )
         low, high = PLAUSIBLE_SENSITIVITY_PER_V[self.output]
         if not low <= self.sensitivity_per_volt <= high:
-            raise ValueError(
+            raise PydanticCustomError(
+                "implausible_calibration",
                 f"{given} is not a plausible {self.output} sensitivity ({low:g}–{high:g} dB SPL "
-                "per volt); check the unit (per volt or per milliwatt) and the value"
+                "per volt); check the unit (per volt or per milliwatt) and the value",
             )
         full_scale = self.spl_at_unit_rms - _SINE_CREST_DB
         low, high = PLAUSIBLE_FULL_SCALE_SPL
@@ -123,11 +125,12 @@ class Calibration(BaseModel):
                 if self.listening_distance_m is not None
                 else ""
             )
-            raise ValueError(
+            raise PydanticCustomError(
+                "implausible_calibration",
                 f"a full-scale sine would be {full_scale:.1f} dB SPL at the ear "
                 f"(dac_full_scale_vrms = {self.dac_full_scale_vrms:g}, amplifier_gain_db = "
                 f"{self.amplifier_gain_db:g}, {given}{distance}); a listening chain is "
-                f"{low:g}–{high:g} dB SPL at full scale: check the gain and the sensitivity"
+                f"{low:g}–{high:g} dB SPL at full scale: check the gain and the sensitivity",
             )
 
     @property
