@@ -26,7 +26,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from resonera.common import serial_link
-from resonera.common.dose import dose_fraction, mode_fraction, pressure_squared
+from resonera.common.dose import crossed_hundreds, dose_fraction, mode_fraction, pressure_squared
 from resonera.common.errors import ResoneraError
 from resonera.common.ids import new_id
 from resonera.common.profile import HearingProfile
@@ -416,7 +416,9 @@ class Session:
     def _dose_last_part(self, chain: SafetyChain, profile: HearingProfile) -> None:
         """The chain's meter adds whole seconds to the ledger; the incomplete last one (all of a
         0.05 s accidental start) is added here, so every second played counts toward the dose
-        whatever the session's length (a session too short to count as one still does)."""
+        whatever the session's length (a session too short to count as one still does). If it
+        takes the week past 100 % (or a further 100 %), the person is told and it is recorded,
+        as the chain does for a whole second; there is no sound left to lower or stop."""
         partial = chain.meter.flush()
         if partial is None or self._dated is None:
             return
@@ -425,7 +427,13 @@ class Session:
         dated.add_energy(
             dated.clock.now(), pressure_squared(level_dba) * length_s, seconds=round(length_s)
         )
-        chain.session_dose += dose_fraction(level_dba, length_s, profile.dose_mode)
+        added = dose_fraction(level_dba, length_s, profile.dose_mode)
+        before, chain.week_fraction = chain.week_fraction, chain.week_fraction + added
+        chain.session_dose += added
+        for hundred in crossed_hundreds(before, chain.week_fraction):
+            message = f"you have used {hundred * 100} % of this week's safe listening allowance"
+            self.watch.notify(message)
+            self.parts.recorder.event("dose_reached", message, session_id=self.session_id)
 
     def _consent(self, held: ExitStack, supervisor: SessionSupervisor) -> ConsentClaim | None:
         """The MCU armed for this session (released when ``held`` closes), its consent changes

@@ -14,11 +14,11 @@ import pytest
 import soundfile
 from dose_clocks import SYNCED
 
-from resonera.common.dose import dose_fraction, pressure_squared
+from resonera.common.dose import allowance_pa2s, dose_fraction, pressure_squared
 from resonera.common.profile import HearingProfile
 from resonera.common.program import load_program_toml
 from resonera.device.safety.dose_ledger import DoseLedger
-from resonera.device.session import Session, standalone_parts
+from resonera.device.session import Session, SessionWatch, standalone_parts
 from resonera.device.settings import DeviceSettings
 from resonera.device.store import DeviceStore
 from resonera.engine.audio.sinks import NullSink
@@ -111,3 +111,28 @@ def test_measure_counts_a_files_last_partial_second_for_its_length(
 def test_measure_refuses_an_implausible_full_scale_level_naming_it(level: float) -> None:
     with pytest.raises(MeasureError, match=r"--spl-at-full-scale .* is not a plausible level"):
         spl_at_unit_rms_from_full_scale(level)
+
+
+def test_100_percent_reached_in_a_sessions_last_partial_second_is_told(tmp_path: Path) -> None:
+    calibration = tmp_path / "loud.toml"
+    calibration.write_text(LOUD_HEADPHONES, encoding="utf-8")
+    profile = HearingProfile(max_level_dba=90.0, refuse_over_allowance=False)
+    settings = DeviceSettings.model_validate(
+        {
+            "device_id": "every-sample",
+            "data_dir": tmp_path,
+            "simulation": True,
+            "calibration_file": calibration,
+            "profile": profile.model_dump(),
+        }
+    )
+    ledger = DoseLedger.for_settings(settings)
+    ledger.add_energy(time.time() - 60, 0.99998 * allowance_pa2s(1), 3600)  # 0.002 % left
+    ledger.close()
+    store = DeviceStore(settings.store_path)
+    said: list[str] = []
+    with standalone_parts(settings, store) as parts:  # 0.8 s at 89 dBA: 0.004 %, all partial
+        session = Session(replace(parts, time_sources=SYNCED), watch=SessionWatch(said.append))
+        session.run(load_program_toml(SHORT_TONE), NullSink())
+    assert any("you have used 100 % of this week's safe listening allowance" in m for m in said)
+    assert [event.type for event in store.events()].count("dose_reached") == 1
