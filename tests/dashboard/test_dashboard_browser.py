@@ -171,7 +171,8 @@ def test_admin_and_auditor_pages(browsing: Browsing, seeded: Seeded) -> None:
     row = b.page.locator(f'tr[data-device="{seeded.device}"]')
     expect(row).to_contain_text("41.5 °C")
     b.shot("devices")
-    row.get_by_role("button", name=f"Revoke {seeded.device}").click()
+    row.get_by_role("link", name=f"Revoke {seeded.device}").click()  # asks first
+    b.page.get_by_role("button", name=f"Revoke {seeded.device}").click()
     expect(b.page.locator(f'tr[data-device="{seeded.device}"]')).to_contain_text("revoked")
     b.shot("devices-revoked")
     b.page.get_by_role("link", name="Audit log").click()

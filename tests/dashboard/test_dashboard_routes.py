@@ -478,7 +478,7 @@ def test_devices_page_shows_telemetry_and_revokes(
     device = rows[seeded.device]
     assert device[1] == "online"
     assert device[3] == "hwsim-1 fw 1.4.2"
-    assert device[5] == seeded.patient
+    assert device[5] == seeded.patient_name  # the patient by name, never a UUID
     assert device[6] == "41.5 °C"
     assert device[7] == "3"
     assert client.post(f"/devices/{seeded.device}/revoke", data={}).status_code == 403
