@@ -20,7 +20,13 @@ from resonera.common.clock import CLOCK_FLOOR
 from resonera.common.dose import WINDOW_S, pressure_squared
 from resonera.device.desired_state import DesiredStateApplier
 from resonera.device.safety.dose_ledger import DoseLedger
-from resonera.device.trusted_time import ClockState, DatedLedger, DoseClock
+from resonera.device.trusted_time import (
+    ClockState,
+    DatedLedger,
+    DoseClock,
+    kernel_clock_synchronized,
+    read_boot_clock,
+)
 
 #: Wednesday 2026-06-17, 12:00 UTC: mid-week, after this release's floor.
 T0 = 1_781_697_600.0
@@ -221,3 +227,11 @@ def test_a_minute_never_lands_on_a_row_that_does_not_open(ledger: DoseLedger) ->
     assert ledger.move_minutes(minute, 2, minute + 2, ClockState("b", 0.0, T0).text()) == 0
     assert ledger.reset_corrupted(T0 + 180, "test") == 1
     assert ledger.status(T0 + 180).pa2s == 10.0
+
+
+def test_the_real_sources_read_without_privilege() -> None:
+    """adjtimex read-only and the boot clock: a bool (False wherever it cannot be read), the same
+    boot id, a clock that does not go back."""
+    assert isinstance(kernel_clock_synchronized(), bool)
+    first, second = read_boot_clock(), read_boot_clock()
+    assert first.boot_id == second.boot_id and second.seconds >= first.seconds > 0
