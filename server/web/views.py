@@ -334,13 +334,14 @@ def patient_view(
     pages = max(1, -(-sum(g.count for g in groups) // EVENTS_PER_PAGE))
     page = min(max(1, event_page), pages)
     devices = DesiredService.devices_of(session, patient.id, now)
+    sessions = crud.list_sessions(
+        session, patient_ids=[patient.id], since=since, limit=TIMELINE_MAX
+    )
     return PatientView(
         patient=crud.patient_public(session, cipher, patient),
         days=days,
         dose=crud.dose_report(session, patient_id=patient.id, today=today, days=days),
-        sessions=crud.list_sessions(
-            session, patient_ids=[patient.id], since=since, limit=TIMELINE_MAX
-        ),
+        sessions=sessions,
         events=crud.list_events(
             session,
             patient_id=patient.id,
@@ -363,7 +364,8 @@ def patient_view(
             weeks=1,
             per_week=current.sessions_per_week if current is not None else 0,
         ).weeks[0],
-        last_session=last_session(session, patient.id),
+        # Newest first: the period's first is the last session, unless the period has none.
+        last_session=sessions[0] if sessions else last_session(session, patient.id),
         last_sync=_last_sync(session, devices),
         devices_now=tuple(device_now(session, device_id) for device_id in devices),
         config_version=current.version if current is not None else 0,
