@@ -19,8 +19,10 @@ from resonera.hardware.scenario import execute
 PROGRAMS = ["focus-isochronic", "calm-tone"]
 
 
-# Plays through PortAudio's callback stream, which stalls under libfaketime; dates nothing itself.
+# Plays through PortAudio's callback stream, which stalls under libfaketime; dates nothing itself;
+# the simulated MCU's 100 ms watchdogs want the machine to themselves.
 @pytest.mark.real_clock
+@pytest.mark.realtime
 def test_a_person_with_buttons_alone_starts_pauses_skips_and_stops(
     mosquitto: Mosquitto, peer: Peer, pulse_null_sink: str, tmp_path: Path
 ) -> None:

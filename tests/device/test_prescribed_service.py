@@ -105,8 +105,10 @@ PROGRAMS = [
 PROFILE = {"max_level_dba": 80.0, "beat_hz": {"low": 0.5, "high": 12.0}}
 
 
-# Plays through PortAudio's callback stream, which stalls under libfaketime; dates nothing itself.
+# Plays through PortAudio's callback stream, which stalls under libfaketime; dates nothing itself;
+# the simulated MCU's 100 ms watchdogs want the machine to themselves.
 @pytest.mark.real_clock
+@pytest.mark.realtime
 def test_prescribed_programs_apply_play_by_button_and_name_and_play_offline_after_a_restart(
     pulse_null_sink: str, background_server: Callable[[Any], Any], tmp_path: Path
 ) -> None:

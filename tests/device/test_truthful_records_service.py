@@ -33,8 +33,10 @@ gain = 0.3
 """
 
 
-# Plays through PortAudio's callback stream, which stalls under libfaketime; dates nothing itself.
+# Plays through PortAudio's callback stream, which stalls under libfaketime; dates nothing itself;
+# the simulated MCU's 100 ms watchdogs want the machine to themselves.
 @pytest.mark.real_clock
+@pytest.mark.realtime
 def test_scripted_use_yields_only_the_safety_events_the_script_caused(
     mosquitto: Mosquitto, peer: Peer, pulse_null_sink: str, tmp_path: Path
 ) -> None:

@@ -43,6 +43,7 @@ pytestmark = [
     pytest.mark.slow,
     # PortAudio's callback stream stalls under libfaketime; the test dates nothing itself
     pytest.mark.real_clock,
+    pytest.mark.realtime,  # the simulated MCU's 100 ms watchdogs, sound recorded
 ]
 
 RATE = 48000
