@@ -36,12 +36,17 @@ def dose_fraction_per_second(mel_dba: float) -> float:
     return float(10.0 ** ((mel_dba - 80.0) / 10.0) / (40.0 * 3600.0))
 
 
-def clinician_patient_ids(session: Session, user_id: int) -> list[str]:
-    return list(
-        session.exec(
-            select(ClinicianPatientRow.patient_id).where(ClinicianPatientRow.user_id == user_id)
-        ).all()
-    )
+def clinician_patient_ids(
+    session: Session, user_id: int, *, include_archived: bool = False
+) -> list[str]:
+    """The patients linked to clinician ``user_id``; archived ones only with ``include_archived``
+    (their lists, attention list and ``GET /sessions`` leave them out; their pages still open)."""
+    query = select(ClinicianPatientRow.patient_id).where(ClinicianPatientRow.user_id == user_id)
+    if not include_archived:
+        query = query.join(PatientRow, col(PatientRow.id) == ClinicianPatientRow.patient_id).where(
+            col(PatientRow.archived_at).is_(None)
+        )
+    return list(session.exec(query).all())
 
 
 def patient_public(session: Session, cipher: FieldCipher, patient: PatientRow) -> PatientPublic:

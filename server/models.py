@@ -133,6 +133,9 @@ class PatientRow(SQLModel, table=True):
     notes_enc: str = Field(sa_type=Text)
     created_at: datetime = Field(sa_type=UTCDateTime)
     updated_at: datetime = Field(sa_type=UTCDateTime)
+    #: When an admin archived the patient (treatment over): left out of the clinicians' lists and
+    #: the cohort, given no new device, every record kept (None: in care).
+    archived_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
 
 
 class ClinicianPatientRow(SQLModel, table=True):

@@ -96,6 +96,9 @@ CASES = [
     Case("PATCH", "/patients/{patient}", {"admin": 200, **OWN}, body={"notes": "n"}),
     Case("POST", "/patients/{patient}/clinicians", {"admin": 204}, body={"user_id": "{other_id}"}),
     Case("DELETE", "/patients/{patient}/clinicians/{clinician_id}", {"admin": 204}),
+    # The patient still has a device (409 for the admin); restoring one in care is a 409 too.
+    Case("POST", "/patients/{patient}/archive", {"admin": 409}),
+    Case("POST", "/patients/{patient}/restore", {"admin": 409}),
     Case("GET", "/patients/{patient}/sessions", OWN),
     Case("GET", "/patients/{patient}/safety-events", OWN),
     Case("GET", "/patients/{patient}/dose", OWN),

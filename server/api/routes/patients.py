@@ -1,13 +1,14 @@
 """``/patients``: identity (encrypted at rest), clinician links, and a clinician's view of their
 own patients: sessions, safety events, dose, adherence, and the desired state they set.
 
-One module of some 470 lines: every route under one patient shares its access rule (a linked
+One module of some 540 lines: every route under one patient shares its access rule (a linked
 clinician, else 404) and its audit; the rules themselves live in the services it calls.
 
 Access: a clinician sees and changes only patients linked to them; an admin creates patients,
-links clinicians and may read identity; auditors see none of it (they read ``/audit``). An
-unlinked patient is a 404, not a 403: whether a patient exists is patient data. Every read and
-write here adds an audit row in the same transaction.
+links clinicians, archives and restores patients (``patient_archive``) and may read identity;
+auditors see none of it (they read ``/audit``). An unlinked patient is a 404, not a 403: whether a
+patient exists is patient data. Every read and write here adds an audit row in the same
+transaction.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from sqlmodel import col, select
 from resonera.common.errors import VersionConflict
 from resonera.common.ids import new_id
 from resonera.common.prescription import PrescribedProgram
-from resonera.server import crud, prescriptions
+from resonera.server import crud, patient_archive, prescriptions
 from resonera.server.api.deps import (
     AdminOrClinician,
     AdminUser,
@@ -103,12 +104,19 @@ def list_patients(
     request: Request,
     response: Response,
     page: PageDep,
+    archived: Annotated[
+        bool, Query(description="include archived patients (left out by default)")
+    ] = False,
 ) -> list[PatientPublic]:
-    """A clinician's own patients; all patients for an admin."""
+    """A clinician's own patients; all patients for an admin. Archived patients only with
+    ``archived=true``."""
     query = select(PatientRow)
     if user.role == "clinician":
         assert user.id is not None
-        query = query.where(col(PatientRow.id).in_(crud.clinician_patient_ids(session, user.id)))
+        mine = crud.clinician_patient_ids(session, user.id, include_archived=archived)
+        query = query.where(col(PatientRow.id).in_(mine))
+    elif not archived:
+        query = query.where(col(PatientRow.archived_at).is_(None))
     page.describe(request, response, crud.count_rows(session, query))
     rows = session.exec(
         query.order_by(col(PatientRow.id)).offset(page.offset).limit(page.limit)
@@ -215,6 +223,43 @@ def unlink_clinician(
         patient_id=patient_id,
     )
     session.commit()
+
+
+def _archive_change(
+    change: str, patient_id: str, admin: AdminUser, session: SessionDep, request: Request
+) -> patient_archive.PatientArchiveState:
+    patient = session.get(PatientRow, patient_id)
+    if patient is None:
+        raise ApiError(404, f"no patient {patient_id}")
+    do = patient_archive.archive if change == "archive" else patient_archive.restore
+    try:
+        do(session, patient, now_utc())
+    except patient_archive.ArchiveRefused as exc:
+        raise ApiError(409, str(exc)) from None
+    audit(session, request, admin, change, "patient", resource_id=patient_id, patient_id=patient_id)
+    session.commit()
+    return patient_archive.PatientArchiveState(
+        patient_id=patient_id, archived_at=patient.archived_at
+    )
+
+
+@router.post("/{patient_id}/archive", response_model=patient_archive.PatientArchiveState)
+def archive_patient(
+    *, patient_id: PatientId, admin: AdminUser, session: SessionDep, request: Request
+) -> patient_archive.PatientArchiveState:
+    """Archive a patient whose treatment is over: left out of the clinicians' lists, the cohort
+    and ``GET /patients`` (unless ``archived=true``), given no new device; every record kept,
+    exports work. 409 while a device is assigned to them (end the assignment first: archiving
+    ends none) or when archived already."""
+    return _archive_change("archive", patient_id, admin, session, request)
+
+
+@router.post("/{patient_id}/restore", response_model=patient_archive.PatientArchiveState)
+def restore_patient(
+    *, patient_id: PatientId, admin: AdminUser, session: SessionDep, request: Request
+) -> patient_archive.PatientArchiveState:
+    """Bring an archived patient back into care, as they were; 409 when not archived."""
+    return _archive_change("restore", patient_id, admin, session, request)
 
 
 # -- a clinician's clinical view -------------------------------------------------------------
