@@ -49,6 +49,7 @@ from resonera.device.safety.dose_ledger import DoseLedger  # noqa: E402
 from resonera.device.safety_events import SafetyEventRecorder  # noqa: E402
 from resonera.device.session import Session, SessionParts  # noqa: E402
 from resonera.device.settings import DeviceSettings  # noqa: E402
+from resonera.device.trusted_time import DoseClock  # noqa: E402
 from resonera.engine.audio.calibration import packaged_calibration  # noqa: E402
 from resonera.hardware.sim import Simulator  # noqa: E402
 
@@ -230,7 +231,9 @@ def main() -> None:
         )
         monitor = HardwareMonitor(sim.port_path)
         ledger = DoseLedger.for_settings(settings)
-        speaker = IdlePrompts(settings, monitor, ledger, HearingProfile, sink=lambda _s: sink)
+        speaker = IdlePrompts(
+            settings, monitor, DoseClock(ledger), HearingProfile, sink=lambda _s: sink
+        )
         host = IdleHost()
         panel = Panel(Controls(), PromptMixer(RATE), ToneLibrary(), host, speak_idle=speaker.speak)
         monitor.attach_panel(panel)

@@ -7,7 +7,6 @@ device/README.md, "Running")."""
 from __future__ import annotations
 
 import argparse
-import time
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -231,7 +230,9 @@ def dose_command(args: argparse.Namespace) -> int:
         else:
             print("rolling 7 days: no sound played on this device yet (no dose ledger)")
         return 0
-    now = time.time()
+    from resonera.device.trusted_time import DoseClock  # with the ledger's imports, only here
+
+    now = DoseClock(ledger).now()  # the time the ledger dates by, not a wall clock read 1970
     try:
         status = ledger.status(now, mode)
         days = ledger.daily(now, days=args.days)

@@ -8,7 +8,6 @@ running)", since only the service plays, and no stored transition says what the 
 from __future__ import annotations
 
 import argparse
-import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -43,11 +42,13 @@ def status_command(args: argparse.Namespace) -> int:
 
 def _week(settings: DeviceSettings, profile: HearingProfile) -> DoseStatus | None:
     """The rolling week, None when no dose ledger exists yet (nothing has played)."""
+    from resonera.device.trusted_time import DoseClock  # the ledger's own import cost, only here
+
     ledger = open_ledger(settings)
     if ledger is None:
         return None
     try:
-        return ledger.status(time.time(), profile.dose_mode)
+        return ledger.status(DoseClock(ledger).now(), profile.dose_mode)
     finally:
         ledger.close()
 

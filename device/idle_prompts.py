@@ -15,10 +15,10 @@ from resonera.common.program import Program, Step
 from resonera.device.audio.cut_ahead import CutAhead
 from resonera.device.audio.prompt_mixer import PromptMixer
 from resonera.device.hwmonitor import ConsentClaim, HardwareMonitor, HardwareNotReady
-from resonera.device.safety.dose_ledger import DoseLedger
 from resonera.device.safety.session import load_session_calibration
 from resonera.device.session import open_sink
 from resonera.device.settings import DeviceSettings
+from resonera.device.trusted_time import DatedLedger, DoseClock
 from resonera.engine.audio.sink_base import AudioSink
 from resonera.engine.pipeline import build_pipeline
 
@@ -35,14 +35,14 @@ class IdlePrompts:
     ``monitor`` for the prompt's length (a session starting takes the claim over: the prompt is
     silent from its next block), silence with the prompts mixed in played through the engine's
     pipeline (the session's safety chain: level ceiling, limiter, the MCU's hard limits, the dose
-    ``ledger``) to the device's sink, then the MCU muted again. In simulation mode without a
-    monitor it plays without consent, as sessions do there."""
+    ledger, dated by ``dose_clock``) to the device's sink, then the MCU muted again. In simulation
+    mode without a monitor it plays without consent, as sessions do there."""
 
     def __init__(
         self,
         settings: DeviceSettings,
         monitor: HardwareMonitor | None,
-        ledger: DoseLedger,
+        dose_clock: DoseClock,
         profile: Callable[[], HearingProfile],
         *,
         session_playing: Callable[[], bool] = lambda: False,
@@ -50,7 +50,7 @@ class IdlePrompts:
     ) -> None:
         self.settings = settings
         self.monitor = monitor
-        self.ledger = ledger
+        self.dose_clock = dose_clock
         self.profile = profile
         self.session_playing = session_playing
         #: Opens the device's sink (``session.open_sink``; a benchmark's timing sink).
@@ -93,8 +93,8 @@ class IdlePrompts:
                 calibration=calibration,
                 profile=self.profile(),
                 hard=claim.hello.limits if claim is not None else None,
-                ledger=self.ledger,
-                wall_clock=time.time,
+                ledger=DatedLedger(self.dose_clock),
+                wall_clock=self.dose_clock.now,
             )
             result = pipeline.play(
                 CutAhead(self.open_sink(settings), mixer, pipeline.chain.latency_frames),

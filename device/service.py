@@ -109,6 +109,7 @@ from resonera.device.session import (
 from resonera.device.settings import DeviceSettings
 from resonera.device.store import DeviceStore
 from resonera.device.sync import ClientFactory, DeviceSync
+from resonera.device.trusted_time import DoseClock
 from resonera.device.version import agent_version
 
 log = logging.getLogger(__name__)
@@ -188,6 +189,8 @@ class DeviceService:
         self.resolve_program = resolve_program
         self.store: DeviceStore = store or settings.open_store()
         self.ledger: DoseLedger = DoseLedger.for_settings(settings)
+        #: What the ledger dates exposure by, and the week is asked at (``trusted_time.py``).
+        self.dose_clock = DoseClock(self.ledger)
         self.recorder: SafetyEventRecorder = SafetyEventRecorder(
             self.store, settings.device_id, simulation=settings.simulation
         )
@@ -199,7 +202,7 @@ class DeviceService:
         idle_prompts = IdlePrompts(
             settings,
             self.monitor,
-            self.ledger,
+            self.dose_clock,
             self.profile_in_force,
             session_playing=lambda: self._playing is not None,
         )
@@ -274,6 +277,7 @@ class DeviceService:
         try:
             interval = self.settings.sync.telemetry_interval_s
             while not self._shutdown.wait(timeout=interval):
+                self._refresh_dose_clock()
                 self.queue_telemetry()
         finally:
             self.close()
@@ -291,6 +295,7 @@ class DeviceService:
         self.panel.start()
         if self.monitor is not None:
             self.monitor.start(wait_for_port=True)  # a missing port is tried again, as a lost one
+        self._refresh_dose_clock()
         self.queue_telemetry()
         self._start_renewal()
         log.info(
@@ -298,6 +303,14 @@ class DeviceService:
             self.settings.device_id,
             self.settings.control_socket_path,
         )
+
+    def _refresh_dose_clock(self) -> None:
+        """Network time that arrived between sessions is taken at once (the untrusted minutes
+        moved), and the floor the ledger keeps moves on with the boot clock across reboots."""
+        try:
+            self.dose_clock.refresh()
+        except Exception:  # a ledger that cannot be written now: the next session says why
+            log.exception("the dose clock could not be refreshed")
 
     def _start_renewal(self) -> None:
         """Renew the enrolled certificate now and daily when it nears its end (device/enroll.py)."""
@@ -409,7 +422,7 @@ class DeviceService:
             assigned=assigned,
             program_refused=program_refused,
             daily_limit=daily_limit_refusal(self.store, now, profile) or "",
-            dose_fraction=self.ledger.status(now, profile.dose_mode).fraction,
+            dose_fraction=self.ledger.status(self.dose_clock.now(), profile.dose_mode).fraction,
             refuse_over_allowance=profile.refuse_over_allowance,
         )
 
@@ -555,7 +568,7 @@ class DeviceService:
             return None
 
     def dose_fraction(self) -> float:
-        return self.ledger.status(time.time(), self.profile_in_force().dose_mode).fraction
+        return self.ledger.status(self.dose_clock.now(), self.profile_in_force().dose_mode).fraction
 
     def syncing(self) -> bool:
         return time.time() - (self.sync.last_ack or 0.0) < SYNCING_WINDOW_S
@@ -634,6 +647,8 @@ class DeviceService:
                 else {"kind": shut_out.kind, "reason": shut_out.reason, "since": shut_out.since}
             ),
             "safety_state": _safety_state(playing),
+            # without network time sessions play capped at the dose mode's reference level
+            "dose_clock_exact": self.dose_clock.exact,
             "sessions_waiting": stats.by_kind.get("session", 0),
             # routine link and consent hand-overs, counted instead of recorded (docs/safety-events.md)
             "routine": self.recorder.routine_counts(),
