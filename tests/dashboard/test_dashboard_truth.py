@@ -207,14 +207,18 @@ def test_every_page_fits_a_phone_and_a_desktop(
     paths = page_paths(app)
     assert {"/patients/{patient_id}", "/patients/{patient_id}/report", "/login"} <= set(paths)
     wide: list[str] = []
+    broken: list[str] = []
     for width in (1280, 390):
         b.page.set_viewport_size({"width": width, "height": 800})
         for role in (seeded.clinician, seeded.admin, seeded.auditor):
             b.page.context.clear_cookies()
             b.sign_in(role)
-            for template in paths:
+            # Every page, and the error pages (a role's 403s come with the pages it may not see).
+            for template in [*paths, "/no-such-page"]:
                 path = re.sub(r"\{(\w+)\}", lambda m: values[m.group(1)], template)
-                b.goto(path)
+                response = b.goto(path)
+                if response is None or response.status >= 500:
+                    broken.append(f"{path} as {role}")
                 shown = _overflow(b.page)
                 if shown > width:
                     wide.append(f"{path} as {role} at {width} px: {shown} px wide")
@@ -237,6 +241,7 @@ def test_every_page_fits_a_phone_and_a_desktop(
         b.goto("/login")
         assert _overflow(b.page) <= width
         b.shot(f"login-{width}")
+    assert broken == []
     assert wide == []
     # Pages another role may not see answer 403 (Chromium logs each); no script failed.
     refused = re.compile(r"^Failed to load resource: .* status of 40[345]")
