@@ -13,15 +13,15 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlmodel import select
 
 from resonera.common.topics import DEVICE_ID_PATTERN
-from resonera.server import crud
+from resonera.server import crud, patient_archive
 from resonera.server.api.deps import SessionDep, StateDep
 from resonera.server.api.routes import assignments as api_assignments
 from resonera.server.api.routes.devices import revoke_and_audit
-from resonera.server.models import AssignmentRow, DeviceRow, UserRow
+from resonera.server.models import AssignmentRow, DeviceRow, PatientRow, UserRow
 from resonera.server.revocation import REVOCATION_OUTCOMES
 from resonera.server.schemas import AssignmentCreate, day_start, server_zone_name
 from resonera.server.security import now_utc
-from resonera.server.web import admin_patients, admin_users, downloads
+from resonera.server.web import admin_archive, admin_patients, admin_users, downloads
 from resonera.server.web.admin_forms import FormRefused, checked, through_api
 from resonera.server.web.admin_patients import after_last_day, last_day_text, local_when
 from resonera.server.web.auth import AdminPage, AuditPage, check_csrf
@@ -31,6 +31,7 @@ from resonera.server.web.render import PAGE_HEADERS, PageError, render
 router = APIRouter(include_in_schema=False)
 router.include_router(downloads.router)
 router.include_router(admin_patients.router)
+router.include_router(admin_archive.router)
 router.include_router(admin_users.router)
 #: Revocations that left the device reachable through the broker, or that failed in part: the
 #: page shows them as failures (what is left to do), not as a success.
@@ -125,7 +126,7 @@ def _assign_page(
             "web": web,
             "title": f"Assign {device.id}",
             "device": device,
-            "patients": admin_patients.patient_lines(session, state, request, web),
+            "patients": admin_patients.patient_lines(session, state, request, web, archived=False),
             "zone": server_zone_name(),
             "errors": errors or {},
             "form": {"valid_from": today, "last_day": "", "patient_id": "", **(form or {})},
@@ -145,6 +146,14 @@ def assign_form(
 ) -> HTMLResponse:
     """Whom the device goes to, from which day to which (days in the server's time zone)."""
     return _assign_page(request, web, state, session, _device_or_404(session, device_id))
+
+
+def _check_in_care(session: SessionDep, patient_id: str) -> None:
+    """An archived patient is given no device (``patient_archive.assignment_refusal``): 409."""
+    patient = session.get(PatientRow, patient_id.strip()) if patient_id.strip() else None
+    refusal = patient_archive.assignment_refusal(patient) if patient is not None else None
+    if refusal is not None:
+        raise FormRefused(409, {"": refusal[:1].upper() + refusal[1:] + "."})
 
 
 def _check_days(first: str, last: str) -> None:
@@ -177,6 +186,7 @@ def assign_device(
     device = _device_or_404(session, device_id)
     form = {"patient_id": patient_id, "valid_from": valid_from, "last_day": last_day}
     try:
+        _check_in_care(session, patient_id)
         _check_days(valid_from, last_day)
         body = checked(
             lambda: AssignmentCreate.model_validate(

@@ -48,6 +48,8 @@ DONE: Final = {
     "linked": "The clinician can now see and care for this patient.",
     "unlinked": "The clinician no longer sees this patient.",
     "ended": "The assignment was ended.",
+    "archived": "The patient is archived: clinicians no longer see them in their lists.",
+    "restored": "The patient is back in care: their clinicians see them again.",
 }
 
 
@@ -60,6 +62,8 @@ class PatientLine:
     birth_date: date
     devices: tuple[str, ...]
     clinicians: tuple[str, ...]
+    #: The day (server's time zone) an admin archived the patient; None: in care.
+    archived_on: date | None = None
 
 
 def local_when(value: datetime | None) -> str:
@@ -94,12 +98,21 @@ def after_last_day(text: str) -> str:
 
 
 def patient_lines(
-    session: Session, state: AppState, request: Request, web: WebUser, ids: list[str] | None = None
+    session: Session,
+    state: AppState,
+    request: Request,
+    web: WebUser,
+    ids: list[str] | None = None,
+    *,
+    archived: bool = True,
 ) -> list[PatientLine]:
-    """Every patient (or those of ``ids``) by name, each read audited."""
+    """Every patient (or those of ``ids``) by name, each read audited; archived ones too unless
+    ``archived`` is False."""
     query = select(PatientRow)
     if ids is not None:
         query = query.where(col(PatientRow.id).in_(ids))
+    if not archived:
+        query = query.where(col(PatientRow.archived_at).is_(None))
     now = now_utc()
     emails = dict(session.exec(select(UserRow.id, UserRow.email)).all())
     lines = []
@@ -119,6 +132,7 @@ def patient_lines(
                 birth_date=identity.birth_date,
                 devices=tuple(sorted(current)),
                 clinicians=tuple(sorted(emails.get(uid, "?") for uid in identity.clinician_ids)),
+                archived_on=row.archived_at.astimezone().date() if row.archived_at else None,
             )
         )
         audit(session, request, web.user, "read", "patient", resource_id=row.id, patient_id=row.id)
@@ -145,6 +159,7 @@ def _list_page(
     session: Session,
     *,
     done: str = "",
+    show_archived: bool = False,
     status: int = 200,
     errors: dict[str, str] | None = None,
     form: dict[str, str] | None = None,
@@ -154,7 +169,8 @@ def _list_page(
         {
             "web": web,
             "title": "Patients (admin)",
-            "lines": patient_lines(session, state, request, web),
+            "lines": patient_lines(session, state, request, web, archived=show_archived),
+            "show_archived": show_archived,
             "clinicians": clinicians(session),
             "notice": DONE.get(done, ""),
             "errors": errors or {},
@@ -172,8 +188,10 @@ def patients_admin(
     state: StateDep,
     session: SessionDep,
     done: Annotated[str, Query(max_length=16)] = "",
+    archived: Annotated[bool, Query()] = False,
 ) -> HTMLResponse:
-    return _list_page(request, web, state, session, done=done)
+    """Patients in care by name; with ``archived`` (the "show archived" box) the archived too."""
+    return _list_page(request, web, state, session, done=done, show_archived=archived)
 
 
 @router.post("/admin/patients", response_model=None)
@@ -213,7 +231,7 @@ def add_patient(
     return _go(f"/admin/patients/{made.id}", "created")
 
 
-def _patient_page(
+def patient_page(
     request: Request,
     web: WebUser,
     state: AppState,
@@ -278,7 +296,7 @@ def patient_admin(
     session: SessionDep,
     done: Annotated[str, Query(max_length=16)] = "",
 ) -> HTMLResponse:
-    return _patient_page(request, web, state, session, patient_id, done=done)
+    return patient_page(request, web, state, session, patient_id, done=done)
 
 
 @router.post("/admin/patients/{patient_id}", response_model=None)
@@ -310,7 +328,7 @@ def edit_patient(
     except FormRefused as exc:
         session.rollback()
         form = {"name": name, "birth_date": birth_date}
-        return _patient_page(
+        return patient_page(
             request,
             web,
             state,
@@ -362,7 +380,7 @@ def link(
             )
     except FormRefused as exc:
         session.rollback()
-        return _patient_page(
+        return patient_page(
             request, web, state, session, patient_id, status=exc.status, errors=exc.errors
         )
     return _go(f"/admin/patients/{patient_id}", "unlinked" if unlink else "linked")
@@ -399,7 +417,7 @@ def end_assignment(
         )
     except FormRefused as exc:
         session.rollback()
-        return _patient_page(
+        return patient_page(
             request, web, state, session, patient_id, status=exc.status, errors=exc.errors
         )
     return _go(f"/admin/patients/{patient_id}", "ended")

@@ -35,7 +35,10 @@ def test_archive_waits_for_the_device_then_hides_the_patient_and_keeps_the_recor
     refused = client.post(f"{API}/patients/{patient}/archive", headers=admin)
     assert refused.status_code == 409
     assert refused.headers["content-type"] == "application/problem+json"
-    assert "still has device dev-a assigned: end the assignment first" in refused.json()["detail"]
+    assert (
+        "still has device dev-a assigned after today: end the assignment first"
+        in refused.json()["detail"]
+    )
     assert client.post(f"{API}/patients/{patient}/archive", headers=clinician).status_code == 403
 
     with Session(engine) as db:
