@@ -107,15 +107,18 @@ def demo_setup(
                 "birth_date": date(1980, 1, 1).isoformat(),
                 "notes": "",
             }
+            sealed = {
+                name: cipher.encrypt(value, patient_id=patient_id, field=name)
+                for name, value in fields.items()
+            }
             session.add(
                 PatientRow(
                     id=patient_id,
+                    name_enc=sealed["name"],
+                    birth_date_enc=sealed["birth_date"],
+                    notes_enc=sealed["notes"],
                     created_at=now,
                     updated_at=now,
-                    **{
-                        f"{name}_enc": cipher.encrypt(value, patient_id=patient_id, field=name)
-                        for name, value in fields.items()
-                    },
                 )
             )
             session.flush()
