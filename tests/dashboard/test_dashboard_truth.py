@@ -230,12 +230,16 @@ def test_every_page_fits_a_phone_and_a_desktop(
             ("patients", "/patients"),
             ("patient", f"/patients/{sparse.patient}"),
             ("outcomes", f"/patients/{sparse.patient}/outcomes"),
+            ("report", f"/patients/{sparse.patient}/report"),
+            ("cohort", "/cohort"),
         ):
             b.page.context.clear_cookies()
             b.sign_in(seeded.clinician)
             b.goto(path)
             b.shot(f"{name}-{width}")
             b.shot_fold(f"{name}-{width}-fold")
+        b.goto(f"/patients/{sparse.patient}")
+        b.shot_of("#events tbody tr:first-child", f"event-{width}")
         b.goto("/login")
         b.page.context.clear_cookies()
         b.goto("/login")
