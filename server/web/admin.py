@@ -1,6 +1,7 @@
-"""Dashboard pages for admins (devices: who has each, assigning one, revoking one with a
-confirmation) and auditors (the audit log); the admin pages for patients and users live in
-``admin_patients.py`` and ``admin_users.py`` and are routed from here."""
+"""Dashboard pages for admins (devices: the fleet's alert conditions (``fleet_alerts``), who has
+each device, assigning one, revoking one with a confirmation) and auditors (the audit log); the
+admin pages for patients and users live in ``admin_patients.py`` and ``admin_users.py`` (archiving
+in ``admin_archive.py``) and are routed from here."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlmodel import select
 
 from resonera.common.topics import DEVICE_ID_PATTERN
-from resonera.server import crud, patient_archive
+from resonera.server import crud, fleet_alerts, patient_archive
+from resonera.server.alerts import rules
 from resonera.server.api.deps import SessionDep, StateDep
 from resonera.server.api.routes import assignments as api_assignments
 from resonera.server.api.routes.devices import revoke_and_audit
@@ -62,7 +64,9 @@ def devices_page(
         if revoked and said
         else ""
     )
-    lines = device_lines(session, now_utc(), timedelta(seconds=state.settings.device_time_skew_s))
+    now = now_utc()
+    lines = device_lines(session, now, timedelta(seconds=state.settings.device_time_skew_s))
+    alerts = fleet_alerts.fleet_alerts(session.connection(), now)
     wanted = sorted({line.patient_id for line in lines if line.patient_id is not None})
     made = session.get(AssignmentRow, assigned) if assigned is not None else None
     if made is not None:
@@ -87,6 +91,11 @@ def devices_page(
             "skew_limit_s": state.settings.device_time_skew_s,
             "notice": notice,
             "failed": bool(revoked) and outcome in _NOT_DONE,
+            "alerts": alerts,
+            # Per rule, the devices it is about: their cells are marked in the table.
+            "flagged": {c.rule: {f.device_id for f in c.devices} for c in alerts.met},
+            "alerts_offline_days": rules.OFFLINE_AFTER.days,
+            "alerts_certificate_days": rules.CERTIFICATE_WITHIN.days,
         },
     )
 
