@@ -101,9 +101,9 @@ def _expected(engine: Engine, now: datetime) -> dict[str, tuple[bool, str]]:
     """Each rule's state and what the page says it found, from the rows themselves."""
     with Session(engine) as db:
         stored = [
-            (r.received_at, r.device_time)
-            for table in (SessionRow, SafetyEventRow, MessageRow)
-            for r in db.exec(select(table)).all()
+            *db.exec(select(SessionRow.received_at, SessionRow.device_time)).all(),
+            *db.exec(select(SafetyEventRow.received_at, SafetyEventRow.device_time)).all(),
+            *db.exec(select(MessageRow.received_at, MessageRow.device_time)).all(),
         ]
         quarantined = [r.received_at for r in db.exec(select(QuarantineRow)).all()]
         events = db.exec(select(SafetyEventRow)).all()

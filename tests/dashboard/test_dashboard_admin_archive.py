@@ -103,10 +103,10 @@ def test_an_admin_archives_a_patient_in_chromium(
     browsing: Browsing, seeded: Seeded, engine: Engine
 ) -> None:
     with Session(engine) as db:
-        row = db.get(AssignmentRow, _assignment_of(engine, seeded.other_patient))
-        assert row is not None
-        row.valid_to = datetime.now(UTC)  # the device is back
-        db.add(row)
+        held = db.get(AssignmentRow, _assignment_of(engine, seeded.other_patient))
+        assert held is not None
+        held.valid_to = datetime.now(UTC)  # the device is back
+        db.add(held)
         db.commit()
     b = browsing
     b.sign_in(seeded.admin)

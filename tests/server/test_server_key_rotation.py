@@ -38,13 +38,16 @@ def _add_patients(engine: Engine, cipher: FieldCipher, count: int) -> dict[str, 
             patient_id, name = new_id(), f"Patient {number}"
             names[patient_id] = name
             values = {"name": name, "birth_date": "1970-01-02", "notes": ""}
+            sealed = {
+                field: cipher.encrypt(value, patient_id=patient_id, field=field)
+                for field, value in values.items()
+            }
             session.add(
                 PatientRow(
                     id=patient_id,
-                    **{
-                        f"{field}_enc": cipher.encrypt(value, patient_id=patient_id, field=field)
-                        for field, value in values.items()
-                    },
+                    name_enc=sealed["name"],
+                    birth_date_enc=sealed["birth_date"],
+                    notes_enc=sealed["notes"],
                     created_at=now,
                     updated_at=now,
                 )
