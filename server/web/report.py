@@ -171,6 +171,7 @@ def report_page(
             "done": sum(w.done for w in weeks),
             "prescribed": sum(w.prescribed for w in weeks),
             "periods": PERIODS,
+            "question_texts": {str(q["id"]): str(q.get("text", "")) for q in outcomes.questions},
             "exported_at": now,
         },
     )

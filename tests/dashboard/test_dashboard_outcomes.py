@@ -137,6 +137,27 @@ def test_outcomes_page_shows_the_seeded_trends(
     assert len(reads) == 2
 
 
+def test_the_report_has_the_outcomes_pages_changes(
+    client: TestClient, sign_in: SignIn, seeded: Seeded, plan: OutcomePlan, engine: Engine
+) -> None:
+    sign_in(seeded.clinician)
+    report = client.get(f"/patients/{seeded.patient}/report", params={"days": "30"}).text
+    changes = {(row[0], row[1]): row[2:] for row in table_cells(report, "report-outcomes")}
+    assert changes[("calm", "How relaxed do you feel?")] == ["6", "+2.00", "+2.00 to +2.00"]
+    assert changes[("sleep", "How loud is your tinnitus?")][2] == "too few observations"
+    weeks = table_cells(report, "report-adherence")
+    assert [row[1:3] for row in weeks if row[0] == plan.mondays[0].isoformat()] == [["3", "5"]]
+    with Session(engine) as session:
+        exports = session.exec(
+            select(AuditRow).where(
+                AuditRow.action == "export",
+                AuditRow.resource == "report",
+                AuditRow.patient_id == seeded.patient,
+            )
+        ).all()
+    assert len(exports) == 1
+
+
 def test_outcomes_page_without_check_ins(
     client: TestClient, sign_in: SignIn, seeded: Seeded
 ) -> None:
