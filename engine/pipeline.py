@@ -103,7 +103,8 @@ def limited_profile(profile: HearingProfile, hard: HardLimits | None) -> Hearing
 
 def chain_limits(calibration: Calibration, hard: HardLimits | None) -> ChainLimits:
     """Peak ceiling: the MCU's output-voltage limit, taken as a peak (so no waveform's RMS can reach
-    it), in DAC full-scale units; never above full scale."""
+    it), in DAC full-scale units; never above full scale. The chain holds the reconstructed
+    waveform's true peak under it (and lower where the profile's C-weighted peak limit asks)."""
     peak = 1.0
     if hard is not None and hard.max_output_vrms > 0:
         full_scale_peak_v = calibration.dac_full_scale_vrms * math.sqrt(2.0)

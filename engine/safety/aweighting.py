@@ -1,11 +1,17 @@
-"""A-weighting (IEC 61672-1:2013) as a streaming digital filter at 44.1, 48 kHz or any rate above 32 kHz.
+"""A- and C-weighting (IEC 61672-1:2013) as streaming digital filters at 44.1, 48 kHz or any rate above
+32 kHz, from one design.
 
 The analogue response (IEC 61672-1 Annex E, also in ``docs/safety.md``)::
 
     R_A(f) = 12194² f⁴ / ((f² + 20.6²) √((f² + 107.7²)(f² + 737.9²)) (f² + 12194²)),
     A(f) = 20 log10 R_A(f) + 2.00 dB
 
-has four zeros at 0 Hz and poles at 20.6 Hz (double), 107.7 Hz, 737.9 Hz and 12194 Hz (double). The
+has four zeros at 0 Hz and poles at 20.6 Hz (double), 107.7 Hz, 737.9 Hz and 12194 Hz (double).
+C-weighting is the same curve without the 107.7 and 737.9 Hz poles and two of the zeros::
+
+    R_C(f) = 12194² f² / ((f² + 20.6²)(f² + 12194²)),   C(f) = 20 log10 R_C(f) + 0.06 dB
+
+so both are built by one design (``_design``), which takes the curve's low poles. The
 low-frequency part (every zero and the first four poles) goes through the bilinear transform, which is
 exact enough far below Nyquist. The 12194 Hz double pole does not: its bilinear image puts two zeros at
 Nyquist and droops by 1.5 dB at 10 kHz and 8.5 dB at 16 kHz (44.1 kHz). It becomes a *matched* biquad
@@ -25,7 +31,7 @@ imports neither ``scipy.signal`` (some 75 MB) nor its extension.
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import numpy as np
 from numpy.typing import NDArray
@@ -35,6 +41,14 @@ from resonera.engine.safety._cascade import cascade
 F_LOW: Final = (20.598997, 107.65265, 737.86223)
 F_HIGH: Final = 12194.217
 A1000: Final = 1.9997  # dB: the constant that makes A(1 kHz) = 0
+C1000: Final = 0.0619  # dB: the constant that makes C(1 kHz) = 0
+
+Curve = Literal["A", "C"]
+#: Each curve's low poles (Hz); each comes with one zero at 0 Hz.
+_LOW_POLES: Final[dict[Curve, tuple[float, ...]]] = {
+    "A": (F_LOW[0], F_LOW[0], F_LOW[1], F_LOW[2]),
+    "C": (F_LOW[0], F_LOW[0]),
+}
 
 Block = NDArray[np.float32]
 Samples = NDArray[np.float64]
@@ -49,6 +63,14 @@ def a_weighting_db(frequency_hz: NDArray[np.floating[Any]] | float) -> NDArray[n
         * (f2 + F_HIGH**2)
     )
     result: NDArray[np.float64] = 20.0 * np.log10(ra) + A1000
+    return result
+
+
+def c_weighting_db(frequency_hz: NDArray[np.floating[Any]] | float) -> NDArray[np.float64]:
+    """C(f) in dB from the IEC 61672-1 formula (0 dB at 1 kHz)."""
+    f2 = np.square(np.asarray(frequency_hz, dtype=np.float64))
+    rc = (F_HIGH**2 * f2) / ((f2 + F_LOW[0] ** 2) * (f2 + F_HIGH**2))
+    result: NDArray[np.float64] = 20.0 * np.log10(rc) + C1000
     return result
 
 
@@ -86,18 +108,27 @@ def design_a_weighting(sample_rate: int) -> Samples:
     return _design(sample_rate).copy()
 
 
-@lru_cache(maxsize=8)
-def _design(sample_rate: int) -> Samples:
+def design_c_weighting(sample_rate: int) -> Samples:
+    """Second-order sections of the C-weighting filter at ``sample_rate``, 0 dB at 1 kHz."""
+    return _design(sample_rate, "C").copy()
+
+
+@lru_cache(maxsize=16)
+def _design(sample_rate: int, curve: Curve = "A") -> Samples:
     if sample_rate < 32_000:
-        raise ValueError(f"A-weighting needs a sample rate of at least 32 kHz, got {sample_rate}")
-    analogue = -2 * np.pi * np.array([F_LOW[0], F_LOW[0], F_LOW[1], F_LOW[2]])
+        raise ValueError(
+            f"{curve}-weighting needs a sample rate of at least 32 kHz, got {sample_rate}"
+        )
+    analogue = -2 * np.pi * np.array(_LOW_POLES[curve])
     fs2 = 2.0 * sample_rate
     digital = (fs2 + analogue) / (fs2 - analogue)  # bilinear; the zeros at 0 Hz map to z = 1
-    sos = np.zeros((3, 6))
-    # the double 20.6 Hz pole (nearest the unit circle) with two of the zeros, as zpk2sos pairs them
-    sos[0, :3], sos[0, 3:] = [1.0, -2.0, 1.0], np.poly(digital[:2])
-    sos[1, :3], sos[1, 3:] = [1.0, -2.0, 1.0], np.poly(digital[2:])
-    sos[2, :3], sos[2, 3:] = _matched_high_pole_pair(sample_rate)
+    low = len(digital) // 2
+    sos = np.zeros((low + 1, 6))
+    # pole pairs in order, the double 20.6 Hz pole (nearest the unit circle) first, each with two
+    # of the zeros, as zpk2sos pairs them
+    for k in range(low):
+        sos[k, :3], sos[k, 3:] = [1.0, -2.0, 1.0], np.poly(digital[2 * k : 2 * k + 2])
+    sos[low, :3], sos[low, 3:] = _matched_high_pole_pair(sample_rate)
     sos[0, :3] /= np.abs(sos_response(sos, 1000.0, sample_rate))
     return sos
 
@@ -117,11 +148,12 @@ def memory_frames(sample_rate: int, tolerance: float = 1e-12) -> int:
     return int(np.argmax(tail < tolerance))
 
 
-class AWeightingFilter:
-    """Streaming: the filter state carries across blocks, so the output ignores block boundaries."""
+class CascadeFilter:
+    """Second-order sections run by the compiled cascade, streaming: the filter state carries
+    across blocks, so the output ignores block boundaries."""
 
-    def __init__(self, sample_rate: int, channels: int = 2) -> None:
-        self.sos = design_a_weighting(sample_rate)
+    def __init__(self, sos: Samples, channels: int = 2) -> None:
+        self.sos = np.ascontiguousarray(sos, dtype=np.float64)
         self.channels = channels
         self._zi = np.zeros((channels, self.sos.shape[0], 2), dtype=np.float64)
 
@@ -139,6 +171,10 @@ class AWeightingFilter:
         difference of two values. Filters as ``filter_channels`` does, in the same one pass."""
         return self._run(block, energy=True)
 
+    def running_energy_into(self, block: Block, out: Samples) -> None:
+        """``running_energy`` written into ``out``, ``(channels, frames)`` float64, C-contiguous."""
+        cascade(self.sos, np.ascontiguousarray(block, dtype=np.float32), out, self._zi, True)
+
     def _run(self, block: Block, *, energy: bool) -> Samples:
         x = np.ascontiguousarray(block, dtype=np.float32)
         y = np.empty((self.channels, len(x)), dtype=np.float64)
@@ -150,3 +186,25 @@ class AWeightingFilter:
         return result
 
     __call__ = process
+
+
+class AWeightingFilter(CascadeFilter):
+    """The A-weighting filter at ``sample_rate`` (``design_a_weighting``)."""
+
+    def __init__(self, sample_rate: int, channels: int = 2) -> None:
+        super().__init__(_design(sample_rate), channels)
+
+
+class Unweighted(CascadeFilter):
+    """No weighting (Z): one section that passes the signal as it is, so that its running energy
+    comes from the compiled cascade like the weighted ones'."""
+
+    def __init__(self, channels: int = 2) -> None:
+        super().__init__(np.array([[1.0, 0.0, 0.0, 1.0, 0.0, 0.0]]), channels)
+
+
+class CWeightingFilter(CascadeFilter):
+    """The C-weighting filter at ``sample_rate`` (``design_c_weighting``)."""
+
+    def __init__(self, sample_rate: int, channels: int = 2) -> None:
+        super().__init__(_design(sample_rate, "C"), channels)

@@ -2,24 +2,41 @@
 
 Per block, in this order:
 
-1. the session gain (a ramp, never a jump: attenuation on a warning or at 100 % dose, volume);
-2. ``LevelCeiling``: the A-weighted level at the ear held at or below the person's maximum (dB SPL via
-   the calibration), with a small margin so that a one-second window cannot pass it either;
-3. ``LookAheadLimiter``: no sample above the peak ceiling the hardware allows;
-4. the exposure meter on what leaves the chain: one MEL per second, added to the persisted dose ledger;
-   crossing 100 % (and each further 100 %) of the weekly allowance raises a ``DoseEvent`` and, as the
-   profile says, lowers the level to the fallback or asks the player to stop.
+1. the onset: the stream's first ``ONSET_S`` rise along a raised cosine, whatever the program's own
+   fade-in says (before the DC blocker, so that a DC step reaches it already smoothed);
+2. ``DcBlocker``: a 5 Hz high-pass takes DC out before any level decision (``dcblock.py``), then
+   the session gain (a ramp, never a jump: attenuation on a warning or at 100 % dose, volume);
+3. ``LookAheadLimiter`` on the true peak: no reconstructed peak above the peak ceiling, the lower of
+   the hardware's voltage limit and what the C-weighted peak limit allows (``peak_ceiling_for``),
+   held ``TRUE_PEAK_MARGIN_DB`` under it for what four points per sample miss;
+4. ``LevelCeiling``, one gain for three 1-s limits held over every 25 ms window: the A-weighted
+   level at the ear at or below the person's maximum (dB SPL via the calibration), the C-weighted
+   level at or below ``max_level_dbc``, and the unweighted level at most ``Z_OVER_A_DB`` above the
+   A-weighted maximum (below). Each with a small margin, so a one-second window cannot pass it either;
+5. the exposure meter on what leaves the chain: one MEL per second, added to the persisted dose
+   ledger; crossing 100 % (and each further 100 %) of the weekly allowance raises a ``DoseEvent``
+   and, as the profile says, lowers the level to the fallback or asks the player to stop.
 
-The meter does not always weight the output itself. Where the ceiling and the limiter left the signal
-alone, the output is the ceiling's input delayed by the chain's latency, and A-weighting, a linear
-time-invariant filter, commutes with the delay: its A-weighted output is the ceiling's weighted input,
-delayed. That holds for a sample once the output has been the delayed input for the whole memory of
-the filter before it (``aweighting.memory_frames``: its impulse response's tail sums below 1e-12), so
-the meter runs its own filter over each block from the first one either stage changed until that
-memory has passed, and reuses the ceiling's weighting otherwise (one A-weighting filter per block
-instead of two, nearly always). When it takes over again its filter starts from the output's last
-memory-long stretch, so it is exact again to 1e-12 of full scale (tested against the meter on its
-own within 0.01 dB per second).
+Why the level ceiling comes last, and why the unweighted limit follows the A-weighted one: a gain
+change on content that A-weighting hides (20 Hz, DC's remains) spreads some of it to frequencies
+that A-weighting counts. Every stage before the ceiling is measured by it, so only the ceiling's own
+ramps and the player's after the chain (its 50 ms stop fade, its 3 ms fault ramp) are not. Measured
+on a 20 Hz tone, what those spread lands 53 dB (the fault ramp's, the worst) to 68 dB (a 50 ms ramp's)
+under the tone's unweighted level, A-weighted over a second; with the unweighted level held within
+``Z_OVER_A_DB`` = 36 dB of the A-weighted maximum, that is at least 14 dB under it, which the 0.3 dB
+margin absorbs (0.18 dB at the worst). What it costs: a 40 Hz carrier (A-weighting -34.5 dB) is
+never touched by it, a 20 Hz tone (-50.4 dB) is held 14 dB under the A-weighted maximum.
+
+The meter does not always weight the output itself. Where the ceiling left the signal alone, the
+output is the ceiling's input delayed by its latency, and A-weighting, a linear time-invariant filter,
+commutes with the delay: its A-weighted output is the ceiling's weighted input, delayed. That holds
+for a sample once the output has been the delayed input for the whole memory of the filter before it
+(``aweighting.memory_frames``: its impulse response's tail sums below 1e-12), so the meter runs its
+own filter over each block from the first one the ceiling changed until that memory has passed, and
+reuses the ceiling's weighting otherwise (one A-weighting filter per block instead of two, nearly
+always). When it takes over again its filter starts from the output's last memory-long stretch, so it
+is exact again to 1e-12 of full scale (tested against the meter on its own within 0.01 dB per
+second). The stages before the ceiling do not matter to this: the ceiling weights what they made.
 
 The fault mute is not here: the player ramps to silence within one block after every processor, so a
 fault never waits for this chain's look-ahead. One fault is the chain's own: a block holding a
@@ -42,15 +59,35 @@ from numpy.typing import NDArray
 from resonera.common.dose import DoseMode, crossed_hundreds, dose_fraction
 from resonera.common.profile import HearingProfile
 from resonera.engine.audio.player import GainRamp
-from resonera.engine.safety.aweighting import AWeightingFilter, memory_frames
+from resonera.engine.safety.aweighting import (
+    AWeightingFilter,
+    CWeightingFilter,
+    Unweighted,
+    memory_frames,
+)
+from resonera.engine.safety.dcblock import DcBlocker
 from resonera.engine.safety.limiter import LevelCeiling, LookAheadLimiter, running_from
 from resonera.engine.safety.meter import MelMeter
 
 Block = NDArray[np.float32]
 Samples = NDArray[np.float64]
 
-#: Held below the maximum so a 1-s window (made of 50 ms windows) cannot exceed it either.
+#: Held below the maximum so a 1-s window (made of 25 ms windows) cannot exceed it either, nor can
+#: what the ramps after the ceiling spread into the weighted bands (module docstring).
 LEVEL_MARGIN_DB: Final = 0.3
+#: The unweighted level may be at most this far above the A-weighted maximum (module docstring).
+Z_OVER_A_DB: Final = 36.0
+#: The true peak is held this far under the peak ceiling: four points per sample can miss the top
+#: of the waveform between them by up to 0.7 dB near Nyquist (0.2 dB at fs/4), and a gain that
+#: moves between samples can lift an interpolated point a little over what its samples promise.
+TRUE_PEAK_MARGIN_DB: Final = 1.5
+#: The C-weighted peak of any waveform is at most this many times its largest magnitude: the sum of
+#: the absolute values of C-weighting's impulse response (its two 20.6 Hz high-pass poles 2.27, its
+#: two 12194 Hz low-pass poles 1.0, the 0.06 dB that sets 0 dB at 1 kHz), 7.2 dB. A step doubles
+#: under it: a low-frequency square wave's C-weighted peak is twice its own.
+C_PEAK_OVER_PEAK: Final = 2.29
+#: Nothing starts at full scale at once: the stream's first 50 ms rise along a raised cosine.
+ONSET_S: Final = 0.05
 ATTENUATION_RAMP_S: Final = 2.0
 NON_FINITE_FAULT: Final = (
     "the sound to play held a non-finite sample (NaN or infinity): the safety chain muted it"
@@ -85,13 +122,23 @@ class DoseEvent:
 class ChainLimits:
     """What the chain enforces, in its own units."""
 
-    #: dB SPL at the ear of an A-weighted signal whose RMS is 1.0 (full scale), from the calibration.
+    #: dB SPL at the ear of an A-weighted signal whose RMS is 1.0 (full scale), from the calibration
+    #: (the same for C-weighted and unweighted signals: both weightings are 0 dB at 1 kHz).
     spl_at_unit_rms: float
-    #: Highest sample magnitude the hardware allows (1.0 = DAC full scale), from the MCU's limits.
+    #: Highest magnitude of the reconstructed waveform the hardware allows (1.0 = DAC full scale),
+    #: from the MCU's limits.
     peak_ceiling: float
 
-    def mean_square_for(self, level_dba: float) -> float:
-        return float(10.0 ** ((level_dba - LEVEL_MARGIN_DB - self.spl_at_unit_rms) / 10.0))
+    def mean_square_for(self, level_db: float) -> float:
+        """The mean square (full scale units) the ceiling holds for a level of ``level_db`` at the
+        ear, whatever the weighting, the margin taken off."""
+        return float(10.0 ** ((level_db - LEVEL_MARGIN_DB - self.spl_at_unit_rms) / 10.0))
+
+    def peak_ceiling_for(self, max_peak_dbc: float) -> float:
+        """The true-peak ceiling: the hardware's, or lower, so that no C-weighted peak at the ear can
+        pass ``max_peak_dbc`` (``C_PEAK_OVER_PEAK``)."""
+        c_peak = float(10.0 ** ((max_peak_dbc - self.spl_at_unit_rms) / 20.0)) / C_PEAK_OVER_PEAK
+        return min(self.peak_ceiling, c_peak)
 
 
 class SafetyChain:
@@ -121,21 +168,35 @@ class SafetyChain:
         #: Called with each second's MEL (the level the calibration predicts at the ear).
         self.on_second = on_second
         self.level_dba = profile.max_level_dba
+        self.dc_blocker = DcBlocker(sample_rate, channels)
         self.gain = GainRamp(1.0)
+        self._onset = _raised_cosine(max(1, round(ONSET_S * sample_rate)))
+        self._taken = 0  # input frames so far
+        #: The highest the reconstructed waveform may reach (full scale units).
+        self.peak_ceiling = limits.peak_ceiling_for(profile.max_peak_dbc)
+        self.limiter = LookAheadLimiter(
+            sample_rate,
+            self.peak_ceiling * 10.0 ** (-TRUE_PEAK_MARGIN_DB / 20.0),
+            channels=channels,
+            true_peak=True,
+        )
         self.level = LevelCeiling(
             sample_rate,
-            limits.mean_square_for(self.level_dba),
-            AWeightingFilter(sample_rate, channels).running_energy,
+            self._level_mean_squares(),
+            (
+                AWeightingFilter(sample_rate, channels).running_energy_into,
+                CWeightingFilter(sample_rate, channels).running_energy_into,
+                Unweighted(channels).running_energy_into,
+            ),
             channels=channels,
         )
-        self.limiter = LookAheadLimiter(sample_rate, limits.peak_ceiling, channels=channels)
         self.meter = MelMeter(
             sample_rate, channels=channels, spl_at_unit_rms=limits.spl_at_unit_rms
         )
-        self.latency_frames = self.level.latency_frames + self.limiter.latency_frames
+        self.latency_frames = self.limiter.latency_frames + self.level.latency_frames
         self.meter_shortcut = meter_shortcut
         self._memory = memory_frames(sample_rate)
-        self._weighted = _Delay(self.latency_frames, channels)
+        self._weighted = _Delay(self.level.latency_frames, channels)
         self._recent = np.zeros((self._memory, channels), dtype=np.float32)
         self._position = 0  # output frames so far
         self._exact_until = 0  # the meter weights the output itself before this output frame
@@ -156,21 +217,47 @@ class SafetyChain:
     def __call__(self, block: Block) -> Block:
         if self.fault is not None:
             return np.zeros_like(block)
-        levelled = self.level.process(self.gain.apply(block))
-        if len(block) and not np.isfinite(self.level.energy[:, -1]).all():
+        if len(block) == 0:
+            return block
+        started = self.gain.apply(self.dc_blocker.process(self._started(block)))
+        out = self.level.process(self.limiter.process(started))
+        if not np.isfinite(self.level.energy[:, -1]).all():
             self.fault = NON_FINITE_FAULT
             return np.zeros_like(block)
-        out = self.limiter.process(levelled)
+        if not self.level.passed:
+            # Gains of at most 1 after the limiter only lower its samples: this clip takes off
+            # rounding alone, never shapes sound (where the ceiling passed, the output is the
+            # limiter's, already within its ceiling).
+            np.clip(out, -self.peak_ceiling, self.peak_ceiling, out=out)
         if len(out):
             for mel in self._metered(out):
                 self._second(mel)
         return out
 
+    def _started(self, block: Block) -> Block:
+        """``block`` with the onset's raised cosine over the stream's first frames."""
+        at, ramp = self._taken, self._onset
+        self._taken += len(block)
+        if at >= len(ramp):
+            return block
+        rising = min(len(block), len(ramp) - at)
+        out = block.copy()
+        np.multiply(out[:rising], ramp[at : at + rising, None], out=out[:rising], casting="unsafe")
+        return out
+
+    def _level_mean_squares(self) -> tuple[float, float, float]:
+        """The ceiling's maxima for its A, C and unweighted measures (module docstring)."""
+        return (
+            self.limits.mean_square_for(self.level_dba),
+            self.limits.mean_square_for(self.profile.max_level_dbc),
+            self.limits.mean_square_for(self.level_dba + Z_OVER_A_DB),
+        )
+
     def _metered(self, out: Block) -> list[float]:
         start = self._position
         self._position += len(out)
         delayed = self._weighted.process(self.level.energy)
-        if not (self.meter_shortcut and self.level.passed and self.limiter.passed):
+        if not (self.meter_shortcut and self.level.passed):
             self._exact_until = self._position + self._memory
         if start < self._exact_until:
             if not self._filter_current:
@@ -193,7 +280,7 @@ class SafetyChain:
     def set_level_limit(self, level_dba: float) -> None:
         """Lower (or restore, up to the profile's maximum) the A-weighted ceiling."""
         self.level_dba = min(level_dba, self.profile.max_level_dba)
-        self.level.set_max_mean_square(self.limits.mean_square_for(self.level_dba))
+        self.level.set_max_mean_squares(*self._level_mean_squares())
 
     def _lower_to_fallback(self) -> None:
         self.set_level_limit(self.profile.fallback_level_dba)
@@ -240,6 +327,13 @@ class SafetyChain:
             return -100.0
         energies = [10.0 ** (mel / 10.0) for mel in self.mels]
         return 10.0 * math.log10(sum(energies) / len(energies))
+
+
+def _raised_cosine(frames: int) -> Samples:
+    """Rises from 0 toward 1 over ``frames`` (the first value above 0, the last below 1)."""
+    steps = np.arange(1, frames + 1, dtype=np.float64) / (frames + 1)
+    rising: Samples = 0.5 - 0.5 * np.cos(np.pi * steps)
+    return rising
 
 
 class _Delay:

@@ -26,18 +26,24 @@ few passes over its own samples however long ``L`` is, and nothing here needs sc
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Final
 
 import numpy as np
 from numpy.typing import NDArray
 
+from resonera.engine.safety.truepeak import OVERSHOOT_BOUND, TruePeakDetector
+
 DEFAULT_LOOKAHEAD_S: Final = 0.010
 DEFAULT_RELEASE_S: Final = 0.150
-DEFAULT_LEVEL_WINDOW_S: Final = 0.050
+DEFAULT_LEVEL_WINDOW_S: Final = 0.025
 
 Block = NDArray[np.float32]
 Samples = NDArray[np.float64]
+
+#: Writes the running sums of a block's weighted squares, ``(channels, frames)``, into the array it
+#: is given (``CascadeFilter.running_energy_into``).
+Weighting = Callable[[NDArray[np.float32], NDArray[np.float64]], None]
 
 #: Quieter than this fraction of the limit counts as silence (a required gain far above 1, so 1).
 _FLOOR: Final = 1e-30
@@ -283,7 +289,14 @@ class DelayLine:
 
 class LookAheadLimiter:
     """Streaming peak limiter. ``process(block)`` returns a block of the same length (the first
-    ``latency_frames`` samples of the stream are silence)."""
+    ``latency_frames`` samples of the stream are silence).
+
+    With ``true_peak`` the peak it holds is the reconstructed waveform's (``TruePeakDetector``:
+    the sample and three points interpolated after it, ITU-R BS.1770-4 style), and a sample's
+    required gain is the least of the two intervals it bounds; the detector's look-ahead adds
+    ``HALF_SPAN`` frames of latency. A block whose samples stay below ``ceiling /
+    OVERSHOOT_BOUND`` cannot reach the ceiling between them, so it is not measured at all.
+    """
 
     def __init__(
         self,
@@ -293,11 +306,16 @@ class LookAheadLimiter:
         lookahead_s: float = DEFAULT_LOOKAHEAD_S,
         release_s: float = DEFAULT_RELEASE_S,
         channels: int = 2,
+        true_peak: bool = False,
     ) -> None:
         self.set_ceiling(ceiling)
         self.window = _odd_window(lookahead_s, sample_rate)
         self._smoother = GainSmoother(self.window, 1.0 / max(1.0, release_s * sample_rate))
-        self.latency_frames = self._smoother.latency
+        self._detector = TruePeakDetector(channels) if true_peak else None
+        self._bound = OVERSHOOT_BOUND if true_peak else 1.0
+        self._last_peak = 0.0  # the true peak of the interval before the next one measured
+        detector_delay = self._detector.delay_frames if self._detector is not None else 0
+        self.latency_frames = self._smoother.latency + detector_delay
         self._delay = DelayLine(self.latency_frames, channels)
         self.min_gain = 1.0
         #: The last block came out exactly as it went in, only delayed (no gain, nothing clipped).
@@ -316,10 +334,26 @@ class LookAheadLimiter:
         block_peak = max(
             float(np.maximum.reduce(block, axis=None)), -float(np.minimum.reduce(block, axis=None))
         )
-        if block_peak <= self.ceiling and self._smoother.at_unity():
+        detector = self._detector
+        quiet = self.ceiling / self._bound
+        if (
+            block_peak <= quiet
+            and self._smoother.at_unity()
+            and (detector is None or detector.history_peak() <= quiet)
+        ):
             self.passed = True
+            if detector is not None:
+                detector.skip(block)
+                self._last_peak = 0.0
             return self._delay.process(block)  # nothing to limit, now or pending
-        peak = _loudest(block)
+        if detector is None:
+            peak = _loudest(block)
+        else:
+            interval = detector.process(block)
+            peak = np.empty_like(interval)  # each sample bounds the interval before and after it
+            peak[0] = max(interval[0], self._last_peak)
+            np.maximum(interval[1:], interval[:-1], out=peak[1:])
+            self._last_peak = float(interval[-1])
         np.maximum(peak, self.ceiling * _FLOOR, out=peak)  # silence: as in ``LevelCeiling``
         required = np.divide(self.ceiling, peak, out=peak)
         np.minimum(required, 1.0, out=required)
@@ -345,30 +379,38 @@ def _loudest(block: NDArray[np.floating]) -> Samples:
 
 
 class LevelCeiling:
-    """Keeps the weighted mean-square of the output at or below ``max_mean_square`` in every window.
+    """Keeps the weighted mean-square of the output at or below a maximum in every window, for
+    each of its weightings at once.
 
-    ``weighting`` is a stateful filter applied to the input (for the safety chain: A-weighting), so the
-    level that is held is the one the exposure meter measures; it returns the running sum of the
-    weighted block's squares channel by channel, ``(channels, frames)`` float64, from the block's
-    first frame on, as a new array, which is kept as ``energy`` (the chain's meter reuses it).
-    ``passed`` says whether the last block came out as it went in, only delayed. Latency: two
-    windows.
+    ``weightings`` are stateful filters applied to the input (for the safety chain: A, C and none),
+    each with its maximum in ``max_mean_squares``; each writes the running sum of its weighted
+    block's squares channel by channel, ``(channels, frames)`` float64, from the block's first
+    frame on, into the array it is given (``Weighting``). The first weighting's is kept as
+    ``energy`` (the chain's meter reuses it). One gain serves them all: a window's required gain
+    is the least any weighting asks. ``passed`` says whether the last block came out as it went
+    in, only delayed. Latency: two windows.
     """
 
     def __init__(
         self,
         sample_rate: int,
-        max_mean_square: float,
-        weighting: Callable[[Block], Samples],
+        max_mean_squares: Sequence[float],
+        weightings: Sequence[Weighting],
         *,
         window_s: float = DEFAULT_LEVEL_WINDOW_S,
         release_s: float = 1.0,
         channels: int = 2,
     ) -> None:
-        self.set_max_mean_square(max_mean_square)
-        self.weighting = weighting
+        if not weightings or len(weightings) != len(max_mean_squares):
+            raise ValueError("give one maximum mean square per weighting (at least one)")
+        self.weightings = tuple(weightings)
+        self.channels = channels
+        self._limits = np.zeros((len(weightings), 1), dtype=np.float64)
+        self.set_max_mean_squares(*max_mean_squares)
         self.window = _odd_window(window_s, sample_rate)
-        self._energy = WindowSums(self.window, (channels,))  # primed with silence
+        # every weighting's running sums side by side, (weightings, channels, frames): one window
+        # sum and one quick test for all of them; primed with silence
+        self._energy = WindowSums(self.window, (len(weightings), channels))
         # A sample's gain limit is the minimum of ``required`` over the windows that hold it (one
         # forward minimum), which the smoother takes a forward minimum of again: one pass over both.
         self._smoother = GainSmoother(
@@ -382,35 +424,50 @@ class LevelCeiling:
         self.energy: Samples = np.zeros((channels, 0), dtype=np.float64)
         self.passed = True
 
-    def set_max_mean_square(self, value: float) -> None:
-        if not value > 0.0:
-            raise ValueError(f"the maximum mean square must be positive, got {value}")
-        self.max_mean_square = float(value)
+    @property
+    def max_mean_squares(self) -> list[float]:
+        """Each weighting's maximum, in their order."""
+        return [float(v) for v in self._limits[:, 0]]
+
+    @property
+    def max_mean_square(self) -> float:
+        """The first weighting's maximum."""
+        return float(self._limits[0, 0])
+
+    def set_max_mean_squares(self, *values: float) -> None:
+        """New maxima, in the order of the weightings (the first ones only, when fewer)."""
+        for index, value in enumerate(values):
+            if not value > 0.0:
+                raise ValueError(f"the maximum mean square must be positive, got {value}")
+            self._limits[index, 0] = float(value)
 
     def process(self, block: Block) -> Block:
         frames = block.shape[0]
         if frames == 0:
             return block
-        self.energy = running = self.weighting(block)
+        running = np.empty((len(self.weightings), self.channels, frames), dtype=np.float64)
+        for weighting, into in zip(self.weightings, running, strict=True):
+            weighting(block, into)
+        self.energy = running[0]
         self.passed = True
         window = self.window
         if self._smoother.at_unity() and self._every_window_under(running):
             # Only the last window's values matter to the sums of the windows still to come.
             self._energy.process(running_from(running, max(0, frames - window)))
             return self._delay.process(block)
-        sums = self._energy.process(running)
-        loudest = sums[0]
-        for row in sums[1:]:
-            np.maximum(loudest, row, out=loudest)
-        loudest /= window  # the mean square of the loudest channel's trailing window
-        # No window over the maximum and none pending: the gain would be exactly 1 throughout.
-        if float(np.maximum.reduce(loudest)) <= self.max_mean_square and self._smoother.at_unity():
+        window_sums = self._energy.process(running)
+        # each weighting's loudest channel, as a share of its maximum; then the largest share
+        shares = np.maximum.reduce(window_sums, axis=1)
+        shares /= window * self._limits
+        over: Samples = np.maximum.reduce(shares, axis=0)
+        # No window over its maximum and none pending: the gain would be exactly 1 throughout.
+        if float(np.maximum.reduce(over)) <= 1.0 and self._smoother.at_unity():
             return self._delay.process(block)
-        required = loudest  # min(1, sqrt(max / mean square)), in place
-        # Silence would divide by zero; any floor far below the maximum gives the same 1 (and
-        # costs less than switching the warning off).
-        np.maximum(loudest, self.max_mean_square * _FLOOR, out=loudest)
-        np.divide(self.max_mean_square, loudest, out=required)
+        required = over  # min(1, sqrt(1 / share)), in place
+        # Silence would divide by zero; any floor far below 1 gives the same 1 (and costs less
+        # than switching the warning off).
+        np.maximum(over, _FLOOR, out=over)
+        np.divide(1.0, over, out=required)
         np.sqrt(required, out=required)
         np.minimum(required, 1.0, out=required)
         gain = self._smoother.process(required)
@@ -420,20 +477,26 @@ class LevelCeiling:
         return self._delay.process(block, gain)
 
     def _every_window_under(self, running: Samples) -> bool:
-        """A cheap sufficient test that no trailing window ending in this block is over the maximum:
-        cut the block into window-long chunks; a window ending in one chunk lies within it and the
-        chunk before (the first chunk: the ``window - 1`` values before the block), so the sum of
-        two neighbours bounds it. A few values of the running sums instead of a sum per window; at
-        most 3 dB pessimistic, and the exact test follows whenever it fails."""
+        """A cheap sufficient test that no trailing window ending in this block is over its
+        weighting's maximum: cut the block into window-long chunks; a window ending in one chunk
+        lies within it and the chunk before (the first chunk: the ``window - 1`` values before the
+        block), so the sum of two neighbours bounds it. A few values of the running sums instead
+        of a sum per window; at most 3 dB pessimistic, and the exact test follows whenever it
+        fails."""
         window = self.window
-        channels, frames = running.shape
+        frames = running.shape[-1]
+        limits = window * self._limits[:, 0]
+        if frames <= window:  # every window ending in the block lies within it and the one before
+            total = self._energy.trailing() + running[..., -1]
+            return bool(np.all(np.maximum.reduce(total, axis=1) <= limits))
         whole = frames // window
         # running sums before the block, at each whole chunk's end, and at the block's end
-        marks = np.zeros((channels, whole + 2), dtype=np.float64)
-        marks[:, 1 : whole + 1] = running[:, window - 1 : whole * window : window]
-        marks[:, -1] = running[:, -1]
-        chunks = np.empty((channels, whole + 2), dtype=np.float64)
-        chunks[:, 0] = self._energy.trailing()
-        np.subtract(marks[:, 1:], marks[:, :-1], out=chunks[:, 1:])
-        pairs = chunks[:, :-1] + chunks[:, 1:]
-        return float(np.maximum.reduce(pairs, axis=None)) <= window * self.max_mean_square
+        marks = np.zeros((*running.shape[:-1], whole + 2), dtype=np.float64)
+        marks[..., 1 : whole + 1] = running[..., window - 1 : whole * window : window]
+        marks[..., -1] = running[..., -1]
+        chunks = np.empty_like(marks)
+        chunks[..., 0] = self._energy.trailing()
+        np.subtract(marks[..., 1:], marks[..., :-1], out=chunks[..., 1:])
+        pairs = chunks[..., :-1] + chunks[..., 1:]
+        loudest = np.maximum.reduce(np.maximum.reduce(pairs, axis=2), axis=1)
+        return bool(np.all(loudest <= limits))

@@ -179,3 +179,42 @@ def test_the_compiled_cascade_refuses_arrays_it_cannot_filter_and_says_which() -
         cascade(sos, x, y, zi[:, :, :1], False)  # a strided view: not C-contiguous
     with pytest.raises(TypeError, match="takes 5 arguments"):
         cascade(sos, x, y, zi)  # type: ignore[call-arg]
+
+
+C_NOMINAL = {  # IEC 61672-1 nominal C-weightings
+    31.5: -3.0, 63: -0.8, 125: -0.2, 1000: 0.0, 4000: -0.8, 8000: -3.0, 16000: -8.5,
+}  # fmt: skip
+
+
+def test_the_c_formula_gives_the_nominal_values() -> None:
+    for nominal, expected in C_NOMINAL.items():
+        exact = 1000.0 * 10 ** (round(10 * np.log10(nominal / 1000.0)) / 10)
+        assert float(aw.c_weighting_db(exact)) == pytest.approx(expected, abs=0.1), nominal
+
+
+@pytest.mark.parametrize("rate", [44_100, 48_000])
+def test_c_weighting_follows_its_formula_from_20_hz_to_16_khz(rate: int) -> None:
+    """Measured with sines through the streaming filter, as the A-weighting's test does."""
+    frequencies = np.geomspace(20.0, 16_000.0, 24)
+    errors = {}
+    for f in frequencies:
+        seconds = max(1.0, 40.0 / f)
+        t = np.arange(int(seconds * rate)) / rate
+        y = aw.CWeightingFilter(rate, channels=1).process(
+            np.sin(2 * np.pi * f * t)[:, None].astype(np.float32)
+        )[:, 0]
+        tail = slice(len(t) // 2, None)
+        basis = np.stack([np.sin(2 * np.pi * f * t[tail]), np.cos(2 * np.pi * f * t[tail])])
+        coef, *_ = np.linalg.lstsq(basis.T, y[tail].astype(np.float64), rcond=None)
+        errors[float(f)] = float(20 * np.log10(np.hypot(*coef)) - aw.c_weighting_db(f))
+    assert max(abs(e) for f, e in errors.items() if f <= 10_000) <= 0.5, errors
+    assert max(abs(e) for e in errors.values()) <= 1.0, errors
+
+
+@pytest.mark.parametrize("rate", [44_100, 48_000])
+def test_c_weighting_low_section_is_scipys_bilinear_transform_of_its_poles(rate: int) -> None:
+    _zeros, p, _gain = signal.bilinear_zpk([0, 0], [-2 * np.pi * aw.F_LOW[0]] * 2, 1.0, rate)
+    sos = aw.design_c_weighting(rate)
+    assert sos.shape == (2, 6)
+    np.testing.assert_allclose(sos[0, 3:], np.real(np.poly(p)), rtol=1e-12)
+    np.testing.assert_allclose(sos[1], aw.design_a_weighting(rate)[2], rtol=1e-12)

@@ -61,7 +61,7 @@ def chain(rate: int, shortcut: bool, events: list[DoseEvent], fallback: float) -
     ramps=st.lists(
         st.tuples(st.integers(0, 200), st.floats(-30.0, 0.0), st.floats(0.005, 2.0)), max_size=4
     ),
-    fallback=st.sampled_from([60.0, 75.0, 85.0]),
+    fallback=st.sampled_from([60.0, 70.0, 75.0]),
 )
 def test_the_shortcut_meters_every_second_as_the_meter_alone(
     seed: int,

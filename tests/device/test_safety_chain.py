@@ -19,7 +19,7 @@ from scipy import signal as scipy_signal
 from resonera.common.dose import dose_fraction
 from resonera.common.profile import HearingProfile
 from resonera.device.safety.dose_ledger import DoseLedger
-from resonera.engine.safety.aweighting import design_a_weighting
+from resonera.engine.safety.aweighting import design_a_weighting, design_c_weighting
 from resonera.engine.safety.chain import ChainLimits, DoseEvent, SafetyChain
 
 RATE = 48_000
@@ -168,6 +168,73 @@ def test_with_real_a_weighting_no_second_exceeds_the_maximum_and_no_sample_the_c
     measured = LIMITS.spl_at_unit_rms + 10 * np.log10(energy.max(axis=1))
     assert np.max(measured) <= max_level
     np.testing.assert_allclose(chain.mels[:seconds_out], measured, atol=0.01)
+
+
+def bare_chain(
+    spl_at_unit_rms: float = 100.0, peak_ceiling: float = 0.9, **profile: object
+) -> SafetyChain:
+    return SafetyChain(
+        sample_rate=RATE,
+        limits=ChainLimits(spl_at_unit_rms=spl_at_unit_rms, peak_ceiling=peak_ceiling),
+        profile=HearingProfile.model_validate(profile),
+        ledger=None,
+        wall_clock=lambda: T0,
+    )
+
+
+def through(chain: SafetyChain, signal: np.ndarray, block: int = 1024) -> np.ndarray:
+    return np.concatenate([chain(signal[at : at + block]) for at in range(0, len(signal), block)])
+
+
+def test_dc_is_taken_out_before_it_reaches_the_driver() -> None:
+    """A background file's DC (a render measured 0.965 of full scale) leaves no DC."""
+    out = through(bare_chain(), np.full((3 * RATE, 2), 0.965, np.float32))
+    settled = out[RATE // 2 :].astype(np.float64)
+    assert np.abs(settled.mean(axis=0)).max() < 1e-3
+    assert np.abs(out[RATE:]).max() < 1e-3
+
+
+def test_nothing_starts_at_full_scale_at_once() -> None:
+    """A full-scale 1 kHz program with no fade-in rises over the 50 ms onset."""
+    chain = bare_chain(spl_at_unit_rms=80.0, peak_ceiling=1.0)
+    t = np.arange(RATE) / RATE
+    x = np.sin(2 * np.pi * 1000 * t)
+    out = through(chain, np.stack([x, x], axis=1).astype(np.float32))[chain.latency_frames :]
+    first_ms = RATE // 1000
+    assert np.abs(out[:first_ms]).max() < 0.01
+    assert np.abs(out[: 10 * first_ms]).max() < 0.15
+    assert np.abs(out[100 * first_ms :]).max() > 0.5  # and then it plays
+
+
+def test_a_20_hz_tone_at_full_scale_is_held_by_its_unweighted_and_c_weighted_level() -> None:
+    """On a loud calibration (a full-scale sine is 120 dB SPL) a 20 Hz tone at gain 1 played
+    120 dB SPL, charged as 70 dBA. Now: its C-weighted level under 100 dB(C) in every second."""
+    spl = 120.0 + 20 * np.log10(np.sqrt(2))
+    chain = bare_chain(spl_at_unit_rms=spl, peak_ceiling=1.0)
+    t = np.arange(4 * RATE) / RATE
+    x = np.sin(2 * np.pi * 20 * t)
+    out = through(chain, np.stack([x, x], axis=1).astype(np.float64).astype(np.float32))
+    c = scipy_signal.sosfilt(design_c_weighting(RATE), out.astype(np.float64), axis=0)
+    per_second = np.square(c[: 4 * RATE]).reshape(4, RATE, 2).mean(axis=1).max(axis=1)
+    assert spl + 10 * np.log10(per_second.max()) <= 100.0
+    assert spl + 10 * np.log10(per_second[1:].min()) > 99.0  # held at it, not far below
+    unweighted = np.square(out[2 * RATE :].astype(np.float64)).mean()
+    assert spl + 10 * np.log10(unweighted) == pytest.approx(100.0 + 6.2, abs=0.5)
+
+
+@pytest.mark.parametrize("frequency", [2500.0, RATE / 4])
+def test_no_reconstructed_peak_passes_the_peak_ceiling(frequency: float) -> None:
+    """A 2.5 kHz square at 48 kHz measured +2.1 dBTP, fs/4 content +3.1 dBTP; the true peak is
+    measured here by scipy's 8-times polyphase interpolation."""
+    t = np.arange(2 * RATE) / RATE
+    x = np.sin(2 * np.pi * frequency * t + np.pi / 4)
+    x = np.sign(x) if frequency == 2500.0 else x / np.abs(x).max()
+    chain = bare_chain(spl_at_unit_rms=60.0, peak_ceiling=0.8)
+    out = through(chain, np.stack([x, x], axis=1).astype(np.float32)).astype(np.float64)
+    assert np.abs(out).max() <= 0.8
+    true_peak = np.abs(scipy_signal.resample_poly(out, 8, 1, axis=0)).max()
+    assert true_peak <= 0.8
+    assert true_peak > 0.8 * 10 ** (-2.0 / 20)  # held at the ceiling, less the margin
 
 
 PLAY_THROUGH_THE_CHAIN = textwrap.dedent(

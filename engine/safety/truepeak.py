@@ -1,0 +1,90 @@
+"""True-peak detection: the peak of the reconstructed waveform, not only of its samples.
+
+A DAC's output passes between samples and can exceed the largest of them (by up to about 3 dB for
+content near a quarter of the sample rate), and the MCU's voltage limit is about that waveform. As
+ITU-R BS.1770-4 Annex 2 measures true peak, the signal is interpolated four times: between each
+sample and the next, three points at 1/4, 1/2 and 3/4 of the way, each a 12-tap FIR over the six
+samples either side (one phase of a 48-tap polyphase interpolator). The taps are a windowed sinc
+(Kaiser, β = 6, spanning ±6 samples), each phase scaled to pass DC unchanged; the sample itself is
+the fourth phase. Four points per sample still miss the very top of the waveform between them by
+up to 0.2 dB for a sine at fs/4 and up to 0.7 dB near Nyquist; the limiter keeps its margin for that
+(``TRUE_PEAK_MARGIN_DB``, ``chain.py``).
+
+Vectorised: each phase is one ``numpy.convolve`` per channel over the block and the 11 samples
+kept from the one before, so the cost does not depend on Python loops over samples, and the result
+does not depend on the block size.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import numpy as np
+from numpy.typing import NDArray
+
+Block = NDArray[np.float32]
+Samples = NDArray[np.float64]
+
+OVERSAMPLING: Final = 4
+#: Samples either side of an interpolated point that its FIR reads.
+HALF_SPAN: Final = 8
+KAISER_BETA: Final = 5.0
+
+
+def _phase_taps() -> Samples:
+    """``(OVERSAMPLING - 1, 2 * HALF_SPAN)``: the taps of the points at 1/4, 1/2, 3/4 after a
+    sample, over the samples ``-HALF_SPAN + 1 .. HALF_SPAN`` around it."""
+    offsets = np.arange(-HALF_SPAN + 1, HALF_SPAN + 1, dtype=np.float64)
+    taps = np.empty((OVERSAMPLING - 1, len(offsets)))
+    for phase in range(1, OVERSAMPLING):
+        tau = phase / OVERSAMPLING - offsets  # distance from the point to each sample
+        window = np.i0(KAISER_BETA * np.sqrt(np.clip(1.0 - (tau / HALF_SPAN) ** 2, 0.0, 1.0)))
+        row = np.sinc(tau) * window / np.i0(KAISER_BETA)
+        taps[phase - 1] = row / row.sum()
+    return taps
+
+
+PHASE_TAPS: Final = _phase_taps()
+#: No interpolated point can exceed the largest nearby sample by more than this factor (the
+#: largest sum of one phase's absolute taps): below ``ceiling / OVERSHOOT_BOUND`` a block cannot
+#: reach the ceiling between its samples either.
+OVERSHOOT_BOUND: Final = float(np.abs(PHASE_TAPS).sum(axis=1).max())
+
+
+class TruePeakDetector:
+    """Per frame, the largest magnitude over the channels of the sample and the three points
+    interpolated after it, for the frames ``HALF_SPAN`` behind the input (primed with silence)."""
+
+    def __init__(self, channels: int = 2) -> None:
+        self.channels = channels
+        self.delay_frames = HALF_SPAN
+        self._history = np.zeros((2 * HALF_SPAN - 1, channels), dtype=np.float64)
+        # convolution reverses the kernel: reverse it once here
+        self._kernels = [np.ascontiguousarray(row[::-1]) for row in PHASE_TAPS]
+
+    def skip(self, block: Block) -> None:
+        """Take ``block`` without measuring it (the caller knows it is far below its ceiling)."""
+        keep = len(self._history)
+        if len(block) >= keep:
+            self._history[:] = block[len(block) - keep :]
+        else:
+            self._history[: keep - len(block)] = self._history[len(block) :]
+            self._history[keep - len(block) :] = block
+
+    def history_peak(self) -> float:
+        """The largest magnitude among the samples kept from earlier blocks."""
+        return float(np.max(np.abs(self._history)))
+
+    def process(self, block: Block) -> Samples:
+        frames = len(block)
+        padded = np.concatenate((self._history, block.astype(np.float64)))
+        self.skip(block)
+        # the frame at padded[i + HALF_SPAN - 1] is output i; its points read padded[i : i + 12]
+        centre = padded[HALF_SPAN - 1 : HALF_SPAN - 1 + frames]
+        peak: Samples = np.abs(centre[:, 0])
+        for c in range(1, self.channels):
+            np.maximum(peak, np.abs(centre[:, c]), out=peak)
+        for kernel in self._kernels:
+            for c in range(self.channels):
+                np.maximum(peak, np.abs(np.convolve(padded[:, c], kernel, "valid")), out=peak)
+        return peak
