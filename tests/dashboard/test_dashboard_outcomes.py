@@ -307,6 +307,11 @@ def test_csv_downloads_for_the_cookie_session(
     client: TestClient, sign_in: SignIn, seeded: Seeded, plan: OutcomePlan, engine: Engine
 ) -> None:
     sign_in(seeded.clinician)
+    page = client.get(f"/patients/{seeded.patient}").text
+    for download in ("sessions.csv", "checkins.csv", "fhir.json"):  # each linked from the page
+        assert f'href="/patients/{seeded.patient}/{download}" download' in page
+    record = client.get(f"/patients/{seeded.patient}/fhir.json")
+    assert record.status_code == 200 and record.json()["resourceType"] == "Bundle"
     checkins = client.get(f"/patients/{seeded.patient}/checkins.csv")
     assert checkins.status_code == 200
     assert checkins.headers["content-type"].startswith("text/csv")
@@ -326,7 +331,7 @@ def test_csv_downloads_for_the_cookie_session(
                 AuditRow.action == "export", AuditRow.patient_id == seeded.patient
             )
         ).all()
-    assert sorted(exports) == ["checkins_csv", "sessions_csv"]
+    assert sorted(exports) == ["checkins_csv", "fhir", "sessions_csv"]
 
 
 def test_outcome_pages_on_postgresql(
