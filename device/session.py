@@ -358,6 +358,7 @@ class Session:
         settings, chain, program = self.parts.settings, pipeline.chain, played.program
         started_at = datetime.fromtimestamp(self._record_time(), UTC)
         mixer = self.parts.mixer
+        paused_before = mixer.frames_paused if mixer is not None else 0
         if mixer is not None:  # a press's cut of a prompt heard within a block (issue 21)
             duck = 10.0 ** (mixer.duck_db / 20.0)
             sink = CutAhead(sink, mixer, chain.latency_frames, floor_gain=duck)
@@ -371,6 +372,9 @@ class Session:
             mixer=self.parts.mixer,
         )
         ended_at = datetime.fromtimestamp(self._record_time(), UTC)
+        # played is the program heard: the silence of a pause is not (it still counts in the dose)
+        paused = (mixer.frames_paused - paused_before) if mixer is not None else 0
+        played_s = max(0.0, result.played_s - paused / settings.sample_rate)
         self._dose_last_part(chain, profile)
         dose_stop = chain.stop_requested and bool(self._dose_events)
         self.stopped_by_dose = result.outcome == "stopped" and dose_stop
@@ -393,7 +397,7 @@ class Session:
             started_at=started_at,
             ended_at=ended_at,
             planned_s=program.duration_s,
-            played_s=result.played_s,
+            played_s=played_s,
             outcome=result.outcome,
             reason=reason,
             sink=sink.kind,

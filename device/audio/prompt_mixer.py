@@ -126,6 +126,9 @@ class PromptMixer:
         self._volume_step = 1.0
         self._pause_gain = 1.0
         self._paused = False
+        #: Frames rendered as the silence of a pause (the program not advanced), ever: a
+        #: session's played time leaves out what it adds while the session plays.
+        self.frames_paused = 0
         #: Keys of the utterances played to their end, oldest first (for tests and logs).
         self.spoken: deque[str] = deque(maxlen=64)
         self.dropped = 0
@@ -237,6 +240,7 @@ class PromptMixer:
         the renderer is not advanced and the program is silence."""
         if self._paused and self._pause_gain == 0.0:
             program = np.zeros((frames, 2), dtype=np.float32)
+            self.frames_paused += frames
         else:
             program = renderer.render(frames)
         return self.process(program)
