@@ -170,8 +170,7 @@ class SafetyChain:
         self.level_dba = profile.max_level_dba
         self.dc_blocker = DcBlocker(sample_rate, channels)
         self.gain = GainRamp(1.0)
-        self._onset = _raised_cosine(max(1, round(ONSET_S * sample_rate)))
-        self._taken = 0  # input frames so far
+        self.onset = Onset(sample_rate)
         #: The highest the reconstructed waveform may reach (full scale units).
         self.peak_ceiling = limits.peak_ceiling_for(profile.max_peak_dbc)
         self.limiter = LookAheadLimiter(
@@ -219,7 +218,7 @@ class SafetyChain:
             return np.zeros_like(block)
         if len(block) == 0:
             return block
-        started = self.gain.apply(self.dc_blocker.process(self._started(block)))
+        started = self.gain.apply(self.dc_blocker.process(self.onset.process(block)))
         out = self.level.process(self.limiter.process(started))
         if not np.isfinite(self.level.energy[:, -1]).all():
             self.fault = NON_FINITE_FAULT
@@ -232,17 +231,6 @@ class SafetyChain:
         if len(out):
             for mel in self._metered(out):
                 self._second(mel)
-        return out
-
-    def _started(self, block: Block) -> Block:
-        """``block`` with the onset's raised cosine over the stream's first frames."""
-        at, ramp = self._taken, self._onset
-        self._taken += len(block)
-        if at >= len(ramp):
-            return block
-        rising = min(len(block), len(ramp) - at)
-        out = block.copy()
-        np.multiply(out[:rising], ramp[at : at + rising, None], out=out[:rising], casting="unsafe")
         return out
 
     def _level_mean_squares(self) -> tuple[float, float, float]:
@@ -329,11 +317,32 @@ class SafetyChain:
         return 10.0 * math.log10(sum(energies) / len(energies))
 
 
-def _raised_cosine(frames: int) -> Samples:
-    """Rises from 0 toward 1 over ``frames`` (the first value above 0, the last below 1)."""
-    steps = np.arange(1, frames + 1, dtype=np.float64) / (frames + 1)
-    rising: Samples = 0.5 - 0.5 * np.cos(np.pi * steps)
-    return rising
+class Onset:
+    """The stream's first ``ONSET_S`` along a raised cosine from 0 (the first value above 0, the
+    last below 1); everything after passes as it is."""
+
+    def __init__(self, sample_rate: int) -> None:
+        frames = max(1, round(ONSET_S * sample_rate))
+        steps = np.arange(1, frames + 1, dtype=np.float64) / (frames + 1)
+        self._ramp: Samples = 0.5 - 0.5 * np.cos(np.pi * steps)
+        self._taken = 0  # frames so far
+
+    def process(self, block: Block) -> Block:
+        at, ramp = self._taken, self._ramp
+        self._taken += len(block)
+        if at >= len(ramp):
+            return block
+        rising = min(len(block), len(ramp) - at)
+        out = block.copy()
+        np.multiply(out[:rising], ramp[at : at + rising, None], out=out[:rising], casting="unsafe")
+        return out
+
+
+def pass_through(samples: Block, sample_rate: int) -> Block:
+    """What the chain makes of ``samples`` where no limit acts, its latency left out: the onset and
+    the DC blocker, sample for sample. For comparing a program with what was played or rendered
+    from it."""
+    return DcBlocker(sample_rate, samples.shape[1]).process(Onset(sample_rate).process(samples))
 
 
 class _Delay:

@@ -6,7 +6,7 @@ background file can hold DC (a render measured 0.965 of full scale); programs ca
 carry none, tones start at 20 Hz).
 
 A second-order Butterworth high-pass at ``DC_CORNER_HZ`` = 5 Hz, bilinear with the corner
-pre-warped: -3 dB at 5 Hz, -0.017 dB at 20 Hz (the lowest tone) and -0.002 dB at 40 Hz (the lowest
+pre-warped: -3 dB at 5 Hz, -0.017 dB at 20 Hz (the lowest tone) and -0.001 dB at 40 Hz (the lowest
 carrier); 12 dB per octave below the corner, nothing at 0 Hz. It settles from a DC step within about
 0.1 s (time constant 1/(2π·5 Hz·0.707) = 45 ms). A step through a high-pass overshoots: a
 low-frequency square wave of full-scale swing can leave it at up to about twice full scale, which
