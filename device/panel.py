@@ -320,7 +320,10 @@ class Panel:
         return self._state
 
     def describe(self) -> dict[str, object]:
-        """For ``status``: the light, pause, volume and whether prompts were built."""
+        """For ``status``: the light, pause, volume, whether prompts were built, and the check-in
+        question waiting for the person's answer, if one is."""
+        checkin = self.controls.checkin
+        waiting = f"{checkin.question.id} ({checkin.phase} the session)" if checkin else ""
         return {
             "light": sl.LIGHT_NAMES.get(self._light, str(self._light)),
             "paused": self._state.paused,
@@ -328,6 +331,7 @@ class Panel:
             "prompts": self.library is not None,
             **({"checkin": self.checkin_problem} if self.checkin_problem else {}),
             **({"program_names": self.names_problem} if self.names_problem else {}),
+            **({"checkin_waiting": waiting} if waiting else {}),
         }
 
     def prepare_checkins(self, questions: Sequence[CheckInQuestion]) -> None:

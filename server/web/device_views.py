@@ -173,14 +173,17 @@ def device_lines(session: Session, now: datetime, skew_limit: timedelta) -> list
 @dataclass(frozen=True)
 class DeviceNow:
     """What a patient's device last said of itself, for the patient page: whether it is
-    connected, what its safety state was (``idle``, ``playing``, ...) and why check-in questions
-    cannot be asked, if it said so, as of its latest telemetry."""
+    connected, what its safety state was (``idle``, ``playing``, ...), why check-in questions
+    cannot be asked, if it said so, and the question it was waiting for an answer to, as of its
+    latest telemetry."""
 
     device_id: str
     online: bool | None
     telemetry_at: datetime | None
     safety_state: str
     checkin_problem: str
+    #: The check-in question the device was waiting for the person to answer ("" when none).
+    checkin_waiting: str = ""
 
 
 def device_now(session: Session, device_id: str) -> DeviceNow:
@@ -192,4 +195,5 @@ def device_now(session: Session, device_id: str) -> DeviceNow:
         telemetry_at=metrics.device_time if metrics is not None else None,
         safety_state=_find_text(body, frozenset({"safety_state"})),
         checkin_problem=_find_text(body, frozenset({"checkin"})),
+        checkin_waiting=_find_text(body, frozenset({"checkin_waiting"})),
     )

@@ -305,3 +305,24 @@ def test_the_report_prints_to_a_pdf_that_reads_back(
     assert "Sign out" not in flat and "Cohort" not in flat
     pages = subprocess.run(["pdfinfo", str(pdf)], check=True, capture_output=True, text=True)
     assert int(re.search(r"Pages:\s+(\d+)", pages.stdout).group(1)) >= 1  # type: ignore[union-attr]
+
+
+def test_a_check_in_waiting_for_its_answer_is_said(
+    client: TestClient, seeded: Seeded, sparse: Sparse, engine: Engine
+) -> None:
+    """The device's status says the question it waits on (``Panel.describe``): so does the page."""
+    telemetry = {
+        "safety_state": "idle",
+        "controls": {"paused": False, "checkin_waiting": "calm (before the session)"},
+    }
+    later = Envelope.create(
+        device=DEVICE, seq=10_000, kind="metrics", body={"telemetry": telemetry}
+    )
+    IngestProcessor(engine).process([Received(topics.up(DEVICE, "metrics"), later.to_bytes())])
+    sign_in_as(client, seeded.clinician)
+    page = client.get(f"/patients/{sparse.patient}").text
+    assert (
+        f"{DEVICE} was waiting for the person to answer a check-in question "
+        "(calm (before the session)) at its last report." in page
+    )
+    assert "cannot ask the check-in questions" not in page  # the newer report said nothing of it

@@ -333,11 +333,13 @@ def test_the_panel_speaks_the_questions_and_hands_on_the_answers(prompts: Path) 
     panel.handle(press(sl.BUTTON_PLAY_PAUSE))
     assert agent.calls == []  # the program waits for the check-in
     assert spoken(panel.mixer) == ["checkin_before", "checkin_how", relaxed_key, "n5"]
+    assert panel.describe()["checkin_waiting"] == f"{RELAXED.id} (before the session)"
     panel.handle(press(sl.BUTTON_VOLUME_UP))
     assert spoken(panel.mixer)[-1] == "n6"
     panel.handle(press(sl.BUTTON_PLAY_PAUSE))
     assert answers == [Answered(RELAXED, "before", 6)]
     assert agent.calls == ["start calm-tone"]
+    assert "checkin_waiting" not in panel.describe()
     assert spoken(panel.mixer)[-1] == "checkin_done"
 
     agent.program = None  # the session ended: the "after" questions (both of them)
