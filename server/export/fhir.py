@@ -27,7 +27,6 @@ JSON schema in the tests (``schemas/fhir.schema.json``).
 
 from __future__ import annotations
 
-import math
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,7 +34,8 @@ from datetime import date, datetime
 from typing import Any, Final
 
 from resonera.common.routine_events import is_routine_type
-from resonera.server.crud import WEEKLY_ALLOWANCE, dose_fraction_per_second
+from resonera.server.analytics import ear_level_dba
+from resonera.server.crud import WEEKLY_ALLOWANCE
 from resonera.server.models import AuditRow, CheckInRow, DeviceRow, SafetyEventRow, SessionRow
 
 __all__ = ["PatientIdentity", "build_bundle", "questionnaire_responses", "session_laeq_dba"]
@@ -102,14 +102,9 @@ def _device(device: DeviceRow, patient_id: str) -> dict[str, Any]:
 
 
 def session_laeq_dba(row: SessionRow) -> float | None:
-    """The session's LAeq at the ear: reported, else derived from its dose; None when silent."""
-    reported = getattr(row, "laeq_dba", None)
-    if isinstance(reported, int | float) and reported > -100.0:
-        return float(reported)
-    if row.dose_fraction <= 0.0 or row.played_s <= 0.0:
-        return None
-    per_second = row.dose_fraction / row.played_s
-    return 80.0 + 10.0 * math.log10(per_second / dose_fraction_per_second(80.0))
+    """The session's LAeq at the ear, from its dose (``analytics.ear_level_dba``, as the dashboard
+    shows it); None when silent."""
+    return ear_level_dba(row.dose_fraction, row.played_s)
 
 
 def _quantity(value: float, unit: str, code: str) -> dict[str, Any]:
