@@ -196,7 +196,9 @@ class SafetyChain:
         self.meter_shortcut = meter_shortcut
         self._memory = memory_frames(sample_rate)
         self._weighted = _Delay(self.level.latency_frames, channels)
+        # the output's last ``_memory`` frames, a ring (oldest at ``_recent_at``)
         self._recent = np.zeros((self._memory, channels), dtype=np.float32)
+        self._recent_at = 0
         self._position = 0  # output frames so far
         self._exact_until = 0  # the meter weights the output itself before this output frame
         self._filter_current = True  # the meter's own filter has seen every output frame
@@ -249,7 +251,7 @@ class SafetyChain:
             self._exact_until = self._position + self._memory
         if start < self._exact_until:
             if not self._filter_current:
-                self.meter.warm(self._recent)
+                self.meter.warm(np.roll(self._recent, -self._recent_at, axis=0))
                 self._filter_current = True
             mels = self.meter.update(out)
             self.meter_filtered_frames += len(out)
@@ -257,8 +259,11 @@ class SafetyChain:
             self._filter_current = False
             mels = self.meter.update_energy(*delayed)
         keep = min(len(out), self._memory)
-        self._recent[: self._memory - keep] = self._recent[keep:]
-        self._recent[self._memory - keep :] = out[len(out) - keep :]
+        at = self._recent_at
+        first = min(keep, self._memory - at)
+        self._recent[at : at + first] = out[len(out) - keep : len(out) - keep + first]
+        self._recent[: keep - first] = out[len(out) - keep + first :]
+        self._recent_at = (at + keep) % self._memory
         return mels
 
     def set_gain_db(self, gain_db: float, ramp_s: float = ATTENUATION_RAMP_S) -> None:

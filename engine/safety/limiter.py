@@ -107,6 +107,17 @@ class WindowSums:
 
     def process(self, running: Samples) -> Samples:
         """The window sums ending at each value of a block given as its running sums."""
+        at = self.extend(running)
+        frames = running.shape[-1]
+        sums: Samples = (
+            self._buffer[..., at : at + frames]
+            - self._buffer[..., at - self.window : at - self.window + frames]
+        )
+        return sums
+
+    def extend(self, running: Samples) -> int:
+        """Take a block given as its running sums without returning its window sums; where in the
+        buffer its cumulative sums now start."""
         frames, window = running.shape[-1], self.window
         if self._start + window + frames > self._buffer.shape[-1]:
             live = self._buffer[..., self._start : self._start + window]
@@ -118,11 +129,9 @@ class WindowSums:
             np.subtract(live, newest, out=moved[..., :window])
             self._buffer, self._start = moved, 0
         at = self._start + window
-        new = self._buffer[..., at : at + frames]
-        np.add(running, self._buffer[..., at - 1 : at], out=new)
-        sums: Samples = new - self._buffer[..., self._start : self._start + frames]
+        np.add(running, self._buffer[..., at - 1 : at], out=self._buffer[..., at : at + frames])
         self._start += frames
-        return sums
+        return at
 
 
 class ForwardMin:
@@ -314,6 +323,9 @@ class LookAheadLimiter:
         self._detector = TruePeakDetector(channels) if true_peak else None
         self._bound = OVERSHOOT_BOUND if true_peak else 1.0
         self._last_peak = 0.0  # the true peak of the interval before the next one measured
+        # at least the largest magnitude the detector keeps from earlier blocks (the last block's
+        # peak when it was as long as what is kept, else the largest since such a block)
+        self._kept_peak = 0.0
         detector_delay = self._detector.delay_frames if self._detector is not None else 0
         self.latency_frames = self._smoother.latency + detector_delay
         self._delay = DelayLine(self.latency_frames, channels)
@@ -336,11 +348,11 @@ class LookAheadLimiter:
         )
         detector = self._detector
         quiet = self.ceiling / self._bound
-        if (
-            block_peak <= quiet
-            and self._smoother.at_unity()
-            and (detector is None or detector.history_peak() <= quiet)
-        ):
+        kept_peak = self._kept_peak
+        if detector is not None:
+            long_block = block.shape[0] >= detector.kept_frames
+            self._kept_peak = block_peak if long_block else max(kept_peak, block_peak)
+        if block_peak <= quiet and kept_peak <= quiet and self._smoother.at_unity():
             self.passed = True
             if detector is not None:
                 detector.skip(block)
@@ -405,9 +417,10 @@ class LevelCeiling:
             raise ValueError("give one maximum mean square per weighting (at least one)")
         self.weightings = tuple(weightings)
         self.channels = channels
-        self._limits = np.zeros((len(weightings), 1), dtype=np.float64)
-        self.set_max_mean_squares(*max_mean_squares)
         self.window = _odd_window(window_s, sample_rate)
+        self._limits = np.zeros((len(weightings), 1), dtype=np.float64)
+        self._window_limits = self._limits
+        self.set_max_mean_squares(*max_mean_squares)
         # every weighting's running sums side by side, (weightings, channels, frames): one window
         # sum and one quick test for all of them; primed with silence
         self._energy = WindowSums(self.window, (len(weightings), channels))
@@ -440,6 +453,7 @@ class LevelCeiling:
             if not value > 0.0:
                 raise ValueError(f"the maximum mean square must be positive, got {value}")
             self._limits[index, 0] = float(value)
+        self._window_limits = self.window * self._limits
 
     def process(self, block: Block) -> Block:
         frames = block.shape[0]
@@ -453,7 +467,7 @@ class LevelCeiling:
         window = self.window
         if self._smoother.at_unity() and self._every_window_under(running):
             # Only the last window's values matter to the sums of the windows still to come.
-            self._energy.process(running_from(running, max(0, frames - window)))
+            self._energy.extend(running_from(running, max(0, frames - window)))
             return self._delay.process(block)
         window_sums = self._energy.process(running)
         # each weighting's loudest channel, as a share of its maximum; then the largest share
@@ -487,8 +501,9 @@ class LevelCeiling:
         frames = running.shape[-1]
         limits = window * self._limits[:, 0]
         if frames <= window:  # every window ending in the block lies within it and the one before
-            total = self._energy.trailing() + running[..., -1]
-            return bool(np.all(np.maximum.reduce(total, axis=1) <= limits))
+            total = self._energy.trailing()
+            total += running[..., -1]
+            return bool((total <= self._window_limits).all())
         whole = frames // window
         # running sums before the block, at each whole chunk's end, and at the block's end
         marks = np.zeros((*running.shape[:-1], whole + 2), dtype=np.float64)

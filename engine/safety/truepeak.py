@@ -58,7 +58,9 @@ class TruePeakDetector:
     def __init__(self, channels: int = 2) -> None:
         self.channels = channels
         self.delay_frames = HALF_SPAN
-        self._history = np.zeros((2 * HALF_SPAN - 1, channels), dtype=np.float64)
+        #: Frames kept from earlier blocks (the FIR's span less one).
+        self.kept_frames = 2 * HALF_SPAN - 1
+        self._history = np.zeros((self.kept_frames, channels), dtype=np.float64)
         # convolution reverses the kernel: reverse it once here
         self._kernels = [np.ascontiguousarray(row[::-1]) for row in PHASE_TAPS]
 
@@ -70,10 +72,6 @@ class TruePeakDetector:
         else:
             self._history[: keep - len(block)] = self._history[len(block) :]
             self._history[keep - len(block) :] = block
-
-    def history_peak(self) -> float:
-        """The largest magnitude among the samples kept from earlier blocks."""
-        return float(np.max(np.abs(self._history)))
 
     def process(self, block: Block) -> Samples:
         frames = len(block)
