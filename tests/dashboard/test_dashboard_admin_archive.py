@@ -119,6 +119,11 @@ def test_an_admin_archives_a_patient_in_chromium(
     b.shot("question-390")
     b.page.get_by_role("button", name=f"Archive {seeded.other_name}").click()
     expect(b.page.get_by_role("status")).to_contain_text("The patient is archived")
+    assert b.page.evaluate("document.documentElement.scrollWidth") <= 390
+    b.shot("archived-390")
+    b.page.set_viewport_size({"width": 1280, "height": 900})
+    b.shot("archived-1280")
+    b.page.set_viewport_size({"width": 390, "height": 844})
     b.goto("/admin/patients")
     expect(b.page.locator("#admin-patients")).not_to_contain_text(seeded.other_name)
     b.page.get_by_label("Show archived patients").check()
