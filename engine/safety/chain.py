@@ -77,8 +77,8 @@ Samples = NDArray[np.float64]
 LEVEL_MARGIN_DB: Final = 0.3
 #: The unweighted level may be at most this far above the A-weighted maximum (module docstring).
 Z_OVER_A_DB: Final = 36.0
-#: The true peak is held this far under the peak ceiling: four points per sample can miss the top
-#: of the waveform between them by up to 0.7 dB near Nyquist (0.2 dB at fs/4), and a gain that
+#: The true peak is held this far under the peak ceiling: four points per sample read a naive
+#: square wave up to 1.0 dB low (0.2 dB for a sine at fs/4; ``truepeak.py``), and a gain that
 #: moves between samples can lift an interpolated point a little over what its samples promise.
 TRUE_PEAK_MARGIN_DB: Final = 1.5
 #: The C-weighted peak of any waveform is at most this many times its largest magnitude: the sum of

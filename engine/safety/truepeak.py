@@ -3,16 +3,18 @@
 A DAC's output passes between samples and can exceed the largest of them (by up to about 3 dB for
 content near a quarter of the sample rate), and the MCU's voltage limit is about that waveform. As
 ITU-R BS.1770-4 Annex 2 measures true peak, the signal is interpolated four times: between each
-sample and the next, three points at 1/4, 1/2 and 3/4 of the way, each a 12-tap FIR over the six
-samples either side (one phase of a 48-tap polyphase interpolator). The taps are a windowed sinc
-(Kaiser, β = 6, spanning ±6 samples), each phase scaled to pass DC unchanged; the sample itself is
-the fourth phase. Four points per sample still miss the very top of the waveform between them by
-up to 0.2 dB for a sine at fs/4 and up to 0.7 dB near Nyquist; the limiter keeps its margin for that
-(``TRUE_PEAK_MARGIN_DB``, ``chain.py``).
+sample and the next, three points at 1/4, 1/2 and 3/4 of the way, each a 16-tap FIR over the eight
+samples either side (one phase of a 64-tap polyphase interpolator). The taps are a windowed sinc
+(Kaiser, β = 5, spanning ±8 samples), each phase scaled to pass DC unchanged; the sample itself is
+the fourth phase. Four points per sample, through an interpolator this short, read the waveform low
+where it has content near Nyquist: up to 1.0 dB for a naive square wave (its harmonics alias up to
+Nyquist) against ideal band-limited reconstruction, 0.2 dB for a sine at fs/4 (measured; 12 taps
+per phase read 1.2 dB low). The limiter keeps its margin for that (``TRUE_PEAK_MARGIN_DB``,
+``chain.py``).
 
-Vectorised: each phase is one ``numpy.convolve`` per channel over the block and the 11 samples
-kept from the one before, so the cost does not depend on Python loops over samples, and the result
-does not depend on the block size.
+Vectorised: each phase is one ``numpy.convolve`` per channel over the block and the 15 samples
+kept from the one before, so nothing loops over samples in Python, and the result does not depend
+on the block size.
 """
 
 from __future__ import annotations
