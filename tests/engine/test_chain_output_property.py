@@ -56,7 +56,8 @@ def analogue_weighting(frequency: Signal, curve: str) -> NDArray[np.complex128]:
         result: NDArray[np.complex128] = low * high
         return result
 
-    return response(frequency) / abs(response(np.array([1000.0]))[0])
+    normalised: NDArray[np.complex128] = response(frequency) / abs(response(np.array([1000.0]))[0])
+    return normalised
 
 
 class KeepingSink(NullSink):
@@ -185,8 +186,9 @@ def test_what_leaves_the_player_stays_within_every_limit(
     fade_in: bool,
 ) -> None:
     rng = np.random.default_rng(seed)
-    samples = sum(program(kind, rate, rng) for kind in kinds) / len(kinds)
-    assert isinstance(samples, np.ndarray)
+    mixed = sum(program(kind, rate, rng) for kind in kinds) / len(kinds)
+    assert isinstance(mixed, np.ndarray)
+    samples: NDArray[np.float32] = mixed.astype(np.float32)
     if fade_in:  # a program's own raised-cosine fade-in; without one the chain's onset alone
         ramp = min(len(samples), int(rng.uniform(0.01, 0.5) * rate))
         samples[:ramp] *= (0.5 - 0.5 * np.cos(np.pi * np.arange(ramp) / ramp))[:, None]
