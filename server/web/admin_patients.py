@@ -48,6 +48,7 @@ DONE: Final = {
     "linked": "The clinician can now see and care for this patient.",
     "unlinked": "The clinician no longer sees this patient.",
     "ended": "The assignment was ended.",
+    "cancelled": "The assignment was cancelled before it began.",
     "archived": "The patient is archived: clinicians no longer see them in their lists.",
     "restored": "The patient is back in care: their clinicians see them again.",
 }
@@ -273,6 +274,7 @@ def patient_page(
                     "from": local_when(a.valid_from),
                     "to": last_day_text(a.valid_to),
                     "open": a.valid_to is None or a.valid_to > now_utc(),
+                    "upcoming": a.valid_from > now_utc(),
                 }
                 for a in assignments
             ],
@@ -396,16 +398,18 @@ def end_assignment(
     session: SessionDep,
     csrf_token: Annotated[str, Form(max_length=200)] = "",
     last_day: Annotated[str, Form(max_length=40)] = "",
+    cancel: Annotated[str, Form(max_length=8)] = "",
 ) -> Response:
     """End (or shorten) an assignment after its last day (``last_day``, in the server's time
-    zone)."""
+    zone), or cancel (``cancel``) one that has not started yet."""
     check_csrf(web, csrf_token)
     row = session.get(AssignmentRow, assignment_id) if 0 < assignment_id < 2**31 else None
     if row is None:
         raise PageError(404, "There is no such assignment.")
     patient_id = row.patient_id
+    valid_to = row.valid_from.isoformat() if cancel else after_last_day(last_day)
     try:
-        body = checked(lambda: AssignmentUpdate(valid_to=after_last_day(last_day)))
+        body = checked(lambda: AssignmentUpdate(valid_to=valid_to))
         through_api(
             lambda: api_assignments.end_assignment(
                 assignment_id=assignment_id,
@@ -420,4 +424,4 @@ def end_assignment(
         return patient_page(
             request, web, state, session, patient_id, status=exc.status, errors=exc.errors
         )
-    return _go(f"/admin/patients/{patient_id}", "ended")
+    return _go(f"/admin/patients/{patient_id}", "cancelled" if cancel else "ended")

@@ -4,6 +4,7 @@ audited, restored as they were; migration 0017 up and down with a patient stored
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -120,3 +121,62 @@ def test_migration_0017_adds_archived_at_to_patients_stored_before(empty_engine:
     assert "archived_at" not in columns
     with empty_engine.connect() as conn:
         assert conn.execute(sa.text("SELECT id FROM patient")).scalars().all() == [patient_id]
+
+
+def test_a_device_not_yet_begun_is_cancelled_and_an_archived_patient_gets_none(
+    client: TestClient, world: Any, engine: Engine, registered: Callable[..., str]
+) -> None:
+    admin = world.admin.headers
+    patient = world.patient
+    with Session(engine) as db:
+        held = db.exec(select(AssignmentRow).where(AssignmentRow.patient_id == patient)).one()
+    # A period that has begun cannot be emptied: only ended after its start.
+    begun = client.patch(
+        f"{API}/assignments/{held.id}",
+        headers=admin,
+        json={"valid_to": held.valid_from.isoformat()},
+    )
+    assert begun.status_code == 422 and "has not started yet" in begun.json()["detail"]
+    now = datetime.now(UTC)
+    ended = client.patch(
+        f"{API}/assignments/{held.id}",
+        headers=admin,
+        json={"valid_to": (now - timedelta(minutes=1)).isoformat()},
+    )
+    assert ended.status_code == 200, ended.text
+    registered("dev-next")
+    next_month = (now + timedelta(days=30)).date().isoformat()
+    planned = client.post(
+        f"{API}/assignments",
+        headers=admin,
+        json={"device_id": "dev-next", "patient_id": patient, "valid_from": next_month},
+    )
+    assert planned.status_code == 201, planned.text
+    waiting = client.post(f"{API}/patients/{patient}/archive", headers=admin)
+    assert waiting.status_code == 409 and "dev-next" in waiting.json()["detail"]
+
+    planned_id = planned.json()["id"]
+    cancelled = client.patch(
+        f"{API}/assignments/{planned_id}", headers=admin, json={"valid_to": next_month}
+    )
+    assert cancelled.status_code == 200, cancelled.text
+    assert cancelled.json()["valid_to"] == cancelled.json()["valid_from"]
+    left = client.get(f"{API}/assignments?patient_id={patient}", headers=admin).json()
+    assert [a["id"] for a in left] == [held.id]
+    assert client.post(f"{API}/patients/{patient}/archive", headers=admin).status_code == 200
+
+    refused = client.post(
+        f"{API}/assignments",
+        headers=admin,
+        json={"device_id": "dev-next", "patient_id": patient, "valid_from": next_month},
+    )
+    assert refused.status_code == 409
+    assert "restore them before assigning a device" in refused.json()["detail"]
+    with Session(engine) as db:
+        assert db.exec(select(AssignmentRow).where(AssignmentRow.patient_id == patient)).all() == [
+            db.get(AssignmentRow, held.id)
+        ]
+        cancel_rows = db.exec(
+            select(AuditRow).where(AuditRow.action == "cancel", AuditRow.resource == "assignment")
+        ).all()
+    assert [(r.resource_id, r.patient_id) for r in cancel_rows] == [(str(planned_id), patient)]

@@ -15,6 +15,7 @@ from resonera.server.api.paging import PAGED_RESPONSES, PageDep
 from resonera.server.attribution import attribute_sessions
 from resonera.server.audit import audit
 from resonera.server.models import AssignmentRow, DeviceRow, PatientRow
+from resonera.server.patient_archive import assignment_refusal
 from resonera.server.schemas import (
     INT32_MAX,
     AssignmentCreate,
@@ -81,14 +82,19 @@ def create_assignment(
     request: Request,
 ) -> AssignmentPublic:
     """Assign a device to a patient. Refused (409) if the device is assigned to anyone in an
-    overlapping period. Sessions and events of the device in the period that nobody owned yet
-    become the patient's, and the patient's desired state is published to the device."""
+    overlapping period, or (409) when the patient is archived (restored first). Sessions and
+    events of the device in the period that nobody owned yet become the patient's, and the
+    patient's desired state is published to the device."""
     if body.valid_to is not None and body.valid_to <= body.valid_from:
         raise ApiError(422, "valid_to must be after valid_from")
     if session.get(DeviceRow, body.device_id) is None:
         raise ApiError(404, f"no device {body.device_id}")
-    if session.get(PatientRow, body.patient_id) is None:
+    patient = session.get(PatientRow, body.patient_id)
+    if patient is None:
         raise ApiError(404, f"no patient {body.patient_id}")
+    refusal = assignment_refusal(patient)
+    if refusal is not None:
+        raise ApiError(409, refusal)
     overlap = select(AssignmentRow).where(
         AssignmentRow.device_id == body.device_id,
         or_(col(AssignmentRow.valid_to).is_(None), col(AssignmentRow.valid_to) > body.valid_from),
@@ -130,25 +136,43 @@ def end_assignment(
     session: SessionDep,
     request: Request,
 ) -> AssignmentPublic:
-    """Set when the device stopped being the patient's (only to end or shorten a period)."""
+    """Set when the device stopped being the patient's (only to end or shorten a period).
+
+    An assignment that has not started yet is cancelled by a ``valid_to`` at or before its
+    ``valid_from``: the row is deleted (audited ``cancel``), since nothing happened under it, and
+    the answer is the assignment as it was with its period emptied (``valid_to`` =
+    ``valid_from``). Without this a patient given a device from next month could be archived
+    only once that month had begun. A period that has begun can only end after its start."""
     row = session.get(AssignmentRow, assignment_id)
     if row is None:
         raise ApiError(404, f"no assignment {assignment_id}")
-    if body.valid_to <= row.valid_from:
-        raise ApiError(422, "valid_to must be after valid_from")
+    cancel = body.valid_to <= row.valid_from
+    if cancel and row.valid_from <= now_utc():
+        raise ApiError(
+            422,
+            "valid_to must be after valid_from (only an assignment that has not started yet "
+            "can be cancelled)",
+        )
     if row.valid_to is not None and body.valid_to > row.valid_to:
         raise ApiError(409, "an assignment can be ended or shortened, not extended")
-    row.valid_to = body.valid_to
-    session.add(row)
+    answer = _public(row)
+    if cancel:
+        answer.valid_to = row.valid_from
+        session.delete(row)
+    else:
+        row.valid_to = body.valid_to
+        session.add(row)
     audit(
         session,
         request,
         admin,
-        "update",
+        "cancel" if cancel else "update",
         "assignment",
         resource_id=str(assignment_id),
-        patient_id=row.patient_id,
+        patient_id=answer.patient_id,
     )
     session.commit()
+    if cancel:
+        return answer
     session.refresh(row)
     return _public(row)
