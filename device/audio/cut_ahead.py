@@ -7,7 +7,7 @@ lowers the output at once (a 5 ms fade) to ``floor_gain`` until the frames mixed
 through, then fades back: a gain ≤ 1 at the output, so it can only lower the level the chain let
 through. Between sessions the program is silence and the floor is 0 (the prompt stops); in a
 session the floor is the mixer's duck (``PromptMixer.duck_db``, −15 dB): the prompt drops by that
-much at once, the program under it too for the look-ahead's 110 ms (a dip, never a gap), and then
+much at once, the program under it too for the look-ahead's 60 ms (a dip, never a gap), and then
 the program comes back as the mixer un-ducks it.
 """
 

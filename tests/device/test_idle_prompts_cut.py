@@ -8,12 +8,21 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
+from resonera.common.profile import HearingProfile
 from resonera.device.audio.cut_ahead import CutAhead
 from resonera.device.audio.prompt_mixer import Clip, PromptMixer
+from resonera.engine.safety.chain import ChainLimits, SafetyChain
 
 RATE = 48000
 BLOCK = 1024
-LATENCY = 5280  # the chain's look-ahead at 48 kHz: 110 ms
+#: The chain's look-ahead at 48 kHz (its ``latency_frames``), about 60 ms.
+LATENCY = SafetyChain(
+    sample_rate=RATE,
+    limits=ChainLimits(spl_at_unit_rms=100.0, peak_ceiling=1.0),
+    profile=HearingProfile(),
+    ledger=None,
+    wall_clock=lambda: 0.0,
+).latency_frames
 
 
 class Recording:
