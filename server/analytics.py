@@ -344,22 +344,26 @@ def cohort_outcomes(
 ) -> CohortOutcomes:
     """Per program, over a clinician's patients (``clinician_id``; None: every patient) in the
     last ``days`` UTC days: sessions, completion, and the mean before → after improvement over
-    every question (each signed by its direction), with its number of pairs."""
+    every question (each signed by its direction), with its number of pairs. Archived patients
+    are not in the cohort (their treatment is over; ``patient_archive``): neither their sessions
+    and check-ins nor the count of patients."""
     first = today - timedelta(days=days - 1)
     start, end = _window(first, today)
     c, s = _checkins.c, _sessions.c
 
-    mine = select(_links.c.patient_id).where(_links.c.user_id == clinician_id)
+    in_care = select(_patients.c.id).where(_patients.c.archived_at.is_(None))
+    cohort = (
+        in_care
+        if clinician_id is None
+        else in_care.where(
+            _patients.c.id.in_(select(_links.c.patient_id).where(_links.c.user_id == clinician_id))
+        )
+    )
 
     def of_cohort(column: Any) -> ColumnElement[bool]:
-        if clinician_id is None:
-            return column.is_not(None)  # type: ignore[no-any-return]
-        return column.in_(mine)  # type: ignore[no-any-return]
+        return column.in_(cohort)  # type: ignore[no-any-return]
 
-    everyone = select(func.count()).select_from(_patients)
-    patients = session.execute(
-        everyone if clinician_id is None else everyone.where(_patients.c.id.in_(mine))
-    ).scalar_one()
+    patients = session.execute(select(func.count()).select_from(cohort.subquery())).scalar_one()
 
     usage = session.execute(
         select(

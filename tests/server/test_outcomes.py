@@ -211,6 +211,39 @@ def test_cohort_outcomes_per_program(client: TestClient, world: Any, seeded: See
     }
 
 
+def test_an_archived_patient_leaves_the_cohort(
+    client: TestClient, world: Any, seeded: Seeded
+) -> None:
+    admin = world.admin.headers
+    held = client.get(
+        f"{API}/assignments", params={"patient_id": world.other_patient}, headers=admin
+    ).json()
+    for assignment in held:
+        ended = client.patch(
+            f"{API}/assignments/{assignment['id']}",
+            headers=admin,
+            json={"valid_to": (datetime.now(UTC) - timedelta(minutes=1)).isoformat()},
+        )
+        assert ended.status_code == 200, ended.text
+    archived = client.post(f"{API}/patients/{world.other_patient}/archive", headers=admin)
+    assert archived.status_code == 200, archived.text
+
+    everyone = client.get(f"{API}/cohort/outcomes", params={"days": 28}, headers=admin).json()
+    calm_all = next(p for p in everyone["programs"] if p["program_name"] == "calm")
+    # Before archiving: 2 patients, calm by 2 of them in 7 sessions (test above).
+    assert (everyone["patients"], calm_all["patients"], calm_all["sessions"]) == (1, 1, 6)
+    theirs = client.get(f"{API}/cohort/outcomes", headers=world.other_clinician.headers).json()
+    assert (theirs["patients"], theirs["programs"]) == (0, [])
+    mine = client.get(
+        f"{API}/cohort/outcomes", params={"days": 28}, headers=world.clinician.headers
+    ).json()
+    assert mine["patients"] == 1 and len(mine["programs"]) == 2  # untouched
+
+    client.post(f"{API}/patients/{world.other_patient}/restore", headers=admin)
+    back = client.get(f"{API}/cohort/outcomes", params={"days": 28}, headers=admin).json()
+    assert back["patients"] == 2
+
+
 def test_outcome_requests_are_checked(client: TestClient, world: Any) -> None:
     url = f"{API}/patients/{world.patient}/outcomes"
     for days in ("0", "400", "many"):
