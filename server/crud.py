@@ -63,6 +63,7 @@ def patient_public(session: Session, cipher: FieldCipher, patient: PatientRow) -
         created_at=patient.created_at,
         updated_at=patient.updated_at,
         clinician_ids=sorted(links),
+        archived_at=patient.archived_at,
     )
 
 

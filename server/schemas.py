@@ -275,6 +275,8 @@ class PatientPublic(BaseModel):
     created_at: datetime
     updated_at: datetime
     clinician_ids: list[int]
+    #: When an admin archived the patient (``patient_archive``); None: in care.
+    archived_at: datetime | None = None
 
 
 class LinkIn(_In):

@@ -60,14 +60,19 @@ def test_archive_waits_for_the_device_then_hides_the_patient_and_keeps_the_recor
     assert patient in _listed(client, clinician, "?archived=true")
     assert patient not in _listed(client, admin)
     assert patient in _listed(client, admin, "?archived=true")
-    # The record stays the clinician's: their page, their export.
-    assert client.get(f"{API}/patients/{patient}", headers=clinician).status_code == 200
+    # The record stays the clinician's: their page (which says since when), their export.
+    record = client.get(f"{API}/patients/{patient}", headers=clinician)
+    assert record.status_code == 200
+    assert record.json()["archived_at"] == done.json()["archived_at"]
+    listed = client.get(f"{API}/patients?archived=true", headers=admin).json()
+    assert {p["id"]: p["archived_at"] for p in listed}[patient] == done.json()["archived_at"]
     export = client.get(f"{API}/patients/{patient}/export/sessions.csv", headers=clinician)
     assert export.status_code == 200
 
     restored = client.post(f"{API}/patients/{patient}/restore", headers=admin)
     assert restored.status_code == 200 and restored.json()["archived_at"] is None
     assert patient in _listed(client, clinician)
+    assert client.get(f"{API}/patients/{patient}", headers=clinician).json()["archived_at"] is None
     not_archived = client.post(f"{API}/patients/{patient}/restore", headers=admin)
     assert not_archived.status_code == 409 and "is not archived" in not_archived.json()["detail"]
     with Session(engine) as db:
