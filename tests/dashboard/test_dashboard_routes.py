@@ -262,7 +262,7 @@ def test_patients_list_search_and_sort_work_without_script(
     def search(q: str, **more: str) -> str:
         response = client.post("/patients/search", data={"q": q, "csrf_token": csrf, **more})
         assert response.status_code == 200, response.text
-        return response.text
+        return str(response.text)
 
     assert names("") == ["Ada Lovelace", "Alan Turing", "Charles Babbage"]
     assert names("sort=name&dir=desc") == ["Charles Babbage", "Alan Turing", "Ada Lovelace"]
