@@ -5,7 +5,7 @@ exported, shown again with "show archived", restored; in Chromium at 1280 and 39
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from dashboard.helpers import Browsing, Seeded, form_token, sign_in_as, table_cells
 from fastapi.testclient import TestClient
@@ -77,7 +77,10 @@ def test_archive_asks_waits_for_the_device_hides_the_patient_and_restores(
     sign_in_as(client, seeded.clinician)
     listed = client.get("/patients").text
     assert seeded.patient_name not in listed
-    assert client.get(f"/patients/{seeded.patient}").status_code == 200
+    record = client.get(f"/patients/{seeded.patient}")
+    assert record.status_code == 200
+    assert f"Archived since {today}" in record.text  # at the top, under the name
+    assert record.text.index("Archived since") < record.text.index('id="glance"')
     assert client.get(f"/patients/{seeded.patient}/fhir.json").status_code == 200
     sessions_csv = client.get(f"/patients/{seeded.patient}/sessions.csv")
     assert sessions_csv.status_code == 200
@@ -90,6 +93,7 @@ def test_archive_asks_waits_for_the_device_hides_the_patient_and_restores(
     assert "The patient is back in care" in client.get(back.headers["location"]).text
     sign_in_as(client, seeded.clinician)
     assert seeded.patient_name in client.get("/patients").text
+    assert "Archived since" not in client.get(f"/patients/{seeded.patient}").text
     with Session(engine) as db:
         actions = [
             row.action
@@ -97,6 +101,42 @@ def test_archive_asks_waits_for_the_device_hides_the_patient_and_restores(
             if row.action in ("archive", "restore")
         ]
     assert actions == ["archive", "restore"]
+
+
+def test_an_assignment_not_begun_is_cancelled_from_the_patients_admin_page(
+    client: TestClient, seeded: Seeded, engine: Engine
+) -> None:
+    sign_in_as(client, seeded.admin)
+    page = f"/admin/patients/{seeded.patient}"
+    csrf = form_token(client.get(page).text)
+    ended = client.post(
+        f"/admin/assignments/{_assignment_of(engine, seeded.patient)}/end",
+        data={"csrf_token": csrf, "last_day": datetime.now().astimezone().date().isoformat()},
+    )
+    assert ended.status_code == 303
+    with Session(engine) as db:
+        db.add(DeviceRow(id="dev-next", created_at=datetime.now(UTC)))
+        db.commit()
+    next_month = (datetime.now().astimezone().date() + timedelta(days=30)).isoformat()
+    assigned = client.post(
+        "/devices/dev-next/assign",
+        data={"csrf_token": csrf, "patient_id": seeded.patient, "valid_from": next_month},
+    )
+    assert assigned.status_code == 303, assigned.text
+    assert "still has <strong>dev-next</strong>" in client.get(f"{page}/archive").text
+    with Session(engine) as db:
+        planned = db.exec(select(AssignmentRow).where(AssignmentRow.device_id == "dev-next")).one()
+    shown = client.get(page).text
+    assert "Cancel the assignment of dev-next" in shown
+    assert shown.count("Cancel the assignment of") == 1  # not for the one that has begun
+    cancelled = client.post(
+        f"/admin/assignments/{planned.id}/end", data={"csrf_token": csrf, "cancel": "1"}
+    )
+    assert cancelled.status_code == 303
+    landed = client.get(cancelled.headers["location"]).text
+    assert "The assignment was cancelled before it began." in landed
+    assert 'data-assignment="' + str(planned.id) + '"' not in landed
+    assert f'action="{page}/archive"' in client.get(f"{page}/archive").text  # may be archived
 
 
 def test_an_admin_archives_a_patient_in_chromium(
