@@ -120,6 +120,12 @@ def certificate_ends(conn: Connection) -> dict[str, datetime]:
     )
 
 
+def revoked_devices(conn: Connection) -> set[str]:
+    """The devices an admin revoked: no longer watched, neither here nor by the metrics."""
+    device = table_of(DeviceRow)
+    return set(conn.execute(select(device.c.id).where(device.c.revoked.is_(True))).scalars())
+
+
 def _lag_seconds(conn: Connection, table: Table) -> Any:
     """SQL for a stored message's receive time less its device stamp, in seconds."""
     later, earlier = table.c.received_at, table.c.device_time
@@ -263,8 +269,7 @@ def _safety_faults(conn: Connection, now: datetime) -> Condition:
 
 def fleet_alerts(conn: Connection, now: datetime) -> FleetAlerts:
     """Every condition of ``alerts/rules.py`` as of ``now``, in the rules file's order."""
-    device = table_of(DeviceRow)
-    revoked = set(conn.execute(select(device.c.id).where(device.c.revoked.is_(True))).scalars())
+    revoked = revoked_devices(conn)
     heard, ends = last_heard(conn), certificate_ends(conn)
     return FleetAlerts(
         conditions=(

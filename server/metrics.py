@@ -28,9 +28,8 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from resonera.common.clock import Clock, utc_now
 from resonera.common.routine_events import ROUTINE_TYPE_PREFIX
+from resonera.server import fleet_alerts
 from resonera.server.models import (
-    DeviceCertificateRow,
-    DeviceRow,
     DeviceStateRow,
     QuarantineRow,
     SafetyEventRow,
@@ -102,43 +101,29 @@ class DatabaseGauges(Collector):
     def _fleet(self, conn: Connection) -> list[Metric]:
         quarantine = table_of(QuarantineRow)
         state = table_of(DeviceStateRow)
-        device = table_of(DeviceRow)
-        cert = table_of(DeviceCertificateRow)
         held = conn.execute(select(func.count()).select_from(quarantine)).scalar_one()
         online = conn.execute(
             select(func.count()).select_from(state).where(state.c.online.is_(True))
         ).scalar_one()
+        # The devices page's fleet alerts read the same two queries: one place for each.
+        revoked = fleet_alerts.revoked_devices(conn)
         last_seen = GaugeMetricFamily(
             "resonera_device_last_seen_timestamp_seconds",
             "When the server last heard from the device: its last message, or its retained status "
             "saying online (not revoked devices)",
             labels=["device_id"],
         )
-        for device_id, received, online_now, status_at in conn.execute(
-            select(state.c.device_id, state.c.last_received_at, state.c.online, state.c.status_at)
-            .join(device, device.c.id == state.c.device_id)
-            .where(device.c.revoked.is_(False))
-        ):
-            heard = [received, status_at if online_now else None]
-            times = [at.timestamp() for at in heard if at is not None]
-            if times:
-                last_seen.add_metric([device_id], max(times))
+        for device_id, heard in sorted(fleet_alerts.last_heard(conn).items()):
+            if device_id not in revoked:
+                last_seen.add_metric([device_id], heard.timestamp())
         expiry = GaugeMetricFamily(
             "resonera_device_certificate_expiry_timestamp_seconds",
             "When the device's current certificate expires (not revoked devices)",
             labels=["device_id"],
         )
-        for device_id, not_after in conn.execute(
-            select(cert.c.device_id, func.max(cert.c.not_after))
-            .join(device, device.c.id == cert.c.device_id)
-            .where(
-                device.c.revoked.is_(False),
-                cert.c.superseded_at.is_(None),
-                cert.c.revoked_at.is_(None),
-            )
-            .group_by(cert.c.device_id)
-        ):
-            expiry.add_metric([device_id], not_after.timestamp())
+        for device_id, not_after in sorted(fleet_alerts.certificate_ends(conn).items()):
+            if device_id not in revoked:
+                expiry.add_metric([device_id], not_after.timestamp())
         return [
             GaugeMetricFamily(
                 "resonera_quarantine_rows", "Messages held in quarantine", value=float(held)

@@ -165,3 +165,49 @@ def test_offline_certificates_and_faults_at_their_bounds(engine: Engine) -> None
         ("dev-quiet", "1 fault"),
     ]
     assert _met(_evaluate(engine))["ResoneraDeviceOffline"]
+
+
+def test_the_metrics_report_what_the_devices_page_reads(engine: Engine, client: Any) -> None:
+    """``/metrics``'s last seen and certificate ends are the page's own queries; revoked devices
+    are left out of the metrics, heard and certified as they may be."""
+    with Session(engine) as db:
+        for device_id, revoked in (("dev-a", False), ("dev-gone", True)):
+            db.add(DeviceRow(id=device_id, revoked=revoked, created_at=NOW - timedelta(days=60)))
+            db.add(
+                DeviceStateRow(
+                    device_id=device_id,
+                    last_received_at=NOW - timedelta(hours=3),
+                    online=True,
+                    status_at=NOW - timedelta(hours=1),
+                )
+            )
+            db.add(
+                DeviceCertificateRow(
+                    fingerprint=new_id().replace("-", ""),
+                    device_id=device_id,
+                    serial_number="1",
+                    public_key="k",
+                    how="enroll",
+                    not_after=NOW + timedelta(days=20),
+                    issued_at=NOW - timedelta(days=300),
+                )
+            )
+        db.commit()
+    page = _evaluate(engine)
+    assert set(page.last_heard) == set(page.certificate_ends) == {"dev-a", "dev-gone"}
+    text = client.get("/metrics").text
+    samples = {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("resonera_device_")
+    }
+    assert samples == {
+        'resonera_device_last_seen_timestamp_seconds{device_id="dev-a"}': (
+            page.last_heard["dev-a"].timestamp()
+        ),
+        'resonera_device_certificate_expiry_timestamp_seconds{device_id="dev-a"}': (
+            page.certificate_ends["dev-a"].timestamp()
+        ),
+    }
+    # heard: the retained status an hour ago, later than the last message
+    assert page.last_heard["dev-a"] == NOW - timedelta(hours=1)
