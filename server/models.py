@@ -35,6 +35,8 @@ DEVICE_ID_MAX = 64
 MESSAGE_ID_MAX = 36
 PATIENT_ID_MAX = 36
 EMAIL_MAX = 254
+#: A user's display name (how a clinician signs a report).
+DISPLAY_NAME_MAX = 120
 #: Quarantined payloads are kept up to this size (enough to see what was wrong).
 QUARANTINE_PAYLOAD_MAX = 64 * 1024
 QUARANTINE_TOPIC_MAX = 1024
@@ -83,6 +85,8 @@ class UserRow(SQLModel, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     email: str = Field(max_length=EMAIL_MAX, unique=True)
+    #: The name the user signs with (a clinician's printed report); None: the email stands in.
+    display_name: str | None = Field(default=None, max_length=DISPLAY_NAME_MAX)
     password_hash: str = Field(max_length=200)
     role: str = Field(max_length=16)
     active: bool = True
@@ -324,6 +328,8 @@ class SessionRow(SQLModel, table=True):
         UniqueConstraint("device_id", "message_id", name="uq_session_record_device_message"),
         Index("ix_session_record_patient_started", "patient_id", "started_at"),
         Index("ix_session_record_device_started", "device_id", "started_at"),
+        # The fleet panel's counts of the last 15 minutes and hour (fleet_alerts.py).
+        Index("ix_session_record_received", "received_at"),
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -366,6 +372,7 @@ class SafetyEventRow(SQLModel, table=True):
     __table_args__ = (
         UniqueConstraint("device_id", "message_id", name="uq_safety_event_device_message"),
         Index("ix_safety_event_patient_time", "patient_id", "device_time"),
+        Index("ix_safety_event_received", "received_at"),
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -389,6 +396,7 @@ class MessageRow(SQLModel, table=True):
     __tablename__ = "device_message"
     __table_args__ = (
         UniqueConstraint("device_id", "message_id", name="uq_device_message_device_message"),
+        Index("ix_device_message_received", "received_at"),
     )
 
     id: int | None = Field(default=None, primary_key=True)

@@ -8,6 +8,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from factories import ALPHA_TOML
@@ -19,13 +21,14 @@ from resonera.common.prescription import definition_sha256
 from resonera.common.program import parse_program
 from resonera.server.db import (
     SchemaBehindError,
+    alembic_config,
     current_revision,
     head_revision,
     make_engine,
     migrate,
     require_current_schema,
 )
-from resonera.server.models import ProgramLibraryRow, ProgramVersionRow
+from resonera.server.models import ProgramLibraryRow, ProgramVersionRow, UserRow
 
 
 def test_migrations_match_the_models(engine: Engine) -> None:
@@ -94,3 +97,43 @@ def test_library_programs_become_their_version_1(empty_engine: Engine) -> None:
     assert version.definition == program.model_dump(mode="json")
     assert version.sha256 == definition_sha256(version.definition) == program.digest()
     assert (version.created_by, version.created_at, version.document) == (7, at, ALPHA_TOML)
+
+
+def test_migration_0018_indexes_received_at_and_names_users_stored_before(
+    empty_engine: Engine,
+) -> None:
+    migrate(empty_engine, "0017")
+    with empty_engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO app_user (email, password_hash, role, active, created_at) "
+                "VALUES ('dr@example.org', 'h', 'clinician', :yes, :at)"
+            ),
+            {"yes": True, "at": datetime.now(UTC)},
+        )
+    migrate(empty_engine)
+    inspector = sa.inspect(empty_engine)
+    for table in ("session_record", "safety_event", "device_message"):
+        received = [i for i in inspector.get_indexes(table) if i["column_names"] == ["received_at"]]
+        assert [i["name"] for i in received] == [f"ix_{table}_received"]
+    with Session(empty_engine) as db:
+        user = db.exec(select(UserRow)).one()
+        assert user.display_name is None  # stored before: the email stands in
+        user.display_name = "Dr Ada Byron"
+        db.add(user)
+        db.commit()
+    with Session(empty_engine) as db:
+        assert db.exec(select(UserRow.display_name)).one() == "Dr Ada Byron"
+
+    config = alembic_config()
+    with empty_engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.downgrade(config, "0017")
+    inspector = sa.inspect(empty_engine)
+    assert "display_name" not in {c["name"] for c in inspector.get_columns("app_user")}
+    for table in ("session_record", "safety_event", "device_message"):
+        assert f"ix_{table}_received" not in {i["name"] for i in inspector.get_indexes(table)}
+    with empty_engine.connect() as conn:
+        assert conn.execute(text("SELECT email FROM app_user")).scalars().all() == [
+            "dr@example.org"
+        ]
