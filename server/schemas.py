@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import unicodedata
 from datetime import date, datetime, time, tzinfo
 from typing import Annotated, Any, Final, Literal
 
@@ -37,7 +38,7 @@ from resonera.common.prescription import (
 from resonera.common.profile import parse_checkins
 from resonera.common.topics import DEVICE_ID_PATTERN
 from resonera.server.crypto import check_device_public_key
-from resonera.server.models import EMAIL_MAX
+from resonera.server.models import DISPLAY_NAME_MAX, EMAIL_MAX
 
 Role = Literal["admin", "clinician", "auditor"]
 MAX_JSON_BYTES: Final = 64 * 1024
@@ -133,6 +134,18 @@ Email = Annotated[
     Field(min_length=3, max_length=EMAIL_MAX, pattern=r"^[^@\s]+@[^@\s]+$"),
     AfterValidator(lambda v: _no_nul(v).lower()),
 ]
+
+
+def _display_name(value: str) -> str:
+    """A name as a printed report shows it: one line, spaces at its ends dropped ("" clears it)."""
+    _no_nul(value)
+    if any(unicodedata.category(ch) in ("Cc", "Zl", "Zp") for ch in value):
+        raise ValueError("must be one line of text (no tabs, line breaks or control characters)")
+    return value.strip()
+
+
+#: A user's display name; "" means none (the email stands in).
+DisplayName = Annotated[str, Field(max_length=DISPLAY_NAME_MAX), AfterValidator(_display_name)]
 Password = Annotated[str, Field(min_length=PASSWORD_MIN, max_length=128), AfterValidator(_no_nul)]
 DeviceIdStr = Annotated[str, Field(pattern=f"^{DEVICE_ID_PATTERN}$", max_length=64)]
 PatientIdStr = Annotated[str, Field(min_length=1, max_length=36, pattern=r"^[0-9a-f-]{1,36}$")]
@@ -199,10 +212,16 @@ class UserCreate(_In):
     email: Email
     password: Password
     role: Role
+    display_name: DisplayName = Field(
+        default="", description="the name the user signs with (a clinician's printed report)"
+    )
 
 
 class UserUpdate(_In):
     role: Role | None = None
+    display_name: DisplayName | None = Field(
+        default=None, description='the name the user signs with; "" removes it'
+    )
     active: bool | None = None
     password: Password | None = None
     unlock: bool = Field(
@@ -214,6 +233,7 @@ class UserUpdate(_In):
 class UserPublic(BaseModel):
     id: int
     email: str
+    display_name: str | None = None
     role: Role
     active: bool
     created_at: datetime

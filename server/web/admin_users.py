@@ -1,5 +1,6 @@
 """Admin page for the people who sign in (``/admin/users``): add a clinician, an auditor or an
-admin, set a new password, lock and unlock an account.
+admin, set the name they sign with (a clinician's printed report), set a new password, lock and
+unlock an account.
 
 Lock is the API's deactivation (``PATCH /users/{id} {"active": false}``): it ends every session
 and token of the account at once. Unlock makes it active again and forgets its failed sign-ins
@@ -33,6 +34,7 @@ DONE: Final = {
     "password": "The new password is set; the account's sessions ended.",
     "locked": "The account is locked: its sessions ended and it cannot sign in.",
     "unlocked": "The account is unlocked and can sign in at once.",
+    "named": "The name is saved: the reports they print are signed with it.",
 }
 
 
@@ -89,12 +91,18 @@ def add_user(
     email: Annotated[str, Form(max_length=300)] = "",
     role: Annotated[str, Form(max_length=16)] = "clinician",
     password: Annotated[str, Form(max_length=300)] = "",
+    display_name: Annotated[str, Form(max_length=300)] = "",
 ) -> Response:
     check_csrf(web, csrf_token)
     try:
         body = checked(
             lambda: UserCreate.model_validate(
-                {"email": email.strip(), "role": role, "password": password}
+                {
+                    "email": email.strip(),
+                    "role": role,
+                    "password": password,
+                    "display_name": display_name,
+                }
             )
         )
         made = through_api(
@@ -104,7 +112,7 @@ def add_user(
         )
     except FormRefused as exc:
         session.rollback()
-        form = {"email": email, "role": role}
+        form = {"email": email, "role": role, "display_name": display_name}
         return _page(web, session, status=exc.status, errors=exc.errors, form=form)
     return _go("created", made.id)
 
@@ -118,10 +126,12 @@ def change_user(
     state: StateDep,
     session: SessionDep,
     csrf_token: Annotated[str, Form(max_length=200)] = "",
-    action: Annotated[Literal["password", "lock", "unlock"], Form()] = "password",
+    action: Annotated[Literal["password", "lock", "unlock", "name"], Form()] = "password",
     password: Annotated[str, Form(max_length=300)] = "",
+    display_name: Annotated[str, Form(max_length=300)] = "",
 ) -> Response:
-    """One change of one account: ``password`` (a new one), ``lock`` or ``unlock``."""
+    """One change of one account: ``password`` (a new one), ``lock``, ``unlock`` or ``name``
+    (``display_name``; empty: none, the email stands in)."""
     check_csrf(web, csrf_token)
     if not 0 < user_id < 2**31 or session.get(UserRow, user_id) is None:
         raise PageError(404, "There is no such user.")
@@ -129,6 +139,7 @@ def change_user(
         "password": {"password": password},
         "lock": {"active": False},
         "unlock": {"active": True, "unlock": True},
+        "name": {"display_name": display_name},
     }
     try:
         body = checked(lambda: UserUpdate.model_validate(changes[action]))
@@ -144,10 +155,11 @@ def change_user(
         )
     except FormRefused as exc:
         session.rollback()
-        # a refused password is shown beside the row it was typed in
+        # a refused password or name is shown beside the row it was typed in
         errors = {
-            (f"password-{user_id}" if field == "password" else ""): text
+            (f"{field}-{user_id}" if field in ("password", "display_name") else ""): text
             for field, text in exc.errors.items()
         }
         return _page(web, session, status=exc.status, errors=errors)
-    return _go({"password": "password", "lock": "locked", "unlock": "unlocked"}[action], user_id)
+    done = {"password": "password", "lock": "locked", "unlock": "unlocked", "name": "named"}
+    return _go(done[action], user_id)

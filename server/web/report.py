@@ -1,7 +1,8 @@
 """A patient's report to print (``/patients/{id}/report?days=``): one page that Chromium prints to
 a clean PDF with its print stylesheet: the summary, the dose chart (an SVG drawn here, so it prints
 without a script), sessions, adherence per week, before → after change per program, the safety
-events, and the sign-off (the clinician and the export time).
+events, and the sign-off (the clinician's name, their email when an admin set none, and the
+export time).
 
 Every figure is the patient page's and the outcomes page's own (``views.patient_view``, the API's
 outcomes route); reading the report adds their audit rows and one ``export`` row of its own.

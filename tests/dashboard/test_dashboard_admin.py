@@ -201,6 +201,7 @@ def test_accounts_added_given_a_password_locked_and_unlocked(
             "email": "new@example.org",
             "role": "auditor",
             "password": PASSWORD,
+            "display_name": "Nora Newcomb",
         },
     )
     assert made.status_code == 303
@@ -217,6 +218,21 @@ def test_accounts_added_given_a_password_locked_and_unlocked(
     assert taken.status_code == 409 and "exists" in taken.text
     with Session(engine) as db:
         new = db.exec(select(UserRow).where(UserRow.email == "new@example.org")).one()
+    assert new.display_name == "Nora Newcomb"
+    one_line = client.post(
+        f"/admin/users/{new.id}",
+        data={"csrf_token": csrf, "action": "name", "display_name": "Nora\nNewcomb"},
+    )
+    assert one_line.status_code == 400
+    assert f'id="display_name-{new.id}-error"' in one_line.text and "one line" in one_line.text
+    renamed = client.post(
+        f"/admin/users/{new.id}",
+        data={"csrf_token": csrf, "action": "name", "display_name": "Nora Newcomb-Hale"},
+    )
+    assert renamed.status_code == 303
+    assert "The name is saved" in client.get(renamed.headers["location"]).text
+    with Session(engine) as db:
+        assert db.get(UserRow, new.id).display_name == "Nora Newcomb-Hale"  # type: ignore[union-attr]
     locked = client.post(f"/admin/users/{new.id}", data={"csrf_token": csrf, "action": "lock"})
     assert locked.status_code == 303
     rows = {row[0]: row for row in table_cells(client.get("/admin/users").text, "users")}

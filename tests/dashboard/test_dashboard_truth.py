@@ -13,6 +13,7 @@ import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -276,12 +277,9 @@ def test_charts_span_the_period_asked_for(
     b.shot("exposure-30-days")
 
 
-def test_the_report_prints_to_a_pdf_that_reads_back(
-    browsing: Browsing, seeded: Seeded, sparse: Sparse
-) -> None:
-    b = browsing
-    b.sign_in(seeded.clinician)
-    b.goto(f"/patients/{sparse.patient}")
+def _printed_report(b: Browsing, patient: str) -> tuple[Path, str]:
+    """The patient's report as Chromium prints it (A4), and its text read back, on one line."""
+    b.goto(f"/patients/{patient}")
     b.page.get_by_role("link", name="Report to print").click()
     expect(b.page.get_by_role("heading", level=1)).to_have_text(NAME)
     b.shot("report")
@@ -290,7 +288,15 @@ def test_the_report_prints_to_a_pdf_that_reads_back(
     text = subprocess.run(
         ["pdftotext", "-layout", str(pdf), "-"], check=True, capture_output=True, text=True
     ).stdout
-    flat = " ".join(text.split())
+    return pdf, " ".join(text.split())
+
+
+def test_the_report_prints_to_a_pdf_that_reads_back(
+    browsing: Browsing, seeded: Seeded, sparse: Sparse
+) -> None:
+    b = browsing
+    b.sign_in(seeded.clinician)
+    pdf, flat = _printed_report(b, sparse.patient)
     today = datetime.now(UTC).date()
     assert NAME in flat
     assert f"Period: {(today - timedelta(days=29)).isoformat()} to {today.isoformat()}" in flat
@@ -298,6 +304,7 @@ def test_the_report_prints_to_a_pdf_that_reads_back(
     assert f"{_ear(SMALL_DOSE, 600):.1f} dB(A)" in flat and "silent" in flat
     assert "< 0.01 %" in flat
     assert f"warning {WARNINGS}" in flat and f"fault {FAULTS}" in flat
+    # No name set: the email signs.
     assert re.search(r"Prepared by clinician@example\.org \(clinician\) · exported \d{4}-", flat)
     for heading in ("Dose per day", "Sessions", "Adherence per week", "Outcomes", "Safety events"):
         assert heading in flat
@@ -305,6 +312,30 @@ def test_the_report_prints_to_a_pdf_that_reads_back(
     assert "Sign out" not in flat and "Cohort" not in flat
     pages = subprocess.run(["pdfinfo", str(pdf)], check=True, capture_output=True, text=True)
     assert int(re.search(r"Pages:\s+(\d+)", pages.stdout).group(1)) >= 1  # type: ignore[union-attr]
+
+
+def test_the_report_is_signed_with_the_name_an_admin_gave_the_clinician(
+    browsing: Browsing, seeded: Seeded, sparse: Sparse
+) -> None:
+    b = browsing
+    b.sign_in(seeded.admin)
+    b.goto("/admin/users")
+    b.page.get_by_label(f"Name of {seeded.clinician}", exact=True).fill("Dr Mary Fairfax")
+    b.page.get_by_role("button", name=f"Save the name of {seeded.clinician}").click()
+    expect(b.page.get_by_role("status")).to_contain_text("The name is saved")
+    expect(b.page.get_by_label(f"Name of {seeded.clinician}", exact=True)).to_have_value(
+        "Dr Mary Fairfax"
+    )
+    b.page.set_viewport_size({"width": 390, "height": 844})
+    b.shot("users-390")
+    b.page.set_viewport_size({"width": 1280, "height": 900})
+    b.shot("users-1280")
+    b.page.context.clear_cookies()
+    b.sign_in(seeded.clinician)
+    _pdf, flat = _printed_report(b, sparse.patient)
+    assert re.search(r"Prepared by Dr Mary Fairfax \(clinician\) · exported \d{4}-\d\d-\d\d", flat)
+    assert seeded.clinician not in flat  # the name signs, not the email
+    assert b.console_errors == []
 
 
 def test_a_check_in_waiting_for_its_answer_is_said(

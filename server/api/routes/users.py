@@ -46,6 +46,7 @@ def create_user(
         raise ApiError(409, f"a user with email {body.email} exists")
     user = UserRow(
         email=body.email,
+        display_name=body.display_name or None,
         password_hash=hash_password(body.password),
         role=body.role,
         created_at=now_utc(),
@@ -80,8 +81,9 @@ def update_user(
     session: SessionDep,
     request: Request,
 ) -> UserPublic:
-    """Change role, deactivate (revokes their refresh tokens), reset the password (likewise),
-    lift the account's sign-in delay (``unlock``: its failed sign-ins are forgotten)."""
+    """Change role or display name, deactivate (revokes their refresh tokens), reset the password
+    (likewise), lift the account's sign-in delay (``unlock``: its failed sign-ins are
+    forgotten)."""
     user = session.get(UserRow, user_id)
     if user is None:
         raise ApiError(404, f"no user {user_id}")
@@ -90,6 +92,8 @@ def update_user(
     now = now_utc()
     if body.role is not None:
         user.role = body.role
+    if body.display_name is not None:
+        user.display_name = body.display_name or None
     if body.active is not None:
         user.active = body.active
     if body.password is not None:
