@@ -163,6 +163,17 @@ def test_an_admin_archives_a_patient_in_chromium(
     b.shot("archived-390")
     b.page.set_viewport_size({"width": 1280, "height": 900})
     b.shot("archived-1280")
+    # Their clinician still opens the record, which says so at the top.
+    b.page.context.clear_cookies()
+    b.sign_in(seeded.other_clinician)
+    b.goto(f"/patients/{seeded.other_patient}")
+    expect(b.page.locator("#archived")).to_contain_text("Archived since")
+    b.shot_fold("clinician-page-1280")
+    b.page.set_viewport_size({"width": 390, "height": 844})
+    assert b.page.evaluate("document.documentElement.scrollWidth") <= 390
+    b.shot_fold("clinician-page-390")
+    b.page.context.clear_cookies()
+    b.sign_in(seeded.admin)
     b.page.set_viewport_size({"width": 390, "height": 844})
     b.goto("/admin/patients")
     expect(b.page.locator("#admin-patients")).not_to_contain_text(seeded.other_name)
