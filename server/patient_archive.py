@@ -9,7 +9,8 @@ patient back as they were.
 
 A patient who still holds a device after today (an assignment with no end, or one ending after
 today in the server's time zone, or starting later) is not archived: the admin ends the assignment
-first, its last day today at the latest (the admin's form offers today). Archiving ends none by
+first, its last day today at the latest (the admin's form offers today), or cancels one that has
+not begun (``PATCH /assignments/{id}``). Archiving ends none by
 itself, because ending one decides whose record
 the device's next sessions and safety events join, and a device still in someone's hands must
 not drop out of every clinician's view as a side effect.
@@ -70,8 +71,8 @@ def archive(session: Session, patient: PatientRow, now: datetime) -> None:
         devices = ", ".join(sorted({a.device_id for a in held}))
         raise ArchiveRefused(
             f"the patient still has device {devices} assigned after today: end the assignment "
-            "first, its last day today at the latest (archiving ends none, so that no device "
-            "leaves its patient unnoticed)"
+            "first, its last day today at the latest, or cancel it if it has not begun (archiving "
+            "ends none, so that no device leaves its patient unnoticed)"
         )
     patient.archived_at = now
     patient.updated_at = now
