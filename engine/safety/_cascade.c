@@ -19,6 +19,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <math.h>
 #include <string.h>
 
 typedef double pair __attribute__((vector_size(16)));
@@ -91,6 +92,127 @@ general(const double *sos, Py_ssize_t sections, const float *x, Py_ssize_t frame
                 u = sum;
             }
             out[n] = u;
+        }
+    }
+}
+
+/* Sections the stereo bank keeps side by side (every weighting's together). */
+#define BANK_MAX_SECTIONS 16
+
+/* Several cascades over the same stereo block in one pass, each into its running energy: the
+ * weightings' recurrences do not depend on one another, so the CPU overlaps them where one
+ * cascade alone leaves it waiting. Each filter's values are computed exactly as stereo() does. */
+static void
+stereo_bank(const double *sos, const Py_ssize_t *counts, Py_ssize_t filters, const float *x,
+            Py_ssize_t frames, double *y, double *zi)
+{
+    pair b0[BANK_MAX_SECTIONS], b1[BANK_MAX_SECTIONS], b2[BANK_MAX_SECTIONS];
+    pair a1[BANK_MAX_SECTIONS], a2[BANK_MAX_SECTIONS];
+    pair s0[BANK_MAX_SECTIONS], s1[BANK_MAX_SECTIONS];
+    pair sums[BANK_MAX_SECTIONS];
+    Py_ssize_t k = 0;
+    for (Py_ssize_t f = 0; f < filters; f++) {
+        double *state = zi + 4 * k; /* this filter's (2 channels, counts[f] sections, 2) */
+        for (Py_ssize_t j = 0; j < counts[f]; j++, k++) {
+            const double *c = sos + 6 * k;
+            b0[k] = (pair){c[0], c[0]};
+            b1[k] = (pair){c[1], c[1]};
+            b2[k] = (pair){c[2], c[2]};
+            a1[k] = (pair){c[4], c[4]};
+            a2[k] = (pair){c[5], c[5]};
+            s0[k] = (pair){state[2 * j], state[2 * (counts[f] + j)]};
+            s1[k] = (pair){state[2 * j + 1], state[2 * (counts[f] + j) + 1]};
+        }
+        sums[f] = (pair){0.0, 0.0};
+    }
+    for (Py_ssize_t n = 0; n < frames; n++) {
+        pair input = {x[2 * n], x[2 * n + 1]};
+        k = 0;
+        for (Py_ssize_t f = 0; f < filters; f++) {
+            pair u = input;
+            for (Py_ssize_t j = 0; j < counts[f]; j++, k++) {
+                pair out = b0[k] * u + s0[k];
+                s0[k] = b1[k] * u - a1[k] * out + s1[k];
+                s1[k] = b2[k] * u - a2[k] * out;
+                u = out;
+            }
+            sums[f] += u * u;
+            y[2 * f * frames + n] = sums[f][0];
+            y[(2 * f + 1) * frames + n] = sums[f][1];
+        }
+    }
+    k = 0;
+    for (Py_ssize_t f = 0; f < filters; f++) {
+        double *state = zi + 4 * k;
+        for (Py_ssize_t j = 0; j < counts[f]; j++, k++) {
+            state[2 * j] = s0[k][0];
+            state[2 * j + 1] = s1[k][0];
+            state[2 * (counts[f] + j)] = s0[k][1];
+            state[2 * (counts[f] + j) + 1] = s1[k][1];
+        }
+    }
+}
+
+/* The largest of a and |v|, NaN once either is (fmax would drop a NaN: a non-finite sample must
+ * reach the caller). */
+static inline double
+nan_max_abs(double a, double v)
+{
+    double m = fabs(v);
+    return (m > a || m != m) && a == a ? m : a;
+}
+
+/* Frames of the interpolator's work arrays at a time (they stay in the L1 cache). */
+#define PEAK_CHUNK 512
+
+static void
+interpolated_peak(const double *taps, Py_ssize_t phases, Py_ssize_t span, double *history,
+                  const float *x, Py_ssize_t frames, Py_ssize_t channels, double *peak)
+{
+    Py_ssize_t kept = span - 1, centre = span / 2 - 1;
+    double padded[PEAK_CHUNK + 64], point[PEAK_CHUNK];
+    for (Py_ssize_t i = 0; i < frames; i++) {
+        peak[i] = 0.0;
+    }
+    for (Py_ssize_t ch = 0; ch < channels; ch++) {
+        for (Py_ssize_t start = 0; start < frames; start += PEAK_CHUNK) {
+            Py_ssize_t length = frames - start < PEAK_CHUNK ? frames - start : PEAK_CHUNK;
+            /* the stream from `kept` frames before the chunk: history, then the block */
+            for (Py_ssize_t t = 0; t < length + kept; t++) {
+                Py_ssize_t at = start + t - kept; /* frame in the block; < 0: in history */
+                padded[t] = at < 0 ? history[(kept + at) * channels + ch]
+                                   : (double)x[at * channels + ch];
+            }
+            for (Py_ssize_t i = 0; i < length; i++) {
+                peak[start + i] = nan_max_abs(peak[start + i], padded[i + centre]);
+            }
+            for (Py_ssize_t p = 0; p < phases; p++) {
+                const double *row = taps + p * span;
+                for (Py_ssize_t i = 0; i < length; i++) {
+                    point[i] = padded[i] * row[0];
+                }
+                for (Py_ssize_t j = 1; j < span; j++) {
+                    double tap = row[j];
+                    for (Py_ssize_t i = 0; i < length; i++) {
+                        point[i] += padded[i + j] * tap;
+                    }
+                }
+                for (Py_ssize_t i = 0; i < length; i++) {
+                    peak[start + i] = nan_max_abs(peak[start + i], point[i]);
+                }
+            }
+        }
+    }
+    /* keep the stream's last `kept` frames */
+    if (frames >= kept) {
+        for (Py_ssize_t i = 0; i < kept * channels; i++) {
+            history[i] = (double)x[(frames - kept) * channels + i];
+        }
+    } else {
+        memmove(history, history + frames * channels,
+                (size_t)((kept - frames) * channels) * sizeof(double));
+        for (Py_ssize_t i = 0; i < frames * channels; i++) {
+            history[(kept - frames) * channels + i] = (double)x[i];
         }
     }
 }
@@ -187,11 +309,167 @@ cascade(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_NONE;
 }
 
+/* Takes the four buffers of a call in order; on failure releases the ones already taken. */
+static int
+get_four(PyObject *const *args, Py_buffer *views, const char *kinds, const int *writable,
+         const char *const *names)
+{
+    for (int i = 0; i < 4; i++) {
+        if (get(args[i], &views[i], kinds[i], writable[i], names[i]) < 0) {
+            while (i-- > 0) {
+                PyBuffer_Release(&views[i]);
+            }
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static void
+release_four(Py_buffer *views)
+{
+    for (int i = 3; i >= 0; i--) {
+        PyBuffer_Release(&views[i]);
+    }
+}
+
+static PyObject *
+bank(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (nargs != 5) {
+        PyErr_Format(PyExc_TypeError, "bank(sos, counts, x, y, zi) takes 5 arguments, got %zd",
+                     nargs);
+        return NULL;
+    }
+    PyObject *counts_seq = PySequence_Fast(args[1], "counts must be a sequence of integers");
+    if (counts_seq == NULL) {
+        return NULL;
+    }
+    Py_ssize_t filters = PySequence_Fast_GET_SIZE(counts_seq);
+    Py_ssize_t counts[BANK_MAX_SECTIONS], total = 0;
+    const char *wrong = NULL;
+    if (filters < 1 || filters > BANK_MAX_SECTIONS) {
+        wrong = "counts must name 1 to 16 filters";
+    }
+    for (Py_ssize_t f = 0; wrong == NULL && f < filters; f++) {
+        counts[f] = PyLong_AsSsize_t(PySequence_Fast_GET_ITEM(counts_seq, f));
+        if (counts[f] == -1 && PyErr_Occurred()) {
+            Py_DECREF(counts_seq);
+            return NULL;
+        }
+        if (counts[f] < 1) {
+            wrong = "every filter needs at least one section";
+        }
+        total += counts[f];
+    }
+    Py_DECREF(counts_seq);
+    if (wrong != NULL) {
+        PyErr_SetString(PyExc_ValueError, wrong);
+        return NULL;
+    }
+    PyObject *const buffers[4] = {args[0], args[2], args[3], args[4]};
+    Py_buffer views[4];
+    static const int writable[4] = {0, 0, 1, 1};
+    static const char *const names[4] = {"sos", "x", "y", "zi"};
+    if (get_four(buffers, views, "dfdd", writable, names) < 0) {
+        return NULL;
+    }
+    Py_ssize_t values = views[3].len / (Py_ssize_t)sizeof(double);
+    Py_ssize_t channels = values / (2 * total);
+    Py_ssize_t samples = views[1].len / (Py_ssize_t)sizeof(float);
+    Py_ssize_t frames = channels ? samples / channels : 0;
+    if (views[0].len != total * 6 * (Py_ssize_t)sizeof(double)) {
+        wrong = "sos must hold the counts' sections of 6 coefficients";
+    } else if (channels == 0 || values != 2 * total * channels) {
+        wrong = "zi must hold 2 values per section per channel";
+    } else if (samples != frames * channels) {
+        wrong = "x must hold whole frames of every channel";
+    } else if (views[2].len != filters * samples * (Py_ssize_t)sizeof(double)) {
+        wrong = "y must have as many values as x for every filter";
+    }
+    if (wrong == NULL) {
+        const double *coefficients = views[0].buf;
+        const float *input = views[1].buf;
+        double *output = views[2].buf, *state = views[3].buf;
+        Py_BEGIN_ALLOW_THREADS
+        if (channels == 2 && total <= BANK_MAX_SECTIONS) {
+            stereo_bank(coefficients, counts, filters, input, frames, output, state);
+        } else {
+            for (Py_ssize_t f = 0, first = 0; f < filters; first += counts[f], f++) {
+                general(coefficients + 6 * first, counts[f], input, frames, channels,
+                        output + f * samples, state + 2 * channels * first, 1);
+            }
+        }
+        Py_END_ALLOW_THREADS
+    }
+    release_four(views);
+    if (wrong != NULL) {
+        PyErr_SetString(PyExc_ValueError, wrong);
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+true_peak(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (nargs != 4) {
+        PyErr_Format(PyExc_TypeError,
+                     "true_peak(taps, history, x, peak) takes 4 arguments, got %zd", nargs);
+        return NULL;
+    }
+    Py_buffer views[4];
+    static const int writable[4] = {0, 1, 0, 1};
+    static const char *const names[4] = {"taps", "history", "x", "peak"};
+    if (get_four(args, views, "ddfd", writable, names) < 0) {
+        return NULL;
+    }
+    const char *wrong = NULL;
+    if (views[0].ndim != 2 || views[1].ndim != 2 || views[2].ndim != 2 || views[3].ndim != 1) {
+        wrong = "taps, history and x must be 2-dimensional, peak 1-dimensional";
+    } else if (views[0].shape[1] < 2 || views[0].shape[1] > 64 || views[0].shape[1] % 2) {
+        wrong = "taps must have an even number of columns from 2 to 64";
+    } else if (views[1].shape[0] != views[0].shape[1] - 1) {
+        wrong = "history must hold one frame fewer than taps has columns";
+    } else if (views[1].shape[1] != views[2].shape[1] || views[2].shape[1] < 1) {
+        wrong = "history and x must have the same channels";
+    } else if (views[3].shape[0] != views[2].shape[0]) {
+        wrong = "peak must have one value per frame of x";
+    }
+    if (wrong == NULL) {
+        const double *taps = views[0].buf;
+        Py_ssize_t phases = views[0].shape[0], span = views[0].shape[1];
+        double *history = views[1].buf, *peak = views[3].buf;
+        const float *input = views[2].buf;
+        Py_ssize_t frames = views[2].shape[0], channels = views[2].shape[1];
+        Py_BEGIN_ALLOW_THREADS
+        interpolated_peak(taps, phases, span, history, input, frames, channels, peak);
+        Py_END_ALLOW_THREADS
+    }
+    release_four(views);
+    if (wrong != NULL) {
+        PyErr_SetString(PyExc_ValueError, wrong);
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"cascade", (PyCFunction)(void (*)(void))cascade, METH_FASTCALL,
      "cascade(sos, x, y, zi, energy): filter the (frames, channels) float32 block x through the "
      "sections sos into y, (channels, frames) float64, carrying the state zi, (channels, "
      "sections, 2); with energy true, y gets the running sum of the squares instead."},
+    {"bank", (PyCFunction)(void (*)(void))bank, METH_FASTCALL,
+     "bank(sos, counts, x, y, zi): the running energies of several cascades (counts[f] sections "
+     "each, in sos one after the other) of the block x into y, (filters, channels, frames), in one "
+     "pass; zi holds each filter's (channels, sections, 2) state in turn."},
+    {"true_peak", (PyCFunction)(void (*)(void))true_peak, METH_FASTCALL,
+     "true_peak(taps, history, x, peak): per frame of the (frames, channels) float32 block x, the "
+     "largest magnitude over its channels of the sample and the points the phases of taps, "
+     "(phases, span), interpolate after it, into peak; history, (span - 1, channels) float64, "
+     "holds the frames before x and is advanced past it."},
     {NULL, NULL, 0, NULL},
 };
 

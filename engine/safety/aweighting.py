@@ -30,13 +30,14 @@ imports neither ``scipy.signal`` (some 75 MB) nor its extension.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any, Final, Literal
 
 import numpy as np
 from numpy.typing import NDArray
 
-from resonera.engine.safety._cascade import cascade
+from resonera.engine.safety._cascade import bank, cascade
 
 F_LOW: Final = (20.598997, 107.65265, 737.86223)
 F_HIGH: Final = 12194.217
@@ -208,3 +209,28 @@ class CWeightingFilter(CascadeFilter):
 
     def __init__(self, sample_rate: int, channels: int = 2) -> None:
         super().__init__(_design(sample_rate, "C"), channels)
+
+
+class WeightingBank:
+    """Several filters' running energies of the same block in one pass of the compiled cascade
+    (``_cascade.c``: ``bank``): each filter's values exactly as its own ``running_energy_into``
+    gives them, bit for bit, but the block is read once and the filters' recurrences, which do not
+    wait on one another, run side by side (the safety chain's A, C and unweighted measures cost
+    about what the A-weighting alone did). It starts from the filters' states as they are, and
+    carries its own from then on."""
+
+    def __init__(self, filters: Sequence[CascadeFilter]) -> None:
+        if not filters or len({f.channels for f in filters}) != 1:
+            raise ValueError("a weighting bank needs at least one filter, all of one channel count")
+        self.channels = filters[0].channels
+        self.sos = np.ascontiguousarray(np.concatenate([f.sos for f in filters]), dtype=np.float64)
+        self.counts = tuple(f.sos.shape[0] for f in filters)
+        self._zi = np.concatenate([f._zi.ravel() for f in filters])  # each filter's in turn
+
+    def __len__(self) -> int:
+        return len(self.counts)
+
+    def running_energy_into(self, block: Block, out: Samples) -> None:
+        """Each filter's running energy of ``block`` into ``out``, ``(filters, channels,
+        frames)`` float64, C-contiguous."""
+        bank(self.sos, self.counts, np.ascontiguousarray(block, dtype=np.float32), out, self._zi)

@@ -63,6 +63,7 @@ from resonera.engine.safety.aweighting import (
     AWeightingFilter,
     CWeightingFilter,
     Unweighted,
+    WeightingBank,
     memory_frames,
 )
 from resonera.engine.safety.dcblock import DcBlocker
@@ -182,10 +183,12 @@ class SafetyChain:
         self.level = LevelCeiling(
             sample_rate,
             self._level_mean_squares(),
-            (
-                AWeightingFilter(sample_rate, channels).running_energy_into,
-                CWeightingFilter(sample_rate, channels).running_energy_into,
-                Unweighted(channels).running_energy_into,
+            WeightingBank(
+                (
+                    AWeightingFilter(sample_rate, channels),
+                    CWeightingFilter(sample_rate, channels),
+                    Unweighted(channels),
+                )
             ),
             channels=channels,
         )

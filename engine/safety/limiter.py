@@ -27,7 +27,7 @@ few passes over its own samples however long ``L`` is, and nothing here needs sc
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Final
+from typing import Final, Protocol, runtime_checkable
 
 import numpy as np
 from numpy.typing import NDArray
@@ -44,6 +44,16 @@ Samples = NDArray[np.float64]
 #: Writes the running sums of a block's weighted squares, ``(channels, frames)``, into the array it
 #: is given (``CascadeFilter.running_energy_into``).
 Weighting = Callable[[NDArray[np.float32], NDArray[np.float64]], None]
+
+
+@runtime_checkable
+class Weightings(Protocol):
+    """Several weightings of a block in one call (``aweighting.WeightingBank``): their running
+    sums, ``(weightings, channels, frames)``, written into the array given."""
+
+    def __len__(self) -> int: ...
+    def running_energy_into(self, block: Block, out: Samples) -> None: ...
+
 
 #: Quieter than this fraction of the limit counts as silence (a required gain far above 1, so 1).
 _FLOOR: Final = 1e-30
@@ -394,8 +404,9 @@ class LevelCeiling:
     """Keeps the weighted mean-square of the output at or below a maximum in every window, for
     each of its weightings at once.
 
-    ``weightings`` are stateful filters applied to the input (for the safety chain: A, C and none),
-    each with its maximum in ``max_mean_squares``; each writes the running sum of its weighted
+    ``weightings`` are stateful filters applied to the input (for the safety chain: A, C and none,
+    as one ``Weightings`` bank that runs them in one pass), each with its maximum in
+    ``max_mean_squares``; each writes the running sum of its weighted
     block's squares channel by channel, ``(channels, frames)`` float64, from the block's first
     frame on, into the array it is given (``Weighting``). The first weighting's is kept as
     ``energy`` (the chain's meter reuses it). One gain serves them all: a window's required gain
@@ -407,7 +418,7 @@ class LevelCeiling:
         self,
         sample_rate: int,
         max_mean_squares: Sequence[float],
-        weightings: Sequence[Weighting],
+        weightings: Sequence[Weighting] | Weightings,
         *,
         window_s: float = DEFAULT_LEVEL_WINDOW_S,
         release_s: float = 1.0,
@@ -415,15 +426,20 @@ class LevelCeiling:
     ) -> None:
         if not weightings or len(weightings) != len(max_mean_squares):
             raise ValueError("give one maximum mean square per weighting (at least one)")
-        self.weightings = tuple(weightings)
+        self._weigh = (
+            weightings.running_energy_into
+            if isinstance(weightings, Weightings)
+            else _one_by_one(tuple(weightings))
+        )
+        self._count = len(weightings)
         self.channels = channels
         self.window = _odd_window(window_s, sample_rate)
-        self._limits = np.zeros((len(weightings), 1), dtype=np.float64)
+        self._limits = np.zeros((self._count, 1), dtype=np.float64)
         self._window_limits = self._limits
         self.set_max_mean_squares(*max_mean_squares)
         # every weighting's running sums side by side, (weightings, channels, frames): one window
         # sum and one quick test for all of them; primed with silence
-        self._energy = WindowSums(self.window, (len(weightings), channels))
+        self._energy = WindowSums(self.window, (self._count, channels))
         # A sample's gain limit is the minimum of ``required`` over the windows that hold it (one
         # forward minimum), which the smoother takes a forward minimum of again: one pass over both.
         self._smoother = GainSmoother(
@@ -459,9 +475,8 @@ class LevelCeiling:
         frames = block.shape[0]
         if frames == 0:
             return block
-        running = np.empty((len(self.weightings), self.channels, frames), dtype=np.float64)
-        for weighting, into in zip(self.weightings, running, strict=True):
-            weighting(block, into)
+        running = np.empty((self._count, self.channels, frames), dtype=np.float64)
+        self._weigh(block, running)
         self.energy = running[0]
         self.passed = True
         window = self.window
@@ -515,3 +530,13 @@ class LevelCeiling:
         pairs = chunks[..., :-1] + chunks[..., 1:]
         loudest = np.maximum.reduce(np.maximum.reduce(pairs, axis=2), axis=1)
         return bool(np.all(loudest <= limits))
+
+
+def _one_by_one(weightings: tuple[Weighting, ...]) -> Callable[[Block, Samples], None]:
+    """Separate weightings as one: each writes its own row of the running sums."""
+
+    def weigh(block: Block, running: Samples) -> None:
+        for weighting, into in zip(weightings, running, strict=True):
+            weighting(block, into)
+
+    return weigh
