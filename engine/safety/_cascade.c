@@ -456,6 +456,31 @@ true_peak(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_NONE;
 }
 
+static PyObject *
+largest_magnitude(PyObject *module, PyObject *arg)
+{
+    (void)module;
+    Py_buffer view;
+    if (get(arg, &view, 'f', 0, "x") < 0) {
+        return NULL;
+    }
+    const float *x = view.buf;
+    Py_ssize_t count = view.len / (Py_ssize_t)sizeof(float);
+    double largest = 0.0;
+    Py_BEGIN_ALLOW_THREADS
+    float high = 0.0f;
+    int nan = 0;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        float m = fabsf(x[i]);
+        high = m > high ? m : high;
+        nan |= m != m;
+    }
+    largest = nan ? (double)NAN : (double)high;
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&view);
+    return PyFloat_FromDouble(largest);
+}
+
 static PyMethodDef methods[] = {
     {"cascade", (PyCFunction)(void (*)(void))cascade, METH_FASTCALL,
      "cascade(sos, x, y, zi, energy): filter the (frames, channels) float32 block x through the "
@@ -465,6 +490,9 @@ static PyMethodDef methods[] = {
      "bank(sos, counts, x, y, zi): the running energies of several cascades (counts[f] sections "
      "each, in sos one after the other) of the block x into y, (filters, channels, frames), in one "
      "pass; zi holds each filter's (channels, sections, 2) state in turn."},
+    {"largest_magnitude", (PyCFunction)largest_magnitude, METH_O,
+     "largest_magnitude(x): the largest |value| of the C-contiguous float32 array x (0.0 when "
+     "empty), NaN when it holds a NaN."},
     {"true_peak", (PyCFunction)(void (*)(void))true_peak, METH_FASTCALL,
      "true_peak(taps, history, x, peak): per frame of the (frames, channels) float32 block x, the "
      "largest magnitude over its channels of the sample and the points the phases of taps, "

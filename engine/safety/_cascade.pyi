@@ -36,3 +36,6 @@ def true_peak(
     sample and the points each row of ``taps``, ``(phases, span)``, interpolates after it (a NaN
     kept), into ``peak``; ``history``, ``(span - 1, channels)``, holds the frames before ``x`` and
     is advanced past it."""
+
+def largest_magnitude(x: NDArray[np.float32], /) -> float:
+    """The largest ``|value|`` of ``x`` (0.0 when empty), NaN when it holds a NaN."""
