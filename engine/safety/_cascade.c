@@ -13,6 +13,12 @@
  * extensions: SSE2 on x86-64, NEON on ARM), which does two channels in about the time scipy takes
  * for one, and the float32 input is read as it comes, with no transposed float64 copy first.
  *
+ * bank(sos, counts, x, y, zi): several cascades' running energies of the same block in one pass
+ * (the level ceiling's A, C and unweighted measures), each bit for bit what cascade() gives it.
+ * true_peak(taps, history, x, peak) and largest_magnitude(x): the limiter's true-peak detector
+ * (the 4x polyphase interpolator of truepeak.py) and its quick test of a block, which cost the
+ * chain more as numpy calls than any filter.
+ *
  * Every value is computed with exactly the operations of scipy's cascade (transposed direct form
  * II, in the same order) and built with -ffp-contract=off, so that no multiply-add is fused: the
  * output is bit for bit scipy's (tests/device/test_aweighting.py compares them).
@@ -205,9 +211,9 @@ interpolated_peak(const double *taps, Py_ssize_t span, double *history,
                 }
                 for (Py_ssize_t p = 0; p < PEAK_PHASES; p++) {
                     for (int h = 0; h < 2; h++) {
-                        peak[start + i + 2 * h] = nan_max_abs(peak[start + i + 2 * h], sums[p][h][0]);
-                        peak[start + i + 2 * h + 1] =
-                            nan_max_abs(peak[start + i + 2 * h + 1], sums[p][h][1]);
+                        double *at = peak + start + i + 2 * h;
+                        at[0] = nan_max_abs(at[0], sums[p][h][0]);
+                        at[1] = nan_max_abs(at[1], sums[p][h][1]);
                     }
                 }
             }
@@ -524,7 +530,8 @@ static PyMethodDef methods[] = {
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "_cascade", "The A-weighting filter's compiled cascade.", 0, methods,
+    PyModuleDef_HEAD_INIT, "_cascade", "The safety chain's compiled filters and peak detector.", 0,
+    methods,
 };
 
 PyMODINIT_FUNC
