@@ -165,7 +165,8 @@ def test_database_failure_is_retried_and_nothing_acked_before_commit(
         assert device.acked == []
         init_db(engine)
         _register(engine, "dev-x")
-        wait_until(lambda: envelope.id in device.acked_ids(), what="the ack after recovery")
+        # the consumer retries with a backoff of up to 5 s: allow a few rounds on a loaded machine
+        wait_until(lambda: envelope.id in device.acked_ids(), 30, "the ack after recovery")
         assert _count(engine, SessionRow) == 1
     finally:
         consumer.stop()
