@@ -12,6 +12,7 @@ audited read of their identity, as ``GET /api/v1/patients`` audits it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Annotated, Final
@@ -301,6 +302,37 @@ def patient_admin(
     return patient_page(request, web, state, session, patient_id, done=done)
 
 
+def _on_patient_page(
+    act: Callable[[], object],
+    done: str,
+    *,
+    request: Request,
+    web: WebUser,
+    state: AppState,
+    session: Session,
+    patient_id: str,
+    form: dict[str, str] | None = None,
+) -> Response:
+    """Carry out ``act`` (the API's own route functions, through ``checked`` and ``through_api``)
+    and go back to the patient's page saying ``done``; a refusal rolls back and shows that page
+    again with why, and what was typed (``form``)."""
+    try:
+        act()
+    except FormRefused as exc:
+        session.rollback()
+        return patient_page(
+            request,
+            web,
+            state,
+            session,
+            patient_id,
+            status=exc.status,
+            errors=exc.errors,
+            form=form,
+        )
+    return _go(f"/admin/patients/{patient_id}", done)
+
+
 @router.post("/admin/patients/{patient_id}", response_model=None)
 def edit_patient(
     *,
@@ -315,7 +347,8 @@ def edit_patient(
 ) -> Response:
     """Correct the name and date of birth (notes are the clinicians' and stay as they are)."""
     check_csrf(web, csrf_token)
-    try:
+
+    def save() -> None:
         body = checked(lambda: PatientUpdate(name=name.strip(), birth_date=birth_date))
         through_api(
             lambda: api_patients.update_patient(
@@ -327,20 +360,17 @@ def edit_patient(
                 request=request,
             )
         )
-    except FormRefused as exc:
-        session.rollback()
-        form = {"name": name, "birth_date": birth_date}
-        return patient_page(
-            request,
-            web,
-            state,
-            session,
-            patient_id,
-            status=exc.status,
-            errors=exc.errors,
-            form=form,
-        )
-    return _go(f"/admin/patients/{patient_id}", "saved")
+
+    return _on_patient_page(
+        save,
+        "saved",
+        request=request,
+        web=web,
+        state=state,
+        session=session,
+        patient_id=patient_id,
+        form={"name": name, "birth_date": birth_date},
+    )
 
 
 @router.post("/admin/patients/{patient_id}/clinicians", response_model=None)
@@ -357,7 +387,8 @@ def link(
 ) -> Response:
     """Link the clinician ``clinician_id``, or unlink the one ``unlink`` names."""
     check_csrf(web, csrf_token)
-    try:
+
+    def change() -> None:
         if unlink:
             user_id = checked(lambda: LinkIn(user_id=unlink)).user_id
             through_api(
@@ -380,12 +411,11 @@ def link(
                     request=request,
                 )
             )
-    except FormRefused as exc:
-        session.rollback()
-        return patient_page(
-            request, web, state, session, patient_id, status=exc.status, errors=exc.errors
-        )
-    return _go(f"/admin/patients/{patient_id}", "unlinked" if unlink else "linked")
+
+    done = "unlinked" if unlink else "linked"
+    return _on_patient_page(
+        change, done, request=request, web=web, state=state, session=session, patient_id=patient_id
+    )
 
 
 @router.post("/admin/assignments/{assignment_id}/end", response_model=None)
@@ -408,7 +438,8 @@ def end_assignment(
         raise PageError(404, "There is no such assignment.")
     patient_id = row.patient_id
     valid_to = row.valid_from.isoformat() if cancel else after_last_day(last_day)
-    try:
+
+    def end() -> None:
         body = checked(lambda: AssignmentUpdate(valid_to=valid_to))
         through_api(
             lambda: api_assignments.end_assignment(
@@ -419,9 +450,8 @@ def end_assignment(
                 request=request,
             )
         )
-    except FormRefused as exc:
-        session.rollback()
-        return patient_page(
-            request, web, state, session, patient_id, status=exc.status, errors=exc.errors
-        )
-    return _go(f"/admin/patients/{patient_id}", "cancelled" if cancel else "ended")
+
+    done = "cancelled" if cancel else "ended"
+    return _on_patient_page(
+        end, done, request=request, web=web, state=state, session=session, patient_id=patient_id
+    )
