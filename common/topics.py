@@ -12,7 +12,7 @@ from resonera.common.errors import ProtocolError
 
 PREFIX: Final = "resonera/v1/dev"
 
-UpKind = Literal["session", "event", "metrics", "reported", "checkin"]
+UpKind = Literal["session", "event", "metrics", "reported", "checkin", "update"]
 UP_KINDS: Final[tuple[str, ...]] = get_args(UpKind)
 
 DEVICE_ID_PATTERN: Final = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"

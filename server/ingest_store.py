@@ -83,6 +83,7 @@ def store_batch(
         "metrics": table_of(MessageRow),
         "reported": table_of(MessageRow),
         "checkin": table_of(MessageRow),
+        "update": table_of(MessageRow),
     }
     new_sessions: list[dict[str, Any]] = []
     for kind, kind_rows in rows.items():
