@@ -38,7 +38,8 @@ PROTOCOL_MAJOR = 1
 #: Minor 3 added the light states refused, blocked and shut_out (6 to 8), which a minor-2 MCU
 #: refuses as a protocol error: the device sends them only through ``light_for_peer``.
 #: Minor 4 added BOARD (after every HELLO): whether the board requires headphones and can see them.
-PROTOCOL_MINOR = 4
+#: Minor 5 added the bootloader frames (UPDATE_*): the device updates the MCU's firmware.
+PROTOCOL_MINOR = 5
 
 #: Longest COBS-encoded frame, without its 0x00 delimiter. Longer input is discarded.
 MAX_ENCODED = 256
@@ -818,3 +819,234 @@ def unpack_board_info(body: bytes) -> BoardInfo:
     if len(body) < 1:
         raise LinkProtocolError("BOARD body is empty, expected at least 1 byte (flags)")
     return BoardInfo(body[0] & BOARD_FLAGS_KNOWN)
+
+
+# ---------------------------------------------------------------------------------------------
+# Firmware update (protocol v1.5): the bootloader's frames, the image format and what is signed.
+# A v1.4 MCU ignores these frames (valid frames of unknown type), so a device that never sends them
+# sees v1.4 behaviour; the device sends them only to an MCU whose HELLO says minor >= 5.
+
+#: The first protocol minor with the bootloader frames.
+UPDATE_SINCE_MINOR = 5
+
+MSG_UPDATE_STATUS = 0x09
+MSG_UPDATE_BEGIN = 0x20
+MSG_UPDATE_CHUNK = 0x21
+MSG_UPDATE_COMMIT = 0x22
+MSG_UPDATE_ABORT = 0x23
+MSG_UPDATE_CONFIRM = 0x24
+
+MESSAGE_NAMES[MSG_UPDATE_STATUS] = "UPDATE_STATUS"
+MESSAGE_NAMES[MSG_UPDATE_BEGIN] = "UPDATE_BEGIN"
+MESSAGE_NAMES[MSG_UPDATE_CHUNK] = "UPDATE_CHUNK"
+MESSAGE_NAMES[MSG_UPDATE_COMMIT] = "UPDATE_COMMIT"
+MESSAGE_NAMES[MSG_UPDATE_ABORT] = "UPDATE_ABORT"
+MESSAGE_NAMES[MSG_UPDATE_CONFIRM] = "UPDATE_CONFIRM"
+
+#: Muted because a firmware update is in progress (STATE.reason, and the text of a refused ARM).
+FAULT_UPDATING = 13
+FAULT_TEXT[FAULT_UPDATING] = "firmware update in progress"
+
+#: Most image bytes in one UPDATE_CHUNK: the body is offset u32 + data, at most ``MAX_BODY``.
+UPDATE_CHUNK_MAX = MAX_BODY - 4
+ED25519_SIGNATURE_BYTES = 64
+SHA256_BYTES = 32
+
+# UPDATE_STATUS codes. Below 10: the request did what it asked; from 10: refused, nothing changed
+# beyond what the code says.
+UPDATE_READY = 0
+UPDATE_CHUNK_OK = 1
+UPDATE_COMMITTED = 2
+UPDATE_ABORTED = 3
+UPDATE_CONFIRMED = 4
+UPDATE_ROLLING_BACK = 5
+UPDATE_REFUSED_SOUND = 10
+UPDATE_REFUSED_SIZE = 11
+UPDATE_REFUSED_NO_TRANSFER = 12
+UPDATE_REFUSED_OFFSET = 13
+UPDATE_REFUSED_INCOMPLETE = 14
+UPDATE_REFUSED_HASH = 15
+UPDATE_REFUSED_SIGNATURE = 16
+UPDATE_REFUSED_IMAGE = 17
+UPDATE_REFUSED_TRIAL = 18
+
+UPDATE_STATUS_TEXT = {
+    UPDATE_READY: "ready: send the image from the next offset",
+    UPDATE_CHUNK_OK: "chunk written",
+    UPDATE_COMMITTED: "image verified and marked pending: rebooting into it",
+    UPDATE_ABORTED: "transfer abandoned: the running image stays",
+    UPDATE_CONFIRMED: "running image confirmed: it boots from now on",
+    UPDATE_ROLLING_BACK: "trial image rejected: rebooting into the previous one",
+    UPDATE_REFUSED_SOUND: "refused: sound is allowed (armed or unmuted)",
+    UPDATE_REFUSED_SIZE: "refused: image size is 0 or larger than a slot",
+    UPDATE_REFUSED_NO_TRANSFER: "refused: no transfer in progress",
+    UPDATE_REFUSED_OFFSET: "refused: chunk not at the next offset",
+    UPDATE_REFUSED_INCOMPLETE: "refused: image not complete",
+    UPDATE_REFUSED_HASH: "refused: image SHA-256 does not match",
+    UPDATE_REFUSED_SIGNATURE: "refused: signature not valid for the pinned update key",
+    UPDATE_REFUSED_IMAGE: "refused: not a firmware image of this format",
+    UPDATE_REFUSED_TRIAL: "refused: the running image is on trial (confirm or roll back first)",
+}
+
+#: Signed: this domain string, then image size u32, image SHA-256, version text8. The domain keeps
+#: a signature over a firmware image from passing for any other document the key family signs.
+UPDATE_SIGNATURE_DOMAIN = b"resonera-mcu-firmware-v1\x00"
+#: An image: this magic, format u8 (1), version text8, body length u32, body.
+IMAGE_MAGIC = b"RSFW"
+IMAGE_FORMAT = 1
+#: A signed image file (what ``resonera-hwsim image build`` writes): this magic, signature, image.
+SIGNED_IMAGE_MAGIC = b"RSFWSIG1"
+
+_UPDATE_BEGIN_HEAD = "<I"
+_U32 = "<I"
+
+
+class UpdateBegin:
+    """UPDATE_BEGIN, device → MCU: the image to come and its signature."""
+
+    def __init__(self, size: int, sha256: bytes, version: str, signature: bytes) -> None:
+        self.size = size
+        self.sha256 = bytes(sha256)
+        self.version = version
+        self.signature = bytes(signature)
+
+    def same_image(self, other: "UpdateBegin") -> bool:
+        return (self.size, self.sha256, self.version, self.signature) == (
+            other.size,
+            other.sha256,
+            other.version,
+            other.signature,
+        )
+
+
+def pack_update_begin(begin: UpdateBegin) -> bytes:
+    if len(begin.sha256) != SHA256_BYTES or len(begin.signature) != ED25519_SIGNATURE_BYTES:
+        raise ValueError("UPDATE_BEGIN needs a 32-byte SHA-256 and a 64-byte signature")
+    return (
+        struct.pack(_UPDATE_BEGIN_HEAD, begin.size & 0xFFFFFFFF)
+        + begin.sha256
+        + _pack_text(begin.version)
+        + begin.signature
+    )
+
+
+def unpack_update_begin(body: bytes) -> UpdateBegin:
+    if len(body) < 4 + SHA256_BYTES + 1 + ED25519_SIGNATURE_BYTES:
+        raise LinkProtocolError("UPDATE_BEGIN body is " + str(len(body)) + " bytes, too short")
+    size = struct.unpack(_UPDATE_BEGIN_HEAD, bytes(body[:4]))[0]
+    sha = bytes(body[4 : 4 + SHA256_BYTES])
+    version, offset = _unpack_text("UPDATE_BEGIN", body, 4 + SHA256_BYTES)
+    _check_length("UPDATE_BEGIN signature", body[offset:], ED25519_SIGNATURE_BYTES)
+    return UpdateBegin(size, sha, version, bytes(body[offset:]))
+
+
+def pack_update_chunk(offset: int, data: bytes) -> bytes:
+    if not 0 < len(data) <= UPDATE_CHUNK_MAX:
+        raise ValueError("UPDATE_CHUNK carries 1 to " + str(UPDATE_CHUNK_MAX) + " bytes")
+    return struct.pack(_U32, offset & 0xFFFFFFFF) + bytes(data)
+
+
+def unpack_update_chunk(body: bytes) -> "tuple[int, bytes]":
+    if len(body) < 5:
+        raise LinkProtocolError(
+            "UPDATE_CHUNK body is " + str(len(body)) + " bytes, expected 5 or more"
+        )
+    return struct.unpack(_U32, bytes(body[:4]))[0], bytes(body[4:])
+
+
+class UpdateStatus:
+    """UPDATE_STATUS, MCU → device: the answer to every update frame."""
+
+    def __init__(self, status: int, next_offset: int, text: str = "") -> None:
+        self.status = status
+        self.next_offset = next_offset
+        self.text = text
+
+    @property
+    def refused(self) -> bool:
+        return self.status >= UPDATE_REFUSED_SOUND
+
+    def describe(self) -> str:
+        name = UPDATE_STATUS_TEXT.get(self.status, "unknown update status " + str(self.status))
+        return name + (" (" + self.text + ")" if self.text else "")
+
+    def __repr__(self) -> str:
+        return "UpdateStatus(" + str(self.status) + ", " + str(self.next_offset) + ")"
+
+
+def pack_update_status(status: UpdateStatus) -> bytes:
+    text = status.text.encode("utf-8")[: MAX_BODY - 5]
+    return bytes((status.status & 0xFF,)) + struct.pack(_U32, status.next_offset) + text
+
+
+def unpack_update_status(body: bytes) -> UpdateStatus:
+    """``UpdateStatus``; undecodable text is replaced by the code's description (it is for a log)."""
+    if len(body) < 5:
+        raise LinkProtocolError(
+            "UPDATE_STATUS body is " + str(len(body)) + " bytes, expected 5 or more"
+        )
+    try:
+        text = bytes(body[5:]).decode("utf-8")
+    except UnicodeError:
+        text = ""
+    return UpdateStatus(body[0], struct.unpack(_U32, bytes(body[1:5]))[0], text)
+
+
+def update_signed_message(size: int, sha256: bytes, version: str) -> bytes:
+    """The bytes the update key signs for a firmware image (``UPDATE_SIGNATURE_DOMAIN``)."""
+    return UPDATE_SIGNATURE_DOMAIN + struct.pack(_U32, size) + bytes(sha256) + _pack_text(version)
+
+
+def pack_image(version: str, body: bytes) -> bytes:
+    """A firmware image: header (magic, format, version, body length), then ``body``."""
+    raw = version.encode("utf-8")
+    if not raw or len(raw) > MAX_TEXT:
+        raise ValueError("an image version is 1 to " + str(MAX_TEXT) + " bytes of UTF-8")
+    return (
+        IMAGE_MAGIC
+        + bytes((IMAGE_FORMAT,))
+        + _pack_text(version)
+        + struct.pack(_U32, len(body))
+        + bytes(body)
+    )
+
+
+def unpack_image_header(image: bytes) -> "tuple[str, int]":
+    """``(version, total image size)`` from an image's first bytes; ``LinkProtocolError`` if they
+    are not an image header of this format (``total`` is the header plus its declared body)."""
+    if bytes(image[:4]) != IMAGE_MAGIC:
+        raise LinkProtocolError("image does not start with " + repr(IMAGE_MAGIC))
+    if len(image) < 6 or image[4] != IMAGE_FORMAT:
+        raise LinkProtocolError("image format is not " + str(IMAGE_FORMAT))
+    version, offset = _unpack_text("image header", image, 5)
+    if not version:
+        raise LinkProtocolError("image header has an empty version")
+    if len(image) < offset + 4:
+        raise LinkProtocolError("image header ends before its body length")
+    length = struct.unpack(_U32, bytes(image[offset : offset + 4]))[0]
+    return version, offset + 4 + length
+
+
+def pack_signed_image(signature: bytes, image: bytes) -> bytes:
+    if len(signature) != ED25519_SIGNATURE_BYTES:
+        raise ValueError("an Ed25519 signature is 64 bytes")
+    return SIGNED_IMAGE_MAGIC + bytes(signature) + bytes(image)
+
+
+def unpack_signed_image(data: bytes) -> "tuple[bytes, bytes]":
+    """``(signature, image)`` of a signed image file; ``LinkProtocolError`` saying what is wrong."""
+    head = len(SIGNED_IMAGE_MAGIC)
+    if bytes(data[:head]) != SIGNED_IMAGE_MAGIC:
+        raise LinkProtocolError(
+            "not a signed firmware image (no " + repr(SIGNED_IMAGE_MAGIC) + " at the start)"
+        )
+    signature = bytes(data[head : head + ED25519_SIGNATURE_BYTES])
+    image = bytes(data[head + ED25519_SIGNATURE_BYTES :])
+    if len(signature) != ED25519_SIGNATURE_BYTES or not image:
+        raise LinkProtocolError("signed firmware image is truncated")
+    _version, total = unpack_image_header(image)
+    if total != len(image):
+        raise LinkProtocolError(
+            "image header says " + str(total) + " bytes, the file holds " + str(len(image))
+        )
+    return signature, image

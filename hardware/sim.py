@@ -13,6 +13,7 @@ itself (sensors, faults, the pty as its UART) is ``sim_board.py``.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import select
@@ -24,18 +25,84 @@ from pathlib import Path
 from types import TracebackType
 from typing import Protocol
 
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
 from resonera.common import serial_link as sl
+from resonera.hardware.firmware.bootloader import (
+    DEFAULT_SLOT_SIZE,
+    BootChoice,
+    Bootloader,
+    SignatureCheck,
+    boot,
+)
 from resonera.hardware.firmware.config import BoardConfig
 from resonera.hardware.firmware.logic import Controller
-from resonera.hardware.sim_board import READINGS, SimBoard
+from resonera.hardware.sim_board import READINGS, PowerLoss, SimBoard, SimFlash
 
-__all__ = ["OLDEST_MINOR", "READINGS", "Script", "ScriptRun", "SimBoard", "Simulator"]
+__all__ = [
+    "OLDEST_MINOR",
+    "READINGS",
+    "Ed25519Check",
+    "Script",
+    "ScriptRun",
+    "SimBoard",
+    "Simulator",
+    "build_image",
+    "public_key_hex",
+    "sign_image",
+]
 
 #: The oldest protocol minor the simulator can play: v1.2, the first with the status light (what
 #: an older firmware lacks beyond that, buttons and LOWER_LIMITS, it does not play).
 OLDEST_MINOR = 2
 
 log = logging.getLogger(__name__)
+
+#: A crashed image is reset by the hardware watchdog after this long (main.py's WDT is 500 ms).
+WATCHDOG_S = 0.5
+#: How long a reset asked by the firmware (a commit, a rollback) or a power loss keeps it down.
+RESET_BOOT_MS = 20
+
+
+class Ed25519Check(SignatureCheck):
+    """The bootloader's signature check on CPython, with ``cryptography``."""
+
+    def __call__(self, public_key: bytes, message: bytes, signature: bytes) -> bool:
+        try:
+            Ed25519PublicKey.from_public_bytes(public_key).verify(signature, message)
+        except (InvalidSignature, ValueError):
+            return False
+        return True
+
+
+def build_image(version: str, body_size: int = 0) -> bytes:
+    """A simulated firmware image of ``version``: the header, then a body that names the version
+    and is padded to ``body_size`` bytes (if larger) with bytes that depend on the version, so two
+    versions never share a SHA-256."""
+    text = f"resonera safety firmware {version}\n".encode()
+    pad = bytearray()
+    seed = sl.crc16_ccitt_false(version.encode())
+    while len(text) + len(pad) < body_size:
+        seed = (seed * 1103515245 + 12345) & 0x7FFFFFFF
+        pad.append((seed >> 16) & 0xFF)
+    return sl.pack_image(version, text + bytes(pad))
+
+
+def sign_image(key: Ed25519PrivateKey, image: bytes) -> bytes:
+    """The signed image file of ``image``: its signature by the update ``key`` first."""
+    version, size = sl.unpack_image_header(image)
+    if size != len(image):
+        raise ValueError(f"image header says {size} bytes, the image has {len(image)}")
+    digest = hashlib.sha256(image).digest()
+    signature = key.sign(sl.update_signed_message(len(image), digest, version))
+    return sl.pack_signed_image(signature, image)
+
+
+def public_key_hex(key: Ed25519PrivateKey) -> str:
+    """The board setting ``update_public_key`` that pins ``key``'s public half."""
+    return key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw).hex()
 
 
 class ScriptRun(Protocol):
@@ -82,6 +149,8 @@ class Simulator:
         link_path: Path | str | None = None,
         protocol_minor: int = sl.PROTOCOL_MINOR,
         readings: Mapping[str, float | bool] | None = None,
+        rx_bytes_per_s: float | None = None,
+        slot_size: int = DEFAULT_SLOT_SIZE,
     ) -> None:
         unknown = set(readings or {}) - set(READINGS)
         if unknown:
@@ -112,6 +181,21 @@ class Simulator:
         #: How many times the firmware was restarted by ``reboot()``.
         self.reboots = 0
         self.error: BaseException | None = None
+        self._rx_bytes_per_s = rx_bytes_per_s
+        #: The MCU's flash: two image slots and the boot record, kept across simulated power
+        #: cycles (not across simulators). It starts factory-fresh with the configuration's
+        #: ``firmware_version`` in slot a.
+        self.flash = SimFlash(slot_size)
+        self.flash.install_factory(build_image(self.config.firmware_version))
+        self._public_key = bytes.fromhex(self.config.update_public_key)
+        #: What the last boot started (None before the first).
+        self.running: BootChoice | None = None
+        self._failing: set[str] = set()
+        self._watchdog_at: float | None = None
+        #: Boots that ran a trial image past its last boot, so the old one ran again.
+        self.rollbacks: list[str] = []
+        #: Simulated power losses (``power_loss_at_chunk``, ``power_loss_in_commit``).
+        self.power_losses = 0
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -124,11 +208,17 @@ class Simulator:
         os.set_blocking(master, False)
         self._master, self._slave = master, slave
         self._port_path = os.ttyname(slave)
-        self._board = SimBoard(master, self.config)
+        self._board = SimBoard(
+            master,
+            self.config,
+            rx_bytes_per_s=self._rx_bytes_per_s,
+            on_reset=lambda: self.reboot(RESET_BOOT_MS),
+        )
         for name, value in self._first_readings.items():
             self._board.set_reading(name, value)
-        self._controller = Controller(self._board, self.config, self.protocol_minor)
-        self._controller.start()
+        self._power_up()
+        if self._watchdog_at is None:
+            self.controller.start()
         if self.link_path is not None:
             tmp = self.link_path.with_name(f".{self.link_path.name}.{os.getpid()}.tmp")
             tmp.unlink(missing_ok=True)
@@ -172,22 +262,57 @@ class Simulator:
         try:
             while not self._stop.is_set():
                 select.select([master], [], [], self._step_interval_s)
-                self._maybe_reboot()
-                with self._lock:
-                    scenario = self._scenario
-                if scenario is not None:
-                    scenario.advance(time.monotonic())
-                if self._booting_until is not None:
-                    if time.monotonic() < self._booting_until:
-                        continue
-                    self._booting_until = None
-                    self.controller.start()
-                self.controller.step()
-                board.flush()
+                try:
+                    self._iteration()
+                except PowerLoss as exc:  # the firmware was cut off mid-write: it boots again
+                    log.info("simulated power loss: %s", exc)
+                    self.power_losses += 1
+                    board.set_mute(True)
+                    self.reboot(RESET_BOOT_MS)
         except BaseException as exc:  # a crash must be visible to the test, not vanish
             self.error = exc
             log.exception("simulator thread crashed")
             board.set_mute(True)
+
+    def _iteration(self) -> None:
+        self._maybe_reboot()
+        with self._lock:
+            scenario = self._scenario
+        if scenario is not None:
+            scenario.advance(time.monotonic())
+        if self._booting_until is not None:
+            if time.monotonic() < self._booting_until:
+                return
+            self._booting_until = None
+            if self._watchdog_at is None:
+                self.controller.start()
+        if self._watchdog_at is not None:  # a crashed image: nothing runs until the watchdog
+            if time.monotonic() >= self._watchdog_at:
+                self._watchdog_at = None
+                self.reboot(0)
+            return
+        self.controller.step()
+        self.board.flush()
+
+    def _power_up(self) -> None:
+        """What the boot ROM and bootloader do: pick the image (spending a trial boot), then run
+        it: a fresh ``Controller`` saying that image's version, or a crash if it is failing."""
+        board = self.board
+        choice = boot(self.flash)
+        if choice is None:
+            raise RuntimeError("no slot of the simulated flash holds a whole image")
+        if choice.rolled_back_from:
+            self.rollbacks.append(choice.rolled_back_from)
+            log.info("simulated bootloader rolled back from %s", choice.rolled_back_from)
+        self.running = choice
+        bootloader = Bootloader(
+            self.flash, choice, self._public_key, Ed25519Check(), self.config.update_trial_boots
+        )
+        self._controller = Controller(board, self.config, self.protocol_minor, bootloader)
+        failing = choice.version in self._failing
+        self._watchdog_at = time.monotonic() + WATCHDOG_S if failing else None
+        if failing:
+            log.info("simulated firmware %s crashed at boot", choice.version)
 
     def _maybe_reboot(self) -> None:
         with self._lock:
@@ -196,8 +321,8 @@ class Simulator:
             return
         board = self.board
         board.set_mute(True)  # power gone: the mute line's pull-up mutes the amplifier
-        # RAM lost: lowered limits, faults.
-        self._controller = Controller(board, self.config, self.protocol_minor)
+        # RAM lost: lowered limits, faults, a transfer in progress; the flash stays.
+        self._power_up()
         self.reboots += 1
         log.info("simulated safety MCU rebooting (%d ms)", boot_ms)
         self._booting_until = time.monotonic() + boot_ms / 1000
@@ -306,6 +431,44 @@ class Simulator:
         a fresh ``Controller`` (muted, fault cleared, lowered limits forgotten) says HELLO again."""
         with self._lock:
             self._reboot_after_ms = max(0, boot_ms)
+
+    # -- the bootloader (protocol v1.5) -------------------------------------------------------------
+
+    @property
+    def firmware_version(self) -> str:
+        """The version of the image running (what its HELLO says; a crashed one says nothing)."""
+        return self.running.version if self.running is not None else ""
+
+    @property
+    def running_slot(self) -> str:
+        return "ab"[self.running.slot] if self.running is not None else "?"
+
+    @property
+    def on_trial(self) -> bool:
+        """The running image is on trial: not confirmed yet."""
+        return self.running is not None and self.running.trial
+
+    @property
+    def crashed(self) -> bool:
+        """The running image crashed at boot and waits for the watchdog."""
+        return self._watchdog_at is not None
+
+    def power_loss_at_chunk(self, n: int = 1) -> None:
+        """The power goes while the ``n``-th chunk from now is written (half of it written)."""
+        self.flash.lose_power_at_chunk(max(1, n))
+
+    def power_loss_in_commit(self) -> None:
+        """The power goes while the next boot record is written (a commit): half of it written."""
+        self.flash.lose_power_at_record()
+
+    def corrupt_write(self) -> None:
+        """The next chunk written lands in flash with one byte wrong (a flash bit error)."""
+        self.flash.corrupt_next_write()
+
+    def fail_image(self, version: str) -> None:
+        """An image of ``version`` crashes whenever it boots: it never says HELLO, the watchdog
+        resets it after ``WATCHDOG_S`` (a new image that fails its health check)."""
+        self._failing.add(version)
 
     def reset(self) -> None:
         """Back to nominal readings and a healthy link (latched faults stay until ARM)."""

@@ -16,6 +16,7 @@ from collections import deque
 from collections.abc import Callable
 
 from resonera.common import serial_link as sl
+from resonera.hardware.firmware.bootloader import Flash
 from resonera.hardware.firmware.config import BoardConfig
 from resonera.hardware.firmware.logic import Board
 
@@ -47,11 +48,73 @@ NOMINAL = {
 }
 
 
-class SimBoard(Board):
-    """A board whose sensors are variables and whose UART is the master side of a pty."""
+class PowerLoss(Exception):
+    """Raised by ``SimFlash`` in the middle of a write: the power is gone, the simulator reboots."""
 
-    def __init__(self, master_fd: int, config: BoardConfig) -> None:
+
+class SimFlash(Flash):
+    """The bootloader's flash, kept by the simulator across its simulated power cycles, with the
+    faults of the update path: a power loss in the Nth chunk written from now, one in the next
+    boot-record write (a commit), and a byte written wrong (a flash bit error). Every fault breaks
+    the write off half-way, as a brown-out would. Called on the simulator's thread only, except the
+    fault setters, which only set numbers."""
+
+    def __init__(self, slot_size: int) -> None:
+        super().__init__(slot_size)
+        self._lose_power_at_chunk = 0
+        self._lose_power_at_record = False
+        self._corrupt_next_write = False
+        #: Slot writes since the simulator started (every chunk is one).
+        self.slot_writes = 0
+
+    def lose_power_at_chunk(self, n: int) -> None:
+        self._lose_power_at_chunk = self.slot_writes + n
+
+    def lose_power_at_record(self) -> None:
+        self._lose_power_at_record = True
+
+    def corrupt_next_write(self) -> None:
+        self._corrupt_next_write = True
+
+    def write_slot(self, slot: int, offset: int, data: bytes) -> None:
+        self.slot_writes += 1
+        if self.slot_writes == self._lose_power_at_chunk:
+            self._lose_power_at_chunk = 0
+            super().write_slot(slot, offset, data[: len(data) // 2])
+            raise PowerLoss(f"power lost writing chunk at offset {offset}")
+        if self._corrupt_next_write and data:
+            self._corrupt_next_write = False
+            data = bytes((data[0] ^ 0x40,)) + bytes(data[1:])
+        super().write_slot(slot, offset, data)
+
+    def write_record_copy(self, index: int, raw: bytes) -> None:
+        if self._lose_power_at_record:
+            self._lose_power_at_record = False
+            super().write_record_copy(index, raw[: len(raw) // 2])
+            raise PowerLoss("power lost writing the boot record")
+        super().write_record_copy(index, raw)
+
+
+class SimBoard(Board):
+    """A board whose sensors are variables and whose UART is the master side of a pty.
+
+    With ``rx_bytes_per_s`` the firmware reads no faster than a UART of that speed delivers
+    (115200 baud 8N1 is 11520 bytes/s), so a transfer over the pty takes as long as over the wire.
+    ``on_reset`` is what ``reset_mcu`` does (the simulator's reboot)."""
+
+    def __init__(
+        self,
+        master_fd: int,
+        config: BoardConfig,
+        *,
+        rx_bytes_per_s: float | None = None,
+        on_reset: Callable[[], None] | None = None,
+    ) -> None:
         self._fd = master_fd
+        self._rx_rate = rx_bytes_per_s
+        self._rx_budget = 0.0
+        self._rx_at = time.monotonic()
+        self._on_reset = on_reset
         self._config = config
         self._start = time.monotonic()
         self._lock = threading.Lock()
@@ -267,13 +330,34 @@ class SimBoard(Board):
     def ticks_ms(self) -> int:
         return int((time.monotonic() - self._start) * 1000)
 
+    def reset_mcu(self) -> None:
+        if self._on_reset is None:
+            raise NotImplementedError("this simulated board has no reset")
+        self.set_mute(True)
+        self._on_reset()
+
+    def _rx_allowance(self) -> int:
+        rate = self._rx_rate
+        if rate is None:
+            return 4096
+        now = time.monotonic()
+        # a UART's FIFO and the firmware's ring buffer hold at most this much between two reads
+        self._rx_budget = min(1024.0, self._rx_budget + (now - self._rx_at) * rate)
+        self._rx_at = now
+        return int(self._rx_budget)
+
     def serial_read(self) -> bytes:
         if self.stalled:
             return b""
+        allowance = self._rx_allowance()
+        if allowance <= 0:
+            return b""
         try:
-            data = os.read(self._fd, 4096)
+            data = os.read(self._fd, allowance)
         except (BlockingIOError, InterruptedError):
             return b""
+        if self._rx_rate is not None:
+            self._rx_budget -= len(data)
         self._tap(data)
         return data
 

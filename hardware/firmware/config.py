@@ -38,6 +38,13 @@ DEFAULTS = {
     # Buttons (protocol v1.2): a level must hold this long to count; held this long is a long press.
     "button_debounce_ms": 20,
     "long_press_ms": 800,
+    # Firmware update (protocol v1.5): the pinned update key, raw Ed25519 public key as 64 hex
+    # digits ("" = this board takes no update); boots a new image gets before it must be confirmed;
+    # how long the device has to confirm it; a transfer with no update frame this long is dropped.
+    "update_public_key": "",
+    "update_trial_boots": 1,
+    "update_confirm_timeout_ms": 30000,
+    "update_idle_timeout_ms": 10000,
     # RP2040 wiring (used by main.py only).
     "uart_id": 0,
     "uart_tx_pin": 0,
@@ -74,7 +81,11 @@ _POSITIVE = (
     "clip_storm_periods",
     "button_debounce_ms",
     "long_press_ms",
+    "update_trial_boots",
+    "update_confirm_timeout_ms",
+    "update_idle_timeout_ms",
 )
+_HEX = "0123456789abcdef"
 
 
 class BoardConfig:
@@ -112,6 +123,16 @@ class BoardConfig:
                 "board setting 'require_headphones' needs a headphone-detect switch "
                 "('headphones_pin' is -1)"
             )
+        key = str(values["update_public_key"])
+        if key and (len(key) != 64 or any(c not in _HEX for c in key)):
+            raise BoardConfigError(
+                "board setting 'update_public_key' must be 64 lowercase hex digits "
+                "(a raw Ed25519 public key) or empty"
+            )
+        self.update_public_key = key
+        self.update_trial_boots = _as_int(values["update_trial_boots"])
+        self.update_confirm_timeout_ms = _as_int(values["update_confirm_timeout_ms"])
+        self.update_idle_timeout_ms = _as_int(values["update_idle_timeout_ms"])
         self.board_id = str(values["board_id"])
         self.firmware_version = str(values["firmware_version"])
         self.max_output_vrms = _as_float(values["max_output_vrms"])

@@ -27,13 +27,22 @@ Contract (hardware/PROTOCOL.md, docs/architecture.md §2.6):
 
 try:
     from resonera.common import serial_link as sl
+    from resonera.hardware.firmware.bootloader import Bootloader  # annotations only
     from resonera.hardware.firmware.config import BoardConfig
-except ImportError:  # on the MCU: flat files next to main.py
+except ImportError:  # on the MCU: flat files next to main.py (main.py builds any Bootloader)
     import serial_link as sl  # type: ignore[import-not-found,no-redef]
     from config import BoardConfig  # type: ignore[import-not-found,no-redef]
 
 #: The first protocol minor with BOARD; the simulator playing an older firmware sends none.
 BOARD_SINCE_MINOR = 4
+#: The update frames (v1.5), answered only with a bootloader; to an older firmware they are unknown.
+_UPDATE_FRAMES = (
+    sl.MSG_UPDATE_BEGIN,
+    sl.MSG_UPDATE_CHUNK,
+    sl.MSG_UPDATE_COMMIT,
+    sl.MSG_UPDATE_ABORT,
+    sl.MSG_UPDATE_CONFIRM,
+)
 
 # Indexes into the tuple ``Board.read_sensors()`` returns.
 AMP_TEMP_C = 0
@@ -123,6 +132,11 @@ class Board:
     def set_light(self, state: int) -> None:
         """Show ``state`` (``sl.LIGHT_*``) on the status light. A board without one keeps this."""
 
+    def reset_mcu(self) -> None:
+        """Restart the MCU now (the boot record decides what runs next). Only boards with a
+        bootloader are asked; on the RP2040 this is ``machine.reset()`` and never returns."""
+        raise NotImplementedError
+
 
 class Controller:
     """The MCU main loop, one ``step()`` at a time. Call ``start()`` once, then ``step()`` often
@@ -133,14 +147,23 @@ class Controller:
         board: Board,
         config: "BoardConfig | None" = None,
         protocol_minor: int = sl.PROTOCOL_MINOR,
+        bootloader: "Bootloader | None" = None,
     ) -> None:
         self.board = board
+        #: Answers the update frames (v1.5); None: this firmware ignores them, as v1.4 did.
+        self.bootloader = bootloader if protocol_minor >= sl.UPDATE_SINCE_MINOR else None
         #: The minor version HELLO reports, and which light states LIGHT may ask for. A real board
         #: speaks ``PROTOCOL_MINOR``; the simulator passes an older one to play an older firmware.
         self.protocol_minor = protocol_minor
         self._light_states = sl.light_states_known(protocol_minor)
         self.config = config if config is not None else BoardConfig()
         c = self.config
+        #: What HELLO says runs: the booted image's version, or the configuration's without one.
+        self.firmware_version = (
+            self.bootloader.running.version if self.bootloader is not None else c.firmware_version
+        )
+        self._last_update_frame = 0
+        self._started_at = 0
         board_limits = sl.Limits(
             c.max_output_vrms,
             c.max_amp_temp_c,
@@ -188,6 +211,7 @@ class Controller:
         self._readings = self.board.read_sensors()
         self._next_telemetry = self.board.ticks_ms()
         self._raw_since = self._next_telemetry
+        self._started_at = self._next_telemetry
         self.board.set_light(self.light)
         self.send_hello()
         self._send_state()
@@ -214,6 +238,8 @@ class Controller:
             code, text = self.active_fault(now)
             if code != sl.FAULT_NONE:
                 self._fault_mute(code, text)
+        if self.bootloader is not None:
+            self._update_timeouts(now)
         if telemetry_due:
             self._send(sl.MSG_TELEMETRY, sl.pack_telemetry(self.telemetry()))
             period = self.config.telemetry_period_ms
@@ -272,6 +298,8 @@ class Controller:
                 sl.check_empty("HELLO_REQUEST", frame.body)
                 self.send_hello()
                 self._send_state()
+            elif frame.type in _UPDATE_FRAMES and self.protocol_minor >= sl.UPDATE_SINCE_MINOR:
+                self._update(frame, now)
             else:
                 self.frames_rejected += 1
                 self.last_rejection = "frame of unknown type " + str(frame.type)
@@ -281,6 +309,8 @@ class Controller:
 
     def _arm(self, now: int) -> None:
         code, text = self.active_fault(now)
+        if self.bootloader is not None and self.bootloader.updating:
+            code, text = sl.FAULT_UPDATING, "updating"
         if code != sl.FAULT_NONE:
             self.fault = code
             self.reason = code
@@ -316,6 +346,54 @@ class Controller:
         self._send(sl.MSG_FAULT, sl.pack_fault(code, text))
         self._send_state()
         self._show_light(sl.LIGHT_FAULT)
+
+    # -- firmware update (v1.5) -------------------------------------------------------------------
+
+    def _update(self, frame: "sl.Frame", now: int) -> None:
+        bootloader = self.bootloader
+        if bootloader is None:  # a board that cannot check a signature takes no update
+            refusal = sl.UpdateStatus(
+                sl.UPDATE_REFUSED_SIGNATURE, 0, "this board has no bootloader"
+            )
+            self._send(sl.MSG_UPDATE_STATUS, sl.pack_update_status(refusal))
+            return
+        was_updating = bootloader.updating
+        sound_allowed = not self.muted or self.armed
+        status, reboot = bootloader.handle(frame.type, frame.body, sound_allowed)
+        self._last_update_frame = now
+        if bootloader.updating and not was_updating:
+            # The transfer holds the output muted until it ends: the mute line is already set
+            # (BEGIN is refused while sound is allowed); say why it stays so.
+            self.board.set_mute(True)
+            self.reason = sl.FAULT_UPDATING
+            self._send_state()
+        self._send(sl.MSG_UPDATE_STATUS, sl.pack_update_status(status))
+        if was_updating and not bootloader.updating and not reboot:
+            self._transfer_ended()
+        if reboot:
+            self.board.reset_mcu()
+
+    def _update_timeouts(self, now: int) -> None:
+        bootloader = self.bootloader
+        assert bootloader is not None
+        c = self.config
+        if bootloader.updating and now - self._last_update_frame > c.update_idle_timeout_ms:
+            # The device is gone mid-transfer: a board that could never arm again is worse.
+            why = "no update frame for " + str(c.update_idle_timeout_ms) + " ms"
+            self._send(sl.MSG_UPDATE_STATUS, sl.pack_update_status(bootloader.drop(why)))
+            self._transfer_ended()
+        elif bootloader.trial and now - self._started_at > c.update_confirm_timeout_ms:
+            # Not confirmed in time: this boot was its last, so the reset boots the old image.
+            why = "not confirmed within " + str(c.update_confirm_timeout_ms) + " ms"
+            status = sl.UpdateStatus(sl.UPDATE_ROLLING_BACK, 0, why)
+            self._send(sl.MSG_UPDATE_STATUS, sl.pack_update_status(status))
+            self.board.set_mute(True)
+            self.board.reset_mcu()
+
+    def _transfer_ended(self) -> None:
+        if self.reason == sl.FAULT_UPDATING:
+            self.reason = sl.FAULT_DEVICE_REQUEST
+            self._send_state()
 
     # -- buttons and the light --------------------------------------------------------------------
 
@@ -370,7 +448,7 @@ class Controller:
     def send_hello(self) -> None:
         """HELLO, then (from v1.4) BOARD: the device learns what the board requires with who it is."""
         hello = sl.Hello(
-            self.config.firmware_version,
+            self.firmware_version,
             self.config.board_id,
             self.limits,
             sl.PROTOCOL_MAJOR,

@@ -128,6 +128,10 @@ class RP2040Board(Board):
     def serial_write(self, data):
         self._uart.write(data)
 
+    def reset_mcu(self):
+        self._uart.flush()  # the UPDATE_STATUS that announced the reset goes out first
+        machine.reset()
+
 
 def main():
     try:
@@ -137,6 +141,8 @@ def main():
         cfg = config.BoardConfig()
     board = RP2040Board(cfg)
     watchdog = machine.WDT(timeout=500)
+    # No bootloader here yet: MicroPython has no Ed25519 to check an image's signature, and a board
+    # that cannot check one must not take an update (hardware/README.md, "Firmware update").
     controller = Controller(board, cfg)
     controller.start()
     while True:

@@ -175,4 +175,4 @@ def test_the_message_table_names_board_as_new_in_v1_4() -> None:
     text = PROTOCOL_MD.read_text(encoding="utf-8")
     row = next(line for line in text.splitlines() if line.startswith("| 0x08 |"))
     assert "| BOARD | MCU → device |" in row and "Since v1.4" in row
-    assert sl.MESSAGE_NAMES[sl.MSG_BOARD] == "BOARD" and sl.PROTOCOL_MINOR == 4
+    assert sl.MESSAGE_NAMES[sl.MSG_BOARD] == "BOARD" and sl.PROTOCOL_MINOR >= 4
