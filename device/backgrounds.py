@@ -50,6 +50,8 @@ __all__ = [
     "ClientFiles",
     "background_fetcher",
     "backgrounds_dir",
+    "client_context",
+    "device_client_files",
 ]
 
 log = logging.getLogger(__name__)
@@ -214,15 +216,10 @@ class BackgroundFetcher:
             raise BackgroundUnavailable(f"cannot fetch {url}: {exc}") from None
 
     def _context(self) -> ssl.SSLContext:
-        files = self.client_files()
         try:
-            context = ssl.create_default_context(
-                cafile=str(self.ca_file) if self.ca_file is not None else None
-            )
-            context.load_cert_chain(files.cert_file, files.key_file)
+            return client_context(self.client_files(), self.ca_file)
         except (OSError, ssl.SSLError) as exc:
             raise BackgroundUnavailable(f"the device's TLS files cannot be used: {exc}") from None
-        return context
 
     def _store(self, file: BackgroundFile, read: Callable[[int], bytes]) -> Path:
         """Stream ``read`` into a temporary file, check it, rename it to its hash."""
@@ -249,15 +246,20 @@ class BackgroundFetcher:
         return final
 
 
-def background_fetcher(
-    settings: DeviceSettings, cache: BackgroundCache
-) -> BackgroundFetcher | None:
-    """The device's fetcher: the server's API root (``server_url``, the enrolled identity's by
-    default), the device's client certificate (that of its broker connection, renewed ones
-    included) and the server's CA (``enroll_ca_file``); None when it has no server or no
-    certificate, so its capabilities say it cannot fetch (logged)."""
-    if settings.server_url is None or settings.mqtt.cert_file is None:
-        log.debug("background files cannot be fetched: no server_url or no client certificate")
+def client_context(files: ClientFiles, ca_file: Path | None) -> ssl.SSLContext:
+    """A TLS context for the device's HTTPS requests to its server (background files, agent
+    updates): ``files`` as the client certificate, the server's checked against ``ca_file`` (None:
+    the system's CAs). ``OSError``/``ssl.SSLError`` when the files cannot be used."""
+    context = ssl.create_default_context(cafile=str(ca_file) if ca_file is not None else None)
+    context.load_cert_chain(files.cert_file, files.key_file)
+    return context
+
+
+def device_client_files(settings: DeviceSettings) -> Callable[[], ClientFiles] | None:
+    """How to find the device's client certificate at each request (that of its broker
+    connection, a renewed one included); None when it has none. The returned function raises
+    ``BackgroundUnavailable`` when the files have gone."""
+    if settings.mqtt.cert_file is None:
         return None
 
     def client_files() -> ClientFiles:
@@ -266,6 +268,20 @@ def background_fetcher(
             raise BackgroundUnavailable("this device has no client certificate and key")
         return ClientFiles(mqtt.cert_file, mqtt.key_file)
 
+    return client_files
+
+
+def background_fetcher(
+    settings: DeviceSettings, cache: BackgroundCache
+) -> BackgroundFetcher | None:
+    """The device's fetcher: the server's API root (``server_url``, the enrolled identity's by
+    default), the device's client certificate (``device_client_files``) and the server's CA
+    (``enroll_ca_file``); None when it has no server or no certificate, so its capabilities say
+    it cannot fetch (logged)."""
+    client_files = device_client_files(settings)
+    if settings.server_url is None or client_files is None:
+        log.debug("background files cannot be fetched: no server_url or no client certificate")
+        return None
     return BackgroundFetcher(cache, settings.server_url, client_files, settings.enroll_ca_file)
 
 
