@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from resonera.common.agent_update import BundleRejected, update_key_from_b64
 from resonera.common.bundle import (
     FILES,
     FORMAT,
@@ -36,11 +38,18 @@ def write_bundle(
     broker_port: int,
     days: int = 365,
     server_url: str | None = None,
+    update_public_keys: Sequence[str] = (),
 ) -> x509.Certificate:
     """Make the device's key and certificate and write the signed bundle into ``out`` (which must
-    not hold one already); return the certificate."""
+    not hold one already); return the certificate. ``update_public_keys`` (base64 raw Ed25519) are
+    the update keys the device pins: none, and it takes no agent update."""
     if (out / MANIFEST).exists():
         raise BundleError(f"{out} already holds a bundle; refusing to overwrite it")
+    for text in update_public_keys:
+        try:
+            update_key_from_b64(text)
+        except BundleRejected as exc:
+            raise BundleError(str(exc)) from None
     key = generate_key()
     cert = ca.sign_device_csr(
         make_csr(key, device_id, serial), passphrase, expected_serial=serial, days=days
@@ -54,6 +63,7 @@ def write_bundle(
         "device_id": device_id,
         "serial": serial,
         "server_public_key": server_public_key,
+        "update_public_keys": list(update_public_keys),
         "broker_host": broker_host,
         "broker_port": broker_port,
         "certificate_sha256": fingerprint(cert),

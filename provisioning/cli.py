@@ -1,4 +1,5 @@
-"""``resonera-provision``: the fleet CA, broker configuration, device certificates and revocation.
+"""``resonera-provision``: the fleet CA, broker configuration, device certificates and revocation;
+the update key and agent update bundles (``update-key``, ``update build``: ``cli_updates.py``).
 
 The CA passphrase comes from ``--passphrase-file``, the ``RESONERA_CA_PASSPHRASE`` environment variable
 or, on a terminal, a prompt. It has no default. A new issuing CA's own passphrase comes from
@@ -31,6 +32,8 @@ from resonera.common.errors import ConfigError
 from resonera.common.identity import common_name, fingerprint, load_certificate
 from resonera.provisioning.broker import SERVER_IDENTITY, BrokerConfig, provision_broker
 from resonera.provisioning.bundle import write_bundle
+from resonera.provisioning.cli_updates import add_update_commands
+from resonera.provisioning.update_key import UpdateKeys
 from resonera.server.fleet_ca import CAError, FleetCA
 
 # The server's settings, database layer and enrollment are imported by the commands that touch the
@@ -49,14 +52,15 @@ _DURATION = re.compile(r"^(\d{1,6})([smhd])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 
 
-def _passphrase(args: argparse.Namespace, *, confirm: bool = False) -> bytes:
+def _passphrase(args: argparse.Namespace, *, confirm: bool = False, what: str = "CA") -> bytes:
+    """The CA's passphrase (``what``: or the update key's, taken the same way)."""
     if args.passphrase_file is not None:
         return Path(args.passphrase_file).read_bytes().rstrip(b"\r\n")
     if os.environ.get(PASSPHRASE_ENV):
         return os.environ[PASSPHRASE_ENV].encode()
     if not sys.stdin.isatty():
-        raise CAError(f"the CA passphrase is needed: use --passphrase-file or {PASSPHRASE_ENV}")
-    first = getpass.getpass("CA passphrase: ")
+        raise CAError(f"the {what} passphrase is needed: use --passphrase-file or {PASSPHRASE_ENV}")
+    first = getpass.getpass(f"{what} passphrase: ")
     if confirm and getpass.getpass("again: ") != first:
         raise CAError("the two passphrases differ")
     return first.encode()
@@ -266,6 +270,7 @@ def _bundle_maker(
         raise ConfigError(
             "the broker address is needed: --broker-host/--broker-port or --server-config"
         )
+    update_keys = UpdateKeys(args.update_key).published() if args.update_key else []
     ca = FleetCA(args.ca)
     passphrase = _passphrase(args)
 
@@ -281,6 +286,7 @@ def _bundle_maker(
             broker_port=port,
             days=args.days,
             server_url=args.server_url,
+            update_public_keys=update_keys,
         )
 
     return make
@@ -292,6 +298,7 @@ def _device_bundle(args: argparse.Namespace) -> int:
         settings = _server_settings(args)
     cert = _bundle_maker(args, settings)(args.out, args.device_id, args.serial)
     print(f"wrote a signed bundle for {args.device_id!r} (serial {args.serial!r}) to {args.out}")
+    _say_if_no_update_key(args)
     if settings is None:
         print("the server's registry was not changed (give --server-config to register it)")
         return 0
@@ -364,10 +371,17 @@ def _devices_import(args: argparse.Namespace) -> int:
         print("nothing new: the registry is unchanged and nothing was written")
         return 0
     what = "factory bundles" if make_bundle is not None else "one-time codes (codes.csv)"
+    if make_bundle is not None:
+        _say_if_no_update_key(args)
     print(f"wrote {what}, labels (labels.html, labels/*.png) and report.txt to {args.out}")
     if make_bundle is None:
         print("the codes are shown only there: keep the folder as you would a key")
     return 0
+
+
+def _say_if_no_update_key(args: argparse.Namespace) -> None:
+    if args.update_key is None:
+        print("no --update-key: the bundle pins no update key, so the device takes no agent update")
 
 
 def _bundle_options(parser: argparse.ArgumentParser) -> None:
@@ -378,6 +392,13 @@ def _bundle_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--broker-host", default=None)
     parser.add_argument("--broker-port", type=int, default=None)
     parser.add_argument("--server-url", default=None, help="https://... the device renews with")
+    parser.add_argument(
+        "--update-key",
+        type=Path,
+        default=None,
+        help="the update key's folder: the device pins its public keys (without it, the device "
+        "takes no agent update)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -509,6 +530,10 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--ca", type=Path, default=None, help="the issuing CA folder (--bundles)")
     _bundle_options(batch)
     batch.set_defaults(func=_devices_import)
+
+    add_update_commands(
+        sub, lambda args, confirm: _passphrase(args, confirm=confirm, what="update key")
+    )
     return parser
 
 

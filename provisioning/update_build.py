@@ -156,7 +156,6 @@ def build_update(
     dest = out / bundle_file_name(wanted)
     if dest.exists():
         raise UpdateBuildError(f"{dest} exists already; remove it or choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="resonera-update-build-") as work_dir:
         work = Path(work_dir)
         tree, wheels = work / "src", work / "wheels"
@@ -200,6 +199,7 @@ def build_update(
             data = sign_manifest(key, manifest)
         except BundleRejected as exc:
             raise UpdateBuildError(f"the bundle would be refused: {exc}") from None
+        out.mkdir(parents=True, exist_ok=True)
         write_bundle(dest, data, ordered)
     size, sha256 = file_digest(dest)
     return BuiltUpdate(
