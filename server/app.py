@@ -15,6 +15,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from sqlalchemy.engine import Engine
 
+from resonera.common.agent_update import MAX_BUNDLE_BYTES
 from resonera.common.clock import Clock, utc_now
 from resonera.common.prescription import MAX_BACKGROUND_BYTES
 from resonera.server.api.deps import AppState
@@ -33,6 +34,7 @@ from resonera.server.api.routes import (
     patients,
     programs,
     sessions,
+    updates,
     users,
 )
 from resonera.server.backgrounds import BackgroundStore
@@ -44,6 +46,7 @@ from resonera.server.schemas import ErrorResponse
 from resonera.server.settings import ServerSettings
 from resonera.server.web import api_docs
 from resonera.server.web import routes as web_routes
+from resonera.server.web import updates as web_updates
 
 API_PREFIX = "/api/v1"
 DESCRIPTION = """The Resonera clinical server.
@@ -127,6 +130,7 @@ def create_app(
         programs,
         outcomes,
         backgrounds,
+        updates,
     ):
         app.include_router(module.router, prefix=API_PREFIX)
     install_error_handlers(app)
@@ -135,7 +139,11 @@ def create_app(
     app.add_middleware(
         BodyLimit,
         max_bytes=settings.max_body_bytes,
-        streamed={API_PREFIX + backgrounds.UPLOAD_PATH: MAX_BACKGROUND_BYTES},
+        streamed={
+            API_PREFIX + backgrounds.UPLOAD_PATH: MAX_BACKGROUND_BYTES,
+            API_PREFIX + updates.UPLOAD_PATH: MAX_BUNDLE_BYTES,
+            web_updates.UPLOAD_PATH: MAX_BUNDLE_BYTES,
+        },
     )
 
     def openapi() -> dict[str, Any]:

@@ -16,6 +16,10 @@ Documents are signed by a pluggable ``DesiredStateSigner`` (``crypto.py``) over 
 published after the database commit (a document is never out before its row). Publishing is
 retained and QoS 1; ``republish_all`` at start repairs anything a broker outage lost.
 
+A device an active rollout targets finds ``agent_update`` in its document
+(``common.agent_update.AgentUpdateTarget``, ``server/updates.py``); a device serving no patient
+gets documents too when a rollout targets it, without a patient's part.
+
 A revoked device's topic carries its ``revoked`` notice instead (``server/notices.py``,
 ``docs/shut-out.md``): ``notify_revoked`` publishes it after the revocation's commit, and
 ``republish_all`` publishes it again rather than the device's last document, which a revoked
@@ -48,6 +52,7 @@ from resonera.common.desired import (
 from resonera.common.errors import VersionConflict
 from resonera.common.mqtt_client import build_client, connect_in_background, stop_loop
 from resonera.common.profile import HearingProfile
+from resonera.server import updates
 from resonera.server.audit import audit
 from resonera.server.crypto import DesiredStateSigner, sign_document
 from resonera.server.models import (
@@ -65,6 +70,8 @@ from resonera.server.settings import ServerSettings
 log = logging.getLogger(__name__)
 
 DOCUMENT_VERSION: Final = 1
+#: The desired document's agent update (``common.agent_update.AgentUpdateTarget``).
+AGENT_UPDATE_KEY: Final = "agent_update"
 
 
 class DesiredPublisher(Protocol):
@@ -292,6 +299,30 @@ class DesiredService:
             for device_id in device_ids
         ]
 
+    def refresh(self, session: Session, device_ids: Iterable[str], now: datetime) -> list[Outgoing]:
+        """New documents for ``device_ids``, each for the patient it serves now (its current config,
+        or none yet) or, serving nobody, with no patient's part at all (an agent update alone); the
+        caller commits, then ``publish``es."""
+        out: list[Outgoing] = []
+        for device_id in device_ids:
+            patient = self.patient_of(session, device_id, now)
+            config = self.current(session, patient) if patient is not None else None
+            out.append(self._document_for(session, device_id, config, now, patient_id=patient))
+        return out
+
+    @staticmethod
+    def patient_of(session: Session, device_id: str, now: datetime) -> str | None:
+        """The patient the device is assigned to at ``now`` (None: nobody)."""
+        return session.exec(
+            select(AssignmentRow.patient_id)
+            .where(
+                AssignmentRow.device_id == device_id,
+                col(AssignmentRow.valid_from) <= now,
+                or_(col(AssignmentRow.valid_to).is_(None), col(AssignmentRow.valid_to) > now),
+            )
+            .order_by(col(AssignmentRow.valid_from).desc())
+        ).first()
+
     def _document_for(
         self,
         session: Session,
@@ -301,21 +332,30 @@ class DesiredService:
         *,
         patient_id: str | None = None,
     ) -> Outgoing:
+        """The device's next document. Without a patient (``config`` and ``patient_id`` None) it
+        has no profile, limits or programs: the device keeps the profile it was provisioned with,
+        and the document carries only what is not a patient's (an agent update)."""
         state = session.get(DeviceDesiredRow, device_id)
         version = (state.version if state is not None else 0) + 1
         patient = config.patient_id if config is not None else patient_id
-        assert patient is not None
         content: dict[str, Any] = {
             "v": DOCUMENT_VERSION,
             "device": device_id,
             "version": version,
             "issued_at": now.isoformat(),
-            "patient_config_version": config.version if config is not None else 0,
-            **config_document(config),
         }
-        resets = pending_resets(session, device_id, patient)
-        if resets:  # absent otherwise: documents of devices that never needed one stay as they were
-            content[LEDGER_RESETS_KEY] = resets
+        if patient is not None:
+            content["patient_config_version"] = config.version if config is not None else 0
+            content.update(config_document(config))
+            resets = pending_resets(session, device_id, patient)
+            if (
+                resets
+            ):  # absent otherwise: documents of devices that never needed one stay as they were
+                content[LEDGER_RESETS_KEY] = resets
+        target = updates.target_for(session, device_id)
+        if target is not None:  # absent otherwise, as for resets
+            content[AGENT_UPDATE_KEY] = target.to_json()
+        updates.note_target(session, device_id, target, now)
         document = sign_document(self.signer, content)
         text = json.dumps(document, sort_keys=True, separators=(",", ":"))
         if state is None:

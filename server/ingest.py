@@ -67,16 +67,18 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from sqlalchemy import Connection, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DataError, DBAPIError, SQLAlchemyError, StatementError
+from sqlmodel import Session
 
 from resonera.common import topics
+from resonera.common.agent_update import UpdateReport
 from resonera.common.envelope import Envelope, check_topic_matches, decode_envelope
 from resonera.common.errors import ProtocolError, ResoneraError
-from resonera.server import metrics
+from resonera.server import metrics, updates
 from resonera.server.attribution import Attribution
 from resonera.server.db import lock_for_write
 from resonera.server.ingest_checks import (
@@ -101,6 +103,9 @@ from resonera.server.models import (
     QuarantineRow,
     table_of,
 )
+
+if TYPE_CHECKING:
+    from resonera.server.desired import DesiredService, Outgoing
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +136,9 @@ class BatchResult:
     stored: int = 0
     duplicates: int = 0
     quarantined: int = 0
+    #: Desired documents re-issued by what the batch said of agent updates (``updates.py``):
+    #: committed with it, to publish now.
+    outgoing: list[Outgoing] = field(default_factory=list)
 
 
 #: The settings' defaults (``device_time_skew_s``, ``device_time_max_age_days``).
@@ -151,10 +159,14 @@ class IngestProcessor:
         clock: Callable[[], datetime] = _now,
         bounds: TimeBounds = _DEFAULT_BOUNDS,
         on_sender_refused: Callable[[str, RegisteredDevice, str], object] | None = None,
+        desired: DesiredService | None = None,
     ) -> None:
         """``on_sender_refused(device_id, registered, reason)``: a registered device's message is
-        quarantined for its sender (revoked, signature): ``server/notices.py`` tells the device."""
+        quarantined for its sender (revoked, signature): ``server/notices.py`` tells the device.
+        ``desired``: signs the documents agent updates re-issue (``BatchResult.outgoing``); without
+        it rollouts still move, and documents are re-issued by the next change the API makes."""
         self._engine = engine
+        self._desired = desired
         self._clock = clock
         self._bounds = bounds
         self._on_sender_refused = on_sender_refused
@@ -185,7 +197,34 @@ class IngestProcessor:
             lock_for_write(conn)
             plan = self._plan(conn, messages, now)
             inserted = store_batch(conn, plan, now, skew=self._bounds.skew)
+            plan.outgoing = self._updates(conn, plan, inserted, now)
         return plan, inserted
+
+    def _updates(
+        self, conn: Connection, plan: BatchPlan, inserted: set[tuple[str, str]], now: datetime
+    ) -> list[Outgoing]:
+        """The batch's agent versions (telemetry's ``agent_version``) and new update reports,
+        recorded in the same transaction; the documents that re-issues (published after it)."""
+        seen = updates.IngestedUpdates()
+        for item in plan.valid:
+            envelope = item.envelope
+            if envelope.kind == "metrics":
+                seen.saw_version(envelope.device, envelope.seq, envelope.body.get("agent_version"))
+            elif (
+                isinstance(item.record, UpdateReport)
+                and (
+                    envelope.device,
+                    envelope.id,
+                )
+                in inserted
+            ):
+                seen.saw_report(envelope.device, envelope.seq, item.record)
+        if not seen.versions and not seen.reports:
+            return []
+        with Session(bind=conn) as session:  # joins the batch's transaction, never commits it
+            outgoing = updates.after_ingest(session, seen, now, self._desired)
+            session.flush()
+        return outgoing
 
     def _one_at_a_time(self, messages: list[Received], now: datetime) -> BatchResult:
         """Each message in a transaction of its own; one that still fails is quarantined alone."""
@@ -224,7 +263,7 @@ class IngestProcessor:
         now: datetime,
     ) -> BatchResult:
         """The result of a committed ``plan``; counters and metrics updated."""
-        result = BatchResult(quarantined=len(plan.quarantine))
+        result = BatchResult(quarantined=len(plan.quarantine), outgoing=list(plan.outgoing))
         seen: set[tuple[str, str]] = set()
         for item in plan.valid:
             key = (item.envelope.device, item.envelope.id)
@@ -422,6 +461,7 @@ def _merge(total: BatchResult, part: BatchResult) -> None:
     for device_id, ids in part.committed.items():
         known = total.committed.setdefault(device_id, [])
         known.extend(i for i in ids if i not in known)
+    total.outgoing.extend(part.outgoing)
     total.stored += part.stored
     total.duplicates += part.duplicates
     total.quarantined += part.quarantined
@@ -448,14 +488,18 @@ def _load_devices(conn: Connection, names: set[str]) -> dict[str, RegisteredDevi
 
 
 #: The tables of stored messages with one kind each (``device_message`` has a ``kind`` column).
-_DIGEST_TABLES: Final = (("session_record", "session"), ("safety_event", "event"))
+_DIGEST_TABLES: Final = (
+    ("session_record", "session"),
+    ("safety_event", "event"),
+    ("update_report", "update"),
+)
 
 
 def _stored_digests(
     conn: Connection, keys: list[tuple[str, str]]
 ) -> dict[tuple[str, str], tuple[str, str | None]]:
     """Of ``keys`` (device id, message id), those stored, with their kind and digest (None for
-    rows from before digests). One statement per 500 keys over the three tables: the keys as a
+    rows from before digests). One statement per 500 keys over the stored messages' tables: the keys as a
     ``VALUES`` table joined to each unique index (``IN`` over pairs scans a whole index on
     SQLite)."""
     mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"

@@ -1,7 +1,8 @@
 """Ingest's checks of one message that need no database: the sender's registration and signature
 (checks 2 and 3 of ``ingest``'s docstring, on the registry rows ingest read), the body for its kind
-(check 4), the content a message id stands for (check 5) and the device's times (checks 6 and 7,
-on the assignments ingest read). Each returns why it refuses, or raises ``ProtocolError`` for the
+(check 4; an agent's update report is a ``common.agent_update.UpdateReport``), the content a
+message id stands for (check 5) and the device's times (checks 6 and 7, on the assignments ingest
+read). Each returns why it refuses, or raises ``ProtocolError`` for the
 body; ``ingest`` quarantines and counts."""
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any, Final, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from resonera.common.agent_update import UpdateReport
 from resonera.common.envelope import Envelope
 from resonera.common.errors import ProtocolError, describe_validation_error
 from resonera.common.records import (
@@ -64,7 +66,7 @@ class RegisteredDevice:
 
 
 #: What a body parses into, by kind (metrics carry none).
-Body = SessionRecord | SafetyEventRecord | DesiredReport | CheckInRecord
+Body = SessionRecord | SafetyEventRecord | DesiredReport | CheckInRecord | UpdateReport
 
 
 @dataclass
@@ -126,6 +128,11 @@ def parse_body(envelope: Envelope, payload: bytes) -> Body | None:
             return record
     if envelope.kind == "checkin":
         return parse_checkin(envelope.body, envelope.device)
+    if envelope.kind == "update":
+        try:
+            return UpdateReport.from_json(envelope.body)
+        except ProtocolError as exc:
+            raise ProtocolError(f"invalid update body: {exc}") from None
     if envelope.kind == "session":
         return _strict(SessionRecord, envelope.body, "session")
     if envelope.kind == "event":

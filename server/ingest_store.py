@@ -1,5 +1,6 @@
 """What a checked batch writes, in the caller's transaction: the stored messages' rows
-(insert-or-ignore on device and message id), their patients, check-ins, the daily dose of the
+(insert-or-ignore on device and message id; an agent's update reports in ``update_report``, what
+they mean for rollouts is ``updates.after_ingest``), their patients, check-ins, the daily dose of the
 sessions new to the store, ``device_state`` (latest by seq, reported version, presence, clock) and
 the quarantine. ``ingest`` checks and sorts the batch into a ``BatchPlan``; this stores it."""
 
@@ -9,10 +10,11 @@ import json
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from sqlalchemy import Connection, case
 
+from resonera.common.agent_update import UpdateReport
 from resonera.common.envelope import Envelope
 from resonera.common.records import CheckInRecord, DesiredReport, SafetyEventRecord, SessionRecord
 from resonera.common.routine_events import stored_event_type
@@ -27,8 +29,12 @@ from resonera.server.models import (
     QuarantineRow,
     SafetyEventRow,
     SessionRow,
+    UpdateReportRow,
     table_of,
 )
+
+if TYPE_CHECKING:
+    from resonera.server.desired import Outgoing
 from resonera.server.outcomes import store_checkins
 
 _KEY = ("device_id", "message_id")
@@ -57,6 +63,8 @@ class BatchPlan:
     skew: dict[str, float] = field(default_factory=dict)
     #: The assignments of the batch's devices (read once, for checks and attribution).
     attribution: Attribution | None = None
+    #: Desired documents the batch's agent-update facts re-issued (``ingest._updates``).
+    outgoing: list[Outgoing] = field(default_factory=list)
 
 
 def store_batch(
@@ -83,7 +91,7 @@ def store_batch(
         "metrics": table_of(MessageRow),
         "reported": table_of(MessageRow),
         "checkin": table_of(MessageRow),
-        "update": table_of(MessageRow),
+        "update": table_of(UpdateReportRow),
     }
     new_sessions: list[dict[str, Any]] = []
     for kind, kind_rows in rows.items():
@@ -140,6 +148,15 @@ def _row(item: CheckedMessage, now: datetime) -> dict[str, Any]:
             "patient_id": None,
             "event_type": stored_event_type(item.record),
             "body": envelope.body,
+        }
+    if isinstance(item.record, UpdateReport):
+        return {
+            **base,
+            "rollout": item.record.rollout,
+            "state": item.record.state,
+            "from_version": item.record.from_version,
+            "to_version": item.record.to_version,
+            "reason": item.record.reason,
         }
     body = json.dumps(envelope.body, separators=(",", ":"), ensure_ascii=False)
     return {**base, "kind": envelope.kind, "body": body}

@@ -16,6 +16,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Column,
     Date,
     DateTime,
@@ -41,6 +42,12 @@ DISPLAY_NAME_MAX = 120
 QUARANTINE_PAYLOAD_MAX = 64 * 1024
 QUARANTINE_TOPIC_MAX = 1024
 QUARANTINE_REASON_MAX = 2000
+
+#: A device cohort's name, an agent version (PEP 440 text), a rollout's id.
+COHORT_MAX = 64
+AGENT_VERSION_MAX = 64
+ROLLOUT_ID_MAX = 36
+UPDATE_REASON_MAX = 500
 
 ROLES = ("admin", "clinician", "auditor")
 SIG_UNSIGNED = "unsigned"
@@ -176,6 +183,8 @@ class DeviceRow(SQLModel, table=True):
     revoked: bool = False
     note: str = Field(default="", max_length=500)
     created_at: datetime = Field(sa_type=UTCDateTime)
+    #: The named group an admin put the device in (a rollout may target one); None: none.
+    cohort: str | None = Field(default=None, max_length=COHORT_MAX)
 
 
 class AssignmentRow(SQLModel, table=True):
@@ -581,6 +590,104 @@ class CheckInRow(SQLModel, table=True):
     #: Why the device recorded it skipped (``CheckInRecord.skip_reason``); None when answered
     #: or sent by a device that predates it.
     skip_reason: str | None = Field(default=None, max_length=200)
+
+
+# -- agent updates (issue 25, docs/updates.md) --------------------------------------------------
+
+
+class AgentBundleRow(SQLModel, table=True):
+    """An uploaded agent bundle, checked (signature, members) and kept in the bundle store under
+    its SHA-256 (``<data_dir>/updates/<sha256>``); rows are never updated."""
+
+    __tablename__ = "agent_bundle"
+
+    version: str = Field(primary_key=True, max_length=AGENT_VERSION_MAX)
+    sha256: str = Field(max_length=64, unique=True)
+    size: int = Field(sa_type=BigInteger)
+    #: The signed manifest as it was in the bundle (its ``sig`` included).
+    manifest: dict[str, Any] = Field(sa_type=JSON)
+    min_previous_version: str | None = Field(default=None, max_length=AGENT_VERSION_MAX)
+    uploaded_by: int = _fk("app_user.id")
+    uploaded_by_email: str = Field(default="", max_length=EMAIL_MAX)
+    uploaded_at: datetime = Field(sa_type=UTCDateTime)
+
+
+class RolloutRow(SQLModel, table=True):
+    """A staged rollout of one bundle: to a named cohort or to a stable share of the fleet
+    (``updates.bucket``), paused by ingest when too many of its devices fail. ``state``: active,
+    paused, completed or cancelled (``updates.ROLLOUT_STATES``)."""
+
+    __tablename__ = "rollout"
+
+    id: str = Field(primary_key=True, max_length=ROLLOUT_ID_MAX)
+    version: str = _fk("agent_bundle.version", length=AGENT_VERSION_MAX)
+    cohort: str | None = Field(default=None, max_length=COHORT_MAX)
+    percentage: int | None = None
+    #: Paused when failures among the targeted devices are more than this share of them ...
+    failure_threshold: float = 0.2
+    #: ... and at least this many.
+    min_failures: int = 2
+    state: str = Field(max_length=16, index=True)
+    paused_reason: str | None = Field(default=None, max_length=UPDATE_REASON_MAX)
+    #: Failures reported before this (the last resume) no longer count toward a pause.
+    resumed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    created_by: int = _fk("app_user.id")
+    created_by_email: str = Field(default="", max_length=EMAIL_MAX)
+    created_at: datetime = Field(sa_type=UTCDateTime)
+    updated_at: datetime = Field(sa_type=UTCDateTime)
+
+
+class DeviceUpdateRow(SQLModel, table=True):
+    """Where each device stands with agent updates: the version it runs (its telemetry's
+    ``agent_version``, or an update it reported installed or rolled back; the highest seq wins),
+    the target its current desired document carries (None: none), and its latest update report."""
+
+    __tablename__ = "device_update"
+
+    device_id: str = Field(
+        sa_column=Column(
+            String(DEVICE_ID_MAX), ForeignKey("device.id", ondelete="RESTRICT"), primary_key=True
+        )
+    )
+    agent_version: str | None = Field(default=None, max_length=AGENT_VERSION_MAX)
+    agent_version_seq: int = -1
+    target_rollout: str | None = Field(default=None, max_length=ROLLOUT_ID_MAX)
+    target_version: str | None = Field(default=None, max_length=AGENT_VERSION_MAX)
+    report_rollout: str | None = Field(default=None, max_length=ROLLOUT_ID_MAX, index=True)
+    report_version: str | None = Field(default=None, max_length=AGENT_VERSION_MAX)
+    state: str | None = Field(default=None, max_length=16)
+    reason: str | None = Field(default=None, max_length=UPDATE_REASON_MAX)
+    report_seq: int = -1
+    report_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    updated_at: datetime = Field(sa_type=UTCDateTime)
+
+
+class UpdateReportRow(SQLModel, table=True):
+    """Every update report a device sent (up kind ``update``, ``common.agent_update.UpdateReport``),
+    stored once per (device, message id) like the other device messages: the history behind
+    ``device_update`` and the failure counts of metrics and alerts."""
+
+    __tablename__ = "update_report"
+    __table_args__ = (
+        UniqueConstraint("device_id", "message_id", name="uq_update_report_device_message"),
+        Index("ix_update_report_received", "received_at"),
+        Index("ix_update_report_rollout_state", "rollout", "state"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    device_id: str = Field(max_length=DEVICE_ID_MAX, index=True)
+    message_id: str = Field(max_length=MESSAGE_ID_MAX)
+    seq: int
+    device_time: datetime = Field(sa_type=UTCDateTime)
+    received_at: datetime = Field(sa_type=UTCDateTime)
+    #: The rollout as the device named it (not a foreign key: a device's word, kept as sent).
+    rollout: str = Field(max_length=AGENT_VERSION_MAX)
+    state: str = Field(max_length=16)
+    from_version: str = Field(max_length=AGENT_VERSION_MAX)
+    to_version: str = Field(max_length=AGENT_VERSION_MAX)
+    reason: str | None = Field(default=None, max_length=UPDATE_REASON_MAX)
+    sig_status: str = Field(default=SIG_UNSIGNED, max_length=16)
+    digest: str | None = Field(default=None, max_length=64)
 
 
 def table_of(model: type[SQLModel]) -> Any:

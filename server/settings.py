@@ -8,13 +8,15 @@ serving: it refuses a missing or weak JWT secret and a missing patient-data key 
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 import secrets
 import socket
 from pathlib import Path
 from typing import Annotated, Final
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from resonera.common.errors import ConfigError
@@ -152,6 +154,22 @@ class ServerSettings(ResoneraSettings):
     device_time_skew_s: int = Field(default=300, ge=1, le=24 * 3600)
     #: ... and up to this far before it (a device offline for weeks keeps its records).
     device_time_max_age_days: int = Field(default=90, ge=1, le=3650)
+    #: The update keys' public halves (base64 raw Ed25519, as ``resonera-provision update-key
+    #: show`` prints them): an uploaded agent bundle's manifest must be signed by one of them.
+    #: Several during a key rotation; none: uploads are refused (docs/updates.md).
+    update_public_keys: list[str] = Field(default_factory=list, max_length=16)
+
+    @field_validator("update_public_keys")
+    @classmethod
+    def _raw_ed25519_keys(cls, keys: list[str]) -> list[str]:
+        for key in keys:
+            try:
+                raw = base64.b64decode(key, validate=True)
+            except binascii.Error:
+                raw = b""
+            if len(raw) != 32:
+                raise ValueError(f"{key[:60]!r} is not base64 of a raw 32-byte Ed25519 public key")
+        return keys
 
     def checked_for_start(self, source: str = "settings") -> ServerSettings:
         """These settings, ready to serve: raise ``ConfigError`` for a missing or short JWT secret

@@ -40,6 +40,7 @@ from resonera.server.web import auth as web_auth
 from resonera.server.web import outcomes as web_outcomes
 from resonera.server.web import programs as web_programs
 from resonera.server.web import report as web_report
+from resonera.server.web import updates as web_updates
 from resonera.server.web.auth import ClinicianPage, check_csrf, own_patient_page
 from resonera.server.web.prescription_editor import (
     MAX_DRAFT_PROGRAMS,
@@ -519,5 +520,6 @@ def install(app: FastAPI) -> None:
     app.include_router(web_programs.router)
     app.include_router(web_outcomes.router)
     app.include_router(web_report.router)
+    app.include_router(web_updates.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     install_page_errors(app)
