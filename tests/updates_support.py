@@ -4,6 +4,10 @@ and every locked wheel of the device, signed by one update key made for the test
 ``build_bundle(tmp, version)`` builds once per version and session (about 30 s the first time, pip's
 cache helps after) and gives each caller its own copy in ``tmp``, so a test may change or corrupt it.
 ``update_key()`` is the session's key: pin ``.public_key`` (``.pinned()``), sign with ``.private``.
+``bundle_target(path, version)`` is the desired state's target for a bundle as it is now.
+
+Building reaches PyPI over TLS (pip checks the lock's index pages, even with its cache): a test
+that builds must be ``@pytest.mark.real_clock`` (certificates are checked against the wall clock).
 """
 
 from __future__ import annotations
