@@ -85,7 +85,7 @@ def parse_version(text: object, what: str = "version") -> Version:
 
 
 def is_sha256(text: object) -> bool:
-    return isinstance(text, str) and _SHA256.match(text) is not None
+    return isinstance(text, str) and _SHA256.fullmatch(text) is not None
 
 
 @dataclass(frozen=True)
@@ -252,7 +252,7 @@ class UpdateManifest:
         unknown = sorted(set(doc) - _MANIFEST_FIELDS)
         if unknown:
             raise BundleRejected(f"manifest has unknown fields: {', '.join(unknown)}")
-        if doc.get("format") != BUNDLE_FORMAT:
+        if type(doc.get("format")) is not int or doc.get("format") != BUNDLE_FORMAT:
             raise BundleRejected(
                 f"bundle format {doc.get('format')!r} is not the one this agent reads "
                 f"({BUNDLE_FORMAT})"
@@ -267,7 +267,7 @@ class UpdateManifest:
             )
         python, platform = doc.get("python"), doc.get("platform")
         for name, tag in (("python", python), ("platform", platform)):
-            if not isinstance(tag, str) or not _TAG.match(tag):
+            if not isinstance(tag, str) or not _TAG.fullmatch(tag):
                 raise BundleRejected(f"manifest {name} tag {tag!r} is not a tag like cp311")
         created = doc.get("created_at")
         try:
@@ -320,7 +320,7 @@ def _files_from_json(value: object, version: Version) -> tuple[ManifestFile, ...
         if not isinstance(entry, dict) or set(entry) != {"path", "sha256", "size"}:
             raise BundleRejected("each file of the manifest must have exactly path, sha256, size")
         path, sha256, size = entry["path"], entry["sha256"], entry["size"]
-        if not isinstance(path, str) or not _WHEEL_PATH.match(path):
+        if not isinstance(path, str) or not _WHEEL_PATH.fullmatch(path):
             raise BundleRejected(
                 f"file {str(path)[:80]!r} is not wheels/<name>.whl (the bundle holds wheels only)"
             )
@@ -453,7 +453,9 @@ def check_bundle(
     bundle"), before anything is installed; ``BundleRejected`` with the first rule it breaks."""
     with path.open("rb") as fh:
         size, sha256 = _hash_stream(fh, limit=target.size)
-        if size != target.size:
+        if size > target.size:
+            raise BundleRejected(f"the bundle is longer than the target's {target.size} bytes")
+        if size < target.size:
             raise BundleRejected(f"the bundle has {size} bytes, the target {target.size}")
         if sha256 != target.sha256:
             raise BundleRejected("the bundle's SHA-256 is not the target's (corrupt download?)")
@@ -494,8 +496,13 @@ def read_bundle(path: Path, pinned: Sequence[Ed25519PublicKey]) -> VerifiedBundl
 
 def file_digest(path: Path) -> tuple[int, str]:
     """Size and SHA-256 (hex) of a file, read in chunks."""
+    digest = hashlib.sha256()
+    size = 0
     with path.open("rb") as fh:
-        return _hash_stream(fh, limit=path.stat().st_size)
+        while chunk := fh.read(_CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+    return size, digest.hexdigest()
 
 
 def _hash_stream(fh: IO[bytes], *, limit: int) -> tuple[int, str]:
@@ -552,7 +559,10 @@ def _read_manifest_member(
         raise BundleRejected(f"manifest.json has {first.size} bytes, at most {MAX_MANIFEST_BYTES}")
     reader = tar.extractfile(first)
     assert reader is not None  # a regular file has content
-    return first, reader.read()
+    try:
+        return first, reader.read()
+    except tarfile.TarError as exc:
+        raise BundleRejected(f"manifest.json is cut short: {exc}") from None
 
 
 def _check_tar(
@@ -598,11 +608,14 @@ def _copy_checked(reader: IO[bytes], entry: ManifestFile, out: IO[bytes] | None)
     """Read ``entry``'s content from ``reader`` (into ``out`` if given), checking its SHA-256."""
     digest = hashlib.sha256()
     size = 0
-    while chunk := reader.read(_CHUNK):
-        digest.update(chunk)
-        size += len(chunk)
-        if out is not None:
-            out.write(chunk)
+    try:
+        while chunk := reader.read(_CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+            if out is not None:
+                out.write(chunk)
+    except tarfile.TarError as exc:
+        raise BundleRejected(f"{entry.path} is cut short: {exc}") from None
     if size != entry.size or digest.hexdigest() != entry.sha256:
         raise BundleRejected(f"{entry.path} is not the file the manifest lists (SHA-256 differs)")
 

@@ -36,7 +36,7 @@ from resonera.common.agent_update import (
     verify_manifest,
     write_bundle,
 )
-from resonera.common.signing import ed25519_key_id
+from resonera.common.signing import ed25519_key_id, sign_document_ed25519
 
 KEY = Ed25519PrivateKey.generate()
 OTHER_KEY = Ed25519PrivateKey.generate()
@@ -145,7 +145,14 @@ def test_the_download_must_be_the_targets_size_and_sha256(tmp_path: Path) -> Non
     path = pack(tmp_path / "b.tar", good_members())
     target = target_of(path)
     pinned = [KEY.public_key()]
-    with pytest.raises(BundleRejected, match="bytes, the target"):
+    with pytest.raises(BundleRejected, match="bytes, the target"):  # an unfinished download
+        check_bundle(
+            path,
+            target=replace(target, size=target.size + 1),
+            pinned=pinned,
+            running_version=RUNNING,
+        )
+    with pytest.raises(BundleRejected, match="longer than the target's"):
         check_bundle(
             path,
             target=replace(target, size=target.size - 1),
@@ -161,8 +168,6 @@ def test_the_download_must_be_the_targets_size_and_sha256(tmp_path: Path) -> Non
 def _signed(doc_changes: dict[str, object], key: Ed25519PrivateKey = KEY) -> bytes:
     """A manifest signed after ``doc_changes`` were made to its JSON (what a careless or hostile
     builder could sign)."""
-    from resonera.common.signing import sign_document_ed25519
-
     doc = {**manifest_of().to_json(), **doc_changes}
     return json.dumps(sign_document_ed25519(key, doc)).encode()
 
@@ -324,6 +329,18 @@ def test_a_bad_bundle_is_refused_with_its_reason(tmp_path: Path, case: str) -> N
 
 def _literal(text: str) -> str:
     return re.escape(text)
+
+
+def test_a_truncated_tar_is_refused(tmp_path: Path) -> None:
+    """Cut inside the agent's wheel (the target names the cut file: only the tar says it is short)."""
+    path = pack(tmp_path / "b.tar", good_members())
+    data = path.read_bytes()
+    path.write_bytes(data[: data.index(b"the agent, version") + 100])
+    with pytest.raises(BundleRejected, match="is cut short"):
+        check(path)
+    path.write_bytes(data[:700])  # inside the manifest
+    with pytest.raises(BundleRejected, match=r"manifest\.json is cut short"):
+        check(path)
 
 
 def test_a_compressed_tar_is_refused(tmp_path: Path) -> None:
