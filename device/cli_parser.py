@@ -24,6 +24,11 @@ from resonera.device.cli_standalone import (
     prompts_build_command,
 )
 from resonera.device.cli_status import status_command
+from resonera.device.cli_updates import (
+    slots_adopt_command,
+    slots_install_launcher_command,
+    update_status_command,
+)
 
 #: What ``resonera-device --help`` says first.
 DESCRIPTION = """\
@@ -251,4 +256,34 @@ def build_parser() -> argparse.ArgumentParser:
 
     programs = command("programs", "list the preset programs", programs_command, config=False)
     with_json(programs)
+
+    def group(name: str, summary: str) -> argparse._SubParsersAction[argparse.ArgumentParser]:
+        p = sub.add_parser(name, help=summary, description=summary, parents=[everywhere])
+        return p.add_subparsers(dest=f"{name}_command", required=True, metavar="WHAT")
+
+    def member(
+        within: argparse._SubParsersAction[argparse.ArgumentParser],
+        name: str,
+        summary: str,
+        func: Command,
+    ) -> argparse.ArgumentParser:
+        p = within.add_parser(name, help=summary, description=summary, parents=[everywhere])
+        p.add_argument("--config", type=Path, default=None, help="TOML settings file")
+        p.set_defaults(func=ends_quietly(func))
+        return p
+
+    # agent updates (docs/updates.md): the two slots and what state.json says of them
+    update = group("update", "agent updates: what the device runs, tries or went back from")
+    with_json(
+        member(update, "status", "good slot, version, trial, last failure", update_status_command)
+    )
+    slots = group("slots", "the agent's two slots: adopt an installation, install the launcher")
+    adopt = member(slots, "adopt", "make an installed agent's venv slot a", slots_adopt_command)
+    adopt.add_argument("path", type=Path, help="the venv (e.g. /opt/resonera/.venv)")
+    member(
+        slots,
+        "install-launcher",
+        "copy the launcher systemd starts to DATA_DIR/agent/launch.py",
+        slots_install_launcher_command,
+    )
     return parser

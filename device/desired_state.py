@@ -133,6 +133,7 @@ class DesiredStateApplier:
         on_lowered: Callable[[HearingProfile], None] = lambda _profile: None,
         on_applied: Callable[[HearingProfile], None] = lambda _profile: None,
         open_ledger: Callable[[], DoseLedger] | None = None,
+        on_update: Callable[[dict[str, Any]], None] = lambda _content: None,
         backgrounds: BackgroundCache | None = None,
         fetcher: BackgroundFetcher | None = None,
         simulation: bool = False,
@@ -154,6 +155,9 @@ class DesiredStateApplier:
         #: questions into the prompt cache then, never on the audio path.
         self.on_applied = on_applied
         self.open_ledger = open_ledger
+        #: Told each applied document's content (outside the lock): its ``agent_update`` is what
+        #: the agent's updates take (``device/updater/``).
+        self.on_update = on_update
         self.backgrounds = backgrounds
         self.fetcher = fetcher
         self.simulation = simulation
@@ -208,6 +212,7 @@ class DesiredStateApplier:
             self._report(result)
         if result.outcome == "applied":
             self._applied(self.current_profile())
+            self._update_asked()
         if result.redelivered:
             self.reassess(engine_changed=False)
         self.apply_ledger_resets()
@@ -284,6 +289,14 @@ class DesiredStateApplier:
             else:
                 out.append(verdict)
         return out
+
+    def _update_asked(self) -> None:
+        applied = self.store.applied_desired()
+        try:
+            if applied is not None:
+                self.on_update(applied.content)
+        except Exception:  # the document stays applied whatever the updates make of it
+            log.exception("handing the desired agent version to the updates")
 
     def _applied(self, profile: HearingProfile) -> None:
         try:
@@ -402,6 +415,7 @@ class DesiredStateApplier:
             result = DesiredResult("applied", applied.version, programs=applied.programs)
             self._report(result)
             self._applied(applied.profile or self.base_profile)
+            self._update_asked()
         self.apply_ledger_resets()
         return result
 

@@ -110,6 +110,8 @@ from resonera.device.settings import DeviceSettings
 from resonera.device.store import DeviceStore
 from resonera.device.sync import ClientFactory, DeviceSync
 from resonera.device.trusted_time import DoseClock
+from resonera.device.updater.launcher import EX_TEMPFAIL
+from resonera.device.updater.updater import AgentUpdates, ServiceHooks
 from resonera.device.version import agent_version
 
 log = logging.getLogger(__name__)
@@ -215,6 +217,7 @@ class DeviceService:
             on_lowered=self._limits_lowered,
             on_applied=self._profile_applied,
             open_ledger=self._ledger_for_reset,
+            on_update=self._agent_update_asked,
         )
         self.backgrounds: BackgroundCache | None = self.applier.backgrounds
         self._desired = _InOrder("desired")
@@ -225,6 +228,24 @@ class DeviceService:
             client_factory=client_factory,
             dispatch_desired=self._desired,
         )
+        #: Agent updates (issue 25, ``device/updater/``): prepared beside this agent, switched to
+        #: between sessions by exiting ``EX_TEMPFAIL`` for the launcher; sessions refused meanwhile.
+        self.updates = AgentUpdates(
+            settings,
+            self.store,
+            agent_version(),
+            ServiceHooks(
+                self.monitor,
+                lambda: self.sync.connected,
+                lambda: self.sync.last_error,
+                self.sync.kick,
+                self._hold_sessions,
+                self._release_sessions,
+                self._restart_for_update,
+            ),
+        )
+        self._updating = False
+        self._exit_code = 0
         self.started = time.time()
         self.last_session: SessionRecord | None = None
         self.last_error = ""
@@ -281,7 +302,7 @@ class DeviceService:
                 self.queue_telemetry()
         finally:
             self.close()
-        return 0
+        return self._exit_code
 
     def start(self) -> None:
         self._desired.start()
@@ -298,6 +319,8 @@ class DeviceService:
         self._refresh_dose_clock()
         self.queue_telemetry()
         self._start_renewal()
+        applied = self.store.applied_desired()
+        self.updates.start(applied.content if applied is not None else None)
         log.info(
             "resonera-device run: device %s, control socket %s",
             self.settings.device_id,
@@ -331,9 +354,30 @@ class DeviceService:
     def shutdown(self) -> None:
         self._shutdown.set()
 
+    def _agent_update_asked(self, content: dict[str, Any]) -> None:
+        self.updates.desired(content)  # built after the applier, which is built before sync
+
+    def _hold_sessions(self) -> bool:
+        """The switch to a new agent: no session starts from now on (False: one plays)."""
+        with self._lock:
+            if self._playing is not None:
+                return False
+            self._updating = True
+            return True
+
+    def _release_sessions(self) -> None:
+        with self._lock:
+            self._updating = False
+
+    def _restart_for_update(self) -> None:
+        """Shut down as usual, then exit 75: the launcher starts the slot ``state.json`` names."""
+        self._exit_code = EX_TEMPFAIL
+        self._shutdown.set()
+
     def close(self) -> None:
         """Fade out and record a playing session, mute and let go of the MCU, flush, disconnect."""
         log.info("shutting down")
+        self.updates.close()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -370,6 +414,8 @@ class DeviceService:
         with self._lock:
             if self._playing is not None:
                 raise ResoneraError(f"already playing {self._playing.program!r}; stop it first")
+            if self._updating:  # the instant of the switch to a new agent
+                raise ResoneraError("the device is updating its agent: back in a moment")
             session_id, self._next_session = self._next_session or new_id(), None
             session = Session(
                 self.session_parts, session_id=session_id, watch=SessionWatch(notify=_log_line)
@@ -382,6 +428,7 @@ class DeviceService:
             )
             self._playing = _Playing(program.name, time.time(), session, thread)
             self.applier.session_started()
+            self.updates.session_started()
         thread.start()
         return f"ok playing {program.name!r} ({program.duration_s:.0f} s)"
 
@@ -478,6 +525,7 @@ class DeviceService:
             with self._lock:
                 self._playing = None
             self.applier.session_ended()
+            self.updates.session_ended()
             self.sync.kick()
 
     def _why_it_stopped(self, record: SessionRecord, dose: bool) -> Refusal | None:

@@ -152,11 +152,8 @@ class AgentSlots:
 
     def prepared(self, slot: str, sha256: str) -> bool:
         """The slot was made completely from the bundle of ``sha256`` (its marker says so)."""
-        try:
-            marker = json.loads((self.path(slot) / MARKER).read_text())
-        except (OSError, ValueError):
-            return False
-        return isinstance(marker, dict) and marker.get("sha256") == sha256
+        marker = self.marker(slot)
+        return marker is not None and marker.get("sha256") == sha256
 
     def update_keys(self) -> tuple[str, ...] | None:
         """The update keys a confirmed bundle pinned (None: the settings' ``update_public_keys``)."""
@@ -201,12 +198,25 @@ class AgentSlots:
         log.info("adopted %s as slot a (agent %s)", environment, version)
         return version
 
+    def marker(self, slot: str) -> dict[str, Any] | None:
+        """What the slot was prepared from (version, bundle SHA-256, update keys), or None."""
+        try:
+            marker = json.loads((self.path(slot) / MARKER).read_text())
+        except (OSError, ValueError):
+            return None
+        return marker if isinstance(marker, dict) else None
+
     def prepare(
-        self, version: str, sha256: str, wheels_into: Callable[[Path], Sequence[Path]]
+        self,
+        version: str,
+        sha256: str,
+        wheels_into: Callable[[Path], Sequence[Path]],
+        update_keys: Sequence[str] = (),
     ) -> str:
         """The inactive slot made from the bundle's wheels (``wheels_into(folder)`` writes them
-        there and returns their paths: ``agent_update.extract_wheels``); the slot's name. One
-        already prepared from the same bundle is kept as it is."""
+        into that new folder and returns their paths: ``agent_update.extract_wheels``); the slot's
+        name. One already prepared from the same bundle is kept as it is. ``update_keys``: the
+        manifest's, kept with the slot for the switch."""
         slot = self.inactive_slot()
         if self.prepared(slot, sha256):
             return slot
@@ -216,7 +226,7 @@ class AgentSlots:
         _remove(work)
         work.mkdir(parents=True)
         try:
-            wheels = list(wheels_into(work))
+            wheels = list(wheels_into(work / "wheels"))
             if not wheels:
                 raise SlotError("the bundle has no wheels to install")
             # the running agent's interpreter: venv finds the base Python behind it
@@ -231,7 +241,8 @@ class AgentSlots:
             said = agent_version_of(path)
             if said != version:
                 raise SlotError(f"the installed agent says version {said}, not {version}")
-            write_atomic(path / MARKER, json.dumps({"version": version, "sha256": sha256}).encode())
+            marker = {"version": version, "sha256": sha256, "update_keys": list(update_keys)}
+            write_atomic(path / MARKER, json.dumps(marker).encode())
         except BaseException:
             _remove(path)
             raise
@@ -240,14 +251,16 @@ class AgentSlots:
         log.info("slot %s prepared with agent %s", slot, version)
         return slot
 
-    def drop_prepared(self) -> None:
-        """A target withdrawn before the switch: the inactive slot's marker goes (so it is made
-        again if asked again; its files stay until then)."""
+    def drop_prepared(self, sha256: str) -> None:
+        """A target withdrawn before the switch: the inactive slot's marker goes if it was made
+        from ``sha256`` (so it is made again if asked again; its files stay until then)."""
         try:
             slot = self.inactive_slot()
         except SlotError:
             return
-        (self.path(slot) / MARKER).unlink(missing_ok=True)
+        if self.prepared(slot, sha256):
+            (self.path(slot) / MARKER).unlink(missing_ok=True)
+            launcher.fsync_dir(self.path(slot))
 
     # --- switching --------------------------------------------------------------------------------
 

@@ -40,6 +40,7 @@ def wheels(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 
 def copy_into(wheels: Sequence[Path]):  # type: ignore[no-untyped-def]
     def into(folder: Path) -> list[Path]:
+        folder.mkdir()
         out = []
         for wheel in wheels:
             (folder / wheel.name).write_bytes(wheel.read_bytes())
