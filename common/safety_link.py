@@ -69,6 +69,7 @@ __all__ = [
     "LIMIT_FIELDS",
     "MAX_BUTTONS",
     "MAX_EVENTS",
+    "MAX_UPDATE_STATUSES",
     "SILENCE_TIMEOUT_S",
     "HardLimits",
     "HelloInfo",
@@ -99,6 +100,8 @@ _FIRST_DEVICE_TYPE = 0x10
 
 #: Events kept for ``take_events`` (a caller that never takes them loses the oldest, never memory).
 MAX_EVENTS = 256
+#: UPDATE_STATUS answers kept for ``take_update_status`` (v1.5; an updater reads them at once).
+MAX_UPDATE_STATUSES = 64
 
 
 class SafetyLink:
@@ -164,6 +167,7 @@ class SafetyLink:
         self._light_next: float | None = None
         self._buttons: deque[sl.ButtonPress] = deque(maxlen=MAX_BUTTONS)
         self._last_press: int | None = None
+        self._update_statuses: deque[sl.UpdateStatus] = deque(maxlen=MAX_UPDATE_STATUSES)
 
     # -- what the device reads -------------------------------------------------------------------
 
@@ -241,6 +245,15 @@ class SafetyLink:
         presses = list(self._buttons)
         self._buttons.clear()
         return presses
+
+    def send_update(self, msg_type: int, body: bytes = b"") -> None:
+        """Queue one bootloader frame (v1.5: UPDATE_*, ``device/mcu_update.py``) for the next
+        ``outgoing``. The caller knows the MCU's minor; the link itself never sends these."""
+        self._pending.append((msg_type, body))
+
+    def take_update_status(self) -> sl.UpdateStatus | None:
+        """The oldest UPDATE_STATUS not taken yet (v1.5), or None."""
+        return self._update_statuses.popleft() if self._update_statuses else None
 
     def take_events(self) -> list[LinkEvent]:
         """Events since the last call, oldest first."""
@@ -387,6 +400,8 @@ class SafetyLink:
             self._on_button(sl.unpack_button(frame.body))
         elif frame.type == sl.MSG_LIGHT_SHOWN:
             self.light_shown = sl.unpack_light("LIGHT_SHOWN", frame.body)
+        elif frame.type == sl.MSG_UPDATE_STATUS:
+            self._update_statuses.append(sl.unpack_update_status(frame.body))
         elif frame.type == sl.MSG_BOARD:
             board = sl.unpack_board_info(frame.body)
             if self.hello is not None:  # before HELLO: the HELLO we ask for brings another

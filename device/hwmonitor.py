@@ -371,6 +371,11 @@ class HardwareMonitor:
         with self._cond:
             self._event_listeners.append(callback)
 
+    def remove_event_listener(self, callback: EventListener) -> None:
+        """Stop calling ``callback`` (added with ``add_event_listener``)."""
+        with self._cond:
+            self._event_listeners.remove(callback)
+
     def add_button_listener(self, callback: ButtonListener) -> None:
         """``callback(ButtonPress)`` for every button press the MCU reports, from the I/O thread."""
         with self._cond:
@@ -531,6 +536,24 @@ class HardwareMonitor:
         finally:
             with self._cond:
                 self._event_listeners.remove(on_event)
+
+    # -- the MCU's bootloader (protocol v1.5, ``device/mcu_update.py``) ---------------------------
+
+    def send_update(self, msg_type: int, body: bytes = b"") -> None:
+        """Send one UPDATE_* frame within one I/O iteration (only to an MCU of minor >= 5)."""
+        with self._cond:
+            self._link.send_update(msg_type, body)
+
+    def wait_update_status(self, timeout_s: float) -> sl.UpdateStatus | None:
+        """The oldest UPDATE_STATUS not taken yet, waiting at most ``timeout_s`` for one."""
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            while True:
+                status = self._link.take_update_status()
+                remaining = deadline - time.monotonic()
+                if status is not None or remaining <= 0:
+                    return status
+                self._cond.wait(min(remaining, 0.05))
 
     # -- the I/O thread --------------------------------------------------------------------------
 

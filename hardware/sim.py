@@ -434,19 +434,38 @@ class Simulator:
 
     # -- the bootloader (protocol v1.5) -------------------------------------------------------------
 
+    def _running(self) -> BootChoice | None:
+        controller = self._controller
+        if controller is not None and controller.bootloader is not None:
+            return controller.bootloader.running  # a CONFIRM changes it
+        return self.running
+
     @property
     def firmware_version(self) -> str:
         """The version of the image running (what its HELLO says; a crashed one says nothing)."""
-        return self.running.version if self.running is not None else ""
+        running = self._running()
+        return running.version if running is not None else ""
 
     @property
     def running_slot(self) -> str:
-        return "ab"[self.running.slot] if self.running is not None else "?"
+        running = self._running()
+        return "ab"[running.slot] if running is not None else "?"
 
     @property
     def on_trial(self) -> bool:
         """The running image is on trial: not confirmed yet."""
-        return self.running is not None and self.running.trial
+        running = self._running()
+        return running is not None and running.trial
+
+    @property
+    def updating(self) -> bool:
+        """A transfer is in progress (the output is held muted)."""
+        controller = self._controller
+        return (
+            controller is not None
+            and controller.bootloader is not None
+            and (controller.bootloader.updating)
+        )
 
     @property
     def crashed(self) -> bool:

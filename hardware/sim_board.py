@@ -67,6 +67,10 @@ class SimFlash(Flash):
         #: Slot writes since the simulator started (every chunk is one).
         self.slot_writes = 0
 
+    def install_factory(self, image: bytes) -> None:
+        super().install_factory(image)
+        self.slot_writes = 0  # the factory's write is not one of the update's
+
     def lose_power_at_chunk(self, n: int) -> None:
         self._lose_power_at_chunk = self.slot_writes + n
 
