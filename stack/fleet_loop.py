@@ -71,11 +71,12 @@ class MqttLoop:
             self._selector.unregister(sock)
 
     def _on_register_write(self, client: paho.Client, _userdata: Any, sock: Any) -> None:
-        with suppress(KeyError, ValueError):  # closed meanwhile: the reconnect sends the queue
+        # closed meanwhile (epoll forgets a closed descriptor: ENOENT): the reconnect sends the queue
+        with suppress(KeyError, ValueError, OSError):
             self._selector.modify(sock, selectors.EVENT_READ | selectors.EVENT_WRITE, client)
 
     def _on_unregister_write(self, client: paho.Client, _userdata: Any, sock: Any) -> None:
-        with suppress(KeyError, ValueError):
+        with suppress(KeyError, ValueError, OSError):  # closed meanwhile, as above
             self._selector.modify(sock, selectors.EVENT_READ, client)
 
     # the loop thread
