@@ -8,6 +8,12 @@ restarted simulator points at its new pty: the device's URL stays the same acros
 Faults while it runs: ``--scenario FILE`` plays a timed script (``hardware/scenario.py``);
 ``--control SOCKET`` accepts control commands on a UNIX socket, one per line, one answer line each
 (``ok ...`` or ``error: ...``); ``--stdin`` reads the same commands from standard input.
+
+Firmware images for the bootloader (protocol v1.5): ``resonera-hwsim image build --version X --key
+KEY.pem --out FILE`` writes a signed image file (hardware/PROTOCOL.md, "Firmware update"), which
+``resonera-device mcu-update FILE`` sends; ``resonera-hwsim image key --key KEY.pem`` prints the
+``update_public_key`` board setting that pins the key. ``KEY.pem`` is an unencrypted PKCS#8 PEM
+Ed25519 private key (the update key; ``resonera-provision`` keeps the real one).
 """
 
 from __future__ import annotations
@@ -23,11 +29,22 @@ import threading
 from pathlib import Path
 from types import FrameType
 
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from resonera.common import serial_link as sl
 from resonera.common.cli import run_cli
+from resonera.common.errors import ResoneraError
 from resonera.hardware.firmware import config as board_config
+from resonera.hardware.firmware.bootloader import DEFAULT_SLOT_SIZE
 from resonera.hardware.scenario import CommandError, Scenario, execute
-from resonera.hardware.sim import OLDEST_MINOR, Simulator
+from resonera.hardware.sim import (
+    OLDEST_MINOR,
+    Simulator,
+    build_image,
+    public_key_hex,
+    sign_image,
+)
 
 PROG = "resonera-hwsim"
 log = logging.getLogger(__name__)
@@ -64,7 +81,53 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.set_defaults(func=serve)
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+    image = commands.add_parser("image", help="signed firmware images for the bootloader")
+    image_commands = image.add_subparsers(title="image commands", metavar="COMMAND", required=True)
+    build = image_commands.add_parser("build", help="write a signed image file")
+    build.add_argument("--version", required=True, help="the firmware version the image names")
+    build.add_argument("--key", type=Path, required=True, help="the update key (PKCS#8 PEM)")
+    build.add_argument("--out", type=Path, required=True, help="the signed image file to write")
+    build.add_argument(
+        "--size",
+        type=int,
+        default=0,
+        help="pad the image's body to this many bytes (default: none)",
+    )
+    build.set_defaults(func=build_image_file)
+    key = image_commands.add_parser("key", help="print the board setting update_public_key")
+    key.add_argument("--key", type=Path, required=True, help="the update key (PKCS#8 PEM)")
+    key.set_defaults(func=print_public_key)
     return parser
+
+
+def _load_key(path: Path) -> Ed25519PrivateKey:
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except ValueError:
+        raise ResoneraError(f"{path} is not an unencrypted PEM private key") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ResoneraError(f"{path} is not an Ed25519 key")
+    return key
+
+
+def build_image_file(args: argparse.Namespace) -> int:
+    size: int = args.size
+    if not 0 <= size <= DEFAULT_SLOT_SIZE:
+        raise ResoneraError(f"--size must be 0 to {DEFAULT_SLOT_SIZE} bytes (a slot)")
+    try:
+        image = build_image(args.version, size)
+    except ValueError as exc:
+        raise ResoneraError(f"--version: {exc}") from None
+    data = sign_image(_load_key(args.key), image)
+    _write_atomically_bytes(args.out, data)
+    print(f"{PROG}: wrote {args.out}: firmware {args.version}, {len(image)} bytes", flush=True)
+    return 0
+
+
+def print_public_key(args: argparse.Namespace) -> int:
+    print(public_key_hex(_load_key(args.key)))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -161,6 +224,16 @@ def _serve_stdin(sim: Simulator, stop: threading.Event) -> None:
         if line:
             print(answer(sim, line), flush=True)
     stop.set()  # end of input (or quit) ends the simulator
+
+
+def _write_atomically_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` whole or not at all (temp file, fsync, rename)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
 
 
 def _write_atomically(path: Path, text: str) -> None:

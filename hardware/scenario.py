@@ -8,8 +8,12 @@ returns its one-line answer (``ok ...``), or raises ``CommandError``::
     headphones-out | headphones-in | garbage [FRAMES] | crc [FRAMES] | silent | speak
     stall [SECONDS] | unstall | reboot [BOOT_MS] | reset | set READING VALUE | status | help
     press BUTTON [long] | light?
+    power-loss-at-chunk [N] | power-loss-in-commit | corrupt-write | fail-image VERSION | firmware?
 
-(``BUTTON`` is play_pause, stop, vol_up or vol_down; ``light?`` answers ``ok light=STATE``, the
+(The last line is the bootloader's, protocol v1.5: a power loss in the Nth chunk written from now
+or in the next commit, the next chunk written with a byte wrong, an image of VERSION that crashes
+at every boot; ``firmware?`` answers ``ok firmware=VERSION slot=a|b trial=yes|no updating=yes|no
+rollbacks=N``. ``BUTTON`` is play_pause, stop, vol_up or vol_down; ``light?`` answers ``ok light=STATE``, the
 state's name from ``serial_link.LIGHT_NAMES``: idle ... dose_reached, refused, blocked, shut_out.)
 
 A scenario is a list of steps on the simulator's clock, from JSON or TOML::
@@ -136,6 +140,32 @@ def _light(sim: Simulator, args: list[str]) -> str:
     return f"ok light={sl.LIGHT_NAMES.get(sim.light, str(sim.light))}"
 
 
+def _power_loss_at_chunk(sim: Simulator, args: list[str]) -> str:
+    n = _count(args, 1)
+    sim.power_loss_at_chunk(n)
+    return f"ok power loss in chunk {n} from now"
+
+
+def _fail_image(sim: Simulator, args: list[str]) -> str:
+    if len(args) != 1:
+        raise CommandError("usage: fail-image VERSION")
+    sim.fail_image(args[0])
+    return f"ok firmware {args[0]} crashes at boot"
+
+
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "no"
+
+
+def _firmware(sim: Simulator, args: list[str]) -> str:
+    if args:
+        raise CommandError("this command takes no arguments")
+    return (
+        f"ok firmware={sim.firmware_version} slot={sim.running_slot} trial={_yes(sim.on_trial)} "
+        f"updating={_yes(sim.updating)} rollbacks={len(sim.rollbacks)}"
+    )
+
+
 def _status(sim: Simulator, args: list[str]) -> str:
     c, b = sim.controller, sim.board
     return (
@@ -144,6 +174,7 @@ def _status(sim: Simulator, args: list[str]) -> str:
         f"dc={b.dc_offset_mv:.1f} spl={b.ear_spl_db:.1f} clip={b.clip} headphones={b.headphones} "
         f"requires_headphones={c.config.require_headphones} stalled={b.stalled} "
         f"reboots={sim.reboots} light={sl.LIGHT_NAMES.get(b.light, '?')} "
+        f"firmware={sim.firmware_version} slot={sim.running_slot} "
         f"protocol=v{sl.PROTOCOL_MAJOR}.{c.protocol_minor} rejected={c.frames_rejected}"
         + (f" last_rejected={c.last_rejection!r}" if c.last_rejection else "")
     )
@@ -174,6 +205,11 @@ COMMANDS: dict[str, Callable[[Simulator, list[str]], str]] = {
     "status": _status,
     "press": _press,
     "light?": _light,
+    "power-loss-at-chunk": _power_loss_at_chunk,
+    "power-loss-in-commit": _no_args(lambda sim: sim.power_loss_in_commit()),
+    "corrupt-write": _no_args(lambda sim: sim.corrupt_write()),
+    "fail-image": _fail_image,
+    "firmware?": _firmware,
     "help": _help,
 }
 
