@@ -113,6 +113,8 @@ def copy_tree(source: Path, dest: Path, version: str | None) -> None:
     if project_at < 0 or count != 1:
         raise UpdateBuildError(f"{source}/pyproject.toml has no version line under [project]")
     pyproject.write_text(text[:project_at] + replaced)
+    if source_version(dest) != version:
+        raise UpdateBuildError(f"{source}/pyproject.toml's version could not be replaced")
 
 
 def _pip(args: list[str], what: str, cwd: Path) -> None:

@@ -96,6 +96,8 @@ class UpdateKeys:
             ) from None
         except (ValueError, KeyError, TypeError):
             raise UpdateKeyError(f"{path} is not an update key list") from None
+        if any(k.role not in ("signing", "next", "retired") for k in self.keys):
+            raise UpdateKeyError(f"{path} names a key role other than signing, next, retired")
         if [k.role for k in self.keys].count("signing") != 1:
             raise UpdateKeyError(f"{path} must name exactly one signing key")
 
