@@ -10,7 +10,9 @@ Where the two differ, and why:
   by the time ingest received them; the lag is the receive time less the device's stamp, as ingest
   measures it. A message sent again is stored once, so duplicates, which Prometheus counts as
   received, count for nothing here.
-- Over-the-air updates are not recorded by the server yet: the update condition is never met.
+- Update failures are the update reports (``update_report``) saying ``failed`` or
+  ``rolled_back`` received within the window, which is what the counter Prometheus takes the
+  increase of counts.
 
 Each query reads only rows of its window, except last seen and certificate ends, which read one
 row per device.
@@ -21,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Final
 
 from sqlalchemy import Table, case, func, select
 from sqlalchemy.engine import Connection
@@ -35,6 +37,7 @@ from resonera.server.models import (
     QuarantineRow,
     SafetyEventRow,
     SessionRow,
+    UpdateReportRow,
     table_of,
 )
 
@@ -43,6 +46,7 @@ _STORED: tuple[Table, ...] = (
     table_of(SessionRow),
     table_of(SafetyEventRow),
     table_of(MessageRow),
+    table_of(UpdateReportRow),
 )
 
 
@@ -232,13 +236,37 @@ def _certificates(now: datetime, ends: Mapping[str, datetime], revoked: set[str]
     )
 
 
-def _updates() -> Condition:
+#: The update reports that count as failures: nothing switched, or switched back.
+UPDATE_FAILED_STATES: Final = ("failed", "rolled_back")
+
+
+def update_failures(conn: Connection, since: datetime | None = None) -> dict[str, int]:
+    """Update reports saying ``failed`` or ``rolled_back`` (received since ``since``; None: ever),
+    per device: what ``resonera_update_failures_total`` counts."""
+    reports = table_of(UpdateReportRow)
+    query = (
+        select(reports.c.device_id, func.count())
+        .where(reports.c.state.in_(UPDATE_FAILED_STATES))
+        .group_by(reports.c.device_id)
+    )
+    if since is not None:
+        query = query.where(reports.c.received_at >= since)
+    return {str(device): int(n) for device, n in conn.execute(query)}
+
+
+def _updates(conn: Connection, now: datetime) -> Condition:
+    by_device = update_failures(conn, now - rules.UPDATE_FAILURE_WINDOW)
+    total = sum(by_device.values())
     return Condition(
         rule="ResoneraUpdateFailures",
         title="Updates reported failed in the last hour",
         severity="ticket",
-        met=False,
-        found="none: the server records no over-the-air updates yet",
+        met=total > 0,
+        found=f"{total} failed or rolled back update{'' if total == 1 else 's'}" if total else "none",
+        devices=tuple(
+            DeviceFinding(device_id, f"{n} failed" if n > 1 else "failed")
+            for device_id, n in sorted(by_device.items(), key=lambda item: (-item[1], item[0]))
+        ),
     )
 
 
@@ -277,7 +305,7 @@ def fleet_alerts(conn: Connection, now: datetime) -> FleetAlerts:
             _ingest_lag(conn, now),
             _quarantine(conn, now),
             _certificates(now, ends, revoked),
-            _updates(),
+            _updates(conn, now),
             _safety_faults(conn, now),
         ),
         last_heard=heard,

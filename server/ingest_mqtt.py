@@ -39,6 +39,8 @@ from resonera.common import topics
 from resonera.common.envelope import MAX_ACK_IDS, Ack
 from resonera.common.mqtt_client import BrokerUnavailable, build_client, connect, stop_loop
 from resonera.server import metrics
+from resonera.server.crypto import Ed25519Signer
+from resonera.server.desired import DesiredService
 from resonera.server.ingest import BatchResult, IngestProcessor, Received, StoreError
 from resonera.server.ingest_checks import TimeBounds
 from resonera.server.notices import for_ingest
@@ -123,10 +125,12 @@ class IngestConsumer:
         self._client = self._build_client()
         # a device refused for who it is (revoked, its signature) is told so, signed, rate-bounded
         notices = for_ingest(settings, self._publish_notice)
+        self._desired = self._desired_service(settings)
         self._processor = IngestProcessor(
             engine,
             bounds=TimeBounds.from_settings(settings),
             on_sender_refused=notices.sender_refused if notices is not None else None,
+            desired=self._desired,
         )
         self._batch_max = batch_max
         self._batch_wait_s = batch_wait_s
@@ -197,6 +201,15 @@ class IngestConsumer:
         stop_loop(self._client)
 
     # -- paho callbacks (network thread: never block here) -----------------------------------
+
+    def _desired_service(self, settings: ServerSettings) -> DesiredService | None:
+        """Signs and publishes the documents agent-update reports re-issue (a rollout paused, a
+        device that failed), with the desired state's key file; None without one (a demo
+        server's throwaway key is its API process's own: devices would refuse another)."""
+        key_file = settings.desired_signing_key_file
+        if key_file is None:
+            return None
+        return DesiredService(Ed25519Signer.from_file(key_file), _ConsumerPublisher(self))
 
     def _publish_notice(self, device_id: str, payload: bytes) -> None:
         """A notice in place of the device's retained desired state (``server/notices.py``)."""
@@ -308,6 +321,10 @@ class IngestConsumer:
         self._send_acks(result)
         for mid in mids:
             self._client.ack(mid, 1)
+        # Documents the batch re-issued (committed with it), retained: a lost one is published
+        # again by the API's republish at its start.
+        if self._desired is not None:
+            self._desired.publish(result.outgoing)
 
     def _store(self, batch: list[Item]) -> BatchResult | None:
         """Commit ``batch``, retrying while the database fails; None if stopped meanwhile."""
@@ -332,3 +349,19 @@ class IngestConsumer:
                 payload = Ack.of(ids[start : start + MAX_ACK_IDS]).to_bytes()
                 self._client.publish(topics.ack(device_id), payload, qos=1)
                 self._extra["acks_sent"] += 1
+
+
+class _ConsumerPublisher:
+    """``DesiredPublisher`` over the consumer's own connection, retained like every document."""
+
+    def __init__(self, consumer: IngestConsumer) -> None:
+        self._consumer = consumer
+
+    def publish(self, device_id: str, payload: bytes) -> None:
+        self._consumer._publish_notice(device_id, payload)
+
+    def connected(self) -> bool:
+        return self._consumer.connected
+
+    def close(self) -> None:
+        pass

@@ -1,7 +1,7 @@
 """Prometheus metrics: ingest counters and lag (this process), and gauges read from the database
 at scrape time (quarantine size, devices online, each device's last message and certificate expiry,
-safety events), so any API process reports the fleet's state. The alert rules on them ship in
-``server/alerts/resonera.rules.yml``.
+safety events, agent updates reported failed), so any API process reports the fleet's state. The
+alert rules on them ship in ``server/alerts/resonera.rules.yml``.
 
 Ingest consumers that run as processes of their own (``resonera-server ingest``, the systemd
 template ``resonera-ingest@.service``) serve no HTTP: with ``PROMETHEUS_MULTIPROC_DIR`` set, every
@@ -85,18 +85,11 @@ class DatabaseGauges(Collector):
     def collect(self) -> Iterator[Metric]:
         try:
             with self._engine.connect() as conn:
-                metrics = [*self._fleet(conn), self._safety_events(conn)]
+                metrics = [*self._fleet(conn), self._safety_events(conn), _update_failures(conn)]
         except SQLAlchemyError as exc:
             log.warning("metrics: database unavailable: %s", exc)
             return
         yield from metrics
-        # Over-the-air updates (issue 25) will count the updates devices report failed; the name is
-        # fixed now so the alert rule on it is in place: 0 until updates exist.
-        yield CounterMetricFamily(
-            "resonera_update_failures",
-            "Updates that devices reported failed (always 0 until over-the-air updates exist)",
-            value=0.0,
-        )
 
     def _fleet(self, conn: Connection) -> list[Metric]:
         quarantine = table_of(QuarantineRow)
@@ -169,6 +162,17 @@ class DatabaseGauges(Collector):
         for kind, count in sorted(counted.items()):
             family.add_metric([kind], float(count))
         return family
+
+
+def _update_failures(conn: Connection) -> Metric:
+    """Update reports saying failed or rolled back, from the database (every API process says the
+    same; the fleet alert reads the same rows)."""
+    failed = sum(fleet_alerts.update_failures(conn).values())
+    return CounterMetricFamily(
+        "resonera_update_failures",
+        "Agent updates that devices reported failed or rolled back",
+        value=float(failed),
+    )
 
 
 def registry_for(engine: Engine, *, clock: Clock = utc_now) -> CollectorRegistry:
