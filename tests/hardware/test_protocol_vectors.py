@@ -3,10 +3,13 @@ so the reference document and the code cannot drift apart."""
 
 from __future__ import annotations
 
+import hashlib
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from resonera.common import serial_link as sl
 
@@ -56,6 +59,16 @@ def test_the_document_has_the_vectors_we_promise() -> None:
         "LIGHT_SHOWN shut_out",
         "BOARD requires headphones",
         "BOARD of a later minor",
+        "firmware image",
+        "update signature",
+        "UPDATE_BEGIN",
+        "UPDATE_CHUNK",
+        "UPDATE_COMMIT",
+        "UPDATE_ABORT",
+        "UPDATE_CONFIRM",
+        "UPDATE_STATUS chunk ok",
+        "UPDATE_STATUS refused offset",
+        "signed image file",
     } <= set(VECTORS)
 
 
@@ -116,14 +129,20 @@ def test_button_and_light_vector_values() -> None:
     assert sl.unpack_light("LIGHT_SHOWN", _body("LIGHT_SHOWN shut_out")) == sl.LIGHT_SHUT_OUT
 
 
-def _light_state_table() -> list[list[str]]:
-    """The rows of the "Light states" table: state, name, meaning, colour, rhythm, since."""
-    text = PROTOCOL_MD.read_text(encoding="utf-8").split("### Light states", 1)[1]
+def _table_after(heading: str) -> list[list[str]]:
+    """The rows numbered in their first cell of the tables in the section under ``heading``."""
+    section = PROTOCOL_MD.read_text(encoding="utf-8").split(heading + "\n", 1)[1]
+    section = re.split(r"\n#{2,3} ", section, maxsplit=1)[0]
     return [
         [cell.strip() for cell in line.strip("|").split("|")]
-        for line in text.splitlines()
+        for line in section.splitlines()
         if re.match(r"^\| \d+ \|", line)
     ]
+
+
+def _light_state_table() -> list[list[str]]:
+    """The rows of the "Light states" table: state, name, meaning, colour, rhythm, since."""
+    return _table_after("### Light states")
 
 
 def test_the_light_state_table_lists_every_state_of_the_codec() -> None:
@@ -176,3 +195,85 @@ def test_the_message_table_names_board_as_new_in_v1_4() -> None:
     row = next(line for line in text.splitlines() if line.startswith("| 0x08 |"))
     assert "| BOARD | MCU → device |" in row and "Since v1.4" in row
     assert sl.MESSAGE_NAMES[sl.MSG_BOARD] == "BOARD" and sl.PROTOCOL_MINOR >= 4
+
+
+# -- firmware update (v1.5) --------------------------------------------------------------------------
+
+
+def test_the_image_and_its_signature_vectors() -> None:
+    image = _hex(VECTORS["firmware image"]["image"])
+    assert sl.unpack_image_header(image) == ("1.5.0", len(image))
+    digest = hashlib.sha256(image).digest()
+    assert digest == _hex(VECTORS["firmware image"]["digest"])
+    signing = VECTORS["update signature"]
+    message = sl.update_signed_message(len(image), digest, "1.5.0")
+    assert message == _hex(signing["message"])
+    assert message.startswith(b"resonera-mcu-firmware-v1\x00")
+    public = Ed25519PublicKey.from_public_bytes(_hex(signing["public-key"]))
+    public.verify(_hex(signing["signature"]), message)  # raises if the vector is wrong
+    secret = bytes.fromhex("9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60")
+    assert Ed25519PrivateKey.from_private_bytes(secret).sign(message) == _hex(signing["signature"])
+
+
+def test_the_update_frame_vectors_carry_the_image() -> None:
+    image = _hex(VECTORS["firmware image"]["image"])
+    begin = sl.unpack_update_begin(_body("UPDATE_BEGIN"))
+    assert (begin.size, begin.version) == (len(image), "1.5.0")
+    assert begin.sha256 == hashlib.sha256(image).digest()
+    assert begin.signature == _hex(VECTORS["update signature"]["signature"])
+    assert sl.unpack_update_chunk(_body("UPDATE_CHUNK")) == (0, image)
+    for name in ("UPDATE_COMMIT", "UPDATE_ABORT", "UPDATE_CONFIRM"):
+        sl.check_empty(name, _body(name))
+    ok = sl.unpack_update_status(_body("UPDATE_STATUS chunk ok"))
+    assert (ok.status, ok.next_offset, ok.text, ok.refused) == (sl.UPDATE_CHUNK_OK, 20, "", False)
+    off = sl.unpack_update_status(_body("UPDATE_STATUS refused offset"))
+    assert (off.status, off.next_offset, off.text) == (sl.UPDATE_REFUSED_OFFSET, 246, "got 492")
+    assert off.refused
+    signature, inner = sl.unpack_signed_image(_hex(VECTORS["signed image file"]["file"]))
+    assert (signature, inner) == (begin.signature, image)
+
+
+def test_the_status_table_lists_every_update_status_of_the_codec() -> None:
+    rows = _table_after("### Frames and status codes")
+    assert sorted(int(row[0]) for row in rows) == sorted(sl.UPDATE_STATUS_TEXT)
+    for row in rows:
+        refused = int(row[0]) >= sl.UPDATE_REFUSED_SOUND
+        assert row[1].startswith("refused") == refused, row
+
+
+def test_the_message_table_names_the_update_frames_as_new_in_v1_5() -> None:
+    lines = PROTOCOL_MD.read_text(encoding="utf-8").splitlines()
+    for code in (0x09, 0x20, 0x21, 0x22, 0x23, 0x24):
+        row = next(line for line in lines if line.startswith(f"| 0x{code:02x} |"))
+        assert f"| {sl.MESSAGE_NAMES[code]} |" in row and "Since v1.5" in row
+    assert sl.PROTOCOL_MINOR == sl.UPDATE_SINCE_MINOR == 5
+    assert len(_body("UPDATE_BEGIN")) <= sl.MAX_BODY
+    assert sl.UPDATE_CHUNK_MAX + 4 == sl.MAX_BODY
+
+
+@pytest.mark.parametrize(
+    ("unpack", "body", "error"),
+    [
+        (sl.unpack_update_begin, bytes(50), "UPDATE_BEGIN body is 50 bytes, too short"),
+        (sl.unpack_update_chunk, bytes(4), "UPDATE_CHUNK body is 4 bytes, expected 5 or more"),
+        (sl.unpack_update_status, bytes(3), "UPDATE_STATUS body is 3 bytes, expected 5 or more"),
+    ],
+)
+def test_bad_update_bodies_are_clear_protocol_errors(
+    unpack: Callable[[bytes], object], body: bytes, error: str
+) -> None:
+    with pytest.raises(sl.LinkProtocolError, match=error):
+        unpack(body)
+
+
+@pytest.mark.parametrize(
+    ("data", "error"),
+    [
+        (b"RSFW", "not a signed firmware image"),
+        (b"RSFWSIG1" + bytes(64) + b"XXXX\x01\x011", "image does not start with"),
+        (sl.pack_signed_image(bytes(64), sl.pack_image("1.5.0", b"body"))[:-1], "the file holds"),
+    ],
+)
+def test_bad_signed_image_files_say_what_is_wrong(data: bytes, error: str) -> None:
+    with pytest.raises(sl.LinkProtocolError, match=error):
+        sl.unpack_signed_image(data)
