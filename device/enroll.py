@@ -106,6 +106,8 @@ def install_bundle(
         "device_id": bundle.device_id,
         "serial": str(manifest["serial"]),
         "server_public_key": str(manifest["server_public_key"]),
+        # the keys agent updates must be signed with (none: the device takes no update)
+        "update_public_keys": [str(key) for key in manifest.get("update_public_keys", [])],
         "broker_host": str(manifest["broker_host"]),
         "broker_port": int(manifest["broker_port"]),
         "desired_version": 0,

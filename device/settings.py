@@ -200,6 +200,8 @@ def settings_from_identity(settings: DeviceSettings) -> dict[str, Any]:
         updates["key_file"] = identity.key_path
     if settings.server_public_key is None and info.get("server_public_key"):
         updates["server_public_key"] = str(info["server_public_key"])
+    if not settings.update_public_keys and info.get("update_public_keys"):
+        updates["update_public_keys"] = [str(key) for key in info["update_public_keys"]]
     if settings.server_url is None and info.get("server"):
         updates["server_url"] = str(info["server"])
     if settings.enroll_ca_file is None and info.get("server_ca_file"):

@@ -26,6 +26,7 @@ from factories import make_record
 from fleet import PASSPHRASE
 from sqlmodel import Session, select
 from support import bare_env, wait_until
+from updates_support import update_key
 
 from resonera.common.identity import generate_key, load_private_key, make_csr
 from resonera.device.enroll import (
@@ -410,7 +411,8 @@ def bundle(fleet: Fleet, out: Path, device_id: str, serial: str, *extra: object)
 
 def test_a_factory_bundle_installs_connects_and_renews(fleet: Fleet) -> None:
     out = fleet.workdir / "sd-image"
-    bundle(fleet, out, "dev-9", "SN-9", "--server-url", fleet.url)
+    keys = update_key()
+    bundle(fleet, out, "dev-9", "SN-9", "--server-url", fleet.url, "--update-key", keys.directory)
     config = device_config(fleet, "dev-9")
     installed = cli(
         "resonera-device",
@@ -425,6 +427,7 @@ def test_a_factory_bundle_installs_connects_and_renews(fleet: Fleet) -> None:
     assert installed.returncode == 0, installed.stderr
     settings = device_settings(fleet, "dev-9")
     assert broker_admits(settings.mqtt, "dev-9")
+    assert settings.update_public_keys == [keys.public_key]  # it will take updates signed so
     with Session(fleet.engine) as db:
         device = db.get(DeviceRow, "dev-9")
         assert device is not None and device.public_key
