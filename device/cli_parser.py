@@ -259,7 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     def group(name: str, summary: str) -> argparse._SubParsersAction[argparse.ArgumentParser]:
         p = sub.add_parser(name, help=summary, description=summary, parents=[everywhere])
-        return p.add_subparsers(dest=f"{name}_command", required=True, metavar="WHAT")
+        return p.add_subparsers(
+            dest=f"{name}_command", required=True, metavar="WHAT", help="what to do (WHAT --help)"
+        )
 
     def member(
         within: argparse._SubParsersAction[argparse.ArgumentParser],

@@ -1,81 +1,241 @@
-"""Wheels for the updater's tests, until ``tests/updates_support.py`` (helper B's ``build_bundle``)
-lands: the agent's wheel built from a copy of this tree at another version, and a small wheel that
-stands for the locked dependencies (a path file naming the test venv's site-packages, as
-tests/packaging does), so a slot installs in seconds with ``pip install --no-index --no-deps``.
-No tests here."""
+"""What the updater's tests, its end-to-end test and its benchmark share (no tests here; load it
+with ``load_support()`` of the caller, as ``tests/device`` is no package on the path):
+
+- ``agent_bundle``: a real signed bundle of this tree at a version (``provisioning.update_build``,
+  the session's update key of ``tests/updates_support.py``), optionally from a copy patched to be
+  broken (an agent that exits at ``run``);
+- ``BundleServer``: HTTPS on 127.0.0.1 requiring a client certificate of the fleet CA, serving
+  bundles at ``/api/v1/device/updates/<sha256>`` with ``Range``;
+- ``TlsPeer``: the server's side of MQTT over mutual TLS, acking every envelope;
+- ``Unit``: the systemd unit as the tests run it: the launcher, started again after each exit
+  (``Restart=always``) until stopped.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
+import signal
+import ssl
 import subprocess
 import sys
-import sysconfig
-import zipfile
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as paho
+
+from resonera.common import topics
+from resonera.common.envelope import Ack, Envelope, decode_envelope
+from resonera.common.mqtt_client import build_client, connect, stop_loop
+from resonera.common.settings import MqttSettings
 
 ROOT = Path(__file__).resolve().parents[2]
+UPDATES_PATH = "/api/v1/device/updates/"
+#: What the deliberately broken agent does first in ``resonera-device run``.
+BROKEN = 'raise SystemExit("this agent is broken on purpose: it exits at start")'
 
 
-def copy_tree(dest: Path) -> Path:
-    files = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    for name in files:
-        src = ROOT / name
-        if src.is_file() and not name.startswith(("tests/", "benchmarks/", "docs/")):
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            (dest / name).write_bytes(src.read_bytes())
-    return dest
+def agent_bundle(workdir: Path, version: str, *, broken: bool = False, key: Any = None) -> Path:
+    """The signed bundle of this tree at ``version`` (``key``: another signing key than the
+    session's update key, for a bad signature), built in ``workdir`` once."""
+    from updates_support import update_key
 
+    from resonera.provisioning.update_build import build_update, copy_tree
 
-def agent_wheel(workdir: Path, version: str, *, patch: str | None = None) -> Path:
-    """The agent's wheel built from a copy of the tree at ``version``; ``patch`` (a Python
-    statement) is put at the top of ``device/cli.py``'s ``main`` (a deliberately broken agent)."""
-    src = copy_tree(workdir / f"src-{version}")
+    tag = f"{version}{'-broken' if broken else ''}{'-otherkey' if key is not None else ''}"
+    out = workdir / tag
+    built = list(out.glob("*.tar")) if out.exists() else []
+    if built:
+        return built[0]
+    src = workdir / f"src-{tag}"
+    copy_tree(ROOT, src, None)
     pyproject = src / "pyproject.toml"
-    text = re.sub(r'(?m)^version = ".*"$', f'version = "{version}"', pyproject.read_text())
+    text = pyproject.read_text()
     if '"resonera.device.updater"' not in text:  # until pyproject.toml lists the package
         text = text.replace(
             '"resonera.device.safety",', '"resonera.device.safety",\n    "resonera.device.updater",'
         )
-    pyproject.write_text(text)
-    if patch is not None:
-        cli = src / "device" / "cli.py"
-        cli.write_text(
-            cli.read_text().replace(
-                "    try:\n        return run_cli(",
-                f"    {patch}\n    try:\n        return run_cli(",
-                1,
+        pyproject.write_text(text)
+    if broken:
+        cli = src / "device" / "cli_service.py"
+        head = "def run_command(args: argparse.Namespace) -> int:\n"
+        cli.write_text(cli.read_text().replace(head, f"{head}    {BROKEN}\n", 1))
+    session = update_key()
+    return build_update(
+        src,
+        out,
+        key if key is not None else session.private,
+        update_keys=[session.public_key],
+        version=version,
+    ).path
+
+
+@dataclass
+class ServerState:
+    url: str
+    ca_file: Path
+    files: dict[str, Path] = field(default_factory=dict)
+    asked: list[tuple[str, str | None]] = field(default_factory=list)
+
+    def serve(self, sha256: str, path: Path) -> None:
+        self.files[sha256] = path
+
+
+class _Handler(BaseHTTPRequestHandler):
+    state: ServerState
+
+    def do_GET(self) -> None:
+        rng = self.headers.get("Range")
+        self.state.asked.append((self.path, rng))
+        path = self.state.files.get(self.path.removeprefix(UPDATES_PATH))
+        if not self.path.startswith(UPDATES_PATH) or path is None:
+            self.send_error(404)
+            return
+        body = path.read_bytes()
+        match = re.fullmatch(r"bytes=(\d+)-", rng or "")
+        start = int(match[1]) if match else 0
+        if match:
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+        else:
+            self.send_response(200)
+        self.send_header("Content-Length", str(len(body) - start))
+        self.end_headers()
+        # the device may be killed mid-download
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError, ssl.SSLError):
+            self.wfile.write(body[start:])
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+class BundleServer:
+    """Start with the fleet CA's ``issue_service`` and its certificate (``ca_cert``)."""
+
+    def __init__(self, ca: Any, passphrase: bytes, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        ca.issue_service(
+            "resonera-https",
+            folder / "https.key",
+            folder / "https.crt",
+            passphrase,
+            server_names=["127.0.0.1"],
+            client=False,
+        )
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(ca.cert_path))
+        context.verify_mode = ssl.CERT_REQUIRED
+        context.load_cert_chain(folder / "https.crt", folder / "https.key")
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
+        self.httpd.daemon_threads = True
+        port = self.httpd.server_address[1]
+        self.state = ServerState(f"https://127.0.0.1:{port}/api/v1", ca.cert_path)
+        self.httpd.RequestHandlerClass = type("Handler", (_Handler,), {"state": self.state})
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+class TlsPeer:
+    """Acks every envelope it receives, keeps one per id; publishes desired states retained."""
+
+    def __init__(self, settings: MqttSettings) -> None:
+        self.stored: dict[str, Envelope] = {}
+        self._lock = threading.Lock()
+        self.client = build_client(settings, "test-server-peer", persistent_session=False)
+        self.client.on_message = self._on_message
+        connect(self.client, settings, clean_start=True, session_expiry_s=0)
+        self.client.subscribe(topics.UP_WILDCARD, qos=1)
+        self.client.loop_start()
+
+    def _on_message(self, client: paho.Client, _u: object, message: paho.MQTTMessage) -> None:
+        envelope = decode_envelope(bytes(message.payload))
+        with self._lock:
+            self.stored.setdefault(envelope.id, envelope)
+        client.publish(topics.ack(envelope.device), Ack.of([envelope.id]).to_bytes(), qos=1)
+
+    def updates(self) -> list[dict[str, Any]]:
+        with self._lock:
+            found = sorted(
+                (e for e in self.stored.values() if e.kind == "update"), key=lambda e: e.seq
             )
-        )
-    out = workdir / f"dist-{version}"
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-         "--disable-pip-version-check", "-w", str(out), str(src)],
-        check=True,
-        capture_output=True,
-    )  # fmt: skip
-    [wheel] = out.glob("resonera-*.whl")
-    return wheel
+        return [e.body for e in found]
+
+    def states(self) -> list[str]:
+        return [str(r["state"]) for r in self.updates()]
+
+    def publish_desired(self, device_id: str, payload: bytes) -> None:
+        info = self.client.publish(topics.desired(device_id), payload, qos=1, retain=True)
+        info.wait_for_publish(timeout=5)
+
+    def close(self) -> None:
+        stop_loop(self.client)
+        self.client.disconnect()
 
 
-def deps_wheel(workdir: Path) -> Path:
-    """A wheel whose one file is a path file to the test venv's site-packages (the dependencies)."""
-    name = "resonera_test_deps-1.0-py3-none-any.whl"
-    path = workdir / name
-    info = "resonera_test_deps-1.0.dist-info"
-    with zipfile.ZipFile(path, "w") as whl:
-        whl.writestr("resonera-test-deps.pth", sysconfig.get_paths()["purelib"] + "\n")
-        whl.writestr(
-            f"{info}/METADATA", "Metadata-Version: 2.1\nName: resonera-test-deps\nVersion: 1.0\n"
-        )
-        whl.writestr(
-            f"{info}/WHEEL",
-            "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
-        )
-        whl.writestr(f"{info}/RECORD", "")
-    return path
+class Unit:
+    """The unit file's ``ExecStart`` (the launcher, by the system's Python) and ``Restart=always``:
+    each exit is recorded in ``exits`` and the launcher started again, until ``stop``."""
+
+    def __init__(self, launcher: Path, config: Path, log: Path) -> None:
+        self.argv = [sys.executable, str(launcher), "--config", str(config)]
+        self.log = log
+        self.exits: list[int] = []
+        self.process: subprocess.Popen[bytes] | None = None
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> Unit:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stopped.is_set():
+            with self.log.open("ab") as out:
+                # a process group of its own: a kill reaches the agent, the launcher's child
+                self.process = subprocess.Popen(
+                    self.argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+                )
+                code = self.process.wait()
+            self._kill_group()  # KillMode=mixed: what is left of the unit (a pip) goes too
+            if not self._stopped.is_set():
+                self.exits.append(code)
+                self._stopped.wait(0.5)  # RestartSec
+
+    def kill(self) -> None:
+        """SIGKILL to the launcher and the agent (its process group), as a power loss does."""
+        if self.process is not None and self.process.poll() is None:
+            self._kill_group()
+
+    def _kill_group(self) -> None:
+        if self.process is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+
+    def stop(self, timeout_s: float = 40.0) -> int | None:
+        self._stopped.set()
+        process = self.process
+        if process is None:
+            return None
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+        try:
+            code = process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            code = process.wait()
+        self._thread.join(timeout=5)
+        return code
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    from support import wait_until
+
+    wait_until(predicate, timeout, what)
