@@ -646,7 +646,7 @@ def evaluate(session: Session, rollout: RolloutRow, now: datetime) -> str | None
         rollout.state = "paused"
         rollout.paused_reason = (
             f"{failures} of {counts.targeted} targeted devices failed or rolled back "
-            f"(more than {rollout.failure_threshold:.0%}, at least {rollout.min_failures}){who}"
+            f"(more than {rollout.failure_threshold * 100:g} %, at least {rollout.min_failures}){who}"
         )[:UPDATE_REASON_MAX]
         log.warning("rollout %s paused: %s", rollout.id, rollout.paused_reason)
         session.add(
