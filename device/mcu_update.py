@@ -121,6 +121,10 @@ class McuUpdateResult:
     resumes: int
 
 
+#: Answers that tell how far the transfer is (to a chunk or a BEGIN), never the end of it.
+_PROGRESS = frozenset({sl.UPDATE_READY, sl.UPDATE_CHUNK_OK, sl.UPDATE_REFUSED_OFFSET})
+
+
 class _Failed(Exception):
     def __init__(self, state: EndState, reason: str) -> None:
         super().__init__(reason)
@@ -227,20 +231,22 @@ class McuUpdater:
                 sent += len(data)
             status = self.monitor.wait_update_status(self.status_timeout_s)
             if status is None or status.status == sl.UPDATE_REFUSED_NO_TRANSFER:
-                # the answers stopped (a lost frame, a link reset) or the MCU restarted
+                # the answers stopped (a lost frame, a stalled link) or the MCU restarted
                 acked = sent = self._resync(image)
                 rewound_to = None
-            elif status.status == sl.UPDATE_CHUNK_OK:
+            elif status.status in _PROGRESS:
+                # Within a transfer the MCU's next offset only grows, so an answer naming one
+                # behind what it already acknowledged is stale (sent before a resync): ignored.
+                fresh = status.next_offset >= acked
                 acked = max(acked, status.next_offset)
                 if rewound_to is not None and acked > rewound_to:
                     rewound_to = None
-            elif status.status == sl.UPDATE_REFUSED_OFFSET:
-                # a chunk was lost: the ones after it come back refused too; go back once
-                if rewound_to is None:
-                    acked = sent = rewound_to = status.next_offset
+                lost = status.status == sl.UPDATE_REFUSED_OFFSET
+                if lost and fresh and rewound_to != status.next_offset:
+                    # a chunk was lost: the ones after it come back refused too; go back once
+                    sent = rewound_to = status.next_offset
                     self._resumes += 1
-            elif status.status == sl.UPDATE_READY:
-                acked = sent = status.next_offset  # a late answer to a resync
+                sent = max(sent, acked)
             else:
                 self.monitor.send_update(sl.MSG_UPDATE_ABORT)
                 raise _Failed("failed", f"the safety MCU refused a chunk: {status.describe()}")
@@ -254,6 +260,8 @@ class McuUpdater:
         for attempt in range(self.max_resyncs):
             if not first or attempt:
                 self._resumes += 1
+            while self.monitor.wait_update_status(0) is not None:
+                pass  # answers already here came before this BEGIN: they say nothing of it
             self.monitor.send_update(sl.MSG_UPDATE_BEGIN, sl.pack_update_begin(image.begin()))
             deadline = time.monotonic() + self.status_timeout_s
             while (remaining := deadline - time.monotonic()) > 0:
@@ -282,6 +290,8 @@ class McuUpdater:
         status = None
         while status is None and not restarts.happened and time.monotonic() < deadline:
             status = self.monitor.wait_update_status(0.05)
+            if status is not None and status.status in _PROGRESS:
+                status = None  # a late answer to a chunk or a resync, not to the commit
         if status is None:
             # Power lost during the commit: what boots now is what the boot record says.
             log.warning("no answer to UPDATE_COMMIT: waiting for the MCU to come back")

@@ -145,6 +145,19 @@ def test_a_power_loss_at_a_chunk_leaves_the_old_image_and_the_transfer_resumes(
     assert sim.firmware_version == NEW
 
 
+def test_a_link_that_stops_mid_transfer_resumes_where_the_mcu_is(
+    sim: Simulator, monitor: HardwareMonitor
+) -> None:
+    def on_report(step: McuUpdateReport) -> None:
+        if step.state == "installing" and step.detail.startswith(("8", "9", "10")):
+            sim.stall(0.4)  # both ways: chunks and answers wait, then flow again
+
+    updater = McuUpdater(monitor, report=on_report, status_timeout_s=0.2)
+    result = updater.run(signed(size=24 * 1024))
+    assert result.state == "installed" and result.resumes >= 1
+    assert sim.firmware_version == NEW
+
+
 def test_a_power_loss_at_a_chunk_boots_the_old_image(sim: Simulator) -> None:
     """Without the updater: the board's own view after the power loss, then a retry succeeds."""
     sim.power_loss_at_chunk(5)
