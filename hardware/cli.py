@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help=f"play a firmware of protocol v1.N ({OLDEST_MINOR} to {sl.PROTOCOL_MINOR}, default "
         f"{sl.PROTOCOL_MINOR}): its HELLO says so, it refuses the light states v1.N lacks and "
-        "sends BOARD only from v1.4",
+        "sends BOARD only from v1.4, answers the update frames only from v1.5",
     )
     parser.add_argument("--scenario", type=Path, help="timed sensor curves and faults (JSON/TOML)")
     parser.add_argument("--control", type=Path, help="accept control commands on this UNIX socket")
