@@ -138,7 +138,9 @@ class Simulator:
     ``lights_shown`` and ``lights_asked`` are the light's history and the LIGHT frames the device
     sent. ``readings`` (names of ``READINGS``) are set before the firmware powers up, e.g.
     ``{"headphones": False}`` for headphones never plugged in since power-up; ``reset`` forgets
-    them.
+    them. The bootloader (v1.5): ``flash`` keeps both image slots and the boot record across
+    ``reboot``s and power losses; each boot runs the image the boot record picks (its version is
+    ``firmware_version``, what HELLO says); ``rx_bytes_per_s`` makes the UART as slow as a real one.
     """
 
     def __init__(
