@@ -8,8 +8,6 @@ serving: it refuses a missing or weak JWT secret and a missing patient-data key 
 
 from __future__ import annotations
 
-import base64
-import binascii
 import os
 import secrets
 import socket
@@ -19,6 +17,7 @@ from typing import Annotated, Final
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from resonera.common.agent_update import BundleRejected, update_key_from_b64
 from resonera.common.errors import ConfigError
 from resonera.common.settings import MqttSettings, ResoneraSettings
 
@@ -164,11 +163,9 @@ class ServerSettings(ResoneraSettings):
     def _raw_ed25519_keys(cls, keys: list[str]) -> list[str]:
         for key in keys:
             try:
-                raw = base64.b64decode(key, validate=True)
-            except binascii.Error:
-                raw = b""
-            if len(raw) != 32:
-                raise ValueError(f"{key[:60]!r} is not base64 of a raw 32-byte Ed25519 public key")
+                update_key_from_b64(key)
+            except BundleRejected as exc:
+                raise ValueError(str(exc)) from None
         return keys
 
     def checked_for_start(self, source: str = "settings") -> ServerSettings:

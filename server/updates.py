@@ -3,9 +3,10 @@ rollouts and which devices they target, the pause rule, and what the dashboard c
 
 - **Bundles** are kept by content, ``<data_dir>/updates/<sha256>``, like background files
   (``backgrounds.py``, whose store and streamed writer this reuses): an upload is written to a
-  temporary file as it arrives, bounded by ``MAX_BUNDLE_BYTES``, checked (``check_bundle``: the
-  manifest first, signed by one of the server's ``update_public_keys``, every member a regular
-  file listed with its size and SHA-256, none missing or extra), then renamed to its SHA-256.
+  temporary file as it arrives, bounded by ``MAX_BUNDLE_BYTES``, checked as far as it can be away
+  from a device (``common.agent_update.read_bundle``: the manifest first, signed by one of the
+  server's ``update_public_keys``, every member a regular file listed with its size and SHA-256,
+  none missing or extra), then renamed to its SHA-256.
 - **A rollout** asks the devices it targets to run one bundle's version: the devices of a named
   cohort (``device.cohort``), or a share of the fleet by a stable bucket per device
   (``bucket``: SHA-256 of the id modulo 100, below the percentage), so a wider rollout of the same
@@ -32,13 +33,11 @@ Queries take a ``Session``; ingest wraps its transaction's connection in one.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-import tarfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -46,23 +45,15 @@ from packaging.version import InvalidVersion, Version
 from sqlmodel import Session, col, select
 
 from resonera.common.agent_update import (
-    BUNDLE_FORMAT,
     ENDED_STATES,
-    MANIFEST_NAME,
     MAX_BUNDLE_BYTES,
-    MAX_MANIFEST_BYTES,
-    PRODUCT,
     AgentUpdateTarget,
+    BundleRejected,
     UpdateReport,
-    is_sha256,
+    read_bundle,
+    update_key_from_b64,
 )
 from resonera.common.ids import new_id
-from resonera.common.signing import (
-    SignatureError,
-    ed25519_key_id,
-    ed25519_public_key_from_b64,
-    verify_document_ed25519,
-)
 from resonera.server.backgrounds import BackgroundInvalid, BackgroundStore, BackgroundWriter
 from resonera.server.models import (
     AGENT_VERSION_MAX,
@@ -109,7 +100,8 @@ class UpdateRefused(ValueError):
 
 @dataclass(frozen=True)
 class CheckedBundle:
-    """What an upload holds, checked: its manifest (signature included) and the tar's identity."""
+    """What an upload holds, checked: its manifest (with the id of the key that signed it) and
+    the tar's identity."""
 
     sha256: str
     size: int
@@ -120,7 +112,7 @@ class CheckedBundle:
 
 def update_keys(settings: ServerSettings) -> list[Ed25519PublicKey]:
     """The update keys the server checks uploads against (``update_public_keys``)."""
-    return [ed25519_public_key_from_b64(text) for text in settings.update_public_keys]
+    return [update_key_from_b64(text) for text in settings.update_public_keys]
 
 
 class BundleStore(BackgroundStore):
@@ -172,137 +164,20 @@ class BundleWriter(BackgroundWriter):
         self._out.flush()
         os.fsync(self._out.fileno())
         self._out.close()
-        manifest = check_bundle(self._partial, self.store.keys)
+        try:
+            verified = read_bundle(self._partial, self.store.keys)
+        except BundleRejected as exc:
+            raise UpdateRefused(str(exc)) from None
         sha256 = self._hash.hexdigest()
         os.replace(self._partial, self.store.path_for(sha256))
+        manifest = verified.manifest
         return CheckedBundle(
             sha256=sha256,
             size=self.size,
-            version=str(manifest["version"]),
-            min_previous_version=manifest.get("min_previous_version"),
-            manifest=manifest,
+            version=manifest.version,
+            min_previous_version=manifest.min_previous_version,
+            manifest={**manifest.to_json(), "key_id": verified.key_id},
         )
-
-
-def _version_text(value: object, what: str) -> str:
-    if not isinstance(value, str) or not 0 < len(value) <= AGENT_VERSION_MAX:
-        raise UpdateRefused(f"the manifest's {what} is missing or not text of 1..64 characters")
-    try:
-        Version(value)
-    except InvalidVersion:
-        raise UpdateRefused(f"the manifest's {what} {value!r} is not a PEP 440 version") from None
-    return value
-
-
-def _verified_manifest(data: bytes, keys: Sequence[Ed25519PublicKey]) -> dict[str, Any]:
-    try:
-        manifest = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UpdateRefused(f"manifest.json is not JSON: {exc}") from None
-    if not isinstance(manifest, dict):
-        raise UpdateRefused("manifest.json is not a JSON object")
-    sig = manifest.get("sig")
-    key_id = sig.get("key_id") if isinstance(sig, dict) else None
-    key = next((k for k in keys if ed25519_key_id(k) == key_id), None)
-    if key is None:
-        raise UpdateRefused(
-            f"the manifest is signed by key {key_id!r}, which is not one of this server's "
-            f"update_public_keys ({', '.join(ed25519_key_id(k) for k in keys)})"
-        )
-    try:
-        verify_document_ed25519(manifest, key)
-    except SignatureError as exc:
-        raise UpdateRefused(f"the manifest's signature is not valid: {exc}") from None
-    return manifest
-
-
-def _listed_files(manifest: dict[str, Any]) -> dict[str, tuple[str, int]]:
-    files = manifest.get("files")
-    if not isinstance(files, list) or not files:
-        raise UpdateRefused("the manifest lists no files")
-    listed: dict[str, tuple[str, int]] = {}
-    for entry in files:
-        path = entry.get("path") if isinstance(entry, dict) else None
-        if not isinstance(path, str) or not _safe_member(path) or path == MANIFEST_NAME:
-            raise UpdateRefused(
-                f"the manifest lists a file with a path that is not allowed: {path!r}"
-            )
-        sha256, size = entry.get("sha256"), entry.get("size")
-        if not is_sha256(sha256) or not isinstance(size, int) or isinstance(size, bool) or size < 0:
-            raise UpdateRefused(f"the manifest's entry for {path} lacks a SHA-256 or a size")
-        if path in listed:
-            raise UpdateRefused(f"the manifest lists {path} twice")
-        listed[path] = (str(sha256), size)
-    return listed
-
-
-def _safe_member(name: str) -> bool:
-    path = PurePosixPath(name)
-    return bool(name) and not path.is_absolute() and ".." not in path.parts and "\\" not in name
-
-
-def check_bundle(path: Path, keys: Sequence[Ed25519PublicKey]) -> dict[str, Any]:
-    """The manifest of the bundle at ``path`` (its ``sig`` kept), or ``UpdateRefused`` saying why:
-    the checks a device makes before installing (docs/updates.md "The bundle") that do not
-    depend on the device (its Python, its running version)."""
-    try:
-        with tarfile.open(path, mode="r:") as tar:
-            first = tar.next()
-            if first is None or first.name != MANIFEST_NAME:
-                raise UpdateRefused(f"the bundle's first member is not {MANIFEST_NAME}")
-            if not first.isreg() or first.size > MAX_MANIFEST_BYTES:
-                raise UpdateRefused(
-                    f"{MANIFEST_NAME} must be a regular file of at most {MAX_MANIFEST_BYTES} bytes"
-                )
-            data = tar.extractfile(first)
-            assert data is not None  # a regular file
-            manifest = _verified_manifest(data.read(), keys)
-            if manifest.get("format") != BUNDLE_FORMAT or manifest.get("product") != PRODUCT:
-                raise UpdateRefused(
-                    f"the manifest is not a {PRODUCT} bundle of format {BUNDLE_FORMAT} "
-                    f"(product {manifest.get('product')!r}, format {manifest.get('format')!r})"
-                )
-            _version_text(manifest.get("version"), "version")
-            if manifest.get("min_previous_version") is not None:
-                _version_text(manifest["min_previous_version"], "min_previous_version")
-            listed = _listed_files(manifest)
-            seen: set[str] = set()
-            while (member := tar.next()) is not None:
-                _check_member(tar, member, listed, seen)
-    except tarfile.TarError as exc:
-        raise UpdateRefused(f"the bundle is not an uncompressed tar file: {exc}") from None
-    missing = sorted(set(listed) - seen)
-    if missing:
-        raise UpdateRefused(f"files the manifest lists are missing from the bundle: {missing[:5]}")
-    return manifest
-
-
-def _check_member(
-    tar: tarfile.TarFile,
-    member: tarfile.TarInfo,
-    listed: dict[str, tuple[str, int]],
-    seen: set[str],
-) -> None:
-    name = member.name
-    if not _safe_member(name):
-        raise UpdateRefused(f"the bundle holds a member outside it: {name!r}")
-    if not member.isreg():
-        raise UpdateRefused(f"the bundle's member {name} is not a regular file (a link or folder)")
-    if name not in listed:
-        raise UpdateRefused(f"the bundle holds {name}, which the manifest does not list")
-    if name in seen:
-        raise UpdateRefused(f"the bundle holds {name} twice")
-    seen.add(name)
-    sha256, size = listed[name]
-    if member.size != size:
-        raise UpdateRefused(f"{name} has {member.size} bytes, the manifest says {size}")
-    digest = hashlib.sha256()
-    data = tar.extractfile(member)
-    assert data is not None
-    while chunk := data.read(1024 * 1024):
-        digest.update(chunk)
-    if digest.hexdigest() != sha256:
-        raise UpdateRefused(f"{name} does not have the SHA-256 the manifest lists (corrupt)")
 
 
 def add_bundle(

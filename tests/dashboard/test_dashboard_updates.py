@@ -96,7 +96,7 @@ def test_an_admin_uploads_rolls_out_and_sees_the_rollout_pause(
     b.page.get_by_label("Bundle (.tar)").set_input_files(str(broken))
     b.page.get_by_role("button", name="Upload and check").click()
     expect(b.page.locator("#bundle-error")).to_contain_text(
-        "does not have the SHA-256 the manifest lists (corrupt)"
+        "is not the file the manifest lists (SHA-256 differs)"
     )
     # The refusal is answered 400, which Chromium logs as a resource that failed: expected.
     assert [e for e in b.console_errors if "400 (Bad Request)" not in e] == []

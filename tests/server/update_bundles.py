@@ -1,5 +1,6 @@
 """Small hand-made agent bundles for the server's tests (docs/updates.md "The bundle"): a tar with a
-manifest signed by an Ed25519 update key made in the test, and a couple of tiny files. The real
+manifest signed by an Ed25519 update key made in the test, and two tiny files named as wheels (the
+agent's and a dependency's; their content is not a wheel's: the server never installs them). The real
 builder (``tests/updates_support.py``, real wheels, ~30 s) is for the end-to-end tests; the server
 checks the same things of both.
 
@@ -53,12 +54,13 @@ def _files(version: str) -> dict[str, bytes]:
 
 
 def manifest_for(
-    version: str, files: dict[str, bytes], min_previous_version: str | None = None
+    version: str, files: dict[str, bytes], min_previous_version: str
 ) -> dict[str, Any]:
-    manifest: dict[str, Any] = {
+    return {
         "format": BUNDLE_FORMAT,
         "product": PRODUCT,
         "version": version,
+        "min_previous_version": min_previous_version,
         "python": "cp311",
         "platform": "linux_x86_64",
         "created_at": "2026-12-07T09:00:00Z",
@@ -67,9 +69,6 @@ def manifest_for(
             for path, data in files.items()
         ],
     }
-    if min_previous_version is not None:
-        manifest["min_previous_version"] = min_previous_version
-    return manifest
 
 
 def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
@@ -83,7 +82,7 @@ def bundle_bytes(
     key: UpdateKey,
     version: str,
     *,
-    min_previous_version: str | None = None,
+    min_previous_version: str = "0.1.0",
     broken: Broken = "",
 ) -> bytes:
     """A bundle of ``version`` signed with ``key`` (or broken as ``broken`` says)."""
