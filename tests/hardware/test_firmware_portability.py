@@ -14,9 +14,21 @@ MCU_FILES = [
     ROOT / "hardware" / "firmware" / "logic.py",
     ROOT / "hardware" / "firmware" / "config.py",
     ROOT / "hardware" / "firmware" / "main.py",
+    ROOT / "hardware" / "firmware" / "bootloader.py",
 ]
 #: Modules MicroPython provides on the RP2040 port, plus the firmware's own flat files.
-ALLOWED = {"struct", "json", "time", "machine", "micropython", "serial_link", "config", "logic"}
+ALLOWED = {
+    "struct",
+    "json",
+    "time",
+    "hashlib",
+    "machine",
+    "micropython",
+    "serial_link",
+    "config",
+    "logic",
+    "bootloader",
+}
 #: Imports of CPython-only modules allowed only inside ``try: ... except ImportError:``.
 GUARDED_PREFIX = "resonera."
 #: Never, not even guarded: what MicroPython lacks and a port must not need.

@@ -174,7 +174,7 @@ def _hello(peer: Peer) -> sl.Hello:
 
 
 def test_each_new_light_state_round_trips_and_is_in_the_history(sim: Simulator, peer: Peer) -> None:
-    assert _hello(peer).protocol_minor == 4
+    assert _hello(peer).protocol_minor == sl.PROTOCOL_MINOR
     new = [sl.LIGHT_REFUSED, sl.LIGHT_BLOCKED, sl.LIGHT_SHUT_OUT]
     for count, state in enumerate(new, 1):
         peer.send(sl.MSG_LIGHT, sl.pack_light(state))
@@ -237,14 +237,14 @@ def test_an_unknown_light_state_is_a_protocol_error_with_a_clear_message(
     peer.send(sl.MSG_LIGHT, bytes((9,)))
     wait_until(lambda: sim.controller.frames_rejected == 1, 5, "the LIGHT rejected")
     assert sim.controller.last_rejection == "LIGHT light state is 9, not one of 0 to 8"
-    assert "protocol=v1.4 rejected=1" in execute(sim, "status")
+    assert f"protocol=v1.{sl.PROTOCOL_MINOR} rejected=1" in execute(sim, "status")
     assert sim.light == sl.LIGHT_IDLE
     assert [state for _t, state in sim.lights_shown] == [sl.LIGHT_IDLE]
     assert _shown(peer) == []
 
 
 def test_the_simulator_plays_only_minors_it_knows() -> None:
-    with pytest.raises(ValueError, match=r"speaks protocol v1\.2 to v1\.4, not v1\.1"):
+    with pytest.raises(ValueError, match=r"speaks protocol v1\.2 to v1\.5, not v1\.1"):
         Simulator(protocol_minor=1)
 
 
