@@ -13,6 +13,7 @@ import bench_dashboard  # noqa: E402
 import bench_fault_reaction  # noqa: E402
 import bench_fleet  # noqa: E402
 import bench_ingest  # noqa: E402
+import bench_mcu_update  # noqa: E402
 import bench_outcomes  # noqa: E402
 import bench_prescription  # noqa: E402
 import bench_prescription_loop  # noqa: E402
@@ -25,38 +26,32 @@ import bench_server_ingest  # noqa: E402
 import bench_synth  # noqa: E402
 
 
+BENCHMARKS = (
+    bench_synth,
+    bench_render,
+    bench_safety_chain,
+    bench_prompt_mixer,
+    bench_fault_reaction,
+    bench_button_reaction,
+    bench_mcu_update,
+    bench_agent,
+    bench_ingest,
+    bench_server_ingest,
+    bench_fleet,
+    bench_server_api,
+    bench_dashboard,
+    bench_outcomes,
+    bench_preview,
+    bench_prescription,
+    bench_prescription_loop,
+)
+
+
 def main() -> None:
-    bench_synth.main()
-    print()
-    bench_render.main()
-    print()
-    bench_safety_chain.main()
-    print()
-    bench_prompt_mixer.main()
-    print()
-    bench_fault_reaction.main()
-    print()
-    bench_button_reaction.main()
-    print()
-    bench_agent.main()
-    print()
-    bench_ingest.main()
-    print()
-    bench_server_ingest.main()
-    print()
-    bench_fleet.main()
-    print()
-    bench_server_api.main()
-    print()
-    bench_dashboard.main()
-    print()
-    bench_outcomes.main()
-    print()
-    bench_preview.main()
-    print()
-    bench_prescription.main()
-    print()
-    bench_prescription_loop.main()
+    for index, bench in enumerate(BENCHMARKS):
+        if index:
+            print()
+        bench.main()
 
 
 if __name__ == "__main__":

@@ -5,9 +5,6 @@ the real Ed25519 check. Every refusal, resumes, and a power loss at every chunk 
 from __future__ import annotations
 
 import hashlib
-import importlib.util
-from pathlib import Path
-from types import ModuleType
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -450,27 +447,3 @@ def test_torn_boot_records_lose_to_the_whole_one() -> None:
     flipped = bytes((raw[0], raw[1] ^ 1)) + raw[2:]
     assert bl.unpack_record(flipped) is None
     assert bl.read_boot_record(bl.Flash(1024)).active == 0  # never written: slot a
-
-
-# -- it runs on the MCU ------------------------------------------------------------------------------
-
-
-def _portability() -> ModuleType:
-    path = Path(__file__).with_name("test_firmware_portability.py")
-    spec = importlib.util.spec_from_file_location("_portability", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    # MicroPython's RP2040 port has hashlib.sha256; bootloader.py is one of the flat files
-    allowed: set[str] = getattr(module, "ALLOWED")  # noqa: B009 (a module loaded from a path)
-    allowed |= {"hashlib", "bootloader"}
-    return module
-
-
-def test_the_bootloader_is_micropython_compatible() -> None:
-    portability = _portability()
-    path = Path(bl.__file__).resolve()
-    portability.test_mcu_files_import_only_what_micropython_has(path)
-    portability.test_mcu_files_avoid_cpython_only_syntax(path)
-    logic = Path(bl.__file__).resolve().with_name("logic.py")
-    portability.test_mcu_files_import_only_what_micropython_has(logic)
