@@ -25,7 +25,6 @@ import bench_server_api  # noqa: E402
 import bench_server_ingest  # noqa: E402
 import bench_synth  # noqa: E402
 
-
 BENCHMARKS = (
     bench_synth,
     bench_render,
