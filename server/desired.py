@@ -299,6 +299,15 @@ class DesiredService:
             for device_id in device_ids
         ]
 
+    def reconcile(
+        self, session: Session, now: datetime, device_ids: Iterable[str] | None = None
+    ) -> list[Outgoing]:
+        """New documents for the devices (all, or ``device_ids``) whose document carries another
+        agent update than the current rollout asks of them (``updates.stale_devices``): after a
+        rollout starts, pauses, resumes or ends, a device's cohort or running version changes, or
+        it reports a failure. The caller commits, then ``publish``es."""
+        return self.refresh(session, updates.stale_devices(session, device_ids), now)
+
     def refresh(self, session: Session, device_ids: Iterable[str], now: datetime) -> list[Outgoing]:
         """New documents for ``device_ids``, each for the patient it serves now (its current config,
         or none yet) or, serving nobody, with no patient's part at all (an agent update alone); the

@@ -222,7 +222,10 @@ class IngestProcessor:
         if not seen.versions and not seen.reports:
             return []
         with Session(bind=conn) as session:  # joins the batch's transaction, never commits it
-            outgoing = updates.after_ingest(session, seen, now, self._desired)
+            recheck = updates.after_ingest(session, seen, now)
+            outgoing: list[Outgoing] = []
+            if self._desired is not None and recheck.needed:
+                outgoing = self._desired.reconcile(session, now, recheck.device_ids)
             session.flush()
         return outgoing
 

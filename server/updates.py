@@ -22,10 +22,10 @@ rollouts and which devices they target, the pause rule, and what the dashboard c
   devices it targets, ingest pauses it (an audit row; the reason kept on the rollout), and the
   devices not yet switched lose their target. It is **completed** when every device it targets
   runs its version.
-- **Documents**: ``reconcile`` re-issues the desired document of every device whose document
-  carries another target than it should (``device_update.target_*`` records what it carries); it is
-  called whenever a rollout starts, pauses, resumes, ends, a device's cohort or reported version
-  changes, or a device reports a failure.
+- **Documents**: ``DesiredService.reconcile`` re-issues the desired document of every device
+  whose document carries another target than it should (``stale_devices``;
+  ``device_update.target_*`` records what it carries): when a rollout starts, pauses, resumes or
+  ends, a device's cohort or running version changes, or a device reports a failure.
 
 Queries take a ``Session``; ingest wraps its transaction's connection in one.
 """
@@ -38,7 +38,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import Any, Final, Literal
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from packaging.version import InvalidVersion, Version
@@ -66,9 +66,6 @@ from resonera.server.models import (
     UserRow,
 )
 from resonera.server.settings import ServerSettings
-
-if TYPE_CHECKING:
-    from resonera.server.desired import DesiredService, Outgoing
 
 log = logging.getLogger(__name__)
 
@@ -394,15 +391,10 @@ def _update_row(session: Session, device_id: str, now: datetime) -> DeviceUpdate
     return row
 
 
-def reconcile(
-    session: Session,
-    desired: DesiredService,
-    now: datetime,
-    device_ids: Iterable[str] | None = None,
-) -> list[Outgoing]:
-    """New documents for the devices (all, or ``device_ids``) whose document carries another
-    target than the current rollout asks of them; revoked devices are left alone (their topic
-    carries their revoked notice). The caller commits, then publishes."""
+def stale_devices(session: Session, device_ids: Iterable[str] | None = None) -> list[str]:
+    """Of the devices (all, or ``device_ids``), those whose document carries another target than
+    the current rollout asks of them (``DesiredService.reconcile`` re-issues theirs); revoked
+    devices are left alone (their topic carries their revoked notice)."""
     current = current_rollout(session)
     rollout, bundle = current if current is not None else (None, None)
     stale: list[str] = []
@@ -413,7 +405,7 @@ def reconcile(
         carried = (facts.target_rollout, facts.target_version)
         if carried != ((target.rollout, target.version) if target is not None else (None, None)):
             stale.append(facts.device_id)
-    return desired.refresh(session, stale, now) if stale else []
+    return stale
 
 
 # -- rollouts -----------------------------------------------------------------------------
@@ -622,14 +614,29 @@ def record(session: Session, batch: IngestedUpdates, now: datetime) -> tuple[set
     return changed, rollouts
 
 
-def after_ingest(
-    session: Session, batch: IngestedUpdates, now: datetime, desired: DesiredService | None
-) -> list[Outgoing]:
-    """What a stored batch means for updates: ``device_update`` moves, the rollouts reported on
-    are evaluated (paused, completed), and the documents that now carry the wrong target are
-    re-issued (returned, to publish after the commit; none without ``desired``)."""
+@dataclass(frozen=True)
+class Recheck:
+    """Whose documents a batch may have made stale: every device's (a rollout moved) or these."""
+
+    devices: frozenset[str] = frozenset()
+    everyone: bool = False
+
+    @property
+    def needed(self) -> bool:
+        return self.everyone or bool(self.devices)
+
+    @property
+    def device_ids(self) -> frozenset[str] | None:
+        """For ``DesiredService.reconcile``: None for every device."""
+        return None if self.everyone else self.devices
+
+
+def after_ingest(session: Session, batch: IngestedUpdates, now: datetime) -> Recheck:
+    """What a stored batch means for updates: ``device_update`` moves, the rollout reported on is
+    evaluated (paused, completed); whose documents to re-issue where they carry the wrong target
+    (``DesiredService.reconcile``, published after the commit)."""
     if not batch.versions and not batch.reports:
-        return []
+        return Recheck()
     changed, reported_on = record(session, batch, now)
     current = current_rollout(session)
     everyone = False
@@ -637,9 +644,7 @@ def after_ingest(
         rollout = session.get(RolloutRow, current[0].id, with_for_update=True)
         assert rollout is not None
         everyone = evaluate(session, rollout, now) is not None
-    if desired is None or not (changed or everyone):
-        return []
-    return reconcile(session, desired, now, None if everyone else changed)
+    return Recheck(frozenset(changed), everyone)
 
 
 # -- cohorts ---------------------------------------------------------------------------------

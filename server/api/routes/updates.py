@@ -11,6 +11,7 @@ audited. Every change re-issues the desired documents it changes (committed firs
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Annotated, Literal
 
@@ -162,10 +163,12 @@ def _refused(exc: updates.UpdateRefused) -> ApiError:
     return ApiError(exc.status, str(exc))
 
 
-def publish_after_commit(state: AppState, session: Session, reissue: bool = True) -> None:
-    """Commit, then publish the documents the change re-issued (a document is never out before
-    its row)."""
-    outgoing = updates.reconcile(session, state.desired, now_utc()) if reissue else []
+def publish_after_commit(
+    state: AppState, session: Session, device_ids: Iterable[str] | None = None
+) -> None:
+    """Re-issue the documents the change made stale (of ``device_ids``; None: of every device),
+    commit, then publish them (a document is never out before its row)."""
+    outgoing = state.desired.reconcile(session, now_utc(), device_ids)
     session.commit()
     state.desired.publish(outgoing)
 
@@ -330,7 +333,7 @@ def set_cohort(
     except updates.UpdateRefused as exc:
         raise _refused(exc) from None
     audit(session, request, admin, "update", "device_cohort", resource_id=device_id)
-    publish_after_commit(state, session)
+    publish_after_commit(state, session, [device_id])
     return DeviceCohortPublic(device_id=device.id, cohort=device.cohort)
 
 
