@@ -39,3 +39,102 @@ def true_peak(
 
 def largest_magnitude(x: NDArray[np.float32], /) -> float:
     """The largest ``|value|`` of ``x`` (0.0 when empty), NaN when it holds a NaN."""
+
+def cascade_frames(
+    sos: NDArray[np.float64],
+    x: NDArray[np.float32],
+    y: NDArray[np.float32],
+    zi: NDArray[np.float64],
+    /,
+) -> None:
+    """``cascade`` with the filtered block written to ``y`` as ``x`` is laid out, ``(frames,
+    channels)`` float32, each value rounded once from float64."""
+
+def skip_peak(history: NDArray[np.float64], x: NDArray[np.float32], /) -> None:
+    """The true-peak detector's ``history``, ``(span - 1, channels)``, moved on past the block
+    ``x`` without measuring it."""
+
+def delay(
+    ring: NDArray[np.float32],
+    x: NDArray[np.float32],
+    out: NDArray[np.float32] | None,
+    gain: NDArray[np.float64] | None,
+    at: int,
+    limit: float | None,
+    /,
+) -> int:
+    """``x``, ``(frames, channels)``, through the delay line ``ring``, ``(length, channels)``,
+    whose oldest frame is at ``at``: the delayed frames into ``out``, times ``gain`` (one per
+    frame) unless None, clipped to ``±limit`` unless None; ``out`` None only writes ``x``.
+    Returns the new ``at``."""
+
+def delay_running(
+    pending: NDArray[np.float64], running: NDArray[np.float64], out: NDArray[np.float64], /
+) -> None:
+    """The running sums of a block, ``(channels, frames)``, delayed by ``pending``'s length (more
+    than the block's), into ``out``; ``pending`` advanced in place."""
+
+def forward_min(
+    g: NDArray[np.float64],
+    pending: NDArray[np.float64],
+    out: NDArray[np.float64],
+    lookahead: int,
+    received: int,
+    prefix: float,
+    /,
+) -> float:
+    """``out[k] = min(g[k .. k+lookahead-1])`` over the stream (``limiter.ForwardMin``),
+    ``pending`` advanced in place; returns the new prefix minimum."""
+
+def release(
+    m: NDArray[np.float64],
+    box: NDArray[np.float64],
+    step: float,
+    r_last: float,
+    ones_run: int,
+    window: int,
+    box_at: int,
+    /,
+) -> tuple[float, int, float]:
+    """The gain smoother's release and box average of the forward minima ``m``, in place
+    (``limiter.GainSmoother``); returns ``(r_last, ones_run, lowest gain)``."""
+
+def required_gains(
+    interval: NDArray[np.float64],
+    last_peak: float,
+    ceiling: float,
+    floor: float,
+    required: NDArray[np.float64],
+    /,
+) -> float:
+    """The true-peak limiter's required gain per frame into ``required``; returns the block's
+    last interval peak."""
+
+def window_test(
+    running: NDArray[np.float64],
+    buffer: NDArray[np.float64],
+    start: int,
+    window: int,
+    limits: NDArray[np.float64],
+    /,
+) -> bool:
+    """The level ceiling's quick test: no window ending in the block over its weighting's
+    limit."""
+
+def append_running(
+    running: NDArray[np.float64], buffer: NDArray[np.float64], skip: int, at: int, /
+) -> None:
+    """The block's running sums from frame ``skip`` on appended to the window sums' cumulative
+    sums at ``at`` (``limiter.WindowSums.extend``)."""
+
+def window_shares(
+    running: NDArray[np.float64],
+    buffer: NDArray[np.float64],
+    at: int,
+    window: int,
+    limits: NDArray[np.float64],
+    required: NDArray[np.float64],
+    /,
+) -> bool:
+    """Append the block, then each frame's required gain of the level ceiling into
+    ``required``; whether any window is over its limit (or NaN)."""

@@ -37,7 +37,7 @@ from typing import Any, Final, Literal
 import numpy as np
 from numpy.typing import NDArray
 
-from resonera.engine.safety._cascade import bank, cascade
+from resonera.engine.safety._cascade import bank, cascade, cascade_frames
 
 F_LOW: Final = (20.598997, 107.65265, 737.86223)
 F_HIGH: Final = 12194.217
@@ -183,7 +183,11 @@ class CascadeFilter:
         return y
 
     def process(self, block: Block) -> Block:
-        result: Block = self.filter_channels(block).T.astype(np.float32)
+        """The filtered block, ``(frames, channels)`` float32 as it came (C-contiguous), each value
+        rounded once from the cascade's float64."""
+        x = np.ascontiguousarray(block, dtype=np.float32)
+        result: Block = np.empty(x.shape, dtype=np.float32)
+        cascade_frames(self.sos, x, result, self._zi)
         return result
 
     __call__ = process

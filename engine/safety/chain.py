@@ -59,6 +59,7 @@ from numpy.typing import NDArray
 from resonera.common.dose import DoseMode, crossed_hundreds, dose_fraction
 from resonera.common.profile import HearingProfile
 from resonera.engine.audio.player import GainRamp
+from resonera.engine.safety._cascade import delay_running
 from resonera.engine.safety.aweighting import (
     AWeightingFilter,
     CWeightingFilter,
@@ -67,7 +68,7 @@ from resonera.engine.safety.aweighting import (
     memory_frames,
 )
 from resonera.engine.safety.dcblock import DcBlocker
-from resonera.engine.safety.limiter import LevelCeiling, LookAheadLimiter, running_from
+from resonera.engine.safety.limiter import DelayLine, LevelCeiling, LookAheadLimiter, running_from
 from resonera.engine.safety.meter import MelMeter
 
 Block = NDArray[np.float32]
@@ -191,6 +192,7 @@ class SafetyChain:
                 )
             ),
             channels=channels,
+            clip=self.peak_ceiling,
         )
         self.meter = MelMeter(
             sample_rate, channels=channels, spl_at_unit_rms=limits.spl_at_unit_rms
@@ -199,9 +201,8 @@ class SafetyChain:
         self.meter_shortcut = meter_shortcut
         self._memory = memory_frames(sample_rate)
         self._weighted = _Delay(self.level.latency_frames, channels)
-        # the output's last ``_memory`` frames, a ring (oldest at ``_recent_at``)
-        self._recent = np.zeros((self._memory, channels), dtype=np.float32)
-        self._recent_at = 0
+        # the output's last ``_memory`` frames
+        self._recent = DelayLine(self._memory, channels)
         self._position = 0  # output frames so far
         self._exact_until = 0  # the meter weights the output itself before this output frame
         self._filter_current = True  # the meter's own filter has seen every output frame
@@ -225,14 +226,11 @@ class SafetyChain:
             return block
         started = self.gain.apply(self.dc_blocker.process(self.onset.process(block)))
         out = self.level.process(self.limiter.process(started))
-        if not np.isfinite(self.level.energy[:, -1]).all():
+        if not all(map(math.isfinite, self.level.energy[:, -1].tolist())):
             self.fault = NON_FINITE_FAULT
             return np.zeros_like(block)
-        if not self.level.passed:
-            # Gains of at most 1 after the limiter only lower its samples: this clip takes off
-            # rounding alone, never shapes sound (where the ceiling passed, the output is the
-            # limiter's, already within its ceiling).
-            np.clip(out, -self.peak_ceiling, self.peak_ceiling, out=out)
+        # (Where the ceiling applied a gain it clipped its output to the peak ceiling; where it
+        # passed, the output is the limiter's, already within it.)
         if len(out):
             for mel in self._metered(out):
                 self._second(mel)
@@ -254,19 +252,14 @@ class SafetyChain:
             self._exact_until = self._position + self._memory
         if start < self._exact_until:
             if not self._filter_current:
-                self.meter.warm(np.roll(self._recent, -self._recent_at, axis=0))
+                self.meter.warm(self._recent.contents())
                 self._filter_current = True
             mels = self.meter.update(out)
             self.meter_filtered_frames += len(out)
         else:
             self._filter_current = False
             mels = self.meter.update_energy(*delayed)
-        keep = min(len(out), self._memory)
-        at = self._recent_at
-        first = min(keep, self._memory - at)
-        self._recent[at : at + first] = out[len(out) - keep : len(out) - keep + first]
-        self._recent[: keep - first] = out[len(out) - keep + first :]
-        self._recent_at = (at + keep) % self._memory
+        self._recent.write(out)
         return mels
 
     def set_gain_db(self, gain_db: float, ramp_s: float = ATTENUATION_RAMP_S) -> None:
@@ -367,8 +360,12 @@ class _Delay:
         frames, delay = running.shape[1], self._pending.shape[1]
         if frames >= delay:
             pieces = (self._pending, running[:, : frames - delay])
-            self._pending = running_from(running, frames - delay)
+            # its own (not a view of the caller's array): the compiled path advances it in place
+            tail = running_from(running, frames - delay)
+            self._pending = tail if frames > delay else tail.copy()
             return pieces
-        joined = np.concatenate((self._pending, running + self._pending[:, -1:]), axis=1)
-        self._pending = running_from(joined, frames)
-        return (joined[:, :frames],)
+        # shorter than the delay (a playing device's blocks): compiled, the pending sums advanced
+        # in place with the values the concatenation and subtraction of numpy gave
+        delayed = np.empty_like(running)
+        delay_running(self._pending, running, delayed)
+        return (delayed,)

@@ -32,7 +32,16 @@ from typing import Final, Protocol, runtime_checkable
 import numpy as np
 from numpy.typing import NDArray
 
-from resonera.engine.safety._cascade import largest_magnitude
+from resonera.engine.safety._cascade import (
+    append_running,
+    delay,
+    forward_min,
+    largest_magnitude,
+    release,
+    required_gains,
+    window_shares,
+    window_test,
+)
 from resonera.engine.safety.truepeak import OVERSHOOT_BOUND, TruePeakDetector
 
 DEFAULT_LOOKAHEAD_S: Final = 0.010
@@ -126,10 +135,29 @@ class WindowSums:
         )
         return sums
 
-    def extend(self, running: Samples) -> int:
-        """Take a block given as its running sums without returning its window sums; where in the
-        buffer its cumulative sums now start."""
-        frames, window = running.shape[-1], self.window
+    def extend(self, running: Samples, skip: int = 0) -> int:
+        """Take a block given as its running sums, from its frame ``skip`` on, without returning
+        its window sums (compiled: ``_cascade.c``, ``append_running``); where in the buffer its
+        cumulative sums now start."""
+        at = self.reserve(running.shape[-1] - skip)
+        append_running(running, self._buffer, skip, at)
+        return at
+
+    @property
+    def buffer(self) -> Samples:
+        """The cumulative sums (``reserve`` says where a block's go)."""
+        return self._buffer
+
+    @property
+    def start(self) -> int:
+        """Where in ``buffer`` the cumulative sums of the last ``window`` positions start."""
+        return self._start
+
+    def reserve(self, frames: int) -> int:
+        """Make room for a block of ``frames`` values and take it: where in ``buffer`` its
+        cumulative sums go (the block's running sums plus the value before them), for the caller
+        to write."""
+        window = self.window
         if self._start + window + frames > self._buffer.shape[-1]:
             live = self._buffer[..., self._start : self._start + window]
             newest = live[..., -1:]
@@ -140,7 +168,6 @@ class WindowSums:
             np.subtract(live, newest, out=moved[..., :window])
             self._buffer, self._start = moved, 0
         at = self._start + window
-        np.add(running, self._buffer[..., at - 1 : at], out=self._buffer[..., at : at + frames])
         self._start += frames
         return at
 
@@ -174,34 +201,14 @@ class ForwardMin:
         return self._prefix >= 1.0 and (not complete or float(self._pending.get(keep)[0]) >= 1.0)
 
     def process(self, g: Samples) -> Samples:
+        """Compiled (``_cascade.c``: ``forward_min``, the numpy version it replaced is the reference
+        in ``tests/engine/test_chain_compiled_gains.py``)."""
         frames = g.shape[0]
-        window, keep = self.window, self.window - 1
-        pending = self._pending.get(keep + frames)
-        pending[keep : keep + frames] = g
+        keep = self.window - 1
         out = np.empty(frames, dtype=np.float64)
-        # prefix minima of the new samples, restarting at each chunk boundary
-        start, position = 0, self._received
-        while start < frames:
-            stop = min(frames, start + window - position % window)
-            piece = out[start:stop]
-            np.minimum.accumulate(g[start:stop], out=piece)
-            if position % window:
-                np.minimum(piece, self._prefix, out=piece)
-            position += stop - start
-            self._prefix = float(piece[-1]) if position % window else np.inf
-            start = stop
-        # suffix minima of the chunks this block completed, from the first pending sample on
-        first = self._received - keep  # stream position of pending[0]
-        end = self._received + frames
-        chunk_end = (self._received // window + 1) * window
-        while chunk_end <= end:
-            chunk = pending[max(chunk_end - window, first) - first : chunk_end - first][::-1]
-            np.minimum.accumulate(chunk, out=chunk)
-            chunk_end += window
-        # the window starting at pending[j]: suffix minimum there, prefix minimum at its last sample
-        np.minimum(out, pending[:frames], out=out)
-        pending[:keep] = pending[frames : frames + keep]
-        self._received = end
+        pending = self._pending.get(keep + frames)
+        self._prefix = forward_min(g, pending, out, self.window, self._received, self._prefix)
+        self._received += frames
         return out
 
 
@@ -218,8 +225,8 @@ class GainSmoother:
         self._forward_min = ForwardMin(lookahead or window)
         self.latency = self._forward_min.window - 1
         self.release_step = release_step
-        self._steps = _Scratch((1024,))
-        self._steps_ready = 0
+        #: The lowest gain of the last block ``process`` returned.
+        self.lowest = 1.0
         self._r_last = 1.0
         self._ones_run = window - 1  # trailing samples of r that are exactly 1
         # r all ones: the exact cumulative sums the box average returns to at unity, so that the
@@ -233,39 +240,27 @@ class GainSmoother:
         """No reduction pending anywhere in the state (the common case for quiet programs)."""
         return self._unity
 
-    def _release_steps(self, frames: int) -> Samples:
-        steps = self._steps.get(frames)
-        if self._steps_ready < frames:
-            np.multiply(np.arange(frames, dtype=np.float64), self.release_step, out=steps[:frames])
-            self._steps_ready = frames
-        return steps[:frames]
-
     def process(self, required: Samples) -> Samples:
         frames = required.shape[0]
         # Fast path: nothing to reduce now or in the look-ahead; the slow path would return ones
         # and leave the state as it is, so both paths give identical output.
         if self._unity and float(np.minimum.reduce(required)) >= 1.0:
+            self.lowest = 1.0
             return np.ones(frames, dtype=np.float64)
-        m = self._forward_min.process(required)
-        steps = self._release_steps(frames)
-        r = np.subtract(m, steps)
-        np.minimum.accumulate(r, out=r)
-        np.minimum(r, self._r_last + self.release_step, out=r)
-        r += steps
-        np.minimum(r, m, out=r)
-        # Rounding in the closed form leaves 1 - 1e-16 where the gain is fully released; snapping
-        # it to 1 lets the fast path take over again.
-        released = r > 1.0 - 1e-12
-        r[released] = 1.0
-        self._r_last = float(r[-1])
-        if self._r_last < 1.0:
-            self._ones_run = 0
-        else:  # the last reduced sample is the first False from the end
-            last_reduced = int(released[::-1].argmin())
-            all_ones = bool(released[frames - 1 - last_reduced])
-            self._ones_run = self._ones_run + frames if all_ones else last_reduced
-        smoothed = self._box.process(np.cumsum(r, out=r))  # r is not needed after this
-        smoothed /= self.window
+        smoothed = self._forward_min.process(required)
+        # Steps 2 and 3 in one compiled pass, in place (``_cascade.c``: ``release``): the release
+        # in closed form, its rounding's 1 - 1e-16 snapped to 1 where the gain is fully released
+        # (so that the fast path takes over again), the box average on the running sums.
+        at = self._box.reserve(frames)
+        self._r_last, self._ones_run, self.lowest = release(
+            smoothed,
+            self._box.buffer,
+            self.release_step,
+            self._r_last,
+            self._ones_run,
+            self.window,
+            at,
+        )
         self._unity = (
             self._r_last == 1.0
             and self._ones_run >= self.window - 1
@@ -278,33 +273,34 @@ class GainSmoother:
 
 class DelayLine:
     """Delays a multichannel float32 stream by ``frames`` (primed with silence), optionally scaling
-    what comes out by a per-frame gain."""
+    what comes out by a per-frame gain. A ring, compiled (``_cascade.c``: ``delay``)."""
 
     def __init__(self, frames: int, channels: int) -> None:
         self.frames = frames
         self._ring = np.zeros((frames, channels), dtype=np.float32)
         self._at = 0  # the oldest frame, where the next one is written
 
-    def process(self, block: Block, gain: Samples | None = None) -> Block:
-        frames, length = block.shape[0], self.frames
+    def process(
+        self, block: Block, gain: Samples | None = None, limit: float | None = None
+    ) -> Block:
+        """The frames ``frames`` behind ``block``, times ``gain`` (float64 products rounded once to
+        float32, as numpy multiplies), clipped to ``±limit`` (as ``numpy.clip``: a NaN passes)."""
         out = np.empty(block.shape, dtype=np.float32)
-        if frames >= length:
-            out[: length - self._at] = self._ring[self._at :]
-            out[length - self._at : length] = self._ring[: self._at]
-            out[length:] = block[: frames - length]
-            self._ring[:] = block[frames - length :]
-            self._at = 0
-        else:
-            first = min(frames, length - self._at)
-            out[:first] = self._ring[self._at : self._at + first]
-            out[first:] = self._ring[: frames - first]
-            self._ring[self._at : self._at + first] = block[:first]
-            self._ring[: frames - first] = block[first:]
-            self._at = (self._at + frames) % length
-        if gain is not None:
-            # float64 product rounded once to float32, as multiplying in float64 and converting
-            np.multiply(out, gain[:, None], out=out, casting="same_kind")
+        self._at = delay(self._ring, _frames(block), out, gain, self._at, limit)
         return out
+
+    def write(self, block: Block) -> None:
+        """Take ``block`` without returning what it pushes out."""
+        self._at = delay(self._ring, _frames(block), None, None, self._at, None)
+
+    def contents(self) -> Block:
+        """The last ``frames`` frames of the stream, oldest first (a copy)."""
+        return np.roll(self._ring, -self._at, axis=0)
+
+
+def _frames(block: Block) -> Block:
+    """``block`` as the compiled parts read it: C-contiguous float32 (a copy only when not)."""
+    return np.ascontiguousarray(block, dtype=np.float32)
 
 
 class LookAheadLimiter:
@@ -354,7 +350,7 @@ class LookAheadLimiter:
         if block.shape[0] == 0:
             return block
         # one compiled pass (two numpy reductions cost several times as much on a short block)
-        block_peak = largest_magnitude(np.ascontiguousarray(block, dtype=np.float32))
+        block_peak = largest_magnitude(_frames(block))
         detector = self._detector
         quiet = self.ceiling / self._bound
         kept_peak = self._kept_peak
@@ -367,27 +363,28 @@ class LookAheadLimiter:
                 detector.skip(block)
                 self._last_peak = 0.0
             return self._delay.process(block)  # nothing to limit, now or pending
+        floor = self.ceiling * _FLOOR  # silence: as in ``LevelCeiling``
         if detector is None:
             peak = _loudest(block)
+            np.maximum(peak, floor, out=peak)
+            required = np.divide(self.ceiling, peak, out=peak)
+            np.minimum(required, 1.0, out=required)
         else:
+            # each sample bounds the interval before and after it: its required gain is the
+            # least of theirs (compiled: ``_cascade.c``, ``required_gains``)
             interval = detector.process(block)
-            peak = np.empty_like(interval)  # each sample bounds the interval before and after it
-            peak[0] = max(interval[0], self._last_peak)
-            np.maximum(interval[1:], interval[:-1], out=peak[1:])
-            self._last_peak = float(interval[-1])
-        np.maximum(peak, self.ceiling * _FLOOR, out=peak)  # silence: as in ``LevelCeiling``
-        required = np.divide(self.ceiling, peak, out=peak)
-        np.minimum(required, 1.0, out=required)
+            required = np.empty_like(interval)
+            self._last_peak = required_gains(
+                interval, self._last_peak, self.ceiling, floor, required
+            )
         gain = self._smoother.process(required)
-        lowest = float(np.minimum.reduce(gain))
+        lowest = self._smoother.lowest
         self.min_gain = min(self.min_gain, lowest)
         # A gain of 1 throughout is ``≤`` every sample's required gain: nothing is over the
-        # ceiling, so the clip below leaves the delayed input as it is.
+        # ceiling, so the clip leaves the delayed input as it is. Rounding can only ever leave a
+        # few ULPs over the ceiling; the clip never shapes sound.
         self.passed = lowest >= 1.0
-        out = self._delay.process(block, gain if lowest < 1.0 else None)
-        # Rounding can only ever leave a few ULPs over the ceiling; this clip never shapes sound.
-        np.clip(out, -self.ceiling, self.ceiling, out=out)
-        return out
+        return self._delay.process(block, gain if lowest < 1.0 else None, self.ceiling)
 
 
 def _loudest(block: NDArray[np.floating]) -> Samples:
@@ -422,7 +419,11 @@ class LevelCeiling:
         window_s: float = DEFAULT_LEVEL_WINDOW_S,
         release_s: float = 1.0,
         channels: int = 2,
+        clip: float | None = None,
     ) -> None:
+        """``clip``: where a gain was applied, the output is clipped to ``±clip`` (the safety
+        chain's peak ceiling: the limiter before held its input under it and gains of at most 1
+        only lower samples, so this clip takes off rounding alone, never shapes sound)."""
         if not weightings or len(weightings) != len(max_mean_squares):
             raise ValueError("give one maximum mean square per weighting (at least one)")
         self._weigh = (
@@ -432,9 +433,10 @@ class LevelCeiling:
         )
         self._count = len(weightings)
         self.channels = channels
+        self.clip = clip
         self.window = _odd_window(window_s, sample_rate)
         self._limits = np.zeros((self._count, 1), dtype=np.float64)
-        self._window_limits = self._limits
+        self._window_limits = np.zeros(self._count, dtype=np.float64)
         self.set_max_mean_squares(*max_mean_squares)
         # every weighting's running sums side by side, (weightings, channels, frames): one window
         # sum and one quick test for all of them; primed with silence
@@ -468,7 +470,7 @@ class LevelCeiling:
             if not value > 0.0:
                 raise ValueError(f"the maximum mean square must be positive, got {value}")
             self._limits[index, 0] = float(value)
-        self._window_limits = self.window * self._limits
+        self._window_limits = self.window * self._limits[:, 0]  # what a window's sum may reach
 
     def process(self, block: Block) -> Block:
         frames = block.shape[0]
@@ -478,57 +480,30 @@ class LevelCeiling:
         self._weigh(block, running)
         self.energy = running[0]
         self.passed = True
-        window = self.window
-        if self._smoother.at_unity() and self._every_window_under(running):
+        window, sums = self.window, self._energy
+        # The quick test (no window over its maximum, bounded by two neighbouring window-long
+        # chunks' energy: a few values of the running sums, at most 3 dB pessimistic), then the
+        # exact one when it fails; both compiled (``_cascade.c``: ``window_test``,
+        # ``window_shares``).
+        if self._smoother.at_unity() and window_test(
+            running, sums.buffer, sums.start, window, self._window_limits
+        ):
             # Only the last window's values matter to the sums of the windows still to come.
-            self._energy.extend(running_from(running, max(0, frames - window)))
+            sums.extend(running, max(0, frames - window))
             return self._delay.process(block)
-        window_sums = self._energy.process(running)
-        # each weighting's loudest channel, as a share of its maximum; then the largest share
-        shares = np.maximum.reduce(window_sums, axis=1)
-        shares /= window * self._limits
-        over: Samples = np.maximum.reduce(shares, axis=0)
+        # each frame's largest share of its weighting's maximum over the windows ending there,
+        # and the gain that share requires, min(1, sqrt(1 / share))
+        required = np.empty(frames, dtype=np.float64)
+        at = sums.reserve(frames)  # first: it may move the buffer
+        over = window_shares(running, sums.buffer, at, window, self._window_limits, required)
         # No window over its maximum and none pending: the gain would be exactly 1 throughout.
-        if float(np.maximum.reduce(over)) <= 1.0 and self._smoother.at_unity():
+        if not over and self._smoother.at_unity():
             return self._delay.process(block)
-        required = over  # min(1, sqrt(1 / share)), in place
-        # Silence would divide by zero; any floor far below 1 gives the same 1 (and costs less
-        # than switching the warning off).
-        np.maximum(over, _FLOOR, out=over)
-        np.divide(1.0, over, out=required)
-        np.sqrt(required, out=required)
-        np.minimum(required, 1.0, out=required)
         gain = self._smoother.process(required)
-        lowest = float(np.minimum.reduce(gain))
+        lowest = self._smoother.lowest
         self.min_gain = min(self.min_gain, lowest)
         self.passed = lowest >= 1.0  # times exactly 1.0, rounded to float32: the input unchanged
-        return self._delay.process(block, gain)
-
-    def _every_window_under(self, running: Samples) -> bool:
-        """A cheap sufficient test that no trailing window ending in this block is over its
-        weighting's maximum: cut the block into window-long chunks; a window ending in one chunk
-        lies within it and the chunk before (the first chunk: the ``window - 1`` values before the
-        block), so the sum of two neighbours bounds it. A few values of the running sums instead
-        of a sum per window; at most 3 dB pessimistic, and the exact test follows whenever it
-        fails."""
-        window = self.window
-        frames = running.shape[-1]
-        limits = window * self._limits[:, 0]
-        if frames <= window:  # every window ending in the block lies within it and the one before
-            total = self._energy.trailing()
-            total += running[..., -1]
-            return bool((total <= self._window_limits).all())
-        whole = frames // window
-        # running sums before the block, at each whole chunk's end, and at the block's end
-        marks = np.zeros((*running.shape[:-1], whole + 2), dtype=np.float64)
-        marks[..., 1 : whole + 1] = running[..., window - 1 : whole * window : window]
-        marks[..., -1] = running[..., -1]
-        chunks = np.empty_like(marks)
-        chunks[..., 0] = self._energy.trailing()
-        np.subtract(marks[..., 1:], marks[..., :-1], out=chunks[..., 1:])
-        pairs = chunks[..., :-1] + chunks[..., 1:]
-        loudest = np.maximum.reduce(np.maximum.reduce(pairs, axis=2), axis=1)
-        return bool(np.all(loudest <= limits))
+        return self._delay.process(block, gain, None if self.passed else self.clip)
 
 
 def _one_by_one(weightings: tuple[Weighting, ...]) -> Callable[[Block, Samples], None]:

@@ -27,6 +27,12 @@ def _db(mean_square: float) -> float:
     return SILENCE_DBFS if mean_square <= 0.0 else max(SILENCE_DBFS, 10.0 * math.log10(mean_square))
 
 
+def _largest(values: list[float]) -> float:
+    """The largest value, NaN when any is (``numpy.max``'s rule; ``max`` alone would depend on the
+    order)."""
+    return math.nan if any(map(math.isnan, values)) else max(values)
+
+
 class MelMeter:
     """Feed it every block (``update``); it returns the MELs of the seconds each block completed.
 
@@ -52,7 +58,9 @@ class MelMeter:
             self.offset_db = calibration.spl_at_unit_rms if calibration is not None else 0.0
         self.calibrated = calibration is not None or spl_at_unit_rms is not None
         self._filter = AWeightingFilter(sample_rate, channels)
-        self._sum = np.zeros(channels, np.float64)
+        # the current second's energy per channel: Python floats, a few of them per block (numpy's
+        # per-call overhead on two values cost more than the arithmetic; the same IEEE operations)
+        self._sum = [0.0] * channels
         self._frames = 0
         self.block_level: float | None = None
         self.mels: list[float] = []
@@ -76,30 +84,34 @@ class MelMeter:
         its own first frame (the safety chain's delayed copy of its ceiling's weighting comes in
         two). The filter is left as it was: ``warm`` brings it up to date before ``update`` is
         called again."""
-        whole = np.zeros(len(self._sum), np.float64)  # the block's
+        whole = [0.0] * len(self._sum)  # the block's
         frames = 0
         completed: list[float] = []
         for running in pieces:
             length = running.shape[1]
             if length == 0:
                 continue
-            whole += running[:, -1]
+            last: list[float] = running[:, -1].tolist()
+            whole = [w + v for w, v in zip(whole, last, strict=True)]
             start = 0
             while start < length:
                 take = min(self.sample_rate - self._frames, length - start)
-                end = running[:, start + take - 1]
-                self._sum += end - running[:, start - 1] if start else end
+                end: list[float] = running[:, start + take - 1].tolist()
+                if start:
+                    before: list[float] = running[:, start - 1].tolist()
+                    end = [e - b for e, b in zip(end, before, strict=True)]
+                self._sum = [a + e for a, e in zip(self._sum, end, strict=True)]
                 self._frames += take
                 start += take
                 if self._frames == self.sample_rate:
-                    level = float(np.max(self._sum)) / self.sample_rate
+                    level = _largest(self._sum) / self.sample_rate
                     completed.append(self.offset_db + _db(level))
-                    self._sum[:] = 0.0
+                    self._sum = [0.0] * len(self._sum)
                     self._frames = 0
             frames += length
         if frames == 0:
             return []
-        self.block_level = self.offset_db + _db(float(whole.max()) / frames)
+        self.block_level = self.offset_db + _db(_largest(whole) / frames)
         self.mels.extend(completed)
         return completed
 
@@ -115,8 +127,8 @@ class MelMeter:
         """The level and length in seconds of an incomplete last second, if any (then reset)."""
         if self._frames == 0:
             return None
-        level = self.offset_db + _db(float(np.max(self._sum)) / self._frames)
+        level = self.offset_db + _db(_largest(self._sum) / self._frames)
         length = self._frames / self.sample_rate
-        self._sum[:] = 0.0
+        self._sum = [0.0] * len(self._sum)
         self._frames = 0
         return level, length

@@ -12,11 +12,12 @@ Nyquist) against ideal band-limited reconstruction, 0.2 dB for a sine at fs/4 (m
 per phase read 1.2 dB low). The limiter keeps its margin for that (``TRUE_PEAK_MARGIN_DB``,
 ``chain.py``).
 
-Compiled (``_cascade.c``: ``true_peak``): one pass per channel over the block and the 15 samples
-kept from the one before, every phase's dot product in the order of its taps, so the result does
-not depend on the block size. It was six ``numpy.convolve`` calls per stereo block, about a quarter
-of the chain's cost while it held a loud program; that version stays in the tests as the reference
-(``tests/device/test_limiter.py``: the same peaks within 1e-12 of full scale).
+Compiled (``_cascade.c``: ``true_peak``; ``skip_peak`` keeps the history of a block not measured):
+one pass per channel over the block and the 15 samples kept from the one before, every phase's dot
+product in the order of its taps, so the result does not depend on the block size. It was six
+``numpy.convolve`` calls per stereo block, about a quarter of the chain's cost while it held a loud
+program; that version stays in the tests as the reference (``tests/engine/
+test_chain_compiled_parts.py``: the same peaks within 1e-12 of full scale).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Final
 import numpy as np
 from numpy.typing import NDArray
 
-from resonera.engine.safety._cascade import true_peak
+from resonera.engine.safety._cascade import skip_peak, true_peak
 
 Block = NDArray[np.float32]
 Samples = NDArray[np.float64]
@@ -70,12 +71,7 @@ class TruePeakDetector:
 
     def skip(self, block: Block) -> None:
         """Take ``block`` without measuring it (the caller knows it is far below its ceiling)."""
-        keep = len(self._history)
-        if len(block) >= keep:
-            self._history[:] = block[len(block) - keep :]
-        else:
-            self._history[: keep - len(block)] = self._history[len(block) :]
-            self._history[keep - len(block) :] = block
+        skip_peak(self._history, np.ascontiguousarray(block, dtype=np.float32))
 
     def process(self, block: Block) -> Samples:
         peak = np.empty(len(block), dtype=np.float64)
