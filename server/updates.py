@@ -582,24 +582,39 @@ class IngestedUpdates:
 
 def record(session: Session, batch: IngestedUpdates, now: datetime) -> tuple[set[str], set[str]]:
     """Store the batch's versions and reports in ``device_update`` (the highest seq wins); the
-    devices whose running version or latest report changed, and the rollouts reported on."""
+    devices whose running version or latest report changed, and the rollouts reported on. A row is
+    written only when something changes: most telemetry repeats the version it said before, and
+    ingest must not pay a write for it."""
     changed: set[str] = set()
     rollouts: set[str] = set()
-    devices = sorted(set(batch.versions) | {r.device_id for r in batch.reports})
     latest: dict[str, Reported] = {}
     for one in batch.reports:
         if one.device_id not in latest or one.seq > latest[one.device_id].seq:
             latest[one.device_id] = one
         rollouts.add(one.report.rollout)
+    devices = sorted(set(batch.versions) | set(latest))
+    rows = {
+        row.device_id: row
+        for row in session.exec(
+            select(DeviceUpdateRow)
+            .where(col(DeviceUpdateRow.device_id).in_(devices))
+            .with_for_update()
+        )
+    }
     for device_id in devices:
-        row = _update_row(session, device_id, now)
+        row = rows.get(device_id) or DeviceUpdateRow(device_id=device_id, updated_at=now)
         seen = batch.versions.get(device_id)
-        if seen is not None and seen[0] > row.agent_version_seq:
-            if row.agent_version != seen[1]:
-                changed.add(device_id)
-            row.agent_version, row.agent_version_seq = seen[1], seen[0]
+        moved = (
+            seen is not None and seen[0] > row.agent_version_seq and row.agent_version != seen[1]
+        )
         item = latest.get(device_id)
-        if item is not None and item.seq > row.report_seq:
+        reported = item is not None and item.seq > row.report_seq
+        if not moved and not reported:
+            continue
+        if moved and seen is not None:
+            row.agent_version, row.agent_version_seq = seen[1], seen[0]
+            changed.add(device_id)
+        if reported and item is not None:
             report = item.report
             row.report_rollout = report.rollout[:36]
             row.report_version = report.to_version
@@ -609,6 +624,7 @@ def record(session: Session, batch: IngestedUpdates, now: datetime) -> tuple[set
             row.report_at = now
             if report.state in ENDED_STATES:
                 changed.add(device_id)
+        row.updated_at = now
         session.add(row)
     session.flush()
     return changed, rollouts
@@ -638,6 +654,8 @@ def after_ingest(session: Session, batch: IngestedUpdates, now: datetime) -> Rec
     if not batch.versions and not batch.reports:
         return Recheck()
     changed, reported_on = record(session, batch, now)
+    if not changed and not reported_on:
+        return Recheck()
     current = current_rollout(session)
     everyone = False
     if current is not None and (current[0].id in reported_on or changed):
