@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
-import os
 import signal
 import socket
 import sys
@@ -35,6 +34,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from resonera.common import serial_link as sl
 from resonera.common.cli import run_cli
 from resonera.common.errors import ResoneraError
+from resonera.common.files import write_atomic
 from resonera.hardware.firmware import config as board_config
 from resonera.hardware.firmware.bootloader import DEFAULT_SLOT_SIZE
 from resonera.hardware.scenario import CommandError, Scenario, execute
@@ -120,7 +120,7 @@ def build_image_file(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise ResoneraError(f"--version: {exc}") from None
     data = sign_image(_load_key(args.key), image)
-    _write_atomically_bytes(args.out, data)
+    write_atomic(args.out, data, mode=0o644)
     print(f"{PROG}: wrote {args.out}: firmware {args.version}, {len(image)} bytes", flush=True)
     return 0
 
@@ -159,7 +159,7 @@ def serve(args: argparse.Namespace) -> int:
             if scenario is not None:
                 sim.run_scenario(scenario)
             if link_file is not None:
-                _write_atomically(link_file, sim.port_path + "\n")
+                write_atomic(link_file, (sim.port_path + "\n").encode(), mode=0o644)
             print(f"{PROG}: serving on {sim.port_path}", flush=True)
             if args.stdin:
                 threading.Thread(target=_serve_stdin, args=(sim, stop), daemon=True).start()
@@ -224,19 +224,3 @@ def _serve_stdin(sim: Simulator, stop: threading.Event) -> None:
         if line:
             print(answer(sim, line), flush=True)
     stop.set()  # end of input (or quit) ends the simulator
-
-
-def _write_atomically_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` whole or not at all (temp file, fsync, rename)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)

@@ -8,9 +8,14 @@ or a prompt on a terminal.
 from __future__ import annotations
 
 import argparse
+import base64
 from collections.abc import Callable
 from pathlib import Path
 
+from resonera.common import serial_link as sl
+from resonera.common.errors import ConfigError
+from resonera.common.files import write_atomic
+from resonera.hardware.sim import sign_image
 from resonera.provisioning.update_build import build_update
 from resonera.provisioning.update_key import UpdateKeyInfo, UpdateKeys
 
@@ -35,6 +40,8 @@ def _show(args: argparse.Namespace, _passphrase: Passphrase) -> int:
     for info in keys.keys:
         print(_line(info))
     print(f"devices pin: {' '.join(keys.published())}")
+    # the safety MCU's bootloader pins one key, as hex (hardware/README.md: update_public_key)
+    print(f"safety MCU's update_public_key: {base64.b64decode(keys.signing.public_key).hex()}")
     return 0
 
 
@@ -77,6 +84,25 @@ def _build(args: argparse.Namespace, passphrase: Passphrase) -> int:
         f"signed by update key {built.key_id}"
     )
     print(f"  sha256 {built.sha256}")
+    return 0
+
+
+def _sign_firmware(args: argparse.Namespace, passphrase: Passphrase) -> int:
+    """The safety MCU's firmware image signed by the update key (the file the device's
+    ``mcu-update`` sends; the bootloader checks the signature against its pinned key)."""
+    image = args.image.read_bytes() if args.image.is_file() else None
+    if image is None:
+        raise ConfigError(f"no firmware image at {args.image}")
+    try:
+        version, size = sl.unpack_image_header(image)
+    except sl.LinkProtocolError as exc:
+        raise ConfigError(f"{args.image} is not a firmware image: {exc}") from None
+    if size != len(image):
+        raise ConfigError(f"{args.image}: its header says {size} bytes, the file has {len(image)}")
+    keys = UpdateKeys(args.update_key)
+    write_atomic(args.out, sign_image(keys.unlock(passphrase(args, False)), image), mode=0o644)
+    print(f"signed firmware {version} ({size} bytes) with update key {keys.signing.key_id}")
+    print(f"  {args.out}: for resonera-device mcu-update")
     return 0
 
 
@@ -127,3 +153,11 @@ def add_update_commands(
         help="the oldest version that may update to this one (default: any)",
     )
     build.add_argument("--out", type=Path, required=True, help="folder for the bundle")
+    firmware = command(
+        update_sub,
+        "sign-firmware",
+        "sign a safety-MCU firmware image (RSFW) with the update key, for resonera-device mcu-update",
+        _sign_firmware,
+    )
+    firmware.add_argument("image", type=Path, help="the firmware image (RSFW header and body)")
+    firmware.add_argument("--out", type=Path, required=True, help="the signed image file to write")

@@ -14,7 +14,6 @@ in the bundles' ``update_keys`` beside the signing key, so devices pin it before
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -26,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from resonera.common.agent_update import update_key_to_b64
 from resonera.common.clock import Clock, utc_now
 from resonera.common.errors import ConfigError
+from resonera.common.files import write_atomic
 from resonera.common.signing import ed25519_key_id
 from resonera.server.fleet_ca import MIN_PASSPHRASE
 
@@ -58,23 +58,10 @@ class UpdateKeyInfo:
 
 
 def _write_synced(path: Path, data: bytes, *, exclusive: bool = False) -> None:
-    """Write ``path`` whole (a temp file synced and renamed over it), mode 0600."""
-    tmp = path.with_name(path.name + ".tmp")
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
-    fd = os.open(tmp, flags, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
+    """Write ``path`` whole, mode 0600; ``exclusive``: never over a file already there."""
     if exclusive and path.exists():
-        tmp.unlink()
         raise UpdateKeyError(f"{path} exists already; refusing to overwrite it")
-    tmp.replace(path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    write_atomic(path, data)
 
 
 class UpdateKeys:

@@ -33,6 +33,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from resonera.common import topics
 from resonera.common.clock import Clock, utc_now
 from resonera.common.errors import ProtocolError
+from resonera.common.files import write_atomic
 from resonera.common.identity import (
     IdentityError,
     generate_key,
@@ -63,9 +64,8 @@ class Revocation:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
+    # certificates, the CRL and the revocation list are public: the broker's user reads them
+    write_atomic(path, data, mode=0o644)
 
 
 def _pem(cert: x509.Certificate) -> bytes:

@@ -22,6 +22,7 @@ from cryptography import x509
 from packaging.version import Version
 from support import bare_env
 
+from resonera.common import serial_link as sl
 from resonera.common.agent_update import (
     MANIFEST_NAME,
     AgentUpdateTarget,
@@ -34,6 +35,8 @@ from resonera.common.agent_update import (
     verify_manifest,
 )
 from resonera.common.bundle import verify_bundle
+from resonera.device.mcu_update import SignedImage
+from resonera.hardware.sim import Ed25519Check, build_image
 from resonera.provisioning.update_build import source_version
 
 BIN = Path(sys.executable).parent
@@ -80,7 +83,7 @@ def show(folder: Path, key_dir: Path) -> Shown:
     for line in ok(provision(folder, "update-key", "show", "--update-key", key_dir)).splitlines():
         if line.startswith("devices pin: "):
             pinned = line.removeprefix("devices pin: ").split()
-        else:
+        elif not line.startswith("safety MCU's"):
             role, key_id, public, *_made = line.split()
             keys[role] = (key_id, public)
     return Shown(keys, pinned)
@@ -362,3 +365,40 @@ def test_a_factory_bundle_pins_the_update_keys(tmp_path: Path) -> None:
     assert "the device takes no agent update" in without
     manifest = json.loads((tmp_path / "without" / "manifest.json").read_text())
     assert manifest["update_public_keys"] == []
+
+
+def test_a_firmware_image_signed_by_the_update_key_passes_the_mcus_check(tmp_path: Path) -> None:
+    """``update sign-firmware`` signs what the safety MCU's bootloader will check, against the key
+    ``update-key show`` tells the board to pin; what is not an image is refused, saying so."""
+    key_dir = tmp_path / "update-key"
+    ok(provision(tmp_path, "update-key", "create", "--update-key", key_dir))
+    shown = ok(provision(tmp_path, "update-key", "show", "--update-key", key_dir))
+    pinned_hex = shown.split("safety MCU's update_public_key: ")[1].split()[0]
+    image = tmp_path / "firmware-1.6.0.bin"
+    image.write_bytes(build_image("1.6.0", body_size=4096))
+    signed = tmp_path / "firmware-1.6.0.signed"
+    said = ok(
+        provision(
+            tmp_path, "update", "sign-firmware", image, "--update-key", key_dir, "--out", signed
+        )
+    )
+    assert "signed firmware 1.6.0" in said
+    loaded = SignedImage.load(signed)
+    assert loaded.version == "1.6.0" and loaded.image == image.read_bytes()
+    message = sl.update_signed_message(loaded.size, loaded.sha256, loaded.version)
+    assert Ed25519Check()(bytes.fromhex(pinned_hex), message, loaded.signature)
+    assert not Ed25519Check()(bytes.fromhex(pinned_hex), message + b"x", loaded.signature)
+
+    (tmp_path / "notes.txt").write_text("not firmware")
+    refused = provision(
+        tmp_path,
+        "update",
+        "sign-firmware",
+        tmp_path / "notes.txt",
+        "--update-key",
+        key_dir,
+        "--out",
+        tmp_path / "x.signed",
+    )
+    assert refused.returncode == 1 and "is not a firmware image" in refused.stderr
+    assert not (tmp_path / "x.signed").exists()
