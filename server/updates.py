@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -148,9 +149,7 @@ class BundleWriter(BackgroundWriter):
             ) from None
 
     def finish(self) -> CheckedBundle:  # type: ignore[override]
-        """Check the bundle (``check_bundle``) and keep it under its SHA-256."""
-        import os
-
+        """Check the bundle (``read_bundle``) and keep it under its SHA-256."""
         if self.size == 0:
             raise UpdateRefused("the bundle is empty")
         if not self.store.keys:
@@ -187,9 +186,7 @@ def add_bundle(
             "once: build the change as a new version)",
             409,
         )
-    same = session.exec(
-        select(AgentBundleRow).where(AgentBundleRow.sha256 == checked.sha256)
-    ).first()
+    same = bundle_of(session, checked.sha256)
     if same is not None:
         raise UpdateRefused(f"this bundle was uploaded already as version {same.version}", 409)
     assert user.id is not None
@@ -205,6 +202,10 @@ def add_bundle(
     )
     session.add(row)
     return row
+
+
+def bundle_of(session: Session, sha256: str) -> AgentBundleRow | None:
+    return session.exec(select(AgentBundleRow).where(AgentBundleRow.sha256 == sha256)).first()
 
 
 def list_bundles(session: Session) -> list[AgentBundleRow]:
@@ -488,10 +489,9 @@ def move_rollout(session: Session, rollout_id: str, action: str, now: datetime) 
     rollout.state = moves[rollout.state]
     if action == "pause":
         rollout.paused_reason = "paused by an admin"
-    else:
-        rollout.paused_reason = None if action == "resume" else rollout.paused_reason
-    if action == "resume":
-        rollout.resumed_at = now
+    elif action == "resume":
+        rollout.paused_reason = None
+        rollout.resumed_at = now  # the failures so far stop counting toward a pause
     rollout.updated_at = now
     session.add(rollout)
     session.flush()

@@ -214,16 +214,12 @@ def keep_bundle(
         row = updates.add_bundle(session, checked, user, now_utc())
     except updates.UpdateRefused as exc:
         session.rollback()
-        if exc.status == 409 and not _held_by_a_row(session, checked.sha256):
+        if exc.status == 409 and updates.bundle_of(session, checked.sha256) is None:
             store.path_for(checked.sha256).unlink(missing_ok=True)
         raise ApiError(exc.status, f"bundle: {exc}") from None
     audit(session, request, user, "create", "agent_bundle", resource_id=checked.version)
     session.commit()
     return BundlePublic.of(row)
-
-
-def _held_by_a_row(session: Session, sha256: str) -> bool:
-    return any(b.sha256 == sha256 for b in updates.list_bundles(session))
 
 
 @router.get(UPLOAD_PATH, response_model=list[BundlePublic], responses=PAGED_RESPONSES)
