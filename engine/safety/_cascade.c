@@ -35,10 +35,21 @@ typedef double pair __attribute__((vector_size(16)));
 
 /* Output modes of a cascade: y, (channels, frames) float64, gets the filtered signal or the
  * running energy; or the filtered signal goes to interleaved float32 frames like x (the DC
- * blocker's output, rounded from float64 once, as numpy's astype rounds it). */
+ * blocker's output, rounded from float64 once, as numpy's astype rounds it), and the largest
+ * magnitude of those frames comes back (what largest_magnitude() would say of them: the limiter
+ * after the DC blocker needs it, and the recurrence leaves time for it). */
 enum { FILTERED, ENERGY, FRAMES };
 
-static void
+/* The largest of a float32 peak and |v| so far; a NaN noted apart (a comparison drops it). */
+static inline float
+float_peak(float high, float v, int *nan)
+{
+    float m = fabsf(v);
+    *nan |= m != m;
+    return m > high ? m : high;
+}
+
+static double
 stereo(const double *sos, Py_ssize_t sections, const float *x, Py_ssize_t frames, void *y,
        double *zi, int mode)
 {
@@ -56,7 +67,8 @@ stereo(const double *sos, Py_ssize_t sections, const float *x, Py_ssize_t frames
         s1[k] = (pair){zi[2 * k + 1], zi[2 * (sections + k) + 1]};
     }
     double *left = y, *right = left + frames;
-    float *interleaved = y;
+    float *interleaved = y, high = 0.0f;
+    int nan = 0;
     pair sum = {0.0, 0.0};
     for (Py_ssize_t n = 0; n < frames; n++) {
         pair u = {x[2 * n], x[2 * n + 1]};
@@ -69,6 +81,7 @@ stereo(const double *sos, Py_ssize_t sections, const float *x, Py_ssize_t frames
         if (mode == FRAMES) {
             interleaved[2 * n] = (float)u[0];
             interleaved[2 * n + 1] = (float)u[1];
+            high = float_peak(float_peak(high, (float)u[0], &nan), (float)u[1], &nan);
             continue;
         }
         if (mode == ENERGY) {
@@ -84,12 +97,15 @@ stereo(const double *sos, Py_ssize_t sections, const float *x, Py_ssize_t frames
         zi[2 * (sections + k)] = s0[k][1];
         zi[2 * (sections + k) + 1] = s1[k][1];
     }
+    return nan ? (double)NAN : (double)high;
 }
 
-static void
+static double
 general(const double *sos, Py_ssize_t sections, const float *x, Py_ssize_t frames,
         Py_ssize_t channels, void *y, double *zi, int mode)
 {
+    float high = 0.0f;
+    int nan = 0;
     for (Py_ssize_t ch = 0; ch < channels; ch++) {
         double *state = zi + 2 * sections * ch;
         double *out = (double *)y + frames * ch;
@@ -107,6 +123,7 @@ general(const double *sos, Py_ssize_t sections, const float *x, Py_ssize_t frame
             }
             if (mode == FRAMES) {
                 interleaved[n * channels + ch] = (float)u;
+                high = float_peak(high, (float)u, &nan);
                 continue;
             }
             if (mode == ENERGY) {
@@ -116,6 +133,7 @@ general(const double *sos, Py_ssize_t sections, const float *x, Py_ssize_t frame
             out[n] = u;
         }
     }
+    return nan ? (double)NAN : (double)high;
 }
 
 /* One second-order section of a stereo cascade, its coefficients and state side by side. */
@@ -406,6 +424,7 @@ run_cascade(PyObject *const *args, int mode)
     } else if (y.len != samples * y.itemsize) {
         wrong = "y must have as many values as x";
     }
+    double peak = 0.0;
     if (wrong == NULL) {
         const double *coefficients = sos.buf;
         const float *input = x.buf;
@@ -413,9 +432,9 @@ run_cascade(PyObject *const *args, int mode)
         double *state = zi.buf;
         Py_BEGIN_ALLOW_THREADS
         if (channels == 2 && sections <= STEREO_MAX_SECTIONS) {
-            stereo(coefficients, sections, input, frames, output, state, mode);
+            peak = stereo(coefficients, sections, input, frames, output, state, mode);
         } else {
-            general(coefficients, sections, input, frames, channels, output, state, mode);
+            peak = general(coefficients, sections, input, frames, channels, output, state, mode);
         }
         Py_END_ALLOW_THREADS
     }
@@ -426,6 +445,9 @@ run_cascade(PyObject *const *args, int mode)
     if (wrong != NULL) {
         PyErr_SetString(PyExc_ValueError, wrong);
         return NULL;
+    }
+    if (mode == FRAMES) {
+        return PyFloat_FromDouble(peak);
     }
     Py_RETURN_NONE;
 }
@@ -653,9 +675,28 @@ largest_magnitude(PyObject *module, PyObject *arg)
     Py_ssize_t count = view.len / (Py_ssize_t)sizeof(float);
     double largest = 0.0;
     Py_BEGIN_ALLOW_THREADS
+    /* four lanes side by side (the largest is the same in any order); a NaN is remembered apart,
+     * since a comparison drops it */
+    typedef float quad __attribute__((vector_size(16)));
+    typedef int quad_mask __attribute__((vector_size(16)));
+    quad high4 = {0.0f, 0.0f, 0.0f, 0.0f};
+    quad_mask nan4 = {0, 0, 0, 0};
+    Py_ssize_t i = 0;
+    for (; i + 4 <= count; i += 4) {
+        quad m;
+        memcpy(&m, x + i, sizeof m);
+        m = (quad)((quad_mask)m & 0x7fffffff); /* |m| */
+        quad_mask larger = m > high4;
+        high4 = (quad)(((quad_mask)m & larger) | ((quad_mask)high4 & ~larger));
+        nan4 |= m != m;
+    }
     float high = 0.0f;
     int nan = 0;
-    for (Py_ssize_t i = 0; i < count; i++) {
+    for (int lane = 0; lane < 4; lane++) {
+        high = high4[lane] > high ? high4[lane] : high;
+        nan |= nan4[lane] != 0;
+    }
+    for (; i < count; i++) {
         float m = fabsf(x[i]);
         high = m > high ? m : high;
         nan |= m != m;
@@ -818,8 +859,8 @@ shift_running(double *pending, Py_ssize_t length, const double *running, Py_ssiz
               Py_ssize_t channels, double *out)
 {
     for (Py_ssize_t c = 0; c < channels; c++) {
-        double *kept = pending + c * length;
-        const double *block = running + c * frames;
+        double *restrict kept = pending + c * length;
+        const double *restrict block = running + c * frames;
         double last = kept[length - 1], cut = kept[frames - 1];
         memcpy(out + c * frames, kept, (size_t)frames * sizeof(double));
         /* the stream of pending, then the block, from frame `frames` on, less the value before */
@@ -1066,8 +1107,9 @@ static void
 append_rows(const sums_rows *sums, Py_ssize_t skip, Py_ssize_t at)
 {
     for (Py_ssize_t row = 0; row < sums->rows; row++) {
-        const double *running = sums->running + row * sums->frames;
-        double *cumulative = sums->buffer + row * sums->stride + at;
+        /* distinct arrays (restrict: the loops below vectorise) */
+        const double *restrict running = sums->running + row * sums->frames;
+        double *restrict cumulative = sums->buffer + row * sums->stride + at;
         double base = cumulative[-1];
         if (skip) {
             double before = running[skip - 1];
@@ -1367,6 +1409,95 @@ required_gains(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return PyFloat_FromDouble(last);
 }
 
+/* The exposure meter's seconds (meter.MelMeter.update_energy): a block's running sums of its
+ * weighted squares, (channels, frames), added to the current second's energy per channel (sums,
+ * in place) up to each second's end, where the loudest channel's energy of that second is
+ * handed back and the sums start again; whole gets the block's energy per channel. The values,
+ * and their order of operations, are numpy's in the version this replaced. */
+static PyObject *
+second_energy(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (nargs != 5) {
+        PyErr_Format(PyExc_TypeError,
+                     "second_energy(running, sums, whole, done, second) takes 5 arguments, got "
+                     "%zd",
+                     nargs);
+        return NULL;
+    }
+    Py_ssize_t done = PyLong_AsSsize_t(args[3]), second = PyLong_AsSsize_t(args[4]);
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    Py_buffer running, sums, whole;
+    if (get(args[0], &running, 'd', 0, "running") < 0) {
+        return NULL;
+    }
+    if (get(args[1], &sums, 'd', 1, "sums") < 0) {
+        PyBuffer_Release(&running);
+        return NULL;
+    }
+    if (get(args[2], &whole, 'd', 1, "whole") < 0) {
+        PyBuffer_Release(&sums);
+        PyBuffer_Release(&running);
+        return NULL;
+    }
+    const char *wrong = NULL;
+    Py_ssize_t channels = sums.len / (Py_ssize_t)sizeof(double);
+    if (running.ndim != 2 || running.shape[0] != channels || whole.len != sums.len ||
+        channels < 1) {
+        wrong = "running must be (channels, frames), sums and whole one value per channel";
+    } else if (second < 1 || done < 0 || done >= second) {
+        wrong = "done must count the frames of the current second so far";
+    }
+    PyObject *seconds = wrong == NULL ? PyList_New(0) : NULL;
+    if (wrong == NULL && seconds != NULL) {
+        const double *energy = running.buf;
+        double *sum = sums.buf, *block = whole.buf;
+        Py_ssize_t length = running.shape[1];
+        for (Py_ssize_t c = 0; length && c < channels; c++) {
+            block[c] += energy[c * length + length - 1];
+        }
+        for (Py_ssize_t start = 0; start < length;) {
+            Py_ssize_t take = second - done < length - start ? second - done : length - start;
+            for (Py_ssize_t c = 0; c < channels; c++) {
+                const double *row = energy + c * length;
+                double end = row[start + take - 1];
+                sum[c] += start ? end - row[start - 1] : end;
+            }
+            done += take;
+            start += take;
+            if (done == second) {
+                double loudest = sum[0];
+                for (Py_ssize_t c = 1; c < channels; c++) {
+                    loudest = nan_max(loudest, sum[c]);
+                }
+                PyObject *value = PyFloat_FromDouble(loudest);
+                if (value == NULL || PyList_Append(seconds, value) < 0) {
+                    Py_XDECREF(value);
+                    Py_CLEAR(seconds);
+                    break;
+                }
+                Py_DECREF(value);
+                memset(sum, 0, (size_t)channels * sizeof(double));
+                done = 0;
+            }
+        }
+    }
+    PyBuffer_Release(&whole);
+    PyBuffer_Release(&sums);
+    PyBuffer_Release(&running);
+    if (wrong != NULL) {
+        PyErr_SetString(PyExc_ValueError, wrong);
+        return NULL;
+    }
+    if (seconds == NULL) {
+        return NULL;
+    }
+    PyObject *result = Py_BuildValue("nN", done, seconds);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"cascade", (PyCFunction)(void (*)(void))cascade, METH_FASTCALL,
      "cascade(sos, x, y, zi, energy): filter the (frames, channels) float32 block x through the "
@@ -1374,7 +1505,8 @@ static PyMethodDef methods[] = {
      "sections, 2); with energy true, y gets the running sum of the squares instead."},
     {"cascade_frames", (PyCFunction)(void (*)(void))cascade_frames, METH_FASTCALL,
      "cascade_frames(sos, x, y, zi): cascade() with the filtered block written to y as x is laid "
-     "out, (frames, channels) float32, each value rounded once from float64."},
+     "out, (frames, channels) float32, each value rounded once from float64; returns the largest "
+     "magnitude of y (NaN when it holds a NaN)."},
     {"bank", (PyCFunction)(void (*)(void))bank, METH_FASTCALL,
      "bank(sos, counts, x, y, zi): the running energies of several cascades (counts[f] sections "
      "each, in sos one after the other) of the block x into y, (filters, channels, frames), in one "
@@ -1419,6 +1551,11 @@ static PyMethodDef methods[] = {
      "window_shares(running, buffer, at, window, limits, required): append the block, then each "
      "frame's largest share of its limit and the ceiling's required gain; returns the largest "
      "share."},
+    {"second_energy", (PyCFunction)(void (*)(void))second_energy, METH_FASTCALL,
+     "second_energy(running, sums, whole, done, second): a block's running sums of weighted "
+     "squares, (channels, frames), into the current second's energy per channel (sums), done "
+     "frames of it so far; whole gets the block's. Returns (done, [the loudest channel's energy "
+     "of each second completed])."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -46,9 +46,10 @@ def cascade_frames(
     y: NDArray[np.float32],
     zi: NDArray[np.float64],
     /,
-) -> None:
+) -> float:
     """``cascade`` with the filtered block written to ``y`` as ``x`` is laid out, ``(frames,
-    channels)`` float32, each value rounded once from float64."""
+    channels)`` float32, each value rounded once from float64; returns the largest magnitude of
+    ``y`` (NaN when it holds a NaN)."""
 
 def skip_peak(history: NDArray[np.float64], x: NDArray[np.float32], /) -> None:
     """The true-peak detector's ``history``, ``(span - 1, channels)``, moved on past the block
@@ -138,3 +139,15 @@ def window_shares(
 ) -> bool:
     """Append the block, then each frame's required gain of the level ceiling into
     ``required``; whether any window is over its limit (or NaN)."""
+
+def second_energy(
+    running: NDArray[np.float64],
+    sums: NDArray[np.float64],
+    whole: NDArray[np.float64],
+    done: int,
+    second: int,
+    /,
+) -> tuple[int, list[float]]:
+    """A block's running sums of weighted squares, ``(channels, frames)``, into the current
+    second's energy per channel (``sums``, ``done`` frames of it so far); ``whole`` gets the
+    block's. Returns ``done`` and the loudest channel's energy of each second completed."""

@@ -157,6 +157,8 @@ class CascadeFilter:
         self.sos = np.ascontiguousarray(sos, dtype=np.float64)
         self.channels = channels
         self._zi = np.zeros((channels, self.sos.shape[0], 2), dtype=np.float64)
+        #: The largest magnitude of the last block ``process`` returned (NaN when it held one).
+        self.last_peak = 0.0
 
     def reset(self) -> None:
         """Forget all input (the state of a filter that has only seen silence)."""
@@ -184,10 +186,11 @@ class CascadeFilter:
 
     def process(self, block: Block) -> Block:
         """The filtered block, ``(frames, channels)`` float32 as it came (C-contiguous), each value
-        rounded once from the cascade's float64."""
+        rounded once from the cascade's float64; its largest magnitude in ``last_peak``, from the
+        same pass."""
         x = np.ascontiguousarray(block, dtype=np.float32)
         result: Block = np.empty(x.shape, dtype=np.float32)
-        cascade_frames(self.sos, x, result, self._zi)
+        self.last_peak = cascade_frames(self.sos, x, result, self._zi)
         return result
 
     __call__ = process

@@ -224,8 +224,11 @@ class SafetyChain:
             return np.zeros_like(block)
         if len(block) == 0:
             return block
-        started = self.gain.apply(self.dc_blocker.process(self.onset.process(block)))
-        out = self.level.process(self.limiter.process(started))
+        filtered = self.dc_blocker.process(self.onset.process(block))
+        started = self.gain.apply(filtered)
+        # at unity gain the limiter's input is the DC blocker's output, whose peak it measured
+        peak = self.dc_blocker.last_peak if started is filtered else None
+        out = self.level.process(self.limiter.process(started, peak))
         if not all(map(math.isfinite, self.level.energy[:, -1].tolist())):
             self.fault = NON_FINITE_FAULT
             return np.zeros_like(block)

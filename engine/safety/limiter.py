@@ -139,7 +139,11 @@ class WindowSums:
         """Take a block given as its running sums, from its frame ``skip`` on, without returning
         its window sums (compiled: ``_cascade.c``, ``append_running``); where in the buffer its
         cumulative sums now start."""
-        at = self.reserve(running.shape[-1] - skip)
+        frames, start = running.shape[-1] - skip, self._start
+        if start + self.window + frames <= self._buffer.shape[-1]:  # room: ``reserve`` inline
+            at, self._start = start + self.window, start + frames
+        else:
+            at = self.reserve(frames)
         append_running(running, self._buffer, skip, at)
         return at
 
@@ -346,11 +350,14 @@ class LookAheadLimiter:
             raise ValueError(f"ceiling must be in (0, 1], got {ceiling}")
         self.ceiling = float(ceiling)
 
-    def process(self, block: Block) -> Block:
+    def process(self, block: Block, block_peak: float | None = None) -> Block:
+        """``block_peak``: the block's largest magnitude (NaN when it holds a NaN) where the caller
+        knows it (the safety chain: from the DC blocker's pass), else measured here."""
         if block.shape[0] == 0:
             return block
-        # one compiled pass (two numpy reductions cost several times as much on a short block)
-        block_peak = largest_magnitude(_frames(block))
+        if block_peak is None:
+            # one compiled pass (two numpy reductions cost several times as much on a short block)
+            block_peak = largest_magnitude(_frames(block))
         detector = self._detector
         quiet = self.ceiling / self._bound
         kept_peak = self._kept_peak
@@ -451,7 +458,12 @@ class LevelCeiling:
         self.latency_frames = self._smoother.latency
         self._delay = DelayLine(self.latency_frames, channels)
         self.min_gain = 1.0
+        #: The first weighting's running sums of the last block, ``(channels, frames)`` (valid until
+        #: the next block: the array is reused).
         self.energy: Samples = np.zeros((channels, 0), dtype=np.float64)
+        # reused while the blocks keep their length (a fresh array of this size each block cost
+        # the page faults of a new allocation)
+        self._running = np.empty((self._count, channels, 0), dtype=np.float64)
         self.passed = True
 
     @property
@@ -476,7 +488,9 @@ class LevelCeiling:
         frames = block.shape[0]
         if frames == 0:
             return block
-        running = np.empty((self._count, self.channels, frames), dtype=np.float64)
+        running = self._running
+        if running.shape[-1] != frames:
+            running = self._running = np.empty((self._count, self.channels, frames))
         self._weigh(block, running)
         self.energy = running[0]
         self.passed = True

@@ -18,6 +18,7 @@ from numpy.typing import NDArray
 
 from resonera.engine.audio.calibration import Calibration
 from resonera.engine.audio.levels import SILENCE_DBFS
+from resonera.engine.safety._cascade import second_energy
 from resonera.engine.safety.aweighting import AWeightingFilter
 
 __all__ = ["AWeightingFilter", "MelMeter"]
@@ -58,9 +59,7 @@ class MelMeter:
             self.offset_db = calibration.spl_at_unit_rms if calibration is not None else 0.0
         self.calibrated = calibration is not None or spl_at_unit_rms is not None
         self._filter = AWeightingFilter(sample_rate, channels)
-        # the current second's energy per channel: Python floats, a few of them per block (numpy's
-        # per-call overhead on two values cost more than the arithmetic; the same IEEE operations)
-        self._sum = [0.0] * channels
+        self._sum = np.zeros(channels, np.float64)  # the current second's energy per channel
         self._frames = 0
         self.block_level: float | None = None
         self.mels: list[float] = []
@@ -84,34 +83,22 @@ class MelMeter:
         its own first frame (the safety chain's delayed copy of its ceiling's weighting comes in
         two). The filter is left as it was: ``warm`` brings it up to date before ``update`` is
         called again."""
-        whole = [0.0] * len(self._sum)  # the block's
+        # compiled (``_cascade.c``: ``second_energy``): numpy's calls on a few values each cost
+        # more than their arithmetic; the same operations in the same order
+        whole = np.zeros(len(self._sum), np.float64)  # the block's
         frames = 0
         completed: list[float] = []
         for running in pieces:
-            length = running.shape[1]
-            if length == 0:
+            if running.shape[1] == 0:
                 continue
-            last: list[float] = running[:, -1].tolist()
-            whole = [w + v for w, v in zip(whole, last, strict=True)]
-            start = 0
-            while start < length:
-                take = min(self.sample_rate - self._frames, length - start)
-                end: list[float] = running[:, start + take - 1].tolist()
-                if start:
-                    before: list[float] = running[:, start - 1].tolist()
-                    end = [e - b for e, b in zip(end, before, strict=True)]
-                self._sum = [a + e for a, e in zip(self._sum, end, strict=True)]
-                self._frames += take
-                start += take
-                if self._frames == self.sample_rate:
-                    level = _largest(self._sum) / self.sample_rate
-                    completed.append(self.offset_db + _db(level))
-                    self._sum = [0.0] * len(self._sum)
-                    self._frames = 0
-            frames += length
+            self._frames, seconds = second_energy(
+                np.ascontiguousarray(running), self._sum, whole, self._frames, self.sample_rate
+            )
+            completed.extend(self.offset_db + _db(sum_ / self.sample_rate) for sum_ in seconds)
+            frames += running.shape[1]
         if frames == 0:
             return []
-        self.block_level = self.offset_db + _db(_largest(whole) / frames)
+        self.block_level = self.offset_db + _db(_largest(whole.tolist()) / frames)
         self.mels.extend(completed)
         return completed
 
@@ -127,8 +114,8 @@ class MelMeter:
         """The level and length in seconds of an incomplete last second, if any (then reset)."""
         if self._frames == 0:
             return None
-        level = self.offset_db + _db(_largest(self._sum) / self._frames)
+        level = self.offset_db + _db(_largest(self._sum.tolist()) / self._frames)
         length = self._frames / self.sample_rate
-        self._sum = [0.0] * len(self._sum)
+        self._sum[:] = 0.0
         self._frames = 0
         return level, length

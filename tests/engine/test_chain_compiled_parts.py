@@ -298,7 +298,8 @@ class NumpyLookAheadLimiter(LookAheadLimiter):
         )
         self._delay = NumpyDelayLine(self.latency_frames, 2)
 
-    def process(self, block: Block) -> Block:
+    def process(self, block: Block, block_peak: float | None = None) -> Block:
+        """``block_peak`` is not used: the limiter measured each block itself."""
         if block.shape[0] == 0:
             return block
         block_peak = largest_magnitude(np.ascontiguousarray(block, dtype=np.float32))
@@ -396,6 +397,7 @@ class NumpyDcBlocker(DcBlocker):
 
     def process(self, block: Block) -> Block:
         result: Block = self.filter_channels(block).T.astype(np.float32)
+        self.last_peak = largest_magnitude(np.ascontiguousarray(result))
         return result
 
 
@@ -717,9 +719,16 @@ def test_the_dc_blocker_writes_the_frames_it_wrote_through_float64_channels() ->
             block = (0.5 + rng.standard_normal((frames, channels))).astype(np.float32)
             if frames == 1024:
                 block = np.asfortranarray(block)  # as any stage may hand it on
+            if frames == 7:
+                block[3, channels - 1] = np.nan  # its peak as the limiter's own test reads it
             got = compiled.process(block)
             assert got.flags.c_contiguous and got.dtype == np.float32
             np.testing.assert_array_equal(got, numpy_version.process(block))
+            assert compiled.last_peak == numpy_version.last_peak or (
+                np.isnan(compiled.last_peak) and np.isnan(numpy_version.last_peak)
+            )
+            compiled.reset()  # after a NaN
+            numpy_version.reset()
 
 
 def test_the_compiled_parts_refuse_arrays_they_cannot_use_and_say_which() -> None:
