@@ -647,20 +647,36 @@ class Recheck:
         return None if self.everyone else self.devices
 
 
+def _versions_move(session: Session, batch: IngestedUpdates) -> bool:
+    """Whether a device of the batch says it runs another version than the one stored (read
+    without locks: most batches change nothing)."""
+    stored = dict(
+        session.exec(
+            select(DeviceUpdateRow.device_id, DeviceUpdateRow.agent_version).where(
+                col(DeviceUpdateRow.device_id).in_(sorted(batch.versions))
+            )
+        ).all()
+    )
+    return any(stored.get(device) != version for device, (_seq, version) in batch.versions.items())
+
+
 def after_ingest(session: Session, batch: IngestedUpdates, now: datetime) -> Recheck:
     """What a stored batch means for updates: ``device_update`` moves, the rollout reported on is
     evaluated (paused, completed); whose documents to re-issue where they carry the wrong target
     (``DesiredService.reconcile``, published after the commit)."""
-    if not batch.versions and not batch.reports:
+    if not batch.reports and not (batch.versions and _versions_move(session, batch)):
         return Recheck()
-    changed, reported_on = record(session, batch, now)
-    if not changed and not reported_on:
-        return Recheck()
+    # The current rollout's row is locked before the devices' rows, in the order the API locks
+    # them (a rollout moved, then its documents), so the two never wait for each other.
     current = current_rollout(session)
+    rollout = (
+        session.get(RolloutRow, current[0].id, with_for_update=True)
+        if current is not None
+        else None
+    )
+    changed, reported_on = record(session, batch, now)
     everyone = False
-    if current is not None and (current[0].id in reported_on or changed):
-        rollout = session.get(RolloutRow, current[0].id, with_for_update=True)
-        assert rollout is not None
+    if rollout is not None and (rollout.id in reported_on or changed):
         everyone = evaluate(session, rollout, now) is not None
     return Recheck(frozenset(changed), everyone)
 
