@@ -254,6 +254,12 @@ def update_failures(conn: Connection, since: datetime | None = None) -> dict[str
     return {str(device): int(n) for device, n in conn.execute(query)}
 
 
+def _failed_updates_text(total: int) -> str:
+    if not total:
+        return "none"
+    return f"{total} failed or rolled back update{'' if total == 1 else 's'}"
+
+
 def _updates(conn: Connection, now: datetime) -> Condition:
     by_device = update_failures(conn, now - rules.UPDATE_FAILURE_WINDOW)
     total = sum(by_device.values())
@@ -262,7 +268,7 @@ def _updates(conn: Connection, now: datetime) -> Condition:
         title="Updates reported failed in the last hour",
         severity="ticket",
         met=total > 0,
-        found=f"{total} failed or rolled back update{'' if total == 1 else 's'}" if total else "none",
+        found=_failed_updates_text(total),
         devices=tuple(
             DeviceFinding(device_id, f"{n} failed" if n > 1 else "failed")
             for device_id, n in sorted(by_device.items(), key=lambda item: (-item[1], item[0]))
