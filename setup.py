@@ -1,5 +1,5 @@
-"""The one compiled part: the safety chain's filter cascade and true-peak detector
-(``engine/safety/_cascade.c``).
+"""The one compiled part: the safety chain's filter cascade, true-peak detector and per-block
+bookkeeping (``engine/safety/_cascade.c``).
 
 Everything else about the distribution is in ``pyproject.toml``. A C compiler and Python's headers
 are needed to build it, as they already are for PyAudio (``scripts/sysdeps.sh`` installs both).

@@ -1,4 +1,6 @@
-/* The A-weighting filter's second-order-section cascade, compiled (resonera.engine.safety._cascade).
+/* The safety chain's compiled parts (resonera.engine.safety._cascade): the A-weighting filter's
+ * second-order-section cascade first, then what cost the chain more as numpy calls than as
+ * arithmetic.
  *
  * cascade(sos, x, y, zi, energy): filters the interleaved float32 block x, (frames, channels),
  * through the sections sos, (sections, 6) float64 as scipy.signal lays them out, into y, (channels,
@@ -14,10 +16,19 @@
  * for one, and the float32 input is read as it comes, with no transposed float64 copy first.
  *
  * bank(sos, counts, x, y, zi): several cascades' running energies of the same block in one pass
- * (the level ceiling's A, C and unweighted measures), each bit for bit what cascade() gives it.
- * true_peak(taps, history, x, peak) and largest_magnitude(x): the limiter's true-peak detector
- * (the 4x polyphase interpolator of truepeak.py) and its quick test of a block, which cost the
- * chain more as numpy calls than any filter.
+ * (the level ceiling's A, C and unweighted measures), each bit for bit what cascade() gives it;
+ * cascade_frames(): the DC blocker's float32 frames and their peak. true_peak(taps, history, x,
+ * peak), skip_peak() and largest_magnitude(x): the limiter's true-peak detector (the 4x polyphase
+ * interpolator of truepeak.py) and its quick test of a block.
+ *
+ * The per-block bookkeeping (issue 22, the chain's cost: each numpy call costs 1-3 us, and a
+ * block made dozens): the delay lines (delay), the gain smoother's forward minimum and release
+ * (forward_min, release), the limiter's required gains (required_gains), the level ceiling's
+ * window sums, quick test and shares (append_running, window_test, window_shares), the meter's
+ * delayed energy and its seconds (delay_running, second_energy). Each computes its values with
+ * the operations of the numpy code it replaced, in the same order, NaN rules included: the
+ * chain's output is bit for bit what it was (tests/engine/test_chain_compiled_parts.py keeps the
+ * numpy versions and holds each part and the whole chain to them).
  *
  * Every value is computed with exactly the operations of scipy's cascade (transposed direct form
  * II, in the same order) and built with -ffp-contract=off, so that no multiply-add is fused: the
@@ -1451,6 +1462,7 @@ second_energy(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         wrong = "done must count the frames of the current second so far";
     }
     PyObject *seconds = wrong == NULL ? PyList_New(0) : NULL;
+    double loudest = 0.0; /* whole's loudest channel, for the block's level */
     if (wrong == NULL && seconds != NULL) {
         const double *energy = running.buf;
         double *sum = sums.buf, *block = whole.buf;
@@ -1483,6 +1495,10 @@ second_energy(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                 done = 0;
             }
         }
+        loudest = block[0];
+        for (Py_ssize_t c = 1; c < channels; c++) {
+            loudest = nan_max(loudest, block[c]);
+        }
     }
     PyBuffer_Release(&whole);
     PyBuffer_Release(&sums);
@@ -1494,8 +1510,7 @@ second_energy(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (seconds == NULL) {
         return NULL;
     }
-    PyObject *result = Py_BuildValue("nN", done, seconds);
-    return result;
+    return Py_BuildValue("nNd", done, seconds, loudest);
 }
 
 static PyMethodDef methods[] = {
@@ -1555,7 +1570,7 @@ static PyMethodDef methods[] = {
      "second_energy(running, sums, whole, done, second): a block's running sums of weighted "
      "squares, (channels, frames), into the current second's energy per channel (sums), done "
      "frames of it so far; whole gets the block's. Returns (done, [the loudest channel's energy "
-     "of each second completed])."},
+     "of each second completed], the loudest channel's value of whole)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -147,7 +147,8 @@ def second_energy(
     done: int,
     second: int,
     /,
-) -> tuple[int, list[float]]:
+) -> tuple[int, list[float], float]:
     """A block's running sums of weighted squares, ``(channels, frames)``, into the current
     second's energy per channel (``sums``, ``done`` frames of it so far); ``whole`` gets the
-    block's. Returns ``done`` and the loudest channel's energy of each second completed."""
+    block's. Returns ``done``, the loudest channel's energy of each second completed and the
+    loudest channel's value of ``whole`` (NaN when any is)."""

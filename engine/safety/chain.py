@@ -224,7 +224,9 @@ class SafetyChain:
             return np.zeros_like(block)
         if len(block) == 0:
             return block
-        filtered = self.dc_blocker.process(self.onset.process(block))
+        if self.onset.rising:
+            block = self.onset.process(block)
+        filtered = self.dc_blocker.process(block)
         started = self.gain.apply(filtered)
         # at unity gain the limiter's input is the DC blocker's output, whose peak it measured
         peak = self.dc_blocker.last_peak if started is filtered else None
@@ -330,10 +332,13 @@ class Onset:
         steps = np.arange(1, frames + 1, dtype=np.float64) / (frames + 1)
         self._ramp: Samples = 0.5 - 0.5 * np.cos(np.pi * steps)
         self._taken = 0  # frames so far
+        #: Still rising: ``process`` changes the blocks to come (after that it returns them).
+        self.rising = True
 
     def process(self, block: Block) -> Block:
         at, ramp = self._taken, self._ramp
         self._taken += len(block)
+        self.rising = self._taken < len(ramp)
         if at >= len(ramp):
             return block
         rising = min(len(block), len(ramp) - at)

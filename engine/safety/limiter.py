@@ -290,21 +290,19 @@ class DelayLine:
         """The frames ``frames`` behind ``block``, times ``gain`` (float64 products rounded once to
         float32, as numpy multiplies), clipped to ``±limit`` (as ``numpy.clip``: a NaN passes)."""
         out = np.empty(block.shape, dtype=np.float32)
-        self._at = delay(self._ring, _frames(block), out, gain, self._at, limit)
+        self._at = delay(
+            self._ring, np.ascontiguousarray(block, dtype=np.float32), out, gain, self._at, limit
+        )
         return out
 
     def write(self, block: Block) -> None:
         """Take ``block`` without returning what it pushes out."""
-        self._at = delay(self._ring, _frames(block), None, None, self._at, None)
+        x = np.ascontiguousarray(block, dtype=np.float32)
+        self._at = delay(self._ring, x, None, None, self._at, None)
 
     def contents(self) -> Block:
         """The last ``frames`` frames of the stream, oldest first (a copy)."""
         return np.roll(self._ring, -self._at, axis=0)
-
-
-def _frames(block: Block) -> Block:
-    """``block`` as the compiled parts read it: C-contiguous float32 (a copy only when not)."""
-    return np.ascontiguousarray(block, dtype=np.float32)
 
 
 class LookAheadLimiter:
@@ -357,14 +355,14 @@ class LookAheadLimiter:
             return block
         if block_peak is None:
             # one compiled pass (two numpy reductions cost several times as much on a short block)
-            block_peak = largest_magnitude(_frames(block))
+            block_peak = largest_magnitude(np.ascontiguousarray(block, dtype=np.float32))
         detector = self._detector
         quiet = self.ceiling / self._bound
         kept_peak = self._kept_peak
         if detector is not None:
             long_block = block.shape[0] >= detector.kept_frames
             self._kept_peak = block_peak if long_block else max(kept_peak, block_peak)
-        if block_peak <= quiet and kept_peak <= quiet and self._smoother.at_unity():
+        if block_peak <= quiet and kept_peak <= quiet and self._smoother._unity:
             self.passed = True
             if detector is not None:
                 detector.skip(block)
@@ -464,6 +462,7 @@ class LevelCeiling:
         # reused while the blocks keep their length (a fresh array of this size each block cost
         # the page faults of a new allocation)
         self._running = np.empty((self._count, channels, 0), dtype=np.float64)
+        self._first = self._running[0]  # its first weighting's rows, ``energy``
         self.passed = True
 
     @property
@@ -491,16 +490,18 @@ class LevelCeiling:
         running = self._running
         if running.shape[-1] != frames:
             running = self._running = np.empty((self._count, self.channels, frames))
+            self._first = running[0]
         self._weigh(block, running)
-        self.energy = running[0]
+        self.energy = self._first
         self.passed = True
         window, sums = self.window, self._energy
         # The quick test (no window over its maximum, bounded by two neighbouring window-long
         # chunks' energy: a few values of the running sums, at most 3 dB pessimistic), then the
         # exact one when it fails; both compiled (``_cascade.c``: ``window_test``,
         # ``window_shares``).
-        if self._smoother.at_unity() and window_test(
-            running, sums.buffer, sums.start, window, self._window_limits
+        # (the smoother's and the sums' state read directly: this runs on every block)
+        if self._smoother._unity and window_test(
+            running, sums._buffer, sums._start, window, self._window_limits
         ):
             # Only the last window's values matter to the sums of the windows still to come.
             sums.extend(running, max(0, frames - window))
@@ -509,7 +510,7 @@ class LevelCeiling:
         # and the gain that share requires, min(1, sqrt(1 / share))
         required = np.empty(frames, dtype=np.float64)
         at = sums.reserve(frames)  # first: it may move the buffer
-        over = window_shares(running, sums.buffer, at, window, self._window_limits, required)
+        over = window_shares(running, sums._buffer, at, window, self._window_limits, required)
         # No window over its maximum and none pending: the gain would be exactly 1 throughout.
         if not over and self._smoother.at_unity():
             return self._delay.process(block)

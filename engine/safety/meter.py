@@ -86,19 +86,20 @@ class MelMeter:
         # compiled (``_cascade.c``: ``second_energy``): numpy's calls on a few values each cost
         # more than their arithmetic; the same operations in the same order
         whole = np.zeros(len(self._sum), np.float64)  # the block's
-        frames = 0
+        frames, loudest = 0, 0.0
         completed: list[float] = []
         for running in pieces:
             if running.shape[1] == 0:
                 continue
-            self._frames, seconds = second_energy(
+            self._frames, seconds, loudest = second_energy(
                 np.ascontiguousarray(running), self._sum, whole, self._frames, self.sample_rate
             )
-            completed.extend(self.offset_db + _db(sum_ / self.sample_rate) for sum_ in seconds)
+            if seconds:
+                completed.extend(self.offset_db + _db(sum_ / self.sample_rate) for sum_ in seconds)
             frames += running.shape[1]
         if frames == 0:
             return []
-        self.block_level = self.offset_db + _db(_largest(whole.tolist()) / frames)
+        self.block_level = self.offset_db + _db(loudest / frames)
         self.mels.extend(completed)
         return completed
 
