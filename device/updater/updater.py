@@ -112,9 +112,8 @@ class AgentUpdates:
     # --- the service's calls ------------------------------------------------------------------
 
     def start(self, applied: dict[str, Any] | None) -> None:
-        """See the module. Nothing is done for a device whose slots were never set up."""
-        if not self.settings.updates_enabled:
-            return
+        """See the module. Nothing is done for a device whose slots were never set up; with
+        ``updates_enabled`` off, a trial still gets its health check, but no update is taken."""
         try:
             state = self.slots.state()
         except SlotError:
@@ -176,7 +175,7 @@ class AgentUpdates:
     # --- the thread -------------------------------------------------------------------------------
 
     def _take_updates(self, applied: dict[str, Any] | None) -> None:
-        if self._stop.is_set():
+        if self._stop.is_set() or not self.settings.updates_enabled:
             return
         self._thread = threading.Thread(target=self._run, name="updates", daemon=True)
         self._thread.start()

@@ -41,12 +41,15 @@ BROKEN = 'raise SystemExit("this agent is broken on purpose: it exits at start")
 
 
 def agent_bundle(workdir: Path, version: str, *, broken: bool = False, key: Any = None) -> Path:
-    """The signed bundle of this tree at ``version`` (``key``: another signing key than the
-    session's update key, for a bad signature), built in ``workdir`` once."""
-    from updates_support import update_key
+    """The signed bundle of this tree at ``version`` (``tests/updates_support.build_bundle``);
+    ``broken``: built from a copy whose ``resonera-device run`` exits at once; ``key``: signed by
+    another key than the session's update key (a bad signature). Built in ``workdir`` once."""
+    from updates_support import build_bundle, update_key
 
     from resonera.provisioning.update_build import build_update, copy_tree
 
+    if not broken and key is None:
+        return build_bundle(workdir / version, version)
     tag = f"{version}{'-broken' if broken else ''}{'-otherkey' if key is not None else ''}"
     out = workdir / tag
     built = list(out.glob("*.tar")) if out.exists() else []
@@ -54,13 +57,6 @@ def agent_bundle(workdir: Path, version: str, *, broken: bool = False, key: Any 
         return built[0]
     src = workdir / f"src-{tag}"
     copy_tree(ROOT, src, None)
-    pyproject = src / "pyproject.toml"
-    text = pyproject.read_text()
-    if '"resonera.device.updater"' not in text:  # until pyproject.toml lists the package
-        text = text.replace(
-            '"resonera.device.safety",', '"resonera.device.safety",\n    "resonera.device.updater",'
-        )
-        pyproject.write_text(text)
     if broken:
         cli = src / "device" / "cli_service.py"
         head = "def run_command(args: argparse.Namespace) -> int:\n"
