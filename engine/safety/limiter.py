@@ -13,9 +13,12 @@ jumps (``GainSmoother``):
 
 Every ``r[j]`` averaged into ``s[n]`` comes from a window that contains ``n``, so ``s[n] ≤ g[n]``
 exactly, and the gain changes by at most ``1/L`` per sample. Step 2 is evaluated in closed form (a
-running minimum), so everything is vectorised and the output does not depend on the block size.
-Steps 1 and 3 carry their state across blocks (``ForwardMin``, ``WindowSums``), so a block costs a
-few passes over its own samples however long ``L`` is, and nothing here needs scipy.
+running minimum), so the output does not depend on the block size. Steps 1 and 3 carry their state
+across blocks (``ForwardMin``, ``WindowSums``), so a block costs a few passes over its own samples
+however long ``L`` is, and nothing here needs scipy. The passes are compiled (``_cascade.c``: the
+numpy calls they were cost more than their arithmetic at a playing device's block sizes), each
+computing the values the numpy version computed, in the same order; that version is the reference
+in ``tests/engine/test_chain_compiled_parts.py``.
 
 - ``LookAheadLimiter``: ``g = ceiling / |peak|``: no output sample above the ceiling.
 - ``LevelCeiling``: ``g = sqrt(P_max / P)`` where ``P`` is the weighted mean-square over the trailing
