@@ -133,9 +133,8 @@ def alert_rules() -> tuple[AlertRule, ...]:
         ),
         AlertRule(
             "ResoneraUpdateFailures",
-            "Over-the-air updates that devices reported failed (they roll back to their "
-            "working slot).\nThe server exports the counter as 0 until updates exist (issue "
-            "25's next part).",
+            "Over-the-air updates that devices reported failed or rolled back (a rolled-back "
+            "device runs its previous, working slot); the Updates page names them and why.",
             "max(increase(resonera_update_failures_total"
             f"[{prometheus_duration(UPDATE_FAILURE_WINDOW)}])) > 0",
             "ticket",

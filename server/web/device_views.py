@@ -35,6 +35,8 @@ class DeviceLine:
     clock_skew_large: bool = False
     #: The latest telemetry's routine counters (since the agent started), by name; () when none.
     routine: tuple[tuple[str, int], ...] = ()
+    #: The rollout cohort an admin put it in (``device.cohort``), None: none.
+    cohort: str | None = None
 
     @property
     def clock_skew(self) -> str:
@@ -162,6 +164,7 @@ def device_line(
         clock_skew_at=state.clock_skew_at if state is not None else None,
         clock_skew_large=skew is not None and abs(skew) > skew_limit.total_seconds(),
         routine=_routine_counts(body),
+        cohort=device.cohort,
     )
 
 

@@ -133,10 +133,7 @@ def _expected(engine: Engine, now: datetime) -> dict[str, tuple[bool, str]]:
             f"({held / received * 100:.1f} %).",
         ),
         "ResoneraCertificateExpiring": (True, "1 device: dev-a (ends in 9 d 23 h)."),
-        "ResoneraUpdateFailures": (
-            False,
-            "none: the server records no over-the-air updates yet.",
-        ),
+        "ResoneraUpdateFailures": (False, "none."),
         "ResoneraSafetyFaultsHigh": (
             faults > 5,
             f"{faults} faults in the last hour: dev-a ({faults} faults).",

@@ -113,6 +113,10 @@ def test_an_admin_uploads_rolls_out_and_sees_the_rollout_pause(
         b.page.get_by_label("Cohort (empty: none)").fill("pilot")
         b.page.get_by_role("button", name="Set the cohort").click()
         expect(b.page.get_by_role("status")).to_have_text(f"Device {device} is in its new cohort.")
+    b.goto("/devices")  # the devices page names each one's cohort
+    for device in pilots:
+        expect(b.page.locator(f"#device-{device}")).to_contain_text("pilot")
+    b.goto("/updates")
 
     b.page.get_by_label("Version", exact=True).select_option(NEW)
     b.page.get_by_label("To", exact=True).select_option("cohort")

@@ -149,6 +149,14 @@ CASES = [
     ),
     # Devices only, by their client certificate: no user token is enough.
     Case("GET", "/device/backgrounds/{sha256}", {}, default=401),
+    Case("POST", "/updates/bundles", {"admin": 422}, body={"not": "a bundle"}),
+    Case("GET", "/updates/bundles", ADMIN),
+    Case("POST", "/updates/rollouts", {"admin": 404}, body={"version": "9.9.9", "percentage": 10}),
+    Case("GET", "/updates/rollouts", ADMIN),
+    Case("POST", "/updates/rollouts/{rollout_id}/{action}", {"admin": 404}),
+    Case("GET", "/updates/versions", ADMIN),
+    Case("PUT", "/devices/{device}/cohort", ADMIN, body={"cohort": "pilot"}),
+    Case("GET", "/device/updates/{sha256}", {}, default=401),
     Case("GET", "/patients/{patient}/export/fhir", {"admin": 200, **OWN}),
     Case("GET", "/patients/{patient}/export/sessions.csv", {"admin": 200, **OWN}),
     Case("GET", "/patients/{patient}/outcomes", {"admin": 200, **OWN}),
@@ -202,6 +210,8 @@ def test_role_matrix(case: Case, client: TestClient, world: Any, engine: Engine)
         "program": program.id,
         "version": 1,
         "sha256": "ab" * 32,
+        "rollout_id": "0" * 36,
+        "action": "pause",
     }
     path = API + _fill(case.path, names)
     body = _fill(case.body, names)
