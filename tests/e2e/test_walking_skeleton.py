@@ -35,8 +35,12 @@ BIN = Path(sys.executable).parent
 #: A log line (``common.cli.LOG_FORMAT``) below WARNING from a logger that is not ours.
 LIBRARY_LOG_LINE = re.compile(r"^\S+ \S+ (?:DEBUG|INFO) (?!resonera[.:])\S+: .*$", re.MULTILINE)
 #: What ALSA and JACK write to stderr while PortAudio probes (no sound card, no sound server).
+#: The sound libraries' probe noise; not ALSA's "underrun occurred", which says a real event (a
+#: block late on a loaded machine) that the device's log should show.
 SOUND_LIBRARY_LINE = re.compile(
-    r"^(?:ALSA lib |jack server |Cannot connect to server).*$", re.MULTILINE
+    r"^(?:ALSA lib (?!pcm\.c:\d+:\(snd_pcm_recover\) underrun occurred$)|jack server |"
+    r"Cannot connect to server).*$",
+    re.MULTILINE,
 )
 
 
