@@ -507,8 +507,8 @@ def _run_stack(
         f'print(json.load(sys.stdin)["access_token"])\')'
     )
     say(f'     curl -H "Authorization: Bearer $TOKEN" {api}/api/v1/sessions')
-    say("The stack stays up; press Ctrl-C to stop it.")
-    try:
+    try:  # before the line that says so: a signal may come the moment it is read
+        say("The stack stays up; press Ctrl-C to stop it.")
         while all(p.poll() is None for _n, p in procs.children):
             time.sleep(0.5)
     except KeyboardInterrupt:  # Ctrl-C, SIGTERM, SIGHUP: how a kept-up stack is stopped
