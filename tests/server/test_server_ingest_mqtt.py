@@ -155,7 +155,15 @@ def test_many_messages_are_batched_and_all_acked(
 def test_database_failure_is_retried_and_nothing_acked_before_commit(
     mosquitto: Mosquitto, device: FakeDevice, tmp_path: Path, make_envelope: MakeEnvelope
 ) -> None:
-    engine = make_engine(f"sqlite:///{tmp_path / 'late.db'}")  # tables not created yet
+    engine = make_engine(f"sqlite:///{tmp_path / 'failing.db'}")
+    init_db(engine)
+    _register(engine, "dev-x")
+    sessions = SessionRow.__tablename__
+    # The table a session is stored in goes missing, then comes back in one statement: a retry
+    # never sees a half-made database (one made table by table could take the message as an
+    # unregistered device's before the device is in).
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f"ALTER TABLE {sessions} RENAME TO {sessions}_away")
     consumer = IngestConsumer(_settings(mosquitto), engine)
     consumer.start()
     try:
@@ -163,8 +171,8 @@ def test_database_failure_is_retried_and_nothing_acked_before_commit(
         device.publish(envelope.to_bytes())
         wait_until(lambda: consumer.counters["store_errors"] >= 1, what="a failed store")
         assert device.acked == []
-        init_db(engine)
-        _register(engine, "dev-x")
+        with engine.begin() as conn:
+            conn.exec_driver_sql(f"ALTER TABLE {sessions}_away RENAME TO {sessions}")
         # the consumer retries with a backoff of up to 5 s: allow a few rounds on a loaded machine
         wait_until(lambda: envelope.id in device.acked_ids(), 30, "the ack after recovery")
         assert _count(engine, SessionRow) == 1
