@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from resonera.device.cli_mcu import mcu_update_command
 from resonera.device.cli_output import Command, ends_quietly
 from resonera.device.cli_playback import play_command, render_command
 from resonera.device.cli_records import (
@@ -225,6 +226,15 @@ def build_parser() -> argparse.ArgumentParser:
     prompts_build.set_defaults(func=ends_quietly(prompts_build_command))
 
     command("stop", "ask the running service to stop playing", stop_command)
+
+    mcu = command(
+        "mcu-update",
+        "flash the safety MCU with a signed firmware image (the agent stopped: it owns the port)",
+        mcu_update_command,
+    )
+    mcu.add_argument(
+        "image", type=Path, help="the signed image file (resonera-provision update sign-firmware)"
+    )
 
     history = command(
         "history", "sessions: planned vs played, why; check-in answers", history_command
