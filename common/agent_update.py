@@ -3,14 +3,16 @@
 
 An update bundle is one uncompressed POSIX tar, ``resonera-agent-<version>.tar``: ``manifest.json``
 first, then every file the manifest lists (``wheels/<name>.whl``: the agent's wheel and the locked
-dependencies for the device), and nothing else. The manifest is a document signed with an *update
-key* (Ed25519, made and kept by ``resonera-provision update-key``; not the fleet CA and not the
-server's desired-state key), whose public half the device pins at provisioning
-(``DeviceSettings.update_public_keys``).
+dependencies for the device; optionally ``firmware/<name>``, the safety MCU's signed firmware image,
+which the manifest's ``mcu_firmware`` names), and nothing else. The manifest is a document
+signed with an *update key* (Ed25519, made and kept by ``resonera-provision update-key``; not the
+fleet CA and not the server's desired-state key), whose public half the device pins at
+provisioning (``DeviceSettings.update_public_keys``).
 
 The desired state names the bundle a device should run (``AgentUpdateTarget``: version, the tar's
 SHA-256 and size, the rollout); the device reports each step of an update as an ``UpdateReport``
-(up kind ``update``, kept in the outbox until the broker has it).
+(up kind ``update``, kept in the outbox until the broker has it), the agent's or the MCU's
+firmware's (``component``).
 
 Pure logic: bytes and paths in, checked values or ``BundleRejected`` out.
 """
@@ -27,6 +29,7 @@ import re
 import shutil
 import tarfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -55,8 +58,13 @@ MAX_MANIFEST_BYTES: Final = 256 * 1024
 #: The distribution whose wheel a bundle must hold, at the manifest's version.
 AGENT_DISTRIBUTION: Final = "resonera"
 WHEELS_DIR: Final = "wheels/"
+#: Where a bundle carries the safety MCU's signed firmware image (at most one, ``mcu_firmware``).
+FIRMWARE_DIR: Final = "firmware/"
+#: Longest MCU firmware version (the serial link's text fields: ``serial_link.MAX_TEXT``).
+FIRMWARE_VERSION_MAX: Final = 32
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _WHEEL_PATH = re.compile(r"^wheels/[A-Za-z0-9][A-Za-z0-9._+-]{0,199}\.whl$")
+_FIRMWARE_PATH = re.compile(r"^firmware/[A-Za-z0-9][A-Za-z0-9._+-]{0,199}$")
 _TAG = re.compile(r"^[a-z0-9_]{1,64}$")
 _CHUNK: Final = 1024 * 1024
 
@@ -68,6 +76,10 @@ UpdateState = Literal[
 ]
 UPDATE_STATES: Final[tuple[str, ...]] = get_args(UpdateState)
 ENDED_STATES: Final = frozenset({"installed", "failed", "rolled_back"})
+#: What an update report is about: the device's agent, or its safety MCU's firmware (whose
+#: ``from_version``/``to_version`` are firmware versions, not the agent's).
+UpdateComponent = Literal["agent", "mcu"]
+COMPONENTS: Final[tuple[str, ...]] = get_args(UpdateComponent)
 
 
 class BundleRejected(ProtocolError):
@@ -134,6 +146,7 @@ class UpdateReport:
     to_version: str
     rollout: str
     reason: str | None = None
+    component: UpdateComponent = "agent"
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -142,6 +155,7 @@ class UpdateReport:
             "to_version": self.to_version,
             "rollout": self.rollout,
             "reason": self.reason,
+            "component": self.component,
         }
 
     @classmethod
@@ -156,7 +170,20 @@ class UpdateReport:
         reason = body.get("reason")
         if reason is not None and (not isinstance(reason, str) or len(reason) > 500):
             raise ProtocolError("update reason must be text of at most 500 characters")
-        return cls(state, texts["from_version"], texts["to_version"], texts["rollout"], reason)  # type: ignore[arg-type]
+        # absent: an agent from before the MCU's firmware travelled in bundles
+        component = body.get("component", "agent")
+        if component not in COMPONENTS:
+            raise ProtocolError(
+                f"update component {component!r} is not one of {', '.join(COMPONENTS)}"
+            )
+        return cls(
+            state,
+            str(texts["from_version"]),
+            str(texts["to_version"]),
+            str(texts["rollout"]),
+            reason,
+            component,
+        )
 
 
 def bundle_file_name(version: str) -> str:
@@ -192,7 +219,8 @@ def update_key_to_b64(key: Ed25519PublicKey) -> str:
 
 @dataclass(frozen=True)
 class ManifestFile:
-    """One file of a bundle: ``wheels/<wheel file name>``, its SHA-256 and size."""
+    """One file of a bundle: ``wheels/<wheel file name>`` (or ``firmware/<name>``), its SHA-256
+    and size."""
 
     path: str
     sha256: str
@@ -200,17 +228,50 @@ class ManifestFile:
 
     @property
     def name(self) -> str:
-        """The wheel's file name (what ``extract_wheels`` writes)."""
-        return self.path.removeprefix(WHEELS_DIR)
+        """The file's name without its folder (what ``extract_wheels`` writes)."""
+        return self.path.rpartition("/")[2]
+
+    @property
+    def is_wheel(self) -> bool:
+        return self.path.startswith(WHEELS_DIR)
 
     def to_json(self) -> dict[str, Any]:
         return {"path": self.path, "sha256": self.sha256, "size": self.size}
 
     @classmethod
-    def of(cls, wheel: Path) -> ManifestFile:
-        """The entry for a wheel file on disk."""
-        size, sha256 = file_digest(wheel)
-        return cls(WHEELS_DIR + wheel.name, sha256, size)
+    def of(cls, file: Path, folder: str = WHEELS_DIR) -> ManifestFile:
+        """The entry for a file on disk (a wheel; the firmware with ``FIRMWARE_DIR``)."""
+        size, sha256 = file_digest(file)
+        return cls(folder + file.name, sha256, size)
+
+
+@dataclass(frozen=True)
+class McuFirmware:
+    """The manifest's ``mcu_firmware``: the bundle's member holding the safety MCU's signed image
+    (``firmware/<name>``, also listed in ``files``) and the version its header says."""
+
+    path: str
+    version: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"path": self.path, "version": self.version}
+
+    @classmethod
+    def from_json(cls, value: object) -> McuFirmware:
+        if not isinstance(value, dict) or set(value) != {"path", "version"}:
+            raise BundleRejected("mcu_firmware must have exactly path and version")
+        path, version = value["path"], value["version"]
+        if not isinstance(path, str) or not _FIRMWARE_PATH.fullmatch(path):
+            raise BundleRejected(f"mcu_firmware path {str(path)[:80]!r} is not firmware/<name>")
+        if (
+            not isinstance(version, str)
+            or not version
+            or len(version.encode()) > FIRMWARE_VERSION_MAX
+        ):
+            raise BundleRejected(
+                f"mcu_firmware version must be text of 1..{FIRMWARE_VERSION_MAX} bytes"
+            )
+        return cls(path, version)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -225,10 +286,15 @@ class UpdateManifest:
     files: tuple[ManifestFile, ...]
     #: The keys a device pins once this bundle runs healthy (empty: it keeps the ones it has).
     update_keys: tuple[str, ...] = ()
+    #: The safety MCU's firmware the bundle carries (None: none; the field is then absent).
+    mcu_firmware: McuFirmware | None = None
     format: int = BUNDLE_FORMAT
     product: str = PRODUCT
 
     def to_json(self) -> dict[str, Any]:
+        firmware = (
+            {} if self.mcu_firmware is None else {"mcu_firmware": self.mcu_firmware.to_json()}
+        )
         return {
             "format": self.format,
             "product": self.product,
@@ -239,6 +305,7 @@ class UpdateManifest:
             "created_at": self.created_at.isoformat().replace("+00:00", "Z"),
             "files": [f.to_json() for f in self.files],
             "update_keys": list(self.update_keys),
+            **firmware,
         }
 
     @property
@@ -276,7 +343,14 @@ class UpdateManifest:
             created_at = None
         if not isinstance(created, str) or created_at is None or created_at.tzinfo is None:
             raise BundleRejected(f"created_at {created!r} is not an ISO 8601 time with its zone")
-        files = _files_from_json(doc.get("files"), version)
+        firmware = (
+            McuFirmware.from_json(doc["mcu_firmware"])
+            if doc.get("mcu_firmware") is not None
+            else None
+        )
+        files = _files_from_json(
+            doc.get("files"), version, firmware.path if firmware is not None else None
+        )
         keys = doc.get("update_keys", [])
         if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
             raise BundleRejected("update_keys must be a list of base64 Ed25519 keys")
@@ -292,6 +366,7 @@ class UpdateManifest:
             created_at=created_at,
             files=files,
             update_keys=tuple(keys),
+            mcu_firmware=firmware,
         )
 
 
@@ -306,11 +381,15 @@ _MANIFEST_FIELDS: Final = frozenset(
         "created_at",
         "files",
         "update_keys",
+        "mcu_firmware",
     }
 )
 
 
-def _files_from_json(value: object, version: Version) -> tuple[ManifestFile, ...]:
+def _files_from_json(
+    value: object, version: Version, firmware_path: str | None
+) -> tuple[ManifestFile, ...]:
+    """The listed files: wheels, and the one firmware member ``mcu_firmware`` names (if any)."""
     if not isinstance(value, list) or not value:
         raise BundleRejected("the manifest lists no files")
     files: list[ManifestFile] = []
@@ -320,9 +399,14 @@ def _files_from_json(value: object, version: Version) -> tuple[ManifestFile, ...
         if not isinstance(entry, dict) or set(entry) != {"path", "sha256", "size"}:
             raise BundleRejected("each file of the manifest must have exactly path, sha256, size")
         path, sha256, size = entry["path"], entry["sha256"], entry["size"]
-        if not isinstance(path, str) or not _WHEEL_PATH.fullmatch(path):
+        firmware = firmware_path is not None and path == firmware_path
+        if not firmware and isinstance(path, str) and path.startswith(FIRMWARE_DIR):
             raise BundleRejected(
-                f"file {str(path)[:80]!r} is not wheels/<name>.whl (the bundle holds wheels only)"
+                f"file {path[:80]!r} is not the firmware the manifest's mcu_firmware names"
+            )
+        if not firmware and (not isinstance(path, str) or not _WHEEL_PATH.fullmatch(path)):
+            raise BundleRejected(
+                f"file {str(path)[:80]!r} is not wheels/<name>.whl (or the mcu_firmware named)"
             )
         if path in seen:
             raise BundleRejected(f"file {path!r} is listed twice")
@@ -331,6 +415,9 @@ def _files_from_json(value: object, version: Version) -> tuple[ManifestFile, ...
             raise BundleRejected(f"file {path!r}: sha256 is not 64 lowercase hex digits")
         if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= MAX_BUNDLE_BYTES:
             raise BundleRejected(f"file {path!r}: size must be 0..{MAX_BUNDLE_BYTES} bytes")
+        if firmware:
+            files.append(ManifestFile(path, str(sha256), size))
+            continue
         try:
             name, wheel_version, _build, _tags = parse_wheel_filename(path.removeprefix(WHEELS_DIR))
         except (InvalidWheelFilename, InvalidVersion) as exc:
@@ -347,6 +434,8 @@ def _files_from_json(value: object, version: Version) -> tuple[ManifestFile, ...
             f"the bundle must hold exactly one wheel of {AGENT_DISTRIBUTION} (it holds "
             f"{agent_wheels})"
         )
+    if firmware_path is not None and firmware_path not in seen:
+        raise BundleRejected(f"mcu_firmware {firmware_path!r} is not among the manifest's files")
     if sum(f.size for f in files) > MAX_BUNDLE_BYTES:
         raise BundleRejected(f"the files together exceed {MAX_BUNDLE_BYTES} bytes")
     return tuple(files)
@@ -628,10 +717,48 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+@contextmanager
+def _checked_members(
+    verified: VerifiedBundle,
+) -> Iterator[Iterator[tuple[ManifestFile, IO[bytes]]]]:
+    """The bundle's members after the manifest, each with its verified manifest entry and a reader
+    of its content (read it through ``_copy_checked``); ``BundleRejected`` when the tar no longer
+    matches the manifest it was checked against (it may have changed since ``check_bundle``)."""
+    with verified.path.open("rb") as fh, _open_tar(fh) as tar:
+        members = _members(tar)
+        _read_manifest_member(tar, members)
+        expected = {f.path: f for f in verified.manifest.files}
+
+        def entries() -> Iterator[tuple[ManifestFile, IO[bytes]]]:
+            for member in members:
+                try:
+                    entry = _expected_member(member, expected)
+                except BundleRejected as exc:
+                    raise BundleRejected(f"the bundle changed after its check: {exc}") from None
+                reader = tar.extractfile(member)
+                assert reader is not None
+                yield entry, reader
+            if expected:
+                raise BundleRejected(
+                    f"the bundle changed after its check: it lacks {min(expected)!r}"
+                )
+
+        yield entries()
+
+
+def _write_synced(path: Path, reader: IO[bytes], entry: ManifestFile) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    with os.fdopen(fd, "wb") as out:
+        _copy_checked(reader, entry, out)
+        out.flush()
+        os.fsync(out.fileno())
+
+
 def extract_wheels(verified: VerifiedBundle, dest_dir: Path) -> list[Path]:
     """Write the bundle's wheels into the new folder ``dest_dir`` (which must not exist), checking
     each against the verified manifest again as it is written (the tar may have changed since
-    ``check_bundle``); return their paths, in the manifest's order.
+    ``check_bundle``); return their paths, in the manifest's order. The MCU's firmware is checked
+    too but not written (``extract_firmware``).
 
     The wheels are written into ``.<dest_dir name>.part`` beside it, synced and renamed: either
     ``dest_dir`` holds every wheel or it does not exist (a ``.part`` left by a kill is replaced)."""
@@ -642,45 +769,60 @@ def extract_wheels(verified: VerifiedBundle, dest_dir: Path) -> list[Path]:
         shutil.rmtree(part)
     part.mkdir(parents=True)
     try:
-        with verified.path.open("rb") as fh, _open_tar(fh) as tar:
-            members = _members(tar)
-            _read_manifest_member(tar, members)
-            expected = {f.path: f for f in verified.manifest.files}
-            for member in members:
-                try:
-                    entry = _expected_member(member, expected)
-                except BundleRejected as exc:
-                    raise BundleRejected(f"the bundle changed after its check: {exc}") from None
-                reader = tar.extractfile(member)
-                assert reader is not None
-                fd = os.open(part / entry.name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-                with os.fdopen(fd, "wb") as out:
-                    _copy_checked(reader, entry, out)
-                    out.flush()
-                    os.fsync(out.fileno())
-            if expected:
-                raise BundleRejected(
-                    f"the bundle changed after its check: it lacks {min(expected)!r}"
-                )
+        with _checked_members(verified) as entries:
+            for entry, reader in entries:
+                if entry.is_wheel:
+                    _write_synced(part / entry.name, reader, entry)
+                else:
+                    _copy_checked(reader, entry, None)
         _fsync_dir(part)
         part.rename(dest_dir)
         _fsync_dir(dest_dir.parent)
     except BaseException:
         shutil.rmtree(part, ignore_errors=True)
         raise
-    return [dest_dir / f.name for f in verified.manifest.files]
+    return [dest_dir / f.name for f in verified.manifest.files if f.is_wheel]
 
 
-def write_bundle(dest: Path, manifest_json: bytes, wheels: Sequence[Path]) -> None:
+def extract_firmware(verified: VerifiedBundle, dest: Path) -> Path | None:
+    """Write the safety MCU's signed firmware the bundle carries (``mcu_firmware``) to the file
+    ``dest``, checked against the verified manifest again as it is written; None (and nothing
+    written) when the bundle carries none. Written beside ``dest``, synced and renamed over it."""
+    firmware = verified.manifest.mcu_firmware
+    if firmware is None:
+        return None
+    part = dest.with_name(f".{dest.name}.part")
+    part.unlink(missing_ok=True)
+    try:
+        with _checked_members(verified) as entries:
+            for entry, reader in entries:
+                if entry.path == firmware.path:
+                    _write_synced(part, reader, entry)
+                else:
+                    _copy_checked(reader, entry, None)
+        part.replace(dest)
+        _fsync_dir(dest.parent)
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
+    return dest
+
+
+def write_bundle(
+    dest: Path, manifest_json: bytes, wheels: Sequence[Path], firmware: Path | None = None
+) -> None:
     """Write the bundle tar ``dest``: ``manifest_json`` (from ``sign_manifest``) first, then each
-    wheel as ``wheels/<name>``, in order; written beside ``dest`` and renamed, synced. The members'
-    times are the manifest's ``created_at``, owners and modes fixed, so the same inputs give the
-    same bytes."""
+    wheel as ``wheels/<name>``, in order, then ``firmware`` (the MCU's signed image) as
+    ``firmware/<name>``; written beside ``dest`` and renamed, synced. The members' times are the
+    manifest's ``created_at``, owners and modes fixed, so the same inputs give the same bytes."""
     try:
         created = json.loads(manifest_json)["created_at"]
         mtime = int(datetime.fromisoformat(created).timestamp())
     except (ValueError, KeyError, TypeError):
         raise BundleRejected("manifest_json is not a manifest with created_at") from None
+    members = [(WHEELS_DIR + wheel.name, wheel) for wheel in wheels]
+    if firmware is not None:
+        members.append((FIRMWARE_DIR + firmware.name, firmware))
     tmp = dest.with_name(f".{dest.name}.part")
     try:
         with tmp.open("wb") as raw:
@@ -689,10 +831,9 @@ def write_bundle(dest: Path, manifest_json: bytes, wheels: Sequence[Path]) -> No
                     _member_info(MANIFEST_NAME, len(manifest_json), mtime),
                     io.BytesIO(manifest_json),
                 )
-                for wheel in wheels:
-                    with wheel.open("rb") as fh:
-                        info = _member_info(WHEELS_DIR + wheel.name, wheel.stat().st_size, mtime)
-                        tar.addfile(info, fh)
+                for name, path in members:
+                    with path.open("rb") as fh:
+                        tar.addfile(_member_info(name, path.stat().st_size, mtime), fh)
             raw.flush()
             os.fsync(raw.fileno())
         tmp.replace(dest)

@@ -22,9 +22,12 @@ from resonera.common.agent_update import (
     AgentUpdateTarget,
     BundleRejected,
     ManifestFile,
+    McuFirmware,
     UpdateManifest,
+    UpdateReport,
     VerifiedBundle,
     check_bundle,
+    extract_firmware,
     extract_wheels,
     file_digest,
     may_update,
@@ -36,6 +39,7 @@ from resonera.common.agent_update import (
     verify_manifest,
     write_bundle,
 )
+from resonera.common.errors import ProtocolError
 from resonera.common.signing import ed25519_key_id, sign_document_ed25519
 
 KEY = Ed25519PrivateKey.generate()
@@ -463,3 +467,123 @@ def test_the_server_reads_a_bundle_without_a_devices_rules(tmp_path: Path) -> No
     pack(path, [*good_members(other), member("wheels/x-1-py3-none-any.whl", b"x")])
     with pytest.raises(BundleRejected, match="is not listed"):
         read_bundle(path, [KEY.public_key()])
+
+
+# --- the safety MCU's firmware in the bundle ---------------------------------------------------
+
+FIRMWARE = b"RSFWSIG1" + b"\x07" * 64 + b"RSFW image of 1.6.0"
+FIRMWARE_PATH = "firmware/safety-1.6.0.signed"
+
+
+def firmware_manifest(**changes: object) -> UpdateManifest:
+    entry = ManifestFile(FIRMWARE_PATH, _sha256(FIRMWARE), len(FIRMWARE))
+    manifest = manifest_of(mcu_firmware=McuFirmware(FIRMWARE_PATH, "1.6.0"))
+    return replace(manifest, files=(*manifest.files, entry), **changes)  # type: ignore[arg-type]
+
+
+def firmware_bundle(tmp_path: Path) -> Path:
+    built = tmp_path / "fw"
+    built.mkdir(exist_ok=True)
+    (built / "safety-1.6.0.signed").write_bytes(FIRMWARE)
+    path = tmp_path / "b.tar"
+    data = sign_manifest(KEY, firmware_manifest())
+    write_bundle(path, data, _wheel_files(tmp_path), built / "safety-1.6.0.signed")
+    return path
+
+
+def test_a_bundle_carrying_the_mcus_firmware_is_taken_and_each_part_written_where_it_goes(
+    tmp_path: Path,
+) -> None:
+    path = firmware_bundle(tmp_path)
+    with tarfile.open(path) as tar:
+        assert tar.getnames()[-1] == FIRMWARE_PATH
+    verified = check(path)
+    assert verified.manifest.mcu_firmware == McuFirmware(FIRMWARE_PATH, "1.6.0")
+    assert verified.manifest.to_json()["mcu_firmware"] == {
+        "path": FIRMWARE_PATH,
+        "version": "1.6.0",
+    }
+    # the wheels go to pip, the firmware alone to the slot
+    wheels = extract_wheels(verified, tmp_path / "slot" / "wheels")
+    assert [w.name for w in wheels] == list(WHEELS)
+    dest = tmp_path / "slot" / "mcu-firmware.signed"
+    assert extract_firmware(verified, dest) == dest and dest.read_bytes() == FIRMWARE
+    assert sorted(p.name for p in (tmp_path / "slot").iterdir()) == [
+        "mcu-firmware.signed",
+        "wheels",
+    ]
+
+
+def test_a_bundle_without_firmware_has_no_mcu_firmware_field_and_extracts_none(
+    tmp_path: Path,
+) -> None:
+    assert "mcu_firmware" not in manifest_of().to_json()
+    path = pack(tmp_path / "b.tar", good_members())
+    verified = check(path)
+    assert verified.manifest.mcu_firmware is None
+    assert extract_firmware(verified, tmp_path / "mcu-firmware.signed") is None
+    assert not (tmp_path / "mcu-firmware.signed").exists()
+
+
+def test_a_firmware_member_the_manifest_does_not_name_is_refused(tmp_path: Path) -> None:
+    # listed in files, but mcu_firmware is absent: the device would not know it is firmware
+    unnamed = replace(firmware_manifest(), mcu_firmware=None)
+    with pytest.raises(BundleRejected, match="not the firmware the manifest's mcu_firmware names"):
+        UpdateManifest.from_json(unnamed.to_json())
+    # a second firmware beside the named one
+    extra = ManifestFile("firmware/other.signed", _sha256(b"x"), 1)
+    two = replace(firmware_manifest(), files=(*firmware_manifest().files, extra))
+    with pytest.raises(BundleRejected, match=r"'firmware/other\.signed' is not the firmware"):
+        UpdateManifest.from_json(two.to_json())
+    # named but not listed
+    unlisted = replace(firmware_manifest(), files=manifest_of().files)
+    with pytest.raises(BundleRejected, match="is not among the manifest's files"):
+        UpdateManifest.from_json(unlisted.to_json())
+    # a member in the tar the (signed, firmware-less) manifest does not list
+    members = [*good_members(), member(FIRMWARE_PATH, FIRMWARE)]
+    with pytest.raises(BundleRejected, match=f"member '{FIRMWARE_PATH}' is not listed"):
+        check(pack(tmp_path / "b.tar", members))
+
+
+def test_a_firmware_whose_bytes_are_not_the_listed_ones_is_refused(tmp_path: Path) -> None:
+    data = sign_manifest(KEY, firmware_manifest())
+    wrong = FIRMWARE[:-1] + b"!"
+    members = [member(MANIFEST_NAME, data), *wheel_members(), member(FIRMWARE_PATH, wrong)]
+    with pytest.raises(BundleRejected, match=f"{FIRMWARE_PATH} is not the file the manifest"):
+        check(pack(tmp_path / "b.tar", members))
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        ({"path": "wheels/x.whl", "version": "1.6.0"}, "is not firmware/<name>"),
+        ({"path": "firmware/../x", "version": "1.6.0"}, "is not firmware/<name>"),
+        ({"path": FIRMWARE_PATH, "version": ""}, "version must be text"),
+        ({"path": FIRMWARE_PATH}, "exactly path and version"),
+    ],
+)
+def test_a_malformed_mcu_firmware_field_is_refused(value: dict[str, str], reason: str) -> None:
+    doc = {**firmware_manifest().to_json(), "mcu_firmware": value}
+    with pytest.raises(BundleRejected, match=re.escape(reason)):
+        UpdateManifest.from_json(doc)
+
+
+def test_extract_firmware_refuses_a_tar_changed_after_its_check(tmp_path: Path) -> None:
+    path = firmware_bundle(tmp_path)
+    verified = check(path)
+    data = sign_manifest(KEY, firmware_manifest())
+    wrong = FIRMWARE[:-1] + b"!"
+    pack(path, [member(MANIFEST_NAME, data), *wheel_members(), member(FIRMWARE_PATH, wrong)])
+    dest = tmp_path / "mcu-firmware.signed"
+    with pytest.raises(BundleRejected, match="SHA-256 differs"):
+        extract_firmware(verified, dest)
+    assert not dest.exists() and not (tmp_path / ".mcu-firmware.signed.part").exists()
+
+
+def test_an_update_report_names_its_component_agent_unless_said() -> None:
+    body = UpdateReport("installed", "1.5.0", "1.6.0", "r1", None, "mcu").to_json()
+    assert UpdateReport.from_json(body).component == "mcu"
+    older = {k: v for k, v in body.items() if k != "component"}  # an agent from before
+    assert UpdateReport.from_json(older).component == "agent"
+    with pytest.raises(ProtocolError, match="component 'bios' is not one of agent, mcu"):
+        UpdateReport.from_json({**body, "component": "bios"})
