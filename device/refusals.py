@@ -64,6 +64,7 @@ CLOCK_SLACK_S: Final = 300.0
 REFUSAL_LIGHT_S: Final = 30.0
 
 ReasonCode = Literal[
+    "updating",
     "shut_out_revoked",
     "shut_out_expired",
     "shut_out_quarantined",
@@ -99,6 +100,7 @@ class Reason:
 REASONS: Final[Mapping[ReasonCode, Reason]] = {
     reason.code: reason
     for reason in (
+        Reason("updating", "refused_updating", sl.LIGHT_BLOCKED),
         Reason("shut_out_revoked", "refused_revoked", sl.LIGHT_SHUT_OUT, lasting=True),
         Reason("shut_out_expired", "refused_expired", sl.LIGHT_SHUT_OUT, lasting=True),
         Reason("shut_out_quarantined", "refused_quarantined", sl.LIGHT_SHUT_OUT, lasting=True),
@@ -143,6 +145,8 @@ class PlayFacts:
     """What the device knows at one moment that bears on starting a session (the service's
     snapshot). Defaults are a healthy device with something to play."""
 
+    #: The agent is switching to its new version this instant (between sessions, seconds).
+    updating: bool = False
     #: The server's notice: ``revoked``, ``expired`` or ``quarantined`` (None: not shut out).
     shut_out: Literal["revoked", "expired", "quarantined"] | None = None
     shut_out_reason: str = ""
@@ -182,6 +186,8 @@ NOT_FAULTS: Final = frozenset({sl.FAULT_NONE, sl.FAULT_DEVICE_REQUEST, sl.FAULT_
 
 def why_cannot_play(facts: PlayFacts) -> Refusal | None:
     """The first reason (in the table's order) a session may not start now, or None."""
+    if facts.updating:
+        return refusal("updating", "switching to the new agent")
     if facts.shut_out is not None:
         return refusal(SHUT_OUT_CODES[facts.shut_out], facts.shut_out_reason)
     if not facts.store_writable:

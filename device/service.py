@@ -415,7 +415,7 @@ class DeviceService:
             if self._playing is not None:
                 raise ResoneraError(f"already playing {self._playing.program!r}; stop it first")
             if self._updating:  # the instant of the switch to a new agent
-                raise ResoneraError("the device is updating its agent: back in a moment")
+                raise PlayRefused(refusal("updating", "switching to the new agent"))
             session_id, self._next_session = self._next_session or new_id(), None
             session = Session(
                 self.session_parts, session_id=session_id, watch=SessionWatch(notify=_log_line)
@@ -457,6 +457,7 @@ class DeviceService:
             free = None
         ahead = datetime.fromtimestamp(now + CLOCK_SLACK_S, UTC)
         return PlayFacts(
+            updating=self._updating,
             shut_out=shut_out.kind if shut_out is not None else None,
             shut_out_reason=shut_out.reason if shut_out is not None else "",
             free_bytes=free,

@@ -28,6 +28,7 @@ HEALTHY = PlayFacts(now=CLOCK_FLOOR + 86400.0, free_bytes=10 * MIN_FREE_BYTES)
 
 #: Each reason and facts that cause it on an otherwise healthy device.
 CAUSES: dict[str, dict[str, Any]] = {
+    "updating": {"updating": True},
     "shut_out_revoked": {"shut_out": "revoked", "shut_out_reason": "certificate revoked"},
     "shut_out_expired": {"shut_out": "expired"},
     "shut_out_quarantined": {"shut_out": "quarantined"},

@@ -16,9 +16,8 @@ from support import wait_until
 
 from resonera.common.agent_update import AgentUpdateTarget
 from resonera.common.envelope import decode_envelope
-from resonera.common.errors import ResoneraError
 from resonera.device.cli import resolve_program
-from resonera.device.service import DeviceService
+from resonera.device.service import DeviceService, PlayRefused
 from resonera.device.updater.launcher import EX_TEMPFAIL
 from resonera.device.updater.slots import MARKER, AgentSlots
 
@@ -52,8 +51,10 @@ def test_a_target_seen_during_a_session_switches_when_it_ends_and_no_session_sta
         assert trial["from_version"] == "0.1.0" and trial["update_keys"] == ["k9"]
         assert trial["launches"] == 0 and slots.current() == "b"
         assert service._exit_code == EX_TEMPFAIL
-        with pytest.raises(ResoneraError, match="updating its agent"):
+        with pytest.raises(PlayRefused) as refused:  # said to the person, with its light
             service.play("calm-tone")
+        assert refused.value.refusal.code == "updating"
+        assert refused.value.refusal.message.startswith("The device is updating itself.")
         reports = [body["state"] for kind, body in _queued(service) if kind == "update"]
         assert reports == ["downloading", "switching"]
     finally:
