@@ -77,12 +77,15 @@ def _build(args: argparse.Namespace, passphrase: Passphrase) -> int:
         update_keys=keys.published(),
         version=args.version,
         min_previous=args.min_previous,
+        mcu_firmware=args.mcu_firmware,
     )
     print(f"built {built.path}")
     print(
         f"  version {built.version}, {built.size} bytes, {built.files} files, "
         f"signed by update key {built.key_id}"
     )
+    if built.mcu_firmware is not None:
+        print(f"  safety MCU firmware {built.mcu_firmware}, flashed once the agent is healthy")
     print(f"  sha256 {built.sha256}")
     return 0
 
@@ -153,6 +156,13 @@ def add_update_commands(
         help="the oldest version that may update to this one (default: any)",
     )
     build.add_argument("--out", type=Path, required=True, help="folder for the bundle")
+    build.add_argument(
+        "--mcu-firmware",
+        type=Path,
+        default=None,
+        metavar="SIGNED_FILE",
+        help="also carry the safety MCU's firmware (a file from 'update sign-firmware')",
+    )
     firmware = command(
         update_sub,
         "sign-firmware",

@@ -6,10 +6,16 @@ pyproject's version replaced when another one is asked (tests, hotfixes); then e
 device's lock (``requirements/device.txt``, hashes required), so the bundle installs with no
 network. The manifest is signed by the update key's signing key and carries the keys devices should
 pin (``UpdateKeys.published``). pip's own cache makes a repeated build take seconds.
+
+With ``mcu_firmware`` (``--mcu-firmware``) the bundle also carries the safety MCU's signed image
+(``update sign-firmware``) as ``firmware/mcu-firmware.signed``, named in the manifest's
+``mcu_firmware`` with the version its header says; an image the update key did not sign is refused
+here rather than by every MCU of the fleet.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 import shutil
 import subprocess
@@ -21,13 +27,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from packaging.utils import canonicalize_name, parse_wheel_filename
 
+from resonera.common import serial_link as sl
 from resonera.common.agent_update import (
     AGENT_DISTRIBUTION,
+    FIRMWARE_DIR,
     BundleRejected,
     ManifestFile,
+    McuFirmware,
     UpdateManifest,
     bundle_file_name,
     file_digest,
@@ -49,6 +59,8 @@ _VERSION_LINE = re.compile(r'^(version\s*=\s*)"[^"\n]*"', re.MULTILINE)
 #: pip's lines that say nothing about why it failed (find-links that do not exist here).
 _NOISE: Final = ("is ignored: it is neither a file nor a directory",)
 PIP_TAIL_LINES: Final = 15
+#: The MCU's firmware's name in a bundle, whatever the admin's file was called.
+FIRMWARE_NAME: Final = "mcu-firmware.signed"
 
 
 class UpdateBuildError(ResoneraError):
@@ -63,6 +75,8 @@ class BuiltUpdate:
     size: int
     files: int
     key_id: str
+    #: The safety MCU's firmware version the bundle carries (None: none).
+    mcu_firmware: str | None = None
 
 
 def source_version(source: Path) -> str:
@@ -140,10 +154,13 @@ def build_update(
     update_keys: list[str],
     version: str | None = None,
     min_previous: str | None = None,
+    mcu_firmware: Path | None = None,
     clock: Clock = utc_now,
 ) -> BuiltUpdate:
     """Build ``resonera-agent-<version>.tar`` into the folder ``out`` (made if missing; an existing
-    bundle of that version is not replaced), signed by ``key``, carrying ``update_keys``."""
+    bundle of that version is not replaced), signed by ``key``, carrying ``update_keys`` (and the
+    MCU's signed image ``mcu_firmware``, checked first)."""
+    firmware = read_signed_firmware(mcu_firmware, key) if mcu_firmware is not None else None
     tree_version = source_version(source)
     lock = source / DEVICE_LOCK
     if not lock.is_file():
@@ -187,14 +204,25 @@ def build_update(
         )
         others = sorted(w for w in wheels.glob("*.whl") if w != agent)
         ordered = [agent, *others]
+        files = [ManifestFile.of(w) for w in ordered]
+        firmware_file: Path | None = None
+        if firmware is not None:
+            firmware_file = work / FIRMWARE_NAME
+            firmware_file.write_bytes(firmware[1])
+            files.append(ManifestFile.of(firmware_file, FIRMWARE_DIR))
         manifest = UpdateManifest(
             version=wanted,
             min_previous_version=minimum,
             python=python_tag(),
             platform=platform_tag(),
             created_at=clock().replace(microsecond=0),
-            files=tuple(ManifestFile.of(w) for w in ordered),
+            files=tuple(files),
             update_keys=tuple(update_keys),
+            mcu_firmware=(
+                McuFirmware(FIRMWARE_DIR + FIRMWARE_NAME, firmware[0])
+                if firmware is not None
+                else None
+            ),
         )
         try:
             UpdateManifest.from_json(manifest.to_json())  # what devices will check
@@ -202,16 +230,47 @@ def build_update(
         except BundleRejected as exc:
             raise UpdateBuildError(f"the bundle would be refused: {exc}") from None
         out.mkdir(parents=True, exist_ok=True)
-        write_bundle(dest, data, ordered)
+        write_bundle(dest, data, ordered, firmware_file)
     size, sha256 = file_digest(dest)
     return BuiltUpdate(
         dest,
         wanted,
         sha256,
         size,
-        len(ordered),
+        len(files),
         ed25519_key_id(key.public_key()),
+        firmware[0] if firmware is not None else None,
     )
+
+
+def read_signed_firmware(path: Path, key: Ed25519PrivateKey) -> tuple[str, bytes]:
+    """The version and bytes of the signed MCU image at ``path`` (``update sign-firmware``'s
+    file); ``UpdateBuildError`` unless it is one, signed by ``key`` (the bootloaders pin its public
+    half: an image signed otherwise would be refused by every MCU)."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise UpdateBuildError(f"cannot read the MCU firmware {path}: {exc.strerror}") from None
+    try:
+        signature, image = sl.unpack_signed_image(data)
+        version, _size = sl.unpack_image_header(image)
+    except sl.LinkProtocolError as exc:
+        raise UpdateBuildError(
+            f"{path} is not a signed MCU firmware image (update sign-firmware): {exc}"
+        ) from None
+    message = sl.update_signed_message(len(image), hashlib.sha256(image).digest(), version)
+    try:
+        key.public_key().verify(signature, message)
+    except InvalidSignature:
+        raise UpdateBuildError(
+            f"{path} is not signed by this update key ({ed25519_key_id(key.public_key())}): "
+            "sign the image with update sign-firmware"
+        ) from None
+    try:
+        McuFirmware.from_json({"path": FIRMWARE_DIR + FIRMWARE_NAME, "version": version})
+    except BundleRejected as exc:
+        raise UpdateBuildError(f"{path}: {exc}") from None
+    return version, data
 
 
 def _agent_wheel(wheels: Path, version: str) -> Path:
