@@ -176,7 +176,9 @@ def test_render_streams_in_flat_memory_and_starts_without_the_agent(tmp_path: Pa
         assert code == 0 and heavy == []
         assert soundfile.info(str(out)).frames == minutes * 60 * 44100
         peaks.append(peak_kib)
-    assert peaks[1] - peaks[0] < 4 * 1024, peaks
+    # Held whole, the longer render would take ~100 MB more (5 min of float32 stereo at 44.1 kHz);
+    # streamed, only the read-ahead's queue varies (a few MiB on a loaded machine).
+    assert peaks[1] - peaks[0] < 16 * 1024, peaks
 
 
 def test_a_render_without_a_calibration_goes_through_the_safety_chain(tmp_path: Path) -> None:
