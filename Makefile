@@ -65,19 +65,21 @@ pytest: $(STAMP)
 FUTURE ?= +365d
 FUTURE_TESTS ?= tests/common tests/device tests/server tests/provisioning
 pytest-future: $(STAMP)
-	scripts/faketime-run $(FUTURE) $(BIN)/python -m pytest -q -m "not real_clock and not dateless and not realtime" $(FUTURE_TESTS) $(PYTEST_ARGS)
+	scripts/faketime-run $(FUTURE) $(BIN)/python -m pytest -q $(XDIST) -m "not real_clock and not dateless and not realtime" $(FUTURE_TESTS) $(PYTEST_ARGS)
 
-# What `make test` runs: every test once and the date-handling ones a year ahead, the `realtime`
-# tests last and on their own (MCU watchdogs of 100 ms, sound recorded through PulseAudio, prompts
-# against the clock). The passes run one after the other: side by side on two cores the pair took
-# 1,235 s against about 1,800 s in turn, but a liveness wait of the other pass missed its mark.
+# What `make test` runs: every test once and the date-handling ones a year ahead, each on two
+# workers (pytest-xdist, a test file per worker at a time: most tests wait on brokers, servers and
+# children, so two cores carry two), then the `realtime` tests last, alone and in one process (MCU
+# watchdogs of 100 ms, sound recorded through PulseAudio, prompts against the clock: under other
+# load they miss their marks).
+XDIST ?= -n 2 --dist loadfile
 pytest-phased: $(STAMP)
 	$(MAKE) --no-print-directory pytest-unhurried
 	$(MAKE) --no-print-directory pytest-future
 	$(MAKE) --no-print-directory pytest-realtime
 
 pytest-unhurried: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not realtime" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q $(XDIST) -m "not realtime" $(PYTEST_ARGS)
 
 pytest-realtime: $(STAMP)
 	$(BIN)/python -m pytest -q -m realtime $(PYTEST_ARGS)
