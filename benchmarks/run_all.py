@@ -8,6 +8,7 @@ from pathlib import Path
 sys.path[:0] = [str(Path(__file__).parent), str(Path(__file__).parents[1] / "tests")]
 
 import bench_agent  # noqa: E402
+import bench_agent_update  # noqa: E402
 import bench_button_reaction  # noqa: E402
 import bench_dashboard  # noqa: E402
 import bench_fault_reaction  # noqa: E402
@@ -34,6 +35,7 @@ BENCHMARKS = (
     bench_button_reaction,
     bench_mcu_update,
     bench_agent,
+    bench_agent_update,
     bench_ingest,
     bench_server_ingest,
     bench_fleet,
