@@ -12,7 +12,9 @@ Preparing (``prepare``): the inactive slot is removed and made again (``python -
 ``pip install --no-index --no-deps`` of the bundle's wheels), at ``nice`` 10 so the audio thread
 is not starved; its ``resonera-device --version`` must say the target's version. A slot counts as
 prepared only once its marker (``.resonera-slot.json``: version and bundle SHA-256) is written,
-last: a slot half made by a crash has none and is made again at the next attempt.
+last: a slot half made by a crash has none and is made again at the next attempt. A bundle that
+carries the safety MCU's firmware leaves it in the slot as ``mcu-firmware.signed`` (before the
+marker); what came of flashing it is kept beside it (``mcu-firmware.failed.json``: not retried).
 """
 
 from __future__ import annotations
@@ -47,6 +49,10 @@ __all__ = ["AgentSlots", "SlotError", "Trial", "agent_dir"]
 log = logging.getLogger(__name__)
 
 MARKER: Final = ".resonera-slot.json"
+#: The safety MCU's signed firmware a slot's bundle carried (``agent_update.extract_firmware``).
+FIRMWARE_FILE: Final = "mcu-firmware.signed"
+#: That firmware was refused or rolled back by the MCU: its SHA-256, version and the reason.
+FIRMWARE_FAILED: Final = "mcu-firmware.failed.json"
 LAUNCHER_NAME: Final = "launch.py"
 #: The priority the slot is built at (venv, pip): below the agent's audio and safety threads.
 PREPARE_NICE: Final = 10
@@ -212,11 +218,16 @@ class AgentSlots:
         sha256: str,
         wheels_into: Callable[[Path], Sequence[Path]],
         update_keys: Sequence[str] = (),
+        *,
+        firmware_into: Callable[[Path], object] | None = None,
+        rollout: str | None = None,
     ) -> str:
         """The inactive slot made from the bundle's wheels (``wheels_into(folder)`` writes them
         into that new folder and returns their paths: ``agent_update.extract_wheels``); the slot's
         name. One already prepared from the same bundle is kept as it is. ``update_keys``: the
-        manifest's, kept with the slot for the switch."""
+        manifest's, kept with the slot for the switch. ``firmware_into(file)`` writes the MCU's
+        firmware the bundle carries, if any (``agent_update.extract_firmware``); ``rollout`` is
+        kept in the marker, for what the firmware's reports name."""
         slot = self.inactive_slot()
         if self.prepared(slot, sha256):
             return slot
@@ -241,7 +252,15 @@ class AgentSlots:
             said = agent_version_of(path)
             if said != version:
                 raise SlotError(f"the installed agent says version {said}, not {version}")
-            marker = {"version": version, "sha256": sha256, "update_keys": list(update_keys)}
+            if firmware_into is not None:
+                firmware_into(path / FIRMWARE_FILE)
+            marker: dict[str, Any] = {
+                "version": version,
+                "sha256": sha256,
+                "update_keys": list(update_keys),
+            }
+            if rollout is not None:
+                marker["rollout"] = rollout
             write_atomic(path / MARKER, json.dumps(marker).encode())
         except BaseException:
             _remove(path)
@@ -327,6 +346,29 @@ class AgentSlots:
 
     def current(self) -> str | None:
         return current_slot(self.directory)
+
+    # --- the safety MCU's firmware a slot carries ---------------------------------------------
+
+    def firmware(self, slot: str) -> Path | None:
+        """The MCU's signed firmware the slot's bundle carried (None: none, or not prepared)."""
+        path = self.path(slot) / FIRMWARE_FILE
+        return path if self.marker(slot) is not None and path.is_file() else None
+
+    def firmware_failure(self, slot: str) -> dict[str, Any] | None:
+        """What the MCU said of the slot's firmware when it refused or rolled it back."""
+        try:
+            failure = json.loads((self.path(slot) / FIRMWARE_FAILED).read_text())
+        except (OSError, ValueError):
+            return None
+        return failure if isinstance(failure, dict) else None
+
+    def record_firmware_failure(
+        self, slot: str, sha256: str, version: str, state: str, reason: str
+    ) -> None:
+        """The slot's firmware (``sha256``) is not flashed again: the MCU refused it (``state``
+        failed) or rolled it back (a new bundle makes the slot again, without this record)."""
+        failure = {"sha256": sha256, "version": version, "state": state, "reason": reason}
+        write_atomic(self.path(slot) / FIRMWARE_FAILED, json.dumps(failure).encode())
 
 
 def _remove(path: Path) -> None:

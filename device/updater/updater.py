@@ -17,6 +17,10 @@ The switch: ``hold_sessions()`` asks the service to refuse new sessions (False: 
 machine waits for its end); the trial is written and ``current`` swapped (``slots.py``); then
 ``restart()`` has the service shut down as usual and exit 75 for the launcher. Each step is
 reported as an ``UpdateReport`` (up kind ``update``), queued in the outbox.
+
+The safety MCU's firmware a bundle carried (``mcu.py``) is flashed by the agent that runs from its
+slot, once it takes updates (its health check passed, or at any start off trial), between sessions;
+the agent's switch waits for a firmware update under way (``McuFirmwareUpdates.lock``).
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from resonera.common.agent_update import (
     UpdateReport,
     VerifiedBundle,
     check_bundle,
+    extract_firmware,
     extract_wheels,
     update_key_from_b64,
 )
@@ -48,6 +53,7 @@ from resonera.device.store import DeviceStore
 from resonera.device.updater import machine as m
 from resonera.device.updater.fetch import BundleFetcher, DownloadFailed, downloads_dir
 from resonera.device.updater.health import TrialHealth
+from resonera.device.updater.mcu import McuFirmwareUpdates
 from resonera.device.updater.slots import AgentSlots, SlotError, Trial
 
 __all__ = ["AgentUpdates", "ServiceHooks"]
@@ -80,8 +86,12 @@ class AgentUpdates:
         hooks: ServiceHooks,
         *,
         slots: AgentSlots | None = None,
+        prefix: Path | None = None,
     ) -> None:
+        """``prefix``: the environment this agent runs from (``sys.prefix``), which names its
+        slot."""
         self.settings = settings
+        self.prefix = prefix
         self.store = store
         self.running_version = running_version
         self.hooks = hooks
@@ -108,6 +118,18 @@ class AgentUpdates:
         self._verified: VerifiedBundle | None = None
         self._retry_at: float | None = None
         self.health: TrialHealth | None = None
+        self.mcu: McuFirmwareUpdates | None = (
+            None
+            if hooks.monitor is None
+            else McuFirmwareUpdates(
+                self.slots,
+                hooks.monitor,
+                self._report,
+                hold_sessions=hooks.hold_sessions,
+                release_sessions=hooks.release_sessions,
+                stop=self._stop,
+            )
+        )
 
     # --- the service's calls ------------------------------------------------------------------
 
@@ -126,7 +148,7 @@ class AgentUpdates:
         if failure.get("sha256"):
             self.machine.given_up.add(str(failure["sha256"]))
         self._report_rollback()
-        slot = self.slots.running_slot()
+        slot = self.slots.running_slot(self.prefix)
         trial = self.slots.trial_of(slot)
         if trial is not None and slot is not None:
             self.health = TrialHealth(
@@ -165,6 +187,8 @@ class AgentUpdates:
     def session_ended(self) -> None:
         self._session_active = False
         self._events.put(m.SessionEnded())
+        if self.mcu is not None:
+            self.mcu.session_ended()
 
     def close(self) -> None:
         self._stop.set()
@@ -177,6 +201,8 @@ class AgentUpdates:
     def _take_updates(self, applied: dict[str, Any] | None) -> None:
         if self._stop.is_set() or not self.settings.updates_enabled:
             return
+        if self.mcu is not None:
+            self.mcu.start(self.slots.running_slot(self.prefix))
         self._thread = threading.Thread(target=self._run, name="updates", daemon=True)
         self._thread.start()
         if applied is not None:
@@ -270,9 +296,17 @@ class AgentUpdates:
         def wheels_into(folder: Path) -> list[Path]:
             return extract_wheels(verified, folder)
 
+        def firmware_into(file: Path) -> Path | None:
+            return extract_firmware(verified, file)
+
         try:
             slot = self.slots.prepare(
-                target.version, target.sha256, wheels_into, verified.manifest.update_keys
+                target.version,
+                target.sha256,
+                wheels_into,
+                verified.manifest.update_keys,
+                firmware_into=firmware_into,
+                rollout=target.rollout,
             )
         except (SlotError, BundleRejected, OSError) as exc:
             return m.Rejected(target.sha256, f"the bundle did not install: {exc}")
@@ -281,6 +315,12 @@ class AgentUpdates:
         return m.Prepared(target.sha256, slot)
 
     def _switch(self, target: AgentUpdateTarget, slot: str) -> bool:
+        if self.mcu is None:
+            return self._switch_held(target, slot)
+        with self.mcu.lock:  # after a firmware update under way, never beside one
+            return self._switch_held(target, slot)
+
+    def _switch_held(self, target: AgentUpdateTarget, slot: str) -> bool:
         if not self.hooks.hold_sessions():
             return False
         marker = self.slots.marker(slot) or {}
