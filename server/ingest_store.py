@@ -157,6 +157,7 @@ def _row(item: CheckedMessage, now: datetime) -> dict[str, Any]:
             "from_version": item.record.from_version,
             "to_version": item.record.to_version,
             "reason": item.record.reason,
+            "component": item.record.component,
         }
     body = json.dumps(envelope.body, separators=(",", ":"), ensure_ascii=False)
     return {**base, "kind": envelope.kind, "body": body}

@@ -686,6 +686,8 @@ class UpdateReportRow(SQLModel, table=True):
     from_version: str = Field(max_length=AGENT_VERSION_MAX)
     to_version: str = Field(max_length=AGENT_VERSION_MAX)
     reason: str | None = Field(default=None, max_length=UPDATE_REASON_MAX)
+    #: "agent" or "mcu" (the safety MCU's firmware from the bundle; versions are the firmware's).
+    component: str = Field(default="agent", max_length=8)
     sig_status: str = Field(default=SIG_UNSIGNED, max_length=16)
     digest: str | None = Field(default=None, max_length=64)
 

@@ -35,7 +35,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -64,6 +64,7 @@ from resonera.server.models import (
     DeviceRow,
     DeviceUpdateRow,
     RolloutRow,
+    UpdateReportRow,
     UserRow,
 )
 from resonera.server.settings import ServerSettings
@@ -574,6 +575,8 @@ class IngestedUpdates:
             self.versions[device_id] = (seq, version)
 
     def saw_report(self, device_id: str, seq: int, report: UpdateReport) -> None:
+        if report.component != "agent":
+            return  # the MCU's firmware: stored in update_report, no step of the agent's rollout
         self.reports.append(Reported(device_id, seq, report))
         # what runs on the device: the new version once installed, else the one it came from
         running = report.to_version if report.state == "installed" else report.from_version
@@ -740,4 +743,38 @@ def version_lines(session: Session) -> list[VersionLine]:
         elif facts.state in UNDER_WAY_STATES:
             line.updating.append(step)
     known = sorted((v for v in lines if v != "unknown"), key=_sort_key, reverse=True)
+    return [lines[v] for v in known] + ([lines["unknown"]] if "unknown" in lines else [])
+
+
+@dataclass
+class FirmwareLine:
+    """One safety-MCU firmware version: the devices running it (their telemetry's), and those whose
+    latest firmware update (``component`` "mcu" reports) to it failed or rolled back."""
+
+    version: str
+    running: list[str] = field(default_factory=list)
+    failed: list[DeviceStep] = field(default_factory=list)
+
+
+def firmware_lines(session: Session, firmware: Mapping[str, str | None]) -> list[FirmwareLine]:
+    """Per MCU firmware version (newest first; "unknown" last) of the devices in ``firmware``
+    (device -> the firmware its latest telemetry says, None: not said); [] when none says one."""
+    lines: dict[str, FirmwareLine] = {}
+    for device_id, version in firmware.items():
+        running = version or "unknown"
+        lines.setdefault(running, FirmwareLine(running)).running.append(device_id)
+    latest: dict[str, UpdateReportRow] = {}
+    for row in session.exec(
+        select(UpdateReportRow)
+        .where(UpdateReportRow.component == "mcu")
+        .order_by(col(UpdateReportRow.seq))
+    ):
+        latest[row.device_id] = row
+    for device_id, row in sorted(latest.items()):
+        if device_id in firmware and row.state in FAILED_STATES:
+            step = DeviceStep(device_id, row.state, row.reason or "", row.received_at)
+            lines.setdefault(row.to_version, FirmwareLine(row.to_version)).failed.append(step)
+    known = sorted((v for v in lines if v != "unknown"), key=_sort_key, reverse=True)
+    if not known:
+        return []  # no MCU's firmware said anywhere (simulated devices): no table
     return [lines[v] for v in known] + ([lines["unknown"]] if "unknown" in lines else [])

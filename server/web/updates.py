@@ -1,7 +1,9 @@
 """The admin's Updates page (``/updates``, issue 25): per agent version the devices running it,
 updating to it (with their step) and failed (with the reason each gave, each device linked to its
-row on the devices page); the rollouts, with a form to start one and buttons to pause, resume and
-cancel; the uploaded bundles, with an upload form; and a form to put a device in a cohort.
+row on the devices page); per safety-MCU firmware version the devices running it (their telemetry's
+``firmware_version``) and those whose update to it failed; the rollouts, with a form to start
+one and buttons to pause, resume and cancel; the uploaded bundles, with an upload form; and a form
+to put a device in a cohort.
 
 Every change goes through the API's route functions (``api/routes/updates.py``: the same checks,
 audit rows and re-issued documents); a refusal shows the page again with the API's reason. The
@@ -27,6 +29,7 @@ from resonera.server.api.routes import updates as api_updates
 from resonera.server.models import AgentBundleRow, DeviceRow, RolloutRow
 from resonera.server.web.admin_forms import FormRefused, checked, field_errors, through_api
 from resonera.server.web.auth import AdminPage, check_csrf
+from resonera.server.web.device_views import latest_telemetry
 from resonera.server.web.render import PAGE_HEADERS, render
 from resonera.server.web.web_user import WebUser
 
@@ -63,6 +66,7 @@ def _page(
             "web": web,
             "title": "Updates",
             "versions": updates.version_lines(session),
+            "firmware": updates.firmware_lines(session, _firmware_of(session, devices)),
             "rollouts": rollouts,
             "counts": updates.rollout_counts(session, rollouts),
             "bundles": bundles,
@@ -83,6 +87,18 @@ def _page(
         },
         status=status,
     )
+
+
+def _firmware_of(session: Session, devices: list[updates.DeviceFacts]) -> dict[str, str | None]:
+    """Each device's (not revoked) safety-MCU firmware, as its latest telemetry says."""
+    found: dict[str, str | None] = {}
+    for device in devices:
+        if device.revoked:
+            continue
+        _row, body = latest_telemetry(session, device.device_id)
+        version = body.get("firmware_version") if isinstance(body, dict) else None
+        found[device.device_id] = version if isinstance(version, str) and version else None
+    return found
 
 
 def _go(done: str, name: str) -> RedirectResponse:

@@ -5,7 +5,8 @@
 - ``device.cohort``: the named group an admin puts a device in;
 - ``device_update``: per device, the agent version it runs, the target its desired document carries
   and its latest update report;
-- ``update_report``: every update report devices sent (up kind ``update``), once per message.
+- ``update_report``: every update report devices sent (up kind ``update``), once per message, with
+  its ``component`` (the agent, or the safety MCU's firmware the bundle carried).
 
 Nothing existing is rewritten: every new column is nullable, every new table starts empty.
 
@@ -96,6 +97,7 @@ def upgrade() -> None:
         sa.Column("from_version", sa.String(length=64), nullable=False),
         sa.Column("to_version", sa.String(length=64), nullable=False),
         sa.Column("reason", sa.String(length=500), nullable=True),
+        sa.Column("component", sa.String(length=8), nullable=False),
         sa.Column("sig_status", sa.String(length=16), nullable=False),
         sa.Column("digest", sa.String(length=64), nullable=True),
         sa.PrimaryKeyConstraint("id"),
