@@ -19,6 +19,7 @@ this slot's bundle.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 from collections.abc import Callable
@@ -76,6 +77,8 @@ class McuFirmwareUpdates:
         #: MCU runs the slot's firmware, ``none``: no firmware), for the tests and the log.
         self.outcome: str | None = None
         self._slot = ""
+        #: SHA-256 of the slot's signed firmware file: what a failure record names.
+        self._sha256 = ""
         self._rollout = UNKNOWN_ROLLOUT
 
     def start(self, slot: str | None) -> None:
@@ -95,8 +98,7 @@ class McuFirmwareUpdates:
             self._thread.join(timeout_s)
 
     def _pause(self) -> None:
-        """Until a session ends, a while passes, or the service stops."""
-        self._wake.clear()
+        """Until a session ends (since the try began), a while passes, or the service stops."""
         waited = 0.0
         while waited < self.retry_s and not self._stop.is_set() and not self._wake.is_set():
             self._stop.wait(0.2)
@@ -115,17 +117,19 @@ class McuFirmwareUpdates:
             return "none"
         marker = self.slots.marker(slot) or {}
         self._slot, self._rollout = slot, str(marker.get("rollout") or UNKNOWN_ROLLOUT)
-        try:
-            image = SignedImage.load(path)
-        except McuUpdateError as exc:
-            self._ended("", "unknown", "failed", str(exc))
-            return "failed"
-        sha256 = image.sha256.hex()
+        data = path.read_bytes()
+        self._sha256 = hashlib.sha256(data).hexdigest()
         failure = self.slots.firmware_failure(slot)
-        if failure is not None and failure.get("sha256") == sha256:
-            log.info("the safety MCU's firmware %s was refused before: not again", image.version)
+        if failure is not None and failure.get("sha256") == self._sha256:
+            log.info("the safety MCU's firmware in slot %s was refused before: not again", slot)
             return str(failure.get("state") or "failed")
+        try:
+            image = SignedImage.parse(data, str(path))
+        except McuUpdateError as exc:
+            self._ended("unknown", "failed", str(exc))
+            return "failed"
         while not self._stop.is_set():
+            self._wake.clear()  # a session that ends from now on wakes the pause below
             hello = self.monitor.hello
             if hello is None:
                 log.info("the MCU's firmware %s waits for the MCU's HELLO", image.version)
@@ -156,7 +160,6 @@ class McuFirmwareUpdates:
             said.append(one.state)
             self._send(one.state, one.from_version, one.to_version)
 
-        sha256 = image.sha256.hex()
         try:
             result = McuUpdater(self.monitor, report=step).run(image)
         except McuUpdateRefused as exc:
@@ -164,13 +167,13 @@ class McuFirmwareUpdates:
             if hello is None or hello.protocol_minor >= sl.UPDATE_SINCE_MINOR:
                 log.info("the MCU's firmware %s waits: %s", image.version, exc)
                 return None
-            self._ended(sha256, image.version, "failed", str(exc), running)
+            self._ended(image.version, "failed", str(exc), running)
             return "failed"
         if result.state == "installed":
             self._send("installed", running, image.version)
             log.info("the safety MCU runs firmware %s", image.version)
         else:
-            self._ended(sha256, image.version, result.state, result.reason, running)
+            self._ended(image.version, result.state, result.reason, running)
         return result.state
 
     def _send(
@@ -180,12 +183,10 @@ class McuFirmwareUpdates:
             UpdateReport(state, from_version, to_version, self._rollout, reason, component="mcu")
         )
 
-    def _ended(
-        self, sha256: str, version: str, state: str, reason: str, running: str | None = None
-    ) -> None:
+    def _ended(self, version: str, state: str, reason: str, running: str | None = None) -> None:
         """A refused or rolled-back firmware: recorded (never tried again), then reported."""
         log.error("the safety MCU's firmware %s was not taken (%s): %s", version, state, reason)
-        self.slots.record_firmware_failure(self._slot, sha256, version, state, reason)
+        self.slots.record_firmware_failure(self._slot, self._sha256, version, state, reason)
         hello = self.monitor.hello
         from_version = running or (hello.firmware_version if hello is not None else "unknown")
         ended: UpdateState = "rolled_back" if state == "rolled_back" else "failed"

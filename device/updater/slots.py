@@ -365,8 +365,9 @@ class AgentSlots:
     def record_firmware_failure(
         self, slot: str, sha256: str, version: str, state: str, reason: str
     ) -> None:
-        """The slot's firmware (``sha256``) is not flashed again: the MCU refused it (``state``
-        failed) or rolled it back (a new bundle makes the slot again, without this record)."""
+        """The slot's firmware file (``sha256``) is not flashed again: the MCU refused it
+        (``state`` failed) or rolled it back (a new bundle makes the slot again, without this
+        record)."""
         failure = {"sha256": sha256, "version": version, "state": state, "reason": reason}
         write_atomic(self.path(slot) / FIRMWARE_FAILED, json.dumps(failure).encode())
 
