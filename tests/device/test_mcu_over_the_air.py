@@ -3,13 +3,17 @@ service in process, its safety MCU the simulator on a real pty, its broker mosqu
 that acks like the server. The service runs from slot b on trial, whose bundle left the MCU's
 signed firmware in it; once the new agent passed its health check the firmware is flashed, and
 each step is reported with ``component`` "mcu". An image the MCU refuses is reported failed and
-never tried again for that bundle, not even at the next start."""
+never tried again for that bundle, not even at the next start; a firmware found during a session
+waits for its end. One test runs the chain from ``update build --mcu-firmware`` to the flash."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +23,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from device_peer import Peer, device_settings
 from support import Mosquitto, wait_until
 
+from resonera.common.agent_update import (
+    McuFirmware,
+    check_bundle,
+    extract_firmware,
+    extract_wheels,
+)
 from resonera.common.envelope import decode_envelope
 from resonera.device.cli import resolve_program
 from resonera.device.service import DeviceService
@@ -59,8 +69,15 @@ class Device:
 
 @pytest.fixture
 def device(mosquitto: Mosquitto, tmp_path: Path) -> Iterator[Device]:
+    with device_on(mosquitto, tmp_path, KEY) as made:
+        yield made
+
+
+@contextmanager
+def device_on(mosquitto: Mosquitto, tmp_path: Path, mcu_key: Ed25519PrivateKey) -> Iterator[Device]:
+    """A device whose MCU (the simulator, at ``OLD``) pins ``mcu_key``, its agent venv slot a."""
     board = BoardConfig(
-        board_id="ota-board", firmware_version=OLD, update_public_key=public_key_hex(KEY)
+        board_id="ota-board", firmware_version=OLD, update_public_key=public_key_hex(mcu_key)
     )
     peer = Peer(mosquitto)
     with Simulator(board) as sim:
@@ -179,6 +196,61 @@ def test_a_firmware_found_during_a_session_is_flashed_only_after_it_ends(device:
     assert session.body["outcome"] == "completed"  # never cut short by the update
     mcu_seqs = [e.seq for e in device.peer.of_kind("update") if e.body.get("component") == "mcu"]
     assert min(mcu_seqs) > session.seq  # the update began once the session was over
+
+
+def test_a_bundle_built_with_the_firmware_prepares_a_slot_whose_agent_flashes_it(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """The whole chain but the download and the launcher: ``update build --mcu-firmware``, the
+    device's check, the slot prepared (a real venv), then the new agent on trial flashes it."""
+    from updates_support import REPO, bundle_target, update_key
+
+    key = update_key()
+    signed = tmp_path / "safety-1.6.0.signed"
+    signed.write_bytes(sign_image(key.private, build_image(NEW, 8 * 1024)))
+    options = {
+        "--update-key": key.directory,
+        "--source": REPO,
+        "--version": "0.2.0",
+        "--out": tmp_path / "out",
+        "--mcu-firmware": signed,
+    }
+    argv = [Path(sys.prefix) / "bin" / "resonera-provision", "update", "build"]
+    built = subprocess.run(
+        [*map(str, argv), *(str(x) for pair in options.items() for x in pair)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+        env={**os.environ, "RESONERA_CA_PASSPHRASE": key.passphrase.decode()},
+    )
+    assert built.returncode == 0, built.stderr
+    assert f"safety MCU firmware {NEW}" in built.stdout
+    bundle = tmp_path / "out" / "resonera-agent-0.2.0.tar"
+    target = bundle_target(bundle, "0.2.0", ROLLOUT)
+    verified = check_bundle(bundle, target=target, pinned=key.pinned(), running_version="0.1.0")
+    assert verified.manifest.mcu_firmware == McuFirmware("firmware/mcu-firmware.signed", NEW)
+    with device_on(mosquitto, tmp_path, key.private) as device:
+        slot = device.slots.prepare(
+            "0.2.0",
+            target.sha256,
+            lambda folder: extract_wheels(verified, folder),
+            firmware_into=lambda file: extract_firmware(verified, file),
+            rollout=ROLLOUT,
+        )
+        assert slot == "b"
+        assert device.slots.path("b").joinpath(FIRMWARE_FILE).read_bytes() == signed.read_bytes()
+        device.slots.switch_to_trial(Trial("b", "0.2.0", "0.1.0", ROLLOUT, target.sha256, 60.0))
+        service = device.service()
+        try:
+            mcu = service.updates.mcu
+            assert mcu is not None
+            wait_until(lambda: mcu.outcome is not None, 90, "the MCU's firmware update")
+            assert mcu.outcome == "installed" and device.sim.firmware_version == NEW
+            wait_until(lambda: len(device.mcu_reports()) == 4, 30, "the reports at the server")
+        finally:
+            service.close()
+        assert {r["rollout"] for r in device.mcu_reports()} == {ROLLOUT}
 
 
 def test_update_build_takes_only_a_firmware_signed_by_its_update_key(tmp_path: Path) -> None:
