@@ -8,12 +8,14 @@ with ``load_support()`` of the caller, as ``tests/device`` is no package on the 
   bundles at ``/api/v1/device/updates/<sha256>`` with ``Range``;
 - ``TlsPeer``: the server's side of MQTT over mutual TLS, acking every envelope;
 - ``Unit``: the systemd unit as the tests run it: the launcher, started again after each exit
-  (``Restart=always``) until stopped.
+  (``Restart=always``) until stopped;
+- ``agent_status``: what ``resonera-device status`` says of the running agent (None: none answers).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import signal
@@ -33,6 +35,7 @@ from resonera.common import topics
 from resonera.common.envelope import Ack, Envelope, decode_envelope
 from resonera.common.mqtt_client import build_client, connect, stop_loop
 from resonera.common.settings import MqttSettings
+from resonera.device.service import ServiceUnavailable, send_command
 
 ROOT = Path(__file__).resolve().parents[2]
 UPDATES_PATH = "/api/v1/device/updates/"
@@ -229,6 +232,16 @@ class Unit:
             code = process.wait()
         self._thread.join(timeout=5)
         return code
+
+
+def agent_status(control_socket: Path) -> dict[str, Any] | None:
+    """The running agent's ``status`` answer on its control socket; None while none answers (the
+    launcher between two agents, a slot being switched)."""
+    try:
+        value = json.loads(send_command(control_socket, "status"))
+    except (ServiceUnavailable, ValueError, OSError):
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:

@@ -10,7 +10,6 @@ switched; an agent that exits at start is rolled back and the previous one says 
 from __future__ import annotations
 
 import importlib.util
-import json
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,7 +25,6 @@ from support import wait_until
 from updates_support import update_key
 
 from resonera.common.agent_update import AgentUpdateTarget, file_digest
-from resonera.device.service import ServiceUnavailable, send_command
 from resonera.device.settings import DeviceSettings
 from resonera.device.updater.slots import AgentSlots
 from resonera.engine.audio.calibration import packaged_calibration
@@ -85,11 +83,7 @@ class Device:
         return target
 
     def status(self) -> dict[str, Any] | None:
-        try:
-            value = json.loads(send_command(self.settings.control_socket_path, "status"))
-        except (ServiceUnavailable, ValueError, OSError):
-            return None
-        return value if isinstance(value, dict) else None
+        return support.agent_status(self.settings.control_socket_path)  # type: ignore[no-any-return]
 
     def running(self, version: str) -> bool:
         status = self.status()
