@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from resonera.common.bundle import verify_chain
 from resonera.common.enrollment import renewal_payload
 from resonera.common.identity import IdentityError, common_name
-from resonera.common.signing import ed25519_public_key_from_b64
+from resonera.common.signing import SignatureError, ed25519_public_key_from_b64
 from resonera.device.identity import EnrollError
 
 API_PATH: Final = "/api/v1"
@@ -64,13 +64,17 @@ def checked_answer(
         cert = x509.load_pem_x509_certificate(cert_pem)
         chain = x509.load_pem_x509_certificates(chain_pem)
         ed25519_public_key_from_b64(str(answer["server_public_key"]))
+        update_keys = [str(key) for key in answer.get("update_public_keys") or []]
+        for update_key in update_keys:  # what signs agent updates (docs/updates.md)
+            ed25519_public_key_from_b64(update_key)
         info = {
             "server_public_key": str(answer["server_public_key"]),
+            "update_public_keys": update_keys,
             "broker_host": str(answer["broker_host"]),
             "broker_port": int(answer["broker_port"]),
             "desired_version": int(answer.get("desired_version", 0)),
         }
-    except (KeyError, ValueError, TypeError) as exc:
+    except (KeyError, ValueError, TypeError, SignatureError) as exc:
         raise EnrollError(f"the server's answer is not usable: {exc}") from None
     if cert.public_key() != key.public_key():
         raise EnrollError("the certificate the server sent is not for this device's key")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -72,6 +73,8 @@ class Issued:
     broker_port: int
     desired_version: int
     not_after: datetime
+    #: The keys agent updates are signed with (``docs/updates.md``): what the device pins.
+    update_public_keys: tuple[str, ...] = ()
 
 
 def server_public_key(signer: DesiredStateSigner) -> str | None:
@@ -102,10 +105,12 @@ class Enroller:
         settings: EnrollmentSettings,
         signing_public_key: str | None,
         *,
+        update_public_keys: Sequence[str] = (),
         clock: Clock = utc_now,
     ) -> None:
         self.settings = settings
         self.signing_public_key = signing_public_key
+        self.update_public_keys = tuple(update_public_keys)
         #: Dates the codes' checks, the attempts and what the issuing CA signs.
         self.clock = clock
         #: Failed code attempts per serial and per address (``settings.max_failures_*``).
@@ -254,6 +259,7 @@ class Enroller:
             broker_port=self.settings.broker_port,
             desired_version=desired.version if desired is not None else 0,
             not_after=cert.not_valid_after_utc,
+            update_public_keys=self.update_public_keys,
         )
 
     # --- renewal -------------------------------------------------------------------------------

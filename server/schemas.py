@@ -604,6 +604,8 @@ class EnrolledPublic(BaseModel):
     broker_port: int
     desired_version: int
     not_after: datetime
+    #: The keys agent update bundles are signed with: the device pins them (``docs/updates.md``).
+    update_public_keys: list[str] = []
 
 
 # -- program library -------------------------------------------------------------------------

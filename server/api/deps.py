@@ -21,11 +21,13 @@ from resonera.server.api.errors import ApiError
 from resonera.server.backgrounds import BackgroundStore
 from resonera.server.crypto import FieldCipher
 from resonera.server.desired import DesiredService
+from resonera.server.enrollment import Enroller, EnrollmentError, server_public_key
 from resonera.server.models import ClinicianPatientRow, PatientRow, UserRow
 from resonera.server.ratelimit import FailureLimiter
 from resonera.server.schemas import DayOrTime
 from resonera.server.security import TokenError, decode_access_token
 from resonera.server.settings import ServerSettings
+from resonera.server.tls_peer import client_certificate
 
 #: A row id in a path (patients, programs: UUID text), checked before any query.
 RowId = Annotated[str, Path(min_length=1, max_length=36, pattern=r"^[0-9a-f-]{1,36}$")]
@@ -83,6 +85,27 @@ def get_session(state: StateDep) -> Iterator[Session]:
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
+
+
+def enroller(state: AppState) -> Enroller:
+    """The enrollment checks with this server's issuing CA, desired-state key and update keys."""
+    return Enroller(
+        state.settings.enrollment,
+        server_public_key(state.desired.signer),
+        update_public_keys=state.settings.update_public_keys,
+    )
+
+
+def requesting_device(state: AppState, session: Session, request: Request) -> str:
+    """The device whose client certificate (mutual TLS on the API's own HTTPS) made ``request``:
+    issued by this server's CA, valid, registered and not revoked; 401/403 otherwise."""
+    certificate = client_certificate(request)
+    if certificate is None:
+        raise ApiError(401, "a device's client certificate is needed (mutual TLS)")
+    try:
+        return enroller(state).device_of(session, certificate)
+    except EnrollmentError as exc:
+        raise ApiError(exc.status, str(exc)) from None
 
 
 def _unauthorized(message: str) -> ApiError:

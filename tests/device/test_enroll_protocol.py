@@ -87,10 +87,15 @@ def test_an_answer_is_taken_only_for_this_key_and_device_from_its_own_ca(tmp_pat
     assert (cert_pem.decode(), chain_pem.decode()) == (answer["certificate"], answer["chain"])
     assert info == {
         "server_public_key": answer["server_public_key"],
+        "update_public_keys": [],  # a server with no update keys: the device takes no update
         "broker_host": "broker.example",
         "broker_port": 8883,
         "desired_version": 0,
     }
+    with_keys = checked_answer(
+        answer | {"update_public_keys": [answer["server_public_key"]]}, key, "dev-1"
+    )
+    assert with_keys[2]["update_public_keys"] == [answer["server_public_key"]]
     with pytest.raises(EnrollError, match="not for this device's key"):
         checked_answer(answer, generate_key(), "dev-1")
     with pytest.raises(EnrollError, match="the certificate names 'dev-1', not 'dev-2'"):
@@ -99,6 +104,9 @@ def test_an_answer_is_taken_only_for_this_key_and_device_from_its_own_ca(tmp_pat
     foreign_chain = answer | {"chain": answer_for(other, key, "dev-1")["chain"]}
     with pytest.raises(EnrollError):
         checked_answer(foreign_chain, key, "dev-1")
+    bad_key = answer | {"update_public_keys": ["not a key"]}
+    with pytest.raises(EnrollError, match="the server's answer is not usable"):
+        checked_answer(bad_key, key, "dev-1")
     without_broker = {k: v for k, v in answer.items() if k != "broker_host"}
     with pytest.raises(EnrollError, match="the server's answer is not usable"):
         checked_answer(without_broker, key, "dev-1")

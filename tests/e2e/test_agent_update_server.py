@@ -63,8 +63,8 @@ def update_server(fleet: Fleet, data_dir: Path) -> Iterator[ServerProcess]:
 
 def enrolled_device(fleet: Fleet, server: ServerProcess, sim: Simulator, folder: Path) -> Path:
     """The device enrolled over the server's HTTPS with a one-time code (its certificate from the
-    fleet's issuing CA, the server's URL and desired-state key from the answer), the update key
-    pinned, the simulator's pty its safety link: its configuration file."""
+    fleet's issuing CA, the server's URL, its desired-state key and the update keys from the
+    answer), the simulator's pty its safety link: its configuration file."""
     data_dir = folder / "data"
     code = enrollment_code(fleet, SERIAL, device_id=DEVICE)
     bare = DeviceSettings(device_id=DEVICE, data_dir=data_dir)
@@ -76,12 +76,12 @@ def enrolled_device(fleet: Fleet, server: ServerProcess, sim: Simulator, folder:
             "serial_url": sim.port_path,
             "sink": "null",
             "calibration_file": packaged_calibration(),
-            "update_public_keys": [update_key().public_key],
             "update_health_timeout_s": 90.0,
             "sync": {"reconnect_jitter_s": 0.0, "resend_after_s": 2.0},
         }
     )
     assert settings.server_url == server.api_url  # from the enrollment, not from the test
+    assert settings.update_public_keys == [update_key().public_key]  # pinned when it enrolled
     return config_file(settings, folder / "device.toml")
 
 

@@ -18,13 +18,11 @@ from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
 
 from resonera.common.prescription import content_path
-from resonera.server.api.deps import AdminOrClinician, SessionDep, StateDep
+from resonera.server.api.deps import AdminOrClinician, SessionDep, StateDep, requesting_device
 from resonera.server.api.errors import ApiError
 from resonera.server.audit import audit, audit_device
 from resonera.server.backgrounds import BackgroundInvalid
-from resonera.server.enrollment import Enroller, EnrollmentError, server_public_key
 from resonera.server.models import DeviceDesiredRow
-from resonera.server.tls_peer import client_certificate
 
 router = APIRouter(tags=["backgrounds"])
 #: Under the API prefix; ``BodyLimit`` lets this path's body through unbuffered.
@@ -78,14 +76,7 @@ def fetch_background(
     *, sha256: Sha256Path, request: Request, state: StateDep, session: SessionDep
 ) -> Response:
     """The file named ``sha256``, to a device presenting its client certificate."""
-    certificate = client_certificate(request)
-    if certificate is None:
-        raise ApiError(401, "a device's client certificate is needed (mutual TLS)")
-    enroller = Enroller(state.settings.enrollment, server_public_key(state.desired.signer))
-    try:
-        device_id = enroller.device_of(session, certificate)
-    except EnrollmentError as exc:
-        raise ApiError(exc.status, str(exc)) from None
+    device_id = requesting_device(state, session, request)
     held = state.backgrounds.file(sha256)
     if held is None:
         raise ApiError(404, f"no background file {sha256} on this server")

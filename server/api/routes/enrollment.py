@@ -11,10 +11,10 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from resonera.server.api.deps import SessionDep, StateDep
+from resonera.server.api.deps import SessionDep, StateDep, enroller
 from resonera.server.api.errors import ApiError
 from resonera.server.audit import client_of
-from resonera.server.enrollment import Enroller, EnrollmentError, Issued, server_public_key
+from resonera.server.enrollment import EnrollmentError, Issued
 from resonera.server.schemas import EnrolledPublic, EnrollIn, ErrorResponse, RenewIn
 
 router = APIRouter(prefix="/enroll", tags=["enrollment"])
@@ -22,10 +22,6 @@ router = APIRouter(prefix="/enroll", tags=["enrollment"])
 _UNAVAILABLE: dict[int | str, dict[str, Any]] = {
     503: {"model": ErrorResponse, "description": "the issuing CA cannot be used"}
 }
-
-
-def _enroller(state: StateDep) -> Enroller:
-    return Enroller(state.settings.enrollment, server_public_key(state.desired.signer))
 
 
 def _answer(issued: Issued) -> EnrolledPublic:
@@ -48,7 +44,7 @@ def enroll(
     signing key and the broker address. 403 for a wrong, used or expired code; 429 (with
     ``Retry-After``) after too many failures for the serial or from the address."""
     try:
-        issued = _enroller(state).enroll(
+        issued = enroller(state).enroll(
             session,
             serial=body.serial,
             code=body.code,
@@ -65,7 +61,7 @@ def enroll(
 def renew(body: RenewIn, state: StateDep, session: SessionDep) -> EnrolledPublic:
     """A new certificate for a new key, signed for by the current, unrevoked certificate's key."""
     try:
-        issued = _enroller(state).renew(
+        issued = enroller(state).renew(
             session,
             certificate_pem=body.certificate.encode(),
             csr_pem=body.csr.encode(),

@@ -22,14 +22,12 @@ from sqlmodel import Session
 
 from resonera.common.topics import DEVICE_ID_PATTERN
 from resonera.server import updates
-from resonera.server.api.deps import AdminUser, AppState, SessionDep, StateDep
+from resonera.server.api.deps import AdminUser, AppState, SessionDep, StateDep, requesting_device
 from resonera.server.api.errors import ApiError
 from resonera.server.api.paging import PAGED_RESPONSES, PageDep
 from resonera.server.audit import audit, audit_device
-from resonera.server.enrollment import Enroller, EnrollmentError, server_public_key
 from resonera.server.models import COHORT_MAX, AgentBundleRow, DeviceDesiredRow, RolloutRow, UserRow
 from resonera.server.security import now_utc
-from resonera.server.tls_peer import client_certificate
 
 router = APIRouter(tags=["updates"])
 #: Under the API prefix; ``BodyLimit`` lets this path's body through unbuffered.
@@ -349,14 +347,7 @@ def fetch_bundle(
     files: 401 without one, 403 revoked, 404 unknown). ``Range: bytes=N-`` resumes a download
     (206 with ``Content-Range``; 416 beyond the end). Audited once per download: the request that
     starts at byte 0."""
-    certificate = client_certificate(request)
-    if certificate is None:
-        raise ApiError(401, "a device's client certificate is needed (mutual TLS)")
-    enroller = Enroller(state.settings.enrollment, server_public_key(state.desired.signer))
-    try:
-        device_id = enroller.device_of(session, certificate)
-    except EnrollmentError as exc:
-        raise ApiError(exc.status, str(exc)) from None
+    device_id = requesting_device(state, session, request)
     store = updates.BundleStore.for_settings(state.settings)
     if store.file(sha256) is None:
         raise ApiError(404, f"no update bundle {sha256} on this server")
