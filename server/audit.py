@@ -10,7 +10,7 @@ from __future__ import annotations
 from fastapi import Request
 from sqlmodel import Session
 
-from resonera.server.models import AuditRow, UserRow
+from resonera.server.models import AuditRow, DeviceDesiredRow, UserRow
 from resonera.server.security import now_utc
 
 
@@ -63,6 +63,24 @@ def audit_device(
         resource_id=resource_id,
         patient_id=patient_id,
     )
+
+
+def audit_device_fetch(
+    session: Session, request: Request, device_id: str, resource: str, sha256: str
+) -> None:
+    """A device fetched the file ``sha256`` (a background, an update bundle): audited and
+    committed, under the patient its desired state serves (none for a device without one)."""
+    served = session.get(DeviceDesiredRow, device_id)
+    audit_device(
+        session,
+        request,
+        device_id,
+        "read",
+        resource,
+        resource_id=sha256,
+        patient_id=served.patient_id if served is not None else None,
+    )
+    session.commit()
 
 
 def _add(

@@ -20,9 +20,8 @@ from pydantic import BaseModel, Field
 from resonera.common.prescription import content_path
 from resonera.server.api.deps import AdminOrClinician, SessionDep, StateDep, requesting_device
 from resonera.server.api.errors import ApiError
-from resonera.server.audit import audit, audit_device
+from resonera.server.audit import audit, audit_device_fetch
 from resonera.server.backgrounds import BackgroundInvalid
-from resonera.server.models import DeviceDesiredRow
 
 router = APIRouter(tags=["backgrounds"])
 #: Under the API prefix; ``BodyLimit`` lets this path's body through unbuffered.
@@ -80,17 +79,7 @@ def fetch_background(
     held = state.backgrounds.file(sha256)
     if held is None:
         raise ApiError(404, f"no background file {sha256} on this server")
-    served = session.get(DeviceDesiredRow, device_id)
-    audit_device(
-        session,
-        request,
-        device_id,
-        "read",
-        "background",
-        resource_id=sha256,
-        patient_id=served.patient_id if served is not None else None,
-    )
-    session.commit()
+    audit_device_fetch(session, request, device_id, "background", sha256)
     return FileResponse(
         state.backgrounds.path_for(sha256),
         media_type="application/octet-stream",

@@ -25,8 +25,8 @@ from resonera.server import updates
 from resonera.server.api.deps import AdminUser, AppState, SessionDep, StateDep, requesting_device
 from resonera.server.api.errors import ApiError
 from resonera.server.api.paging import PAGED_RESPONSES, PageDep
-from resonera.server.audit import audit, audit_device
-from resonera.server.models import COHORT_MAX, AgentBundleRow, DeviceDesiredRow, RolloutRow, UserRow
+from resonera.server.audit import audit, audit_device_fetch
+from resonera.server.models import COHORT_MAX, AgentBundleRow, RolloutRow, UserRow
 from resonera.server.security import now_utc
 
 router = APIRouter(tags=["updates"])
@@ -352,17 +352,7 @@ def fetch_bundle(
     if store.file(sha256) is None:
         raise ApiError(404, f"no update bundle {sha256} on this server")
     if _starts_at_zero(request.headers.get("range")):
-        served = session.get(DeviceDesiredRow, device_id)
-        audit_device(
-            session,
-            request,
-            device_id,
-            "read",
-            "agent_bundle",
-            resource_id=sha256,
-            patient_id=served.patient_id if served is not None else None,
-        )
-        session.commit()
+        audit_device_fetch(session, request, device_id, "agent_bundle", sha256)
     return FileResponse(
         store.path_for(sha256),
         media_type="application/x-tar",
