@@ -93,10 +93,6 @@ class McuFirmwareUpdates:
     def session_ended(self) -> None:
         self._wake.set()
 
-    def join(self, timeout_s: float) -> None:
-        if self._thread is not None:
-            self._thread.join(timeout_s)
-
     def _pause(self) -> None:
         """Until a session ends (since the try began), a while passes, or the service stops."""
         waited = 0.0
