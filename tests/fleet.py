@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,33 @@ from resonera.server.fleet_ca import FleetCA
 from resonera.stack.fleet_sim import Fleet, LocalStack, build_fleet, issue_device
 
 PASSPHRASE = b"correct horse battery staple"
+
+
+def mutual_tls_http_server(
+    ca: FleetCA,
+    folder: Path,
+    handler: type[BaseHTTPRequestHandler],
+    passphrase: bytes = PASSPHRASE,
+) -> ThreadingHTTPServer:
+    """An HTTPS server on loopback (not started) with a certificate from ``ca`` for 127.0.0.1,
+    asking every client for a certificate ``ca`` issued: a stand-in for the server's API where
+    devices fetch files with theirs."""
+    folder.mkdir(parents=True, exist_ok=True)
+    ca.issue_service(
+        "resonera-https",
+        folder / "https.key",
+        folder / "https.crt",
+        passphrase,
+        server_names=["127.0.0.1"],
+        client=False,
+    )
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(ca.cert_path))
+    context.verify_mode = ssl.CERT_REQUIRED
+    context.load_cert_chain(folder / "https.crt", folder / "https.key")
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
+    httpd.daemon_threads = True
+    return httpd
 
 
 @dataclass

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from device_peer import Peer
-from fleet import PASSPHRASE
+from fleet import mutual_tls_http_server
 from support import Mosquitto
 
 from resonera.server.fleet_ca import FleetCA
@@ -83,22 +83,7 @@ def background_server(tmp_path: Path) -> Iterator[Callable[[FleetCA], Background
     servers: list[ThreadingHTTPServer] = []
 
     def start(ca: FleetCA) -> BackgroundServer:
-        folder = tmp_path / f"https-{len(servers)}"
-        folder.mkdir()
-        ca.issue_service(
-            "resonera-https",
-            folder / "https.key",
-            folder / "https.crt",
-            PASSPHRASE,
-            server_names=["127.0.0.1"],
-            client=False,
-        )
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(ca.cert_path))
-        context.verify_mode = ssl.CERT_REQUIRED
-        context.load_cert_chain(folder / "https.crt", folder / "https.key")
-        server = ThreadingHTTPServer(("127.0.0.1", 0), _BackgroundHandler)
-        server.socket = context.wrap_socket(server.socket, server_side=True)
-        server.daemon_threads = True
+        server = mutual_tls_http_server(ca, tmp_path / f"https-{len(servers)}", _BackgroundHandler)
         state = BackgroundServer(
             f"https://127.0.0.1:{server.server_address[1]}/api/v1", ca.cert_path
         )

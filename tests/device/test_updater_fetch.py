@@ -10,11 +10,11 @@ import ssl
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
-from fleet import PASSPHRASE
+from fleet import PASSPHRASE, mutual_tls_http_server
 
 from resonera.common.agent_update import AgentUpdateTarget
 from resonera.device.backgrounds import ClientFiles
@@ -84,22 +84,7 @@ def ca(tmp_path: Path) -> FleetCA:
 
 @pytest.fixture
 def server(ca: FleetCA, tmp_path: Path) -> Iterator[UpdateServer]:
-    folder = tmp_path / "https"
-    folder.mkdir()
-    ca.issue_service(
-        "resonera-https",
-        folder / "https.key",
-        folder / "https.crt",
-        PASSPHRASE,
-        server_names=["127.0.0.1"],
-        client=False,
-    )
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(ca.cert_path))
-    context.verify_mode = ssl.CERT_REQUIRED
-    context.load_cert_chain(folder / "https.crt", folder / "https.key")
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
-    httpd.daemon_threads = True
+    httpd = mutual_tls_http_server(ca, tmp_path / "https", _Handler)
     state = UpdateServer(f"https://127.0.0.1:{httpd.server_address[1]}/api/v1", ca.cert_path)
     httpd.RequestHandlerClass = type("Handler", (_Handler,), {"state": state})
     threading.Thread(target=httpd.serve_forever, daemon=True).start()

@@ -25,11 +25,12 @@ import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as paho
+from fleet import mutual_tls_http_server
 
 from resonera.common import topics
 from resonera.common.envelope import Ack, Envelope, decode_envelope
@@ -117,21 +118,7 @@ class BundleServer:
     """Start with the fleet CA's ``issue_service`` and its certificate (``ca_cert``)."""
 
     def __init__(self, ca: Any, passphrase: bytes, folder: Path) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        ca.issue_service(
-            "resonera-https",
-            folder / "https.key",
-            folder / "https.crt",
-            passphrase,
-            server_names=["127.0.0.1"],
-            client=False,
-        )
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(ca.cert_path))
-        context.verify_mode = ssl.CERT_REQUIRED
-        context.load_cert_chain(folder / "https.crt", folder / "https.key")
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-        self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
-        self.httpd.daemon_threads = True
+        self.httpd = mutual_tls_http_server(ca, folder, _Handler, passphrase)
         port = self.httpd.server_address[1]
         self.state = ServerState(f"https://127.0.0.1:{port}/api/v1", ca.cert_path)
         self.httpd.RequestHandlerClass = type("Handler", (_Handler,), {"state": self.state})
