@@ -60,6 +60,8 @@ __all__ = [
 MIN_FREE_BYTES: Final = 32 * 1024 * 1024
 #: A record this much newer than the wall clock means the clock went back (NTP jitter is less).
 CLOCK_SLACK_S: Final = 300.0
+#: What an ``updating`` refusal holds for (the status's and the log's detail).
+UPDATING_DETAIL: Final = "updating the agent or the safety MCU's firmware"
 #: How long a refusal's light shows when no press comes first.
 REFUSAL_LIGHT_S: Final = 30.0
 
@@ -187,7 +189,7 @@ NOT_FAULTS: Final = frozenset({sl.FAULT_NONE, sl.FAULT_DEVICE_REQUEST, sl.FAULT_
 def why_cannot_play(facts: PlayFacts) -> Refusal | None:
     """The first reason (in the table's order) a session may not start now, or None."""
     if facts.updating:
-        return refusal("updating", "switching to the new agent")
+        return refusal("updating", UPDATING_DETAIL)
     if facts.shut_out is not None:
         return refusal(SHUT_OUT_CODES[facts.shut_out], facts.shut_out_reason)
     if not facts.store_writable:

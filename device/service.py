@@ -88,6 +88,7 @@ from resonera.device.prescriptions import BUILTIN_DEFAULT, AssignedProgram, choo
 from resonera.device.refusals import (
     CLOCK_SLACK_S,
     MIN_FREE_BYTES,
+    UPDATING_DETAIL,
     PlayFacts,
     Refusal,
     StoppedFacts,
@@ -414,8 +415,8 @@ class DeviceService:
         with self._lock:
             if self._playing is not None:
                 raise ResoneraError(f"already playing {self._playing.program!r}; stop it first")
-            if self._updating:  # the instant of the switch to a new agent
-                raise PlayRefused(refusal("updating", "switching to the new agent"))
+            if self._updating:  # switching to a new agent, or flashing the MCU's firmware
+                raise PlayRefused(refusal("updating", UPDATING_DETAIL))
             session_id, self._next_session = self._next_session or new_id(), None
             session = Session(
                 self.session_parts, session_id=session_id, watch=SessionWatch(notify=_log_line)
