@@ -15,7 +15,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
-from dashboard.helpers import Browsing, Seeded
+from dashboard.helpers import Browsing, Seeded, table_cells
 from dashboard.test_dashboard_admin_browser import _both_widths
 from playwright.sync_api import expect
 from sqlalchemy.engine import Engine
@@ -24,7 +24,7 @@ from sqlmodel import Session, select
 from resonera.common import topics
 from resonera.common.envelope import Envelope
 from resonera.server.ingest import IngestProcessor, Received
-from resonera.server.models import DeviceRow, RolloutRow
+from resonera.server.models import DeviceRow, DeviceUpdateRow, RolloutRow, UpdateReportRow
 from resonera.server.settings import ServerSettings
 
 OLD, NEW = "0.8.0", "0.9.0"
@@ -174,3 +174,41 @@ def test_an_admin_uploads_rolls_out_and_sees_the_rollout_pause(
     expect(b.page.get_by_role("heading", level=1)).to_have_text("Devices")
     assert b.page.url.endswith("/devices#device-dev-pilot-2")
     assert b.console_errors == []
+
+
+def test_the_mcus_firmware_reports_have_their_own_table_and_leave_the_agent_alone(
+    client: Any, sign_in: Any, seeded: Seeded, engine: Engine
+) -> None:
+    """A bundle's MCU firmware is reported with ``component: mcu``: stored as such, shown per
+    firmware version (running from telemetry, failed with the reason), and never taken for the
+    agent's own version or update state."""
+    for seq, (device, firmware) in enumerate(
+        ((seeded.device, "1.6.0"), (seeded.other_device, "1.5.0")), start=1
+    ):
+        body = {"agent_version": OLD, "firmware_version": firmware}
+        _send(engine, device, "metrics", body, 10**6 + seq)  # newer than the seeded telemetry
+    mcu = {"from_version": "1.5.0", "to_version": "1.6.0", "rollout": "r-fw", "component": "mcu"}
+    _send(
+        engine, seeded.device, "update", {**mcu, "state": "installed", "reason": None}, 10**6 + 10
+    )
+    _send(
+        engine,
+        seeded.other_device,
+        "update",
+        {**mcu, "state": "failed", "reason": "bad signature"},
+        10,
+    )
+    with Session(engine) as db:
+        stored = db.exec(select(UpdateReportRow)).all()
+        assert sorted((r.device_id, r.component, r.state) for r in stored) == sorted(
+            [(seeded.device, "mcu", "installed"), (seeded.other_device, "mcu", "failed")]
+        )
+        for device in (seeded.device, seeded.other_device):
+            row = db.get(DeviceUpdateRow, device)
+            assert row is not None and row.agent_version == OLD and row.state is None
+    sign_in(seeded.admin)
+    rows = {row[0]: row for row in table_cells(client.get("/updates").text, "firmware-table")}
+    assert rows["1.6.0"][1] == "1 device"
+    failed = rows["1.6.0"][2]  # (the cell's text nodes joined by spaces)
+    assert failed.startswith(f"{seeded.other_device} failed") and failed.endswith("bad signature")
+    assert rows["1.5.0"][1:] == ["1 device", "none"]
