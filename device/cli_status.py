@@ -108,7 +108,32 @@ def _status(
         },
         "max_level_dba": profile.max_level_dba,
         "output": profile.output,
+        "agent_update": _agent_update(settings),
         "recent_sessions": [session_json(record) for record in store.sessions(limit=limit)],
+    }
+
+
+def _agent_update(settings: DeviceSettings) -> dict[str, Any] | None:
+    """What ``data_dir/agent/state.json`` says of updates (None: slots not set up, or unreadable:
+    ``update status`` says why): the good slot's version, a version on trial, the last failure."""
+    from resonera.device.updater.launcher import LaunchError, read_state, state_path
+
+    agent = settings.data_dir / "agent"
+    if not state_path(agent).exists():
+        return None
+    try:
+        state = read_state(agent)
+    except LaunchError:
+        return None
+    good, trial, failure = state.get("good"), state.get("trial"), state.get("failure")
+    return {
+        "good_version": good.get("version") if isinstance(good, dict) else None,
+        "trial_version": trial.get("version") if isinstance(trial, dict) else None,
+        "last_failure": (
+            {"version": failure.get("version"), "reason": failure.get("reason")}
+            if isinstance(failure, dict)
+            else None
+        ),
     }
 
 
@@ -169,6 +194,9 @@ def _print_status(doc: dict[str, Any], *, says_ready: bool) -> None:
         ("desired state", _desired(doc["desired"], now)),
         ("max level", f"{doc['max_level_dba']:g} dBA ({doc['output']})"),
     ]
+    update = doc["agent_update"]
+    if update is not None:
+        rows.append(("agent update", _update_line(update)))
     if doc["routine"]:
         counts = ", ".join(f"{count} {name}" for name, count in sorted(doc["routine"].items()))
         rows.append(("routine", f"{counts} (link and consent hand-overs, not safety events)"))
@@ -182,6 +210,16 @@ def _print_status(doc: dict[str, Any], *, says_ready: bool) -> None:
                 f"{session['played_s']:7.1f} s  {session['outcome']}"
                 f"{'  [simulation]' if session['simulation'] else ''}"
             )
+
+
+def _update_line(update: dict[str, Any]) -> str:
+    line = f"runs {update['good_version']} (its good slot)"
+    if update["trial_version"]:
+        line += f"; {update['trial_version']} on trial"
+    failure = update["last_failure"]
+    if failure:
+        line += f"; last failed: {failure['reason']}"  # (the reason names its version)
+    return line
 
 
 def _link(doc: dict[str, Any]) -> str:

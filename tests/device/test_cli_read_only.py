@@ -36,7 +36,7 @@ DOCUMENTED = {
         "device", "data_dir", "agent_version", "service_running", "link", "link_error",
         "playing", "safety_link", "safety_state", "ready", "shut_out", "routine", "dose",
         "outbox", "sessions_waiting", "last_sync", "desired", "max_level_dba", "output",
-        "recent_sessions",
+        "agent_update", "recent_sessions",
     },
     "history": {"sessions", "checkins"},
     "logs": {"events"},

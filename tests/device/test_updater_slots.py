@@ -24,6 +24,7 @@ from resonera.common.agent_update import (
     extract_wheels,
     file_digest,
 )
+from resonera.device.settings import DeviceSettings
 from resonera.device.updater.launcher import empty_state, write_state
 from resonera.device.updater.slots import AgentSlots, SlotError, Trial
 
@@ -226,6 +227,22 @@ def test_the_commands_adopt_a_venv_and_show_the_slots_a_trial_and_the_last_failu
     assert "exited before confirming its health: code 1" in shown and "(reported)" in shown
     as_json = json.loads(cli("update", "status", "--json").stdout)
     assert as_json["good"] == {"slot": "a", "version": "0.1.0"} and as_json["current"] == "a"
+    DeviceSettings(device_id="cli-upd", data_dir=tmp_path / "data").open_store().close()
+    status = cli("status").stdout  # the device's own status says it in one line
+    [line] = [line for line in status.splitlines() if line.strip().startswith("agent update")]
+    assert line.split(maxsplit=2)[2] == (
+        f"runs 0.1.0 (its good slot); last failed: {NEXT}: exited before confirming its health: "
+        "code 1"
+    )
+    summary = json.loads(cli("status", "--json").stdout)["agent_update"]
+    assert summary == {
+        "good_version": "0.1.0",
+        "trial_version": None,
+        "last_failure": {
+            "version": NEXT,
+            "reason": f"{NEXT}: exited before confirming its health: code 1",
+        },
+    }
     (slots.directory / "launch.py").unlink()
     assert cli("slots", "install-launcher").returncode == 0
     assert (slots.directory / "launch.py").read_bytes() == (
