@@ -120,12 +120,13 @@ class IngestConsumer:
         batch_max: int = BATCH_MAX,
         batch_wait_s: float = BATCH_WAIT_S,
         queue_max: int = QUEUE_MAX,
+        desired: DesiredService | None = None,
     ) -> None:
         self._settings = settings
         self._client = self._build_client()
         # a device refused for who it is (revoked, its signature) is told so, signed, rate-bounded
         notices = for_ingest(settings, self._publish_notice)
-        self._desired = self._desired_service(settings)
+        self._desired = desired if desired is not None else self._desired_service(settings)
         self._processor = IngestProcessor(
             engine,
             bounds=TimeBounds.from_settings(settings),
@@ -205,7 +206,8 @@ class IngestConsumer:
     def _desired_service(self, settings: ServerSettings) -> DesiredService | None:
         """Signs and publishes the documents agent-update reports re-issue (a rollout paused, a
         device that failed), with the desired state's key file; None without one (a demo
-        server's throwaway key is its API process's own: devices would refuse another)."""
+        server's throwaway key is its API process's own, which the runner passes as
+        ``desired`` when both run in one process: devices would refuse another key)."""
         key_file = settings.desired_signing_key_file
         if key_file is None:
             return None

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import uvicorn
+from fastapi import FastAPI
 from sqlalchemy.engine import Engine
 
 from resonera.common.clock import Clock, utc_now
@@ -173,11 +174,15 @@ class ServerProcess:
                 migrate(self._engine)
             else:
                 require_current_schema(self._engine)
+            app = self._make_app() if self._api else None
             if self._ingest:
-                self.consumer = IngestConsumer(self.settings, self._engine)
+                # in one process with the API, ingest re-issues documents (a rollout paused) with
+                # the API's own signer: a demo's throwaway key is the one its devices pinned
+                desired = app.state.resonera.desired if app is not None else None
+                self.consumer = IngestConsumer(self.settings, self._engine, desired=desired)
                 self.consumer.start()
-            if self._api:
-                self._start_api(timeout_s)
+            if app is not None:
+                self._start_api(app, timeout_s)
             self._running = True
         except BaseException:
             self.stop()
@@ -206,12 +211,14 @@ class ServerProcess:
         if self._own_engine and self._engine is not None:
             self._engine.dispose()
 
-    def _start_api(self, timeout_s: float) -> None:
-        assert self._sock is not None
+    def _make_app(self) -> FastAPI:
         if self._publisher is None:
             self._publisher = MqttPublisher(self.settings)
             self._own_publisher = True
-        app = create_app(self.settings, self.engine, publisher=self._publisher, clock=self._clock)
+        return create_app(self.settings, self.engine, publisher=self._publisher, clock=self._clock)
+
+    def _start_api(self, app: FastAPI, timeout_s: float) -> None:
+        assert self._sock is not None
         republished = app.state.resonera.desired.republish_all(self.engine)
         log.info("republished the desired state of %d device(s)", republished)
         tls = self.settings

@@ -35,6 +35,7 @@ from resonera.common.signing import ed25519_public_key_from_b64
 from resonera.server.app import create_app
 from resonera.server.crypto import FieldCipher, write_signing_key
 from resonera.server.desired import MqttPublisher
+from resonera.server.enrollment import server_public_key
 from resonera.server.ingest_mqtt import IngestConsumer
 from resonera.server.models import DeviceRow, DeviceUpdateRow, RolloutRow
 from resonera.server.settings import ServerSettings
@@ -113,34 +114,44 @@ class Fleet:
         stop_loop(self.client)
 
 
-@pytest.fixture
+@pytest.fixture(params=["key file", "one process"])
 def stack(
     *,
+    request: pytest.FixtureRequest,
     mosquitto: Mosquitto,
     engine: Engine,
     cipher: FieldCipher,
     tmp_path: Path,
     server_settings: ServerSettings,
 ) -> Iterator[tuple[TestClient, Fleet, Any]]:
-    key_file = tmp_path / "desired.pem"
-    signing = ed25519_public_key_from_b64(write_signing_key(key_file))
+    """Ingest as its own process signing with the desired state's key file, or in one process
+    with the API (the demo: no key file, ingest signs with the API's own signer)."""
     update_key = _bundle_maker().UpdateKey.new()
     settings = server_settings.model_copy(
         update={
             "mqtt": MqttSettings(host=mosquitto.host, port=mosquitto.port),
-            "desired_signing_key_file": key_file,
             "update_public_keys": [update_key.public_b64],
         }
     )
+    if request.param == "key file":
+        key_file = tmp_path / "desired.pem"
+        write_signing_key(key_file)
+        settings = settings.model_copy(update={"desired_signing_key_file": key_file})
+    else:  # as the demo runs: its throwaway key lives in the API's process alone
+        settings = settings.model_copy(update={"demo": True})
     with Session(engine) as session:
         for device in DEVICES:
             session.add(DeviceRow(id=device, created_at=datetime.now(UTC)))
         session.commit()
-    consumer = IngestConsumer(settings, engine)
-    consumer.start()
     publisher = MqttPublisher(settings)
-    fleet = Fleet(settings.mqtt, signing)
     app = create_app(settings, engine, cipher=cipher, publisher=publisher)
+    desired = app.state.resonera.desired
+    consumer = IngestConsumer(
+        settings, engine, desired=desired if request.param == "one process" else None
+    )
+    consumer.start()
+    signing = ed25519_public_key_from_b64(str(server_public_key(desired.signer)))
+    fleet = Fleet(settings.mqtt, signing)
     try:
         wait_until(publisher.connected, what="the API's MQTT connection")
         with TestClient(app, raise_server_exceptions=False) as client:
