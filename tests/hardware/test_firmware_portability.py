@@ -15,6 +15,7 @@ MCU_FILES = [
     ROOT / "hardware" / "firmware" / "config.py",
     ROOT / "hardware" / "firmware" / "main.py",
     ROOT / "hardware" / "firmware" / "bootloader.py",
+    ROOT / "hardware" / "firmware" / "ed25519.py",
 ]
 #: Modules MicroPython provides on the RP2040 port, plus the firmware's own flat files.
 ALLOWED = {
@@ -28,6 +29,7 @@ ALLOWED = {
     "config",
     "logic",
     "bootloader",
+    "ed25519",
 }
 #: Imports of CPython-only modules allowed only inside ``try: ... except ImportError:``.
 GUARDED_PREFIX = "resonera."
