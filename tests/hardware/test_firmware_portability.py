@@ -16,6 +16,7 @@ MCU_FILES = [
     ROOT / "hardware" / "firmware" / "main.py",
     ROOT / "hardware" / "firmware" / "bootloader.py",
     ROOT / "hardware" / "firmware" / "ed25519.py",
+    ROOT / "hardware" / "firmware" / "flash_files.py",
 ]
 #: Modules MicroPython provides on the RP2040 port, plus the firmware's own flat files.
 ALLOWED = {
@@ -30,6 +31,8 @@ ALLOWED = {
     "logic",
     "bootloader",
     "ed25519",
+    "flash_files",
+    "os",
 }
 #: Imports of CPython-only modules allowed only inside ``try: ... except ImportError:``.
 GUARDED_PREFIX = "resonera."

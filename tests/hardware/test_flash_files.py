@@ -1,0 +1,137 @@
+"""The bootloader's flash as files (hardware/firmware/flash_files.py, the RP2040's littlefs), on
+CPython in a temporary folder: an update survives a power-up as a new ``FileFlash`` on the same
+files, and a power loss at every chunk or while the boot record is written boots the old image."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from resonera.common import serial_link as sl
+from resonera.hardware.firmware import bootloader as bl
+from resonera.hardware.firmware.ed25519 import MicroEd25519Check
+from resonera.hardware.firmware.flash_files import FileFlash
+from resonera.hardware.sim import build_image, sign_image
+from resonera.hardware.sim_board import PowerLoss, SimFlash
+
+KEY = Ed25519PrivateKey.generate()
+PUBLIC = KEY.public_key().public_bytes_raw()
+OLD, NEW = "1.4.2", "1.5.0"
+SLOT_SIZE = 16 * 1024
+CHUNK = 100
+
+
+class BrownOutFileFlash(SimFlash, FileFlash):
+    """``FileFlash`` with the simulator's power losses: a write broken off half-way, in the file."""
+
+    def __init__(self, folder: Path) -> None:
+        SimFlash.__init__(self, SLOT_SIZE)  # which runs FileFlash.__init__ on the current folder
+        folder.mkdir(exist_ok=True)
+        self.folder = str(folder)
+
+
+def power_up(folder: Path) -> tuple[FileFlash, bl.Bootloader]:
+    """What the board does at power-up: nothing from before but the files."""
+    flash = FileFlash(SLOT_SIZE, str(folder))
+    choice = bl.boot(flash)
+    assert choice is not None, "nothing bootable"
+    return flash, bl.Bootloader(flash, choice, PUBLIC, MicroEd25519Check())
+
+
+def signed(version: str = NEW, size: int = 1200) -> tuple[sl.UpdateBegin, bytes]:
+    signature, image = sl.unpack_signed_image(sign_image(KEY, build_image(version, size)))
+    return sl.UpdateBegin(len(image), hashlib.sha256(image).digest(), version, signature), image
+
+
+def factory(folder: Path) -> BrownOutFileFlash:
+    flash = BrownOutFileFlash(folder)
+    flash.install_factory(build_image(OLD))
+    return flash
+
+
+def send(loader: bl.Bootloader, image: bytes) -> None:
+    for offset in range(0, len(image), CHUNK):
+        status = loader.chunk(offset, image[offset : offset + CHUNK])
+        assert status.status == sl.UPDATE_CHUNK_OK, status.describe()
+
+
+def test_an_update_written_to_files_boots_on_trial_and_stays_once_confirmed(
+    tmp_path: Path,
+) -> None:
+    factory(tmp_path)
+    _, loader = power_up(tmp_path)
+    begin, image = signed()
+    assert loader.begin(begin, sound_allowed=False).status == sl.UPDATE_READY
+    send(loader, image)
+    assert loader.commit().status == sl.UPDATE_COMMITTED
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "record_0.bin",
+        "record_1.bin",
+        "slot_a.bin",
+        "slot_b.bin",
+    ]
+    assert (tmp_path / "slot_b.bin").read_bytes() == image
+    _, loader = power_up(tmp_path)
+    assert (loader.running.version, loader.running.trial) == (NEW, True)
+    assert loader.confirm().status == sl.UPDATE_CONFIRMED
+    _, loader = power_up(tmp_path)
+    assert (loader.running.version, loader.running.trial) == (NEW, False)
+
+
+def test_a_power_loss_at_every_chunk_boots_the_old_image_and_a_retry_succeeds(
+    tmp_path: Path,
+) -> None:
+    begin, image = signed()
+    chunks = -(-len(image) // CHUNK)
+    for n in range(1, chunks + 1):
+        folder = tmp_path / str(n)
+        flash = factory(folder)
+        choice = bl.boot(flash)
+        assert choice is not None
+        loader = bl.Bootloader(flash, choice, PUBLIC, MicroEd25519Check())
+        assert loader.begin(begin, sound_allowed=False).status == sl.UPDATE_READY
+        flash.lose_power_at_chunk(n)
+        with pytest.raises(PowerLoss):
+            send(loader, image)
+        assert (folder / "slot_b.bin").stat().st_size < len(image)  # the torn write is on disk
+        _, loader = power_up(folder)
+        assert (loader.running.version, loader.running.trial) == (OLD, False), f"chunk {n}"
+        assert loader.chunk(0, image[:CHUNK]).status == sl.UPDATE_REFUSED_NO_TRANSFER
+        assert loader.begin(begin, sound_allowed=False).next_offset == 0
+        send(loader, image)
+        assert loader.commit().status == sl.UPDATE_COMMITTED
+        _, loader = power_up(folder)
+        assert (loader.running.version, loader.running.trial) == (NEW, True), f"chunk {n}"
+
+
+def test_a_power_loss_while_the_boot_record_is_written_boots_the_old_image(
+    tmp_path: Path,
+) -> None:
+    flash = factory(tmp_path)
+    choice = bl.boot(flash)
+    assert choice is not None
+    loader = bl.Bootloader(flash, choice, PUBLIC, MicroEd25519Check())
+    begin, image = signed()
+    loader.begin(begin, sound_allowed=False)
+    send(loader, image)
+    flash.lose_power_at_record()
+    with pytest.raises(PowerLoss):
+        loader.commit()
+    _, loader = power_up(tmp_path)
+    assert (loader.running.version, loader.running.trial) == (OLD, False)
+
+
+def test_an_empty_folder_boots_nothing_and_writes_outside_a_slot_are_refused(
+    tmp_path: Path,
+) -> None:
+    flash = FileFlash(SLOT_SIZE, str(tmp_path / "update"))
+    assert bl.boot(flash) is None  # a board with no image stays muted
+    with pytest.raises(ValueError, match="outside slot a"):
+        flash.write_slot(0, 10, b"x")
+    flash.write_slot(0, 0, b"abc")
+    with pytest.raises(ValueError, match="outside slot a"):
+        flash.write_slot(0, 3, bytes(SLOT_SIZE))
+    assert flash.read_slot(0, 1, 5) == b"bc" and flash.slot_length(1) == 0
