@@ -5,6 +5,7 @@ files, and a power loss at every chunk or while the boot record is written boots
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from resonera.common import serial_link as sl
 from resonera.hardware.firmware import bootloader as bl
 from resonera.hardware.firmware.ed25519 import MicroEd25519Check
-from resonera.hardware.firmware.flash_files import FileFlash
+from resonera.hardware.firmware.flash_files import (
+    UNPACKED_MARKER,
+    FileFlash,
+    pack_files,
+    unpack_slot,
+)
 from resonera.hardware.sim import build_image, sign_image
 from resonera.hardware.sim_board import PowerLoss, SimFlash
 
@@ -135,3 +141,58 @@ def test_an_empty_folder_boots_nothing_and_writes_outside_a_slot_are_refused(
     with pytest.raises(ValueError, match="outside slot a"):
         flash.write_slot(0, 3, bytes(SLOT_SIZE))
     assert flash.read_slot(0, 1, 5) == b"bc" and flash.slot_length(1) == 0
+
+
+# -- the image body: the application's files, unpacked at power-up ---------------------------------
+
+FIRMWARE = Path(__file__).resolve().parents[2] / "hardware" / "firmware"
+
+
+def app_image(version: str) -> bytes:
+    files = [(name, (FIRMWARE / name).read_bytes()) for name in ("logic.py", "config.py")]
+    return sl.pack_image(version, pack_files(files))
+
+
+def test_the_booted_slot_unpacks_its_files_once_and_again_after_a_torn_unpack(
+    tmp_path: Path,
+) -> None:
+    flash = FileFlash(SLOT_SIZE * 8, str(tmp_path / "update"))
+    flash.install_factory(app_image(OLD))
+    signature, image = sl.unpack_signed_image(sign_image(KEY, app_image(NEW)))
+    choice = bl.boot(flash)
+    assert choice is not None
+    loader = bl.Bootloader(flash, choice, PUBLIC, MicroEd25519Check())
+    begin = sl.UpdateBegin(len(image), hashlib.sha256(image).digest(), NEW, signature)
+    assert loader.begin(begin, sound_allowed=False).status == sl.UPDATE_READY
+    for offset in range(0, len(image), sl.UPDATE_CHUNK_MAX):
+        loader.chunk(offset, image[offset : offset + sl.UPDATE_CHUNK_MAX])
+    assert loader.commit().status == sl.UPDATE_COMMITTED
+    booted = bl.boot(flash)
+    assert booted is not None and (booted.slot, booted.version) == (1, NEW)
+    folder = tmp_path / "slot_b"
+    assert unpack_slot(flash, booted.slot, str(folder)) == ["logic.py", "config.py"]
+    assert (folder / "logic.py").read_bytes() == (FIRMWARE / "logic.py").read_bytes()
+    assert unpack_slot(flash, booted.slot, str(folder)) == []  # already there: no flash wear
+    (folder / UNPACKED_MARKER).unlink()  # a power loss before the marker was written
+    (folder / "config.py").write_bytes(b"torn")
+    assert unpack_slot(flash, booted.slot, str(folder)) == ["logic.py", "config.py"]
+    assert (folder / "config.py").read_bytes() == (FIRMWARE / "config.py").read_bytes()
+
+
+@pytest.mark.parametrize(
+    "body,problem",
+    [
+        (b"\x08logic.py\x00\x00\x00\x10abc", "logic.py runs past the image's end"),
+        (b"\x08logic.py\x00\x00", "ends in the middle of an entry"),
+        (b"\x0a../evil.py\x00\x00\x00\x00", "must be a flat .py name"),
+    ],
+)
+def test_an_image_body_that_is_no_file_archive_is_refused_with_its_reason(
+    tmp_path: Path, body: bytes, problem: str
+) -> None:
+    flash = FileFlash(SLOT_SIZE, str(tmp_path))
+    flash.install_factory(sl.pack_image(OLD, body))
+    with pytest.raises(ValueError, match=re.escape(problem)):
+        unpack_slot(flash, 0, str(tmp_path / "slot_a"))
+    with pytest.raises(ValueError, match=re.escape("a flat .py name")):
+        pack_files([("sub/logic.py", b"")])
