@@ -121,10 +121,14 @@ def _add(
     return (e * f % P, g * h % P, f * g % P, e * h % P)
 
 
-def _multiply(scalar: int, point: "tuple[int, int, int, int]") -> "tuple[int, int, int, int]":
+def _multiply(
+    scalar: int, point: "tuple[int, int, int, int]", tick: "object" = None
+) -> "tuple[int, int, int, int]":
     result = _IDENTITY
     addend = point
     while scalar:
+        if tick is not None:
+            tick()  # type: ignore[operator]
         if scalar & 1:
             result = _add(result, addend)
         addend = _add(addend, addend)
@@ -168,8 +172,10 @@ def _decode(raw: bytes) -> "tuple[int, int, int, int] | None":
 _B = _decode((4 * pow(5, P - 2, P) % P).to_bytes(32, "little"))  # y = 4/5, x even
 
 
-def verify(public_key: bytes, message: bytes, signature: bytes) -> bool:
-    """True only when ``signature`` is ``public_key``'s Ed25519 signature of ``message``."""
+def verify(public_key: bytes, message: bytes, signature: bytes, tick: "object" = None) -> bool:
+    """True only when ``signature`` is ``public_key``'s Ed25519 signature of ``message``.
+    ``tick`` (a callable, e.g. the watchdog's ``feed``) is called some 500 times along the way: on
+    the RP2040 a verification takes far longer than the watchdog's timeout."""
     if len(signature) != 64:
         return False
     a = _decode(bytes(public_key))
@@ -181,11 +187,15 @@ def verify(public_key: bytes, message: bytes, signature: bytes) -> bool:
         return False
     k = int.from_bytes(sha512(r_raw + bytes(public_key) + bytes(message)), "little") % L
     minus_a = ((P - a[0]) % P, a[1], a[2], (P - a[3]) % P)
-    return _encode(_add(_multiply(s, _B), _multiply(k, minus_a))) == r_raw
+    return _encode(_add(_multiply(s, _B, tick), _multiply(k, minus_a, tick))) == r_raw
 
 
 class MicroEd25519Check(SignatureCheck):
-    """The bootloader's signature check on the MCU (and anywhere): this module's ``verify``."""
+    """The bootloader's signature check on the MCU (and anywhere): this module's ``verify``, with
+    ``tick`` called along the way (main.py passes the watchdog's ``feed``)."""
+
+    def __init__(self, tick: "object" = None) -> None:
+        self.tick = tick
 
     def __call__(self, public_key: bytes, message: bytes, signature: bytes) -> bool:
-        return verify(public_key, message, signature)
+        return verify(public_key, message, signature, self.tick)

@@ -143,8 +143,12 @@ def test_the_bootloader_takes_an_update_signed_by_the_pinned_key_with_this_check
     flash.install_factory(build_image("1.4.2"))
     running = bl.boot(flash)
     assert running is not None
+    fed: list[int] = []  # the watchdog, fed while a signature is checked
     loader = bl.Bootloader(
-        flash, running, pinned.public_key().public_bytes_raw(), ed25519.MicroEd25519Check()
+        flash,
+        running,
+        pinned.public_key().public_bytes_raw(),
+        ed25519.MicroEd25519Check(tick=lambda: fed.append(1)),
     )
 
     def begin_of(key: Ed25519PrivateKey) -> tuple[sl.UpdateBegin, bytes]:
@@ -156,7 +160,9 @@ def test_the_bootloader_takes_an_update_signed_by_the_pinned_key_with_this_check
     assert refused.status == sl.UPDATE_REFUSED_SIGNATURE
     assert "not signed by the pinned update key" in refused.text
     begin, image = begin_of(pinned)
+    fed.clear()
     assert loader.begin(begin, sound_allowed=False).status == sl.UPDATE_READY
+    assert len(fed) >= 400  # two scalar multiplications, one tick per bit
     assert loader.chunk(0, image).status == sl.UPDATE_CHUNK_OK
     assert loader.commit().status == sl.UPDATE_COMMITTED
     after = bl.boot(flash)
