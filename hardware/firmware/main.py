@@ -1,16 +1,78 @@
 # mypy: ignore-errors
 """MicroPython entry point on the RP2040 safety board. Never imported on CPython (needs machine).
 
-Copy onto the board, flat: ``main.py``, ``logic.py``, ``config.py``, ``common/serial_link.py`` as
-``serial_link.py`` and an optional ``board.json``. The mute line is driven high (muted) before
-anything else, and a hardware watchdog resets a hung loop, which powers up muted again.
+Copy onto the board, flat: ``main.py``, ``bootloader.py``, ``ed25519.py``, ``flash_files.py``,
+``logic.py``, ``config.py``, ``common/serial_link.py`` as ``serial_link.py`` and an optional
+``board.json``. A hardware watchdog resets a hung loop, which powers up muted again.
+
+Boot first (hardware/README.md, "On a real board"): the boot record in ``update/`` chooses slot a
+or b, the chosen image's files (the application: ``APP_FILES``) are unpacked into ``slot_a/`` or
+``slot_b/``, and that folder goes first on the import path, so ``config`` and ``logic`` come from
+the booted image. The first power-up makes slot a's image from the files copied into the root.
+This file, the bootloader, ``ed25519``, ``flash_files`` and ``serial_link`` stay in the root: an
+update does not change them.
 """
 
+import binascii
+import sys
 import time
 
-import config
+import bootloader as bl
 import machine
-from logic import Board, Controller, light_colour
+import serial_link as sl
+from ed25519 import MicroEd25519Check
+from flash_files import FileFlash, pack_files, unpack_slot
+
+#: The image an update carries: the application, imported from the booted slot's folder.
+APP_FILES = ("logic.py", "config.py")
+_UPDATE_FOLDER = "update"
+
+
+def _factory_image():
+    """Slot a's first image: the application files copied into the root, as the version
+    board.json names (or config.py's default)."""
+    import config
+
+    try:
+        version = config.load("board.json").firmware_version
+    except config.BoardConfigError:
+        version = config.BoardConfig().firmware_version
+    del sys.modules["config"]  # imported again from the booted slot's folder
+    files = []
+    for name in APP_FILES:
+        with open(name, "rb") as handle:
+            files.append((name, handle.read()))
+    return sl.pack_image(version, pack_files(files))
+
+
+def start_image():
+    """Choose the image (``bl.boot``), unpack its files and import from them from now on: the
+    flash and the ``BootChoice``, or the flash and None when no image could be unpacked (the
+    root's own files run, without a bootloader)."""
+    flash = FileFlash(bl.DEFAULT_SLOT_SIZE, _UPDATE_FOLDER)
+    choice = bl.boot(flash)
+    try:
+        if choice is None:  # the first power-up
+            flash.install_factory(_factory_image())
+            choice = bl.boot(flash)
+        unpack_slot(flash, choice.slot, "slot_" + bl.SLOT_NAMES[choice.slot])
+    except (ValueError, OSError) as exc:
+        if choice is not None and choice.trial:
+            # A signed image whose body is no archive of .py files: back to the confirmed one.
+            print("image", choice.version, "cannot be unpacked, rolling back:", exc)
+            bl.Bootloader(flash, choice, b"", MicroEd25519Check()).abort()
+            machine.reset()
+        print("no image to boot, running the root's files without updates:", exc)
+        return flash, None
+    sys.path.insert(0, "slot_" + bl.SLOT_NAMES[choice.slot])
+    return flash, choice
+
+
+# Before the application's imports: they come from the booted slot's folder.
+_FLASH, _CHOICE = start_image()
+
+import config  # noqa: E402
+from logic import Board, Controller, light_colour  # noqa: E402
 
 _ADC_VOLTS = 3.3 / 65535
 # Front-end scaling per board revision (volts at the ADC pin → unit). Calibrate per board.
@@ -141,9 +203,18 @@ def main():
         cfg = config.BoardConfig()
     board = RP2040Board(cfg)
     watchdog = machine.WDT(timeout=500)
-    # No bootloader here yet: MicroPython has no Ed25519 to check an image's signature, and a board
-    # that cannot check one must not take an update (hardware/README.md, "Firmware update").
-    controller = Controller(board, cfg)
+    loader = None  # no image unpacked: the root's files run, and take no update
+    if _CHOICE is not None:
+        # Without a pinned key every UPDATE_BEGIN is refused: "no update key pinned on this board".
+        key = cfg.update_public_key
+        loader = bl.Bootloader(
+            _FLASH,
+            _CHOICE,
+            binascii.unhexlify(key) if key else b"",
+            MicroEd25519Check(tick=watchdog.feed),  # a verification outlasts the 500 ms timeout
+            cfg.update_trial_boots,
+        )
+    controller = Controller(board, cfg, sl.PROTOCOL_MINOR, loader)
     controller.start()
     while True:
         controller.step()

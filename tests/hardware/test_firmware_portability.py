@@ -33,6 +33,8 @@ ALLOWED = {
     "ed25519",
     "flash_files",
     "os",
+    "sys",
+    "binascii",
 }
 #: Imports of CPython-only modules allowed only inside ``try: ... except ImportError:``.
 GUARDED_PREFIX = "resonera."

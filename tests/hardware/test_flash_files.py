@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import hashlib
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -196,3 +199,75 @@ def test_an_image_body_that_is_no_file_archive_is_refused_with_its_reason(
         unpack_slot(flash, 0, str(tmp_path / "slot_a"))
     with pytest.raises(ValueError, match=re.escape("a flat .py name")):
         pack_files([("sub/logic.py", b"")])
+
+
+# -- main.py's boot step, run by CPython on the files as copied onto a board -----------------------
+
+# The RP2040's ``machine`` and ``time.ticks_ms``, just enough for main.py to boot and build its
+# board; the watchdog's construction ends the run (it comes right before the endless loop) and
+# says which image booted and where ``logic`` was imported from.
+MACHINE_STAND_IN = """
+import sys, time
+time.ticks_ms = lambda: int(time.monotonic() * 1000)
+time.ticks_diff = lambda a, b: a - b
+class _Part:
+    OUT = IN = PULL_UP = 0
+    def __init__(self, *args, **kwargs): pass
+    def __getattr__(self, name): return lambda *args, **kwargs: 0
+Pin = UART = ADC = PWM = _Part
+def reset(): raise SystemExit("reset")
+class WDT:
+    def __init__(self, timeout):
+        main = sys.modules["__main__"]
+        choice = main._CHOICE
+        print("booted", choice.version, "slot", choice.slot, "trial", choice.trial)
+        print("logic from", sys.modules["logic"].__file__)
+        raise SystemExit(0)
+"""
+BOARD_FILES = [
+    FIRMWARE / "main.py",
+    FIRMWARE / "bootloader.py",
+    FIRMWARE / "ed25519.py",
+    FIRMWARE / "flash_files.py",
+    FIRMWARE / "logic.py",
+    FIRMWARE / "config.py",
+    FIRMWARE.parents[1] / "common" / "serial_link.py",
+]
+
+
+def run_main(board: Path) -> str:
+    # -S: no site-packages, so nothing of resonera's package; only the flat files, as on the board
+    done = subprocess.run(
+        [sys.executable, "-S", "-E", "main.py"],
+        cwd=board,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_main_boots_the_factory_image_then_an_update_from_its_own_slot(tmp_path: Path) -> None:
+    for path in BOARD_FILES:
+        shutil.copy(path, tmp_path / path.name)
+    (tmp_path / "machine.py").write_text(MACHINE_STAND_IN)
+    (tmp_path / "board.json").write_text('{"firmware_version": "' + OLD + '"}')
+    out = run_main(tmp_path)  # the first power-up: slot a made from the root's files
+    assert "booted " + OLD + " slot 0 trial False" in out
+    assert "slot_a/logic.py" in out.split("logic from ")[1]
+    flash = FileFlash(bl.DEFAULT_SLOT_SIZE, str(tmp_path / "update"))
+    choice = bl.boot(flash)
+    assert choice is not None
+    loader = bl.Bootloader(flash, choice, PUBLIC, MicroEd25519Check())
+    signature, image = sl.unpack_signed_image(sign_image(KEY, app_image(NEW)))
+    begin = sl.UpdateBegin(len(image), hashlib.sha256(image).digest(), NEW, signature)
+    assert loader.begin(begin, sound_allowed=False).status == sl.UPDATE_READY
+    assert loader.chunk(0, image).status == sl.UPDATE_CHUNK_OK
+    assert loader.commit().status == sl.UPDATE_COMMITTED
+    out = run_main(tmp_path)
+    assert "booted " + NEW + " slot 1 trial True" in out
+    assert "slot_b/logic.py" in out.split("logic from ")[1]
+    out = run_main(tmp_path)  # never confirmed: rolled back
+    assert "booted " + OLD + " slot 0 trial False" in out
