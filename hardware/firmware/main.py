@@ -3,7 +3,8 @@
 
 Copy onto the board, flat: ``main.py``, ``bootloader.py``, ``ed25519.py``, ``flash_files.py``,
 ``logic.py``, ``config.py``, ``common/serial_link.py`` as ``serial_link.py`` and an optional
-``board.json``. A hardware watchdog resets a hung loop, which powers up muted again.
+``board.json``. The mute line is driven high (muted) before anything else, the boot step
+included, and a hardware watchdog resets a hung loop, which powers up muted again.
 
 Boot first (hardware/README.md, "On a real board"): the boot record in ``update/`` chooses slot a
 or b, the chosen image's files (the application: ``APP_FILES``) are unpacked into ``slot_a/`` or
@@ -28,16 +29,23 @@ APP_FILES = ("logic.py", "config.py")
 _UPDATE_FOLDER = "update"
 
 
-def _factory_image():
-    """Slot a's first image: the application files copied into the root, as the version
-    board.json names (or config.py's default)."""
+def _mute_first():
+    """Drive the mute line high (muted) before anything else, as the root's config.py and
+    board.json place it (the boot step may take seconds: a hash, files to unpack after an
+    update); the firmware version board.json names, for the first power-up's image."""
     import config
 
     try:
-        version = config.load("board.json").firmware_version
+        cfg = config.load("board.json")
     except config.BoardConfigError:
-        version = config.BoardConfig().firmware_version
+        cfg = config.BoardConfig()
+    machine.Pin(cfg.mute_pin, machine.Pin.OUT, value=1)
     del sys.modules["config"]  # imported again from the booted slot's folder
+    return cfg.firmware_version
+
+
+def _factory_image(version):
+    """Slot a's first image: the application files copied into the root, as ``version``."""
     files = []
     for name in APP_FILES:
         with open(name, "rb") as handle:
@@ -45,7 +53,7 @@ def _factory_image():
     return sl.pack_image(version, pack_files(files))
 
 
-def start_image():
+def start_image(version):
     """Choose the image (``bl.boot``), unpack its files and import from them from now on: the
     flash and the ``BootChoice``, or the flash and None when no image could be unpacked (the
     root's own files run, without a bootloader)."""
@@ -53,7 +61,7 @@ def start_image():
     choice = bl.boot(flash)
     try:
         if choice is None:  # the first power-up
-            flash.install_factory(_factory_image())
+            flash.install_factory(_factory_image(version))
             choice = bl.boot(flash)
         unpack_slot(flash, choice.slot, "slot_" + bl.SLOT_NAMES[choice.slot])
     except (ValueError, OSError) as exc:
@@ -69,7 +77,7 @@ def start_image():
 
 
 # Before the application's imports: they come from the booted slot's folder.
-_FLASH, _CHOICE = start_image()
+_FLASH, _CHOICE = start_image(_mute_first())
 
 import config  # noqa: E402
 from logic import Board, Controller, light_colour  # noqa: E402
