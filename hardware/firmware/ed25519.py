@@ -26,7 +26,9 @@ _HAS_SHA512 = hasattr(hashlib, "sha512")
 
 def _iroot(n: int, k: int) -> int:
     """The integer k-th root of n (floor), by Newton's method from above."""
-    x = 1 << ((n.bit_length() + k - 1) // k + 1)
+    x = 1
+    while x**k <= n:  # a start above the root (MicroPython's int has no bit_length)
+        x <<= 1
     while True:
         y = ((k - 1) * x + n // x ** (k - 1)) // k
         if y >= x:
