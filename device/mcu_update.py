@@ -263,7 +263,8 @@ class McuUpdater:
             while self.monitor.wait_update_status(0) is not None:
                 pass  # answers already here came before this BEGIN: they say nothing of it
             self.monitor.send_update(sl.MSG_UPDATE_BEGIN, sl.pack_update_begin(image.begin()))
-            deadline = time.monotonic() + self.status_timeout_s
+            # as long as a commit's: an MCU may check the image's signature before it answers
+            deadline = time.monotonic() + self.commit_timeout_s
             while (remaining := deadline - time.monotonic()) > 0:
                 status = self.monitor.wait_update_status(remaining)
                 if status is None:
