@@ -64,6 +64,10 @@ class MqttLoop:
     # paho socket callbacks (any thread)
 
     def _on_open(self, client: paho.Client, _userdata: Any, sock: Any) -> None:
+        # A socket closed without its close callback (a TLS alert during the handshake) leaves its
+        # number in the selector's map, and the kernel gives that number to the next socket.
+        with suppress(KeyError, ValueError):
+            self._selector.unregister(sock.fileno())
         self._selector.register(sock, selectors.EVENT_READ, client)
 
     def _on_close(self, _client: paho.Client, _userdata: Any, sock: Any) -> None:
