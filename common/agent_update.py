@@ -42,6 +42,7 @@ from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel
 from packaging.version import InvalidVersion, Version
 
 from resonera.common.errors import ProtocolError
+from resonera.common.files import fsync_dir
 from resonera.common.signing import (
     SignatureError,
     ed25519_key_id,
@@ -709,14 +710,6 @@ def _copy_checked(reader: IO[bytes], entry: ManifestFile, out: IO[bytes] | None)
         raise BundleRejected(f"{entry.path} is not the file the manifest lists (SHA-256 differs)")
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 @contextmanager
 def _checked_members(
     verified: VerifiedBundle,
@@ -775,9 +768,9 @@ def extract_wheels(verified: VerifiedBundle, dest_dir: Path) -> list[Path]:
                     _write_synced(part / entry.name, reader, entry)
                 else:
                     _copy_checked(reader, entry, None)
-        _fsync_dir(part)
+        fsync_dir(part)
         part.rename(dest_dir)
-        _fsync_dir(dest_dir.parent)
+        fsync_dir(dest_dir.parent)
     except BaseException:
         shutil.rmtree(part, ignore_errors=True)
         raise
@@ -801,7 +794,7 @@ def extract_firmware(verified: VerifiedBundle, dest: Path) -> Path | None:
                 else:
                     _copy_checked(reader, entry, None)
         part.replace(dest)
-        _fsync_dir(dest.parent)
+        fsync_dir(dest.parent)
     except BaseException:
         part.unlink(missing_ok=True)
         raise
@@ -837,7 +830,7 @@ def write_bundle(
             raw.flush()
             os.fsync(raw.fileno())
         tmp.replace(dest)
-        _fsync_dir(dest.parent)
+        fsync_dir(dest.parent)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Final
 
 from resonera.common.errors import ResoneraError
+from resonera.common.files import fsync_dir
 from resonera.common.prescription import (
     MAX_BACKGROUND_BYTES,
     BackgroundFile,
@@ -241,7 +242,7 @@ class BackgroundFetcher:
         except BaseException:
             partial.unlink(missing_ok=True)
             raise
-        _fsync_dir(self.cache.directory)
+        fsync_dir(self.cache.directory)
         log.info("background file %s fetched (%d bytes)", file.sha256[:12], file.size)
         return final
 
@@ -283,11 +284,3 @@ def background_fetcher(
         log.debug("background files cannot be fetched: no server_url or no client certificate")
         return None
     return BackgroundFetcher(cache, settings.server_url, client_files, settings.enroll_ca_file)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

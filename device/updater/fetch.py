@@ -29,8 +29,8 @@ from typing import Final
 
 from resonera.common.agent_update import AgentUpdateTarget
 from resonera.common.errors import ResoneraError
+from resonera.common.files import fsync_dir
 from resonera.device.backgrounds import BackgroundUnavailable, ClientFiles, client_context
-from resonera.device.updater.launcher import fsync_dir
 
 __all__ = ["BundleFetcher", "DownloadFailed", "downloads_dir"]
 

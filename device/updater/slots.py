@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from resonera.common.errors import ResoneraError
+from resonera.common.files import fsync_dir
 from resonera.device.updater import launcher
 from resonera.device.updater.launcher import (
     SLOTS,
@@ -197,7 +198,7 @@ class AgentSlots:
         if slot_a.is_symlink() or slot_a.exists():
             _remove(slot_a)
         os.symlink(environment, slot_a)
-        launcher.fsync_dir(slot_a.parent)
+        fsync_dir(slot_a.parent)
         write_state(self.directory, {**state, "good": {"slot": "a", "version": version}})
         point_current(self.directory, "a")
         self.install_launcher()
@@ -279,7 +280,7 @@ class AgentSlots:
             return
         if self.prepared(slot, sha256):
             (self.path(slot) / MARKER).unlink(missing_ok=True)
-            launcher.fsync_dir(self.path(slot))
+            fsync_dir(self.path(slot))
 
     # --- switching --------------------------------------------------------------------------------
 
