@@ -33,13 +33,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Any, Final, Literal, get_args
+from typing import IO, Annotated, Any, Final, Literal, get_args
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from packaging import tags
 from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
 from packaging.version import InvalidVersion, Version
+from pydantic import AfterValidator
 
 from resonera.common.errors import ProtocolError
 from resonera.common.files import fsync_dir
@@ -211,6 +212,21 @@ def update_key_from_b64(text: str) -> Ed25519PublicKey:
         raise BundleRejected(
             f"update key {text[:60]!r} is not base64 of a raw Ed25519 public key"
         ) from None
+
+
+def checked_update_keys(keys: list[str]) -> list[str]:
+    """``keys`` when each is an update key's base64 raw form; ``ValueError`` naming one that is
+    not (what a settings field of them checks: ``UpdatePublicKeys``)."""
+    for key in keys:
+        try:
+            update_key_from_b64(key)
+        except BundleRejected as exc:
+            raise ValueError(str(exc)) from None
+    return keys
+
+
+#: A settings field of pinned update keys (device) or accepted ones (server), each checked.
+UpdatePublicKeys = Annotated[list[str], AfterValidator(checked_update_keys)]
 
 
 def update_key_to_b64(key: Ed25519PublicKey) -> str:

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic_settings import SettingsConfigDict
 
 from resonera.common import topics
-from resonera.common.agent_update import BundleRejected, update_key_from_b64
+from resonera.common.agent_update import UpdatePublicKeys
 from resonera.common.errors import ProtocolError
 from resonera.common.identity import load_private_key
 from resonera.common.profile import HearingProfile
@@ -90,21 +90,11 @@ class DeviceSettings(ResoneraSettings):
     #: Agent updates (issue 25, ``docs/updates.md``): the update keys pinned at provisioning
     #: (base64 of raw Ed25519 public keys; a bundle must be signed by one of them; a confirmed
     #: bundle's ``update_keys`` replace them, kept in ``data_dir/agent/state.json``).
-    update_public_keys: list[str] = Field(default_factory=list)
+    update_public_keys: UpdatePublicKeys = Field(default_factory=list)
     #: How long a new agent on trial has to prove itself healthy before the device goes back.
     update_health_timeout_s: float = Field(default=120.0, ge=10.0, le=3600.0)
     #: Take the updates the signed desired state asks for (off: none is fetched or installed).
     updates_enabled: bool = True
-
-    @field_validator("update_public_keys")
-    @classmethod
-    def _update_keys(cls, value: list[str]) -> list[str]:
-        for key in value:
-            try:
-                update_key_from_b64(key)
-            except BundleRejected as exc:
-                raise ValueError(str(exc)) from None
-        return value
 
     @field_validator("server_url")
     @classmethod

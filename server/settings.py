@@ -14,10 +14,10 @@ import socket
 from pathlib import Path
 from typing import Annotated, Final
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from resonera.common.agent_update import BundleRejected, update_key_from_b64
+from resonera.common.agent_update import UpdatePublicKeys
 from resonera.common.errors import ConfigError
 from resonera.common.settings import MqttSettings, ResoneraSettings
 
@@ -156,17 +156,7 @@ class ServerSettings(ResoneraSettings):
     #: The update keys' public halves (base64 raw Ed25519, as ``resonera-provision update-key
     #: show`` prints them): an uploaded agent bundle's manifest must be signed by one of them.
     #: Several during a key rotation; none: uploads are refused (docs/updates.md).
-    update_public_keys: list[str] = Field(default_factory=list, max_length=16)
-
-    @field_validator("update_public_keys")
-    @classmethod
-    def _raw_ed25519_keys(cls, keys: list[str]) -> list[str]:
-        for key in keys:
-            try:
-                update_key_from_b64(key)
-            except BundleRejected as exc:
-                raise ValueError(str(exc)) from None
-        return keys
+    update_public_keys: UpdatePublicKeys = Field(default_factory=list, max_length=16)
 
     def checked_for_start(self, source: str = "settings") -> ServerSettings:
         """These settings, ready to serve: raise ``ConfigError`` for a missing or short JWT secret
