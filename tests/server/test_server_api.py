@@ -22,6 +22,7 @@ from resonera.common.envelope import Envelope
 from resonera.server.desired import MemoryPublisher
 from resonera.server.ingest import IngestProcessor, Received
 from resonera.server.models import AuditRow, DoseDailyRow, PatientConfigRow
+from resonera.server.settings import ServerSettings
 
 API = "/api/v1"
 PASSWORD = "correct horse battery staple"
@@ -46,6 +47,14 @@ def _error(response: Any, status: int, code: str) -> dict[str, Any]:
 def _audit(engine: Engine) -> list[AuditRow]:
     with Session(engine) as session:
         return list(session.exec(select(AuditRow).order_by(AuditRow.id)).all())  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def server_settings(server_settings: ServerSettings) -> ServerSettings:
+    """Sign-in delays of a minute from the first: five slow failed logins on a loaded machine (or
+    under faketime) must not outlast the delay they start (1 s by default)."""
+    login = server_settings.login.model_copy(update={"first_delay_s": 60.0})
+    return server_settings.model_copy(update={"login": login})
 
 
 @pytest.fixture
